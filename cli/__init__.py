@@ -1,0 +1,1 @@
+"""The `claw` command line."""

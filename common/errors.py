@@ -1,0 +1,181 @@
+"""The one exception hierarchy of the project.
+
+Every error a user can cause or meet derives from `ClawError`; its message is the single line the CLI
+prints. Errors that cross the wire (API replies) carry a stable `code` so a client can raise the same
+class the coordinator raised (`error_for_code`).
+"""
+
+from __future__ import annotations
+
+
+class ClawError(Exception):
+    """Base of every project error. `str(err)` is a complete, user-facing sentence."""
+
+    code = "error"
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+class ConfigError(ClawError):
+    """A config file, environment variable or flag is invalid; the message names the key."""
+
+    code = "config"
+
+
+# --- communication -------------------------------------------------------------------------------
+
+
+class CommunicationError(ClawError):
+    """Talking to NATS or to the coordinator failed."""
+
+    code = "communication"
+
+
+class NatsUnavailableError(CommunicationError):
+    """NATS cannot be reached at the configured URL."""
+
+    code = "nats_unavailable"
+
+
+class CoordinatorUnavailableError(CommunicationError):
+    """No coordinator answered an API request."""
+
+    code = "coordinator_unavailable"
+
+
+class RequestTimeoutError(CommunicationError, TimeoutError):
+    """A request got no answer in time."""
+
+    code = "timeout"
+
+
+class NatsServerError(ClawError):
+    """The embedded nats-server could not be started or did not become healthy."""
+
+    code = "nats_server"
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+
+class StorageError(ClawError):
+    """The state database failed or is in a state this version cannot use."""
+
+    code = "storage"
+
+
+class MigrationError(StorageError):
+    """The database schema is newer than this code, or a migration failed."""
+
+    code = "migration"
+
+
+# --- requests a user made ------------------------------------------------------------------------
+
+
+class RequestError(ClawError):
+    """A request was refused because of what it asked for; nothing was written."""
+
+    code = "bad_request"
+
+
+class InvalidInputError(RequestError):
+    """A task's input or options are not valid."""
+
+    code = "invalid_input"
+
+
+class UnknownSkillError(RequestError):
+    """No worker offers the requested skill."""
+
+    code = "unknown_skill"
+
+
+class TaskNotFoundError(RequestError):
+    """No task has the given id."""
+
+    code = "not_found"
+
+
+class PayloadTooLargeError(RequestError):
+    """An input or result exceeds the inline size limit."""
+
+    code = "payload_too_large"
+
+
+class QueueFullError(RequestError):
+    """The skill's queue holds its maximum number of tasks."""
+
+    code = "queue_full"
+
+
+class InternalError(ClawError):
+    """The coordinator failed while handling a request; its log has the details."""
+
+    code = "internal"
+
+
+# --- state machine -------------------------------------------------------------------------------
+
+
+class IllegalTransitionError(ClawError):
+    """A task state change that the transition table does not allow."""
+
+    code = "illegal_transition"
+
+
+# --- task execution (raised by skill handlers) ---------------------------------------------------
+
+
+class TaskError(ClawError):
+    """Raised by a skill handler to end an attempt as failed, with an explicit retry intent."""
+
+    code = "task_error"
+    retryable = False
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RetryableError(TaskError):
+    """The attempt failed for a passing reason (rate limit, connection, timeout): try again."""
+
+    code = "retryable"
+    retryable = True
+
+
+class PermanentError(TaskError):
+    """The attempt failed in a way another attempt cannot fix: do not retry."""
+
+    code = "permanent"
+    retryable = False
+
+
+class TaskTimeoutError(RetryableError, TimeoutError):
+    """The handler ran past the task's timeout and was cancelled."""
+
+    code = "task_timeout"
+
+
+_WIRE_ERRORS: dict[str, type[ClawError]] = {
+    cls.code: cls
+    for cls in (
+        ConfigError,
+        RequestError,
+        InvalidInputError,
+        UnknownSkillError,
+        TaskNotFoundError,
+        PayloadTooLargeError,
+        QueueFullError,
+        InternalError,
+        StorageError,
+        IllegalTransitionError,
+    )
+}
+
+
+def error_for_code(code: str, message: str) -> ClawError:
+    """Rebuild on the client the error the coordinator reported with `code`."""
+    return _WIRE_ERRORS.get(code, ClawError)(message)

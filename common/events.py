@@ -1,0 +1,63 @@
+"""Task events: what workers report about an attempt, on `<prefix>.events.<task_id>`.
+
+They form one tagged union (`kind` names the variant) decoded by a single typed decoder. Each event
+carries its own `event_id`, used as the `Nats-Msg-Id` when published and as a unique key in the event
+log, so an event published or delivered twice is recorded once. `attempt` fences results: the
+coordinator applies an outcome only for the task's current attempt.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from common.models import SCHEMA_VERSION
+
+
+class TaskEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """Fields every task event has."""
+
+    v: int = SCHEMA_VERSION
+    event_id: str
+    task_id: str
+    attempt: int
+    node_id: str
+    at: float
+
+
+class TaskStarted(TaskEventBase, tag="started", frozen=True):
+    """A worker began running an attempt."""
+
+
+class TaskProgress(TaskEventBase, tag="progress", frozen=True):
+    """A handler reported how far it got (`ctx.progress`)."""
+
+    percent: float | None = None
+    message: str = ""
+
+
+class TaskLog(TaskEventBase, tag="log", frozen=True):
+    """A line a handler logged through its context (`ctx.log`)."""
+
+    level: str = "info"
+    message: str = ""
+
+
+class TaskSucceeded(TaskEventBase, tag="succeeded", frozen=True):
+    """The attempt finished and returned `result` (JSON)."""
+
+    result: msgspec.Raw
+    started_at: float
+
+
+class TaskFailed(TaskEventBase, tag="failed", frozen=True):
+    """The attempt raised; `retryable` is the handler's or the error class's intent."""
+
+    error_type: str
+    message: str
+    traceback: str = ""
+    retryable: bool = False
+    started_at: float = 0.0
+
+
+TaskEvent = TaskStarted | TaskProgress | TaskLog | TaskSucceeded | TaskFailed
+OUTCOME_EVENTS = (TaskSucceeded, TaskFailed)

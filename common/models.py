@@ -1,0 +1,215 @@
+"""Wire messages shared by coordinator, workers and clients.
+
+Every message is a msgspec Struct encoded as JSON. Rules for evolving them (msgspec's schema-evolution
+guide): a new field gets a default, a field never changes type, and decoders skip unknown fields, so
+an older worker and a newer coordinator understand each other. `v` is the schema version of the
+message family; it is bumped only for a change old readers must refuse.
+
+Task inputs and results are kept as `msgspec.Raw`: the coordinator stores and forwards the exact bytes
+the client sent without parsing them again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from common.states import AttemptState, NodeStatus, Priority, TaskState
+
+SCHEMA_VERSION = 1
+EMPTY_OBJECT = msgspec.Raw(b"{}")
+# msgspec cannot put Raw in a union with None: JSON null stands for "none" in Raw fields.
+JSON_NULL = msgspec.Raw(b"null")
+
+
+class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a client asks the cluster to run; unset options take the skill's or cluster's defaults."""
+
+    skill: str
+    input: msgspec.Raw = EMPTY_OBJECT
+    priority: Priority = Priority.NORMAL
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+
+
+class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A task as published on `<prefix>.tasks.<priority>.<skill>` for workers to pull.
+
+    The attempt number of a delivery is `attempt_offset + num_delivered`; `attempt_offset` counts the
+    attempts of earlier series when a finished task is run again.
+    """
+
+    v: int = SCHEMA_VERSION
+    task_id: str
+    skill: str
+    input: msgspec.Raw
+    priority: Priority
+    timeout_s: float
+    max_attempts: int
+    attempt_offset: int = 0
+    submitted_at: float
+
+
+class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker's periodic report of itself, on `<prefix>.nodes.heartbeat.<node_id>` and in KV.
+
+    A beat with `status == offline` is the worker deregistering on a clean shutdown.
+    """
+
+    v: int = SCHEMA_VERSION
+    node_id: str
+    hostname: str
+    pid: int
+    version: str
+    status: NodeStatus
+    skills: list[str]
+    labels: dict[str, str] = {}
+    capacity: int
+    running: int
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    rss_mb: float = 0.0
+    load1: float = 0.0
+    interval_s: float
+    started_at: float
+    sent_at: float
+    seq: int = 0
+
+
+class TaskUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """A committed state change, broadcast by the coordinator on `<prefix>.updates.<task_id>`.
+
+    Clients wait on these instead of polling; they are a hint (core NATS, may be missed), the
+    database stays the truth.
+    """
+
+    task_id: str
+    state: TaskState
+    attempt: int
+    at: float
+
+
+# --- read models served by the coordinator's API -------------------------------------------------
+
+
+class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt of a task: where it ran and how it ended."""
+
+    attempt: int
+    node_id: str | None
+    state: AttemptState
+    started_at: float | None = None
+    finished_at: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+class EventView(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of a task's event log."""
+
+    id: int
+    at: float
+    kind: str
+    attempt: int = 0
+    from_state: TaskState | None = None
+    to_state: TaskState | None = None
+    node_id: str | None = None
+    data: msgspec.Raw = JSON_NULL
+
+
+class TaskView(msgspec.Struct, frozen=True, kw_only=True):
+    """A task's current record, with its attempts and event timeline when asked for."""
+
+    task_id: str
+    skill: str
+    priority: Priority
+    state: TaskState
+    input: msgspec.Raw
+    attempts: int
+    max_attempts: int
+    timeout_s: float
+    created_at: float
+    idempotency_key: str | None = None
+    node_id: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: msgspec.Raw = JSON_NULL
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+    trace_id: str | None = None
+    attempt_log: list[AttemptView] = []
+    events: list[EventView] = []
+
+
+class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of `claw task list`."""
+
+    task_id: str
+    skill: str
+    priority: Priority
+    state: TaskState
+    attempts: int
+    created_at: float
+    node_id: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class NodeView(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker node as the coordinator's registry knows it."""
+
+    node_id: str
+    status: NodeStatus
+    hostname: str
+    pid: int
+    version: str
+    skills: list[str]
+    labels: dict[str, str]
+    capacity: int
+    running: int
+    cpu_percent: float
+    memory_percent: float
+    rss_mb: float
+    load1: float
+    started_at: float
+    last_seen: float
+
+
+class QueueDepth(msgspec.Struct, frozen=True, kw_only=True):
+    """What waits in one (skill, priority) consumer: not yet delivered, and delivered but unacked."""
+
+    skill: str
+    priority: Priority
+    pending: int
+    ack_pending: int
+
+
+class NatsServerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Facts read from the nats-server monitoring port (`/varz`, `/jsz`)."""
+
+    version: str = ""
+    connections: int = 0
+    in_msgs: int = 0
+    out_msgs: int = 0
+    jetstream_streams: int = 0
+    jetstream_consumers: int = 0
+    jetstream_messages: int = 0
+    jetstream_bytes: int = 0
+    jetstream_memory: int = 0
+    monitor_url: str | None = None
+    error: str | None = None
+
+
+class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The cluster at a glance: `claw status`."""
+
+    coordinator_version: str
+    nodes_online: int
+    nodes_total: int
+    tasks_by_state: dict[str, int]
+    queues: list[QueueDepth]
+    nats: NatsServerInfo

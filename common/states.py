@@ -1,0 +1,59 @@
+"""The names of task, attempt and node states, and task priorities.
+
+Which task state may follow which is decided by the transition table in `coordinator.state_machine`;
+this module only names the states so that every package spells them the same way.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    """Where a task is in its life (DESIGN.md, "Task states")."""
+
+    PENDING = "pending"
+    WAITING_APPROVAL = "waiting_approval"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+TERMINAL_STATES = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED, TaskState.REJECTED}
+)
+
+
+class AttemptState(StrEnum):
+    """How one attempt (one delivery that started running) ended."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+
+
+class Priority(StrEnum):
+    """Queue priority; workers drain high before normal before low."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+PRIORITIES: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+class NodeStatus(StrEnum):
+    """A worker node as the coordinator sees it."""
+
+    ONLINE = "online"
+    PAUSED = "paused"
+    DRAINING = "draining"
+    OFFLINE = "offline"

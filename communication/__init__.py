@@ -1,0 +1,1 @@
+"""NATS connection, subject names, JetStream set-up, pull consumers, codecs and the API client."""

@@ -1,0 +1,256 @@
+"""The client of the coordinator API: what `claw` and user code call to submit and inspect tasks.
+
+    async with await ClawClient.connect(NatsSettings(url="nats://127.0.0.1:4222")) as client:
+        result = await client.submit(TaskSpec(skill="echo", input=msgspec.Raw(b'{"hi": 1}')))
+        states = await client.wait([result.task_id])
+
+Errors arrive as the `ClawError` subclass the coordinator raised (unknown skill, invalid input, ...);
+no coordinator, or NATS down, raise `CoordinatorUnavailableError` / `NatsUnavailableError` with what
+to do about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+
+from common.api import (
+    ApiReply,
+    ApiVerb,
+    Empty,
+    NodesReply,
+    PingReply,
+    StatusReply,
+    SubmitReply,
+    SubmitRequest,
+    SubmitResult,
+    TaskGetRequest,
+    TaskListReply,
+    TaskListRequest,
+    TaskStatesReply,
+    TaskStatesRequest,
+)
+from common.config import NatsSettings
+from common.errors import (
+    ClawError,
+    CoordinatorUnavailableError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    error_for_code,
+)
+from common.models import ClusterStatus, NodeView, TaskSpec, TaskSummary, TaskUpdate, TaskView
+from common.states import TERMINAL_STATES, TaskState
+from communication.codec import DecodeError, decode, encode
+from communication.connection import NatsConnection
+
+T = TypeVar("T")
+
+MAX_TASKS_PER_REQUEST = 1000
+SUBMITS_IN_FLIGHT = 4
+PER_TASK_WAIT_SUBSCRIPTIONS = 1000
+STATE_POLL_CHUNK = 5000
+
+
+class ClawClient:
+    """Talks to the coordinator over `<prefix>.api.<verb>`."""
+
+    def __init__(self, conn: NatsConnection, *, owns_connection: bool = True) -> None:
+        self.conn = conn
+        self._owns = owns_connection
+        self._timeout_s = conn.settings.request_timeout_s
+
+    @classmethod
+    async def connect(cls, settings: NatsSettings, *, name: str = "claw-client") -> ClawClient:
+        """Connect to NATS (no retry: a client should say at once that NATS is not there)."""
+        return cls(await NatsConnection.connect(settings, name=name, retry_s=0))
+
+    async def close(self) -> None:
+        """Close the connection if this client opened it."""
+        if self._owns:
+            await self.conn.close()
+
+    async def __aenter__(self) -> ClawClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- verbs ----------------------------------------------------------------------------------
+
+    async def ping(self) -> PingReply:
+        """Whether a coordinator answers, and its version."""
+        return await self._call(ApiVerb.PING, Empty(), PingReply)
+
+    async def submit(self, spec: TaskSpec, *, submitter: str | None = None) -> SubmitResult:
+        """Submit one task; returns once it is persisted and queued."""
+        return (await self.submit_many([spec], submitter=submitter))[0]
+
+    async def submit_many(self, specs: Sequence[TaskSpec], *, submitter: str | None = None) -> list[SubmitResult]:
+        """Submit many tasks in as few requests as fit, several requests in flight; results in order.
+
+        Each request is all-or-nothing; if one fails, the error is raised after the requests in
+        flight complete (their tasks stay submitted).
+        """
+        chunks = self._chunks(specs)
+        results: list[list[SubmitResult]] = [[] for _ in chunks]
+        limit = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
+
+        async def send(index: int, chunk: list[TaskSpec]) -> None:
+            async with limit:
+                timeout_s = self._timeout_s + len(chunk) / 500
+                reply = await self._call(
+                    ApiVerb.SUBMIT,
+                    SubmitRequest(tasks=chunk, submitter=submitter),
+                    SubmitReply,
+                    timeout_s=timeout_s,
+                )
+                results[index] = reply.results
+
+        if len(chunks) == 1:
+            await send(0, chunks[0])
+        else:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for index, chunk in enumerate(chunks):
+                        tg.create_task(send(index, chunk))
+            except* ClawError as group:
+                raise group.exceptions[0] from None
+        return [r for chunk_results in results for r in chunk_results]
+
+    async def get_task(self, task_id: str, *, history: bool = True) -> TaskView:
+        """One task, with its attempts and event log when `history`."""
+        return await self._call(ApiVerb.TASK_GET, TaskGetRequest(task_id=task_id, history=history), TaskView)
+
+    async def list_tasks(
+        self, *, state: TaskState | None = None, skill: str | None = None, limit: int = 50
+    ) -> list[TaskSummary]:
+        """Newest tasks first."""
+        request = TaskListRequest(state=state, skill=skill, limit=limit)
+        return (await self._call(ApiVerb.TASK_LIST, request, TaskListReply)).tasks
+
+    async def task_states(self, task_ids: Sequence[str]) -> dict[str, TaskState]:
+        """Current state of each id (unknown ids are absent)."""
+        states: dict[str, TaskState] = {}
+        for start in range(0, len(task_ids), STATE_POLL_CHUNK):
+            chunk = list(task_ids[start : start + STATE_POLL_CHUNK])
+            reply = await self._call(ApiVerb.TASK_STATES, TaskStatesRequest(task_ids=chunk), TaskStatesReply)
+            states.update(reply.states)
+        return states
+
+    async def nodes(self) -> list[NodeView]:
+        """The node registry."""
+        return (await self._call(ApiVerb.NODES, Empty(), NodesReply)).nodes
+
+    async def status(self) -> ClusterStatus:
+        """The cluster overview."""
+        return (await self._call(ApiVerb.STATUS, Empty(), StatusReply)).status
+
+    async def wait(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        poll_s: float = 1.0,
+        on_finished: Callable[[str, TaskState], None] | None = None,
+    ) -> dict[str, TaskState]:
+        """Wait until every task is finished; returns id -> final state.
+
+        Listens to the coordinator's state broadcasts and, as a safety net for missed broadcasts,
+        polls the states of what is still open every `poll_s`. Raises `RequestTimeoutError` after
+        `timeout_s` (None: wait for ever).
+        """
+        waiting = set(task_ids)
+        final: dict[str, TaskState] = {}
+        changed = asyncio.Event()
+
+        def settle(task_id: str, state: TaskState) -> None:
+            if task_id in waiting and state in TERMINAL_STATES:
+                waiting.discard(task_id)
+                final[task_id] = state
+                if on_finished is not None:
+                    on_finished(task_id, state)
+                changed.set()
+
+        async def on_update(msg: Msg) -> None:
+            try:
+                update = decode(msg.data, TaskUpdate)
+            except DecodeError:
+                return  # a hint only; the poll is the truth
+            settle(update.task_id, update.state)
+
+        subs = await self._subscribe_updates(list(waiting), on_update)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while waiting:
+                    for task_id, state in (await self.task_states(list(waiting))).items():
+                        settle(task_id, state)
+                    if not waiting:
+                        break
+                    changed.clear()
+                    try:
+                        async with asyncio.timeout(poll_s):
+                            await changed.wait()
+                    except TimeoutError:
+                        pass
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"{len(waiting)} of {len(task_ids)} task(s) still unfinished after {timeout_s:g} s"
+            ) from None
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+        return final
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def _subscribe_updates(self, task_ids: list[str], cb: Callable[[Msg], Awaitable[None]]) -> list[Any]:
+        subjects = self.conn.subjects
+        if len(task_ids) > PER_TASK_WAIT_SUBSCRIPTIONS:
+            return [await self.conn.nc.subscribe(subjects.updates_all, cb=cb)]
+        return [await self.conn.nc.subscribe(subjects.updates(t), cb=cb) for t in task_ids]
+
+    def _chunks(self, specs: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
+        budget = int(self.conn.nc.max_payload * 0.9)
+        chunks: list[list[TaskSpec]] = []
+        current: list[TaskSpec] = []
+        size = 0
+        for index, spec in enumerate(specs):
+            spec_size = len(encode(spec)) + 1
+            if spec_size > budget:
+                where = f"task {index + 1}: " if len(specs) > 1 else ""
+                raise PayloadTooLargeError(
+                    f"{where}the task is {spec_size / 1048576:.1f} MiB encoded, over NATS's message limit of "
+                    f"{self.conn.nc.max_payload / 1048576:.1f} MiB; pass large data by reference"
+                )
+            if current and (size + spec_size > budget or len(current) >= MAX_TASKS_PER_REQUEST):
+                chunks.append(current)
+                current, size = [], 0
+            current.append(spec)
+            size += spec_size
+        if current:
+            chunks.append(current)
+        return chunks
+
+    async def _call(self, verb: str, body: msgspec.Struct, reply_type: type[T], *, timeout_s: float | None = None) -> T:
+        subject = self.conn.subjects.api(verb)
+        try:
+            msg = await self.conn.nc.request(subject, encode(body), timeout=timeout_s or self._timeout_s)
+        except nats.errors.NoRespondersError:
+            raise CoordinatorUnavailableError(
+                f"no coordinator is answering on {subject}; start one with `claw coordinator start` "
+                "(or a whole local cluster with `claw up`)"
+            ) from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise RequestTimeoutError(
+                f"the coordinator did not answer {verb} within {timeout_s or self._timeout_s:g} s; "
+                "check it is running and healthy (`claw status`, its log)"
+            ) from None
+        reply = decode(msg.data, ApiReply)
+        if reply.error is not None:
+            raise error_for_code(reply.error.code, reply.error.message)
+        return decode(reply.data, reply_type)

@@ -1,0 +1,136 @@
+"""The one NATS connection object every process uses.
+
+Long-running processes must survive NATS restarts: reconnect forever (nats-py otherwise gives up after
+60 attempts and closes for good), ping every few seconds so a half-open connection is noticed quickly,
+and log every connection event through structlog instead of nats-py's stderr tracebacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from common.clock import SYSTEM_CLOCK
+from common.config import NatsSettings, redact_url
+from common.errors import NatsUnavailableError
+from common.log import get_logger
+from communication.subjects import Subjects
+
+log = get_logger("communication.connection")
+
+# What a NATS or JetStream call can raise when the server is away, slow or refuses: loops catch
+# these, log them and try again; anything else is a bug and is allowed to surface.
+NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
+
+
+class NatsConnection:
+    """A connected NATS client with its JetStream context and the cluster's subject names."""
+
+    def __init__(self, nc: NatsClient, settings: NatsSettings) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
+        self.settings = settings
+        self.subjects = Subjects(settings.prefix)
+
+    @classmethod
+    async def connect(cls, settings: NatsSettings, *, name: str, retry_s: float | None = None) -> NatsConnection:
+        """Connect, retrying the first connection for `retry_s` (default: the settings' value).
+
+        Raises `NatsUnavailableError` with the URL and what to do when NATS cannot be reached.
+        """
+        retry_s = settings.connect_retry_s if retry_s is None else retry_s
+        deadline = SYSTEM_CLOCK.monotonic() + retry_s
+        errors: list[BaseException] = []
+        while True:
+            try:
+                # nats-py retries a failed first connect for ever when reconnects are unlimited, so
+                # the first connect gets a bounded budget (this loop retries it) and unlimited
+                # reconnects are switched on once connected: nats-py reads the options on each drop.
+                options = _connect_options(settings, name, errors)
+                nc = await nats.connect(**options | {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.1})
+                nc.options["max_reconnect_attempts"] = options["max_reconnect_attempts"]
+                nc.options["reconnect_time_wait"] = options["reconnect_time_wait"]
+                log.info("nats.connected", url=redact_url(settings.url), name=name)
+                return cls(nc, settings)
+            except NATS_ERRORS as exc:
+                # nats-py reports "no servers available"; the error behind it says more.
+                cause = errors[-1] if errors else exc
+                if SYSTEM_CLOCK.monotonic() >= deadline:
+                    raise NatsUnavailableError(_unreachable_message(settings.url, cause)) from None
+                log.warning("nats.connect_retry", url=redact_url(settings.url), error=str(cause) or repr(cause))
+                await asyncio.sleep(min(settings.reconnect_wait_s, max(deadline - SYSTEM_CLOCK.monotonic(), 0)))
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the client is connected right now (not reconnecting, not closed)."""
+        return bool(self.nc.is_connected)
+
+    @property
+    def server_version(self) -> str:
+        """The version of the nats-server this client is connected to ("" if unknown)."""
+        version = self.nc.connected_server_version
+        try:
+            return f"{version.major}.{version.minor}.{version.patch}"
+        except ValueError:
+            return ""
+
+    async def close(self) -> None:
+        """Flush what is buffered and close; safe to call twice and while reconnecting."""
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except NATS_ERRORS as exc:
+            # drain() raises while reconnecting (JETSTREAM.md); closing is all that is left to do.
+            log.warning("nats.drain_failed", error=str(exc) or repr(exc))
+            await self.nc.close()
+
+
+def _connect_options(settings: NatsSettings, name: str, errors: list[BaseException]) -> dict[str, Any]:
+    async def on_error(exc: Exception) -> None:
+        errors[:] = [exc]
+        log.warning("nats.error", error=str(exc) or repr(exc), error_type=type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        log.warning("nats.disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats.reconnected")
+
+    async def on_closed() -> None:
+        log.info("nats.closed")
+
+    options: dict[str, Any] = {
+        "servers": [url.strip() for url in settings.url.split(",")],
+        "name": name,
+        "connect_timeout": settings.connect_timeout_s,
+        "reconnect_time_wait": settings.reconnect_wait_s,
+        "max_reconnect_attempts": -1,
+        "ping_interval": settings.ping_interval_s,
+        "max_outstanding_pings": settings.max_outstanding_pings,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+        "closed_cb": on_closed,
+    }
+    if settings.user:
+        options["user"] = settings.user
+    if settings.password:
+        options["password"] = settings.password
+    if settings.token:
+        options["token"] = settings.token
+    if settings.creds_file:
+        options["user_credentials"] = settings.creds_file
+    return options
+
+
+def _unreachable_message(url: str, exc: BaseException) -> str:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    return (
+        f"cannot reach NATS at {redact_url(url)} ({reason}); start a local cluster with `claw up` "
+        f"(or just NATS with `claw nats start`), or point --nats / CLAW_NATS_URL at a running server"
+    )

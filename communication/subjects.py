@@ -1,0 +1,166 @@
+"""Every subject, stream, consumer, bucket and header name, derived from one prefix.
+
+With the default prefix `claw` this is exactly DESIGN.md's wire contract (`claw.tasks.<priority>.<skill>`
+in stream `CLAW_TASKS`, ...). Another prefix gives a separate cluster on the same NATS, which is also
+how tests isolate themselves from each other.
+
+Skill names are dotted words (`llm.chat`); in a subject a skill is one token, so its dots become
+dashes (`llm-chat`). Skill names may not contain dashes, which keeps the mapping one-to-one, and
+WorkQueue consumers, which may not overlap, each filter on exactly one skill token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from common.errors import InvalidInputError
+from common.states import Priority
+
+SKILL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+SKILL_NAME_MAX = 64
+
+
+class Header:
+    """NATS header names the cluster reads or writes."""
+
+    MSG_ID = "Nats-Msg-Id"
+    TRACEPARENT = "traceparent"
+    TRACESTATE = "tracestate"
+
+
+def check_skill_name(name: str) -> str:
+    """Return `name` if it is a valid skill name, else raise with the rule it breaks."""
+    if len(name) > SKILL_NAME_MAX or not SKILL_NAME_PATTERN.match(name):
+        raise InvalidInputError(
+            f"'{name}' is not a valid skill name: use lowercase words of letters, digits and '_', "
+            f"joined by dots (e.g. llm.chat), at most {SKILL_NAME_MAX} characters"
+        )
+    return name
+
+
+def skill_token(skill: str) -> str:
+    """The one subject token (and consumer-name part) that stands for `skill`."""
+    return skill.replace(".", "-")
+
+
+def skill_from_token(token: str) -> str:
+    """Inverse of `skill_token`."""
+    return token.replace("-", ".")
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Names for one cluster prefix."""
+
+    prefix: str = "claw"
+    upper: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "upper", self.prefix.upper())
+
+    # --- streams, consumers, buckets -------------------------------------------------------------
+
+    @property
+    def tasks_stream(self) -> str:
+        """Work-queue stream holding queued tasks."""
+        return f"{self.upper}_TASKS"
+
+    @property
+    def events_stream(self) -> str:
+        """Limits stream holding task events."""
+        return f"{self.upper}_EVENTS"
+
+    @property
+    def dlq_stream(self) -> str:
+        """Dead-letter stream."""
+        return f"{self.upper}_DLQ"
+
+    @property
+    def nodes_bucket(self) -> str:
+        """KV bucket with each node's last heartbeat."""
+        return f"{self.prefix}_nodes"
+
+    @property
+    def events_consumer(self) -> str:
+        """The coordinator's durable consumer on the events stream."""
+        return "coordinator"
+
+    def task_consumer(self, skill: str, priority: Priority) -> str:
+        """The durable consumer shared by every worker that runs `skill`, for one priority."""
+        return f"tasks-{skill_token(skill)}-{priority.value}"
+
+    # --- JetStream subjects ----------------------------------------------------------------------
+
+    def task(self, priority: Priority, skill: str) -> str:
+        """Where a task of `skill` at `priority` is published."""
+        return f"{self.prefix}.tasks.{priority.value}.{skill_token(skill)}"
+
+    @property
+    def tasks_all(self) -> str:
+        """Every task subject."""
+        return f"{self.prefix}.tasks.>"
+
+    def events(self, task_id: str) -> str:
+        """Where events of one task are published."""
+        return f"{self.prefix}.events.{task_id}"
+
+    @property
+    def events_all(self) -> str:
+        """Every event subject."""
+        return f"{self.prefix}.events.>"
+
+    def dlq(self, skill: str) -> str:
+        """Dead letters of one skill."""
+        return f"{self.prefix}.dlq.{skill_token(skill)}"
+
+    @property
+    def dlq_all(self) -> str:
+        """Every dead-letter subject."""
+        return f"{self.prefix}.dlq.>"
+
+    # --- core NATS subjects ----------------------------------------------------------------------
+
+    def heartbeat(self, node_id: str) -> str:
+        """A node's heartbeats."""
+        return f"{self.prefix}.nodes.heartbeat.{node_id}"
+
+    @property
+    def heartbeat_all(self) -> str:
+        """Every node's heartbeats."""
+        return f"{self.prefix}.nodes.heartbeat.*"
+
+    def api(self, verb: str) -> str:
+        """The request subject of one API verb."""
+        return f"{self.prefix}.api.{verb}"
+
+    @property
+    def api_queue_group(self) -> str:
+        """Coordinators answer the API as one queue group."""
+        return f"{self.prefix}-coordinators"
+
+    def ctl(self, node_id: str) -> str:
+        """Control messages for one node (drain, pause, resume, shutdown)."""
+        return f"{self.prefix}.ctl.{node_id}"
+
+    def cancel(self, task_id: str) -> str:
+        """Broadcast: cancel this task wherever it runs."""
+        return f"{self.prefix}.cancel.{task_id}"
+
+    @property
+    def cancel_all(self) -> str:
+        """Every cancellation."""
+        return f"{self.prefix}.cancel.*"
+
+    def wake(self, skill: str) -> str:
+        """Hint to idle workers that `skill` has new tasks (payload: the priority)."""
+        return f"{self.prefix}.wake.{skill_token(skill)}"
+
+    def updates(self, task_id: str) -> str:
+        """Committed state changes of one task, broadcast by the coordinator."""
+        return f"{self.prefix}.updates.{task_id}"
+
+    @property
+    def updates_all(self) -> str:
+        """Committed state changes of every task."""
+        return f"{self.prefix}.updates.*"

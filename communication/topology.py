@@ -1,0 +1,147 @@
+"""Idempotent set-up of the cluster's streams, consumers and KV bucket.
+
+Every process calls these at start-up; creating what exists with the same config is a no-op, and a
+changed setting (say a longer ack wait) is applied with an update. Consumers that many workers share
+are never given an `inactive_threshold`: an idle durable would otherwise be deleted (JETSTREAM.md).
+"""
+
+from __future__ import annotations
+
+from nats.js import api
+from nats.js.errors import APIError, BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from common.config import JetStreamSettings
+from common.log import get_logger
+from common.states import PRIORITIES, Priority
+from communication.connection import NatsConnection
+
+log = get_logger("communication.topology")
+
+STREAM_NAME_IN_USE = 10058
+NODES_BUCKET_TTL_S = 24 * 3600.0
+
+
+class Topology:
+    """Creates (or updates) what the cluster needs in JetStream; remembers what it already did."""
+
+    def __init__(self, conn: NatsConnection, settings: JetStreamSettings) -> None:
+        self._conn = conn
+        self._settings = settings
+        self._subjects = conn.subjects
+        self._known_consumers: set[str] = set()
+
+    async def ensure_streams(self) -> None:
+        """The task work queue, the event log and the dead-letter stream."""
+        s, js = self._settings, self._subjects
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=js.tasks_stream,
+                description="queued tasks, one subject per (priority, skill)",
+                subjects=[js.tasks_all],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=api.StorageType.FILE,
+                num_replicas=s.replicas,
+                duplicate_window=s.duplicate_window_s,
+            )
+        )
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=js.events_stream,
+                description="task events reported by workers",
+                subjects=[js.events_all],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                num_replicas=s.replicas,
+                max_age=s.events_max_age_s,
+                duplicate_window=min(s.duplicate_window_s, s.events_max_age_s),
+            )
+        )
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=js.dlq_stream,
+                description="dead-lettered tasks",
+                subjects=[js.dlq_all],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                num_replicas=s.replicas,
+                max_age=s.dlq_max_age_s,
+                duplicate_window=min(s.duplicate_window_s, s.dlq_max_age_s),
+            )
+        )
+
+    async def nodes_kv(self) -> KeyValue:
+        """The KV bucket holding each node's last heartbeat (created if missing)."""
+        bucket = self._subjects.nodes_bucket
+        try:
+            return await self._conn.js.key_value(bucket)
+        except BucketNotFoundError:
+            return await self._conn.js.create_key_value(
+                bucket=bucket,
+                description="last heartbeat of each worker node",
+                history=1,
+                ttl=NODES_BUCKET_TTL_S,
+                storage=api.StorageType.FILE,
+                replicas=self._settings.replicas,
+            )
+
+    async def ensure_task_consumers(self, skill: str) -> None:
+        """The three durable pull consumers (one per priority) of `skill`."""
+        for priority in PRIORITIES:
+            await self.ensure_task_consumer(skill, priority)
+
+    async def ensure_task_consumer(self, skill: str, priority: Priority) -> str:
+        """One (skill, priority) consumer; returns its name."""
+        name = self._subjects.task_consumer(skill, priority)
+        if name in self._known_consumers:
+            return name
+        await self._conn.js.add_consumer(
+            self._subjects.tasks_stream,
+            api.ConsumerConfig(
+                durable_name=name,
+                description=f"{priority.value}-priority tasks of skill {skill}",
+                filter_subject=self._subjects.task(priority, skill),
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=self._settings.ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=self._settings.max_ack_pending,
+                num_replicas=self._settings.replicas,
+            ),
+        )
+        self._known_consumers.add(name)
+        return name
+
+    def forget_consumer(self, skill: str, priority: Priority) -> None:
+        """Make the next `ensure_task_consumer` create the consumer again (it vanished)."""
+        self._known_consumers.discard(self._subjects.task_consumer(skill, priority))
+
+    async def ensure_events_consumer(self) -> str:
+        """The coordinator's durable consumer on every task event, acked in bulk (AckAll)."""
+        name = self._subjects.events_consumer
+        await self._conn.js.add_consumer(
+            self._subjects.events_stream,
+            api.ConsumerConfig(
+                durable_name=name,
+                description="the coordinator folds task events into SQLite",
+                filter_subject=self._subjects.events_all,
+                deliver_policy=api.DeliverPolicy.ALL,
+                # The coordinator commits events in stream order, so acking the last of a committed
+                # batch acknowledges the whole batch: one ack per batch instead of one per event.
+                ack_policy=api.AckPolicy.ALL,
+                ack_wait=self._settings.ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=self._settings.max_ack_pending,
+                num_replicas=self._settings.replicas,
+            ),
+        )
+        return name
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        try:
+            await self._conn.js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            log.info("jetstream.stream_updated", stream=config.name)
+            await self._conn.js.update_stream(config)

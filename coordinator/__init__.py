@@ -1,0 +1,1 @@
+"""The coordinator process: state machine, node registry, API handlers, submit pipeline, event intake."""

@@ -1,0 +1,176 @@
+"""The coordinator's API verbs: decode the request, do the work, return the reply body."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+import msgspec
+from nats.js.errors import NotFoundError
+
+from common import __version__
+from common.api import (
+    ApiVerb,
+    NodesReply,
+    PingReply,
+    StatusReply,
+    SubmitReply,
+    SubmitRequest,
+    TaskGetRequest,
+    TaskListReply,
+    TaskListRequest,
+    TaskStatesReply,
+    TaskStatesRequest,
+)
+from common.config import ClawConfig
+from common.errors import InvalidInputError, TaskNotFoundError
+from common.models import ClusterStatus, NatsServerInfo, QueueDepth, TaskView
+from common.states import PRIORITIES
+from communication.codec import DecodeError, decode
+from communication.connection import NatsConnection
+from communication.monitoring import fetch_server_info
+from coordinator.admission import Admission
+from coordinator.api_server import Handler
+from coordinator.node_registry import NodeRegistry
+from coordinator.submission import SubmitPipeline
+from coordinator.task_book import TaskBook
+from storage.task_store import TaskStore
+
+MAX_LIST_LIMIT = 10_000
+T = TypeVar("T")
+
+
+class ApiHandlers:
+    """One method per verb; `table()` maps verbs to them for the `ApiServer`."""
+
+    def __init__(
+        self,
+        *,
+        config: ClawConfig,
+        node_id: str,
+        conn: NatsConnection,
+        admission: Admission,
+        pipeline: SubmitPipeline,
+        store: TaskStore,
+        book: TaskBook,
+        registry: NodeRegistry,
+    ) -> None:
+        self._config = config
+        self._node_id = node_id
+        self._conn = conn
+        self._admission = admission
+        self._pipeline = pipeline
+        self._store = store
+        self._book = book
+        self._registry = registry
+
+    def table(self) -> dict[str, Handler]:
+        """verb -> handler."""
+        return {
+            ApiVerb.PING: self.ping,
+            ApiVerb.SUBMIT: self.submit,
+            ApiVerb.TASK_GET: self.task_get,
+            ApiVerb.TASK_LIST: self.task_list,
+            ApiVerb.TASK_STATES: self.task_states,
+            ApiVerb.NODES: self.nodes,
+            ApiVerb.STATUS: self.status,
+        }
+
+    async def ping(self, data: bytes) -> PingReply:
+        """Liveness and version."""
+        return PingReply(version=__version__, node_id=self._node_id, skills=sorted(self._registry.online_skills()))
+
+    async def submit(self, data: bytes) -> SubmitReply:
+        """Admit, persist and publish tasks."""
+        request = _decode_request(data, SubmitRequest)
+        records = self._admission.admit(request)
+        results = await self._pipeline.submit(records)
+        return SubmitReply(results=results)
+
+    async def task_get(self, data: bytes) -> TaskView:
+        """One task with its history."""
+        request = _decode_request(data, TaskGetRequest)
+        view = await self._store.get_task(request.task_id, history=request.history)
+        if view is None:
+            raise TaskNotFoundError(f"no task with id {request.task_id}; `claw task list` shows recent ones")
+        return view
+
+    async def task_list(self, data: bytes) -> TaskListReply:
+        """Newest tasks, filtered."""
+        request = _decode_request(data, TaskListRequest)
+        limit = max(1, min(request.limit, MAX_LIST_LIMIT))
+        tasks = await self._store.list_tasks(state=request.state, skill=request.skill, limit=limit)
+        return TaskListReply(tasks=tasks)
+
+    async def task_states(self, data: bytes) -> TaskStatesReply:
+        """Current states of many tasks: the working set first, the database for the rest."""
+        request = _decode_request(data, TaskStatesRequest)
+        states = {}
+        missing = []
+        for task_id in request.task_ids:
+            record = self._book.get(task_id)
+            if record is None:
+                missing.append(task_id)
+            else:
+                states[task_id] = record.state
+        if missing:
+            states.update(await self._store.states(missing))
+        return TaskStatesReply(states=states)
+
+    async def nodes(self, data: bytes) -> NodesReply:
+        """The node registry."""
+        return NodesReply(nodes=self._registry.views())
+
+    async def status(self, data: bytes) -> StatusReply:
+        """The cluster overview."""
+        queues, nats_info = await asyncio.gather(self._queue_depths(), self._nats_info())
+        views = self._registry.views()
+        return StatusReply(
+            status=ClusterStatus(
+                coordinator_version=__version__,
+                nodes_online=self._registry.online_count(),
+                nodes_total=len(views),
+                tasks_by_state=self._book.counts(),
+                queues=queues,
+                nats=nats_info,
+            )
+        )
+
+    async def _queue_depths(self) -> list[QueueDepth]:
+        subjects = self._conn.subjects
+        depths = []
+        for skill in sorted(self._registry.known_skills()):
+            for priority in PRIORITIES:
+                try:
+                    info = await self._conn.js.consumer_info(
+                        subjects.tasks_stream, subjects.task_consumer(skill, priority)
+                    )
+                except NotFoundError:
+                    continue
+                depths.append(
+                    QueueDepth(
+                        skill=skill,
+                        priority=priority,
+                        pending=info.num_pending or 0,
+                        ack_pending=info.num_ack_pending or 0,
+                    )
+                )
+        return depths
+
+    async def _nats_info(self) -> NatsServerInfo:
+        monitor_url = self._config.nats.monitor_url
+        version = self._conn.server_version
+        if not monitor_url:
+            return NatsServerInfo(
+                version=version,
+                error="monitoring URL not configured (nats.monitor_url / CLAW_NATS_MONITOR_URL)",
+            )
+        info = await fetch_server_info(monitor_url)
+        return info if info.version else msgspec.structs.replace(info, version=version)
+
+
+def _decode_request(data: bytes, type_: type[T]) -> T:
+    try:
+        return decode(data or b"{}", type_)
+    except DecodeError as exc:
+        raise InvalidInputError(str(exc).replace("cannot decode", "invalid request:", 1)) from None

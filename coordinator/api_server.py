@@ -1,0 +1,78 @@
+"""Serving the coordinator API over NATS request/reply.
+
+Each verb has its own queue-group subscription (coordinators share the load). A request is served in
+its own task, owned by the server and awaited on shutdown, so a slow query never holds up a submit.
+Errors become `ApiReply.error`: a `ClawError` keeps its code and message; anything else is logged with
+its traceback and answered as `internal`, so a client never hangs on a failed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from common.api import ApiError, ApiReply
+from common.errors import ClawError, InternalError
+from common.log import get_logger
+from communication.codec import DecodeError, encode
+from communication.connection import NatsConnection
+
+log = get_logger("coordinator.api")
+
+Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
+
+
+class ApiServer:
+    """Subscribes the API verbs and answers them with the given handlers."""
+
+    def __init__(self, conn: NatsConnection, handlers: dict[str, Handler]) -> None:
+        self._conn = conn
+        self._handlers = handlers
+        self._subs: list[Subscription] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Start answering requests."""
+        subjects = self._conn.subjects
+        for verb, handler in self._handlers.items():
+            sub = await self._conn.nc.subscribe(
+                subjects.api(verb), queue=subjects.api_queue_group, cb=self._dispatcher(verb, handler)
+            )
+            self._subs.append(sub)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking requests, let those in progress finish (up to `grace_s`), cancel the rest."""
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _dispatcher(self, verb: str, handler: Handler) -> Callable[[Msg], Awaitable[None]]:
+        async def dispatch(msg: Msg) -> None:
+            task = asyncio.create_task(self._serve(verb, handler, msg), name=f"api.{verb}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+        return dispatch
+
+    async def _serve(self, verb: str, handler: Handler, msg: Msg) -> None:
+        try:
+            payload = b'{"data":' + encode(await handler(msg.data)) + b"}"
+        except ClawError as exc:
+            payload = encode(ApiReply(error=ApiError(exc.code, str(exc))))
+        except DecodeError as exc:
+            payload = encode(ApiReply(error=ApiError("bad_request", f"malformed {verb} request: {exc}")))
+        except Exception as exc:
+            log.exception("api.failed", verb=verb)
+            error = InternalError(f"the coordinator failed on {verb}: {type(exc).__name__}: {exc}; see its log")
+            payload = encode(ApiReply(error=ApiError(error.code, str(error))))
+        if msg.reply:
+            await msg.respond(payload)

@@ -1,0 +1,123 @@
+"""The loop that pulls task events from JetStream and commits them to SQLite in batches.
+
+Order of a step: pull up to `event_batch_max` events (waiting up to a second for the first), fold
+them all, commit one transaction, then ack the last event (the consumer is AckAll), then broadcast
+the new states. A crash before the ack redelivers the batch; folding is idempotent, so nothing is
+counted twice. A database that refuses the write stops intake (retrying) rather than acking events
+that were not recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from common.errors import StorageError
+from common.log import get_logger
+from common.models import TaskUpdate
+from communication.codec import DecodeError, decode_event, encode
+from communication.connection import NATS_ERRORS, NatsConnection
+from communication.pull import ConsumerUnavailableError, PullConsumer
+from communication.topology import Topology
+from coordinator.event_folding import EventFolder
+from coordinator.task_book import TaskBook
+from storage.records import WriteBatch
+from storage.task_store import TaskStore
+
+log = get_logger("coordinator.events")
+
+WAIT_FOR_EVENTS_S = 1.0
+MAX_RETRY_DELAY_S = 5.0
+
+
+class EventIntake:
+    """Consumes `<PREFIX>_EVENTS` through the coordinator's durable consumer."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        topology: Topology,
+        store: TaskStore,
+        book: TaskBook,
+        *,
+        batch_max: int,
+    ) -> None:
+        self._conn = conn
+        self._topology = topology
+        self._store = store
+        self._book = book
+        self._folder = EventFolder(book)
+        self._batch_max = batch_max
+        subjects = conn.subjects
+        self._pull = PullConsumer(conn, subjects.events_stream, subjects.events_consumer)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Fold events until `stopping` is set (finishing the batch in hand)."""
+        await self._pull.start()
+        try:
+            while not stopping.is_set():
+                try:
+                    msgs = await self._pull.fetch(self._batch_max, wait_s=WAIT_FOR_EVENTS_S)
+                except ConsumerUnavailableError as exc:
+                    log.warning("events.consumer_unavailable", error=str(exc))
+                    await self._recreate_consumer(stopping)
+                    continue
+                if msgs:
+                    await self._handle(msgs, stopping)
+        finally:
+            await self._pull.stop()
+
+    async def _handle(self, msgs: list[Msg], stopping: asyncio.Event) -> None:
+        batch = WriteBatch()
+        for msg in msgs:
+            try:
+                event = decode_event(msg.data)
+            except DecodeError as exc:
+                # Nothing can be applied from it; it stays in the events stream for inspection.
+                log.error("events.undecodable", subject=msg.subject, error=str(exc), data=msg.data[:200])
+                continue
+            await self._folder.fold(event, batch)
+        await self._commit(batch, stopping)
+        try:
+            # AckAll: this acknowledges every event up to and including the last of the batch.
+            await msgs[-1].ack()
+        except nats.errors.Error as exc:
+            # Not acked means redelivered after the ack wait; folding it again changes nothing.
+            log.warning("events.ack_failed", error=str(exc))
+        self._book.release_finished(list(batch.changed_tasks.values()))
+        await self._broadcast(batch)
+
+    async def _commit(self, batch: WriteBatch, stopping: asyncio.Event) -> None:
+        """Write the batch, retrying while the database refuses: the state in memory is already ahead."""
+        delay = 0.1
+        while True:
+            try:
+                await self._store.write_batch(batch)
+                return
+            except StorageError as exc:
+                if stopping.is_set():
+                    raise  # unacked, so redelivered to the next coordinator run
+                log.error("events.commit_failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
+
+    async def _broadcast(self, batch: WriteBatch) -> None:
+        nc, subjects = self._conn.nc, self._conn.subjects
+        for record in batch.changed_tasks.values():
+            update = TaskUpdate(
+                task_id=record.task_id, state=record.state, attempt=record.attempts, at=record.updated_at
+            )
+            await nc.publish(subjects.updates(record.task_id), encode(update))
+
+    async def _recreate_consumer(self, stopping: asyncio.Event) -> None:
+        delay = 0.5
+        while not stopping.is_set():
+            try:
+                await self._topology.ensure_events_consumer()
+                return
+            except NATS_ERRORS as exc:
+                log.warning("events.consumer_recreate_failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)

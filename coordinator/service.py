@@ -1,0 +1,166 @@
+"""The coordinator process: wires the parts together and owns their lifecycle.
+
+Start-up: connect to NATS, create streams and the events consumer, open and migrate the database, load
+the working set (unfinished tasks, node registry), then start the loops and, last, the API - so no
+request is answered before the state behind it is loaded.
+
+Shutdown (on the `stop` event): stop taking API requests and let those in progress finish; then stop
+the loops - the submit pipeline drains its queue, event intake commits and acks the batch in hand,
+the registry is persisted; then the database and NATS are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from common.clock import SYSTEM_CLOCK, Clock
+from common.config import ClawConfig
+from common.errors import StorageError
+from common.log import get_logger
+from common.models import NodeHeartbeat
+from communication.codec import DecodeError, decode
+from communication.connection import NatsConnection
+from communication.topology import Topology
+from coordinator.admission import Admission
+from coordinator.api_handlers import ApiHandlers
+from coordinator.api_server import ApiServer
+from coordinator.event_intake import EventIntake
+from coordinator.node_registry import NodeRegistry
+from coordinator.submission import SubmitPipeline
+from coordinator.task_book import TaskBook
+from storage.database import Database
+from storage.node_store import NodeStore
+from storage.task_store import TaskStore
+
+log = get_logger("coordinator")
+
+MAINTENANCE_INTERVAL_S = 0.25
+API_GRACE_S = 10.0
+
+
+class Coordinator:
+    """A running coordinator; build it with `await Coordinator.start(config)`, then `run(stop)`."""
+
+    def __init__(
+        self,
+        config: ClawConfig,
+        conn: NatsConnection,
+        db: Database,
+        topology: Topology,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
+        self._conn = conn
+        self._db = db
+        self._clock = clock
+        settings = config.coordinator
+        self.store = TaskStore(db)
+        self.book = TaskBook(self.store)
+        self.registry = NodeRegistry(NodeStore(db), clock, missed_beats=settings.offline_after_missed_beats)
+        self.pipeline = SubmitPipeline(conn, self.store, self.book, settings, clock)
+        self._intake = EventIntake(conn, topology, self.store, self.book, batch_max=settings.event_batch_max)
+        admission = Admission(
+            settings,
+            clock,
+            known_skills=self.registry.known_skills,
+            online_skills=self.registry.online_skills,
+        )
+        handlers = ApiHandlers(
+            config=config,
+            node_id=self.node_id,
+            conn=conn,
+            admission=admission,
+            pipeline=self.pipeline,
+            store=self.store,
+            book=self.book,
+            registry=self.registry,
+        )
+        self._api = ApiServer(conn, handlers.table())
+        self._heartbeat_sub: Subscription | None = None
+
+    @classmethod
+    async def start(cls, config: ClawConfig, *, clock: Clock = SYSTEM_CLOCK) -> Coordinator:
+        """Connect, set up JetStream, open the database and load the working set."""
+        conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
+        try:
+            topology = Topology(conn, config.jetstream)
+            await topology.ensure_streams()
+            await topology.ensure_events_consumer()
+            await topology.nodes_kv()
+            db = await Database.open(config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous)
+        except BaseException:
+            await conn.close()
+            raise
+        coordinator = cls(config, conn, db, topology, clock)
+        await coordinator.book.load()
+        await coordinator.registry.load()
+        log.info(
+            "coordinator.loaded",
+            node_id=coordinator.node_id,
+            db=str(db.path),
+            unfinished_tasks=len(coordinator.book),
+            nodes=len(coordinator.registry.views()),
+        )
+        return coordinator
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then shut down in order and close everything."""
+        loops_stopping = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.pipeline.run(loops_stopping), name="submit-pipeline")
+                tg.create_task(self._intake.run(loops_stopping), name="event-intake")
+                tg.create_task(self._maintain(loops_stopping), name="maintenance")
+                self._heartbeat_sub = await self._conn.nc.subscribe(
+                    self._conn.subjects.heartbeat_all, cb=self._on_heartbeat
+                )
+                await self._api.start()
+                log.info("coordinator.ready", node_id=self.node_id, prefix=self._conn.subjects.prefix)
+                await stop.wait()
+                log.info("coordinator.stopping")
+                await self._api.stop(API_GRACE_S)
+                loops_stopping.set()
+        finally:
+            await self._close()
+        log.info("coordinator.stopped")
+
+    async def _close(self) -> None:
+        if self._heartbeat_sub is not None:
+            await self._heartbeat_sub.unsubscribe()
+            self._heartbeat_sub = None
+        await self.registry.persist()
+        await self._db.close()
+        await self._conn.close()
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = decode(msg.data, NodeHeartbeat)
+        except DecodeError as exc:
+            log.warning("node.bad_heartbeat", subject=msg.subject, error=str(exc))
+            return
+        self.registry.observe(beat)
+
+    async def _maintain(self, stopping: asyncio.Event) -> None:
+        """Node liveness, registry persistence and republishing of stuck pending tasks."""
+        republish_every = self.config.coordinator.republish_after_s / 2
+        next_republish = self._clock.monotonic()
+        while not stopping.is_set():
+            self.registry.sweep()
+            try:
+                await self.registry.persist()
+            except StorageError as exc:
+                log.error("nodes.persist_failed", error=str(exc))
+            if self._clock.monotonic() >= next_republish:
+                await self.pipeline.republish_pending()
+                next_republish = self._clock.monotonic() + republish_every
+            try:
+                async with asyncio.timeout(MAINTENANCE_INTERVAL_S):
+                    await stopping.wait()
+            except TimeoutError:
+                pass

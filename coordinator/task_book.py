@@ -1,0 +1,88 @@
+"""The coordinator's working set: records of unfinished tasks, and task counts by state.
+
+Holding unfinished tasks in memory keeps database reads off the hot path (an event's task is found
+here, not by a SELECT) while memory stays bounded by what is in flight, not by history. Finished tasks
+leave the set once their final state is committed; a late event for one is looked up in the database.
+Every state change goes through `move`, which keeps the counts exact.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from common.states import TERMINAL_STATES, TaskState
+from coordinator.state_machine import transition
+from storage.records import EventRecord, TaskRecord
+from storage.task_store import TaskStore
+
+
+class TaskBook:
+    """Unfinished tasks by id, plus counts of all tasks by state."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self._store = store
+        self._active: dict[str, TaskRecord] = {}
+        self._counts: Counter[TaskState] = Counter()
+
+    async def load(self) -> None:
+        """Fill from the database after a (re)start."""
+        self._active = {r.task_id: r for r in await self._store.load_unfinished()}
+        self._counts = Counter(await self._store.count_by_state())
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The record of an unfinished (or just finished, not yet released) task."""
+        return self._active.get(task_id)
+
+    async def find(self, task_id: str) -> TaskRecord | None:
+        """The record from memory, else from the database; None if the task does not exist."""
+        record = self._active.get(task_id)
+        if record is None:
+            record = await self._store.load_record(task_id)
+        return record
+
+    def add(self, record: TaskRecord) -> None:
+        """A task just admitted (its insert is in the same batch)."""
+        self._active[record.task_id] = record
+        self._counts[record.state] += 1
+
+    def adopt(self, record: TaskRecord) -> None:
+        """Take a finished task loaded from the database back into the working set (re-run)."""
+        self._active[record.task_id] = record
+
+    def move(
+        self,
+        record: TaskRecord,
+        to_state: TaskState,
+        *,
+        at: float,
+        kind: str,
+        attempt: int | None = None,
+        node_id: str | None = None,
+        event_id: str | None = None,
+        data: str | None = None,
+    ) -> EventRecord:
+        """Change a task's state through the transition table; returns the event-log row."""
+        from_state = record.state
+        row = transition(
+            record, to_state, at=at, kind=kind, attempt=attempt, node_id=node_id, event_id=event_id, data=data
+        )
+        self._counts[from_state] -= 1
+        self._counts[to_state] += 1
+        return row
+
+    def release_finished(self, records: list[TaskRecord]) -> None:
+        """Drop committed finished tasks from the working set."""
+        for record in records:
+            if record.state in TERMINAL_STATES:
+                self._active.pop(record.task_id, None)
+
+    def with_state(self, state: TaskState) -> list[TaskRecord]:
+        """Unfinished tasks in `state`, oldest first."""
+        return sorted((r for r in self._active.values() if r.state == state), key=lambda r: r.task_id)
+
+    def counts(self) -> dict[str, int]:
+        """Tasks by state (all tasks in the database), non-zero only."""
+        return {state.value: n for state, n in sorted(self._counts.items()) if n > 0}

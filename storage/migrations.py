@@ -1,0 +1,99 @@
+"""Versioned schema migrations of the state database.
+
+Each migration is applied once, in order, inside one transaction, and recorded in `schema_version`.
+Never edit a migration that has shipped: add the next one. docs/DB_schema.md describes the tables.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "nodes, tasks, attempts and the append-only event log",
+        """
+        CREATE TABLE nodes (
+            node_id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            hostname TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            skills TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            capacity INTEGER NOT NULL,
+            running INTEGER NOT NULL,
+            cpu_percent REAL NOT NULL DEFAULT 0,
+            memory_percent REAL NOT NULL DEFAULT 0,
+            rss_mb REAL NOT NULL DEFAULT 0,
+            load1 REAL NOT NULL DEFAULT 0,
+            heartbeat_interval_s REAL NOT NULL,
+            started_at REAL NOT NULL,
+            last_seen REAL NOT NULL
+        );
+
+        CREATE TABLE tasks (
+            task_id TEXT PRIMARY KEY,
+            skill TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            state TEXT NOT NULL,
+            input TEXT NOT NULL,
+            idempotency_key TEXT UNIQUE,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL,
+            timeout_s REAL NOT NULL,
+            attempt_offset INTEGER NOT NULL DEFAULT 0,
+            submitter TEXT,
+            node_id TEXT,
+            created_at REAL NOT NULL,
+            queued_at REAL,
+            started_at REAL,
+            finished_at REAL,
+            updated_at REAL NOT NULL,
+            result TEXT,
+            error_type TEXT,
+            error_message TEXT,
+            error_traceback TEXT,
+            trace_id TEXT,
+            stream_seq INTEGER
+        );
+        -- `task list --status S` newest first, and the start-up load of unfinished tasks.
+        CREATE INDEX tasks_state ON tasks (state, task_id);
+        -- `task list --skill S` newest first.
+        CREATE INDEX tasks_skill ON tasks (skill, task_id);
+
+        CREATE TABLE task_attempts (
+            task_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            node_id TEXT,
+            state TEXT NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            error_type TEXT,
+            error_message TEXT,
+            error_traceback TEXT,
+            PRIMARY KEY (task_id, attempt)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            -- Set for events reported by workers: a redelivered event is recorded once.
+            event_id TEXT UNIQUE,
+            task_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            kind TEXT NOT NULL,
+            from_state TEXT,
+            to_state TEXT,
+            node_id TEXT,
+            at REAL NOT NULL,
+            data TEXT
+        );
+        CREATE INDEX events_task ON events (task_id, id);
+
+        CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+        CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+        """,
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,188 @@
+"""Row shapes of the state database, as mutable records the coordinator updates in memory.
+
+The coordinator changes a task's record event by event and writes the record's final image once per
+batch (`TaskStore.write_batch`), so two events for one task in one batch cost one UPDATE and the
+order of statements inside a batch never matters.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from common.states import AttemptState, Priority, TaskState
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """One row of `tasks`."""
+
+    task_id: str
+    skill: str
+    priority: Priority
+    state: TaskState
+    input: str
+    max_attempts: int
+    timeout_s: float
+    created_at: float
+    updated_at: float
+    idempotency_key: str | None = None
+    attempts: int = 0
+    attempt_offset: int = 0
+    submitter: str | None = None
+    node_id: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+    trace_id: str | None = None
+    stream_seq: int | None = None
+
+    def insert_row(self) -> tuple[object, ...]:
+        """Parameters for `TaskStore.INSERT_TASK`."""
+        return (
+            self.task_id,
+            self.skill,
+            self.priority.value,
+            self.state.value,
+            self.input,
+            self.idempotency_key,
+            self.attempts,
+            self.max_attempts,
+            self.timeout_s,
+            self.attempt_offset,
+            self.submitter,
+            self.created_at,
+            self.updated_at,
+            self.trace_id,
+        )
+
+    def update_row(self) -> tuple[object, ...]:
+        """Parameters for `TaskStore.UPDATE_TASK`: every column that changes after insert."""
+        return (
+            self.state.value,
+            self.attempts,
+            self.attempt_offset,
+            self.node_id,
+            self.queued_at,
+            self.started_at,
+            self.finished_at,
+            self.result,
+            self.error_type,
+            self.error_message,
+            self.error_traceback,
+            self.stream_seq,
+            self.updated_at,
+            self.task_id,
+        )
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> TaskRecord:
+        """Build from a `SELECT * FROM tasks` row."""
+        return cls(
+            task_id=row["task_id"],
+            skill=row["skill"],
+            priority=Priority(row["priority"]),
+            state=TaskState(row["state"]),
+            input=row["input"],
+            max_attempts=row["max_attempts"],
+            timeout_s=row["timeout_s"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            idempotency_key=row["idempotency_key"],
+            attempts=row["attempts"],
+            attempt_offset=row["attempt_offset"],
+            submitter=row["submitter"],
+            node_id=row["node_id"],
+            queued_at=row["queued_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            result=row["result"],
+            error_type=row["error_type"],
+            error_message=row["error_message"],
+            error_traceback=row["error_traceback"],
+            trace_id=row["trace_id"],
+            stream_seq=row["stream_seq"],
+        )
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One row of `task_attempts`."""
+
+    task_id: str
+    attempt: int
+    node_id: str | None
+    state: AttemptState
+    started_at: float | None = None
+    finished_at: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+
+    def upsert_row(self) -> tuple[object, ...]:
+        """Parameters for `TaskStore.UPSERT_ATTEMPT`."""
+        return (
+            self.task_id,
+            self.attempt,
+            self.node_id,
+            self.state.value,
+            self.started_at,
+            self.finished_at,
+            self.error_type,
+            self.error_message,
+            self.error_traceback,
+        )
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """One row of the append-only `events` log."""
+
+    task_id: str
+    kind: str
+    at: float
+    attempt: int = 0
+    event_id: str | None = None
+    from_state: TaskState | None = None
+    to_state: TaskState | None = None
+    node_id: str | None = None
+    data: str | None = None
+
+    def insert_row(self) -> tuple[object, ...]:
+        """Parameters for `TaskStore.INSERT_EVENT`."""
+        return (
+            self.event_id,
+            self.task_id,
+            self.attempt,
+            self.kind,
+            None if self.from_state is None else self.from_state.value,
+            None if self.to_state is None else self.to_state.value,
+            self.node_id,
+            self.at,
+            self.data,
+        )
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one coordinator step writes, committed as one transaction."""
+
+    new_tasks: list[TaskRecord] = field(default_factory=list)
+    changed_tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    attempts: dict[tuple[str, int], AttemptRecord] = field(default_factory=dict)
+    events: list[EventRecord] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.new_tasks or self.changed_tasks or self.attempts or self.events)
+
+    def touch(self, record: TaskRecord) -> None:
+        """Mark a task's record as changed (its final image is written at commit)."""
+        self.changed_tasks[record.task_id] = record
+
+    def put_attempt(self, record: AttemptRecord) -> None:
+        """Stage an attempt's final image."""
+        self.attempts[(record.task_id, record.attempt)] = record

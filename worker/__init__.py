@@ -1,0 +1,1 @@
+"""The worker process: consumers, execution slots, skill runtime, heartbeats."""

@@ -1,0 +1,109 @@
+"""Heartbeats: the worker's periodic self-report (core NATS for the coordinator, KV for anyone).
+
+A beat carries what the registry shows (`claw nodes`): skills, labels, capacity and running tasks,
+CPU, memory and load from psutil. Reading psutil's counters is a few /proc reads, not a blocking wait
+(`cpu_percent(interval=None)` compares with the previous call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+
+import psutil
+from nats.js.kv import KeyValue
+
+from common import __version__
+from common.clock import Clock
+from common.log import get_logger
+from common.models import NodeHeartbeat
+from common.states import NodeStatus
+from communication.codec import encode
+from communication.connection import NATS_ERRORS, NatsConnection
+
+log = get_logger("worker.heartbeat")
+
+
+class Heartbeat:
+    """Sends this node's beats every `interval_s` and deregisters it on shutdown."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        kv: KeyValue,
+        *,
+        node_id: str,
+        skills: list[str],
+        labels: dict[str, str],
+        capacity: int,
+        interval_s: float,
+        running: Callable[[], int],
+        status: Callable[[], NodeStatus],
+        clock: Clock,
+    ) -> None:
+        self._conn = conn
+        self._kv = kv
+        self._node_id = node_id
+        self._skills = skills
+        self._labels = labels
+        self._capacity = capacity
+        self._interval_s = interval_s
+        self._running = running
+        self._status = status
+        self._clock = clock
+        self._started_at = clock.now()
+        self._process = psutil.Process()
+        self._seq = 0
+        psutil.cpu_percent(interval=None)  # the first call only sets the baseline
+
+    def beat(self, status: NodeStatus | None = None) -> NodeHeartbeat:
+        """This node's report as of now."""
+        self._seq += 1
+        return NodeHeartbeat(
+            node_id=self._node_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            status=status or self._status(),
+            skills=self._skills,
+            labels=self._labels,
+            capacity=self._capacity,
+            running=self._running(),
+            cpu_percent=psutil.cpu_percent(interval=None),
+            memory_percent=psutil.virtual_memory().percent,
+            rss_mb=round(self._process.memory_info().rss / 1e6, 1),
+            load1=os.getloadavg()[0],
+            interval_s=self._interval_s,
+            started_at=self._started_at,
+            sent_at=self._clock.now(),
+            seq=self._seq,
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Beat every interval until `stopping` is set."""
+        while not stopping.is_set():
+            await self.send(self.beat())
+            try:
+                async with asyncio.timeout(self._interval_s):
+                    await stopping.wait()
+            except TimeoutError:
+                pass
+
+    async def send(self, beat: NodeHeartbeat) -> None:
+        """Publish one beat (core NATS) and store it in the KV bucket; failures are logged."""
+        payload = encode(beat)
+        try:
+            await self._conn.nc.publish(self._conn.subjects.heartbeat(self._node_id), payload)
+            await self._kv.put(self._node_id, payload)
+        except NATS_ERRORS as exc:
+            log.warning("heartbeat.failed", error=str(exc) or type(exc).__name__)
+
+    async def deregister(self) -> None:
+        """Tell the coordinator this node is gone on purpose, and drop its KV entry."""
+        await self.send(self.beat(NodeStatus.OFFLINE))
+        try:
+            await self._kv.delete(self._node_id)
+        except NATS_ERRORS as exc:
+            log.warning("heartbeat.deregister_failed", error=str(exc) or type(exc).__name__)

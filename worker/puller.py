@@ -1,0 +1,194 @@
+"""Pulling tasks: only as many as there are free slots, high priority before normal before low.
+
+A worker has one durable consumer per (skill, priority) it serves. Asking every consumer on every
+loop would cost a round trip each, so each consumer carries a "may have work" flag:
+
+- it is set by a wake-up (`<prefix>.wake.<skill>`, sent by the coordinator after publishing), by the
+  periodic poll (every `idle_poll_interval_s`, which finds redeliveries and delayed retries that no
+  wake-up announces), and at start;
+- it is cleared when a `no_wait` pull returns fewer messages than asked for - unless a wake-up came
+  in meanwhile (a generation counter tells), so a wake-up is never lost to a race.
+
+Each round walks priorities from high to low and stops when the slots are full; the next round starts
+again from high, so a high-priority task waits at most for one free slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from common.aio import wait_any
+from common.clock import Clock
+from common.config import WorkerSettings
+from common.log import get_logger
+from common.states import PRIORITIES, Priority
+from communication.connection import NATS_ERRORS, NatsConnection
+from communication.pull import ConsumerUnavailableError, PullConsumer
+from communication.subjects import skill_from_token
+from communication.topology import Topology
+
+log = get_logger("worker.puller")
+
+
+class Slots:
+    """Execution slots: how many tasks may run at once, and how many do."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.freed = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        """Slots not in use."""
+        return max(self.capacity - self.used, 0)
+
+    def take(self, n: int = 1) -> None:
+        """Mark `n` slots used."""
+        self.used += n
+
+    def release(self) -> None:
+        """Free one slot and wake the puller."""
+        self.used -= 1
+        self.freed.set()
+
+
+@dataclass(slots=True)
+class _Source:
+    skill: str
+    priority: Priority
+    consumer: PullConsumer
+    maybe_work: bool = True
+    generation: int = 0
+
+
+class TaskPuller:
+    """Fetches tasks for a set of skills into free slots and hands each to `dispatch`."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        topology: Topology,
+        skills: list[str],
+        slots: Slots,
+        settings: WorkerSettings,
+        clock: Clock,
+        dispatch: Callable[[Msg], None],
+    ) -> None:
+        self._conn = conn
+        self._topology = topology
+        self._slots = slots
+        self._settings = settings
+        self._clock = clock
+        self._dispatch = dispatch
+        subjects = conn.subjects
+        self._sources: dict[Priority, list[_Source]] = {
+            p: [
+                _Source(s, p, PullConsumer(conn, subjects.tasks_stream, subjects.task_consumer(s, p)))
+                for s in sorted(skills)
+            ]
+            for p in PRIORITIES
+        }
+        self._by_skill = {(src.skill, src.priority): src for p in PRIORITIES for src in self._sources[p]}
+        self._woken = asyncio.Event()
+        self._rotation = 0
+        self._wake_subs: list[Subscription] = []
+        self.paused = False
+
+    async def start(self) -> None:
+        """Create the consumers, open their inboxes and listen for wake-ups."""
+        subjects = self._conn.subjects
+        for source in self._by_skill.values():
+            await self._topology.ensure_task_consumer(source.skill, source.priority)
+            await source.consumer.start()
+        for skill in sorted({s for s, _ in self._by_skill}):
+            self._wake_subs.append(await self._conn.nc.subscribe(subjects.wake(skill), cb=self._on_wake))
+
+    async def stop(self) -> None:
+        """Stop listening; nothing more is fetched."""
+        for sub in self._wake_subs:
+            await sub.unsubscribe()
+        self._wake_subs.clear()
+        for source in self._by_skill.values():
+            await source.consumer.stop()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Fill free slots until `stopping` is set."""
+        poll_s = self._settings.idle_poll_interval_s
+        next_poll = self._clock.monotonic() + poll_s
+        while not stopping.is_set():
+            if self._clock.monotonic() >= next_poll:
+                self._flag_all()
+                next_poll = self._clock.monotonic() + poll_s
+            if self.paused or self._slots.free == 0:
+                self._slots.freed.clear()
+                await wait_any(self._slots.freed, stopping, timeout_s=poll_s)
+                continue
+            self._woken.clear()
+            if await self._round(stopping) == 0:
+                await wait_any(self._woken, stopping, timeout_s=max(next_poll - self._clock.monotonic(), 0))
+
+    async def _round(self, stopping: asyncio.Event) -> int:
+        """One pass over the flagged consumers, high priority first; returns how many were fetched."""
+        fetched = 0
+        self._rotation += 1
+        for priority in PRIORITIES:
+            sources = self._sources[priority]
+            start = self._rotation % len(sources) if sources else 0
+            for source in sources[start:] + sources[:start]:
+                if stopping.is_set() or self.paused or self._slots.free == 0:
+                    return fetched
+                if source.maybe_work:
+                    fetched += await self._fetch(source)
+        return fetched
+
+    async def _fetch(self, source: _Source) -> int:
+        want = min(self._slots.free, self._settings.fetch_batch_max)
+        generation = source.generation
+        try:
+            msgs = await source.consumer.fetch_nowait(want)
+        except ConsumerUnavailableError as exc:
+            log.warning(
+                "pull.consumer_unavailable",
+                skill=source.skill,
+                priority=source.priority.value,
+                error=str(exc),
+            )
+            await self._topology_repair(source)
+            return 0
+        if len(msgs) < want and source.generation == generation:
+            source.maybe_work = False
+        self._slots.take(len(msgs))
+        for msg in msgs:
+            self._dispatch(msg)
+        return len(msgs)
+
+    async def _topology_repair(self, source: _Source) -> None:
+        """A consumer vanished (deleted, stream re-created): create it again on the next round."""
+        self._topology.forget_consumer(source.skill, source.priority)
+        try:
+            await self._topology.ensure_task_consumer(source.skill, source.priority)
+        except NATS_ERRORS as exc:  # logged; the periodic poll retries
+            log.warning("pull.consumer_recreate_failed", skill=source.skill, error=str(exc))
+
+    def _flag_all(self) -> None:
+        for source in self._by_skill.values():
+            source.maybe_work = True
+            source.generation += 1
+
+    async def _on_wake(self, msg: Msg) -> None:
+        skill = skill_from_token(msg.subject.rsplit(".", 1)[-1])
+        try:
+            priority = Priority(msg.data.decode())
+        except ValueError:
+            return
+        source = self._by_skill.get((skill, priority))
+        if source is not None:
+            source.maybe_work = True
+            source.generation += 1
+            self._woken.set()

@@ -1,0 +1,174 @@
+"""The worker process: wires puller, runner, reporter and heartbeat together and owns their tasks.
+
+Shutdown (on the `stop` event), in the order dramatiq and Temporal use: stop fetching; let running
+tasks finish within `shutdown_grace_s` while progress acks keep their messages alive; cancel what is
+still running (those nak, so another worker takes them at once); flush the event reporter;
+deregister; close NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from common.clock import SYSTEM_CLOCK, Clock
+from common.config import ClawConfig
+from common.errors import ConfigError
+from common.log import get_logger
+from common.states import NodeStatus
+from communication.connection import NATS_ERRORS, NatsConnection
+from communication.topology import Topology
+from worker.execution import TaskRunner
+from worker.heartbeat import Heartbeat
+from worker.puller import Slots, TaskPuller
+from worker.reporter import EventReporter
+from worker.skills import SkillRegistry, builtin_registry
+
+log = get_logger("worker")
+
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def default_node_id() -> str:
+    """`<hostname>-<pid>`, with characters that cannot be in a subject token replaced."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40]
+    return f"{host}-{os.getpid()}"
+
+
+class Worker:
+    """A running worker; build it with `await Worker.start(config)`, then `run(stop)`."""
+
+    def __init__(
+        self,
+        config: ClawConfig,
+        conn: NatsConnection,
+        topology: Topology,
+        skills: SkillRegistry,
+        heartbeat_kv: KeyValue,
+        node_id: str,
+        clock: Clock,
+    ) -> None:
+        settings = config.worker
+        self.config = config
+        self.node_id = node_id
+        self.skills = skills
+        self._conn = conn
+        self._clock = clock
+        self.slots = Slots(settings.concurrency)
+        self._running: dict[asyncio.Task[None], Msg] = {}
+        self._threads = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="skill")
+        self._reporter = EventReporter(conn)
+        self._runner = TaskRunner(
+            node_id=node_id, skills=skills, reporter=self._reporter, clock=clock, threads=self._threads
+        )
+        self.puller = TaskPuller(conn, topology, skills.names(), self.slots, settings, clock, self._dispatch)
+        self._status = NodeStatus.ONLINE
+        self.heartbeat = Heartbeat(
+            conn,
+            heartbeat_kv,
+            node_id=node_id,
+            skills=skills.names(),
+            labels=settings.labels,
+            capacity=settings.concurrency,
+            interval_s=settings.heartbeat_interval_s,
+            running=lambda: len(self._running),
+            status=lambda: self._status,
+            clock=clock,
+        )
+
+    @classmethod
+    async def start(
+        cls, config: ClawConfig, *, skills: SkillRegistry | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> Worker:
+        """Connect, set up streams and this worker's consumers, and register its skills."""
+        node_id = config.worker.node_id or default_node_id()
+        if not NODE_ID_PATTERN.match(node_id):
+            raise ConfigError(f"node id '{node_id}' may only hold letters, digits, '-' and '_' (64 at most)")
+        registry = (skills or builtin_registry()).select(config.worker.skills)
+        if not registry.names():
+            raise ConfigError("this worker has no skills to run")
+        conn = await NatsConnection.connect(config.nats, name=f"claw-worker-{node_id}")
+        try:
+            topology = Topology(conn, config.jetstream)
+            await topology.ensure_streams()
+            kv = await topology.nodes_kv()
+            worker = cls(config, conn, topology, registry, kv, node_id, clock)
+            await worker.puller.start()
+        except BaseException:
+            await conn.close()
+            raise
+        return worker
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then shut down gracefully and close the connection."""
+        pulling = asyncio.Event()
+        background = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._reporter.run(background), name="event-reporter")
+                tg.create_task(self.heartbeat.run(background), name="heartbeat")
+                tg.create_task(self._keep_alive(background), name="progress-acks")
+                tg.create_task(self.puller.run(pulling), name="puller")
+                log.info(
+                    "worker.ready",
+                    node_id=self.node_id,
+                    skills=self.skills.names(),
+                    concurrency=self.slots.capacity,
+                    labels=self.config.worker.labels,
+                )
+                await stop.wait()
+                log.info("worker.stopping", running=len(self._running))
+                self._status = NodeStatus.DRAINING
+                pulling.set()
+                await self._drain_running(self.config.worker.shutdown_grace_s)
+                await self.heartbeat.deregister()
+                background.set()
+        finally:
+            await self.puller.stop()
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            await self._conn.close()
+        log.info("worker.stopped", node_id=self.node_id)
+
+    def _dispatch(self, msg: Msg) -> None:
+        """Start a fetched task in the slot the puller reserved for it."""
+        task = asyncio.create_task(self._runner.execute(msg), name="task")
+        self._running[task] = msg
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self.slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task.crashed", error=repr(task.exception()))
+
+    async def _drain_running(self, grace_s: float) -> None:
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(list(self._running), timeout=grace_s)
+        if pending:
+            log.warning("worker.grace_expired", cancelled=len(pending), grace_s=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _keep_alive(self, stopping: asyncio.Event) -> None:
+        """Progress acks (`in_progress`) for running tasks, so healthy long tasks are never redelivered."""
+        interval_s = self.config.jetstream.ack_wait_s / 3
+        while not stopping.is_set():
+            try:
+                async with asyncio.timeout(interval_s):
+                    await stopping.wait()
+                return
+            except TimeoutError:
+                pass
+            for msg in list(self._running.values()):
+                try:
+                    await msg.in_progress()
+                except NATS_ERRORS as exc:
+                    log.warning("task.progress_ack_failed", error=str(exc) or type(exc).__name__)
