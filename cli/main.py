@@ -7,6 +7,7 @@ Form: `claw [--nats URL] COMMAND [ARGS] [--json]`. Commands print tables for peo
 from __future__ import annotations
 
 import getpass
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,11 +218,15 @@ def submit(
                 else:
                     render_submitted(results, skill, priority.value)
                 return 0
-            final = await client.wait([r.task_id for r in results])
+            final = await client.wait([r.task_id for r in results], on_unavailable=_still_waiting)
             elapsed = time.monotonic() - started
             return await _report_wait(client, results, final, elapsed, json_out)
 
     raise typer.Exit(run_async(main()))
+
+
+def _still_waiting(error: ClawError) -> None:
+    sys.stderr.write(f"warning: {error} - still waiting for the tasks\n")
 
 
 def _line_key(key: str | None, line: int, total: int) -> str | None:

@@ -157,12 +157,14 @@ class ClawClient:
         timeout_s: float | None = None,
         poll_s: float = 1.0,
         on_finished: Callable[[str, TaskState], None] | None = None,
+        on_unavailable: Callable[[ClawError], None] | None = None,
     ) -> dict[str, TaskState]:
         """Wait until every task is finished; returns id -> final state.
 
         Listens to the coordinator's state broadcasts and, as a safety net for missed broadcasts,
-        polls the states of what is still open every `poll_s`. Raises `RequestTimeoutError` after
-        `timeout_s` (None: wait for ever).
+        polls the states of what is still open every `poll_s`. A coordinator that stops answering
+        (restarting, say) is waited for: `on_unavailable` hears of it once per outage. Raises
+        `RequestTimeoutError` after `timeout_s` (None: wait for ever).
         """
         waiting = set(task_ids)
         final: dict[str, TaskState] = {}
@@ -186,8 +188,16 @@ class ClawClient:
         subs = await self._subscribe_updates(list(waiting), on_update)
         try:
             async with asyncio.timeout(timeout_s):
+                outage = False
                 while waiting:
-                    for task_id, state in (await self.task_states(list(waiting))).items():
+                    try:
+                        states = await self.task_states(list(waiting))
+                        outage = False
+                    except (CoordinatorUnavailableError, RequestTimeoutError) as exc:
+                        if not outage and on_unavailable is not None:
+                            on_unavailable(exc)
+                        outage, states = True, {}
+                    for task_id, state in states.items():
                         settle(task_id, state)
                     if not waiting:
                         break

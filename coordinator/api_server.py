@@ -43,6 +43,8 @@ class ApiServer:
                 subjects.api(verb), queue=subjects.api_queue_group, cb=self._dispatcher(verb, handler)
             )
             self._subs.append(sub)
+        # SUBs are buffered: make sure the server has them before anyone is told the API is up.
+        await self._conn.nc.flush()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking requests, let those in progress finish (up to `grace_s`), cancel the rest."""

@@ -83,6 +83,8 @@ class Coordinator:
         )
         self._api = ApiServer(conn, handlers.table())
         self._heartbeat_sub: Subscription | None = None
+        # Set once the API answers: for whoever starts a coordinator in-process and must not race it.
+        self.ready = asyncio.Event()
 
     @classmethod
     async def start(cls, config: ClawConfig, *, clock: Clock = SYSTEM_CLOCK) -> Coordinator:
@@ -121,6 +123,7 @@ class Coordinator:
                     self._conn.subjects.heartbeat_all, cb=self._on_heartbeat
                 )
                 await self._api.start()
+                self.ready.set()
                 log.info("coordinator.ready", node_id=self.node_id, prefix=self._conn.subjects.prefix)
                 await stop.wait()
                 log.info("coordinator.stopping")

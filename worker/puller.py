@@ -99,6 +99,8 @@ class TaskPuller:
         self._rotation = 0
         self._wake_subs: list[Subscription] = []
         self.paused = False
+        # How many periodic polls have run: observable progress for tests and metrics.
+        self.polls = 0
 
     async def start(self) -> None:
         """Create the consumers, open their inboxes and listen for wake-ups."""
@@ -108,6 +110,7 @@ class TaskPuller:
             await source.consumer.start()
         for skill in sorted({s for s, _ in self._by_skill}):
             self._wake_subs.append(await self._conn.nc.subscribe(subjects.wake(skill), cb=self._on_wake))
+        await self._conn.nc.flush()
 
     async def stop(self) -> None:
         """Stop listening; nothing more is fetched."""
@@ -177,6 +180,7 @@ class TaskPuller:
             log.warning("pull.consumer_recreate_failed", skill=source.skill, error=str(exc))
 
     def _flag_all(self) -> None:
+        self.polls += 1
         for source in self._by_skill.values():
             source.maybe_work = True
             source.generation += 1

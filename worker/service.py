@@ -69,6 +69,8 @@ class Worker:
         )
         self.puller = TaskPuller(conn, topology, skills.names(), self.slots, settings, clock, self._dispatch)
         self._status = NodeStatus.ONLINE
+        # Set once the worker pulls and beats: for whoever starts one in-process and must not race it.
+        self.ready = asyncio.Event()
         self.heartbeat = Heartbeat(
             conn,
             heartbeat_kv,
@@ -115,6 +117,7 @@ class Worker:
                 tg.create_task(self.heartbeat.run(background), name="heartbeat")
                 tg.create_task(self._keep_alive(background), name="progress-acks")
                 tg.create_task(self.puller.run(pulling), name="puller")
+                self.ready.set()
                 log.info(
                     "worker.ready",
                     node_id=self.node_id,

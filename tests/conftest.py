@@ -1,0 +1,88 @@
+"""Shared fixtures: one real nats-server per test session (on free ports), a fresh cluster prefix per
+test (so streams, consumers and buckets never collide), and configs pointing at both."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from common.config import ClawConfig, load_config
+from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
+from tests.helpers import ProcessPool, child_env
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNatsServer]:
+    """A real nats-server with JetStream, shared by the session; tests isolate by prefix."""
+    server = EmbeddedNatsServer(NatsServerOptions(store_dir=tmp_path_factory.mktemp("nats"), port=0, http_port=0))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
+    """A nats-server of this test's own, for tests that stop or kill it."""
+    server = EmbeddedNatsServer(NatsServerOptions(store_dir=tmp_path / "nats", port=0, http_port=0))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A cluster prefix unique to this test."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def make_config(server: EmbeddedNatsServer, prefix: str, tmp_path: Path, **sections: dict[str, object]) -> ClawConfig:
+    """A config for an in-process cluster: fast heartbeats, quick polls, a private database."""
+    overrides: dict[str, dict[str, object]] = {
+        "nats": {"url": server.client_url, "prefix": prefix, "monitor_url": server.monitor_url},
+        "coordinator": {"db_path": str(tmp_path / "claw.db")},
+        "worker": {"heartbeat_interval_s": 0.2, "idle_poll_interval_s": 0.2, "shutdown_grace_s": 10.0},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return load_config(None, env={}, overrides=overrides)
+
+
+@pytest.fixture
+def config(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> ClawConfig:
+    """The default in-process test config."""
+    return make_config(nats_server, prefix, tmp_path)
+
+
+@pytest.fixture
+def processes(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> Iterator[ProcessPool]:
+    """Starts `claw` subprocesses against the session's nats-server; all are stopped at teardown."""
+    env = child_env(
+        CLAW_NATS_URL=nats_server.client_url,
+        CLAW_NATS_MONITOR_URL=nats_server.monitor_url,
+        CLAW_NATS_PREFIX=prefix,
+        CLAW_COORDINATOR_DB_PATH=str(tmp_path / "claw.db"),
+        CLAW_WORKER_HEARTBEAT_INTERVAL_S="0.5",
+        CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.2",
+        CLAW_LOG_FORMAT="json",
+    )
+    pool = ProcessPool(env, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Library loggers must not keep a previous test's configuration (or its closed streams)."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()

@@ -1,0 +1,189 @@
+"""End to end: `claw` as real processes - up, submit, inspect, crash and restart."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from common.config import NatsSettings
+from common.states import TaskState
+from communication.api_client import ClawClient
+from communication.nats_server import EmbeddedNatsServer
+from tests.helpers import ProcessPool, child_env, spec, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def nodes(pool: ProcessPool) -> list[dict[str, object]]:
+    result = pool.run("nodes", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def start_cluster(pool: ProcessPool, workers: int, concurrency: int = 4) -> None:
+    pool.spawn("coordinator", "coordinator", "start")
+    for i in range(1, workers + 1):
+        pool.spawn("worker", "worker", "start", "--node-id", f"w{i}", "--concurrency", str(concurrency))
+
+    def all_online() -> bool:
+        result = pool.run("nodes", "--json")  # fails until the coordinator answers
+        return result.returncode == 0 and sum(n["status"] == "online" for n in json.loads(result.stdout)) == workers
+
+    wait_until(all_online, timeout_s=30, interval_s=0.3, what=f"{workers} workers online")
+
+
+def test_claw_up_runs_the_empty_task_loop_and_stops_cleanly(tmp_path: Path) -> None:
+    pool = ProcessPool(child_env(CLAW_LOG_LEVEL="info"), tmp_path)
+    try:
+        up = pool.spawn("up", "up", "--workers", "2", "--data-dir", str(tmp_path / "data"), "--nats-port", "0",
+                        "--monitor-port", "0")  # fmt: skip
+        match = wait_until(
+            lambda: re.search(r"claw --nats (nats://\S+) submit", up.output()), timeout_s=60, what="claw up banner"
+        )
+        url = match.group(1)
+        children = psutil.Process(up.popen.pid).children(recursive=True)
+        assert len(children) >= 4  # nats-server, coordinator, 2 workers
+
+        result = pool.run("--nats", url, "submit", "echo", "--wait")
+        assert result.returncode == 0, result.stderr
+        assert re.match(r"^[0-9A-Z]{26} succeeded in .*: \{\}$", result.stdout.strip())
+        listed = pool.run("--nats", url, "task", "list", "--json")
+        assert [t["state"] for t in json.loads(listed.stdout)] == ["succeeded"]
+
+        up.popen.send_signal(signal.SIGTERM)
+        assert up.popen.wait(60) == 0
+        assert "cluster stopped" in up.output()
+        assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        assert (tmp_path / "data" / "claw.db").exists()
+        assert (tmp_path / "data" / "logs" / "worker-1.log").read_text().count("worker.stopped") == 1
+    finally:
+        pool.stop_all()
+
+
+def test_300_tasks_from_jsonl_all_succeed_and_both_workers_take_part(processes: ProcessPool, tmp_path: Path) -> None:
+    start_cluster(processes, workers=2, concurrency=4)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"seconds": 0.01, "n": i}) + "\n" for i in range(300)))
+
+    started = time.monotonic()
+    result = processes.run("submit", "sleep", "--input-file", str(tasks), "--wait", "--json", timeout_s=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["tasks"] == 300 and summary["states"] == {"succeeded": 300}
+    print(
+        f"\n300-task JSONL submit --wait through the CLI: {elapsed:.2f} s (command reported {summary['elapsed_s']} s)"
+    )
+
+    listed = json.loads(processes.run("task", "list", "--limit", "1000", "--json").stdout)
+    assert len(listed) == 300
+    assert {t["node_id"] for t in listed} == {"w1", "w2"}
+    assert all(t["attempts"] == 1 for t in listed)
+
+
+async def test_coordinator_killed_mid_run_and_restarted_loses_nothing(
+    processes: ProcessPool, nats_server: EmbeddedNatsServer, prefix: str
+) -> None:
+    start_cluster(processes, workers=2, concurrency=4)
+    coordinator = next(p for p in processes.processes if p.name == "coordinator")
+    client = await ClawClient.connect(NatsSettings(url=nats_server.client_url, prefix=prefix))
+    try:
+        results = await client.submit_many([spec("sleep", {"seconds": 0.05, "n": i}) for i in range(120)])
+        ids = [r.task_id for r in results]
+
+        async def some_done() -> bool:
+            states = await client.task_states(ids)
+            return sum(s == TaskState.SUCCEEDED for s in states.values()) >= 10
+
+        from tests.helpers import eventually
+
+        await eventually(some_done, timeout_s=30, what="first tasks done")
+        coordinator.signal(signal.SIGKILL)
+        coordinator.popen.wait(10)
+        # Workers keep finishing tasks while the coordinator is down; their events wait in JetStream.
+        processes.spawn("coordinator", "coordinator", "start")
+        final = await client.wait(ids, timeout_s=60)
+        assert set(final.values()) == {TaskState.SUCCEEDED}
+        assert len(final) == 120
+        tasks = [await client.get_task(task_id) for task_id in ids]
+    finally:
+        await client.close()
+    for task in tasks:
+        outcomes = [e for e in task.events if e.kind == "succeeded"]
+        assert len(outcomes) == 1, f"{task.task_id} recorded {len(outcomes)} outcomes"
+        assert len(task.attempt_log) == 1
+
+
+def test_killed_worker_shows_offline_within_the_heartbeat_timeout(processes: ProcessPool) -> None:
+    start_cluster(processes, workers=1)
+    worker = next(p for p in processes.processes if p.name == "worker")
+    worker.signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_until(lambda: nodes(processes)[0]["status"] == "offline", timeout_s=20, interval_s=0.1, what="node offline")
+    detected_after = time.monotonic() - killed_at
+    timeout_s = 0.5 * 3  # heartbeat interval (from the fixture) x missed beats (default)
+    print(f"\nworker SIGKILL -> offline after {detected_after:.2f} s (heartbeat timeout {timeout_s} s)")
+    # The timeout itself plus slack for the sweep interval, a CLI start-up and a loaded machine.
+    assert detected_after < timeout_s + 5.0
+    assert nodes(processes)[0]["running"] == 0
+
+
+def test_bad_input_gives_one_clear_error_line(processes: ProcessPool, tmp_path: Path) -> None:
+    start_cluster(processes, workers=1)
+    bad_file = tmp_path / "bad.jsonl"
+    bad_file.write_text('{"ok": 1}\nnot json\n')
+    cases = [
+        (("submit", "echo", "--input", "{oops"), "--input is not valid JSON"),
+        (("submit", "echo", "--input", "[1]"), "must be a JSON object"),
+        (("submit", "echo", "--input-file", str(bad_file)), "bad.jsonl line 2 is not valid JSON"),
+        (("submit", "nope"), "unknown skill 'nope'; skills offered by online workers: echo, fail, sleep"),
+        (("submit", "Bad Skill"), "not a valid skill name"),
+        (("task", "show", "01NOSUCHTASK00000000000000"), "no task with id"),
+        (("--nats", "nats://127.0.0.1:1", "status"), "cannot reach NATS at nats://127.0.0.1:1.*claw up"),
+    ]
+    for args, message in cases:
+        result = processes.run(*args)
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
+        assert re.search(message, lines[0]), (message, lines[0])
+    # Nothing was written by any of them.
+    assert json.loads(processes.run("task", "list", "--json").stdout) == []
+
+
+def test_no_coordinator_is_one_clear_line(processes: ProcessPool) -> None:
+    result = processes.run("status")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: no coordinator is answering on {processes.env['CLAW_NATS_PREFIX']}.api.status; "
+        "start one with `claw coordinator start` (or a whole local cluster with `claw up`)"
+    )
+
+
+def test_submit_wait_exits_1_when_the_task_fails(processes: ProcessPool) -> None:
+    start_cluster(processes, workers=1)
+    result = processes.run("submit", "fail", "--input", '{"message": "broken on purpose"}', "--wait")
+    assert result.returncode == 1
+    assert "failed: PermanentError: broken on purpose" in result.stdout
+
+
+def test_nats_start_serves_until_sigterm(tmp_path: Path) -> None:
+    pool = ProcessPool(child_env(), tmp_path)
+    try:
+        server = pool.spawn(
+            "nats", "nats", "start", "--port", "0", "--http-port", "0", "--store-dir", str(tmp_path / "s")
+        )
+        match = wait_until(lambda: re.search(r"ready: (nats://\S+)", server.output()), timeout_s=30, what="ready line")
+        status = pool.run("--nats", match.group(1), "status")
+        assert "no coordinator is answering" in status.stderr  # NATS answered; nobody serves the API yet
+        server.popen.send_signal(signal.SIGTERM)
+        assert server.popen.wait(30) == 0
+    finally:
+        pool.stop_all()

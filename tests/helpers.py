@@ -1,0 +1,210 @@
+"""Test helpers: waiting on conditions with deadlines, in-process services, `claw` subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from common.config import ClawConfig
+from common.models import TaskSpec
+from communication.api_client import ClawClient
+from coordinator.service import Coordinator
+from worker.service import Worker
+from worker.skills import SkillRegistry
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T] | T], *, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = ""
+) -> T:
+    """Poll `check` until it returns something truthy; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        result = check()
+        last = await result if inspect.isawaitable(result) else result
+        if last:
+            return last  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or check}; last value: {last!r}")
+        await asyncio.sleep(interval_s)
+
+
+def wait_until(check: Callable[[], T], *, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = "") -> T:
+    """Synchronous `eventually`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or check}; last value: {last!r}")
+        time.sleep(interval_s)
+
+
+def spec(skill: str, input: dict[str, Any] | None = None, **options: Any) -> TaskSpec:
+    """A TaskSpec from a plain dict input."""
+    return TaskSpec(skill=skill, input=msgspec.Raw(msgspec.json.encode(input or {})), **options)
+
+
+@contextlib.asynccontextmanager
+async def running_coordinator(config: ClawConfig) -> AsyncIterator[Coordinator]:
+    """A coordinator in this event loop, stopped (and awaited) on exit."""
+    coordinator = await Coordinator.start(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(coordinator.run(stop))
+    try:
+        await _ready(coordinator.ready, task)
+        yield coordinator
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(config: ClawConfig, skills: SkillRegistry | None = None) -> AsyncIterator[Worker]:
+    """A worker in this event loop, stopped gracefully on exit."""
+    worker = await Worker.start(config, skills=skills)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await _ready(worker.ready, task)
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+async def _ready(ready: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Until `ready` is set; re-raises if the service's task ended first (it failed to start)."""
+    waiter = asyncio.ensure_future(ready.wait())
+    done, _ = await asyncio.wait([waiter, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task in done:
+        task.result()
+    assert ready.is_set(), "service not ready within 30 s"
+
+
+@contextlib.asynccontextmanager
+async def connected_client(config: ClawConfig) -> AsyncIterator[ClawClient]:
+    """A client, closed on exit."""
+    client = await ClawClient.connect(config.nats)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def wait_nodes_online(client: ClawClient, count: int, timeout_s: float = 20.0) -> None:
+    """Until `count` nodes are online in the coordinator's registry."""
+
+    async def online() -> bool:
+        return sum(n.status == "online" for n in await client.nodes()) >= count
+
+    await eventually(online, timeout_s=timeout_s, what=f"{count} node(s) online")
+
+
+# --- subprocesses ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ClawProcess:
+    """A `claw` child process with its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def output(self) -> str:
+        """Everything it wrote so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def alive(self) -> bool:
+        """Whether it still runs."""
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        """Send a signal (SIGKILL for a crash, SIGSTOP to freeze)."""
+        if self.alive:
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout_s`; returns the exit code."""
+        if self.alive:
+            self.popen.send_signal(signal.SIGCONT)
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        return self.popen.wait()
+
+
+@dataclass
+class ProcessPool:
+    """Starts `claw` subprocesses with a shared environment and stops them all at teardown."""
+
+    env: dict[str, str]
+    log_dir: Path
+    processes: list[ClawProcess] = field(default_factory=list)
+
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> ClawProcess:
+        """Start `python -m cli ARGS` in the background."""
+        log_path = self.log_dir / f"{name}-{len(self.processes)}.log"
+        with open(log_path, "wb") as log_file:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "cli", *args],
+                cwd=ROOT,
+                env=self.env | (env or {}),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        process = ClawProcess(name, popen, log_path)
+        self.processes.append(process)
+        return process
+
+    def run(self, *args: str, timeout_s: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `claw ARGS` to completion and capture its output."""
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            timeout=timeout_s,
+        )
+        return subprocess.CompletedProcess(
+            result.args,
+            result.returncode,
+            result.stdout.decode(errors="replace"),
+            result.stderr.decode(errors="replace"),
+        )
+
+    def stop_all(self) -> None:
+        """Stop every process started by this pool (workers before the coordinator)."""
+        for process in sorted(self.processes, key=lambda p: p.name != "worker"):
+            process.stop(timeout_s=15)
+
+
+def child_env(**settings: str) -> dict[str, str]:
+    """The test's environment without the developer's CLAW_* settings, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAW_")}
+    env.update(settings)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,200 @@
+"""Folding worker events into task state (real SQLite file): idempotent and fenced by attempt."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from common.events import TaskEvent, TaskFailed, TaskLog, TaskProgress, TaskStarted, TaskSucceeded
+from common.ids import new_id
+from common.states import AttemptState, Priority, TaskState
+from coordinator.event_folding import EventFolder
+from coordinator.task_book import TaskBook
+from storage.database import Database
+from storage.records import TaskRecord, WriteBatch
+from storage.task_store import TaskStore
+
+
+class Harness:
+    def __init__(self, db: Database) -> None:
+        self.store = TaskStore(db)
+        self.book = TaskBook(self.store)
+        self.folder = EventFolder(self.book)
+
+    async def add_queued_task(self) -> str:
+        record = TaskRecord(
+            task_id=new_id(), skill="echo", priority=Priority.NORMAL, state=TaskState.PENDING, input="{}",
+            max_attempts=3, timeout_s=10.0, created_at=1.0, updated_at=1.0,
+        )  # fmt: skip
+        batch = WriteBatch(new_tasks=[record])
+        self.book.add(record)
+        batch.events.append(self.book.move(record, TaskState.QUEUED, at=1.5, kind="queued"))
+        await self.store.write_batch(batch)
+        return record.task_id
+
+    async def fold(self, *events: TaskEvent) -> None:
+        batch = WriteBatch()
+        for event in events:
+            await self.folder.fold(event, batch)
+        await self.store.write_batch(batch)
+        self.book.release_finished(list(batch.changed_tasks.values()))
+
+    async def view(self, task_id: str):  # type: ignore[no-untyped-def]
+        view = await self.store.get_task(task_id)
+        assert view is not None
+        return view
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    db = await Database.open(tmp_path / "claw.db")
+    try:
+        yield Harness(db)
+    finally:
+        await db.close()
+
+
+def started(task_id: str, attempt: int = 1, node: str = "n1", at: float = 2.0) -> TaskStarted:
+    return TaskStarted(event_id=new_id(), task_id=task_id, attempt=attempt, node_id=node, at=at)
+
+
+def succeeded(task_id: str, attempt: int = 1, node: str = "n1", result: bytes = b'{"ok":1}') -> TaskSucceeded:
+    return TaskSucceeded(
+        event_id=new_id(), task_id=task_id, attempt=attempt, node_id=node, at=3.0, result=msgspec.Raw(result),
+        started_at=2.0,
+    )  # fmt: skip
+
+
+def transitions(view) -> list[tuple[str, str | None, str | None]]:  # type: ignore[no-untyped-def]
+    return [(e.kind, e.from_state, e.to_state) for e in view.events if e.to_state is not None]
+
+
+async def test_started_then_succeeded_records_one_attempt_and_the_result(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    await h.fold(started(task_id))
+    await h.fold(succeeded(task_id))
+    view = await h.view(task_id)
+    assert view.state == TaskState.SUCCEEDED
+    assert bytes(view.result) == b'{"ok":1}'
+    assert (view.attempts, view.node_id, view.started_at, view.finished_at) == (1, "n1", 2.0, 3.0)
+    assert [(a.attempt, a.state) for a in view.attempt_log] == [(1, AttemptState.SUCCEEDED)]
+    assert transitions(view)[-2:] == [("started", "queued", "running"), ("succeeded", "running", "succeeded")]
+
+
+async def test_both_events_in_one_batch_give_the_same_result(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    await h.fold(started(task_id), succeeded(task_id))
+    view = await h.view(task_id)
+    assert view.state == TaskState.SUCCEEDED
+    assert len(view.attempt_log) == 1 and view.attempt_log[0].started_at == 2.0
+
+
+async def test_outcome_without_started_passes_through_running(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    await h.fold(succeeded(task_id))
+    view = await h.view(task_id)
+    assert view.state == TaskState.SUCCEEDED
+    assert transitions(view)[-2:] == [("started (implied)", "queued", "running"), ("succeeded", "running", "succeeded")]
+
+
+async def test_repeated_started_for_the_same_attempt_changes_nothing(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    await h.fold(started(task_id))
+    await h.fold(started(task_id))
+    view = await h.view(task_id)
+    assert view.state == TaskState.RUNNING
+    assert [k for k, _, _ in transitions(view)].count("started") == 1
+
+
+async def test_redelivered_event_is_recorded_once(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    progress = TaskProgress(event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=2.5, percent=50.0)
+    await h.fold(started(task_id), progress)
+    await h.fold(progress)  # the same event delivered again
+    view = await h.view(task_id)
+    assert [e.kind for e in view.events].count("progress") == 1
+
+
+async def test_newer_attempt_marks_the_running_one_lost(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    await h.fold(started(task_id, attempt=1, node="dead-node"))
+    await h.fold(started(task_id, attempt=2, node="n2", at=40.0))
+    view = await h.view(task_id)
+    assert (view.state, view.attempts, view.node_id) == (TaskState.RUNNING, 2, "n2")
+    assert [(a.attempt, a.node_id, a.state) for a in view.attempt_log] == [
+        (1, "dead-node", AttemptState.LOST),
+        (2, "n2", AttemptState.RUNNING),
+    ]
+    assert ("lost", "running", "queued") in transitions(view)
+
+
+async def test_late_result_of_a_superseded_attempt_is_fenced_off(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    await h.fold(started(task_id, attempt=1, node="zombie"))
+    await h.fold(started(task_id, attempt=2, node="n2"))
+    await h.fold(succeeded(task_id, attempt=1, node="zombie", result=b'"zombie"'))
+    view = await h.view(task_id)
+    assert view.state == TaskState.RUNNING and bytes(view.result) == b"null"
+    ignored = [e for e in view.events if e.kind == "succeeded (ignored)"]
+    assert len(ignored) == 1 and b"superseded" in bytes(ignored[0].data)
+    await h.fold(succeeded(task_id, attempt=2, node="n2", result=b'"current"'))
+    view = await h.view(task_id)
+    assert view.state == TaskState.SUCCEEDED and bytes(view.result) == b'"current"'
+
+
+async def test_a_second_outcome_after_the_task_finished_is_ignored(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    await h.fold(started(task_id), succeeded(task_id))
+    failed = TaskFailed(
+        event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=9.0, error_type="X", message="m"
+    )
+    await h.fold(failed)
+    view = await h.view(task_id)
+    assert view.state == TaskState.SUCCEEDED and view.error_type is None
+    assert any(e.kind == "failed (ignored)" for e in view.events)
+
+
+async def test_failed_outcome_keeps_error_and_traceback(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    failed = TaskFailed(
+        event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=4.0, error_type="PermanentError",
+        message="boom", traceback="Traceback ...", started_at=2.0,
+    )  # fmt: skip
+    await h.fold(started(task_id), failed)
+    view = await h.view(task_id)
+    assert (view.state, view.error_type, view.error_message, view.error_traceback) == (
+        TaskState.FAILED, "PermanentError", "boom", "Traceback ...",
+    )  # fmt: skip
+    assert view.attempt_log[0].state == AttemptState.FAILED
+
+
+async def test_log_lines_join_the_timeline(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    await h.fold(
+        started(task_id), TaskLog(event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=2.1, message="hi")
+    )
+    view = await h.view(task_id)
+    [line] = [e for e in view.events if e.kind == "log"]
+    assert msgspec.json.decode(bytes(line.data)) == {"level": "info", "message": "hi"}
+
+
+async def test_event_for_an_unknown_task_writes_nothing(h: Harness) -> None:
+    await h.fold(started("01UNKNOWNTASK0000000000000"))
+    assert await h.store.get_task("01UNKNOWNTASK0000000000000") is None
+
+
+async def test_event_log_is_append_only(h: Harness, tmp_path: Path) -> None:
+    import sqlite3
+
+    task_id = await h.add_queued_task()
+    conn = sqlite3.connect(tmp_path / "claw.db")
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("UPDATE events SET kind = 'x' WHERE task_id = ?", (task_id,))
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
+    finally:
+        conn.close()
