@@ -30,11 +30,12 @@ NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, Time
 class NatsConnection:
     """A connected NATS client with its JetStream context and the cluster's subject names."""
 
-    def __init__(self, nc: NatsClient, settings: NatsSettings) -> None:
+    def __init__(self, nc: NatsClient, settings: NatsSettings, events: _ConnectionEvents) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.settings = settings
         self.subjects = Subjects(settings.prefix)
+        self._events = events
 
     @classmethod
     async def connect(cls, settings: NatsSettings, *, name: str, retry_s: float | None = None) -> NatsConnection:
@@ -44,21 +45,21 @@ class NatsConnection:
         """
         retry_s = settings.connect_retry_s if retry_s is None else retry_s
         deadline = SYSTEM_CLOCK.monotonic() + retry_s
-        errors: list[BaseException] = []
+        events = _ConnectionEvents()
         while True:
             try:
                 # nats-py retries a failed first connect for ever when reconnects are unlimited, so
                 # the first connect gets a bounded budget (this loop retries it) and unlimited
                 # reconnects are switched on once connected: nats-py reads the options on each drop.
-                options = _connect_options(settings, name, errors)
+                options = _connect_options(settings, name, events)
                 nc = await nats.connect(**options | {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.1})
                 nc.options["max_reconnect_attempts"] = options["max_reconnect_attempts"]
                 nc.options["reconnect_time_wait"] = options["reconnect_time_wait"]
                 log.info("nats.connected", url=redact_url(settings.url), name=name)
-                return cls(nc, settings)
+                return cls(nc, settings, events)
             except NATS_ERRORS as exc:
                 # nats-py reports "no servers available"; the error behind it says more.
-                cause = errors[-1] if errors else exc
+                cause = events.last_error or exc
                 if SYSTEM_CLOCK.monotonic() >= deadline:
                     raise NatsUnavailableError(_unreachable_message(settings.url, cause)) from None
                 log.warning("nats.connect_retry", url=redact_url(settings.url), error=str(cause) or repr(cause))
@@ -82,6 +83,7 @@ class NatsConnection:
         """Flush what is buffered and close; safe to call twice and while reconnecting."""
         if self.nc.is_closed:
             return
+        self._events.closing = True
         try:
             await self.nc.drain()
         except NATS_ERRORS as exc:
@@ -90,20 +92,31 @@ class NatsConnection:
             await self.nc.close()
 
 
-def _connect_options(settings: NatsSettings, name: str, errors: list[BaseException]) -> dict[str, Any]:
-    async def on_error(exc: Exception) -> None:
-        errors[:] = [exc]
+class _ConnectionEvents:
+    """nats-py's callbacks, logged; remembers the last error and whether we are closing on purpose."""
+
+    def __init__(self) -> None:
+        self.last_error: BaseException | None = None
+        self.closing = False
+
+    async def on_error(self, exc: Exception) -> None:
+        self.last_error = exc
         log.warning("nats.error", error=str(exc) or repr(exc), error_type=type(exc).__name__)
 
-    async def on_disconnected() -> None:
-        log.warning("nats.disconnected")
+    async def on_disconnected(self) -> None:
+        if self.closing:
+            log.debug("nats.disconnected")
+        else:
+            log.warning("nats.disconnected")
 
-    async def on_reconnected() -> None:
+    async def on_reconnected(self) -> None:
         log.info("nats.reconnected")
 
-    async def on_closed() -> None:
-        log.info("nats.closed")
+    async def on_closed(self) -> None:
+        log.debug("nats.closed")
 
+
+def _connect_options(settings: NatsSettings, name: str, events: _ConnectionEvents) -> dict[str, Any]:
     options: dict[str, Any] = {
         "servers": [url.strip() for url in settings.url.split(",")],
         "name": name,
@@ -112,10 +125,10 @@ def _connect_options(settings: NatsSettings, name: str, errors: list[BaseExcepti
         "max_reconnect_attempts": -1,
         "ping_interval": settings.ping_interval_s,
         "max_outstanding_pings": settings.max_outstanding_pings,
-        "error_cb": on_error,
-        "disconnected_cb": on_disconnected,
-        "reconnected_cb": on_reconnected,
-        "closed_cb": on_closed,
+        "error_cb": events.on_error,
+        "disconnected_cb": events.on_disconnected,
+        "reconnected_cb": events.on_reconnected,
+        "closed_cb": events.on_closed,
     }
     if settings.user:
         options["user"] = settings.user

@@ -14,8 +14,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "creating $VENV" >&2
     "$PYTHON" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(cat "$ROOT/setup.py" "$ROOT/common/VERSION" | sha256sum | cut -c1-16)${EXTRA:+-$EXTRA}"
-if [ ! -f "$stamp" ]; then
+hash="$(cat "$ROOT/setup.py" "$ROOT/common/VERSION" | sha256sum | cut -c1-16)"
+stamp="$VENV/.installed-$hash${EXTRA:+-$EXTRA}"
+# An install with extras also satisfies a plain one.
+if [ ! -f "$stamp" ] && { [ -n "$EXTRA" ] || ! ls "$VENV"/.installed-"$hash"-* >/dev/null 2>&1; }; then
     echo "installing openclaw-cluster${EXTRA:+[$EXTRA]} into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
     "$VENV/bin/python" -m pip install --quiet -e "$ROOT$([ -n "$EXTRA" ] && echo "[$EXTRA]")" >&2
