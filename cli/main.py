@@ -160,7 +160,7 @@ def up(
 
     if workers < 0:
         fail("--workers must be 0 or more")
-    configure_logging(LogSettings(format="console"), process="up")
+    configure_logging(LogSettings(level="warning", format="console"), process="up")
     cluster = LocalCluster(
         data_dir=data_dir,
         workers=workers,

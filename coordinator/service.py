@@ -15,6 +15,7 @@ import asyncio
 import os
 import socket
 
+import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -113,6 +114,7 @@ class Coordinator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then shut down in order and close everything."""
+        structlog.contextvars.bind_contextvars(node_id=self.node_id)
         loops_stopping = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as tg:

@@ -14,6 +14,7 @@ import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
+import structlog
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
@@ -109,6 +110,8 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then shut down gracefully and close the connection."""
+        # Every line this worker logs (its loops and tasks inherit the context) names the node.
+        structlog.contextvars.bind_contextvars(node_id=self.node_id)
         pulling = asyncio.Event()
         background = asyncio.Event()
         try:
