@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -259,17 +260,30 @@ async def _report_wait(
     return 0 if ok else 1
 
 
-@task_app.command("show")
-def task_show(ctx: typer.Context, task_id: str, json_out: JsonFlag = False) -> None:
-    """A task's state, attempts, result and event timeline."""
+def _query(
+    ctx: typer.Context,
+    fetch: Callable[[ClawClient], Awaitable[Any]],
+    render: Callable[[Any], None],
+    json_out: bool,
+) -> None:
+    """Run one read-only API call and print its answer as a table or JSON."""
     cfg = _client_config(ctx)
 
     async def main() -> None:
         async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
-            task = await client.get_task(task_id)
-        emit_json(task) if json_out else render_task(task)
+            value = await fetch(client)
+        if json_out:
+            emit_json(value)
+        else:
+            render(value)
 
     run_async(main())
+
+
+@task_app.command("show")
+def task_show(ctx: typer.Context, task_id: str, json_out: JsonFlag = False) -> None:
+    """A task's state, attempts, result and event timeline."""
+    _query(ctx, lambda client: client.get_task(task_id), render_task, json_out)
 
 
 @task_app.command("list")
@@ -281,40 +295,19 @@ def task_list(
     json_out: JsonFlag = False,
 ) -> None:
     """Recent tasks, newest first."""
-    cfg = _client_config(ctx)
-
-    async def main() -> None:
-        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
-            tasks = await client.list_tasks(state=status, skill=skill, limit=limit)
-        emit_json(tasks) if json_out else render_task_list(tasks)
-
-    run_async(main())
+    _query(ctx, lambda client: client.list_tasks(state=status, skill=skill, limit=limit), render_task_list, json_out)
 
 
 @app.command()
 def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """Worker nodes: status, skills, labels, load, running/capacity, last heartbeat."""
-    cfg = _client_config(ctx)
-
-    async def main() -> None:
-        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
-            views = await client.nodes()
-        emit_json(views) if json_out else render_nodes(views)
-
-    run_async(main())
+    _query(ctx, lambda client: client.nodes(), render_nodes, json_out)
 
 
 @app.command()
 def status(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """Cluster overview: nodes, queue depth per skill, tasks by state, the NATS server."""
-    cfg = _client_config(ctx)
-
-    async def main() -> None:
-        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
-            overview = await client.status()
-        emit_json(overview) if json_out else render_status(overview)
-
-    run_async(main())
+    _query(ctx, lambda client: client.status(), render_status, json_out)
 
 
 def run() -> None:

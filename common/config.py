@@ -59,6 +59,8 @@ class JetStreamSettings(_Section, frozen=True):
 
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     ack_wait_s: PositiveFloat = 30.0
+    # The coordinator's events consumer: redelivery delay of events a crashed coordinator held.
+    events_ack_wait_s: PositiveFloat = 10.0
     max_ack_pending: PositiveInt = 20_000
     duplicate_window_s: PositiveFloat = 120.0
     events_max_age_s: PositiveFloat = 7 * 24 * 3600.0

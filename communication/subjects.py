@@ -84,7 +84,7 @@ class Subjects:
     @property
     def events_consumer(self) -> str:
         """The coordinator's durable consumer on the events stream."""
-        return "coordinator"
+        return "coordinator-events"
 
     def task_consumer(self, skill: str, priority: Priority) -> str:
         """The durable consumer shared by every worker that runs `skill`, for one priority."""

@@ -117,7 +117,12 @@ class Topology:
         self._known_consumers.discard(self._subjects.task_consumer(skill, priority))
 
     async def ensure_events_consumer(self) -> str:
-        """The coordinator's durable consumer on every task event, acked in bulk (AckAll)."""
+        """The coordinator's durable consumer on every task event.
+
+        Explicit acks, not AckAll: after a coordinator crash, the events it had been delivered but
+        not committed wait for redelivery, and an AckAll ack of a newer event by the next coordinator
+        would acknowledge them unread - losing them.
+        """
         name = self._subjects.events_consumer
         await self._conn.js.add_consumer(
             self._subjects.events_stream,
@@ -126,10 +131,10 @@ class Topology:
                 description="the coordinator folds task events into SQLite",
                 filter_subject=self._subjects.events_all,
                 deliver_policy=api.DeliverPolicy.ALL,
-                # The coordinator commits events in stream order, so acking the last of a committed
-                # batch acknowledges the whole batch: one ack per batch instead of one per event.
-                ack_policy=api.AckPolicy.ALL,
-                ack_wait=self._settings.ack_wait_s,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                # Short: the coordinator acks within milliseconds of commit, and after a coordinator
+                # crash this is how long the events it held wait before the next one gets them.
+                ack_wait=self._settings.events_ack_wait_s,
                 max_deliver=-1,
                 max_ack_pending=self._settings.max_ack_pending,
                 num_replicas=self._settings.replicas,

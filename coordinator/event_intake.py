@@ -1,10 +1,11 @@
 """The loop that pulls task events from JetStream and commits them to SQLite in batches.
 
 Order of a step: pull up to `event_batch_max` events (waiting up to a second for the first), fold
-them all, commit one transaction, then ack the last event (the consumer is AckAll), then broadcast
-the new states. A crash before the ack redelivers the batch; folding is idempotent, so nothing is
-counted twice. A database that refuses the write stops intake (retrying) rather than acking events
-that were not recorded.
+them all and commit one transaction (holding the task book's lock, so commits happen in the order
+the changes were made), then ack each event, then broadcast the new states. A crash before the acks
+redelivers the batch after `events_ack_wait_s`; folding is idempotent, so nothing is counted twice.
+A database that refuses the write stops intake (retrying) rather than acking events that were not
+recorded.
 """
 
 from __future__ import annotations
@@ -71,18 +72,19 @@ class EventIntake:
 
     async def _handle(self, msgs: list[Msg], stopping: asyncio.Event) -> None:
         batch = WriteBatch()
-        for msg in msgs:
-            try:
-                event = decode_event(msg.data)
-            except DecodeError as exc:
-                # Nothing can be applied from it; it stays in the events stream for inspection.
-                log.error("events.undecodable", subject=msg.subject, error=str(exc), data=msg.data[:200])
-                continue
-            await self._folder.fold(event, batch)
-        await self._commit(batch, stopping)
+        async with self._book.lock:
+            for msg in msgs:
+                try:
+                    event = decode_event(msg.data)
+                except DecodeError as exc:
+                    # Nothing can be applied from it; it stays in the events stream for inspection.
+                    log.error("events.undecodable", subject=msg.subject, error=str(exc), data=msg.data[:200])
+                    continue
+                await self._folder.fold(event, batch)
+            await self._commit(batch, stopping)
         try:
-            # AckAll: this acknowledges every event up to and including the last of the batch.
-            await msgs[-1].ack()
+            for msg in msgs:
+                await msg.ack()
         except nats.errors.Error as exc:
             # Not acked means redelivered after the ack wait; folding it again changes nothing.
             log.warning("events.ack_failed", error=str(exc))

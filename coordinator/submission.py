@@ -160,13 +160,14 @@ class SubmitPipeline:
                 )
                 job.results.append(SubmitResult(task_id=record.task_id, state=TaskState.PENDING))
         if batch:
-            try:
-                await self._store.write_batch(batch)
-            except StorageError as exc:
-                log.error("submit.persist_failed", error=str(exc), tasks=len(batch.new_tasks))
-                raise
-            for record in batch.new_tasks:
-                self._book.add(record)
+            async with self._book.lock:
+                try:
+                    await self._store.write_batch(batch)
+                except StorageError as exc:
+                    log.error("submit.persist_failed", error=str(exc), tasks=len(batch.new_tasks))
+                    raise
+                for record in batch.new_tasks:
+                    self._book.add(record)
         return batch.new_tasks
 
     async def _publish(self, records: list[TaskRecord]) -> dict[str, PubAck]:
@@ -194,24 +195,25 @@ class SubmitPipeline:
         return acks
 
     async def _commit_queued(self, records: list[TaskRecord], acks: dict[str, PubAck]) -> None:
-        now = self._clock.now()
-        batch = WriteBatch()
-        for record in records:
-            ack = acks.get(record.task_id)
-            if ack is None or record.state != TaskState.PENDING:
-                continue  # not confirmed (republished later), or a worker's `started` came first
-            record.queued_at = now
-            record.stream_seq = ack.seq
-            batch.events.append(self._book.move(record, TaskState.QUEUED, at=now, kind="queued"))
-            batch.touch(record)
-        if not batch:
-            return
-        try:
-            await self._store.write_batch(batch)
-        except StorageError as exc:
-            # The tasks are in the stream; the database still says pending, which after a restart
-            # means "publish again" (deduplicated by message id) - never lost.
-            log.error("submit.mark_queued_failed", error=str(exc))
+        async with self._book.lock:
+            now = self._clock.now()
+            batch = WriteBatch()
+            for record in records:
+                ack = acks.get(record.task_id)
+                if ack is None or record.state != TaskState.PENDING:
+                    continue  # not confirmed (republished later), or a worker's `started` came first
+                record.queued_at = now
+                record.stream_seq = ack.seq
+                batch.events.append(self._book.move(record, TaskState.QUEUED, at=now, kind="queued"))
+                batch.touch(record)
+            if not batch:
+                return
+            try:
+                await self._store.write_batch(batch)
+            except StorageError as exc:
+                # The tasks are in the stream; the database still says pending, which after a
+                # restart means "publish again" (deduplicated by message id) - never lost.
+                log.error("submit.mark_queued_failed", error=str(exc))
 
     async def republish_pending(self) -> None:
         """Publish tasks that stayed pending longer than `republish_after_s` (crash, NATS outage)."""

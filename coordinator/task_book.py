@@ -8,6 +8,7 @@ Every state change goes through `move`, which keeps the counts exact.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from common.states import TERMINAL_STATES, TaskState
@@ -23,6 +24,9 @@ class TaskBook:
         self._store = store
         self._active: dict[str, TaskRecord] = {}
         self._counts: Counter[TaskState] = Counter()
+        # Held while changing records and committing the change: commits then happen in the order
+        # the changes were made, so event-log ids follow the order of transitions.
+        self.lock = asyncio.Lock()
 
     async def load(self) -> None:
         """Fill from the database after a (re)start."""

@@ -108,6 +108,7 @@ async def test_coordinator_killed_mid_run_and_restarted_loses_nothing(
         coordinator.popen.wait(10)
         # Workers keep finishing tasks while the coordinator is down; their events wait in JetStream.
         processes.spawn("coordinator", "coordinator", "start")
+        # Events the killed coordinator held come back after events_ack_wait_s (10 s).
         final = await client.wait(ids, timeout_s=60)
         assert set(final.values()) == {TaskState.SUCCEEDED}
         assert len(final) == 120
