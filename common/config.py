@@ -101,6 +101,28 @@ class WorkerSettings(_Section, frozen=True):
     fetch_batch_max: PositiveInt = 256
 
 
+class ToolSettings(_Section, frozen=True):
+    """Limits of the agent tool skills (fs.*, shell.exec, python.exec, http.request, llm.chat)."""
+
+    # fs.* skills work inside <sandbox_root>/<workspace>; a task names its workspace or gets its own.
+    sandbox_root: str = ".claw/sandboxes"
+    # Executables shell.exec may run (names looked up on PATH, or absolute paths); empty: none.
+    shell_allow: list[str] = []
+    output_max_bytes: PositiveInt = 1024 * 1024
+    python_memory_mb: PositiveInt = 512
+    python_cpu_s: PositiveInt = 60
+    # Hosts http.request may call; empty: any.
+    http_allow_hosts: list[str] = []
+    http_max_response_bytes: PositiveInt = 5 * 1024 * 1024
+    http_timeout_s: PositiveFloat = 30.0
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_model: str = "gpt-4o-mini"
+    # The API key is read from this environment variable, never from a file or the task.
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    llm_extra_headers: dict[str, str] = {}
+    llm_timeout_s: PositiveFloat = 120.0
+
+
 class LogSettings(_Section, frozen=True):
     """Logging of every process."""
 
@@ -117,6 +139,7 @@ class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     jetstream: JetStreamSettings = JetStreamSettings()
     coordinator: CoordinatorSettings = CoordinatorSettings()
     worker: WorkerSettings = WorkerSettings()
+    tools: ToolSettings = ToolSettings()
     log: LogSettings = LogSettings()
 
 
@@ -125,6 +148,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "jetstream": JetStreamSettings,
     "coordinator": CoordinatorSettings,
     "worker": WorkerSettings,
+    "tools": ToolSettings,
     "log": LogSettings,
 }
 SECRET_KEYS = frozenset({"nats.password", "nats.token"})
