@@ -123,6 +123,23 @@ class ToolSettings(_Section, frozen=True):
     llm_timeout_s: PositiveFloat = 120.0
 
 
+class ArtifactSettings(_Section, frozen=True):
+    """Where artifacts (large inputs and results, files skills produce) are stored."""
+
+    backend: Literal["local", "minio"] = "local"
+    # local: a folder (shared by all processes of `claw up`; use minio across machines).
+    local_dir: str = ".claw/artifacts"
+    # minio: any S3 API. Credentials come from the environment variables named here.
+    endpoint: str = "127.0.0.1:9000"
+    bucket: str = "claw-artifacts"
+    region: str | None = None
+    secure: bool = False
+    access_key_env: str = "CLAW_S3_ACCESS_KEY"
+    secret_key_env: str = "CLAW_S3_SECRET_KEY"
+    # Artifacts older than this are removed by the coordinator's cleanup job (0: kept for ever).
+    default_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
+
+
 class LogSettings(_Section, frozen=True):
     """Logging of every process."""
 
@@ -140,6 +157,7 @@ class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     coordinator: CoordinatorSettings = CoordinatorSettings()
     worker: WorkerSettings = WorkerSettings()
     tools: ToolSettings = ToolSettings()
+    artifacts: ArtifactSettings = ArtifactSettings()
     log: LogSettings = LogSettings()
 
 
@@ -149,6 +167,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "coordinator": CoordinatorSettings,
     "worker": WorkerSettings,
     "tools": ToolSettings,
+    "artifacts": ArtifactSettings,
     "log": LogSettings,
 }
 SECRET_KEYS = frozenset({"nats.password", "nats.token"})
