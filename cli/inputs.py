@@ -75,3 +75,20 @@ def _json_type(value: object) -> str:
     if value is None:
         return "null"
     return "number"
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '12h', '7d' (or plain seconds) -> seconds."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:])
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise InvalidInputError(f"'{text}' is not a duration; use e.g. 30s, 15m, 12h or 7d") from None
+    if seconds < 0:
+        raise InvalidInputError(f"'{text}' is negative; a duration must be 0 or more")
+    return seconds

@@ -16,9 +16,18 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.inputs import read_inputs
+from cli.inputs import parse_duration, read_inputs
 from cli.output import emit_json, fmt_duration
-from cli.render import render_nodes, render_status, render_submitted, render_task, render_task_list
+from cli.render import (
+    render_action,
+    render_dead_letters,
+    render_nodes,
+    render_replays,
+    render_status,
+    render_submitted,
+    render_task,
+    render_task_list,
+)
 from cli.runner import fail, run_async, run_service
 from common.config import ClawConfig, LogSettings, load_config, parse_labels
 from common.errors import ClawError
@@ -37,11 +46,13 @@ app = typer.Typer(
 nats_app = typer.Typer(help="The embedded nats-server.", no_args_is_help=True)
 coordinator_app = typer.Typer(help="The coordinator process.", no_args_is_help=True)
 worker_app = typer.Typer(help="Worker processes.", no_args_is_help=True)
-task_app = typer.Typer(help="Inspect tasks.", no_args_is_help=True)
+task_app = typer.Typer(help="Inspect, cancel and re-run tasks.", no_args_is_help=True)
+dlq_app = typer.Typer(help="The dead-letter queue.", no_args_is_help=True)
 app.add_typer(nats_app, name="nats")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(worker_app, name="worker")
 app.add_typer(task_app, name="task")
+app.add_typer(dlq_app, name="dlq")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ConfigFlag = Annotated[Path | None, typer.Option("--config", help="YAML config file (also $CLAW_CONFIG).")]
@@ -125,9 +136,12 @@ def worker_start(
     concurrency: Annotated[int | None, typer.Option(help="Tasks run at once [default: 8].")] = None,
     node_id: Annotated[str | None, typer.Option(help="This node's id [default: <host>-<pid>].")] = None,
     label: Annotated[list[str] | None, typer.Option(help="A k=v label; repeat for more.")] = None,
+    processes: Annotated[
+        int, typer.Option(help="Run this many worker processes, restarting any that crashes.", min=1)
+    ] = 1,
 ) -> None:
     """Run a worker until SIGINT/SIGTERM (then it finishes running tasks within its grace period)."""
-    from worker.service import Worker
+    from worker.service import Worker, default_node_id
 
     try:
         labels = parse_labels(label) if label else None
@@ -139,6 +153,20 @@ def worker_start(
         config,
         worker={"skills": skill_list, "concurrency": concurrency, "node_id": node_id, "labels": labels},
     )
+    if processes > 1:
+        from cli.processes import WorkerSupervisor
+
+        configure_logging(cfg.log, process="worker-supervisor")
+        child_args = _passthrough(config, skills, concurrency, label)
+        supervisor = WorkerSupervisor(
+            processes=processes,
+            node_id=cfg.worker.node_id or default_node_id(),
+            child_args=child_args,
+            nats_url=cfg.nats.url,
+            grace_s=cfg.worker.shutdown_grace_s,
+        )
+        run_service(supervisor.serve)
+        return
     configure_logging(cfg.log, process="worker")
 
     async def serve(stop: Any) -> None:
@@ -146,6 +174,22 @@ def worker_start(
         await worker.run(stop)
 
     run_service(serve)
+
+
+def _passthrough(
+    config: Path | None, skills: str | None, concurrency: int | None, label: list[str] | None
+) -> list[str]:
+    """The `worker start` options a supervised child is started with."""
+    args: list[str] = []
+    if config is not None:
+        args += ["--config", str(config)]
+    if skills:
+        args += ["--skills", skills]
+    if concurrency is not None:
+        args += ["--concurrency", str(concurrency)]
+    for item in label or []:
+        args += ["--label", item]
+    return args
 
 
 @app.command()
@@ -308,6 +352,83 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 def status(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """Cluster overview: nodes, queue depth per skill, tasks by state, the NATS server."""
     _query(ctx, lambda client: client.status(), render_status, json_out)
+
+
+@task_app.command("cancel")
+def task_cancel(
+    ctx: typer.Context,
+    task_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded in the task's timeline.")] = "cancelled by request",
+    json_out: JsonFlag = False,
+) -> None:
+    """Cancel a task: a queued one never runs, a running one is stopped on its worker."""
+    _query(
+        ctx,
+        lambda client: client.cancel(task_id, reason=reason, by=getpass.getuser()),
+        lambda reply: render_action(reply, "cancelled"),
+        json_out,
+    )
+
+
+@task_app.command("retry")
+def task_retry(ctx: typer.Context, task_id: str, json_out: JsonFlag = False) -> None:
+    """Run a failed, dead or cancelled task again, as a new series of attempts."""
+    _query(
+        ctx,
+        lambda client: client.retry(task_id, by=getpass.getuser()),
+        lambda reply: render_action(reply, "re-run"),
+        json_out,
+    )
+
+
+@dlq_app.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    skill: Annotated[str | None, typer.Option(help="Only dead letters of this skill.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
+    json_out: JsonFlag = False,
+) -> None:
+    """Dead letters: tasks that exhausted their attempts or failed permanently, and poison messages."""
+    _query(ctx, lambda client: client.dlq_list(skill=skill, limit=limit), render_dead_letters, json_out)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ctx: typer.Context,
+    task_id: Annotated[str | None, typer.Argument(help="The dead task to replay.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead task in the DLQ.")] = False,
+    skill: Annotated[str | None, typer.Option(help="With --all: only this skill.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Run dead tasks again as new attempt series (replaying twice changes nothing)."""
+    if all_ == (task_id is not None):
+        fail("name a task id to replay, or pass --all")
+    _query(
+        ctx,
+        lambda client: client.dlq_replay(task_id, all=all_, skill=skill, by=getpass.getuser()),
+        render_replays,
+        json_out,
+    )
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    ctx: typer.Context,
+    skill: Annotated[str | None, typer.Option(help="Only dead letters of this skill.")] = None,
+    older_than: Annotated[str | None, typer.Option(help="Only older ones, e.g. 30s, 15m, 12h, 7d.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Delete dead letters (their tasks stay in the database, `dead`)."""
+    try:
+        older_than_s = None if older_than is None else parse_duration(older_than)
+    except ClawError as exc:
+        fail(str(exc))
+    _query(
+        ctx,
+        lambda client: client.dlq_purge(skill=skill, older_than_s=older_than_s),
+        lambda purged: print(f"purged {purged} dead letter(s)"),
+        json_out,
+    )
 
 
 def run() -> None:

@@ -31,6 +31,9 @@ log = get_logger("cli.up")
 
 READY_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 40.0
+RESTART_BACKOFF_MIN_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_RESET_AFTER_S = 60.0
 COORDINATOR_STOP_TIMEOUT_S = 20.0
 
 
@@ -230,3 +233,79 @@ async def _terminate(child: Child, timeout_s: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             child.process.kill()
         await child.process.wait()
+
+
+class WorkerSupervisor:
+    """`claw worker start --processes N`: N worker processes, each restarted if it dies.
+
+    A skill that segfaults or is OOM-killed takes one process down, not the node: the supervisor
+    starts it again after a backoff (1 s doubling to 30 s, back to 1 s once a process has run for a
+    minute). Each child keeps its node id (`<node>-p<i>`) across restarts. SIGTERM is passed on to
+    every child, which drains gracefully.
+    """
+
+    def __init__(self, *, processes: int, node_id: str, child_args: list[str], nats_url: str, grace_s: float) -> None:
+        self.processes = processes
+        self.node_id = node_id
+        self.child_args = child_args
+        self.nats_url = nats_url
+        self.grace_s = grace_s
+        self.children: dict[int, asyncio.subprocess.Process] = {}
+        self.restarts: dict[int, int] = {}
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run the children until `stop`; then stop them all."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for index in range(1, self.processes + 1):
+                    tg.create_task(self._keep_running(index, stop), name=f"worker-{index}")
+        finally:
+            await asyncio.gather(*(self._terminate(p) for p in self.children.values()))
+
+    async def _keep_running(self, index: int, stop: asyncio.Event) -> None:
+        backoff = RESTART_BACKOFF_MIN_S
+        node_id = f"{self.node_id}-p{index}"
+        while not stop.is_set():
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cli", "--nats", self.nats_url, "worker", "start", "--node-id", node_id,
+                *self.child_args, stdin=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            self.children[index] = process
+            started = asyncio.get_running_loop().time()
+            await _exit_or_stop(process, stop)
+            if stop.is_set():
+                return  # serve() stops the child
+            ran_s = asyncio.get_running_loop().time() - started
+            if ran_s >= RESTART_RESET_AFTER_S:
+                backoff = RESTART_BACKOFF_MIN_S
+            self.restarts[index] = self.restarts.get(index, 0) + 1
+            log.warning("worker.restart", node_id=node_id, exit_code=process.returncode, ran_s=round(ran_s, 1),
+                        restart_in_s=backoff)  # fmt: skip
+            if await wait_any(stop, timeout_s=backoff):
+                return
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        if process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self.grace_s + 10):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+async def _exit_or_stop(process: asyncio.subprocess.Process, stop: asyncio.Event) -> None:
+    """Until the process exits or `stop` is set."""
+    exited = asyncio.ensure_future(process.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([exited, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (exited, stopped):
+            waiter.cancel()
+        await asyncio.gather(exited, stopped, return_exceptions=True)

@@ -15,8 +15,8 @@ from cli.output import (
     fmt_time,
     shorten,
 )
-from common.api import SubmitResult
-from common.models import ClusterStatus, NodeView, TaskSummary, TaskView
+from common.api import SubmitResult, TaskActionReply
+from common.models import ClusterStatus, DeadLetterView, NodeView, TaskSummary, TaskView
 
 
 def _since(start: float | None, end: float | None) -> str:
@@ -196,3 +196,39 @@ def render_submitted(results: list[SubmitResult], skill: str, priority: str) -> 
     for result in results:
         note = " (duplicate: an earlier task has this idempotency key)" if result.duplicate else ""
         print(f"{result.task_id}  {skill}  {priority}  {result.state.value}{note}")
+
+
+def render_action(reply: TaskActionReply, verb: str) -> None:
+    """`claw task cancel|retry`: what happened."""
+    if reply.changed:
+        print(f"{reply.task_id} {verb}: now {reply.state.value}")
+    else:
+        print(f"{reply.task_id} unchanged ({reply.note or reply.state.value})")
+
+
+def render_dead_letters(views: list[DeadLetterView]) -> None:
+    """`claw dlq list`."""
+    emit_table(
+        ["SEQ", "DEAD AT", "KIND", "SKILL", "TASK", "ATTEMPTS", "REASON"],
+        [
+            (
+                v.seq,
+                fmt_time(v.letter.dead_at),
+                v.letter.kind,
+                v.letter.skill,
+                v.letter.task_id,
+                len(v.letter.attempts) or None,
+                shorten(v.letter.reason, 70),
+            )
+            for v in views
+        ],
+        empty="the dead-letter queue is empty",
+    )
+
+
+def render_replays(replies: list[TaskActionReply]) -> None:
+    """`claw dlq replay`."""
+    if not replies:
+        print("nothing to replay")
+    for reply in replies:
+        render_action(reply, "replayed")

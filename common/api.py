@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from common.models import JSON_NULL, ClusterStatus, NodeView, TaskSpec, TaskSummary
+from common.models import JSON_NULL, ClusterStatus, DeadLetterView, NodeView, TaskSpec, TaskSummary
 from common.states import TaskState
 
 
@@ -23,6 +23,11 @@ class ApiVerb:
     TASK_STATES = "task_states"
     NODES = "nodes"
     STATUS = "status"
+    TASK_CANCEL = "task_cancel"
+    TASK_RETRY = "task_retry"
+    DLQ_LIST = "dlq_list"
+    DLQ_REPLAY = "dlq_replay"
+    DLQ_PURGE = "dlq_purge"
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -111,6 +116,71 @@ class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
     """The cluster overview."""
 
     status: ClusterStatus
+
+
+class TaskCancelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Cancel a task that has not finished."""
+
+    task_id: str
+    reason: str = "cancelled by request"
+    by: str | None = None
+
+
+class TaskRetryRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Run a failed, dead or cancelled task again, as a new attempt series."""
+
+    task_id: str
+    by: str | None = None
+
+
+class TaskActionReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The task's state after the action; `changed` is false when there was nothing to do."""
+
+    task_id: str
+    state: TaskState
+    changed: bool = True
+    note: str = ""
+
+
+class DlqListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Newest dead letters first."""
+
+    skill: str | None = None
+    limit: int = 50
+
+
+class DlqListReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Dead letters, newest first."""
+
+    letters: list[DeadLetterView]
+
+
+class DlqReplayRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Replay one dead task (`task_id`) or every dead task in the DLQ (`all`), optionally of a skill."""
+
+    task_id: str | None = None
+    all: bool = False
+    skill: str | None = None
+    by: str | None = None
+
+
+class DlqReplayReply(msgspec.Struct, frozen=True, kw_only=True):
+    """What each replay did."""
+
+    results: list[TaskActionReply]
+
+
+class DlqPurgeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Drop dead letters: all, of one skill, and/or older than a duration."""
+
+    skill: str | None = None
+    older_than_s: float | None = None
+
+
+class DlqPurgeReply(msgspec.Struct, frozen=True, kw_only=True):
+    """How many dead letters were removed."""
+
+    purged: int
 
 
 class Empty(msgspec.Struct, frozen=True):

@@ -75,7 +75,19 @@ class CoordinatorSettings(_Section, frozen=True):
     # A node is offline after this many heartbeat intervals without a beat.
     offline_after_missed_beats: PositiveInt = 3
     default_timeout_s: PositiveFloat = 300.0
-    default_max_attempts: PositiveInt = 3
+    default_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    # Backoff between attempts (a task's own `backoff` overrides): base * factor^(n-1), capped, +-jitter.
+    retry_base_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    retry_factor: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    retry_max_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    retry_jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    # Tasks waiting (pending, queued or retrying) per skill; a submit beyond is refused: "queue full".
+    max_queued_per_skill: PositiveInt = 10_000
+    # A task whose attempts are exhausted (or that failed permanently) goes to the DLQ and ends
+    # `dead`; with false it ends `failed` and nothing is dead-lettered.
+    dead_letter: bool = True
+    # NAK the in-flight tasks of a node declared offline, so they run elsewhere at once.
+    reclaim_on_node_loss: bool = True
     max_input_bytes: PositiveInt = 1024 * 1024
     max_tasks_per_request: PositiveInt = 10_000
     submit_batch_max: PositiveInt = 512
@@ -135,7 +147,7 @@ class ArtifactSettings(_Section, frozen=True):
     region: str | None = None
     secure: bool = False
     access_key_env: str = "CLAW_S3_ACCESS_KEY"
-    secret_key_env: str = "CLAW_S3_SECRET_KEY"
+    secret_key_env: str = "CLAW_S3_SECRET_KEY"  # noqa: S105 - the name of a variable, not a secret
     # Artifacts older than this are removed by the coordinator's cleanup job (0: kept for ever).
     default_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
 

@@ -25,7 +25,13 @@ class TaskEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind")
 
 
 class TaskStarted(TaskEventBase, tag="started", frozen=True):
-    """A worker began running an attempt."""
+    """A worker began running an attempt.
+
+    `ack_subject` is the delivery's reply subject: if the worker dies, the coordinator NAKs it there
+    so JetStream redelivers the task at once instead of after the ack wait.
+    """
+
+    ack_subject: str = ""
 
 
 class TaskProgress(TaskEventBase, tag="progress", frozen=True):
@@ -50,14 +56,24 @@ class TaskSucceeded(TaskEventBase, tag="succeeded", frozen=True):
 
 
 class TaskFailed(TaskEventBase, tag="failed", frozen=True):
-    """The attempt raised; `retryable` is the handler's or the error class's intent."""
+    """The attempt raised; `retryable` is the handler's or the error class's intent.
+
+    `retry_in_s` is set when the worker scheduled another attempt (it nak'ed the message with that
+    delay); otherwise this was the last attempt of the series.
+    """
 
     error_type: str
     message: str
     traceback: str = ""
     retryable: bool = False
     started_at: float = 0.0
+    retry_in_s: float | None = None
 
 
-TaskEvent = TaskStarted | TaskProgress | TaskLog | TaskSucceeded | TaskFailed
-OUTCOME_EVENTS = (TaskSucceeded, TaskFailed)
+class TaskCancelled(TaskEventBase, tag="cancelled", frozen=True):
+    """A running attempt was stopped because its task was cancelled."""
+
+    started_at: float = 0.0
+
+
+TaskEvent = TaskStarted | TaskProgress | TaskLog | TaskSucceeded | TaskFailed | TaskCancelled

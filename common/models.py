@@ -23,8 +23,30 @@ EMPTY_OBJECT = msgspec.Raw(b"{}")
 JSON_NULL = msgspec.Raw(b"null")
 
 
+class Backoff(msgspec.Struct, frozen=True, kw_only=True):
+    """How long to wait before retrying a failed attempt: exponential, capped, with jitter.
+
+    The delay before attempt n+1 is `base_s * factor**(n-1)`, at most `max_s`, then scaled by a random
+    factor in `[1 - jitter, 1 + jitter]` so that tasks failing together do not retry together.
+    """
+
+    base_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 1.0
+    factor: Annotated[float, msgspec.Meta(ge=1, le=100)] = 2.0
+    max_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+
+    def delay_s(self, failed_attempt: int, unit_random: float) -> float:
+        """The delay after attempt `failed_attempt` (1-based); `unit_random` is uniform in [0, 1)."""
+        raw = min(self.base_s * self.factor ** max(failed_attempt - 1, 0), self.max_s)
+        return max(raw * (1 + self.jitter * (2 * unit_random - 1)), 0.0)
+
+
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """What a client asks the cluster to run; unset options take the skill's or cluster's defaults."""
+    """What a client asks the cluster to run; unset options take the skill's or cluster's defaults.
+
+    `task_id` lets a client choose the id (a ULID) so that retrying a submit whose answer was lost is
+    safe: a second submit with the same id returns the existing task.
+    """
 
     skill: str
     input: msgspec.Raw = EMPTY_OBJECT
@@ -32,6 +54,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    backoff: Backoff | None = None
+    task_id: Annotated[str, msgspec.Meta(pattern="^[0-9A-HJKMNP-TV-Z]{26}$")] | None = None
 
 
 class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +74,48 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int
     attempt_offset: int = 0
     submitted_at: float
+    backoff: Backoff = Backoff()
+
+
+class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
+    """One failed (or lost) attempt, as kept in a dead letter."""
+
+    attempt: int
+    node_id: str | None = None
+    state: str = "failed"
+    error_type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry of the dead-letter stream, on `<prefix>.dlq.<skill>`.
+
+    `kind` is `task` for a task that exhausted its attempts or failed permanently (with its input and
+    every attempt's error), or `poison` for a message that could not even be decoded (its raw bytes,
+    base64).
+    """
+
+    v: int = SCHEMA_VERSION
+    kind: str
+    reason: str
+    dead_at: float
+    skill: str
+    subject: str
+    task_id: str | None = None
+    task: TaskMessage | None = None
+    attempts: list[AttemptError] = []
+    raw_base64: str | None = None
+    stream_seq: int | None = None
+
+
+class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
+    """A dead letter with its position in the DLQ stream (what `claw dlq list` shows)."""
+
+    seq: int
+    letter: DeadLetter
 
 
 class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,6 +207,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     error_traceback: str | None = None
     trace_id: str | None = None
+    next_attempt_at: float | None = None
     attempt_log: list[AttemptView] = []
     events: list[EventView] = []
 

@@ -22,6 +22,12 @@ from nats.aio.msg import Msg
 from common.api import (
     ApiReply,
     ApiVerb,
+    DlqListReply,
+    DlqListRequest,
+    DlqPurgeReply,
+    DlqPurgeRequest,
+    DlqReplayReply,
+    DlqReplayRequest,
     Empty,
     NodesReply,
     PingReply,
@@ -29,9 +35,12 @@ from common.api import (
     SubmitReply,
     SubmitRequest,
     SubmitResult,
+    TaskActionReply,
+    TaskCancelRequest,
     TaskGetRequest,
     TaskListReply,
     TaskListRequest,
+    TaskRetryRequest,
     TaskStatesReply,
     TaskStatesRequest,
 )
@@ -43,7 +52,8 @@ from common.errors import (
     RequestTimeoutError,
     error_for_code,
 )
-from common.models import ClusterStatus, NodeView, TaskSpec, TaskSummary, TaskUpdate, TaskView
+from common.ids import new_id
+from common.models import ClusterStatus, DeadLetterView, NodeView, TaskSpec, TaskSummary, TaskUpdate, TaskView
 from common.states import TERMINAL_STATES, TaskState
 from communication.codec import DecodeError, decode, encode
 from communication.connection import NatsConnection
@@ -54,6 +64,7 @@ MAX_TASKS_PER_REQUEST = 1000
 SUBMITS_IN_FLIGHT = 4
 PER_TASK_WAIT_SUBSCRIPTIONS = 1000
 STATE_POLL_CHUNK = 5000
+RETRY_PAUSE_S = 0.5
 
 
 class ClawClient:
@@ -90,12 +101,18 @@ class ClawClient:
         """Submit one task; returns once it is persisted and queued."""
         return (await self.submit_many([spec], submitter=submitter))[0]
 
-    async def submit_many(self, specs: Sequence[TaskSpec], *, submitter: str | None = None) -> list[SubmitResult]:
+    async def submit_many(
+        self, specs: Sequence[TaskSpec], *, submitter: str | None = None, retry_for_s: float = 0.0
+    ) -> list[SubmitResult]:
         """Submit many tasks in as few requests as fit, several requests in flight; results in order.
 
         Each request is all-or-nothing; if one fails, the error is raised after the requests in
-        flight complete (their tasks stay submitted).
+        flight complete (their tasks stay submitted). With `retry_for_s`, a request that gets no
+        answer (no coordinator, a timeout, NATS reconnecting) is sent again for that long; every task
+        then carries a client-chosen id, so a retry of a request that did get through creates nothing.
         """
+        if retry_for_s > 0:
+            specs = [s if s.task_id else msgspec.structs.replace(s, task_id=new_id()) for s in specs]
         chunks = self._chunks(specs)
         results: list[list[SubmitResult]] = [[] for _ in chunks]
         limit = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
@@ -103,12 +120,16 @@ class ClawClient:
         async def send(index: int, chunk: list[TaskSpec]) -> None:
             async with limit:
                 timeout_s = self._timeout_s + len(chunk) / 500
-                reply = await self._call(
-                    ApiVerb.SUBMIT,
-                    SubmitRequest(tasks=chunk, submitter=submitter),
-                    SubmitReply,
-                    timeout_s=timeout_s,
-                )
+                request = SubmitRequest(tasks=chunk, submitter=submitter)
+                deadline = asyncio.get_running_loop().time() + retry_for_s
+                while True:
+                    try:
+                        reply = await self._call(ApiVerb.SUBMIT, request, SubmitReply, timeout_s=timeout_s)
+                        break
+                    except (CoordinatorUnavailableError, RequestTimeoutError):
+                        if asyncio.get_running_loop().time() >= deadline:
+                            raise
+                        await asyncio.sleep(RETRY_PAUSE_S)
                 results[index] = reply.results
 
         if len(chunks) == 1:
@@ -149,6 +170,34 @@ class ClawClient:
     async def status(self) -> ClusterStatus:
         """The cluster overview."""
         return (await self._call(ApiVerb.STATUS, Empty(), StatusReply)).status
+
+    async def cancel(
+        self, task_id: str, *, reason: str = "cancelled by request", by: str | None = None
+    ) -> TaskActionReply:
+        """Cancel a task that has not finished (a running attempt is stopped on its worker)."""
+        return await self._call(
+            ApiVerb.TASK_CANCEL, TaskCancelRequest(task_id=task_id, reason=reason, by=by), TaskActionReply
+        )
+
+    async def retry(self, task_id: str, *, by: str | None = None) -> TaskActionReply:
+        """Run a failed, dead or cancelled task again as a new attempt series."""
+        return await self._call(ApiVerb.TASK_RETRY, TaskRetryRequest(task_id=task_id, by=by), TaskActionReply)
+
+    async def dlq_list(self, *, skill: str | None = None, limit: int = 50) -> list[DeadLetterView]:
+        """Dead letters, newest first."""
+        return (await self._call(ApiVerb.DLQ_LIST, DlqListRequest(skill=skill, limit=limit), DlqListReply)).letters
+
+    async def dlq_replay(
+        self, task_id: str | None = None, *, all: bool = False, skill: str | None = None, by: str | None = None
+    ) -> list[TaskActionReply]:
+        """Replay one dead task, or all of them (of a skill); replaying twice changes nothing."""
+        request = DlqReplayRequest(task_id=task_id, all=all, skill=skill, by=by)
+        return (await self._call(ApiVerb.DLQ_REPLAY, request, DlqReplayReply, timeout_s=60.0)).results
+
+    async def dlq_purge(self, *, skill: str | None = None, older_than_s: float | None = None) -> int:
+        """Drop dead letters; returns how many."""
+        request = DlqPurgeRequest(skill=skill, older_than_s=older_than_s)
+        return (await self._call(ApiVerb.DLQ_PURGE, request, DlqPurgeReply, timeout_s=60.0)).purged
 
     async def wait(
         self,

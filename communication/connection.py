@@ -37,6 +37,11 @@ class NatsConnection:
         self.subjects = Subjects(settings.prefix)
         self._events = events
 
+    @property
+    def reconnects(self) -> int:
+        """How many times this connection reconnected (it changes after an outage)."""
+        return self._events.reconnects
+
     @classmethod
     async def connect(cls, settings: NatsSettings, *, name: str, retry_s: float | None = None) -> NatsConnection:
         """Connect, retrying the first connection for `retry_s` (default: the settings' value).
@@ -98,6 +103,7 @@ class _ConnectionEvents:
     def __init__(self) -> None:
         self.last_error: BaseException | None = None
         self.closing = False
+        self.reconnects = 0
 
     async def on_error(self, exc: Exception) -> None:
         self.last_error = exc
@@ -110,6 +116,7 @@ class _ConnectionEvents:
             log.warning("nats.disconnected")
 
     async def on_reconnected(self) -> None:
+        self.reconnects += 1
         log.info("nats.reconnected")
 
     async def on_closed(self) -> None:

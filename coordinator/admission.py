@@ -15,7 +15,7 @@ from common.errors import ClawError, InvalidInputError, PayloadTooLargeError, Un
 from common.ids import new_id
 from common.models import TaskSpec
 from common.states import TaskState
-from communication.codec import is_json_object
+from communication.codec import encode, is_json_object
 from communication.subjects import check_skill_name
 from storage.records import TaskRecord
 
@@ -71,7 +71,7 @@ class Admission:
         if not is_json_object(spec.input):
             raise InvalidInputError('the input must be a JSON object, like {"text": "hello"}')
         return TaskRecord(
-            task_id=new_id(),
+            task_id=spec.task_id or new_id(),
             skill=spec.skill,
             priority=spec.priority,
             state=TaskState.PENDING,
@@ -82,6 +82,7 @@ class Admission:
             updated_at=now,
             idempotency_key=spec.idempotency_key,
             submitter=submitter,
+            backoff=None if spec.backoff is None else encode(spec.backoff).decode(),
         )
 
     def _unknown_skill_message(self, skill: str) -> str:

@@ -11,14 +11,23 @@ from nats.js.errors import NotFoundError
 from common import __version__
 from common.api import (
     ApiVerb,
+    DlqListReply,
+    DlqListRequest,
+    DlqPurgeReply,
+    DlqPurgeRequest,
+    DlqReplayReply,
+    DlqReplayRequest,
     NodesReply,
     PingReply,
     StatusReply,
     SubmitReply,
     SubmitRequest,
+    TaskActionReply,
+    TaskCancelRequest,
     TaskGetRequest,
     TaskListReply,
     TaskListRequest,
+    TaskRetryRequest,
     TaskStatesReply,
     TaskStatesRequest,
 )
@@ -31,7 +40,9 @@ from communication.connection import NatsConnection
 from communication.monitoring import fetch_server_info
 from coordinator.admission import Admission
 from coordinator.api_server import Handler
+from coordinator.dead_letters import DeadLetterOffice
 from coordinator.node_registry import NodeRegistry
+from coordinator.operations import TaskOperations
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from storage.task_store import TaskStore
@@ -54,6 +65,8 @@ class ApiHandlers:
         store: TaskStore,
         book: TaskBook,
         registry: NodeRegistry,
+        operations: TaskOperations,
+        dead_letters: DeadLetterOffice,
     ) -> None:
         self._config = config
         self._node_id = node_id
@@ -63,6 +76,8 @@ class ApiHandlers:
         self._store = store
         self._book = book
         self._registry = registry
+        self._operations = operations
+        self._dead_letters = dead_letters
 
     def table(self) -> dict[str, Handler]:
         """verb -> handler."""
@@ -74,6 +89,11 @@ class ApiHandlers:
             ApiVerb.TASK_STATES: self.task_states,
             ApiVerb.NODES: self.nodes,
             ApiVerb.STATUS: self.status,
+            ApiVerb.TASK_CANCEL: self.task_cancel,
+            ApiVerb.TASK_RETRY: self.task_retry,
+            ApiVerb.DLQ_LIST: self.dlq_list,
+            ApiVerb.DLQ_REPLAY: self.dlq_replay,
+            ApiVerb.DLQ_PURGE: self.dlq_purge,
         }
 
     async def ping(self, data: bytes) -> PingReply:
@@ -135,6 +155,56 @@ class ApiHandlers:
                 nats=nats_info,
             )
         )
+
+    async def task_cancel(self, data: bytes) -> TaskActionReply:
+        """Cancel a task; a running attempt is stopped on its worker."""
+        request = _decode_request(data, TaskCancelRequest)
+        state = await self._operations.cancel(request.task_id, reason=request.reason, by=request.by)
+        return TaskActionReply(task_id=request.task_id, state=state)
+
+    async def task_retry(self, data: bytes) -> TaskActionReply:
+        """Re-run a failed, dead or cancelled task as a new attempt series."""
+        request = _decode_request(data, TaskRetryRequest)
+        state, changed = await self._operations.rerun(request.task_id, kind="retry", by=request.by, note={})
+        return TaskActionReply(task_id=request.task_id, state=state, changed=changed)
+
+    async def dlq_list(self, data: bytes) -> DlqListReply:
+        """Dead letters, newest first."""
+        request = _decode_request(data, DlqListRequest)
+        limit = max(1, min(request.limit, MAX_LIST_LIMIT))
+        return DlqListReply(letters=await self._dead_letters.list_letters(skill=request.skill, limit=limit))
+
+    async def dlq_replay(self, data: bytes) -> DlqReplayReply:
+        """Replay dead tasks from the DLQ as new attempt series; replaying twice changes nothing."""
+        request = _decode_request(data, DlqReplayRequest)
+        if request.all == (request.task_id is not None):
+            raise InvalidInputError("name one dead task to replay, or ask for all of them (--all)")
+        if request.task_id is not None:
+            view = await self._dead_letters.find_task(request.task_id)
+            if view is None:
+                raise TaskNotFoundError(f"task {request.task_id} has no dead letter; `claw dlq list` shows them")
+            views = [view]
+        else:
+            views = await self._dead_letters.list_letters(skill=request.skill, limit=MAX_LIST_LIMIT)
+        results = []
+        replayed: set[str] = set()
+        for view in views:
+            task_id = view.letter.task_id
+            if task_id is None or task_id in replayed:
+                continue  # poison entries cannot be replayed; several letters of one task replay once
+            replayed.add(task_id)
+            state, changed = await self._operations.rerun(
+                task_id, kind="replayed", by=request.by, note={"dlq_seq": view.seq}
+            )
+            note = "" if changed else f"already replayed (now {state.value})"
+            results.append(TaskActionReply(task_id=task_id, state=state, changed=changed, note=note))
+        return DlqReplayReply(results=results)
+
+    async def dlq_purge(self, data: bytes) -> DlqPurgeReply:
+        """Drop dead letters."""
+        request = _decode_request(data, DlqPurgeRequest)
+        purged = await self._dead_letters.purge(skill=request.skill, older_than_s=request.older_than_s)
+        return DlqPurgeReply(purged=purged)
 
     async def _queue_depths(self) -> list[QueueDepth]:
         subjects = self._conn.subjects

@@ -3,19 +3,30 @@
 Events arrive at least once and, across redeliveries, possibly out of order, so every rule is
 idempotent and fenced by attempt:
 
-- an event for an attempt older than the task's current one, or for a finished task, changes nothing
-  (it is logged as `ignored` so the audit trail shows the zombie);
+- an event for an attempt older than the task's current one, for an attempt declared lost
+  (`fenced_through`), or an outcome for a finished task, changes nothing (it is logged as
+  `<kind> (ignored)` so the audit trail shows the zombie);
 - `started` for a newer attempt while the task still runs an older one means the older attempt was
   lost (its worker died or froze): it is recorded `lost` and the task moves on;
 - an outcome whose `started` was not seen (lost or still in flight) implies it: the task passes
-  through `running` first, so the event log stays a legal sequence.
+  through `running` first, so the event log stays a legal sequence;
+- a failure with `retry_in_s` makes the task `retrying` until its next attempt starts; a final one
+  makes it `dead` (and dead-lettered after the commit) or, with dead-lettering off, `failed`.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from common.events import TaskEvent, TaskFailed, TaskLog, TaskProgress, TaskStarted, TaskSucceeded
+from common.events import (
+    TaskCancelled,
+    TaskEvent,
+    TaskFailed,
+    TaskLog,
+    TaskProgress,
+    TaskStarted,
+    TaskSucceeded,
+)
 from common.log import get_logger
 from common.states import TERMINAL_STATES, AttemptState, TaskState
 from coordinator.task_book import TaskBook
@@ -25,15 +36,17 @@ log = get_logger("coordinator.folding")
 _json = msgspec.json.Encoder()
 
 
-def _data(**fields: object) -> str:
+def event_data(**fields: object) -> str:
+    """The JSON `data` of an event-log row, without empty fields."""
     return _json.encode({k: v for k, v in fields.items() if v is not None}).decode()
 
 
 class EventFolder:
     """Applies decoded task events to the working set and stages the rows to write."""
 
-    def __init__(self, book: TaskBook) -> None:
+    def __init__(self, book: TaskBook, *, dead_letter: bool = True) -> None:
         self._book = book
+        self._dead_letter = dead_letter
 
     async def fold(self, event: TaskEvent, batch: WriteBatch) -> None:
         """Apply one event; its effects are staged in `batch`."""
@@ -41,36 +54,48 @@ class EventFolder:
         if record is None:
             log.warning("event.unknown_task", task_id=event.task_id, kind=type(event).__name__)
             return
+        if isinstance(event, TaskProgress | TaskLog):
+            batch.events.append(self._note(event))
+            return
         stale = self._stale_reason(event, record)
         if stale:
             self._ignore(event, record, batch, stale)
+            if isinstance(event, TaskStarted) and record.state == TaskState.CANCELLED:
+                batch.recancel.append(record.task_id)
             return
         match event:
             case TaskStarted():
                 self._start(record, event, batch, started_at=event.at)
             case TaskSucceeded():
-                self._finish_succeeded(record, event, batch)
+                self._succeed(record, event, batch)
             case TaskFailed():
-                self._finish_failed(record, event, batch)
-            case TaskProgress():
-                batch.events.append(self._note(event, "progress", _data(percent=event.percent, message=event.message)))
-            case TaskLog():
-                batch.events.append(self._note(event, "log", _data(level=event.level, message=event.message)))
+                self._fail(record, event, batch)
+            case TaskCancelled():
+                self._cancelled(record, event, batch)
 
-    @staticmethod
-    def _stale_reason(event: TaskEvent, record: TaskRecord) -> str | None:
-        if record.state in TERMINAL_STATES and not isinstance(event, TaskProgress | TaskLog):
+    def _stale_reason(self, event: TaskEvent, record: TaskRecord) -> str | None:
+        if event.attempt <= record.fenced_through:
+            return f"attempt {event.attempt} was declared lost"
+        if isinstance(event, TaskCancelled) and record.state == TaskState.CANCELLED:
+            return None  # the running attempt confirming a cancel: recorded below
+        if record.state in TERMINAL_STATES:
+            if isinstance(event, TaskFailed) and record.state == TaskState.DEAD and event.attempt == record.attempts:
+                return None  # a redelivered final failure: publish the dead letter again (idempotent)
             return f"task already {record.state.value}"
         if event.attempt < record.attempts:
             return f"attempt {event.attempt} superseded by attempt {record.attempts}"
+        if record.state == TaskState.RETRYING and event.attempt == record.attempts:
+            return f"attempt {event.attempt} already ended; the task is waiting to retry"
         return None
 
     def _start(self, record: TaskRecord, event: TaskEvent, batch: WriteBatch, *, started_at: float) -> None:
         """Make `event.attempt` the running attempt (idempotent for a repeated `started`)."""
         if record.state == TaskState.RUNNING and record.attempts == event.attempt:
+            if isinstance(event, TaskStarted) and event.ack_subject:
+                record.ack_subject = event.ack_subject
             return
         if record.state == TaskState.RUNNING:
-            self._lose_current_attempt(record, event, batch)
+            self.lose_attempt(record, batch, at=event.at, reason=f"attempt {event.attempt} took over")
         if record.state == TaskState.PENDING:
             # The worker was faster than our own "published" bookkeeping.
             batch.events.append(self._book.move(record, TaskState.QUEUED, at=event.at, kind="queued"))
@@ -78,6 +103,9 @@ class EventFolder:
         record.attempts = event.attempt
         record.node_id = event.node_id
         record.started_at = record.started_at or started_at
+        record.next_attempt_at = None
+        ack_subject = event.ack_subject if isinstance(event, TaskStarted) else None
+        record.ack_subject = ack_subject
         kind = "started" if isinstance(event, TaskStarted) else "started (implied)"
         batch.events.append(
             self._book.move(
@@ -90,11 +118,19 @@ class EventFolder:
             )
         )
         batch.put_attempt(
-            AttemptRecord(record.task_id, event.attempt, event.node_id, AttemptState.RUNNING, started_at=started_at)
+            AttemptRecord(
+                record.task_id,
+                event.attempt,
+                event.node_id,
+                AttemptState.RUNNING,
+                started_at=started_at,
+                ack_subject=ack_subject,
+            )
         )
         batch.touch(record)
 
-    def _lose_current_attempt(self, record: TaskRecord, event: TaskEvent, batch: WriteBatch) -> None:
+    def lose_attempt(self, record: TaskRecord, batch: WriteBatch, *, at: float, reason: str) -> None:
+        """The running attempt stopped reporting: record it `lost`, fence it, queue the task again."""
         lost = record.attempts
         batch.put_attempt(
             AttemptRecord(
@@ -102,21 +138,33 @@ class EventFolder:
                 lost,
                 record.node_id,
                 AttemptState.LOST,
-                finished_at=event.at,
+                finished_at=at,
                 error_type="AttemptLost",
-                error_message=f"attempt {lost} on {record.node_id} stopped reporting; {event.attempt} took over",
+                error_message=f"attempt {lost} on {record.node_id} stopped reporting; {reason}",
             )
         )
+        record.fenced_through = max(record.fenced_through, lost)
+        record.ack_subject = None
         batch.events.append(
-            self._book.move(record, TaskState.QUEUED, at=event.at, kind="lost", attempt=lost, node_id=record.node_id)
+            self._book.move(
+                record,
+                TaskState.QUEUED,
+                at=at,
+                kind="lost",
+                attempt=lost,
+                node_id=record.node_id,
+                data=event_data(reason=reason),
+            )
         )
-        log.warning("task.attempt_lost", task_id=record.task_id, attempt=lost, node_id=record.node_id)
+        batch.touch(record)
+        log.warning("task.attempt_lost", task_id=record.task_id, attempt=lost, node_id=record.node_id, reason=reason)
 
-    def _finish_succeeded(self, record: TaskRecord, event: TaskSucceeded, batch: WriteBatch) -> None:
+    def _succeed(self, record: TaskRecord, event: TaskSucceeded, batch: WriteBatch) -> None:
         self._ensure_running(record, event, batch, event.started_at)
         record.result = bytes(event.result).decode()
         record.finished_at = event.at
         record.error_type = record.error_message = record.error_traceback = None
+        record.ack_subject = None
         batch.events.append(
             self._book.move(
                 record,
@@ -139,21 +187,27 @@ class EventFolder:
         )
         batch.touch(record)
 
-    def _finish_failed(self, record: TaskRecord, event: TaskFailed, batch: WriteBatch) -> None:
+    def _fail(self, record: TaskRecord, event: TaskFailed, batch: WriteBatch) -> None:
+        if record.state == TaskState.DEAD:
+            batch.dead_letters.append(record)  # redelivered: the dead letter may not have gone out
+            return
         self._ensure_running(record, event, batch, event.started_at or event.at)
-        record.finished_at = event.at
         record.error_type = event.error_type
         record.error_message = event.message
         record.error_traceback = event.traceback
+        record.ack_subject = None
+        data = event_data(error_type=event.error_type, message=event.message, retry_in_s=event.retry_in_s)
+        if event.retry_in_s is not None:
+            record.next_attempt_at = event.at + event.retry_in_s
+            to_state, kind = TaskState.RETRYING, "retrying"
+        else:
+            record.finished_at = event.at
+            record.next_attempt_at = None
+            to_state = TaskState.DEAD if self._dead_letter else TaskState.FAILED
+            kind = "dead" if self._dead_letter else "failed"
         batch.events.append(
             self._book.move(
-                record,
-                TaskState.FAILED,
-                at=event.at,
-                kind="failed",
-                node_id=event.node_id,
-                event_id=event.event_id,
-                data=_data(error_type=event.error_type, message=event.message),
+                record, to_state, at=event.at, kind=kind, node_id=event.node_id, event_id=event.event_id, data=data
             )
         )
         batch.put_attempt(
@@ -170,6 +224,39 @@ class EventFolder:
             )
         )
         batch.touch(record)
+        if to_state == TaskState.DEAD:
+            batch.dead_letters.append(record)
+
+    def _cancelled(self, record: TaskRecord, event: TaskCancelled, batch: WriteBatch) -> None:
+        """The worker stopped the attempt of a cancelled task."""
+        if record.state != TaskState.CANCELLED:
+            # Cancelled by something other than `claw task cancel` (cannot happen today): record it.
+            self._ensure_running(record, event, batch, event.started_at or event.at)
+            batch.events.append(
+                self._book.move(record, TaskState.CANCELLED, at=event.at, kind="cancelled", node_id=event.node_id)
+            )
+            record.finished_at = event.at
+            batch.touch(record)
+        batch.put_attempt(
+            AttemptRecord(
+                record.task_id,
+                event.attempt,
+                event.node_id,
+                AttemptState.CANCELLED,
+                started_at=event.started_at or None,
+                finished_at=event.at,
+            )
+        )
+        batch.events.append(
+            EventRecord(
+                task_id=record.task_id,
+                kind="attempt cancelled",
+                at=event.at,
+                attempt=event.attempt,
+                event_id=event.event_id,
+                node_id=event.node_id,
+            )
+        )
 
     def _ensure_running(self, record: TaskRecord, event: TaskEvent, batch: WriteBatch, started_at: float) -> None:
         """An outcome whose `started` we did not see: pass through `running` first."""
@@ -177,7 +264,11 @@ class EventFolder:
             self._start(record, event, batch, started_at=started_at)
 
     @staticmethod
-    def _note(event: TaskEvent, kind: str, data: str) -> EventRecord:
+    def _note(event: TaskProgress | TaskLog) -> EventRecord:
+        if isinstance(event, TaskProgress):
+            kind, data = "progress", event_data(percent=event.percent, message=event.message)
+        else:
+            kind, data = "log", event_data(level=event.level, message=event.message)
         return EventRecord(
             task_id=event.task_id,
             kind=kind,
@@ -200,6 +291,6 @@ class EventFolder:
                 attempt=event.attempt,
                 event_id=event.event_id,
                 node_id=event.node_id,
-                data=_data(ignored=reason),
+                data=event_data(ignored=reason),
             )
         )

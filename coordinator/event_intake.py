@@ -22,6 +22,7 @@ from communication.codec import DecodeError, decode_event, encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.pull import ConsumerUnavailableError, PullConsumer
 from communication.topology import Topology
+from coordinator.dead_letters import DeadLetterOffice
 from coordinator.event_folding import EventFolder
 from coordinator.task_book import TaskBook
 from storage.records import WriteBatch
@@ -42,6 +43,8 @@ class EventIntake:
         topology: Topology,
         store: TaskStore,
         book: TaskBook,
+        folder: EventFolder,
+        dead_letters: DeadLetterOffice,
         *,
         batch_max: int,
     ) -> None:
@@ -49,7 +52,8 @@ class EventIntake:
         self._topology = topology
         self._store = store
         self._book = book
-        self._folder = EventFolder(book)
+        self._folder = folder
+        self._dead_letters = dead_letters
         self._batch_max = batch_max
         subjects = conn.subjects
         self._pull = PullConsumer(conn, subjects.events_stream, subjects.events_consumer)
@@ -82,14 +86,20 @@ class EventIntake:
                     continue
                 await self._folder.fold(event, batch)
             await self._commit(batch, stopping)
+        self._book.release_finished(list(batch.changed_tasks.values()))
+        if batch.dead_letters:
+            # Before the acks: if this process dies first, the redelivered final failure publishes
+            # the dead letter again (deduplicated by its message id).
+            await self._dead_letters.publish(batch.dead_letters)
         try:
             for msg in msgs:
                 await msg.ack()
         except nats.errors.Error as exc:
             # Not acked means redelivered after the ack wait; folding it again changes nothing.
             log.warning("events.ack_failed", error=str(exc))
-        self._book.release_finished(list(batch.changed_tasks.values()))
         await self._broadcast(batch)
+        for task_id in batch.recancel:
+            await self._conn.nc.publish(self._conn.subjects.cancel(task_id), b"cancelled before it started")
 
     async def _commit(self, batch: WriteBatch, stopping: asyncio.Event) -> None:
         """Write the batch, retrying while the database refuses: the state in memory is already ahead."""

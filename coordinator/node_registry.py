@@ -76,6 +76,13 @@ class NodeRegistry:
                 skills=beat.skills,
             )
 
+    def grace(self) -> None:
+        """Restart every live node's timeout (after our own connection was down)."""
+        now = self._clock.now()
+        for node in self._nodes.values():
+            if node.view.status != NodeStatus.OFFLINE:
+                node.view = msgspec.structs.replace(node.view, last_seen=max(node.view.last_seen, now))
+
     def sweep(self) -> list[NodeView]:
         """Mark nodes offline whose beats stopped; returns the nodes that just went offline."""
         now = self._clock.now()

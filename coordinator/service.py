@@ -30,10 +30,14 @@ from communication.topology import Topology
 from coordinator.admission import Admission
 from coordinator.api_handlers import ApiHandlers
 from coordinator.api_server import ApiServer
+from coordinator.dead_letters import DeadLetterOffice
+from coordinator.event_folding import EventFolder
 from coordinator.event_intake import EventIntake
 from coordinator.node_registry import NodeRegistry
+from coordinator.operations import TaskOperations
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
+from coordinator.task_wire import default_backoff
 from storage.database import Database
 from storage.node_store import NodeStore
 from storage.task_store import TaskStore
@@ -41,6 +45,7 @@ from storage.task_store import TaskStore
 log = get_logger("coordinator")
 
 MAINTENANCE_INTERVAL_S = 0.25
+RECOVERY_INTERVAL_S = 5.0
 API_GRACE_S = 10.0
 
 
@@ -65,7 +70,12 @@ class Coordinator:
         self.book = TaskBook(self.store)
         self.registry = NodeRegistry(NodeStore(db), clock, missed_beats=settings.offline_after_missed_beats)
         self.pipeline = SubmitPipeline(conn, self.store, self.book, settings, clock)
-        self._intake = EventIntake(conn, topology, self.store, self.book, batch_max=settings.event_batch_max)
+        folder = EventFolder(self.book, dead_letter=settings.dead_letter)
+        self.dead_letters = DeadLetterOffice(conn, self.store, clock, default_backoff(settings))
+        self._intake = EventIntake(
+            conn, topology, self.store, self.book, folder, self.dead_letters, batch_max=settings.event_batch_max
+        )
+        self.operations = TaskOperations(conn, self.book, self.store, self.pipeline, folder, clock, config)
         admission = Admission(
             settings,
             clock,
@@ -81,6 +91,8 @@ class Coordinator:
             store=self.store,
             book=self.book,
             registry=self.registry,
+            operations=self.operations,
+            dead_letters=self.dead_letters,
         )
         self._api = ApiServer(conn, handlers.table())
         self._heartbeat_sub: Subscription | None = None
@@ -152,18 +164,29 @@ class Coordinator:
         self.registry.observe(beat)
 
     async def _maintain(self, stopping: asyncio.Event) -> None:
-        """Node liveness, registry persistence and republishing of stuck pending tasks."""
+        """Node liveness and reclaim, registry persistence, and recovery of stuck tasks."""
         republish_every = self.config.coordinator.republish_after_s / 2
-        next_republish = self._clock.monotonic()
+        next_republish = next_recovery = self._clock.monotonic()
+        reconnects = self._conn.reconnects
         while not stopping.is_set():
-            self.registry.sweep()
+            if self._conn.reconnects != reconnects:
+                # We were cut off, not the workers: their beats could not reach us meanwhile.
+                reconnects = self._conn.reconnects
+                self.registry.grace()
+            for node in self.registry.sweep():
+                if self.config.coordinator.reclaim_on_node_loss:
+                    await self.operations.reclaim_node(node.node_id)
             try:
                 await self.registry.persist()
             except StorageError as exc:
                 log.error("nodes.persist_failed", error=str(exc))
-            if self._clock.monotonic() >= next_republish:
+            now = self._clock.monotonic()
+            if now >= next_republish:
                 await self.pipeline.republish_pending()
-                next_republish = self._clock.monotonic() + republish_every
+                next_republish = now + republish_every
+            if now >= next_recovery:
+                await self.operations.recover_lost_messages()
+                next_recovery = now + RECOVERY_INTERVAL_S
             try:
                 async with asyncio.timeout(MAINTENANCE_INTERVAL_S):
                     await stopping.wait()

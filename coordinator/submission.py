@@ -4,7 +4,9 @@ instead of latency.
 Requests are queued by the API handler; one loop takes everything waiting (up to `submit_batch_max`
 tasks) and, for the whole batch:
 
-1. resolves idempotency keys (an existing key answers with the existing task and writes nothing);
+1. resolves client-chosen task ids and idempotency keys (an existing one answers with the existing
+   task and writes nothing) and checks each skill's queue limit (a request that would overflow it is
+   refused whole with "queue full");
 2. commits the new tasks as `pending`, with their `submitted` events, in one transaction;
 3. publishes them to JetStream pipelined, `Nats-Msg-Id` = idempotency key or task id;
 4. answers each request, wakes idle workers, and commits `queued` in one transaction.
@@ -17,22 +19,26 @@ JetStream's duplicate window absorbs a publish that did in fact get through.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 
 import msgspec
 from nats.js.api import PubAck
+from nats.js.errors import NotFoundError
 
 from common.api import SubmitResult
 from common.clock import Clock
 from common.config import CoordinatorSettings
-from common.errors import ClawError, StorageError
+from common.errors import ClawError, QueueFullError, StorageError
+from common.ids import new_id
 from common.log import get_logger
-from common.models import TaskMessage
 from common.states import TaskState
 from communication.codec import encode
-from communication.connection import NatsConnection
+from communication.connection import NATS_ERRORS, NatsConnection
 from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
+from coordinator.event_folding import event_data
 from coordinator.task_book import TaskBook
+from coordinator.task_wire import default_backoff, task_message_of, task_msg_id
 from storage.records import EventRecord, TaskRecord, WriteBatch
 from storage.task_store import TaskStore
 
@@ -45,30 +51,8 @@ class SubmitJob:
 
     records: list[TaskRecord]
     done: asyncio.Future[list[SubmitResult]]
-    # Filled by the pipeline, one per record: the new task or the existing one its key names.
+    # Filled by the pipeline, one per record: the new task or the existing one its id/key names.
     results: list[SubmitResult] = field(default_factory=list)
-
-
-def task_msg_id(record: TaskRecord) -> str:
-    """The `Nats-Msg-Id` of a task's publish: stable across retries of the same series."""
-    base = record.idempotency_key or record.task_id
-    return base if record.attempt_offset == 0 else f"{base}#{record.attempt_offset}"
-
-
-def task_message(record: TaskRecord) -> bytes:
-    """The wire form of a task for workers."""
-    return encode(
-        TaskMessage(
-            task_id=record.task_id,
-            skill=record.skill,
-            input=msgspec.Raw(record.input.encode()),
-            priority=record.priority,
-            timeout_s=record.timeout_s,
-            max_attempts=record.max_attempts,
-            attempt_offset=record.attempt_offset,
-            submitted_at=record.created_at,
-        )
-    )
 
 
 class SubmitPipeline:
@@ -87,6 +71,7 @@ class SubmitPipeline:
         self._book = book
         self._settings = settings
         self._clock = clock
+        self._backoff = default_backoff(settings)
         self._publisher = JetStreamPublisher(conn)
         self._queue: asyncio.Queue[SubmitJob] = asyncio.Queue()
         self._publishing: set[str] = set()
@@ -123,31 +108,39 @@ class SubmitPipeline:
             return
         queued = await self._publish(new)
         for job in jobs:
-            results = [
-                msgspec.structs.replace(r, state=TaskState.QUEUED) if r.task_id in queued and not r.duplicate else r
-                for r in job.results
-            ]
-            if not job.done.done():
-                job.done.set_result(results)
+            if job.done.done():
+                continue
+            job.done.set_result(
+                [
+                    msgspec.structs.replace(r, state=TaskState.QUEUED) if r.task_id in queued and not r.duplicate else r
+                    for r in job.results
+                ]
+            )
         await self._commit_queued(new, queued)
 
     async def _persist(self, jobs: list[SubmitJob]) -> list[TaskRecord]:
-        """Commit the new tasks as pending; resolve idempotency keys to existing tasks.
+        """Commit the new tasks as pending; answer duplicates; refuse jobs that overflow a queue.
 
-        Fills each job's `results` and returns the records that were written.
+        Fills each accepted job's `results` (a refused job's future gets `QueueFullError`) and returns
+        the records that were written.
         """
         keys = {r.idempotency_key for job in jobs for r in job.records if r.idempotency_key}
-        existing = await self._store.find_by_idempotency_keys(keys) if keys else {}
+        existing_keys = await self._store.find_by_idempotency_keys(keys) if keys else {}
+        existing_ids = await self._store.existing_ids(r.task_id for job in jobs for r in job.records)
         batch = WriteBatch()
+        added: Counter[str] = Counter()
         for job in jobs:
-            for record in job.records:
-                key = record.idempotency_key
-                if key and key in existing:
-                    task_id, state = existing[key]
-                    job.results.append(SubmitResult(task_id=task_id, state=state, duplicate=True))
-                    continue
-                if key:
-                    existing[key] = (record.task_id, record.state)
+            results, new = self._resolve(job.records, existing_keys, existing_ids)
+            refusal = self._queue_full(new, added)
+            if refusal is not None:
+                job.done.set_exception(refusal)
+                continue
+            job.results = results
+            for record in new:
+                added[record.skill] += 1
+                existing_ids[record.task_id] = record.state
+                if record.idempotency_key:
+                    existing_keys[record.idempotency_key] = (record.task_id, record.state)
                 batch.new_tasks.append(record)
                 batch.events.append(
                     EventRecord(
@@ -155,10 +148,9 @@ class SubmitPipeline:
                         kind="submitted",
                         at=record.created_at,
                         to_state=TaskState.PENDING,
-                        data=None if record.submitter is None else encode({"submitter": record.submitter}).decode(),
+                        data=None if record.submitter is None else event_data(submitter=record.submitter),
                     )
                 )
-                job.results.append(SubmitResult(task_id=record.task_id, state=TaskState.PENDING))
         if batch:
             async with self._book.lock:
                 try:
@@ -170,15 +162,60 @@ class SubmitPipeline:
                     self._book.add(record)
         return batch.new_tasks
 
-    async def _publish(self, records: list[TaskRecord]) -> dict[str, PubAck]:
-        """Publish pending records and wake idle workers; returns the acks of those confirmed."""
+    @staticmethod
+    def _resolve(
+        records: list[TaskRecord],
+        existing_keys: dict[str, tuple[str, TaskState]],
+        existing_ids: dict[str, TaskState],
+    ) -> tuple[list[SubmitResult], list[TaskRecord]]:
+        results: list[SubmitResult] = []
+        new: list[TaskRecord] = []
+        seen: dict[str, tuple[str, TaskState]] = {}
+        for record in records:
+            key = record.idempotency_key
+            if record.task_id in existing_ids:
+                results.append(SubmitResult(task_id=record.task_id, state=existing_ids[record.task_id], duplicate=True))
+            elif key and key in existing_keys:
+                task_id, state = existing_keys[key]
+                results.append(SubmitResult(task_id=task_id, state=state, duplicate=True))
+            elif key and key in seen:
+                task_id, state = seen[key]
+                results.append(SubmitResult(task_id=task_id, state=state, duplicate=True))
+            else:
+                if key:
+                    seen[key] = (record.task_id, record.state)
+                results.append(SubmitResult(task_id=record.task_id, state=TaskState.PENDING))
+                new.append(record)
+        return results, new
+
+    def _queue_full(self, new: list[TaskRecord], added: Counter[str]) -> QueueFullError | None:
+        limit = self._settings.max_queued_per_skill
+        for skill, count in Counter(r.skill for r in new).items():
+            waiting = self._book.waiting(skill) + added[skill]
+            if waiting + count > limit:
+                return QueueFullError(
+                    f"queue full: skill '{skill}' has {waiting} tasks waiting and the limit is {limit} "
+                    f"(coordinator.max_queued_per_skill); this request adds {count}. Nothing was submitted: "
+                    "retry later, add workers, or raise the limit"
+                )
+        return None
+
+    async def _publish(self, records: list[TaskRecord], *, nonce: str | None = None) -> dict[str, PubAck]:
+        """Publish records and wake idle workers; returns the acks of those confirmed."""
         records = [r for r in records if r.task_id not in self._publishing]
         if not records:
             return {}
         self._publishing.update(r.task_id for r in records)
+        subjects = self._conn.subjects
         try:
-            subjects = self._conn.subjects
-            outgoing = [Outgoing(subjects.task(r.priority, r.skill), task_message(r), task_msg_id(r)) for r in records]
+            outgoing = [
+                Outgoing(
+                    subjects.task(r.priority, r.skill),
+                    encode(task_message_of(r, self._backoff)),
+                    task_msg_id(r, nonce),
+                )
+                for r in records
+            ]
             results = await self._publisher.publish_many(outgoing)
         finally:
             self._publishing.difference_update(r.task_id for r in records)
@@ -198,22 +235,44 @@ class SubmitPipeline:
         async with self._book.lock:
             now = self._clock.now()
             batch = WriteBatch()
+            withdrawn: list[int] = []
             for record in records:
                 ack = acks.get(record.task_id)
-                if ack is None or record.state != TaskState.PENDING:
-                    continue  # not confirmed (republished later), or a worker's `started` came first
-                record.queued_at = now
+                if ack is None:
+                    continue  # not confirmed: published again later
+                if record.state == TaskState.CANCELLED:
+                    withdrawn.append(ack.seq)  # cancelled while being published
+                    continue
                 record.stream_seq = ack.seq
-                batch.events.append(self._book.move(record, TaskState.QUEUED, at=now, kind="queued"))
                 batch.touch(record)
-            if not batch:
-                return
-            try:
-                await self._store.write_batch(batch)
-            except StorageError as exc:
-                # The tasks are in the stream; the database still says pending, which after a
-                # restart means "publish again" (deduplicated by message id) - never lost.
-                log.error("submit.mark_queued_failed", error=str(exc))
+                if record.state != TaskState.PENDING:
+                    continue  # a worker's `started` came first and already moved it on
+                record.queued_at = now
+                batch.events.append(self._book.move(record, TaskState.QUEUED, at=now, kind="queued"))
+            if batch:
+                try:
+                    await self._store.write_batch(batch)
+                except StorageError as exc:
+                    # The tasks are in the stream; the database still says pending, which after a
+                    # restart means "publish again" (deduplicated by message id) - never lost.
+                    log.error("submit.mark_queued_failed", error=str(exc))
+        for seq in withdrawn:
+            await self.withdraw(seq)
+
+    async def withdraw(self, stream_seq: int) -> None:
+        """Delete a task message from the queue (its task was cancelled); gone already is fine."""
+        try:
+            await self._conn.js.delete_msg(self._conn.subjects.tasks_stream, stream_seq)
+        except NotFoundError:
+            pass
+        except NATS_ERRORS as exc:
+            log.warning("submit.withdraw_failed", stream_seq=stream_seq, error=str(exc))
+
+    async def publish_pending(self, records: list[TaskRecord]) -> None:
+        """Publish records already committed as pending (re-runs), and confirm them queued."""
+        for start in range(0, len(records), self._settings.submit_batch_max):
+            chunk = records[start : start + self._settings.submit_batch_max]
+            await self._commit_queued(chunk, await self._publish(chunk))
 
     async def republish_pending(self) -> None:
         """Publish tasks that stayed pending longer than `republish_after_s` (crash, NATS outage)."""
@@ -221,6 +280,32 @@ class SubmitPipeline:
         stuck = [r for r in self._book.with_state(TaskState.PENDING) if r.updated_at <= cutoff]
         if stuck:
             log.info("submit.republish", count=len(stuck))
-            for start in range(0, len(stuck), self._settings.submit_batch_max):
-                chunk = stuck[start : start + self._settings.submit_batch_max]
-                await self._commit_queued(chunk, await self._publish(chunk))
+            await self.publish_pending(stuck)
+
+    async def repost(self, record: TaskRecord, reason: str) -> bool:
+        """Publish a fresh message for a waiting task whose message vanished from the queue.
+
+        The new message continues the attempt numbering (`attempt_offset` = attempts so far).
+        """
+        async with self._book.lock:
+            record.attempt_offset = record.attempts
+        acks = await self._publish([record], nonce=new_id()[-8:])
+        ack = acks.get(record.task_id)
+        if ack is None:
+            return False
+        async with self._book.lock:
+            record.stream_seq = ack.seq
+            batch = WriteBatch()
+            batch.touch(record)
+            batch.events.append(
+                EventRecord(
+                    task_id=record.task_id,
+                    kind="requeued",
+                    at=self._clock.now(),
+                    attempt=record.attempts,
+                    data=event_data(reason=reason, stream_seq=ack.seq),
+                )
+            )
+            await self._store.write_batch(batch)
+        log.warning("task.requeued", task_id=record.task_id, reason=reason)
+        return True

@@ -16,6 +16,9 @@ from coordinator.state_machine import transition
 from storage.records import EventRecord, TaskRecord
 from storage.task_store import TaskStore
 
+# States in which a task waits for a worker: what the per-skill queue limit counts.
+WAITING_STATES = frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.RETRYING})
+
 
 class TaskBook:
     """Unfinished tasks by id, plus counts of all tasks by state."""
@@ -24,6 +27,7 @@ class TaskBook:
         self._store = store
         self._active: dict[str, TaskRecord] = {}
         self._counts: Counter[TaskState] = Counter()
+        self._waiting: Counter[str] = Counter()
         # Held while changing records and committing the change: commits then happen in the order
         # the changes were made, so event-log ids follow the order of transitions.
         self.lock = asyncio.Lock()
@@ -32,6 +36,7 @@ class TaskBook:
         """Fill from the database after a (re)start."""
         self._active = {r.task_id: r for r in await self._store.load_unfinished()}
         self._counts = Counter(await self._store.count_by_state())
+        self._waiting = Counter(r.skill for r in self._active.values() if r.state in WAITING_STATES)
 
     def __len__(self) -> int:
         return len(self._active)
@@ -51,6 +56,8 @@ class TaskBook:
         """A task just admitted (its insert is in the same batch)."""
         self._active[record.task_id] = record
         self._counts[record.state] += 1
+        if record.state in WAITING_STATES:
+            self._waiting[record.skill] += 1
 
     def adopt(self, record: TaskRecord) -> None:
         """Take a finished task loaded from the database back into the working set (re-run)."""
@@ -75,6 +82,7 @@ class TaskBook:
         )
         self._counts[from_state] -= 1
         self._counts[to_state] += 1
+        self._waiting[record.skill] += (to_state in WAITING_STATES) - (from_state in WAITING_STATES)
         return row
 
     def release_finished(self, records: list[TaskRecord]) -> None:
@@ -82,6 +90,14 @@ class TaskBook:
         for record in records:
             if record.state in TERMINAL_STATES:
                 self._active.pop(record.task_id, None)
+
+    def waiting(self, skill: str) -> int:
+        """Tasks of `skill` waiting for a worker (pending, queued or retrying)."""
+        return self._waiting[skill]
+
+    def running_on(self, node_id: str) -> list[TaskRecord]:
+        """Tasks whose current attempt runs on `node_id`."""
+        return [r for r in self._active.values() if r.state == TaskState.RUNNING and r.node_id == node_id]
 
     def with_state(self, state: TaskState) -> list[TaskRecord]:
         """Unfinished tasks in `state`, oldest first."""

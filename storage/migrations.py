@@ -94,6 +94,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
         """,
     ),
+    (
+        2,
+        "retries: next attempt time, backoff and fencing per task; the ack subject of each attempt",
+        """
+        ALTER TABLE tasks ADD COLUMN next_attempt_at REAL;
+        ALTER TABLE tasks ADD COLUMN backoff TEXT;
+        -- Attempts up to this number were declared lost: their late reports are ignored.
+        ALTER TABLE tasks ADD COLUMN fenced_through INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE task_attempts ADD COLUMN ack_subject TEXT;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

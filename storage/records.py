@@ -40,6 +40,12 @@ class TaskRecord:
     error_traceback: str | None = None
     trace_id: str | None = None
     stream_seq: int | None = None
+    next_attempt_at: float | None = None
+    # The task's Backoff as JSON (None: the cluster default at the time of publishing).
+    backoff: str | None = None
+    fenced_through: int = 0
+    # Runtime only (kept in task_attempts): where to NAK the current attempt if its node dies.
+    ack_subject: str | None = None
 
     def insert_row(self) -> tuple[object, ...]:
         """Parameters for `TaskStore.INSERT_TASK`."""
@@ -58,6 +64,7 @@ class TaskRecord:
             self.created_at,
             self.updated_at,
             self.trace_id,
+            self.backoff,
         )
 
     def update_row(self) -> tuple[object, ...]:
@@ -75,6 +82,8 @@ class TaskRecord:
             self.error_message,
             self.error_traceback,
             self.stream_seq,
+            self.next_attempt_at,
+            self.fenced_through,
             self.updated_at,
             self.task_id,
         )
@@ -106,6 +115,9 @@ class TaskRecord:
             error_traceback=row["error_traceback"],
             trace_id=row["trace_id"],
             stream_seq=row["stream_seq"],
+            next_attempt_at=row["next_attempt_at"],
+            backoff=row["backoff"],
+            fenced_through=row["fenced_through"],
         )
 
 
@@ -122,6 +134,7 @@ class AttemptRecord:
     error_type: str | None = None
     error_message: str | None = None
     error_traceback: str | None = None
+    ack_subject: str | None = None
 
     def upsert_row(self) -> tuple[object, ...]:
         """Parameters for `TaskStore.UPSERT_ATTEMPT`."""
@@ -135,6 +148,7 @@ class AttemptRecord:
             self.error_type,
             self.error_message,
             self.error_traceback,
+            self.ack_subject,
         )
 
 
@@ -175,6 +189,10 @@ class WriteBatch:
     changed_tasks: dict[str, TaskRecord] = field(default_factory=dict)
     attempts: dict[tuple[str, int], AttemptRecord] = field(default_factory=dict)
     events: list[EventRecord] = field(default_factory=list)
+    # Tasks that ended dead in this batch: their dead letters are published after the commit.
+    dead_letters: list[TaskRecord] = field(default_factory=list)
+    # Cancelled tasks a worker started anyway (it missed the broadcast): cancel them again.
+    recancel: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.new_tasks or self.changed_tasks or self.attempts or self.events)

@@ -7,31 +7,32 @@ from collections.abc import Iterable
 
 import msgspec
 
-from common.models import JSON_NULL, AttemptView, EventView, TaskSummary, TaskView
+from common.models import JSON_NULL, AttemptError, AttemptView, EventView, TaskSummary, TaskView
 from common.states import AttemptState, Priority, TaskState
 from storage.database import Database, Statement
 from storage.records import TaskRecord, WriteBatch
 
 INSERT_TASK = """
 INSERT INTO tasks (task_id, skill, priority, state, input, idempotency_key, attempts, max_attempts,
-                   timeout_s, attempt_offset, submitter, created_at, updated_at, trace_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   timeout_s, attempt_offset, submitter, created_at, updated_at, trace_id, backoff)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 UPDATE_TASK = """
 UPDATE tasks SET state = ?, attempts = ?, attempt_offset = ?, node_id = ?, queued_at = ?, started_at = ?,
                  finished_at = ?, result = ?, error_type = ?, error_message = ?, error_traceback = ?,
-                 stream_seq = ?, updated_at = ?
+                 stream_seq = ?, next_attempt_at = ?, fenced_through = ?, updated_at = ?
 WHERE task_id = ?
 """
 UPSERT_ATTEMPT = """
 INSERT INTO task_attempts (task_id, attempt, node_id, state, started_at, finished_at, error_type,
-                           error_message, error_traceback)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           error_message, error_traceback, ack_subject)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (task_id, attempt) DO UPDATE SET
     node_id = excluded.node_id, state = excluded.state,
     started_at = COALESCE(task_attempts.started_at, excluded.started_at),
     finished_at = excluded.finished_at, error_type = excluded.error_type,
-    error_message = excluded.error_message, error_traceback = excluded.error_traceback
+    error_message = excluded.error_message, error_traceback = excluded.error_traceback,
+    ack_subject = COALESCE(excluded.ack_subject, task_attempts.ack_subject)
 """
 INSERT_EVENT = """
 INSERT OR IGNORE INTO events (event_id, task_id, attempt, kind, from_state, to_state, node_id, at, data)
@@ -59,12 +60,53 @@ class TaskStore:
     # --- reads used by the coordinator's own bookkeeping (write connection, strictly ordered) ----
 
     async def load_unfinished(self) -> list[TaskRecord]:
-        """Every task not in a terminal state: the coordinator's working set after a restart."""
+        """Every task not in a terminal state: the coordinator's working set after a restart.
+
+        Running tasks come with the ack subject of their current attempt.
+        """
         placeholders = ",".join("?" for _ in _UNFINISHED)
         rows = await self._db.fetch_all_writer(
             f"SELECT * FROM tasks WHERE state IN ({placeholders}) ORDER BY task_id", _UNFINISHED
         )
-        return [TaskRecord.from_row(r) for r in rows]
+        records = [TaskRecord.from_row(r) for r in rows]
+        acks = await self._db.fetch_all_writer(
+            "SELECT a.task_id, a.ack_subject FROM task_attempts a JOIN tasks t "
+            "ON t.task_id = a.task_id AND t.attempts = a.attempt WHERE t.state = 'running'"
+        )
+        subjects = {r[0]: r[1] for r in acks}
+        for record in records:
+            record.ack_subject = subjects.get(record.task_id)
+        return records
+
+    async def attempt_history(self, task_id: str) -> list[AttemptError]:
+        """Every attempt of a task with its error, oldest first (what a dead letter carries)."""
+        rows = await self._db.fetch_all_writer(
+            "SELECT * FROM task_attempts WHERE task_id = ? ORDER BY attempt", (task_id,)
+        )
+        return [
+            AttemptError(
+                attempt=r["attempt"],
+                node_id=r["node_id"],
+                state=r["state"],
+                error_type=r["error_type"],
+                message=r["error_message"],
+                traceback=r["error_traceback"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+            )
+            for r in rows
+        ]
+
+    async def existing_ids(self, task_ids: Iterable[str]) -> dict[str, TaskState]:
+        """task id -> state for the ids that exist (read in order with the writer)."""
+        found: dict[str, TaskState] = {}
+        for chunk in _chunks(list(task_ids)):
+            placeholders = ",".join("?" for _ in chunk)
+            rows = await self._db.fetch_all_writer(
+                f"SELECT task_id, state FROM tasks WHERE task_id IN ({placeholders})", chunk
+            )
+            found.update({r[0]: TaskState(r[1]) for r in rows})
+        return found
 
     async def load_record(self, task_id: str) -> TaskRecord | None:
         """One task's record, read in order with the coordinator's own writes."""
@@ -213,6 +255,7 @@ def _task_view(row: sqlite3.Row, attempts: list[AttemptView], events: list[Event
         error_message=row["error_message"],
         error_traceback=row["error_traceback"],
         trace_id=row["trace_id"],
+        next_attempt_at=row["next_attempt_at"],
         attempt_log=attempts,
         events=events,
     )

@@ -1,16 +1,31 @@
 """Running one delivered task: decode, report `started`, run the handler under its timeout, report
-the outcome, and only then ack.
+the outcome, and only then settle the message with JetStream.
 
-The outcome report and the ack run shielded from cancellation, so a worker that is shutting down still
-records how a finished attempt ended. A handler cancelled because the worker is shutting down (past
-its grace period) reports nothing and naks its message, so another worker picks it up at once.
+How a delivery is settled:
+
+| outcome | report | then |
+| --- | --- | --- |
+| succeeded | `succeeded` | ack |
+| failed, retryable, attempts left | `failed` with `retry_in_s` | nak with that delay (JetStream redelivers it) |
+| failed otherwise, or attempts exhausted | `failed` (final) | term (the coordinator dead-letters it) |
+| cancelled (`claw task cancel`) | `cancelled` | term |
+| undecodable (poison) | dead letter with the raw bytes | term |
+| worker shutting down past its grace | nothing | nak (redelivered at once to another worker) |
+
+Reporting and settling run shielded from cancellation, so a worker that is shutting down still records
+how a finished attempt ended. The retry delay is computed here from the delivery count (JetStream's
+own `num_delivered`), not kept in a timer: a worker that dies after the nak loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import random
 import traceback
+from collections.abc import Awaitable, Container
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -19,13 +34,14 @@ from nats.aio.msg import Msg
 
 from common.clock import Clock
 from common.errors import InvalidInputError, TaskError, TaskTimeoutError
-from common.events import TaskFailed, TaskStarted, TaskSucceeded
+from common.events import TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded
 from common.ids import new_id
 from common.log import get_logger
-from common.models import TaskMessage
+from common.models import DeadLetter, TaskMessage
 from communication.codec import DecodeError, decode, encode
-from communication.connection import NATS_ERRORS
-from communication.publisher import PublishFailedError
+from communication.connection import NATS_ERRORS, NatsConnection
+from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
+from communication.subjects import skill_from_token
 from worker.context import TaskContext
 from worker.reporter import EventReporter
 from worker.skills import Skill, SkillRegistry
@@ -35,6 +51,19 @@ log = get_logger("worker.execution")
 # Errors that say "try again later" without the handler saying so explicitly.
 TRANSIENT_ERRORS = (TimeoutError, ConnectionError)
 INPUT_DECODER = msgspec.json.Decoder(dict[str, Any])
+SKILL_MISSING_DELAY_S = 5.0
+
+Outcome = TaskSucceeded | TaskFailed | TaskCancelled
+
+
+@dataclass(slots=True)
+class RunningAttempt:
+    """An attempt this worker is running; `cancel_reason` is set when its task was cancelled."""
+
+    task_id: str
+    attempt: int
+    handler: asyncio.Future[Any] | None = None
+    cancel_reason: str | None = None
 
 
 class TaskRunner:
@@ -43,45 +72,81 @@ class TaskRunner:
     def __init__(
         self,
         *,
+        conn: NatsConnection,
         node_id: str,
         skills: SkillRegistry,
         reporter: EventReporter,
         clock: Clock,
         threads: ThreadPoolExecutor,
+        cancelled: Container[str],
     ) -> None:
+        self._conn = conn
         self._node_id = node_id
         self._skills = skills
         self._reporter = reporter
         self._clock = clock
         self._threads = threads
+        self._cancelled = cancelled
+        self._publisher = JetStreamPublisher(conn)
+        self._random = random.Random()
+        self.running: dict[str, RunningAttempt] = {}
+
+    def cancel(self, task_id: str, reason: str) -> bool:
+        """Stop the running attempt of `task_id`, if this worker runs it; True if it did."""
+        running = self.running.get(task_id)
+        if running is None:
+            return False
+        running.cancel_reason = reason
+        if running.handler is not None:
+            running.handler.cancel()
+        return True
 
     async def execute(self, msg: Msg) -> None:
-        """Run the task in `msg` to an outcome and ack it (or nak it when cancelled by shutdown)."""
+        """Run the task in `msg` to an outcome and settle the message."""
         try:
             task = decode(msg.data, TaskMessage)
         except DecodeError as exc:
-            log.error("task.undecodable", subject=msg.subject, error=str(exc), data=msg.data[:200])
-            await _settle(msg.term())
+            await self._dead_letter_poison(msg, str(exc))
             return
         skill = self._skills.get(task.skill)
         if skill is None:
             # Only a misrouted message gets here; give it back for a worker that has the skill.
             log.error("task.skill_missing", task_id=task.task_id, skill=task.skill)
-            await _settle(msg.nak(delay=5))
+            await _settle(msg.nak(delay=SKILL_MISSING_DELAY_S))
             return
-        attempt = task.attempt_offset + msg.metadata.num_delivered
+        delivered = msg.metadata.num_delivered
+        attempt = task.attempt_offset + delivered
         with structlog.contextvars.bound_contextvars(task_id=task.task_id, skill=task.skill, attempt=attempt):
-            await self._run(msg, task, skill, attempt)
+            if task.task_id in self._cancelled:
+                log.info("task.skipped_cancelled")
+                await _settle(msg.term())
+                return
+            if delivered > task.max_attempts:
+                await self._give_up_exhausted(msg, task, attempt, delivered)
+                return
+            running = RunningAttempt(task.task_id, attempt)
+            self.running[task.task_id] = running
+            try:
+                await self._run(msg, task, skill, running, delivered)
+            finally:
+                self.running.pop(task.task_id, None)
 
-    async def _run(self, msg: Msg, task: TaskMessage, skill: Skill, attempt: int) -> None:
+    async def _run(self, msg: Msg, task: TaskMessage, skill: Skill, running: RunningAttempt, delivered: int) -> None:
         started_at = self._clock.now()
         self._reporter.emit(
-            TaskStarted(event_id=new_id(), task_id=task.task_id, attempt=attempt, node_id=self._node_id, at=started_at)
+            TaskStarted(
+                event_id=new_id(),
+                task_id=task.task_id,
+                attempt=running.attempt,
+                node_id=self._node_id,
+                at=started_at,
+                ack_subject=msg.reply or "",
+            )
         )
         ctx = TaskContext(
             task_id=task.task_id,
             skill=task.skill,
-            attempt=attempt,
+            attempt=running.attempt,
             max_attempts=task.max_attempts,
             priority=task.priority,
             node_id=self._node_id,
@@ -90,47 +155,70 @@ class TaskRunner:
             _clock=self._clock,
         )
         try:
-            outcome: TaskSucceeded | TaskFailed = await self._call(skill, ctx, task, started_at)
+            outcome = await self._call(skill, ctx, task, running, started_at)
         except asyncio.CancelledError:
             log.warning("task.interrupted", reason="worker shutting down")
             await asyncio.shield(_settle(msg.nak()))
             raise
+        if isinstance(outcome, TaskFailed):
+            outcome = self._plan_retry(outcome, task, delivered)
         await asyncio.shield(self._finish(msg, outcome))
 
     async def _call(
-        self, skill: Skill, ctx: TaskContext, task: TaskMessage, started_at: float
-    ) -> TaskSucceeded | TaskFailed:
+        self, skill: Skill, ctx: TaskContext, task: TaskMessage, running: RunningAttempt, started_at: float
+    ) -> Outcome:
         try:
             payload = INPUT_DECODER.decode(task.input)
         except msgspec.DecodeError as exc:
-            return self._failed(ctx, started_at, exc=InvalidInputError(f"input is not a JSON object: {exc}"))
-        deadline = asyncio.timeout(task.timeout_s)
+            return self._failed(ctx, started_at, InvalidInputError(f"input is not a JSON object: {exc}"))
+        handler = asyncio.ensure_future(self._invoke(skill, ctx, payload))
+        running.handler = handler
         try:
-            async with deadline:
-                if skill.is_async:
-                    result = await skill.handler(ctx, payload)
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(self._threads, skill.handler, ctx, payload)
-            encoded = _encode_result(result)
-        except TimeoutError as exc:
-            if not deadline.expired():
-                return self._failed(ctx, started_at, exc=exc)  # the handler's own timeout, not ours
+            done, _ = await asyncio.wait([handler], timeout=task.timeout_s)
+        finally:
+            if not handler.done():
+                handler.cancel()
+                await asyncio.gather(handler, return_exceptions=True)
+        if not done:
             message = f"the handler ran past the task's timeout of {task.timeout_s:g} s and was cancelled"
-            return self._failed(ctx, started_at, exc=TaskTimeoutError(message))
-        except Exception as exc:  # noqa: BLE001 - a handler may raise anything; it becomes the outcome
-            return self._failed(ctx, started_at, exc=exc)
+            return self._failed(ctx, started_at, TaskTimeoutError(message))
+        if handler.cancelled() and running.cancel_reason is None:
+            return self._failed(ctx, started_at, asyncio.CancelledError("the handler cancelled itself"))
+        if handler.cancelled():
+            log.info("task.cancelled", reason=running.cancel_reason)
+            return TaskCancelled(
+                event_id=new_id(),
+                task_id=ctx.task_id,
+                attempt=ctx.attempt,
+                node_id=self._node_id,
+                at=self._clock.now(),
+                started_at=started_at,
+            )
+        error = handler.exception()
+        if error is not None:
+            return self._failed(ctx, started_at, error)
+        try:
+            result = msgspec.Raw(encode(handler.result()))
+        except (TypeError, msgspec.EncodeError) as exc:
+            return self._failed(ctx, started_at, TypeError(f"the handler returned a value JSON cannot encode: {exc}"))
         return TaskSucceeded(
             event_id=new_id(),
             task_id=ctx.task_id,
             attempt=ctx.attempt,
             node_id=self._node_id,
             at=self._clock.now(),
-            result=encoded,
+            result=result,
             started_at=started_at,
         )
 
-    def _failed(self, ctx: TaskContext, started_at: float, *, exc: BaseException) -> TaskFailed:
+    def _invoke(self, skill: Skill, ctx: TaskContext, payload: dict[str, Any]) -> Awaitable[Any]:
+        if skill.is_async:
+            result: Awaitable[Any] = skill.handler(ctx, payload)
+            return result
+        # A thread cannot be interrupted: on timeout or cancel the slot is freed, the thread runs on.
+        return asyncio.get_running_loop().run_in_executor(self._threads, skill.handler, ctx, payload)
+
+    def _failed(self, ctx: TaskContext, started_at: float, exc: BaseException) -> TaskFailed:
         retryable = exc.retryable if isinstance(exc, TaskError) else isinstance(exc, TRANSIENT_ERRORS)
         event = TaskFailed(
             event_id=new_id(),
@@ -143,29 +231,87 @@ class TaskRunner:
             traceback="".join(traceback.format_exception(exc)),
             retryable=retryable,
             started_at=started_at,
+            retry_in_s=_retry_after(exc),
         )
         log.info("task.failed", error_type=event.error_type, error=event.message, retryable=retryable)
         return event
 
-    async def _finish(self, msg: Msg, outcome: TaskSucceeded | TaskFailed) -> None:
-        """Report the outcome durably, then ack; without a stored report the task is not acked."""
+    def _plan_retry(self, failed: TaskFailed, task: TaskMessage, delivered: int) -> TaskFailed:
+        """Keep a retry (with its delay) if the error allows one and attempts are left; else final."""
+        if not failed.retryable or delivered >= task.max_attempts:
+            return msgspec.structs.replace(failed, retry_in_s=None)
+        delay = failed.retry_in_s  # the handler's retry-after hint, honoured as given
+        if delay is None:
+            delay = task.backoff.delay_s(delivered, self._random.random())
+        return msgspec.structs.replace(failed, retry_in_s=round(delay, 3))
+
+    async def _finish(self, msg: Msg, outcome: Outcome) -> None:
+        """Report the outcome durably, then settle; without a stored report the task is not settled."""
         try:
             await self._reporter.report(outcome)
         except PublishFailedError as exc:
-            # Unacked: JetStream redelivers after the ack wait and another attempt reports again.
+            # Unsettled: JetStream redelivers after the ack wait and another attempt reports again.
             log.error("task.outcome_not_reported", error=str(exc))
             return
-        await _settle(msg.ack())
+        if isinstance(outcome, TaskSucceeded):
+            await _settle(msg.ack())
+        elif isinstance(outcome, TaskFailed) and outcome.retry_in_s is not None:
+            log.info("task.retry_scheduled", retry_in_s=outcome.retry_in_s)
+            await _settle(msg.nak(delay=outcome.retry_in_s))
+        else:
+            await _settle(msg.term())
+
+    async def _give_up_exhausted(self, msg: Msg, task: TaskMessage, attempt: int, delivered: int) -> None:
+        """A delivery past `max_attempts`: earlier attempts never reported (their worker died)."""
+        log.warning("task.attempts_exhausted", delivered=delivered, max_attempts=task.max_attempts)
+        now = self._clock.now()
+        outcome = TaskFailed(
+            event_id=new_id(),
+            task_id=task.task_id,
+            attempt=attempt,
+            node_id=self._node_id,
+            at=now,
+            error_type="AttemptsExhausted",
+            message=(
+                f"delivery {delivered} exceeds max_attempts={task.max_attempts}: earlier attempts ended "
+                "without reporting (their worker died); not running it again"
+            ),
+            started_at=now,
+        )
+        await asyncio.shield(self._finish(msg, outcome))
+
+    async def _dead_letter_poison(self, msg: Msg, reason: str) -> None:
+        """An undecodable task message: keep its bytes in the DLQ, then drop it from the queue."""
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        skill = skill_from_token(msg.subject.rsplit(".", 1)[-1])
+        log.error("task.poison", subject=msg.subject, stream_seq=seq, error=reason)
+        letter = DeadLetter(
+            kind="poison",
+            reason=f"undecodable task message: {reason}",
+            dead_at=self._clock.now(),
+            skill=skill,
+            subject=msg.subject,
+            raw_base64=base64.b64encode(msg.data).decode(),
+            stream_seq=seq,
+        )
+        subjects = self._conn.subjects
+        try:
+            await self._publisher.publish(
+                Outgoing(subjects.dlq(skill), encode(letter), f"poison:{subjects.tasks_stream}:{seq}")
+            )
+        except PublishFailedError as exc:
+            log.error("task.poison_not_dead_lettered", error=str(exc))
+            return  # unsettled: redelivered after the ack wait, and tried again
+        await _settle(msg.term())
 
 
-def _encode_result(result: Any) -> msgspec.Raw:
-    try:
-        return msgspec.Raw(encode(result))
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise TypeError(f"the handler returned a value JSON cannot encode: {exc}") from None
+def _retry_after(exc: BaseException) -> float | None:
+    hint = getattr(exc, "retry_after_s", None)
+    return float(hint) if isinstance(hint, int | float) and hint >= 0 else None
 
 
-async def _settle(ack: Any) -> None:
+async def _settle(ack: Awaitable[None]) -> None:
     """Send an ack/nak/term; a failure only delays redelivery, so it is logged, not raised."""
     try:
         await ack

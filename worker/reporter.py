@@ -22,6 +22,7 @@ from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedE
 log = get_logger("worker.reporter")
 
 MAX_BATCH = 512
+REPORT_GIVE_UP_S = 60.0
 
 
 @dataclass(slots=True)
@@ -48,11 +49,26 @@ class EventReporter:
         else:
             self._loop.call_soon_threadsafe(self._enqueue, pending)
 
-    async def report(self, event: TaskEvent) -> None:
-        """Queue an event and wait until JetStream stored it; raises `PublishFailedError`."""
-        stored: asyncio.Future[None] = self._loop.create_future()
-        self._enqueue(_Pending(event, stored))
-        await stored
+    async def report(self, event: TaskEvent, *, give_up_after_s: float = REPORT_GIVE_UP_S) -> None:
+        """Queue an event and wait until JetStream stored it, retrying through a NATS outage.
+
+        Raises `PublishFailedError` after `give_up_after_s`: the caller then leaves its task unacked,
+        and JetStream redelivers it.
+        """
+        deadline = self._loop.time() + give_up_after_s
+        delay = 0.5
+        while True:
+            stored: asyncio.Future[None] = self._loop.create_future()
+            self._enqueue(_Pending(event, stored))
+            try:
+                await stored
+                return
+            except PublishFailedError:
+                if self._loop.time() + delay > deadline:
+                    raise
+                log.warning("event.report_retry", task_id=event.task_id, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Publish queued events until `stopping` is set and the queue is empty."""

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from common.clock import SYSTEM_CLOCK, Clock
@@ -25,6 +26,7 @@ from common.log import get_logger
 from common.states import NodeStatus
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.topology import Topology
+from worker.cancellation import CancelledTasks
 from worker.execution import TaskRunner
 from worker.heartbeat import Heartbeat
 from worker.puller import Slots, TaskPuller
@@ -65,9 +67,17 @@ class Worker:
         self._running: dict[asyncio.Task[None], Msg] = {}
         self._threads = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="skill")
         self._reporter = EventReporter(conn)
+        self._cancelled = CancelledTasks(self._stop_running)
         self._runner = TaskRunner(
-            node_id=node_id, skills=skills, reporter=self._reporter, clock=clock, threads=self._threads
+            conn=conn,
+            node_id=node_id,
+            skills=skills,
+            reporter=self._reporter,
+            clock=clock,
+            threads=self._threads,
+            cancelled=self._cancelled,
         )
+        self._cancel_sub: Subscription | None = None
         self.puller = TaskPuller(conn, topology, skills.names(), self.slots, settings, clock, self._dispatch)
         self._status = NodeStatus.ONLINE
         # Set once the worker pulls and beats: for whoever starts one in-process and must not race it.
@@ -103,6 +113,8 @@ class Worker:
             kv = await topology.nodes_kv()
             worker = cls(config, conn, topology, registry, kv, node_id, clock)
             await worker.puller.start()
+            worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
+            await conn.nc.flush()
         except BaseException:
             await conn.close()
             raise
@@ -136,10 +148,15 @@ class Worker:
                 await self.heartbeat.deregister()
                 background.set()
         finally:
+            if self._cancel_sub is not None:
+                await self._cancel_sub.unsubscribe()
             await self.puller.stop()
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self._conn.close()
         log.info("worker.stopped", node_id=self.node_id)
+
+    def _stop_running(self, task_id: str, reason: str) -> bool:
+        return self._runner.cancel(task_id, reason)
 
     def _dispatch(self, msg: Msg) -> None:
         """Start a fetched task in the slot the puller reserved for it."""

@@ -172,7 +172,7 @@ def test_submit_wait_exits_1_when_the_task_fails(processes: ProcessPool) -> None
     start_cluster(processes, workers=1)
     result = processes.run("submit", "fail", "--input", '{"message": "broken on purpose"}', "--wait")
     assert result.returncode == 1
-    assert "failed: PermanentError: broken on purpose" in result.stdout
+    assert "dead: PermanentError: broken on purpose" in result.stdout
 
 
 def test_nats_start_serves_until_sigterm(tmp_path: Path) -> None:

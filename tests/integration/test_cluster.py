@@ -55,13 +55,13 @@ async def test_submitted_task_runs_and_its_result_and_timeline_are_stored(config
     ]
 
 
-async def test_failing_handler_ends_failed_with_its_error(config: ClawConfig) -> None:
+async def test_permanent_failure_ends_dead_with_its_error_after_one_attempt(config: ClawConfig) -> None:
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:
         await wait_nodes_online(client, 1)
         submitted = await client.submit(spec("fail", {"message": "nope"}))
-        assert await client.wait([submitted.task_id], timeout_s=20) == {submitted.task_id: TaskState.FAILED}
+        assert await client.wait([submitted.task_id], timeout_s=20) == {submitted.task_id: TaskState.DEAD}
         task = await client.get_task(submitted.task_id)
-    assert (task.error_type, task.error_message) == ("PermanentError", "nope")
+    assert (task.error_type, task.error_message, task.attempts) == ("PermanentError", "nope", 1)
     assert "Traceback" in (task.error_traceback or "")
 
 
@@ -163,14 +163,18 @@ async def test_sync_handlers_run_in_a_thread(config: ClawConfig) -> None:
     assert bytes(task.result) == b'{"other_thread":true}'
 
 
-async def test_task_timeout_cancels_the_handler(config: ClawConfig) -> None:
+async def test_task_timeout_cancels_the_handler_and_is_retried(config: ClawConfig) -> None:
+    from common.models import Backoff
+
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:
         await wait_nodes_online(client, 1)
-        submitted = await client.submit(spec("sleep", {"seconds": 30}, timeout_s=0.3))
-        assert await client.wait([submitted.task_id], timeout_s=20) == {submitted.task_id: TaskState.FAILED}
+        task_spec = spec("sleep", {"seconds": 30}, timeout_s=0.3, max_attempts=2, backoff=Backoff(base_s=0.1))
+        submitted = await client.submit(task_spec)
+        assert await client.wait([submitted.task_id], timeout_s=30) == {submitted.task_id: TaskState.DEAD}
         task = await client.get_task(submitted.task_id)
     assert task.error_type == "TaskTimeoutError"
     assert "timeout of 0.3 s" in (task.error_message or "")
+    assert [(a.attempt, a.error_type) for a in task.attempt_log] == [(1, "TaskTimeoutError"), (2, "TaskTimeoutError")]
 
 
 async def test_submit_errors_are_clear_and_write_nothing(config: ClawConfig) -> None:

@@ -139,7 +139,7 @@ async def test_late_result_of_a_superseded_attempt_is_fenced_off(h: Harness) -> 
     view = await h.view(task_id)
     assert view.state == TaskState.RUNNING and bytes(view.result) == b"null"
     ignored = [e for e in view.events if e.kind == "succeeded (ignored)"]
-    assert len(ignored) == 1 and b"superseded" in bytes(ignored[0].data)
+    assert len(ignored) == 1 and b"declared lost" in bytes(ignored[0].data)
     await h.fold(succeeded(task_id, attempt=2, node="n2", result=b'"current"'))
     view = await h.view(task_id)
     assert view.state == TaskState.SUCCEEDED and bytes(view.result) == b'"current"'
@@ -148,27 +148,67 @@ async def test_late_result_of_a_superseded_attempt_is_fenced_off(h: Harness) -> 
 async def test_a_second_outcome_after_the_task_finished_is_ignored(h: Harness) -> None:
     task_id = await h.add_queued_task()
     await h.fold(started(task_id), succeeded(task_id))
-    failed = TaskFailed(
-        event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=9.0, error_type="X", message="m"
-    )
-    await h.fold(failed)
+    late = TaskFailed(event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=9.0, error_type="X", message="m")
+    await h.fold(late)
     view = await h.view(task_id)
     assert view.state == TaskState.SUCCEEDED and view.error_type is None
     assert any(e.kind == "failed (ignored)" for e in view.events)
 
 
-async def test_failed_outcome_keeps_error_and_traceback(h: Harness) -> None:
-    task_id = await h.add_queued_task()
-    failed = TaskFailed(
-        event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=4.0, error_type="PermanentError",
-        message="boom", traceback="Traceback ...", started_at=2.0,
+def failed(task_id: str, attempt: int = 1, retry_in_s: float | None = None, at: float = 4.0) -> TaskFailed:
+    return TaskFailed(
+        event_id=new_id(), task_id=task_id, attempt=attempt, node_id="n1", at=at, error_type="PermanentError",
+        message="boom", traceback="Traceback ...", started_at=2.0, retry_in_s=retry_in_s,
     )  # fmt: skip
-    await h.fold(started(task_id), failed)
+
+
+async def test_final_failure_ends_dead_with_error_and_traceback_and_is_dead_lettered(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    batch = WriteBatch()
+    for event in (started(task_id), failed(task_id)):
+        await h.folder.fold(event, batch)
+    await h.store.write_batch(batch)
+    assert [r.task_id for r in batch.dead_letters] == [task_id]
     view = await h.view(task_id)
     assert (view.state, view.error_type, view.error_message, view.error_traceback) == (
-        TaskState.FAILED, "PermanentError", "boom", "Traceback ...",
+        TaskState.DEAD, "PermanentError", "boom", "Traceback ...",
     )  # fmt: skip
     assert view.attempt_log[0].state == AttemptState.FAILED
+
+
+async def test_final_failure_ends_failed_when_dead_lettering_is_off(h: Harness) -> None:
+    h.folder = EventFolder(h.book, dead_letter=False)
+    task_id = await h.add_queued_task()
+    batch = WriteBatch()
+    for event in (started(task_id), failed(task_id)):
+        await h.folder.fold(event, batch)
+    await h.store.write_batch(batch)
+    assert batch.dead_letters == []
+    assert (await h.view(task_id)).state == TaskState.FAILED
+
+
+async def test_retryable_failure_waits_in_retrying_then_the_next_attempt_runs(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    await h.fold(started(task_id), failed(task_id, retry_in_s=2.5, at=4.0))
+    view = await h.view(task_id)
+    assert (view.state, view.next_attempt_at, view.error_message) == (TaskState.RETRYING, 6.5, "boom")
+    await h.fold(failed(task_id, retry_in_s=2.5, at=4.0))  # the same failure delivered again
+    assert [k for k, _, _ in transitions(await h.view(task_id))].count("retrying") == 1
+    await h.fold(started(task_id, attempt=2, at=7.0), succeeded(task_id, attempt=2))
+    view = await h.view(task_id)
+    assert (view.state, view.attempts, view.next_attempt_at) == (TaskState.SUCCEEDED, 2, None)
+    assert [(a.attempt, a.state) for a in view.attempt_log] == [(1, AttemptState.FAILED), (2, AttemptState.SUCCEEDED)]
+    assert ("started", "retrying", "running") in transitions(view)
+
+
+async def test_redelivered_final_failure_of_a_dead_task_asks_for_the_dead_letter_again(h: Harness) -> None:
+    task_id = await h.add_queued_task()
+    final = failed(task_id)
+    await h.fold(started(task_id), final)
+    batch = WriteBatch()
+    await h.folder.fold(final, batch)
+    assert [r.task_id for r in batch.dead_letters] == [task_id]
+    assert batch.changed_tasks == {}
 
 
 async def test_log_lines_join_the_timeline(h: Harness) -> None:
