@@ -118,6 +118,16 @@ class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
     letter: DeadLetter
 
 
+class CancelNotice(msgspec.Struct, frozen=True, kw_only=True):
+    """Broadcast on `<prefix>.cancel.<task_id>`: stop this task's series `series` (its attempt offset).
+
+    A later series (`claw task retry`) has a higher offset and is not affected.
+    """
+
+    reason: str = "cancelled"
+    series: int = 0
+
+
 class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     """A worker's periodic report of itself, on `<prefix>.nodes.heartbeat.<node_id>` and in KV.
 

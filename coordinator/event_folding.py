@@ -61,7 +61,7 @@ class EventFolder:
         if stale:
             self._ignore(event, record, batch, stale)
             if isinstance(event, TaskStarted) and record.state == TaskState.CANCELLED:
-                batch.recancel.append(record.task_id)
+                batch.recancel.append(record)
             return
         match event:
             case TaskStarted():

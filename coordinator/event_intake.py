@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from common.errors import StorageError
 from common.log import get_logger
-from common.models import TaskUpdate
+from common.models import CancelNotice, TaskUpdate
 from communication.codec import DecodeError, decode_event, encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.pull import ConsumerUnavailableError, PullConsumer
@@ -98,8 +98,9 @@ class EventIntake:
             # Not acked means redelivered after the ack wait; folding it again changes nothing.
             log.warning("events.ack_failed", error=str(exc))
         await self._broadcast(batch)
-        for task_id in batch.recancel:
-            await self._conn.nc.publish(self._conn.subjects.cancel(task_id), b"cancelled before it started")
+        for record in batch.recancel:
+            notice = CancelNotice(reason="cancelled before it started", series=record.attempt_offset)
+            await self._conn.nc.publish(self._conn.subjects.cancel(record.task_id), encode(notice))
 
     async def _commit(self, batch: WriteBatch, stopping: asyncio.Event) -> None:
         """Write the batch, retrying while the database refuses: the state in memory is already ahead."""

@@ -20,7 +20,7 @@ from common.clock import Clock
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
 from common.log import get_logger
-from common.models import TaskUpdate
+from common.models import CancelNotice, TaskUpdate
 from common.states import TERMINAL_STATES, TaskState
 from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
@@ -78,16 +78,17 @@ class TaskOperations:
             batch.touch(record)
             await self._store.write_batch(batch)
             self._book.release_finished([record])
-        await self.broadcast_cancel(task_id, reason)
+        await self.broadcast_cancel(record, reason)
         if record.stream_seq is not None:
             await self._pipeline.withdraw(record.stream_seq)
         await self._announce(record)
         log.info("task.cancelled", task_id=task_id, by=by, reason=reason)
         return record.state
 
-    async def broadcast_cancel(self, task_id: str, reason: str) -> None:
-        """Tell every worker to stop (or never start) this task."""
-        await self._conn.nc.publish(self._conn.subjects.cancel(task_id), reason.encode())
+    async def broadcast_cancel(self, record: TaskRecord, reason: str) -> None:
+        """Tell every worker to stop (or never start) this series of the task."""
+        notice = CancelNotice(reason=reason, series=record.attempt_offset)
+        await self._conn.nc.publish(self._conn.subjects.cancel(record.task_id), encode(notice))
 
     async def rerun(
         self, task_id: str, *, kind: str, by: str | None, note: dict[str, object]

@@ -192,7 +192,7 @@ class WriteBatch:
     # Tasks that ended dead in this batch: their dead letters are published after the commit.
     dead_letters: list[TaskRecord] = field(default_factory=list)
     # Cancelled tasks a worker started anyway (it missed the broadcast): cancel them again.
-    recancel: list[str] = field(default_factory=list)
+    recancel: list[TaskRecord] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.new_tasks or self.changed_tasks or self.attempts or self.events)

@@ -15,6 +15,16 @@ from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from tests.helpers import ProcessPool, child_env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--chaos-full", action="store_true", help="run the chaos test with 1,000 tasks instead of 150")
+
+
+@pytest.fixture
+def chaos_tasks(request: pytest.FixtureRequest) -> int:
+    """How many tasks the chaos test submits (--chaos-full: the full 1,000)."""
+    return 1000 if request.config.getoption("--chaos-full") else 150
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNatsServer]:
     """A real nats-server with JetStream, shared by the session; tests isolate by prefix."""

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from nats.aio.msg import Msg
 
 from common.log import get_logger
+from common.models import CancelNotice
+from communication.codec import DecodeError, decode
 
 log = get_logger("worker.cancellation")
 
@@ -23,24 +25,30 @@ class CancelledTasks:
     """The most recent cancelled task ids (bounded), and the callback that stops running ones."""
 
     def __init__(self, stop_running: Callable[[str, str], bool], capacity: int = REMEMBERED_IDS) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._series: OrderedDict[str, int] = OrderedDict()
         self._stop_running = stop_running
         self._capacity = capacity
 
-    def __contains__(self, task_id: object) -> bool:
-        return task_id in self._ids
+    def covers(self, task_id: str, series: int) -> bool:
+        """Whether series `series` (attempt offset) of `task_id` was cancelled."""
+        cancelled = self._series.get(task_id)
+        return cancelled is not None and series <= cancelled
 
-    def add(self, task_id: str) -> None:
-        """Remember `task_id` as cancelled (forgetting the oldest beyond capacity)."""
-        self._ids[task_id] = None
-        self._ids.move_to_end(task_id)
-        while len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
+    def add(self, task_id: str, series: int) -> None:
+        """Remember a cancelled series (forgetting the oldest ids beyond capacity)."""
+        self._series[task_id] = max(series, self._series.get(task_id, series))
+        self._series.move_to_end(task_id)
+        while len(self._series) > self._capacity:
+            self._series.popitem(last=False)
 
     async def on_broadcast(self, msg: Msg) -> None:
         """Subscription callback for `<prefix>.cancel.*`."""
         task_id = msg.subject.rsplit(".", 1)[-1]
-        self.add(task_id)
-        reason = msg.data.decode(errors="replace") or "cancelled"
-        if self._stop_running(task_id, reason):
-            log.info("task.cancel_requested", task_id=task_id, reason=reason)
+        try:
+            notice = decode(msg.data, CancelNotice)
+        except DecodeError as exc:
+            log.warning("task.bad_cancel_notice", task_id=task_id, error=str(exc))
+            return
+        self.add(task_id, notice.series)
+        if self._stop_running(task_id, notice.reason):
+            log.info("task.cancel_requested", task_id=task_id, reason=notice.reason)

@@ -23,7 +23,7 @@ import asyncio
 import base64
 import random
 import traceback
-from collections.abc import Awaitable, Container
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +42,7 @@ from communication.codec import DecodeError, decode, encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
 from communication.subjects import skill_from_token
+from worker.cancellation import CancelledTasks
 from worker.context import TaskContext
 from worker.reporter import EventReporter
 from worker.skills import Skill, SkillRegistry
@@ -78,7 +79,7 @@ class TaskRunner:
         reporter: EventReporter,
         clock: Clock,
         threads: ThreadPoolExecutor,
-        cancelled: Container[str],
+        cancelled: CancelledTasks,
     ) -> None:
         self._conn = conn
         self._node_id = node_id
@@ -117,7 +118,7 @@ class TaskRunner:
         delivered = msg.metadata.num_delivered
         attempt = task.attempt_offset + delivered
         with structlog.contextvars.bound_contextvars(task_id=task.task_id, skill=task.skill, attempt=attempt):
-            if task.task_id in self._cancelled:
+            if self._cancelled.covers(task.task_id, task.attempt_offset):
                 log.info("task.skipped_cancelled")
                 await _settle(msg.term())
                 return
