@@ -44,6 +44,7 @@ def render_task(task: TaskView) -> None:
             ("queued", f"{fmt_time(task.queued_at)} (+{_since(task.created_at, task.queued_at)})"),
             ("started", f"{fmt_time(task.started_at)} (waited {_since(task.queued_at, task.started_at)})"),
             ("finished", f"{fmt_time(end)} (ran {_since(task.started_at, end)})"),
+            ("next attempt", fmt_time(task.next_attempt_at) if task.next_attempt_at else None),
             ("trace", task.trace_id),
             ("input", _json_text(task.input)),
             ("result", _json_text(task.result)),

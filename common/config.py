@@ -65,6 +65,8 @@ class JetStreamSettings(_Section, frozen=True):
     duplicate_window_s: PositiveFloat = 120.0
     events_max_age_s: PositiveFloat = 7 * 24 * 3600.0
     dlq_max_age_s: PositiveFloat = 30 * 24 * 3600.0
+    # Backstop per (priority, skill) subject of the task stream, above coordinator.max_queued_per_skill.
+    tasks_max_per_subject: PositiveInt = 100_000
 
 
 class CoordinatorSettings(_Section, frozen=True):

@@ -65,6 +65,7 @@ SUBMITS_IN_FLIGHT = 4
 PER_TASK_WAIT_SUBSCRIPTIONS = 1000
 STATE_POLL_CHUNK = 5000
 RETRY_PAUSE_S = 0.5
+NO_RESPONDERS_RETRIES_S = (0.05, 0.2, None)
 
 
 class ClawClient:
@@ -297,13 +298,21 @@ class ClawClient:
 
     async def _call(self, verb: str, body: msgspec.Struct, reply_type: type[T], *, timeout_s: float | None = None) -> T:
         subject = self.conn.subjects.api(verb)
+        payload = encode(body)
         try:
-            msg = await self.conn.nc.request(subject, encode(body), timeout=timeout_s or self._timeout_s)
-        except nats.errors.NoRespondersError:
-            raise CoordinatorUnavailableError(
-                f"no coordinator is answering on {subject}; start one with `claw coordinator start` "
-                "(or a whole local cluster with `claw up`)"
-            ) from None
+            for pause_s in NO_RESPONDERS_RETRIES_S:
+                try:
+                    msg = await self.conn.nc.request(subject, payload, timeout=timeout_s or self._timeout_s)
+                    break
+                except nats.errors.NoRespondersError:
+                    # nats-server can answer "no responders" for a moment after a subscriber appeared
+                    # (seen about once in 300 fresh subscriptions here); only a repeated answer counts.
+                    if pause_s is None:
+                        raise CoordinatorUnavailableError(
+                            f"no coordinator is answering on {subject}; start one with `claw coordinator start` "
+                            "(or a whole local cluster with `claw up`)"
+                        ) from None
+                    await asyncio.sleep(pause_s)
         except (nats.errors.TimeoutError, TimeoutError):
             raise RequestTimeoutError(
                 f"the coordinator did not answer {verb} within {timeout_s or self._timeout_s:g} s; "

@@ -31,8 +31,12 @@ class Topology:
         self._subjects = conn.subjects
         self._known_consumers: set[str] = set()
 
-    async def ensure_streams(self) -> None:
-        """The task work queue, the event log and the dead-letter stream."""
+    async def ensure_streams(self, *, update: bool = True) -> None:
+        """The task work queue, the event log and the dead-letter stream.
+
+        With `update=False` (workers) an existing stream is left as it is: the coordinator owns the
+        stream settings, so a worker with an older config cannot flip them back and forth.
+        """
         s, js = self._settings, self._subjects
         await self._ensure_stream(
             api.StreamConfig(
@@ -43,7 +47,13 @@ class Topology:
                 storage=api.StorageType.FILE,
                 num_replicas=s.replicas,
                 duplicate_window=s.duplicate_window_s,
-            )
+                # A backstop behind the coordinator's own per-skill queue limit: never silently drop,
+                # refuse new messages on a full subject instead.
+                max_msgs_per_subject=s.tasks_max_per_subject,
+                discard=api.DiscardPolicy.NEW,
+                discard_new_per_subject=True,
+            ),
+            update=update,
         )
         await self._ensure_stream(
             api.StreamConfig(
@@ -55,7 +65,8 @@ class Topology:
                 num_replicas=s.replicas,
                 max_age=s.events_max_age_s,
                 duplicate_window=min(s.duplicate_window_s, s.events_max_age_s),
-            )
+            ),
+            update=update,
         )
         await self._ensure_stream(
             api.StreamConfig(
@@ -67,7 +78,8 @@ class Topology:
                 num_replicas=s.replicas,
                 max_age=s.dlq_max_age_s,
                 duplicate_window=min(s.duplicate_window_s, s.dlq_max_age_s),
-            )
+            ),
+            update=update,
         )
 
     async def nodes_kv(self) -> KeyValue:
@@ -142,11 +154,13 @@ class Topology:
         )
         return name
 
-    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+    async def _ensure_stream(self, config: api.StreamConfig, *, update: bool) -> None:
         try:
             await self._conn.js.add_stream(config)
         except APIError as exc:
             if exc.err_code != STREAM_NAME_IN_USE:
                 raise
+            if not update:
+                return
             log.info("jetstream.stream_updated", stream=config.name)
             await self._conn.js.update_stream(config)

@@ -109,7 +109,7 @@ class Worker:
         conn = await NatsConnection.connect(config.nats, name=f"claw-worker-{node_id}")
         try:
             topology = Topology(conn, config.jetstream)
-            await topology.ensure_streams()
+            await topology.ensure_streams(update=False)
             kv = await topology.nodes_kv()
             worker = cls(config, conn, topology, registry, kv, node_id, clock)
             await worker.puller.start()

@@ -188,3 +188,37 @@ def test_nats_start_serves_until_sigterm(tmp_path: Path) -> None:
         assert server.popen.wait(30) == 0
     finally:
         pool.stop_all()
+
+
+def test_dead_letters_replay_purge_and_cancel_through_the_cli(processes: ProcessPool) -> None:
+    start_cluster(processes, workers=1)
+    failed = processes.run("submit", "fail", "--input", '{"message": "x"}', "--max-attempts", "1", "--wait", "--json")
+    assert failed.returncode == 1
+    task_id = json.loads(failed.stdout)["task_id"]
+
+    def letters() -> list[dict[str, object]]:
+        return json.loads(processes.run("dlq", "list", "--json").stdout)  # type: ignore[no-any-return]
+
+    [letter] = wait_until(letters, timeout_s=20, what="dead letter")
+    assert letter["letter"]["task_id"] == task_id  # type: ignore[index]
+    table = processes.run("dlq", "list").stdout
+    assert task_id in table and "fail" in table and "PermanentError: x" in table
+
+    replay = processes.run("dlq", "replay", task_id)
+    assert replay.returncode == 0 and f"{task_id} replayed: now" in replay.stdout
+    shown = processes.run("task", "show", task_id).stdout
+    assert "replayed" in shown
+
+    assert processes.run("dlq", "purge", "--older-than", "1d").stdout.strip() == "purged 0 dead letter(s)"
+    bad = processes.run("dlq", "purge", "--older-than", "5x")
+    assert bad.returncode == 1 and "'5x' is not a duration" in bad.stderr
+    wait_until(lambda: len(letters()) == 2, timeout_s=20, what="the replay dead again")
+    assert processes.run("dlq", "purge").stdout.strip() == "purged 2 dead letter(s)"
+
+    long = json.loads(processes.run("submit", "sleep", "--input", '{"seconds": 60}', "--json").stdout)[0]
+    cancelled = processes.run("task", "cancel", long["task_id"], "--reason", "not needed")
+    assert cancelled.returncode == 0 and f"{long['task_id']} cancelled: now cancelled" in cancelled.stdout
+    again = processes.run("task", "cancel", long["task_id"])
+    assert again.returncode == 1 and "already cancelled; there is nothing to cancel" in again.stderr
+    unknown = processes.run("task", "cancel", "01NOSUCHTASK00000000000000")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error: no task with id")
