@@ -32,10 +32,13 @@ CREDENTIALS = {ACCESS_KEY_ENV: "test-access", SECRET_KEY_ENV: "test-secret"}
 MIB = 1024 * 1024
 
 # Runs moto's S3 server on a free loopback port, prints the port, and serves until its stdin closes
-# (the fixture closes it; if pytest dies, the pipe closes with it and the server goes too).
+# (the fixture closes it; if pytest dies, the pipe closes with it and the server goes too). Request
+# lines are not logged: its stderr goes to a file, but a quiet server is easier to read on failure.
 _MOTO_SERVER = """
+import logging
 import sys
 from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
 print(server.get_host_and_port()[1], flush=True)
@@ -45,25 +48,27 @@ server.stop()
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`host:port` of a real S3-protocol server (moto) for this module; stopped even if tests fail."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _MOTO_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    # stderr to a file, not a pipe: a pipe nobody reads fills up and then blocks the server.
+    log_path = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MOTO_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file
+        )
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         line = proc.stdout.readline() if ready else b""
         if not line.strip().isdigit():
-            proc.kill()
-            stderr = proc.communicate(timeout=10)[1].decode(errors="replace")
-            raise RuntimeError(f"moto server did not start: {line!r}\n{stderr}")
+            raise RuntimeError(f"moto server did not start: {line!r}\n{log_path.read_text(errors='replace')}")
         yield f"127.0.0.1:{int(line)}"
     finally:
         _stop(proc)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Close its stdin (it stops itself), kill it if it does not within 10 s."""
     if proc.stdin and not proc.stdin.closed:
         proc.stdin.close()
     try:
@@ -71,9 +76,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream:
-            stream.close()
+    if proc.stdout:
+        proc.stdout.close()
 
 
 @dataclass
@@ -221,6 +225,11 @@ async def test_same_content_from_several_puts_is_stored_once(backend: Backend, t
 
 
 async def test_concurrent_puts_of_the_same_content_leave_one_whole_object(backend: Backend) -> None:
+    """Racing puts of one content in one process (threads), as racing workers would on one store.
+
+    moto itself sometimes answers one of racing PUTs of a key with a 500 (it closes the buffer of
+    the object being replaced); the client retries 5xx, as it must against any S3 server.
+    """
     data = os.urandom(256 * 1024)
     results = await asyncio.gather(*(backend.store.put_bytes(data) for _ in range(8)))
     assert len({r.key for r in results}) == 1
