@@ -49,6 +49,8 @@ setup(
             "mypy>=1.11",
             "types-PyYAML",
             "types-psutil",
+            # A real S3-protocol server for the artifact store tests (there is no MinIO binary on PyPI).
+            "moto[server]>=5",
         ],
     },
     entry_points={"console_scripts": ["claw=cli.main:run"]},

@@ -71,6 +71,18 @@ class MigrationError(StorageError):
     code = "migration"
 
 
+class ArtifactError(StorageError):
+    """The artifact store (local folder or S3 API) failed, or is misused; the message says where."""
+
+    code = "artifact"
+
+
+class ArtifactNotFoundError(ArtifactError):
+    """No artifact is stored under the given key."""
+
+    code = "artifact_not_found"
+
+
 # --- requests a user made ------------------------------------------------------------------------
 
 
@@ -171,6 +183,8 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         QueueFullError,
         InternalError,
         StorageError,
+        ArtifactError,
+        ArtifactNotFoundError,
         IllegalTransitionError,
     )
 }

@@ -1,1 +1,1 @@
-"""SQLite state (aiosqlite): schema, migrations, queries. Artifact stores join here later."""
+"""SQLite state (aiosqlite): schema, migrations, queries; artifact stores in `storage.artifacts`."""
