@@ -21,6 +21,7 @@ setup(
         "coordinator",
         "worker",
         "worker.skills",
+        "worker.skills.tools",
         "cli",
     ],
     package_data={"common": ["VERSION"], "worker.skills": ["*.yaml"]},

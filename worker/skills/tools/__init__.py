@@ -1,0 +1,19 @@
+"""The agent tool skills: files (so far), within the worker's limits.
+
+`tool_skills(config.tools)` returns them; each handler closes over the `tools` config section, which
+sets the sandbox, the allow-lists and the caps (docs/Tool_skills.md). They are not in
+`builtin_registry()`: a worker offers them only when it is built with them.
+"""
+
+from __future__ import annotations
+
+from common.clock import SYSTEM_CLOCK, Clock
+from common.config import ToolSettings
+from worker.skills import Skill
+
+
+def tool_skills(settings: ToolSettings, *, clock: Clock = SYSTEM_CLOCK) -> list[Skill]:
+    """fs.read, fs.write, fs.list and fs.mkdir, limited by `settings`."""
+    from worker.skills.tools.fs import FileTools
+
+    return FileTools(settings).skills()
