@@ -21,6 +21,7 @@ setup(
         "coordinator",
         "worker",
         "worker.skills",
+        "worker.skills.tools",
         "cli",
     ],
     package_data={"common": ["VERSION"], "worker.skills": ["*.yaml"]},
@@ -36,6 +37,8 @@ setup(
         "typer>=0.12",
         "opentelemetry-sdk>=1.25",
         "PyYAML>=6.0",
+        # http.request and llm.chat: a well-kept async HTTP client (streaming, timeouts) instead of our own.
+        "httpx>=0.27",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
         "uvloop>=0.19; sys_platform != 'win32'",
     ],

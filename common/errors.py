@@ -171,6 +171,12 @@ class TaskTimeoutError(RetryableError, TimeoutError):
     code = "task_timeout"
 
 
+class ToolTimeoutError(RetryableError, TimeoutError):
+    """A tool skill's own time limit ran out (a process it ran was killed, a request abandoned)."""
+
+    code = "tool_timeout"
+
+
 _WIRE_ERRORS: dict[str, type[ClawError]] = {
     cls.code: cls
     for cls in (

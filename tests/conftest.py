@@ -12,6 +12,7 @@ import structlog
 
 from common.config import ClawConfig, load_config
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
+from tests.fakes.openai_server import FakeOpenAIServer
 from tests.helpers import ProcessPool, child_env
 
 
@@ -88,6 +89,13 @@ def processes(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> I
         yield pool
     finally:
         pool.stop_all()
+
+
+@pytest.fixture
+def openai_server() -> Iterator[FakeOpenAIServer]:
+    """A fake OpenAI-compatible API on a free loopback port (also an HTTP target), stopped after the test."""
+    with FakeOpenAIServer.running() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -17,10 +17,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from common.clock import SYSTEM_CLOCK
 from common.config import ClawConfig
+from common.events import TaskEvent
+from common.ids import new_id
 from common.models import TaskSpec
+from common.states import Priority
 from communication.api_client import ClawClient
 from coordinator.service import Coordinator
+from worker.context import TaskContext
 from worker.service import Worker
 from worker.skills import SkillRegistry
 
@@ -54,6 +59,23 @@ def wait_until(check: Callable[[], T], *, timeout_s: float = 20.0, interval_s: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what or check}; last value: {last!r}")
         time.sleep(interval_s)
+
+
+def task_context(
+    skill: str = "test", *, events: list[TaskEvent] | None = None, task_id: str | None = None, timeout_s: float = 60.0
+) -> TaskContext:
+    """A real TaskContext for calling a handler directly; what it reports is appended to `events`."""
+    return TaskContext(
+        task_id=task_id or new_id(),
+        skill=skill,
+        attempt=1,
+        max_attempts=1,
+        priority=Priority.NORMAL,
+        node_id="test-node",
+        timeout_s=timeout_s,
+        _emit=(events if events is not None else []).append,
+        _clock=SYSTEM_CLOCK,
+    )
 
 
 def spec(skill: str, input: dict[str, Any] | None = None, **options: Any) -> TaskSpec:

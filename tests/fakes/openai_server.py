@@ -1,0 +1,212 @@
+"""A fake OpenAI-compatible API: a real HTTP server on 127.0.0.1 (a free port), run in a thread.
+
+`POST <base_url>/chat/completions` answers as `mode` says (a completion with usage, 429 with
+Retry-After, 500, 400 with an OpenAI-style error, a dropped connection, or a 200 HTML page). Every request is recorded
+(method, path, headers, body) so a test can check what was sent. A few more routes make it a target
+for http.request: `/echo` (the request as JSON; `?status=N` sets the status), `/bytes?n=N`,
+`/binary`, `/redirect` and `/hang` (answers only when released or stopped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+Mode = Literal["ok", "rate_limited", "server_error", "bad_request", "drop", "html"]
+HANG_LIMIT_S = 10.0
+# How often the serving thread checks for shutdown: stop() waits up to this long.
+POLL_INTERVAL_S = 0.02
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the server received; header names are lowercase."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded as JSON."""
+        return json.loads(self.body)
+
+
+class FakeOpenAIServer:
+    """Start with `running()` (a context manager) or `start()`/`stop()`."""
+
+    def __init__(self) -> None:
+        self.mode: Mode = "ok"
+        self.retry_after: str | None = "7"
+        self.reply_content = "Hello from the fake model."
+        self.usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+        # The 400 answer's message; "{authorization}" is replaced by the request's Authorization header.
+        self.error_message = "Invalid value for 'temperature'."
+        self.requests: list[RecordedRequest] = []
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._thread = threading.Thread(target=self._serve, name="fake-openai", daemon=True)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[FakeOpenAIServer]:
+        """A started server, stopped on exit (also when the test fails)."""
+        server = cls()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:<port>`."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL (`.../v1`) to configure as tools.llm_base_url."""
+        return f"{self.url}/v1"
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._server.serve_forever(poll_interval=POLL_INTERVAL_S)
+
+    def stop(self) -> None:
+        """Release hanging requests, stop serving and close the socket."""
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def completions(self) -> list[RecordedRequest]:
+        """The chat-completion requests received so far."""
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+
+def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(_Handler):
+        server_state = fake
+
+    return Handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_state: FakeOpenAIServer
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: tests assert on recorded requests, not on the server's log."""
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        request = RecordedRequest(self.command, parts.path, headers, body)
+        self.server_state.record(request)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        try:
+            self._route(parts.path, query, request)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client stopped reading (a capped response): fine
+
+    def _route(self, path: str, query: dict[str, str], request: RecordedRequest) -> None:
+        if path.endswith("/chat/completions") and request.method == "POST":
+            self._chat(request)
+        elif path == "/echo":
+            echo = {"method": request.method, "path": path, "headers": request.headers, "body": request.body.decode()}
+            self._send(int(query.get("status", 200)), json.dumps(echo).encode(), "application/json")
+        elif path == "/bytes":
+            self._send(200, b"x" * int(query.get("n", 0)), "text/plain; charset=utf-8")
+        elif path == "/binary":
+            self._send(200, bytes(range(256)) * 4, "application/octet-stream")
+        elif path == "/redirect":
+            self._send(302, b"", "text/plain", {"Location": "/echo"})
+        elif path == "/hang":
+            self.server_state.release.wait(HANG_LIMIT_S)
+            self._send(200, b"late", "text/plain")
+        else:
+            self._send(404, b'{"error": {"message": "no such route"}}', "application/json")
+
+    def _chat(self, request: RecordedRequest) -> None:
+        state = self.server_state
+        match state.mode:
+            case "ok":
+                self._send(200, json.dumps(_completion(state, request.json())).encode(), "application/json")
+            case "rate_limited":
+                extra = {"Retry-After": state.retry_after} if state.retry_after is not None else {}
+                self._send(429, _error("Rate limit reached for requests"), "application/json", extra)
+            case "server_error":
+                self._send(500, _error("The server had an error while processing your request."), "application/json")
+            case "bad_request":
+                message = state.error_message.replace("{authorization}", request.headers.get("authorization", ""))
+                self._send(400, _error(message), "application/json")
+            case "drop":
+                self.close_connection = True  # no answer at all: the client sees a disconnect
+            case "html":
+                self._send(200, b"<html>a proxy's login page</html>", "text/html")
+
+    def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+def _completion(state: FakeOpenAIServer, request: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": f"{request.get('model')}-0001",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": state.reply_content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": state.usage,
+    }
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
