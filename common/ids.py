@@ -16,7 +16,7 @@ import time
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_BITS = 80
 _RANDOM_MAX = (1 << _RANDOM_BITS) - 1
-ULID_PATTERN = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+ULID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 
 
 def _encode(value: int, length: int) -> str:
@@ -71,4 +71,4 @@ def ulid_time_ms(ulid: str) -> int:
 
 def is_ulid(text: str) -> bool:
     """Whether `text` has the shape of an id made by `new_id`."""
-    return bool(ULID_PATTERN.match(text))
+    return bool(ULID_PATTERN.fullmatch(text))

@@ -55,7 +55,7 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     backoff: Backoff | None = None
-    task_id: Annotated[str, msgspec.Meta(pattern="^[0-9A-HJKMNP-TV-Z]{26}$")] | None = None
+    task_id: Annotated[str, msgspec.Meta(pattern="^[0-9A-HJKMNP-TV-Z]{26}\\Z")] | None = None
 
 
 class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):

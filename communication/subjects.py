@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from common.errors import InvalidInputError
 from common.states import Priority
 
-SKILL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+SKILL_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 SKILL_NAME_MAX = 64
 
 
@@ -31,7 +31,7 @@ class Header:
 
 def check_skill_name(name: str) -> str:
     """Return `name` if it is a valid skill name, else raise with the rule it breaks."""
-    if len(name) > SKILL_NAME_MAX or not SKILL_NAME_PATTERN.match(name):
+    if len(name) > SKILL_NAME_MAX or not SKILL_NAME_PATTERN.fullmatch(name):
         raise InvalidInputError(
             f"'{name}' is not a valid skill name: use lowercase words of letters, digits and '_', "
             f"joined by dots (e.g. llm.chat), at most {SKILL_NAME_MAX} characters"

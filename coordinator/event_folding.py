@@ -236,7 +236,11 @@ class EventFolder:
                 self._book.move(record, TaskState.CANCELLED, at=event.at, kind="cancelled", node_id=event.node_id)
             )
             record.finished_at = event.at
-            batch.touch(record)
+        if event.attempt > record.attempts:
+            # The cancel overtook this attempt's `started` (ignored then): the attempt still counts.
+            record.attempts = event.attempt
+            record.node_id = event.node_id
+        batch.touch(record)
         batch.put_attempt(
             AttemptRecord(
                 record.task_id,

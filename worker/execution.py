@@ -33,7 +33,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from common.clock import Clock
-from common.errors import InvalidInputError, TaskError, TaskTimeoutError
+from common.errors import InvalidInputError, PermanentError, TaskError, TaskTimeoutError
 from common.events import TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded
 from common.ids import new_id
 from common.log import get_logger
@@ -53,6 +53,8 @@ log = get_logger("worker.execution")
 TRANSIENT_ERRORS = (TimeoutError, ConnectionError)
 INPUT_DECODER = msgspec.json.Decoder(dict[str, Any])
 SKILL_MISSING_DELAY_S = 5.0
+# Room for the event's other fields and headers inside NATS's max payload.
+EVENT_OVERHEAD_BYTES = 16 * 1024
 
 Outcome = TaskSucceeded | TaskFailed | TaskCancelled
 
@@ -202,6 +204,13 @@ class TaskRunner:
             result = msgspec.Raw(encode(handler.result()))
         except (TypeError, msgspec.EncodeError) as exc:
             return self._failed(ctx, started_at, TypeError(f"the handler returned a value JSON cannot encode: {exc}"))
+        limit = self._conn.nc.max_payload - EVENT_OVERHEAD_BYTES
+        if len(result) > limit:
+            message = (
+                f"the result is {len(result) / 1048576:.1f} MiB, over the {limit / 1048576:.1f} MiB a result "
+                "event can carry; return a smaller result or a reference to where the data is"
+            )
+            return self._failed(ctx, started_at, PermanentError(message))
         return TaskSucceeded(
             event_id=new_id(),
             task_id=ctx.task_id,

@@ -304,3 +304,24 @@ async def test_a_resubmitted_request_with_client_chosen_ids_creates_nothing(conf
         assert [r.task_id for r in second] == [r.task_id for r in first]
         assert all(r.duplicate for r in second) and not any(r.duplicate for r in first)
         assert len(await client.list_tasks()) == 3
+
+
+async def test_a_result_too_large_for_an_event_fails_permanently_with_the_sizes(config: ClawConfig) -> None:
+    async def huge(ctx: TaskContext, input: dict[str, Any]) -> str:
+        return "x" * 2_000_000
+
+    skills = SkillRegistry([Skill("huge", huge)])
+    async with running_coordinator(config), running_worker(config, skills=skills), connected_client(config) as client:
+        await wait_nodes_online(client, 1)
+        submitted = await client.submit(spec("huge", max_attempts=3))
+        assert await client.wait([submitted.task_id], timeout_s=20) == {submitted.task_id: TaskState.DEAD}
+        task = await client.get_task(submitted.task_id)
+    assert task.error_type == "PermanentError" and task.attempts == 1
+    assert "the result is 1.9 MiB, over the" in (task.error_message or "")
+
+
+async def test_a_task_id_with_a_trailing_newline_is_refused(config: ClawConfig) -> None:
+    async with running_coordinator(config), running_worker(config), connected_client(config) as client:
+        await wait_nodes_online(client, 1)
+        with pytest.raises(InvalidInputError, match="task_id"):
+            await client.submit(spec("echo", task_id="01M7XM00000000000000000000\n"))

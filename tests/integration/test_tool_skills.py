@@ -72,4 +72,4 @@ async def test_llm_chat_and_files_shared_in_a_workspace_run_through_the_cluster(
     assert written == (TaskState.SUCCEEDED, {"path": "notes/plan.md", "size": 9}, None)
     assert read == (TaskState.SUCCEEDED, {"path": "notes/plan.md", "size": 9, "content": "1. coffee"}, None)
     assert (tmp_path / "sandboxes" / "session-1" / "notes" / "plan.md").read_text() == "1. coffee"
-    assert escape == (TaskState.FAILED, None, "InvalidInputError")
+    assert escape == (TaskState.DEAD, None, "InvalidInputError")

@@ -238,3 +238,20 @@ async def test_event_log_is_append_only(h: Harness, tmp_path: Path) -> None:
             conn.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
     finally:
         conn.close()
+
+
+async def test_a_cancel_that_overtakes_started_still_counts_the_cancelled_attempt(h: Harness) -> None:
+    from common.events import TaskCancelled
+
+    task_id = await h.add_queued_task()
+    record = h.book.get(task_id)
+    assert record is not None
+    batch = WriteBatch()  # the operator's cancel lands before the worker's `started`
+    batch.events.append(h.book.move(record, TaskState.CANCELLED, at=2.5, kind="cancelled"))
+    batch.touch(record)
+    await h.store.write_batch(batch)
+    confirm = TaskCancelled(event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=2.6, started_at=2.0)
+    await h.fold(started(task_id), confirm)
+    view = await h.view(task_id)
+    assert (view.state, view.attempts, view.node_id) == (TaskState.CANCELLED, 1, "n1")
+    assert [(a.attempt, a.state) for a in view.attempt_log] == [(1, AttemptState.CANCELLED)]

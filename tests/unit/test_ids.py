@@ -30,3 +30,4 @@ def test_shape() -> None:
     value = new_id()
     assert len(value) == 26 and is_ulid(value)
     assert not is_ulid("not-an-id")
+    assert not is_ulid(value + "\n")

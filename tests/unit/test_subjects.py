@@ -35,7 +35,9 @@ def test_skill_token_round_trips(skill: str) -> None:
     assert skill_from_token(skill_token(skill)) == skill
 
 
-@pytest.mark.parametrize("bad", ["", "Echo", "llm-chat", "a..b", ".a", "a.", "has space", "x" * 65, "a>b", "a*"])
+@pytest.mark.parametrize(
+    "bad", ["", "Echo", "llm-chat", "a..b", ".a", "a.", "has space", "x" * 65, "a>b", "a*", "echo\n", "\necho"]
+)
 def test_invalid_skill_names_are_refused(bad: str) -> None:
     with pytest.raises(InvalidInputError, match="not a valid skill name"):
         check_skill_name(bad)
