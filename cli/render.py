@@ -15,7 +15,14 @@ from cli.output import (
     fmt_time,
     shorten,
 )
-from common.api import SubmitResult, TaskActionReply
+from common.api import (
+    ApprovalOutcome,
+    ApprovalView,
+    GuardCheckReply,
+    SkillInfo,
+    SubmitResult,
+    TaskActionReply,
+)
 from common.models import ClusterStatus, DeadLetterView, NodeView, TaskSummary, TaskView
 
 
@@ -233,3 +240,100 @@ def render_replays(replies: list[TaskActionReply]) -> None:
         print("nothing to replay")
     for reply in replies:
         render_action(reply, "replayed")
+
+
+def render_skills(infos: list[SkillInfo]) -> None:
+    """`claw skills list|search`."""
+    emit_table(
+        ["SKILL", "VERSION", "RISK", "ENABLED", "SOURCE", "NODES", "DESCRIPTION"],
+        [
+            (
+                i.entry.name,
+                i.entry.version,
+                i.entry.manifest.risk.value,
+                "yes" if i.entry.enabled else "no",
+                i.entry.source,
+                len(i.nodes),
+                shorten(i.entry.manifest.description, 60),
+            )
+            for i in infos
+        ],
+        empty="no skills match",
+    )
+
+
+def render_skill(infos: list[SkillInfo]) -> None:
+    """`claw skills show NAME`: every version, and the enabled one's manifest."""
+    enabled = next((i for i in infos if i.entry.enabled), infos[-1])
+    m = enabled.entry.manifest
+    emit_fields(
+        [
+            ("skill", m.name),
+            ("versions", ", ".join(f"{i.entry.version}{' (enabled)' if i.entry.enabled else ''}" for i in infos)),
+            ("description", m.description),
+            ("risk", m.risk.value),
+            ("capabilities", ", ".join(m.capabilities) or None),
+            ("runtime", m.runtime.python or " ".join(m.runtime.command or [])),
+            ("timeout", fmt_duration(m.timeout_s) if m.timeout_s else None),
+            (
+                "retry",
+                None
+                if m.retry is None
+                else f"{m.retry.max_attempts} attempts, backoff {m.retry.base_s:g} s x{m.retry.factor:g}",
+            ),
+            ("requires labels", ", ".join(f"{k}={v}" for k, v in m.requires_labels.items()) or None),
+            ("concurrency", m.concurrency),
+            ("source", enabled.entry.source),
+            ("checksum", enabled.entry.checksum[:16] or None),
+            ("installed", fmt_time(enabled.entry.installed_at) if enabled.entry.installed_at else None),
+            ("nodes", ", ".join(enabled.nodes) or "none online"),
+        ]
+    )
+    if m.input_schema is not None:
+        print("\ninput schema:")
+        print(msgspec.json.format(msgspec.json.encode(m.input_schema), indent=2).decode())
+
+
+def render_approvals(views: list[ApprovalView]) -> None:
+    """`claw approvals`."""
+    emit_table(
+        ["TASK", "SKILL", "RISK", "RULE", "APPROVALS", "SUBMITTER", "WAITING", "EXPIRES", "INPUT"],
+        [
+            (
+                v.task_id,
+                v.skill,
+                v.risk,
+                v.rule,
+                f"{len(v.approved_by)}/{v.approvals_needed}"
+                + (f" ({', '.join(v.approved_by)})" if v.approved_by else ""),
+                v.submitter,
+                fmt_ago(v.since),
+                fmt_time(v.expires_at),
+                shorten(v.input_summary, 50),
+            )
+            for v in views
+        ],
+        empty="nothing waits for approval",
+    )
+
+
+def render_approval_outcome(outcome: ApprovalOutcome) -> None:
+    """`claw approve|reject`."""
+    if outcome.state.value == "waiting_approval":
+        print(
+            f"{outcome.task_id} approved by {', '.join(outcome.approved_by)}: "
+            f"{len(outcome.approved_by)} of {outcome.approvals_needed}, still waiting"
+        )
+    else:
+        print(f"{outcome.task_id} {outcome.state.value}")
+
+
+def render_guard_check(reply: GuardCheckReply) -> None:
+    """`claw guard check`."""
+    d = reply.decision
+    action = d.action + (f" ({d.approvals} approval{'s' if d.approvals != 1 else ''})" if d.approvals else "")
+    print(f"{reply.skill} (risk {reply.risk}): rule '{d.rule}' -> {action}")
+    if d.reason:
+        print(f"  reason: {d.reason}")
+    for line in d.explanation:
+        print(f"  because {line}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
-from common.models import JSON_NULL, ClusterStatus, DeadLetterView, NodeView, TaskSpec, TaskSummary
+from common.models import EMPTY_OBJECT, JSON_NULL, ClusterStatus, DeadLetterView, NodeView, TaskSpec, TaskSummary
+from common.skills import RegistryEntry, SkillManifest
 from common.states import TaskState
 
 
@@ -28,6 +29,14 @@ class ApiVerb:
     DLQ_LIST = "dlq_list"
     DLQ_REPLAY = "dlq_replay"
     DLQ_PURGE = "dlq_purge"
+    SKILLS = "skills"
+    SKILL_TOGGLE = "skill_toggle"
+    SKILL_INSTALL = "skill_install"
+    APPROVALS = "approvals"
+    APPROVE = "approve"
+    REJECT = "reject"
+    GUARD_CHECK = "guard_check"
+    AUDIT_VERIFY = "audit_verify"
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -60,11 +69,13 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SubmitResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The admitted task; `duplicate` when an idempotency key named an existing task."""
+    """The admitted task; `duplicate` when an idempotency key named an existing task; `note` says why
+    a task is not queued (held for approval, denied by the guard)."""
 
     task_id: str
     state: TaskState
     duplicate: bool = False
+    note: str = ""
 
 
 class SubmitReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,6 +192,133 @@ class DlqPurgeReply(msgspec.Struct, frozen=True, kw_only=True):
     """How many dead letters were removed."""
 
     purged: int
+
+
+class ApprovalView(msgspec.Struct, frozen=True, kw_only=True):
+    """A held task as `claw approvals` shows it."""
+
+    task_id: str
+    skill: str
+    risk: str | None
+    rule: str | None
+    input_summary: str
+    submitter: str | None
+    since: float
+    expires_at: float | None
+    approvals_needed: int
+    approved_by: list[str]
+
+
+class ApprovalOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What an approve or reject did."""
+
+    task_id: str
+    state: TaskState
+    approved_by: list[str] = []
+    approvals_needed: int = 0
+
+
+class ApprovalsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Held tasks, oldest first."""
+
+    approvals: list[ApprovalView]
+
+
+class ApproveRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One person's yes for a held task."""
+
+    task_id: str
+    by: str
+    note: str | None = None
+
+
+class RejectRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A no for a held task; it ends `rejected`."""
+
+    task_id: str
+    by: str
+    reason: str
+
+
+class GuardDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """What the guard decides for a task, and which rule, and why."""
+
+    action: str
+    rule: str
+    approvals: int = 0
+    reason: str = ""
+    explanation: list[str] = []
+
+
+class GuardCheckRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Explain the guard's decision for a would-be task (nothing is submitted)."""
+
+    skill: str
+    input: msgspec.Raw = EMPTY_OBJECT
+    submitter: str | None = None
+
+
+class GuardCheckReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The skill's risk and the guard's decision."""
+
+    skill: str
+    risk: str
+    decision: GuardDecision
+
+
+class SkillInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered skill version, and the online nodes that run the skill."""
+
+    entry: RegistryEntry
+    nodes: list[str] = []
+
+
+class SkillsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """List skills: all, one by name, or those matching words."""
+
+    name: str | None = None
+    search: str | None = None
+
+
+class SkillsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Skills, by name."""
+
+    skills: list[SkillInfo]
+
+
+class SkillToggleRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Enable (one version) or disable (one or all versions) a skill."""
+
+    name: str
+    version: str | None = None
+    enabled: bool
+    by: str | None = None
+
+
+class SkillInstallRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Register a skill whose files were uploaded to the skill-code store as `archive`."""
+
+    manifest: SkillManifest
+    checksum: str
+    archive: str
+    by: str | None = None
+
+
+class SkillInstallReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The registered entry; `created` is false when the same version and files were there already."""
+
+    entry: RegistryEntry
+    created: bool
+
+
+class AuditReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The result of walking the event log's hash chain."""
+
+    ok: bool
+    checked: int
+    broken_event: int | None = None
+    problem: str | None = None
+    anchored_event: int | None = None
 
 
 class Empty(msgspec.Struct, frozen=True):

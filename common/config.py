@@ -90,6 +90,12 @@ class CoordinatorSettings(_Section, frozen=True):
     dead_letter: bool = True
     # NAK the in-flight tasks of a node declared offline, so they run elsewhere at once.
     reclaim_on_node_loss: bool = True
+    # The guard policy file (config/guard.yaml); unset: the default policy.
+    guard_policy: str | None = None
+    # A task waiting for approval longer than this ends `rejected`.
+    approval_ttl_s: PositiveFloat = 24 * 3600.0
+    # The environment variable holding the key that makes the event log's hashes HMACs.
+    audit_key_env: str = "CLAW_AUDIT_KEY"
     max_input_bytes: PositiveInt = 1024 * 1024
     max_tasks_per_request: PositiveInt = 10_000
     submit_batch_max: PositiveInt = 512
@@ -110,8 +116,11 @@ class WorkerSettings(_Section, frozen=True):
     labels: dict[str, str] = {}
     heartbeat_interval_s: PositiveFloat = 1.0
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
-    # How often an idle worker looks for redelivered or delayed tasks that no wake-up announced.
-    idle_poll_interval_s: PositiveFloat = 0.5
+    # How often a worker looks for redelivered tasks that no wake-up announced (a task whose worker
+    # died without the coordinator noticing comes back after the ack wait; this finds it).
+    idle_poll_interval_s: PositiveFloat = 2.0
+    # Where installed skills' files are unpacked.
+    skill_cache_dir: str = ".claw/skill-cache"
     fetch_batch_max: PositiveInt = 256
 
 

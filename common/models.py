@@ -152,6 +152,9 @@ class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float
     sent_at: float
     seq: int = 0
+    # The version and risk of each skill the node runs (code-registered ones have no registry entry).
+    skill_versions: dict[str, str] = {}
+    skill_risks: dict[str, str] = {}
 
 
 class TaskUpdate(msgspec.Struct, frozen=True, kw_only=True):

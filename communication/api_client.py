@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -22,6 +23,11 @@ from nats.aio.msg import Msg
 from common.api import (
     ApiReply,
     ApiVerb,
+    ApprovalOutcome,
+    ApprovalsReply,
+    ApprovalView,
+    ApproveRequest,
+    AuditReply,
     DlqListReply,
     DlqListRequest,
     DlqPurgeReply,
@@ -29,8 +35,17 @@ from common.api import (
     DlqReplayReply,
     DlqReplayRequest,
     Empty,
+    GuardCheckReply,
+    GuardCheckRequest,
     NodesReply,
     PingReply,
+    RejectRequest,
+    SkillInfo,
+    SkillInstallReply,
+    SkillInstallRequest,
+    SkillsReply,
+    SkillsRequest,
+    SkillToggleRequest,
     StatusReply,
     SubmitReply,
     SubmitRequest,
@@ -44,7 +59,7 @@ from common.api import (
     TaskStatesReply,
     TaskStatesRequest,
 )
-from common.config import NatsSettings
+from common.config import JetStreamSettings, NatsSettings
 from common.errors import (
     ClawError,
     CoordinatorUnavailableError,
@@ -53,10 +68,21 @@ from common.errors import (
     error_for_code,
 )
 from common.ids import new_id
-from common.models import ClusterStatus, DeadLetterView, NodeView, TaskSpec, TaskSummary, TaskUpdate, TaskView
+from common.models import (
+    EMPTY_OBJECT,
+    ClusterStatus,
+    DeadLetterView,
+    NodeView,
+    TaskSpec,
+    TaskSummary,
+    TaskUpdate,
+    TaskView,
+)
+from common.skills import folder_checksum, load_manifest, pack_skill
 from common.states import TERMINAL_STATES, TaskState
 from communication.codec import DecodeError, decode, encode
 from communication.connection import NatsConnection
+from communication.topology import Topology
 
 T = TypeVar("T")
 
@@ -65,6 +91,7 @@ SUBMITS_IN_FLIGHT = 4
 PER_TASK_WAIT_SUBSCRIPTIONS = 1000
 STATE_POLL_CHUNK = 5000
 RETRY_PAUSE_S = 0.5
+MAX_SKILL_ARCHIVE_BYTES = 64 * 1024 * 1024
 NO_RESPONDERS_RETRIES_S = (0.05, 0.2, None)
 
 
@@ -199,6 +226,56 @@ class ClawClient:
         """Drop dead letters; returns how many."""
         request = DlqPurgeRequest(skill=skill, older_than_s=older_than_s)
         return (await self._call(ApiVerb.DLQ_PURGE, request, DlqPurgeReply, timeout_s=60.0)).purged
+
+    async def skills(self, *, name: str | None = None, search: str | None = None) -> list[SkillInfo]:
+        """Registered skills (all, one by name, or matching words)."""
+        return (await self._call(ApiVerb.SKILLS, SkillsRequest(name=name, search=search), SkillsReply)).skills
+
+    async def set_skill_enabled(
+        self, name: str, *, enabled: bool, version: str | None = None, by: str | None = None
+    ) -> SkillInfo:
+        """Enable (one version) or disable (one or all versions) a skill."""
+        request = SkillToggleRequest(name=name, version=version, enabled=enabled, by=by)
+        return (await self._call(ApiVerb.SKILL_TOGGLE, request, SkillsReply)).skills[0]
+
+    async def install_skill(self, folder: Path, *, by: str | None = None) -> SkillInstallReply:
+        """Validate a skill folder, upload its files, and register it."""
+        manifest = load_manifest(folder)
+        checksum = await asyncio.to_thread(folder_checksum, folder)
+        archive = await asyncio.to_thread(pack_skill, folder)
+        if len(archive) > MAX_SKILL_ARCHIVE_BYTES:
+            raise PayloadTooLargeError(
+                f"the skill folder packs to {len(archive) / 1048576:.1f} MiB; at most "
+                f"{MAX_SKILL_ARCHIVE_BYTES / 1048576:.0f} MiB can be installed (leave data out of the folder)"
+            )
+        store = await Topology(self.conn, JetStreamSettings()).skill_code()
+        name = f"{manifest.name}/{manifest.version}/{checksum[:16]}.tar.gz"
+        await store.put(name, archive)
+        request = SkillInstallRequest(manifest=manifest, checksum=checksum, archive=name, by=by)
+        return await self._call(ApiVerb.SKILL_INSTALL, request, SkillInstallReply)
+
+    async def approvals(self) -> list[ApprovalView]:
+        """Tasks waiting for approval, oldest first."""
+        return (await self._call(ApiVerb.APPROVALS, Empty(), ApprovalsReply)).approvals
+
+    async def approve(self, task_id: str, *, by: str, note: str | None = None) -> ApprovalOutcome:
+        """Record `by`'s approval of a held task."""
+        return await self._call(ApiVerb.APPROVE, ApproveRequest(task_id=task_id, by=by, note=note), ApprovalOutcome)
+
+    async def reject(self, task_id: str, *, by: str, reason: str) -> ApprovalOutcome:
+        """Reject a held task."""
+        return await self._call(ApiVerb.REJECT, RejectRequest(task_id=task_id, by=by, reason=reason), ApprovalOutcome)
+
+    async def guard_check(
+        self, skill: str, input: msgspec.Raw = EMPTY_OBJECT, *, submitter: str | None = None
+    ) -> GuardCheckReply:
+        """Which guard rule would apply to such a task, and why."""
+        request = GuardCheckRequest(skill=skill, input=input, submitter=submitter)
+        return await self._call(ApiVerb.GUARD_CHECK, request, GuardCheckReply)
+
+    async def audit_verify(self) -> AuditReply:
+        """Verify the event log's hash chain (and its anchor in NATS)."""
+        return await self._call(ApiVerb.AUDIT_VERIFY, Empty(), AuditReply, timeout_s=600.0)
 
     async def wait(
         self,

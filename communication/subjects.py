@@ -82,6 +82,21 @@ class Subjects:
         return f"{self.prefix}_nodes"
 
     @property
+    def skills_bucket(self) -> str:
+        """KV bucket with the skill registry snapshot workers load from (key `registry`)."""
+        return f"{self.prefix}_skills"
+
+    @property
+    def skill_code_bucket(self) -> str:
+        """Object store holding installed skills' files (one tar.gz per name@version)."""
+        return f"{self.prefix}_skill_code"
+
+    @property
+    def audit_bucket(self) -> str:
+        """KV bucket where the coordinator anchors the event log's hash-chain head."""
+        return f"{self.prefix}_audit"
+
+    @property
     def events_consumer(self) -> str:
         """The coordinator's durable consumer on the events stream."""
         return "coordinator-events"

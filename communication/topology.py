@@ -10,6 +10,7 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.errors import APIError, BucketNotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from common.config import JetStreamSettings
 from common.log import get_logger
@@ -95,6 +96,42 @@ class Topology:
                 ttl=NODES_BUCKET_TTL_S,
                 storage=api.StorageType.FILE,
                 replicas=self._settings.replicas,
+            )
+
+    async def kv(self, bucket: str, description: str) -> KeyValue:
+        """A KV bucket of the cluster (created if missing), one value per key."""
+        try:
+            return await self._conn.js.key_value(bucket)
+        except BucketNotFoundError:
+            return await self._conn.js.create_key_value(
+                bucket=bucket,
+                description=description,
+                history=1,
+                storage=api.StorageType.FILE,
+                replicas=self._settings.replicas,
+            )
+
+    async def skills_kv(self) -> KeyValue:
+        """The skill registry snapshot workers read."""
+        return await self.kv(self._subjects.skills_bucket, "the skill registry: what workers load")
+
+    async def audit_kv(self) -> KeyValue:
+        """Where the event log's chain head is anchored."""
+        return await self.kv(self._subjects.audit_bucket, "anchors of the event log's hash chain")
+
+    async def skill_code(self) -> ObjectStore:
+        """The object store with installed skills' files (created if missing)."""
+        bucket = self._subjects.skill_code_bucket
+        try:
+            return await self._conn.js.object_store(bucket)
+        except BucketNotFoundError:
+            return await self._conn.js.create_object_store(
+                bucket=bucket,
+                config=api.ObjectStoreConfig(
+                    description="installed skills' files, one tar.gz per name@version",
+                    storage=api.StorageType.FILE,
+                    replicas=self._settings.replicas,
+                ),
             )
 
     async def ensure_task_consumers(self, skill: str) -> None:

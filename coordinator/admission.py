@@ -1,39 +1,57 @@
 """Admission: turn a submit request into task records, or refuse it whole with a clear reason.
 
+For each task: the skill must be registered and enabled (or run from code by a worker), the input
+must be a JSON object within the size limit that satisfies the skill's input schema, and the guard
+decides whether it runs at once, waits for approval, or is denied. Options the task leaves unset
+come from the skill's manifest, then from the cluster's defaults.
+
 A request is all-or-nothing: if any of its tasks is invalid, none is written, and the error names
-which task (by its position, which is the line number of a JSONL file) and why.
+which task (by its position, which is the line number of a JSONL file) and why. A task the guard
+denies is not an invalid request: it is recorded `rejected`, so the attempt stays in the audit log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
+import msgspec
 
 from common.api import SubmitRequest
 from common.clock import Clock
 from common.config import CoordinatorSettings
 from common.errors import ClawError, InvalidInputError, PayloadTooLargeError, UnknownSkillError
 from common.ids import new_id
-from common.models import TaskSpec
+from common.models import Backoff, TaskSpec
+from common.skills import Risk, SkillManifest, validate_input
 from common.states import TaskState
 from communication.codec import encode, is_json_object
 from communication.subjects import check_skill_name
+from coordinator.guard import Action, Decision, Guard
+from coordinator.skill_catalog import SkillCatalog
 from storage.records import TaskRecord
+
+_input_decoder = msgspec.json.Decoder()
 
 
 class Admission:
-    """Validates submissions against the settings and the skills workers offer."""
+    """Validates submissions against the settings, the skill registry and the guard."""
 
     def __init__(
         self,
         settings: CoordinatorSettings,
         clock: Clock,
         *,
-        known_skills: Callable[[], set[str]],
+        catalog: SkillCatalog,
+        guard: Guard,
+        advertised: Callable[[str], tuple[str, str] | None],
         online_skills: Callable[[], set[str]],
     ) -> None:
         self._settings = settings
         self._clock = clock
-        self._known_skills = known_skills
+        self._catalog = catalog
+        self._guard = guard
+        self._advertised = advertised
         self._online_skills = online_skills
 
     def admit(self, request: SubmitRequest) -> list[TaskRecord]:
@@ -46,22 +64,26 @@ class Admission:
                 f"the request holds {count} tasks; at most {self._settings.max_tasks_per_request} "
                 "fit in one request: split it"
             )
-        known = self._known_skills()
         now = self._clock.now()
         records = []
         for index, spec in enumerate(request.tasks):
             try:
-                records.append(self._admit_one(spec, known, now, request.submitter))
+                records.append(self._admit_one(spec, now, request.submitter))
             except ClawError as exc:
                 if count == 1:
                     raise
                 raise type(exc)(f"task {index + 1}: {exc}") from None
         return records
 
-    def _admit_one(self, spec: TaskSpec, known: set[str], now: float, submitter: str | None) -> TaskRecord:
-        check_skill_name(spec.skill)
-        if spec.skill not in known:
-            raise UnknownSkillError(self._unknown_skill_message(spec.skill))
+    def decide(self, skill: str, input: Any, submitter: str | None) -> tuple[Risk, Decision]:
+        """What the guard would decide for a task (for `claw guard check`)."""
+        manifest, risk = self._skill(skill)
+        if manifest is not None:
+            validate_input(manifest, input)
+        return risk, self._guard.decide(skill=skill, risk=risk, input=input, submitter=submitter)
+
+    def _admit_one(self, spec: TaskSpec, now: float, submitter: str | None) -> TaskRecord:
+        manifest, risk = self._skill(spec.skill)
         size = len(spec.input)
         if size > self._settings.max_input_bytes:
             raise PayloadTooLargeError(
@@ -70,20 +92,46 @@ class Admission:
             )
         if not is_json_object(spec.input):
             raise InvalidInputError('the input must be a JSON object, like {"text": "hello"}')
-        return TaskRecord(
+        parsed: Any = None
+        if (manifest is not None and manifest.input_schema is not None) or self._guard.needs_input:
+            parsed = _input_decoder.decode(spec.input)
+        if manifest is not None:
+            validate_input(manifest, parsed)
+        decision = self._guard.decide(skill=spec.skill, risk=risk, input=parsed, submitter=submitter)
+        record = TaskRecord(
             task_id=spec.task_id or new_id(),
             skill=spec.skill,
             priority=spec.priority,
             state=TaskState.PENDING,
             input=bytes(spec.input).decode(),
-            max_attempts=spec.max_attempts or self._settings.default_max_attempts,
-            timeout_s=spec.timeout_s or self._settings.default_timeout_s,
+            max_attempts=spec.max_attempts or _manifest_attempts(manifest) or self._settings.default_max_attempts,
+            timeout_s=spec.timeout_s or (manifest and manifest.timeout_s) or self._settings.default_timeout_s,
             created_at=now,
             updated_at=now,
             idempotency_key=spec.idempotency_key,
             submitter=submitter,
-            backoff=None if spec.backoff is None else encode(spec.backoff).decode(),
+            backoff=_backoff_json(spec.backoff, manifest),
+            risk=risk.value,
+            guard_rule=decision.rule,
         )
+        if decision.action == Action.REQUIRE_APPROVAL:
+            record.approvals_needed = decision.approvals
+        elif decision.action == Action.DENY:
+            record.denied = decision.reason or f"denied by guard rule '{decision.rule}'"
+        return record
+
+    def _skill(self, name: str) -> tuple[SkillManifest | None, Risk]:
+        """The enabled manifest of a skill (None for one run from code) and its risk."""
+        check_skill_name(name)
+        entry = self._catalog.enabled(name)
+        if entry is not None:
+            return entry.manifest, entry.manifest.risk
+        if self._catalog.known(name):
+            raise InvalidInputError(f"skill '{name}' is disabled; enable it with `claw skills enable {name}`")
+        advertised = self._advertised(name)
+        if advertised is None:
+            raise UnknownSkillError(self._unknown_skill_message(name))
+        return None, Risk(advertised[1])
 
     def _unknown_skill_message(self, skill: str) -> str:
         online = sorted(self._online_skills())
@@ -93,6 +141,18 @@ class Admission:
                 "start one with `claw worker start` (or `claw up`)"
             )
         return f"unknown skill '{skill}'; skills offered by online workers: {', '.join(online)}"
+
+
+def _manifest_attempts(manifest: SkillManifest | None) -> int | None:
+    return manifest.retry.max_attempts if manifest is not None and manifest.retry is not None else None
+
+
+def _backoff_json(backoff: Backoff | None, manifest: SkillManifest | None) -> str | None:
+    """The task's own backoff, else its skill's, else None (the cluster default when published)."""
+    if backoff is None and manifest is not None and manifest.retry is not None:
+        r = manifest.retry
+        backoff = Backoff(base_s=r.base_s, factor=r.factor, max_s=r.max_s, jitter=r.jitter)
+    return None if backoff is None else encode(backoff).decode()
 
 
 def _size(n: int) -> str:

@@ -11,14 +11,28 @@ from nats.js.errors import NotFoundError
 from common import __version__
 from common.api import (
     ApiVerb,
+    ApprovalOutcome,
+    ApprovalsReply,
+    ApproveRequest,
+    AuditReply,
     DlqListReply,
     DlqListRequest,
     DlqPurgeReply,
     DlqPurgeRequest,
     DlqReplayReply,
     DlqReplayRequest,
+    GuardCheckReply,
+    GuardCheckRequest,
+    GuardDecision,
     NodesReply,
     PingReply,
+    RejectRequest,
+    SkillInfo,
+    SkillInstallReply,
+    SkillInstallRequest,
+    SkillsReply,
+    SkillsRequest,
+    SkillToggleRequest,
     StatusReply,
     SubmitReply,
     SubmitRequest,
@@ -34,15 +48,19 @@ from common.api import (
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
 from common.models import ClusterStatus, NatsServerInfo, QueueDepth, TaskView
+from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
 from common.states import PRIORITIES
 from communication.codec import DecodeError, decode
 from communication.connection import NatsConnection
 from communication.monitoring import fetch_server_info
 from coordinator.admission import Admission
 from coordinator.api_server import Handler
+from coordinator.approvals import ApprovalDesk
+from coordinator.audit import Auditor
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
+from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from storage.task_store import TaskStore
@@ -67,6 +85,9 @@ class ApiHandlers:
         registry: NodeRegistry,
         operations: TaskOperations,
         dead_letters: DeadLetterOffice,
+        catalog: SkillCatalog,
+        approvals: ApprovalDesk,
+        auditor: Auditor,
     ) -> None:
         self._config = config
         self._node_id = node_id
@@ -78,6 +99,9 @@ class ApiHandlers:
         self._registry = registry
         self._operations = operations
         self._dead_letters = dead_letters
+        self._catalog = catalog
+        self._approvals = approvals
+        self._auditor = auditor
 
     def table(self) -> dict[str, Handler]:
         """verb -> handler."""
@@ -94,6 +118,14 @@ class ApiHandlers:
             ApiVerb.DLQ_LIST: self.dlq_list,
             ApiVerb.DLQ_REPLAY: self.dlq_replay,
             ApiVerb.DLQ_PURGE: self.dlq_purge,
+            ApiVerb.SKILLS: self.skills,
+            ApiVerb.SKILL_TOGGLE: self.skill_toggle,
+            ApiVerb.SKILL_INSTALL: self.skill_install,
+            ApiVerb.APPROVALS: self.approvals,
+            ApiVerb.APPROVE: self.approve,
+            ApiVerb.REJECT: self.reject,
+            ApiVerb.GUARD_CHECK: self.guard_check,
+            ApiVerb.AUDIT_VERIFY: self.audit_verify,
         }
 
     async def ping(self, data: bytes) -> PingReply:
@@ -199,6 +231,84 @@ class ApiHandlers:
         request = _decode_request(data, DlqPurgeRequest)
         purged = await self._dead_letters.purge(skill=request.skill, older_than_s=request.older_than_s)
         return DlqPurgeReply(purged=purged)
+
+    async def skills(self, data: bytes) -> SkillsReply:
+        """Registered skills (and skills only workers know), with the online nodes running each."""
+        request = _decode_request(data, SkillsRequest)
+        entries = self._catalog.search(request.search) if request.search else self._catalog.entries()
+        if request.name is not None:
+            entries = [e for e in entries if e.name == request.name]
+        infos = [SkillInfo(entry=e, nodes=self._nodes_running(e.name)) for e in entries]
+        registered = {e.name for e in self._catalog.entries()}
+        for name in sorted(self._registry.online_skills() - registered):
+            if (request.name is None or request.name == name) and not request.search:
+                infos.append(SkillInfo(entry=self._worker_entry(name), nodes=self._nodes_running(name)))
+        if request.name is not None and not infos:
+            raise TaskNotFoundError(f"no skill called '{request.name}'; `claw skills list` shows them")
+        return SkillsReply(skills=infos)
+
+    async def skill_toggle(self, data: bytes) -> SkillsReply:
+        """Enable or disable a skill (workers follow within a heartbeat)."""
+        request = _decode_request(data, SkillToggleRequest)
+        if not self._catalog.known(request.name) and request.name in self._registry.online_skills():
+            entry = self._worker_entry(request.name)
+            await self._catalog.register_worker_skill(entry.manifest, enabled=request.enabled, by=request.by)
+        entry = await self._catalog.set_enabled(request.name, request.version, request.enabled, by=request.by)
+        return SkillsReply(skills=[SkillInfo(entry=entry, nodes=self._nodes_running(entry.name))])
+
+    async def skill_install(self, data: bytes) -> SkillInstallReply:
+        """Register an uploaded skill (its files are in the skill-code store)."""
+        request = _decode_request(data, SkillInstallRequest)
+        entry, created = await self._catalog.install(
+            request.manifest, checksum=request.checksum, archive=request.archive, by=request.by
+        )
+        return SkillInstallReply(entry=entry, created=created)
+
+    async def approvals(self, data: bytes) -> ApprovalsReply:
+        """Tasks waiting for approval."""
+        return ApprovalsReply(approvals=await self._approvals.waiting())
+
+    async def approve(self, data: bytes) -> ApprovalOutcome:
+        """One person's approval of a held task."""
+        request = _decode_request(data, ApproveRequest)
+        return await self._approvals.approve(request.task_id, by=request.by, note=request.note)
+
+    async def reject(self, data: bytes) -> ApprovalOutcome:
+        """Reject a held task."""
+        request = _decode_request(data, RejectRequest)
+        return await self._approvals.reject(request.task_id, by=request.by, reason=request.reason)
+
+    async def guard_check(self, data: bytes) -> GuardCheckReply:
+        """Which guard rule would apply to a task, and why (nothing is submitted)."""
+        request = _decode_request(data, GuardCheckRequest)
+        try:
+            parsed = msgspec.json.decode(request.input)
+        except msgspec.DecodeError as exc:
+            raise InvalidInputError(f"the input is not valid JSON: {exc}") from None
+        risk, decision = self._admission.decide(request.skill, parsed, request.submitter)
+        return GuardCheckReply(
+            skill=request.skill,
+            risk=risk.value,
+            decision=GuardDecision(
+                action=decision.action.value,
+                rule=decision.rule,
+                approvals=decision.approvals,
+                reason=decision.reason,
+                explanation=decision.explanation,
+            ),
+        )
+
+    async def audit_verify(self, data: bytes) -> AuditReply:
+        """Walk the event log's hash chain and compare its head with the anchor in NATS."""
+        return await self._auditor.verify()
+
+    def _nodes_running(self, skill: str) -> list[str]:
+        return [n.node_id for n in self._registry.views() if n.status != "offline" and skill in n.skills]
+
+    def _worker_entry(self, name: str) -> RegistryEntry:
+        version, risk = self._registry.advertised(name) or ("0.0.0", "write_external")
+        manifest = SkillManifest(name=name, version=version, risk=Risk(risk), runtime=Runtime(python="worker:code"))
+        return RegistryEntry(name=name, version=version, enabled=True, source="worker", checksum="", manifest=manifest)
 
     async def _queue_depths(self) -> list[QueueDepth]:
         subjects = self._conn.subjects

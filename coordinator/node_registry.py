@@ -25,6 +25,8 @@ log = get_logger("coordinator.nodes")
 class _Node:
     view: NodeView
     interval_s: float
+    skill_versions: dict[str, str] | None = None
+    skill_risks: dict[str, str] | None = None
 
 
 class NodeRegistry:
@@ -65,7 +67,7 @@ class NodeRegistry:
             started_at=beat.started_at,
             last_seen=self._clock.now(),
         )
-        self._nodes[beat.node_id] = _Node(view, beat.interval_s)
+        self._nodes[beat.node_id] = _Node(view, beat.interval_s, beat.skill_versions, beat.skill_risks)
         self._dirty.add(beat.node_id)
         if previous is None or previous.view.status != beat.status:
             log.info(
@@ -130,6 +132,15 @@ class NodeRegistry:
     def known_skills(self) -> set[str]:
         """Skills any registered node has offered, alive or not: tasks for them can queue."""
         return {s for n in self._nodes.values() for s in n.view.skills}
+
+    def advertised(self, skill: str) -> tuple[str, str] | None:
+        """(version, risk) of a skill as a node that runs it reports it (live nodes first)."""
+        for node in sorted(self._nodes.values(), key=lambda n: n.view.status == NodeStatus.OFFLINE):
+            if skill in node.view.skills:
+                version = (node.skill_versions or {}).get(skill, "0.0.0")
+                # Unknown (an older worker, or not heard from since a restart): assume it acts outside.
+                return version, (node.skill_risks or {}).get(skill, "write_external")
+        return None
 
     def online_count(self) -> int:
         """How many nodes are alive."""

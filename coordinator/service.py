@@ -18,6 +18,7 @@ import socket
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
 
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
@@ -30,16 +31,21 @@ from communication.topology import Topology
 from coordinator.admission import Admission
 from coordinator.api_handlers import ApiHandlers
 from coordinator.api_server import ApiServer
+from coordinator.approvals import ApprovalDesk
+from coordinator.audit import Auditor
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.event_folding import EventFolder
 from coordinator.event_intake import EventIntake
+from coordinator.guard import Guard, load_policy
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
+from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
 from storage.database import Database
 from storage.node_store import NodeStore
+from storage.skill_store import SkillStore
 from storage.task_store import TaskStore
 
 log = get_logger("coordinator")
@@ -59,6 +65,9 @@ class Coordinator:
         db: Database,
         topology: Topology,
         clock: Clock,
+        *,
+        skills_kv: KeyValue,
+        audit_kv: KeyValue,
     ) -> None:
         self.config = config
         self.node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
@@ -66,7 +75,8 @@ class Coordinator:
         self._db = db
         self._clock = clock
         settings = config.coordinator
-        self.store = TaskStore(db)
+        audit_key = os.environ.get(settings.audit_key_env)
+        self.store = TaskStore(db, audit_key=audit_key.encode() if audit_key else None)
         self.book = TaskBook(self.store)
         self.registry = NodeRegistry(NodeStore(db), clock, missed_beats=settings.offline_after_missed_beats)
         self.pipeline = SubmitPipeline(conn, self.store, self.book, settings, clock)
@@ -76,10 +86,16 @@ class Coordinator:
             conn, topology, self.store, self.book, folder, self.dead_letters, batch_max=settings.event_batch_max
         )
         self.operations = TaskOperations(conn, self.book, self.store, self.pipeline, folder, clock, config)
+        self.catalog = SkillCatalog(SkillStore(db), self.store, skills_kv, clock)
+        self.guard = Guard(load_policy(settings.guard_policy))
+        self.approvals = ApprovalDesk(self.book, self.store, self.pipeline, clock)
+        self.auditor = Auditor(self.store, audit_kv)
         admission = Admission(
             settings,
             clock,
-            known_skills=self.registry.known_skills,
+            catalog=self.catalog,
+            guard=self.guard,
+            advertised=self.registry.advertised,
             online_skills=self.registry.online_skills,
         )
         handlers = ApiHandlers(
@@ -93,6 +109,9 @@ class Coordinator:
             registry=self.registry,
             operations=self.operations,
             dead_letters=self.dead_letters,
+            catalog=self.catalog,
+            approvals=self.approvals,
+            auditor=self.auditor,
         )
         self._api = ApiServer(conn, handlers.table())
         self._heartbeat_sub: Subscription | None = None
@@ -108,13 +127,18 @@ class Coordinator:
             await topology.ensure_streams()
             await topology.ensure_events_consumer()
             await topology.nodes_kv()
+            skills_kv = await topology.skills_kv()
+            audit_kv = await topology.audit_kv()
+            await topology.skill_code()
+            load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
             db = await Database.open(config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous)
         except BaseException:
             await conn.close()
             raise
-        coordinator = cls(config, conn, db, topology, clock)
+        coordinator = cls(config, conn, db, topology, clock, skills_kv=skills_kv, audit_kv=audit_kv)
         await coordinator.book.load()
         await coordinator.registry.load()
+        await coordinator.catalog.load()
         log.info(
             "coordinator.loaded",
             node_id=coordinator.node_id,
@@ -186,6 +210,8 @@ class Coordinator:
                 next_republish = now + republish_every
             if now >= next_recovery:
                 await self.operations.recover_lost_messages()
+                await self.approvals.expire()
+                await self.auditor.anchor()
                 next_recovery = now + RECOVERY_INTERVAL_S
             try:
                 async with asyncio.timeout(MAINTENANCE_INTERVAL_S):

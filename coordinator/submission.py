@@ -37,6 +37,7 @@ from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
 from coordinator.event_folding import event_data
+from coordinator.state_machine import transition
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff, task_message_of, task_msg_id
 from storage.records import EventRecord, TaskRecord, WriteBatch
@@ -106,7 +107,8 @@ class SubmitPipeline:
                 if not job.done.done():
                     job.done.set_exception(exc)
             return
-        queued = await self._publish(new)
+        runnable = [r for r in new if r.state == TaskState.PENDING]
+        queued = await self._publish(runnable)
         for job in jobs:
             if job.done.done():
                 continue
@@ -116,7 +118,7 @@ class SubmitPipeline:
                     for r in job.results
                 ]
             )
-        await self._commit_queued(new, queued)
+        await self._commit_queued(runnable, queued)
 
     async def _persist(self, jobs: list[SubmitJob]) -> list[TaskRecord]:
         """Commit the new tasks as pending; answer duplicates; refuse jobs that overflow a queue.
@@ -135,7 +137,6 @@ class SubmitPipeline:
             if refusal is not None:
                 job.done.set_exception(refusal)
                 continue
-            job.results = results
             for record in new:
                 added[record.skill] += 1
                 existing_ids[record.task_id] = record.state
@@ -151,6 +152,11 @@ class SubmitPipeline:
                         data=None if record.submitter is None else event_data(submitter=record.submitter),
                     )
                 )
+                guarded = self._apply_guard(record)
+                if guarded is not None:
+                    batch.events.append(guarded)
+            by_id = {r.task_id: r for r in new}
+            job.results = [self._final_result(r, by_id.get(r.task_id)) for r in results]
         if batch:
             async with self._book.lock:
                 try:
@@ -160,7 +166,35 @@ class SubmitPipeline:
                     raise
                 for record in batch.new_tasks:
                     self._book.add(record)
+                self._book.release_finished(batch.new_tasks)
         return batch.new_tasks
+
+    def _apply_guard(self, record: TaskRecord) -> EventRecord | None:
+        """Hold a task for approval, or record the guard's denial; None when it may run."""
+        if record.denied is not None:
+            record.finished_at = record.created_at
+            record.error_type, record.error_message = "Denied", record.denied
+            data = event_data(rule=record.guard_rule, reason=record.denied, risk=record.risk)
+            return transition(record, TaskState.REJECTED, at=record.created_at, kind="denied", data=data)
+        if record.approvals_needed > 0:
+            record.held_until = record.created_at + self._settings.approval_ttl_s
+            data = event_data(rule=record.guard_rule, approvals=record.approvals_needed, risk=record.risk)
+            return transition(record, TaskState.WAITING_APPROVAL, at=record.created_at, kind="held", data=data)
+        return None
+
+    @staticmethod
+    def _final_result(result: SubmitResult, record: TaskRecord | None) -> SubmitResult:
+        """The answer for a new task once the guard has spoken."""
+        if result.duplicate or record is None or record.state == TaskState.PENDING:
+            return result
+        if record.state == TaskState.REJECTED:
+            note = f"denied by guard rule '{record.guard_rule}': {record.denied}"
+        else:
+            note = (
+                f"held by guard rule '{record.guard_rule}' ({record.risk}): needs {record.approvals_needed} "
+                f"approval(s); `claw approve {record.task_id}`"
+            )
+        return msgspec.structs.replace(result, state=record.state, note=note)
 
     @staticmethod
     def _resolve(

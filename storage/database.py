@@ -65,6 +65,18 @@ class Database:
                 await self._writer.rollback()
                 raise StorageError(f"state database write failed: {exc}") from exc
 
+    async def run_script(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        """Run statements one by one (DDL allowed) in one transaction; roll back on error."""
+        async with self._write_lock:
+            try:
+                await self._writer.execute("BEGIN")
+                for sql, params in statements:
+                    await self._writer.execute(sql, params)
+                await self._writer.commit()
+            except sqlite3.Error as exc:
+                await self._writer.rollback()
+                raise StorageError(f"state database maintenance failed: {exc}") from exc
+
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of a read query."""
         async with self._reader.execute(sql, params) as cursor:

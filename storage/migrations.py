@@ -105,6 +105,42 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE task_attempts ADD COLUMN ack_subject TEXT;
         """,
     ),
+    (
+        3,
+        "skill registry, approvals, and the hash chain of the event log",
+        """
+        CREATE TABLE skills (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            manifest TEXT NOT NULL,
+            checksum TEXT NOT NULL,
+            source TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            archive TEXT,
+            installed_at REAL NOT NULL,
+            PRIMARY KEY (name, version)
+        );
+
+        CREATE TABLE approvals (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            approver TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            note TEXT,
+            at REAL NOT NULL
+        );
+        CREATE INDEX approvals_task ON approvals (task_id, id);
+
+        ALTER TABLE tasks ADD COLUMN risk TEXT;
+        ALTER TABLE tasks ADD COLUMN guard_rule TEXT;
+        ALTER TABLE tasks ADD COLUMN approvals_needed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN held_until REAL;
+
+        -- Each event's hash covers its content and the previous event's hash (see storage/audit.py).
+        ALTER TABLE events ADD COLUMN prev_hash TEXT;
+        ALTER TABLE events ADD COLUMN hash TEXT;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -44,8 +44,14 @@ class TaskRecord:
     # The task's Backoff as JSON (None: the cluster default at the time of publishing).
     backoff: str | None = None
     fenced_through: int = 0
+    risk: str | None = None
+    guard_rule: str | None = None
+    approvals_needed: int = 0
+    held_until: float | None = None
     # Runtime only (kept in task_attempts): where to NAK the current attempt if its node dies.
     ack_subject: str | None = None
+    # Runtime only, set by admission: the guard denied the task (with this reason).
+    denied: str | None = None
 
     def insert_row(self) -> tuple[object, ...]:
         """Parameters for `TaskStore.INSERT_TASK`."""
@@ -65,6 +71,10 @@ class TaskRecord:
             self.updated_at,
             self.trace_id,
             self.backoff,
+            self.risk,
+            self.guard_rule,
+            self.approvals_needed,
+            self.held_until,
         )
 
     def update_row(self) -> tuple[object, ...]:
@@ -84,6 +94,7 @@ class TaskRecord:
             self.stream_seq,
             self.next_attempt_at,
             self.fenced_through,
+            self.held_until,
             self.updated_at,
             self.task_id,
         )
@@ -118,6 +129,10 @@ class TaskRecord:
             next_attempt_at=row["next_attempt_at"],
             backoff=row["backoff"],
             fenced_through=row["fenced_through"],
+            risk=row["risk"],
+            guard_rule=row["guard_rule"],
+            approvals_needed=row["approvals_needed"],
+            held_until=row["held_until"],
         )
 
 
@@ -193,9 +208,11 @@ class WriteBatch:
     dead_letters: list[TaskRecord] = field(default_factory=list)
     # Cancelled tasks a worker started anyway (it missed the broadcast): cancel them again.
     recancel: list[TaskRecord] = field(default_factory=list)
+    # Approval decisions: (task_id, approver, decision, note, at).
+    approvals: list[tuple[str, str, str, str | None, float]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.new_tasks or self.changed_tasks or self.attempts or self.events)
+        return bool(self.new_tasks or self.changed_tasks or self.attempts or self.events or self.approvals)
 
     def touch(self, record: TaskRecord) -> None:
         """Mark a task's record as changed (its final image is written at commit)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable
 
@@ -9,18 +10,20 @@ import msgspec
 
 from common.models import JSON_NULL, AttemptError, AttemptView, EventView, TaskSummary, TaskView
 from common.states import AttemptState, Priority, TaskState
+from storage.audit import GENESIS, ChainBreak, ChainVerifier, canonical, chain_hash, rehash_rows
 from storage.database import Database, Statement
-from storage.records import TaskRecord, WriteBatch
+from storage.records import EventRecord, TaskRecord, WriteBatch
 
 INSERT_TASK = """
 INSERT INTO tasks (task_id, skill, priority, state, input, idempotency_key, attempts, max_attempts,
-                   timeout_s, attempt_offset, submitter, created_at, updated_at, trace_id, backoff)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   timeout_s, attempt_offset, submitter, created_at, updated_at, trace_id, backoff, risk,
+                   guard_rule, approvals_needed, held_until)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 UPDATE_TASK = """
 UPDATE tasks SET state = ?, attempts = ?, attempt_offset = ?, node_id = ?, queued_at = ?, started_at = ?,
                  finished_at = ?, result = ?, error_type = ?, error_message = ?, error_traceback = ?,
-                 stream_seq = ?, next_attempt_at = ?, fenced_through = ?, updated_at = ?
+                 stream_seq = ?, next_attempt_at = ?, fenced_through = ?, held_until = ?, updated_at = ?
 WHERE task_id = ?
 """
 UPSERT_ATTEMPT = """
@@ -35,27 +38,106 @@ ON CONFLICT (task_id, attempt) DO UPDATE SET
     ack_subject = COALESCE(excluded.ack_subject, task_attempts.ack_subject)
 """
 INSERT_EVENT = """
-INSERT OR IGNORE INTO events (event_id, task_id, attempt, kind, from_state, to_state, node_id, at, data)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO events (event_id, task_id, attempt, kind, from_state, to_state, node_id, at, data, prev_hash, hash)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+NO_UPDATE_TRIGGER = """
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END
+"""
+VERIFY_CHUNK = 5000
+INSERT_APPROVAL = "INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)"
 SQLITE_MAX_PARAMS = 900
 
 
 class TaskStore:
     """Reads and batched writes of task state."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, audit_key: bytes | None = None) -> None:
         self._db = db
+        self._audit_key = audit_key
+        # The chain is extended in commit order: one batch at a time computes and writes its hashes.
+        self._chain_lock = asyncio.Lock()
+        self._head: str | None = None
 
     async def write_batch(self, batch: WriteBatch) -> None:
-        """Commit everything in `batch` as one transaction."""
-        statements: list[Statement] = [
-            (INSERT_TASK, [t.insert_row() for t in batch.new_tasks]),
-            (UPDATE_TASK, [t.update_row() for t in batch.changed_tasks.values()]),
-            (UPSERT_ATTEMPT, [a.upsert_row() for a in batch.attempts.values()]),
-            (INSERT_EVENT, [e.insert_row() for e in batch.events]),
-        ]
-        await self._db.write(statements)
+        """Commit everything in `batch` as one transaction, extending the event log's hash chain."""
+        async with self._chain_lock:
+            if self._head is None:
+                await self._open_chain()
+            head = self._head or GENESIS
+            event_rows = []
+            for event in await self._unrecorded(batch.events):
+                row = event.insert_row()
+                digest = chain_hash(head, canonical(*row), self._audit_key)  # type: ignore[arg-type]
+                event_rows.append((*row, head, digest))
+                head = digest
+            statements: list[Statement] = [
+                (INSERT_TASK, [t.insert_row() for t in batch.new_tasks]),
+                (UPDATE_TASK, [t.update_row() for t in batch.changed_tasks.values()]),
+                (UPSERT_ATTEMPT, [a.upsert_row() for a in batch.attempts.values()]),
+                (INSERT_EVENT, event_rows),
+                (INSERT_APPROVAL, batch.approvals),
+            ]
+            await self._db.write(statements)
+            self._head = head
+
+    async def _unrecorded(self, events: list[EventRecord]) -> list[EventRecord]:
+        """Drop events already in the log (a redelivery) or twice in the batch, keeping order."""
+        ids = [e.event_id for e in events if e.event_id is not None]
+        if not ids:
+            return events
+        seen: set[str] = set()
+        for chunk in _chunks(ids):
+            placeholders = ",".join("?" for _ in chunk)
+            rows = await self._db.fetch_all_writer(
+                f"SELECT event_id FROM events WHERE event_id IN ({placeholders})", chunk
+            )
+            seen.update(r[0] for r in rows)
+        fresh = []
+        for event in events:
+            if event.event_id is not None:
+                if event.event_id in seen:
+                    continue
+                seen.add(event.event_id)
+            fresh.append(event)
+        return fresh
+
+    async def _open_chain(self) -> None:
+        """Load the chain's head; hash events written before the chain existed (one-off backfill)."""
+        unhashed = await self._db.fetch_all_writer("SELECT COUNT(*) FROM events WHERE hash IS NULL")
+        if unhashed[0][0]:
+            rows = await self._db.fetch_all_writer("SELECT * FROM events ORDER BY id")
+            updates = [
+                ("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", values)
+                for values in rehash_rows(rows, self._audit_key)
+            ]
+            await self._db.run_script([("DROP TRIGGER events_no_update", ()), *updates, (NO_UPDATE_TRIGGER, ())])
+        last = await self._db.fetch_all_writer("SELECT hash FROM events ORDER BY id DESC LIMIT 1")
+        self._head = last[0][0] if last else GENESIS
+
+    async def chain_head(self) -> tuple[int, str] | None:
+        """The id and hash of the newest event (what the coordinator anchors in NATS)."""
+        rows = await self._db.fetch_all("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def event_hash(self, event_id: int) -> str | None:
+        """The stored hash of one event, or None if there is no such event."""
+        row = await self._db.fetch_one("SELECT hash FROM events WHERE id = ?", (event_id,))
+        return None if row is None else str(row[0])
+
+    async def verify_chain(self) -> tuple[int, ChainBreak | None]:
+        """Walk the whole event log in chunks; returns (events checked, the first break or None)."""
+        verifier = ChainVerifier(self._audit_key)
+        last_id = 0
+        while True:
+            chunk = await self._db.fetch_all(
+                "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (last_id, VERIFY_CHUNK)
+            )
+            if not chunk or verifier.feed(chunk) is not None:
+                break
+            last_id = chunk[-1]["id"]
+        return verifier.checked, verifier.broken
 
     # --- reads used by the coordinator's own bookkeeping (write connection, strictly ordered) ----
 
@@ -173,6 +255,20 @@ class TaskStore:
             )
             for r in rows
         ]
+
+    async def approvals_of(self, task_ids: list[str]) -> dict[str, list[tuple[str, str, str | None, float]]]:
+        """task id -> [(approver, decision, note, at)] in order."""
+        found: dict[str, list[tuple[str, str, str | None, float]]] = {t: [] for t in task_ids}
+        for chunk in _chunks(task_ids):
+            placeholders = ",".join("?" for _ in chunk)
+            rows = await self._db.fetch_all_writer(
+                f"SELECT task_id, approver, decision, note, at FROM approvals WHERE task_id IN ({placeholders}) "
+                "ORDER BY id",
+                chunk,
+            )
+            for r in rows:
+                found[r[0]].append((r[1], r[2], r[3], r[4]))
+        return found
 
     async def states(self, task_ids: list[str]) -> dict[str, TaskState]:
         """task id -> state for the ids that exist."""

@@ -59,7 +59,7 @@ def make_config(server: EmbeddedNatsServer, prefix: str, tmp_path: Path, **secti
     overrides: dict[str, dict[str, object]] = {
         "nats": {"url": server.client_url, "prefix": prefix, "monitor_url": server.monitor_url},
         "coordinator": {"db_path": str(tmp_path / "claw.db")},
-        "worker": {"heartbeat_interval_s": 0.2, "idle_poll_interval_s": 0.2, "shutdown_grace_s": 10.0},
+        "worker": {"heartbeat_interval_s": 0.2, "idle_poll_interval_s": 0.5, "shutdown_grace_s": 10.0},
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
@@ -81,7 +81,7 @@ def processes(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> I
         CLAW_NATS_PREFIX=prefix,
         CLAW_COORDINATOR_DB_PATH=str(tmp_path / "claw.db"),
         CLAW_WORKER_HEARTBEAT_INTERVAL_S="0.5",
-        CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.2",
+        CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.5",
         CLAW_LOG_FORMAT="json",
     )
     pool = ProcessPool(env, tmp_path)

@@ -30,6 +30,10 @@ from worker.service import Worker
 from worker.skills import SkillRegistry
 
 T = TypeVar("T")
+# What `unknown skill` errors list when a worker with the built-in skills is online.
+BUILTIN_SKILLS = (
+    "echo, fail, fs.list, fs.mkdir, fs.read, fs.write, http.request, llm.chat, python.exec, shell.exec, sleep"
+)
 ROOT = Path(__file__).resolve().parent.parent
 
 

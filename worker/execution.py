@@ -23,7 +23,7 @@ import asyncio
 import base64
 import random
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +38,7 @@ from common.events import TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded
 from common.ids import new_id
 from common.log import get_logger
 from common.models import DeadLetter, TaskMessage
+from common.states import Priority
 from communication.codec import DecodeError, decode, encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
@@ -82,6 +83,7 @@ class TaskRunner:
         clock: Clock,
         threads: ThreadPoolExecutor,
         cancelled: CancelledTasks,
+        retry_scheduled: Callable[[str, Priority, float], None] | None = None,
     ) -> None:
         self._conn = conn
         self._node_id = node_id
@@ -90,6 +92,7 @@ class TaskRunner:
         self._clock = clock
         self._threads = threads
         self._cancelled = cancelled
+        self._retry_scheduled = retry_scheduled
         self._publisher = JetStreamPublisher(conn)
         self._random = random.Random()
         self.running: dict[str, RunningAttempt] = {}
@@ -268,6 +271,9 @@ class TaskRunner:
         elif isinstance(outcome, TaskFailed) and outcome.retry_in_s is not None:
             log.info("task.retry_scheduled", retry_in_s=outcome.retry_in_s)
             await _settle(msg.nak(delay=outcome.retry_in_s))
+            if self._retry_scheduled is not None:
+                task = decode(msg.data, TaskMessage)
+                self._retry_scheduled(task.skill, task.priority, outcome.retry_in_s)
         else:
             await _settle(msg.term())
 

@@ -22,6 +22,7 @@ from common.models import NodeHeartbeat
 from common.states import NodeStatus
 from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
+from worker.skills import Skill
 
 log = get_logger("worker.heartbeat")
 
@@ -35,7 +36,7 @@ class Heartbeat:
         kv: KeyValue,
         *,
         node_id: str,
-        skills: list[str],
+        skills: Callable[[], list[Skill]],
         labels: dict[str, str],
         capacity: int,
         interval_s: float,
@@ -61,13 +62,16 @@ class Heartbeat:
     def beat(self, status: NodeStatus | None = None) -> NodeHeartbeat:
         """This node's report as of now."""
         self._seq += 1
+        skills = self._skills()
         return NodeHeartbeat(
             node_id=self._node_id,
             hostname=socket.gethostname(),
             pid=os.getpid(),
             version=__version__,
             status=status or self._status(),
-            skills=self._skills,
+            skills=[s.name for s in skills],
+            skill_versions={s.name: s.version for s in skills},
+            skill_risks={s.name: s.risk.value for s in skills},
             labels=self._labels,
             capacity=self._capacity,
             running=self._running(),

@@ -34,6 +34,9 @@ from communication.topology import Topology
 
 log = get_logger("worker.puller")
 
+# JetStream redelivers a nak'ed message once its delay passed; look a moment later.
+RETRY_WAKE_SLACK_S = 0.05
+
 
 class Slots:
     """Execution slots: how many tasks may run at once, and how many do."""
@@ -65,6 +68,7 @@ class _Source:
     consumer: PullConsumer
     maybe_work: bool = True
     generation: int = 0
+    removed: bool = False
 
 
 class TaskPuller:
@@ -79,6 +83,7 @@ class TaskPuller:
         settings: WorkerSettings,
         clock: Clock,
         dispatch: Callable[[Msg], None],
+        skill_room: Callable[[str], int | None] | None = None,
     ) -> None:
         self._conn = conn
         self._topology = topology
@@ -86,35 +91,78 @@ class TaskPuller:
         self._settings = settings
         self._clock = clock
         self._dispatch = dispatch
-        subjects = conn.subjects
-        self._sources: dict[Priority, list[_Source]] = {
-            p: [
-                _Source(s, p, PullConsumer(conn, subjects.tasks_stream, subjects.task_consumer(s, p)))
-                for s in sorted(skills)
-            ]
-            for p in PRIORITIES
-        }
-        self._by_skill = {(src.skill, src.priority): src for p in PRIORITIES for src in self._sources[p]}
+        self._skill_room = skill_room
+        self._initial = sorted(skills)
+        self._sources: dict[Priority, list[_Source]] = {p: [] for p in PRIORITIES}
+        self._by_skill: dict[tuple[str, Priority], _Source] = {}
         self._woken = asyncio.Event()
         self._rotation = 0
-        self._wake_subs: list[Subscription] = []
+        self._wake_subs: dict[str, Subscription] = {}
         self.paused = False
         # How many periodic polls have run: observable progress for tests and metrics.
         self.polls = 0
+        self._timers: set[asyncio.TimerHandle] = set()
 
     async def start(self) -> None:
-        """Create the consumers, open their inboxes and listen for wake-ups."""
-        subjects = self._conn.subjects
-        for source in self._by_skill.values():
-            await self._topology.ensure_task_consumer(source.skill, source.priority)
-            await source.consumer.start()
-        for skill in sorted({s for s, _ in self._by_skill}):
-            self._wake_subs.append(await self._conn.nc.subscribe(subjects.wake(skill), cb=self._on_wake))
+        """Create the consumers of the initial skills, open their inboxes, listen for wake-ups."""
+        await self.set_skills(self._initial)
+
+    @property
+    def skills(self) -> list[str]:
+        """The skills pulled now."""
+        return sorted({skill for skill, _ in self._by_skill})
+
+    async def set_skills(self, names: list[str]) -> None:
+        """Pull exactly these skills from now on (an enabled skill is added, a disabled one dropped)."""
+        current = set(self.skills)
+        for skill in sorted(current - set(names)):
+            await self._remove(skill)
+        for skill in sorted(set(names) - current):
+            await self._add(skill)
         await self._conn.nc.flush()
+
+    async def _add(self, skill: str) -> None:
+        subjects = self._conn.subjects
+        for priority in PRIORITIES:
+            await self._topology.ensure_task_consumer(skill, priority)
+            consumer = PullConsumer(self._conn, subjects.tasks_stream, subjects.task_consumer(skill, priority))
+            await consumer.start()
+            source = _Source(skill, priority, consumer)
+            self._sources[priority].append(source)
+            self._by_skill[(skill, priority)] = source
+        self._wake_subs[skill] = await self._conn.nc.subscribe(subjects.wake(skill), cb=self._on_wake)
+        self._woken.set()
+        log.info("pull.skill_added", skill=skill)
+
+    async def _remove(self, skill: str) -> None:
+        for priority in PRIORITIES:
+            source = self._by_skill.pop((skill, priority))
+            source.removed = True
+            self._sources[priority].remove(source)
+            await source.consumer.stop()
+        sub = self._wake_subs.pop(skill, None)
+        if sub is not None:
+            await sub.unsubscribe()
+        log.info("pull.skill_removed", skill=skill)
+
+    def wake_later(self, skill: str, priority: Priority, delay_s: float) -> None:
+        """Look at a consumer again once a delayed redelivery (a retry) is due."""
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._flag(skill, priority)
+
+        handle = loop.call_later(max(delay_s, 0.0) + RETRY_WAKE_SLACK_S, fire)
+        self._timers.add(handle)
 
     async def stop(self) -> None:
         """Stop listening; nothing more is fetched."""
-        for sub in self._wake_subs:
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        for sub in self._wake_subs.values():
             await sub.unsubscribe()
         self._wake_subs.clear()
         for source in self._by_skill.values():
@@ -146,12 +194,17 @@ class TaskPuller:
             for source in sources[start:] + sources[:start]:
                 if stopping.is_set() or self.paused or self._slots.free == 0:
                     return fetched
-                if source.maybe_work:
+                if source.maybe_work and not source.removed:
                     fetched += await self._fetch(source)
         return fetched
 
     async def _fetch(self, source: _Source) -> int:
         want = min(self._slots.free, self._settings.fetch_batch_max)
+        room = self._skill_room(source.skill) if self._skill_room is not None else None
+        if room is not None:
+            if room <= 0:
+                return 0  # the skill's own concurrency is used up; its flag stays set
+            want = min(want, room)
         generation = source.generation
         try:
             msgs = await source.consumer.fetch_nowait(want)
@@ -191,6 +244,9 @@ class TaskPuller:
             priority = Priority(msg.data.decode())
         except ValueError:
             return
+        self._flag(skill, priority)
+
+    def _flag(self, skill: str, priority: Priority) -> None:
         source = self._by_skill.get((skill, priority))
         if source is not None:
             source.maybe_work = True

@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import socket
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -23,14 +24,16 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
 from common.errors import ConfigError
 from common.log import get_logger
-from common.states import NodeStatus
+from common.states import NodeStatus, Priority
 from communication.connection import NATS_ERRORS, NatsConnection
+from communication.subjects import skill_from_token
 from communication.topology import Topology
 from worker.cancellation import CancelledTasks
 from worker.execution import TaskRunner
 from worker.heartbeat import Heartbeat
 from worker.puller import Slots, TaskPuller
 from worker.reporter import EventReporter
+from worker.skill_sync import SkillSync
 from worker.skills import SkillRegistry, builtin_registry
 
 log = get_logger("worker")
@@ -52,15 +55,19 @@ class Worker:
         config: ClawConfig,
         conn: NatsConnection,
         topology: Topology,
-        skills: SkillRegistry,
+        base_skills: SkillRegistry,
         heartbeat_kv: KeyValue,
+        skills_kv: KeyValue,
         node_id: str,
         clock: Clock,
     ) -> None:
         settings = config.worker
         self.config = config
         self.node_id = node_id
-        self.skills = skills
+        # The skills this worker runs now: its own, minus disabled ones, plus installed ones.
+        self.skills = SkillRegistry()
+        self.skill_sync = SkillSync(config, topology, skills_kv, base_skills, self.skills)
+        self._running_per_skill: Counter[str] = Counter()
         self._conn = conn
         self._clock = clock
         self.slots = Slots(settings.concurrency)
@@ -71,14 +78,17 @@ class Worker:
         self._runner = TaskRunner(
             conn=conn,
             node_id=node_id,
-            skills=skills,
+            skills=self.skills,
             reporter=self._reporter,
             clock=clock,
             threads=self._threads,
             cancelled=self._cancelled,
+            retry_scheduled=self._retry_scheduled,
         )
         self._cancel_sub: Subscription | None = None
-        self.puller = TaskPuller(conn, topology, skills.names(), self.slots, settings, clock, self._dispatch)
+        self.puller = TaskPuller(
+            conn, topology, [], self.slots, settings, clock, self._dispatch, skill_room=self._skill_room
+        )
         self._status = NodeStatus.ONLINE
         # Set once the worker pulls and beats: for whoever starts one in-process and must not race it.
         self.ready = asyncio.Event()
@@ -86,7 +96,7 @@ class Worker:
             conn,
             heartbeat_kv,
             node_id=node_id,
-            skills=skills.names(),
+            skills=self.skills.all,
             labels=settings.labels,
             capacity=settings.concurrency,
             interval_s=settings.heartbeat_interval_s,
@@ -103,16 +113,16 @@ class Worker:
         node_id = config.worker.node_id or default_node_id()
         if not NODE_ID_PATTERN.match(node_id):
             raise ConfigError(f"node id '{node_id}' may only hold letters, digits, '-' and '_' (64 at most)")
-        registry = (skills or builtin_registry()).select(config.worker.skills)
-        if not registry.names():
-            raise ConfigError("this worker has no skills to run")
+        base = skills or builtin_registry(config)
         conn = await NatsConnection.connect(config.nats, name=f"claw-worker-{node_id}")
         try:
             topology = Topology(conn, config.jetstream)
             await topology.ensure_streams(update=False)
             kv = await topology.nodes_kv()
-            worker = cls(config, conn, topology, registry, kv, node_id, clock)
-            await worker.puller.start()
+            skills_kv = await topology.skills_kv()
+            worker = cls(config, conn, topology, base, kv, skills_kv, node_id, clock)
+            await worker.skill_sync.initial()
+            await worker.puller.set_skills(worker.skills.names())
             worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
             await conn.nc.flush()
         except BaseException:
@@ -132,6 +142,7 @@ class Worker:
                 tg.create_task(self.heartbeat.run(background), name="heartbeat")
                 tg.create_task(self._keep_alive(background), name="progress-acks")
                 tg.create_task(self.puller.run(pulling), name="puller")
+                tg.create_task(self.skill_sync.run(self.puller, background), name="skill-sync")
                 self.ready.set()
                 log.info(
                     "worker.ready",
@@ -155,17 +166,29 @@ class Worker:
             await self._conn.close()
         log.info("worker.stopped", node_id=self.node_id)
 
+    def _retry_scheduled(self, skill: str, priority: Priority, delay_s: float) -> None:
+        self.puller.wake_later(skill, priority, delay_s)
+
     def _stop_running(self, task_id: str, reason: str) -> bool:
         return self._runner.cancel(task_id, reason)
+
+    def _skill_room(self, skill: str) -> int | None:
+        """How many more tasks of `skill` may start here (its manifest's concurrency); None: no limit."""
+        found = self.skills.get(skill)
+        limit = found.manifest.concurrency if found is not None and found.manifest is not None else None
+        return None if limit is None else limit - self._running_per_skill[skill]
 
     def _dispatch(self, msg: Msg) -> None:
         """Start a fetched task in the slot the puller reserved for it."""
         task = asyncio.create_task(self._runner.execute(msg), name="task")
         self._running[task] = msg
+        self._running_per_skill[skill_from_token(msg.subject.rsplit(".", 1)[-1])] += 1
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+        msg = self._running.pop(task, None)
+        if msg is not None:
+            self._running_per_skill[skill_from_token(msg.subject.rsplit(".", 1)[-1])] -= 1
         self.slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("task.crashed", error=repr(task.exception()))

@@ -15,7 +15,7 @@ from common.config import NatsSettings
 from common.states import TaskState
 from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer
-from tests.helpers import ProcessPool, child_env, spec, wait_until
+from tests.helpers import BUILTIN_SKILLS, ProcessPool, child_env, spec, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -143,7 +143,10 @@ def test_bad_input_gives_one_clear_error_line(processes: ProcessPool, tmp_path: 
         (("submit", "echo", "--input", "{oops"), "--input is not valid JSON"),
         (("submit", "echo", "--input", "[1]"), "must be a JSON object"),
         (("submit", "echo", "--input-file", str(bad_file)), "bad.jsonl line 2 is not valid JSON"),
-        (("submit", "nope"), "unknown skill 'nope'; skills offered by online workers: echo, fail, sleep"),
+        (
+            ("submit", "nope"),
+            "unknown skill 'nope'; skills offered by online workers: " + BUILTIN_SKILLS,
+        ),
         (("submit", "Bad Skill"), "not a valid skill name"),
         (("task", "show", "01NOSUCHTASK00000000000000"), "no task with id"),
         (("--nats", "nats://127.0.0.1:1", "status"), "cannot reach NATS at nats://127.0.0.1:1.*claw up"),

@@ -124,7 +124,7 @@ async def test_coordinator_and_nats_crashes_lose_no_task(tmp_path: Path, prefix:
         CLAW_NATS_CONNECT_RETRY_S="60",
         CLAW_COORDINATOR_DB_PATH=str(tmp_path / "claw.db"),
         CLAW_WORKER_HEARTBEAT_INTERVAL_S="0.5",
-        CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.2",
+        CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.5",
     )
     pool = ProcessPool(env, tmp_path)
     client = None

@@ -14,6 +14,7 @@ from common.states import AttemptState, NodeStatus, Priority, TaskState
 from communication.nats_server import EmbeddedNatsServer
 from tests.conftest import make_config
 from tests.helpers import (
+    BUILTIN_SKILLS,
     connected_client,
     eventually,
     running_coordinator,
@@ -181,7 +182,8 @@ async def test_submit_errors_are_clear_and_write_nothing(config: ClawConfig) -> 
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:
         await wait_nodes_online(client, 1)
         with pytest.raises(
-            UnknownSkillError, match="unknown skill 'nope'; skills offered by online workers: echo, fail, sleep"
+            UnknownSkillError,
+            match="unknown skill 'nope'; skills offered by online workers: " + BUILTIN_SKILLS,
         ):
             await client.submit(spec("nope"))
         import msgspec
@@ -201,7 +203,9 @@ async def test_submit_errors_are_clear_and_write_nothing(config: ClawConfig) -> 
 async def test_unknown_skill_with_no_worker_says_how_to_start_one(config: ClawConfig) -> None:
     async with running_coordinator(config), connected_client(config) as client:
         with pytest.raises(UnknownSkillError, match="no worker is online.*claw worker start"):
-            await client.submit(spec("echo"))
+            await client.submit(spec("nope"))
+        # A registered skill is accepted without a worker: it waits in its queue for one.
+        assert (await client.submit(spec("echo"))).state == TaskState.QUEUED
 
 
 async def test_no_coordinator_is_a_clear_error(config: ClawConfig) -> None:

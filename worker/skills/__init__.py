@@ -4,6 +4,10 @@ A handler is `async def handler(ctx: TaskContext, input: dict) -> result` (or a 
 runs in a thread) returning anything JSON can encode. It signals failure by raising: a
 `RetryableError` (or a timeout or connection error) asks for another attempt, a `PermanentError`
 (or any other exception) ends the task failed. docs/Skills.md has the full contract.
+
+Every skill has a manifest (`common.skills.SkillManifest`): the built-in ones ship in
+`common/builtin_skills/`, installed ones come from `claw skills install`, and a skill registered in
+code without one gets a minimal manifest from its `Skill` fields.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from common.config import ClawConfig
 from common.errors import ConfigError, InvalidInputError
+from common.skills import Risk, Runtime, SkillManifest
 from communication.subjects import check_skill_name
 
 if TYPE_CHECKING:
@@ -30,11 +36,31 @@ class Skill:
     name: str
     handler: AsyncHandler | SyncHandler
     description: str = ""
+    version: str = "0.0.0"
+    risk: Risk = Risk.READ_ONLY
+    manifest: SkillManifest | None = None
 
     @property
     def is_async(self) -> bool:
         """Whether the handler is a coroutine function (else it runs in a thread)."""
         return inspect.iscoroutinefunction(self.handler)
+
+    def described(self) -> SkillManifest:
+        """This skill's manifest, or a minimal one from its fields for a skill registered in code."""
+        if self.manifest is not None:
+            return self.manifest
+        return SkillManifest(
+            name=self.name,
+            version=self.version,
+            description=self.description,
+            risk=self.risk,
+            runtime=Runtime(python=f"{getattr(self.handler, '__module__', 'code')}:{_callable_name(self.handler)}"),
+        )
+
+
+def _callable_name(handler: object) -> str:
+    name = getattr(handler, "__name__", "handler")
+    return name if name.isidentifier() else "handler"
 
 
 class SkillRegistry:
@@ -57,6 +83,15 @@ class SkillRegistry:
             raise ConfigError(f"skill '{skill.name}': its handler is not callable")
         self._skills[skill.name] = skill
 
+    def replace(self, skill: Skill) -> None:
+        """Add or swap a skill (a newly enabled version)."""
+        self._skills.pop(skill.name, None)
+        self.register(skill)
+
+    def remove(self, name: str) -> Skill | None:
+        """Drop a skill (disabled); returns it."""
+        return self._skills.pop(name, None)
+
     def get(self, name: str) -> Skill | None:
         """The skill called `name`, if registered."""
         return self._skills.get(name)
@@ -65,10 +100,14 @@ class SkillRegistry:
         """Registered skill names, sorted."""
         return sorted(self._skills)
 
+    def all(self) -> list[Skill]:
+        """Registered skills, by name."""
+        return [self._skills[n] for n in self.names()]
+
     def select(self, names: list[str]) -> SkillRegistry:
         """A registry with only `names` (all when empty); unknown names are an error."""
         if not names:
-            return self
+            return SkillRegistry(self.all())
         unknown = sorted(set(names) - set(self._skills))
         if unknown:
             raise ConfigError(
@@ -77,8 +116,8 @@ class SkillRegistry:
         return SkillRegistry(self._skills[n] for n in names)
 
 
-def builtin_registry() -> SkillRegistry:
-    """The skills every worker has."""
-    from worker.skills.builtin import BUILTIN_SKILLS
+def builtin_registry(config: ClawConfig | None = None) -> SkillRegistry:
+    """The skills that ship with claw, from their manifests, that this worker's labels allow."""
+    from worker.skills.loader import load_builtin_skills
 
-    return SkillRegistry(BUILTIN_SKILLS)
+    return SkillRegistry(load_builtin_skills(config or ClawConfig()))

@@ -1,4 +1,7 @@
-"""The built-in skills: `echo`, `sleep` and `fail` - for trying the cluster, tests and benchmarks."""
+"""The built-in skills `echo`, `sleep` and `fail` - for trying the cluster, tests and benchmarks.
+
+Their manifests are in common/builtin_skills/.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from typing import Any
 
 from common.errors import InvalidInputError, PermanentError, RetryableError
 from worker.context import TaskContext
-from worker.skills import Skill
 
 MAX_SLEEP_S = 24 * 3600.0
 
@@ -38,10 +40,3 @@ async def fail(ctx: TaskContext, input: dict[str, Any]) -> None:
     if input.get("retryable", False):
         raise RetryableError(message)
     raise PermanentError(message)
-
-
-BUILTIN_SKILLS = [
-    Skill("echo", echo, "returns its input"),
-    Skill("sleep", sleep, "waits {'seconds': s}"),
-    Skill("fail", fail, "fails with {'message': m, 'retryable': bool}"),
-]

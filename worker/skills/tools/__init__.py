@@ -1,14 +1,14 @@
 """The agent tool skills: files, programs, Python, HTTP and LLM calls, within the worker's limits.
 
 `tool_skills(config.tools)` returns them; each handler closes over the `tools` config section, which
-sets the sandbox, the allow-lists and the caps (docs/Tool_skills.md). They are not in
-`builtin_registry()`: a worker offers them only when it is built with them.
+sets the sandbox, the allow-lists and the caps (docs/Tool_skills.md). Their manifests
+(common/builtin_skills/) name `from_config` as their factory, so every worker offers them.
 """
 
 from __future__ import annotations
 
 from common.clock import SYSTEM_CLOCK, Clock
-from common.config import ToolSettings
+from common.config import ClawConfig, ToolSettings
 from worker.skills import Skill
 
 
@@ -29,3 +29,8 @@ def tool_skills(settings: ToolSettings, *, clock: Clock = SYSTEM_CLOCK) -> list[
         LlmTool(settings, clock),
     )
     return [skill for tool in tools for skill in tool.skills()]
+
+
+def from_config(config: ClawConfig) -> list[Skill]:
+    """The tool skills for a worker's whole config: the factory their manifests name."""
+    return tool_skills(config.tools)

@@ -1,0 +1,273 @@
+"""Skill manifests (`skill.yaml`): what a skill is, how risky it is, how it runs, what it accepts.
+
+```yaml
+name: text.stats                 # lowercase words joined by dots
+version: 1.2.0                   # semantic version
+description: Counts words and characters
+capabilities: [text, analysis]   # keywords for `claw skills search`
+risk: read_only                  # read_only | write_draft | write_external | funds | destructive
+runtime:
+  python: handler:run            # <module file in the skill folder>:<function>, or an installed module
+  # command: [python3, run.py]   # or a program: input JSON on stdin, result JSON on stdout
+input_schema: {type: object, properties: {text: {type: string}}, required: [text]}
+output_schema: {type: object}    # optional
+timeout_s: 30
+retry: {max_attempts: 3, base_s: 1, factor: 2, max_s: 60, jitter: 0.2}
+requires_labels: {gpu: "true"}   # loaded only on workers with these labels
+concurrency: 4                   # at most this many at once per worker
+```
+
+`load_manifest` validates everything a worker or the coordinator would otherwise trip over later,
+and every error names the field. `folder_checksum` fingerprints a skill folder for installs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from common.errors import InvalidInputError
+
+MANIFEST_FILE = "skill.yaml"
+SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+PYTHON_TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*")
+SKILL_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+IGNORED_FILES = {"__pycache__", ".git", ".DS_Store"}
+
+
+class Risk(StrEnum):
+    """How much harm a skill can do; the guard's default policy keys on it."""
+
+    READ_ONLY = "read_only"
+    WRITE_DRAFT = "write_draft"
+    WRITE_EXTERNAL = "write_external"
+    FUNDS = "funds"
+    DESTRUCTIVE = "destructive"
+
+
+class Runtime(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a skill runs: a Python callable, or a command (exactly one).
+
+    `factory: true` marks `python` as a function taking the worker's config and returning Skill
+    objects (for skills that need worker settings); the one with this manifest's name is used.
+    """
+
+    python: str | None = None
+    command: list[str] | None = None
+    factory: bool = False
+
+
+class RetrySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A skill's default retry policy (a task's own options override it)."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    base_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 1.0
+    factor: Annotated[float, msgspec.Meta(ge=1, le=100)] = 2.0
+    max_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+
+
+class SkillManifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A validated `skill.yaml`."""
+
+    name: str
+    version: str
+    description: str = ""
+    capabilities: list[str] = []
+    risk: Risk
+    runtime: Runtime
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    retry: RetrySpec | None = None
+    requires_labels: dict[str, str] = {}
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+    def key(self) -> str:
+        """`name@version`."""
+        return f"{self.name}@{self.version}"
+
+
+class ManifestError(InvalidInputError):
+    """A skill manifest is not valid; the message names the file and the field."""
+
+    code = "invalid_manifest"
+
+
+def parse_manifest(data: Any, *, source: str) -> SkillManifest:
+    """Validate a decoded manifest (a mapping) and return it; raises `ManifestError` naming the field."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: a manifest must be a mapping of fields, not {type(data).__name__}")
+    try:
+        manifest = msgspec.convert(data, SkillManifest, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ManifestError(f"{source}: {_field_message(str(exc))}") from None
+    _check_semantics(manifest, source)
+    return manifest
+
+
+def load_manifest(path: Path) -> SkillManifest:
+    """Read and validate `path` (a `skill.yaml`, or a folder holding one)."""
+    if path.is_dir():
+        path = path / MANIFEST_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such file (a skill folder needs a {MANIFEST_FILE})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ManifestError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_manifest(data, source=str(path))
+
+
+def _check_semantics(m: SkillManifest, source: str) -> None:
+    if len(m.name) > 64 or not SKILL_NAME.fullmatch(m.name):
+        raise ManifestError(
+            f"{source}: field 'name': '{m.name}' is not a skill name (lowercase words joined by dots, e.g. text.stats)"
+        )
+    if not SEMVER.fullmatch(m.version):
+        raise ManifestError(f"{source}: field 'version': '{m.version}' is not a semantic version like 1.0.0")
+    runtime = m.runtime
+    if (runtime.python is None) == (runtime.command is None):
+        raise ManifestError(f"{source}: field 'runtime': give exactly one of 'python' or 'command'")
+    if runtime.python is not None and not PYTHON_TARGET.fullmatch(runtime.python):
+        raise ManifestError(f"{source}: field 'runtime.python': '{runtime.python}' is not of the form module:function")
+    if runtime.command is not None and (not runtime.command or not all(runtime.command)):
+        raise ManifestError(f"{source}: field 'runtime.command': a non-empty list of arguments is needed")
+    if runtime.factory and runtime.python is None:
+        raise ManifestError(f"{source}: field 'runtime.factory': only a python runtime can be a factory")
+    for field in ("input_schema", "output_schema"):
+        schema = getattr(m, field)
+        if schema is None:
+            continue
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            where = ".".join(str(p) for p in exc.absolute_path)
+            raise ManifestError(
+                f"{source}: field '{field}{'.' + where if where else ''}': not a valid JSON Schema: {exc.message}"
+            ) from None
+
+
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
+
+
+def _field_message(message: str) -> str:
+    match = _AT.search(message)
+    path = match.group("path") if match else ""
+    detail = _AT.sub("", message)
+    unknown = _UNKNOWN.match(detail)
+    if unknown:
+        field = f"{path}.{unknown.group('field')}" if path else unknown.group("field")
+        return f"unknown field '{field}'"
+    missing = _MISSING.match(detail)
+    if missing:
+        field = f"{path}.{missing.group('field')}" if path else missing.group("field")
+        return f"missing required field '{field}'"
+    if "Expected `str`, got `bool`" in detail:
+        detail += ' (quote it in YAML: "true")'
+    return f"field '{path or '(top)'}': {detail}"
+
+
+def folder_checksum(folder: Path) -> str:
+    """sha256 over the relative paths and bytes of every file in a skill folder (sorted)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not _ignored(p, folder)):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def skill_files(folder: Path) -> list[Path]:
+    """The files that make up a skill folder (what is packed on install)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not _ignored(p, folder))
+
+
+def pack_skill(folder: Path) -> bytes:
+    """The skill folder's files as a tar.gz (what `claw skills install` uploads)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in skill_files(folder):
+            archive.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+    return buffer.getvalue()
+
+
+def _ignored(path: Path, folder: Path) -> bool:
+    return any(part in IGNORED_FILES or part.endswith(".pyc") for part in path.relative_to(folder).parts)
+
+
+def validate_input(manifest: SkillManifest, data: Any) -> None:
+    """Check a task's input against the manifest's input schema; the error names the field."""
+    if manifest.input_schema is None:
+        return
+    validator = compiled_validator(manifest)
+    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(the input)"
+        raise InvalidInputError(f"input of {manifest.name}: field '{where}': {error.message}")
+
+
+_validators: dict[tuple[str, str], Draft202012Validator] = {}
+
+
+def compiled_validator(manifest: SkillManifest) -> Draft202012Validator:
+    """The input validator of a manifest, built once per (name, version)."""
+    key = (manifest.name, manifest.version)
+    validator = _validators.get(key)
+    if validator is None:
+        validator = Draft202012Validator(manifest.input_schema or {})
+        _validators[key] = validator
+    return validator
+
+
+def builtin_manifests() -> list[SkillManifest]:
+    """The manifests of the skills that ship with claw (common/builtin_skills/*.yaml)."""
+    folder = Path(__file__).parent / "builtin_skills"
+    return [load_manifest(path) for path in sorted(folder.glob("*.yaml"))]
+
+
+class RegistryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One installed (or built-in) skill version as the registry knows it."""
+
+    name: str
+    version: str
+    enabled: bool
+    source: str  # builtin | installed | worker
+    checksum: str
+    manifest: SkillManifest
+    archive: str | None = None  # object name of an installed skill's files in the skill-code store
+    installed_at: float = 0.0
+
+
+class RegistrySnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What workers read from KV `<prefix>_skills` (key `registry`) to know what to load and run."""
+
+    revision: int
+    skills: list[RegistryEntry]
+
+    def enabled(self) -> dict[str, RegistryEntry]:
+        """The enabled version of each skill, by name."""
+        return {e.name: e for e in self.skills if e.enabled}
+
+    def disabled_names(self) -> set[str]:
+        """Names with no enabled version at all."""
+        enabled = {e.name for e in self.skills if e.enabled}
+        return {e.name for e in self.skills} - enabled
+
+
+def manifest_checksum(manifest: SkillManifest) -> str:
+    """A fingerprint of a manifest (the checksum of a built-in skill, which has no folder)."""
+    return hashlib.sha256(msgspec.json.encode(manifest)).hexdigest()
