@@ -135,7 +135,7 @@ class ArtifactSettings(_Section, frozen=True):
     region: str | None = None
     secure: bool = False
     access_key_env: str = "CLAW_S3_ACCESS_KEY"
-    secret_key_env: str = "CLAW_S3_SECRET_KEY"
+    secret_key_env: str = "CLAW_S3_SECRET_KEY"  # noqa: S105 - the name of a variable, not a secret
     # Artifacts older than this are removed by the coordinator's cleanup job (0: kept for ever).
     default_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
 
