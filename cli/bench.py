@@ -254,6 +254,7 @@ async def _bench(options: BenchOptions, workdir: Path, children: Children) -> di
         warmup=options.warmup,
         log_path=logs / "raw-worker.log",
         spawn=functools.partial(children.spawn, cwd=workdir),
+        watch={"nats": nats_process, "client": psutil.Process()},
     )
     _progress(f"raw: {raw.throughput_tps:,.0f} tasks/s")
 
@@ -285,7 +286,7 @@ async def _bench(options: BenchOptions, workdir: Path, children: Children) -> di
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "duration_s": round(time.time() - started, 1),
     }
-    return build_report(meta, raw_tps=raw.throughput_tps, raw_latencies=raw.latencies_s, runs=runs)
+    return build_report(meta, raw=raw, runs=runs)
 
 
 async def _measure_cluster(

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import msgspec
 import nats
+import psutil
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
@@ -51,12 +52,13 @@ class RawBenchError(Exception):
 
 @dataclass
 class RawResult:
-    """What the baseline measured."""
+    """What the baseline measured; `cpu_s`: CPU seconds of each watched process during the throughput run."""
 
     n: int
     elapsed_s: float
     throughput_tps: float
     latencies_s: list[float]
+    cpu_s: dict[str, float]
 
 
 def task_payload() -> bytes:
@@ -74,9 +76,20 @@ def task_payload() -> bytes:
 
 
 async def measure_raw(
-    url: str, *, n: int, latency_count: int, log_path: Path, spawn: SpawnFn, warmup: int = 50
+    url: str,
+    *,
+    n: int,
+    latency_count: int,
+    log_path: Path,
+    spawn: SpawnFn,
+    watch: dict[str, psutil.Process],
+    warmup: int = 50,
 ) -> RawResult:
-    """Set up the stream, start the worker process through `spawn`, measure, delete the stream."""
+    """Set up the stream, start the worker process through `spawn`, measure, delete the stream.
+
+    The CPU time of the `watch`ed processes and of the worker process (`worker`) is taken around
+    the throughput run.
+    """
     nc = await nats.connect(url, name="bench-raw-client")
     try:
         js = nc.jetstream(publish_async_max_pending=PUBLISH_WINDOW)
@@ -94,14 +107,22 @@ async def measure_raw(
         worker = spawn("raw-worker", [sys.executable, "-m", "cli.bench_raw", url], log_path)
         try:
             await _wait_ready(ready, worker, log_path)
+            watched = watch | {"worker": psutil.Process(worker.pid)}
+            cpu_before = {name: _cpu_s(p) for name, p in watched.items()}
             elapsed_s = await _throughput(js, results, n)
+            cpu_s = {name: _cpu_s(p) - cpu_before[name] for name, p in watched.items()}
             latencies = await _latencies(js, results, warmup, latency_count)
         finally:
             await asyncio.to_thread(_stop, worker)
         await js.delete_stream(STREAM)
-        return RawResult(n=n, elapsed_s=elapsed_s, throughput_tps=n / elapsed_s, latencies_s=latencies)
+        return RawResult(n=n, elapsed_s=elapsed_s, throughput_tps=n / elapsed_s, latencies_s=latencies, cpu_s=cpu_s)
     finally:
         await nc.close()
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _stop(worker: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cli.bench_raw import RawResult
+
 MB = 1_000_000
 
 # The targets of the speed work: (figure, path in the report, comparison, bound).
@@ -66,14 +68,13 @@ def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
     }
 
 
-def build_report(
-    meta: dict[str, Any], *, raw_tps: float, raw_latencies: list[float], runs: list[ClusterRun]
-) -> dict[str, Any]:
+def build_report(meta: dict[str, Any], *, raw: RawResult, runs: list[ClusterRun]) -> dict[str, Any]:
     """The JSON document. Costs (CPU, RSS, SQLite) and ratios are those of the 2-worker cluster (else
     the one with the most workers); latencies come from the run that measured them."""
     main = next((r for r in runs if r.workers == 2), runs[-1])
     latency_run = next(r for r in runs if r.latencies)
-    raw_latency = percentiles_ms(raw_latencies)
+    raw_tps = raw.throughput_tps
+    raw_latency = percentiles_ms(raw.latencies_s)
     e2e = percentiles_ms(latency_run.latencies["e2e"])
     report: dict[str, Any] = {
         "meta": meta | {"costs_from_workers": main.workers, "latencies_from_workers": latency_run.workers},
@@ -82,6 +83,7 @@ def build_report(
             "throughput_tps": round(raw_tps, 1),
             "latency_ms": raw_latency,
             "result_path": "core publish to benchraw.results",
+            "cpu_s_per_1000": {name: round(s * 1000 / raw.n, 4) for name, s in raw.cpu_s.items()},
         },
         "cluster": {
             "throughput_tps": {str(r.workers): round(r.throughput["tps"], 1) for r in runs},
@@ -235,6 +237,7 @@ def _raw_lines(raw: dict[str, Any]) -> list[str]:
         "raw JetStream (publish_async -> 2nd process fetch(256) + ack -> core reply)",
         _row("throughput", f"{raw['throughput_tps']:,.0f} tasks/s"),
         _row("round trip, one in flight", _pcts(raw["latency_ms"])),
+        _row("CPU s per 1,000 tasks", "  ".join(f"{k} {v:.3f}" for k, v in raw["cpu_s_per_1000"].items())),
         "",
     ]
 
