@@ -23,6 +23,19 @@ from cli.bench_cluster import BenchError, Children
 SAMPLE_RATE_HZ = 200
 STOP_TIMEOUT_S = 30.0
 _LINE_NUMBER = re.compile(r":\d+\)$")
+# Frames every sample of a thread passes through (start-up, the CLI, the loop runner): left out of
+# the inclusive ranking, where they would only fill the top. `Runner.run` keeps its own time, which
+# is time spent inside uvloop's C code (polling, reading sockets, running callbacks).
+_ENTRY_FILES = (
+    "<frozen runpy>",
+    "typer/",
+    "cli/main.py",
+    "cli/runner.py",
+    "cli/__main__.py",
+    "uvloop/__init__.py",
+    "threading.py",
+    "asyncio/runners.py",
+)
 
 
 def find_py_spy() -> str:
@@ -93,11 +106,12 @@ def summarise(collapsed: str, top: int = 25) -> str:
         total += count
         own[frames[-1]] += count
         for frame in set(frames):
-            inclusive[frame] += count
+            if not any(f"({name}" in frame for name in _ENTRY_FILES):
+                inclusive[frame] += count
     if total == 0:
         return "no samples\n"
     lines = [f"{total} busy samples at {SAMPLE_RATE_HZ} Hz", "", "own time (top of stack):"]
     lines += [f"  {100 * n / total:5.1f} %  {frame}" for frame, n in own.most_common(top)]
-    lines += ["", "inclusive time (anywhere on the stack):"]
+    lines += ["", "inclusive time (anywhere on the stack; start-up and loop-runner frames left out):"]
     lines += [f"  {100 * n / total:5.1f} %  {frame}" for frame, n in inclusive.most_common(top)]
     return "\n".join(lines) + "\n"
