@@ -49,6 +49,7 @@ from cli.bench_cluster import (
     Children,
     RssSampler,
     StateDb,
+    busy_cpu_seconds,
     child_env,
     cpu_seconds,
     rss_bytes,
@@ -436,6 +437,7 @@ async def _throughput(
     if profiler is not None:
         profiler.start()
     cpu_before = {name: cpu_seconds(p) for name, p in watched.items()}
+    busy_before = busy_cpu_seconds()
     started = time.perf_counter()
     submitting = asyncio.create_task(client.submit_many(specs))
     submitted_at: list[float] = []
@@ -446,6 +448,7 @@ async def _throughput(
     finally:
         submitting.cancel()
     cpu_used = {name: cpu_seconds(p) - cpu_before[name] for name, p in watched.items()}
+    others_s = max(busy_cpu_seconds() - busy_before - sum(cpu_used.values()), 0.0)
     elapsed = finished - started
     return {
         "n": n,
@@ -454,6 +457,8 @@ async def _throughput(
         "submit_s": submitted_at[0] - started,
         "submit_tps": n / (submitted_at[0] - started),
         "cpu_s": cpu_used,
+        # CPU used meanwhile by processes the benchmark did not start (other people's work, py-spy).
+        "others_cpu_share": others_s / (elapsed * (os.cpu_count() or 1)),
     }
 
 

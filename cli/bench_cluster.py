@@ -212,6 +212,14 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine (all processes, all CPUs) has been busy so far, counting the
+    time the hypervisor stole (on Linux `guest` is already inside `user`)."""
+    times = psutil.cpu_times()
+    busy = ("user", "nice", "system", "irq", "softirq", "steal")
+    return float(sum(getattr(times, name, 0.0) for name in busy))
+
+
 def rss_bytes(process: psutil.Process) -> int:
     """The process's resident set size now."""
     return int(process.memory_info().rss)

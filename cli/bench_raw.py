@@ -14,6 +14,7 @@ result) and the round-trip latency with one task in flight.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
 
+from cli.bench_cluster import busy_cpu_seconds, cpu_seconds
 from common.ids import new_id
 from common.models import TaskMessage
 from common.states import Priority
@@ -59,6 +61,7 @@ class RawResult:
     throughput_tps: float
     latencies_s: list[float]
     cpu_s: dict[str, float]
+    others_cpu_share: float
 
 
 def task_payload() -> bytes:
@@ -108,21 +111,25 @@ async def measure_raw(
         try:
             await _wait_ready(ready, worker, log_path)
             watched = watch | {"worker": psutil.Process(worker.pid)}
-            cpu_before = {name: _cpu_s(p) for name, p in watched.items()}
+            cpu_before = {name: cpu_seconds(p) for name, p in watched.items()}
+            busy_before = busy_cpu_seconds()
             elapsed_s = await _throughput(js, results, n)
-            cpu_s = {name: _cpu_s(p) - cpu_before[name] for name, p in watched.items()}
+            cpu_s = {name: cpu_seconds(p) - cpu_before[name] for name, p in watched.items()}
+            others_s = max(busy_cpu_seconds() - busy_before - sum(cpu_s.values()), 0.0)
             latencies = await _latencies(js, results, warmup, latency_count)
         finally:
             await asyncio.to_thread(_stop, worker)
         await js.delete_stream(STREAM)
-        return RawResult(n=n, elapsed_s=elapsed_s, throughput_tps=n / elapsed_s, latencies_s=latencies, cpu_s=cpu_s)
+        return RawResult(
+            n=n,
+            elapsed_s=elapsed_s,
+            throughput_tps=n / elapsed_s,
+            latencies_s=latencies,
+            cpu_s=cpu_s,
+            others_cpu_share=others_s / (elapsed_s * (os.cpu_count() or 1)),
+        )
     finally:
         await nc.close()
-
-
-def _cpu_s(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
 
 
 def _stop(worker: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:

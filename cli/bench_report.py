@@ -84,6 +84,7 @@ def build_report(meta: dict[str, Any], *, raw: RawResult, runs: list[ClusterRun]
             "latency_ms": raw_latency,
             "result_path": "core publish to benchraw.results",
             "cpu_s_per_1000": {name: round(s * 1000 / raw.n, 4) for name, s in raw.cpu_s.items()},
+            "others_cpu_share": round(raw.others_cpu_share, 3),
         },
         "cluster": {
             "throughput_tps": {str(r.workers): round(r.throughput["tps"], 1) for r in runs},
@@ -139,6 +140,7 @@ def _run_detail(run: ClusterRun) -> dict[str, Any]:
         "throughput_tps": round(t["tps"], 1),
         "elapsed_s": round(t["elapsed_s"], 3),
         "submit_s": round(t["submit_s"], 3),
+        "others_cpu_share": round(t["others_cpu_share"], 3),
         "cpu_s": {name: round(s, 3) for name, s in t["cpu_s"].items()},
         "peak_rss_mb": {name: round(b / MB, 1) for name, b in run.peak_rss.items()},
         "idle_rss_mb": {name: round(b / MB, 1) for name, b in run.idle_rss.items()},
@@ -235,7 +237,10 @@ def _header(meta: dict[str, Any]) -> list[str]:
 def _raw_lines(raw: dict[str, Any]) -> list[str]:
     return [
         "raw JetStream (publish_async -> 2nd process fetch(256) + ack -> core reply)",
-        _row("throughput", f"{raw['throughput_tps']:,.0f} tasks/s"),
+        _row(
+            "throughput",
+            f"{raw['throughput_tps']:,.0f} tasks/s  (other processes used {raw['others_cpu_share']:.0%} of the CPUs)",
+        ),
         _row("round trip, one in flight", _pcts(raw["latency_ms"])),
         _row("CPU s per 1,000 tasks", "  ".join(f"{k} {v:.3f}" for k, v in raw["cpu_s_per_1000"].items())),
         "",
@@ -246,8 +251,9 @@ def _cluster_lines(report: dict[str, Any]) -> list[str]:
     cluster, meta = report["cluster"], report["meta"]
     lines = ["cluster (coordinator + workers as processes, same nats-server)"]
     for workers, tps in cluster["throughput_tps"].items():
-        accepted = f"(submits accepted at {cluster['submit_accept_tps'][workers]:,.0f}/s)"
-        lines.append(_row(f"throughput, {workers} worker(s)", f"{tps:,.0f} tasks/s  {accepted}"))
+        accepted = f"submits accepted at {cluster['submit_accept_tps'][workers]:,.0f}/s"
+        others = f"other processes used {cluster['runs'][workers]['others_cpu_share']:.0%} of the CPUs"
+        lines.append(_row(f"throughput, {workers} worker(s)", f"{tps:,.0f} tasks/s  ({accepted}; {others})"))
     lines += [
         _row("submit latency, ClawClient.submit", _pcts(cluster["submit_latency_ms"])),
         _row("submit latency, claw submit code path", _pcts(cluster["cli_submit_latency_ms"])),
