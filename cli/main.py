@@ -611,3 +611,13 @@ def audit_verify(
 def run() -> None:
     """Console-script entry point."""
     app()
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def bench(ctx: typer.Context) -> None:
+    """Benchmark an embedded cluster against the raw JetStream round trip (`claw bench --help`)."""
+    from cli.bench import main as bench_main
+
+    raise typer.Exit(bench_main(ctx.args))

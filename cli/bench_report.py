@@ -1,0 +1,286 @@
+"""The report of `claw bench`: what was measured, as JSON (`build_report`) and as a table for people.
+
+The JSON keeps every figure that docs/Performance.md quotes: `raw`, `cluster` (throughput per worker
+count, latencies, RSS, CPU per 1,000 tasks, SQLite size), `ratio`, the `targets` of the speed work
+with whether each is met, and `meta` (date, commit, versions, machine, options).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cli.bench_raw import RawResult
+
+MB = 1_000_000
+
+# The targets of the speed work: (figure, path in the report, comparison, bound).
+TARGETS: list[tuple[str, tuple[str, ...], str, float]] = [
+    ("e2e throughput, 2 workers (tasks/s)", ("cluster", "throughput_tps", "2"), ">=", 5000.0),
+    ("cluster / raw throughput", ("ratio", "throughput"), ">=", 0.30),
+    ("submit latency p50 (ms)", ("cluster", "submit_latency_ms", "p50"), "<=", 1.5),
+    ("submit latency p99 (ms)", ("cluster", "submit_latency_ms", "p99"), "<=", 5.0),
+    ("e2e latency p50 (ms)", ("cluster", "e2e_latency_ms", "p50"), "<=", 4.0),
+    ("e2e latency p99 (ms)", ("cluster", "e2e_latency_ms", "p99"), "<=", 10.0),
+    ("idle worker RSS (MB)", ("cluster", "rss_mb", "idle_worker"), "<=", 60.0),
+]
+
+
+@dataclass
+class ClusterRun:
+    """What one cluster (one worker count) measured; sizes in bytes, times in seconds."""
+
+    workers: int
+    throughput: dict[str, Any] = field(default_factory=dict)
+    idle_rss: dict[str, int] = field(default_factory=dict)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+    sqlite: dict[str, int] = field(default_factory=dict)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    profile: dict[str, str] = field(default_factory=dict)
+
+    def worker_max(self, rss: dict[str, int]) -> float:
+        """The largest RSS among this run's workers, in MB."""
+        return max(v for k, v in rss.items() if k.startswith("worker")) / MB
+
+
+def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99 (and mean, max, count) in milliseconds."""
+    ms = [s * 1000 for s in samples_s]
+    if len(ms) < 2:
+        ms = ms * 2  # quantiles needs two points; only a --quick run has so few
+    cuts = statistics.quantiles(ms, n=100, method="inclusive")
+    return {
+        "p50": round(cuts[49], 3),
+        "p95": round(cuts[94], 3),
+        "p99": round(cuts[98], 3),
+        "mean": round(statistics.fmean(ms), 3),
+        "max": round(max(ms), 3),
+        "count": len(samples_s),
+    }
+
+
+def build_report(meta: dict[str, Any], *, raw: RawResult, runs: list[ClusterRun]) -> dict[str, Any]:
+    """The JSON document. Costs (CPU, RSS, SQLite) and ratios are those of the 2-worker cluster (else
+    the one with the most workers); latencies come from the run that measured them."""
+    main = next((r for r in runs if r.workers == 2), runs[-1])
+    latency_run = next(r for r in runs if r.latencies)
+    raw_tps = raw.throughput_tps
+    raw_latency = percentiles_ms(raw.latencies_s)
+    e2e = percentiles_ms(latency_run.latencies["e2e"])
+    report: dict[str, Any] = {
+        "meta": meta | {"costs_from_workers": main.workers, "latencies_from_workers": latency_run.workers},
+        "raw": {
+            "n": meta["n"],
+            "throughput_tps": round(raw_tps, 1),
+            "latency_ms": raw_latency,
+            "result_path": "core publish to benchraw.results",
+            "cpu_s_per_1000": {name: round(s * 1000 / raw.n, 4) for name, s in raw.cpu_s.items()},
+            "others_cpu_share": round(raw.others_cpu_share, 3),
+        },
+        "cluster": {
+            "throughput_tps": {str(r.workers): round(r.throughput["tps"], 1) for r in runs},
+            "submit_accept_tps": {str(r.workers): round(r.throughput["submit_tps"], 1) for r in runs},
+            "submit_latency_ms": percentiles_ms(latency_run.latencies["submit"]),
+            "cli_submit_latency_ms": percentiles_ms(latency_run.latencies["cli_submit"]),
+            "cli_process_ms": percentiles_ms(latency_run.latencies["cli_process"]),
+            "e2e_latency_ms": e2e,
+            "rss_mb": {
+                "coordinator": round(main.peak_rss["coordinator"] / MB, 1),
+                "workers": round(main.worker_max(main.peak_rss), 1),
+                "idle_worker": round(main.worker_max(main.idle_rss), 1),
+                "idle_coordinator": round(main.idle_rss["coordinator"] / MB, 1),
+            },
+            "cpu_s_per_1000": _cpu_per_1000(main),
+            **_sqlite_per_100k(main.sqlite),
+            "runs": {str(r.workers): _run_detail(r) for r in runs},
+        },
+        "ratio": {
+            "throughput": round(main.throughput["tps"] / raw_tps, 4),
+            "latency_p50": round(e2e["p50"] / raw_latency["p50"], 2),
+        },
+    }
+    if main.profile:
+        report["profile"] = main.profile
+    report["targets"] = [_target(report, *target) for target in TARGETS]
+    return report
+
+
+def _cpu_per_1000(run: ClusterRun) -> dict[str, float]:
+    cpu_s, per_1000 = run.throughput["cpu_s"], 1000 / run.throughput["n"]
+    workers = sum(s for name, s in cpu_s.items() if name.startswith("worker"))
+    return {
+        "coordinator": round(cpu_s["coordinator"] * per_1000, 4),
+        "workers": round(workers * per_1000, 4),
+        "nats": round(cpu_s["nats"] * per_1000, 4),
+        "bench_client": round(cpu_s["bench"] * per_1000, 4),
+    }
+
+
+def _sqlite_per_100k(sqlite: dict[str, int]) -> dict[str, Any]:
+    per_task = 100_000 / sqlite["tasks"]
+    return {
+        "sqlite_bytes_per_100k": round((sqlite["db_bytes"] + sqlite["wal_bytes"]) * per_task),
+        "sqlite_db_bytes_per_100k": round(sqlite["db_bytes"] * per_task),
+        "sqlite": sqlite,
+    }
+
+
+def _run_detail(run: ClusterRun) -> dict[str, Any]:
+    t = run.throughput
+    return {
+        "throughput_tps": round(t["tps"], 1),
+        "elapsed_s": round(t["elapsed_s"], 3),
+        "submit_s": round(t["submit_s"], 3),
+        "others_cpu_share": round(t["others_cpu_share"], 3),
+        "cpu_s": {name: round(s, 3) for name, s in t["cpu_s"].items()},
+        "peak_rss_mb": {name: round(b / MB, 1) for name, b in run.peak_rss.items()},
+        "idle_rss_mb": {name: round(b / MB, 1) for name, b in run.idle_rss.items()},
+        "sqlite": run.sqlite,
+    }
+
+
+def _target(report: dict[str, Any], name: str, path: tuple[str, ...], op: str, bound: float) -> dict[str, Any]:
+    value: Any = report
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    met = None if value is None else bool(value >= bound if op == ">=" else value <= bound)
+    return {"figure": name, "value": value, "target": f"{op} {bound:g}", "met": met}
+
+
+# --- meta -----------------------------------------------------------------------------------------
+
+
+def environment(started: float, nats_server_binary: str, repo: Path) -> dict[str, Any]:
+    """Where and on what the figures were measured."""
+    return {
+        "date": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": _git(repo, "rev-parse", "HEAD"),
+        "git_dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "nats_server": _nats_server_version(nats_server_binary),
+        "nats_py": metadata.version("nats-py"),
+        "event_loop": _loop_name(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _git(repo: Path, *args: str) -> str:
+    git = shutil.which("git")
+    if git is None:
+        return ""
+    try:
+        out = subprocess.run([git, *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()
+
+
+def _nats_server_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip().removeprefix("nats-server: ").removeprefix("v")
+
+
+def _loop_name() -> str:
+    try:
+        return f"uvloop {metadata.version('uvloop')}"
+    except metadata.PackageNotFoundError:
+        return "asyncio"
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The figures for people: the raw baseline, the cluster, the ratios, the targets."""
+    lines = _header(report["meta"]) + _raw_lines(report["raw"]) + _cluster_lines(report)
+    ratio = report["ratio"]
+    lines += [
+        "",
+        "ratios",
+        _row("throughput cluster / raw", f"{ratio['throughput']:.3f}"),
+        _row("latency p50 e2e / raw round trip", f"{ratio['latency_p50']:.1f}x"),
+        "",
+        "targets of the speed work",
+    ]
+    for target in report["targets"]:
+        value = target["value"]
+        shown = "-" if value is None else f"{value:,.3g}" if value < 10 else f"{value:,.0f}"
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
+        lines.append(_row(target["figure"], f"{shown:>8}  target {target['target']:<8}  {verdict}"))
+    return "\n".join(lines)
+
+
+def _header(meta: dict[str, Any]) -> list[str]:
+    commit = meta["git_commit"][:7] + ("+dirty" if meta["git_dirty"] else "")
+    quick = "  (QUICK: a smoke test of the benchmark, not figures)" if meta["quick"] else ""
+    return [
+        f"claw bench  {meta['date']}  commit {commit}  Python {meta['python']}  nats-server {meta['nats_server']}"
+        f"  {meta['event_loop']}  {meta['cpu_count']} CPUs  load {meta['load_avg_before'][0]:.2f}",
+        f"N = {meta['n']:,} tasks per throughput run; workers {meta['workers']} "
+        f"at --concurrency {meta['worker_concurrency']}{quick}",
+        "",
+    ]
+
+
+def _raw_lines(raw: dict[str, Any]) -> list[str]:
+    return [
+        "raw JetStream (publish_async -> 2nd process fetch(256) + ack -> core reply)",
+        _row(
+            "throughput",
+            f"{raw['throughput_tps']:,.0f} tasks/s  (other processes used {raw['others_cpu_share']:.0%} of the CPUs)",
+        ),
+        _row("round trip, one in flight", _pcts(raw["latency_ms"])),
+        _row("CPU s per 1,000 tasks", "  ".join(f"{k} {v:.3f}" for k, v in raw["cpu_s_per_1000"].items())),
+        "",
+    ]
+
+
+def _cluster_lines(report: dict[str, Any]) -> list[str]:
+    cluster, meta = report["cluster"], report["meta"]
+    lines = ["cluster (coordinator + workers as processes, same nats-server)"]
+    for workers, tps in cluster["throughput_tps"].items():
+        accepted = f"submits accepted at {cluster['submit_accept_tps'][workers]:,.0f}/s"
+        others = f"other processes used {cluster['runs'][workers]['others_cpu_share']:.0%} of the CPUs"
+        lines.append(_row(f"throughput, {workers} worker(s)", f"{tps:,.0f} tasks/s  ({accepted}; {others})"))
+    lines += [
+        _row("submit latency, ClawClient.submit", _pcts(cluster["submit_latency_ms"])),
+        _row("submit latency, claw submit code path", _pcts(cluster["cli_submit_latency_ms"])),
+        _row("claw submit process (start-up bound)", f"p50 {cluster['cli_process_ms']['p50']:,.0f} ms"),
+        _row("end to end, one in flight", _pcts(cluster["e2e_latency_ms"])),
+    ]
+    cpu, rss = cluster["cpu_s_per_1000"], cluster["rss_mb"]
+    sqlite_mb = cluster["sqlite_bytes_per_100k"] / MB
+    lines += [
+        f"  costs, from the {meta['costs_from_workers']}-worker throughput run:",
+        _row("CPU s per 1,000 tasks", "  ".join(f"{k} {v:.3f}" for k, v in cpu.items())),
+        _row(
+            "RSS MB",
+            f"coordinator peak {rss['coordinator']:.0f}  worker peak {rss['workers']:.0f}  "
+            f"idle worker {rss['idle_worker']:.0f}  idle coordinator {rss['idle_coordinator']:.0f}",
+        ),
+        _row(
+            "SQLite per 100,000 tasks",
+            f"{sqlite_mb:,.1f} MB db + wal ({cluster['sqlite_db_bytes_per_100k'] / MB:,.1f} MB db alone)",
+        ),
+    ]
+    return lines
+
+
+def _row(label: str, value: str) -> str:
+    return f"  {label:<40} {value}"
+
+
+def _pcts(p: dict[str, float]) -> str:
+    return f"p50 {p['p50']:.2f} ms  p95 {p['p95']:.2f} ms  p99 {p['p99']:.2f} ms"
