@@ -225,3 +225,51 @@ def test_dead_letters_replay_purge_and_cancel_through_the_cli(processes: Process
     assert again.returncode == 1 and "already cancelled; there is nothing to cancel" in again.stderr
     unknown = processes.run("task", "cancel", "01NOSUCHTASK00000000000000")
     assert unknown.returncode == 1 and unknown.stderr.startswith("error: no task with id")
+
+
+def test_skills_guard_approvals_and_audit_through_the_cli(processes: ProcessPool, tmp_path: Path) -> None:
+    import sqlite3
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "skills"
+    start_cluster(processes, workers=1)
+    installed = processes.run("skills", "install", str(examples / "webhook_post"))
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout.strip() == "webhook.post@1.0.0 installed and enabled"
+    listing = processes.run("skills", "list").stdout
+    assert "webhook.post" in listing and "write_external" in listing and "installed" in listing
+    assert "read_only" in processes.run("skills", "show", "echo").stdout
+    bad = processes.run("skills", "validate", str(tmp_path))
+    assert bad.returncode == 1 and "no such file" in bad.stderr
+
+    check = processes.run("guard", "check", "webhook.post", "--input", '{"url": "http://x", "payload": {}}')
+    assert "rule 'external-or-funds' -> require_approval (1 approval)" in check.stdout
+
+    submitted = processes.run(
+        "submit", "webhook.post", "--input", '{"url": "http://127.0.0.1:9/", "payload": {"a": 1}}', "--json"
+    )
+    [held] = json.loads(submitted.stdout)
+    assert held["state"] == "waiting_approval" and "needs 1 approval" in held["note"]
+    waiting = processes.run("approvals").stdout
+    assert held["task_id"] in waiting and "webhook.post" in waiting and "0/1" in waiting
+    rejected = processes.run("reject", held["task_id"], "--reason", "wrong hook", "--as", "erin")
+    assert rejected.returncode == 0 and rejected.stdout.strip() == f"{held['task_id']} rejected"
+    assert processes.run("approvals").stdout.strip() == "nothing waits for approval"
+    late = processes.run("approve", held["task_id"], "--as", "frank")
+    assert late.returncode == 1 and "is rejected, not waiting for approval" in late.stderr
+
+    verified = processes.run("audit", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("event log intact:")
+    db_path = Path(processes.env["CLAW_COORDINATOR_DB_PATH"])
+    offline = processes.run("audit", "verify", "--db", str(db_path))
+    assert offline.returncode == 0 and "event log intact" in offline.stdout
+    db = sqlite3.connect(db_path)
+    try:
+        db.execute("DROP TRIGGER events_no_update")
+        event_id = db.execute("SELECT id FROM events WHERE kind = 'rejected'").fetchone()[0]
+        db.execute('UPDATE events SET data = \'{"by": "nobody"}\' WHERE id = ?', (event_id,))
+        db.commit()
+    finally:
+        db.close()
+    tampered = processes.run("audit", "verify", "--db", str(db_path))
+    assert tampered.returncode == 1
+    assert tampered.stdout.startswith(f"event log TAMPERED: event {event_id}: its content does not match its hash")

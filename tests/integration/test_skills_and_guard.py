@@ -353,3 +353,35 @@ async def test_llm_chat_rate_limit_is_retried_after_the_servers_retry_after(
     assert retried == [1.0]
     assert second.started_at - first.finished_at >= 0.95  # type: ignore[operator]
     assert len(openai_server.completions()) == 2
+
+
+async def test_a_history_rewritten_with_fresh_hashes_is_caught_by_the_anchor(
+    config: ClawConfig, tmp_path: Path
+) -> None:
+    from storage.audit import GENESIS, canonical, chain_hash
+
+    async with running_coordinator(config) as coordinator, running_worker(config), connected_client(config) as client:
+        await wait_nodes_online(client, 1)
+        submitted = await client.submit(spec("echo", {"secret": "original"}))
+        await client.wait([submitted.task_id], timeout_s=20)
+        await coordinator.auditor.anchor()
+        db = sqlite3.connect(tmp_path / "claw.db")
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("DROP TRIGGER events_no_update")
+            db.execute("UPDATE events SET node_id = 'forged' WHERE kind = 'started'")
+            # Recompute every hash, as someone with the file (and no key) could.
+            prev = GENESIS
+            for row in db.execute("SELECT * FROM events ORDER BY id").fetchall():
+                content = canonical(
+                    row["event_id"], row["task_id"], row["attempt"], row["kind"], row["from_state"],
+                    row["to_state"], row["node_id"], row["at"], row["data"],
+                )  # fmt: skip
+                digest = chain_hash(prev, content, None)
+                db.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", (prev, digest, row["id"]))
+                prev = digest
+            db.commit()
+        finally:
+            db.close()
+        reply = await client.audit_verify()
+    assert not reply.ok and "anchored in NATS" in (reply.problem or "")
