@@ -39,7 +39,10 @@ setup(
         "uvloop>=0.19; sys_platform != 'win32'",
     ],
     extras_require={
+        # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).
+        "otel": ["opentelemetry-exporter-otlp-proto-http>=1.25"],
         "dev": [
+            "opentelemetry-exporter-otlp-proto-http>=1.25",
             "pytest>=8",
             "pytest-asyncio>=0.24",
             "pytest-timeout>=2.3",

@@ -6,6 +6,7 @@ Form: `claw [--nats URL] COMMAND [ARGS] [--json]`. Commands print tables for peo
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from opentelemetry.trace import SpanKind
 
 from cli.inputs import parse_duration, read_inputs
 from cli.output import emit_json, fmt_duration
@@ -40,6 +42,7 @@ from common.log import configure_logging
 from common.models import TaskSpec
 from common.skills import load_manifest
 from common.states import Priority, TaskState
+from common.tracing import setup_tracing, tracer
 from communication.api_client import ClawClient
 
 app = typer.Typer(
@@ -102,7 +105,17 @@ def _client_config(ctx: typer.Context) -> ClawConfig:
     config = _config(ctx)
     # A client prints one error line, not the connection warnings behind it.
     configure_logging(LogSettings(level="error", format="console"), process="claw-cli")
+    _trace(config, "claw-cli")
     return config
+
+
+def _trace(config: ClawConfig, service: str) -> None:
+    """Install this process's tracer; spans still buffered are exported when it exits."""
+    try:
+        handle = setup_tracing(service, config.tracing)
+    except ClawError as exc:
+        fail(str(exc))
+    atexit.register(handle.shutdown)
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -132,6 +145,7 @@ def coordinator_start(
 
     cfg = _config(ctx, config, coordinator={"db_path": None if db is None else str(db)})
     configure_logging(cfg.log, process="coordinator")
+    _trace(cfg, "claw-coordinator")
 
     async def serve(stop: Any) -> None:
         coordinator = await Coordinator.start(cfg)
@@ -180,6 +194,7 @@ def worker_start(
         run_service(supervisor.serve)
         return
     configure_logging(cfg.log, process="worker")
+    _trace(cfg, "claw-worker")
 
     async def serve(stop: Any) -> None:
         worker = await Worker.start(cfg)
@@ -268,7 +283,10 @@ def submit(
         ]
         async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
             started = time.monotonic()
-            results = await client.submit_many(specs, submitter=getpass.getuser())
+            with tracer().start_as_current_span(
+                "claw.submit", kind=SpanKind.CLIENT, attributes={"claw.skill": skill, "claw.tasks": len(specs)}
+            ):
+                results = await client.submit_many(specs, submitter=getpass.getuser())
             if not wait:
                 if json_out:
                     emit_json(results)

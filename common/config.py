@@ -163,6 +163,16 @@ class ArtifactSettings(_Section, frozen=True):
     default_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
 
 
+class TracingSettings(_Section, frozen=True):
+    """OpenTelemetry tracing (docs/Monitoring.md); unset keys fall back to OTel's own variables."""
+
+    # none | console | otlp | jsonl; unset: OTEL_TRACES_EXPORTER, else none.
+    exporter: Literal["none", "console", "otlp", "jsonl"] | None = None
+    # Where the jsonl exporter appends spans (or CLAW_TRACING_JSONL_PATH).
+    jsonl_path: str | None = None
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+
 class LogSettings(_Section, frozen=True):
     """Logging of every process."""
 
@@ -181,6 +191,7 @@ class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     worker: WorkerSettings = WorkerSettings()
     tools: ToolSettings = ToolSettings()
     artifacts: ArtifactSettings = ArtifactSettings()
+    tracing: TracingSettings = TracingSettings()
     log: LogSettings = LogSettings()
 
 
@@ -191,6 +202,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "worker": WorkerSettings,
     "tools": ToolSettings,
     "artifacts": ArtifactSettings,
+    "tracing": TracingSettings,
     "log": LogSettings,
 }
 SECRET_KEYS = frozenset({"nats.password", "nats.token"})

@@ -13,6 +13,7 @@ from typing import IO, Any, TextIO, cast
 
 import msgspec
 import structlog
+from opentelemetry import trace
 
 from common.config import LogSettings
 
@@ -33,6 +34,7 @@ def configure_logging(settings: LogSettings, *, process: str, stream: IO[str] | 
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_context,
         structlog.processors.add_log_level,
         timestamper,
     ]
@@ -61,6 +63,15 @@ def configure_logging(settings: LogSettings, *, process: str, stream: IO[str] | 
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(level, logging.WARNING))
+
+
+def add_trace_context(logger: Any, method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """Join log lines to traces: the current span's `trace_id` and `span_id`, when there is one."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", f"{context.trace_id:032x}")
+        event.setdefault("span_id", f"{context.span_id:016x}")
+    return event
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

@@ -83,6 +83,7 @@ from common.states import TERMINAL_STATES, TaskState
 from communication.codec import DecodeError, decode, encode
 from communication.connection import NatsConnection
 from communication.topology import Topology
+from communication.trace_context import headers_for
 
 T = TypeVar("T")
 
@@ -379,7 +380,9 @@ class ClawClient:
         try:
             for pause_s in NO_RESPONDERS_RETRIES_S:
                 try:
-                    msg = await self.conn.nc.request(subject, payload, timeout=timeout_s or self._timeout_s)
+                    msg = await self.conn.nc.request(
+                        subject, payload, timeout=timeout_s or self._timeout_s, headers=headers_for()
+                    )
                     break
                 except nats.errors.NoRespondersError:
                     # nats-server can answer "no responders" for a moment after a subscriber appeared

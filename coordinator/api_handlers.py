@@ -7,6 +7,7 @@ from typing import TypeVar
 
 import msgspec
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
 
 from common import __version__
 from common.api import (
@@ -50,9 +51,11 @@ from common.errors import InvalidInputError, TaskNotFoundError
 from common.models import ClusterStatus, NatsServerInfo, QueueDepth, TaskView
 from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
 from common.states import PRIORITIES
+from common.tracing import trace_id_of, tracer
 from communication.codec import DecodeError, decode
 from communication.connection import NatsConnection
 from communication.monitoring import fetch_server_info
+from communication.trace_context import traceparent_of
 from coordinator.admission import Admission
 from coordinator.api_server import Handler
 from coordinator.approvals import ApprovalDesk
@@ -136,6 +139,20 @@ class ApiHandlers:
         """Admit, persist and publish tasks."""
         request = _decode_request(data, SubmitRequest)
         records = self._admission.admit(request)
+        for record in records:
+            span = tracer().start_span(
+                "claw.task",
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "claw.task_id": record.task_id,
+                    "claw.skill": record.skill,
+                    "claw.priority": record.priority.value,
+                    "claw.risk": record.risk or "",
+                },
+            )
+            record.span = span
+            record.trace_id = trace_id_of(span)
+            record.traceparent = traceparent_of(span)
         results = await self._pipeline.submit(records)
         return SubmitReply(results=results)
 

@@ -14,12 +14,15 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.trace import SpanKind, StatusCode
 
 from common.api import ApiError, ApiReply
 from common.errors import ClawError, InternalError
 from common.log import get_logger
+from common.tracing import tracer
 from communication.codec import DecodeError, encode
 from communication.connection import NatsConnection
+from communication.trace_context import context_from
 
 log = get_logger("coordinator.api")
 
@@ -66,6 +69,16 @@ class ApiServer:
         return dispatch
 
     async def _serve(self, verb: str, handler: Handler, msg: Msg) -> None:
+        with tracer().start_as_current_span(
+            f"claw.api.{verb}", context=context_from(msg.headers), kind=SpanKind.SERVER
+        ) as span:
+            payload = await self._answer(verb, handler, msg)
+            if payload.startswith(b'{"error"'):
+                span.set_status(StatusCode.ERROR)
+        if msg.reply:
+            await msg.respond(payload)
+
+    async def _answer(self, verb: str, handler: Handler, msg: Msg) -> bytes:
         try:
             payload = b'{"data":' + encode(await handler(msg.data)) + b"}"
         except ClawError as exc:
@@ -76,5 +89,4 @@ class ApiServer:
             log.exception("api.failed", verb=verb)
             error = InternalError(f"the coordinator failed on {verb}: {type(exc).__name__}: {exc}; see its log")
             payload = encode(ApiReply(error=ApiError(error.code, str(error))))
-        if msg.reply:
-            await msg.respond(payload)
+        return payload

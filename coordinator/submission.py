@@ -157,12 +157,19 @@ class SubmitPipeline:
                     batch.events.append(guarded)
             by_id = {r.task_id: r for r in new}
             job.results = [self._final_result(r, by_id.get(r.task_id)) for r in results]
+        written = {id(r) for r in batch.new_tasks}
+        for job in jobs:
+            for record in job.records:
+                if record.state != TaskState.PENDING or id(record) not in written:
+                    _end_span(record, record.state.value)  # held, denied, duplicate or refused: no publish
         if batch:
             async with self._book.lock:
                 try:
                     await self._store.write_batch(batch)
                 except StorageError as exc:
                     log.error("submit.persist_failed", error=str(exc), tasks=len(batch.new_tasks))
+                    for record in batch.new_tasks:
+                        _end_span(record, "not persisted")
                     raise
                 for record in batch.new_tasks:
                     self._book.add(record)
@@ -247,6 +254,7 @@ class SubmitPipeline:
                     subjects.task(r.priority, r.skill),
                     encode(task_message_of(r, self._backoff)),
                     task_msg_id(r, nonce),
+                    {"traceparent": r.traceparent} if r.traceparent else None,
                 )
                 for r in records
             ]
@@ -256,6 +264,7 @@ class SubmitPipeline:
         acks: dict[str, PubAck] = {}
         woken: set[tuple[str, str]] = set()
         for record, result in zip(records, results, strict=True):
+            _end_span(record, "published" if isinstance(result, PubAck) else "publish failed")
             if isinstance(result, PublishFailedError):
                 log.warning("submit.publish_failed", task_id=record.task_id, error=str(result))
                 continue
@@ -343,3 +352,12 @@ class SubmitPipeline:
             await self._store.write_batch(batch)
         log.warning("task.requeued", task_id=record.task_id, reason=reason)
         return True
+
+
+def _end_span(record: TaskRecord, outcome: str) -> None:
+    """End the coordinator's span of a task once admission and publishing are over for it."""
+    span = record.span
+    if span is not None:
+        span.set_attribute("claw.admission", outcome)
+        span.end()
+        record.span = None

@@ -141,6 +141,31 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE events ADD COLUMN hash TEXT;
         """,
     ),
+    (
+        4,
+        "the trace context of each task, and artifacts",
+        """
+        -- The W3C traceparent of the task's coordinator span: re-runs continue the same trace.
+        ALTER TABLE tasks ADD COLUMN traceparent TEXT;
+
+        CREATE TABLE artifacts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            name TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            key TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL
+        );
+        CREATE INDEX artifacts_task ON artifacts (task_id, name);
+        CREATE INDEX artifacts_sha ON artifacts (sha256);
+        CREATE INDEX artifacts_expiry ON artifacts (expires_at);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

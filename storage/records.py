@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.states import AttemptState, Priority, TaskState
 
@@ -48,10 +49,13 @@ class TaskRecord:
     guard_rule: str | None = None
     approvals_needed: int = 0
     held_until: float | None = None
+    traceparent: str | None = None
     # Runtime only (kept in task_attempts): where to NAK the current attempt if its node dies.
     ack_subject: str | None = None
     # Runtime only, set by admission: the guard denied the task (with this reason).
     denied: str | None = None
+    # Runtime only: the coordinator's span of this task while it is admitted and published.
+    span: Any = None
 
     def insert_row(self) -> tuple[object, ...]:
         """Parameters for `TaskStore.INSERT_TASK`."""
@@ -75,6 +79,7 @@ class TaskRecord:
             self.guard_rule,
             self.approvals_needed,
             self.held_until,
+            self.traceparent,
         )
 
     def update_row(self) -> tuple[object, ...]:
@@ -133,6 +138,7 @@ class TaskRecord:
             guard_rule=row["guard_rule"],
             approvals_needed=row["approvals_needed"],
             held_until=row["held_until"],
+            traceparent=row["traceparent"],
         )
 
 

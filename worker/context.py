@@ -8,14 +8,17 @@ handlers and from sync handlers running in a thread.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import structlog
+from opentelemetry.trace import Span
 
 from common.clock import Clock
 from common.events import TaskEvent, TaskLog, TaskProgress
 from common.ids import new_id
 from common.states import Priority
+from common.tracing import tracer
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -49,6 +52,10 @@ class TaskContext:
                 message=message,
             )
         )
+
+    def span(self, name: str, **attributes: str | int | float | bool) -> AbstractContextManager[Span]:
+        """A child span of this attempt's span, for the handler's own steps (`with ctx.span("fetch"):`)."""
+        return tracer().start_as_current_span(name, attributes=attributes)
 
     def log(self, message: str, level: str = "info") -> None:
         """Add a line to the task's execution log (and to the worker's own log)."""

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import structlog
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind, StatusCode
 
 from common.clock import Clock
 from common.errors import InvalidInputError, PermanentError, TaskError, TaskTimeoutError
@@ -39,10 +40,12 @@ from common.ids import new_id
 from common.log import get_logger
 from common.models import DeadLetter, TaskMessage
 from common.states import Priority
+from common.tracing import tracer
 from communication.codec import DecodeError, decode, encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
 from communication.subjects import skill_from_token
+from communication.trace_context import context_from
 from worker.cancellation import CancelledTasks
 from worker.context import TaskContext
 from worker.reporter import EventReporter
@@ -160,15 +163,29 @@ class TaskRunner:
             _emit=self._reporter.emit,
             _clock=self._clock,
         )
-        try:
-            outcome = await self._call(skill, ctx, task, running, started_at)
-        except asyncio.CancelledError:
-            log.warning("task.interrupted", reason="worker shutting down")
-            await asyncio.shield(_settle(msg.nak()))
-            raise
-        if isinstance(outcome, TaskFailed):
-            outcome = self._plan_retry(outcome, task, delivered)
-        await asyncio.shield(self._finish(msg, outcome))
+        attributes: dict[str, str | int] = {
+            "claw.task_id": task.task_id,
+            "claw.skill": task.skill,
+            "claw.attempt": running.attempt,
+            "claw.node_id": self._node_id,
+            "claw.priority": task.priority.value,
+        }
+        with tracer().start_as_current_span(
+            "claw.task.execute", context=context_from(msg.headers), kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            try:
+                outcome = await self._call(skill, ctx, task, running, started_at)
+            except asyncio.CancelledError:
+                log.warning("task.interrupted", reason="worker shutting down")
+                span.set_attribute("claw.outcome", "interrupted")
+                await asyncio.shield(_settle(msg.nak()))
+                raise
+            if isinstance(outcome, TaskFailed):
+                outcome = self._plan_retry(outcome, task, delivered)
+                span.set_status(StatusCode.ERROR, f"{outcome.error_type}: {outcome.message}")
+            span.set_attribute("claw.outcome", _outcome_name(outcome))
+            with tracer().start_as_current_span("claw.task.report", attributes=attributes):
+                await asyncio.shield(self._finish(msg, outcome, task))
 
     async def _call(
         self, skill: Skill, ctx: TaskContext, task: TaskMessage, running: RunningAttempt, started_at: float
@@ -258,7 +275,7 @@ class TaskRunner:
             delay = task.backoff.delay_s(delivered, self._random.random())
         return msgspec.structs.replace(failed, retry_in_s=round(delay, 3))
 
-    async def _finish(self, msg: Msg, outcome: Outcome) -> None:
+    async def _finish(self, msg: Msg, outcome: Outcome, task: TaskMessage) -> None:
         """Report the outcome durably, then settle; without a stored report the task is not settled."""
         try:
             await self._reporter.report(outcome)
@@ -272,7 +289,6 @@ class TaskRunner:
             log.info("task.retry_scheduled", retry_in_s=outcome.retry_in_s)
             await _settle(msg.nak(delay=outcome.retry_in_s))
             if self._retry_scheduled is not None:
-                task = decode(msg.data, TaskMessage)
                 self._retry_scheduled(task.skill, task.priority, outcome.retry_in_s)
         else:
             await _settle(msg.term())
@@ -294,7 +310,7 @@ class TaskRunner:
             ),
             started_at=now,
         )
-        await asyncio.shield(self._finish(msg, outcome))
+        await asyncio.shield(self._finish(msg, outcome, task))
 
     async def _dead_letter_poison(self, msg: Msg, reason: str) -> None:
         """An undecodable task message: keep its bytes in the DLQ, then drop it from the queue."""
@@ -320,6 +336,14 @@ class TaskRunner:
             log.error("task.poison_not_dead_lettered", error=str(exc))
             return  # unsettled: redelivered after the ack wait, and tried again
         await _settle(msg.term())
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    if isinstance(outcome, TaskSucceeded):
+        return "succeeded"
+    if isinstance(outcome, TaskCancelled):
+        return "cancelled"
+    return "retrying" if outcome.retry_in_s is not None else "failed"
 
 
 def _retry_after(exc: BaseException) -> float | None:

@@ -1,0 +1,144 @@
+"""OpenTelemetry tracing: one set-up per process, configured the way OTel users expect.
+
+`setup_tracing("claw-worker", settings)` installs the process's tracer provider. The exporter comes
+from the `tracing` config section or, when that is unset, from OTel's own environment variables:
+
+| `OTEL_TRACES_EXPORTER` | where spans go |
+| --- | --- |
+| `none` (default) | nowhere; trace ids are still made and stored on tasks |
+| `console` | stdout, one JSON document per span |
+| `otlp` | an OTLP/HTTP collector (Jaeger, Tempo, the OTel Collector), `OTEL_EXPORTER_OTLP_*`; `[otel]` extra |
+| `jsonl` | ours: a JSON line per span in `tracing.jsonl_path` (or `CLAW_TRACING_JSONL_PATH`), for tests |
+
+`OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` are honoured. With no exporter, spans are not
+recorded (the sampler is off), which keeps tracing nearly free while the ids still propagate.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+
+from common.config import TracingSettings
+from common.errors import ConfigError
+
+EXPORTERS = ("none", "console", "otlp", "jsonl")
+TRACER_NAME = "openclaw-cluster"
+_encoder = msgspec.json.Encoder()
+
+
+def tracer() -> trace.Tracer:
+    """The project's tracer (a no-op until `setup_tracing` ran)."""
+    return trace.get_tracer(TRACER_NAME)
+
+
+class JsonlSpanExporter(SpanExporter):
+    """Appends each finished span as one JSON line to a file (safe across threads)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed by shutdown()
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write the spans and flush."""
+        lines = b"".join(_encoder.encode(span_record(s)) + b"\n" for s in spans)
+        with self._lock:
+            self._file.write(lines)
+            self._file.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._file.close()
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """A span as the jsonl exporter writes it."""
+    context = span.get_span_context()
+    parent = span.parent
+    return {
+        "name": span.name,
+        "service": span.resource.attributes.get("service.name"),
+        "trace_id": f"{context.trace_id:032x}" if context else None,
+        "span_id": f"{context.span_id:016x}" if context else None,
+        "parent_span_id": f"{parent.span_id:016x}" if parent else None,
+        "kind": span.kind.name,
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+        "events": [{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
+    }
+
+
+class TracingHandle:
+    """The installed provider; `shutdown()` flushes what is buffered."""
+
+    def __init__(self, provider: TracerProvider, exporter_name: str) -> None:
+        self.provider = provider
+        self.exporter_name = exporter_name
+
+    def shutdown(self) -> None:
+        """Export what is left and stop."""
+        self.provider.shutdown()
+
+
+def setup_tracing(
+    service_name: str, settings: TracingSettings, *, env: Mapping[str, str] | None = None
+) -> TracingHandle:
+    """Install the tracer provider for this process (call once, from the CLI entry point)."""
+    env = os.environ if env is None else env
+    name = settings.exporter or env.get("OTEL_TRACES_EXPORTER", "none").split(",")[0].strip().lower() or "none"
+    if name not in EXPORTERS:
+        raise ConfigError(
+            f"unknown traces exporter '{name}' (OTEL_TRACES_EXPORTER / tracing.exporter): "
+            f"use one of {', '.join(EXPORTERS)}"
+        )
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service_name})
+    sampler = ALWAYS_OFF if name == "none" else ParentBased(TraceIdRatioBased(settings.sample_ratio))
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    exporter = _exporter(name, settings, env)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    trace.set_tracer_provider(provider)
+    return TracingHandle(provider, name)
+
+
+def _exporter(name: str, settings: TracingSettings, env: Mapping[str, str]) -> SpanExporter | None:
+    if name == "none":
+        return None
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name == "jsonl":
+        path = settings.jsonl_path or env.get("CLAW_TRACING_JSONL_PATH")
+        if not path:
+            raise ConfigError("the jsonl traces exporter needs tracing.jsonl_path (or CLAW_TRACING_JSONL_PATH)")
+        return JsonlSpanExporter(Path(path))
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise ConfigError("the otlp traces exporter is not installed: pip install 'openclaw-cluster[otel]'") from None
+    return OTLPSpanExporter()  # endpoint, headers and timeout from the OTEL_EXPORTER_OTLP_* variables
+
+
+def trace_id_of(span: trace.Span) -> str | None:
+    """The span's trace id as 32 hex digits, or None for an invalid (no-op) span."""
+    context = span.get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else None

@@ -1,0 +1,98 @@
+"""One trace per task across real processes: CLI submit -> coordinator -> every attempt on a worker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ProcessPool, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def spans(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_retried_tasks_spans_share_one_trace_with_correct_parents(processes: ProcessPool, tmp_path: Path) -> None:
+    traced = {"OTEL_TRACES_EXPORTER": "jsonl"}
+    processes.spawn(
+        "coordinator", "coordinator", "start", env=traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "coord.jsonl")}
+    )
+    processes.spawn(
+        "worker", "worker", "start", "--node-id", "w1",
+        env=traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "worker.jsonl")},
+    )  # fmt: skip
+    wait_until(lambda: processes.run("nodes", "--json").returncode == 0, timeout_s=30, what="coordinator up")
+    wait_until(lambda: "w1" in processes.run("nodes").stdout, timeout_s=30, what="worker up")
+
+    processes.env.update(traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "cli.jsonl")})
+    result = processes.run(
+        "submit",
+        "fail",
+        "--input",
+        '{"message": "flaky", "retryable": true}',
+        "--max-attempts",
+        "2",
+        "--wait",
+        "--json",
+    )
+    assert result.returncode == 1, result.stderr
+    task = json.loads(result.stdout)
+    assert task["attempts"] == 2 and task["trace_id"]
+
+    def all_spans() -> list[dict[str, Any]] | None:
+        found = spans(tmp_path / "cli.jsonl") + spans(tmp_path / "coord.jsonl") + spans(tmp_path / "worker.jsonl")
+        mine = [s for s in found if s["trace_id"] == task["trace_id"]]
+        return mine if sum(s["name"] == "claw.task.report" for s in mine) == 2 else None
+
+    found = wait_until(all_spans, timeout_s=30, what="every span exported")
+    by_id = {s["span_id"]: s for s in found}
+    names = {s["span_id"]: (s["service"], s["name"]) for s in found}
+
+    def parent(span: dict[str, Any]) -> tuple[str, str] | None:
+        return names.get(span["parent_span_id"]) if span["parent_span_id"] else None
+
+    [submit] = [s for s in found if s["name"] == "claw.submit"]
+    [api] = [s for s in found if s["name"] == "claw.api.submit"]
+    [admitted] = [s for s in found if s["name"] == "claw.task"]
+    executes = sorted(
+        (s for s in found if s["name"] == "claw.task.execute"), key=lambda s: s["attributes"]["claw.attempt"]
+    )
+    reports = [s for s in found if s["name"] == "claw.task.report"]
+    assert submit["service"] == "claw-cli" and submit["parent_span_id"] is None
+    assert parent(api) == ("claw-cli", "claw.submit") and api["service"] == "claw-coordinator"
+    assert parent(admitted) == ("claw-coordinator", "claw.api.submit")
+    assert admitted["attributes"]["claw.task_id"] == task["task_id"]
+    assert [e["attributes"]["claw.attempt"] for e in executes] == [1, 2]
+    assert all(parent(e) == ("claw-coordinator", "claw.task") and e["service"] == "claw-worker" for e in executes)
+    assert [e["attributes"]["claw.outcome"] for e in executes] == ["retrying", "failed"]
+    assert all(e["status"] == "ERROR" and e["attributes"]["claw.node_id"] == "w1" for e in executes)
+    assert sorted(by_id[r["parent_span_id"]]["attributes"]["claw.attempt"] for r in reports) == [1, 2]
+    print("\n" + span_tree(found))
+
+
+def span_tree(found: list[dict[str, Any]]) -> str:
+    """The spans as an indented tree (for the closing note)."""
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for span in found:
+        children.setdefault(span["parent_span_id"], []).append(span)
+    lines: list[str] = []
+
+    def walk(span: dict[str, Any], depth: int) -> None:
+        ms = (span["end_ns"] - span["start_ns"]) / 1e6
+        attributes = span["attributes"]
+        extra = f" attempt={attributes['claw.attempt']}" if "claw.attempt" in attributes else ""
+        extra += f" outcome={attributes['claw.outcome']}" if "claw.outcome" in attributes else ""
+        lines.append(f"{'  ' * depth}{span['service']}: {span['name']} ({ms:.1f} ms){extra}")
+        for child in sorted(children.get(span["span_id"], []), key=lambda s: s["start_ns"]):
+            walk(child, depth + 1)
+
+    for root in children.get(None, []):
+        walk(root, 0)
+    return "\n".join(lines)
