@@ -96,3 +96,86 @@ def span_tree(found: list[dict[str, Any]]) -> str:
     for root in children.get(None, []):
         walk(root, 0)
     return "\n".join(lines)
+
+
+class FakeCollector:
+    """An OTLP/HTTP trace receiver on loopback: decodes and keeps every exported span."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.spans: list[dict[str, Any]] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                for resource_spans in request.resource_spans:
+                    service = next(
+                        a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"
+                    )
+                    for scope in resource_spans.scope_spans:
+                        for span in scope.spans:
+                            collector.spans.append(
+                                {
+                                    "service": service,
+                                    "name": span.name,
+                                    "trace_id": span.trace_id.hex(),
+                                    "span_id": span.span_id.hex(),
+                                    "parent_span_id": span.parent_span_id.hex() or None,
+                                }
+                            )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_claw_up_with_otlp_sends_one_connected_trace_to_a_collector(tmp_path: Path) -> None:
+    import re
+    import signal
+
+    from tests.helpers import child_env
+
+    collector = FakeCollector()
+    otlp = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url}
+    pool = ProcessPool(child_env(**otlp), tmp_path)
+    try:
+        up = pool.spawn("up", "up", "--workers", "1", "--data-dir", str(tmp_path / "data"), "--nats-port", "0",
+                        "--monitor-port", "0")  # fmt: skip
+        match = wait_until(lambda: re.search(r"claw --nats (nats://\S+) submit", up.output()), timeout_s=60)
+        result = pool.run("--nats", match.group(1), "submit", "echo", "--wait", "--json")
+        assert result.returncode == 0, result.stderr
+        trace_id = json.loads(result.stdout)["trace_id"]
+
+        def connected() -> list[dict[str, Any]] | None:
+            mine = [s for s in collector.spans if s["trace_id"] == trace_id]
+            return mine if {s["service"] for s in mine} >= {"claw-cli", "claw-coordinator", "claw-worker"} else None
+
+        found = wait_until(connected, timeout_s=30, what="spans of all three processes at the collector")
+        ids = {s["span_id"] for s in found}
+        roots = [s for s in found if s["parent_span_id"] is None]
+        assert [r["name"] for r in roots] == ["claw.submit"]
+        assert all(s["parent_span_id"] in ids for s in found if s is not roots[0])  # one connected tree
+        up.popen.send_signal(signal.SIGTERM)
+        assert up.popen.wait(60) == 0
+    finally:
+        pool.stop_all()
+        collector.stop()
