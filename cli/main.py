@@ -18,12 +18,14 @@ from typing import Annotated, Any
 import typer
 from opentelemetry.trace import SpanKind
 
+from cli.artifacts import fetch_artifact, offload_large_inputs
 from cli.inputs import parse_duration, read_inputs
 from cli.output import emit_json, fmt_duration
 from cli.render import (
     render_action,
     render_approval_outcome,
     render_approvals,
+    render_artifacts,
     render_dead_letters,
     render_guard_check,
     render_nodes,
@@ -60,6 +62,7 @@ dlq_app = typer.Typer(help="The dead-letter queue.", no_args_is_help=True)
 skills_app = typer.Typer(help="The skill registry: install, enable, disable, search.", no_args_is_help=True)
 guard_app = typer.Typer(help="The guard policy.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident event log.", no_args_is_help=True)
+artifacts_app = typer.Typer(help="Files tasks produced (and large inputs and results).", no_args_is_help=True)
 app.add_typer(nats_app, name="nats")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(worker_app, name="worker")
@@ -68,6 +71,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(skills_app, name="skills")
 app.add_typer(guard_app, name="guard")
 app.add_typer(audit_app, name="audit")
+app.add_typer(artifacts_app, name="artifacts")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ConfigFlag = Annotated[Path | None, typer.Option("--config", help="YAML config file (also $CLAW_CONFIG).")]
@@ -281,6 +285,7 @@ def submit(
             )
             for i, raw in enumerate(inputs, start=1)
         ]
+        specs = await offload_large_inputs(specs, cfg.artifacts)
         async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
             started = time.monotonic()
             with tracer().start_as_current_span(
@@ -358,6 +363,20 @@ def _query(
 def task_show(ctx: typer.Context, task_id: str, json_out: JsonFlag = False) -> None:
     """A task's state, attempts, result and event timeline."""
     _query(ctx, lambda client: client.get_task(task_id), render_task, json_out)
+
+
+@task_app.command("watch")
+def task_watch(ctx: typer.Context, task_id: str) -> None:
+    """Print a task's timeline, then follow its progress live until it ends (exit 1 unless it succeeded)."""
+    from cli.watch import watch
+
+    cfg = _client_config(ctx)
+
+    async def main() -> int:
+        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            return await watch(client, task_id)
+
+    raise typer.Exit(run_async(main()))
 
 
 @task_app.command("list")
@@ -624,6 +643,30 @@ def audit_verify(
         return reply.ok
 
     raise typer.Exit(0 if run_async(main()) else 1)
+
+
+@artifacts_app.command("list")
+def artifacts_list(ctx: typer.Context, task_id: str, json_out: JsonFlag = False) -> None:
+    """A task's artifacts: name, size, sha256, attempt, expiry."""
+    _query(ctx, lambda client: client.artifacts(task_id), render_artifacts, json_out)
+
+
+@artifacts_app.command("get")
+def artifacts_get(
+    ctx: typer.Context,
+    task_id: str,
+    name: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the bytes.")],
+) -> None:
+    """Download one artifact of a task."""
+    cfg = _client_config(ctx)
+
+    async def main() -> None:
+        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            artifact = await fetch_artifact(client, cfg.artifacts, task_id, name, output)
+        print(f"{output}: {artifact.size} bytes, sha256 {artifact.sha256[:16]}")
+
+    run_async(main())
 
 
 def run() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 
 import msgspec
@@ -23,7 +24,7 @@ from common.api import (
     SubmitResult,
     TaskActionReply,
 )
-from common.models import ClusterStatus, DeadLetterView, NodeView, TaskSummary, TaskView
+from common.models import ARTIFACT_MARKER, ArtifactView, ClusterStatus, DeadLetterView, NodeView, TaskSummary, TaskView
 
 
 def _since(start: float | None, end: float | None) -> str:
@@ -33,6 +34,55 @@ def _since(start: float | None, end: float | None) -> str:
 def _json_text(raw: msgspec.Raw, limit: int = 2000) -> str:
     text = bytes(raw).decode()
     return "-" if text == "null" else shorten(text, limit)
+
+
+def _artifact_ref(raw: msgspec.Raw) -> dict[str, object] | None:
+    text = bytes(raw)
+    if not text.startswith(b'{"' + ARTIFACT_MARKER.encode()):
+        return None
+    ref = msgspec.json.decode(text).get(ARTIFACT_MARKER)
+    return ref if isinstance(ref, dict) else None
+
+
+def _payload_text(raw: msgspec.Raw) -> str:
+    ref = _artifact_ref(raw)
+    if ref is None:
+        return _json_text(raw)
+    return f"artifact {ref['name']} ({fmt_bytes(int(str(ref['size'])))}, sha256 {str(ref['sha256'])[:16]})"
+
+
+def task_summary(task: TaskView) -> list[str]:
+    """What happened, where the outputs are, and how to run it again."""
+    lines = []
+    retries = max(task.attempts - 1, 0)
+    ran = _since(task.started_at, task.finished_at)
+    waited = _since(task.queued_at, task.started_at)
+    where = f" on {task.node_id}" if task.node_id else ""
+    tries = f" ({retries} retr{'y' if retries == 1 else 'ies'})" if retries else ""
+    if task.state.value in ("succeeded", "failed", "dead"):
+        lines.append(
+            f"{task.state.value} on attempt {task.attempts} of {task.max_attempts}{where}; "
+            f"waited {waited} in the queue, ran {ran}{tries}"
+        )
+    else:
+        lines.append(f"{task.state.value}; {task.attempts} attempt(s) so far{where}")
+    for artifact in task.artifacts:
+        lines.append(
+            f"artifact {artifact.name} ({fmt_bytes(artifact.size)}): "
+            f"claw artifacts get {task.task_id} {artifact.name} -o {artifact.name.rsplit('/', 1)[-1]}"
+        )
+    lines.append(f"reproduce: {reproduce_command(task)}")
+    return lines
+
+
+def reproduce_command(task: TaskView) -> str:
+    """A `claw submit` that runs the same task again."""
+    ref = _artifact_ref(task.input)
+    given = "--input-file input.json" if ref is not None else f"--input {shlex.quote(bytes(task.input).decode())}"
+    return (
+        f"claw submit {task.skill} {given} --priority {task.priority.value} "
+        f"--max-attempts {task.max_attempts} --timeout {task.timeout_s:g}"
+    )
 
 
 def render_task(task: TaskView) -> None:
@@ -53,10 +103,13 @@ def render_task(task: TaskView) -> None:
             ("finished", f"{fmt_time(end)} (ran {_since(task.started_at, end)})"),
             ("next attempt", fmt_time(task.next_attempt_at) if task.next_attempt_at else None),
             ("trace", task.trace_id),
-            ("input", _json_text(task.input)),
-            ("result", _json_text(task.result)),
+            ("input", _payload_text(task.input)),
+            ("result", _payload_text(task.result)),
         ]
     )
+    print("\nsummary:")
+    for line in task_summary(task):
+        print(f"  {line}")
     if task.error_type:
         print(f"\nerror: {task.error_type}: {task.error_message}")
         if task.error_traceback:
@@ -337,3 +390,23 @@ def render_guard_check(reply: GuardCheckReply) -> None:
         print(f"  reason: {d.reason}")
     for line in d.explanation:
         print(f"  because {line}")
+
+
+def render_artifacts(artifacts: list[ArtifactView]) -> None:
+    """`claw artifacts list`."""
+    emit_table(
+        ["NAME", "ATTEMPT", "SIZE", "TYPE", "SHA256", "CREATED", "EXPIRES"],
+        [
+            (
+                a.name,
+                a.attempt or "input",
+                fmt_bytes(a.size),
+                a.content_type,
+                a.sha256[:16],
+                fmt_time(a.created_at),
+                fmt_time(a.expires_at),
+            )
+            for a in artifacts
+        ],
+        empty="this task has no artifacts",
+    )

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import msgspec
 
-from common.models import EMPTY_OBJECT, JSON_NULL, ClusterStatus, DeadLetterView, NodeView, TaskSpec, TaskSummary
+from common.models import (
+    EMPTY_OBJECT,
+    JSON_NULL,
+    ArtifactView,
+    ClusterStatus,
+    DeadLetterView,
+    NodeView,
+    TaskSpec,
+    TaskSummary,
+)
 from common.skills import RegistryEntry, SkillManifest
 from common.states import TaskState
 
@@ -37,6 +46,7 @@ class ApiVerb:
     REJECT = "reject"
     GUARD_CHECK = "guard_check"
     AUDIT_VERIFY = "audit_verify"
+    ARTIFACTS = "artifacts"
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -319,6 +329,18 @@ class AuditReply(msgspec.Struct, frozen=True, kw_only=True):
     broken_event: int | None = None
     problem: str | None = None
     anchored_event: int | None = None
+
+
+class ArtifactsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The artifacts of one task."""
+
+    task_id: str
+
+
+class ArtifactsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A task's artifacts, oldest first."""
+
+    artifacts: list[ArtifactView]
 
 
 class Empty(msgspec.Struct, frozen=True):

@@ -161,6 +161,12 @@ class ArtifactSettings(_Section, frozen=True):
     secret_key_env: str = "CLAW_S3_SECRET_KEY"  # noqa: S105 - the name of a variable, not a secret
     # Artifacts older than this are removed by the coordinator's cleanup job (0: kept for ever).
     default_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
+    # Inputs and results larger than this travel through the store, as references.
+    inline_max_bytes: PositiveInt = 256 * 1024
+    cleanup_interval_s: PositiveFloat = 60.0
+    # An object no row references is deleted only once it is this old (a worker may be about to
+    # record it): longer than the longest task.
+    cleanup_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 24 * 3600.0
 
 
 class TracingSettings(_Section, frozen=True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from common.models import SCHEMA_VERSION
+from common.models import SCHEMA_VERSION, ArtifactRef
 
 
 class TaskEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -49,10 +49,11 @@ class TaskLog(TaskEventBase, tag="log", frozen=True):
 
 
 class TaskSucceeded(TaskEventBase, tag="succeeded", frozen=True):
-    """The attempt finished and returned `result` (JSON)."""
+    """The attempt finished and returned `result` (JSON); a large result is `result_ref` instead."""
 
     result: msgspec.Raw
     started_at: float
+    result_ref: ArtifactRef | None = None
 
 
 class TaskFailed(TaskEventBase, tag="failed", frozen=True):
@@ -70,10 +71,17 @@ class TaskFailed(TaskEventBase, tag="failed", frozen=True):
     retry_in_s: float | None = None
 
 
+class TaskArtifact(TaskEventBase, tag="artifact", frozen=True):
+    """A handler stored an artifact (`ctx.put_artifact`), or its result went to the store."""
+
+    ref: ArtifactRef
+    expires_at: float | None = None
+
+
 class TaskCancelled(TaskEventBase, tag="cancelled", frozen=True):
     """A running attempt was stopped because its task was cancelled."""
 
     started_at: float = 0.0
 
 
-TaskEvent = TaskStarted | TaskProgress | TaskLog | TaskSucceeded | TaskFailed | TaskCancelled
+TaskEvent = TaskStarted | TaskProgress | TaskLog | TaskSucceeded | TaskFailed | TaskCancelled | TaskArtifact

@@ -41,6 +41,36 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
         return max(raw * (1 + self.jitter * (2 * unit_random - 1)), 0.0)
 
 
+class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an artifact's bytes are: content-addressed (`key` derives from `sha256`) in `backend`."""
+
+    name: str
+    sha256: str
+    size: int
+    content_type: str = "application/octet-stream"
+    backend: str
+    key: str
+
+
+# An input or result kept as an artifact is stored, in the task's JSON, as {ARTIFACT_MARKER: ref}.
+ARTIFACT_MARKER = "$artifact"
+
+
+class ArtifactView(msgspec.Struct, frozen=True, kw_only=True):
+    """An artifact's metadata row (`claw artifacts list`)."""
+
+    task_id: str
+    attempt: int
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+    backend: str
+    key: str
+    created_at: float
+    expires_at: float | None = None
+
+
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What a client asks the cluster to run; unset options take the skill's or cluster's defaults.
 
@@ -56,6 +86,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     backoff: Backoff | None = None
     task_id: Annotated[str, msgspec.Meta(pattern="^[0-9A-HJKMNP-TV-Z]{26}\\Z")] | None = None
+    # A large input, already put in the artifact store by the client (then `input` is `{}`).
+    input_ref: ArtifactRef | None = None
 
 
 class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +107,8 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
     attempt_offset: int = 0
     submitted_at: float
     backoff: Backoff = Backoff()
+    # Set when the input is an artifact: the worker fetches it and hands the handler its content.
+    input_ref: ArtifactRef | None = None
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
@@ -196,6 +230,7 @@ class EventView(msgspec.Struct, frozen=True, kw_only=True):
     to_state: TaskState | None = None
     node_id: str | None = None
     data: msgspec.Raw = JSON_NULL
+    event_id: str | None = None
 
 
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
@@ -223,6 +258,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     next_attempt_at: float | None = None
     attempt_log: list[AttemptView] = []
     events: list[EventView] = []
+    artifacts: list[ArtifactView] = []
 
 
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):

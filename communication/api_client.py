@@ -27,6 +27,8 @@ from common.api import (
     ApprovalsReply,
     ApprovalView,
     ApproveRequest,
+    ArtifactsReply,
+    ArtifactsRequest,
     AuditReply,
     DlqListReply,
     DlqListRequest,
@@ -70,6 +72,7 @@ from common.errors import (
 from common.ids import new_id
 from common.models import (
     EMPTY_OBJECT,
+    ArtifactView,
     ClusterStatus,
     DeadLetterView,
     NodeView,
@@ -131,7 +134,11 @@ class ClawClient:
         return (await self.submit_many([spec], submitter=submitter))[0]
 
     async def submit_many(
-        self, specs: Sequence[TaskSpec], *, submitter: str | None = None, retry_for_s: float = 0.0
+        self,
+        specs: Sequence[TaskSpec],
+        *,
+        submitter: str | None = None,
+        retry_for_s: float = 0.0,
     ) -> list[SubmitResult]:
         """Submit many tasks in as few requests as fit, several requests in flight; results in order.
 
@@ -171,6 +178,10 @@ class ClawClient:
             except* ClawError as group:
                 raise group.exceptions[0] from None
         return [r for chunk_results in results for r in chunk_results]
+
+    async def artifacts(self, task_id: str) -> list[ArtifactView]:
+        """A task's artifacts (metadata; read the bytes with an ArtifactStore)."""
+        return (await self._call(ApiVerb.ARTIFACTS, ArtifactsRequest(task_id=task_id), ArtifactsReply)).artifacts
 
     async def get_task(self, task_id: str, *, history: bool = True) -> TaskView:
         """One task, with its attempts and event log when `history`."""

@@ -27,6 +27,7 @@ from common.skills import Risk, SkillManifest, validate_input
 from common.states import TaskState
 from communication.codec import encode, is_json_object
 from communication.subjects import check_skill_name
+from coordinator.event_folding import artifact_marker
 from coordinator.guard import Action, Decision, Guard
 from coordinator.skill_catalog import SkillCatalog
 from storage.records import TaskRecord
@@ -84,6 +85,9 @@ class Admission:
 
     def _admit_one(self, spec: TaskSpec, now: float, submitter: str | None) -> TaskRecord:
         manifest, risk = self._skill(spec.skill)
+        if spec.input_ref is not None:
+            # A large input in the artifact store: its schema is checked by the worker, before it runs.
+            return self._record(spec, now, submitter, manifest, risk, artifact_marker(spec.input_ref), None)
         size = len(spec.input)
         if size > self._settings.max_input_bytes:
             raise PayloadTooLargeError(
@@ -97,13 +101,25 @@ class Admission:
             parsed = _input_decoder.decode(spec.input)
         if manifest is not None:
             validate_input(manifest, parsed)
+        return self._record(spec, now, submitter, manifest, risk, bytes(spec.input).decode(), parsed)
+
+    def _record(
+        self,
+        spec: TaskSpec,
+        now: float,
+        submitter: str | None,
+        manifest: SkillManifest | None,
+        risk: Risk,
+        input_text: str,
+        parsed: Any,
+    ) -> TaskRecord:
         decision = self._guard.decide(skill=spec.skill, risk=risk, input=parsed, submitter=submitter)
         record = TaskRecord(
             task_id=spec.task_id or new_id(),
             skill=spec.skill,
             priority=spec.priority,
             state=TaskState.PENDING,
-            input=bytes(spec.input).decode(),
+            input=input_text,
             max_attempts=spec.max_attempts or _manifest_attempts(manifest) or self._settings.default_max_attempts,
             timeout_s=spec.timeout_s or (manifest and manifest.timeout_s) or self._settings.default_timeout_s,
             created_at=now,

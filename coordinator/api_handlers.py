@@ -15,6 +15,8 @@ from common.api import (
     ApprovalOutcome,
     ApprovalsReply,
     ApproveRequest,
+    ArtifactsReply,
+    ArtifactsRequest,
     AuditReply,
     DlqListReply,
     DlqListRequest,
@@ -129,6 +131,7 @@ class ApiHandlers:
             ApiVerb.REJECT: self.reject,
             ApiVerb.GUARD_CHECK: self.guard_check,
             ApiVerb.AUDIT_VERIFY: self.audit_verify,
+            ApiVerb.ARTIFACTS: self.artifacts,
         }
 
     async def ping(self, data: bytes) -> PingReply:
@@ -314,6 +317,13 @@ class ApiHandlers:
                 explanation=decision.explanation,
             ),
         )
+
+    async def artifacts(self, data: bytes) -> ArtifactsReply:
+        """A task's artifacts (metadata; the bytes are in the artifact store)."""
+        request = _decode_request(data, ArtifactsRequest)
+        if await self._store.get_task(request.task_id, history=False) is None:
+            raise TaskNotFoundError(f"no task with id {request.task_id}; `claw task list` shows recent ones")
+        return ArtifactsReply(artifacts=await self._store.artifacts_of(request.task_id))
 
     async def audit_verify(self, data: bytes) -> AuditReply:
         """Walk the event log's hash chain and compare its head with the anchor in NATS."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import msgspec
 
 from common.events import (
+    TaskArtifact,
     TaskCancelled,
     TaskEvent,
     TaskFailed,
@@ -28,12 +29,18 @@ from common.events import (
     TaskSucceeded,
 )
 from common.log import get_logger
+from common.models import ARTIFACT_MARKER, ArtifactRef
 from common.states import TERMINAL_STATES, AttemptState, TaskState
 from coordinator.task_book import TaskBook
 from storage.records import AttemptRecord, EventRecord, TaskRecord, WriteBatch
 
 log = get_logger("coordinator.folding")
 _json = msgspec.json.Encoder()
+
+
+def artifact_marker(ref: ArtifactRef) -> str:
+    """How an input or result kept as an artifact is stored in the task's JSON."""
+    return _json.encode({ARTIFACT_MARKER: ref}).decode()
 
 
 def event_data(**fields: object) -> str:
@@ -56,6 +63,9 @@ class EventFolder:
             return
         if isinstance(event, TaskProgress | TaskLog):
             batch.events.append(self._note(event))
+            return
+        if isinstance(event, TaskArtifact):
+            self._artifact(event, batch)
             return
         stale = self._stale_reason(event, record)
         if stale:
@@ -161,7 +171,10 @@ class EventFolder:
 
     def _succeed(self, record: TaskRecord, event: TaskSucceeded, batch: WriteBatch) -> None:
         self._ensure_running(record, event, batch, event.started_at)
-        record.result = bytes(event.result).decode()
+        if event.result_ref is not None:
+            record.result = artifact_marker(event.result_ref)
+        else:
+            record.result = bytes(event.result).decode()
         record.finished_at = event.at
         record.error_type = record.error_message = record.error_traceback = None
         record.ack_subject = None
@@ -226,6 +239,26 @@ class EventFolder:
         batch.touch(record)
         if to_state == TaskState.DEAD:
             batch.dead_letters.append(record)
+
+    @staticmethod
+    def _artifact(event: TaskArtifact, batch: WriteBatch) -> None:
+        """Record an artifact's metadata row (its bytes are already in the store)."""
+        ref = event.ref
+        batch.artifacts.append(
+            (event.task_id, event.attempt, ref.name, ref.size, ref.sha256, ref.content_type, ref.backend, ref.key,
+             event.at, event.expires_at)
+        )  # fmt: skip
+        batch.events.append(
+            EventRecord(
+                task_id=event.task_id,
+                kind="artifact",
+                at=event.at,
+                attempt=event.attempt,
+                event_id=event.event_id,
+                node_id=event.node_id,
+                data=event_data(name=ref.name, size=ref.size, sha256=ref.sha256),
+            )
+        )
 
     def _cancelled(self, record: TaskRecord, event: TaskCancelled, batch: WriteBatch) -> None:
         """The worker stopped the attempt of a cancelled task."""

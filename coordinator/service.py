@@ -32,6 +32,7 @@ from coordinator.admission import Admission
 from coordinator.api_handlers import ApiHandlers
 from coordinator.api_server import ApiServer
 from coordinator.approvals import ApprovalDesk
+from coordinator.artifact_cleanup import ArtifactJanitor
 from coordinator.audit import Auditor
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.event_folding import EventFolder
@@ -43,6 +44,7 @@ from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
+from storage.artifacts import ArtifactStore, open_artifact_store
 from storage.database import Database
 from storage.node_store import NodeStore
 from storage.skill_store import SkillStore
@@ -68,6 +70,7 @@ class Coordinator:
         *,
         skills_kv: KeyValue,
         audit_kv: KeyValue,
+        artifacts: ArtifactStore,
     ) -> None:
         self.config = config
         self.node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
@@ -79,7 +82,9 @@ class Coordinator:
         self.store = TaskStore(db, audit_key=audit_key.encode() if audit_key else None)
         self.book = TaskBook(self.store)
         self.registry = NodeRegistry(NodeStore(db), clock, missed_beats=settings.offline_after_missed_beats)
-        self.pipeline = SubmitPipeline(conn, self.store, self.book, settings, clock)
+        self.pipeline = SubmitPipeline(
+            conn, self.store, self.book, settings, clock, artifact_ttl_s=config.artifacts.default_ttl_s
+        )
         folder = EventFolder(self.book, dead_letter=settings.dead_letter)
         self.dead_letters = DeadLetterOffice(conn, self.store, clock, default_backoff(settings))
         self._intake = EventIntake(
@@ -90,6 +95,8 @@ class Coordinator:
         self.guard = Guard(load_policy(settings.guard_policy))
         self.approvals = ApprovalDesk(self.book, self.store, self.pipeline, clock)
         self.auditor = Auditor(self.store, audit_kv)
+        self.artifact_store = artifacts
+        self.janitor = ArtifactJanitor(artifacts, self.store, clock, grace_s=config.artifacts.cleanup_grace_s)
         admission = Admission(
             settings,
             clock,
@@ -131,11 +138,14 @@ class Coordinator:
             audit_kv = await topology.audit_kv()
             await topology.skill_code()
             load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
+            artifacts = await open_artifact_store(config.artifacts)
             db = await Database.open(config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous)
         except BaseException:
             await conn.close()
             raise
-        coordinator = cls(config, conn, db, topology, clock, skills_kv=skills_kv, audit_kv=audit_kv)
+        coordinator = cls(
+            config, conn, db, topology, clock, skills_kv=skills_kv, audit_kv=audit_kv, artifacts=artifacts
+        )
         await coordinator.book.load()
         await coordinator.registry.load()
         await coordinator.catalog.load()
@@ -176,6 +186,7 @@ class Coordinator:
             await self._heartbeat_sub.unsubscribe()
             self._heartbeat_sub = None
         await self.registry.persist()
+        await self.artifact_store.close()
         await self._db.close()
         await self._conn.close()
 
@@ -190,7 +201,7 @@ class Coordinator:
     async def _maintain(self, stopping: asyncio.Event) -> None:
         """Node liveness and reclaim, registry persistence, and recovery of stuck tasks."""
         republish_every = self.config.coordinator.republish_after_s / 2
-        next_republish = next_recovery = self._clock.monotonic()
+        next_republish = next_recovery = next_cleanup = self._clock.monotonic()
         reconnects = self._conn.reconnects
         while not stopping.is_set():
             if self._conn.reconnects != reconnects:
@@ -213,6 +224,9 @@ class Coordinator:
                 await self.approvals.expire()
                 await self.auditor.anchor()
                 next_recovery = now + RECOVERY_INTERVAL_S
+            if now >= next_cleanup:
+                await self.janitor.sweep()
+                next_cleanup = now + self.config.artifacts.cleanup_interval_s
             try:
                 async with asyncio.timeout(MAINTENANCE_INTERVAL_S):
                     await stopping.wait()

@@ -39,7 +39,7 @@ from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedE
 from coordinator.event_folding import event_data
 from coordinator.state_machine import transition
 from coordinator.task_book import TaskBook
-from coordinator.task_wire import default_backoff, task_message_of, task_msg_id
+from coordinator.task_wire import default_backoff, input_ref_of, task_message_of, task_msg_id
 from storage.records import EventRecord, TaskRecord, WriteBatch
 from storage.task_store import TaskStore
 
@@ -66,7 +66,10 @@ class SubmitPipeline:
         book: TaskBook,
         settings: CoordinatorSettings,
         clock: Clock,
+        *,
+        artifact_ttl_s: float = 0.0,
     ) -> None:
+        self._artifact_ttl_s = artifact_ttl_s
         self._conn = conn
         self._store = store
         self._book = book
@@ -155,6 +158,13 @@ class SubmitPipeline:
                 guarded = self._apply_guard(record)
                 if guarded is not None:
                     batch.events.append(guarded)
+                ref = input_ref_of(record.input)
+                if ref is not None:
+                    expires = record.created_at + self._artifact_ttl_s if self._artifact_ttl_s else None
+                    batch.artifacts.append(
+                        (record.task_id, 0, ref.name, ref.size, ref.sha256, ref.content_type, ref.backend, ref.key,
+                         record.created_at, expires)
+                    )  # fmt: skip
             by_id = {r.task_id: r for r in new}
             job.results = [self._final_result(r, by_id.get(r.task_id)) for r in results]
         written = {id(r) for r in batch.new_tasks}

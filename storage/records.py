@@ -214,11 +214,15 @@ class WriteBatch:
     dead_letters: list[TaskRecord] = field(default_factory=list)
     # Cancelled tasks a worker started anyway (it missed the broadcast): cancel them again.
     recancel: list[TaskRecord] = field(default_factory=list)
+    # Artifact rows: (task_id, attempt, name, size, sha256, content_type, backend, key, created_at, expires_at).
+    artifacts: list[tuple[object, ...]] = field(default_factory=list)
     # Approval decisions: (task_id, approver, decision, note, at).
     approvals: list[tuple[str, str, str, str | None, float]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.new_tasks or self.changed_tasks or self.attempts or self.events or self.approvals)
+        return bool(
+            self.new_tasks or self.changed_tasks or self.attempts or self.events or self.approvals or self.artifacts
+        )
 
     def touch(self, record: TaskRecord) -> None:
         """Mark a task's record as changed (its final image is written at commit)."""

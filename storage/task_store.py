@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from common.models import JSON_NULL, AttemptError, AttemptView, EventView, TaskSummary, TaskView
+from common.models import JSON_NULL, ArtifactView, AttemptError, AttemptView, EventView, TaskSummary, TaskView
 from common.states import AttemptState, Priority, TaskState
 from storage.audit import GENESIS, ChainBreak, ChainVerifier, canonical, chain_hash, rehash_rows
 from storage.database import Database, Statement
@@ -47,6 +47,10 @@ BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END
 """
 VERIFY_CHUNK = 5000
 INSERT_APPROVAL = "INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)"
+INSERT_ARTIFACT = """
+INSERT INTO artifacts (task_id, attempt, name, size, sha256, content_type, backend, key, created_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
 SQLITE_MAX_PARAMS = 900
 
 
@@ -78,6 +82,7 @@ class TaskStore:
                 (UPSERT_ATTEMPT, [a.upsert_row() for a in batch.attempts.values()]),
                 (INSERT_EVENT, event_rows),
                 (INSERT_APPROVAL, batch.approvals),
+                (INSERT_ARTIFACT, batch.artifacts),
             ]
             await self._db.write(statements)
             self._head = head
@@ -221,10 +226,12 @@ class TaskStore:
             return None
         attempts: list[AttemptView] = []
         events: list[EventView] = []
+        artifacts: list[ArtifactView] = []
         if history:
             attempts = await self._attempts(task_id)
             events = await self._events(task_id)
-        return _task_view(row, attempts, events)
+            artifacts = await self.artifacts_of(task_id)
+        return _task_view(row, attempts, events, artifacts)
 
     async def list_tasks(self, *, state: TaskState | None, skill: str | None, limit: int) -> list[TaskSummary]:
         """Newest first, filtered by state and/or skill."""
@@ -270,6 +277,32 @@ class TaskStore:
                 found[r[0]].append((r[1], r[2], r[3], r[4]))
         return found
 
+    async def artifacts_of(self, task_id: str) -> list[ArtifactView]:
+        """A task's artifacts, oldest first."""
+        rows = await self._db.fetch_all("SELECT * FROM artifacts WHERE task_id = ? ORDER BY id", (task_id,))
+        return [_artifact_view(r) for r in rows]
+
+    async def drop_expired_artifacts(self, now: float) -> list[tuple[str, str]]:
+        """Delete the rows of expired artifacts; returns the (sha256, key) of objects no row references now."""
+        rows = await self._db.fetch_all_writer(
+            "SELECT id, sha256, key FROM artifacts WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+        )
+        if not rows:
+            return []
+        await self._db.write([("DELETE FROM artifacts WHERE id = ?", [(r["id"],) for r in rows])])
+        candidates = {r["sha256"]: r["key"] for r in rows}
+        still = await self._db.fetch_all_writer(
+            f"SELECT DISTINCT sha256 FROM artifacts WHERE sha256 IN ({','.join('?' for _ in candidates)})",
+            list(candidates),
+        )
+        referenced = {r[0] for r in still}
+        return [(sha, key) for sha, key in candidates.items() if sha not in referenced]
+
+    async def is_referenced(self, sha256: str) -> bool:
+        """Whether any artifact row references these bytes."""
+        rows = await self._db.fetch_all_writer("SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1", (sha256,))
+        return bool(rows)
+
     async def states(self, task_ids: list[str]) -> dict[str, TaskState]:
         """task id -> state for the ids that exist."""
         found: dict[str, TaskState] = {}
@@ -308,6 +341,7 @@ class TaskStore:
                 to_state=None if r["to_state"] is None else TaskState(r["to_state"]),
                 node_id=r["node_id"],
                 data=JSON_NULL if r["data"] is None else msgspec.Raw(r["data"].encode()),
+                event_id=r["event_id"],
             )
             for r in rows
         ]
@@ -330,7 +364,24 @@ def _chunks(items: list[str]) -> Iterable[list[str]]:
         yield items[start : start + SQLITE_MAX_PARAMS]
 
 
-def _task_view(row: sqlite3.Row, attempts: list[AttemptView], events: list[EventView]) -> TaskView:
+def _artifact_view(r: sqlite3.Row) -> ArtifactView:
+    return ArtifactView(
+        task_id=r["task_id"],
+        attempt=r["attempt"],
+        name=r["name"],
+        size=r["size"],
+        sha256=r["sha256"],
+        content_type=r["content_type"],
+        backend=r["backend"],
+        key=r["key"],
+        created_at=r["created_at"],
+        expires_at=r["expires_at"],
+    )
+
+
+def _task_view(
+    row: sqlite3.Row, attempts: list[AttemptView], events: list[EventView], artifacts: list[ArtifactView]
+) -> TaskView:
     return TaskView(
         task_id=row["task_id"],
         skill=row["skill"],
@@ -354,4 +405,5 @@ def _task_view(row: sqlite3.Row, attempts: list[AttemptView], events: list[Event
         next_attempt_at=row["next_attempt_at"],
         attempt_log=attempts,
         events=events,
+        artifacts=artifacts,
     )

@@ -13,6 +13,7 @@ import structlog
 from common.config import ClawConfig, load_config
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.s3 import moto_server
 from tests.helpers import ProcessPool, child_env
 
 
@@ -59,7 +60,14 @@ def make_config(server: EmbeddedNatsServer, prefix: str, tmp_path: Path, **secti
     overrides: dict[str, dict[str, object]] = {
         "nats": {"url": server.client_url, "prefix": prefix, "monitor_url": server.monitor_url},
         "coordinator": {"db_path": str(tmp_path / "claw.db")},
-        "worker": {"heartbeat_interval_s": 0.2, "idle_poll_interval_s": 0.5, "shutdown_grace_s": 10.0},
+        "worker": {
+            "heartbeat_interval_s": 0.2,
+            "idle_poll_interval_s": 0.5,
+            "shutdown_grace_s": 10.0,
+            "skill_cache_dir": str(tmp_path / "skill-cache"),
+        },
+        "artifacts": {"local_dir": str(tmp_path / "artifacts")},
+        "tools": {"sandbox_root": str(tmp_path / "sandboxes")},
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
@@ -80,6 +88,9 @@ def processes(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> I
         CLAW_NATS_MONITOR_URL=nats_server.monitor_url,
         CLAW_NATS_PREFIX=prefix,
         CLAW_COORDINATOR_DB_PATH=str(tmp_path / "claw.db"),
+        CLAW_ARTIFACTS_LOCAL_DIR=str(tmp_path / "artifacts"),
+        CLAW_TOOLS_SANDBOX_ROOT=str(tmp_path / "sandboxes"),
+        CLAW_WORKER_SKILL_CACHE_DIR=str(tmp_path / "skill-cache"),
         CLAW_WORKER_HEARTBEAT_INTERVAL_S="0.5",
         CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.5",
         CLAW_LOG_FORMAT="json",
@@ -96,6 +107,13 @@ def openai_server() -> Iterator[FakeOpenAIServer]:
     """A fake OpenAI-compatible API on a free loopback port (also an HTTP target), stopped after the test."""
     with FakeOpenAIServer.running() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`host:port` of a real S3-protocol server (moto) for the session; stopped even if tests fail."""
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(autouse=True)

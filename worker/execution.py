@@ -34,11 +34,21 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind, StatusCode
 
 from common.clock import Clock
-from common.errors import InvalidInputError, PermanentError, TaskError, TaskTimeoutError
+from common.errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    ClawError,
+    InvalidInputError,
+    PermanentError,
+    RetryableError,
+    TaskError,
+    TaskTimeoutError,
+)
 from common.events import TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded
 from common.ids import new_id
 from common.log import get_logger
-from common.models import DeadLetter, TaskMessage
+from common.models import JSON_NULL, DeadLetter, TaskMessage
+from common.skills import validate_input
 from common.states import Priority
 from common.tracing import tracer
 from communication.codec import DecodeError, decode, encode
@@ -46,6 +56,7 @@ from communication.connection import NATS_ERRORS, NatsConnection
 from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
 from communication.subjects import skill_from_token
 from communication.trace_context import context_from
+from storage.artifacts import ArtifactStore
 from worker.cancellation import CancelledTasks
 from worker.context import TaskContext
 from worker.reporter import EventReporter
@@ -57,6 +68,7 @@ log = get_logger("worker.execution")
 TRANSIENT_ERRORS = (TimeoutError, ConnectionError)
 INPUT_DECODER = msgspec.json.Decoder(dict[str, Any])
 SKILL_MISSING_DELAY_S = 5.0
+RESULT_ARTIFACT = "result.json"
 # Room for the event's other fields and headers inside NATS's max payload.
 EVENT_OVERHEAD_BYTES = 16 * 1024
 
@@ -87,7 +99,13 @@ class TaskRunner:
         threads: ThreadPoolExecutor,
         cancelled: CancelledTasks,
         retry_scheduled: Callable[[str, Priority, float], None] | None = None,
+        artifacts: ArtifactStore | None = None,
+        inline_max_bytes: int = 256 * 1024,
+        artifact_ttl_s: float = 0.0,
     ) -> None:
+        self._artifacts = artifacts
+        self._inline_max_bytes = inline_max_bytes
+        self._artifact_ttl_s = artifact_ttl_s
         self._conn = conn
         self._node_id = node_id
         self._skills = skills
@@ -162,6 +180,9 @@ class TaskRunner:
             timeout_s=task.timeout_s,
             _emit=self._reporter.emit,
             _clock=self._clock,
+            _artifacts=self._artifacts,
+            _artifact_ttl_s=self._artifact_ttl_s,
+            _loop=asyncio.get_running_loop(),
         )
         attributes: dict[str, str | int] = {
             "claw.task_id": task.task_id,
@@ -191,9 +212,10 @@ class TaskRunner:
         self, skill: Skill, ctx: TaskContext, task: TaskMessage, running: RunningAttempt, started_at: float
     ) -> Outcome:
         try:
-            payload = INPUT_DECODER.decode(task.input)
-        except msgspec.DecodeError as exc:
-            return self._failed(ctx, started_at, InvalidInputError(f"input is not a JSON object: {exc}"))
+            payload = await self._input(task, skill)
+        except (msgspec.DecodeError, ClawError) as exc:
+            bad_input = exc if isinstance(exc, ClawError) else InvalidInputError(f"input is not a JSON object: {exc}")
+            return self._failed(ctx, started_at, bad_input)
         handler = asyncio.ensure_future(self._invoke(skill, ctx, payload))
         running.handler = handler
         try:
@@ -224,11 +246,18 @@ class TaskRunner:
             result = msgspec.Raw(encode(handler.result()))
         except (TypeError, msgspec.EncodeError) as exc:
             return self._failed(ctx, started_at, TypeError(f"the handler returned a value JSON cannot encode: {exc}"))
-        limit = self._conn.nc.max_payload - EVENT_OVERHEAD_BYTES
-        if len(result) > limit:
+        result_ref = None
+        if len(result) > self._inline_max_bytes and self._artifacts is not None:
+            try:
+                result_ref = await ctx.put_artifact(RESULT_ARTIFACT, bytes(result), "application/json")
+            except ArtifactError as exc:
+                return self._failed(ctx, started_at, RetryableError(f"cannot store the result as an artifact: {exc}"))
+            result = JSON_NULL
+        elif len(result) > self._conn.nc.max_payload - EVENT_OVERHEAD_BYTES:
+            limit = self._conn.nc.max_payload - EVENT_OVERHEAD_BYTES
             message = (
                 f"the result is {len(result) / 1048576:.1f} MiB, over the {limit / 1048576:.1f} MiB a result "
-                "event can carry; return a smaller result or a reference to where the data is"
+                "event can carry, and this worker has no artifact store; return a smaller result"
             )
             return self._failed(ctx, started_at, PermanentError(message))
         return TaskSucceeded(
@@ -239,7 +268,23 @@ class TaskRunner:
             at=self._clock.now(),
             result=result,
             started_at=started_at,
+            result_ref=result_ref,
         )
+
+    async def _input(self, task: TaskMessage, skill: Skill) -> Any:
+        """The input the handler gets: inline, or fetched from the artifact store (and checked)."""
+        if task.input_ref is None:
+            return INPUT_DECODER.decode(task.input)
+        if self._artifacts is None:
+            raise PermanentError("the input is an artifact and this worker has no artifact store configured")
+        try:
+            data = await self._artifacts.get_bytes(task.input_ref.key)
+        except ArtifactNotFoundError:
+            raise PermanentError(f"the input artifact {task.input_ref.name} ({task.input_ref.key}) is gone") from None
+        payload = INPUT_DECODER.decode(data)
+        if skill.manifest is not None:
+            validate_input(skill.manifest, payload)  # inline inputs were checked at submit
+        return payload
 
     def _invoke(self, skill: Skill, ctx: TaskContext, payload: dict[str, Any]) -> Awaitable[Any]:
         if skill.is_async:

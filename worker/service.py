@@ -28,6 +28,7 @@ from common.states import NodeStatus, Priority
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.subjects import skill_from_token
 from communication.topology import Topology
+from storage.artifacts import ArtifactStore, open_artifact_store
 from worker.cancellation import CancelledTasks
 from worker.execution import TaskRunner
 from worker.heartbeat import Heartbeat
@@ -60,6 +61,7 @@ class Worker:
         skills_kv: KeyValue,
         node_id: str,
         clock: Clock,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         settings = config.worker
         self.config = config
@@ -84,7 +86,11 @@ class Worker:
             threads=self._threads,
             cancelled=self._cancelled,
             retry_scheduled=self._retry_scheduled,
+            artifacts=artifacts,
+            inline_max_bytes=config.artifacts.inline_max_bytes,
+            artifact_ttl_s=config.artifacts.default_ttl_s,
         )
+        self._artifacts = artifacts
         self._cancel_sub: Subscription | None = None
         self.puller = TaskPuller(
             conn, topology, [], self.slots, settings, clock, self._dispatch, skill_room=self._skill_room
@@ -120,7 +126,8 @@ class Worker:
             await topology.ensure_streams(update=False)
             kv = await topology.nodes_kv()
             skills_kv = await topology.skills_kv()
-            worker = cls(config, conn, topology, base, kv, skills_kv, node_id, clock)
+            artifacts = await open_artifact_store(config.artifacts)
+            worker = cls(config, conn, topology, base, kv, skills_kv, node_id, clock, artifacts)
             await worker.skill_sync.initial()
             await worker.puller.set_skills(worker.skills.names())
             worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
@@ -163,6 +170,8 @@ class Worker:
                 await self._cancel_sub.unsubscribe()
             await self.puller.stop()
             self._threads.shutdown(wait=False, cancel_futures=True)
+            if self._artifacts is not None:
+                await self._artifacts.close()
             await self._conn.close()
         log.info("worker.stopped", node_id=self.node_id)
 

@@ -273,3 +273,54 @@ def test_skills_guard_approvals_and_audit_through_the_cli(processes: ProcessPool
     tampered = processes.run("audit", "verify", "--db", str(db_path))
     assert tampered.returncode == 1
     assert tampered.stdout.startswith(f"event log TAMPERED: event {event_id}: its content does not match its hash")
+
+
+def test_a_3_mib_input_file_travels_as_artifacts_and_is_stored_once(processes: ProcessPool, tmp_path: Path) -> None:
+    start_cluster(processes, workers=1)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"rows": ["y" * 100] * 30_000}))
+    assert big.stat().st_size > 3_000_000
+    store = Path(processes.env["CLAW_ARTIFACTS_LOCAL_DIR"])
+
+    result = processes.run("submit", "echo", "--input-file", str(big), "--wait", "--json", timeout_s=120)
+    assert result.returncode == 0, result.stderr
+    task = json.loads(result.stdout)
+    listed = processes.run("artifacts", "list", task["task_id"], "--json")
+    assert sorted(a["name"] for a in json.loads(listed.stdout)) == ["input.json", "result.json"]
+    shown = processes.run("task", "show", task["task_id"]).stdout
+    assert "input            artifact input.json (3." in shown
+    assert f"claw artifacts get {task['task_id']} result.json -o result.json" in shown
+
+    out = tmp_path / "input-copy.json"
+    got = processes.run("artifacts", "get", task["task_id"], "input.json", "-o", str(out))
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == big.read_bytes()
+    objects = sorted(p for p in store.rglob("*") if p.is_file() and "sha256" in p.parts)
+    again = processes.run("submit", "echo", "--input-file", str(big), "--wait", timeout_s=120)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p for p in store.rglob("*") if p.is_file() and "sha256" in p.parts) == objects
+
+
+def test_task_watch_streams_progress_in_order_until_the_end(processes: ProcessPool) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    start_cluster(processes, workers=1)
+    [submitted] = json.loads(processes.run("submit", "sleep", "--input", '{"seconds": 3}', "--json").stdout)
+    watcher = subprocess.run(
+        [sys.executable, "-m", "cli", "task", "watch", submitted["task_id"]],
+        cwd=ROOT, env=processes.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert watcher.returncode == 0, watcher.stderr
+    lines = watcher.stdout.splitlines()
+    progress = [line for line in lines if "progress" in line]
+    percents = [float(line.split("percent")[1].split(",")[0].strip('":')) if "percent" in line
+                else float(line.split("progress ")[1].split("%")[0]) for line in progress]  # fmt: skip
+    assert len(percents) >= 2 and percents == sorted(percents) and percents[-1] == 100
+    assert any("succeeded" in line for line in lines)
+    assert lines[-1].startswith("reproduce: claw submit sleep")
+    shown = processes.run("task", "show", submitted["task_id"]).stdout
+    timeline = [line for line in shown.splitlines() if "progress" in line]
+    assert len(timeline) == 3 and "succeeded on attempt 1 of 3" in shown

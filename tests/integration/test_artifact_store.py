@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import select
 import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,60 +21,10 @@ from minio import Minio
 from common.config import ArtifactSettings
 from common.errors import ArtifactError, ArtifactNotFoundError, ConfigError
 from storage.artifacts import ArtifactStore, LocalArtifactStore, key_for, open_artifact_store
+from tests.fakes.s3 import ACCESS_KEY_ENV, CREDENTIALS, SECRET_KEY_ENV
 from tests.helpers import eventually
 
-ACCESS_KEY_ENV = "CLAW_S3_ACCESS_KEY"
-SECRET_KEY_ENV = "CLAW_S3_SECRET_KEY"
-CREDENTIALS = {ACCESS_KEY_ENV: "test-access", SECRET_KEY_ENV: "test-secret"}
 MIB = 1024 * 1024
-
-# Runs moto's S3 server on a free loopback port, prints the port, and serves until its stdin closes
-# (the fixture closes it; if pytest dies, the pipe closes with it and the server goes too). Request
-# lines are not logged: its stderr goes to a file, but a quiet server is easier to read on failure.
-_MOTO_SERVER = """
-import logging
-import sys
-from moto.server import ThreadedMotoServer
-logging.getLogger("werkzeug").setLevel(logging.WARNING)
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
-sys.stdin.read()
-server.stop()
-"""
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`host:port` of a real S3-protocol server (moto) for this module; stopped even if tests fail."""
-    # stderr to a file, not a pipe: a pipe nobody reads fills up and then blocks the server.
-    log_path = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _MOTO_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file
-        )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            raise RuntimeError(f"moto server did not start: {line!r}\n{log_path.read_text(errors='replace')}")
-        yield f"127.0.0.1:{int(line)}"
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Close its stdin (it stops itself), kill it if it does not within 10 s."""
-    if proc.stdin and not proc.stdin.closed:
-        proc.stdin.close()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
 
 
 @dataclass

@@ -306,7 +306,7 @@ async def test_a_resubmitted_request_with_client_chosen_ids_creates_nothing(conf
         assert len(await client.list_tasks()) == 3
 
 
-async def test_a_result_too_large_for_an_event_fails_permanently_with_the_sizes(config: ClawConfig) -> None:
+async def test_a_large_result_travels_through_the_artifact_store(config: ClawConfig) -> None:
     async def huge(ctx: TaskContext, input: dict[str, Any]) -> str:
         return "x" * 2_000_000
 
@@ -314,10 +314,16 @@ async def test_a_result_too_large_for_an_event_fails_permanently_with_the_sizes(
     async with running_coordinator(config), running_worker(config, skills=skills), connected_client(config) as client:
         await wait_nodes_online(client, 1)
         submitted = await client.submit(spec("huge", max_attempts=3))
-        assert await client.wait([submitted.task_id], timeout_s=20) == {submitted.task_id: TaskState.DEAD}
+        assert await client.wait([submitted.task_id], timeout_s=20) == {submitted.task_id: TaskState.SUCCEEDED}
         task = await client.get_task(submitted.task_id)
-    assert task.error_type == "PermanentError" and task.attempts == 1
-    assert "the result is 1.9 MiB, over the" in (task.error_message or "")
+    [artifact] = task.artifacts
+    assert (artifact.name, artifact.size, task.attempts) == ("result.json", 2_000_002, 1)
+    assert msgspec.json.decode(bytes(task.result)) == {
+        "$artifact": {
+            "name": "result.json", "sha256": artifact.sha256, "size": 2_000_002, "content_type": "application/json",
+            "backend": "local", "key": artifact.key,
+        }
+    }  # fmt: skip
 
 
 async def test_a_task_id_with_a_trailing_newline_is_refused(config: ClawConfig) -> None:
