@@ -285,8 +285,8 @@ def submit(
             )
             for i, raw in enumerate(inputs, start=1)
         ]
-        specs = await offload_large_inputs(specs, cfg.artifacts)
         async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            specs = await offload_large_inputs(specs, client, cfg.artifacts)
             started = time.monotonic()
             with tracer().start_as_current_span(
                 "claw.submit", kind=SpanKind.CLIENT, attributes={"claw.skill": skill, "claw.tasks": len(specs)}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from common.aio import wait_any
-from common.config import NatsSettings
+from common.config import ClawConfig, NatsSettings, load_config
 from common.errors import ClawError, NatsServerError
 from common.log import get_logger
 from common.states import NodeStatus
@@ -53,6 +53,18 @@ async def serve_nats(stop: asyncio.Event, *, port: int, http_port: int, store_di
                 )
     finally:
         await asyncio.to_thread(server.stop)
+
+
+def local_dirs_under(data_dir: Path, config: ClawConfig) -> dict[str, str]:
+    """Environment that moves the folders left at their defaults (artifacts, sandboxes, skill cache)
+    under `data_dir`, so one `claw up` keeps everything in one place; folders the user chose stay."""
+    defaults = ClawConfig()
+    chosen = {
+        "CLAW_ARTIFACTS_LOCAL_DIR": (config.artifacts.local_dir, defaults.artifacts.local_dir, "artifacts"),
+        "CLAW_TOOLS_SANDBOX_ROOT": (config.tools.sandbox_root, defaults.tools.sandbox_root, "sandboxes"),
+        "CLAW_WORKER_SKILL_CACHE_DIR": (config.worker.skill_cache_dir, defaults.worker.skill_cache_dir, "skill-cache"),
+    }
+    return {name: str(data_dir / folder) for name, (value, default, folder) in chosen.items() if value == default}
 
 
 @dataclass
@@ -90,6 +102,14 @@ class LocalCluster:
             )
         )
         self.children: list[Child] = []
+        config = load_config()
+        self._local_dirs = local_dirs_under(self.data_dir, config)
+        artifacts = config.artifacts
+        self.artifacts_location = (
+            self._local_dirs.get("CLAW_ARTIFACTS_LOCAL_DIR", artifacts.local_dir)
+            if artifacts.backend == "local"
+            else f"s3://{artifacts.endpoint}/{artifacts.bucket}"
+        )
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Start everything, wait for `stop` (or a crash), stop everything."""
@@ -117,7 +137,10 @@ class LocalCluster:
             ) from None
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLAW_")}
+        # The user's own CLAW_* settings (config file, artifact backend, audit key, tracing) reach every
+        # child; only what `claw up` itself owns is set over them.
+        env = dict(os.environ)
+        env.update(self._local_dirs)
         env.update(
             CLAW_NATS_URL=self.nats.client_url,
             CLAW_NATS_MONITOR_URL=self.nats.monitor_url,
@@ -187,6 +210,7 @@ class LocalCluster:
         print(
             f"""claw cluster up: nats-server {self.nats.client_url} (monitoring {self.nats.monitor_url}),
   a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}
+  artifacts in {self.artifacts_location} (claw artifacts list)
 
 In another terminal:
   claw --nats {self.nats.client_url} submit echo --input '{{"hello": "world"}}' --wait

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from common.config import ArtifactSettings
 from common.models import (
     EMPTY_OBJECT,
     JSON_NULL,
@@ -47,6 +48,7 @@ class ApiVerb:
     GUARD_CHECK = "guard_check"
     AUDIT_VERIFY = "audit_verify"
     ARTIFACTS = "artifacts"
+    ARTIFACT_STORE = "artifact_store"
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -341,6 +343,15 @@ class ArtifactsReply(msgspec.Struct, frozen=True, kw_only=True):
     """A task's artifacts, oldest first."""
 
     artifacts: list[ArtifactView]
+
+
+class ArtifactStoreReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the coordinator keeps artifacts, so a CLI left unconfigured reads and writes the same store.
+
+    Holds no secret: MinIO credentials stay in environment variables on each machine.
+    """
+
+    settings: ArtifactSettings
 
 
 class Empty(msgspec.Struct, frozen=True):

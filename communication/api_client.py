@@ -29,6 +29,7 @@ from common.api import (
     ApproveRequest,
     ArtifactsReply,
     ArtifactsRequest,
+    ArtifactStoreReply,
     AuditReply,
     DlqListReply,
     DlqListRequest,
@@ -61,7 +62,7 @@ from common.api import (
     TaskStatesReply,
     TaskStatesRequest,
 )
-from common.config import JetStreamSettings, NatsSettings
+from common.config import ArtifactSettings, JetStreamSettings, NatsSettings
 from common.errors import (
     ClawError,
     CoordinatorUnavailableError,
@@ -182,6 +183,10 @@ class ClawClient:
     async def artifacts(self, task_id: str) -> list[ArtifactView]:
         """A task's artifacts (metadata; read the bytes with an ArtifactStore)."""
         return (await self._call(ApiVerb.ARTIFACTS, ArtifactsRequest(task_id=task_id), ArtifactsReply)).artifacts
+
+    async def artifact_store(self) -> ArtifactSettings:
+        """The coordinator's artifact store settings (no secrets: credentials stay in the environment)."""
+        return (await self._call(ApiVerb.ARTIFACT_STORE, Empty(), ArtifactStoreReply)).settings
 
     async def get_task(self, task_id: str, *, history: bool = True) -> TaskView:
         """One task, with its attempts and event log when `history`."""

@@ -17,6 +17,7 @@ from common.api import (
     ApproveRequest,
     ArtifactsReply,
     ArtifactsRequest,
+    ArtifactStoreReply,
     AuditReply,
     DlqListReply,
     DlqListRequest,
@@ -132,6 +133,7 @@ class ApiHandlers:
             ApiVerb.GUARD_CHECK: self.guard_check,
             ApiVerb.AUDIT_VERIFY: self.audit_verify,
             ApiVerb.ARTIFACTS: self.artifacts,
+            ApiVerb.ARTIFACT_STORE: self.artifact_store,
         }
 
     async def ping(self, data: bytes) -> PingReply:
@@ -324,6 +326,10 @@ class ApiHandlers:
         if await self._store.get_task(request.task_id, history=False) is None:
             raise TaskNotFoundError(f"no task with id {request.task_id}; `claw task list` shows recent ones")
         return ArtifactsReply(artifacts=await self._store.artifacts_of(request.task_id))
+
+    async def artifact_store(self, data: bytes) -> ArtifactStoreReply:
+        """The artifact store settings this coordinator (and, by convention, its workers) use."""
+        return ArtifactStoreReply(settings=self._config.artifacts)
 
     async def audit_verify(self, data: bytes) -> AuditReply:
         """Walk the event log's hash chain and compare its head with the anchor in NATS."""

@@ -14,7 +14,7 @@ from common.config import ClawConfig, load_config
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.s3 import moto_server
-from tests.helpers import ProcessPool, child_env
+from tests.helpers import ProcessPool, child_env, local_dirs
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -88,12 +88,10 @@ def processes(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> I
         CLAW_NATS_MONITOR_URL=nats_server.monitor_url,
         CLAW_NATS_PREFIX=prefix,
         CLAW_COORDINATOR_DB_PATH=str(tmp_path / "claw.db"),
-        CLAW_ARTIFACTS_LOCAL_DIR=str(tmp_path / "artifacts"),
-        CLAW_TOOLS_SANDBOX_ROOT=str(tmp_path / "sandboxes"),
-        CLAW_WORKER_SKILL_CACHE_DIR=str(tmp_path / "skill-cache"),
         CLAW_WORKER_HEARTBEAT_INTERVAL_S="0.5",
         CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.5",
         CLAW_LOG_FORMAT="json",
+        **local_dirs(tmp_path),
     )
     pool = ProcessPool(env, tmp_path)
     try:

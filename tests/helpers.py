@@ -228,6 +228,15 @@ class ProcessPool:
             process.stop(timeout_s=15)
 
 
+def local_dirs(root: Path) -> dict[str, str]:
+    """Settings that keep a test's artifacts, sandboxes and skill cache under `root` (not the repo)."""
+    return {
+        "CLAW_ARTIFACTS_LOCAL_DIR": str(root / "artifacts"),
+        "CLAW_TOOLS_SANDBOX_ROOT": str(root / "sandboxes"),
+        "CLAW_WORKER_SKILL_CACHE_DIR": str(root / "skill-cache"),
+    }
+
+
 def child_env(**settings: str) -> dict[str, str]:
     """The test's environment without the developer's CLAW_* settings, plus `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLAW_")}

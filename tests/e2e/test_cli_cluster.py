@@ -56,6 +56,21 @@ def test_claw_up_runs_the_empty_task_loop_and_stops_cleanly(tmp_path: Path) -> N
         listed = pool.run("--nats", url, "task", "list", "--json")
         assert [t["state"] for t in json.loads(listed.stdout)] == ["succeeded"]
 
+        # A large input from a CLI with no artifacts settings lands in the cluster's store under the
+        # data dir (the CLI asks the coordinator where it is) and the result comes back as an artifact.
+        big = tmp_path / "big.json"
+        big.write_text(json.dumps({"blob": "y" * 400_000}))
+        result = pool.run("--nats", url, "submit", "echo", "--input-file", str(big), "--wait", "--json")
+        assert result.returncode == 0, result.stderr
+        task = json.loads(result.stdout)
+        assert task["state"] == "succeeded" and "$artifact" in task["result"]
+        task_id = task["task_id"]
+        out = tmp_path / "result.json"
+        got = pool.run("--nats", url, "artifacts", "get", task_id, "result.json", "--output", str(out))
+        assert got.returncode == 0, got.stderr
+        assert json.loads(out.read_text()) == {"blob": "y" * 400_000}
+        assert any((tmp_path / "data" / "artifacts").rglob("*"))
+
         up.popen.send_signal(signal.SIGTERM)
         assert up.popen.wait(60) == 0
         assert "cluster stopped" in up.output()

@@ -18,7 +18,7 @@ from common.models import TaskView
 from common.states import AttemptState, TaskState
 from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
-from tests.helpers import ClawProcess, ProcessPool, child_env, eventually, spec, wait_until
+from tests.helpers import ClawProcess, ProcessPool, child_env, eventually, local_dirs, spec, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -125,6 +125,7 @@ async def test_coordinator_and_nats_crashes_lose_no_task(tmp_path: Path, prefix:
         CLAW_COORDINATOR_DB_PATH=str(tmp_path / "claw.db"),
         CLAW_WORKER_HEARTBEAT_INTERVAL_S="0.5",
         CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.5",
+        **local_dirs(tmp_path),
     )
     pool = ProcessPool(env, tmp_path)
     client = None

@@ -85,7 +85,7 @@ async def test_large_input_and_result_travel_as_references(
     big = {"rows": ["x" * 100] * 30_000}  # about 3 MiB of JSON
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:
         await wait_nodes_online(client, 1)
-        [task_spec] = await offload_large_inputs([spec("echo", big)], config.artifacts)
+        [task_spec] = await offload_large_inputs([spec("echo", big)], client, config.artifacts)
         assert task_spec.input_ref is not None and bytes(task_spec.input) == b"{}"
         submitted = await client.submit(task_spec)
         assert await client.wait([submitted.task_id], timeout_s=30) == {submitted.task_id: TaskState.SUCCEEDED}
@@ -96,7 +96,7 @@ async def test_large_input_and_result_travel_as_references(
         await fetch_artifact(client, config.artifacts, submitted.task_id, "result.json", out)
         assert msgspec.json.decode(out.read_bytes()) == big
         before = await object_count(config.artifacts)
-        [again] = await offload_large_inputs([spec("echo", big)], config.artifacts)
+        [again] = await offload_large_inputs([spec("echo", big)], client, config.artifacts)
         assert again.input_ref == task_spec.input_ref
         assert await object_count(config.artifacts) == before  # the same bytes are not stored again
 
