@@ -167,6 +167,8 @@ class ArtifactSettings(_Section, frozen=True):
     # An object no row references is deleted only once it is this old (a worker may be about to
     # record it): longer than the longest task.
     cleanup_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 24 * 3600.0
+    # How often the whole store is listed for objects no row ever referenced (0: never).
+    orphan_sweep_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
 
 
 class TracingSettings(_Section, frozen=True):

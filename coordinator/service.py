@@ -202,6 +202,8 @@ class Coordinator:
         """Node liveness and reclaim, registry persistence, and recovery of stuck tasks."""
         republish_every = self.config.coordinator.republish_after_s / 2
         next_republish = next_recovery = next_cleanup = self._clock.monotonic()
+        orphan_every = self.config.artifacts.orphan_sweep_interval_s
+        next_orphan_sweep = next_cleanup + orphan_every  # listing the store is not a startup job
         reconnects = self._conn.reconnects
         while not stopping.is_set():
             if self._conn.reconnects != reconnects:
@@ -227,6 +229,9 @@ class Coordinator:
             if now >= next_cleanup:
                 await self.janitor.sweep()
                 next_cleanup = now + self.config.artifacts.cleanup_interval_s
+            if orphan_every and now >= next_orphan_sweep:
+                await self.janitor.sweep_orphans()
+                next_orphan_sweep = now + orphan_every
             try:
                 async with asyncio.timeout(MAINTENANCE_INTERVAL_S):
                     await stopping.wait()

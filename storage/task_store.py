@@ -298,6 +298,16 @@ class TaskStore:
         referenced = {r[0] for r in still}
         return [(sha, key) for sha, key in candidates.items() if sha not in referenced]
 
+    async def referenced_among(self, sha256s: list[str]) -> set[str]:
+        """Which of these contents some artifact row references."""
+        found: set[str] = set()
+        for chunk in _chunks(sha256s):
+            rows = await self._db.fetch_all_writer(
+                f"SELECT DISTINCT sha256 FROM artifacts WHERE sha256 IN ({','.join('?' for _ in chunk)})", chunk
+            )
+            found.update(r[0] for r in rows)
+        return found
+
     async def is_referenced(self, sha256: str) -> bool:
         """Whether any artifact row references these bytes."""
         rows = await self._db.fetch_all_writer("SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1", (sha256,))

@@ -120,3 +120,33 @@ async def test_ttl_cleanup_removes_expired_rows_and_their_objects(
             return not await client.artifacts(submitted.task_id) and await object_count(config.artifacts) == 0
 
         await eventually(gone, timeout_s=20, what="expired artifact removed")
+
+
+async def test_orphan_sweep_deletes_objects_no_row_references_and_keeps_the_rest(
+    nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path, artifact_settings: dict[str, Any]
+) -> None:
+    # A grace of 1 s: the orphan ages past it, the task's own object is recorded well within it.
+    settings = artifact_settings | {"cleanup_grace_s": 1.0, "orphan_sweep_interval_s": 0.2}
+    config = cluster_config(nats_server, prefix, tmp_path, settings)
+    store = await open_artifact_store(config.artifacts)
+    try:
+        # What a worker killed between its put and its report leaves behind.
+        orphan = await store.put_bytes(b"never reported", "text/plain")
+        async with (
+            running_coordinator(config),
+            running_worker(config, skills=report_skills()),
+            connected_client(config) as client,
+        ):
+            await wait_nodes_online(client, 1)
+            submitted = await client.submit(spec("report.write", {"body": "kept"}))
+            await client.wait([submitted.task_id], timeout_s=20)
+            [kept] = await eventually(lambda: client.artifacts(submitted.task_id), what="artifact recorded")
+
+            async def orphan_gone() -> bool:
+                return not await store.exists(orphan.key)
+
+            await eventually(orphan_gone, timeout_s=20, what="orphan removed")
+            assert await store.exists(kept.key)
+            assert await client.artifacts(submitted.task_id) == [kept]
+    finally:
+        await store.close()
