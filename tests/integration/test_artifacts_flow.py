@@ -125,8 +125,8 @@ async def test_ttl_cleanup_removes_expired_rows_and_their_objects(
 async def test_orphan_sweep_deletes_objects_no_row_references_and_keeps_the_rest(
     nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path, artifact_settings: dict[str, Any]
 ) -> None:
-    # A grace of 1 s: the orphan ages past it, the task's own object is recorded well within it.
-    settings = artifact_settings | {"cleanup_grace_s": 1.0, "orphan_sweep_interval_s": 0.2}
+    # The orphan ages past the grace period; the task's own object is recorded well within it.
+    settings = artifact_settings | {"cleanup_grace_s": 3.0, "orphan_sweep_interval_s": 0.2}
     config = cluster_config(nats_server, prefix, tmp_path, settings)
     store = await open_artifact_store(config.artifacts)
     try:
