@@ -14,7 +14,7 @@ import msgspec
 
 from common.config import ArtifactSettings
 from common.errors import ArtifactNotFoundError, TaskNotFoundError
-from common.models import EMPTY_OBJECT, ArtifactRef, ArtifactView, TaskSpec
+from common.models import EMPTY_OBJECT, INPUT_ARTIFACT, ArtifactRef, ArtifactView, TaskSpec
 from communication.api_client import ClawClient
 from storage.artifacts import ArtifactStore, open_artifact_store
 
@@ -43,7 +43,7 @@ async def _offload(spec: TaskSpec, store: ArtifactStore, limit: int) -> TaskSpec
         return spec
     stored = await store.put_bytes(bytes(spec.input), "application/json")
     ref = ArtifactRef(
-        name="input.json",
+        name=INPUT_ARTIFACT,
         sha256=stored.sha256,
         size=stored.size,
         content_type="application/json",

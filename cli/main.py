@@ -22,6 +22,7 @@ from cli.artifacts import fetch_artifact, offload_large_inputs
 from cli.inputs import parse_duration, read_inputs
 from cli.output import emit_json, fmt_duration
 from cli.render import (
+    payload_text,
     render_action,
     render_approval_outcome,
     render_approvals,
@@ -41,7 +42,7 @@ from cli.runner import fail, run_async, run_service
 from common.config import ClawConfig, LogSettings, load_config, parse_labels
 from common.errors import ClawError
 from common.log import configure_logging
-from common.models import TaskSpec
+from common.models import RESULT_ARTIFACT, TaskSpec, TaskView
 from common.skills import load_manifest
 from common.states import Priority, TaskState
 from common.tracing import setup_tracing, tracer
@@ -305,6 +306,14 @@ def submit(
     raise typer.Exit(run_async(main()))
 
 
+def result_text(task: TaskView) -> str:
+    """The whole result JSON, or, for one kept in the artifact store, how to fetch it."""
+    text = payload_text(task.result)
+    if text.startswith("artifact "):
+        return f"{text}; claw artifacts get {task.task_id} {RESULT_ARTIFACT} -o {RESULT_ARTIFACT}"
+    return bytes(task.result).decode()
+
+
 def _still_waiting(error: ClawError) -> None:
     sys.stderr.write(f"warning: {error} - still waiting for the tasks\n")
 
@@ -324,7 +333,7 @@ async def _report_wait(
         if json_out:
             emit_json(task)
         elif task.state == TaskState.SUCCEEDED:
-            print(f"{task.task_id} succeeded in {fmt_duration(elapsed)}: {bytes(task.result).decode()}")
+            print(f"{task.task_id} succeeded in {fmt_duration(elapsed)}: {result_text(task)}")
         else:
             print(f"{task.task_id} {task.state.value}: {task.error_type}: {task.error_message}")
         return 0 if ok else 1

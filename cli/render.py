@@ -44,7 +44,8 @@ def _artifact_ref(raw: msgspec.Raw) -> dict[str, object] | None:
     return ref if isinstance(ref, dict) else None
 
 
-def _payload_text(raw: msgspec.Raw) -> str:
+def payload_text(raw: msgspec.Raw) -> str:
+    """An input or result for a human: its JSON (shortened), or which artifact holds it."""
     ref = _artifact_ref(raw)
     if ref is None:
         return _json_text(raw)
@@ -103,8 +104,8 @@ def render_task(task: TaskView) -> None:
             ("finished", f"{fmt_time(end)} (ran {_since(task.started_at, end)})"),
             ("next attempt", fmt_time(task.next_attempt_at) if task.next_attempt_at else None),
             ("trace", task.trace_id),
-            ("input", _payload_text(task.input)),
-            ("result", _payload_text(task.result)),
+            ("input", payload_text(task.input)),
+            ("result", payload_text(task.result)),
         ]
     )
     print("\nsummary:")

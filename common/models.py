@@ -54,6 +54,9 @@ class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
 
 # An input or result kept as an artifact is stored, in the task's JSON, as {ARTIFACT_MARKER: ref}.
 ARTIFACT_MARKER = "$artifact"
+# The artifact names of an input and a result that travel by reference.
+INPUT_ARTIFACT = "input.json"
+RESULT_ARTIFACT = "result.json"
 
 
 class ArtifactView(msgspec.Struct, frozen=True, kw_only=True):

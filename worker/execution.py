@@ -47,7 +47,7 @@ from common.errors import (
 from common.events import TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded
 from common.ids import new_id
 from common.log import get_logger
-from common.models import JSON_NULL, DeadLetter, TaskMessage
+from common.models import JSON_NULL, RESULT_ARTIFACT, DeadLetter, TaskMessage
 from common.skills import validate_input
 from common.states import Priority
 from common.tracing import tracer
@@ -68,7 +68,6 @@ log = get_logger("worker.execution")
 TRANSIENT_ERRORS = (TimeoutError, ConnectionError)
 INPUT_DECODER = msgspec.json.Decoder(dict[str, Any])
 SKILL_MISSING_DELAY_S = 5.0
-RESULT_ARTIFACT = "result.json"
 # Room for the event's other fields and headers inside NATS's max payload.
 EVENT_OVERHEAD_BYTES = 16 * 1024
 

@@ -313,6 +313,9 @@ def test_a_3_mib_input_file_travels_as_artifacts_and_is_stored_once(processes: P
     objects = sorted(p for p in store.rglob("*") if p.is_file() and "sha256" in p.parts)
     again = processes.run("submit", "echo", "--input-file", str(big), "--wait", timeout_s=120)
     assert again.returncode == 0, again.stderr
+    # The human line says where the result is instead of printing 3 MiB of JSON.
+    assert re.search(r"succeeded in .*: artifact result\.json \(.* MiB, sha256 [0-9a-f]{16}\); claw artifacts get ",
+                     again.stdout), again.stdout  # fmt: skip
     assert sorted(p for p in store.rglob("*") if p.is_file() and "sha256" in p.parts) == objects
 
 

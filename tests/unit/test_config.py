@@ -107,3 +107,17 @@ def test_example_configs_load() -> None:
     for path in files:
         if path.name != "guard.yaml":
             load_config(path, env={})
+
+
+def test_every_service_of_docker_compose_has_a_valid_config() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
+    claw_services = {name: s for name, s in compose["services"].items() if s.get("build")}
+    assert {"coordinator", "worker-1", "worker-2"} <= set(claw_services)
+    for name, service in claw_services.items():
+        env = {k: str(v) for k, v in service["environment"].items()}
+        config = load_config(None, env=env)  # an unknown CLAW_* name would raise ConfigError here
+        assert config.nats.url == "nats://nats:4222", name
+        assert (config.artifacts.backend, config.artifacts.endpoint) == ("minio", "minio:9000"), name
+        assert {config.artifacts.access_key_env, config.artifacts.secret_key_env} <= set(env), name
