@@ -15,7 +15,16 @@ from typing import TextIO
 from nats.aio.msg import Msg
 
 from cli.render import task_summary
-from common.events import TaskArtifact, TaskEvent, TaskFailed, TaskLog, TaskProgress, TaskStarted, TaskSucceeded
+from common.events import (
+    TaskArtifact,
+    TaskEvent,
+    TaskFailed,
+    TaskLog,
+    TaskProgress,
+    TaskStarted,
+    TaskSucceeded,
+    TaskVerifying,
+)
 from common.models import EventView, TaskUpdate
 from common.states import TERMINAL_STATES, TaskState
 from communication.api_client import ClawClient
@@ -46,6 +55,8 @@ def live_line(event: TaskEvent) -> str:
             detail = f"log {event.level}: {event.message}"
         case TaskStarted():
             detail = f"started on {event.node_id}"
+        case TaskVerifying():
+            detail = f"verifying the result ({event.check})"
         case TaskSucceeded():
             detail = "succeeded"
         case TaskFailed():

@@ -165,6 +165,16 @@ class PermanentError(TaskError):
     retryable = False
 
 
+class InvalidOutputError(RetryableError):
+    """The handler's result does not match the skill's output schema.
+
+    Retryable: the usual cause is a model's JSON that missed the schema, which another attempt may
+    get right; a handler that is simply wrong fails its attempts and goes to the dead letters.
+    """
+
+    code = "invalid_output"
+
+
 class TaskTimeoutError(RetryableError, TimeoutError):
     """The handler ran past the task's timeout and was cancelled."""
 

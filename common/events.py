@@ -48,6 +48,12 @@ class TaskLog(TaskEventBase, tag="log", frozen=True):
     message: str = ""
 
 
+class TaskVerifying(TaskEventBase, tag="verifying", frozen=True):
+    """The handler returned; its result is being checked (`check`: against the output schema)."""
+
+    check: str = "output_schema"
+
+
 class TaskSucceeded(TaskEventBase, tag="succeeded", frozen=True):
     """The attempt finished and returned `result` (JSON); a large result is `result_ref` instead."""
 
@@ -84,4 +90,6 @@ class TaskCancelled(TaskEventBase, tag="cancelled", frozen=True):
     started_at: float = 0.0
 
 
-TaskEvent = TaskStarted | TaskProgress | TaskLog | TaskSucceeded | TaskFailed | TaskCancelled | TaskArtifact
+TaskEvent = (
+    TaskStarted | TaskProgress | TaskLog | TaskVerifying | TaskSucceeded | TaskFailed | TaskCancelled | TaskArtifact
+)

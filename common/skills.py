@@ -29,14 +29,14 @@ import re
 import tarfile
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from common.errors import InvalidInputError
+from common.errors import InvalidInputError, InvalidOutputError
 
 MANIFEST_FILE = "skill.yaml"
 SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
@@ -213,22 +213,38 @@ def validate_input(manifest: SkillManifest, data: Any) -> None:
     """Check a task's input against the manifest's input schema; the error names the field."""
     if manifest.input_schema is None:
         return
-    validator = compiled_validator(manifest)
-    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+    error = _first_error(compiled_validator(manifest), data, whole="(the input)")
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(the input)"
-        raise InvalidInputError(f"input of {manifest.name}: field '{where}': {error.message}")
+        raise InvalidInputError(f"input of {manifest.name}: {error}")
 
 
-_validators: dict[tuple[str, str], Draft202012Validator] = {}
+def validate_output(manifest: SkillManifest, data: Any) -> None:
+    """Check a handler's result against the manifest's output schema; the error names the field."""
+    if manifest.output_schema is None:
+        return
+    error = _first_error(compiled_validator(manifest, "output"), data, whole="(the result)")
+    if error is not None:
+        raise InvalidOutputError(f"result of {manifest.name}: {error}")
 
 
-def compiled_validator(manifest: SkillManifest) -> Draft202012Validator:
-    """The input validator of a manifest, built once per (name, version)."""
-    key = (manifest.name, manifest.version)
+def _first_error(validator: Draft202012Validator, data: Any, *, whole: str) -> str | None:
+    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or whole
+    return f"field '{where}': {error.message}"
+
+
+_validators: dict[tuple[str, str, str], Draft202012Validator] = {}
+
+
+def compiled_validator(manifest: SkillManifest, which: Literal["input", "output"] = "input") -> Draft202012Validator:
+    """The input (or output) validator of a manifest, built once per (name, version)."""
+    key = (manifest.name, manifest.version, which)
     validator = _validators.get(key)
     if validator is None:
-        validator = Draft202012Validator(manifest.input_schema or {})
+        schema = manifest.input_schema if which == "input" else manifest.output_schema
+        validator = Draft202012Validator(schema or {})
         _validators[key] = validator
     return validator
 

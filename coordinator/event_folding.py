@@ -27,6 +27,7 @@ from common.events import (
     TaskProgress,
     TaskStarted,
     TaskSucceeded,
+    TaskVerifying,
 )
 from common.log import get_logger
 from common.models import ARTIFACT_MARKER, ArtifactRef
@@ -61,7 +62,7 @@ class EventFolder:
         if record is None:
             log.warning("event.unknown_task", task_id=event.task_id, kind=type(event).__name__)
             return
-        if isinstance(event, TaskProgress | TaskLog):
+        if isinstance(event, TaskProgress | TaskLog | TaskVerifying):
             batch.events.append(self._note(event))
             return
         if isinstance(event, TaskArtifact):
@@ -301,9 +302,11 @@ class EventFolder:
             self._start(record, event, batch, started_at=started_at)
 
     @staticmethod
-    def _note(event: TaskProgress | TaskLog) -> EventRecord:
+    def _note(event: TaskProgress | TaskLog | TaskVerifying) -> EventRecord:
         if isinstance(event, TaskProgress):
             kind, data = "progress", event_data(percent=event.percent, message=event.message)
+        elif isinstance(event, TaskVerifying):
+            kind, data = "verifying", event_data(check=event.check)
         else:
             kind, data = "log", event_data(level=event.level, message=event.message)
         return EventRecord(

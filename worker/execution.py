@@ -39,16 +39,17 @@ from common.errors import (
     ArtifactNotFoundError,
     ClawError,
     InvalidInputError,
+    InvalidOutputError,
     PermanentError,
     RetryableError,
     TaskError,
     TaskTimeoutError,
 )
-from common.events import TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded
+from common.events import TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded, TaskVerifying
 from common.ids import new_id
 from common.log import get_logger
 from common.models import JSON_NULL, RESULT_ARTIFACT, DeadLetter, TaskMessage
-from common.skills import validate_input
+from common.skills import SkillManifest, validate_input, validate_output
 from common.states import Priority
 from common.tracing import tracer
 from communication.codec import DecodeError, decode, encode
@@ -68,6 +69,8 @@ log = get_logger("worker.execution")
 TRANSIENT_ERRORS = (TimeoutError, ConnectionError)
 INPUT_DECODER = msgspec.json.Decoder(dict[str, Any])
 SKILL_MISSING_DELAY_S = 5.0
+# Results bigger than this are checked against their output schema off the event loop.
+VERIFY_IN_THREAD_BYTES = 64 * 1024
 # Room for the event's other fields and headers inside NATS's max payload.
 EVENT_OVERHEAD_BYTES = 16 * 1024
 
@@ -245,6 +248,11 @@ class TaskRunner:
             result = msgspec.Raw(encode(handler.result()))
         except (TypeError, msgspec.EncodeError) as exc:
             return self._failed(ctx, started_at, TypeError(f"the handler returned a value JSON cannot encode: {exc}"))
+        if skill.manifest is not None and skill.manifest.output_schema is not None:
+            try:
+                await self._verify(ctx, skill.manifest, result)
+            except InvalidOutputError as exc:
+                return self._failed(ctx, started_at, exc)
         result_ref = None
         if len(result) > self._inline_max_bytes and self._artifacts is not None:
             try:
@@ -269,6 +277,24 @@ class TaskRunner:
             started_at=started_at,
             result_ref=result_ref,
         )
+
+    async def _verify(self, ctx: TaskContext, manifest: SkillManifest, result: msgspec.Raw) -> None:
+        """The `verifying` stage: the result must match the skill's output schema."""
+        self._reporter.emit(
+            TaskVerifying(
+                event_id=new_id(),
+                task_id=ctx.task_id,
+                attempt=ctx.attempt,
+                node_id=self._node_id,
+                at=self._clock.now(),
+            )
+        )
+        with tracer().start_as_current_span("claw.task.verify"):
+            value = msgspec.json.decode(result)  # what the coordinator will store, not the handler's objects
+            if len(result) > VERIFY_IN_THREAD_BYTES:
+                await asyncio.to_thread(validate_output, manifest, value)
+            else:
+                validate_output(manifest, value)
 
     async def _input(self, task: TaskMessage, skill: Skill) -> Any:
         """The input the handler gets: inline, or fetched from the artifact store (and checked)."""

@@ -286,3 +286,36 @@ async def test_node_is_offline_after_missed_heartbeats(
             return [n.status for n in await client.nodes()] == [NodeStatus.OFFLINE]
 
         await eventually(offline, timeout_s=10, what="node offline")
+
+
+async def test_a_result_off_its_output_schema_fails_the_attempt_and_the_timeline_shows_verifying(
+    config: ClawConfig,
+) -> None:
+    import msgspec
+
+    from common.models import Backoff
+    from common.skills import Risk, Runtime, SkillManifest
+
+    async def answer(ctx: TaskContext, input: dict[str, Any]) -> dict[str, Any]:
+        return {"answer": 42 if ctx.attempt == 1 else "forty-two"}  # the first attempt misses the schema
+
+    manifest = SkillManifest(
+        name="answer",
+        version="1.0.0",
+        risk=Risk.READ_ONLY,
+        runtime=Runtime(python="tests:answer"),
+        output_schema={"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}},
+    )
+    skills = SkillRegistry([Skill("answer", answer, manifest=manifest)])
+    async with running_coordinator(config), running_worker(config, skills=skills), connected_client(config) as client:
+        await wait_nodes_online(client, 1)
+        submitted = await client.submit(spec("answer", max_attempts=2, backoff=Backoff(base_s=0.05)))
+        assert await client.wait([submitted.task_id], timeout_s=20) == {submitted.task_id: TaskState.SUCCEEDED}
+        task = await client.get_task(submitted.task_id)
+    assert msgspec.json.decode(task.result) == {"answer": "forty-two"}
+    [first, second] = task.attempt_log
+    assert first.error_type == "InvalidOutputError"
+    assert "result of answer: field 'answer': 42 is not of type 'string'" in (task.attempt_log[0].error_message or "")
+    assert second.state == AttemptState.SUCCEEDED
+    per_attempt = [(e.attempt, e.kind) for e in task.events if e.kind in ("started", "verifying", "succeeded")]
+    assert per_attempt == [(1, "started"), (1, "verifying"), (2, "started"), (2, "verifying"), (2, "succeeded")]

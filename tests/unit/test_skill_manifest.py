@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from common.errors import InvalidInputError
+from common.errors import InvalidInputError, InvalidOutputError
 from common.skills import (
     ManifestError,
     builtin_manifests,
@@ -16,6 +17,7 @@ from common.skills import (
     pack_skill,
     parse_manifest,
     validate_input,
+    validate_output,
 )
 
 GOOD: dict[str, Any] = {
@@ -94,6 +96,19 @@ def test_input_is_validated_naming_the_field() -> None:
         validate_input(manifest, {"text": 5})
     with pytest.raises(InvalidInputError, match=r"field '\(the input\)': 'text' is a required property"):
         validate_input(manifest, {})
+
+
+def test_output_is_validated_naming_the_field() -> None:
+    manifest = parse_manifest(GOOD, source="skill.yaml")
+    shaped = msgspec.structs.replace(
+        manifest, output_schema={"type": "object", "required": ["words"], "properties": {"words": {"type": "integer"}}}
+    )
+    validate_output(shaped, {"words": 3})
+    with pytest.raises(InvalidOutputError, match=r"result of text.stats: field 'words': 'x' is not of type 'integer'"):
+        validate_output(shaped, {"words": "x"})
+    with pytest.raises(InvalidOutputError, match=r"field '\(the result\)': 'words' is a required property"):
+        validate_output(shaped, {})
+    assert InvalidOutputError("x").retryable
 
 
 def test_builtin_manifests_are_valid_and_classify_risk() -> None:
