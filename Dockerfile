@@ -11,7 +11,8 @@ COPY coordinator/ coordinator/
 COPY worker/ worker/
 COPY cli/ cli/
 COPY config/ config/
-RUN pip install --no-cache-dir . && mkdir -p /var/lib/claw && chown claw /var/lib/claw
+# [otel]: the OTLP exporter, so OTEL_TRACES_EXPORTER=otlp works in the containers.
+RUN pip install --no-cache-dir ".[otel]" && mkdir -p /var/lib/claw && chown claw /var/lib/claw
 
 USER claw
 ENV PYTHONUNBUFFERED=1 CLAW_LOG_FORMAT=json CLAW_NATS_CONNECT_RETRY_S=60

@@ -388,6 +388,41 @@ def task_watch(ctx: typer.Context, task_id: str) -> None:
     raise typer.Exit(run_async(main()))
 
 
+@task_app.command("trace")
+def task_trace(
+    ctx: typer.Context,
+    task_id: str,
+    spans: Annotated[
+        list[Path] | None,
+        typer.Option("--spans", "-s", help="A jsonl span file (repeat for each process); default: tracing.jsonl_path."),
+    ] = None,
+) -> None:
+    """A task's trace as a tree of spans, from the files of the jsonl traces exporter."""
+    from cli.trace_tree import load_spans, span_tree
+
+    cfg = _client_config(ctx)
+    files = spans or ([Path(cfg.tracing.jsonl_path)] if cfg.tracing.jsonl_path else [])
+    if not files:
+        fail("no span files: pass --spans FILE for each process's jsonl file (OTEL_TRACES_EXPORTER=jsonl)")
+
+    async def trace_id() -> str | None:
+        async with await ClawClient.connect(cfg.nats, name="claw-cli") as client:
+            return (await client.get_task(task_id, history=False)).trace_id
+
+    found_id = run_async(trace_id())
+    if not found_id:
+        fail(f"task {task_id} has no trace id (it was submitted by a version without tracing)")
+    try:
+        found = load_spans(files, found_id)
+    except ClawError as exc:
+        fail(str(exc))
+    if not found:
+        names = ", ".join(str(f) for f in files)
+        fail(f"no span of trace {found_id} in {names}; were those processes run with OTEL_TRACES_EXPORTER=jsonl?")
+    print(f"trace {found_id} ({len(found)} spans)")
+    print("\n".join(span_tree(found)))
+
+
 @task_app.command("list")
 def task_list(
     ctx: typer.Context,

@@ -74,28 +74,27 @@ def test_a_retried_tasks_spans_share_one_trace_with_correct_parents(processes: P
     assert [e["attributes"]["claw.outcome"] for e in executes] == ["retrying", "failed"]
     assert all(e["status"] == "ERROR" and e["attributes"]["claw.node_id"] == "w1" for e in executes)
     assert sorted(by_id[r["parent_span_id"]]["attributes"]["claw.attempt"] for r in reports) == [1, 2]
-    print("\n" + span_tree(found))
 
-
-def span_tree(found: list[dict[str, Any]]) -> str:
-    """The spans as an indented tree (for the closing note)."""
-    children: dict[str | None, list[dict[str, Any]]] = {}
-    for span in found:
-        children.setdefault(span["parent_span_id"], []).append(span)
-    lines: list[str] = []
-
-    def walk(span: dict[str, Any], depth: int) -> None:
-        ms = (span["end_ns"] - span["start_ns"]) / 1e6
-        attributes = span["attributes"]
-        extra = f" attempt={attributes['claw.attempt']}" if "claw.attempt" in attributes else ""
-        extra += f" outcome={attributes['claw.outcome']}" if "claw.outcome" in attributes else ""
-        lines.append(f"{'  ' * depth}{span['service']}: {span['name']} ({ms:.1f} ms){extra}")
-        for child in sorted(children.get(span["span_id"], []), key=lambda s: s["start_ns"]):
-            walk(child, depth + 1)
-
-    for root in children.get(None, []):
-        walk(root, 0)
-    return "\n".join(lines)
+    # `claw task trace` joins the three files into one tree (printed for the closing note).
+    files = [arg for name in ("cli", "coord", "worker") for arg in ("--spans", str(tmp_path / f"{name}.jsonl"))]
+    shown = processes.run("task", "trace", task["task_id"], *files)
+    assert shown.returncode == 0, shown.stderr
+    print("\n" + shown.stdout)
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"trace {task['trace_id']} ({len(found)} spans)"
+    tree = [(len(line) - len(line.lstrip())) // 2 for line in lines[1:]]
+    labels = [line.strip().split(" ")[1] for line in lines[1:]]
+    assert list(zip(tree, labels, strict=True)) == [
+        (0, "claw.submit"),
+        (1, "claw.api.submit"),
+        (2, "claw.task"),
+        (3, "claw.task.execute"),
+        (4, "claw.task.report"),
+        (3, "claw.task.execute"),
+        (4, "claw.task.report"),
+    ]
+    assert "attempt=1 node_id=w1 outcome=retrying" in lines[4] and "ERROR" in lines[4]
+    assert "attempt=2 node_id=w1 outcome=failed" in lines[6]
 
 
 class FakeCollector:
