@@ -11,7 +11,10 @@ One run starts, in a temporary directory, a nats-server on free ports and then:
    `ClawClient.submit`, through the code path of `claw submit`, whole `claw submit` processes, and
    end-to-end latency with one task in flight, and last the no-op throughput: N `echo` tasks through
    `submit_many`, from the first submit until the last is `succeeded` in SQLite, with the CPU time
-   and peak RSS of every process and the database's size.
+   and peak RSS of every process and the database's size;
+3. with `--tracing`, the throughput once more on a fresh cluster with the most workers whose
+   processes record every span and export it over OTLP to a counting sink (`cli.bench_span_sink`,
+   a process of its own), compared with the untraced run of the same worker count.
 
 The measuring code is the only code added: the cluster runs exactly as `claw up` runs it. Every
 process it starts is stopped in a `finally`, on Ctrl-C and on errors too.
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import getpass
+import importlib.util
 import json
 import os
 import shutil
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +61,7 @@ from cli.bench_cluster import (
 )
 from cli.bench_profile import Profiler
 from cli.bench_raw import RawBenchError, measure_raw
-from cli.bench_report import ClusterRun, build_report, environment, render_table
+from cli.bench_report import ClusterRun, TracingRun, build_report, environment, render_table
 from cli.inputs import read_inputs
 from common.config import LogSettings
 from common.errors import ClawError
@@ -84,6 +89,7 @@ class BenchOptions:
     quick: bool = False
     keep: bool = False
     profile_dir: Path | None = None
+    tracing: bool = False
     latency_count: int = 1000
     e2e_count: int = 400
     cli_runs: int = 10
@@ -126,6 +132,11 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "claw bench") -> B
         metavar="DIR",
         help="py-spy the coordinator and worker-1 during the throughput run with the most workers",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run the throughput with every span exported over OTLP (to a counting sink) and report the cost",
+    )
     args = parser.parse_args(argv)
     sizes: dict[str, Any] = dict(QUICK) if args.quick else {}
     if args.n is not None:
@@ -137,6 +148,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "claw bench") -> B
         quick=args.quick,
         keep=args.keep,
         profile_dir=args.profile_dir,
+        tracing=args.tracing,
         **sizes,
     )
 
@@ -275,6 +287,10 @@ async def _bench(options: BenchOptions, workdir: Path, children: Children) -> di
             runs.append(await _measure_cluster(options, cluster, nats_process, children))
         finally:
             await cluster.stop()
+    tracing = None
+    if options.tracing:
+        baseline = next(r for r in runs if r.workers == options.latency_workers)
+        tracing = await _measure_tracing(options, workdir, children, nats, nats_process, baseline)
     meta = environment(started, nats.command()[0], ROOT) | {
         "n": options.n,
         "workers": list(options.workers),
@@ -287,7 +303,81 @@ async def _bench(options: BenchOptions, workdir: Path, children: Children) -> di
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "duration_s": round(time.time() - started, 1),
     }
-    return build_report(meta, raw=raw, runs=runs)
+    return build_report(meta, raw=raw, runs=runs, tracing=tracing)
+
+
+async def _measure_tracing(
+    options: BenchOptions,
+    workdir: Path,
+    children: Children,
+    nats: EmbeddedNatsServer,
+    nats_process: psutil.Process,
+    baseline: ClusterRun,
+) -> TracingRun:
+    """The throughput again, on a fresh cluster whose processes record and export every span."""
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        raise BenchError("--tracing needs the OTLP exporter: pip install 'openclaw-cluster[otel]'")
+    port_file = workdir / "span-sink.port"
+    sink = children.spawn(
+        "span-sink",
+        [sys.executable, "-m", "cli.bench_span_sink", str(port_file)],
+        workdir / "logs" / "span-sink.log",
+        cwd=workdir,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{await _port_from(port_file, sink)}"
+        workers = options.latency_workers
+        cluster = BenchCluster(
+            children,
+            nats,
+            workdir / "cluster-traced",
+            prefix="bench_traced",
+            workers=workers,
+            concurrency=options.concurrency,
+            extra_env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+        )
+        _progress(f"tracing: {options.n} echo tasks with {workers} worker(s), every span exported over OTLP")
+        try:
+            await cluster.start()
+            run = await _throughput_only(options.n, cluster, nats_process)
+        finally:
+            await cluster.stop()  # the processes flush their last spans as they exit
+        spans = await asyncio.to_thread(_sink_count, endpoint)
+        _progress(f"tracing: {run.throughput['tps']:,.0f} tasks/s, {spans:,} spans exported")
+        return TracingRun(run=run, baseline=baseline, spans=spans)
+    finally:
+        await asyncio.to_thread(Children.stop, sink)
+
+
+async def _throughput_only(n: int, cluster: BenchCluster, nats_process: psutil.Process) -> ClusterRun:
+    run = ClusterRun(workers=cluster.workers)
+    processes = cluster.processes()
+    db = StateDb(cluster.db_path)
+    try:
+        async with await ClawClient.connect(cluster.settings, name="claw-bench") as client:
+            with RssSampler(processes) as sampler:
+                run.throughput = await _throughput(n, client, cluster, db, processes, nats_process, None)
+            run.peak_rss = dict(sampler.peaks)
+    finally:
+        db.close()
+    return run
+
+
+async def _port_from(port_file: Path, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"the span sink exited with code {process.returncode}; see its log in logs/")
+        text = await asyncio.to_thread(lambda: port_file.read_text() if port_file.exists() else "")
+        if text.strip():
+            return int(text)
+        await asyncio.sleep(0.05)
+    raise BenchError(f"the span sink did not start within {timeout_s:g} s")
+
+
+def _sink_count(endpoint: str) -> int:
+    with urllib.request.urlopen(f"{endpoint}/count", timeout=10) as reply:  # noqa: S310 - our loopback sink
+        return int(json.load(reply)["spans"])
 
 
 async def _measure_cluster(

@@ -113,8 +113,10 @@ class BenchCluster:
         prefix: str,
         workers: int,
         concurrency: int,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self._children = children
+        self._extra_env = extra_env or {}
         self._nats = nats
         self.root = root
         self.prefix = prefix
@@ -143,6 +145,7 @@ class BenchCluster:
             CLAW_ARTIFACTS_LOCAL_DIR=str(self.root / "artifacts"),
             CLAW_LOG_LEVEL="warning",
             CLAW_LOG_FORMAT="json",
+            **self._extra_env,
         )
 
     async def start(self) -> None:

@@ -52,6 +52,15 @@ class ClusterRun:
         return max(v for k, v in rss.items() if k.startswith("worker")) / MB
 
 
+@dataclass
+class TracingRun:
+    """The throughput run with every span exported, and the untraced run it is compared with."""
+
+    run: ClusterRun
+    baseline: ClusterRun
+    spans: int
+
+
 def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
     """p50/p95/p99 (and mean, max, count) in milliseconds."""
     ms = [s * 1000 for s in samples_s]
@@ -68,7 +77,9 @@ def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
     }
 
 
-def build_report(meta: dict[str, Any], *, raw: RawResult, runs: list[ClusterRun]) -> dict[str, Any]:
+def build_report(
+    meta: dict[str, Any], *, raw: RawResult, runs: list[ClusterRun], tracing: TracingRun | None = None
+) -> dict[str, Any]:
     """The JSON document. Costs (CPU, RSS, SQLite) and ratios are those of the 2-worker cluster (else
     the one with the most workers); latencies come from the run that measured them."""
     main = next((r for r in runs if r.workers == 2), runs[-1])
@@ -110,6 +121,8 @@ def build_report(meta: dict[str, Any], *, raw: RawResult, runs: list[ClusterRun]
     }
     if main.profile:
         report["profile"] = main.profile
+    if tracing is not None:
+        report["tracing"] = _tracing(tracing)
     report["targets"] = [_target(report, *target) for target in TARGETS]
     return report
 
@@ -145,6 +158,23 @@ def _run_detail(run: ClusterRun) -> dict[str, Any]:
         "peak_rss_mb": {name: round(b / MB, 1) for name, b in run.peak_rss.items()},
         "idle_rss_mb": {name: round(b / MB, 1) for name, b in run.idle_rss.items()},
         "sqlite": run.sqlite,
+    }
+
+
+def _tracing(tracing: TracingRun) -> dict[str, Any]:
+    traced, baseline = tracing.run, tracing.baseline
+    n = traced.throughput["n"]
+    return {
+        "exporter": "otlp",
+        "workers": traced.workers,
+        "throughput_tps": round(traced.throughput["tps"], 1),
+        "untraced_throughput_tps": round(baseline.throughput["tps"], 1),
+        "ratio": round(traced.throughput["tps"] / baseline.throughput["tps"], 4),
+        "cpu_s_per_1000": _cpu_per_1000(traced),
+        "untraced_cpu_s_per_1000": _cpu_per_1000(baseline),
+        "spans_exported": tracing.spans,
+        "spans_per_task": round(tracing.spans / n, 2),
+        "peak_rss_mb": {name: round(b / MB, 1) for name, b in traced.peak_rss.items()},
     }
 
 
@@ -205,6 +235,8 @@ def _loop_name() -> str:
 def render_table(report: dict[str, Any]) -> str:
     """The figures for people: the raw baseline, the cluster, the ratios, the targets."""
     lines = _header(report["meta"]) + _raw_lines(report["raw"]) + _cluster_lines(report)
+    if "tracing" in report:
+        lines += _tracing_lines(report["tracing"])
     ratio = report["ratio"]
     lines += [
         "",
@@ -276,6 +308,24 @@ def _cluster_lines(report: dict[str, Any]) -> list[str]:
         ),
     ]
     return lines
+
+
+def _tracing_lines(tracing: dict[str, Any]) -> list[str]:
+    def cpu(per_1000: dict[str, float]) -> str:
+        return f"coordinator {per_1000['coordinator']:.3f}  workers {per_1000['workers']:.3f}"
+
+    return [
+        "",
+        f"tracing: every span exported over OTLP, {tracing['workers']} worker(s)",
+        _row(
+            "throughput traced / untraced",
+            f"{tracing['throughput_tps']:,.0f} / {tracing['untraced_throughput_tps']:,.0f} tasks/s"
+            f" = {tracing['ratio']:.3f}",
+        ),
+        _row("CPU s per 1,000 tasks traced", cpu(tracing["cpu_s_per_1000"])),
+        _row("CPU s per 1,000 tasks untraced", cpu(tracing["untraced_cpu_s_per_1000"])),
+        _row("spans exported", f"{tracing['spans_exported']:,} ({tracing['spans_per_task']:.2f} per task)"),
+    ]
 
 
 def _row(label: str, value: str) -> str:

@@ -86,7 +86,7 @@ def processes_using(path: str) -> list[psutil.Process]:
 
 def test_quick_bench_reports_every_figure_and_leaves_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = run_bench("--quick", "--json", str(out))
+    result = run_bench("--quick", "--tracing", "--json", str(out))
     assert result.returncode == 0, result.stderr
 
     report = json.loads(out.read_text())
@@ -97,6 +97,11 @@ def test_quick_bench_reports_every_figure_and_leaves_nothing_behind(tmp_path: Pa
         assert dig(report, ("meta", key)), f"meta.{key} is empty"
     assert report["meta"]["quick"] is True
     assert "raw JetStream" in result.stdout and "end to end, one in flight" in result.stdout
+    # --tracing: the traced run exported every task's spans (claw.task, execute, report) to the sink.
+    tracing = report["tracing"]
+    assert tracing["spans_exported"] >= 3 * report["meta"]["n"], tracing
+    assert tracing["throughput_tps"] > 0 and tracing["ratio"] > 0
+    assert "throughput traced / untraced" in result.stdout
 
     workdir = re.search(r"starting nats-server in (\S+)", result.stderr)
     assert workdir, result.stderr
