@@ -29,14 +29,15 @@ import re
 import tarfile
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from common.errors import InvalidInputError, InvalidOutputError
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 MANIFEST_FILE = "skill.yaml"
 SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
@@ -104,8 +105,13 @@ class ManifestError(InvalidInputError):
     code = "invalid_manifest"
 
 
-def parse_manifest(data: Any, *, source: str) -> SkillManifest:
-    """Validate a decoded manifest (a mapping) and return it; raises `ManifestError` naming the field."""
+def parse_manifest(data: Any, *, source: str, check_schemas: bool = True) -> SkillManifest:
+    """Validate a decoded manifest (a mapping) and return it; raises `ManifestError` naming the field.
+
+    `check_schemas=False` skips checking that the input and output schemas are valid JSON Schema,
+    for the built-in manifests only: a unit test checks those, and the check imports jsonschema,
+    which a worker otherwise rarely needs.
+    """
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: a manifest must be a mapping of fields, not {type(data).__name__}")
     try:
@@ -113,10 +119,12 @@ def parse_manifest(data: Any, *, source: str) -> SkillManifest:
     except msgspec.ValidationError as exc:
         raise ManifestError(f"{source}: {_field_message(str(exc))}") from None
     _check_semantics(manifest, source)
+    if check_schemas:
+        _check_schemas(manifest, source)
     return manifest
 
 
-def load_manifest(path: Path) -> SkillManifest:
+def load_manifest(path: Path, *, check_schemas: bool = True) -> SkillManifest:
     """Read and validate `path` (a `skill.yaml`, or a folder holding one)."""
     if path.is_dir():
         path = path / MANIFEST_FILE
@@ -128,7 +136,7 @@ def load_manifest(path: Path) -> SkillManifest:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ManifestError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_manifest(data, source=str(path))
+    return parse_manifest(data, source=str(path), check_schemas=check_schemas)
 
 
 def _check_semantics(m: SkillManifest, source: str) -> None:
@@ -147,6 +155,12 @@ def _check_semantics(m: SkillManifest, source: str) -> None:
         raise ManifestError(f"{source}: field 'runtime.command': a non-empty list of arguments is needed")
     if runtime.factory and runtime.python is None:
         raise ManifestError(f"{source}: field 'runtime.factory': only a python runtime can be a factory")
+
+
+def _check_schemas(m: SkillManifest, source: str) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     for field in ("input_schema", "output_schema"):
         schema = getattr(m, field)
         if schema is None:
@@ -243,6 +257,8 @@ def compiled_validator(manifest: SkillManifest, which: Literal["input", "output"
     key = (manifest.name, manifest.version, which)
     validator = _validators.get(key)
     if validator is None:
+        from jsonschema import Draft202012Validator  # imported on first use: see parse_manifest
+
         schema = manifest.input_schema if which == "input" else manifest.output_schema
         validator = Draft202012Validator(schema or {})
         _validators[key] = validator
@@ -252,7 +268,7 @@ def compiled_validator(manifest: SkillManifest, which: Literal["input", "output"
 def builtin_manifests() -> list[SkillManifest]:
     """The manifests of the skills that ship with claw (common/builtin_skills/*.yaml)."""
     folder = Path(__file__).parent / "builtin_skills"
-    return [load_manifest(path) for path in sorted(folder.glob("*.yaml"))]
+    return [load_manifest(path, check_schemas=False) for path in sorted(folder.glob("*.yaml"))]
 
 
 class RegistryEntry(msgspec.Struct, frozen=True, kw_only=True):

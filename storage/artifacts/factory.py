@@ -12,7 +12,6 @@ from common.config import ArtifactSettings
 from common.errors import ArtifactError
 from storage.artifacts.base import ArtifactStore
 from storage.artifacts.local import LocalArtifactStore
-from storage.artifacts.minio_store import MinioArtifactStore
 
 
 async def open_artifact_store(settings: ArtifactSettings, *, env: Mapping[str, str] | None = None) -> ArtifactStore:
@@ -28,6 +27,10 @@ async def open_artifact_store(settings: ArtifactSettings, *, env: Mapping[str, s
             await asyncio.to_thread(_check_folder, root)
             return LocalArtifactStore(root)
         case "minio":
+            # Imported here: the minio client and its crypto dependencies cost ~15 MB of RSS that a
+            # process on the local backend (every worker of `claw up`) does not need.
+            from storage.artifacts.minio_store import MinioArtifactStore
+
             return await MinioArtifactStore.open(settings, env=env)
         case _:
             assert_never(settings.backend)

@@ -17,9 +17,7 @@ import asyncio
 import base64
 import codecs
 import math
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from common.config import ToolSettings
 from common.errors import ConfigError, InvalidInputError, PermanentError, RetryableError, ToolTimeoutError
@@ -27,13 +25,16 @@ from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
 
+if TYPE_CHECKING:
+    # httpx (with its TLS stack) is imported on a worker's first HTTP call: ~15 MB a worker that
+    # never makes one does not hold.
+    import httpx
+
 SKILL = "http.request"
 FIELDS = ("method", "url", "headers", "body", "json", "timeout_s")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 SCHEMES = ("http", "https")
 REFUSED_HEADERS = ("host",)
-# Transport errors of a request that cannot be sent as it is: another attempt fails the same way.
-LOCAL_ERRORS = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
 
 
 class HttpTool:
@@ -50,6 +51,8 @@ class HttpTool:
     async def request(self, ctx: TaskContext, input: dict[str, Any]) -> dict[str, Any]:
         """{method, url, headers?, body? | json?, timeout_s?} -> {status, headers, body | body_base64,
         truncated}."""
+        import httpx
+
         inputs.check_fields(SKILL, input, FIELDS)
         method = _method(input.get("method", "GET"))
         url = self._allowed_url(inputs.string(SKILL, input, "url"))
@@ -75,6 +78,8 @@ class HttpTool:
         }
 
     def _allowed_url(self, text: str) -> httpx.URL:
+        import httpx
+
         try:
             url = httpx.URL(text)
         except (httpx.InvalidURL, ValueError, TypeError):
@@ -104,8 +109,12 @@ async def read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, 
 
 def transport_error(skill: str, what: str, exc: httpx.HTTPError) -> RetryableError | PermanentError:
     """Connection trouble is retryable; a request this side cannot even send is not."""
+    import httpx
+
+    # A request that cannot be sent as it is: another attempt fails the same way.
+    local_errors = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
     message = f"{skill}: {what} failed: {str(exc) or type(exc).__name__}"
-    if isinstance(exc, LOCAL_ERRORS) or not isinstance(exc, httpx.TransportError):
+    if isinstance(exc, local_errors) or not isinstance(exc, httpx.TransportError):
         return PermanentError(message)
     return RetryableError(message)
 

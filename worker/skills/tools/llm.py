@@ -17,9 +17,9 @@ import datetime
 import email.utils
 import math
 import os
-from typing import Any
+import urllib.parse
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 
 from common.clock import SYSTEM_CLOCK, Clock
@@ -29,6 +29,9 @@ from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
 from worker.skills.tools.http import read_capped, transport_error
+
+if TYPE_CHECKING:
+    import httpx
 
 SKILL = "llm.chat"
 # OpenAI request fields passed through as they are; the server checks their values.
@@ -62,10 +65,11 @@ class LlmTool:
 
     def __init__(self, settings: ToolSettings, clock: Clock = SYSTEM_CLOCK) -> None:
         try:
-            url = httpx.URL(settings.llm_base_url)
-        except httpx.InvalidURL:
-            url = httpx.URL()
-        if url.scheme not in ("http", "https") or not url.host:
+            url = urllib.parse.urlsplit(settings.llm_base_url)
+            valid = url.scheme in ("http", "https") and bool(url.hostname)
+        except ValueError:  # a malformed port or IPv6 address
+            valid = False
+        if not valid:
             raise ConfigError(f"tools.llm_base_url: {settings.llm_base_url!r} must be an http:// or https:// URL")
         if any(name.lower() == "authorization" for name in settings.llm_extra_headers):
             raise ConfigError(
@@ -82,6 +86,8 @@ class LlmTool:
     async def chat(self, ctx: TaskContext, input: dict[str, Any]) -> dict[str, Any]:
         """{messages, model?, temperature?, max_tokens?, ..., headers?, timeout_s?} -> {message,
         usage, model, finish_reason}."""
+        import httpx  # on first use, as in http.py
+
         inputs.check_fields(SKILL, input, FIELDS)
         model = inputs.optional_string(SKILL, input, "model") or self._settings.llm_model
         body = {"model": model, "messages": _messages(input), **{k: input[k] for k in PASSED_THROUGH if k in input}}
