@@ -284,6 +284,23 @@ class NatsServerInfo(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
+class WindowStats(msgspec.Struct, frozen=True, kw_only=True):
+    """The tasks that finished in the last `window_s` seconds (by `finished_at`).
+
+    `finished` counts every final state (succeeded, failed, dead, cancelled, rejected); the completion
+    rate is succeeded / finished and the failure rate (failed + dead) / finished, None when nothing
+    finished. Run times (`finished_at - started_at`, first start to end) are of the succeeded tasks.
+    """
+
+    window_s: float
+    finished: int = 0
+    by_state: dict[str, int] = {}
+    completion_rate: float | None = None
+    failure_rate: float | None = None
+    run_mean_s: float | None = None
+    run_p95_s: float | None = None
+
+
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The cluster at a glance: `claw status`."""
 
