@@ -68,6 +68,15 @@ app.add_typer(audit_app, name="audit")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ConfigFlag = Annotated[Path | None, typer.Option("--config", help="YAML config file (also $CLAW_CONFIG).")]
+MetricsPortFlag = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        help="Serve Prometheus metrics at :PORT/metrics (0: a free port) [default: off].",
+        min=0,
+        max=65535,
+    ),
+]
 
 
 @dataclass
@@ -126,11 +135,12 @@ def coordinator_start(
     ctx: typer.Context,
     config: ConfigFlag = None,
     db: Annotated[Path | None, typer.Option(help="SQLite state database [default: .claw/claw.db].")] = None,
+    metrics_port: MetricsPortFlag = None,
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     from coordinator.service import Coordinator
 
-    cfg = _config(ctx, config, coordinator={"db_path": None if db is None else str(db)})
+    cfg = _config(ctx, config, coordinator={"db_path": None if db is None else str(db), "metrics_port": metrics_port})
     configure_logging(cfg.log, process="coordinator")
 
     async def serve(stop: Any) -> None:
@@ -211,6 +221,7 @@ def up(
     nats_port: Annotated[int, typer.Option(help="NATS client port.")] = 4222,
     monitor_port: Annotated[int, typer.Option(help="NATS monitoring port.")] = 8222,
     concurrency: Annotated[int, typer.Option(help="Concurrency of each worker.")] = 8,
+    metrics_port: MetricsPortFlag = None,
 ) -> None:
     """Run a whole local cluster: embedded nats-server, a coordinator and N workers, until Ctrl-C."""
     from cli.processes import LocalCluster
@@ -224,6 +235,7 @@ def up(
         nats_port=nats_port,
         monitor_port=monitor_port,
         concurrency=concurrency,
+        metrics_port=metrics_port,
     )
     run_service(cluster.serve)
 

@@ -166,11 +166,13 @@ def render_nodes(nodes: list[NodeView]) -> None:
 
 def render_status(status: ClusterStatus) -> None:
     """`claw status`."""
+    metrics = None if status.metrics_port is None else f":{status.metrics_port}/metrics on the coordinator's host"
     emit_fields(
         [
             ("coordinator", f"up (version {status.coordinator_version})"),
             ("nodes", f"{status.nodes_online} online of {status.nodes_total}"),
             ("tasks", ", ".join(f"{n} {state}" for state, n in status.tasks_by_state.items()) or "none yet"),
+            ("metrics", metrics or "not served (claw coordinator start --metrics-port)"),
         ]
     )
     print("\nqueues:")

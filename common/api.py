@@ -59,6 +59,8 @@ class PingReply(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     node_id: str
     skills: list[str]
+    # The port of the coordinator's Prometheus endpoint (`claw up` prints it), None when off.
+    metrics_port: int | None = None
 
 
 class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True):

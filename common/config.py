@@ -104,6 +104,12 @@ class CoordinatorSettings(_Section, frozen=True):
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     # Tasks persisted but not confirmed published for this long are published again (same msg id).
     republish_after_s: PositiveFloat = 5.0
+    # Prometheus text at http://<metrics_host>:<metrics_port>/metrics; unset: not served. 0 picks a
+    # free port (logged as `metrics.serving`, and reported by `claw status`).
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other machines; set 127.0.0.1 to keep it local
+    # How often the gauges (queue depth, DLQ size, nodes, tasks by state) are read and set.
+    metrics_refresh_s: PositiveFloat = 5.0
 
 
 class WorkerSettings(_Section, frozen=True):

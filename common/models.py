@@ -310,3 +310,6 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     tasks_by_state: dict[str, int]
     queues: list[QueueDepth]
     nats: NatsServerInfo
+    # Added with the metrics; the default keeps an older coordinator's reply readable.
+    # The port of the coordinator's Prometheus endpoint, None when it serves none.
+    metrics_port: int | None = None
