@@ -373,9 +373,21 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 
 
 @app.command()
-def status(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """Cluster overview: nodes, queue depth per skill, tasks by state, the NATS server."""
-    _query(ctx, lambda client: client.status(), render_status, json_out)
+def status(
+    ctx: typer.Context,
+    window: Annotated[
+        str, typer.Option(help="Rates and run times over the tasks that finished in this window: 15m, 1h, 7d.")
+    ] = "1h",
+    json_out: JsonFlag = False,
+) -> None:
+    """Cluster overview: nodes, queues, tasks by state, recent rates and run times, DLQ, alerts, NATS."""
+    try:
+        window_s = parse_duration(window)
+    except ClawError as exc:
+        fail(str(exc))
+    if window_s <= 0:
+        fail("--window must be longer than 0, e.g. 15m or 1h")
+    _query(ctx, lambda client: client.status(window_s=window_s), render_status, json_out)
 
 
 @task_app.command("cancel")

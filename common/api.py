@@ -7,6 +7,8 @@ with the type it expects.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from common.models import EMPTY_OBJECT, JSON_NULL, ClusterStatus, DeadLetterView, NodeView, TaskSpec, TaskSummary
@@ -123,6 +125,12 @@ class NodesReply(msgspec.Struct, frozen=True, kw_only=True):
     """Every node the registry knows, online ones first."""
 
     nodes: list[NodeView]
+
+
+class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The overview, with rates over the tasks that finished in the last `window_s` seconds."""
+
+    window_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):

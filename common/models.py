@@ -301,6 +301,18 @@ class WindowStats(msgspec.Struct, frozen=True, kw_only=True):
     run_p95_s: float | None = None
 
 
+class AlertView(msgspec.Struct, frozen=True, kw_only=True):
+    """An alert that is firing: which, since when, and the rate that crossed its threshold."""
+
+    name: str
+    message: str
+    rate: float
+    threshold: float
+    window_s: float
+    finished: int
+    since: float
+
+
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The cluster at a glance: `claw status`."""
 
@@ -310,6 +322,9 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     tasks_by_state: dict[str, int]
     queues: list[QueueDepth]
     nats: NatsServerInfo
-    # Added with the metrics; the default keeps an older coordinator's reply readable.
+    # Added with the metrics; the defaults keep an older coordinator's reply readable.
+    window: WindowStats | None = None
+    dlq_messages: int | None = None
+    alerts: list[AlertView] = []
     # The port of the coordinator's Prometheus endpoint, None when it serves none.
     metrics_port: int | None = None

@@ -34,6 +34,7 @@ from common.api import (
     SkillsRequest,
     SkillToggleRequest,
     StatusReply,
+    StatusRequest,
     SubmitReply,
     SubmitRequest,
     TaskActionReply,
@@ -53,6 +54,7 @@ from communication.codec import DecodeError, decode
 from communication.connection import NatsConnection
 from communication.monitoring import fetch_server_info
 from coordinator.admission import Admission
+from coordinator.alerts import AlertMonitor
 from coordinator.api_server import Handler
 from coordinator.approvals import ApprovalDesk
 from coordinator.audit import Auditor
@@ -89,6 +91,7 @@ class ApiHandlers:
         approvals: ApprovalDesk,
         auditor: Auditor,
         probe: QueueProbe,
+        alerts: AlertMonitor,
         metrics_port: Callable[[], int | None],
     ) -> None:
         self._config = config
@@ -105,6 +108,7 @@ class ApiHandlers:
         self._approvals = approvals
         self._auditor = auditor
         self._probe = probe
+        self._alerts = alerts
         self._metrics_port = metrics_port
 
     def table(self) -> dict[str, Handler]:
@@ -177,9 +181,12 @@ class ApiHandlers:
         return NodesReply(nodes=self._registry.views())
 
     async def status(self, data: bytes) -> StatusReply:
-        """The cluster overview."""
-        queues, nats_info = await asyncio.gather(
+        """The cluster overview, with rates over the tasks that finished in the requested window."""
+        request = _decode_request(data, StatusRequest)
+        queues, dead_letters, window, nats_info = await asyncio.gather(
             self._probe.depths(self._registry.known_skills()),
+            self._probe.dead_letters(),
+            self._alerts.window_stats(request.window_s),
             self._nats_info(),
         )
         views = self._registry.views()
@@ -191,6 +198,9 @@ class ApiHandlers:
                 tasks_by_state=self._book.counts(),
                 queues=queues,
                 nats=nats_info,
+                window=window,
+                dlq_messages=dead_letters,
+                alerts=self._alerts.active(),
                 metrics_port=self._metrics_port(),
             )
         )

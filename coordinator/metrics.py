@@ -69,6 +69,7 @@ class GaugeValues:
 
     tasks_by_state: dict[str, int]
     nodes_online: int
+    alerts: dict[str, bool]
     # When the JetStream values were read; None when they could not be.
     updated_at: float | None = None
     queues: list[QueueDepth] | None = None
@@ -131,6 +132,7 @@ class ClusterMetrics:
         )
         self._dead_letters = Gauge("claw_dlq_messages", "Messages in the dead-letter stream.", registry=registry)
         self._nodes_online = Gauge("claw_nodes_online", "Worker nodes alive.", registry=registry)
+        self._alert = Gauge("claw_alert_active", "1 while the alert fires.", ["alert"], registry=registry)
         self._updated = Gauge(
             "claw_gauges_updated_timestamp_seconds",
             "When the JetStream gauges (queues, DLQ) were last read.",
@@ -165,6 +167,8 @@ class ClusterMetrics:
             self._tasks.labels(state.value).set(values.tasks_by_state.get(state.value, 0))
         self._running.set(values.tasks_by_state.get(TaskState.RUNNING.value, 0))
         self._nodes_online.set(values.nodes_online)
+        for name, firing in values.alerts.items():
+            self._alert.labels(name).set(1 if firing else 0)
         if values.queues is not None:
             for queue in values.queues:
                 self._queue_depth.labels(queue.skill, queue.priority.value).set(queue.pending)

@@ -1,7 +1,7 @@
 """The coordinator process: wires the parts together and owns their lifecycle.
 
 Start-up: connect to NATS, create streams and the events consumer, open and migrate the database, load
-the working set (unfinished tasks, node registry), then serve metrics (when asked),
+the working set (unfinished tasks, node registry, active alerts), then serve metrics (when asked),
 start the loops and, last, the API - so no request is answered before the state behind it is loaded.
 
 Shutdown (on the `stop` event): stop taking API requests and let those in progress finish; then stop
@@ -29,6 +29,7 @@ from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.topology import Topology
 from coordinator.admission import Admission
+from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
 from coordinator.api_server import ApiServer
 from coordinator.approvals import ApprovalDesk
@@ -85,6 +86,7 @@ class Coordinator:
         observer = None if self.metrics is None else self.metrics.observe_transition
         self.book = TaskBook(self.store, on_transition=observer)
         self.probe = QueueProbe(conn)
+        self.alerts = AlertMonitor(self.store, settings, clock)
         self.registry = NodeRegistry(NodeStore(db), clock, missed_beats=settings.offline_after_missed_beats)
         self.pipeline = SubmitPipeline(conn, self.store, self.book, settings, clock)
         folder = EventFolder(self.book, dead_letter=settings.dead_letter)
@@ -120,11 +122,12 @@ class Coordinator:
             approvals=self.approvals,
             auditor=self.auditor,
             probe=self.probe,
+            alerts=self.alerts,
             metrics_port=lambda: self.metrics_port,
         )
         self._api = ApiServer(conn, handlers.table())
         self._heartbeat_sub: Subscription | None = None
-        self._next_gauges_at = 0.0
+        self._next_alerts_at = self._next_gauges_at = 0.0
         # Set once the API answers: for whoever starts a coordinator in-process and must not race it.
         self.ready = asyncio.Event()
 
@@ -149,6 +152,7 @@ class Coordinator:
         await coordinator.book.load()
         await coordinator.registry.load()
         await coordinator.catalog.load()
+        await coordinator.alerts.load()
         log.info(
             "coordinator.loaded",
             node_id=coordinator.node_id,
@@ -215,7 +219,7 @@ class Coordinator:
         self.registry.observe(beat)
 
     async def _maintain(self, stopping: asyncio.Event) -> None:
-        """Node liveness and reclaim, registry persistence, recovery of stuck tasks, gauges."""
+        """Node liveness and reclaim, registry persistence, recovery of stuck tasks, alerts, gauges."""
         republish_every = self.config.coordinator.republish_after_s / 2
         next_republish = next_recovery = self._clock.monotonic()
         reconnects = self._conn.reconnects
@@ -248,10 +252,14 @@ class Coordinator:
                 pass
 
     async def _observe(self, now: float) -> None:
-        """Refresh the gauges every `metrics_refresh_s`."""
+        """Judge the alerts every `alert_interval_s`; refresh the gauges every `metrics_refresh_s`."""
+        settings = self.config.coordinator
+        if now >= self._next_alerts_at:
+            await self.alerts.evaluate()
+            self._next_alerts_at = now + settings.alert_interval_s
         if self.metrics is not None and now >= self._next_gauges_at:
             await self.refresh_metrics()
-            self._next_gauges_at = now + self.config.coordinator.metrics_refresh_s
+            self._next_gauges_at = now + settings.metrics_refresh_s
 
     async def refresh_metrics(self) -> None:
         """Read the gauges' values here, on the event loop, and set them: a scrape only reads numbers."""
@@ -270,6 +278,7 @@ class Coordinator:
             GaugeValues(
                 tasks_by_state=self.book.counts(),
                 nodes_online=self.registry.online_count(),
+                alerts=self.alerts.firing(),
                 updated_at=None if queues is None or dead_letters is None else self._clock.now(),
                 queues=queues,
                 dead_letters=dead_letters,

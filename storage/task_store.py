@@ -314,6 +314,13 @@ class TaskStore:
             run_p95_s=run_p95_s,
         )
 
+    async def recent_events(self, task_id: str, *, limit: int) -> list[EventView]:
+        """The newest `limit` events of `task_id`, newest first."""
+        rows = await self._db.fetch_all(
+            "SELECT * FROM events WHERE task_id = ? ORDER BY id DESC LIMIT ?", (task_id, limit)
+        )
+        return [_event_view(r) for r in rows]
+
     async def _attempts(self, task_id: str) -> list[AttemptView]:
         rows = await self._db.fetch_all("SELECT * FROM task_attempts WHERE task_id = ? ORDER BY attempt", (task_id,))
         return [
@@ -331,19 +338,7 @@ class TaskStore:
 
     async def _events(self, task_id: str) -> list[EventView]:
         rows = await self._db.fetch_all("SELECT * FROM events WHERE task_id = ? ORDER BY id", (task_id,))
-        return [
-            EventView(
-                id=r["id"],
-                at=r["at"],
-                kind=r["kind"],
-                attempt=r["attempt"],
-                from_state=None if r["from_state"] is None else TaskState(r["from_state"]),
-                to_state=None if r["to_state"] is None else TaskState(r["to_state"]),
-                node_id=r["node_id"],
-                data=JSON_NULL if r["data"] is None else msgspec.Raw(r["data"].encode()),
-            )
-            for r in rows
-        ]
+        return [_event_view(r) for r in rows]
 
 
 _UNFINISHED = [
@@ -380,6 +375,19 @@ def nearest_rank(count: int, percent: int) -> int:
     """The 1-based rank of the `percent` percentile among `count` sorted values: ceil(count * p / 100),
     in integers so that no rounding moves it."""
     return max(1, -(-count * percent // 100))
+
+
+def _event_view(r: sqlite3.Row) -> EventView:
+    return EventView(
+        id=r["id"],
+        at=r["at"],
+        kind=r["kind"],
+        attempt=r["attempt"],
+        from_state=None if r["from_state"] is None else TaskState(r["from_state"]),
+        to_state=None if r["to_state"] is None else TaskState(r["to_state"]),
+        node_id=r["node_id"],
+        data=JSON_NULL if r["data"] is None else msgspec.Raw(r["data"].encode()),
+    )
 
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:

@@ -1,4 +1,4 @@
-"""End to end: `/metrics` of a `claw coordinator start` and `claw up`."""
+"""End to end: `/metrics` of a `claw coordinator start` and `claw up`, and `claw status --window`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,44 @@ def test_coordinator_start_with_metrics_port_0_serves_metrics(processes: Process
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["metrics_port"] == port
     assert f":{port}/metrics" in processes.run("status").stdout
+
+
+def test_status_window_shows_the_rates_and_an_alert(processes: ProcessPool) -> None:
+    alerting = {"CLAW_COORDINATOR_ALERT_MIN_TASKS": "4", "CLAW_COORDINATOR_ALERT_INTERVAL_S": "0.2"}
+    coordinator = processes.spawn("coordinator", "coordinator", "start", env=alerting)
+    processes.spawn("worker", "worker", "start", "--node-id", "w1", "--skills", "echo,fail")
+    wait_until(lambda: processes.run("submit", "echo", "--wait").returncode == 0, timeout_s=30, what="a first echo")
+    assert processes.run("submit", "echo", "--wait").returncode == 0
+    for _ in range(2):
+        assert processes.run("submit", "fail", "--input", '{"message": "no"}', "--wait").returncode == 1
+
+    def status_with_alert() -> str:
+        out = processes.run("status", "--window", "15m").stdout
+        return out if "ALERT failure_rate" in out else ""
+
+    # 2 of 4 failed: failure 50 % > 20 %, completion 50 % < 80 %; judged every 0.2 s.
+    shown = wait_until(status_with_alert, timeout_s=20, what="the failure alert in claw status")
+    assert "last 15m:" in shown
+    assert re.search(r"finished\s+4 \(2 succeeded, 2 dead\)", shown), shown
+    assert re.search(r"completion\s+50\.0 %", shown), shown
+    assert re.search(r"failure\s+50\.0 %", shown), shown
+    assert re.search(r"run time\s+mean .*, p95 .* \(succeeded tasks\)", shown), shown
+    assert re.search(r"dead letters\s+2 in the DLQ", shown), shown
+    assert "failure rate 50.0 % is above 20.0 %: 2 of the 4 tasks that finished in the last 1h failed" in shown
+    assert "ALERT completion_rate" in shown
+
+    status = json.loads(processes.run("status", "--window", "15m", "--json").stdout)
+    assert status["window"]["window_s"] == 900
+    assert (status["window"]["completion_rate"], status["window"]["failure_rate"]) == (0.5, 0.5)
+    assert sorted(a["name"] for a in status["alerts"]) == ["completion_rate", "failure_rate"]
+    fired = [json.loads(line) for line in coordinator.output().splitlines() if '"alert.firing"' in line]
+    assert sorted((f["alert"], f["level"]) for f in fired) == [
+        ("completion_rate", "warning"),
+        ("failure_rate", "warning"),
+    ]
+
+    bad = processes.run("status", "--window", "0")
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: --window must be longer than 0, e.g. 15m or 1h"
 
 
 def test_up_prints_the_metrics_url_and_serves_it(tmp_path: Path) -> None:

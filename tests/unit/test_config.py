@@ -107,3 +107,11 @@ def test_example_configs_load() -> None:
     for path in files:
         if path.name != "guard.yaml":
             load_config(path, env={})
+
+
+def test_metrics_and_alert_settings_come_from_the_environment_and_are_checked() -> None:
+    config = load_config(None, env={"CLAW_COORDINATOR_METRICS_PORT": "0", "CLAW_COORDINATOR_ALERT_MAX_FAILURE": "0.3"})
+    assert (config.coordinator.metrics_port, config.coordinator.alert_max_failure) == (0, 0.3)
+    assert load_config(None, env={}).coordinator.metrics_port is None  # off unless asked
+    with pytest.raises(ConfigError, match=r"coordinator\.alert_min_completion.*environment"):
+        load_config(None, env={"CLAW_COORDINATOR_ALERT_MIN_COMPLETION": "1.5"})

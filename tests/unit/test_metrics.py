@@ -137,6 +137,7 @@ def test_gauges_take_the_values_read_on_the_event_loop() -> None:
         GaugeValues(
             tasks_by_state={"running": 2, "succeeded": 7},
             nodes_online=3,
+            alerts={"failure_rate": True, "completion_rate": False},
             updated_at=1234.0,
             queues=[QueueDepth(skill="echo", priority=Priority.HIGH, pending=5, ack_pending=1)],
             dead_letters=4,
@@ -150,8 +151,10 @@ def test_gauges_take_the_values_read_on_the_event_loop() -> None:
     assert sample("claw_queue_depth", {"skill": "echo", "priority": "high"}) == 5
     assert sample("claw_queue_ack_pending", {"skill": "echo", "priority": "high"}) == 1
     assert sample("claw_dlq_messages") == 4
+    assert sample("claw_alert_active", {"alert": "failure_rate"}) == 1
+    assert sample("claw_alert_active", {"alert": "completion_rate"}) == 0
     assert sample("claw_gauges_updated_timestamp_seconds") == 1234.0
     # JetStream unreadable: its gauges and their timestamp keep the last values.
-    metrics.set_gauges(GaugeValues(tasks_by_state={}, nodes_online=0))
+    metrics.set_gauges(GaugeValues(tasks_by_state={}, nodes_online=0, alerts={}))
     assert sample("claw_dlq_messages") == 4
     assert sample("claw_gauges_updated_timestamp_seconds") == 1234.0
