@@ -76,6 +76,15 @@ app.add_typer(artifacts_app, name="artifacts")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ConfigFlag = Annotated[Path | None, typer.Option("--config", help="YAML config file (also $CLAW_CONFIG).")]
+MetricsPortFlag = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        help="Serve Prometheus metrics at :PORT/metrics (0: a free port) [default: off].",
+        min=0,
+        max=65535,
+    ),
+]
 
 
 @dataclass
@@ -144,11 +153,12 @@ def coordinator_start(
     ctx: typer.Context,
     config: ConfigFlag = None,
     db: Annotated[Path | None, typer.Option(help="SQLite state database [default: .claw/claw.db].")] = None,
+    metrics_port: MetricsPortFlag = None,
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     from coordinator.service import Coordinator
 
-    cfg = _config(ctx, config, coordinator={"db_path": None if db is None else str(db)})
+    cfg = _config(ctx, config, coordinator={"db_path": None if db is None else str(db), "metrics_port": metrics_port})
     configure_logging(cfg.log, process="coordinator")
     _trace(cfg, "claw-coordinator")
 
@@ -231,6 +241,7 @@ def up(
     nats_port: Annotated[int, typer.Option(help="NATS client port.")] = 4222,
     monitor_port: Annotated[int, typer.Option(help="NATS monitoring port.")] = 8222,
     concurrency: Annotated[int, typer.Option(help="Concurrency of each worker.")] = 8,
+    metrics_port: MetricsPortFlag = None,
 ) -> None:
     """Run a whole local cluster: embedded nats-server, a coordinator and N workers, until Ctrl-C."""
     from cli.processes import LocalCluster
@@ -244,6 +255,7 @@ def up(
         nats_port=nats_port,
         monitor_port=monitor_port,
         concurrency=concurrency,
+        metrics_port=metrics_port,
     )
     run_service(cluster.serve)
 
@@ -442,9 +454,21 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 
 
 @app.command()
-def status(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """Cluster overview: nodes, queue depth per skill, tasks by state, the NATS server."""
-    _query(ctx, lambda client: client.status(), render_status, json_out)
+def status(
+    ctx: typer.Context,
+    window: Annotated[
+        str, typer.Option(help="Rates and run times over the tasks that finished in this window: 15m, 1h, 7d.")
+    ] = "1h",
+    json_out: JsonFlag = False,
+) -> None:
+    """Cluster overview: nodes, queues, tasks by state, recent rates and run times, DLQ, alerts, NATS."""
+    try:
+        window_s = parse_duration(window)
+    except ClawError as exc:
+        fail(str(exc))
+    if window_s <= 0:
+        fail("--window must be longer than 0, e.g. 15m or 1h")
+    _query(ctx, lambda client: client.status(window_s=window_s), render_status, json_out)
 
 
 @task_app.command("cancel")

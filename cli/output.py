@@ -68,6 +68,19 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def fmt_span(seconds: float) -> str:
+    """A window as given on the command line: '15m', '1h', '7d', '90s'."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def fmt_percent(rate: float | None) -> str:
+    """'87.5 %', or '-'."""
+    return "-" if rate is None else f"{rate * 100:.1f} %"
+
+
 def fmt_bytes(n: int) -> str:
     """'1.2 MiB' style."""
     size = float(n)

@@ -88,10 +88,22 @@ class Child:
 class LocalCluster:
     """The processes of `claw up`."""
 
-    def __init__(self, *, data_dir: Path, workers: int, nats_port: int, monitor_port: int, concurrency: int) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        workers: int,
+        nats_port: int,
+        monitor_port: int,
+        concurrency: int,
+        metrics_port: int | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.workers = workers
         self.concurrency = concurrency
+        self.metrics_port = metrics_port
+        # Where the coordinator serves /metrics, once it answered (it knows the port 0 stood for).
+        self.metrics_url: str | None = None
         self.logs = self.data_dir / "logs"
         self.nats = EmbeddedNatsServer(
             NatsServerOptions(
@@ -166,7 +178,8 @@ class LocalCluster:
         return child
 
     async def _start_children(self) -> None:
-        await self._spawn("coordinator", "coordinator", "start")
+        metrics = [] if self.metrics_port is None else ["--metrics-port", str(self.metrics_port)]
+        await self._spawn("coordinator", "coordinator", "start", *metrics)
         host = socket.gethostname().split(".")[0]
         for i in range(1, self.workers + 1):
             await self._spawn(
@@ -189,6 +202,7 @@ class LocalCluster:
                     with contextlib.suppress(ClawError):
                         nodes = await client.nodes()
                         if sum(n.status == NodeStatus.ONLINE for n in nodes) >= self.workers:
+                            await self._find_metrics(client)
                             return
                     await wait_any(stop, timeout_s=0.2)
         except TimeoutError:
@@ -197,6 +211,11 @@ class LocalCluster:
             ) from None
         finally:
             await client.close()
+
+    async def _find_metrics(self, client: ClawClient) -> None:
+        if self.metrics_port is not None:
+            port = (await client.ping()).metrics_port
+            self.metrics_url = None if port is None else f"http://127.0.0.1:{port}/metrics"
 
     def _check_alive(self) -> None:
         for child in self.children:
@@ -207,9 +226,10 @@ class LocalCluster:
                 )
 
     def _banner(self) -> None:
+        metrics = f"\n  Prometheus metrics: {self.metrics_url}" if self.metrics_url else ""
         print(
             f"""claw cluster up: nats-server {self.nats.client_url} (monitoring {self.nats.monitor_url}),
-  a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}
+  a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}{metrics}
   artifacts in {self.artifacts_location} (claw artifacts list)
 
 In another terminal:

@@ -13,6 +13,8 @@ from cli.output import (
     fmt_ago,
     fmt_bytes,
     fmt_duration,
+    fmt_percent,
+    fmt_span,
     fmt_time,
     shorten,
 )
@@ -24,7 +26,17 @@ from common.api import (
     SubmitResult,
     TaskActionReply,
 )
-from common.models import ARTIFACT_MARKER, ArtifactView, ClusterStatus, DeadLetterView, NodeView, TaskSummary, TaskView
+from common.models import (
+    ARTIFACT_MARKER,
+    AlertView,
+    ArtifactView,
+    ClusterStatus,
+    DeadLetterView,
+    NodeView,
+    TaskSummary,
+    TaskView,
+    WindowStats,
+)
 
 
 def _since(start: float | None, end: float | None) -> str:
@@ -220,13 +232,19 @@ def render_nodes(nodes: list[NodeView]) -> None:
 
 def render_status(status: ClusterStatus) -> None:
     """`claw status`."""
+    metrics = None if status.metrics_port is None else f":{status.metrics_port}/metrics on the coordinator's host"
     emit_fields(
         [
             ("coordinator", f"up (version {status.coordinator_version})"),
             ("nodes", f"{status.nodes_online} online of {status.nodes_total}"),
             ("tasks", ", ".join(f"{n} {state}" for state, n in status.tasks_by_state.items()) or "none yet"),
+            ("dead letters", "?" if status.dlq_messages is None else f"{status.dlq_messages} in the DLQ"),
+            ("metrics", metrics or "not served (claw coordinator start --metrics-port)"),
         ]
     )
+    if status.window is not None:
+        _render_window(status.window)
+    _render_alerts(status.alerts)
     print("\nqueues:")
     emit_table(
         ["SKILL", "PRIORITY", "WAITING", "IN FLIGHT"],
@@ -251,6 +269,31 @@ def render_status(status: ClusterStatus) -> None:
             ("monitoring", nats.monitor_url),
         ]
     )
+
+
+def _render_window(window: WindowStats) -> None:
+    print(f"\nlast {fmt_span(window.window_s)}:")
+    states = ", ".join(f"{n} {state}" for state, n in window.by_state.items())
+    run_time = None
+    if window.run_mean_s is not None:
+        run_time = f"mean {fmt_duration(window.run_mean_s)}, p95 {fmt_duration(window.run_p95_s)} (succeeded tasks)"
+    emit_fields(
+        [
+            ("finished", f"{window.finished} ({states})" if window.finished else "none"),
+            ("completion", fmt_percent(window.completion_rate)),
+            ("failure", fmt_percent(window.failure_rate)),
+            ("run time", run_time),
+        ]
+    )
+
+
+def _render_alerts(alerts: list[AlertView]) -> None:
+    if not alerts:
+        print("\nalerts: none")
+        return
+    print("\nalerts:")
+    for alert in alerts:
+        print(f"  ALERT {alert.name} since {fmt_time(alert.since)}: {alert.message}")
 
 
 def render_submitted(results: list[SubmitResult], skill: str, priority: str) -> None:

@@ -7,6 +7,8 @@ with the type it expects.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from common.config import ArtifactSettings
@@ -71,6 +73,8 @@ class PingReply(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     node_id: str
     skills: list[str]
+    # The port of the coordinator's Prometheus endpoint (`claw up` prints it), None when off.
+    metrics_port: int | None = None
 
 
 class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +137,12 @@ class NodesReply(msgspec.Struct, frozen=True, kw_only=True):
     """Every node the registry knows, online ones first."""
 
     nodes: list[NodeView]
+
+
+class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The overview, with rates over the tasks that finished in the last `window_s` seconds."""
+
+    window_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -104,6 +104,20 @@ class CoordinatorSettings(_Section, frozen=True):
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     # Tasks persisted but not confirmed published for this long are published again (same msg id).
     republish_after_s: PositiveFloat = 5.0
+    # Prometheus text at http://<metrics_host>:<metrics_port>/metrics; unset: not served. 0 picks a
+    # free port (logged as `metrics.serving`, and reported by `claw status`).
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other machines; set 127.0.0.1 to keep it local
+    # How often the gauges (queue depth, DLQ size, nodes, tasks by state) are read and set.
+    metrics_refresh_s: PositiveFloat = 5.0
+    # Alerts over the last `alert_window_s` of finished tasks, judged every `alert_interval_s` once
+    # at least `alert_min_tasks` finished: completion (succeeded / finished) below the minimum,
+    # failure ((failed + dead) / finished) above the maximum. A rate equal to its threshold is fine.
+    alert_min_completion: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.8
+    alert_max_failure: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    alert_window_s: PositiveFloat = 3600.0
+    alert_min_tasks: PositiveInt = 10
+    alert_interval_s: PositiveFloat = 10.0
 
 
 class WorkerSettings(_Section, frozen=True):

@@ -323,6 +323,35 @@ class NatsServerInfo(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
+class WindowStats(msgspec.Struct, frozen=True, kw_only=True):
+    """The tasks that finished in the last `window_s` seconds (by `finished_at`).
+
+    `finished` counts every final state (succeeded, failed, dead, cancelled, rejected); the completion
+    rate is succeeded / finished and the failure rate (failed + dead) / finished, None when nothing
+    finished. Run times (`finished_at - started_at`, first start to end) are of the succeeded tasks.
+    """
+
+    window_s: float
+    finished: int = 0
+    by_state: dict[str, int] = {}
+    completion_rate: float | None = None
+    failure_rate: float | None = None
+    run_mean_s: float | None = None
+    run_p95_s: float | None = None
+
+
+class AlertView(msgspec.Struct, frozen=True, kw_only=True):
+    """An alert that is firing: which, since when, and the rate that crossed its threshold."""
+
+    name: str
+    message: str
+    rate: float
+    threshold: float
+    window_s: float
+    finished: int
+    since: float
+
+
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The cluster at a glance: `claw status`."""
 
@@ -332,3 +361,9 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     tasks_by_state: dict[str, int]
     queues: list[QueueDepth]
     nats: NatsServerInfo
+    # Added with the metrics; the defaults keep an older coordinator's reply readable.
+    window: WindowStats | None = None
+    dlq_messages: int | None = None
+    alerts: list[AlertView] = []
+    # The port of the coordinator's Prometheus endpoint, None when it serves none.
+    metrics_port: int | None = None

@@ -50,6 +50,7 @@ from common.api import (
     SkillsRequest,
     SkillToggleRequest,
     StatusReply,
+    StatusRequest,
     SubmitReply,
     SubmitRequest,
     SubmitResult,
@@ -212,9 +213,9 @@ class ClawClient:
         """The node registry."""
         return (await self._call(ApiVerb.NODES, Empty(), NodesReply)).nodes
 
-    async def status(self) -> ClusterStatus:
-        """The cluster overview."""
-        return (await self._call(ApiVerb.STATUS, Empty(), StatusReply)).status
+    async def status(self, *, window_s: float = 3600.0) -> ClusterStatus:
+        """The cluster overview, with rates over the tasks that finished in the last `window_s`."""
+        return (await self._call(ApiVerb.STATUS, StatusRequest(window_s=window_s), StatusReply)).status
 
     async def cancel(
         self, task_id: str, *, reason: str = "cancelled by request", by: str | None = None

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
-from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
 from common import __version__
@@ -38,6 +38,7 @@ from common.api import (
     SkillsRequest,
     SkillToggleRequest,
     StatusReply,
+    StatusRequest,
     SubmitReply,
     SubmitRequest,
     TaskActionReply,
@@ -51,21 +52,22 @@ from common.api import (
 )
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
-from common.models import ClusterStatus, NatsServerInfo, QueueDepth, TaskView
+from common.models import ClusterStatus, NatsServerInfo, TaskView
 from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
-from common.states import PRIORITIES
 from common.tracing import trace_id_of, tracer
 from communication.codec import DecodeError, decode
 from communication.connection import NatsConnection
 from communication.monitoring import fetch_server_info
 from communication.trace_context import traceparent_of
 from coordinator.admission import Admission
+from coordinator.alerts import AlertMonitor
 from coordinator.api_server import Handler
 from coordinator.approvals import ApprovalDesk
 from coordinator.audit import Auditor
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
+from coordinator.queue_probe import QueueProbe
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
@@ -94,6 +96,9 @@ class ApiHandlers:
         catalog: SkillCatalog,
         approvals: ApprovalDesk,
         auditor: Auditor,
+        probe: QueueProbe,
+        alerts: AlertMonitor,
+        metrics_port: Callable[[], int | None],
     ) -> None:
         self._config = config
         self._node_id = node_id
@@ -108,6 +113,9 @@ class ApiHandlers:
         self._catalog = catalog
         self._approvals = approvals
         self._auditor = auditor
+        self._probe = probe
+        self._alerts = alerts
+        self._metrics_port = metrics_port
 
     def table(self) -> dict[str, Handler]:
         """verb -> handler."""
@@ -138,7 +146,12 @@ class ApiHandlers:
 
     async def ping(self, data: bytes) -> PingReply:
         """Liveness and version."""
-        return PingReply(version=__version__, node_id=self._node_id, skills=sorted(self._registry.online_skills()))
+        return PingReply(
+            version=__version__,
+            node_id=self._node_id,
+            skills=sorted(self._registry.online_skills()),
+            metrics_port=self._metrics_port(),
+        )
 
     async def submit(self, data: bytes) -> SubmitReply:
         """Admit, persist and publish tasks."""
@@ -190,8 +203,14 @@ class ApiHandlers:
         return NodesReply(nodes=self._registry.views())
 
     async def status(self, data: bytes) -> StatusReply:
-        """The cluster overview."""
-        queues, nats_info = await asyncio.gather(self._queue_depths(), self._nats_info())
+        """The cluster overview, with rates over the tasks that finished in the requested window."""
+        request = _decode_request(data, StatusRequest)
+        queues, dead_letters, window, nats_info = await asyncio.gather(
+            self._probe.depths(self._registry.known_skills()),
+            self._probe.dead_letters(),
+            self._alerts.window_stats(request.window_s),
+            self._nats_info(),
+        )
         views = self._registry.views()
         return StatusReply(
             status=ClusterStatus(
@@ -201,6 +220,10 @@ class ApiHandlers:
                 tasks_by_state=self._book.counts(),
                 queues=queues,
                 nats=nats_info,
+                window=window,
+                dlq_messages=dead_letters,
+                alerts=self._alerts.active(),
+                metrics_port=self._metrics_port(),
             )
         )
 
@@ -342,27 +365,6 @@ class ApiHandlers:
         version, risk = self._registry.advertised(name) or ("0.0.0", "write_external")
         manifest = SkillManifest(name=name, version=version, risk=Risk(risk), runtime=Runtime(python="worker:code"))
         return RegistryEntry(name=name, version=version, enabled=True, source="worker", checksum="", manifest=manifest)
-
-    async def _queue_depths(self) -> list[QueueDepth]:
-        subjects = self._conn.subjects
-        depths = []
-        for skill in sorted(self._registry.known_skills()):
-            for priority in PRIORITIES:
-                try:
-                    info = await self._conn.js.consumer_info(
-                        subjects.tasks_stream, subjects.task_consumer(skill, priority)
-                    )
-                except NotFoundError:
-                    continue
-                depths.append(
-                    QueueDepth(
-                        skill=skill,
-                        priority=priority,
-                        pending=info.num_pending or 0,
-                        ack_pending=info.num_ack_pending or 0,
-                    )
-                )
-        return depths
 
     async def _nats_info(self) -> NatsServerInfo:
         monitor_url = self._config.nats.monitor_url

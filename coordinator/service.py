@@ -1,12 +1,12 @@
 """The coordinator process: wires the parts together and owns their lifecycle.
 
 Start-up: connect to NATS, create streams and the events consumer, open and migrate the database, load
-the working set (unfinished tasks, node registry), then start the loops and, last, the API - so no
-request is answered before the state behind it is loaded.
+the working set (unfinished tasks, node registry, active alerts), then serve metrics (when asked),
+start the loops and, last, the API - so no request is answered before the state behind it is loaded.
 
 Shutdown (on the `stop` event): stop taking API requests and let those in progress finish; then stop
 the loops - the submit pipeline drains its queue, event intake commits and acks the batch in hand,
-the registry is persisted; then the database and NATS are closed.
+the registry is persisted; then the metrics server, the database and NATS are closed.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
 from common.errors import StorageError
 from common.log import get_logger
-from common.models import NodeHeartbeat
+from common.models import NodeHeartbeat, QueueDepth
 from communication.codec import DecodeError, decode
-from communication.connection import NatsConnection
+from communication.connection import NATS_ERRORS, NatsConnection
 from communication.topology import Topology
 from coordinator.admission import Admission
+from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
 from coordinator.api_server import ApiServer
 from coordinator.approvals import ApprovalDesk
@@ -38,8 +39,10 @@ from coordinator.dead_letters import DeadLetterOffice
 from coordinator.event_folding import EventFolder
 from coordinator.event_intake import EventIntake
 from coordinator.guard import Guard, load_policy
+from coordinator.metrics import ClusterMetrics, GaugeValues, MetricsServer
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
+from coordinator.queue_probe import QueueProbe
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
@@ -80,7 +83,13 @@ class Coordinator:
         settings = config.coordinator
         audit_key = os.environ.get(settings.audit_key_env)
         self.store = TaskStore(db, audit_key=audit_key.encode() if audit_key else None)
-        self.book = TaskBook(self.store)
+        # Metrics cost nothing unless asked for: without a port there is no observer on the hot path.
+        self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
+        self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
+        observer = None if self.metrics is None else self.metrics.observe_transition
+        self.book = TaskBook(self.store, on_transition=observer)
+        self.probe = QueueProbe(conn)
+        self.alerts = AlertMonitor(self.store, settings, clock)
         self.registry = NodeRegistry(NodeStore(db), clock, missed_beats=settings.offline_after_missed_beats)
         self.pipeline = SubmitPipeline(
             conn, self.store, self.book, settings, clock, artifact_ttl_s=config.artifacts.default_ttl_s
@@ -119,9 +128,13 @@ class Coordinator:
             catalog=self.catalog,
             approvals=self.approvals,
             auditor=self.auditor,
+            probe=self.probe,
+            alerts=self.alerts,
+            metrics_port=lambda: self.metrics_port,
         )
         self._api = ApiServer(conn, handlers.table())
         self._heartbeat_sub: Subscription | None = None
+        self._next_alerts_at = self._next_gauges_at = 0.0
         # Set once the API answers: for whoever starts a coordinator in-process and must not race it.
         self.ready = asyncio.Event()
 
@@ -149,6 +162,7 @@ class Coordinator:
         await coordinator.book.load()
         await coordinator.registry.load()
         await coordinator.catalog.load()
+        await coordinator.alerts.load()
         log.info(
             "coordinator.loaded",
             node_id=coordinator.node_id,
@@ -158,11 +172,17 @@ class Coordinator:
         )
         return coordinator
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The port `/metrics` is served on (the one chosen when configured as 0); None when off."""
+        return None if self._metrics_server is None else self._metrics_server.port
+
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then shut down in order and close everything."""
         structlog.contextvars.bind_contextvars(node_id=self.node_id)
         loops_stopping = asyncio.Event()
         try:
+            await self._serve_metrics()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.pipeline.run(loops_stopping), name="submit-pipeline")
                 tg.create_task(self._intake.run(loops_stopping), name="event-intake")
@@ -181,7 +201,18 @@ class Coordinator:
             await self._close()
         log.info("coordinator.stopped")
 
+    async def _serve_metrics(self) -> None:
+        """Start the `/metrics` server (outside the task group: a port in use is one clear error)."""
+        if self._metrics_server is None:
+            return
+        settings = self.config.coordinator
+        await self.refresh_metrics()
+        port = await self._metrics_server.start(settings.metrics_host, settings.metrics_port or 0)
+        log.info("metrics.serving", host=settings.metrics_host, port=port, path="/metrics")
+
     async def _close(self) -> None:
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
         if self._heartbeat_sub is not None:
             await self._heartbeat_sub.unsubscribe()
             self._heartbeat_sub = None
@@ -199,7 +230,7 @@ class Coordinator:
         self.registry.observe(beat)
 
     async def _maintain(self, stopping: asyncio.Event) -> None:
-        """Node liveness and reclaim, registry persistence, and recovery of stuck tasks."""
+        """Node liveness and reclaim, registry persistence, recovery of stuck tasks, alerts, gauges."""
         republish_every = self.config.coordinator.republish_after_s / 2
         next_republish = next_recovery = next_cleanup = self._clock.monotonic()
         orphan_every = self.config.artifacts.orphan_sweep_interval_s
@@ -232,8 +263,43 @@ class Coordinator:
             if orphan_every and now >= next_orphan_sweep:
                 await self.janitor.sweep_orphans()
                 next_orphan_sweep = now + orphan_every
+            await self._observe(now)
             try:
                 async with asyncio.timeout(MAINTENANCE_INTERVAL_S):
                     await stopping.wait()
             except TimeoutError:
                 pass
+
+    async def _observe(self, now: float) -> None:
+        """Judge the alerts every `alert_interval_s`; refresh the gauges every `metrics_refresh_s`."""
+        settings = self.config.coordinator
+        if now >= self._next_alerts_at:
+            await self.alerts.evaluate()
+            self._next_alerts_at = now + settings.alert_interval_s
+        if self.metrics is not None and now >= self._next_gauges_at:
+            await self.refresh_metrics()
+            self._next_gauges_at = now + settings.metrics_refresh_s
+
+    async def refresh_metrics(self) -> None:
+        """Read the gauges' values here, on the event loop, and set them: a scrape only reads numbers."""
+        if self.metrics is None:
+            return
+        queues: list[QueueDepth] | None = None
+        dead_letters: int | None = None
+        try:
+            queues = await self.probe.depths(self.registry.known_skills())
+            dead_letters = await self.probe.dead_letters()
+        except NATS_ERRORS as exc:
+            # The JetStream gauges keep their last values, and so does their timestamp: a dashboard
+            # can tell they are stale.
+            log.warning("metrics.refresh_failed", error=str(exc))
+        self.metrics.set_gauges(
+            GaugeValues(
+                tasks_by_state=self.book.counts(),
+                nodes_online=self.registry.online_count(),
+                alerts=self.alerts.firing(),
+                updated_at=None if queues is None or dead_letters is None else self._clock.now(),
+                queues=queues,
+                dead_letters=dead_letters,
+            )
+        )

@@ -3,13 +3,16 @@
 Holding unfinished tasks in memory keeps database reads off the hot path (an event's task is found
 here, not by a SELECT) while memory stays bounded by what is in flight, not by history. Finished tasks
 leave the set once their final state is committed; a late event for one is looked up in the database.
-Every state change goes through `move`, which keeps the counts exact.
+Every state change goes through `move`, which keeps the counts exact and tells the optional
+`on_transition` observer (the metrics): `(record, from_state, to_state, at)`, with `from_state` None
+for a task just admitted. The observer runs on the hot path: it must be cheap and do no I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 
 from common.states import TERMINAL_STATES, TaskState
 from coordinator.state_machine import transition
@@ -19,12 +22,15 @@ from storage.task_store import TaskStore
 # States in which a task waits for a worker: what the per-skill queue limit counts.
 WAITING_STATES = frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.RETRYING})
 
+TransitionObserver = Callable[[TaskRecord, TaskState | None, TaskState, float], None]
+
 
 class TaskBook:
     """Unfinished tasks by id, plus counts of all tasks by state."""
 
-    def __init__(self, store: TaskStore) -> None:
+    def __init__(self, store: TaskStore, *, on_transition: TransitionObserver | None = None) -> None:
         self._store = store
+        self._on_transition = on_transition
         self._active: dict[str, TaskRecord] = {}
         self._counts: Counter[TaskState] = Counter()
         self._waiting: Counter[str] = Counter()
@@ -58,6 +64,8 @@ class TaskBook:
         self._counts[record.state] += 1
         if record.state in WAITING_STATES:
             self._waiting[record.skill] += 1
+        if self._on_transition is not None:
+            self._on_transition(record, None, record.state, record.created_at)
 
     def adopt(self, record: TaskRecord) -> None:
         """Take a finished task loaded from the database back into the working set (re-run)."""
@@ -83,6 +91,8 @@ class TaskBook:
         self._counts[from_state] -= 1
         self._counts[to_state] += 1
         self._waiting[record.skill] += (to_state in WAITING_STATES) - (from_state in WAITING_STATES)
+        if self._on_transition is not None:
+            self._on_transition(record, from_state, to_state, at)
         return row
 
     def release_finished(self, records: list[TaskRecord]) -> None:

@@ -166,6 +166,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX artifacts_expiry ON artifacts (expires_at);
         """,
     ),
+    (
+        5,
+        "an index on when tasks finished, for the window statistics of `claw status` and the alerts",
+        """
+        -- The window queries read a range of finished_at and only state and started_at besides: this
+        -- index alone answers them, without visiting the table's rows (inputs, results, tracebacks).
+        CREATE INDEX tasks_finished ON tasks (finished_at, state, started_at);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -121,3 +121,11 @@ def test_every_service_of_docker_compose_has_a_valid_config() -> None:
         assert config.nats.url == "nats://nats:4222", name
         assert (config.artifacts.backend, config.artifacts.endpoint) == ("minio", "minio:9000"), name
         assert {config.artifacts.access_key_env, config.artifacts.secret_key_env} <= set(env), name
+
+
+def test_metrics_and_alert_settings_come_from_the_environment_and_are_checked() -> None:
+    config = load_config(None, env={"CLAW_COORDINATOR_METRICS_PORT": "0", "CLAW_COORDINATOR_ALERT_MAX_FAILURE": "0.3"})
+    assert (config.coordinator.metrics_port, config.coordinator.alert_max_failure) == (0, 0.3)
+    assert load_config(None, env={}).coordinator.metrics_port is None  # off unless asked
+    with pytest.raises(ConfigError, match=r"coordinator\.alert_min_completion.*environment"):
+        load_config(None, env={"CLAW_COORDINATOR_ALERT_MIN_COMPLETION": "1.5"})
