@@ -280,6 +280,7 @@ async def _bench(options: BenchOptions, workdir: Path, children: Children) -> di
             prefix=f"bench_w{workers}",
             workers=workers,
             concurrency=options.concurrency,
+            queue_limit=options.n + 10_000,
         )
         _progress(f"cluster with {workers} worker(s) (concurrency {options.concurrency}): starting")
         try:
@@ -334,6 +335,7 @@ async def _measure_tracing(
             prefix="bench_traced",
             workers=workers,
             concurrency=options.concurrency,
+            queue_limit=options.n + 10_000,
             extra_env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
         )
         _progress(f"tracing: {options.n} echo tasks with {workers} worker(s), every span exported over OTLP")

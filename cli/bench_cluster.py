@@ -113,9 +113,11 @@ class BenchCluster:
         prefix: str,
         workers: int,
         concurrency: int,
+        queue_limit: int = 10_000,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self._children = children
+        self._queue_limit = queue_limit
         self._extra_env = extra_env or {}
         self._nats = nats
         self.root = root
@@ -145,6 +147,10 @@ class BenchCluster:
             CLAW_ARTIFACTS_LOCAL_DIR=str(self.root / "artifacts"),
             CLAW_LOG_LEVEL="warning",
             CLAW_LOG_FORMAT="json",
+            # The throughput run submits all N tasks at once: the admission limits (a protection for
+            # real clusters, docs/Reliability.md) are raised above N so that they are not what is measured.
+            CLAW_COORDINATOR_MAX_QUEUED_PER_SKILL=str(self._queue_limit),
+            CLAW_JETSTREAM_TASKS_MAX_PER_SUBJECT=str(max(self._queue_limit, 100_000)),
             **self._extra_env,
         )
 

@@ -280,6 +280,10 @@ def submit(
     timeout: Annotated[float | None, typer.Option(help="Seconds an attempt may run.", min=0.001)] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Attempts before the task gives up.", min=1)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until finished; exit 1 unless all succeeded.")] = False,
+    queue_wait: Annotated[
+        float,
+        typer.Option(help="When a skill's queue is full, keep trying this many seconds instead of failing.", min=0),
+    ] = 0.0,
     json_out: JsonFlag = False,
 ) -> None:
     """Submit a task (or one per line of a JSONL file)."""
@@ -304,7 +308,7 @@ def submit(
             with tracer().start_as_current_span(
                 "claw.submit", kind=SpanKind.CLIENT, attributes={"claw.skill": skill, "claw.tasks": len(specs)}
             ):
-                results = await client.submit_many(specs, submitter=getpass.getuser())
+                results = await client.submit_many(specs, submitter=getpass.getuser(), queue_wait_s=queue_wait)
             if not wait:
                 if json_out:
                     emit_json(results)

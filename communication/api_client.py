@@ -68,6 +68,7 @@ from common.errors import (
     ClawError,
     CoordinatorUnavailableError,
     PayloadTooLargeError,
+    QueueFullError,
     RequestTimeoutError,
     error_for_code,
 )
@@ -97,6 +98,9 @@ SUBMITS_IN_FLIGHT = 4
 PER_TASK_WAIT_SUBSCRIPTIONS = 1000
 STATE_POLL_CHUNK = 5000
 RETRY_PAUSE_S = 0.5
+# Pauses between resubmits of a request refused with "queue full" (submit_many's queue_wait_s).
+QUEUE_FULL_PAUSE_MIN_S = 0.05
+QUEUE_FULL_PAUSE_MAX_S = 1.0
 MAX_SKILL_ARCHIVE_BYTES = 64 * 1024 * 1024
 NO_RESPONDERS_RETRIES_S = (0.05, 0.2, None)
 
@@ -141,13 +145,17 @@ class ClawClient:
         *,
         submitter: str | None = None,
         retry_for_s: float = 0.0,
+        queue_wait_s: float = 0.0,
     ) -> list[SubmitResult]:
         """Submit many tasks in as few requests as fit, several requests in flight; results in order.
 
         Each request is all-or-nothing; if one fails, the error is raised after the requests in
-        flight complete (their tasks stay submitted). With `retry_for_s`, a request that gets no
-        answer (no coordinator, a timeout, NATS reconnecting) is sent again for that long; every task
-        then carries a client-chosen id, so a retry of a request that did get through creates nothing.
+        flight complete (their tasks stay submitted, and the message says how many). With
+        `retry_for_s`, a request that gets no answer (no coordinator, a timeout, NATS reconnecting)
+        is sent again for that long; every task then carries a client-chosen id, so a retry of a
+        request that did get through creates nothing. With `queue_wait_s`, a request refused because
+        a skill's queue is full is sent again, with growing pauses, until there is room or that
+        time has passed: backpressure for producers that submit faster than workers drain.
         """
         if retry_for_s > 0:
             specs = [s if s.task_id else msgspec.structs.replace(s, task_id=new_id()) for s in specs]
@@ -159,15 +167,22 @@ class ClawClient:
             async with limit:
                 timeout_s = self._timeout_s + len(chunk) / 500
                 request = SubmitRequest(tasks=chunk, submitter=submitter)
-                deadline = asyncio.get_running_loop().time() + retry_for_s
+                now = asyncio.get_running_loop().time
+                deadline, room_deadline = now() + retry_for_s, now() + queue_wait_s
+                room_pause_s = QUEUE_FULL_PAUSE_MIN_S
                 while True:
                     try:
                         reply = await self._call(ApiVerb.SUBMIT, request, SubmitReply, timeout_s=timeout_s)
                         break
                     except (CoordinatorUnavailableError, RequestTimeoutError):
-                        if asyncio.get_running_loop().time() >= deadline:
+                        if now() >= deadline:
                             raise
                         await asyncio.sleep(RETRY_PAUSE_S)
+                    except QueueFullError:
+                        if now() >= room_deadline:
+                            raise
+                        await asyncio.sleep(room_pause_s)  # the request was refused whole: resending is safe
+                        room_pause_s = min(room_pause_s * 2, QUEUE_FULL_PAUSE_MAX_S)
                 results[index] = reply.results
 
         if len(chunks) == 1:
@@ -178,7 +193,7 @@ class ClawClient:
                     for index, chunk in enumerate(chunks):
                         tg.create_task(send(index, chunk))
             except* ClawError as group:
-                raise group.exceptions[0] from None
+                raise _partly_submitted(group.exceptions[0], sum(map(len, results)), len(specs)) from None
         return [r for chunk_results in results for r in chunk_results]
 
     async def artifacts(self, task_id: str) -> list[ArtifactView]:
@@ -419,3 +434,16 @@ class ClawClient:
         if reply.error is not None:
             raise error_for_code(reply.error.code, reply.error.message)
         return decode(reply.data, reply_type)
+
+
+def _partly_submitted(error: BaseException, submitted: int, total: int) -> BaseException:
+    """`error`, saying how many of the tasks did get in before it (they will run)."""
+    if not submitted or not isinstance(error, ClawError):
+        return error
+    message = (
+        f"{submitted} of {total} tasks were submitted and will run; the other {total - submitted} were not: {error}"
+    )
+    try:
+        return type(error)(message)
+    except TypeError:  # an error class with other required arguments: keep it as it is
+        return error

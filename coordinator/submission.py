@@ -246,8 +246,8 @@ class SubmitPipeline:
             if waiting + count > limit:
                 return QueueFullError(
                     f"queue full: skill '{skill}' has {waiting} tasks waiting and the limit is {limit} "
-                    f"(coordinator.max_queued_per_skill); this request adds {count}. Nothing was submitted: "
-                    "retry later, add workers, or raise the limit"
+                    f"(coordinator.max_queued_per_skill); this request adds {count}. Nothing in this request was "
+                    "submitted: retry later (claw submit --queue-wait), add workers, or raise the limit"
                 )
         return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,52 @@ async def test_queue_full_refuses_the_whole_request_and_writes_nothing(
             await client.submit(spec("echo"))
         await client.submit(spec("sleep"))  # other skills have their own limit
         assert len(await client.list_tasks()) == 6
+
+
+async def test_queue_wait_holds_a_submit_until_workers_make_room(
+    nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path
+) -> None:
+    config = make_config(nats_server, prefix, tmp_path, coordinator={"max_queued_per_skill": 5})
+    async with running_coordinator(config), connected_client(config) as client:
+        async with running_worker(config):  # registers the skills, then leaves: nothing runs
+            await wait_nodes_online(client, 1)
+        first = await client.submit_many([spec("echo", {"n": i}) for i in range(5)])
+        more = [spec("echo", {"n": i}) for i in range(5, 8)]
+        submitting = asyncio.create_task(client.submit_many(more, queue_wait_s=60))
+        try:
+            # No worker is online, so no room can appear: the submit must still be waiting.
+            done, _ = await asyncio.wait({submitting}, timeout=1.0)
+            assert not done
+            async with running_worker(config):
+                second = await submitting
+                ids = [r.task_id for r in first + second]
+                final = await client.wait(ids, timeout_s=30)
+        finally:
+            submitting.cancel()
+    assert len(final) == 8 and set(final.values()) == {TaskState.SUCCEEDED}
+
+
+async def test_a_batch_refused_part_way_says_how_many_tasks_got_in(
+    nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path
+) -> None:
+    from communication.api_client import MAX_TASKS_PER_REQUEST
+
+    limit = MAX_TASKS_PER_REQUEST + MAX_TASKS_PER_REQUEST // 2
+    config = make_config(nats_server, prefix, tmp_path, coordinator={"max_queued_per_skill": limit})
+    total = 3 * MAX_TASKS_PER_REQUEST
+    async with running_coordinator(config), connected_client(config) as client:
+        async with running_worker(config):
+            await wait_nodes_online(client, 1)
+        with pytest.raises(QueueFullError) as refused:
+            await client.submit_many([spec("echo", {"n": i}) for i in range(total)])
+        match = re.match(
+            rf"(\d+) of {total} tasks were submitted and will run; the other (\d+) were not: queue full",
+            str(refused.value),
+        )
+        assert match, str(refused.value)
+        stored = await client.list_tasks(limit=total)
+    assert len(stored) == int(match.group(1)) == total - int(match.group(2))
+    assert MAX_TASKS_PER_REQUEST <= len(stored) <= limit
 
 
 async def test_oversize_input_is_refused_with_the_sizes(
