@@ -136,6 +136,10 @@ class WorkerSettings(_Section, frozen=True):
     # Where installed skills' files are unpacked.
     skill_cache_dir: str = ".claw/skill-cache"
     fetch_batch_max: PositiveInt = 256
+    # A task's `started` event is sent only once it has run this long (or reported progress): a
+    # shorter task reports its outcome alone, which carries its start, and the cluster saves one
+    # event per task. 0: always at once.
+    started_event_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.05
 
 
 class ToolSettings(_Section, frozen=True):

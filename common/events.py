@@ -59,6 +59,8 @@ class TaskSucceeded(TaskEventBase, tag="succeeded", frozen=True):
 
     result: msgspec.Raw
     started_at: float
+    # False: the worker sent no `started` event for this attempt (it was over before the delay).
+    start_sent: bool = True
     result_ref: ArtifactRef | None = None
 
 
@@ -74,6 +76,8 @@ class TaskFailed(TaskEventBase, tag="failed", frozen=True):
     traceback: str = ""
     retryable: bool = False
     started_at: float = 0.0
+    # False: the worker sent no `started` event for this attempt (it was over before the delay).
+    start_sent: bool = True
     retry_in_s: float | None = None
 
 
@@ -88,6 +92,8 @@ class TaskCancelled(TaskEventBase, tag="cancelled", frozen=True):
     """A running attempt was stopped because its task was cancelled."""
 
     started_at: float = 0.0
+    # False: the worker sent no `started` event for this attempt (it was over before the delay).
+    start_sent: bool = True
 
 
 TaskEvent = (

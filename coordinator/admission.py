@@ -116,6 +116,7 @@ class Admission:
         decision = self._guard.decide(skill=spec.skill, risk=risk, input=parsed, submitter=submitter)
         record = TaskRecord(
             task_id=spec.task_id or new_id(),
+            id_from_client=spec.task_id is not None,
             skill=spec.skill,
             priority=spec.priority,
             state=TaskState.PENDING,

@@ -117,7 +117,10 @@ class EventFolder:
         record.next_attempt_at = None
         ack_subject = event.ack_subject if isinstance(event, TaskStarted) else None
         record.ack_subject = ack_subject
-        kind = "started" if isinstance(event, TaskStarted) else "started (implied)"
+        # An outcome without its `started`: a short attempt (the worker skips it on purpose), or
+        # a lost event (then the timeline says so).
+        deliberate = isinstance(event, TaskStarted) or not getattr(event, "start_sent", True)
+        kind = "started" if deliberate else "started (implied)"
         batch.events.append(
             self._book.move(
                 record,

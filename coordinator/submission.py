@@ -131,7 +131,8 @@ class SubmitPipeline:
         """
         keys = {r.idempotency_key for job in jobs for r in job.records if r.idempotency_key}
         existing_keys = await self._store.find_by_idempotency_keys(keys) if keys else {}
-        existing_ids = await self._store.existing_ids(r.task_id for job in jobs for r in job.records)
+        chosen = [r.task_id for job in jobs for r in job.records if r.id_from_client]
+        existing_ids = await self._store.existing_ids(chosen) if chosen else {}
         batch = WriteBatch()
         added: Counter[str] = Counter()
         for job in jobs:

@@ -56,6 +56,9 @@ class TaskRecord:
     denied: str | None = None
     # Runtime only: the coordinator's span of this task while it is admitted and published.
     span: Any = None
+    # Runtime only, set by admission: the client chose the id (it may exist already); an id the
+    # coordinator made itself is a fresh ULID and needs no lookup.
+    id_from_client: bool = False
 
     def insert_row(self) -> tuple[object, ...]:
         """Parameters for `TaskStore.INSERT_TASK`."""

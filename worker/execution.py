@@ -45,7 +45,7 @@ from common.errors import (
     TaskError,
     TaskTimeoutError,
 )
-from common.events import TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded, TaskVerifying
+from common.events import TaskCancelled, TaskEvent, TaskFailed, TaskStarted, TaskSucceeded, TaskVerifying
 from common.ids import new_id
 from common.log import get_logger
 from common.models import JSON_NULL, RESULT_ARTIFACT, DeadLetter, TaskMessage
@@ -62,6 +62,7 @@ from worker.cancellation import CancelledTasks
 from worker.context import TaskContext
 from worker.reporter import EventReporter
 from worker.skills import Skill, SkillRegistry
+from worker.started_event import DeferredStart
 
 log = get_logger("worker.execution")
 
@@ -85,6 +86,12 @@ class RunningAttempt:
     attempt: int
     handler: asyncio.Future[Any] | None = None
     cancel_reason: str | None = None
+    start: DeferredStart | None = None
+
+    def emit(self, event: TaskEvent) -> None:
+        """Emit an event of this attempt (after its `started`, see worker/started_event.py)."""
+        assert self.start is not None, "the attempt has not begun"
+        self.start.emit(event)
 
 
 class TaskRunner:
@@ -104,7 +111,9 @@ class TaskRunner:
         artifacts: ArtifactStore | None = None,
         inline_max_bytes: int = 256 * 1024,
         artifact_ttl_s: float = 0.0,
+        started_event_delay_s: float = 0.0,
     ) -> None:
+        self._started_event_delay_s = started_event_delay_s
         self._artifacts = artifacts
         self._inline_max_bytes = inline_max_bytes
         self._artifact_ttl_s = artifact_ttl_s
@@ -162,16 +171,16 @@ class TaskRunner:
 
     async def _run(self, msg: Msg, task: TaskMessage, skill: Skill, running: RunningAttempt, delivered: int) -> None:
         started_at = self._clock.now()
-        self._reporter.emit(
-            TaskStarted(
-                event_id=new_id(),
-                task_id=task.task_id,
-                attempt=running.attempt,
-                node_id=self._node_id,
-                at=started_at,
-                ack_subject=msg.reply or "",
-            )
+        started = TaskStarted(
+            event_id=new_id(),
+            task_id=task.task_id,
+            attempt=running.attempt,
+            node_id=self._node_id,
+            at=started_at,
+            ack_subject=msg.reply or "",
         )
+        loop = asyncio.get_running_loop()
+        running.start = DeferredStart(started, self._reporter.emit, loop, self._started_event_delay_s)
         ctx = TaskContext(
             task_id=task.task_id,
             skill=task.skill,
@@ -180,11 +189,11 @@ class TaskRunner:
             priority=task.priority,
             node_id=self._node_id,
             timeout_s=task.timeout_s,
-            _emit=self._reporter.emit,
+            _emit=running.emit,
             _clock=self._clock,
             _artifacts=self._artifacts,
             _artifact_ttl_s=self._artifact_ttl_s,
-            _loop=asyncio.get_running_loop(),
+            _loop=loop,
         )
         attributes: dict[str, str | int] = {
             "claw.task_id": task.task_id,
@@ -199,10 +208,13 @@ class TaskRunner:
             try:
                 outcome = await self._call(skill, ctx, task, running, started_at)
             except asyncio.CancelledError:
+                running.start.settle()
                 log.warning("task.interrupted", reason="worker shutting down")
                 span.set_attribute("claw.outcome", "interrupted")
                 await asyncio.shield(_settle(msg.nak()))
                 raise
+            if not running.start.settle():
+                outcome = msgspec.structs.replace(outcome, start_sent=False)
             if isinstance(outcome, TaskFailed):
                 outcome = self._plan_retry(outcome, task, delivered)
                 span.set_status(StatusCode.ERROR, f"{outcome.error_type}: {outcome.message}")
@@ -250,7 +262,7 @@ class TaskRunner:
             return self._failed(ctx, started_at, TypeError(f"the handler returned a value JSON cannot encode: {exc}"))
         if skill.manifest is not None and skill.manifest.output_schema is not None:
             try:
-                await self._verify(ctx, skill.manifest, result)
+                await self._verify(ctx, running, skill.manifest, result)
             except InvalidOutputError as exc:
                 return self._failed(ctx, started_at, exc)
         result_ref = None
@@ -278,9 +290,11 @@ class TaskRunner:
             result_ref=result_ref,
         )
 
-    async def _verify(self, ctx: TaskContext, manifest: SkillManifest, result: msgspec.Raw) -> None:
+    async def _verify(
+        self, ctx: TaskContext, running: RunningAttempt, manifest: SkillManifest, result: msgspec.Raw
+    ) -> None:
         """The `verifying` stage: the result must match the skill's output schema."""
-        self._reporter.emit(
+        running.emit(
             TaskVerifying(
                 event_id=new_id(),
                 task_id=ctx.task_id,

@@ -89,6 +89,7 @@ class Worker:
             artifacts=artifacts,
             inline_max_bytes=config.artifacts.inline_max_bytes,
             artifact_ttl_s=config.artifacts.default_ttl_s,
+            started_event_delay_s=settings.started_event_delay_s,
         )
         self._artifacts = artifacts
         self._cancel_sub: Subscription | None = None

@@ -56,6 +56,28 @@ async def test_submitted_task_runs_and_its_result_and_timeline_are_stored(config
     ]
 
 
+async def test_a_short_task_sends_one_event_and_a_long_one_reports_started_while_it_runs(config: ClawConfig) -> None:
+    async with running_coordinator(config), running_worker(config), connected_client(config) as client:
+        await wait_nodes_online(client, 1)
+        js = client.conn.js
+        stream = client.conn.subjects.events_stream
+        before = (await js.stream_info(stream)).state.messages
+        short = await client.submit(spec("echo", {"n": 1}))
+        await client.wait([short.task_id], timeout_s=20)
+        # Only the outcome reached the event stream; the timeline still shows a regular start.
+        assert (await js.stream_info(stream)).state.messages - before == 1
+        kinds = [e.kind for e in (await client.get_task(short.task_id)).events]
+        assert "started" in kinds and "started (implied)" not in kinds
+
+        long = await client.submit(spec("sleep", {"seconds": 30}))
+
+        async def running() -> bool:
+            return (await client.task_states([long.task_id]))[long.task_id] == TaskState.RUNNING
+
+        await eventually(running, timeout_s=20, what="the long task shown running")
+        await client.cancel(long.task_id)
+
+
 async def test_permanent_failure_ends_dead_with_its_error_after_one_attempt(config: ClawConfig) -> None:
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:
         await wait_nodes_online(client, 1)
