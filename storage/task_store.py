@@ -21,7 +21,7 @@ from common.models import (
 )
 from common.states import AttemptState, Priority, TaskState
 from storage.audit import GENESIS, ChainBreak, ChainVerifier, canonical, chain_hash, rehash_rows
-from storage.database import Database, Statement
+from storage.database import Database
 from storage.records import EventRecord, TaskRecord, WriteBatch
 
 INSERT_TASK = """
@@ -75,48 +75,41 @@ class TaskStore:
         self._head: str | None = None
 
     async def write_batch(self, batch: WriteBatch) -> None:
-        """Commit everything in `batch` as one transaction, extending the event log's hash chain."""
+        """Commit everything in `batch` as one transaction, extending the event log's hash chain.
+
+        The whole transaction - dropping events already recorded, hashing the new ones onto the
+        chain, every insert and update, the commit - is one call into the writer thread.
+        """
         async with self._chain_lock:
             if self._head is None:
                 await self._open_chain()
             head = self._head or GENESIS
-            event_rows = []
-            for event in await self._unrecorded(batch.events):
-                row = event.insert_row()
-                digest = chain_hash(head, canonical(*row), self._audit_key)  # type: ignore[arg-type]
-                event_rows.append((*row, head, digest))
-                head = digest
-            statements: list[Statement] = [
-                (INSERT_TASK, [t.insert_row() for t in batch.new_tasks]),
-                (UPDATE_TASK, [t.update_row() for t in batch.changed_tasks.values()]),
-                (UPSERT_ATTEMPT, [a.upsert_row() for a in batch.attempts.values()]),
-                (INSERT_EVENT, event_rows),
-                (INSERT_APPROVAL, batch.approvals),
-                (INSERT_ARTIFACT, batch.artifacts),
-            ]
-            await self._db.write(statements)
-            self._head = head
+            new_tasks = [t.insert_row() for t in batch.new_tasks]
+            changed = [t.update_row() for t in batch.changed_tasks.values()]
+            attempts = [a.upsert_row() for a in batch.attempts.values()]
+            audit_key = self._audit_key
 
-    async def _unrecorded(self, events: list[EventRecord]) -> list[EventRecord]:
-        """Drop events already in the log (a redelivery) or twice in the batch, keeping order."""
-        ids = [e.event_id for e in events if e.event_id is not None]
-        if not ids:
-            return events
-        seen: set[str] = set()
-        for chunk in _chunks(ids):
-            placeholders = ",".join("?" for _ in chunk)
-            rows = await self._db.fetch_all_writer(
-                f"SELECT event_id FROM events WHERE event_id IN ({placeholders})", chunk
-            )
-            seen.update(r[0] for r in rows)
-        fresh = []
-        for event in events:
-            if event.event_id is not None:
-                if event.event_id in seen:
-                    continue
-                seen.add(event.event_id)
-            fresh.append(event)
-        return fresh
+            def write(conn: sqlite3.Connection) -> str:
+                chain = head
+                event_rows = []
+                for event in _unrecorded(conn, batch.events):
+                    row = event.insert_row()
+                    digest = chain_hash(chain, canonical(*row), audit_key)  # type: ignore[arg-type]
+                    event_rows.append((*row, chain, digest))
+                    chain = digest
+                for sql, rows in (
+                    (INSERT_TASK, new_tasks),
+                    (UPDATE_TASK, changed),
+                    (UPSERT_ATTEMPT, attempts),
+                    (INSERT_EVENT, event_rows),
+                    (INSERT_APPROVAL, batch.approvals),
+                    (INSERT_ARTIFACT, batch.artifacts),
+                ):
+                    if rows:
+                        conn.executemany(sql, rows)
+                return chain
+
+            self._head = await self._db.transaction(write)
 
     async def _open_chain(self) -> None:
         """Load the chain's head; hash events written before the chain existed (one-off backfill)."""
@@ -441,6 +434,26 @@ def _event_view(r: sqlite3.Row) -> EventView:
         data=JSON_NULL if r["data"] is None else msgspec.Raw(r["data"].encode()),
         event_id=r["event_id"],
     )
+
+
+def _unrecorded(conn: sqlite3.Connection, events: list[EventRecord]) -> list[EventRecord]:
+    """Drop events already in the log (a redelivery) or twice in the batch, keeping order."""
+    ids = [e.event_id for e in events if e.event_id is not None]
+    if not ids:
+        return events
+    seen: set[str] = set()
+    for chunk in _chunks(ids):
+        placeholders = ",".join("?" for _ in chunk)
+        rows = conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({placeholders})", chunk).fetchall()
+        seen.update(r[0] for r in rows)
+    fresh = []
+    for event in events:
+        if event.event_id is not None:
+            if event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+        fresh.append(event)
+    return fresh
 
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:
