@@ -60,6 +60,9 @@ class TaskOperations:
 
     async def cancel(self, task_id: str, *, reason: str, by: str | None) -> TaskState:
         """Cancel a task that has not finished; returns its new state."""
+        # A task published a moment ago may still wait for its `queued` to be written: write it
+        # first, so the timeline shows it was queued and its message is known (to withdraw it).
+        await self._pipeline.flush_queued()
         async with self._book.lock:
             record = await self._book.find(task_id)
             if record is None:

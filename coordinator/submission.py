@@ -9,11 +9,15 @@ tasks) and, for the whole batch:
    refused whole with "queue full");
 2. commits the new tasks as `pending`, with their `submitted` events, in one transaction;
 3. publishes them to JetStream pipelined, `Nats-Msg-Id` = idempotency key or task id;
-4. answers each request, wakes idle workers, and commits `queued` in one transaction.
+4. answers each request, wakes idle workers, and records `queued`: in the transaction of the next
+   batch's step 2 when one comes within `QUEUED_COMMIT_WAIT_S`, else in a transaction of its own.
+   Under load every batch carries the previous one's `queued`, and a lone submit does not make the
+   next one wait behind a commit of its own.
 
-A task is accepted once step 2 commits. If publishing fails or the process dies before step 4, the
-task stays `pending` and `republish_pending` publishes it again later with the same message id, so
-JetStream's duplicate window absorbs a publish that did in fact get through.
+A task is accepted once step 2 commits. If publishing fails or the process dies before step 4 is
+written, the task stays `pending` and `republish_pending` publishes it again later with the same
+message id, so JetStream's duplicate window absorbs a publish that did in fact get through. A
+worker's `started` that arrives before `queued` is written moves the task on by itself (folding).
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ from storage.records import EventRecord, TaskRecord, WriteBatch
 from storage.task_store import TaskStore
 
 log = get_logger("coordinator.submission")
+
+# How long `queued` waits to ride along with the next batch's commit before it is written alone.
+QUEUED_COMMIT_WAIT_S = 0.005
+
+# A published batch whose `queued` is not written yet: its records, their acks, when they were acked.
+Unconfirmed = tuple[list[TaskRecord], dict[str, PubAck], float]
 
 
 @dataclass(slots=True)
@@ -79,6 +89,8 @@ class SubmitPipeline:
         self._publisher = JetStreamPublisher(conn)
         self._queue: asyncio.Queue[SubmitJob] = asyncio.Queue()
         self._publishing: set[str] = set()
+        # Published batches whose `queued` is not written yet: (records, their acks, when acked).
+        self._unconfirmed: list[Unconfirmed] = []
 
     def submit(self, records: list[TaskRecord]) -> asyncio.Future[list[SubmitResult]]:
         """Queue admitted records; the future resolves once they are persisted and published."""
@@ -90,9 +102,10 @@ class SubmitPipeline:
         """Process queued requests until `stopping` is set and the queue is empty."""
         while not (stopping.is_set() and self._queue.empty()):
             try:
-                async with asyncio.timeout(0.2):
+                async with asyncio.timeout(QUEUED_COMMIT_WAIT_S if self._unconfirmed else 0.2):
                     first = await self._queue.get()
             except TimeoutError:
+                await self.flush_queued()
                 continue
             jobs = [first]
             size = len(first.records)
@@ -101,6 +114,17 @@ class SubmitPipeline:
                 jobs.append(job)
                 size += len(job.records)
             await self._process(jobs)
+        await self.flush_queued()
+
+    async def flush_queued(self) -> None:
+        """Write the `queued` of every published batch still waiting for a commit to ride along."""
+        if not self._unconfirmed:
+            return
+        async with self._book.lock:
+            batch = WriteBatch()
+            _, withdrawn = self._stage_queued(batch)
+            await self._write_queued(batch)
+        await self._withdraw_all(withdrawn)
 
     async def _process(self, jobs: list[SubmitJob]) -> None:
         try:
@@ -121,7 +145,8 @@ class SubmitPipeline:
                     for r in job.results
                 ]
             )
-        await self._commit_queued(runnable, queued)
+        if queued:
+            self._unconfirmed.append((runnable, queued, self._clock.now()))
 
     async def _persist(self, jobs: list[SubmitJob]) -> list[TaskRecord]:
         """Commit the new tasks as pending; answer duplicates; refuse jobs that overflow a queue.
@@ -173,18 +198,22 @@ class SubmitPipeline:
             for record in job.records:
                 if record.state != TaskState.PENDING or id(record) not in written:
                     _end_span(record, record.state.value)  # held, denied, duplicate or refused: no publish
-        if batch:
+        withdrawn: list[int] = []
+        if batch or self._unconfirmed:
             async with self._book.lock:
+                staged, withdrawn = self._stage_queued(batch)
                 try:
                     await self._store.write_batch(batch)
                 except StorageError as exc:
                     log.error("submit.persist_failed", error=str(exc), tasks=len(batch.new_tasks))
                     for record in batch.new_tasks:
                         _end_span(record, "not persisted")
+                    self._unconfirmed[:0] = staged  # their `queued` is written with a later batch
                     raise
                 for record in batch.new_tasks:
                     self._book.add(record)
                 self._book.release_finished(batch.new_tasks)
+        await self._withdraw_all(withdrawn)
         return batch.new_tasks
 
     def _apply_guard(self, record: TaskRecord) -> EventRecord | None:
@@ -286,10 +315,19 @@ class SubmitPipeline:
         return acks
 
     async def _commit_queued(self, records: list[TaskRecord], acks: dict[str, PubAck]) -> None:
-        async with self._book.lock:
-            now = self._clock.now()
-            batch = WriteBatch()
-            withdrawn: list[int] = []
+        """Write `queued` for these published records now (re-runs and republishing)."""
+        self._unconfirmed.append((records, acks, self._clock.now()))
+        await self.flush_queued()
+
+    def _stage_queued(self, batch: WriteBatch) -> tuple[list[Unconfirmed], list[int]]:
+        """Move every unconfirmed batch's `queued` into `batch` (the book lock is held).
+
+        Returns what was staged (to put back if the write fails) and the stream sequences of tasks
+        cancelled while they were being published, to withdraw from the queue.
+        """
+        staged, self._unconfirmed = self._unconfirmed, []
+        withdrawn: list[int] = []
+        for records, acks, acked_at in staged:
             for record in records:
                 ack = acks.get(record.task_id)
                 if ack is None:
@@ -301,16 +339,22 @@ class SubmitPipeline:
                 batch.touch(record)
                 if record.state != TaskState.PENDING:
                     continue  # a worker's `started` came first and already moved it on
-                record.queued_at = now
-                batch.events.append(self._book.move(record, TaskState.QUEUED, at=now, kind="queued"))
-            if batch:
-                try:
-                    await self._store.write_batch(batch)
-                except StorageError as exc:
-                    # The tasks are in the stream; the database still says pending, which after a
-                    # restart means "publish again" (deduplicated by message id) - never lost.
-                    log.error("submit.mark_queued_failed", error=str(exc))
-        for seq in withdrawn:
+                record.queued_at = acked_at
+                batch.events.append(self._book.move(record, TaskState.QUEUED, at=acked_at, kind="queued"))
+        return staged, withdrawn
+
+    async def _write_queued(self, batch: WriteBatch) -> None:
+        if not batch:
+            return
+        try:
+            await self._store.write_batch(batch)
+        except StorageError as exc:
+            # The tasks are in the stream; the database still says pending, which after a
+            # restart means "publish again" (deduplicated by message id) - never lost.
+            log.error("submit.mark_queued_failed", error=str(exc))
+
+    async def _withdraw_all(self, stream_seqs: list[int]) -> None:
+        for seq in stream_seqs:
             await self.withdraw(seq)
 
     async def withdraw(self, stream_seq: int) -> None:

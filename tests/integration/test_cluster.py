@@ -78,6 +78,24 @@ async def test_a_short_task_sends_one_event_and_a_long_one_reports_started_while
         await client.cancel(long.task_id)
 
 
+async def test_queued_is_recorded_for_a_lone_submit_and_rides_along_with_the_next(config: ClawConfig) -> None:
+    async with running_coordinator(config), connected_client(config) as client:
+        async with running_worker(config):  # registers the skills, then leaves: nothing runs
+            await wait_nodes_online(client, 1)
+        first = await client.submit(spec("echo", {"n": 1}))
+        second = await client.submit(spec("echo", {"n": 2}))  # right after: `first`'s queued rides along
+
+        async def both_queued_in_the_database() -> bool:
+            states = await client.task_states([first.task_id, second.task_id])  # read from SQLite
+            return set(states.values()) == {TaskState.QUEUED}
+
+        await eventually(both_queued_in_the_database, timeout_s=10, what="queued written for both")
+        for task_id in (first.task_id, second.task_id):
+            task = await client.get_task(task_id)
+            assert [e.kind for e in task.events] == ["submitted", "queued"]
+            assert task.created_at <= task.queued_at  # type: ignore[operator]
+
+
 async def test_permanent_failure_ends_dead_with_its_error_after_one_attempt(config: ClawConfig) -> None:
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:
         await wait_nodes_online(client, 1)
