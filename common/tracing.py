@@ -16,14 +16,17 @@ recorded (the sampler is off), which keeps tracing nearly free while the ids sti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import msgspec
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -33,6 +36,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind
+from opentelemetry.util.types import Attributes
 
 from common.config import TracingSettings
 from common.errors import ConfigError
@@ -45,11 +50,45 @@ _encoder = msgspec.json.Encoder()
 # A proxy: it forwards to the provider `setup_tracing` installs, whenever that happens. Kept once,
 # because `trace.get_tracer` builds a new tracer on every call (~5 % of a busy coordinator's CPU).
 _TRACER = trace.get_tracer(TRACER_NAME)
+# Whether spans are recorded (an exporter other than `none` is installed). When they are not, the
+# per-task paths make no spans at all and only pass the trace context on (`current_span`): trace
+# ids still reach tasks, messages and log lines, for a fraction of the cost of non-recording spans.
+_recording = False
 
 
 def tracer() -> trace.Tracer:
     """The project's tracer (a no-op until `setup_tracing` ran)."""
     return _TRACER
+
+
+def recording() -> bool:
+    """Whether this process records and exports spans."""
+    return _recording
+
+
+@contextlib.contextmanager
+def current_span(
+    name: str,
+    *,
+    context: Context | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Attributes = None,
+) -> Iterator[Span]:
+    """A new current span (child of `context`, else of the current span) when spans are recorded.
+
+    When they are not, the parent itself is made current: log lines still carry its trace id, and
+    the span yielded accepts attributes and a status without keeping them.
+    """
+    if _recording:
+        with _TRACER.start_as_current_span(name, context=context, kind=kind, attributes=attributes) as span:
+            yield span
+        return
+    parent = trace.get_current_span(context)
+    token = otel_context.attach(trace.set_span_in_context(parent, context))
+    try:
+        yield parent
+    finally:
+        otel_context.detach(token)
 
 
 class JsonlSpanExporter(SpanExporter):
@@ -123,6 +162,8 @@ def setup_tracing(
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(provider)
+    global _recording
+    _recording = name != "none"
     return TracingHandle(provider, name)
 
 

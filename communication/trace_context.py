@@ -6,13 +6,19 @@ submit through the coordinator to every attempt on any worker (redeliveries keep
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 
+from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, set_span_in_context
+from opentelemetry.trace import Span, SpanKind, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
+
+from common.tracing import recording, trace_id_of, tracer
 
 _propagator = TraceContextTextMapPropagator()
+_ids = random.Random()
 
 
 def headers_for(span: Span | None = None, headers: dict[str, str] | None = None) -> dict[str, str]:
@@ -30,3 +36,18 @@ def context_from(headers: Mapping[str, str] | None) -> Context:
 def traceparent_of(span: Span) -> str | None:
     """The `traceparent` header value for a span (what a task keeps to continue its trace later)."""
     return headers_for(span).get("traceparent")
+
+
+def start_task_span(name: str, attributes: Callable[[], Attributes]) -> tuple[Span | None, str | None, str | None]:
+    """Start the span a task's attempts hang under: (the span to end later, trace id, traceparent).
+
+    When spans are not recorded, no span is made (None): the ids are drawn directly, continuing the
+    current trace, and `attributes` is not even built.
+    """
+    if recording():
+        span = tracer().start_span(name, kind=SpanKind.PRODUCER, attributes=attributes())
+        return span, trace_id_of(span), traceparent_of(span)
+    parent = trace.get_current_span().get_span_context()
+    trace_id = parent.trace_id if parent.is_valid else _ids.getrandbits(128) or 1
+    span_id = _ids.getrandbits(64) or 1
+    return None, f"{trace_id:032x}", f"00-{trace_id:032x}-{span_id:016x}-00"

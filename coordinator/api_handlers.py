@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
-from opentelemetry.trace import SpanKind
 
 from common import __version__
 from common.api import (
@@ -54,11 +54,10 @@ from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
 from common.models import ClusterStatus, NatsServerInfo, TaskView
 from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
-from common.tracing import trace_id_of, tracer
 from communication.codec import DecodeError, decode
 from communication.connection import NatsConnection
 from communication.monitoring import fetch_server_info
-from communication.trace_context import traceparent_of
+from communication.trace_context import start_task_span
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_server import Handler
@@ -71,6 +70,7 @@ from coordinator.queue_probe import QueueProbe
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
+from storage.records import TaskRecord
 from storage.task_store import TaskStore
 
 MAX_LIST_LIMIT = 10_000
@@ -158,19 +158,9 @@ class ApiHandlers:
         request = _decode_request(data, SubmitRequest)
         records = self._admission.admit(request)
         for record in records:
-            span = tracer().start_span(
-                "claw.task",
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "claw.task_id": record.task_id,
-                    "claw.skill": record.skill,
-                    "claw.priority": record.priority.value,
-                    "claw.risk": record.risk or "",
-                },
+            record.span, record.trace_id, record.traceparent = start_task_span(
+                "claw.task", functools.partial(_task_attributes, record)
             )
-            record.span = span
-            record.trace_id = trace_id_of(span)
-            record.traceparent = traceparent_of(span)
         results = await self._pipeline.submit(records)
         return SubmitReply(results=results)
 
@@ -383,3 +373,12 @@ def _decode_request(data: bytes, type_: type[T]) -> T:
         return decode(data or b"{}", type_)
     except DecodeError as exc:
         raise InvalidInputError(str(exc).replace("cannot decode", "invalid request:", 1)) from None
+
+
+def _task_attributes(record: TaskRecord) -> dict[str, str]:
+    return {
+        "claw.task_id": record.task_id,
+        "claw.skill": record.skill,
+        "claw.priority": record.priority.value,
+        "claw.risk": record.risk or "",
+    }

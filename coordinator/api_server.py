@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from common.api import ApiError, ApiReply
 from common.errors import ClawError, InternalError
 from common.log import get_logger
-from common.tracing import tracer
+from common.tracing import current_span
 from communication.codec import DecodeError, encode
 from communication.connection import NatsConnection
 from communication.trace_context import context_from
@@ -69,9 +69,7 @@ class ApiServer:
         return dispatch
 
     async def _serve(self, verb: str, handler: Handler, msg: Msg) -> None:
-        with tracer().start_as_current_span(
-            f"claw.api.{verb}", context=context_from(msg.headers), kind=SpanKind.SERVER
-        ) as span:
+        with current_span(f"claw.api.{verb}", context=context_from(msg.headers), kind=SpanKind.SERVER) as span:
             payload = await self._answer(verb, handler, msg)
             if payload.startswith(b'{"error"'):
                 span.set_status(StatusCode.ERROR)

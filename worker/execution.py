@@ -51,7 +51,7 @@ from common.log import get_logger
 from common.models import JSON_NULL, RESULT_ARTIFACT, DeadLetter, TaskMessage
 from common.skills import SkillManifest, validate_input, validate_output
 from common.states import Priority
-from common.tracing import tracer
+from common.tracing import current_span, recording
 from communication.codec import DecodeError, decode, encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
@@ -140,7 +140,7 @@ class TaskRunner:
         return True
 
     async def execute(self, msg: Msg) -> None:
-        """Run the task in `msg` to an outcome and settle the message."""
+        """Run the task in `msg` to an outcome and settle the message (call it in a task of its own)."""
         try:
             task = decode(msg.data, TaskMessage)
         except DecodeError as exc:
@@ -154,20 +154,22 @@ class TaskRunner:
             return
         delivered = msg.metadata.num_delivered
         attempt = task.attempt_offset + delivered
-        with structlog.contextvars.bound_contextvars(task_id=task.task_id, skill=task.skill, attempt=attempt):
-            if self._cancelled.covers(task.task_id, task.attempt_offset):
-                log.info("task.skipped_cancelled")
-                await _settle(msg.term())
-                return
-            if delivered > task.max_attempts:
-                await self._give_up_exhausted(msg, task, attempt, delivered)
-                return
-            running = RunningAttempt(task.task_id, attempt)
-            self.running[task.task_id] = running
-            try:
-                await self._run(msg, task, skill, running, delivered)
-            finally:
-                self.running.pop(task.task_id, None)
+        # Bound for the rest of this asyncio task only: each delivery runs in a task of its own
+        # (Worker._dispatch), whose context is a copy, so nothing needs unbinding.
+        structlog.contextvars.bind_contextvars(task_id=task.task_id, skill=task.skill, attempt=attempt)
+        if self._cancelled.covers(task.task_id, task.attempt_offset):
+            log.info("task.skipped_cancelled")
+            await _settle(msg.term())
+            return
+        if delivered > task.max_attempts:
+            await self._give_up_exhausted(msg, task, attempt, delivered)
+            return
+        running = RunningAttempt(task.task_id, attempt)
+        self.running[task.task_id] = running
+        try:
+            await self._run(msg, task, skill, running, delivered)
+        finally:
+            self.running.pop(task.task_id, None)
 
     async def _run(self, msg: Msg, task: TaskMessage, skill: Skill, running: RunningAttempt, delivered: int) -> None:
         started_at = self._clock.now()
@@ -195,14 +197,16 @@ class TaskRunner:
             _artifact_ttl_s=self._artifact_ttl_s,
             _loop=loop,
         )
-        attributes: dict[str, str | int] = {
-            "claw.task_id": task.task_id,
-            "claw.skill": task.skill,
-            "claw.attempt": running.attempt,
-            "claw.node_id": self._node_id,
-            "claw.priority": task.priority.value,
-        }
-        with tracer().start_as_current_span(
+        attributes: dict[str, str | int] | None = None
+        if recording():  # only a recorded span keeps them
+            attributes = {
+                "claw.task_id": task.task_id,
+                "claw.skill": task.skill,
+                "claw.attempt": running.attempt,
+                "claw.node_id": self._node_id,
+                "claw.priority": task.priority.value,
+            }
+        with current_span(
             "claw.task.execute", context=context_from(msg.headers), kind=SpanKind.CONSUMER, attributes=attributes
         ) as span:
             try:
@@ -219,7 +223,7 @@ class TaskRunner:
                 outcome = self._plan_retry(outcome, task, delivered)
                 span.set_status(StatusCode.ERROR, f"{outcome.error_type}: {outcome.message}")
             span.set_attribute("claw.outcome", _outcome_name(outcome))
-            with tracer().start_as_current_span("claw.task.report", attributes=attributes):
+            with current_span("claw.task.report", attributes=attributes):
                 await asyncio.shield(self._finish(msg, outcome, task))
 
     async def _call(
@@ -303,7 +307,7 @@ class TaskRunner:
                 at=self._clock.now(),
             )
         )
-        with tracer().start_as_current_span("claw.task.verify"):
+        with current_span("claw.task.verify"):
             value = msgspec.json.decode(result)  # what the coordinator will store, not the handler's objects
             if len(result) > VERIFY_IN_THREAD_BYTES:
                 await asyncio.to_thread(validate_output, manifest, value)
