@@ -59,12 +59,14 @@ from cli.bench_cluster import (
     cpu_seconds,
     rss_bytes,
 )
+from cli.bench_prefill import prefill_database
 from cli.bench_profile import Profiler
 from cli.bench_raw import RawBenchError, measure_raw
-from cli.bench_report import ClusterRun, TracingRun, build_report, environment, render_table
+from cli.bench_report import ClusterRun, PrefilledRun, TracingRun, build_report, environment, render_table
 from cli.inputs import read_inputs
 from common.config import LogSettings
 from common.errors import ClawError
+from common.ids import ulid_floor
 from common.log import configure_logging
 from common.models import TaskSpec
 from common.states import TERMINAL_STATES, Priority, TaskState
@@ -90,6 +92,7 @@ class BenchOptions:
     keep: bool = False
     profile_dir: Path | None = None
     tracing: bool = False
+    prefill: int = 0
     latency_count: int = 1000
     e2e_count: int = 400
     cli_runs: int = 10
@@ -137,6 +140,12 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "claw bench") -> B
         action="store_true",
         help="also run the throughput with every span exported over OTLP (to a counting sink) and report the cost",
     )
+    parser.add_argument(
+        "--prefill",
+        type=_positive,
+        metavar="N",
+        help="also run the throughput on a database already holding N finished tasks (e.g. 1000000)",
+    )
     args = parser.parse_args(argv)
     sizes: dict[str, Any] = dict(QUICK) if args.quick else {}
     if args.n is not None:
@@ -149,6 +158,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "claw bench") -> B
         keep=args.keep,
         profile_dir=args.profile_dir,
         tracing=args.tracing,
+        prefill=args.prefill or 0,
         **sizes,
     )
 
@@ -288,10 +298,13 @@ async def _bench(options: BenchOptions, workdir: Path, children: Children) -> di
             runs.append(await _measure_cluster(options, cluster, nats_process, children))
         finally:
             await cluster.stop()
+    baseline = next(r for r in runs if r.workers == options.latency_workers)
     tracing = None
     if options.tracing:
-        baseline = next(r for r in runs if r.workers == options.latency_workers)
         tracing = await _measure_tracing(options, workdir, children, nats, nats_process, baseline)
+    prefilled = None
+    if options.prefill:
+        prefilled = await _measure_prefilled(options, workdir, children, nats, nats_process, baseline)
     meta = environment(started, nats.command()[0], ROOT) | {
         "n": options.n,
         "workers": list(options.workers),
@@ -304,7 +317,56 @@ async def _bench(options: BenchOptions, workdir: Path, children: Children) -> di
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "duration_s": round(time.time() - started, 1),
     }
-    return build_report(meta, raw=raw, runs=runs, tracing=tracing)
+    return build_report(meta, raw=raw, runs=runs, tracing=tracing, prefilled=prefilled)
+
+
+async def _measure_prefilled(
+    options: BenchOptions,
+    workdir: Path,
+    children: Children,
+    nats: EmbeddedNatsServer,
+    nats_process: psutil.Process,
+    baseline: ClusterRun,
+) -> PrefilledRun:
+    """The throughput again, on a cluster whose database already holds `--prefill` finished tasks."""
+    root = workdir / "cluster-prefilled"
+    root.mkdir(parents=True, exist_ok=True)
+    _progress(f"prefill: writing {options.prefill:,} finished tasks into a fresh database")
+    fill_s = await prefill_database(
+        root / "claw.db", options.prefill, progress=lambda done: _progress(f"prefill: {done:,} tasks")
+    )
+    workers = options.latency_workers
+    cluster = BenchCluster(
+        children,
+        nats,
+        root,
+        prefix="bench_prefilled",
+        workers=workers,
+        concurrency=options.concurrency,
+        queue_limit=options.n + 10_000,
+    )
+    _progress(f"prefill: {options.n} echo tasks with {workers} worker(s) on the filled database")
+    try:
+        start = time.perf_counter()
+        await cluster.start()
+        ready_s = time.perf_counter() - start
+        processes = cluster.processes()
+        await asyncio.sleep(IDLE_SETTLE_S)
+        idle_rss = rss_bytes(processes["coordinator"])
+        run = await _throughput_only(options.n, cluster, nats_process)
+        run.idle_rss = {"coordinator": idle_rss}
+    finally:
+        await cluster.stop()
+    db_bytes, wal_bytes = await asyncio.to_thread(StateDb(cluster.db_path).file_sizes)
+    _progress(f"prefill: {run.throughput['tps']:,.0f} tasks/s with {options.prefill:,} stored")
+    return PrefilledRun(
+        run=run,
+        baseline=baseline,
+        stored=options.prefill,
+        fill_s=fill_s,
+        ready_s=ready_s,
+        db_bytes=db_bytes + wal_bytes,
+    )
 
 
 async def _measure_tracing(
@@ -524,7 +586,11 @@ async def _throughput(
 ) -> dict[str, Any]:
     """N no-op tasks through `submit_many`, from the first submit to the last `succeeded` in SQLite."""
     specs = [_echo(i) for i in range(n)]
-    target = await asyncio.to_thread(db.succeeded) + n
+    # Task ids are ULIDs, which sort by time: counting only ids made after this moment skips the
+    # tasks stored before the run (a prefilled database holds a million), so polling stays cheap.
+    # The lowest id of this millisecond: the coordinator's ids of the same millisecond sort after it.
+    since = ulid_floor(time.time())
+    target = await asyncio.to_thread(db.succeeded, since) + n
     watched = {**processes, "nats": nats_process, "bench": psutil.Process()}
     if profiler is not None:
         profiler.start()
@@ -535,7 +601,7 @@ async def _throughput(
     submitted_at: list[float] = []
     submitting.add_done_callback(lambda _: submitted_at.append(time.perf_counter()))
     try:
-        finished = await _until_succeeded(db, target, submitting, cluster, timeout_s=max(120.0, n / 100))
+        finished = await _until_succeeded(db, since, target, submitting, cluster, timeout_s=max(120.0, n / 100))
         await submitting
     finally:
         submitting.cancel()
@@ -555,7 +621,7 @@ async def _throughput(
 
 
 async def _until_succeeded(
-    db: StateDb, target: int, submitting: asyncio.Task[Any], cluster: BenchCluster, *, timeout_s: float
+    db: StateDb, since: str, target: int, submitting: asyncio.Task[Any], cluster: BenchCluster, *, timeout_s: float
 ) -> float:
     """The time at which `target` tasks were seen succeeded.
 
@@ -565,7 +631,7 @@ async def _until_succeeded(
     deadline = time.monotonic() + timeout_s
     last_count, last_at = 0, time.perf_counter()
     while True:
-        count = await asyncio.to_thread(db.succeeded)
+        count = await asyncio.to_thread(db.succeeded, since)
         now = time.perf_counter()
         if count >= target:
             return now

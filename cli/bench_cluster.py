@@ -273,9 +273,13 @@ class StateDb:
             self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         return self._conn
 
-    def succeeded(self) -> int:
-        """How many tasks are `succeeded`."""
-        row = self._connection().execute("SELECT COUNT(*) FROM tasks WHERE state = 'succeeded'").fetchone()
+    def succeeded(self, since: str = "") -> int:
+        """How many tasks with an id from `since` on are `succeeded` (a range of the state index)."""
+        row = (
+            self._connection()
+            .execute("SELECT COUNT(*) FROM tasks WHERE state = 'succeeded' AND task_id >= ?", (since,))
+            .fetchone()
+        )
         return int(row[0])
 
     def counts(self) -> dict[str, int]:

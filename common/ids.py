@@ -72,3 +72,8 @@ def ulid_time_ms(ulid: str) -> int:
 def is_ulid(text: str) -> bool:
     """Whether `text` has the shape of an id made by `new_id`."""
     return bool(ULID_PATTERN.fullmatch(text))
+
+
+def ulid_floor(at: float) -> str:
+    """The smallest id of the millisecond `at` (Unix seconds): no id made from then on sorts before it."""
+    return _encode(int(at * 1000) << _RANDOM_BITS, 26)

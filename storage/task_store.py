@@ -113,8 +113,10 @@ class TaskStore:
 
     async def _open_chain(self) -> None:
         """Load the chain's head; hash events written before the chain existed (one-off backfill)."""
-        unhashed = await self._db.fetch_all_writer("SELECT COUNT(*) FROM events WHERE hash IS NULL")
-        if unhashed[0][0]:
+        # Rows get hashes in order (the backfill hashes all old rows at once, new rows always get
+        # one), so the oldest row tells: no scan of a big log at every start.
+        oldest = await self._db.fetch_all_writer("SELECT hash FROM events ORDER BY id LIMIT 1")
+        if oldest and oldest[0][0] is None:
             rows = await self._db.fetch_all_writer("SELECT * FROM events ORDER BY id")
             updates = [
                 ("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", values)
