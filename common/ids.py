@@ -19,12 +19,18 @@ _RANDOM_MAX = (1 << _RANDOM_BITS) - 1
 ULID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 
 
+# Every 10-bit value as its two Crockford characters: an id is 13 lookups instead of 26 steps.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+
+
 def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    pairs = []
+    for _ in range(length // 2):
+        pairs.append(_PAIRS[value & 1023])
+        value >>= 10
+    if length % 2:
+        pairs.append(_ALPHABET[value & 31])
+    return "".join(reversed(pairs))
 
 
 class UlidGenerator:

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
+from common.aio import wait_any
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
 from common.errors import StorageError
@@ -56,6 +57,8 @@ from storage.task_store import TaskStore
 log = get_logger("coordinator")
 
 MAINTENANCE_INTERVAL_S = 0.25
+# A loop of its own, so that a long maintenance step (an orphan sweep) never lets the log grow.
+CHECKPOINT_INTERVAL_S = 1.0
 RECOVERY_INTERVAL_S = 5.0
 API_GRACE_S = 10.0
 
@@ -152,7 +155,9 @@ class Coordinator:
             await topology.skill_code()
             load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
             artifacts = await open_artifact_store(config.artifacts)
-            db = await Database.open(config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous)
+            db = await Database.open(
+                config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous, own_checkpoints=True
+            )
         except BaseException:
             await conn.close()
             raise
@@ -187,6 +192,7 @@ class Coordinator:
                 tg.create_task(self.pipeline.run(loops_stopping), name="submit-pipeline")
                 tg.create_task(self._intake.run(loops_stopping), name="event-intake")
                 tg.create_task(self._maintain(loops_stopping), name="maintenance")
+                tg.create_task(self._checkpoints(loops_stopping), name="wal-checkpoints")
                 self._heartbeat_sub = await self._conn.nc.subscribe(
                     self._conn.subjects.heartbeat_all, cb=self._on_heartbeat
                 )
@@ -228,6 +234,12 @@ class Coordinator:
             log.warning("node.bad_heartbeat", subject=msg.subject, error=str(exc))
             return
         self.registry.observe(beat)
+
+    async def _checkpoints(self, stopping: asyncio.Event) -> None:
+        """Checkpoint the state database's write-ahead log every second (commits never do)."""
+        while not await wait_any(stopping, timeout_s=CHECKPOINT_INTERVAL_S):
+            await self._db.checkpoint()
+        await self._db.checkpoint()
 
     async def _maintain(self, stopping: asyncio.Event) -> None:
         """Node liveness and reclaim, registry persistence, recovery of stuck tasks, alerts, gauges."""

@@ -52,6 +52,7 @@ from common.models import JSON_NULL, RESULT_ARTIFACT, DeadLetter, TaskMessage
 from common.skills import SkillManifest, validate_input, validate_output
 from common.states import Priority
 from common.tracing import current_span, recording
+from communication.ack_reply import num_delivered
 from communication.codec import DecodeError, decode, encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
@@ -152,7 +153,7 @@ class TaskRunner:
             log.error("task.skill_missing", task_id=task.task_id, skill=task.skill)
             await _settle(msg.nak(delay=SKILL_MISSING_DELAY_S))
             return
-        delivered = msg.metadata.num_delivered
+        delivered = num_delivered(msg)
         attempt = task.attempt_offset + delivered
         # Bound for the rest of this asyncio task only: each delivery runs in a task of its own
         # (Worker._dispatch), whose context is a copy, so nothing needs unbinding.

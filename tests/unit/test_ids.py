@@ -31,3 +31,18 @@ def test_shape() -> None:
     assert len(value) == 26 and is_ulid(value)
     assert not is_ulid("not-an-id")
     assert not is_ulid(value + "\n")
+
+
+def test_the_encoding_is_crockford_base32_of_the_128_bits() -> None:
+    import random
+
+    from common.ids import _encode, ulid_floor
+
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    rng = random.Random(7)
+    for value in [0, 1, (1 << 128) - 1, *(rng.getrandbits(128) for _ in range(200))]:
+        expected = "".join(alphabet[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+        assert _encode(value, 26) == expected
+    floor = ulid_floor(1_700_000_000.5)
+    assert ulid_time_ms(floor) == 1_700_000_000_500 and floor.endswith("0" * 16)
+    assert UlidGenerator().new(now_ms=1_700_000_000_500) >= floor

@@ -1,0 +1,45 @@
+"""The state database's writer thread: one call per transaction, rollback on failure, and WAL
+checkpoints outside commits when the owner asks for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.errors import StorageError
+from storage.database import Database
+
+
+async def test_a_failed_transaction_is_rolled_back_whole(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "claw.db")
+    try:
+        await db.write([("INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)",
+                         [("t1", "ann", "approve", None, 1.0)])])  # fmt: skip
+        with pytest.raises(StorageError, match="state database write failed"):
+            await db.write(
+                [
+                    ("INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)",
+                     [("t2", "bob", "approve", None, 2.0)]),
+                    ("INSERT INTO no_such_table VALUES (?)", [(1,)]),
+                ]
+            )  # fmt: skip
+        rows = await db.fetch_all("SELECT task_id FROM approvals ORDER BY id")
+        assert [r[0] for r in rows] == ["t1"]
+    finally:
+        await db.close()
+
+
+async def test_with_own_checkpoints_commits_leave_the_log_to_checkpoint(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "claw.db", own_checkpoints=True)
+    try:
+        assert await db.transaction(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+        rows = [(f"t{i}", "ann", "approve", "x" * 2000, float(i)) for i in range(3000)]  # ~6 MB: past 1000 pages
+        await db.write([("INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)", rows)])
+        path, wal = tmp_path / "claw.db", tmp_path / "claw.db-wal"
+        # The pages are all in the log: no commit copied them into the database file.
+        assert wal.stat().st_size > 5_000_000 and path.stat().st_size < 1_000_000
+        await db.checkpoint()
+        assert path.stat().st_size > 5_000_000
+    finally:
+        await db.close()
