@@ -108,9 +108,10 @@ class EventFolder:
         if record.state == TaskState.RUNNING:
             self.lose_attempt(record, batch, at=event.at, reason=f"attempt {event.attempt} took over")
         if record.state == TaskState.PENDING:
-            # The worker was faster than our own "published" bookkeeping.
-            batch.events.append(self._book.move(record, TaskState.QUEUED, at=event.at, kind="queued"))
-            record.queued_at = record.queued_at or event.at
+            # The worker was faster than our own "published" bookkeeping. An outcome's `at` is
+            # when the attempt ended: the task was queued no later than it started.
+            batch.events.append(self._book.move(record, TaskState.QUEUED, at=started_at, kind="queued"))
+            record.queued_at = record.queued_at or started_at
         record.attempts = event.attempt
         record.node_id = event.node_id
         record.started_at = record.started_at or started_at

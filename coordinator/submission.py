@@ -52,7 +52,7 @@ log = get_logger("coordinator.submission")
 # How long `queued` waits to ride along with the next batch's commit before it is written alone.
 QUEUED_COMMIT_WAIT_S = 0.005
 
-# A published batch whose `queued` is not written yet: its records, their acks, when they were acked.
+# A published batch whose `queued` is not written yet: its records, their acks, when they were sent.
 Unconfirmed = tuple[list[TaskRecord], dict[str, PubAck], float]
 
 
@@ -135,6 +135,8 @@ class SubmitPipeline:
                     job.done.set_exception(exc)
             return
         runnable = [r for r in new if r.state == TaskState.PENDING]
+        # Stamped before the publish: a worker can start the task before our ack arrives.
+        sent_at = self._clock.now()
         queued = await self._publish(runnable)
         for job in jobs:
             if job.done.done():
@@ -146,7 +148,7 @@ class SubmitPipeline:
                 ]
             )
         if queued:
-            self._unconfirmed.append((runnable, queued, self._clock.now()))
+            self._unconfirmed.append((runnable, queued, sent_at))
 
     async def _persist(self, jobs: list[SubmitJob]) -> list[TaskRecord]:
         """Commit the new tasks as pending; answer duplicates; refuse jobs that overflow a queue.
@@ -314,9 +316,11 @@ class SubmitPipeline:
             await self._conn.nc.publish(subjects.wake(skill), priority.encode())
         return acks
 
-    async def _commit_queued(self, records: list[TaskRecord], acks: dict[str, PubAck]) -> None:
-        """Write `queued` for these published records now (re-runs and republishing)."""
-        self._unconfirmed.append((records, acks, self._clock.now()))
+    async def _publish_and_commit_queued(self, records: list[TaskRecord]) -> None:
+        """Publish records and write `queued` for them now (re-runs and republishing)."""
+        sent_at = self._clock.now()
+        acks = await self._publish(records)
+        self._unconfirmed.append((records, acks, sent_at))
         await self.flush_queued()
 
     def _stage_queued(self, batch: WriteBatch) -> tuple[list[Unconfirmed], list[int]]:
@@ -327,7 +331,7 @@ class SubmitPipeline:
         """
         staged, self._unconfirmed = self._unconfirmed, []
         withdrawn: list[int] = []
-        for records, acks, acked_at in staged:
+        for records, acks, sent_at in staged:
             for record in records:
                 ack = acks.get(record.task_id)
                 if ack is None:
@@ -339,8 +343,8 @@ class SubmitPipeline:
                 batch.touch(record)
                 if record.state != TaskState.PENDING:
                     continue  # a worker's `started` came first and already moved it on
-                record.queued_at = acked_at
-                batch.events.append(self._book.move(record, TaskState.QUEUED, at=acked_at, kind="queued"))
+                record.queued_at = sent_at
+                batch.events.append(self._book.move(record, TaskState.QUEUED, at=sent_at, kind="queued"))
         return staged, withdrawn
 
     async def _write_queued(self, batch: WriteBatch) -> None:
@@ -370,7 +374,7 @@ class SubmitPipeline:
         """Publish records already committed as pending (re-runs), and confirm them queued."""
         for start in range(0, len(records), self._settings.submit_batch_max):
             chunk = records[start : start + self._settings.submit_batch_max]
-            await self._commit_queued(chunk, await self._publish(chunk))
+            await self._publish_and_commit_queued(chunk)
 
     async def republish_pending(self) -> None:
         """Publish tasks that stayed pending longer than `republish_after_s` (crash, NATS outage)."""

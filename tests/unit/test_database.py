@@ -3,6 +3,7 @@ checkpoints outside commits when the owner asks for it."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -41,5 +42,22 @@ async def test_with_own_checkpoints_commits_leave_the_log_to_checkpoint(tmp_path
         assert wal.stat().st_size > 5_000_000 and path.stat().st_size < 1_000_000
         await db.checkpoint()
         assert path.stat().st_size > 5_000_000
+    finally:
+        await db.close()
+
+
+async def test_checkpoints_alongside_constant_commits_keep_the_log_from_growing(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "claw.db", own_checkpoints=True)
+    try:
+        txn = [(f"t{i}", "ann", "approve", "x" * 2000, float(i)) for i in range(100)]  # ~200 kB a commit
+        for _ in range(60):  # ~12 MB written in all, each commit racing a checkpoint
+            await asyncio.gather(
+                db.write(
+                    [("INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)", txn)]
+                ),
+                db.checkpoint(),
+            )
+        # A checkpoint that caught up lets the next commit restart the log from its start.
+        assert (tmp_path / "claw.db-wal").stat().st_size < 1_500_000
     finally:
         await db.close()

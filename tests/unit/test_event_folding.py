@@ -255,3 +255,19 @@ async def test_a_cancel_that_overtakes_started_still_counts_the_cancelled_attemp
     view = await h.view(task_id)
     assert (view.state, view.attempts, view.node_id) == (TaskState.CANCELLED, 1, "n1")
     assert [(a.attempt, a.state) for a in view.attempt_log] == [(1, AttemptState.CANCELLED)]
+
+
+async def test_an_outcome_that_overtakes_queued_keeps_the_times_in_order(h: Harness) -> None:
+    record = TaskRecord(
+        task_id=new_id(), skill="echo", priority=Priority.NORMAL, state=TaskState.PENDING, input="{}",
+        max_attempts=3, timeout_s=10.0, created_at=1.0, updated_at=1.0,
+    )  # fmt: skip
+    h.book.add(record)
+    await h.store.write_batch(WriteBatch(new_tasks=[record]))
+    # The worker ran it (2.0 to 3.0) before the coordinator wrote `queued` for its publish.
+    await h.fold(succeeded(record.task_id))
+    view = await h.view(record.task_id)
+    assert (view.queued_at, view.started_at, view.finished_at) == (2.0, 2.0, 3.0)
+    assert [(e.kind, e.at) for e in view.events if e.to_state] == [
+        ("queued", 2.0), ("started (implied)", 2.0), ("succeeded", 3.0),
+    ]  # fmt: skip
