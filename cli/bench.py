@@ -13,8 +13,9 @@ One run starts, in a temporary directory, a nats-server on free ports and then:
    `submit_many`, from the first submit until the last is `succeeded` in SQLite, with the CPU time
    and peak RSS of every process and the database's size;
 3. with `--tracing`, the throughput once more on a fresh cluster with the most workers whose
-   processes record every span and export it over OTLP to a counting sink (`cli.bench_span_sink`,
-   a process of its own), compared with the untraced run of the same worker count.
+   processes record every span (or those of `--trace-sample-ratio` of the tasks) and export them
+   over OTLP to a counting sink (`cli.bench_span_sink`, a process of its own), compared with the
+   untraced run of the same worker count.
 
 The measuring code is the only code added: the cluster runs exactly as `claw up` runs it. Every
 process it starts is stopped in a `finally`, on Ctrl-C and on errors too.
@@ -92,6 +93,7 @@ class BenchOptions:
     keep: bool = False
     profile_dir: Path | None = None
     tracing: bool = False
+    trace_sample_ratio: float = 1.0
     prefill: int = 0
     latency_count: int = 1000
     e2e_count: int = 400
@@ -141,6 +143,13 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "claw bench") -> B
         help="also run the throughput with every span exported over OTLP (to a counting sink) and report the cost",
     )
     parser.add_argument(
+        "--trace-sample-ratio",
+        type=_ratio,
+        default=1.0,
+        metavar="R",
+        help="with --tracing: the share of tasks whose spans are recorded (tracing.sample_ratio) [default: 1.0]",
+    )
+    parser.add_argument(
         "--prefill",
         type=_positive,
         metavar="N",
@@ -158,9 +167,17 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "claw bench") -> B
         keep=args.keep,
         profile_dir=args.profile_dir,
         tracing=args.tracing,
+        trace_sample_ratio=args.trace_sample_ratio,
         prefill=args.prefill or 0,
         **sizes,
     )
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {value:g}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -398,9 +415,16 @@ async def _measure_tracing(
             workers=workers,
             concurrency=options.concurrency,
             queue_limit=options.n + 10_000,
-            extra_env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+            extra_env={
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "CLAW_TRACING_SAMPLE_RATIO": str(options.trace_sample_ratio),
+            },
         )
-        _progress(f"tracing: {options.n} echo tasks with {workers} worker(s), every span exported over OTLP")
+        _progress(
+            f"tracing: {options.n} echo tasks with {workers} worker(s), spans of {options.trace_sample_ratio:.0%}"
+            " of them exported over OTLP"
+        )
         try:
             await cluster.start()
             run = await _throughput_only(options.n, cluster, nats_process)
@@ -408,7 +432,7 @@ async def _measure_tracing(
             await cluster.stop()  # the processes flush their last spans as they exit
         spans = await asyncio.to_thread(_sink_count, endpoint)
         _progress(f"tracing: {run.throughput['tps']:,.0f} tasks/s, {spans:,} spans exported")
-        return TracingRun(run=run, baseline=baseline, spans=spans)
+        return TracingRun(run=run, baseline=baseline, spans=spans, sample_ratio=options.trace_sample_ratio)
     finally:
         await asyncio.to_thread(Children.stop, sink)
 

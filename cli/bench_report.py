@@ -62,6 +62,7 @@ class TracingRun:
     run: ClusterRun
     baseline: ClusterRun
     spans: int
+    sample_ratio: float = 1.0
 
 
 @dataclass
@@ -188,6 +189,7 @@ def _tracing(tracing: TracingRun) -> dict[str, Any]:
     n = traced.throughput["n"]
     return {
         "exporter": "otlp",
+        "sample_ratio": tracing.sample_ratio,
         "workers": traced.workers,
         "throughput_tps": round(traced.throughput["tps"], 1),
         "untraced_throughput_tps": round(baseline.throughput["tps"], 1),
@@ -360,7 +362,8 @@ def _tracing_lines(tracing: dict[str, Any]) -> list[str]:
 
     return [
         "",
-        f"tracing: every span exported over OTLP, {tracing['workers']} worker(s)",
+        f"tracing: spans of {tracing['sample_ratio']:.0%} of the tasks exported over OTLP,"
+        f" {tracing['workers']} worker(s)",
         _row(
             "throughput traced / untraced",
             f"{tracing['throughput_tps']:,.0f} / {tracing['untraced_throughput_tps']:,.0f} tasks/s"

@@ -18,6 +18,13 @@ from common.errors import ConfigError
 SHOWN_ATTRIBUTES = ("claw.attempt", "claw.node_id", "claw.outcome")
 
 
+class SpanLink(msgspec.Struct, frozen=True):
+    """A span another span points to without being its child (a batch's submit request)."""
+
+    trace_id: str
+    span_id: str
+
+
 class SpanLine(msgspec.Struct, frozen=True, kw_only=True):
     """The fields of an exported span that the tree needs (the jsonl record holds more)."""
 
@@ -30,6 +37,7 @@ class SpanLine(msgspec.Struct, frozen=True, kw_only=True):
     end_ns: int
     status: str = "UNSET"
     attributes: dict[str, object] = {}
+    links: list[SpanLink] = []
 
 
 def load_spans(paths: Iterable[Path], trace_id: str) -> list[SpanLine]:
@@ -74,6 +82,9 @@ def span_tree(spans: list[SpanLine]) -> list[str]:
         error = " ERROR" if span.status == "ERROR" else ""
         line = f"{'  ' * depth}{span.service or '?'}: {span.name} at +{at_ms:.1f} ms, took {took_ms:.1f} ms{error}"
         lines.append(f"{line} {shown}".rstrip())
+        for link in span.links:
+            # A task of a batch: its trace starts here, the batch's request is in another trace.
+            lines.append(f"{'  ' * (depth + 1)}(linked to span {link.span_id} of trace {link.trace_id})")
         for child in sorted(children.get(span.span_id, []), key=lambda s: s.start_ns):
             walk(child, depth + 1)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, set_span_in_context
+from opentelemetry.trace import Link, Span, SpanKind, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
@@ -38,16 +38,31 @@ def traceparent_of(span: Span) -> str | None:
     return headers_for(span).get("traceparent")
 
 
-def start_task_span(name: str, attributes: Callable[[], Attributes]) -> tuple[Span | None, str | None, str | None]:
+def start_task_span(
+    name: str, attributes: Callable[[], Attributes], *, own_trace: bool = False
+) -> tuple[Span | None, str | None, str | None]:
     """Start the span a task's attempts hang under: (the span to end later, trace id, traceparent).
 
-    When spans are not recorded, no span is made (None): the ids are drawn directly, continuing the
-    current trace, and `attributes` is not even built.
+    The task continues the current trace (its submit request), or with `own_trace` starts a trace
+    of its own whose first span links to the request's span: the tasks of a batch are then traced,
+    sampled and shown one by one, not as one trace of thousands of spans.
+
+    When spans are not recorded, no span is made (None): the ids are drawn directly, and
+    `attributes` is not even built.
     """
+    caller = trace.get_current_span().get_span_context()
     if recording():
-        span = tracer().start_span(name, kind=SpanKind.PRODUCER, attributes=attributes())
+        if not own_trace:
+            span = tracer().start_span(name, kind=SpanKind.PRODUCER, attributes=attributes())
+        else:
+            span = tracer().start_span(
+                name,
+                context=Context(),  # no parent: a new trace
+                kind=SpanKind.PRODUCER,
+                attributes=attributes(),
+                links=[Link(caller)] if caller.is_valid else None,
+            )
         return span, trace_id_of(span), traceparent_of(span)
-    parent = trace.get_current_span().get_span_context()
-    trace_id = parent.trace_id if parent.is_valid else _ids.getrandbits(128) or 1
+    trace_id = caller.trace_id if caller.is_valid and not own_trace else _ids.getrandbits(128) or 1
     span_id = _ids.getrandbits(64) or 1
     return None, f"{trace_id:032x}", f"00-{trace_id:032x}-{span_id:016x}-00"

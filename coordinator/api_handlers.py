@@ -157,9 +157,10 @@ class ApiHandlers:
         """Admit, persist and publish tasks."""
         request = _decode_request(data, SubmitRequest)
         records = self._admission.admit(request)
+        own_trace = len(records) > 1  # a batch: a trace per task, linked to this request
         for record in records:
             record.span, record.trace_id, record.traceparent = start_task_span(
-                "claw.task", functools.partial(_task_attributes, record)
+                "claw.task", functools.partial(_task_attributes, record), own_trace=own_trace
             )
         results = await self._pipeline.submit(records)
         return SubmitReply(results=results)

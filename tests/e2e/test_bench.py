@@ -86,7 +86,7 @@ def processes_using(path: str) -> list[psutil.Process]:
 
 def test_quick_bench_reports_every_figure_and_leaves_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = run_bench("--quick", "--tracing", "--json", str(out))
+    result = run_bench("--quick", "--tracing", "--trace-sample-ratio", "0.5", "--json", str(out))
     assert result.returncode == 0, result.stderr
 
     report = json.loads(out.read_text())
@@ -97,9 +97,11 @@ def test_quick_bench_reports_every_figure_and_leaves_nothing_behind(tmp_path: Pa
         assert dig(report, ("meta", key)), f"meta.{key} is empty"
     assert report["meta"]["quick"] is True
     assert "raw JetStream" in result.stdout and "end to end, one in flight" in result.stdout
-    # --tracing: the traced run exported every task's spans (claw.task, execute, report) to the sink.
+    # --tracing: the traced run exported the spans (claw.task, execute, report) of about half the
+    # tasks to the sink: a task's spans are kept or dropped together (1,000 tasks: 500 +- 16 is 1 sd).
     tracing = report["tracing"]
-    assert tracing["spans_exported"] >= 3 * report["meta"]["n"], tracing
+    assert tracing["sample_ratio"] == 0.5
+    assert 3 * 350 <= tracing["spans_exported"] <= 3 * 650 + 100, tracing
     assert tracing["throughput_tps"] > 0 and tracing["ratio"] > 0
     assert "throughput traced / untraced" in result.stdout
 

@@ -97,6 +97,47 @@ def test_a_retried_tasks_spans_share_one_trace_with_correct_parents(processes: P
     assert "attempt=2 node_id=w1 outcome=failed" in lines[6]
 
 
+def test_each_task_of_a_batch_has_a_trace_of_its_own_linked_to_the_submit(
+    processes: ProcessPool, tmp_path: Path
+) -> None:
+    traced = {"OTEL_TRACES_EXPORTER": "jsonl"}
+    processes.spawn(
+        "coordinator", "coordinator", "start", env=traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "coord.jsonl")}
+    )
+    processes.spawn(
+        "worker", "worker", "start", "--node-id", "w1",
+        env=traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "worker.jsonl")},
+    )  # fmt: skip
+    wait_until(lambda: "w1" in processes.run("nodes").stdout, timeout_s=30, what="worker up")
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(f'{{"i": {i}}}\n' for i in range(3)))
+
+    processes.env.update(traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "cli.jsonl")})
+    result = processes.run("submit", "echo", "--input-file", str(batch), "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    task_ids = sorted(json.loads(result.stdout)["results"])
+    shown = [processes.run("task", "show", task_id, "--json") for task_id in task_ids]
+    trace_ids = {json.loads(r.stdout)["trace_id"] for r in shown}
+    assert len(task_ids) == 3 and len(trace_ids) == 3
+
+    def all_spans() -> list[dict[str, Any]] | None:
+        found = spans(tmp_path / "cli.jsonl") + spans(tmp_path / "coord.jsonl") + spans(tmp_path / "worker.jsonl")
+        return found if sum(s["name"] == "claw.task.report" for s in found) == 3 else None
+
+    found = wait_until(all_spans, timeout_s=30, what="every span exported")
+    [submit] = [s for s in found if s["name"] == "claw.submit"]
+    [api] = [s for s in found if s["name"] == "claw.api.submit"]
+    assert submit["trace_id"] == api["trace_id"] and submit["trace_id"] not in trace_ids
+    admitted = [s for s in found if s["name"] == "claw.task"]
+    assert {s["trace_id"] for s in admitted} == trace_ids
+    assert sorted(s["attributes"]["claw.task_id"] for s in admitted) == task_ids
+    for task_span in admitted:
+        assert task_span["parent_span_id"] is None
+        assert task_span["links"] == [{"trace_id": api["trace_id"], "span_id": api["span_id"]}]
+        [execute] = [s for s in found if s["name"] == "claw.task.execute" and s["trace_id"] == task_span["trace_id"]]
+        assert execute["parent_span_id"] == task_span["span_id"]
+
+
 class FakeCollector:
     """An OTLP/HTTP trace receiver on loopback: decodes and keeps every exported span."""
 

@@ -25,6 +25,14 @@ def test_quick_shrinks_every_count_and_n_still_overrides_it() -> None:
     assert parse_args(["--quick", "--n", "77"]).n == 77
 
 
+def test_trace_sample_ratio_defaults_to_every_task_and_is_checked() -> None:
+    assert parse_args([]).trace_sample_ratio == 1.0
+    assert parse_args(["--tracing", "--trace-sample-ratio", "0.1"]).trace_sample_ratio == 0.1
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(SystemExit):
+            parse_args(["--trace-sample-ratio", bad])
+
+
 def test_worker_counts_are_parsed_sorted_and_checked() -> None:
     assert parse_args(["--workers", "2,1,2"]).workers == (1, 2)
     with pytest.raises(SystemExit):

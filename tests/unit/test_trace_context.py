@@ -39,3 +39,11 @@ def test_a_task_submitted_without_a_context_gets_a_fresh_trace_and_the_context_i
     with current_span("claw.task.execute", context=context_from(INCOMING)):
         pass
     assert "trace_id" not in add_trace_context(None, "info", {"event": "after"})
+
+
+def test_a_task_of_a_batch_gets_a_trace_of_its_own_even_under_a_requests_context() -> None:
+    with current_span("claw.api.submit", context=context_from(INCOMING)):
+        _, first, _ = start_task_span("claw.task", dict, own_trace=True)
+        _, second, traceparent = start_task_span("claw.task", dict, own_trace=True)
+    assert first and second and len({first, second, PARENT_TRACE}) == 3
+    assert traceparent is not None and traceparent.split("-")[1] == second

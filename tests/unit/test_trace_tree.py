@@ -55,3 +55,14 @@ def test_a_file_that_is_not_spans_or_missing_is_named(tmp_path: Path) -> None:
         load_spans([tmp_path / "log.jsonl"], "t1")
     with pytest.raises(ConfigError, match=r"cannot read spans from .*nowhere.jsonl"):
         load_spans([tmp_path / "nowhere.jsonl"], "t1")
+
+
+def test_a_batch_tasks_link_to_its_submit_request_is_shown_under_its_root(tmp_path: Path) -> None:
+    record = json.loads(span("claw.task", "r", None, 0))
+    record["links"] = [{"trace_id": "b" * 32, "span_id": "a" * 16}]
+    (tmp_path / "c.jsonl").write_text(json.dumps(record) + "\n" + span("execute", "e", "r", 2) + "\n")
+    assert span_tree(load_spans([tmp_path / "c.jsonl"], "t1")) == [
+        "svc: claw.task at +0.0 ms, took 1.0 ms",
+        f"  (linked to span {'a' * 16} of trace {'b' * 32})",
+        "  svc: execute at +2.0 ms, took 1.0 ms",
+    ]
