@@ -14,13 +14,22 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from nats.js.kv import KeyValue
 
 from common.clock import Clock
 from common.errors import InvalidInputError
 from common.log import get_logger
-from common.skills import RegistryEntry, RegistrySnapshot, SkillManifest, builtin_manifests, manifest_checksum
+from common.skills import (
+    RegistryEntry,
+    RegistrySnapshot,
+    SkillManifest,
+    builtin_manifests,
+    compiled_validator,
+    manifest_checksum,
+)
 from communication.codec import encode
 from communication.connection import NATS_ERRORS
 from coordinator.event_folding import event_data
@@ -69,6 +78,14 @@ class SkillCatalog:
         if fresh:
             await self._save(fresh, [self._event(e, "skill.registered", by="coordinator") for e in fresh])
         await self.publish()
+        # Built now, not inside the first submit: the first one imports jsonschema (about 60 ms,
+        # with the event loop held) and compiles the skill's schema.
+        await asyncio.to_thread(self._compile_validators)
+
+    def _compile_validators(self) -> None:
+        for entry in self._entries.values():
+            if entry.enabled:
+                compiled_validator(entry.manifest)
 
     # --- reads ------------------------------------------------------------------------------------
 

@@ -101,6 +101,15 @@ async def _lacks(client: ClawClient, skill: str) -> bool:
     return skill not in await node_skills(client)
 
 
+async def test_the_coordinator_compiles_input_schemas_at_start_not_in_the_first_submit(config: ClawConfig) -> None:
+    from common import skills
+
+    skills._validators.clear()  # other tests in this process may have compiled them already
+    async with running_coordinator(config):
+        compiled = {name for name, _, which in skills._validators if which == "input"}
+    assert {"echo", "llm.chat", "shell.exec"} <= compiled
+
+
 async def test_a_changed_skill_under_the_same_version_is_refused(config: ClawConfig, tmp_path: Path) -> None:
     folder = tmp_path / "draft_note"
     shutil.copytree(EXAMPLES / "draft_note", folder)
