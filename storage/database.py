@@ -101,7 +101,7 @@ class Database:
         except OSError as exc:
             await writer.close()
             raise StorageError(f"cannot create the state database {path}: {exc}") from None
-        except MigrationError:
+        except BaseException:  # MigrationError, or the start being cancelled: no thread left behind
             await writer.close()
             raise
         return cls(path, writer, reader)
@@ -111,18 +111,31 @@ class Database:
         await self._reader.close()
         await self._writer.close()
 
-    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def transaction(
+        self, fn: Callable[[sqlite3.Connection], T], *, on_commit: Callable[[T], None] | None = None
+    ) -> T:
         """Run `fn(connection)` on the writer thread as one transaction: committed if it returns,
-        rolled back (and a StorageError raised) if SQLite fails."""
+        rolled back if it raises (a StorageError when SQLite failed, else the exception itself).
+
+        `on_commit(result)` runs on the writer thread right after the commit, so it happens even
+        when the awaiting coroutine was cancelled meanwhile, and before the next transaction starts.
+        """
 
         def run(conn: sqlite3.Connection) -> T:
             try:
                 result = fn(conn)
                 conn.commit()
-                return result
             except sqlite3.Error as exc:
                 conn.rollback()
                 raise StorageError(f"state database write failed: {exc}") from exc
+            except BaseException:
+                # Not SQLite's doing (a value it cannot bind, a bug in `fn`): the statements that
+                # did run must not stay pending for the next transaction to commit.
+                conn.rollback()
+                raise
+            if on_commit is not None:
+                on_commit(result)
+            return result
 
         return await self._writer.call(run)
 
@@ -149,6 +162,9 @@ class Database:
             except sqlite3.Error as exc:
                 conn.rollback()
                 raise StorageError(f"state database maintenance failed: {exc}") from exc
+            except BaseException:
+                conn.rollback()
+                raise
 
         await self._writer.call(run)
 
@@ -161,7 +177,8 @@ class Database:
         start; under constant load the first pass alone never does, and the log grows without end.
         """
         try:
-            await self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            async with self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)"):
+                pass
             await self._writer.call(_passive_checkpoint)
         except sqlite3.Error as exc:
             log.warning("storage.checkpoint_failed", error=str(exc))

@@ -83,14 +83,15 @@ class TaskStore:
         async with self._chain_lock:
             if self._head is None:
                 await self._open_chain()
-            head = self._head or GENESIS
             new_tasks = [t.insert_row() for t in batch.new_tasks]
             changed = [t.update_row() for t in batch.changed_tasks.values()]
             attempts = [a.upsert_row() for a in batch.attempts.values()]
             audit_key = self._audit_key
 
             def write(conn: sqlite3.Connection) -> str:
-                chain = head
+                # The head as the previous commit left it: read here, on the writer thread, and
+                # set in `committed`, so a cancelled caller can never fork the chain.
+                chain = self._head or GENESIS
                 event_rows = []
                 for event in _unrecorded(conn, batch.events):
                     row = event.insert_row()
@@ -109,7 +110,10 @@ class TaskStore:
                         conn.executemany(sql, rows)
                 return chain
 
-            self._head = await self._db.transaction(write)
+            def committed(chain: str) -> None:
+                self._head = chain
+
+            await self._db.transaction(write, on_commit=committed)
 
     async def _open_chain(self) -> None:
         """Load the chain's head; hash events written before the chain existed (one-off backfill)."""

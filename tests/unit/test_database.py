@@ -4,6 +4,8 @@ checkpoints outside commits when the owner asks for it."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,4 +62,50 @@ async def test_checkpoints_alongside_constant_commits_keep_the_log_from_growing(
         # A checkpoint that caught up lets the next commit restart the log from its start.
         assert (tmp_path / "claw.db-wal").stat().st_size < 1_500_000
     finally:
+        await db.close()
+
+
+async def test_an_error_that_is_not_sqlites_still_rolls_the_transaction_back(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "claw.db")
+    insert = "INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)"
+    try:
+
+        def half_then_unbindable(conn: sqlite3.Connection) -> None:
+            conn.execute(insert, ("t1", "ann", "approve", None, 1.0))
+            conn.execute(insert, ("t2", "ann", "approve", None, 2**70))  # OverflowError, not sqlite3.Error
+
+        with pytest.raises(OverflowError):
+            await db.transaction(half_then_unbindable)
+        await db.write([(insert, [("t3", "bob", "approve", None, 3.0)])])
+        rows = await db.fetch_all("SELECT task_id FROM approvals ORDER BY id")
+        assert [r[0] for r in rows] == ["t3"]  # t1 was not committed along with t3
+    finally:
+        await db.close()
+
+
+async def test_on_commit_runs_after_the_commit_even_when_the_caller_was_cancelled(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "claw.db")
+    inside, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+    try:
+
+        def slow(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "INSERT INTO approvals (task_id, approver, decision, note, at) VALUES ('t', 'a', 'x', NULL, 1)"
+            )
+            inside.set()
+            release.wait(30)
+            return 7
+
+        caller = asyncio.create_task(db.transaction(slow, on_commit=seen.append))
+        assert await asyncio.to_thread(inside.wait, 30)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        release.set()
+        # The writer thread runs calls in order: this one starts after `slow` committed.
+        count = await db.transaction(lambda conn: conn.execute("SELECT COUNT(*) FROM approvals").fetchone()[0])
+        assert count == 1 and seen == [7]
+    finally:
+        release.set()
         await db.close()
