@@ -108,7 +108,11 @@ class TaskOperations:
                     f"task {task_id} is {record.state.value}; only failed, dead or cancelled tasks can be re-run"
                 )
             self._book.adopt(record)
-            record.attempt_offset = record.attempts
+            # The series number (attempt offset) names the message id and what workers remember as
+            # cancelled, so it must differ from the last one even when no attempt ran in it (a task
+            # cancelled while queued): attempt numbers then skip the one that never ran.
+            record.attempt_offset = max(record.attempts, record.attempt_offset + 1)
+            record.attempts = record.attempt_offset
             record.fenced_through = record.attempts
             record.finished_at = record.next_attempt_at = record.result = None
             record.error_type = record.error_message = record.error_traceback = None
