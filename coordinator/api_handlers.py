@@ -168,6 +168,9 @@ class ApiHandlers:
     async def task_get(self, data: bytes) -> TaskView:
         """One task with its history."""
         request = _decode_request(data, TaskGetRequest)
+        # A submit answered `queued` may still wait a few ms for that to be written: write it
+        # first, so a read never shows the task going back to `pending`.
+        await self._pipeline.flush_queued()
         view = await self._store.get_task(request.task_id, history=request.history)
         if view is None:
             raise TaskNotFoundError(f"no task with id {request.task_id}; `claw task list` shows recent ones")
@@ -177,6 +180,7 @@ class ApiHandlers:
         """Newest tasks, filtered."""
         request = _decode_request(data, TaskListRequest)
         limit = max(1, min(request.limit, MAX_LIST_LIMIT))
+        await self._pipeline.flush_queued()
         tasks = await self._store.list_tasks(state=request.state, skill=request.skill, limit=limit)
         return TaskListReply(tasks=tasks)
 

@@ -91,6 +91,8 @@ class SubmitPipeline:
         self._publishing: set[str] = set()
         # Published batches whose `queued` is not written yet: (records, their acks, when acked).
         self._unconfirmed: list[Unconfirmed] = []
+        # `queued` moves already made in the task book whose commit failed: written with the next one.
+        self._unwritten = WriteBatch()
 
     def submit(self, records: list[TaskRecord]) -> asyncio.Future[list[SubmitResult]]:
         """Queue admitted records; the future resolves once they are persisted and published."""
@@ -118,7 +120,7 @@ class SubmitPipeline:
 
     async def flush_queued(self) -> None:
         """Write the `queued` of every published batch still waiting for a commit to ride along."""
-        if not self._unconfirmed:
+        if not self._unconfirmed and not self._unwritten:
             return
         async with self._book.lock:
             batch = WriteBatch()
@@ -201,7 +203,7 @@ class SubmitPipeline:
                 if record.state != TaskState.PENDING or id(record) not in written:
                     _end_span(record, record.state.value)  # held, denied, duplicate or refused: no publish
         withdrawn: list[int] = []
-        if batch or self._unconfirmed:
+        if batch or self._unconfirmed or self._unwritten:
             async with self._book.lock:
                 staged, withdrawn = self._stage_queued(batch)
                 try:
@@ -210,7 +212,8 @@ class SubmitPipeline:
                     log.error("submit.persist_failed", error=str(exc), tasks=len(batch.new_tasks))
                     for record in batch.new_tasks:
                         _end_span(record, "not persisted")
-                    self._unconfirmed[:0] = staged  # their `queued` is written with a later batch
+                    self._unconfirmed[:0] = staged  # cancelled ones are withdrawn by a later batch
+                    self._keep_unwritten(batch)  # and their `queued` is written with it
                     raise
                 for record in batch.new_tasks:
                     self._book.add(record)
@@ -254,10 +257,13 @@ class SubmitPipeline:
         results: list[SubmitResult] = []
         new: list[TaskRecord] = []
         seen: dict[str, tuple[str, TaskState]] = {}
+        seen_ids: set[str] = set()
         for record in records:
             key = record.idempotency_key
             if record.task_id in existing_ids:
                 results.append(SubmitResult(task_id=record.task_id, state=existing_ids[record.task_id], duplicate=True))
+            elif record.task_id in seen_ids:  # a client-chosen id twice in one request: one task
+                results.append(SubmitResult(task_id=record.task_id, state=TaskState.PENDING, duplicate=True))
             elif key and key in existing_keys:
                 task_id, state = existing_keys[key]
                 results.append(SubmitResult(task_id=task_id, state=state, duplicate=True))
@@ -267,6 +273,7 @@ class SubmitPipeline:
             else:
                 if key:
                     seen[key] = (record.task_id, record.state)
+                seen_ids.add(record.task_id)
                 results.append(SubmitResult(task_id=record.task_id, state=TaskState.PENDING))
                 new.append(record)
         return results, new
@@ -331,6 +338,10 @@ class SubmitPipeline:
         """
         staged, self._unconfirmed = self._unconfirmed, []
         withdrawn: list[int] = []
+        unwritten, self._unwritten = self._unwritten, WriteBatch()
+        for record in unwritten.changed_tasks.values():
+            batch.touch(record)
+        batch.events.extend(unwritten.events)
         for records, acks, sent_at in staged:
             for record in records:
                 ack = acks.get(record.task_id)
@@ -356,6 +367,18 @@ class SubmitPipeline:
             # The tasks are in the stream; the database still says pending, which after a
             # restart means "publish again" (deduplicated by message id) - never lost.
             log.error("submit.mark_queued_failed", error=str(exc))
+            self._keep_unwritten(batch)
+
+    def _keep_unwritten(self, batch: WriteBatch) -> None:
+        """Keep the `queued` part of a batch whose commit failed, for the next commit.
+
+        The task book already moved those tasks to `queued`; staging them again would only touch
+        them, so their rows and timeline events are carried over here instead of being lost.
+        """
+        for event in batch.events:
+            if event.kind == "queued":
+                self._unwritten.events.append(event)
+                self._unwritten.touch(batch.changed_tasks[event.task_id])
 
     async def _withdraw_all(self, stream_seqs: list[int]) -> None:
         for seq in stream_seqs:
