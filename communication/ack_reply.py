@@ -19,8 +19,9 @@ _V2_TOKENS = 12
 def num_delivered(msg: Msg) -> int:
     """How many times JetStream has delivered this message (1 on the first delivery)."""
     tokens = (msg.reply or "").split(".")
-    if len(tokens) == _V1_TOKENS and tokens[0] == "$JS":
-        return int(tokens[4])
-    if len(tokens) >= _V2_TOKENS and tokens[0] == "$JS":
-        return int(tokens[6])
+    if len(tokens) >= _V1_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
+        if len(tokens) == _V1_TOKENS:
+            return int(tokens[4])
+        if len(tokens) >= _V2_TOKENS:
+            return int(tokens[6])
     return msg.metadata.num_delivered  # anything else: nats-py decides (and raises if not JetStream)

@@ -73,6 +73,8 @@ class EventFolder:
             self._ignore(event, record, batch, stale)
             if isinstance(event, TaskStarted) and record.state == TaskState.CANCELLED:
                 batch.recancel.append(record)
+            if isinstance(event, TaskSucceeded | TaskFailed) and record.state == TaskState.CANCELLED:
+                self._ran_despite_cancel(record, event, batch)
             return
         match event:
             case TaskStarted():
@@ -297,6 +299,33 @@ class EventFolder:
                 attempt=event.attempt,
                 event_id=event.event_id,
                 node_id=event.node_id,
+            )
+        )
+
+    @staticmethod
+    def _ran_despite_cancel(record: TaskRecord, event: TaskSucceeded | TaskFailed, batch: WriteBatch) -> None:
+        """An attempt a worker had already started, and finished, before the cancel reached it.
+
+        The task stays cancelled (its outcome is ignored), but the attempt ran and its side effects
+        happened: it is recorded with how it ended, so `claw task show` does not claim it never ran.
+        """
+        if event.attempt < record.attempts:
+            return  # an older attempt, superseded before the cancel
+        if event.attempt > record.attempts:  # its `started` never reached us before the cancel
+            record.attempts = event.attempt
+            record.node_id = event.node_id
+            batch.touch(record)
+        failed = event if isinstance(event, TaskFailed) else None
+        batch.put_attempt(
+            AttemptRecord(
+                record.task_id,
+                event.attempt,
+                event.node_id,
+                AttemptState.SUCCEEDED if failed is None else AttemptState.FAILED,
+                started_at=event.started_at or None,
+                finished_at=event.at,
+                error_type=None if failed is None else failed.error_type,
+                error_message=None if failed is None else failed.message,
             )
         )
 

@@ -218,6 +218,9 @@ class TaskRunner:
                 span.set_attribute("claw.outcome", "interrupted")
                 await asyncio.shield(_settle(msg.nak()))
                 raise
+            except BaseException:
+                running.start.settle()  # no `started` for an attempt that has already crashed
+                raise
             if not running.start.settle():
                 outcome = msgspec.structs.replace(outcome, start_sent=False)
             if isinstance(outcome, TaskFailed):
