@@ -13,6 +13,7 @@ import pytest
 
 from common.config import ClawConfig
 from common.errors import (
+    ClawError,
     InvalidInputError,
     PayloadTooLargeError,
     QueueFullError,
@@ -351,6 +352,78 @@ async def test_a_resubmitted_request_with_client_chosen_ids_creates_nothing(conf
         assert [r.task_id for r in second] == [r.task_id for r in first]
         assert all(r.duplicate for r in second) and not any(r.duplicate for r in first)
         assert len(await client.list_tasks()) == 3
+
+
+async def test_a_task_cancelled_while_queued_runs_when_retried(config: ClawConfig) -> None:
+    switch = Switch()
+    one_slot = msgspec.structs.replace(config, worker=msgspec.structs.replace(config.worker, concurrency=1))
+    async with (
+        running_coordinator(config),
+        running_worker(one_slot, skills=switch.registry()),
+        connected_client(config) as client,
+    ):
+        await wait_nodes_online(client, 1)
+        blocker = await client.submit(spec("block"))
+        await eventually(lambda: len(switch.calls) == 1, what="blocker running")
+        waiting = await client.submit(spec("block"))
+        await client.cancel(waiting.task_id, reason="not now")  # the worker remembers the cancel
+        switch.release.set()
+        await client.wait([blocker.task_id], timeout_s=20)
+        # Within JetStream's duplicate window, and on a worker that saw the cancel: a new series.
+        await client.retry(waiting.task_id)
+        assert await client.wait([waiting.task_id], timeout_s=20) == {waiting.task_id: TaskState.SUCCEEDED}
+        task = await client.get_task(waiting.task_id)
+    assert len(switch.calls) == 2
+    assert [(a.attempt, a.state) for a in task.attempt_log] == [(2, AttemptState.SUCCEEDED)]
+    assert [e.kind for e in task.events if e.to_state][-4:] == ["retry", "queued", "started", "succeeded"]
+
+
+async def test_a_read_right_after_a_submit_shows_what_the_submit_answered(
+    config: ClawConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coordinator.submission
+
+    monkeypatch.setattr(coordinator.submission, "QUEUED_COMMIT_WAIT_S", 2.0)  # `queued` not written yet
+    async with running_coordinator(config), connected_client(config) as client:
+        submitted = await client.submit(spec("echo", {"n": 1}))
+        shown = await client.get_task(submitted.task_id)
+        listed = await client.list_tasks()
+    assert submitted.state == shown.state == TaskState.QUEUED
+    assert [(t.task_id, t.state) for t in listed] == [(submitted.task_id, TaskState.QUEUED)]
+
+
+async def test_a_client_chosen_id_twice_in_one_request_makes_one_task(config: ClawConfig) -> None:
+    async with running_coordinator(config), running_worker(config), connected_client(config) as client:
+        await wait_nodes_online(client, 1)
+        same = "01M7XM00000000000000000077"
+        results = await client.submit_many([spec("echo", {"n": 1}, task_id=same), spec("echo", {"n": 2}, task_id=same)])
+        assert [(r.task_id, r.duplicate) for r in results] == [(same, False), (same, True)]
+        assert await client.wait([same], timeout_s=20) == {same: TaskState.SUCCEEDED}
+        assert len(await client.list_tasks()) == 1
+
+
+async def test_a_failed_commit_keeps_the_queued_step_of_the_task_before_it(
+    config: ClawConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    import coordinator.submission
+
+    # Hold `queued` back until the next submit, so it rides with the commit that is made to fail.
+    monkeypatch.setattr(coordinator.submission, "QUEUED_COMMIT_WAIT_S", 2.0)
+    async with running_coordinator(config), connected_client(config) as client:
+        with sqlite3.connect(config.coordinator.db_path) as db:  # a real failure, from SQLite itself
+            db.execute(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON tasks WHEN NEW.input LIKE '%poison%' "
+                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+            )
+        first = await client.submit(spec("echo", {"n": 1}))
+        with pytest.raises(ClawError, match="injected failure"):
+            await client.submit(spec("echo", {"poison": True}))
+        await client.submit(spec("echo", {"n": 3}))
+        task = await client.get_task(first.task_id)
+    assert task.state == TaskState.QUEUED
+    assert [e.kind for e in task.events if e.to_state] == ["submitted", "queued"]
 
 
 async def test_a_large_result_travels_through_the_artifact_store(config: ClawConfig) -> None:

@@ -22,3 +22,9 @@ def test_a_message_that_is_not_a_jetstream_delivery_is_refused_as_nats_py_refuse
     msg = Msg(_client=None, subject="x", reply="_INBOX.abc")  # type: ignore[arg-type]
     with pytest.raises((NotJSMessageError, ValueError, IndexError)):
         num_delivered(msg)
+
+
+def test_a_reply_that_only_looks_like_an_ack_subject_is_left_to_nats_py() -> None:
+    msg = Msg(_client=None, subject="x", reply="$JS.API.CLAW_TASKS.c.3.1042.998.1732147200000000000.17")  # type: ignore[arg-type]
+    with pytest.raises((NotJSMessageError, ValueError, IndexError)):
+        num_delivered(msg)

@@ -271,3 +271,28 @@ async def test_an_outcome_that_overtakes_queued_keeps_the_times_in_order(h: Harn
     assert [(e.kind, e.at) for e in view.events if e.to_state] == [
         ("queued", 2.0), ("started (implied)", 2.0), ("succeeded", 3.0),
     ]  # fmt: skip
+
+
+async def _cancel(h: Harness, task_id: str) -> None:
+    record = h.book.get(task_id)
+    assert record is not None
+    batch = WriteBatch()
+    batch.events.append(h.book.move(record, TaskState.CANCELLED, at=2.5, kind="cancelled"))
+    batch.touch(record)
+    await h.store.write_batch(batch)
+
+
+@pytest.mark.parametrize("started_first", [False, True])
+async def test_an_attempt_that_finished_before_the_cancel_reached_it_is_recorded(
+    h: Harness, started_first: bool
+) -> None:
+    task_id = await h.add_queued_task()
+    if started_first:
+        await h.fold(started(task_id))
+    await _cancel(h, task_id)  # the worker's short attempt had already begun (`started` deferred)
+    await h.fold(succeeded(task_id))
+    view = await h.view(task_id)
+    assert (view.state, view.attempts, view.node_id) == (TaskState.CANCELLED, 1, "n1")
+    assert [(a.attempt, a.state, a.finished_at) for a in view.attempt_log] == [(1, AttemptState.SUCCEEDED, 3.0)]
+    assert "succeeded (ignored)" in [e.kind for e in view.events]
+    assert view.result is None or bytes(view.result) in (b"", b"null")  # the outcome itself stays ignored
