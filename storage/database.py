@@ -28,6 +28,9 @@ log = get_logger("storage.database")
 Statement = tuple[str, Sequence[Sequence[Any]]]
 T = TypeVar("T")
 
+# A write-ahead log this big has not restarted for a long time: someone holds an old snapshot open.
+WAL_WARN_BYTES = 256 * 1024 * 1024
+
 
 class _WriterThread:
     """One thread that owns the write connection; every call runs there, in submission order."""
@@ -78,6 +81,7 @@ class Database:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._wal_warned_bytes = 0
 
     @classmethod
     async def open(
@@ -179,9 +183,21 @@ class Database:
         try:
             async with self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)"):
                 pass
-            await self._writer.call(_passive_checkpoint)
+            wal_bytes = await self._writer.call(_passive_checkpoint)
         except sqlite3.Error as exc:
             log.warning("storage.checkpoint_failed", error=str(exc))
+            return
+        if wal_bytes < WAL_WARN_BYTES:
+            self._wal_warned_bytes = 0
+        elif wal_bytes >= 2 * self._wal_warned_bytes:  # once, then at every doubling
+            self._wal_warned_bytes = wal_bytes
+            log.warning(
+                "storage.wal_not_restarting",
+                wal_mb=round(wal_bytes / 2**20),
+                db=str(self.path),
+                hint="a reader keeps an old snapshot open (an sqlite3 shell or a backup tool in a transaction?);"
+                " the log restarts once it ends",
+            )
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of a read query."""
@@ -225,8 +241,11 @@ def _pragmas(synchronous: str) -> list[str]:
     ]
 
 
-def _passive_checkpoint(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+def _passive_checkpoint(conn: sqlite3.Connection) -> int:
+    """Checkpoint what no reader needs; returns the size of the log still in use, in bytes."""
+    _busy, log_frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
+    return max(int(log_frames), 0) * page_size
 
 
 def _apply_pragmas(conn: sqlite3.Connection, synchronous: str) -> None:

@@ -109,3 +109,35 @@ async def test_on_commit_runs_after_the_commit_even_when_the_caller_was_cancelle
     finally:
         release.set()
         await db.close()
+
+
+async def test_a_log_held_open_by_an_old_reader_is_reported_once_per_doubling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from structlog.testing import capture_logs
+
+    import storage.database
+
+    monkeypatch.setattr(storage.database, "WAL_WARN_BYTES", 1_000_000)
+    db = await Database.open(tmp_path / "claw.db", own_checkpoints=True)
+    insert = "INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)"
+    shell = sqlite3.connect(tmp_path / "claw.db", isolation_level=None)  # someone's sqlite3 shell
+    try:
+        shell.execute("BEGIN")
+        shell.execute("SELECT COUNT(*) FROM approvals").fetchone()  # holds its snapshot from here on
+        with capture_logs() as logs:
+            for round_ in range(6):  # ~0.6 MB a round: the log passes 1, 2 (and not 4) MB
+                await db.write([(insert, [(f"t{round_}-{i}", "a", "x", "y" * 2000, 1.0) for i in range(300)])])
+                await db.checkpoint()
+        warned = [e for e in logs if e["event"] == "storage.wal_not_restarting"]
+        assert len(warned) == 2 and warned[0]["wal_mb"] >= 1 and "reader" in warned[0]["hint"]
+        shell.execute("COMMIT")  # the reader lets go: the log restarts and the warning is re-armed
+        await db.write([(insert, [("after", "a", "x", None, 2.0)])])
+        await db.checkpoint()
+        await db.write([(insert, [("after-2", "a", "x", None, 3.0)])])
+        with capture_logs() as logs:
+            await db.checkpoint()
+        assert not [e for e in logs if e["event"] == "storage.wal_not_restarting"]
+    finally:
+        shell.close()
+        await db.close()
