@@ -194,6 +194,28 @@ class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     skill_risks: dict[str, str] = {}
 
 
+class DeliveryClaim(msgspec.Struct, frozen=True, array_like=True):
+    """One delivery a worker has started: the task, the attempt, and the message's reply subject."""
+
+    task_id: str
+    attempt: int
+    ack_subject: str
+
+
+class DeliveryClaims(msgspec.Struct, frozen=True, kw_only=True):
+    """The deliveries a worker started since its last such message, on `<prefix>.nodes.claims.<node_id>`.
+
+    A short attempt sends no `started` event (it would carry the ack subject), so without these a
+    worker killed in an attempt's first moments would leave the coordinator nothing to NAK: the task
+    would wait out the whole ack wait. Core NATS, one message per event-loop turn of the worker; the
+    coordinator keeps them raw for a few seconds and decodes them only to reclaim a dead node.
+    """
+
+    v: int = SCHEMA_VERSION
+    node_id: str
+    claims: list[DeliveryClaim]
+
+
 class TaskUpdate(msgspec.Struct, frozen=True, kw_only=True):
     """A committed state change, broadcast by the coordinator on `<prefix>.updates.<task_id>`.
 

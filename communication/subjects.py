@@ -145,6 +145,15 @@ class Subjects:
         """Every node's heartbeats."""
         return f"{self.prefix}.nodes.heartbeat.*"
 
+    def claims(self, node_id: str) -> str:
+        """The deliveries a node has started (`DeliveryClaims`), for reclaim should it die."""
+        return f"{self.prefix}.nodes.claims.{node_id}"
+
+    @property
+    def claims_all(self) -> str:
+        """Every node's delivery claims."""
+        return f"{self.prefix}.nodes.claims.*"
+
     def api(self, verb: str) -> str:
         """The request subject of one API verb."""
         return f"{self.prefix}.api.{verb}"

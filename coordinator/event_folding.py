@@ -176,6 +176,32 @@ class EventFolder:
         batch.touch(record)
         log.warning("task.attempt_lost", task_id=record.task_id, attempt=lost, node_id=record.node_id, reason=reason)
 
+    def lose_unreported_attempt(
+        self, record: TaskRecord, attempt: int, node_id: str, batch: WriteBatch, *, at: float, reason: str
+    ) -> None:
+        """A queued task's attempt that its node claimed but never reported: record it `lost`, fence it.
+
+        The task stays `queued`: its message goes back to the queue, and the next attempt starts it.
+        """
+        message = f"attempt {attempt} on {node_id} started moments before it stopped reporting; {reason}"
+        batch.put_attempt(
+            AttemptRecord(
+                record.task_id, attempt, node_id, AttemptState.LOST, finished_at=at,
+                error_type="AttemptLost", error_message=message,
+            )
+        )  # fmt: skip
+        record.attempts = attempt
+        record.node_id = node_id
+        record.fenced_through = max(record.fenced_through, attempt)
+        batch.events.append(
+            EventRecord(
+                task_id=record.task_id, kind="lost", at=at, attempt=attempt, node_id=node_id,
+                data=event_data(reason=reason),
+            )
+        )  # fmt: skip
+        batch.touch(record)
+        log.warning("task.attempt_lost", task_id=record.task_id, attempt=attempt, node_id=node_id, reason=reason)
+
     def _succeed(self, record: TaskRecord, event: TaskSucceeded, batch: WriteBatch) -> None:
         self._ensure_running(record, event, batch, event.started_at)
         if event.result_ref is not None:

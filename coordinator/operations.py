@@ -24,6 +24,7 @@ from common.models import CancelNotice, TaskUpdate
 from common.states import TERMINAL_STATES, TaskState
 from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
+from coordinator.delivery_claims import ClaimBook
 from coordinator.event_folding import EventFolder, event_data
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
@@ -48,7 +49,9 @@ class TaskOperations:
         folder: EventFolder,
         clock: Clock,
         config: ClawConfig,
+        claims: ClaimBook | None = None,
     ) -> None:
+        self._claims = claims
         self._conn = conn
         self._book = book
         self._store = store
@@ -129,26 +132,41 @@ class TaskOperations:
         return record.state, True
 
     async def reclaim_node(self, node_id: str) -> int:
-        """NAK the in-flight tasks of a node that went offline; returns how many."""
+        """NAK the in-flight tasks of a node that went offline; returns how many.
+
+        Those it reported `started` carry their ack subject; those it started moments before it died
+        (a `started` is deferred) are known from its delivery claims.
+        """
+        claims = {(c.task_id, c.attempt): c for c in self._claims.take(node_id)} if self._claims else {}
+        reason = f"node {node_id} went offline"
         async with self._book.lock:
-            records = self._book.running_on(node_id)
-            if not records:
-                return 0
             now = self._clock.now()
-            subjects = [(r, r.ack_subject) for r in records]
             batch = WriteBatch()
-            for record in records:
-                self._folder.lose_attempt(record, batch, at=now, reason=f"node {node_id} went offline")
+            naks: list[tuple[TaskRecord, str | None]] = []
+            for record in self._book.running_on(node_id):
+                claim = claims.pop((record.task_id, record.attempts), None)
+                naks.append((record, record.ack_subject or (claim.ack_subject if claim else None)))
+                self._folder.lose_attempt(record, batch, at=now, reason=reason)
+            for claim in claims.values():
+                queued = self._book.get(claim.task_id)
+                # Still `queued` here, with an older attempt count: its `started` never came. Anything
+                # else (finished, retrying, running elsewhere) must not be NAKed: acks match by sequence.
+                if queued is None or queued.state != TaskState.QUEUED or queued.attempts >= claim.attempt:
+                    continue
+                self._folder.lose_unreported_attempt(queued, claim.attempt, node_id, batch, at=now, reason=reason)
+                naks.append((queued, claim.ack_subject))
+            if not naks:
+                return 0
             await self._store.write_batch(batch)
-        for record, ack_subject in subjects:
+        for record, ack_subject in naks:
             if ack_subject:
                 await self._conn.nc.publish(ack_subject, b"-NAK")
             else:
                 log.warning("reclaim.no_ack_subject", task_id=record.task_id, note="redelivered after the ack wait")
-        for skill, priority in {(r.skill, r.priority.value) for r in records}:
+        for skill, priority in {(r.skill, r.priority.value) for r, _ in naks}:
             await self._conn.nc.publish(self._conn.subjects.wake(skill), priority.encode())
-        log.warning("node.reclaimed", node_id=node_id, tasks=len(records))
-        return len(records)
+        log.warning("node.reclaimed", node_id=node_id, tasks=len(naks))
+        return len(naks)
 
     async def recover_lost_messages(self) -> int:
         """Publish again the waiting tasks whose message is missing from the queue; returns how many."""

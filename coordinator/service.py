@@ -37,6 +37,7 @@ from coordinator.approvals import ApprovalDesk
 from coordinator.artifact_cleanup import ArtifactJanitor
 from coordinator.audit import Auditor
 from coordinator.dead_letters import DeadLetterOffice
+from coordinator.delivery_claims import ClaimBook
 from coordinator.event_folding import EventFolder
 from coordinator.event_intake import EventIntake
 from coordinator.guard import Guard, load_policy
@@ -102,7 +103,12 @@ class Coordinator:
         self._intake = EventIntake(
             conn, topology, self.store, self.book, folder, self.dead_letters, batch_max=settings.event_batch_max
         )
-        self.operations = TaskOperations(conn, self.book, self.store, self.pipeline, folder, clock, config)
+        # Claims matter until a dead node is declared offline; past the ack wait JetStream redelivers anyway.
+        detect_s = (config.coordinator.offline_after_missed_beats + 2) * config.worker.heartbeat_interval_s + 5.0
+        self.claims = ClaimBook(clock, keep_s=min(config.jetstream.ack_wait_s, detect_s))
+        self.operations = TaskOperations(
+            conn, self.book, self.store, self.pipeline, folder, clock, config, claims=self.claims
+        )
         self.catalog = SkillCatalog(SkillStore(db), self.store, skills_kv, clock)
         self.guard = Guard(load_policy(settings.guard_policy))
         self.approvals = ApprovalDesk(self.book, self.store, self.pipeline, clock)
@@ -137,6 +143,7 @@ class Coordinator:
         )
         self._api = ApiServer(conn, handlers.table())
         self._heartbeat_sub: Subscription | None = None
+        self._claims_sub: Subscription | None = None
         self._next_alerts_at = self._next_gauges_at = 0.0
         # Set once the API answers: for whoever starts a coordinator in-process and must not race it.
         self.ready = asyncio.Event()
@@ -196,6 +203,9 @@ class Coordinator:
                 self._heartbeat_sub = await self._conn.nc.subscribe(
                     self._conn.subjects.heartbeat_all, cb=self._on_heartbeat
                 )
+                self._claims_sub = await self._conn.nc.subscribe(
+                    self._conn.subjects.claims_all, cb=self.claims.on_message
+                )
                 await self._api.start()
                 self.ready.set()
                 log.info("coordinator.ready", node_id=self.node_id, prefix=self._conn.subjects.prefix)
@@ -219,9 +229,10 @@ class Coordinator:
     async def _close(self) -> None:
         if self._metrics_server is not None:
             await self._metrics_server.stop()
-        if self._heartbeat_sub is not None:
-            await self._heartbeat_sub.unsubscribe()
-            self._heartbeat_sub = None
+        for sub in (self._heartbeat_sub, self._claims_sub):
+            if sub is not None:
+                await sub.unsubscribe()
+        self._heartbeat_sub = self._claims_sub = None
         await self.registry.persist()
         await self.artifact_store.close()
         await self._db.close()

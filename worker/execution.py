@@ -61,6 +61,7 @@ from communication.trace_context import context_from
 from storage.artifacts import ArtifactStore
 from worker.cancellation import CancelledTasks
 from worker.context import TaskContext
+from worker.delivery_claims import ClaimReporter
 from worker.reporter import EventReporter
 from worker.skills import Skill, SkillRegistry
 from worker.started_event import DeferredStart
@@ -113,8 +114,11 @@ class TaskRunner:
         inline_max_bytes: int = 256 * 1024,
         artifact_ttl_s: float = 0.0,
         started_event_delay_s: float = 0.0,
+        claims: ClaimReporter | None = None,
     ) -> None:
         self._started_event_delay_s = started_event_delay_s
+        # With `started` deferred, the coordinator learns a young attempt's ack subject from a claim.
+        self._claims = claims if started_event_delay_s > 0 else None
         self._artifacts = artifacts
         self._inline_max_bytes = inline_max_bytes
         self._artifact_ttl_s = artifact_ttl_s
@@ -165,6 +169,8 @@ class TaskRunner:
         if delivered > task.max_attempts:
             await self._give_up_exhausted(msg, task, attempt, delivered)
             return
+        if self._claims is not None:
+            self._claims.claim(task.task_id, attempt, msg.reply)
         running = RunningAttempt(task.task_id, attempt)
         self.running[task.task_id] = running
         try:

@@ -30,6 +30,7 @@ from communication.subjects import skill_from_token
 from communication.topology import Topology
 from storage.artifacts import ArtifactStore, open_artifact_store
 from worker.cancellation import CancelledTasks
+from worker.delivery_claims import ClaimReporter
 from worker.execution import TaskRunner
 from worker.heartbeat import Heartbeat
 from worker.puller import Slots, TaskPuller
@@ -77,6 +78,7 @@ class Worker:
         self._threads = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="skill")
         self._reporter = EventReporter(conn)
         self._cancelled = CancelledTasks(self._stop_running)
+        self._claims = ClaimReporter(conn, node_id)
         self._runner = TaskRunner(
             conn=conn,
             node_id=node_id,
@@ -90,6 +92,7 @@ class Worker:
             inline_max_bytes=config.artifacts.inline_max_bytes,
             artifact_ttl_s=config.artifacts.default_ttl_s,
             started_event_delay_s=settings.started_event_delay_s,
+            claims=self._claims,
         )
         self._artifacts = artifacts
         self._cancel_sub: Subscription | None = None
@@ -147,6 +150,7 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._reporter.run(background), name="event-reporter")
+                tg.create_task(self._claims.run(), name="delivery-claims")
                 tg.create_task(self.heartbeat.run(background), name="heartbeat")
                 tg.create_task(self._keep_alive(background), name="progress-acks")
                 tg.create_task(self.puller.run(pulling), name="puller")
@@ -165,6 +169,7 @@ class Worker:
                 pulling.set()
                 await self._drain_running(self.config.worker.shutdown_grace_s)
                 await self.heartbeat.deregister()
+                self._claims.close()
                 background.set()
         finally:
             if self._cancel_sub is not None:

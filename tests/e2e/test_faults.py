@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from common.config import NatsSettings
-from common.models import TaskView
+from common.models import DeliveryClaims, TaskView
 from common.states import AttemptState, TaskState
 from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
@@ -76,6 +78,48 @@ async def test_killed_workers_task_runs_again_elsewhere_within_5_s(processes: Pr
     assert [(a.attempt, a.node_id, a.state) for a in task.attempt_log] == [
         (1, first.node_id, AttemptState.LOST),
         (2, second.node_id, AttemptState.SUCCEEDED),
+    ]
+
+
+async def test_a_worker_killed_before_it_reported_started_loses_its_task_within_5_s(
+    processes: ProcessPool, prefix: str
+) -> None:
+    # w1 never reports `started` (as every worker does for an attempt's first 50 ms): the coordinator
+    # knows its delivery only from w1's claims. A task of under 2 s sends no progress either.
+    silent = DEFAULTS | {"CLAW_WORKER_STARTED_EVENT_DELAY_S": "600"}
+    processes.spawn("coordinator", "coordinator", "start")
+    processes.spawn("worker", "worker", "start", "--node-id", "w2", "--concurrency", "1", env=DEFAULTS)
+    wait_online(processes, 1)
+    client = await client_for(processes.env["CLAW_NATS_URL"], prefix)
+    try:
+        blocker = await client.submit(spec("sleep", {"seconds": 60}))  # keeps w2's only slot busy
+        await running_on(client, blocker.task_id)
+        processes.spawn("worker", "worker", "start", "--node-id", "w1", env=silent)
+        wait_online(processes, 2)
+        claimed: list[str] = []
+
+        async def on_claims(msg: Msg) -> None:
+            claimed.extend(c.task_id for c in msgspec.json.decode(msg.data, type=DeliveryClaims).claims)
+
+        sub = await client.conn.nc.subscribe(client.conn.subjects.claims("w1"), cb=on_claims)
+        submitted = await client.submit(spec("sleep", {"seconds": 1.9}))
+        await eventually(lambda: submitted.task_id in claimed, timeout_s=30, interval_s=0.01, what="w1's claim")
+        await sub.unsubscribe()
+        worker_named(processes, "w1").signal(signal.SIGKILL)
+        killed_at = time.time()
+        assert (await client.get_task(submitted.task_id)).state == TaskState.QUEUED  # w1 never said `started`
+        await client.cancel(blocker.task_id, reason="make room on w2")
+        second = await running_on(client, submitted.task_id, attempt=2)
+        delay = (second.attempt_log[-1].started_at or 0) - killed_at
+        print(f"\ntask whose worker never reported started: running again on {second.node_id} after {delay:.2f} s")
+        assert delay < 5.0
+        assert await client.wait([submitted.task_id], timeout_s=30) == {submitted.task_id: TaskState.SUCCEEDED}
+        task = await client.get_task(submitted.task_id)
+    finally:
+        await client.close()
+    assert [(a.attempt, a.node_id, a.state) for a in task.attempt_log] == [
+        (1, "w1", AttemptState.LOST),
+        (2, "w2", AttemptState.SUCCEEDED),
     ]
 
 

@@ -392,6 +392,33 @@ async def test_a_read_right_after_a_submit_shows_what_the_submit_answered(
     assert [(t.task_id, t.state) for t in listed] == [(submitted.task_id, TaskState.QUEUED)]
 
 
+async def test_reclaiming_a_node_leaves_its_finished_and_retrying_tasks_alone(config: ClawConfig) -> None:
+    switch = Switch()
+    w1 = msgspec.structs.replace(config, worker=msgspec.structs.replace(config.worker, node_id="w1"))
+    async with (
+        running_coordinator(config) as coordinator,
+        running_worker(w1, skills=switch.registry()),
+        connected_client(config) as client,
+    ):
+        await wait_nodes_online(client, 1)
+        done = await client.submit(spec("echo", {"n": 1}))
+        retrying = await client.submit(
+            spec("flaky", max_attempts=3, backoff=Backoff(base_s=60, factor=1, max_s=60, jitter=0))
+        )
+        assert await client.wait([done.task_id], timeout_s=20) == {done.task_id: TaskState.SUCCEEDED}
+        await eventually(
+            lambda: coordinator.book.get(retrying.task_id).state == TaskState.RETRYING,  # type: ignore[union-attr]
+            what="flaky waiting to retry",
+        )
+        # w1 claimed both deliveries; neither may be NAKed (acks match by sequence: a NAK would
+        # hurry the retry past its backoff).
+        assert await coordinator.operations.reclaim_node("w1") == 0
+        finished = await client.get_task(done.task_id)
+        waiting = await client.get_task(retrying.task_id)
+    assert [(a.attempt, a.state) for a in finished.attempt_log] == [(1, AttemptState.SUCCEEDED)]
+    assert waiting.state == TaskState.RETRYING and len(switch.calls) == 1
+
+
 async def test_a_client_chosen_id_twice_in_one_request_makes_one_task(config: ClawConfig) -> None:
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:
         await wait_nodes_online(client, 1)
