@@ -82,6 +82,11 @@ def task_context(
     )
 
 
+def worker_config(config: ClawConfig, **worker: Any) -> ClawConfig:
+    """`config` with some worker settings changed."""
+    return msgspec.structs.replace(config, worker=msgspec.structs.replace(config.worker, **worker))
+
+
 def spec(skill: str, input: dict[str, Any] | None = None, **options: Any) -> TaskSpec:
     """A TaskSpec from a plain dict input."""
     return TaskSpec(skill=skill, input=msgspec.Raw(msgspec.json.encode(input or {})), **options)

@@ -21,15 +21,10 @@ from tests.helpers import (
     running_worker,
     spec,
     wait_nodes_online,
+    worker_config,
 )
 from worker.context import TaskContext
 from worker.skills import Skill, SkillRegistry, builtin_registry
-
-
-def worker_config(config: ClawConfig, **worker: Any) -> ClawConfig:
-    import msgspec
-
-    return msgspec.structs.replace(config, worker=msgspec.structs.replace(config.worker, **worker))
 
 
 async def test_submitted_task_runs_and_its_result_and_timeline_are_stored(config: ClawConfig) -> None:

@@ -22,6 +22,7 @@ from common.errors import (
 )
 from common.models import Backoff, TaskSpec
 from common.states import AttemptState, Priority, TaskState
+from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from tests.conftest import make_config
 from tests.helpers import (
@@ -31,6 +32,7 @@ from tests.helpers import (
     running_worker,
     spec,
     wait_nodes_online,
+    worker_config,
 )
 from worker.context import TaskContext
 from worker.skills import Skill, SkillRegistry, builtin_registry
@@ -145,28 +147,33 @@ async def test_poison_message_is_dead_lettered_and_the_worker_keeps_serving(conf
             await client.dlq_replay("01NOSUCHTASK00000000000000")
 
 
+async def cancel_one_queued_behind_a_blocker(client: ClawClient, switch: Switch, reason: str) -> str:
+    """On a one-slot worker: run a blocker, cancel the task queued behind it, let the blocker end."""
+    await wait_nodes_online(client, 1)
+    blocker = await client.submit(spec("block"))
+    await eventually(lambda: len(switch.calls) == 1, what="blocker running")
+    waiting = await client.submit(spec("block"))
+    reply = await client.cancel(waiting.task_id, reason=reason)
+    assert reply.state == TaskState.CANCELLED
+    switch.release.set()
+    await client.wait([blocker.task_id], timeout_s=20)
+    return waiting.task_id
+
+
 async def test_cancelled_queued_task_never_runs(config: ClawConfig) -> None:
     switch = Switch()
-    one_slot = msgspec.structs.replace(config, worker=msgspec.structs.replace(config.worker, concurrency=1))
     async with (
         running_coordinator(config),
-        running_worker(one_slot, skills=switch.registry()),
+        running_worker(worker_config(config, concurrency=1), skills=switch.registry()),
         connected_client(config) as client,
     ):
-        await wait_nodes_online(client, 1)
-        blocker = await client.submit(spec("block"))
-        await eventually(lambda: len(switch.calls) == 1, what="blocker running")
-        waiting = await client.submit(spec("block"))
-        reply = await client.cancel(waiting.task_id, reason="changed my mind")
-        assert reply.state == TaskState.CANCELLED
-        switch.release.set()
-        await client.wait([blocker.task_id], timeout_s=20)
+        waiting_id = await cancel_one_queued_behind_a_blocker(client, switch, "changed my mind")
         # The worker is free again and polls its queue: the cancelled task is gone from it.
         info = await client.conn.js.consumer_info(
             client.conn.subjects.tasks_stream, client.conn.subjects.task_consumer("block", Priority.NORMAL)
         )
         assert info.num_pending == 0
-        task = await client.get_task(waiting.task_id)
+        task = await client.get_task(waiting_id)
     assert len(switch.calls) == 1
     assert task.state == TaskState.CANCELLED and task.attempts == 0
     assert [e.kind for e in task.events if e.to_state] == ["submitted", "queued", "cancelled"]
@@ -303,7 +310,7 @@ async def test_progress_acks_keep_a_long_task_from_being_redelivered(
     config = make_config(nats_server, prefix, tmp_path, jetstream={"ack_wait_s": 1.5})
 
     def node(name: str) -> ClawConfig:
-        return msgspec.structs.replace(config, worker=msgspec.structs.replace(config.worker, node_id=name))
+        return worker_config(config, node_id=name)
 
     async with (
         running_coordinator(config),
@@ -356,23 +363,16 @@ async def test_a_resubmitted_request_with_client_chosen_ids_creates_nothing(conf
 
 async def test_a_task_cancelled_while_queued_runs_when_retried(config: ClawConfig) -> None:
     switch = Switch()
-    one_slot = msgspec.structs.replace(config, worker=msgspec.structs.replace(config.worker, concurrency=1))
     async with (
         running_coordinator(config),
-        running_worker(one_slot, skills=switch.registry()),
+        running_worker(worker_config(config, concurrency=1), skills=switch.registry()),
         connected_client(config) as client,
     ):
-        await wait_nodes_online(client, 1)
-        blocker = await client.submit(spec("block"))
-        await eventually(lambda: len(switch.calls) == 1, what="blocker running")
-        waiting = await client.submit(spec("block"))
-        await client.cancel(waiting.task_id, reason="not now")  # the worker remembers the cancel
-        switch.release.set()
-        await client.wait([blocker.task_id], timeout_s=20)
+        waiting_id = await cancel_one_queued_behind_a_blocker(client, switch, "not now")  # the worker remembers it
         # Within JetStream's duplicate window, and on a worker that saw the cancel: a new series.
-        await client.retry(waiting.task_id)
-        assert await client.wait([waiting.task_id], timeout_s=20) == {waiting.task_id: TaskState.SUCCEEDED}
-        task = await client.get_task(waiting.task_id)
+        await client.retry(waiting_id)
+        assert await client.wait([waiting_id], timeout_s=20) == {waiting_id: TaskState.SUCCEEDED}
+        task = await client.get_task(waiting_id)
     assert len(switch.calls) == 2
     assert [(a.attempt, a.state) for a in task.attempt_log] == [(2, AttemptState.SUCCEEDED)]
     assert [e.kind for e in task.events if e.to_state][-4:] == ["retry", "queued", "started", "succeeded"]
@@ -394,7 +394,7 @@ async def test_a_read_right_after_a_submit_shows_what_the_submit_answered(
 
 async def test_reclaiming_a_node_leaves_its_finished_and_retrying_tasks_alone(config: ClawConfig) -> None:
     switch = Switch()
-    w1 = msgspec.structs.replace(config, worker=msgspec.structs.replace(config.worker, node_id="w1"))
+    w1 = worker_config(config, node_id="w1")
     async with (
         running_coordinator(config) as coordinator,
         running_worker(w1, skills=switch.registry()),

@@ -20,7 +20,15 @@ from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer
 from tests.conftest import make_config
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, spec, wait_nodes_online
+from tests.helpers import (
+    connected_client,
+    eventually,
+    running_coordinator,
+    running_worker,
+    spec,
+    wait_nodes_online,
+    worker_config,
+)
 from worker.context import TaskContext
 from worker.skills import Skill, builtin_registry
 
@@ -28,8 +36,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "skills"
 
 
 def with_worker(config: ClawConfig, tmp_path: Path, **worker: Any) -> ClawConfig:
-    settings = {"skill_cache_dir": str(tmp_path / "skill-cache"), **worker}
-    return msgspec.structs.replace(config, worker=msgspec.structs.replace(config.worker, **settings))
+    return worker_config(config, **{"skill_cache_dir": str(tmp_path / "skill-cache"), **worker})
 
 
 async def node_skills(client: ClawClient) -> set[str]:
