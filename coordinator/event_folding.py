@@ -148,19 +148,8 @@ class EventFolder:
 
     def lose_attempt(self, record: TaskRecord, batch: WriteBatch, *, at: float, reason: str) -> None:
         """The running attempt stopped reporting: record it `lost`, fence it, queue the task again."""
-        lost = record.attempts
-        batch.put_attempt(
-            AttemptRecord(
-                record.task_id,
-                lost,
-                record.node_id,
-                AttemptState.LOST,
-                finished_at=at,
-                error_type="AttemptLost",
-                error_message=f"attempt {lost} on {record.node_id} stopped reporting; {reason}",
-            )
-        )
-        record.fenced_through = max(record.fenced_through, lost)
+        lost, node_id = record.attempts, record.node_id
+        self._record_lost(record, lost, node_id, batch, at=at, message=f"stopped reporting; {reason}", reason=reason)
         record.ack_subject = None
         batch.events.append(
             self._book.move(
@@ -169,12 +158,10 @@ class EventFolder:
                 at=at,
                 kind="lost",
                 attempt=lost,
-                node_id=record.node_id,
+                node_id=node_id,
                 data=event_data(reason=reason),
             )
         )
-        batch.touch(record)
-        log.warning("task.attempt_lost", task_id=record.task_id, attempt=lost, node_id=record.node_id, reason=reason)
 
     def lose_unreported_attempt(
         self, record: TaskRecord, attempt: int, node_id: str, batch: WriteBatch, *, at: float, reason: str
@@ -183,22 +170,36 @@ class EventFolder:
 
         The task stays `queued`: its message goes back to the queue, and the next attempt starts it.
         """
-        message = f"attempt {attempt} on {node_id} started moments before it stopped reporting; {reason}"
-        batch.put_attempt(
-            AttemptRecord(
-                record.task_id, attempt, node_id, AttemptState.LOST, finished_at=at,
-                error_type="AttemptLost", error_message=message,
-            )
-        )  # fmt: skip
         record.attempts = attempt
         record.node_id = node_id
-        record.fenced_through = max(record.fenced_through, attempt)
+        message = f"started moments before it stopped reporting; {reason}"
+        self._record_lost(record, attempt, node_id, batch, at=at, message=message, reason=reason)
         batch.events.append(
             EventRecord(
                 task_id=record.task_id, kind="lost", at=at, attempt=attempt, node_id=node_id,
                 data=event_data(reason=reason),
             )
         )  # fmt: skip
+
+    @staticmethod
+    def _record_lost(
+        record: TaskRecord,
+        attempt: int,
+        node_id: str | None,
+        batch: WriteBatch,
+        *,
+        at: float,
+        message: str,
+        reason: str,
+    ) -> None:
+        """The attempt row of a lost attempt, and the fence that keeps its late reports out."""
+        batch.put_attempt(
+            AttemptRecord(
+                record.task_id, attempt, node_id, AttemptState.LOST, finished_at=at,
+                error_type="AttemptLost", error_message=f"attempt {attempt} on {node_id} {message}",
+            )
+        )  # fmt: skip
+        record.fenced_through = max(record.fenced_through, attempt)
         batch.touch(record)
         log.warning("task.attempt_lost", task_id=record.task_id, attempt=attempt, node_id=node_id, reason=reason)
 
@@ -302,21 +303,7 @@ class EventFolder:
                 self._book.move(record, TaskState.CANCELLED, at=event.at, kind="cancelled", node_id=event.node_id)
             )
             record.finished_at = event.at
-        if event.attempt > record.attempts:
-            # The cancel overtook this attempt's `started` (ignored then): the attempt still counts.
-            record.attempts = event.attempt
-            record.node_id = event.node_id
-        batch.touch(record)
-        batch.put_attempt(
-            AttemptRecord(
-                record.task_id,
-                event.attempt,
-                event.node_id,
-                AttemptState.CANCELLED,
-                started_at=event.started_at or None,
-                finished_at=event.at,
-            )
-        )
+        self._record_attempt_of_cancelled(record, event, batch, AttemptState.CANCELLED)
         batch.events.append(
             EventRecord(
                 task_id=record.task_id,
@@ -337,17 +324,25 @@ class EventFolder:
         """
         if event.attempt < record.attempts:
             return  # an older attempt, superseded before the cancel
-        if event.attempt > record.attempts:  # its `started` never reached us before the cancel
+        state = AttemptState.FAILED if isinstance(event, TaskFailed) else AttemptState.SUCCEEDED
+        EventFolder._record_attempt_of_cancelled(record, event, batch, state)
+
+    @staticmethod
+    def _record_attempt_of_cancelled(
+        record: TaskRecord, event: TaskSucceeded | TaskFailed | TaskCancelled, batch: WriteBatch, state: AttemptState
+    ) -> None:
+        """Record how an attempt of a cancelled task ended, counting it if the cancel overtook its `started`."""
+        if event.attempt > record.attempts:
             record.attempts = event.attempt
             record.node_id = event.node_id
-            batch.touch(record)
+        batch.touch(record)
         failed = event if isinstance(event, TaskFailed) else None
         batch.put_attempt(
             AttemptRecord(
                 record.task_id,
                 event.attempt,
                 event.node_id,
-                AttemptState.SUCCEEDED if failed is None else AttemptState.FAILED,
+                state,
                 started_at=event.started_at or None,
                 finished_at=event.at,
                 error_type=None if failed is None else failed.error_type,
