@@ -583,13 +583,7 @@ def skills_enable(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")], json_out: JsonFlag = False
 ) -> None:
     """Enable a skill (one version; the newest if none is named); workers follow within a heartbeat."""
-    skill, version = _split_version(name)
-    _query(
-        ctx,
-        lambda client: client.set_skill_enabled(skill, enabled=True, version=version, by=getpass.getuser()),
-        lambda info: print(f"{info.entry.name}@{info.entry.version} enabled"),
-        json_out,
-    )
+    _set_skill_enabled(ctx, name, True, lambda info: print(f"{info.entry.name}@{info.entry.version} enabled"), json_out)
 
 
 @skills_app.command("disable")
@@ -597,11 +591,17 @@ def skills_disable(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")], json_out: JsonFlag = False
 ) -> None:
     """Disable a skill: submits are refused, workers stop pulling it within a heartbeat."""
+    _set_skill_enabled(ctx, name, False, lambda info: print(f"{info.entry.name} disabled"), json_out)
+
+
+def _set_skill_enabled(
+    ctx: typer.Context, name: str, enabled: bool, render: Callable[[Any], None], json_out: bool
+) -> None:
     skill, version = _split_version(name)
     _query(
         ctx,
-        lambda client: client.set_skill_enabled(skill, enabled=False, version=version, by=getpass.getuser()),
-        lambda info: print(f"{info.entry.name} disabled"),
+        lambda client: client.set_skill_enabled(skill, enabled=enabled, version=version, by=getpass.getuser()),
+        render,
         json_out,
     )
 
