@@ -52,16 +52,13 @@ def start_task_span(
     """
     caller = trace.get_current_span().get_span_context()
     if recording():
-        if not own_trace:
-            span = tracer().start_span(name, kind=SpanKind.PRODUCER, attributes=attributes())
-        else:
-            span = tracer().start_span(
-                name,
-                context=Context(),  # no parent: a new trace
-                kind=SpanKind.PRODUCER,
-                attributes=attributes(),
-                links=[Link(caller)] if caller.is_valid else None,
-            )
+        span = tracer().start_span(
+            name,
+            context=Context() if own_trace else None,  # an empty context: no parent, a new trace
+            kind=SpanKind.PRODUCER,
+            attributes=attributes(),
+            links=[Link(caller)] if own_trace and caller.is_valid else None,
+        )
         return span, trace_id_of(span), traceparent_of(span)
     trace_id = caller.trace_id if caller.is_valid and not own_trace else _ids.getrandbits(128) or 1
     span_id = _ids.getrandbits(64) or 1
