@@ -19,7 +19,8 @@ def spans(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_retried_tasks_spans_share_one_trace_with_correct_parents(processes: ProcessPool, tmp_path: Path) -> None:
+def start_traced(processes: ProcessPool, tmp_path: Path) -> None:
+    """A coordinator and worker w1, each writing its spans to a jsonl file, and the CLI too."""
     traced = {"OTEL_TRACES_EXPORTER": "jsonl"}
     processes.spawn(
         "coordinator", "coordinator", "start", env=traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "coord.jsonl")}
@@ -30,8 +31,16 @@ def test_a_retried_tasks_spans_share_one_trace_with_correct_parents(processes: P
     )  # fmt: skip
     wait_until(lambda: processes.run("nodes", "--json").returncode == 0, timeout_s=30, what="coordinator up")
     wait_until(lambda: "w1" in processes.run("nodes").stdout, timeout_s=30, what="worker up")
-
     processes.env.update(traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "cli.jsonl")})
+
+
+def every_span(tmp_path: Path) -> list[dict[str, Any]]:
+    """The spans the CLI, the coordinator and the worker have exported so far."""
+    return spans(tmp_path / "cli.jsonl") + spans(tmp_path / "coord.jsonl") + spans(tmp_path / "worker.jsonl")
+
+
+def test_a_retried_tasks_spans_share_one_trace_with_correct_parents(processes: ProcessPool, tmp_path: Path) -> None:
+    start_traced(processes, tmp_path)
     result = processes.run(
         "submit",
         "fail",
@@ -47,8 +56,7 @@ def test_a_retried_tasks_spans_share_one_trace_with_correct_parents(processes: P
     assert task["attempts"] == 2 and task["trace_id"]
 
     def all_spans() -> list[dict[str, Any]] | None:
-        found = spans(tmp_path / "cli.jsonl") + spans(tmp_path / "coord.jsonl") + spans(tmp_path / "worker.jsonl")
-        mine = [s for s in found if s["trace_id"] == task["trace_id"]]
+        mine = [s for s in every_span(tmp_path) if s["trace_id"] == task["trace_id"]]
         return mine if sum(s["name"] == "claw.task.report" for s in mine) == 2 else None
 
     found = wait_until(all_spans, timeout_s=30, what="every span exported")
@@ -100,19 +108,9 @@ def test_a_retried_tasks_spans_share_one_trace_with_correct_parents(processes: P
 def test_each_task_of_a_batch_has_a_trace_of_its_own_linked_to_the_submit(
     processes: ProcessPool, tmp_path: Path
 ) -> None:
-    traced = {"OTEL_TRACES_EXPORTER": "jsonl"}
-    processes.spawn(
-        "coordinator", "coordinator", "start", env=traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "coord.jsonl")}
-    )
-    processes.spawn(
-        "worker", "worker", "start", "--node-id", "w1",
-        env=traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "worker.jsonl")},
-    )  # fmt: skip
-    wait_until(lambda: "w1" in processes.run("nodes").stdout, timeout_s=30, what="worker up")
+    start_traced(processes, tmp_path)
     batch = tmp_path / "batch.jsonl"
     batch.write_text("".join(f'{{"i": {i}}}\n' for i in range(3)))
-
-    processes.env.update(traced | {"CLAW_TRACING_JSONL_PATH": str(tmp_path / "cli.jsonl")})
     result = processes.run("submit", "echo", "--input-file", str(batch), "--wait", "--json")
     assert result.returncode == 0, result.stderr
     task_ids = sorted(json.loads(result.stdout)["results"])
@@ -121,7 +119,7 @@ def test_each_task_of_a_batch_has_a_trace_of_its_own_linked_to_the_submit(
     assert len(task_ids) == 3 and len(trace_ids) == 3
 
     def all_spans() -> list[dict[str, Any]] | None:
-        found = spans(tmp_path / "cli.jsonl") + spans(tmp_path / "coord.jsonl") + spans(tmp_path / "worker.jsonl")
+        found = every_span(tmp_path)
         return found if sum(s["name"] == "claw.task.report" for s in found) == 3 else None
 
     found = wait_until(all_spans, timeout_s=30, what="every span exported")
