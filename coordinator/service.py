@@ -287,11 +287,7 @@ class Coordinator:
                 await self.janitor.sweep_orphans()
                 next_orphan_sweep = now + orphan_every
             await self._observe(now)
-            try:
-                async with asyncio.timeout(MAINTENANCE_INTERVAL_S):
-                    await stopping.wait()
-            except TimeoutError:
-                pass
+            await wait_any(stopping, timeout_s=MAINTENANCE_INTERVAL_S)
 
     async def _observe(self, now: float) -> None:
         """Judge the alerts every `alert_interval_s`; refresh the gauges every `metrics_refresh_s`."""

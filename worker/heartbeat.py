@@ -16,6 +16,7 @@ import psutil
 from nats.js.kv import KeyValue
 
 from common import __version__
+from common.aio import wait_any
 from common.clock import Clock
 from common.log import get_logger
 from common.models import NodeHeartbeat
@@ -89,11 +90,7 @@ class Heartbeat:
         """Beat every interval until `stopping` is set."""
         while not stopping.is_set():
             await self.send(self.beat())
-            try:
-                async with asyncio.timeout(self._interval_s):
-                    await stopping.wait()
-            except TimeoutError:
-                pass
+            await wait_any(stopping, timeout_s=self._interval_s)
 
     async def send(self, beat: NodeHeartbeat) -> None:
         """Publish one beat (core NATS) and store it in the KV bucket; failures are logged."""

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
+from common.aio import wait_any
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
 from common.errors import ConfigError
@@ -221,13 +222,7 @@ class Worker:
     async def _keep_alive(self, stopping: asyncio.Event) -> None:
         """Progress acks (`in_progress`) for running tasks, so healthy long tasks are never redelivered."""
         interval_s = self.config.jetstream.ack_wait_s / 3
-        while not stopping.is_set():
-            try:
-                async with asyncio.timeout(interval_s):
-                    await stopping.wait()
-                return
-            except TimeoutError:
-                pass
+        while not await wait_any(stopping, timeout_s=interval_s):
             for msg in list(self._running.values()):
                 try:
                     await msg.in_progress()

@@ -22,6 +22,7 @@ from pathlib import Path
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from common.aio import wait_any
 from common.config import ClawConfig
 from common.errors import ClawError, ConfigError
 from common.log import get_logger
@@ -74,13 +75,7 @@ class SkillSync:
     async def run(self, puller: TaskPuller, stopping: asyncio.Event) -> None:
         """Follow the registry until `stopping` is set."""
         interval_s = self._config.worker.heartbeat_interval_s
-        while not stopping.is_set():
-            try:
-                async with asyncio.timeout(interval_s):
-                    await stopping.wait()
-                return
-            except TimeoutError:
-                pass
+        while not await wait_any(stopping, timeout_s=interval_s):
             try:
                 await self.sync(puller)
             except NATS_ERRORS as exc:
