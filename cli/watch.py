@@ -14,7 +14,7 @@ from typing import TextIO
 
 from nats.aio.msg import Msg
 
-from cli.render import task_summary
+from cli.task_text import task_summary
 from common.events import (
     TaskArtifact,
     TaskEvent,

@@ -1,21 +1,65 @@
-"""`claw audit verify`: showing the result, and verifying a database file without a coordinator."""
+"""`claw audit verify`: the event log's hash chain, through the coordinator or in a database file."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
+from typing import Annotated
 
+import typer
+
+from cli.context import client_config, connect
+from cli.options import JsonFlag
+from cli.output import emit_json
+from cli.runner import fail, run_async
 from common.api import AuditReply
 from common.config import load_config
-from common.errors import StorageError
-from storage.audit import ChainVerifier
+from common.errors import ClawError, StorageError
 
+group = typer.Typer(help="The tamper-evident event log.", no_args_is_help=True)
+
+# Events read per query when verifying a file.
 CHUNK = 5000
+
+
+@group.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    db: Annotated[Path | None, typer.Option(help="Check this database file directly, without a coordinator.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Walk the event log's hash chain; name the first event that was altered, removed or inserted."""
+    if db is not None:
+        try:
+            reply = verify_offline(db)
+        except ClawError as exc:
+            fail(str(exc))
+        _show(reply, json_out)
+        raise typer.Exit(0 if reply.ok else 1)
+    cfg = client_config(ctx)
+
+    async def main() -> bool:
+        async with await connect(cfg) as client:
+            reply = await client.audit_verify()
+        _show(reply, json_out)
+        return reply.ok
+
+    raise typer.Exit(0 if run_async(main()) else 1)
+
+
+def _show(reply: AuditReply, json_out: bool) -> None:
+    if json_out:
+        emit_json(reply)
+    else:
+        render_audit(reply)
 
 
 def verify_offline(db_path: Path) -> AuditReply:
     """Walk the chain in `db_path` (read-only), with the audit key from the environment if set."""
+    import sqlite3
+
+    from storage.audit import ChainVerifier
+
     if not db_path.exists():
         raise StorageError(f"no database at {db_path}")
     key_env = load_config().coordinator.audit_key_env
@@ -49,3 +93,8 @@ def render_audit(reply: AuditReply) -> None:
         print(f"event log intact: {reply.checked} events checked{anchored}")
     else:
         print(f"event log TAMPERED: event {reply.broken_event}: {reply.problem} ({reply.checked} events checked)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `claw audit ...`."""
+    app.add_typer(group, name="audit")

@@ -1,0 +1,43 @@
+"""`claw coordinator start`: the coordinator process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.context import command_config, start_tracing
+from cli.options import ConfigFlag, MetricsPortFlag
+from cli.runner import run_service
+from common.log import configure_logging
+
+group = typer.Typer(help="The coordinator process.", no_args_is_help=True)
+
+
+@group.command("start")
+def coordinator_start(
+    ctx: typer.Context,
+    config: ConfigFlag = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite state database [default: .claw/claw.db].")] = None,
+    metrics_port: MetricsPortFlag = None,
+) -> None:
+    """Run the coordinator until SIGINT/SIGTERM."""
+    from coordinator.service import Coordinator
+
+    cfg = command_config(
+        ctx, config, coordinator={"db_path": None if db is None else str(db), "metrics_port": metrics_port}
+    )
+    configure_logging(cfg.log, process="coordinator")
+    start_tracing(cfg, "claw-coordinator")
+
+    async def serve(stop: Any) -> None:
+        coordinator = await Coordinator.start(cfg)
+        await coordinator.run(stop)
+
+    run_service(serve)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `claw coordinator ...`."""
+    app.add_typer(group, name="coordinator")

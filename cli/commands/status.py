@@ -1,0 +1,103 @@
+"""`claw status`: the cluster at a glance."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.context import query
+from cli.inputs import parse_duration
+from cli.options import JsonFlag
+from cli.output import emit_fields, emit_table, fmt_bytes, fmt_duration, fmt_percent, fmt_span, fmt_time
+from cli.runner import fail
+from common.errors import ClawError
+from common.models import AlertView, ClusterStatus, WindowStats
+
+
+def status(
+    ctx: typer.Context,
+    window: Annotated[
+        str, typer.Option(help="Rates and run times over the tasks that finished in this window: 15m, 1h, 7d.")
+    ] = "1h",
+    json_out: JsonFlag = False,
+) -> None:
+    """Cluster overview: nodes, queues, tasks by state, recent rates and run times, DLQ, alerts, NATS."""
+    try:
+        window_s = parse_duration(window)
+    except ClawError as exc:
+        fail(str(exc))
+    if window_s <= 0:
+        fail("--window must be longer than 0, e.g. 15m or 1h")
+    query(ctx, lambda client: client.status(window_s=window_s), render_status, json_out)
+
+
+def render_status(status: ClusterStatus) -> None:
+    """`claw status`."""
+    metrics = None if status.metrics_port is None else f":{status.metrics_port}/metrics on the coordinator's host"
+    emit_fields(
+        [
+            ("coordinator", f"up (version {status.coordinator_version})"),
+            ("nodes", f"{status.nodes_online} online of {status.nodes_total}"),
+            ("tasks", ", ".join(f"{n} {state}" for state, n in status.tasks_by_state.items()) or "none yet"),
+            ("dead letters", "?" if status.dlq_messages is None else f"{status.dlq_messages} in the DLQ"),
+            ("metrics", metrics or "not served (claw coordinator start --metrics-port)"),
+        ]
+    )
+    if status.window is not None:
+        _render_window(status.window)
+    _render_alerts(status.alerts)
+    print("\nqueues:")
+    emit_table(
+        ["SKILL", "PRIORITY", "WAITING", "IN FLIGHT"],
+        [(q.skill, q.priority.value, q.pending, q.ack_pending) for q in status.queues],
+        empty="no queues yet",
+    )
+    nats = status.nats
+    print("\nnats:")
+    if nats.error and not nats.connections:
+        emit_fields([("version", nats.version or "?"), ("monitoring", nats.error)])
+        return
+    emit_fields(
+        [
+            ("version", nats.version),
+            ("connections", nats.connections),
+            ("messages", f"{nats.in_msgs} in, {nats.out_msgs} out"),
+            (
+                "jetstream",
+                f"{nats.jetstream_streams} streams, {nats.jetstream_consumers} consumers, "
+                f"{nats.jetstream_messages} messages, {fmt_bytes(nats.jetstream_bytes)} stored",
+            ),
+            ("monitoring", nats.monitor_url),
+        ]
+    )
+
+
+def _render_window(window: WindowStats) -> None:
+    print(f"\nlast {fmt_span(window.window_s)}:")
+    states = ", ".join(f"{n} {state}" for state, n in window.by_state.items())
+    run_time = None
+    if window.run_mean_s is not None:
+        run_time = f"mean {fmt_duration(window.run_mean_s)}, p95 {fmt_duration(window.run_p95_s)} (succeeded tasks)"
+    emit_fields(
+        [
+            ("finished", f"{window.finished} ({states})" if window.finished else "none"),
+            ("completion", fmt_percent(window.completion_rate)),
+            ("failure", fmt_percent(window.failure_rate)),
+            ("run time", run_time),
+        ]
+    )
+
+
+def _render_alerts(alerts: list[AlertView]) -> None:
+    if not alerts:
+        print("\nalerts: none")
+        return
+    print("\nalerts:")
+    for alert in alerts:
+        print(f"  ALERT {alert.name} since {fmt_time(alert.since)}: {alert.message}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `claw status`."""
+    app.command()(status)

@@ -1,0 +1,43 @@
+"""`claw up`: a whole local cluster in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.options import MetricsPortFlag
+from cli.runner import fail, run_service
+from common.config import LogSettings
+from common.log import configure_logging
+
+
+def up(
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 2,
+    data_dir: Annotated[Path, typer.Option(help="Where the store, database and logs live.")] = Path(".claw"),
+    nats_port: Annotated[int, typer.Option(help="NATS client port.")] = 4222,
+    monitor_port: Annotated[int, typer.Option(help="NATS monitoring port.")] = 8222,
+    concurrency: Annotated[int, typer.Option(help="Concurrency of each worker.")] = 8,
+    metrics_port: MetricsPortFlag = None,
+) -> None:
+    """Run a whole local cluster: embedded nats-server, a coordinator and N workers, until Ctrl-C."""
+    from cli.processes import LocalCluster
+
+    if workers < 0:
+        fail("--workers must be 0 or more")
+    configure_logging(LogSettings(level="warning", format="console"), process="up")
+    cluster = LocalCluster(
+        data_dir=data_dir,
+        workers=workers,
+        nats_port=nats_port,
+        monitor_port=monitor_port,
+        concurrency=concurrency,
+        metrics_port=metrics_port,
+    )
+    run_service(cluster.serve)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `claw up`."""
+    app.command()(up)

@@ -1,0 +1,92 @@
+"""How a task reads for a person: its input and result, what happened, how to run it again.
+
+Shared by the commands that show tasks: `task show`, `task watch`, `submit --wait`, and the ones
+that act on them (`task cancel|retry`, `dlq replay`).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import msgspec
+
+from cli.output import fmt_bytes, fmt_duration, shorten
+from common.api import TaskActionReply
+from common.models import ARTIFACT_MARKER, RESULT_ARTIFACT, TaskView
+
+
+def since(start: float | None, end: float | None) -> str:
+    """The time from `start` to `end`, or '-' when either is unknown."""
+    return "-" if start is None or end is None else fmt_duration(end - start)
+
+
+def json_text(raw: msgspec.Raw, limit: int = 2000) -> str:
+    """A JSON value on one line of at most `limit` characters; '-' for null."""
+    text = bytes(raw).decode()
+    return "-" if text == "null" else shorten(text, limit)
+
+
+def _artifact_ref(raw: msgspec.Raw) -> dict[str, object] | None:
+    text = bytes(raw)
+    if not text.startswith(b'{"' + ARTIFACT_MARKER.encode()):
+        return None
+    ref = msgspec.json.decode(text).get(ARTIFACT_MARKER)
+    return ref if isinstance(ref, dict) else None
+
+
+def payload_text(raw: msgspec.Raw) -> str:
+    """An input or result for a human: its JSON (shortened), or which artifact holds it."""
+    ref = _artifact_ref(raw)
+    if ref is None:
+        return json_text(raw)
+    return f"artifact {ref['name']} ({fmt_bytes(int(str(ref['size'])))}, sha256 {str(ref['sha256'])[:16]})"
+
+
+def result_text(task: TaskView) -> str:
+    """The whole result JSON, or, for one kept in the artifact store, how to fetch it."""
+    text = payload_text(task.result)
+    if text.startswith("artifact "):
+        return f"{text}; claw artifacts get {task.task_id} {RESULT_ARTIFACT} -o {RESULT_ARTIFACT}"
+    return bytes(task.result).decode()
+
+
+def task_summary(task: TaskView) -> list[str]:
+    """What happened, where the outputs are, and how to run it again."""
+    lines = []
+    retries = max(task.attempts - 1, 0)
+    ran = since(task.started_at, task.finished_at)
+    waited = since(task.queued_at, task.started_at)
+    where = f" on {task.node_id}" if task.node_id else ""
+    tries = f" ({retries} retr{'y' if retries == 1 else 'ies'})" if retries else ""
+    if task.state.value in ("succeeded", "failed", "dead"):
+        lines.append(
+            f"{task.state.value} on attempt {task.attempts} of {task.max_attempts}{where}; "
+            f"waited {waited} in the queue, ran {ran}{tries}"
+        )
+    else:
+        lines.append(f"{task.state.value}; {task.attempts} attempt(s) so far{where}")
+    for artifact in task.artifacts:
+        lines.append(
+            f"artifact {artifact.name} ({fmt_bytes(artifact.size)}): "
+            f"claw artifacts get {task.task_id} {artifact.name} -o {artifact.name.rsplit('/', 1)[-1]}"
+        )
+    lines.append(f"reproduce: {reproduce_command(task)}")
+    return lines
+
+
+def reproduce_command(task: TaskView) -> str:
+    """A `claw submit` that runs the same task again."""
+    ref = _artifact_ref(task.input)
+    given = "--input-file input.json" if ref is not None else f"--input {shlex.quote(bytes(task.input).decode())}"
+    return (
+        f"claw submit {task.skill} {given} --priority {task.priority.value} "
+        f"--max-attempts {task.max_attempts} --timeout {task.timeout_s:g}"
+    )
+
+
+def render_action(reply: TaskActionReply, verb: str) -> None:
+    """`claw task cancel|retry`, `claw dlq replay`: what happened to the task."""
+    if reply.changed:
+        print(f"{reply.task_id} {verb}: now {reply.state.value}")
+    else:
+        print(f"{reply.task_id} unchanged ({reply.note or reply.state.value})")
