@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind
 
 from cli.artifacts import fetch_artifact, offload_large_inputs
 from cli.inputs import parse_duration, read_inputs
+from cli.listing import run_listing
 from cli.output import emit_json, fmt_duration
 from cli.render import (
     payload_text,
@@ -75,6 +76,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(artifacts_app, name="artifacts")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+AllFlag = Annotated[bool, typer.Option("--all", help="Every item, however many (fetched page by page).")]
 ConfigFlag = Annotated[Path | None, typer.Option("--config", help="YAML config file (also $CLAW_CONFIG).")]
 MetricsPortFlag = Annotated[
     int | None,
@@ -445,10 +447,19 @@ def task_list(
     status: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
     skill: Annotated[str | None, typer.Option(help="Only tasks of this skill.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
+    all_: AllFlag = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Recent tasks, newest first."""
-    _query(ctx, lambda client: client.list_tasks(state=status, skill=skill, limit=limit), render_task_list, json_out)
+    run_listing(
+        _client_config(ctx),
+        lambda client, cursor, n: client.tasks_page(state=status, skill=skill, limit=n, cursor=cursor),
+        render_task_list,
+        limit=limit,
+        all_=all_,
+        json_out=json_out,
+        noun="tasks",
+    )
 
 
 @app.command()
@@ -507,10 +518,19 @@ def dlq_list(
     ctx: typer.Context,
     skill: Annotated[str | None, typer.Option(help="Only dead letters of this skill.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
+    all_: AllFlag = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Dead letters: tasks that exhausted their attempts or failed permanently, and poison messages."""
-    _query(ctx, lambda client: client.dlq_list(skill=skill, limit=limit), render_dead_letters, json_out)
+    """Dead letters (one per dead task, with every series' attempts), and poison messages."""
+    run_listing(
+        _client_config(ctx),
+        lambda client, cursor, n: client.dlq_page(skill=skill, limit=n, cursor=cursor),
+        render_dead_letters,
+        limit=limit,
+        all_=all_,
+        json_out=json_out,
+        noun="dead letters",
+    )
 
 
 @dlq_app.command("replay")
@@ -636,9 +656,22 @@ def skills_validate(path: Annotated[Path, typer.Argument(help="A skill folder or
 
 
 @app.command("approvals")
-def approvals_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """Tasks the guard holds until a human approves them."""
-    _query(ctx, lambda client: client.approvals(), render_approvals, json_out)
+def approvals_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="At most this many, oldest first.", min=1)] = 100,
+    all_: AllFlag = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Tasks the guard holds until a human approves them, oldest first."""
+    run_listing(
+        _client_config(ctx),
+        lambda client, cursor, n: client.approvals_page(limit=n, cursor=cursor),
+        render_approvals,
+        limit=limit,
+        all_=all_,
+        json_out=json_out,
+        noun="held tasks",
+    )
 
 
 @app.command()

@@ -28,6 +28,7 @@ from common.api import (
 )
 from common.models import (
     ARTIFACT_MARKER,
+    OMITTED_MARKER,
     AlertView,
     ArtifactView,
     ClusterStatus,
@@ -56,12 +57,31 @@ def _artifact_ref(raw: msgspec.Raw) -> dict[str, object] | None:
     return ref if isinstance(ref, dict) else None
 
 
+def _omitted_bytes(raw: msgspec.Raw) -> int | None:
+    text = bytes(raw)
+    if not text.startswith(b'{"' + OMITTED_MARKER.encode()):
+        return None
+    marker = msgspec.json.decode(text).get(OMITTED_MARKER)
+    return int(marker.get("bytes", 0)) if isinstance(marker, dict) else None
+
+
 def payload_text(raw: msgspec.Raw) -> str:
     """An input or result for a human: its JSON (shortened), or which artifact holds it."""
+    omitted = _omitted_bytes(raw)
+    if omitted is not None:
+        return f"{fmt_bytes(omitted)}, too large to show in one message (the database keeps it)"
     ref = _artifact_ref(raw)
     if ref is None:
         return _json_text(raw)
     return f"artifact {ref['name']} ({fmt_bytes(int(str(ref['size'])))}, sha256 {str(ref['sha256'])[:16]})"
+
+
+def attempts_text(task: TaskView) -> str:
+    """'2 of 3', or per series once a task was re-run: 'attempt 3 of 3 (series 2; 6 in all)'."""
+    if task.series <= 1:
+        return f"{task.attempts} of {task.max_attempts}"
+    in_series = task.attempts - task.attempt_offset
+    return f"attempt {in_series} of {task.max_attempts} (series {task.series}; {task.attempts} in all)"
 
 
 def task_summary(task: TaskView) -> list[str]:
@@ -73,10 +93,8 @@ def task_summary(task: TaskView) -> list[str]:
     where = f" on {task.node_id}" if task.node_id else ""
     tries = f" ({retries} retr{'y' if retries == 1 else 'ies'})" if retries else ""
     if task.state.value in ("succeeded", "failed", "dead"):
-        lines.append(
-            f"{task.state.value} on attempt {task.attempts} of {task.max_attempts}{where}; "
-            f"waited {waited} in the queue, ran {ran}{tries}"
-        )
+        on = attempts_text(task) if task.series > 1 else f"attempt {task.attempts} of {task.max_attempts}"
+        lines.append(f"{task.state.value} on {on}{where}; waited {waited} in the queue, ran {ran}{tries}")
     else:
         lines.append(f"{task.state.value}; {task.attempts} attempt(s) so far{where}")
     for artifact in task.artifacts:
@@ -90,8 +108,8 @@ def task_summary(task: TaskView) -> list[str]:
 
 def reproduce_command(task: TaskView) -> str:
     """A `claw submit` that runs the same task again."""
-    ref = _artifact_ref(task.input)
-    given = "--input-file input.json" if ref is not None else f"--input {shlex.quote(bytes(task.input).decode())}"
+    by_file = _artifact_ref(task.input) is not None or _omitted_bytes(task.input) is not None
+    given = "--input-file input.json" if by_file else f"--input {shlex.quote(bytes(task.input).decode())}"
     return (
         f"claw submit {task.skill} {given} --priority {task.priority.value} "
         f"--max-attempts {task.max_attempts} --timeout {task.timeout_s:g}"
@@ -106,7 +124,7 @@ def render_task(task: TaskView) -> None:
             ("task", task.task_id),
             ("skill", f"{task.skill} ({task.priority.value} priority)"),
             ("state", task.state.value),
-            ("attempts", f"{task.attempts} of {task.max_attempts}"),
+            ("attempts", attempts_text(task)),
             ("node", task.node_id),
             ("timeout", fmt_duration(task.timeout_s)),
             ("idempotency key", task.idempotency_key),
@@ -133,7 +151,7 @@ def render_task(task: TaskView) -> None:
             ["#", "NODE", "STATE", "STARTED", "RAN", "ERROR"],
             [
                 (
-                    a.attempt,
+                    a.attempt if task.series <= 1 else f"{a.attempt} (series {a.series})",
                     a.node_id,
                     a.state.value,
                     fmt_time(a.started_at),
@@ -145,6 +163,8 @@ def render_task(task: TaskView) -> None:
         )
     if task.events:
         print("\ntimeline:")
+        if task.events_omitted:
+            print(f"  ({task.events_omitted} events left out: the whole timeline does not fit one message)")
         base = task.events[0].at
         emit_table(
             ["TIME", "+", "EVENT", "STATE", "ATTEMPT", "NODE", "DETAIL"],
@@ -322,13 +342,20 @@ def render_dead_letters(views: list[DeadLetterView]) -> None:
                 v.letter.kind,
                 v.letter.skill,
                 v.letter.task_id,
-                len(v.letter.attempts) or None,
+                _letter_attempts(v),
                 shorten(v.letter.reason, 70),
             )
             for v in views
         ],
         empty="the dead-letter queue is empty",
     )
+
+
+def _letter_attempts(view: DeadLetterView) -> str | None:
+    count = len(view.letter.attempts)
+    if not count:
+        return None
+    return f"{count} (series {view.letter.series})" if view.letter.series > 1 else str(count)
 
 
 def render_replays(replies: list[TaskActionReply]) -> None:
