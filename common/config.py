@@ -94,6 +94,8 @@ class CoordinatorSettings(_Section, frozen=True):
     guard_policy: str | None = None
     # A task waiting for approval longer than this ends `rejected`.
     approval_ttl_s: PositiveFloat = 24 * 3600.0
+    # Tasks held for approval, all skills together; a submit that would hold more is refused.
+    max_waiting_approval: PositiveInt = 1000
     # The environment variable holding the key that makes the event log's hashes HMACs.
     audit_key_env: str = "CLAW_AUDIT_KEY"
     max_input_bytes: PositiveInt = 1024 * 1024

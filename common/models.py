@@ -54,6 +54,9 @@ class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
 
 # An input or result kept as an artifact is stored, in the task's JSON, as {ARTIFACT_MARKER: ref}.
 ARTIFACT_MARKER = "$artifact"
+# An input or result left out of a reply or a dead letter because it would not fit one NATS message
+# stands there as {OMITTED_MARKER: {"bytes": size}}; the database still holds it whole.
+OMITTED_MARKER = "$omitted"
 # The artifact names of an input and a result that travel by reference.
 INPUT_ARTIFACT = "input.json"
 RESULT_ARTIFACT = "result.json"
@@ -115,9 +118,11 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
-    """One failed (or lost) attempt, as kept in a dead letter."""
+    """One failed (or lost) attempt, as kept in a dead letter; `series` counts the task's runs (1 for
+    the first, 2 after its first retry or replay, ...)."""
 
     attempt: int
+    series: int = 1
     node_id: str | None = None
     state: str = "failed"
     error_type: str | None = None
@@ -131,8 +136,10 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """An entry of the dead-letter stream, on `<prefix>.dlq.<skill>`.
 
     `kind` is `task` for a task that exhausted its attempts or failed permanently (with its input and
-    every attempt's error), or `poison` for a message that could not even be decoded (its raw bytes,
-    base64).
+    every attempt's error, of every series), or `poison` for a message that could not even be decoded
+    (its raw bytes, base64). A task has one letter: when it dies again after a replay, its new letter
+    replaces the old one. `series` is the series that died; `input_omitted` says the input was left
+    out (and tracebacks shortened) so that the letter fits one NATS message.
     """
 
     v: int = SCHEMA_VERSION
@@ -146,6 +153,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     attempts: list[AttemptError] = []
     raw_base64: str | None = None
     stream_seq: int | None = None
+    series: int = 1
+    input_omitted: bool = False
 
 
 class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
@@ -233,7 +242,7 @@ class TaskUpdate(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
-    """One attempt of a task: where it ran and how it ended."""
+    """One attempt of a task: where it ran and how it ended, and in which series of attempts."""
 
     attempt: int
     node_id: str | None
@@ -242,6 +251,7 @@ class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None = None
     error_type: str | None = None
     error_message: str | None = None
+    series: int = 1
 
 
 class EventView(msgspec.Struct, frozen=True, kw_only=True):
@@ -259,7 +269,13 @@ class EventView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
-    """A task's current record, with its attempts and event timeline when asked for."""
+    """A task's current record, with its attempts and event timeline when asked for.
+
+    `attempts` counts every attempt of every series; `max_attempts` is per series, and the current
+    series (number `series`) began after attempt `attempt_offset`. A view that would not fit one
+    NATS message leaves out the oldest events (`events_omitted` says how many) and, if needed, an
+    oversize input or result (replaced by `{"$omitted": {"bytes": N}}`).
+    """
 
     task_id: str
     skill: str
@@ -284,6 +300,9 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     attempt_log: list[AttemptView] = []
     events: list[EventView] = []
     artifacts: list[ArtifactView] = []
+    attempt_offset: int = 0
+    series: int = 1
+    events_omitted: int = 0
 
 
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -129,6 +129,14 @@ class Subjects:
         """Dead letters of one skill."""
         return f"{self.prefix}.dlq.{skill_token(skill)}"
 
+    def dlq_task(self, skill: str, task_id: str) -> str:
+        """The dead letter of one task: one subject per task, so its newest letter replaces older ones."""
+        return f"{self.prefix}.dlq.{skill_token(skill)}.{task_id}"
+
+    def dlq_tasks_of(self, skill: str) -> str:
+        """Every per-task dead-letter subject of one skill (poison letters stay on `dlq(skill)`)."""
+        return f"{self.prefix}.dlq.{skill_token(skill)}.*"
+
     @property
     def dlq_all(self) -> str:
         """Every dead-letter subject."""

@@ -3,7 +3,9 @@
 Each verb has its own queue-group subscription (coordinators share the load). A request is served in
 its own task, owned by the server and awaited on shutdown, so a slow query never holds up a submit.
 Errors become `ApiReply.error`: a `ClawError` keeps its code and message; anything else is logged with
-its traceback and answered as `internal`, so a client never hangs on a failed request.
+its traceback and answered as `internal`, so a client never hangs on a failed request. A reply that
+would exceed the server's max_payload (headers included: nats-py echoes the request's on a reply)
+becomes a `payload_too_large` error: the server would drop it and the client would wait in vain.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind, StatusCode
 
 from common.api import ApiError, ApiReply
-from common.errors import ClawError, InternalError
+from common.errors import ClawError, InternalError, PayloadTooLargeError
 from common.log import get_logger
 from common.tracing import current_span
 from communication.codec import DecodeError, encode
 from communication.connection import NatsConnection
+from communication.payload_limits import message_bytes, too_large_message
 from communication.trace_context import context_from
 
 log = get_logger("coordinator.api")
@@ -74,7 +77,21 @@ class ApiServer:
             if payload.startswith(b'{"error"'):
                 span.set_status(StatusCode.ERROR)
         if msg.reply:
-            await msg.respond(payload)
+            await self._respond(verb, msg, payload)
+
+    async def _respond(self, verb: str, msg: Msg, payload: bytes) -> None:
+        max_payload = self._conn.nc.max_payload
+        size = message_bytes(payload, msg.headers)
+        headers = msg.headers
+        if size > max_payload:
+            log.error("api.reply_too_large", verb=verb, bytes=size, max_payload=max_payload)
+            error = PayloadTooLargeError(
+                f"{too_large_message(f'the reply to {verb}', size, max_payload)}; ask for less (a smaller --limit)"
+            )
+            payload = encode(ApiReply(error=ApiError(error.code, str(error))))
+            if message_bytes(payload, headers) > max_payload:
+                headers = None  # the request's own headers were the problem
+        await self._conn.nc.publish(msg.reply, payload, headers=headers)
 
     async def _answer(self, verb: str, handler: Handler, msg: Msg) -> bytes:
         try:

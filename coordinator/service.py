@@ -140,6 +140,7 @@ class Coordinator:
             probe=self.probe,
             alerts=self.alerts,
             metrics_port=lambda: self.metrics_port,
+            artifacts=artifacts,
         )
         self._api = ApiServer(conn, handlers.table())
         self._heartbeat_sub: Subscription | None = None

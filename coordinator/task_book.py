@@ -101,6 +101,10 @@ class TaskBook:
             if record.state in TERMINAL_STATES:
                 self._active.pop(record.task_id, None)
 
+    def count(self, state: TaskState) -> int:
+        """How many tasks are in `state` (all tasks in the database)."""
+        return self._counts[state]
+
     def waiting(self, skill: str) -> int:
         """Tasks of `skill` waiting for a worker (pending, queued or retrying)."""
         return self._waiting[skill]
