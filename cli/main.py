@@ -610,18 +610,17 @@ def _set_skill_enabled(
 def skills_install(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="A folder with skill.yaml and its code.")],
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Do not wait for the workers to load it.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the online workers to load it.", min=0)] = 30.0,
     json_out: JsonFlag = False,
 ) -> None:
-    """Install a skill folder: validated, uploaded to NATS, registered, loaded by workers that can."""
-    _query(
-        ctx,
-        lambda client: client.install_skill(path, by=getpass.getuser()),
-        lambda reply: print(
-            f"{reply.entry.name}@{reply.entry.version} "
-            + ("installed and enabled" if reply.created else "was already installed with the same files")
-        ),
-        json_out,
-    )
+    """Install a skill folder: validated, uploaded, registered; then wait until every online worker
+    loaded it (exit 1 naming those that failed or did not answer)."""
+    from cli.skill_install import install_skill
+
+    cfg = _client_config(ctx)
+    wait_s = None if no_wait else timeout
+    raise typer.Exit(run_async(install_skill(cfg, path, by=getpass.getuser(), wait_s=wait_s, json_out=json_out)))
 
 
 @skills_app.command("validate")

@@ -165,6 +165,20 @@ class CancelNotice(msgspec.Struct, frozen=True, kw_only=True):
     series: int = 0
 
 
+class SkillLoad(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How a worker fared with the enabled version of an installed skill, as its heartbeats report it.
+
+    `state` is `loaded`; `failed` (`error` says why; the worker tries again with backoff, `attempts`
+    counts the tries); or `skipped`: this worker may not run it (`error` says why: its labels, or
+    `--skills`).
+    """
+
+    version: str
+    state: str
+    error: str | None = None
+    attempts: int = 0
+
+
 class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     """A worker's periodic report of itself, on `<prefix>.nodes.heartbeat.<node_id>` and in KV.
 
@@ -192,6 +206,8 @@ class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     # The version and risk of each skill the node runs (code-registered ones have no registry entry).
     skill_versions: dict[str, str] = {}
     skill_risks: dict[str, str] = {}
+    # Installed skills by name: which enabled version this node loaded, failed to load, or skipped.
+    skill_loads: dict[str, SkillLoad] = {}
 
 
 class DeliveryClaim(msgspec.Struct, frozen=True, array_like=True):
@@ -318,6 +334,9 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     load1: float
     started_at: float
     last_seen: float
+    # From the node's last beat (empty until it beat since the coordinator started).
+    skill_versions: dict[str, str] = {}
+    skill_loads: dict[str, SkillLoad] = {}
 
 
 class QueueDepth(msgspec.Struct, frozen=True, kw_only=True):

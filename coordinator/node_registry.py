@@ -66,6 +66,8 @@ class NodeRegistry:
             load1=beat.load1,
             started_at=beat.started_at,
             last_seen=self._clock.now(),
+            skill_versions=beat.skill_versions,
+            skill_loads=beat.skill_loads,
         )
         self._nodes[beat.node_id] = _Node(view, beat.interval_s, beat.skill_versions, beat.skill_risks)
         self._dirty.add(beat.node_id)

@@ -19,7 +19,7 @@ from common import __version__
 from common.aio import wait_any
 from common.clock import Clock
 from common.log import get_logger
-from common.models import NodeHeartbeat
+from common.models import NodeHeartbeat, SkillLoad
 from common.states import NodeStatus
 from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
@@ -38,6 +38,7 @@ class Heartbeat:
         *,
         node_id: str,
         skills: Callable[[], list[Skill]],
+        skill_loads: Callable[[], dict[str, SkillLoad]],
         labels: dict[str, str],
         capacity: int,
         interval_s: float,
@@ -49,6 +50,7 @@ class Heartbeat:
         self._kv = kv
         self._node_id = node_id
         self._skills = skills
+        self._skill_loads = skill_loads
         self._labels = labels
         self._capacity = capacity
         self._interval_s = interval_s
@@ -73,6 +75,7 @@ class Heartbeat:
             skills=[s.name for s in skills],
             skill_versions={s.name: s.version for s in skills},
             skill_risks={s.name: s.risk.value for s in skills},
+            skill_loads=self._skill_loads(),
             labels=self._labels,
             capacity=self._capacity,
             running=self._running(),

@@ -70,7 +70,7 @@ class Worker:
         self.node_id = node_id
         # The skills this worker runs now: its own, minus disabled ones, plus installed ones.
         self.skills = SkillRegistry()
-        self.skill_sync = SkillSync(config, topology, skills_kv, base_skills, self.skills)
+        self.skill_sync = SkillSync(config, topology, skills_kv, base_skills, self.skills, clock)
         self._running_per_skill: Counter[str] = Counter()
         self._conn = conn
         self._clock = clock
@@ -108,6 +108,7 @@ class Worker:
             heartbeat_kv,
             node_id=node_id,
             skills=self.skills.all,
+            skill_loads=lambda: self.skill_sync.loads,
             labels=settings.labels,
             capacity=settings.concurrency,
             interval_s=settings.heartbeat_interval_s,
