@@ -56,6 +56,21 @@ class NatsServerError(ClawError):
     code = "nats_server"
 
 
+# --- nodes ---------------------------------------------------------------------------------------
+
+
+class NodeIdInUseError(ClawError):
+    """A worker was started with the node id of a live worker process."""
+
+    code = "node_id_in_use"
+
+
+class NodeIdTakenOverError(ClawError):
+    """Another worker process took this one's node id (it was frozen or cut off for too long)."""
+
+    code = "node_id_taken_over"
+
+
 # --- storage -------------------------------------------------------------------------------------
 
 

@@ -208,6 +208,8 @@ class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     skill_risks: dict[str, str] = {}
     # Installed skills by name: which enabled version this node loaded, failed to load, or skipped.
     skill_loads: dict[str, SkillLoad] = {}
+    # Unique to the process: the node's KV key holds the id of the one process that may beat for it.
+    instance_id: str = ""
 
 
 class DeliveryClaim(msgspec.Struct, frozen=True, array_like=True):

@@ -3,6 +3,9 @@
 A beat carries what the registry shows (`claw nodes`): skills, labels, capacity and running tasks,
 CPU, memory and load from psutil. Reading psutil's counters is a few /proc reads, not a blocking wait
 (`cpu_percent(interval=None)` compares with the previous call).
+
+The KV write is also the worker's hold on its node id (`NodeLease`): the first beat claims the id,
+every later one renews the claim, and a beat that finds the id taken over sets `lost`.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from nats.js.kv import KeyValue
 from common import __version__
 from common.aio import wait_any
 from common.clock import Clock
+from common.ids import new_id
 from common.log import get_logger
 from common.models import NodeHeartbeat, SkillLoad
 from common.states import NodeStatus
 from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
+from worker.node_lease import NodeLease
 from worker.skills import Skill
 
 log = get_logger("worker.heartbeat")
@@ -34,7 +39,7 @@ class Heartbeat:
     def __init__(
         self,
         conn: NatsConnection,
-        kv: KeyValue,
+        lease_kv: KeyValue,
         *,
         node_id: str,
         skills: Callable[[], list[Skill]],
@@ -47,8 +52,11 @@ class Heartbeat:
         clock: Clock,
     ) -> None:
         self._conn = conn
-        self._kv = kv
         self._node_id = node_id
+        self.instance_id = new_id()
+        self._lease = NodeLease(lease_kv, node_id, self.instance_id, clock)
+        # Set when another process took this node id: the worker must stop.
+        self.lost = asyncio.Event()
         self._skills = skills
         self._skill_loads = skill_loads
         self._labels = labels
@@ -87,11 +95,17 @@ class Heartbeat:
             started_at=self._started_at,
             sent_at=self._clock.now(),
             seq=self._seq,
+            instance_id=self.instance_id,
         )
 
+    async def acquire(self, *, missed_beats: int) -> None:
+        """Claim the node id with a first beat (before the worker pulls anything); NodeIdInUseError if
+        a live process holds it."""
+        await self._lease.acquire(encode(self.beat()), missed_beats=missed_beats)
+
     async def run(self, stopping: asyncio.Event) -> None:
-        """Beat every interval until `stopping` is set."""
-        while not stopping.is_set():
+        """Beat every interval until `stopping` is set (or the node id is lost)."""
+        while not stopping.is_set() and not self.lost.is_set():
             await self.send(self.beat())
             await wait_any(stopping, timeout_s=self._interval_s)
 
@@ -100,14 +114,21 @@ class Heartbeat:
         payload = encode(beat)
         try:
             await self._conn.nc.publish(self._conn.subjects.heartbeat(self._node_id), payload)
-            await self._kv.put(self._node_id, payload)
+            if not await self._lease.renew(payload):
+                self.lost.set()
         except NATS_ERRORS as exc:
             log.warning("heartbeat.failed", error=str(exc) or type(exc).__name__)
 
     async def deregister(self) -> None:
-        """Tell the coordinator this node is gone on purpose, and drop its KV entry."""
+        """Tell the coordinator this node is gone on purpose, and free its node id."""
+        if self.lost.is_set():
+            return  # the id is another process's now: its beats speak for the node
         await self.send(self.beat(NodeStatus.OFFLINE))
+        await self.release()
+
+    async def release(self) -> None:
+        """Free the node id (also when the worker failed to start after claiming it)."""
         try:
-            await self._kv.delete(self._node_id)
+            await self._lease.release()
         except NATS_ERRORS as exc:
             log.warning("heartbeat.deregister_failed", error=str(exc) or type(exc).__name__)

@@ -23,7 +23,7 @@ from nats.js.kv import KeyValue
 from common.aio import wait_any
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, NodeIdTakenOverError
 from common.log import get_logger
 from common.states import NodeStatus, Priority
 from communication.connection import NATS_ERRORS, NatsConnection
@@ -134,14 +134,36 @@ class Worker:
             skills_kv = await topology.skills_kv()
             artifacts = await open_artifact_store(config.artifacts)
             worker = cls(config, conn, topology, base, kv, skills_kv, node_id, clock, artifacts)
+        except BaseException:
+            await conn.close()
+            raise
+        # One live process per node id: claimed before anything is pulled, refused if it is taken.
+        try:
+            await worker.heartbeat.acquire(missed_beats=config.coordinator.offline_after_missed_beats)
+        except BaseException:
+            await worker._close_early(release=False)
+            raise
+        try:
             await worker.skill_sync.initial()
             await worker.puller.set_skills(worker.skills.names())
             worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
             await conn.nc.flush()
         except BaseException:
-            await conn.close()
+            await worker._close_early(release=True)
             raise
         return worker
+
+    async def _close_early(self, *, release: bool) -> None:
+        """Undo a start that failed: free the node id if this process claimed it, close the rest."""
+        try:
+            if release:
+                await self.heartbeat.release()
+            await self.puller.stop()
+            if self._artifacts is not None:
+                await self._artifacts.close()
+        finally:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            await self._conn.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then shut down gracefully and close the connection."""
@@ -165,7 +187,7 @@ class Worker:
                     concurrency=self.slots.capacity,
                     labels=self.config.worker.labels,
                 )
-                await stop.wait()
+                await wait_any(stop, self.heartbeat.lost)
                 log.info("worker.stopping", running=len(self._running))
                 self._status = NodeStatus.DRAINING
                 pulling.set()
@@ -182,6 +204,11 @@ class Worker:
                 await self._artifacts.close()
             await self._conn.close()
         log.info("worker.stopped", node_id=self.node_id)
+        if self.heartbeat.lost.is_set():
+            raise NodeIdTakenOverError(
+                f"node id '{self.node_id}' was taken over by another worker process while this one was "
+                "frozen or cut off; this one stopped"
+            )
 
     def _retry_scheduled(self, skill: str, priority: Priority, delay_s: float) -> None:
         self.puller.wake_later(skill, priority, delay_s)
