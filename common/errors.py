@@ -125,6 +125,12 @@ class TaskNotFoundError(RequestError):
     code = "not_found"
 
 
+class NodeNotFoundError(RequestError):
+    """The request names a node the coordinator has never heard from."""
+
+    code = "node_not_found"
+
+
 class PayloadTooLargeError(RequestError):
     """An input or result exceeds the inline size limit."""
 
@@ -210,6 +216,7 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         InvalidInputError,
         UnknownSkillError,
         TaskNotFoundError,
+        NodeNotFoundError,
         PayloadTooLargeError,
         QueueFullError,
         InternalError,

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import msgspec
 
-from common.states import AttemptState, NodeStatus, Priority, TaskState
+from common.states import AttemptState, NodeControl, NodeStatus, Priority, TaskState
 
 SCHEMA_VERSION = 1
 EMPTY_OBJECT = msgspec.Raw(b"{}")
@@ -210,6 +210,28 @@ class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     skill_loads: dict[str, SkillLoad] = {}
     # Unique to the process: the node's KV key holds the id of the one process that may beat for it.
     instance_id: str = ""
+    # The control the node follows now (`claw node pause|drain|resume`).
+    control: NodeControl = NodeControl.ACTIVE
+
+
+class NodeCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """The coordinator's desired state for one node: on `<prefix>.ctl.<node_id>` (a request, answered
+    with `NodeReport`) and kept in KV `<prefix>_node_control` (key: the node id), where a starting
+    worker reads it, so a paused node stays paused across restarts."""
+
+    v: int = SCHEMA_VERSION
+    control: NodeControl
+    changed_at: float = 0.0
+    by: str | None = None
+
+
+class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's answer to a `NodeCommand`: what it does now."""
+
+    node_id: str
+    control: NodeControl
+    status: NodeStatus
+    running: int
 
 
 class DeliveryClaim(msgspec.Struct, frozen=True, array_like=True):
@@ -339,6 +361,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     # From the node's last beat (empty until it beat since the coordinator started).
     skill_versions: dict[str, str] = {}
     skill_loads: dict[str, SkillLoad] = {}
+    # What the coordinator asks of the node (`claw node pause|drain|resume`); `status` is what it does.
+    control: NodeControl = NodeControl.ACTIVE
 
 
 class QueueDepth(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,6 +28,8 @@ from common.api import (
     GuardCheckReply,
     GuardCheckRequest,
     GuardDecision,
+    NodeControlReply,
+    NodeControlRequest,
     NodesReply,
     PingReply,
     RejectRequest,
@@ -64,6 +66,7 @@ from coordinator.api_server import Handler
 from coordinator.approvals import ApprovalDesk
 from coordinator.audit import Auditor
 from coordinator.dead_letters import DeadLetterOffice
+from coordinator.node_control import NodeControlDesk
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
 from coordinator.queue_probe import QueueProbe
@@ -99,6 +102,7 @@ class ApiHandlers:
         probe: QueueProbe,
         alerts: AlertMonitor,
         metrics_port: Callable[[], int | None],
+        node_control: NodeControlDesk,
     ) -> None:
         self._config = config
         self._node_id = node_id
@@ -116,6 +120,7 @@ class ApiHandlers:
         self._probe = probe
         self._alerts = alerts
         self._metrics_port = metrics_port
+        self._node_control = node_control
 
     def table(self) -> dict[str, Handler]:
         """verb -> handler."""
@@ -142,6 +147,7 @@ class ApiHandlers:
             ApiVerb.AUDIT_VERIFY: self.audit_verify,
             ApiVerb.ARTIFACTS: self.artifacts,
             ApiVerb.ARTIFACT_STORE: self.artifact_store,
+            ApiVerb.NODE_CONTROL: self.node_control,
         }
 
     async def ping(self, data: bytes) -> PingReply:
@@ -194,8 +200,13 @@ class ApiHandlers:
         return TaskStatesReply(states=await self._store.states(request.task_ids))
 
     async def nodes(self, data: bytes) -> NodesReply:
-        """The node registry."""
-        return NodesReply(nodes=self._registry.views())
+        """The node registry, with what the coordinator asks of each node."""
+        return NodesReply(nodes=self._node_control.views_with_control())
+
+    async def node_control(self, data: bytes) -> NodeControlReply:
+        """Pause, drain or resume a node: recorded, sent to it, answered with what it does now."""
+        request = _decode_request(data, NodeControlRequest)
+        return await self._node_control.set(request.node_id, request.control, by=request.by)
 
     async def status(self, data: bytes) -> StatusReply:
         """The cluster overview, with rates over the tasks that finished in the requested window."""

@@ -24,7 +24,7 @@ from common.clock import Clock
 from common.ids import new_id
 from common.log import get_logger
 from common.models import NodeHeartbeat, SkillLoad
-from common.states import NodeStatus
+from common.states import NodeControl, NodeStatus
 from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from worker.node_lease import NodeLease
@@ -49,6 +49,7 @@ class Heartbeat:
         interval_s: float,
         running: Callable[[], int],
         status: Callable[[], NodeStatus],
+        control: Callable[[], NodeControl],
         clock: Clock,
     ) -> None:
         self._conn = conn
@@ -64,6 +65,7 @@ class Heartbeat:
         self._interval_s = interval_s
         self._running = running
         self._status = status
+        self._control = control
         self._clock = clock
         self._started_at = clock.now()
         self._process = psutil.Process()
@@ -96,6 +98,7 @@ class Heartbeat:
             sent_at=self._clock.now(),
             seq=self._seq,
             instance_id=self.instance_id,
+            control=self._control(),
         )
 
     async def acquire(self, *, missed_beats: int) -> None:

@@ -25,7 +25,7 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
 from common.errors import ConfigError, NodeIdTakenOverError
 from common.log import get_logger
-from common.states import NodeStatus, Priority
+from common.states import Priority
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.subjects import skill_from_token
 from communication.topology import Topology
@@ -34,6 +34,7 @@ from worker.cancellation import CancelledTasks
 from worker.delivery_claims import ClaimReporter
 from worker.execution import TaskRunner
 from worker.heartbeat import Heartbeat
+from worker.node_control import NodeController
 from worker.puller import Slots, TaskPuller
 from worker.reporter import EventReporter
 from worker.skill_sync import SkillSync
@@ -100,7 +101,7 @@ class Worker:
         self.puller = TaskPuller(
             conn, topology, [], self.slots, settings, clock, self._dispatch, skill_room=self._skill_room
         )
-        self._status = NodeStatus.ONLINE
+        self.node_control = NodeController(conn, node_id, self.puller, running=lambda: len(self._running))
         # Set once the worker pulls and beats: for whoever starts one in-process and must not race it.
         self.ready = asyncio.Event()
         self.heartbeat = Heartbeat(
@@ -113,7 +114,8 @@ class Worker:
             capacity=settings.concurrency,
             interval_s=settings.heartbeat_interval_s,
             running=lambda: len(self._running),
-            status=lambda: self._status,
+            status=self.node_control.status,
+            control=lambda: self.node_control.control,
             clock=clock,
         )
 
@@ -144,6 +146,7 @@ class Worker:
             await worker._close_early(release=False)
             raise
         try:
+            await worker.node_control.start(await topology.node_control_kv())
             await worker.skill_sync.initial()
             await worker.puller.set_skills(worker.skills.names())
             worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
@@ -158,6 +161,7 @@ class Worker:
         try:
             if release:
                 await self.heartbeat.release()
+            await self.node_control.stop()
             await self.puller.stop()
             if self._artifacts is not None:
                 await self._artifacts.close()
@@ -189,7 +193,7 @@ class Worker:
                 )
                 await wait_any(stop, self.heartbeat.lost)
                 log.info("worker.stopping", running=len(self._running))
-                self._status = NodeStatus.DRAINING
+                self.node_control.stopping = True
                 pulling.set()
                 await self._drain_running(self.config.worker.shutdown_grace_s)
                 await self.heartbeat.deregister()
@@ -198,6 +202,7 @@ class Worker:
         finally:
             if self._cancel_sub is not None:
                 await self._cancel_sub.unsubscribe()
+            await self.node_control.stop()
             await self.puller.stop()
             self._threads.shutdown(wait=False, cancel_futures=True)
             if self._artifacts is not None:
