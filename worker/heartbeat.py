@@ -58,6 +58,9 @@ class Heartbeat:
         self._lease = NodeLease(lease_kv, node_id, self.instance_id, clock)
         # Set when another process took this node id: the worker must stop.
         self.lost = asyncio.Event()
+        # One beat at a time (each is a compare-and-set on the key); none after the last.
+        self._sending = asyncio.Lock()
+        self._closed = False
         self._skills = skills
         self._skill_loads = skill_loads
         self._labels = labels
@@ -112,22 +115,28 @@ class Heartbeat:
             await self.send(self.beat())
             await wait_any(stopping, timeout_s=self._interval_s)
 
-    async def send(self, beat: NodeHeartbeat) -> None:
-        """Publish one beat (core NATS) and store it in the KV bucket; failures are logged."""
+    async def send(self, beat: NodeHeartbeat, *, last: bool = False) -> None:
+        """Publish one beat (core NATS) and store it in the KV bucket; failures are logged. After
+        the `last` one (the deregistration) nothing more is sent."""
         payload = encode(beat)
-        try:
-            await self._conn.nc.publish(self._conn.subjects.heartbeat(self._node_id), payload)
-            if not await self._lease.renew(payload):
-                self.lost.set()
-        except NATS_ERRORS as exc:
-            log.warning("heartbeat.failed", error=str(exc) or type(exc).__name__)
+        async with self._sending:
+            if self._closed:
+                return
+            self._closed = last
+            try:
+                await self._conn.nc.publish(self._conn.subjects.heartbeat(self._node_id), payload)
+                if not await self._lease.renew(payload):
+                    self.lost.set()
+            except NATS_ERRORS as exc:
+                log.warning("heartbeat.failed", error=str(exc) or type(exc).__name__)
 
     async def deregister(self) -> None:
         """Tell the coordinator this node is gone on purpose, and free its node id."""
         if self.lost.is_set():
             return  # the id is another process's now: its beats speak for the node
-        await self.send(self.beat(NodeStatus.OFFLINE))
-        await self.release()
+        await self.send(self.beat(NodeStatus.OFFLINE), last=True)
+        if not self.lost.is_set():
+            await self.release()
 
     async def release(self) -> None:
         """Free the node id (also when the worker failed to start after claiming it)."""

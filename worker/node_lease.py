@@ -98,7 +98,7 @@ class NodeLease:
         try:
             entry = await self._kv.get(self._node_id)
         except KeyNotFoundError:
-            return False
+            return await self._recreate(beat)
         holder = _decode(entry.value)
         if holder is None or holder.instance_id != self._instance_id:
             log.error(
@@ -109,6 +109,15 @@ class NodeLease:
             )
             return False
         self._revision = await self._kv.update(self._node_id, beat, last=entry.revision)
+        return True
+
+    async def _recreate(self, beat: bytes) -> bool:
+        """The key vanished (deleted by hand): nobody holds the id, so take it again."""
+        try:
+            self._revision = await self._kv.create(self._node_id, beat)
+        except KeyWrongLastSequenceError:
+            return False  # another process was quicker
+        log.warning("node.key_recreated", node_id=self._node_id)
         return True
 
     async def release(self) -> None:

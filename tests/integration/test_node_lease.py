@@ -7,6 +7,7 @@ import asyncio
 
 import msgspec
 import pytest
+from nats.js.errors import KeyNotFoundError
 
 from common.config import ClawConfig
 from common.errors import NodeIdInUseError, NodeIdTakenOverError
@@ -49,3 +50,20 @@ async def test_a_worker_whose_id_was_taken_over_stops_with_an_error(config: Claw
         stop.set()
         if not running.done():
             await asyncio.wait_for(running, 30)
+
+
+async def test_a_beat_racing_the_deregistration_does_not_claim_the_id_again(config: ClawConfig) -> None:
+    """The beat loop may still send once the worker deregistered (it stops a moment later): that beat
+    is dropped. It must neither find the key gone and declare the id lost (the worker would then exit
+    with NodeIdTakenOverError after a clean stop) nor create the key again."""
+    async with running_worker(worker_config(config, node_id="w1")) as worker:
+        await worker.heartbeat.deregister()
+        await worker.heartbeat.send(worker.heartbeat.beat())
+        assert not worker.heartbeat.lost.is_set()
+        conn = await NatsConnection.connect(config.nats, name="observer")
+        try:
+            kv = await Topology(conn, config.jetstream).nodes_kv()
+            with pytest.raises(KeyNotFoundError):
+                await kv.get("w1")
+        finally:
+            await conn.close()
