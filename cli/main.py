@@ -22,6 +22,7 @@ from cli.commands import (
     dlq,
     guard,
     nats,
+    node,
     nodes,
     skills,
     status,
@@ -57,6 +58,7 @@ GROUPS = (
     guard,
     audit,
     artifacts,
+    node,
 )
 for group in GROUPS:
     group.register(app)

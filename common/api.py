@@ -28,7 +28,7 @@ from common.models import (
     TaskSummary,
 )
 from common.skills import RegistryEntry, SkillManifest
-from common.states import TaskState
+from common.states import NodeControl, NodeStatus, TaskState
 
 
 class ApiVerb:
@@ -56,6 +56,7 @@ class ApiVerb:
     AUDIT_VERIFY = "audit_verify"
     ARTIFACTS = "artifacts"
     ARTIFACT_STORE = "artifact_store"
+    NODE_CONTROL = "node_control"
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -410,3 +411,23 @@ class ArtifactStoreReply(msgspec.Struct, frozen=True, kw_only=True):
 
 class Empty(msgspec.Struct, frozen=True):
     """A request with no arguments."""
+
+
+class NodeControlRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw node pause|drain|resume ID`: the state the node should be in."""
+
+    node_id: str
+    control: NodeControl
+    by: str | None = None
+
+
+class NodeControlReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The recorded desired state, and what the node does: as it answered at once (`confirmed`), or
+    as last known when it did not answer (it is offline; it follows the state when it returns)."""
+
+    node_id: str
+    control: NodeControl
+    status: NodeStatus
+    running: int
+    confirmed: bool
+    changed: bool

@@ -56,6 +56,21 @@ class NatsServerError(ClawError):
     code = "nats_server"
 
 
+# --- nodes ---------------------------------------------------------------------------------------
+
+
+class NodeIdInUseError(ClawError):
+    """A worker was started with the node id of a live worker process."""
+
+    code = "node_id_in_use"
+
+
+class NodeIdTakenOverError(ClawError):
+    """Another worker process took this one's node id (it was frozen or cut off for too long)."""
+
+    code = "node_id_taken_over"
+
+
 # --- storage -------------------------------------------------------------------------------------
 
 
@@ -108,6 +123,12 @@ class TaskNotFoundError(RequestError):
     """No task has the given id."""
 
     code = "not_found"
+
+
+class NodeNotFoundError(RequestError):
+    """The request names a node the coordinator has never heard from."""
+
+    code = "node_not_found"
 
 
 class PayloadTooLargeError(RequestError):
@@ -195,6 +216,7 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         InvalidInputError,
         UnknownSkillError,
         TaskNotFoundError,
+        NodeNotFoundError,
         PayloadTooLargeError,
         QueueFullError,
         InternalError,

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import msgspec
 
-from common.states import AttemptState, NodeStatus, Priority, TaskState
+from common.states import AttemptState, NodeControl, NodeStatus, Priority, TaskState
 
 SCHEMA_VERSION = 1
 EMPTY_OBJECT = msgspec.Raw(b"{}")
@@ -174,6 +174,20 @@ class CancelNotice(msgspec.Struct, frozen=True, kw_only=True):
     series: int = 0
 
 
+class SkillLoad(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How a worker fared with the enabled version of an installed skill, as its heartbeats report it.
+
+    `state` is `loaded`; `failed` (`error` says why; the worker tries again with backoff, `attempts`
+    counts the tries); or `skipped`: this worker may not run it (`error` says why: its labels, or
+    `--skills`).
+    """
+
+    version: str
+    state: str
+    error: str | None = None
+    attempts: int = 0
+
+
 class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     """A worker's periodic report of itself, on `<prefix>.nodes.heartbeat.<node_id>` and in KV.
 
@@ -201,6 +215,32 @@ class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     # The version and risk of each skill the node runs (code-registered ones have no registry entry).
     skill_versions: dict[str, str] = {}
     skill_risks: dict[str, str] = {}
+    # Installed skills by name: which enabled version this node loaded, failed to load, or skipped.
+    skill_loads: dict[str, SkillLoad] = {}
+    # Unique to the process: the node's KV key holds the id of the one process that may beat for it.
+    instance_id: str = ""
+    # The control the node follows now (`claw node pause|drain|resume`).
+    control: NodeControl = NodeControl.ACTIVE
+
+
+class NodeCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """The coordinator's desired state for one node: on `<prefix>.ctl.<node_id>` (a request, answered
+    with `NodeReport`) and kept in KV `<prefix>_node_control` (key: the node id), where a starting
+    worker reads it, so a paused node stays paused across restarts."""
+
+    v: int = SCHEMA_VERSION
+    control: NodeControl
+    changed_at: float = 0.0
+    by: str | None = None
+
+
+class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's answer to a `NodeCommand`: what it does now."""
+
+    node_id: str
+    control: NodeControl
+    status: NodeStatus
+    running: int
 
 
 class DeliveryClaim(msgspec.Struct, frozen=True, array_like=True):
@@ -337,6 +377,11 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     load1: float
     started_at: float
     last_seen: float
+    # From the node's last beat (empty until it beat since the coordinator started).
+    skill_versions: dict[str, str] = {}
+    skill_loads: dict[str, SkillLoad] = {}
+    # What the coordinator asks of the node (`claw node pause|drain|resume`); `status` is what it does.
+    control: NodeControl = NodeControl.ACTIVE
 
 
 class QueueDepth(msgspec.Struct, frozen=True, kw_only=True):

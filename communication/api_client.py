@@ -49,6 +49,8 @@ from common.api import (
     Empty,
     GuardCheckReply,
     GuardCheckRequest,
+    NodeControlReply,
+    NodeControlRequest,
     NodesReply,
     NodesRequest,
     PingReply,
@@ -95,7 +97,7 @@ from common.models import (
     TaskView,
 )
 from common.skills import folder_checksum, load_manifest, pack_skill
-from common.states import TERMINAL_STATES, TaskState
+from common.states import TERMINAL_STATES, NodeControl, TaskState
 from communication.codec import DecodeError, decode, encode
 from communication.connection import NatsConnection
 from communication.pages import Page, collect, iterate
@@ -276,6 +278,11 @@ class ClawClient:
         """One page of the node registry, online nodes first."""
         reply = await self._call(ApiVerb.NODES, NodesRequest(limit=limit, cursor=cursor), NodesReply)
         return Page(reply.nodes, reply.next_cursor, reply.total)
+
+    async def node_control(self, node_id: str, control: NodeControl, *, by: str | None = None) -> NodeControlReply:
+        """Ask a node to be active, paused or drained; the reply says what it does now."""
+        request = NodeControlRequest(node_id=node_id, control=control, by=by)
+        return await self._call(ApiVerb.NODE_CONTROL, request, NodeControlReply)
 
     async def status(self, *, window_s: float = 3600.0) -> ClusterStatus:
         """The cluster overview, with rates over the tasks that finished in the last `window_s`."""

@@ -82,6 +82,11 @@ class Subjects:
         return f"{self.prefix}_nodes"
 
     @property
+    def node_control_bucket(self) -> str:
+        """KV bucket with the coordinator's desired state of each node (`NodeCommand`, key: node id)."""
+        return f"{self.prefix}_node_control"
+
+    @property
     def skills_bucket(self) -> str:
         """KV bucket with the skill registry snapshot workers load from (key `registry`)."""
         return f"{self.prefix}_skills"

@@ -115,6 +115,10 @@ class Topology:
         """The skill registry snapshot workers read."""
         return await self.kv(self._subjects.skills_bucket, "the skill registry: what workers load")
 
+    async def node_control_kv(self) -> KeyValue:
+        """The desired state of each node, which a starting worker reads (the coordinator writes it)."""
+        return await self.kv(self._subjects.node_control_bucket, "desired state of each node: active, paused, drained")
+
     async def audit_kv(self) -> KeyValue:
         """Where the event log's chain head is anchored."""
         return await self.kv(self._subjects.audit_bucket, "anchors of the event log's hash chain")

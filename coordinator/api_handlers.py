@@ -29,6 +29,8 @@ from common.api import (
     GuardCheckReply,
     GuardCheckRequest,
     GuardDecision,
+    NodeControlReply,
+    NodeControlRequest,
     NodesReply,
     NodesRequest,
     PingReply,
@@ -69,6 +71,7 @@ from coordinator.approvals import ApprovalDesk
 from coordinator.audit import Auditor
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.input_offload import InputOffloader
+from coordinator.node_control import NodeControlDesk
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import RERUNNABLE, TaskOperations
 from coordinator.paging import offset_cursor, offset_page, page_limit, take_page
@@ -110,6 +113,7 @@ class ApiHandlers:
         alerts: AlertMonitor,
         metrics_port: Callable[[], int | None],
         artifacts: ArtifactStore | None = None,
+        node_control: NodeControlDesk,
     ) -> None:
         self._config = config
         self._node_id = node_id
@@ -127,6 +131,7 @@ class ApiHandlers:
         self._probe = probe
         self._alerts = alerts
         self._metrics_port = metrics_port
+        self._node_control = node_control
         self._offloader = InputOffloader(artifacts, default_backoff(config.coordinator), lambda: conn.nc.max_payload)
 
     def _budget(self) -> int:
@@ -158,6 +163,7 @@ class ApiHandlers:
             ApiVerb.AUDIT_VERIFY: self.audit_verify,
             ApiVerb.ARTIFACTS: self.artifacts,
             ApiVerb.ARTIFACT_STORE: self.artifact_store,
+            ApiVerb.NODE_CONTROL: self.node_control,
         }
 
     async def ping(self, data: bytes) -> PingReply:
@@ -227,13 +233,19 @@ class ApiHandlers:
         return TaskStatesReply(states=await self._store.states(request.task_ids))
 
     async def nodes(self, data: bytes) -> NodesReply:
-        """A page of the node registry (a small list in memory: the cursor is an offset)."""
+        """A page of the node registry, with what the coordinator asks of each node (a small list in
+        memory: the cursor is an offset)."""
         request = _decode_request(data, NodesRequest)
-        views = self._registry.views()
+        views = self._node_control.views_with_control()
         page, cursor = offset_page(
             views, cursor=request.cursor, limit=page_limit(request.limit), budget=self._budget(), what="node"
         )
         return NodesReply(nodes=page, next_cursor=cursor, total=len(views))
+
+    async def node_control(self, data: bytes) -> NodeControlReply:
+        """Pause, drain or resume a node: recorded, sent to it, answered with what it does now."""
+        request = _decode_request(data, NodeControlRequest)
+        return await self._node_control.set(request.node_id, request.control, by=request.by)
 
     async def status(self, data: bytes) -> StatusReply:
         """The cluster overview, with rates over the tasks that finished in the requested window."""

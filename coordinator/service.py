@@ -42,6 +42,7 @@ from coordinator.event_folding import EventFolder
 from coordinator.event_intake import EventIntake
 from coordinator.guard import Guard, load_policy
 from coordinator.metrics import ClusterMetrics, GaugeValues, MetricsServer
+from coordinator.node_control import NodeControlDesk
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
 from coordinator.queue_probe import QueueProbe
@@ -78,6 +79,7 @@ class Coordinator:
         skills_kv: KeyValue,
         audit_kv: KeyValue,
         artifacts: ArtifactStore,
+        node_control_kv: KeyValue,
     ) -> None:
         self.config = config
         self.node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
@@ -94,7 +96,9 @@ class Coordinator:
         self.book = TaskBook(self.store, on_transition=observer)
         self.probe = QueueProbe(conn)
         self.alerts = AlertMonitor(self.store, settings, clock)
-        self.registry = NodeRegistry(NodeStore(db), clock, missed_beats=settings.offline_after_missed_beats)
+        node_store = NodeStore(db)
+        self.registry = NodeRegistry(node_store, clock, missed_beats=settings.offline_after_missed_beats)
+        self.node_control = NodeControlDesk(conn, node_store, self.store, self.registry, node_control_kv, clock)
         self.pipeline = SubmitPipeline(
             conn, self.store, self.book, settings, clock, artifact_ttl_s=config.artifacts.default_ttl_s
         )
@@ -141,6 +145,7 @@ class Coordinator:
             alerts=self.alerts,
             metrics_port=lambda: self.metrics_port,
             artifacts=artifacts,
+            node_control=self.node_control,
         )
         self._api = ApiServer(conn, handlers.table())
         self._heartbeat_sub: Subscription | None = None
@@ -160,6 +165,7 @@ class Coordinator:
             await topology.nodes_kv()
             skills_kv = await topology.skills_kv()
             audit_kv = await topology.audit_kv()
+            node_control_kv = await topology.node_control_kv()
             await topology.skill_code()
             load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
             artifacts = await open_artifact_store(config.artifacts)
@@ -170,10 +176,19 @@ class Coordinator:
             await conn.close()
             raise
         coordinator = cls(
-            config, conn, db, topology, clock, skills_kv=skills_kv, audit_kv=audit_kv, artifacts=artifacts
+            config,
+            conn,
+            db,
+            topology,
+            clock,
+            skills_kv=skills_kv,
+            audit_kv=audit_kv,
+            artifacts=artifacts,
+            node_control_kv=node_control_kv,
         )
         await coordinator.book.load()
         await coordinator.registry.load()
+        await coordinator.node_control.load()
         await coordinator.catalog.load()
         await coordinator.alerts.load()
         log.info(
@@ -246,6 +261,7 @@ class Coordinator:
             log.warning("node.bad_heartbeat", subject=msg.subject, error=str(exc))
             return
         self.registry.observe(beat)
+        await self.node_control.on_beat(beat)
 
     async def _checkpoints(self, stopping: asyncio.Event) -> None:
         """Checkpoint the state database's write-ahead log every second (commits never do)."""

@@ -175,6 +175,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX tasks_finished ON tasks (finished_at, state, started_at);
         """,
     ),
+    (
+        6,
+        "the desired state of worker nodes (claw node pause, drain, resume)",
+        """
+        CREATE TABLE node_controls (
+            node_id TEXT PRIMARY KEY,
+            control TEXT NOT NULL,
+            changed_at REAL NOT NULL,
+            changed_by TEXT
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

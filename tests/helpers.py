@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import pytest
 
 from common.clock import SYSTEM_CLOCK
 from common.config import ClawConfig
@@ -35,6 +36,8 @@ BUILTIN_SKILLS = (
     "echo, fail, fs.list, fs.mkdir, fs.read, fs.write, http.request, llm.chat, python.exec, shell.exec, sleep"
 )
 ROOT = Path(__file__).resolve().parent.parent
+# Runs an async test once on each event loop (uvloop and asyncio's own; see tests/conftest.py).
+BOTH_LOOPS = pytest.mark.asyncio(loop_factories=["uvloop", "asyncio"])
 
 
 async def eventually(

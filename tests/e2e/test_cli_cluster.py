@@ -254,7 +254,7 @@ def test_skills_guard_approvals_and_audit_through_the_cli(processes: ProcessPool
     start_cluster(processes, workers=1)
     installed = processes.run("skills", "install", str(examples / "webhook_post"))
     assert installed.returncode == 0, installed.stderr
-    assert installed.stdout.strip() == "webhook.post@1.0.0 installed and enabled"
+    assert installed.stdout.splitlines()[0] == "webhook.post@1.0.0 installed and enabled"
     listing = processes.run("skills", "list").stdout
     assert "webhook.post" in listing and "write_external" in listing and "installed" in listing
     assert "read_only" in processes.run("skills", "show", "echo").stdout
