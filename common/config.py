@@ -97,6 +97,12 @@ class CoordinatorSettings(_Section, frozen=True):
     # The environment variable holding the key that makes the event log's hashes HMACs.
     audit_key_env: str = "CLAW_AUDIT_KEY"
     max_input_bytes: PositiveInt = 1024 * 1024
+    # How deep a task's input may nest arrays and objects; deeper is refused at submit (the JSON
+    # decoders of coordinator and workers recurse: thousands of levels would overflow them).
+    max_input_depth: Annotated[int, msgspec.Meta(ge=1, le=512)] = 64
+    # A task id a client chose (a ULID) may be dated at most this far ahead of the coordinator's
+    # clock: ids sort by time, and a far-future one would head every task list for ever.
+    task_id_max_future_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     max_tasks_per_request: PositiveInt = 10_000
     submit_batch_max: PositiveInt = 512
     event_batch_max: PositiveInt = 512
