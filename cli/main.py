@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind
 from cli.artifacts import fetch_artifact, offload_large_inputs
 from cli.inputs import parse_duration, read_inputs
 from cli.output import emit_json, fmt_duration
+from cli.quarantine import quarantine_app
 from cli.render import (
     payload_text,
     render_action,
@@ -73,6 +74,7 @@ app.add_typer(skills_app, name="skills")
 app.add_typer(guard_app, name="guard")
 app.add_typer(audit_app, name="audit")
 app.add_typer(artifacts_app, name="artifacts")
+app.add_typer(quarantine_app, name="quarantine")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ConfigFlag = Annotated[Path | None, typer.Option("--config", help="YAML config file (also $CLAW_CONFIG).")]

@@ -19,6 +19,7 @@ from common.models import (
     ClusterStatus,
     DeadLetterView,
     NodeView,
+    QuarantinedEvent,
     TaskSpec,
     TaskSummary,
 )
@@ -51,6 +52,7 @@ class ApiVerb:
     AUDIT_VERIFY = "audit_verify"
     ARTIFACTS = "artifacts"
     ARTIFACT_STORE = "artifact_store"
+    QUARANTINE_LIST = "quarantine_list"
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -362,6 +364,19 @@ class ArtifactStoreReply(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     settings: ArtifactSettings
+
+
+class QuarantineListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Newest quarantined events first, optionally of one task."""
+
+    task_id: str | None = None
+    limit: int = 50
+
+
+class QuarantineListReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Quarantined events, newest first (each with at most its first 512 bytes)."""
+
+    events: list[QuarantinedEvent]
 
 
 class Empty(msgspec.Struct, frozen=True):

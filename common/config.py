@@ -106,6 +106,8 @@ class CoordinatorSettings(_Section, frozen=True):
     max_tasks_per_request: PositiveInt = 10_000
     submit_batch_max: PositiveInt = 512
     event_batch_max: PositiveInt = 512
+    # Events that cannot be decoded or folded are kept in the quarantine table: the newest this many.
+    quarantine_max_rows: PositiveInt = 10_000
     # "normal" survives a process crash (like JetStream's default sync); "full" also an OS crash.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     # Tasks persisted but not confirmed published for this long are published again (same msg id).

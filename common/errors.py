@@ -137,6 +137,13 @@ class IllegalTransitionError(ClawError):
     code = "illegal_transition"
 
 
+class BadEventError(ClawError):
+    """A task event that cannot be applied (no such task, a transition the table forbids): the
+    coordinator quarantines it and goes on."""
+
+    code = "bad_event"
+
+
 # --- task execution (raised by skill handlers) ---------------------------------------------------
 
 

@@ -44,6 +44,7 @@ from coordinator.guard import Guard, load_policy
 from coordinator.metrics import ClusterMetrics, GaugeValues, MetricsServer
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
+from coordinator.quarantine import QuarantineDesk
 from coordinator.queue_probe import QueueProbe
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
@@ -52,6 +53,7 @@ from coordinator.task_wire import default_backoff
 from storage.artifacts import ArtifactStore, open_artifact_store
 from storage.database import Database
 from storage.node_store import NodeStore
+from storage.quarantine_store import QuarantineStore
 from storage.skill_store import SkillStore
 from storage.task_store import TaskStore
 
@@ -86,7 +88,9 @@ class Coordinator:
         self._clock = clock
         settings = config.coordinator
         audit_key = os.environ.get(settings.audit_key_env)
-        self.store = TaskStore(db, audit_key=audit_key.encode() if audit_key else None)
+        self.store = TaskStore(
+            db, audit_key=audit_key.encode() if audit_key else None, quarantine_max_rows=settings.quarantine_max_rows
+        )
         # Metrics cost nothing unless asked for: without a port there is no observer on the hot path.
         self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
         self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
@@ -101,7 +105,7 @@ class Coordinator:
         folder = EventFolder(self.book, dead_letter=settings.dead_letter)
         self.dead_letters = DeadLetterOffice(conn, self.store, clock, default_backoff(settings))
         self._intake = EventIntake(
-            conn, topology, self.store, self.book, folder, self.dead_letters, batch_max=settings.event_batch_max
+            conn, topology, self.store, self.book, folder, self.dead_letters, clock, batch_max=settings.event_batch_max
         )
         # Claims matter until a dead node is declared offline; past the ack wait JetStream redelivers anyway.
         detect_s = (config.coordinator.offline_after_missed_beats + 2) * config.worker.heartbeat_interval_s + 5.0
@@ -141,7 +145,8 @@ class Coordinator:
             alerts=self.alerts,
             metrics_port=lambda: self.metrics_port,
         )
-        self._api = ApiServer(conn, handlers.table())
+        quarantine = QuarantineDesk(QuarantineStore(db))
+        self._api = ApiServer(conn, handlers.table() | quarantine.api_handlers())
         self._heartbeat_sub: Subscription | None = None
         self._claims_sub: Subscription | None = None
         self._next_alerts_at = self._next_gauges_at = 0.0
