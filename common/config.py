@@ -108,6 +108,12 @@ class CoordinatorSettings(_Section, frozen=True):
     event_batch_max: PositiveInt = 512
     # Events that cannot be decoded or folded are kept in the quarantine table: the newest this many.
     quarantine_max_rows: PositiveInt = 10_000
+    # One coordinator per prefix: it holds a lease in the KV bucket <prefix>_coordinator, renewed
+    # every lease_renew_interval_s. A second coordinator refuses to start while the lease is renewed;
+    # a killed one's lease lapses lease_ttl_s after its last renewal (a clean stop releases it at
+    # once), and a coordinator that could not renew for lease_ttl_s stops writing (docs/Reliability.md).
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=2, le=600)] = 10.0
+    lease_renew_interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=120)] = 2.0
     # "normal" survives a process crash (like JetStream's default sync); "full" also an OS crash.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     # Tasks persisted but not confirmed published for this long are published again (same msg id).

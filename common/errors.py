@@ -128,6 +128,21 @@ class InternalError(ClawError):
     code = "internal"
 
 
+# --- the coordinator's lease ---------------------------------------------------------------------
+
+
+class LeaseHeldError(ClawError):
+    """Another coordinator is alive on this prefix: this one must not start (the message names it)."""
+
+    code = "lease_held"
+
+
+class LeaseLostError(ClawError):
+    """This coordinator's lease lapsed or was taken over: it must stop writing at once."""
+
+    code = "lease_lost"
+
+
 # --- state machine -------------------------------------------------------------------------------
 
 

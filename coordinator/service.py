@@ -1,17 +1,20 @@
 """The coordinator process: wires the parts together and owns their lifecycle.
 
-Start-up: connect to NATS, create streams and the events consumer, open and migrate the database, load
+Start-up: connect to NATS, take the prefix's lease (refused while another coordinator holds it:
+`coordinator/lease.py`), create streams and the events consumer, open and migrate the database, load
 the working set (unfinished tasks, node registry, active alerts), then serve metrics (when asked),
 start the loops and, last, the API - so no request is answered before the state behind it is loaded.
 
 Shutdown (on the `stop` event): stop taking API requests and let those in progress finish; then stop
 the loops - the submit pipeline drains its queue, event intake commits and acks the batch in hand,
-the registry is persisted; then the metrics server, the database and NATS are closed.
+the registry is persisted; then the lease is released and the metrics server, the database and NATS
+are closed. A lost lease stops the coordinator at once instead, writing nothing more (`LeaseLostError`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 
@@ -23,7 +26,7 @@ from nats.js.kv import KeyValue
 from common.aio import wait_any
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
-from common.errors import StorageError
+from common.errors import LeaseLostError, StorageError
 from common.log import get_logger
 from common.models import NodeHeartbeat, QueueDepth
 from communication.codec import DecodeError, decode
@@ -41,6 +44,7 @@ from coordinator.delivery_claims import ClaimBook
 from coordinator.event_folding import EventFolder
 from coordinator.event_intake import EventIntake
 from coordinator.guard import Guard, load_policy
+from coordinator.lease import CoordinatorLease
 from coordinator.metrics import ClusterMetrics, GaugeValues, MetricsServer
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
@@ -80,9 +84,12 @@ class Coordinator:
         skills_kv: KeyValue,
         audit_kv: KeyValue,
         artifacts: ArtifactStore,
+        lease: CoordinatorLease,
     ) -> None:
         self.config = config
-        self.node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
+        self.node_id = lease.holder.node_id
+        self._lease = lease
+        db.set_fence(lease)
         self._conn = conn
         self._db = db
         self._clock = clock
@@ -155,10 +162,16 @@ class Coordinator:
 
     @classmethod
     async def start(cls, config: ClawConfig, *, clock: Clock = SYSTEM_CLOCK) -> Coordinator:
-        """Connect, set up JetStream, open the database and load the working set."""
+        """Connect, take the lease, set up JetStream, open the database and load the working set."""
         conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
         try:
             topology = Topology(conn, config.jetstream)
+            node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
+            lease = await CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=clock.now())
+        except BaseException:
+            await conn.close()
+            raise
+        try:
             await topology.ensure_streams()
             await topology.ensure_events_consumer()
             await topology.nodes_kv()
@@ -171,10 +184,11 @@ class Coordinator:
                 config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous, own_checkpoints=True
             )
         except BaseException:
+            await lease.release()
             await conn.close()
             raise
         coordinator = cls(
-            config, conn, db, topology, clock, skills_kv=skills_kv, audit_kv=audit_kv, artifacts=artifacts
+            config, conn, db, topology, clock, skills_kv=skills_kv, audit_kv=audit_kv, artifacts=artifacts, lease=lease
         )
         await coordinator.book.load()
         await coordinator.registry.load()
@@ -214,10 +228,17 @@ class Coordinator:
                 await self._api.start()
                 self.ready.set()
                 log.info("coordinator.ready", node_id=self.node_id, prefix=self._conn.subjects.prefix)
-                await stop.wait()
+                await wait_any(stop, self._lease.lost)
+                # A lost lease: no draining (it would write); the loops are cancelled where they are.
+                self._lease.check()
                 log.info("coordinator.stopping")
                 await self._api.stop(API_GRACE_S)
                 loops_stopping.set()
+        except BaseExceptionGroup as group:
+            lost = group.subgroup(LeaseLostError)
+            if lost is None:
+                raise
+            raise lost.exceptions[0] from None  # one clear line for the CLI, not a group
         finally:
             await self._close()
         log.info("coordinator.stopped")
@@ -232,13 +253,17 @@ class Coordinator:
         log.info("metrics.serving", host=settings.metrics_host, port=port, path="/metrics")
 
     async def _close(self) -> None:
+        await self._api.stop(0)  # already stopped unless the loops failed
         if self._metrics_server is not None:
             await self._metrics_server.stop()
         for sub in (self._heartbeat_sub, self._claims_sub):
             if sub is not None:
                 await sub.unsubscribe()
         self._heartbeat_sub = self._claims_sub = None
-        await self.registry.persist()
+        if self._lease.held:
+            with contextlib.suppress(LeaseLostError):  # lost just now: heartbeats rebuild the registry
+                await self.registry.persist()
+        await self._lease.release()
         await self.artifact_store.close()
         await self._db.close()
         await self._conn.close()
@@ -265,6 +290,8 @@ class Coordinator:
         next_orphan_sweep = next_cleanup + orphan_every  # listing the store is not a startup job
         reconnects = self._conn.reconnects
         while not stopping.is_set():
+            # Nothing of what follows may act on a state another coordinator may have moved on from.
+            await self._lease.writable()
             if self._conn.reconnects != reconnects:
                 # We were cut off, not the workers: their beats could not reach us meanwhile.
                 reconnects = self._conn.reconnects
