@@ -190,10 +190,17 @@ class Coordinator:
         coordinator = cls(
             config, conn, db, topology, clock, skills_kv=skills_kv, audit_kv=audit_kv, artifacts=artifacts, lease=lease
         )
-        await coordinator.book.load()
-        await coordinator.registry.load()
-        await coordinator.catalog.load()
-        await coordinator.alerts.load()
+        try:
+            await coordinator.book.load()
+            await coordinator.registry.load()
+            await coordinator.catalog.load()
+            await coordinator.alerts.load()
+        except BaseException:
+            await lease.release()  # at once: a restart must not wait for it to lapse
+            await artifacts.close()
+            await db.close()
+            await conn.close()
+            raise
         log.info(
             "coordinator.loaded",
             node_id=coordinator.node_id,
