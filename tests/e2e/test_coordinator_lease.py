@@ -69,7 +69,7 @@ def test_a_killed_coordinator_blocks_a_restart_for_at_most_its_lease_ttl_and_a_c
     second = start_coordinator(processes)
     waited = (at(second, "lease.acquired") - at(second, "lease.waiting")).total_seconds()
     print(f"\nrestart after SIGKILL waited {waited:.1f} s for the dead coordinator's lease (TTL {ttl_s:g} s)")
-    assert waited <= ttl_s + 1.0
+    assert waited <= ttl_s + 2.0  # the server expires the entry on time; 2 s for a loaded machine
     assert second.stop() == 0
     third = start_coordinator(processes)
     assert not [e for e in log_lines(third) if e["event"] == "lease.waiting"]  # released at once on stop
