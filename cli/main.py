@@ -24,6 +24,7 @@ from cli.commands import (
     nats,
     node,
     nodes,
+    quarantine,
     skills,
     status,
     submit,
@@ -59,6 +60,7 @@ GROUPS = (
     audit,
     artifacts,
     node,
+    quarantine,
 )
 for group in GROUPS:
     group.register(app)

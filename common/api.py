@@ -24,6 +24,7 @@ from common.models import (
     ClusterStatus,
     DeadLetterView,
     NodeView,
+    QuarantinedEvent,
     TaskSpec,
     TaskSummary,
 )
@@ -57,6 +58,7 @@ class ApiVerb:
     ARTIFACTS = "artifacts"
     ARTIFACT_STORE = "artifact_store"
     NODE_CONTROL = "node_control"
+    QUARANTINE_LIST = "quarantine_list"
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -407,6 +409,19 @@ class ArtifactStoreReply(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     settings: ArtifactSettings
+
+
+class QuarantineListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Newest quarantined events first, optionally of one task."""
+
+    task_id: str | None = None
+    limit: int = 50
+
+
+class QuarantineListReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Quarantined events, newest first (each with at most its first 512 bytes)."""
+
+    events: list[QuarantinedEvent]
 
 
 class Empty(msgspec.Struct, frozen=True):

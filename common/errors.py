@@ -149,6 +149,21 @@ class InternalError(ClawError):
     code = "internal"
 
 
+# --- the coordinator's lease ---------------------------------------------------------------------
+
+
+class LeaseHeldError(ClawError):
+    """Another coordinator is alive on this prefix: this one must not start (the message names it)."""
+
+    code = "lease_held"
+
+
+class LeaseLostError(ClawError):
+    """This coordinator's lease lapsed or was taken over: it must stop writing at once."""
+
+    code = "lease_lost"
+
+
 # --- state machine -------------------------------------------------------------------------------
 
 
@@ -156,6 +171,13 @@ class IllegalTransitionError(ClawError):
     """A task state change that the transition table does not allow."""
 
     code = "illegal_transition"
+
+
+class BadEventError(ClawError):
+    """A task event that cannot be applied (no such task, a transition the table forbids): the
+    coordinator quarantines it and goes on."""
+
+    code = "bad_event"
 
 
 # --- task execution (raised by skill handlers) ---------------------------------------------------

@@ -46,7 +46,7 @@ class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str
     sha256: str
-    size: int
+    size: Annotated[int, msgspec.Meta(ge=0, le=2**62)]  # within SQLite's integers
     content_type: str = "application/octet-stream"
     backend: str
     key: str
@@ -162,6 +162,21 @@ class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
 
     seq: int
     letter: DeadLetter
+
+
+class QuarantinedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A task event the coordinator set aside because it could not be decoded or folded
+    (`claw quarantine list`); `data` is its first bytes, `size` its whole length."""
+
+    id: int
+    at: float
+    subject: str
+    stream_seq: int | None = None
+    task_id: str | None = None
+    kind: str | None = None
+    reason: str
+    size: int
+    data: bytes
 
 
 class CancelNotice(msgspec.Struct, frozen=True, kw_only=True):

@@ -54,6 +54,8 @@ from common.api import (
     NodesReply,
     NodesRequest,
     PingReply,
+    QuarantineListReply,
+    QuarantineListRequest,
     RejectRequest,
     SkillInfo,
     SkillInstallReply,
@@ -91,6 +93,7 @@ from common.models import (
     ClusterStatus,
     DeadLetterView,
     NodeView,
+    QuarantinedEvent,
     TaskSpec,
     TaskSummary,
     TaskUpdate,
@@ -516,6 +519,11 @@ class ClawClient:
         if current:
             chunks.append(current)
         return chunks
+
+    async def quarantine_list(self, *, task_id: str | None = None, limit: int = 50) -> list[QuarantinedEvent]:
+        """Task events the coordinator could not decode or fold, newest first (at most 500)."""
+        request = QuarantineListRequest(task_id=task_id, limit=limit)
+        return (await self._call(ApiVerb.QUARANTINE_LIST, request, QuarantineListReply)).events
 
     async def _call(self, verb: str, body: msgspec.Struct, reply_type: type[T], *, timeout_s: float | None = None) -> T:
         subject = self.conn.subjects.api(verb)

@@ -102,6 +102,11 @@ class Subjects:
         return f"{self.prefix}_audit"
 
     @property
+    def coordinator_bucket(self) -> str:
+        """KV bucket holding the coordinator's lease on this prefix (key `leader`)."""
+        return f"{self.prefix}_coordinator"
+
+    @property
     def events_consumer(self) -> str:
         """The coordinator's durable consumer on the events stream."""
         return "coordinator-events"

@@ -56,6 +56,7 @@ from common.api import (
 )
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
+from common.ids import SHOWN_ID_CHARS, shown_id
 from common.models import ClusterStatus, DeadLetterView, NatsServerInfo, TaskView
 from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
 from common.states import TaskState
@@ -477,9 +478,14 @@ def _seq_cursor(cursor: str | None) -> int | None:
 
 def _decode_request(data: bytes, type_: type[T]) -> T:
     try:
-        return decode(data or b"{}", type_)
+        request = decode(data or b"{}", type_)
     except DecodeError as exc:
         raise InvalidInputError(str(exc).replace("cannot decode", "invalid request:", 1)) from None
+    task_id = getattr(request, "task_id", None)
+    if isinstance(task_id, str) and len(task_id) > SHOWN_ID_CHARS:
+        # Task ids are 26 characters: this names no task, and error messages must not echo it whole.
+        raise TaskNotFoundError(f"no task with id {shown_id(task_id)}; `claw task list` shows recent ones")
+    return request
 
 
 def _task_attributes(record: TaskRecord) -> dict[str, str]:

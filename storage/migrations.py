@@ -187,6 +187,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        7,
+        "the quarantine: task events the coordinator could not decode or fold",
+        """
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            subject TEXT NOT NULL,
+            -- The event's sequence in <PREFIX>_EVENTS: a redelivered event is recorded once.
+            stream_seq INTEGER UNIQUE,
+            task_id TEXT,
+            kind TEXT,
+            reason TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            -- The first bytes of the message (storage/quarantine_store.py: KEEP_BYTES).
+            data BLOB NOT NULL
+        );
+        CREATE INDEX quarantine_task ON quarantine (task_id, id);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

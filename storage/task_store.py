@@ -20,6 +20,7 @@ from common.models import (
     WindowStats,
 )
 from common.states import AttemptState, Priority, TaskState
+from storage import quarantine_store
 from storage.audit import GENESIS, ChainBreak, ChainVerifier, canonical, chain_hash, rehash_rows
 from storage.database import Database
 from storage.records import EventRecord, TaskRecord, WriteBatch
@@ -70,9 +71,10 @@ RERUN_EVENT_KINDS = ("retry", "replayed")
 class TaskStore:
     """Reads and batched writes of task state."""
 
-    def __init__(self, db: Database, *, audit_key: bytes | None = None) -> None:
+    def __init__(self, db: Database, *, audit_key: bytes | None = None, quarantine_max_rows: int = 10_000) -> None:
         self._db = db
         self._audit_key = audit_key
+        self._quarantine_max_rows = quarantine_max_rows
         # The chain is extended in commit order: one batch at a time computes and writes its hashes.
         self._chain_lock = asyncio.Lock()
         self._head: str | None = None
@@ -111,6 +113,8 @@ class TaskStore:
                 ):
                     if rows:
                         conn.executemany(sql, rows)
+                if batch.quarantined:
+                    quarantine_store.stage(conn, batch.quarantined, self._quarantine_max_rows)
                 return chain
 
             def committed(chain: str) -> None:
