@@ -31,6 +31,7 @@ from cli.commands import (
     worker,
 )
 from cli.context import Globals
+from cli.runner import protect_output
 
 app = typer.Typer(
     name="claw",
@@ -76,4 +77,5 @@ def root(
 
 def run() -> None:
     """Console-script entry point."""
+    protect_output()
     app()
