@@ -92,6 +92,8 @@ class LocalCluster:
             cluster = self._cluster(nats)
             cluster.start()
             await cluster.wait_ready(stop)
+            if stop.is_set():
+                return  # Ctrl-C while starting
             await self._find_metrics(cluster.settings)
             self._banner(nats)
             await self._supervise(cluster, nats, stop)

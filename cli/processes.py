@@ -57,6 +57,9 @@ def child_env(**settings: str) -> dict[str, str]:
     return env
 
 
+_ROLE_OF_COMMAND: dict[str, Role] = {"worker": "worker", "coordinator": "coordinator", "nats": "nats"}
+
+
 def role_of(args: tuple[str, ...] | list[str]) -> Role:
     """The role of `claw ARGS` by its command (global options such as `--nats URL` skipped)."""
     words = iter(args)
@@ -64,7 +67,7 @@ def role_of(args: tuple[str, ...] | list[str]) -> Role:
         if word == "--nats":
             next(words, None)
         elif not word.startswith("-"):
-            return word if word in ("worker", "coordinator", "nats") else "other"  # type: ignore[return-value]
+            return _ROLE_OF_COMMAND.get(word, "other")
     return "other"
 
 
