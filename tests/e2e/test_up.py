@@ -105,8 +105,14 @@ def claw_up(tmp_path: Path, *, workers: int = 1, stdout: int | None = None) -> I
         yield up
     finally:
         if popen.poll() is None:
-            popen.kill()
+            popen.terminate()
+            try:
+                popen.wait(60)
+            except subprocess.TimeoutExpired:
+                popen.kill()
         popen.wait()
+        if popen.stdout is not None:
+            popen.stdout.close()
         for process in started:  # what survives a test that failed
             with contextlib.suppress(psutil.Error):
                 process.kill()
