@@ -33,6 +33,7 @@ from cli.commands import (
     worker,
 )
 from cli.context import Globals
+from cli.runner import protect_output
 
 app = typer.Typer(
     name="claw",
@@ -80,4 +81,5 @@ def root(
 
 def run() -> None:
     """Console-script entry point."""
+    protect_output()
     app()

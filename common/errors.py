@@ -56,6 +56,17 @@ class NatsServerError(ClawError):
     code = "nats_server"
 
 
+class PortInUseError(NatsServerError):
+    """A port the embedded nats-server was to listen on is taken; `role` is `client` or `monitoring`."""
+
+    code = "port_in_use"
+
+    def __init__(self, message: str, *, port: int, role: str) -> None:
+        super().__init__(message)
+        self.port = port
+        self.role = role
+
+
 # --- nodes ---------------------------------------------------------------------------------------
 
 

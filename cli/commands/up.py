@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.options import MetricsPortFlag
-from cli.runner import fail, run_service
+from cli.runner import fail, run_service, set_process_title
 from common.config import LogSettings
 from common.log import configure_logging
 
@@ -22,10 +22,11 @@ def up(
     metrics_port: MetricsPortFlag = None,
 ) -> None:
     """Run a whole local cluster: embedded nats-server, a coordinator and N workers, until Ctrl-C."""
-    from cli.processes import LocalCluster
+    from cli.local_cluster import LocalCluster
 
     if workers < 0:
         fail("--workers must be 0 or more")
+    set_process_title("claw up")
     configure_logging(LogSettings(level="warning", format="console"), process="up")
     cluster = LocalCluster(
         data_dir=data_dir,
