@@ -93,7 +93,9 @@ def make_config(server: EmbeddedNatsServer, prefix: str, tmp_path: Path, **secti
     """A config for an in-process cluster: fast heartbeats, quick polls, a private database."""
     overrides: dict[str, dict[str, object]] = {
         "nats": {"url": server.client_url, "prefix": prefix, "monitor_url": server.monitor_url},
-        "coordinator": {"db_path": str(tmp_path / "claw.db")},
+        # 10 missed beats (2 s) before a node is offline: the in-process services share one event loop on
+        # a loaded 2-core machine, where 3 beats (0.6 s) of silence happen without anyone dying.
+        "coordinator": {"db_path": str(tmp_path / "claw.db"), "offline_after_missed_beats": 10},
         "worker": {
             "heartbeat_interval_s": 0.2,
             "idle_poll_interval_s": 0.5,
