@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from cli.output import emit_json
 from common.aio import wait_any
 from common.config import ClawConfig, NatsSettings, load_config
 from common.errors import ClawError, NatsServerError
@@ -37,14 +38,19 @@ RESTART_RESET_AFTER_S = 60.0
 COORDINATOR_STOP_TIMEOUT_S = 20.0
 
 
-async def serve_nats(stop: asyncio.Event, *, port: int, http_port: int, store_dir: Path) -> None:
-    """Run nats-server until `stop`; print where it listens."""
+async def serve_nats(
+    stop: asyncio.Event, *, port: int, http_port: int, store_dir: Path, json_out: bool = False
+) -> None:
+    """Run nats-server until `stop`; print where it listens (one JSON object with `json_out`)."""
     server = EmbeddedNatsServer(NatsServerOptions(store_dir=store_dir, port=port, http_port=http_port))
     await server.start_async()
-    print(
-        f"nats-server ready: {server.client_url} (monitoring {server.monitor_url}, store {store_dir})",
-        flush=True,
-    )
+    if json_out:
+        emit_json({"nats_url": server.client_url, "monitor_url": server.monitor_url, "store_dir": str(store_dir)})
+    else:
+        print(
+            f"nats-server ready: {server.client_url} (monitoring {server.monitor_url}, store {store_dir})",
+            flush=True,
+        )
     try:
         while not await wait_any(stop, timeout_s=0.5):
             if server.process is not None and server.process.poll() is not None:
@@ -97,8 +103,10 @@ class LocalCluster:
         monitor_port: int,
         concurrency: int,
         metrics_port: int | None = None,
+        json_out: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        self.json_out = json_out
         self.workers = workers
         self.concurrency = concurrency
         self.metrics_port = metrics_port
@@ -226,6 +234,19 @@ class LocalCluster:
                 )
 
     def _banner(self) -> None:
+        if self.json_out:
+            emit_json(
+                {
+                    "nats_url": self.nats.client_url,
+                    "monitor_url": self.nats.monitor_url,
+                    "workers": self.workers,
+                    "data_dir": str(self.data_dir),
+                    "logs": str(self.logs),
+                    "artifacts": self.artifacts_location,
+                    "metrics_url": self.metrics_url,
+                }
+            )
+            return
         metrics = f"\n  Prometheus metrics: {self.metrics_url}" if self.metrics_url else ""
         print(
             f"""claw cluster up: nats-server {self.nats.client_url} (monitoring {self.nats.monitor_url}),

