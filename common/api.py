@@ -86,12 +86,15 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 class SubmitResult(msgspec.Struct, frozen=True, kw_only=True):
     """The admitted task; `duplicate` when an idempotency key named an existing task; `note` says why
-    a task is not queued (held for approval, denied by the guard)."""
+    a task is not queued (held for approval, denied by the guard), `rule` names the guard rule that
+    held or denied it and `approvals_needed` how many approvals a held task waits for."""
 
     task_id: str
     state: TaskState
     duplicate: bool = False
     note: str = ""
+    rule: str = ""
+    approvals_needed: int = 0
 
 
 class SubmitReply(msgspec.Struct, frozen=True, kw_only=True):
