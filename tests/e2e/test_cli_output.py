@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, ProcessPool, PtyProcess, wait_until
+from tests.helpers import ROOT, ProcessPool, PtyProcess, child_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +29,19 @@ def start_cluster(pool: ProcessPool, *workers: list[str]) -> None:
         )
 
     wait_until(online, timeout_s=30, interval_s=0.3, what="workers online")
+
+
+def json_object_with(text: str, key: str) -> dict[str, Any] | None:
+    """The first JSON object in `text` (log lines and answers mixed) that has `key`."""
+    decoder = json.JSONDecoder()
+    for start in [m.start() for m in re.finditer(r"(?m)^\{", text)]:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and key in value:
+            return value
+    return None
 
 
 def run_json(pool: ProcessPool, *args: str) -> Any:
@@ -134,3 +147,16 @@ def test_a_process_on_a_terminal_logs_for_people_and_json_when_asked(processes: 
     piped = processes.spawn(role, role, "start", "--config", config, env={"CLAW_LOG_FORMAT": "auto"})
     wait_until(lambda: f"{role}.ready" in piped.output(), timeout_s=30, what="ready in the log file")
     assert json.loads(next(line for line in piped.output().splitlines() if f"{role}.ready" in line))["level"] == "info"
+
+
+def test_nats_start_json_prints_where_it_listens_as_json(tmp_path: Path) -> None:
+    pool = ProcessPool(child_env(), tmp_path)
+    try:
+        server = pool.spawn(
+            "nats", "nats", "start", "--port", "0", "--http-port", "0", "--store-dir", str(tmp_path / "s"), "--json"
+        )
+        ready = wait_until(lambda: json_object_with(server.output(), "nats_url"), timeout_s=30, what="the answer")
+        assert ready["nats_url"].startswith("nats://127.0.0.1:") and ready["store_dir"] == str(tmp_path / "s")
+        assert "no coordinator is answering" in pool.run("--nats", ready["nats_url"], "status").stderr
+    finally:
+        pool.stop_all()
