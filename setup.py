@@ -40,6 +40,9 @@ setup(
         "httpx>=0.27",
         # The coordinator's /metrics: a well-kept metrics library and exposition server instead of our own.
         "prometheus-client>=0.20",
+        # `ps` shows `claw coordinator` / `claw worker <node>` / `claw up`, not `python -m cli ...`:
+        # the well-kept way to set a process title (argv and /proc comm) instead of our own prctl code.
+        "setproctitle>=1.3",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
         "uvloop>=0.19; sys_platform != 'win32'",
     ],

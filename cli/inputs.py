@@ -64,6 +64,9 @@ def _object(text: bytes, where: str) -> msgspec.Raw:
         if "truncated" in str(exc):  # msgspec's words for JSON that stops half-way
             raise InvalidInputError(f"{where} is not valid JSON: it ends before its JSON value does") from None
         raise InvalidInputError(f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        # The cluster's own limit (coordinator.max_input_depth, 64 by default) is checked when submitted.
+        raise InvalidInputError(f"{where} nests arrays and objects too deeply (thousands of levels)") from None
     if not isinstance(value, dict):
         raise InvalidInputError(f'{where} must be a JSON object like {{"text": "hi"}}, not a {_json_type(value)}')
     return msgspec.Raw(text.strip())

@@ -24,7 +24,9 @@ from cli.commands import (
     dlq,
     guard,
     nats,
+    node,
     nodes,
+    quarantine,
     skills,
     status,
     submit,
@@ -34,7 +36,7 @@ from cli.commands import (
 )
 from cli.context import Globals
 from cli.help import polish
-from cli.runner import EXIT_ERROR, EXIT_INTERRUPTED, report_error, use_json_messages
+from cli.runner import EXIT_ERROR, EXIT_INTERRUPTED, protect_output, report_error, use_json_messages
 from common import __version__
 
 app = typer.Typer(
@@ -62,6 +64,8 @@ GROUPS = (
     guard,
     audit,
     artifacts,
+    node,
+    quarantine,
 )
 for group in GROUPS:
     group.register(app)
@@ -104,6 +108,7 @@ def command() -> Any:
 
 def run() -> None:
     """Console-script entry point."""
+    protect_output()
     claw = command()
     args = sys.argv[1:]
     if "--json" not in args:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+AllFlag = Annotated[bool, typer.Option("--all", help="Every item, however many (fetched page by page).")]
 ConfigFlag = Annotated[Path | None, typer.Option("--config", help="YAML config file (also $CLAW_CONFIG).")]
 MetricsPortFlag = Annotated[
     int | None,

@@ -1,10 +1,18 @@
-"""Supervising child processes: `claw nats start` and the all-in-one `claw up`.
+"""The one launcher of cluster processes: nats-server, coordinators, workers and their helpers, for
+`claw up`, `claw worker start --processes N`, the benchmark and the end-to-end tests.
 
-`claw up` starts, in order, the embedded nats-server, a coordinator and N workers, each a real process
-with its log in `<data-dir>/logs/`, and waits until the coordinator answers and every worker has
-registered. Children run in their own session so the terminal's Ctrl-C reaches only `claw up`, which
-then stops them in reverse order: workers first (they finish their tasks), then the coordinator (it
-records their last events), then NATS.
+A `Launcher` owns the children of one process. Every child
+- runs in a session of its own, so the terminal's Ctrl-C reaches only the owner, which stops the
+  children in order;
+- dies with its owner however the owner dies, SIGKILL included (`common.child_process`): a `claw`
+  process is sent SIGTERM and drains as on a normal stop (bounded by its own grace period), any
+  other program SIGKILL;
+- writes its output to a log file (appended, so a restarted child continues its log) or, if asked,
+  to the owner's own stdout and stderr.
+
+`stop_all` stops what still runs in the order a cluster needs: workers first (they finish their
+tasks), then coordinators (they record the workers' last events), then the rest, then nats-server.
+Each stop is SIGTERM, then SIGKILL once the child's stop timeout has passed.
 """
 
 from __future__ import annotations
@@ -13,364 +21,284 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
+import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
-from cli.output import emit_json
-from common.aio import wait_any
-from common.config import ClawConfig, NatsSettings, load_config
-from common.errors import ClawError, NatsServerError
-from common.log import get_logger
-from common.states import NodeStatus
-from communication.api_client import ClawClient
+import cli
+from common.child_process import die_with_parent
+from common.errors import PortInUseError
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 
-log = get_logger("cli.up")
+# The project root: children import the packages from here even when they are not installed.
+ROOT = Path(cli.__file__).resolve().parent.parent
+STOP_TIMEOUT_S = 30.0
+# How often an async stop looks whether its children have exited.
+POLL_S = 0.05
 
-READY_TIMEOUT_S = 60.0
-WORKER_STOP_TIMEOUT_S = 40.0
-RESTART_BACKOFF_MIN_S = 1.0
-RESTART_BACKOFF_MAX_S = 30.0
-RESTART_RESET_AFTER_S = 60.0
-COORDINATOR_STOP_TIMEOUT_S = 20.0
-
-
-async def serve_nats(
-    stop: asyncio.Event, *, port: int, http_port: int, store_dir: Path, json_out: bool = False
-) -> None:
-    """Run nats-server until `stop`; print where it listens (one JSON object with `json_out`)."""
-    server = EmbeddedNatsServer(NatsServerOptions(store_dir=store_dir, port=port, http_port=http_port))
-    await server.start_async()
-    if json_out:
-        emit_json({"nats_url": server.client_url, "monitor_url": server.monitor_url, "store_dir": str(store_dir)})
-    else:
-        print(
-            f"nats-server ready: {server.client_url} (monitoring {server.monitor_url}, store {store_dir})",
-            flush=True,
-        )
-    try:
-        while not await wait_any(stop, timeout_s=0.5):
-            if server.process is not None and server.process.poll() is not None:
-                raise NatsServerError(
-                    f"nats-server exited with code {server.process.returncode}; see {server.log_file}"
-                )
-    finally:
-        await asyncio.to_thread(server.stop)
+Role = Literal["worker", "coordinator", "other", "nats"]
+STOP_ORDER: tuple[Role, ...] = ("worker", "coordinator", "other", "nats")
 
 
-def local_dirs_under(data_dir: Path, config: ClawConfig) -> dict[str, str]:
-    """Environment that moves the folders left at their defaults (artifacts, sandboxes, skill cache)
-    under `data_dir`, so one `claw up` keeps everything in one place; folders the user chose stay."""
-    defaults = ClawConfig()
-    chosen = {
-        "CLAW_ARTIFACTS_LOCAL_DIR": (config.artifacts.local_dir, defaults.artifacts.local_dir, "artifacts"),
-        "CLAW_TOOLS_SANDBOX_ROOT": (config.tools.sandbox_root, defaults.tools.sandbox_root, "sandboxes"),
-        "CLAW_WORKER_SKILL_CACHE_DIR": (config.worker.skill_cache_dir, defaults.worker.skill_cache_dir, "skill-cache"),
-    }
-    return {name: str(data_dir / folder) for name, (value, default, folder) in chosen.items() if value == default}
+def claw_command(*args: str) -> list[str]:
+    """The argv of `claw ARGS` run by this Python (`python -m cli`, as installed or not)."""
+    return [sys.executable, "-m", "cli", *args]
 
 
-@dataclass
+def child_env(**settings: str) -> dict[str, str]:
+    """This environment without the caller's `CLAW_*` settings, plus `settings`: for children that
+    must not inherit a developer's cluster settings (the benchmark, the tests)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAW_")}
+    path = [str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env.update(settings, PYTHONPATH=os.pathsep.join(path), PYTHONUNBUFFERED="1")
+    return env
+
+
+_ROLE_OF_COMMAND: dict[str, Role] = {"worker": "worker", "coordinator": "coordinator", "nats": "nats"}
+
+
+def role_of(args: tuple[str, ...] | list[str]) -> Role:
+    """The role of `claw ARGS` by its command (global options such as `--nats URL` skipped)."""
+    words = iter(args)
+    for word in words:
+        if word == "--nats":
+            next(words, None)
+        elif not word.startswith("-"):
+            return _ROLE_OF_COMMAND.get(word, "other")
+    return "other"
+
+
+@dataclass(eq=False)
 class Child:
-    """A supervised `claw` child process and its log file."""
+    """One child process; its output is in `log_path` (None: it shares the owner's stdout/stderr)."""
 
     name: str
-    process: asyncio.subprocess.Process
-    log_path: Path
-    log_file: IO[bytes]
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None
+    role: Role = "other"
+    stop_timeout_s: float = STOP_TIMEOUT_S
+
+    @property
+    def pid(self) -> int:
+        """Its process id."""
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        """Whether it still runs."""
+        return self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit code once it exited (-N: killed by signal N), else None."""
+        return self.popen.poll()
+
+    def output(self) -> str:
+        """Everything it wrote to its log so far."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
 
     def tail(self, lines: int = 5) -> str:
         """The last lines of its log, for error messages."""
+        return "\n".join(self.output().strip().splitlines()[-lines:])
+
+    def signal(self, signum: int) -> None:
+        """Send a signal if it still runs (SIGKILL for a crash, SIGSTOP to freeze it)."""
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signum)
+
+    def terminate(self) -> None:
+        """Ask it to stop: SIGTERM (after SIGCONT, in case a test froze it)."""
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait()
+
+    def stop(self, timeout_s: float | None = None) -> int:
+        """SIGTERM, then SIGKILL after `timeout_s` (default: its stop timeout); the exit code."""
+        self.terminate()
         try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
+            return self.popen.wait(self.stop_timeout_s if timeout_s is None else timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.popen.wait()
+
+    async def wait_async(self, timeout_s: float | None = None) -> int | None:
+        """Until it exits (its exit code) or `timeout_s` passes (None); the event loop keeps running."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while (code := self.popen.poll()) is None:
+            if deadline is not None and loop.time() >= deadline:
+                return None
+            await asyncio.sleep(POLL_S)
+        return code
 
 
-class LocalCluster:
-    """The processes of `claw up`."""
+class Launcher:
+    """Starts children and stops them all: `env` (default: this process's) and `cwd` are the
+    defaults of every child, and `log_dir` is where `<name>.log` files go. `env` is kept, not
+    copied: what the owner changes in it reaches the children started afterwards."""
 
     def __init__(
-        self,
-        *,
-        data_dir: Path,
-        workers: int,
-        nats_port: int,
-        monitor_port: int,
-        concurrency: int,
-        metrics_port: int | None = None,
-        json_out: bool = False,
+        self, *, log_dir: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> None:
-        self.data_dir = data_dir.resolve()
-        self.json_out = json_out
-        self.workers = workers
-        self.concurrency = concurrency
-        self.metrics_port = metrics_port
-        # Where the coordinator serves /metrics, once it answered (it knows the port 0 stood for).
-        self.metrics_url: str | None = None
-        self.logs = self.data_dir / "logs"
-        self.nats = EmbeddedNatsServer(
-            NatsServerOptions(
-                store_dir=self.data_dir / "nats",
-                port=nats_port,
-                http_port=monitor_port,
-                log_file=self.logs / "nats-server.log",
-            )
-        )
+        self.log_dir = log_dir
+        self.env = dict(os.environ) if env is None else env
+        self.cwd = cwd
         self.children: list[Child] = []
-        config = load_config()
-        self._local_dirs = local_dirs_under(self.data_dir, config)
-        artifacts = config.artifacts
-        self.artifacts_location = (
-            self._local_dirs.get("CLAW_ARTIFACTS_LOCAL_DIR", artifacts.local_dir)
-            if artifacts.backend == "local"
-            else f"s3://{artifacts.endpoint}/{artifacts.bucket}"
-        )
+        self.nats: EmbeddedNatsServer | None = None
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Start everything, wait for `stop` (or a crash), stop everything."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        try:
-            await self._start_nats()
-            await self._start_children()
-            await self._wait_ready(stop)
-            self._banner()
-            await self._supervise(stop)
-        finally:
-            print("stopping the cluster ...", file=sys.stderr, flush=True)
-            await self._stop_children()
-            await asyncio.to_thread(self.nats.stop)
-            for child in self.children:
-                child.log_file.close()
-            print("cluster stopped", file=sys.stderr, flush=True)
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        role: Role = "other",
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        inherit_output: bool = False,
+        cwd: Path | None = None,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+        death_signal: int = signal.SIGKILL,
+    ) -> Child:
+        """Start `argv`; its output is appended to `log_path` (default `<log_dir>/<name>.log`), or goes
+        to this process's stdout and stderr with `inherit_output`. `death_signal` is what it gets if
+        this process dies without stopping it.
 
-    async def _start_nats(self) -> None:
-        try:
-            await self.nats.start_async()
-        except NatsServerError as exc:
-            raise NatsServerError(
-                f"{exc} (is another cluster using port {self.nats.options.port}? pass --nats-port/--monitor-port)"
-            ) from None
-
-    def _env(self) -> dict[str, str]:
-        # The user's own CLAW_* settings (config file, artifact backend, audit key, tracing) reach every
-        # child; only what `claw up` itself owns is set over them.
-        env = dict(os.environ)
-        env.update(self._local_dirs)
-        env.update(
-            CLAW_NATS_URL=self.nats.client_url,
-            CLAW_NATS_MONITOR_URL=self.nats.monitor_url,
-            CLAW_NATS_CONNECT_RETRY_S="30",
-            CLAW_NATS_PREFIX=os.environ.get("CLAW_NATS_PREFIX", "claw"),
-            CLAW_COORDINATOR_DB_PATH=str(self.data_dir / "claw.db"),
-            CLAW_LOG_FORMAT="json",
-            CLAW_LOG_LEVEL=os.environ.get("CLAW_LOG_LEVEL", "info"),
-            PYTHONUNBUFFERED="1",
-        )
-        return env
-
-    async def _spawn(self, name: str, *args: str) -> Child:
-        log_path = self.logs / f"{name}.log"
-        log_file = await asyncio.to_thread(open, log_path, "ab")  # owned by the Child, closed at shutdown
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", *args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            env=self._env(), start_new_session=True,
-        )  # fmt: skip
-        child = Child(name, process, log_path, log_file)
+        Call it from the main thread (the event loop's): the child's death signal is tied to the
+        thread that starts it.
+        """
+        path = None if inherit_output else (log_path or self._default_log(name))
+        with self._output(path) as out:
+            popen = subprocess.Popen(
+                argv,
+                cwd=cwd or self.cwd,
+                env=self.env | dict(env or {}),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,
+                preexec_fn=die_with_parent(death_signal),  # only a prctl call: common.child_process
+            )
+        child = Child(name, popen, path, role, stop_timeout_s)
         self.children.append(child)
         return child
 
-    async def _start_children(self) -> None:
-        metrics = [] if self.metrics_port is None else ["--metrics-port", str(self.metrics_port)]
-        await self._spawn("coordinator", "coordinator", "start", *metrics)
-        host = socket.gethostname().split(".")[0]
-        for i in range(1, self.workers + 1):
-            await self._spawn(
-                f"worker-{i}",
-                "worker",
-                "start",
-                "--node-id",
-                f"{host}-w{i}",
-                "--concurrency",
-                str(self.concurrency),
-            )
-
-    async def _wait_ready(self, stop: asyncio.Event) -> None:
-        """Until the coordinator answers and every worker is online; a child that dies is an error."""
-        client = await ClawClient.connect(NatsSettings(url=self.nats.client_url, request_timeout_s=1.0))
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                while not stop.is_set():
-                    self._check_alive()
-                    with contextlib.suppress(ClawError):
-                        nodes = await client.nodes()
-                        if sum(n.status == NodeStatus.ONLINE for n in nodes) >= self.workers:
-                            await self._find_metrics(client)
-                            return
-                    await wait_any(stop, timeout_s=0.2)
-        except TimeoutError:
-            raise ClawError(
-                f"the cluster did not come up within {READY_TIMEOUT_S:g} s; see the logs in {self.logs}"
-            ) from None
-        finally:
-            await client.close()
-
-    async def _find_metrics(self, client: ClawClient) -> None:
-        if self.metrics_port is not None:
-            port = (await client.ping()).metrics_port
-            self.metrics_url = None if port is None else f"http://127.0.0.1:{port}/metrics"
-
-    def _check_alive(self) -> None:
-        for child in self.children:
-            if child.process.returncode is not None:
-                raise ClawError(
-                    f"{child.name} exited with code {child.process.returncode} at start-up; "
-                    f"see {child.log_path}:\n{child.tail()}"
-                )
-
-    def _banner(self) -> None:
-        if self.json_out:
-            emit_json(
-                {
-                    "nats_url": self.nats.client_url,
-                    "monitor_url": self.nats.monitor_url,
-                    "workers": self.workers,
-                    "data_dir": str(self.data_dir),
-                    "logs": str(self.logs),
-                    "artifacts": self.artifacts_location,
-                    "metrics_url": self.metrics_url,
-                }
-            )
-            return
-        metrics = f"\n  Prometheus metrics: {self.metrics_url}" if self.metrics_url else ""
-        print(
-            f"""claw cluster up: nats-server {self.nats.client_url} (monitoring {self.nats.monitor_url}),
-  a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}{metrics}
-  artifacts in {self.artifacts_location} (claw artifacts list)
-
-In another terminal:
-  claw --nats {self.nats.client_url} submit echo --input '{{"hello": "world"}}' --wait
-  claw --nats {self.nats.client_url} task list
-  claw --nats {self.nats.client_url} nodes
-  claw --nats {self.nats.client_url} status
-
-Ctrl-C stops the cluster.""",
-            flush=True,
+    def claw(
+        self,
+        name: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        inherit_output: bool = False,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+    ) -> Child:
+        """Start `claw ARGS` (its role, for the stop order, is its command)."""
+        return self.spawn(
+            name,
+            claw_command(*args),
+            role=role_of(args),
+            env=env,
+            log_path=log_path,
+            inherit_output=inherit_output,
+            stop_timeout_s=stop_timeout_s,
+            death_signal=signal.SIGTERM,
         )
 
-    async def _supervise(self, stop: asyncio.Event) -> None:
-        """Wait for `stop`; report children that exit on their own."""
-        reported: set[str] = set()
-        while not await wait_any(stop, timeout_s=0.5):
+    def run_claw(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 60.0, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `claw ARGS` to completion and capture its output (a client command)."""
+        result = subprocess.run(
+            claw_command(*args),
+            cwd=self.cwd,
+            env=self.env | dict(env or {}),
+            input=input,
+            capture_output=True,
+            timeout=timeout_s,
+        )
+        return subprocess.CompletedProcess(
+            result.args,
+            result.returncode,
+            result.stdout.decode(errors="replace"),
+            result.stderr.decode(errors="replace"),
+        )
+
+    async def start_nats(
+        self, options: NatsServerOptions, port_options: Mapping[str, str] | None = None
+    ) -> EmbeddedNatsServer:
+        """Start nats-server and wait until it is healthy; it is stopped last. `port_options` names
+        the command's option for each port (`client`, `monitoring`) for the error of a port in use."""
+        self.nats = EmbeddedNatsServer(options)
+        try:
+            await self.nats.start_async()
+        except PortInUseError as exc:
+            if port_options is None or exc.role not in port_options:
+                raise
+            hint = f"{exc}; pass another {port_options[exc.role]} (0 picks a free one)"
+            raise PortInUseError(hint, port=exc.port, role=exc.role) from None
+        return self.nats
+
+    def running(self) -> bool:
+        """Whether any child (or nats-server) still runs."""
+        return any(child.alive for child in self.children) or (self.nats is not None and self.nats.alive)
+
+    def stop_all(self) -> None:
+        """Stop every child still running, in the cluster's order; blocks until they are gone."""
+        for stage in self._stages():
+            for child in stage:
+                child.terminate()
+            for child in stage:
+                child.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+    async def stop_all_async(self) -> None:
+        """`stop_all` without blocking the event loop. Cancelled (a second Ctrl-C), it kills what
+        still runs at once."""
+        try:
+            for stage in self._stages():
+                for child in stage:
+                    child.terminate()
+                await asyncio.gather(*(self._await_stop(child) for child in stage))
+        except asyncio.CancelledError:
             for child in self.children:
-                if child.process.returncode is not None and child.name not in reported:
-                    reported.add(child.name)
-                    print(
-                        f"warning: {child.name} exited with code {child.process.returncode}; see {child.log_path}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            if self.nats.process is not None and self.nats.process.poll() is not None:
-                raise NatsServerError(f"nats-server exited; see {self.nats.log_file}")
-
-    async def _stop_children(self) -> None:
-        workers = [c for c in self.children if c.name.startswith("worker")]
-        others = [c for c in self.children if not c.name.startswith("worker")]
-        await asyncio.gather(*(_terminate(c, WORKER_STOP_TIMEOUT_S) for c in workers))
-        await asyncio.gather(*(_terminate(c, COORDINATOR_STOP_TIMEOUT_S) for c in others))
-
-
-async def _terminate(child: Child, timeout_s: float) -> None:
-    if child.process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        child.process.send_signal(signal.SIGTERM)
-    try:
-        async with asyncio.timeout(timeout_s):
-            await child.process.wait()
-    except TimeoutError:
-        log.warning("child.kill", name=child.name, after_s=timeout_s)
-        with contextlib.suppress(ProcessLookupError):
-            child.process.kill()
-        await child.process.wait()
-
-
-class WorkerSupervisor:
-    """`claw worker start --processes N`: N worker processes, each restarted if it dies.
-
-    A skill that segfaults or is OOM-killed takes one process down, not the node: the supervisor
-    starts it again after a backoff (1 s doubling to 30 s, back to 1 s once a process has run for a
-    minute). Each child keeps its node id (`<node>-p<i>`) across restarts. SIGTERM is passed on to
-    every child, which drains gracefully.
-    """
-
-    def __init__(self, *, processes: int, node_id: str, child_args: list[str], nats_url: str, grace_s: float) -> None:
-        self.processes = processes
-        self.node_id = node_id
-        self.child_args = child_args
-        self.nats_url = nats_url
-        self.grace_s = grace_s
-        self.children: dict[int, asyncio.subprocess.Process] = {}
-        self.restarts: dict[int, int] = {}
-
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Run the children until `stop`; then stop them all."""
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for index in range(1, self.processes + 1):
-                    tg.create_task(self._keep_running(index, stop), name=f"worker-{index}")
+                child.kill()
+            raise
         finally:
-            await asyncio.gather(*(self._terminate(p) for p in self.children.values()))
+            if self.nats is not None:
+                await asyncio.to_thread(self.nats.stop)
 
-    async def _keep_running(self, index: int, stop: asyncio.Event) -> None:
-        backoff = RESTART_BACKOFF_MIN_S
-        node_id = f"{self.node_id}-p{index}"
-        while not stop.is_set():
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cli", "--nats", self.nats_url, "worker", "start", "--node-id", node_id,
-                *self.child_args, stdin=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-            self.children[index] = process
-            started = asyncio.get_running_loop().time()
-            await _exit_or_stop(process, stop)
-            if stop.is_set():
-                return  # serve() stops the child
-            ran_s = asyncio.get_running_loop().time() - started
-            if ran_s >= RESTART_RESET_AFTER_S:
-                backoff = RESTART_BACKOFF_MIN_S
-            self.restarts[index] = self.restarts.get(index, 0) + 1
-            log.warning("worker.restart", node_id=node_id, exit_code=process.returncode, ran_s=round(ran_s, 1),
-                        restart_in_s=backoff)  # fmt: skip
-            if await wait_any(stop, timeout_s=backoff):
-                return
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+    @staticmethod
+    async def _await_stop(child: Child) -> None:
+        if await child.wait_async(child.stop_timeout_s) is None:
+            child.kill()
 
-    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
-        if process.returncode is not None:
+    def _stages(self) -> Iterator[list[Child]]:
+        for role in STOP_ORDER:
+            stage = [child for child in self.children if child.role == role and child.alive]
+            if stage:
+                yield stage
+
+    def _default_log(self, name: str) -> Path:
+        if self.log_dir is None:
+            raise ValueError(f"no log file for {name}: give the launcher a log_dir or the child a log_path")
+        return self.log_dir / f"{name}.log"
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _output(path: Path | None) -> Iterator[IO[bytes] | None]:
+        if path is None:
+            yield None
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(self.grace_s + 10):
-                await process.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-
-
-async def _exit_or_stop(process: asyncio.subprocess.Process, stop: asyncio.Event) -> None:
-    """Until the process exits or `stop` is set."""
-    exited = asyncio.ensure_future(process.wait())
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([exited, stopped], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in (exited, stopped):
-            waiter.cancel()
-        await asyncio.gather(exited, stopped, return_exceptions=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as log_file:  # the child keeps its own descriptor
+            yield log_file

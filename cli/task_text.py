@@ -13,7 +13,7 @@ import msgspec
 
 from cli.output import fmt_bytes, fmt_duration, shorten
 from common.api import TaskActionReply
-from common.models import ARTIFACT_MARKER, RESULT_ARTIFACT, TaskView
+from common.models import ARTIFACT_MARKER, OMITTED_MARKER, RESULT_ARTIFACT, TaskView
 
 
 def since(start: float | None, end: float | None) -> str:
@@ -63,8 +63,19 @@ def _artifact_ref(raw: msgspec.Raw) -> dict[str, object] | None:
     return ref if isinstance(ref, dict) else None
 
 
+def _omitted_bytes(raw: msgspec.Raw) -> int | None:
+    text = bytes(raw)
+    if not text.startswith(b'{"' + OMITTED_MARKER.encode()):
+        return None
+    marker = msgspec.json.decode(text).get(OMITTED_MARKER)
+    return int(marker.get("bytes", 0)) if isinstance(marker, dict) else None
+
+
 def payload_text(raw: msgspec.Raw) -> str:
     """An input or result for a human: its JSON (shortened), or which artifact holds it."""
+    omitted = _omitted_bytes(raw)
+    if omitted is not None:
+        return f"{fmt_bytes(omitted)}, too large to show in one message (the database keeps it)"
     ref = _artifact_ref(raw)
     if ref is None:
         return json_text(raw)
@@ -79,6 +90,14 @@ def result_text(task: TaskView) -> str:
     return bytes(task.result).decode()
 
 
+def attempts_text(task: TaskView) -> str:
+    """'2 of 3', or per series once a task was re-run: 'attempt 3 of 3 (series 2; 6 in all)'."""
+    if task.series <= 1:
+        return f"{task.attempts} of {task.max_attempts}"
+    in_series = task.attempts - task.attempt_offset
+    return f"attempt {in_series} of {task.max_attempts} (series {task.series}; {task.attempts} in all)"
+
+
 def task_summary(task: TaskView) -> list[str]:
     """What happened, where the outputs are, and how to run it again."""
     lines = []
@@ -88,10 +107,8 @@ def task_summary(task: TaskView) -> list[str]:
     where = f" on {task.node_id}" if task.node_id else ""
     tries = f" ({retries} retr{'y' if retries == 1 else 'ies'})" if retries else ""
     if task.state.value in ("succeeded", "failed", "dead"):
-        lines.append(
-            f"{task.state.value} on attempt {task.attempts} of {task.max_attempts}{where}; "
-            f"waited {waited} in the queue, ran {ran}{tries}"
-        )
+        on = attempts_text(task) if task.series > 1 else f"attempt {task.attempts} of {task.max_attempts}"
+        lines.append(f"{task.state.value} on {on}{where}; waited {waited} in the queue, ran {ran}{tries}")
     else:
         lines.append(f"{task.state.value}; {task.attempts} attempt(s) so far{where}")
     for artifact in task.artifacts:
@@ -105,8 +122,8 @@ def task_summary(task: TaskView) -> list[str]:
 
 def reproduce_command(task: TaskView) -> str:
     """A `claw submit` that runs the same task again."""
-    ref = _artifact_ref(task.input)
-    given = "--input-file input.json" if ref is not None else f"--input {shlex.quote(bytes(task.input).decode())}"
+    by_file = _artifact_ref(task.input) is not None or _omitted_bytes(task.input) is not None
+    given = "--input-file input.json" if by_file else f"--input {shlex.quote(bytes(task.input).decode())}"
     return (
         f"claw submit {task.skill} {given} --priority {task.priority.value} "
         f"--max-attempts {task.max_attempts} --timeout {task.timeout_s:g}"

@@ -3,6 +3,11 @@
 A reply is an `ApiReply` envelope: `error` when the request was refused (its `code` maps to a class
 in `common.errors`), otherwise `data` holds the verb's reply body as raw JSON, decoded by the caller
 with the type it expects.
+
+Every list is paged, so that no reply exceeds the NATS server's max_payload: a list request has a
+page size (`limit`) and a `cursor` (an opaque string from the previous page's `next_cursor`); its
+reply holds one page, `next_cursor` when more items follow, and `total` (on the first page, where
+counting is cheap). The coordinator also ends a page early when the next item would not fit.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from common.models import (
     ClusterStatus,
     DeadLetterView,
     NodeView,
+    QuarantinedEvent,
     TaskSpec,
     TaskSummary,
 )
 from common.skills import RegistryEntry, SkillManifest
-from common.states import TaskState
+from common.states import NodeControl, NodeStatus, TaskState
 
 
 class ApiVerb:
@@ -51,6 +57,8 @@ class ApiVerb:
     AUDIT_VERIFY = "audit_verify"
     ARTIFACTS = "artifacts"
     ARTIFACT_STORE = "artifact_store"
+    NODE_CONTROL = "node_control"
+    QUARANTINE_LIST = "quarantine_list"
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -111,17 +119,20 @@ class TaskGetRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TaskListRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Filter and size of `claw task list`, newest first."""
+    """Filter and page of `claw task list`, newest first."""
 
     state: TaskState | None = None
     skill: str | None = None
     limit: int = 50
+    cursor: str | None = None
 
 
 class TaskListReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Tasks, newest first."""
+    """A page of tasks, newest first; `total` counts every task the filter matches (first page)."""
 
     tasks: list[TaskSummary]
+    next_cursor: str | None = None
+    total: int | None = None
 
 
 class TaskStatesRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,10 +147,19 @@ class TaskStatesReply(msgspec.Struct, frozen=True, kw_only=True):
     states: dict[str, TaskState]
 
 
+class NodesRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of the node registry."""
+
+    limit: int = 1000
+    cursor: str | None = None
+
+
 class NodesReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Every node the registry knows, online ones first."""
+    """A page of the nodes the registry knows, online ones first."""
 
     nodes: list[NodeView]
+    next_cursor: str | None = None
+    total: int | None = None
 
 
 class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,31 +199,41 @@ class TaskActionReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DlqListRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Newest dead letters first."""
+    """A page of dead letters, newest first."""
 
     skill: str | None = None
     limit: int = 50
+    cursor: str | None = None
 
 
 class DlqListReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Dead letters, newest first."""
+    """A page of dead letters, newest first; `total` is the DLQ's size (first page, all skills)."""
 
     letters: list[DeadLetterView]
+    next_cursor: str | None = None
+    total: int | None = None
 
 
 class DlqReplayRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Replay one dead task (`task_id`) or every dead task in the DLQ (`all`), optionally of a skill."""
+    """Replay one dead task (`task_id`) or every dead task in the DLQ (`all`), optionally of a skill.
+
+    With `all`, one request replays at most `limit` letters, from `cursor` on; the client sends the
+    reply's `next_cursor` back until there is none.
+    """
 
     task_id: str | None = None
     all: bool = False
     skill: str | None = None
     by: str | None = None
+    limit: int = 200
+    cursor: str | None = None
 
 
 class DlqReplayReply(msgspec.Struct, frozen=True, kw_only=True):
-    """What each replay did."""
+    """What each replay did; `next_cursor` when `all` has more letters to go through."""
 
     results: list[TaskActionReply]
+    next_cursor: str | None = None
 
 
 class DlqPurgeRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -243,10 +273,19 @@ class ApprovalOutcome(msgspec.Struct, frozen=True, kw_only=True):
     approvals_needed: int = 0
 
 
+class ApprovalsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of held tasks, oldest first."""
+
+    limit: int = 500
+    cursor: str | None = None
+
+
 class ApprovalsReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Held tasks, oldest first."""
+    """A page of held tasks, oldest first; `total` counts every held task (first page)."""
 
     approvals: list[ApprovalView]
+    next_cursor: str | None = None
+    total: int | None = None
 
 
 class ApproveRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -299,16 +338,20 @@ class SkillInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SkillsRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """List skills: all, one by name, or those matching words."""
+    """List skills: all, one by name, or those matching words; a page of them."""
 
     name: str | None = None
     search: str | None = None
+    limit: int = 500
+    cursor: str | None = None
 
 
 class SkillsReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Skills, by name."""
+    """A page of skills, by name."""
 
     skills: list[SkillInfo]
+    next_cursor: str | None = None
+    total: int | None = None
 
 
 class SkillToggleRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -347,15 +390,19 @@ class AuditReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ArtifactsRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """The artifacts of one task."""
+    """A page of the artifacts of one task."""
 
     task_id: str
+    limit: int = 1000
+    cursor: str | None = None
 
 
 class ArtifactsReply(msgspec.Struct, frozen=True, kw_only=True):
-    """A task's artifacts, oldest first."""
+    """A page of a task's artifacts, oldest first."""
 
     artifacts: list[ArtifactView]
+    next_cursor: str | None = None
+    total: int | None = None
 
 
 class ArtifactStoreReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -367,5 +414,38 @@ class ArtifactStoreReply(msgspec.Struct, frozen=True, kw_only=True):
     settings: ArtifactSettings
 
 
+class QuarantineListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Newest quarantined events first, optionally of one task."""
+
+    task_id: str | None = None
+    limit: int = 50
+
+
+class QuarantineListReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Quarantined events, newest first (each with at most its first 512 bytes)."""
+
+    events: list[QuarantinedEvent]
+
+
 class Empty(msgspec.Struct, frozen=True):
     """A request with no arguments."""
+
+
+class NodeControlRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw node pause|drain|resume ID`: the state the node should be in."""
+
+    node_id: str
+    control: NodeControl
+    by: str | None = None
+
+
+class NodeControlReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The recorded desired state, and what the node does: as it answered at once (`confirmed`), or
+    as last known when it did not answer (it is offline; it follows the state when it returns)."""
+
+    node_id: str
+    control: NodeControl
+    status: NodeStatus
+    running: int
+    confirmed: bool
+    changed: bool

@@ -94,12 +94,28 @@ class CoordinatorSettings(_Section, frozen=True):
     guard_policy: str | None = None
     # A task waiting for approval longer than this ends `rejected`.
     approval_ttl_s: PositiveFloat = 24 * 3600.0
+    # Tasks held for approval, all skills together; a submit that would hold more is refused.
+    max_waiting_approval: PositiveInt = 1000
     # The environment variable holding the key that makes the event log's hashes HMACs.
     audit_key_env: str = "CLAW_AUDIT_KEY"
     max_input_bytes: PositiveInt = 1024 * 1024
+    # How deep a task's input may nest arrays and objects; deeper is refused at submit (the JSON
+    # decoders of coordinator and workers recurse: thousands of levels would overflow them).
+    max_input_depth: Annotated[int, msgspec.Meta(ge=1, le=512)] = 64
+    # A task id a client chose (a ULID) may be dated at most this far ahead of the coordinator's
+    # clock: ids sort by time, and a far-future one would head every task list for ever.
+    task_id_max_future_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     max_tasks_per_request: PositiveInt = 10_000
     submit_batch_max: PositiveInt = 512
     event_batch_max: PositiveInt = 512
+    # Events that cannot be decoded or folded are kept in the quarantine table: the newest this many.
+    quarantine_max_rows: PositiveInt = 10_000
+    # One coordinator per prefix: it holds a lease in the KV bucket <prefix>_coordinator, renewed
+    # every lease_renew_interval_s. A second coordinator refuses to start while the lease is renewed;
+    # a killed one's lease lapses lease_ttl_s after its last renewal (a clean stop releases it at
+    # once), and a coordinator that could not renew for lease_ttl_s stops writing (docs/Reliability.md).
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=2, le=600)] = 10.0
+    lease_renew_interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=120)] = 2.0
     # "normal" survives a process crash (like JetStream's default sync); "full" also an OS crash.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     # Tasks persisted but not confirmed published for this long are published again (same msg id).

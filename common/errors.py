@@ -56,6 +56,32 @@ class NatsServerError(ClawError):
     code = "nats_server"
 
 
+class PortInUseError(NatsServerError):
+    """A port the embedded nats-server was to listen on is taken; `role` is `client` or `monitoring`."""
+
+    code = "port_in_use"
+
+    def __init__(self, message: str, *, port: int, role: str) -> None:
+        super().__init__(message)
+        self.port = port
+        self.role = role
+
+
+# --- nodes ---------------------------------------------------------------------------------------
+
+
+class NodeIdInUseError(ClawError):
+    """A worker was started with the node id of a live worker process."""
+
+    code = "node_id_in_use"
+
+
+class NodeIdTakenOverError(ClawError):
+    """Another worker process took this one's node id (it was frozen or cut off for too long)."""
+
+    code = "node_id_taken_over"
+
+
 # --- storage -------------------------------------------------------------------------------------
 
 
@@ -110,6 +136,12 @@ class TaskNotFoundError(RequestError):
     code = "not_found"
 
 
+class NodeNotFoundError(RequestError):
+    """The request names a node the coordinator has never heard from."""
+
+    code = "node_not_found"
+
+
 class PayloadTooLargeError(RequestError):
     """An input or result exceeds the inline size limit."""
 
@@ -128,6 +160,21 @@ class InternalError(ClawError):
     code = "internal"
 
 
+# --- the coordinator's lease ---------------------------------------------------------------------
+
+
+class LeaseHeldError(ClawError):
+    """Another coordinator is alive on this prefix: this one must not start (the message names it)."""
+
+    code = "lease_held"
+
+
+class LeaseLostError(ClawError):
+    """This coordinator's lease lapsed or was taken over: it must stop writing at once."""
+
+    code = "lease_lost"
+
+
 # --- state machine -------------------------------------------------------------------------------
 
 
@@ -135,6 +182,13 @@ class IllegalTransitionError(ClawError):
     """A task state change that the transition table does not allow."""
 
     code = "illegal_transition"
+
+
+class BadEventError(ClawError):
+    """A task event that cannot be applied (no such task, a transition the table forbids): the
+    coordinator quarantines it and goes on."""
+
+    code = "bad_event"
 
 
 # --- task execution (raised by skill handlers) ---------------------------------------------------
@@ -195,6 +249,7 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         InvalidInputError,
         UnknownSkillError,
         TaskNotFoundError,
+        NodeNotFoundError,
         PayloadTooLargeError,
         QueueFullError,
         InternalError,

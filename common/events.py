@@ -8,9 +8,15 @@ coordinator applies an outcome only for the task's current attempt.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from common.models import SCHEMA_VERSION, ArtifactRef
+
+# Attempt numbers fit SQLite's integers: an event claiming attempt 2**70 is refused when decoded,
+# not when its batch is committed (which would fail the whole batch).
+MAX_ATTEMPT = 2**31 - 1
 
 
 class TaskEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -19,7 +25,7 @@ class TaskEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind")
     v: int = SCHEMA_VERSION
     event_id: str
     task_id: str
-    attempt: int
+    attempt: Annotated[int, msgspec.Meta(ge=0, le=MAX_ATTEMPT)]
     node_id: str
     at: float
 

@@ -8,6 +8,7 @@ millisecond.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import threading
@@ -17,6 +18,10 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_BITS = 80
 _RANDOM_MAX = (1 << _RANDOM_BITS) - 1
 ULID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+# No clock-made ULID of this project predates 2020-01-01T00:00:00Z.
+EARLIEST_PLAUSIBLE_S = 1_577_836_800
+# How much of an overlong id an error message shows.
+SHOWN_ID_CHARS = 32
 
 
 # Every 10-bit value as its two Crockford characters: an id is 13 lookups instead of 26 steps.
@@ -83,3 +88,37 @@ def is_ulid(text: str) -> bool:
 def ulid_floor(at: float) -> str:
     """The smallest id of the millisecond `at` (Unix seconds): no id made from then on sorts before it."""
     return _encode(int(at * 1000) << _RANDOM_BITS, 26)
+
+
+def implausible_id_reason(text: str, *, now_s: float, max_future_s: float) -> str | None:
+    """Why a client-chosen task id is refused, or None when it is a ULID of a plausible time.
+
+    Plausible: dated no earlier than 2020 and no more than `max_future_s` ahead of `now_s` (clock
+    skew between machines). Ids sort by their time, so a far-future id would stay at the top of
+    every newest-first list for ever.
+    """
+    if not is_ulid(text) or text[0] > "7":  # 26 characters hold 130 bits; a ULID has 128
+        return "is not a valid ULID (26 characters of Crockford base32, the first one 0-7)"
+    at_s = ulid_time_ms(text) / 1000
+    if at_s > now_s + max_future_s:
+        return (
+            f"is dated {_utc(at_s)}, in the future: more than {max_future_s:g} s ahead of the coordinator's "
+            "clock (coordinator.task_id_max_future_s); make ids when submitting, on a machine with a correct clock"
+        )
+    if at_s < EARLIEST_PLAUSIBLE_S:
+        return f"is dated {_utc(at_s)}, before 2020: not an id made by a ULID generator at submit time"
+    return None
+
+
+def shown_id(text: str) -> str:
+    """An id as error messages show it: an overlong one cut short, with its length."""
+    if len(text) <= SHOWN_ID_CHARS:
+        return text
+    return f"{text[:SHOWN_ID_CHARS]}... ({len(text)} characters)"
+
+
+def _utc(at_s: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(at_s, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError):
+        return f"{at_s:.0f} s after 1970"

@@ -3,6 +3,10 @@
 Lines are JSON (one object per line) unless they go to a terminal, where they are pretty-printed.
 Context bound with `structlog.contextvars` (`node_id` for a process, `task_id` and `trace_id`
 around a task) is merged into every line. Library code only calls `get_logger`; it never configures.
+
+Tracebacks never show local variables: structlog's defaults (`dict_tracebacks`, rich console
+tracebacks) print each frame's locals, and those hold raw request bytes, task inputs and
+credentials (a secret at the start of a request reached the log that way).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import IO, Any, TextIO, cast
 import msgspec
 import structlog
 from opentelemetry import trace
+from structlog.tracebacks import ExceptionDictTransformer
 
 from common.config import LogSettings
 
@@ -40,10 +45,10 @@ def configure_logging(settings: LogSettings, *, process: str, stream: IO[str] | 
     ]
     renderer: structlog.typing.Processor
     if use_json:
-        shared.append(structlog.processors.dict_tracebacks)
+        shared.append(structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)))
         renderer = structlog.processors.JSONRenderer(serializer=_serialize)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), exception_formatter=_console_tracebacks())
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -63,6 +68,15 @@ def configure_logging(settings: LogSettings, *, process: str, stream: IO[str] | 
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(level, logging.WARNING))
+
+
+def _console_tracebacks() -> structlog.typing.ExceptionRenderer:
+    """Rich tracebacks when rich is installed (structlog's default), but without locals."""
+    try:
+        import rich  # noqa: F401 - only whether it is there
+    except ImportError:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(show_locals=False)
 
 
 def add_trace_context(logger: Any, method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import msgspec
 
-from common.states import AttemptState, NodeStatus, Priority, TaskState
+from common.states import AttemptState, NodeControl, NodeStatus, Priority, TaskState
 
 SCHEMA_VERSION = 1
 EMPTY_OBJECT = msgspec.Raw(b"{}")
@@ -46,7 +46,7 @@ class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str
     sha256: str
-    size: int
+    size: Annotated[int, msgspec.Meta(ge=0, le=2**62)]  # within SQLite's integers
     content_type: str = "application/octet-stream"
     backend: str
     key: str
@@ -54,6 +54,9 @@ class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
 
 # An input or result kept as an artifact is stored, in the task's JSON, as {ARTIFACT_MARKER: ref}.
 ARTIFACT_MARKER = "$artifact"
+# An input or result left out of a reply or a dead letter because it would not fit one NATS message
+# stands there as {OMITTED_MARKER: {"bytes": size}}; the database still holds it whole.
+OMITTED_MARKER = "$omitted"
 # The artifact names of an input and a result that travel by reference.
 INPUT_ARTIFACT = "input.json"
 RESULT_ARTIFACT = "result.json"
@@ -115,9 +118,11 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
-    """One failed (or lost) attempt, as kept in a dead letter."""
+    """One failed (or lost) attempt, as kept in a dead letter; `series` counts the task's runs (1 for
+    the first, 2 after its first retry or replay, ...)."""
 
     attempt: int
+    series: int = 1
     node_id: str | None = None
     state: str = "failed"
     error_type: str | None = None
@@ -131,8 +136,10 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """An entry of the dead-letter stream, on `<prefix>.dlq.<skill>`.
 
     `kind` is `task` for a task that exhausted its attempts or failed permanently (with its input and
-    every attempt's error), or `poison` for a message that could not even be decoded (its raw bytes,
-    base64).
+    every attempt's error, of every series), or `poison` for a message that could not even be decoded
+    (its raw bytes, base64). A task has one letter: when it dies again after a replay, its new letter
+    replaces the old one. `series` is the series that died; `input_omitted` says the input was left
+    out (and tracebacks shortened) so that the letter fits one NATS message.
     """
 
     v: int = SCHEMA_VERSION
@@ -146,6 +153,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     attempts: list[AttemptError] = []
     raw_base64: str | None = None
     stream_seq: int | None = None
+    series: int = 1
+    input_omitted: bool = False
 
 
 class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +162,21 @@ class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
 
     seq: int
     letter: DeadLetter
+
+
+class QuarantinedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A task event the coordinator set aside because it could not be decoded or folded
+    (`claw quarantine list`); `data` is its first bytes, `size` its whole length."""
+
+    id: int
+    at: float
+    subject: str
+    stream_seq: int | None = None
+    task_id: str | None = None
+    kind: str | None = None
+    reason: str
+    size: int
+    data: bytes
 
 
 class CancelNotice(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,6 +187,20 @@ class CancelNotice(msgspec.Struct, frozen=True, kw_only=True):
 
     reason: str = "cancelled"
     series: int = 0
+
+
+class SkillLoad(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How a worker fared with the enabled version of an installed skill, as its heartbeats report it.
+
+    `state` is `loaded`; `failed` (`error` says why; the worker tries again with backoff, `attempts`
+    counts the tries); or `skipped`: this worker may not run it (`error` says why: its labels, or
+    `--skills`).
+    """
+
+    version: str
+    state: str
+    error: str | None = None
+    attempts: int = 0
 
 
 class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
@@ -192,6 +230,32 @@ class NodeHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     # The version and risk of each skill the node runs (code-registered ones have no registry entry).
     skill_versions: dict[str, str] = {}
     skill_risks: dict[str, str] = {}
+    # Installed skills by name: which enabled version this node loaded, failed to load, or skipped.
+    skill_loads: dict[str, SkillLoad] = {}
+    # Unique to the process: the node's KV key holds the id of the one process that may beat for it.
+    instance_id: str = ""
+    # The control the node follows now (`claw node pause|drain|resume`).
+    control: NodeControl = NodeControl.ACTIVE
+
+
+class NodeCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """The coordinator's desired state for one node: on `<prefix>.ctl.<node_id>` (a request, answered
+    with `NodeReport`) and kept in KV `<prefix>_node_control` (key: the node id), where a starting
+    worker reads it, so a paused node stays paused across restarts."""
+
+    v: int = SCHEMA_VERSION
+    control: NodeControl
+    changed_at: float = 0.0
+    by: str | None = None
+
+
+class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's answer to a `NodeCommand`: what it does now."""
+
+    node_id: str
+    control: NodeControl
+    status: NodeStatus
+    running: int
 
 
 class DeliveryClaim(msgspec.Struct, frozen=True, array_like=True):
@@ -233,7 +297,7 @@ class TaskUpdate(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
-    """One attempt of a task: where it ran and how it ended."""
+    """One attempt of a task: where it ran and how it ended, and in which series of attempts."""
 
     attempt: int
     node_id: str | None
@@ -242,6 +306,7 @@ class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None = None
     error_type: str | None = None
     error_message: str | None = None
+    series: int = 1
 
 
 class EventView(msgspec.Struct, frozen=True, kw_only=True):
@@ -259,7 +324,13 @@ class EventView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
-    """A task's current record, with its attempts and event timeline when asked for."""
+    """A task's current record, with its attempts and event timeline when asked for.
+
+    `attempts` counts every attempt of every series; `max_attempts` is per series, and the current
+    series (number `series`) began after attempt `attempt_offset`. A view that would not fit one
+    NATS message leaves out the oldest events (`events_omitted` says how many) and, if needed, an
+    oversize input or result (replaced by `{"$omitted": {"bytes": N}}`).
+    """
 
     task_id: str
     skill: str
@@ -284,6 +355,9 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     attempt_log: list[AttemptView] = []
     events: list[EventView] = []
     artifacts: list[ArtifactView] = []
+    attempt_offset: int = 0
+    series: int = 1
+    events_omitted: int = 0
 
 
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -318,6 +392,11 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     load1: float
     started_at: float
     last_seen: float
+    # From the node's last beat (empty until it beat since the coordinator started).
+    skill_versions: dict[str, str] = {}
+    skill_loads: dict[str, SkillLoad] = {}
+    # What the coordinator asks of the node (`claw node pause|drain|resume`); `status` is what it does.
+    control: NodeControl = NodeControl.ACTIVE
 
 
 class QueueDepth(msgspec.Struct, frozen=True, kw_only=True):

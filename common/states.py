@@ -51,9 +51,24 @@ PRIORITIES: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW
 
 
 class NodeStatus(StrEnum):
-    """A worker node as the coordinator sees it."""
+    """A worker node as the coordinator sees it (what the node does, reported in its heartbeats).
+
+    `paused`: it pulls nothing (running tasks finish); `draining`: it pulls nothing and still runs
+    tasks; `drained`: a draining node whose tasks all ended; `stopping`: it is shutting down.
+    """
 
     ONLINE = "online"
     PAUSED = "paused"
     DRAINING = "draining"
+    DRAINED = "drained"
+    STOPPING = "stopping"
     OFFLINE = "offline"
+
+
+class NodeControl(StrEnum):
+    """What the coordinator asks of a worker node (`claw node pause|drain|resume`); it keeps this
+    desired state, and the node reports what it does (`NodeStatus`)."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    DRAINED = "drained"

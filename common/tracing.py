@@ -11,7 +11,9 @@ from the `tracing` config section or, when that is unset, from OTel's own enviro
 | `jsonl` | ours: a JSON line per span in `tracing.jsonl_path` (or `CLAW_TRACING_JSONL_PATH`), for tests |
 
 `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` are honoured. With no exporter, spans are not
-recorded (the sampler is off), which keeps tracing nearly free while the ids still propagate.
+recorded (the sampler is off), which keeps tracing nearly free while the ids still propagate. A
+process that records follows a caller whose context says sampled, and otherwise samples by its own
+`sample_ratio`: a caller that records nothing does not switch tracing off for the cluster.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def setup_tracing(
             f"use one of {', '.join(EXPORTERS)}"
         )
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service_name})
-    sampler = ALWAYS_OFF if name == "none" else ParentBased(TraceIdRatioBased(settings.sample_ratio))
+    sampler = ALWAYS_OFF if name == "none" else _sampler(settings.sample_ratio)
     provider = TracerProvider(resource=resource, sampler=sampler)
     exporter = _exporter(name, settings, env)
     if exporter is not None:
@@ -169,6 +171,18 @@ def setup_tracing(
     global _recording
     _recording = name != "none"
     return TracingHandle(provider, name)
+
+
+def _sampler(ratio: float) -> ParentBased:
+    """Follow a caller that samples; otherwise decide by this process's own ratio.
+
+    A process that records nothing (a plain `claw submit`) still sends its context, flagged not
+    sampled; obeying that flag would switch tracing off for the whole cluster. The ratio sampler
+    decides from the trace id alone, so every process with the same ratio decides the same way for
+    one trace: a task is traced everywhere or nowhere.
+    """
+    own = TraceIdRatioBased(ratio)
+    return ParentBased(own, remote_parent_not_sampled=own)
 
 
 def _exporter(name: str, settings: TracingSettings, env: Mapping[str, str]) -> SpanExporter | None:

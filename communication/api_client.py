@@ -6,7 +6,15 @@
 
 Errors arrive as the `ClawError` subclass the coordinator raised (unknown skill, invalid input, ...);
 no coordinator, or NATS down, raise `CoordinatorUnavailableError` / `NatsUnavailableError` with what
-to do about it.
+to do about it; a request larger than the server's max_payload raises `PayloadTooLargeError` before
+anything is sent.
+
+Lists come in pages (no reply may exceed max_payload): `<list>_page(limit=, cursor=)` fetches one
+(`Page`: items, `next_cursor`, `total`), the plain method fetches pages until its `limit` (or all),
+and `iter_<list>()` yields every item page by page:
+
+    async for view in client.iter_approvals():
+        ...
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from common.api import (
     ApiVerb,
     ApprovalOutcome,
     ApprovalsReply,
+    ApprovalsRequest,
     ApprovalView,
     ApproveRequest,
     ArtifactsReply,
@@ -41,8 +50,13 @@ from common.api import (
     Empty,
     GuardCheckReply,
     GuardCheckRequest,
+    NodeControlReply,
+    NodeControlRequest,
     NodesReply,
+    NodesRequest,
     PingReply,
+    QuarantineListReply,
+    QuarantineListRequest,
     RejectRequest,
     SkillInfo,
     SkillInstallReply,
@@ -81,15 +95,18 @@ from common.models import (
     ClusterStatus,
     DeadLetterView,
     NodeView,
+    QuarantinedEvent,
     TaskSpec,
     TaskSummary,
     TaskUpdate,
     TaskView,
 )
 from common.skills import folder_checksum, load_manifest, pack_skill
-from common.states import TERMINAL_STATES, TaskState
+from common.states import TERMINAL_STATES, NodeControl, TaskState
 from communication.codec import DecodeError, decode, decode_event, encode
 from communication.connection import NatsConnection
+from communication.pages import Page, collect, iterate
+from communication.payload_limits import message_bytes, too_large_message
 from communication.topology import Topology
 from communication.trace_context import headers_for
 
@@ -105,6 +122,13 @@ QUEUE_FULL_PAUSE_MIN_S = 0.05
 QUEUE_FULL_PAUSE_MAX_S = 1.0
 MAX_SKILL_ARCHIVE_BYTES = 64 * 1024 * 1024
 NO_RESPONDERS_RETRIES_S = (0.05, 0.2, None)
+# Items asked for per page when collecting a whole list (the coordinator may send fewer, to fit).
+LIST_PAGE_SIZE = 1000
+# What a request too large for NATS should do instead.
+LARGE_REQUEST_HINT = (
+    "send less in one request; large inputs go to the artifact store (claw submit --input-file does it, "
+    "and cli.artifacts.offload_large_inputs for ClawClient users)"
+)
 
 
 class ClawClient:
@@ -199,8 +223,14 @@ class ClawClient:
         return [r for chunk_results in results for r in chunk_results]
 
     async def artifacts(self, task_id: str) -> list[ArtifactView]:
-        """A task's artifacts (metadata; read the bytes with an ArtifactStore)."""
-        return (await self._call(ApiVerb.ARTIFACTS, ArtifactsRequest(task_id=task_id), ArtifactsReply)).artifacts
+        """A task's artifacts (metadata; read the bytes with an ArtifactStore), every page."""
+        return await self._all(lambda cursor, n: self.artifacts_page(task_id, limit=n, cursor=cursor))
+
+    async def artifacts_page(self, task_id: str, *, limit: int = 1000, cursor: str | None = None) -> Page[ArtifactView]:
+        """One page of a task's artifacts, oldest first."""
+        request = ArtifactsRequest(task_id=task_id, limit=limit, cursor=cursor)
+        reply = await self._call(ApiVerb.ARTIFACTS, request, ArtifactsReply)
+        return Page(reply.artifacts, reply.next_cursor, reply.total)
 
     async def artifact_store(self) -> ArtifactSettings:
         """The coordinator's artifact store settings (no secrets: credentials stay in the environment)."""
@@ -211,11 +241,30 @@ class ClawClient:
         return await self._call(ApiVerb.TASK_GET, TaskGetRequest(task_id=task_id, history=history), TaskView)
 
     async def list_tasks(
-        self, *, state: TaskState | None = None, skill: str | None = None, limit: int = 50
+        self, *, state: TaskState | None = None, skill: str | None = None, limit: int | None = 50
     ) -> list[TaskSummary]:
-        """Newest tasks first."""
-        request = TaskListRequest(state=state, skill=skill, limit=limit)
-        return (await self._call(ApiVerb.TASK_LIST, request, TaskListReply)).tasks
+        """The newest `limit` tasks (every one: None), newest first, fetched page by page."""
+        fetch = self._tasks_fetcher(state, skill)
+        return (await collect(fetch, limit=limit, page_size=LIST_PAGE_SIZE)).items
+
+    async def tasks_page(
+        self, *, state: TaskState | None = None, skill: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page[TaskSummary]:
+        """One page of tasks, newest first; `total` (first page) counts all that match."""
+        request = TaskListRequest(state=state, skill=skill, limit=limit, cursor=cursor)
+        reply = await self._call(ApiVerb.TASK_LIST, request, TaskListReply)
+        return Page(reply.tasks, reply.next_cursor, reply.total)
+
+    def iter_tasks(
+        self, *, state: TaskState | None = None, skill: str | None = None, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[TaskSummary]:
+        """Every task that matches, newest first, one page at a time."""
+        return iterate(self._tasks_fetcher(state, skill), page_size=page_size)
+
+    def _tasks_fetcher(
+        self, state: TaskState | None, skill: str | None
+    ) -> Callable[[str | None, int], Awaitable[Page[TaskSummary]]]:
+        return lambda cursor, n: self.tasks_page(state=state, skill=skill, limit=n, cursor=cursor)
 
     async def task_states(self, task_ids: Sequence[str]) -> dict[str, TaskState]:
         """Current state of each id (unknown ids are absent)."""
@@ -227,8 +276,18 @@ class ClawClient:
         return states
 
     async def nodes(self) -> list[NodeView]:
-        """The node registry."""
-        return (await self._call(ApiVerb.NODES, Empty(), NodesReply)).nodes
+        """The node registry, every page."""
+        return await self._all(lambda cursor, n: self.nodes_page(limit=n, cursor=cursor))
+
+    async def nodes_page(self, *, limit: int = 1000, cursor: str | None = None) -> Page[NodeView]:
+        """One page of the node registry, online nodes first."""
+        reply = await self._call(ApiVerb.NODES, NodesRequest(limit=limit, cursor=cursor), NodesReply)
+        return Page(reply.nodes, reply.next_cursor, reply.total)
+
+    async def node_control(self, node_id: str, control: NodeControl, *, by: str | None = None) -> NodeControlReply:
+        """Ask a node to be active, paused or drained; the reply says what it does now."""
+        request = NodeControlRequest(node_id=node_id, control=control, by=by)
+        return await self._call(ApiVerb.NODE_CONTROL, request, NodeControlReply)
 
     async def status(self, *, window_s: float = 3600.0) -> ClusterStatus:
         """The cluster overview, with rates over the tasks that finished in the last `window_s`."""
@@ -246,16 +305,45 @@ class ClawClient:
         """Run a failed, dead or cancelled task again as a new attempt series."""
         return await self._call(ApiVerb.TASK_RETRY, TaskRetryRequest(task_id=task_id, by=by), TaskActionReply)
 
-    async def dlq_list(self, *, skill: str | None = None, limit: int = 50) -> list[DeadLetterView]:
-        """Dead letters, newest first."""
-        return (await self._call(ApiVerb.DLQ_LIST, DlqListRequest(skill=skill, limit=limit), DlqListReply)).letters
+    async def dlq_list(self, *, skill: str | None = None, limit: int | None = 50) -> list[DeadLetterView]:
+        """The newest `limit` dead letters (all: None), newest first, fetched page by page."""
+        fetch = self._dlq_fetcher(skill)
+        return (await collect(fetch, limit=limit, page_size=LIST_PAGE_SIZE)).items
+
+    async def dlq_page(
+        self, *, skill: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page[DeadLetterView]:
+        """One page of dead letters, newest first; `total` (first page, no skill) is the DLQ's size."""
+        request = DlqListRequest(skill=skill, limit=limit, cursor=cursor)
+        reply = await self._call(ApiVerb.DLQ_LIST, request, DlqListReply)
+        return Page(reply.letters, reply.next_cursor, reply.total)
+
+    def iter_dead_letters(
+        self, *, skill: str | None = None, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[DeadLetterView]:
+        """Every dead letter, newest first, one page at a time."""
+        return iterate(self._dlq_fetcher(skill), page_size=page_size)
+
+    def _dlq_fetcher(self, skill: str | None) -> Callable[[str | None, int], Awaitable[Page[DeadLetterView]]]:
+        return lambda cursor, n: self.dlq_page(skill=skill, limit=n, cursor=cursor)
 
     async def dlq_replay(
         self, task_id: str | None = None, *, all: bool = False, skill: str | None = None, by: str | None = None
     ) -> list[TaskActionReply]:
-        """Replay one dead task, or all of them (of a skill); replaying twice changes nothing."""
-        request = DlqReplayRequest(task_id=task_id, all=all, skill=skill, by=by)
-        return (await self._call(ApiVerb.DLQ_REPLAY, request, DlqReplayReply, timeout_s=60.0)).results
+        """Replay one dead task, or all of them (of a skill); replaying twice changes nothing.
+
+        `all` goes through the DLQ one page per request, each letter once (a task that dies again
+        meanwhile gets a new letter above the pages still to come, and is not replayed twice).
+        """
+        results: list[TaskActionReply] = []
+        cursor: str | None = None
+        while True:
+            request = DlqReplayRequest(task_id=task_id, all=all, skill=skill, by=by, cursor=cursor)
+            reply = await self._call(ApiVerb.DLQ_REPLAY, request, DlqReplayReply, timeout_s=60.0)
+            results.extend(reply.results)
+            if not all or reply.next_cursor is None or reply.next_cursor == cursor:
+                return results
+            cursor = reply.next_cursor
 
     async def dlq_purge(self, *, skill: str | None = None, older_than_s: float | None = None) -> int:
         """Drop dead letters; returns how many."""
@@ -263,8 +351,16 @@ class ClawClient:
         return (await self._call(ApiVerb.DLQ_PURGE, request, DlqPurgeReply, timeout_s=60.0)).purged
 
     async def skills(self, *, name: str | None = None, search: str | None = None) -> list[SkillInfo]:
-        """Registered skills (all, one by name, or matching words)."""
-        return (await self._call(ApiVerb.SKILLS, SkillsRequest(name=name, search=search), SkillsReply)).skills
+        """Registered skills (all, one by name, or matching words), every page."""
+        return await self._all(lambda cursor, n: self.skills_page(name=name, search=search, limit=n, cursor=cursor))
+
+    async def skills_page(
+        self, *, name: str | None = None, search: str | None = None, limit: int = 500, cursor: str | None = None
+    ) -> Page[SkillInfo]:
+        """One page of registered skills."""
+        request = SkillsRequest(name=name, search=search, limit=limit, cursor=cursor)
+        reply = await self._call(ApiVerb.SKILLS, request, SkillsReply)
+        return Page(reply.skills, reply.next_cursor, reply.total)
 
     async def set_skill_enabled(
         self, name: str, *, enabled: bool, version: str | None = None, by: str | None = None
@@ -289,9 +385,21 @@ class ClawClient:
         request = SkillInstallRequest(manifest=manifest, checksum=checksum, archive=name, by=by)
         return await self._call(ApiVerb.SKILL_INSTALL, request, SkillInstallReply)
 
-    async def approvals(self) -> list[ApprovalView]:
-        """Tasks waiting for approval, oldest first."""
-        return (await self._call(ApiVerb.APPROVALS, Empty(), ApprovalsReply)).approvals
+    async def approvals(self, *, limit: int | None = None) -> list[ApprovalView]:
+        """The first `limit` tasks waiting for approval (all: None), oldest first, page by page."""
+        return (await collect(self._approvals_page, limit=limit, page_size=LIST_PAGE_SIZE)).items
+
+    async def approvals_page(self, *, limit: int = 500, cursor: str | None = None) -> Page[ApprovalView]:
+        """One page of the tasks waiting for approval; `total` (first page) counts them all."""
+        reply = await self._call(ApiVerb.APPROVALS, ApprovalsRequest(limit=limit, cursor=cursor), ApprovalsReply)
+        return Page(reply.approvals, reply.next_cursor, reply.total)
+
+    def iter_approvals(self, *, page_size: int = LIST_PAGE_SIZE) -> AsyncIterator[ApprovalView]:
+        """Every task waiting for approval, oldest first, one page at a time."""
+        return iterate(self._approvals_page, page_size=page_size)
+
+    async def _approvals_page(self, cursor: str | None, limit: int) -> Page[ApprovalView]:
+        return await self.approvals_page(limit=limit, cursor=cursor)
 
     async def approve(self, task_id: str, *, by: str, note: str | None = None) -> ApprovalOutcome:
         """Record `by`'s approval of a held task."""
@@ -430,6 +538,10 @@ class ClawClient:
             return [await self.conn.nc.subscribe(subjects.updates_all, cb=cb)]
         return [await self.conn.nc.subscribe(subjects.updates(t), cb=cb) for t in task_ids]
 
+    @staticmethod
+    async def _all(fetch: Callable[[str | None, int], Awaitable[Page[T]]]) -> list[T]:
+        return (await collect(fetch, limit=None, page_size=LIST_PAGE_SIZE)).items
+
     def _chunks(self, specs: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
         budget = int(self.conn.nc.max_payload * 0.9)
         chunks: list[list[TaskSpec]] = []
@@ -441,7 +553,9 @@ class ClawClient:
                 where = f"task {index + 1}: " if len(specs) > 1 else ""
                 raise PayloadTooLargeError(
                     f"{where}the task is {spec_size / 1048576:.1f} MiB encoded, over NATS's message limit of "
-                    f"{self.conn.nc.max_payload / 1048576:.1f} MiB; pass large data by reference"
+                    f"{self.conn.nc.max_payload / 1048576:.1f} MiB (the server's max_payload); put large inputs in "
+                    "the artifact store: `claw submit --input-file` does, ClawClient users call "
+                    "cli.artifacts.offload_large_inputs"
                 )
             if current and (size + spec_size > budget or len(current) >= MAX_TASKS_PER_REQUEST):
                 chunks.append(current)
@@ -452,14 +566,26 @@ class ClawClient:
             chunks.append(current)
         return chunks
 
+    async def quarantine_list(self, *, task_id: str | None = None, limit: int = 50) -> list[QuarantinedEvent]:
+        """Task events the coordinator could not decode or fold, newest first (at most 500)."""
+        request = QuarantineListRequest(task_id=task_id, limit=limit)
+        return (await self._call(ApiVerb.QUARANTINE_LIST, request, QuarantineListReply)).events
+
     async def _call(self, verb: str, body: msgspec.Struct, reply_type: type[T], *, timeout_s: float | None = None) -> T:
         subject = self.conn.subjects.api(verb)
         payload = encode(body)
+        headers = headers_for()
+        size, max_payload = message_bytes(payload, headers), self.conn.nc.max_payload
+        if size > max_payload:
+            # nats-server would disconnect us for it: say what to do instead.
+            raise PayloadTooLargeError(
+                f"{too_large_message(f'the {verb} request', size, max_payload)}; {LARGE_REQUEST_HINT}"
+            )
         try:
             for pause_s in NO_RESPONDERS_RETRIES_S:
                 try:
                     msg = await self.conn.nc.request(
-                        subject, payload, timeout=timeout_s or self._timeout_s, headers=headers_for()
+                        subject, payload, timeout=timeout_s or self._timeout_s, headers=headers
                     )
                     break
                 except nats.errors.NoRespondersError:

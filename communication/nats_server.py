@@ -3,13 +3,16 @@ process with JetStream and the monitoring port, for `claw nats start`, `claw up`
 
 Port 0 means "pick a free one": the server is started with `-1` and the ports it chose are read from
 the ports file it writes, so tests never race for a port. Readiness is the monitoring endpoint's
-`/healthz?js-enabled-only=true` answering 200.
+`/healthz?js-enabled-only=true` answering 200. A server listening on every address (`0.0.0.0`, for
+other machines) is still reached by this machine through the loopback address. The server dies
+with the process that started it (`common.child_process`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -20,10 +23,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import NatsServerError
+from common.child_process import die_with_parent
+from common.errors import NatsServerError, PortInUseError
 
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
+# Addresses that mean "every interface": this machine reaches such a server through the loopback.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # noqa: S104 - names them, binds nothing
+# How nats-server reports a port it could not bind: "... listen tcp 127.0.0.1:4222: bind: address already in use".
+_PORT_IN_USE = re.compile(r"listen tcp (?P<host>\S+):(?P<port>\d+): bind: address already in use")
 
 
 def find_nats_server() -> str:
@@ -91,6 +99,7 @@ class EmbeddedNatsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # only a prctl call: common.child_process
         )
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> EmbeddedNatsServer:
@@ -119,7 +128,7 @@ class EmbeddedNatsServer:
         """Whether the server is up; raises if it already exited (port in use, bad store dir)."""
         assert self.process is not None
         if self.process.poll() is not None:
-            raise NatsServerError(f"nats-server exited at start-up: {self._last_log_error()}")
+            raise self._start_error()
         if not self.client_url and not self._read_ports():
             return False
         try:
@@ -134,10 +143,31 @@ class EmbeddedNatsServer:
                 ports = json.loads(path.read_text())
             except (OSError, ValueError):
                 return False  # being written
-            self.client_url = ports["nats"][0]
-            self.monitor_url = ports["monitoring"][0]
+            self.client_url = self._local_url(ports["nats"])
+            self.monitor_url = self._local_url(ports["monitoring"])
             return True
         return False
+
+    def _local_url(self, urls: list[str]) -> str:
+        """Of the URLs the server lists (one per address it listens on), the one this machine uses:
+        the configured host's, or the loopback one for a server on every address."""
+        host = self.options.host
+        wanted = "127.0.0.1" if host in WILDCARD_HOSTS else host
+        return next((url for url in urls if url.rsplit(":", 1)[0].endswith(f"//{wanted}")), urls[0])
+
+    def _start_error(self) -> NatsServerError:
+        """Why the server exited at start-up: which port was taken, or its last error line."""
+        line = self._last_log_error()
+        taken = _PORT_IN_USE.search(line)
+        if taken is None:
+            return NatsServerError(f"nats-server exited at start-up: {line}")
+        port = int(taken["port"])
+        role = "monitoring" if "monitor" in line else "client"
+        return PortInUseError(
+            f"port {port} ({role}) on {taken['host']} is already in use: another nats-server or cluster runs there",
+            port=port,
+            role=role,
+        )
 
     def _last_log_error(self) -> str:
         try:
@@ -146,6 +176,11 @@ class EmbeddedNatsServer:
             return "no log written"
         errors = [line for line in lines if "[FTL]" in line or "[ERR]" in line]
         return (errors or lines or ["no log written"])[-1]
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server process runs."""
+        return self.process is not None and self.process.poll() is None
 
     @property
     def pid(self) -> int | None:

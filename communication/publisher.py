@@ -17,6 +17,7 @@ from nats.js.errors import Error as JetStreamError
 
 from common.log import get_logger
 from communication.connection import NatsConnection
+from communication.payload_limits import message_bytes, too_large_message
 from communication.subjects import Header
 
 log = get_logger("communication.publisher")
@@ -34,6 +35,23 @@ class Outgoing:
 
 class PublishFailedError(Exception):
     """A message could not be confirmed stored after all retries."""
+
+    # True when no retry can help (the message is larger than the server accepts).
+    permanent = False
+
+
+class MessageTooLargeError(PublishFailedError):
+    """The message with its headers is larger than the server's max_payload: it was not sent.
+
+    nats-server answers an oversize message by disconnecting the publisher, so it is never tried.
+    """
+
+    permanent = True
+
+    def __init__(self, message: str, *, size: int, max_payload: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.max_payload = max_payload
 
 
 class JetStreamPublisher:
@@ -54,7 +72,17 @@ class JetStreamPublisher:
     async def publish_many(self, items: list[Outgoing]) -> list[PubAck | PublishFailedError]:
         """Publish all, then wait; each position holds the ack or the final error for that item."""
         results: list[PubAck | PublishFailedError | None] = [None] * len(items)
-        todo = list(range(len(items)))
+        todo = []
+        max_payload = self._conn.nc.max_payload
+        for index, item in enumerate(items):
+            size = message_bytes(item.payload, self._headers(item))
+            if size > max_payload:
+                what = f"the message to {item.subject} with its headers"
+                results[index] = MessageTooLargeError(
+                    too_large_message(what, size, max_payload), size=size, max_payload=max_payload
+                )
+            else:
+                todo.append(index)
         last_error: dict[int, str] = {}
         for attempt in range(1, self._attempts + 1):
             futures: dict[int, asyncio.Future[PubAck]] = {}
@@ -90,7 +118,11 @@ class JetStreamPublisher:
         return [r for r in results if r is not None]
 
     async def _send(self, item: Outgoing) -> asyncio.Future[PubAck]:
+        return await self._conn.js.publish_async(item.subject, item.payload, headers=self._headers(item))
+
+    @staticmethod
+    def _headers(item: Outgoing) -> dict[str, str]:
         headers = {Header.MSG_ID: item.msg_id}
         if item.headers:
             headers.update(item.headers)
-        return await self._conn.js.publish_async(item.subject, item.payload, headers=headers)
+        return headers

@@ -82,6 +82,11 @@ class Subjects:
         return f"{self.prefix}_nodes"
 
     @property
+    def node_control_bucket(self) -> str:
+        """KV bucket with the coordinator's desired state of each node (`NodeCommand`, key: node id)."""
+        return f"{self.prefix}_node_control"
+
+    @property
     def skills_bucket(self) -> str:
         """KV bucket with the skill registry snapshot workers load from (key `registry`)."""
         return f"{self.prefix}_skills"
@@ -95,6 +100,11 @@ class Subjects:
     def audit_bucket(self) -> str:
         """KV bucket where the coordinator anchors the event log's hash-chain head."""
         return f"{self.prefix}_audit"
+
+    @property
+    def coordinator_bucket(self) -> str:
+        """KV bucket holding the coordinator's lease on this prefix (key `leader`)."""
+        return f"{self.prefix}_coordinator"
 
     @property
     def events_consumer(self) -> str:
@@ -128,6 +138,14 @@ class Subjects:
     def dlq(self, skill: str) -> str:
         """Dead letters of one skill."""
         return f"{self.prefix}.dlq.{skill_token(skill)}"
+
+    def dlq_task(self, skill: str, task_id: str) -> str:
+        """The dead letter of one task: one subject per task, so its newest letter replaces older ones."""
+        return f"{self.prefix}.dlq.{skill_token(skill)}.{task_id}"
+
+    def dlq_tasks_of(self, skill: str) -> str:
+        """Every per-task dead-letter subject of one skill (poison letters stay on `dlq(skill)`)."""
+        return f"{self.prefix}.dlq.{skill_token(skill)}.*"
 
     @property
     def dlq_all(self) -> str:

@@ -111,9 +111,36 @@ class Topology:
                 replicas=self._settings.replicas,
             )
 
+    async def lease_kv(self, ttl_s: float) -> tuple[KeyValue, str]:
+        """The coordinator's lease bucket, whose entries expire `ttl_s` after their last write, and
+        the name of its stream (its last sequence tells whether anyone wrote since)."""
+        bucket = self._subjects.coordinator_bucket
+        stream = f"KV_{bucket}"
+        try:
+            kv = await self._conn.js.key_value(bucket)
+        except BucketNotFoundError:
+            kv = await self._conn.js.create_key_value(
+                bucket=bucket,
+                description="the coordinator's lease on this prefix",
+                history=1,
+                ttl=ttl_s,
+                storage=api.StorageType.FILE,
+                replicas=self._settings.replicas,
+            )
+        config = (await self._conn.js.stream_info(stream)).config
+        if config.max_age is None or abs(config.max_age - ttl_s) > 1e-3:
+            log.info("jetstream.lease_ttl_changed", bucket=bucket, ttl_s=ttl_s)
+            config.max_age = ttl_s
+            await self._conn.js.update_stream(config)
+        return kv, stream
+
     async def skills_kv(self) -> KeyValue:
         """The skill registry snapshot workers read."""
         return await self.kv(self._subjects.skills_bucket, "the skill registry: what workers load")
+
+    async def node_control_kv(self) -> KeyValue:
+        """The desired state of each node, which a starting worker reads (the coordinator writes it)."""
+        return await self.kv(self._subjects.node_control_bucket, "desired state of each node: active, paused, drained")
 
     async def audit_kv(self) -> KeyValue:
         """Where the event log's chain head is anchored."""

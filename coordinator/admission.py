@@ -1,7 +1,8 @@
 """Admission: turn a submit request into task records, or refuse it whole with a clear reason.
 
 For each task: the skill must be registered and enabled (or run from code by a worker), the input
-must be a JSON object within the size limit that satisfies the skill's input schema, and the guard
+must be a JSON object of valid UTF-8 within the size and nesting limits that satisfies the skill's
+input schema, an id the client chose must be a ULID of a plausible time, and the guard
 decides whether it runs at once, waits for approval, or is denied. Options the task leaves unset
 come from the skill's manifest, then from the cluster's defaults.
 
@@ -21,11 +22,11 @@ from common.api import SubmitRequest
 from common.clock import Clock
 from common.config import CoordinatorSettings
 from common.errors import ClawError, InvalidInputError, PayloadTooLargeError, UnknownSkillError
-from common.ids import new_id
+from common.ids import implausible_id_reason, new_id
 from common.models import Backoff, TaskSpec
 from common.skills import Risk, SkillManifest, validate_input
 from common.states import TaskState
-from communication.codec import encode, is_json_object
+from communication.codec import encode, is_json_object, nesting_exceeds
 from communication.subjects import check_skill_name
 from coordinator.event_folding import artifact_marker
 from coordinator.guard import Action, Decision, Guard
@@ -85,6 +86,10 @@ class Admission:
 
     def _admit_one(self, spec: TaskSpec, now: float, submitter: str | None) -> TaskRecord:
         manifest, risk = self._skill(spec.skill)
+        if spec.task_id is not None:
+            reason = implausible_id_reason(spec.task_id, now_s=now, max_future_s=self._settings.task_id_max_future_s)
+            if reason is not None:
+                raise InvalidInputError(f"task id {spec.task_id} {reason}")
         if spec.input_ref is not None:
             # A large input in the artifact store: its schema is checked by the worker, before it runs.
             return self._record(spec, now, submitter, manifest, risk, artifact_marker(spec.input_ref), None)
@@ -96,12 +101,32 @@ class Admission:
             )
         if not is_json_object(spec.input):
             raise InvalidInputError('the input must be a JSON object, like {"text": "hello"}')
+        text = self._input_text(bytes(spec.input))
         parsed: Any = None
         if (manifest is not None and manifest.input_schema is not None) or self._guard.needs_input:
             parsed = _input_decoder.decode(spec.input)
         if manifest is not None:
             validate_input(manifest, parsed)
-        return self._record(spec, now, submitter, manifest, risk, bytes(spec.input).decode(), parsed)
+        return self._record(spec, now, submitter, manifest, risk, text, parsed)
+
+    def _input_text(self, data: bytes) -> str:
+        """The input as text, once it is known to be valid UTF-8 and not nested too deeply.
+
+        The request decoder checked that the input is JSON, but it skips over it as raw bytes: it
+        checked neither its strings' encoding nor how deep it nests.
+        """
+        limit = self._settings.max_input_depth
+        if nesting_exceeds(data, limit):
+            raise InvalidInputError(
+                f"the input nests arrays and objects more than {limit} levels deep "
+                "(coordinator.max_input_depth); flatten it or pass it as a string"
+            )
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(
+                f"the input is not valid UTF-8 (byte {exc.start} of the input); JSON text must be UTF-8"
+            ) from None
 
     def _record(
         self,

@@ -14,6 +14,7 @@ from common.api import (
     ApiVerb,
     ApprovalOutcome,
     ApprovalsReply,
+    ApprovalsRequest,
     ApproveRequest,
     ArtifactsReply,
     ArtifactsRequest,
@@ -28,7 +29,10 @@ from common.api import (
     GuardCheckReply,
     GuardCheckRequest,
     GuardDecision,
+    NodeControlReply,
+    NodeControlRequest,
     NodesReply,
+    NodesRequest,
     PingReply,
     RejectRequest,
     SkillInfo,
@@ -52,11 +56,14 @@ from common.api import (
 )
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
-from common.models import ClusterStatus, NatsServerInfo, TaskView
+from common.ids import SHOWN_ID_CHARS, shown_id
+from common.models import ClusterStatus, DeadLetterView, NatsServerInfo, TaskView
 from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
+from common.states import TaskState
 from communication.codec import DecodeError, decode
 from communication.connection import NatsConnection
 from communication.monitoring import fetch_server_info
+from communication.payload_limits import reply_budget
 from communication.trace_context import start_task_span
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
@@ -64,16 +71,23 @@ from coordinator.api_server import Handler
 from coordinator.approvals import ApprovalDesk
 from coordinator.audit import Auditor
 from coordinator.dead_letters import DeadLetterOffice
+from coordinator.input_offload import InputOffloader
+from coordinator.node_control import NodeControlDesk
 from coordinator.node_registry import NodeRegistry
-from coordinator.operations import TaskOperations
+from coordinator.operations import RERUNNABLE, TaskOperations
+from coordinator.paging import offset_cursor, offset_page, page_limit, take_page
 from coordinator.queue_probe import QueueProbe
+from coordinator.reply_fit import fit_submit_reply, fit_task_view, max_submit_results
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
+from coordinator.task_wire import default_backoff
+from storage.artifacts import ArtifactStore
 from storage.records import TaskRecord
 from storage.task_store import TaskStore
 
-MAX_LIST_LIMIT = 10_000
+# The most task ids one `task_states` request may name: its reply must fit one NATS message.
+MAX_STATE_IDS = 10_000
 T = TypeVar("T")
 
 
@@ -99,6 +113,8 @@ class ApiHandlers:
         probe: QueueProbe,
         alerts: AlertMonitor,
         metrics_port: Callable[[], int | None],
+        artifacts: ArtifactStore | None = None,
+        node_control: NodeControlDesk,
     ) -> None:
         self._config = config
         self._node_id = node_id
@@ -116,6 +132,12 @@ class ApiHandlers:
         self._probe = probe
         self._alerts = alerts
         self._metrics_port = metrics_port
+        self._node_control = node_control
+        self._offloader = InputOffloader(artifacts, default_backoff(config.coordinator), lambda: conn.nc.max_payload)
+
+    def _budget(self) -> int:
+        """The bytes a reply body may take: it must fit the server's max_payload."""
+        return reply_budget(self._conn.nc.max_payload)
 
     def table(self) -> dict[str, Handler]:
         """verb -> handler."""
@@ -142,6 +164,7 @@ class ApiHandlers:
             ApiVerb.AUDIT_VERIFY: self.audit_verify,
             ApiVerb.ARTIFACTS: self.artifacts,
             ApiVerb.ARTIFACT_STORE: self.artifact_store,
+            ApiVerb.NODE_CONTROL: self.node_control,
         }
 
     async def ping(self, data: bytes) -> PingReply:
@@ -156,14 +179,21 @@ class ApiHandlers:
     async def submit(self, data: bytes) -> SubmitReply:
         """Admit, persist and publish tasks."""
         request = _decode_request(data, SubmitRequest)
+        most = max_submit_results(self._budget())
+        if len(request.tasks) > most:
+            raise InvalidInputError(
+                f"the request holds {len(request.tasks)} tasks; the answer to at most {most} fits one NATS "
+                "message: split it (ClawClient.submit_many does)"
+            )
         records = self._admission.admit(request)
+        await self._offloader.offload_oversize(records)
         own_trace = len(records) > 1  # a batch: a trace per task, linked to this request
         for record in records:
             record.span, record.trace_id, record.traceparent = start_task_span(
                 "claw.task", functools.partial(_task_attributes, record), own_trace=own_trace
             )
         results = await self._pipeline.submit(records)
-        return SubmitReply(results=results)
+        return fit_submit_reply(SubmitReply(results=results), self._budget())
 
     async def task_get(self, data: bytes) -> TaskView:
         """One task with its history."""
@@ -174,15 +204,21 @@ class ApiHandlers:
         view = await self._store.get_task(request.task_id, history=request.history)
         if view is None:
             raise TaskNotFoundError(f"no task with id {request.task_id}; `claw task list` shows recent ones")
-        return view
+        return fit_task_view(view, self._budget())
 
     async def task_list(self, data: bytes) -> TaskListReply:
-        """Newest tasks, filtered."""
+        """A page of the newest tasks, filtered; the cursor is the last task id of the previous page."""
         request = _decode_request(data, TaskListRequest)
-        limit = max(1, min(request.limit, MAX_LIST_LIMIT))
+        limit = page_limit(request.limit)
         await self._pipeline.flush_queued()
-        tasks = await self._store.list_tasks(state=request.state, skill=request.skill, limit=limit)
-        return TaskListReply(tasks=tasks)
+        rows = await self._store.list_tasks(
+            state=request.state, skill=request.skill, limit=limit + 1, before=request.cursor
+        )
+        tasks, more = take_page(rows, limit=limit, budget=self._budget(), what="task")
+        total = None
+        if request.cursor is None:
+            total = await self._store.count_tasks(state=request.state, skill=request.skill)
+        return TaskListReply(tasks=tasks, next_cursor=tasks[-1].task_id if more else None, total=total)
 
     async def task_states(self, data: bytes) -> TaskStatesReply:
         """Committed states of many tasks.
@@ -191,11 +227,26 @@ class ApiHandlers:
         and a client that saw "succeeded" here must find the result when it asks for the task.
         """
         request = _decode_request(data, TaskStatesRequest)
+        if len(request.task_ids) > MAX_STATE_IDS:
+            raise InvalidInputError(
+                f"the request names {len(request.task_ids)} tasks; ask for at most {MAX_STATE_IDS} at a time"
+            )
         return TaskStatesReply(states=await self._store.states(request.task_ids))
 
     async def nodes(self, data: bytes) -> NodesReply:
-        """The node registry."""
-        return NodesReply(nodes=self._registry.views())
+        """A page of the node registry, with what the coordinator asks of each node (a small list in
+        memory: the cursor is an offset)."""
+        request = _decode_request(data, NodesRequest)
+        views = self._node_control.views_with_control()
+        page, cursor = offset_page(
+            views, cursor=request.cursor, limit=page_limit(request.limit), budget=self._budget(), what="node"
+        )
+        return NodesReply(nodes=page, next_cursor=cursor, total=len(views))
+
+    async def node_control(self, data: bytes) -> NodeControlReply:
+        """Pause, drain or resume a node: recorded, sent to it, answered with what it does now."""
+        request = _decode_request(data, NodeControlRequest)
+        return await self._node_control.set(request.node_id, request.control, by=request.by)
 
     async def status(self, data: bytes) -> StatusReply:
         """The cluster overview, with rates over the tasks that finished in the requested window."""
@@ -229,42 +280,67 @@ class ApiHandlers:
         return TaskActionReply(task_id=request.task_id, state=state)
 
     async def task_retry(self, data: bytes) -> TaskActionReply:
-        """Re-run a failed, dead or cancelled task as a new attempt series."""
+        """Re-run a failed, dead or cancelled task as a new attempt series (a dead one leaves the DLQ)."""
         request = _decode_request(data, TaskRetryRequest)
+        record = await self._book.find(request.task_id)
+        letter = None
+        if record is not None and record.state == TaskState.DEAD:
+            letter = await self._dead_letters.letter_of(record.task_id, record.skill)
         state, changed = await self._operations.rerun(request.task_id, kind="retry", by=request.by, note={})
+        if changed and letter is not None:
+            await self._dead_letters.remove(letter)
         return TaskActionReply(task_id=request.task_id, state=state, changed=changed)
 
     async def dlq_list(self, data: bytes) -> DlqListReply:
-        """Dead letters, newest first."""
+        """A page of dead letters, newest first; the cursor is a stream sequence to go on below."""
         request = _decode_request(data, DlqListRequest)
-        limit = max(1, min(request.limit, MAX_LIST_LIMIT))
-        return DlqListReply(letters=await self._dead_letters.list_letters(skill=request.skill, limit=limit))
+        limit = page_limit(request.limit)
+        views, resume = await self._dead_letters.list_page(
+            skill=request.skill, limit=limit + 1, before=_seq_cursor(request.cursor)
+        )
+        letters, more = take_page(views, limit=limit, budget=self._budget(), what="dead letter")
+        cursor = str(letters[-1].seq) if more else None if resume is None else str(resume)
+        total = await self._dead_letters.total() if request.cursor is None and request.skill is None else None
+        return DlqListReply(letters=letters, next_cursor=cursor, total=total)
 
     async def dlq_replay(self, data: bytes) -> DlqReplayReply:
-        """Replay dead tasks from the DLQ as new attempt series; replaying twice changes nothing."""
+        """Replay dead tasks from the DLQ as new attempt series; replaying twice changes nothing.
+
+        A replayed task's letter leaves the DLQ. `all` goes through one page of letters per request.
+        """
         request = _decode_request(data, DlqReplayRequest)
         if request.all == (request.task_id is not None):
             raise InvalidInputError("name one dead task to replay, or ask for all of them (--all)")
         if request.task_id is not None:
-            view = await self._dead_letters.find_task(request.task_id)
-            if view is None:
-                raise TaskNotFoundError(f"task {request.task_id} has no dead letter; `claw dlq list` shows them")
-            views = [view]
-        else:
-            views = await self._dead_letters.list_letters(skill=request.skill, limit=MAX_LIST_LIMIT)
-        results = []
-        replayed: set[str] = set()
-        for view in views:
-            task_id = view.letter.task_id
-            if task_id is None or task_id in replayed:
-                continue  # poison entries cannot be replayed; several letters of one task replay once
-            replayed.add(task_id)
-            state, changed = await self._operations.rerun(
-                task_id, kind="replayed", by=request.by, note={"dlq_seq": view.seq}
+            return DlqReplayReply(results=[await self._replay_one(request.task_id, request.by)])
+        views, resume = await self._dead_letters.list_page(
+            skill=request.skill, limit=page_limit(request.limit), before=_seq_cursor(request.cursor)
+        )
+        results = [await self._replay(view, request.by) for view in views if view.letter.task_id is not None]
+        return DlqReplayReply(results=results, next_cursor=None if resume is None else str(resume))
+
+    async def _replay_one(self, task_id: str, by: str | None) -> TaskActionReply:
+        record = await self._book.find(task_id)
+        letter = None if record is None else await self._dead_letters.letter_of(task_id, record.skill)
+        if record is not None and record.state not in RERUNNABLE:
+            if letter is not None:
+                await self._dead_letters.remove(letter)  # left by a crash after the re-run: stale
+            return TaskActionReply(
+                task_id=task_id, state=record.state, changed=False, note=f"already replayed (now {record.state.value})"
             )
-            note = "" if changed else f"already replayed (now {state.value})"
-            results.append(TaskActionReply(task_id=task_id, state=state, changed=changed, note=note))
-        return DlqReplayReply(results=results)
+        if letter is None:
+            raise TaskNotFoundError(
+                f"task {task_id} has no dead letter; `claw dlq list` shows them (`claw task retry` re-runs any "
+                "failed, dead or cancelled task)"
+            )
+        return await self._replay(letter, by)
+
+    async def _replay(self, view: DeadLetterView, by: str | None) -> TaskActionReply:
+        task_id = view.letter.task_id or ""
+        state, changed = await self._operations.rerun(task_id, kind="replayed", by=by, note={"dlq_seq": view.seq})
+        await self._dead_letters.remove(view)  # re-run now, or already earlier: the letter is history
+        note = "" if changed else f"already replayed (now {state.value})"
+        return TaskActionReply(task_id=task_id, state=state, changed=changed, note=note)
 
     async def dlq_purge(self, data: bytes) -> DlqPurgeReply:
         """Drop dead letters."""
@@ -273,7 +349,7 @@ class ApiHandlers:
         return DlqPurgeReply(purged=purged)
 
     async def skills(self, data: bytes) -> SkillsReply:
-        """Registered skills (and skills only workers know), with the online nodes running each."""
+        """A page of registered skills (and skills only workers know), with the online nodes running each."""
         request = _decode_request(data, SkillsRequest)
         entries = self._catalog.search(request.search) if request.search else self._catalog.entries()
         if request.name is not None:
@@ -285,7 +361,10 @@ class ApiHandlers:
                 infos.append(SkillInfo(entry=self._worker_entry(name), nodes=self._nodes_running(name)))
         if request.name is not None and not infos:
             raise TaskNotFoundError(f"no skill called '{request.name}'; `claw skills list` shows them")
-        return SkillsReply(skills=infos)
+        page, cursor = offset_page(
+            infos, cursor=request.cursor, limit=page_limit(request.limit), budget=self._budget(), what="skill"
+        )
+        return SkillsReply(skills=page, next_cursor=cursor, total=len(infos))
 
     async def skill_toggle(self, data: bytes) -> SkillsReply:
         """Enable or disable a skill (workers follow within a heartbeat)."""
@@ -305,8 +384,16 @@ class ApiHandlers:
         return SkillInstallReply(entry=entry, created=created)
 
     async def approvals(self, data: bytes) -> ApprovalsReply:
-        """Tasks waiting for approval."""
-        return ApprovalsReply(approvals=await self._approvals.waiting())
+        """A page of the tasks waiting for approval, oldest first; the cursor is the last task id."""
+        request = _decode_request(data, ApprovalsRequest)
+        limit = page_limit(request.limit)
+        views, total = await self._approvals.waiting_page(after=request.cursor, limit=limit + 1)
+        page, more = take_page(views, limit=limit, budget=self._budget(), what="held task")
+        return ApprovalsReply(
+            approvals=page,
+            next_cursor=page[-1].task_id if more else None,
+            total=total if request.cursor is None else None,
+        )
 
     async def approve(self, data: bytes) -> ApprovalOutcome:
         """One person's approval of a held task."""
@@ -343,7 +430,13 @@ class ApiHandlers:
         request = _decode_request(data, ArtifactsRequest)
         if await self._store.get_task(request.task_id, history=False) is None:
             raise TaskNotFoundError(f"no task with id {request.task_id}; `claw task list` shows recent ones")
-        return ArtifactsReply(artifacts=await self._store.artifacts_of(request.task_id))
+        limit = page_limit(request.limit)
+        rows, total = await self._store.artifacts_page(
+            request.task_id, after=offset_cursor(request.cursor), limit=limit + 1
+        )
+        page, more = take_page([view for _, view in rows], limit=limit, budget=self._budget(), what="artifact")
+        cursor = str(rows[len(page) - 1][0]) if more else None
+        return ArtifactsReply(artifacts=page, next_cursor=cursor, total=total)
 
     async def artifact_store(self, data: bytes) -> ArtifactStoreReply:
         """The artifact store settings this coordinator (and, by convention, its workers) use."""
@@ -373,11 +466,26 @@ class ApiHandlers:
         return info if info.version else msgspec.structs.replace(info, version=version)
 
 
+def _seq_cursor(cursor: str | None) -> int | None:
+    """The stream sequence a DLQ cursor stands for (letters below it come next)."""
+    if cursor is None:
+        return None
+    seq = offset_cursor(cursor)
+    if seq == 0:
+        raise InvalidInputError(f"'{cursor}' is not a cursor of the dead-letter list; pass back a next_cursor")
+    return seq
+
+
 def _decode_request(data: bytes, type_: type[T]) -> T:
     try:
-        return decode(data or b"{}", type_)
+        request = decode(data or b"{}", type_)
     except DecodeError as exc:
         raise InvalidInputError(str(exc).replace("cannot decode", "invalid request:", 1)) from None
+    task_id = getattr(request, "task_id", None)
+    if isinstance(task_id, str) and len(task_id) > SHOWN_ID_CHARS:
+        # Task ids are 26 characters: this names no task, and error messages must not echo it whole.
+        raise TaskNotFoundError(f"no task with id {shown_id(task_id)}; `claw task list` shows recent ones")
+    return request
 
 
 def _task_attributes(record: TaskRecord) -> dict[str, str]:

@@ -2,8 +2,12 @@
 
 Each verb has its own queue-group subscription (coordinators share the load). A request is served in
 its own task, owned by the server and awaited on shutdown, so a slow query never holds up a submit.
-Errors become `ApiReply.error`: a `ClawError` keeps its code and message; anything else is logged with
-its traceback and answered as `internal`, so a client never hangs on a failed request.
+Errors become `ApiReply.error`: a `ClawError` keeps its code and message; bytes no decoder could
+take (nested too deeply, invalid UTF-8) are `invalid_input`; anything else is logged with its
+traceback (never the request's bytes) and answered as `internal`, so a client never hangs on a
+failed request. Messages are cut to `MAX_ERROR_CHARS`: a client's oversized value is not echoed back.
+A reply that would exceed the server's max_payload (headers included: nats-py echoes the request's on
+a reply) becomes a `payload_too_large` error: the server would drop it and the client would wait in vain.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind, StatusCode
 
 from common.api import ApiError, ApiReply
-from common.errors import ClawError, InternalError
+from common.errors import ClawError, InternalError, InvalidInputError, PayloadTooLargeError
 from common.log import get_logger
 from common.tracing import current_span
 from communication.codec import DecodeError, encode
 from communication.connection import NatsConnection
+from communication.payload_limits import message_bytes, too_large_message
 from communication.trace_context import context_from
 
 log = get_logger("coordinator.api")
 
 Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
+MAX_ERROR_CHARS = 1000
 
 
 class ApiServer:
@@ -74,17 +80,48 @@ class ApiServer:
             if payload.startswith(b'{"error"'):
                 span.set_status(StatusCode.ERROR)
         if msg.reply:
-            await msg.respond(payload)
+            await self._respond(verb, msg, payload)
+
+    async def _respond(self, verb: str, msg: Msg, payload: bytes) -> None:
+        max_payload = self._conn.nc.max_payload
+        size = message_bytes(payload, msg.headers)
+        headers = msg.headers
+        if size > max_payload:
+            log.error("api.reply_too_large", verb=verb, bytes=size, max_payload=max_payload)
+            error = PayloadTooLargeError(
+                f"{too_large_message(f'the reply to {verb}', size, max_payload)}; ask for less (a smaller --limit)"
+            )
+            payload = encode(ApiReply(error=ApiError(error.code, str(error))))
+            if message_bytes(payload, headers) > max_payload:
+                headers = None  # the request's own headers were the problem
+        await self._conn.nc.publish(msg.reply, payload, headers=headers)
 
     async def _answer(self, verb: str, handler: Handler, msg: Msg) -> bytes:
         try:
-            payload = b'{"data":' + encode(await handler(msg.data)) + b"}"
-        except ClawError as exc:
-            payload = encode(ApiReply(error=ApiError(exc.code, str(exc))))
+            return b'{"data":' + encode(await handler(msg.data)) + b"}"
         except DecodeError as exc:
-            payload = encode(ApiReply(error=ApiError("bad_request", f"malformed {verb} request: {exc}")))
+            return _error("bad_request", f"malformed {verb} request: {exc}")
+        except ClawError as exc:
+            return _error(exc.code, str(exc))
+        except (RecursionError, UnicodeError) as exc:
+            # Bytes from the request that some decoder choked on: the client's mistake, not ours.
+            log.warning("api.unreadable_request", verb=verb, error=type(exc).__name__, size=len(msg.data))
+            return _error(InvalidInputError.code, f"the {verb} request could not be read: {_short(exc)}")
         except Exception as exc:
             log.exception("api.failed", verb=verb)
-            error = InternalError(f"the coordinator failed on {verb}: {type(exc).__name__}: {exc}; see its log")
-            payload = encode(ApiReply(error=ApiError(error.code, str(error))))
-        return payload
+            error = InternalError(f"the coordinator failed on {verb}: {type(exc).__name__}: {_short(exc)}; see its log")
+            return _error(error.code, str(error))
+
+
+def _error(code: str, message: str) -> bytes:
+    if len(message) > MAX_ERROR_CHARS:
+        message = f"{message[: MAX_ERROR_CHARS - 30]}... ({len(message)} characters)"
+    return encode(ApiReply(error=ApiError(code, message)))
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"invalid UTF-8 at byte {exc.start}"
+    return str(exc)[:200]

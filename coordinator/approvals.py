@@ -9,6 +9,8 @@ Every decision is an event in the hash-chained event log.
 
 from __future__ import annotations
 
+import bisect
+
 from common.api import ApprovalOutcome, ApprovalView
 from common.clock import Clock
 from common.errors import InvalidInputError, TaskNotFoundError
@@ -36,7 +38,15 @@ class ApprovalDesk:
 
     async def waiting(self) -> list[ApprovalView]:
         """Every held task, oldest first."""
+        return await self._views(self._book.with_state(TaskState.WAITING_APPROVAL))
+
+    async def waiting_page(self, *, after: str | None, limit: int) -> tuple[list[ApprovalView], int]:
+        """Up to `limit` held tasks with ids above `after`, oldest first; and how many are held."""
         records = self._book.with_state(TaskState.WAITING_APPROVAL)
+        start = 0 if after is None else bisect.bisect_right([r.task_id for r in records], after)
+        return await self._views(records[start : start + limit]), len(records)
+
+    async def _views(self, records: list[TaskRecord]) -> list[ApprovalView]:
         decisions = await self._store.approvals_of([r.task_id for r in records])
         return [
             ApprovalView(

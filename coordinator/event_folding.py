@@ -12,12 +12,17 @@ idempotent and fenced by attempt:
   through `running` first, so the event log stays a legal sequence;
 - a failure with `retry_in_s` makes the task `retrying` until its next attempt starts; a final one
   makes it `dead` (and dead-lettered after the commit) or, with dead-lettering off, `failed`.
+
+An event that fits none of these (its task does not exist, or it would need a transition the table
+forbids, as a `succeeded` for a task waiting for approval does) raises `BadEventError` and changes
+nothing: a fold is all or nothing, so the caller can quarantine the event and go on.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from common.errors import BadEventError, IllegalTransitionError
 from common.events import (
     TaskArtifact,
     TaskCancelled,
@@ -29,6 +34,7 @@ from common.events import (
     TaskSucceeded,
     TaskVerifying,
 )
+from common.ids import shown_id
 from common.log import get_logger
 from common.models import ARTIFACT_MARKER, ArtifactRef
 from common.states import TERMINAL_STATES, AttemptState, TaskState
@@ -57,11 +63,30 @@ class EventFolder:
         self._dead_letter = dead_letter
 
     async def fold(self, event: TaskEvent, batch: WriteBatch) -> None:
-        """Apply one event; its effects are staged in `batch`."""
+        """Apply one event; its effects are staged in `batch`.
+
+        All or nothing: if the event cannot apply (`BadEventError`), or applying it fails half way
+        (a bug), the task's record, the state counts and `batch` are left as they were.
+        """
         record = await self._book.find(event.task_id)
         if record is None:
-            log.warning("event.unknown_task", task_id=event.task_id, kind=type(event).__name__)
-            return
+            raise BadEventError(f"there is no task {shown_id(event.task_id)}")
+        before = self._book.snapshot(record)
+        staged = WriteBatch()
+        try:
+            self._apply(event, record, staged)
+        except Exception as exc:
+            self._book.restore(record, before)
+            if isinstance(exc, IllegalTransitionError):
+                kind = type(event).__name__.removeprefix("Task").lower()
+                raise BadEventError(
+                    f"a {kind} event for attempt {event.attempt} does not apply to a task that is "
+                    f"{record.state.value}: {exc}"
+                ) from None
+            raise
+        batch.absorb(staged)
+
+    def _apply(self, event: TaskEvent, record: TaskRecord, batch: WriteBatch) -> None:
         if isinstance(event, TaskProgress | TaskLog | TaskVerifying):
             batch.events.append(self._note(event))
             return
@@ -208,7 +233,10 @@ class EventFolder:
         if event.result_ref is not None:
             record.result = artifact_marker(event.result_ref)
         else:
-            record.result = bytes(event.result).decode()
+            try:
+                record.result = bytes(event.result).decode()
+            except UnicodeDecodeError as exc:
+                raise BadEventError(f"the result is not valid UTF-8 (byte {exc.start})") from None
         record.finished_at = event.at
         record.error_type = record.error_message = record.error_traceback = None
         record.ack_subject = None

@@ -6,6 +6,11 @@ the changes were made), then ack each event, then broadcast the new states. A cr
 redelivers the batch after `events_ack_wait_s`; folding is idempotent, so nothing is counted twice.
 A database that refuses the write stops intake (retrying) rather than acking events that were not
 recorded.
+
+Anyone on the bus can publish an event, so one that cannot be decoded or folded (garbage, an
+unknown task, a transition the table forbids, a bug in folding) must never stop intake: it is
+logged, recorded in the quarantine table with the batch (`claw quarantine list`), and acked with
+the batch like any other event. Folding is all or nothing, so a quarantined event changed nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import asyncio
 import nats.errors
 from nats.aio.msg import Msg
 
-from common.errors import StorageError
+from common.clock import Clock
+from common.errors import BadEventError, StorageError
+from common.events import TaskEvent
+from common.ids import shown_id
 from common.log import get_logger
 from common.models import CancelNotice, TaskUpdate
 from communication.codec import DecodeError, decode_event, encode
@@ -25,7 +33,8 @@ from communication.topology import Topology
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.event_folding import EventFolder
 from coordinator.task_book import TaskBook
-from storage.records import WriteBatch
+from storage.quarantine_store import KEEP_BYTES
+from storage.records import QuarantineRecord, WriteBatch
 from storage.task_store import TaskStore
 
 log = get_logger("coordinator.events")
@@ -45,10 +54,12 @@ class EventIntake:
         book: TaskBook,
         folder: EventFolder,
         dead_letters: DeadLetterOffice,
+        clock: Clock,
         *,
         batch_max: int,
     ) -> None:
         self._conn = conn
+        self._clock = clock
         self._topology = topology
         self._store = store
         self._book = book
@@ -57,6 +68,7 @@ class EventIntake:
         self._batch_max = batch_max
         subjects = conn.subjects
         self._pull = PullConsumer(conn, subjects.events_stream, subjects.events_consumer)
+        self._events_subject_head = subjects.events("")
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fold events until `stopping` is set (finishing the batch in hand)."""
@@ -78,13 +90,7 @@ class EventIntake:
         batch = WriteBatch()
         async with self._book.lock:
             for msg in msgs:
-                try:
-                    event = decode_event(msg.data)
-                except DecodeError as exc:
-                    # Nothing can be applied from it; it stays in the events stream for inspection.
-                    log.error("events.undecodable", subject=msg.subject, error=str(exc), data=msg.data[:200])
-                    continue
-                await self._folder.fold(event, batch)
+                await self._fold(msg, batch)
             await self._commit(batch, stopping)
         self._book.release_finished(list(batch.changed_tasks.values()))
         if batch.dead_letters:
@@ -101,6 +107,43 @@ class EventIntake:
         for record in batch.recancel:
             notice = CancelNotice(reason="cancelled before it started", series=record.attempt_offset)
             await self._conn.nc.publish(self._conn.subjects.cancel(record.task_id), encode(notice))
+
+    async def _fold(self, msg: Msg, batch: WriteBatch) -> None:
+        """Fold one event into `batch`, or stage it for the quarantine; only storage errors escape."""
+        try:
+            event = decode_event(msg.data)
+        except DecodeError as exc:
+            self._quarantine(msg, batch, f"undecodable: {exc}", None)
+            return
+        try:
+            await self._folder.fold(event, batch)
+        except StorageError:
+            raise
+        except BadEventError as exc:
+            self._quarantine(msg, batch, str(exc), event)
+        except Exception as exc:
+            # A bug in folding: the traceback is for us; the event (unchanged by the fold) waits in quarantine.
+            log.exception("events.fold_failed", task_id=shown_id(event.task_id), kind=_kind(event))
+            self._quarantine(msg, batch, f"folding failed: {type(exc).__name__}: {str(exc)[:300]}", event)
+
+    def _quarantine(self, msg: Msg, batch: WriteBatch, reason: str, event: TaskEvent | None) -> None:
+        task_id = event.task_id if event is not None else msg.subject.removeprefix(self._events_subject_head)
+        try:
+            stream_seq: int | None = msg.metadata.sequence.stream
+        except (ValueError, AttributeError):
+            stream_seq = None  # not a JetStream delivery (cannot happen on this consumer)
+        kind = _kind(event) if event is not None else None
+        batch.quarantined.append(
+            QuarantineRecord(
+                at=self._clock.now(), subject=msg.subject, stream_seq=stream_seq, task_id=task_id, kind=kind,
+                reason=reason, size=len(msg.data), data=msg.data[:KEEP_BYTES],
+            )
+        )  # fmt: skip
+        # No bytes of the event in the log: it may hold anything, secrets included.
+        log.warning(
+            "events.quarantined", task_id=shown_id(task_id), kind=kind, stream_seq=stream_seq, size=len(msg.data),
+            reason=reason[:300],
+        )  # fmt: skip
 
     async def _commit(self, batch: WriteBatch, stopping: asyncio.Event) -> None:
         """Write the batch, retrying while the database refuses: the state in memory is already ahead."""
@@ -134,3 +177,7 @@ class EventIntake:
                 log.warning("events.consumer_recreate_failed", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
+
+
+def _kind(event: TaskEvent) -> str:
+    return type(event).__name__.removeprefix("Task").lower()

@@ -14,7 +14,7 @@ import msgspec
 
 from common.clock import Clock
 from common.log import get_logger
-from common.models import NodeHeartbeat, NodeView
+from common.models import NodeHeartbeat, NodeReport, NodeView
 from common.states import NodeStatus
 from storage.node_store import NodeStore
 
@@ -66,6 +66,8 @@ class NodeRegistry:
             load1=beat.load1,
             started_at=beat.started_at,
             last_seen=self._clock.now(),
+            skill_versions=beat.skill_versions,
+            skill_loads=beat.skill_loads,
         )
         self._nodes[beat.node_id] = _Node(view, beat.interval_s, beat.skill_versions, beat.skill_risks)
         self._dirty.add(beat.node_id)
@@ -77,6 +79,16 @@ class NodeRegistry:
                 previous=None if previous is None else previous.view.status.value,
                 skills=beat.skills,
             )
+
+    def note_report(self, report: NodeReport) -> None:
+        """What a node answered to a control command: its status now, ahead of its next beat."""
+        node = self._nodes.get(report.node_id)
+        if node is None or node.view.status == NodeStatus.OFFLINE:
+            return
+        if node.view.status != report.status:
+            log.info("node.status", node_id=report.node_id, status=report.status.value, previous=node.view.status.value)
+        node.view = msgspec.structs.replace(node.view, status=report.status, running=report.running)
+        self._dirty.add(report.node_id)
 
     def grace(self) -> None:
         """Restart every live node's timeout (after our own connection was down)."""

@@ -1,17 +1,20 @@
 """The coordinator process: wires the parts together and owns their lifecycle.
 
-Start-up: connect to NATS, create streams and the events consumer, open and migrate the database, load
+Start-up: connect to NATS, take the prefix's lease (refused while another coordinator holds it:
+`coordinator/lease.py`), create streams and the events consumer, open and migrate the database, load
 the working set (unfinished tasks, node registry, active alerts), then serve metrics (when asked),
 start the loops and, last, the API - so no request is answered before the state behind it is loaded.
 
 Shutdown (on the `stop` event): stop taking API requests and let those in progress finish; then stop
 the loops - the submit pipeline drains its queue, event intake commits and acks the batch in hand,
-the registry is persisted; then the metrics server, the database and NATS are closed.
+the registry is persisted; then the lease is released and the metrics server, the database and NATS
+are closed. A lost lease stops the coordinator at once instead, writing nothing more (`LeaseLostError`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 
@@ -23,7 +26,7 @@ from nats.js.kv import KeyValue
 from common.aio import wait_any
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
-from common.errors import StorageError
+from common.errors import LeaseLostError, StorageError
 from common.log import get_logger
 from common.models import NodeHeartbeat, QueueDepth
 from communication.codec import DecodeError, decode
@@ -41,9 +44,12 @@ from coordinator.delivery_claims import ClaimBook
 from coordinator.event_folding import EventFolder
 from coordinator.event_intake import EventIntake
 from coordinator.guard import Guard, load_policy
+from coordinator.lease import CoordinatorLease
 from coordinator.metrics import ClusterMetrics, GaugeValues, MetricsServer
+from coordinator.node_control import NodeControlDesk
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
+from coordinator.quarantine import QuarantineDesk
 from coordinator.queue_probe import QueueProbe
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
@@ -52,6 +58,7 @@ from coordinator.task_wire import default_backoff
 from storage.artifacts import ArtifactStore, open_artifact_store
 from storage.database import Database
 from storage.node_store import NodeStore
+from storage.quarantine_store import QuarantineStore
 from storage.skill_store import SkillStore
 from storage.task_store import TaskStore
 
@@ -78,15 +85,21 @@ class Coordinator:
         skills_kv: KeyValue,
         audit_kv: KeyValue,
         artifacts: ArtifactStore,
+        node_control_kv: KeyValue,
+        lease: CoordinatorLease,
     ) -> None:
         self.config = config
-        self.node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
+        self.node_id = lease.holder.node_id
+        self._lease = lease
+        db.set_fence(lease)
         self._conn = conn
         self._db = db
         self._clock = clock
         settings = config.coordinator
         audit_key = os.environ.get(settings.audit_key_env)
-        self.store = TaskStore(db, audit_key=audit_key.encode() if audit_key else None)
+        self.store = TaskStore(
+            db, audit_key=audit_key.encode() if audit_key else None, quarantine_max_rows=settings.quarantine_max_rows
+        )
         # Metrics cost nothing unless asked for: without a port there is no observer on the hot path.
         self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
         self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
@@ -94,14 +107,16 @@ class Coordinator:
         self.book = TaskBook(self.store, on_transition=observer)
         self.probe = QueueProbe(conn)
         self.alerts = AlertMonitor(self.store, settings, clock)
-        self.registry = NodeRegistry(NodeStore(db), clock, missed_beats=settings.offline_after_missed_beats)
+        node_store = NodeStore(db)
+        self.registry = NodeRegistry(node_store, clock, missed_beats=settings.offline_after_missed_beats)
+        self.node_control = NodeControlDesk(conn, node_store, self.store, self.registry, node_control_kv, clock)
         self.pipeline = SubmitPipeline(
             conn, self.store, self.book, settings, clock, artifact_ttl_s=config.artifacts.default_ttl_s
         )
         folder = EventFolder(self.book, dead_letter=settings.dead_letter)
         self.dead_letters = DeadLetterOffice(conn, self.store, clock, default_backoff(settings))
         self._intake = EventIntake(
-            conn, topology, self.store, self.book, folder, self.dead_letters, batch_max=settings.event_batch_max
+            conn, topology, self.store, self.book, folder, self.dead_letters, clock, batch_max=settings.event_batch_max
         )
         # Claims matter until a dead node is declared offline; past the ack wait JetStream redelivers anyway.
         detect_s = (config.coordinator.offline_after_missed_beats + 2) * config.worker.heartbeat_interval_s + 5.0
@@ -140,8 +155,11 @@ class Coordinator:
             probe=self.probe,
             alerts=self.alerts,
             metrics_port=lambda: self.metrics_port,
+            artifacts=artifacts,
+            node_control=self.node_control,
         )
-        self._api = ApiServer(conn, handlers.table())
+        quarantine = QuarantineDesk(QuarantineStore(db))
+        self._api = ApiServer(conn, handlers.table() | quarantine.api_handlers())
         self._heartbeat_sub: Subscription | None = None
         self._claims_sub: Subscription | None = None
         self._next_alerts_at = self._next_gauges_at = 0.0
@@ -150,15 +168,22 @@ class Coordinator:
 
     @classmethod
     async def start(cls, config: ClawConfig, *, clock: Clock = SYSTEM_CLOCK) -> Coordinator:
-        """Connect, set up JetStream, open the database and load the working set."""
+        """Connect, take the lease, set up JetStream, open the database and load the working set."""
         conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
         try:
             topology = Topology(conn, config.jetstream)
+            node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
+            lease = await CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=clock.now())
+        except BaseException:
+            await conn.close()
+            raise
+        try:
             await topology.ensure_streams()
             await topology.ensure_events_consumer()
             await topology.nodes_kv()
             skills_kv = await topology.skills_kv()
             audit_kv = await topology.audit_kv()
+            node_control_kv = await topology.node_control_kv()
             await topology.skill_code()
             load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
             artifacts = await open_artifact_store(config.artifacts)
@@ -166,15 +191,33 @@ class Coordinator:
                 config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous, own_checkpoints=True
             )
         except BaseException:
+            await lease.release()
             await conn.close()
             raise
         coordinator = cls(
-            config, conn, db, topology, clock, skills_kv=skills_kv, audit_kv=audit_kv, artifacts=artifacts
+            config,
+            conn,
+            db,
+            topology,
+            clock,
+            skills_kv=skills_kv,
+            audit_kv=audit_kv,
+            artifacts=artifacts,
+            node_control_kv=node_control_kv,
+            lease=lease,
         )
-        await coordinator.book.load()
-        await coordinator.registry.load()
-        await coordinator.catalog.load()
-        await coordinator.alerts.load()
+        try:
+            await coordinator.book.load()
+            await coordinator.registry.load()
+            await coordinator.node_control.load()
+            await coordinator.catalog.load()
+            await coordinator.alerts.load()
+        except BaseException:
+            await lease.release()  # at once: a restart must not wait for it to lapse
+            await artifacts.close()
+            await db.close()
+            await conn.close()
+            raise
         log.info(
             "coordinator.loaded",
             node_id=coordinator.node_id,
@@ -209,10 +252,17 @@ class Coordinator:
                 await self._api.start()
                 self.ready.set()
                 log.info("coordinator.ready", node_id=self.node_id, prefix=self._conn.subjects.prefix)
-                await stop.wait()
+                await wait_any(stop, self._lease.lost)
+                # A lost lease: no draining (it would write); the loops are cancelled where they are.
+                self._lease.check()
                 log.info("coordinator.stopping")
                 await self._api.stop(API_GRACE_S)
                 loops_stopping.set()
+        except BaseExceptionGroup as group:
+            lost = group.subgroup(LeaseLostError)
+            if lost is None:
+                raise
+            raise lost.exceptions[0] from None  # one clear line for the CLI, not a group
         finally:
             await self._close()
         log.info("coordinator.stopped")
@@ -227,13 +277,17 @@ class Coordinator:
         log.info("metrics.serving", host=settings.metrics_host, port=port, path="/metrics")
 
     async def _close(self) -> None:
+        await self._api.stop(0)  # already stopped unless the loops failed
         if self._metrics_server is not None:
             await self._metrics_server.stop()
         for sub in (self._heartbeat_sub, self._claims_sub):
             if sub is not None:
                 await sub.unsubscribe()
         self._heartbeat_sub = self._claims_sub = None
-        await self.registry.persist()
+        if self._lease.held:
+            with contextlib.suppress(LeaseLostError):  # lost just now: heartbeats rebuild the registry
+                await self.registry.persist()
+        await self._lease.release()
         await self.artifact_store.close()
         await self._db.close()
         await self._conn.close()
@@ -245,6 +299,7 @@ class Coordinator:
             log.warning("node.bad_heartbeat", subject=msg.subject, error=str(exc))
             return
         self.registry.observe(beat)
+        await self.node_control.on_beat(beat)
 
     async def _checkpoints(self, stopping: asyncio.Event) -> None:
         """Checkpoint the state database's write-ahead log every second (commits never do)."""
@@ -260,6 +315,8 @@ class Coordinator:
         next_orphan_sweep = next_cleanup + orphan_every  # listing the store is not a startup job
         reconnects = self._conn.reconnects
         while not stopping.is_set():
+            # Nothing of what follows may act on a state another coordinator may have moved on from.
+            await self._lease.writable()
             if self._conn.reconnects != reconnects:
                 # We were cut off, not the workers: their beats could not reach us meanwhile.
                 reconnects = self._conn.reconnects

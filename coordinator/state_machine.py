@@ -15,7 +15,8 @@ S = TaskState
 
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     # Admitted and persisted; published next (or held for approval, or refused by the guard).
-    S.PENDING: frozenset({S.QUEUED, S.WAITING_APPROVAL, S.REJECTED, S.CANCELLED}),
+    # FAILED when its message can never be published (larger than the server's max_payload).
+    S.PENDING: frozenset({S.QUEUED, S.WAITING_APPROVAL, S.REJECTED, S.CANCELLED, S.FAILED}),
     S.WAITING_APPROVAL: frozenset({S.PENDING, S.REJECTED, S.CANCELLED}),
     # In the stream; DEAD when it cannot run at all (undecodable, expired).
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.DEAD}),

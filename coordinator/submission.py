@@ -5,8 +5,8 @@ Requests are queued by the API handler; one loop takes everything waiting (up to
 tasks) and, for the whole batch:
 
 1. resolves client-chosen task ids and idempotency keys (an existing one answers with the existing
-   task and writes nothing) and checks each skill's queue limit (a request that would overflow it is
-   refused whole with "queue full");
+   task and writes nothing) and checks each skill's queue limit and the limit of tasks held for
+   approval (a request that would overflow one is refused whole with "queue full");
 2. commits the new tasks as `pending`, with their `submitted` events, in one transaction;
 3. publishes them to JetStream pipelined, `Nats-Msg-Id` = idempotency key or task id;
 4. answers each request, wakes idle workers, and records `queued`: in the transaction of the next
@@ -18,6 +18,9 @@ A task is accepted once step 2 commits. If publishing fails or the process dies 
 written, the task stays `pending` and `republish_pending` publishes it again later with the same
 message id, so JetStream's duplicate window absorbs a publish that did in fact get through. A
 worker's `started` that arrives before `queued` is written moves the task on by itself (folding).
+A task whose message is larger than the server's max_payload can never be published (admission
+moves such inputs to the artifact store, so only a task persisted before that, or a server whose
+limit shrank, gets here): it ends `failed` with the sizes, instead of being republished for ever.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from common.config import CoordinatorSettings
 from common.errors import ClawError, QueueFullError, StorageError
 from common.ids import new_id
 from common.log import get_logger
+from common.models import TaskUpdate
 from common.states import TaskState
 from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
-from communication.publisher import JetStreamPublisher, Outgoing, PublishFailedError
+from communication.publisher import JetStreamPublisher, MessageTooLargeError, Outgoing, PublishFailedError
 from coordinator.event_folding import event_data
 from coordinator.state_machine import transition
 from coordinator.task_book import TaskBook
@@ -140,15 +144,11 @@ class SubmitPipeline:
         # Stamped before the publish: a worker can start the task before our ack arrives.
         sent_at = self._clock.now()
         queued = await self._publish(runnable)
+        failed = {r.task_id: r for r in runnable if r.state == TaskState.FAILED}
         for job in jobs:
             if job.done.done():
                 continue
-            job.done.set_result(
-                [
-                    msgspec.structs.replace(r, state=TaskState.QUEUED) if r.task_id in queued and not r.duplicate else r
-                    for r in job.results
-                ]
-            )
+            job.done.set_result([_published_result(r, queued, failed) for r in job.results])
         if queued:
             self._unconfirmed.append((runnable, queued, sent_at))
 
@@ -164,12 +164,15 @@ class SubmitPipeline:
         existing_ids = await self._store.existing_ids(chosen) if chosen else {}
         batch = WriteBatch()
         added: Counter[str] = Counter()
+        added_held = 0
         for job in jobs:
             results, new = self._resolve(job.records, existing_keys, existing_ids)
-            refusal = self._queue_full(new, added)
+            held = sum(1 for r in new if _will_be_held(r))
+            refusal = self._queue_full(new, added) or self._approvals_full(held, added_held)
             if refusal is not None:
                 job.done.set_exception(refusal)
                 continue
+            added_held += held
             for record in new:
                 added[record.skill] += 1
                 existing_ids[record.task_id] = record.state
@@ -296,6 +299,20 @@ class SubmitPipeline:
                 )
         return None
 
+    def _approvals_full(self, held: int, added_held: int) -> QueueFullError | None:
+        """Held tasks have a limit of their own: they hold no queue slot, but every one is a row to
+        list and decide on, and without a bound a flood of risky submits fills the database."""
+        limit = self._settings.max_waiting_approval
+        waiting = self._book.count(TaskState.WAITING_APPROVAL) + added_held
+        if held == 0 or waiting + held <= limit:
+            return None
+        return QueueFullError(
+            f"approvals full: {waiting} tasks wait for approval and the limit is {limit} "
+            f"(coordinator.max_waiting_approval); this request would hold {held} more. Nothing in this request "
+            "was submitted: decide on held tasks (`claw approvals`, `claw approve`/`reject`), let them expire, "
+            "or raise the limit"
+        )
+
     async def _publish(self, records: list[TaskRecord], *, nonce: str | None = None) -> dict[str, PubAck]:
         """Publish records and wake idle workers; returns the acks of those confirmed."""
         records = [r for r in records if r.task_id not in self._publishing]
@@ -318,8 +335,12 @@ class SubmitPipeline:
             self._publishing.difference_update(r.task_id for r in records)
         acks: dict[str, PubAck] = {}
         woken: set[tuple[str, str]] = set()
+        unpublishable: list[tuple[TaskRecord, MessageTooLargeError]] = []
         for record, result in zip(records, results, strict=True):
             _end_span(record, "published" if isinstance(result, PubAck) else "publish failed")
+            if isinstance(result, MessageTooLargeError):
+                unpublishable.append((record, result))
+                continue
             if isinstance(result, PublishFailedError):
                 log.warning("submit.publish_failed", task_id=record.task_id, error=str(result))
                 continue
@@ -327,7 +348,42 @@ class SubmitPipeline:
             woken.add((record.skill, record.priority.value))
         for skill, priority in woken:
             await self._conn.nc.publish(subjects.wake(skill), priority.encode())
+        if unpublishable:
+            await self._fail_unpublishable(unpublishable)
         return acks
+
+    async def _fail_unpublishable(self, items: list[tuple[TaskRecord, MessageTooLargeError]]) -> None:
+        """End `failed` the pending tasks whose message can never be published."""
+        failed: list[TaskRecord] = []
+        async with self._book.lock:
+            now = self._clock.now()
+            batch = WriteBatch()
+            for record, error in items:
+                if record.state != TaskState.PENDING:
+                    # Published once already (a repost of a lost message): it cannot be failed from here.
+                    log.error(
+                        "submit.unpublishable", task_id=record.task_id, state=record.state.value, error=str(error)
+                    )
+                    continue
+                record.finished_at = now
+                record.error_type = "PayloadTooLarge"
+                record.error_message = (
+                    f"the task message is {error.size} bytes with its headers, over the NATS server's max_payload of "
+                    f"{error.max_payload} bytes, so it can never be published; submit the input through the artifact "
+                    "store (claw submit does for inputs over artifacts.inline_max_bytes)"
+                )
+                data = event_data(bytes=error.size, max_payload=error.max_payload)
+                batch.events.append(self._book.move(record, TaskState.FAILED, at=now, kind="unpublishable", data=data))
+                batch.touch(record)
+                failed.append(record)
+            if not failed:
+                return
+            await self._store.write_batch(batch)
+            self._book.release_finished(failed)
+        for record in failed:
+            log.error("submit.unpublishable", task_id=record.task_id, error=record.error_message)
+            update = TaskUpdate(task_id=record.task_id, state=record.state, attempt=record.attempts, at=now)
+            await self._conn.nc.publish(self._conn.subjects.updates(record.task_id), encode(update))
 
     async def _publish_and_commit_queued(self, records: list[TaskRecord]) -> None:
         """Publish records and write `queued` for them now (re-runs and republishing)."""
@@ -440,6 +496,23 @@ class SubmitPipeline:
             await self._store.write_batch(batch)
         log.warning("task.requeued", task_id=record.task_id, reason=reason)
         return True
+
+
+def _will_be_held(record: TaskRecord) -> bool:
+    """Whether the guard holds this admitted task for approval (it is then not queued)."""
+    return record.approvals_needed > 0 and record.denied is None
+
+
+def _published_result(result: SubmitResult, queued: dict[str, PubAck], failed: dict[str, TaskRecord]) -> SubmitResult:
+    """A submit's answer for one task once its publish was tried."""
+    if result.duplicate:
+        return result
+    if result.task_id in queued:
+        return msgspec.structs.replace(result, state=TaskState.QUEUED)
+    record = failed.get(result.task_id)
+    if record is not None:
+        return msgspec.structs.replace(result, state=TaskState.FAILED, note=record.error_message or "")
+    return result
 
 
 def _end_span(record: TaskRecord, outcome: str) -> None:

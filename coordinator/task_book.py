@@ -11,6 +11,8 @@ for a task just admitted. The observer runs on the hot path: it must be cheap an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import operator
 from collections import Counter
 from collections.abc import Callable
 
@@ -23,6 +25,8 @@ from storage.task_store import TaskStore
 WAITING_STATES = frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.RETRYING})
 
 TransitionObserver = Callable[[TaskRecord, TaskState | None, TaskState, float], None]
+_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
+_all_fields = operator.attrgetter(*_FIELDS)
 
 
 class TaskBook:
@@ -95,11 +99,34 @@ class TaskBook:
             self._on_transition(record, from_state, to_state, at)
         return row
 
+    @staticmethod
+    def snapshot(record: TaskRecord) -> tuple[object, ...]:
+        """The record's fields, for `restore` if a change to it has to be undone."""
+        values: tuple[object, ...] = _all_fields(record)
+        return values
+
+    def restore(self, record: TaskRecord, snapshot: tuple[object, ...]) -> None:
+        """Undo changes made since `snapshot`: the record's fields, and the counts of its state.
+
+        The transition observer (metrics) is not told: it saw the changes that are now undone.
+        """
+        from_state = record.state
+        for name, value in zip(_FIELDS, snapshot, strict=True):
+            setattr(record, name, value)
+        if record.state != from_state:
+            self._counts[from_state] -= 1
+            self._counts[record.state] += 1
+            self._waiting[record.skill] += (record.state in WAITING_STATES) - (from_state in WAITING_STATES)
+
     def release_finished(self, records: list[TaskRecord]) -> None:
         """Drop committed finished tasks from the working set."""
         for record in records:
             if record.state in TERMINAL_STATES:
                 self._active.pop(record.task_id, None)
+
+    def count(self, state: TaskState) -> int:
+        """How many tasks are in `state` (all tasks in the database)."""
+        return self._counts[state]
 
     def waiting(self, skill: str) -> int:
         """Tasks of `skill` waiting for a worker (pending, queued or retrying)."""

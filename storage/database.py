@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import aiosqlite
 
@@ -30,6 +30,18 @@ T = TypeVar("T")
 
 # A write-ahead log this big has not restarted for a long time: someone holds an old snapshot open.
 WAL_WARN_BYTES = 256 * 1024 * 1024
+
+
+class WriteFence(Protocol):
+    """Who may write: the coordinator's lease. Consulted before every transaction and its commit."""
+
+    async def writable(self) -> None:
+        """Return when a transaction may start (possibly after waiting); raise if none ever may."""
+        ...
+
+    def check(self) -> None:
+        """Raise unless a commit may happen now; called on the writer thread just before it."""
+        ...
 
 
 class _WriterThread:
@@ -82,6 +94,11 @@ class Database:
         self._writer = writer
         self._reader = reader
         self._wal_warned_bytes = 0
+        self._fence: WriteFence | None = None
+
+    def set_fence(self, fence: WriteFence | None) -> None:
+        """From now on, write only while `fence` allows it (its error is raised, nothing committed)."""
+        self._fence = fence
 
     @classmethod
     async def open(
@@ -119,15 +136,22 @@ class Database:
         self, fn: Callable[[sqlite3.Connection], T], *, on_commit: Callable[[T], None] | None = None
     ) -> T:
         """Run `fn(connection)` on the writer thread as one transaction: committed if it returns,
-        rolled back if it raises (a StorageError when SQLite failed, else the exception itself).
+        rolled back if it raises (a StorageError when SQLite failed, else the exception itself) or
+        if the write fence refuses it (its error).
 
         `on_commit(result)` runs on the writer thread right after the commit, so it happens even
         when the awaiting coroutine was cancelled meanwhile, and before the next transaction starts.
         """
 
+        fence = self._fence
+        if fence is not None:
+            await fence.writable()
+
         def run(conn: sqlite3.Connection) -> T:
             try:
                 result = fn(conn)
+                if fence is not None:
+                    fence.check()
                 conn.commit()
             except sqlite3.Error as exc:
                 conn.rollback()
@@ -156,12 +180,17 @@ class Database:
     async def run_script(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         """Run statements one by one (DDL allowed) in one transaction; roll back on error."""
         todo = list(statements)
+        fence = self._fence
+        if fence is not None:
+            await fence.writable()
 
         def run(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute("BEGIN")
                 for sql, params in todo:
                     conn.execute(sql, params)
+                if fence is not None:
+                    fence.check()
                 conn.commit()
             except sqlite3.Error as exc:
                 conn.rollback()

@@ -175,6 +175,38 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX tasks_finished ON tasks (finished_at, state, started_at);
         """,
     ),
+    (
+        6,
+        "the desired state of worker nodes (claw node pause, drain, resume)",
+        """
+        CREATE TABLE node_controls (
+            node_id TEXT PRIMARY KEY,
+            control TEXT NOT NULL,
+            changed_at REAL NOT NULL,
+            changed_by TEXT
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        7,
+        "the quarantine: task events the coordinator could not decode or fold",
+        """
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            subject TEXT NOT NULL,
+            -- The event's sequence in <PREFIX>_EVENTS: a redelivered event is recorded once.
+            stream_seq INTEGER UNIQUE,
+            task_id TEXT,
+            kind TEXT,
+            reason TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            -- The first bytes of the message (storage/quarantine_store.py: KEEP_BYTES).
+            data BLOB NOT NULL
+        );
+        CREATE INDEX quarantine_task ON quarantine (task_id, id);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from common.models import NodeView
-from common.states import NodeStatus
+from common.models import NodeCommand, NodeView
+from common.states import NodeControl, NodeStatus
 from storage.database import Database
 
 UPSERT_NODE = """
@@ -19,6 +19,12 @@ ON CONFLICT (node_id) DO UPDATE SET
     memory_percent = excluded.memory_percent, rss_mb = excluded.rss_mb, load1 = excluded.load1,
     heartbeat_interval_s = excluded.heartbeat_interval_s, started_at = excluded.started_at,
     last_seen = excluded.last_seen
+"""
+
+UPSERT_CONTROL = """
+INSERT INTO node_controls (node_id, control, changed_at, changed_by) VALUES (?, ?, ?, ?)
+ON CONFLICT (node_id) DO UPDATE SET
+    control = excluded.control, changed_at = excluded.changed_at, changed_by = excluded.changed_by
 """
 
 _json = msgspec.json.Encoder()
@@ -81,3 +87,15 @@ class NodeStore:
             )
             for r in rows
         ]
+
+    async def save_control(self, node_id: str, command: NodeCommand) -> None:
+        """Record the desired state of a node."""
+        await self._db.write([(UPSERT_CONTROL, [(node_id, command.control.value, command.changed_at, command.by)])])
+
+    async def load_controls(self) -> dict[str, NodeCommand]:
+        """The desired state of every node an operator ever controlled, by node id."""
+        rows = await self._db.fetch_all_writer("SELECT * FROM node_controls")
+        return {
+            r["node_id"]: NodeCommand(control=NodeControl(r["control"]), changed_at=r["changed_at"], by=r["changed_by"])
+            for r in rows
+        }

@@ -206,6 +206,24 @@ class EventRecord:
 
 
 @dataclass(slots=True)
+class QuarantineRecord:
+    """One row of `quarantine`: a task event set aside because it could not be decoded or folded."""
+
+    at: float
+    subject: str
+    stream_seq: int | None
+    task_id: str | None
+    kind: str | None
+    reason: str
+    size: int
+    data: bytes
+
+    def insert_row(self) -> tuple[object, ...]:
+        """Parameters for `quarantine_store.INSERT_QUARANTINE`."""
+        return (self.at, self.subject, self.stream_seq, self.task_id, self.kind, self.reason, self.size, self.data)
+
+
+@dataclass(slots=True)
 class WriteBatch:
     """Everything one coordinator step writes, committed as one transaction."""
 
@@ -221,11 +239,31 @@ class WriteBatch:
     artifacts: list[tuple[object, ...]] = field(default_factory=list)
     # Approval decisions: (task_id, approver, decision, note, at).
     approvals: list[tuple[str, str, str, str | None, float]] = field(default_factory=list)
+    # Events that could not be decoded or folded.
+    quarantined: list[QuarantineRecord] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.new_tasks or self.changed_tasks or self.attempts or self.events or self.approvals or self.artifacts
+            self.new_tasks
+            or self.changed_tasks
+            or self.attempts
+            or self.events
+            or self.approvals
+            or self.artifacts
+            or self.quarantined
         )
+
+    def absorb(self, other: WriteBatch) -> None:
+        """Add everything staged in `other` after what is staged here (as if staged here directly)."""
+        self.new_tasks += other.new_tasks
+        self.changed_tasks.update(other.changed_tasks)
+        self.attempts.update(other.attempts)
+        self.events += other.events
+        self.dead_letters += other.dead_letters
+        self.recancel += other.recancel
+        self.artifacts += other.artifacts
+        self.approvals += other.approvals
+        self.quarantined += other.quarantined
 
     def touch(self, record: TaskRecord) -> None:
         """Mark a task's record as changed (its final image is written at commit)."""

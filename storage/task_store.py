@@ -20,6 +20,7 @@ from common.models import (
     WindowStats,
 )
 from common.states import AttemptState, Priority, TaskState
+from storage import quarantine_store
 from storage.audit import GENESIS, ChainBreak, ChainVerifier, canonical, chain_hash, rehash_rows
 from storage.database import Database
 from storage.records import EventRecord, TaskRecord, WriteBatch
@@ -62,14 +63,18 @@ INSERT INTO artifacts (task_id, attempt, name, size, sha256, content_type, backe
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 SQLITE_MAX_PARAMS = 900
+# The event kinds that start a new series of attempts (`claw task retry`, DLQ replay); such an
+# event's `attempt` is the number of attempts before the series (its attempt offset).
+RERUN_EVENT_KINDS = ("retry", "replayed")
 
 
 class TaskStore:
     """Reads and batched writes of task state."""
 
-    def __init__(self, db: Database, *, audit_key: bytes | None = None) -> None:
+    def __init__(self, db: Database, *, audit_key: bytes | None = None, quarantine_max_rows: int = 10_000) -> None:
         self._db = db
         self._audit_key = audit_key
+        self._quarantine_max_rows = quarantine_max_rows
         # The chain is extended in commit order: one batch at a time computes and writes its hashes.
         self._chain_lock = asyncio.Lock()
         self._head: str | None = None
@@ -108,6 +113,8 @@ class TaskStore:
                 ):
                     if rows:
                         conn.executemany(sql, rows)
+                if batch.quarantined:
+                    quarantine_store.stage(conn, batch.quarantined, self._quarantine_max_rows)
                 return chain
 
             def committed(chain: str) -> None:
@@ -175,13 +182,15 @@ class TaskStore:
         return records
 
     async def attempt_history(self, task_id: str) -> list[AttemptError]:
-        """Every attempt of a task with its error, oldest first (what a dead letter carries)."""
+        """Every attempt of a task with its error and series, oldest first (what a dead letter carries)."""
         rows = await self._db.fetch_all_writer(
             "SELECT * FROM task_attempts WHERE task_id = ? ORDER BY attempt", (task_id,)
         )
+        offsets = await self._series_offsets(task_id, writer=True)
         return [
             AttemptError(
                 attempt=r["attempt"],
+                series=series_of(r["attempt"], offsets),
                 node_id=r["node_id"],
                 state=r["state"],
                 error_type=r["error_type"],
@@ -233,25 +242,24 @@ class TaskStore:
         row = await self._db.fetch_one("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
         if row is None:
             return None
+        offsets = await self._series_offsets(task_id)
         attempts: list[AttemptView] = []
         events: list[EventView] = []
         artifacts: list[ArtifactView] = []
         if history:
-            attempts = await self._attempts(task_id)
+            attempts = await self._attempts(task_id, offsets)
             events = await self._events(task_id)
             artifacts = await self.artifacts_of(task_id)
-        return _task_view(row, attempts, events, artifacts)
+        return _task_view(row, attempts, events, artifacts, series=len(offsets) + 1)
 
-    async def list_tasks(self, *, state: TaskState | None, skill: str | None, limit: int) -> list[TaskSummary]:
-        """Newest first, filtered by state and/or skill."""
-        where, params = [], []
-        if state is not None:
-            where.append("state = ?")
-            params.append(state.value)
-        if skill is not None:
-            where.append("skill = ?")
-            params.append(skill)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+    async def list_tasks(
+        self, *, state: TaskState | None, skill: str | None, limit: int, before: str | None = None
+    ) -> list[TaskSummary]:
+        """Newest first, filtered by state and/or skill; `before`: only ids below it (the next page)."""
+        clause, params = _task_filter(state, skill)
+        if before is not None:
+            clause += (" AND " if clause else "WHERE ") + "task_id < ?"
+            params.append(before)
         rows = await self._db.fetch_all(
             "SELECT task_id, skill, priority, state, attempts, created_at, node_id, started_at, finished_at "
             f"FROM tasks {clause} ORDER BY task_id DESC LIMIT ?",
@@ -272,6 +280,12 @@ class TaskStore:
             for r in rows
         ]
 
+    async def count_tasks(self, *, state: TaskState | None, skill: str | None) -> int:
+        """How many tasks the filter of `list_tasks` matches."""
+        clause, params = _task_filter(state, skill)
+        row = await self._db.fetch_one(f"SELECT COUNT(*) FROM tasks {clause}", params)
+        return 0 if row is None else int(row[0])
+
     async def approvals_of(self, task_ids: list[str]) -> dict[str, list[tuple[str, str, str | None, float]]]:
         """task id -> [(approver, decision, note, at)] in order."""
         found: dict[str, list[tuple[str, str, str | None, float]]] = {t: [] for t in task_ids}
@@ -290,6 +304,17 @@ class TaskStore:
         """A task's artifacts, oldest first."""
         rows = await self._db.fetch_all("SELECT * FROM artifacts WHERE task_id = ? ORDER BY id", (task_id,))
         return [_artifact_view(r) for r in rows]
+
+    async def artifacts_page(
+        self, task_id: str, *, after: int, limit: int
+    ) -> tuple[list[tuple[int, ArtifactView]], int]:
+        """Up to `limit` of a task's artifacts with row id above `after`, oldest first, as (row id,
+        view); and how many the task has in all."""
+        rows = await self._db.fetch_all(
+            "SELECT * FROM artifacts WHERE task_id = ? AND id > ? ORDER BY id LIMIT ?", (task_id, after, limit)
+        )
+        total = await self._db.fetch_one("SELECT COUNT(*) FROM artifacts WHERE task_id = ?", (task_id,))
+        return [(r["id"], _artifact_view(r)) for r in rows], 0 if total is None else int(total[0])
 
     async def drop_expired_artifacts(self, now: float) -> list[tuple[str, str]]:
         """Delete the rows of expired artifacts; returns the (sha256, key) of objects no row references now."""
@@ -372,7 +397,7 @@ class TaskStore:
         )
         return [_event_view(r) for r in rows]
 
-    async def _attempts(self, task_id: str) -> list[AttemptView]:
+    async def _attempts(self, task_id: str, offsets: list[int]) -> list[AttemptView]:
         rows = await self._db.fetch_all("SELECT * FROM task_attempts WHERE task_id = ? ORDER BY attempt", (task_id,))
         return [
             AttemptView(
@@ -383,9 +408,19 @@ class TaskStore:
                 finished_at=r["finished_at"],
                 error_type=r["error_type"],
                 error_message=r["error_message"],
+                series=series_of(r["attempt"], offsets),
             )
             for r in rows
         ]
+
+    async def _series_offsets(self, task_id: str, *, writer: bool = False) -> list[int]:
+        """The attempt offset of each series after the first, oldest first."""
+        sql = (
+            f"SELECT attempt FROM events WHERE task_id = ? AND kind IN ({','.join('?' for _ in RERUN_EVENT_KINDS)}) "
+            "ORDER BY id"
+        )
+        fetch = self._db.fetch_all_writer if writer else self._db.fetch_all
+        return [r[0] for r in await fetch(sql, (task_id, *RERUN_EVENT_KINDS))]
 
     async def _events(self, task_id: str) -> list[EventView]:
         rows = await self._db.fetch_all("SELECT * FROM events WHERE task_id = ? ORDER BY id", (task_id,))
@@ -420,6 +455,23 @@ _WINDOW_SUCCESSES = "FROM tasks WHERE finished_at >= ? AND +state = 'succeeded' 
 WINDOW_RUN_TIMES_SQL = f"SELECT COUNT(*), AVG(finished_at - started_at) {_WINDOW_SUCCESSES}"
 # The run time at a rank (0-based offset): SQLite sorts the window's run times, one row comes back.
 WINDOW_RANK_SQL = f"SELECT finished_at - started_at AS ran_s {_WINDOW_SUCCESSES} ORDER BY ran_s LIMIT 1 OFFSET ?"
+
+
+def series_of(attempt: int, offsets: list[int]) -> int:
+    """The series (1-based) attempt number `attempt` belongs to, given each later series' offset."""
+    return 1 + sum(1 for offset in offsets if offset < attempt)
+
+
+def _task_filter(state: TaskState | None, skill: str | None) -> tuple[str, list[object]]:
+    where: list[str] = []
+    params: list[object] = []
+    if state is not None:
+        where.append("state = ?")
+        params.append(state.value)
+    if skill is not None:
+        where.append("skill = ?")
+        params.append(skill)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
 def nearest_rank(count: int, percent: int) -> int:
@@ -483,7 +535,12 @@ def _artifact_view(r: sqlite3.Row) -> ArtifactView:
 
 
 def _task_view(
-    row: sqlite3.Row, attempts: list[AttemptView], events: list[EventView], artifacts: list[ArtifactView]
+    row: sqlite3.Row,
+    attempts: list[AttemptView],
+    events: list[EventView],
+    artifacts: list[ArtifactView],
+    *,
+    series: int,
 ) -> TaskView:
     return TaskView(
         task_id=row["task_id"],
@@ -509,4 +566,6 @@ def _task_view(
         attempt_log=attempts,
         events=events,
         artifacts=artifacts,
+        attempt_offset=row["attempt_offset"],
+        series=series,
     )

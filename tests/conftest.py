@@ -1,10 +1,17 @@
 """Shared fixtures: one real nats-server per test session (on free ports), a fresh cluster prefix per
-test (so streams, consumers and buckets never collide), and configs pointing at both."""
+test (so streams, consumers and buckets never collide), and configs pointing at both.
+
+Async tests run on the event loop users run: uvloop where it is installed (as `claw` does, see
+`cli/runner.py`). A test marked `@BOTH_LOOPS` (tests/helpers.py) runs once on each loop, uvloop and
+asyncio's own; the process tools and one end-to-end test per skill runtime do, because the two loops'
+subprocess transports differ.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -15,6 +22,33 @@ from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.s3 import moto_server
 from tests.helpers import ProcessPool, child_env, local_dirs
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def _loop_factories() -> dict[str, LoopFactory]:
+    """The loops a test may run on, by name: uvloop (when installed) first, the default."""
+    factories: dict[str, LoopFactory] = {}
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        factories["uvloop"] = uvloop.new_event_loop
+    factories["asyncio"] = asyncio.new_event_loop
+    return factories
+
+
+LOOP_FACTORIES = _loop_factories()
+DEFAULT_LOOP = next(iter(LOOP_FACTORIES))
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
+    """Every async test runs on the default loop; one that names loops (`BOTH_LOOPS`) gets each of them."""
+    marker = item.get_closest_marker("asyncio")
+    if marker is not None and "loop_factories" in marker.kwargs:
+        return LOOP_FACTORIES
+    return {DEFAULT_LOOP: LOOP_FACTORIES[DEFAULT_LOOP]}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import pytest
 
+from cli.processes import Child, Launcher
+from cli.processes import child_env as child_env  # the tests take it from here
 from common.clock import SYSTEM_CLOCK
 from common.config import ClawConfig
 from common.events import TaskEvent
@@ -35,6 +38,8 @@ BUILTIN_SKILLS = (
     "echo, fail, fs.list, fs.mkdir, fs.read, fs.write, http.request, llm.chat, python.exec, shell.exec, sleep"
 )
 ROOT = Path(__file__).resolve().parent.parent
+# Runs an async test once on each event loop (uvloop and asyncio's own; see tests/conftest.py).
+BOTH_LOOPS = pytest.mark.asyncio(loop_factories=["uvloop", "asyncio"])
 
 
 async def eventually(
@@ -151,86 +156,40 @@ async def wait_nodes_online(client: ClawClient, count: int, timeout_s: float = 2
 
 # --- subprocesses ---------------------------------------------------------------------------------
 
-
-@dataclass
-class ClawProcess:
-    """A `claw` child process with its output in a log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def output(self) -> str:
-        """Everything it wrote so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    @property
-    def alive(self) -> bool:
-        """Whether it still runs."""
-        return self.popen.poll() is None
-
-    def signal(self, signum: int) -> None:
-        """Send a signal (SIGKILL for a crash, SIGSTOP to freeze)."""
-        if self.alive:
-            self.popen.send_signal(signum)
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, then SIGKILL after `timeout_s`; returns the exit code."""
-        if self.alive:
-            self.popen.send_signal(signal.SIGCONT)
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-        return self.popen.wait()
+# A `claw` child process of a test: the launcher's, as `claw up` and the benchmark start theirs.
+ClawProcess = Child
 
 
 @dataclass
 class ProcessPool:
-    """Starts `claw` subprocesses with a shared environment and stops them all at teardown."""
+    """Starts `claw` subprocesses of a test with a shared environment (through `cli.processes`, the
+    launcher of `claw up` and the benchmark, run from the repository) and stops them all at
+    teardown: workers, then coordinators, then the rest."""
 
     env: dict[str, str]
     log_dir: Path
-    processes: list[ClawProcess] = field(default_factory=list)
+    launcher: Launcher = field(init=False)
 
-    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> ClawProcess:
-        """Start `python -m cli ARGS` in the background."""
+    def __post_init__(self) -> None:
+        self.launcher = Launcher(log_dir=self.log_dir, env=self.env, cwd=ROOT)
+
+    @property
+    def processes(self) -> list[Child]:
+        """Every process started so far, in order."""
+        return self.launcher.children
+
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Child:
+        """Start `claw ARGS` in the background, its output in `<log_dir>/<name>-<n>.log`."""
         log_path = self.log_dir / f"{name}-{len(self.processes)}.log"
-        with open(log_path, "wb") as log_file:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "cli", *args],
-                cwd=ROOT,
-                env=self.env | (env or {}),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        process = ClawProcess(name, popen, log_path)
-        self.processes.append(process)
-        return process
+        return self.launcher.claw(name, *args, env=env, log_path=log_path, stop_timeout_s=15)
 
     def run(self, *args: str, timeout_s: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
         """Run `claw ARGS` to completion and capture its output."""
-        result = subprocess.run(
-            [sys.executable, "-m", "cli", *args],
-            cwd=ROOT,
-            env=self.env,
-            input=input,
-            capture_output=True,
-            timeout=timeout_s,
-        )
-        return subprocess.CompletedProcess(
-            result.args,
-            result.returncode,
-            result.stdout.decode(errors="replace"),
-            result.stderr.decode(errors="replace"),
-        )
+        return self.launcher.run_claw(*args, timeout_s=timeout_s, input=input)
 
     def stop_all(self) -> None:
-        """Stop every process started by this pool (workers before the coordinator)."""
-        for process in sorted(self.processes, key=lambda p: p.name != "worker"):
-            process.stop(timeout_s=15)
+        """Stop every process it started."""
+        self.launcher.stop_all()
 
 
 def local_dirs(root: Path) -> dict[str, str]:
@@ -240,14 +199,6 @@ def local_dirs(root: Path) -> dict[str, str]:
         "CLAW_TOOLS_SANDBOX_ROOT": str(root / "sandboxes"),
         "CLAW_WORKER_SKILL_CACHE_DIR": str(root / "skill-cache"),
     }
-
-
-def child_env(**settings: str) -> dict[str, str]:
-    """The test's environment without the developer's CLAW_* settings, plus `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAW_")}
-    env.update(settings)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @dataclass

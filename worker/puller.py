@@ -145,6 +145,21 @@ class TaskPuller:
             await sub.unsubscribe()
         log.info("pull.skill_removed", skill=skill)
 
+    def pause(self) -> None:
+        """Fetch nothing more until `resume` (tasks already fetched run on)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Fetch again, looking at every consumer at once."""
+        if not self.paused:
+            return
+        self.paused = False
+        for source in self._by_skill.values():
+            source.maybe_work = True
+            source.generation += 1
+        self._slots.freed.set()  # the run loop waits on it while paused
+        self._woken.set()
+
     def wake_later(self, skill: str, priority: Priority, delay_s: float) -> None:
         """Look at a consumer again once a delayed redelivery (a retry) is due."""
         loop = asyncio.get_running_loop()

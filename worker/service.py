@@ -23,9 +23,9 @@ from nats.js.kv import KeyValue
 from common.aio import wait_any
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, NodeIdTakenOverError
 from common.log import get_logger
-from common.states import NodeStatus, Priority
+from common.states import Priority
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.subjects import skill_from_token
 from communication.topology import Topology
@@ -34,6 +34,7 @@ from worker.cancellation import CancelledTasks
 from worker.delivery_claims import ClaimReporter
 from worker.execution import TaskRunner
 from worker.heartbeat import Heartbeat
+from worker.node_control import NodeController
 from worker.puller import Slots, TaskPuller
 from worker.reporter import EventReporter
 from worker.skill_sync import SkillSync
@@ -70,7 +71,7 @@ class Worker:
         self.node_id = node_id
         # The skills this worker runs now: its own, minus disabled ones, plus installed ones.
         self.skills = SkillRegistry()
-        self.skill_sync = SkillSync(config, topology, skills_kv, base_skills, self.skills)
+        self.skill_sync = SkillSync(config, topology, skills_kv, base_skills, self.skills, clock)
         self._running_per_skill: Counter[str] = Counter()
         self._conn = conn
         self._clock = clock
@@ -100,7 +101,7 @@ class Worker:
         self.puller = TaskPuller(
             conn, topology, [], self.slots, settings, clock, self._dispatch, skill_room=self._skill_room
         )
-        self._status = NodeStatus.ONLINE
+        self.node_control = NodeController(conn, node_id, self.puller, running=lambda: len(self._running))
         # Set once the worker pulls and beats: for whoever starts one in-process and must not race it.
         self.ready = asyncio.Event()
         self.heartbeat = Heartbeat(
@@ -108,11 +109,13 @@ class Worker:
             heartbeat_kv,
             node_id=node_id,
             skills=self.skills.all,
+            skill_loads=lambda: self.skill_sync.loads,
             labels=settings.labels,
             capacity=settings.concurrency,
             interval_s=settings.heartbeat_interval_s,
             running=lambda: len(self._running),
-            status=lambda: self._status,
+            status=self.node_control.status,
+            control=lambda: self.node_control.control,
             clock=clock,
         )
 
@@ -133,14 +136,38 @@ class Worker:
             skills_kv = await topology.skills_kv()
             artifacts = await open_artifact_store(config.artifacts)
             worker = cls(config, conn, topology, base, kv, skills_kv, node_id, clock, artifacts)
+        except BaseException:
+            await conn.close()
+            raise
+        # One live process per node id: claimed before anything is pulled, refused if it is taken.
+        try:
+            await worker.heartbeat.acquire(missed_beats=config.coordinator.offline_after_missed_beats)
+        except BaseException:
+            await worker._close_early(release=False)
+            raise
+        try:
+            await worker.node_control.start(await topology.node_control_kv())
             await worker.skill_sync.initial()
             await worker.puller.set_skills(worker.skills.names())
             worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
             await conn.nc.flush()
         except BaseException:
-            await conn.close()
+            await worker._close_early(release=True)
             raise
         return worker
+
+    async def _close_early(self, *, release: bool) -> None:
+        """Undo a start that failed: free the node id if this process claimed it, close the rest."""
+        try:
+            if release:
+                await self.heartbeat.release()
+            await self.node_control.stop()
+            await self.puller.stop()
+            if self._artifacts is not None:
+                await self._artifacts.close()
+        finally:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            await self._conn.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then shut down gracefully and close the connection."""
@@ -164,9 +191,9 @@ class Worker:
                     concurrency=self.slots.capacity,
                     labels=self.config.worker.labels,
                 )
-                await stop.wait()
+                await wait_any(stop, self.heartbeat.lost)
                 log.info("worker.stopping", running=len(self._running))
-                self._status = NodeStatus.DRAINING
+                self.node_control.stopping = True
                 pulling.set()
                 await self._drain_running(self.config.worker.shutdown_grace_s)
                 await self.heartbeat.deregister()
@@ -175,12 +202,18 @@ class Worker:
         finally:
             if self._cancel_sub is not None:
                 await self._cancel_sub.unsubscribe()
+            await self.node_control.stop()
             await self.puller.stop()
             self._threads.shutdown(wait=False, cancel_futures=True)
             if self._artifacts is not None:
                 await self._artifacts.close()
             await self._conn.close()
         log.info("worker.stopped", node_id=self.node_id)
+        if self.heartbeat.lost.is_set():
+            raise NodeIdTakenOverError(
+                f"node id '{self.node_id}' was taken over by another worker process while this one was "
+                "frozen or cut off; this one stopped"
+            )
 
     def _retry_scheduled(self, skill: str, priority: Priority, delay_s: float) -> None:
         self.puller.wake_later(skill, priority, delay_s)

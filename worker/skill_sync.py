@@ -11,32 +11,58 @@ Every heartbeat interval the worker reads the registry snapshot (KV `<prefix>_sk
 - a skill whose required labels this worker lacks, or that `--skills` does not name, is not loaded.
 
 Only skills that loaded are advertised, so the coordinator never routes a task to a worker that
-cannot run it.
+cannot run it. A load that failed (the files could not be fetched or unpacked, the module raised on
+import) is tried again with backoff (1 s, doubling, at most a minute), and each heartbeat reports,
+per installed skill, whether this worker loaded the enabled version, failed to (and why), or skipped
+it (`skill_loads`): `claw skills install` waits on those reports.
+
+Several worker processes may share one skill cache (`claw up` starts them so): unpacking is atomic
+(`unpack_archive`), and a cached folder whose files do not match the registered checksum is moved
+aside and unpacked again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import tarfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from common.aio import wait_any
+from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
 from common.errors import ClawError, ConfigError
 from common.log import get_logger
+from common.models import Backoff, SkillLoad
 from common.skills import RegistryEntry, RegistrySnapshot, folder_checksum
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS
 from communication.topology import Topology
 from worker.puller import TaskPuller
 from worker.skills import Skill, SkillRegistry
-from worker.skills.loader import labels_allow, skill_from_manifest, unpack_archive
+from worker.skills.loader import discard_folder, labels_allow, skill_from_manifest, unpack_archive
 
 log = get_logger("worker.skills")
 
 SNAPSHOT_KEY = "registry"
+# When a failed load is tried again: 1 s, 2 s, 4 s, ... at most a minute; jitter spreads the workers.
+LOAD_RETRY = Backoff(base_s=1.0, factor=2.0, max_s=60.0, jitter=0.2)
+LOADED, FAILED, SKIPPED = "loaded", "failed", "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadFailure:
+    """The last failed load of a skill version, and when to try it again (monotonic clock)."""
+
+    version: str
+    error: str
+    attempts: int
+    retry_at: float
 
 
 class SkillSync:
@@ -49,8 +75,10 @@ class SkillSync:
         kv: KeyValue,
         base: SkillRegistry,
         active: SkillRegistry,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._config = config
+        self._clock = clock
         self._topology = topology
         self._kv = kv
         self._base = base
@@ -58,7 +86,9 @@ class SkillSync:
         self._cache = Path(config.worker.skill_cache_dir)
         self._restrict = set(config.worker.skills)
         self._revision: int | None = None
-        self._failed: set[tuple[str, str]] = set()
+        self._failures: dict[str, _LoadFailure] = {}
+        # What the heartbeats report: installed skills by name, loaded, failed or skipped here.
+        self.loads: dict[str, SkillLoad] = {}
 
     async def initial(self) -> None:
         """Decide the first skill set (before the puller starts); unknown `--skills` names are an error."""
@@ -82,11 +112,16 @@ class SkillSync:
                 log.warning("skills.sync_failed", error=str(exc) or type(exc).__name__)
 
     async def sync(self, puller: TaskPuller | None) -> None:
-        """Read the snapshot and, if it changed, apply it."""
+        """Read the snapshot and, if it changed (or a failed load is due again), apply it."""
         snapshot, revision = await self._read()
-        if revision is not None and revision == self._revision:
+        if revision is not None and revision == self._revision and not self._retry_due():
             return
-        desired = await self._desired(snapshot)
+        loads: dict[str, SkillLoad] = {}
+        desired = await self._desired(snapshot, loads)
+        self.loads = loads
+        # Forget failures of versions no longer wanted here (disabled, replaced, skipped).
+        failed = {name for name, load in loads.items() if load.state == FAILED}
+        self._failures = {name: f for name, f in self._failures.items() if name in failed}
         for name in set(self._active.names()) - set(desired):
             self._active.remove(name)
             log.info("skills.dropped", skill=name)
@@ -113,7 +148,11 @@ class SkillSync:
             log.error("skills.bad_snapshot", error=str(exc))
             return None, entry.revision
 
-    async def _desired(self, snapshot: RegistrySnapshot | None) -> dict[str, Skill]:
+    def _retry_due(self) -> bool:
+        now = self._clock.monotonic()
+        return any(failure.retry_at <= now for failure in self._failures.values())
+
+    async def _desired(self, snapshot: RegistrySnapshot | None, loads: dict[str, SkillLoad]) -> dict[str, Skill]:
         enabled = snapshot.enabled() if snapshot else {}
         disabled = snapshot.disabled_names() if snapshot else set()
         desired: dict[str, Skill] = {}
@@ -124,43 +163,81 @@ class SkillSync:
             if not self._restrict or skill.name in self._restrict:
                 desired[skill.name] = skill
         for name, entry in enabled.items():
-            if entry.source != "installed" or (self._restrict and name not in self._restrict):
+            if entry.source != "installed":
+                continue
+            if self._restrict and name not in self._restrict:
+                loads[name] = SkillLoad(version=entry.version, state=SKIPPED, error="not among this worker's --skills")
                 continue
             if not labels_allow(entry.manifest, self._config.worker.labels):
+                needs = ", ".join(f"{k}={v}" for k, v in sorted(entry.manifest.requires_labels.items()))
+                loads[name] = SkillLoad(version=entry.version, state=SKIPPED, error=f"needs the label(s) {needs}")
                 continue
             loaded = await self._installed(entry)
+            failure = self._failures.get(name)
             if loaded is not None:
                 desired[name] = loaded
+                loads[name] = SkillLoad(version=entry.version, state=LOADED)
+            elif failure is not None:
+                loads[name] = SkillLoad(
+                    version=entry.version, state=FAILED, error=failure.error, attempts=failure.attempts
+                )
         return desired
 
     async def _installed(self, entry: RegistryEntry) -> Skill | None:
-        """The loaded skill for an installed entry (loading it on first sight); None if it cannot load."""
+        """The loaded skill for an installed entry (loading it on first sight, and again once a
+        failed load's backoff has passed); None if it cannot load (yet)."""
         current = self._active.get(entry.name)
         if current is not None and current.manifest is not None and current.version == entry.version:
             return current
-        if (entry.name, entry.version) in self._failed:
+        failure = self._failures.get(entry.name)
+        if failure is not None and failure.version != entry.version:
+            failure = None  # another version: a fresh start
+        if failure is not None and self._clock.monotonic() < failure.retry_at:
             return None
         try:
-            return await self._load(entry)
+            skill = await self._load(entry)
         except (ClawError, OSError) as exc:
-            self._failed.add((entry.name, entry.version))
-            log.error("skills.load_failed", skill=entry.name, version=entry.version, error=str(exc))
+            attempts = 1 if failure is None else failure.attempts + 1
+            delay_s = LOAD_RETRY.delay_s(attempts, random.random())
+            self._failures[entry.name] = _LoadFailure(
+                entry.version, str(exc), attempts, self._clock.monotonic() + delay_s
+            )
+            log.error(
+                "skills.load_failed",
+                skill=entry.name,
+                version=entry.version,
+                error=str(exc),
+                attempt=attempts,
+                retry_in_s=round(delay_s, 1),
+            )
             return None
+        self._failures.pop(entry.name, None)
+        return skill
 
     async def _load(self, entry: RegistryEntry) -> Skill:
         if entry.archive is None:
             raise ConfigError(f"skill {entry.name}@{entry.version} has no files to load")
         folder = self._cache / entry.name / f"{entry.version}-{entry.checksum[:16]}"
+        if folder.exists() and await asyncio.to_thread(folder_checksum, folder) != entry.checksum:
+            log.warning("skills.cache_mismatch", skill=entry.name, version=entry.version, folder=str(folder))
+            await asyncio.to_thread(discard_folder, folder)
         if not folder.exists():
-            store = await self._topology.skill_code()
-            try:
-                result = await store.get(entry.archive)
-            except NATS_ERRORS as exc:
-                raise ConfigError(f"cannot fetch the files of {entry.name}@{entry.version}: {exc}") from None
-            await asyncio.to_thread(unpack_archive, bytes(result.data or b""), folder)
-        checksum = await asyncio.to_thread(folder_checksum, folder)
-        if checksum != entry.checksum:
-            raise ConfigError(
-                f"the files of {entry.name}@{entry.version} do not match their registered checksum; not loading them"
-            )
+            await self._unpack(entry, entry.archive, folder)
+            if await asyncio.to_thread(folder_checksum, folder) != entry.checksum:
+                raise ConfigError(
+                    f"the files of {entry.name}@{entry.version} do not match their registered checksum; "
+                    "not loading them"
+                )
         return skill_from_manifest(entry.manifest, self._config, folder=folder)
+
+    async def _unpack(self, entry: RegistryEntry, archive: str, folder: Path) -> None:
+        """Fetch the skill's archive from the skill-code store and unpack it into the cache."""
+        store = await self._topology.skill_code()
+        try:
+            result = await store.get(archive)
+        except NATS_ERRORS as exc:
+            raise ConfigError(f"cannot fetch the files of {entry.name}@{entry.version}: {exc}") from None
+        try:
+            await asyncio.to_thread(unpack_archive, bytes(result.data or b""), folder)
+        except (tarfile.TarError, zlib.error, EOFError) as exc:
+            raise ConfigError(f"the archive of {entry.name}@{entry.version} cannot be unpacked: {exc}") from None

@@ -7,15 +7,29 @@ from typing import Annotated
 
 import typer
 
-from cli.context import query
-from cli.options import AsFlag, JsonFlag
+from cli.context import client_config, query
+from cli.listing import run_listing
+from cli.options import AllFlag, AsFlag, JsonFlag
 from cli.output import emit_table, fmt_ago, fmt_time, shorten
 from common.api import ApprovalOutcome, ApprovalView
 
 
-def approvals_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """Tasks the guard holds until a human approves them."""
-    query(ctx, lambda client: client.approvals(), render_approvals, json_out)
+def approvals_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="At most this many, oldest first.", min=1)] = 100,
+    all_: AllFlag = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Tasks the guard holds until a human approves them, oldest first."""
+    run_listing(
+        client_config(ctx),
+        lambda client, cursor, n: client.approvals_page(limit=n, cursor=cursor),
+        render_approvals,
+        limit=limit,
+        all_=all_,
+        json_out=json_out,
+        noun="held tasks",
+    )
 
 
 def approve(

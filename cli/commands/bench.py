@@ -10,7 +10,7 @@ HELP_FLAGS = ("--help", "-h")
 def bench(ctx: typer.Context) -> None:
     """Benchmark an embedded cluster against the raw JetStream round trip (`claw bench --help`)."""
     if any(arg in HELP_FLAGS for arg in ctx.args):
-        from cli.bench import build_parser
+        from cli.bench.options import build_parser
         from cli.help import print_argparse_help
 
         print_argparse_help(build_parser())

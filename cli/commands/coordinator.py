@@ -9,7 +9,7 @@ import typer
 
 from cli.context import command_config, start_tracing
 from cli.options import ConfigFlag, LogJsonFlag, MetricsPortFlag
-from cli.runner import run_service
+from cli.runner import run_service, set_process_title
 from common.log import configure_logging
 
 group = typer.Typer(help="The coordinator process.", no_args_is_help=True)
@@ -33,6 +33,7 @@ def coordinator_start(
         log={"format": "json" if json_out else None},
     )
     configure_logging(cfg.log, process="coordinator")
+    set_process_title("claw coordinator")
     start_tracing(cfg, "claw-coordinator")
 
     async def serve(stop: Any) -> None:

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from cli.context import query
+from cli.context import client_config, query
 from cli.inputs import parse_duration
-from cli.options import JsonFlag
+from cli.listing import run_listing
+from cli.options import AllFlag, JsonFlag
 from cli.output import emit_table, fmt_time, shorten
 from cli.runner import fail
 from cli.task_text import render_action
@@ -25,10 +26,19 @@ def dlq_list(
     ctx: typer.Context,
     skill: Annotated[str | None, typer.Option(help="Only dead letters of this skill.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
+    all_: AllFlag = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Dead letters: tasks that exhausted their attempts or failed permanently, and poison messages."""
-    query(ctx, lambda client: client.dlq_list(skill=skill, limit=limit), render_dead_letters, json_out)
+    """Dead letters (one per dead task, with every series' attempts), and poison messages."""
+    run_listing(
+        client_config(ctx),
+        lambda client, cursor, n: client.dlq_page(skill=skill, limit=n, cursor=cursor),
+        render_dead_letters,
+        limit=limit,
+        all_=all_,
+        json_out=json_out,
+        noun="dead letters",
+    )
 
 
 @group.command("replay")
@@ -83,13 +93,20 @@ def render_dead_letters(views: list[DeadLetterView]) -> None:
                 v.letter.kind,
                 v.letter.skill,
                 v.letter.task_id,
-                len(v.letter.attempts) or None,
+                _letter_attempts(v),
                 shorten(v.letter.reason, 70),
             )
             for v in views
         ],
         empty="the dead-letter queue is empty",
     )
+
+
+def _letter_attempts(view: DeadLetterView) -> str | None:
+    count = len(view.letter.attempts)
+    if not count:
+        return None
+    return f"{count} (series {view.letter.series})" if view.letter.series > 1 else str(count)
 
 
 def render_replays(replies: list[TaskActionReply]) -> None:

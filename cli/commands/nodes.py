@@ -12,6 +12,7 @@ from cli.context import query
 from cli.options import JsonFlag
 from cli.output import emit_table, fmt_ago
 from common.models import NodeView
+from common.states import NodeControl, NodeStatus
 
 # `claw nodes` fits a 100-column terminal: skills and labels are summarised in these widths.
 SKILLS_WIDTH = 24
@@ -55,7 +56,7 @@ def render_nodes(nodes: list[NodeView]) -> None:
         [
             (
                 n.node_id,
-                n.status.value,
+                node_status_text(n),
                 f"{n.running}/{n.capacity}",
                 f"{n.cpu_percent:.0f}%",
                 f"{n.memory_percent:.0f}%",
@@ -89,7 +90,7 @@ def render_wide(nodes: list[NodeView]) -> None:
         [
             (
                 n.node_id,
-                n.status.value,
+                node_status_text(n),
                 f"{n.running}/{n.capacity}",
                 f"{n.cpu_percent:.0f}%",
                 f"{n.memory_percent:.0f}%",
@@ -104,6 +105,25 @@ def render_wide(nodes: list[NodeView]) -> None:
         ],
         empty="no nodes have registered; start a worker with `claw worker start`",
     )
+
+
+# The statuses that show a node does what the coordinator asks of it.
+_FOLLOWS = {
+    NodeControl.ACTIVE: (NodeStatus.ONLINE,),
+    NodeControl.PAUSED: (NodeStatus.PAUSED,),
+    NodeControl.DRAINED: (NodeStatus.DRAINING, NodeStatus.DRAINED),
+}
+
+
+def node_status_text(node: NodeView) -> str:
+    """The STATUS cell of `claw nodes`: what the node does, and what it was asked when that differs
+    (`online -> paused` until it applies a pause; `offline (paused)`: it comes back paused)."""
+    status = node.status.value
+    if node.status in (NodeStatus.OFFLINE, NodeStatus.STOPPING):
+        return status if node.control == NodeControl.ACTIVE else f"{status} ({node.control.value})"
+    if node.status in _FOLLOWS[node.control]:
+        return status
+    return f"{status} -> {node.control.value}"
 
 
 def register(app: typer.Typer) -> None:

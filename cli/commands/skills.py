@@ -10,10 +10,11 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from cli.context import query
+from cli.context import client_config, query
 from cli.options import JsonFlag
 from cli.output import emit_fields, emit_json, emit_table, fmt_duration, fmt_time, shorten
-from cli.runner import fail
+from cli.runner import fail, run_async
+from cli.skill_install import install_skill
 from common.api import SkillInfo
 from common.errors import ClawError
 from common.skills import load_manifest
@@ -76,18 +77,15 @@ def _set_skill_enabled(
 def skills_install(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="A folder with skill.yaml and its code.")],
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Do not wait for the workers to load it.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the online workers to load it.", min=0)] = 30.0,
     json_out: JsonFlag = False,
 ) -> None:
-    """Install a skill folder: validated, uploaded to NATS, registered, loaded by workers that can."""
-    query(
-        ctx,
-        lambda client: client.install_skill(path, by=getpass.getuser()),
-        lambda reply: print(
-            f"{reply.entry.name}@{reply.entry.version} "
-            + ("installed and enabled" if reply.created else "was already installed with the same files")
-        ),
-        json_out,
-    )
+    """Install a skill folder: validated, uploaded, registered; then wait until every online worker
+    loaded it (exit 1 naming those that failed or did not answer)."""
+    cfg = client_config(ctx)
+    wait_s = None if no_wait else timeout
+    raise typer.Exit(run_async(install_skill(cfg, path, by=getpass.getuser(), wait_s=wait_s, json_out=json_out)))
 
 
 @group.command("validate")

@@ -10,10 +10,19 @@ from typing import Annotated
 import typer
 
 from cli.context import client_config, connect, query
-from cli.options import JsonFlag
+from cli.listing import run_listing
+from cli.options import AllFlag, JsonFlag
 from cli.output import emit_fields, emit_json, emit_table, fmt_duration, fmt_time, shorten
 from cli.runner import fail, run_async
-from cli.task_text import decode_data, event_detail, payload_text, render_action, since, task_summary
+from cli.task_text import (
+    attempts_text,
+    decode_data,
+    event_detail,
+    payload_text,
+    render_action,
+    since,
+    task_summary,
+)
 from common.errors import ClawError
 from common.models import TaskSummary, TaskView
 from common.states import TaskState
@@ -103,10 +112,19 @@ def task_list(
     status: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
     skill: Annotated[str | None, typer.Option(help="Only tasks of this skill.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
+    all_: AllFlag = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Recent tasks, newest first."""
-    query(ctx, lambda client: client.list_tasks(state=status, skill=skill, limit=limit), render_task_list, json_out)
+    run_listing(
+        client_config(ctx),
+        lambda client, cursor, n: client.tasks_page(state=status, skill=skill, limit=n, cursor=cursor),
+        render_task_list,
+        limit=limit,
+        all_=all_,
+        json_out=json_out,
+        noun="tasks",
+    )
 
 
 @group.command("cancel")
@@ -144,7 +162,7 @@ def render_task(task: TaskView) -> None:
             ("task", task.task_id),
             ("skill", f"{task.skill} ({task.priority.value} priority)"),
             ("state", task.state.value),
-            ("attempts", f"{task.attempts} of {task.max_attempts}"),
+            ("attempts", attempts_text(task)),
             ("node", task.node_id),
             ("timeout", fmt_duration(task.timeout_s)),
             ("idempotency key", task.idempotency_key),
@@ -171,7 +189,7 @@ def render_task(task: TaskView) -> None:
             ["#", "NODE", "STATE", "STARTED", "RAN", "ERROR"],
             [
                 (
-                    a.attempt,
+                    a.attempt if task.series <= 1 else f"{a.attempt} (series {a.series})",
                     a.node_id,
                     a.state.value,
                     fmt_time(a.started_at),
@@ -183,6 +201,8 @@ def render_task(task: TaskView) -> None:
         )
     if task.events:
         print("\ntimeline:")
+        if task.events_omitted:
+            print(f"  ({task.events_omitted} events left out: the whole timeline does not fit one message)")
         base = task.events[0].at
         emit_table(
             ["TIME", "+", "EVENT", "STATE", "ATTEMPT", "NODE", "DETAIL"],

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.options import MetricsPortFlag
-from cli.runner import fail, run_service
+from cli.runner import fail, run_service, set_process_title
 from common.config import LogSettings
 from common.log import configure_logging
 
@@ -25,10 +25,11 @@ def up(
     ] = False,
 ) -> None:
     """Run a whole local cluster: embedded nats-server, a coordinator and N workers, until Ctrl-C."""
-    from cli.processes import LocalCluster
+    from cli.local_cluster import LocalCluster
 
     if workers < 0:
         fail("--workers must be 0 or more", kind="usage")
+    set_process_title("claw up")
     configure_logging(LogSettings(level="warning", format="json" if json_out else "console"), process="up")
     cluster = LocalCluster(
         data_dir=data_dir,

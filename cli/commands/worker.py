@@ -9,7 +9,7 @@ import typer
 
 from cli.context import command_config, start_tracing
 from cli.options import ConfigFlag, LogJsonFlag
-from cli.runner import fail, run_service
+from cli.runner import fail, run_service, set_process_title
 from common.config import parse_labels
 from common.errors import ClawError
 from common.log import configure_logging
@@ -49,9 +49,10 @@ def worker_start(
         log={"format": "json" if json_out else None},
     )
     if processes > 1:
-        from cli.processes import WorkerSupervisor
+        from cli.supervision import WorkerSupervisor
 
         configure_logging(cfg.log, process="worker-supervisor")
+        set_process_title(f"claw worker supervisor {cfg.worker.node_id or ''}".rstrip())
         supervisor = WorkerSupervisor(
             processes=processes,
             node_id=cfg.worker.node_id or default_node_id(),
@@ -62,6 +63,7 @@ def worker_start(
         run_service(supervisor.serve)
         return
     configure_logging(cfg.log, process="worker")
+    set_process_title(f"claw worker {cfg.worker.node_id or ''}".rstrip())
     start_tracing(cfg, "claw-worker")
 
     async def serve(stop: Any) -> None:

@@ -136,6 +136,36 @@ def test_each_task_of_a_batch_has_a_trace_of_its_own_linked_to_the_submit(
         assert execute["parent_span_id"] == task_span["span_id"]
 
 
+def test_the_cluster_traces_tasks_from_clients_that_record_nothing(processes: ProcessPool, tmp_path: Path) -> None:
+    """A client without tracing still sends a trace context, marked not sampled: the cluster's own
+    sampler decides (it records every task here), while a sampled context from a tracing client is
+    followed as before."""
+    start_traced(processes, tmp_path)
+    plain = {k: v for k, v in processes.env.items() if not k.startswith("OTEL_") and k != "CLAW_TRACING_JSONL_PATH"}
+    processes.env.clear()
+    processes.env.update(plain)
+    untraced = json.loads(processes.run("submit", "echo", "--input", '{"from": "plain"}', "--wait", "--json").stdout)
+    processes.env.update({"OTEL_TRACES_EXPORTER": "jsonl", "CLAW_TRACING_JSONL_PATH": str(tmp_path / "cli.jsonl")})
+    traced = json.loads(processes.run("submit", "echo", "--input", '{"from": "traced"}', "--wait", "--json").stdout)
+    assert untraced["state"] == traced["state"] == "succeeded"
+
+    cluster = {
+        ("claw-coordinator", "claw.api.submit"),
+        ("claw-coordinator", "claw.task"),
+        ("claw-worker", "claw.task.execute"),
+        ("claw-worker", "claw.task.report"),
+    }
+
+    def spans_of(trace_id: str, needed: set[tuple[str, str]]) -> set[tuple[str, str]] | None:
+        found = {(s["service"], s["name"]) for s in every_span(tmp_path) if s["trace_id"] == trace_id}
+        return found if needed <= found else None
+
+    found = wait_until(lambda: spans_of(untraced["trace_id"], cluster), timeout_s=30, what="the plain client's task")
+    assert found == cluster  # and no span of the client's own: it records nothing
+    needed = cluster | {("claw-cli", "claw.submit")}
+    wait_until(lambda: spans_of(traced["trace_id"], needed), timeout_s=30, what="the tracing client's task")
+
+
 class FakeCollector:
     """An OTLP/HTTP trace receiver on loopback: decodes and keeps every exported span."""
 

@@ -43,6 +43,9 @@ class FakeOpenAIServer:
 
     def __init__(self) -> None:
         self.mode: Mode = "ok"
+        # Modes for the next requests, one each, before `mode` applies again: a test that needs
+        # "the first call fails" says so here instead of racing the retry to switch `mode` back.
+        self.next_modes: list[Mode] = []
         self.retry_after: str | None = "7"
         self.reply_content = "Hello from the fake model."
         self.usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
@@ -165,7 +168,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self, request: RecordedRequest) -> None:
         state = self.server_state
-        match state.mode:
+        with state._lock:
+            mode = state.next_modes.pop(0) if state.next_modes else state.mode
+        match mode:
             case "ok":
                 self._send(200, json.dumps(_completion(state, request.json())).encode(), "application/json")
             case "rate_limited":

@@ -354,12 +354,10 @@ async def test_llm_chat_rate_limit_is_retried_after_the_servers_retry_after(
         tmp_path,
         tools={"llm_base_url": openai_server.base_url, "llm_api_key_env": "CLAW_TEST_LLM_KEY"},
     )
-    openai_server.mode, openai_server.retry_after = "rate_limited", "1"
+    openai_server.next_modes, openai_server.retry_after = ["rate_limited"], "1"
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:
         await wait_nodes_online(client, 1)
         submitted = await client.submit(spec("llm.chat", {"messages": [{"role": "user", "content": "hi"}]}))
-        await eventually(lambda: len(openai_server.completions()) == 1, what="the first, rate-limited call")
-        openai_server.mode = "ok"
         task = await finish(client, submitted.task_id)
     assert task.state == TaskState.SUCCEEDED
     assert msgspec.json.decode(bytes(task.result))["usage"]["total_tokens"] == 19

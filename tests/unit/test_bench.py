@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cli.bench import DEFAULT_N, QUICK, parse_args
-from cli.bench_profile import summarise
-from cli.bench_report import percentiles_ms
+from cli.bench.options import DEFAULT_N, QUICK, parse_args
+from cli.bench.profile import summarise
+from cli.bench.report import percentiles_ms
 
 
 def test_percentiles_are_in_milliseconds_and_ordered() -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import random
+from typing import Any
+
 import msgspec
 import pytest
 
 from common.events import TaskFailed, TaskProgress, TaskStarted, TaskSucceeded
 from common.models import SCHEMA_VERSION, NodeHeartbeat, TaskMessage
 from common.states import NodeStatus, Priority
-from communication.codec import DecodeError, decode, decode_event, encode, is_json_object
+from communication.codec import DecodeError, decode, decode_event, encode, is_json_object, nesting_exceeds
 
 
 def _task(**changes: object) -> TaskMessage:
@@ -77,3 +81,42 @@ def test_heartbeat_round_trip() -> None:
 @pytest.mark.parametrize(("raw", "expected"), [(b"{}", True), (b'  \n{"a":1}', True), (b"[]", False), (b'"x"', False)])
 def test_is_json_object(raw: bytes, expected: bool) -> None:
     assert is_json_object(msgspec.Raw(raw)) is expected
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _random_json(rng: random.Random, level: int = 0) -> Any:
+    """Nested values whose strings are full of brackets, quotes and backslashes."""
+    pieces = ["[", "]", "{", "}", '"', "\\", "a", "\n", "\u00e9"]
+    roll = rng.random()
+    if level > 30 or roll < 0.3:
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) if rng.random() < 0.5 else 7
+    if roll < 0.65:
+        return [_random_json(rng, level + 1) for _ in range(rng.randint(0, 3))]
+    keys = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 4))) for _ in range(rng.randint(0, 3))]
+    return {key: _random_json(rng, level + 1) for key in keys}
+
+
+def test_nesting_depth_is_measured_exactly_whatever_the_strings_hold() -> None:
+    rng = random.Random(20240611)
+    for _ in range(2000):
+        value = _random_json(rng)
+        text = json.dumps(value, ensure_ascii=rng.random() < 0.5).encode()
+        depth = _depth(value)
+        for limit in {0, 1, max(depth - 1, 0), depth, depth + 1}:
+            assert nesting_exceeds(text, limit) == (depth > limit), (text, depth, limit)
+
+
+def test_deep_nesting_is_a_decode_error_not_a_recursion_error() -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    assert nesting_exceeds(deep, 64) and not nesting_exceeds(deep, 5000)
+    assert nesting_exceeds(b"[" * 5000, 64)  # not JSON, but clearly deep
+    assert not nesting_exceeds(b'{"a": "[[[[[[[[[[[["}', 1)
+    with pytest.raises(DecodeError, match="nested too deeply"):
+        decode_event(b'{"kind":"started","event_id":"e","task_id":"t","attempt":1,"node_id":"n","x":' + deep + b"}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from common.errors import BadEventError
 from common.events import TaskEvent, TaskFailed, TaskLog, TaskProgress, TaskStarted, TaskSucceeded
 from common.ids import new_id
 from common.states import AttemptState, Priority, TaskState
@@ -24,14 +25,15 @@ class Harness:
         self.book = TaskBook(self.store)
         self.folder = EventFolder(self.book)
 
-    async def add_queued_task(self) -> str:
+    async def add_queued_task(self, state: TaskState = TaskState.QUEUED) -> str:
         record = TaskRecord(
             task_id=new_id(), skill="echo", priority=Priority.NORMAL, state=TaskState.PENDING, input="{}",
             max_attempts=3, timeout_s=10.0, created_at=1.0, updated_at=1.0,
         )  # fmt: skip
         batch = WriteBatch(new_tasks=[record])
         self.book.add(record)
-        batch.events.append(self.book.move(record, TaskState.QUEUED, at=1.5, kind="queued"))
+        if state != TaskState.PENDING:
+            batch.events.append(self.book.move(record, state, at=1.5, kind=state.value))
         await self.store.write_batch(batch)
         return record.task_id
 
@@ -221,9 +223,46 @@ async def test_log_lines_join_the_timeline(h: Harness) -> None:
     assert msgspec.json.decode(bytes(line.data)) == {"level": "info", "message": "hi"}
 
 
-async def test_event_for_an_unknown_task_writes_nothing(h: Harness) -> None:
-    await h.fold(started("01UNKNOWNTASK0000000000000"))
+async def test_event_for_an_unknown_task_is_refused_and_stages_nothing(h: Harness) -> None:
+    batch = WriteBatch()
+    with pytest.raises(BadEventError, match="there is no task 01UNKNOWNTASK"):
+        await h.folder.fold(started("01UNKNOWNTASK0000000000000"), batch)
+    assert not batch
     assert await h.store.get_task("01UNKNOWNTASK0000000000000") is None
+
+
+async def test_an_event_the_transition_table_forbids_is_refused_and_changes_nothing(h: Harness) -> None:
+    """The probe of issue 9: `succeeded` for a task waiting for approval."""
+    task_id = await h.add_queued_task(state=TaskState.WAITING_APPROVAL)
+    record = h.book.get(task_id)
+    assert record is not None
+    before, counts = h.book.snapshot(record), h.book.counts()
+    batch = WriteBatch()
+    with pytest.raises(
+        BadEventError, match="succeeded event for attempt 1 does not apply to a task that is waiting_approval"
+    ):
+        await h.folder.fold(succeeded(task_id), batch)
+    assert h.book.snapshot(record) == before and h.book.counts() == counts and not batch
+    assert h.book.waiting("echo") == 0
+
+
+async def test_a_fold_that_fails_half_way_is_undone_whole(h: Harness) -> None:
+    """A result that is not UTF-8 is found only after the task passed through queued and running."""
+    task_id = await h.add_queued_task(state=TaskState.PENDING)
+    record = h.book.get(task_id)
+    assert record is not None
+    before, counts, waiting = h.book.snapshot(record), h.book.counts(), h.book.waiting("echo")
+    batch = WriteBatch()
+    await h.folder.fold(
+        TaskLog(event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=2.0, message="a"), batch
+    )
+    staged = len(batch.events)
+    with pytest.raises(BadEventError, match="not valid UTF-8"):
+        await h.folder.fold(succeeded(task_id, result=b'"\xff"'), batch)
+    assert h.book.snapshot(record) == before and h.book.counts() == counts and h.book.waiting("echo") == waiting
+    assert len(batch.events) == staged and not batch.attempts and not batch.changed_tasks
+    await h.fold(succeeded(task_id))  # the real outcome still applies
+    assert (await h.view(task_id)).state == TaskState.SUCCEEDED
 
 
 async def test_event_log_is_append_only(h: Harness, tmp_path: Path) -> None:

@@ -10,9 +10,12 @@ import pytest
 
 from common.config import ToolSettings
 from common.errors import InvalidInputError, RetryableError, ToolTimeoutError
-from tests.helpers import eventually, task_context
+from tests.helpers import BOTH_LOOPS, eventually, task_context
 from worker.context import TaskContext
 from worker.skills.tools.python_exec import MEMORY_EXIT_CODE, PythonTool
+
+# The child processes' transports differ between uvloop and asyncio: each test runs on both.
+pytestmark = BOTH_LOOPS
 
 
 @pytest.fixture

@@ -15,11 +15,14 @@ import pytest
 from common.config import ToolSettings
 from common.errors import InvalidInputError, PermanentError, RetryableError, ToolTimeoutError
 from common.events import TaskEvent, TaskLog
-from tests.helpers import eventually, task_context
+from tests.helpers import BOTH_LOOPS, eventually, task_context
 from worker.context import TaskContext
 from worker.skills.tools.shell import ShellTool
 
 ALLOWED = ["echo", "sh", "cat", "env", "pwd"]
+
+# The child processes' transports differ between uvloop and asyncio: each test runs on both.
+pytestmark = BOTH_LOOPS
 
 
 @pytest.fixture
@@ -201,8 +204,10 @@ async def test_background_processes_do_not_outlive_a_normal_exit(shell: ShellToo
 async def test_a_program_that_cannot_start_is_a_permanent_error(
     tmp_path: Path, ctx: TaskContext, settings: ToolSettings
 ) -> None:
+    """Its interpreter is missing. (A file of no executable format is no such case on every loop:
+    uvloop, like execvp, hands it to /bin/sh, while asyncio's loop refuses it.)"""
     broken = tmp_path / "broken"
-    broken.write_bytes(b"\x00\x01 not an executable format")
+    broken.write_text("#!/nonexistent/interpreter\necho never\n")
     broken.chmod(0o755)
     shell = ShellTool(ToolSettings(sandbox_root=settings.sandbox_root, shell_allow=[str(broken)]))
     with pytest.raises(PermanentError, match="shell.exec: cannot start '.*broken'"):

@@ -15,6 +15,7 @@ A skill whose `requires_labels` the worker lacks is not loaded there.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import io
@@ -22,6 +23,7 @@ import json
 import shutil
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -153,13 +155,41 @@ def _system_path() -> str:
 
 
 def unpack_archive(data: bytes, destination: Path) -> None:
-    """Extract an installed skill's archive (tar.gz) safely into `destination` (made fresh)."""
-    if destination.exists():
-        shutil.rmtree(destination)
-    partial = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-        # The "data" filter refuses absolute paths, "..", links out of the folder and device files.
-        archive.extractall(partial, filter="data")
-    partial.rename(destination)
+    """Make `destination` hold the files of an installed skill's archive (tar.gz); safe when several
+    worker processes share the cache and unpack the same skill at once.
+
+    The archive is extracted into a staging folder of this call's own beside `destination`, then
+    renamed into place in one step, so nobody ever sees a half-written folder. If another process
+    renamed its copy first, that copy stays (the folder's name carries the checksum, so the files are
+    the same) and ours is removed. An existing `destination` is never replaced: a worker may be
+    running a task from it.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache folder is the workers' to share
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+            # The "data" filter refuses absolute paths, "..", links out of the folder and device files.
+            archive.extractall(staging, filter="data")
+        try:
+            staging.rename(destination)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def discard_folder(folder: Path) -> None:
+    """Remove a cached skill folder whose files are not what they should be.
+
+    It is renamed aside first (one atomic step), so a process unpacking a good copy meanwhile never
+    has it deleted; another process discarding the same folder at the same time is fine.
+    """
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".discarded", dir=folder.parent))
+    try:
+        folder.rename(trash / folder.name)
+    except FileNotFoundError:
+        pass  # another process moved it already
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)

@@ -17,7 +17,7 @@ import re
 import signal
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from common.errors import InvalidInputError, PermanentError, ToolTimeoutError
 from common.log import get_logger
@@ -159,14 +159,27 @@ class _Child(asyncio.SubprocessProtocol):
         self.finished.set()
 
 
+@runtime_checkable
+class _Writable(Protocol):
+    """What feeding stdin needs of a pipe transport.
+
+    A structural check, not `isinstance(pipe, asyncio.WriteTransport)`: uvloop's pipe transports
+    (`WriteUnixTransport`) write and close like asyncio's but do not derive from its classes.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def _feed(transport: asyncio.SubprocessTransport, data: bytes | None) -> None:
     """Queue the input and close the child's stdin; a child that exits without reading it is fine
     (the pipe transport drops what it cannot write)."""
     pipe = transport.get_pipe_transport(0)
     if pipe is None or data is None:
         return
-    if not isinstance(pipe, asyncio.WriteTransport):
-        raise TypeError(f"the child's stdin is a {type(pipe).__name__}, not a write transport")
+    if not isinstance(pipe, _Writable):
+        raise TypeError(f"the child's stdin is a {type(pipe).__name__}, which cannot be written to")
     pipe.write(data)
     pipe.close()
 

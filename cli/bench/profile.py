@@ -18,7 +18,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cli.bench_cluster import BenchError, Children
+from cli.bench.errors import BenchError
+from cli.processes import Child, Launcher
 
 SAMPLE_RATE_HZ = 200
 STOP_TIMEOUT_S = 30.0
@@ -30,6 +31,7 @@ _ENTRY_FILES = (
     "<frozen runpy>",
     "typer/",
     "cli/main.py",
+    "cli/commands/",
     "cli/runner.py",
     "cli/__main__.py",
     "uvloop/__init__.py",
@@ -52,11 +54,11 @@ def find_py_spy() -> str:
 class Profiler:
     """One `py-spy record` per target process, started and stopped around a measured run."""
 
-    def __init__(self, children: Children, out_dir: Path, targets: dict[str, int]) -> None:
-        self._children = children
+    def __init__(self, launcher: Launcher, out_dir: Path, targets: dict[str, int]) -> None:
+        self._launcher = launcher
         self._out_dir = out_dir
         self._targets = targets
-        self._running: dict[str, subprocess.Popen[bytes]] = {}
+        self._running: dict[str, Child] = {}
 
     def output(self, name: str) -> Path:
         """The collapsed-stack file of target `name`."""
@@ -69,20 +71,19 @@ class Profiler:
         for name, pid in self._targets.items():
             argv = [py_spy, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE_HZ), "--nonblocking"]
             argv += ["--format", "raw", "--output", str(self.output(name))]
-            self._running[name] = self._children.spawn(f"py-spy-{name}", argv, self._out_dir / f"{name}.py-spy.log")
+            log_path = self._out_dir / f"{name}.py-spy.log"
+            self._running[name] = self._launcher.spawn(f"py-spy-{name}", argv, log_path=log_path)
 
     def stop(self) -> dict[str, Path]:
         """Stop sampling (py-spy writes its file on SIGINT); returns the summary file of each target."""
-        for popen in self._running.values():
-            if popen.poll() is None:
-                popen.send_signal(signal.SIGINT)
+        for child in self._running.values():
+            child.signal(signal.SIGINT)
         summaries = {}
-        for name, popen in self._running.items():
+        for name, child in self._running.items():
             try:
-                popen.wait(STOP_TIMEOUT_S)
+                child.popen.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+                child.kill()
             collapsed = self.output(name)
             if collapsed.exists():
                 summary = self._out_dir / f"{name}.top.txt"

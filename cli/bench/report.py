@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cli.bench_raw import RawResult
+from cli.bench.raw import RawResult
 
 MB = 1_000_000
 

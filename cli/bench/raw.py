@@ -2,7 +2,7 @@
 
 No cluster code is on this path: a stream of its own (`BENCH_RAW`, work-queue retention, file
 storage like the cluster's task stream), one durable pull consumer, and a second process
-(`python -m cli.bench_raw URL`) that fetches in batches of 256, acks each message (`ack()`, no
+(`python -m cli.bench.raw URL`) that fetches in batches of 256, acks each message (`ack()`, no
 round trip) and publishes the task's bytes back as its result with a **core** publish on
 `benchraw.results`. The benchmark process publishes the tasks with `publish_async` and a bounded
 window of pending acks, and counts the results it receives.
@@ -16,12 +16,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import nats
@@ -30,7 +27,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
 
-from cli.bench_cluster import busy_cpu_seconds, cpu_seconds
+from cli.bench.errors import BenchError
+from cli.bench.probes import busy_cpu_seconds, cpu_seconds
+from cli.processes import Child, Launcher
+from cli.runner import run_loop
 from common.ids import new_id
 from common.models import TaskMessage
 from common.states import Priority
@@ -43,12 +43,10 @@ READY_SUBJECT = "benchraw.ready"
 FETCH_BATCH = 256
 PUBLISH_WINDOW = 500
 READY_TIMEOUT_S = 30.0
-
-# Starts a named child process (argv, log file) and registers it to be stopped (`cli.bench_cluster`).
-SpawnFn = Callable[[str, list[str], Path], "subprocess.Popen[bytes]"]
+STOP_TIMEOUT_S = 10.0
 
 
-class RawBenchError(Exception):
+class RawBenchError(BenchError):
     """The baseline could not be measured (the worker process died or results went missing)."""
 
 
@@ -83,12 +81,11 @@ async def measure_raw(
     *,
     n: int,
     latency_count: int,
-    log_path: Path,
-    spawn: SpawnFn,
+    launcher: Launcher,
     watch: dict[str, psutil.Process],
     warmup: int = 50,
 ) -> RawResult:
-    """Set up the stream, start the worker process through `spawn`, measure, delete the stream.
+    """Set up the stream, start the worker process through `launcher`, measure, delete the stream.
 
     The CPU time of the `watch`ed processes and of the worker process (`worker`) is taken around
     the throughput run.
@@ -107,9 +104,11 @@ async def measure_raw(
 
         await nc.subscribe(READY_SUBJECT, cb=on_ready)
         await nc.flush()
-        worker = spawn("raw-worker", [sys.executable, "-m", "cli.bench_raw", url], log_path)
+        worker = launcher.spawn(
+            "raw-worker", [sys.executable, "-m", "cli.bench.raw", url], stop_timeout_s=STOP_TIMEOUT_S
+        )
         try:
-            await _wait_ready(ready, worker, log_path)
+            await _wait_ready(ready, worker)
             watched = watch | {"worker": psutil.Process(worker.pid)}
             cpu_before = {name: cpu_seconds(p) for name, p in watched.items()}
             busy_before = busy_cpu_seconds()
@@ -118,7 +117,8 @@ async def measure_raw(
             others_s = max(busy_cpu_seconds() - busy_before - sum(cpu_s.values()), 0.0)
             latencies = await _latencies(js, results, warmup, latency_count)
         finally:
-            await asyncio.to_thread(_stop, worker)
+            # Before the stream goes, so the worker never pulls from a deleted one.
+            await asyncio.to_thread(worker.stop)
         await js.delete_stream(STREAM)
         return RawResult(
             n=n,
@@ -130,17 +130,6 @@ async def measure_raw(
         )
     finally:
         await nc.close()
-
-
-def _stop(worker: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL: before the stream goes, so the worker never pulls from a deleted one."""
-    if worker.poll() is None:
-        worker.terminate()
-        try:
-            worker.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
 
 class _Results:
@@ -183,13 +172,15 @@ async def _create_stream(js: nats.js.JetStreamContext) -> None:
     )
 
 
-async def _wait_ready(ready: asyncio.Future[None], worker: subprocess.Popen[bytes], log_path: Path) -> None:
+async def _wait_ready(ready: asyncio.Future[None], worker: Child) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not ready.done():
-        if worker.poll() is not None:
-            raise RawBenchError(f"the raw worker process exited with code {worker.returncode}; see {log_path}")
+        if not worker.alive:
+            raise RawBenchError(f"the raw worker process exited with code {worker.returncode}; see {worker.log_path}")
         if time.monotonic() > deadline:
-            raise RawBenchError(f"the raw worker process was not ready within {READY_TIMEOUT_S:g} s; see {log_path}")
+            raise RawBenchError(
+                f"the raw worker process was not ready within {READY_TIMEOUT_S:g} s; see {worker.log_path}"
+            )
         await asyncio.wait([ready], timeout=0.1)
 
 
@@ -252,14 +243,8 @@ async def serve_raw_worker(url: str) -> None:
 
 
 def main() -> None:
-    """`python -m cli.bench_raw NATS_URL`: the baseline's worker process."""
-    url = sys.argv[1]
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve_raw_worker(url))
-    else:
-        uvloop.run(serve_raw_worker(url))
+    """`python -m cli.bench.raw NATS_URL`: the baseline's worker process."""
+    run_loop(serve_raw_worker(sys.argv[1]))
 
 
 if __name__ == "__main__":

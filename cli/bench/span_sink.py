@@ -1,6 +1,6 @@
 """A stand-in OTLP/HTTP trace collector for `claw bench --tracing`: counts spans, keeps nothing.
 
-Run as its own process (`python -m cli.bench_span_sink PORT_FILE`) so that decoding the exported
+Run as its own process (`python -m cli.bench.span_sink PORT_FILE`) so that decoding the exported
 spans, which a real collector does on its own machine, is not charged to the processes measured.
 It writes its port to PORT_FILE once it listens; `GET /count` answers `{"requests": N, "spans": M}`.
 """
@@ -62,7 +62,7 @@ def make_handler(counter: SpanCounter) -> type[BaseHTTPRequestHandler]:
 def main(argv: list[str]) -> int:
     """Serve on a free loopback port until killed; the port goes to the file named by argv[0]."""
     if len(argv) != 1:
-        sys.stderr.write("usage: python -m cli.bench_span_sink PORT_FILE\n")
+        sys.stderr.write("usage: python -m cli.bench.span_sink PORT_FILE\n")
         return 2
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(SpanCounter()))
     Path(argv[0]).write_text(str(server.server_address[1]))

@@ -1,0 +1,222 @@
+"""One run of `claw bench`: a temporary directory, nats-server, the raw baseline, then a fresh cluster
+for each measurement, all started and stopped through the launcher of `claw up` (`cli.processes`,
+`cli.cluster`)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cli.bench.errors import BenchError
+from cli.bench.measure import IDLE_SETTLE_S, measure_cluster, processes_of, progress, throughput_only
+from cli.bench.options import BenchOptions
+from cli.bench.prefill import prefill_database
+from cli.bench.probes import StateDb, rss_bytes
+from cli.bench.raw import measure_raw
+from cli.bench.report import ClusterRun, PrefilledRun, TracingRun, build_report, environment
+from cli.cluster import ClusterProcesses
+from cli.processes import ROOT, Child, Launcher, child_env
+from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
+
+
+async def bench(options: BenchOptions) -> dict[str, Any]:
+    """Start everything in a temporary directory, measure, and stop everything; returns the report."""
+    workdir = Path(tempfile.mkdtemp(prefix="claw-bench-"))
+    launcher = Launcher(log_dir=workdir / "logs", env=child_env(), cwd=workdir)
+    try:
+        return await _bench(options, workdir, launcher)
+    finally:
+        await launcher.stop_all_async()
+        if options.keep:
+            progress(f"kept {workdir} (logs in */logs/, databases in cluster-w*/claw.db)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class Bench:
+    """What every phase of a run shares: its options, directory, launcher and nats-server."""
+
+    options: BenchOptions
+    workdir: Path
+    launcher: Launcher
+    nats: EmbeddedNatsServer
+    nats_process: psutil.Process
+
+    def cluster(
+        self, folder: str, prefix: str, workers: int, extra_env: dict[str, str] | None = None
+    ) -> ClusterProcesses:
+        """A coordinator and `workers` workers in `<workdir>/<folder>`, under `prefix`."""
+        root = self.workdir / folder
+        queue_limit = self.options.n + 10_000
+        env = child_env(
+            CLAW_TOOLS_SANDBOX_ROOT=str(root / "sandboxes"),
+            CLAW_ARTIFACTS_LOCAL_DIR=str(root / "artifacts"),
+            CLAW_WORKER_SKILL_CACHE_DIR=str(root / "skill-cache"),
+            CLAW_LOG_LEVEL="warning",
+            # The throughput run submits all N tasks at once: the admission limits (a protection for
+            # real clusters, docs/Reliability.md) are raised above N so that they are not what is measured.
+            CLAW_COORDINATOR_MAX_QUEUED_PER_SKILL=str(queue_limit),
+            CLAW_JETSTREAM_TASKS_MAX_PER_SUBJECT=str(max(queue_limit, 100_000)),
+            **(extra_env or {}),
+        )
+        return ClusterProcesses(
+            self.launcher,
+            root,
+            nats_url=self.nats.client_url,
+            monitor_url=self.nats.monitor_url,
+            prefix=prefix,
+            workers=workers,
+            concurrency=self.options.concurrency,
+            node_id=lambda i: f"bench-w{i}",
+            env=env,
+        )
+
+
+async def _start(cluster: ClusterProcesses) -> None:
+    cluster.start()
+    await cluster.wait_ready()
+
+
+async def _bench(options: BenchOptions, workdir: Path, launcher: Launcher) -> dict[str, Any]:
+    started = time.time()
+    load_before = os.getloadavg()
+    progress(f"starting nats-server in {workdir}")
+    nats = await launcher.start_nats(
+        NatsServerOptions(
+            store_dir=workdir / "nats", port=0, http_port=0, log_file=workdir / "logs" / "nats-server.log"
+        )
+    )
+    assert nats.pid is not None
+    run = Bench(options, workdir, launcher, nats, psutil.Process(nats.pid))
+
+    progress(f"raw JetStream baseline: {options.n} tasks, then {options.latency_count} round trips")
+    raw = await measure_raw(
+        nats.client_url,
+        n=options.n,
+        latency_count=options.latency_count,
+        warmup=options.warmup,
+        launcher=launcher,
+        watch={"nats": run.nats_process, "client": psutil.Process()},
+    )
+    progress(f"raw: {raw.throughput_tps:,.0f} tasks/s")
+
+    runs: list[ClusterRun] = []
+    for workers in options.workers:
+        cluster = run.cluster(f"cluster-w{workers}", f"bench_w{workers}", workers)
+        progress(f"cluster with {workers} worker(s) (concurrency {options.concurrency}): starting")
+        try:
+            await _start(cluster)
+            runs.append(await measure_cluster(options, cluster, run.nats_process, launcher))
+        finally:
+            await cluster.stop()
+    baseline = next(r for r in runs if r.workers == options.latency_workers)
+    tracing = await _measure_tracing(run, baseline) if options.tracing else None
+    prefilled = await _measure_prefilled(run, baseline) if options.prefill else None
+    meta = environment(started, nats.command()[0], ROOT) | {
+        "n": options.n,
+        "workers": list(options.workers),
+        "worker_concurrency": options.concurrency,
+        "latency_samples": options.latency_count,
+        "e2e_samples": options.e2e_count,
+        "quick": options.quick,
+        "profiled": options.profile_dir is not None,
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "duration_s": round(time.time() - started, 1),
+    }
+    return build_report(meta, raw=raw, runs=runs, tracing=tracing, prefilled=prefilled)
+
+
+async def _measure_prefilled(run: Bench, baseline: ClusterRun) -> PrefilledRun:
+    """The throughput again, on a cluster whose database already holds `--prefill` finished tasks."""
+    options = run.options
+    workers = options.latency_workers
+    cluster = run.cluster("cluster-prefilled", "bench_prefilled", workers)
+    cluster.root.mkdir(parents=True, exist_ok=True)
+    progress(f"prefill: writing {options.prefill:,} finished tasks into a fresh database")
+    fill_s = await prefill_database(
+        cluster.db_path, options.prefill, progress=lambda done: progress(f"prefill: {done:,} tasks")
+    )
+    progress(f"prefill: {options.n} echo tasks with {workers} worker(s) on the filled database")
+    try:
+        start = time.perf_counter()
+        await _start(cluster)
+        ready_s = time.perf_counter() - start
+        await asyncio.sleep(IDLE_SETTLE_S)
+        idle_rss = rss_bytes(processes_of(cluster)["coordinator"])
+        measured = await throughput_only(options.n, cluster, run.nats_process)
+        measured.idle_rss = {"coordinator": idle_rss}
+    finally:
+        await cluster.stop()
+    db_bytes, wal_bytes = await asyncio.to_thread(StateDb(cluster.db_path).file_sizes)
+    progress(f"prefill: {measured.throughput['tps']:,.0f} tasks/s with {options.prefill:,} stored")
+    return PrefilledRun(
+        run=measured,
+        baseline=baseline,
+        stored=options.prefill,
+        fill_s=fill_s,
+        ready_s=ready_s,
+        db_bytes=db_bytes + wal_bytes,
+    )
+
+
+async def _measure_tracing(run: Bench, baseline: ClusterRun) -> TracingRun:
+    """The throughput again, on a fresh cluster whose processes record and export every span."""
+    options = run.options
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        raise BenchError("--tracing needs the OTLP exporter: pip install 'openclaw-cluster[otel]'")
+    port_file = run.workdir / "span-sink.port"
+    sink = run.launcher.spawn("span-sink", [sys.executable, "-m", "cli.bench.span_sink", str(port_file)])
+    try:
+        endpoint = f"http://127.0.0.1:{await _port_from(port_file, sink)}"
+        workers = options.latency_workers
+        traced = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "CLAW_TRACING_SAMPLE_RATIO": str(options.trace_sample_ratio),
+        }
+        cluster = run.cluster("cluster-traced", "bench_traced", workers, extra_env=traced)
+        progress(
+            f"tracing: {options.n} echo tasks with {workers} worker(s), spans of {options.trace_sample_ratio:.0%}"
+            " of them exported over OTLP"
+        )
+        try:
+            await _start(cluster)
+            measured = await throughput_only(options.n, cluster, run.nats_process)
+        finally:
+            await cluster.stop()  # the processes flush their last spans as they exit
+        spans = await asyncio.to_thread(_sink_count, endpoint)
+        progress(f"tracing: {measured.throughput['tps']:,.0f} tasks/s, {spans:,} spans exported")
+        return TracingRun(run=measured, baseline=baseline, spans=spans, sample_ratio=options.trace_sample_ratio)
+    finally:
+        await asyncio.to_thread(sink.stop)
+
+
+async def _port_from(port_file: Path, process: Child, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.alive:
+            raise BenchError(f"the span sink exited with code {process.returncode}; see {process.log_path}")
+        text = await asyncio.to_thread(lambda: port_file.read_text() if port_file.exists() else "")
+        if text.strip():
+            return int(text)
+        await asyncio.sleep(0.05)
+    raise BenchError(f"the span sink did not start within {timeout_s:g} s")
+
+
+def _sink_count(endpoint: str) -> int:
+    with urllib.request.urlopen(f"{endpoint}/count", timeout=10) as reply:  # noqa: S310 - our loopback sink
+        return int(json.load(reply)["spans"])

@@ -1,0 +1,185 @@
+"""`claw up`: nats-server, a coordinator and N workers on this machine, kept running until Ctrl-C.
+
+It starts, in order, the embedded nats-server, the coordinator and the workers (`cli.cluster`),
+each a real process with its log in `<data-dir>/logs/`, and waits until the coordinator answers
+and every worker has registered. A coordinator or worker that exits later is started again with a
+backoff, and `claw up` says so (`cli.supervision`). Ctrl-C, SIGTERM or SIGHUP stop them in reverse
+order: workers first (they finish their tasks), then the coordinator (it records their last
+events), then NATS. Whatever kills `claw up` itself (SIGKILL too), its children go with it
+(`cli.processes`); and a closed output pipe cannot interrupt the stop (`cli.runner.protect_output`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import socket
+import sys
+from pathlib import Path
+
+from cli.cluster import ClusterProcesses
+from cli.output import emit_json
+from cli.processes import Launcher
+from cli.supervision import Restart, keep_running
+from common.aio import wait_any
+from common.config import ClawConfig, NatsSettings, load_config
+from common.errors import NatsServerError
+from communication.api_client import ClawClient
+from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
+
+# Which option of `claw up` sets each port of nats-server.
+PORT_OPTIONS = {"client": "--nats-port", "monitoring": "--monitor-port"}
+
+
+def local_dirs_under(data_dir: Path, config: ClawConfig) -> dict[str, str]:
+    """Environment that moves the folders left at their defaults (artifacts, sandboxes, skill cache)
+    under `data_dir`, so one `claw up` keeps everything in one place; folders the user chose stay."""
+    defaults = ClawConfig()
+    chosen = {
+        "CLAW_ARTIFACTS_LOCAL_DIR": (config.artifacts.local_dir, defaults.artifacts.local_dir, "artifacts"),
+        "CLAW_TOOLS_SANDBOX_ROOT": (config.tools.sandbox_root, defaults.tools.sandbox_root, "sandboxes"),
+        "CLAW_WORKER_SKILL_CACHE_DIR": (config.worker.skill_cache_dir, defaults.worker.skill_cache_dir, "skill-cache"),
+    }
+    return {name: str(data_dir / folder) for name, (value, default, folder) in chosen.items() if value == default}
+
+
+def say(message: str) -> None:
+    """A line for the person running `claw up`, on stderr (stdout has the banner)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class LocalCluster:
+    """The processes of `claw up`."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        workers: int,
+        nats_port: int,
+        monitor_port: int,
+        concurrency: int,
+        metrics_port: int | None = None,
+        json_out: bool = False,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        # The banner as one JSON object on stdout.
+        self.json_out = json_out
+        self.workers = workers
+        self.concurrency = concurrency
+        self.metrics_port = metrics_port
+        # Where the coordinator serves /metrics, once it answered (it knows the port 0 stood for).
+        self.metrics_url: str | None = None
+        self.logs = self.data_dir / "logs"
+        self.nats_options = NatsServerOptions(
+            store_dir=self.data_dir / "nats",
+            port=nats_port,
+            http_port=monitor_port,
+            log_file=self.logs / "nats-server.log",
+        )
+        self.launcher = Launcher(log_dir=self.logs)
+        config = load_config()
+        self._local_dirs = local_dirs_under(self.data_dir, config)
+        artifacts = config.artifacts
+        self.artifacts_location = (
+            self._local_dirs.get("CLAW_ARTIFACTS_LOCAL_DIR", artifacts.local_dir)
+            if artifacts.backend == "local"
+            else f"s3://{artifacts.endpoint}/{artifacts.bucket}"
+        )
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Start everything, keep it running until `stop` (or NATS dies), stop everything."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            nats = await self.launcher.start_nats(self.nats_options, PORT_OPTIONS)
+            cluster = self._cluster(nats)
+            cluster.start()
+            await cluster.wait_ready(stop)
+            if stop.is_set():
+                return  # Ctrl-C while starting
+            await self._find_metrics(cluster.settings)
+            self._banner(nats)
+            await self._supervise(cluster, nats, stop)
+        finally:
+            running = self.launcher.running()
+            if running:
+                say("stopping the cluster ...")
+            await self.launcher.stop_all_async()
+            if running:
+                say("cluster stopped")
+
+    def _cluster(self, nats: EmbeddedNatsServer) -> ClusterProcesses:
+        # The user's own CLAW_* settings (config file, artifact backend, audit key, tracing) reach every
+        # child; only what `claw up` itself owns is set over them.
+        env = dict(os.environ) | self._local_dirs
+        env.update(CLAW_NATS_CONNECT_RETRY_S="30", CLAW_LOG_LEVEL=os.environ.get("CLAW_LOG_LEVEL", "info"))
+        host = socket.gethostname().split(".")[0]
+        metrics = () if self.metrics_port is None else ("--metrics-port", str(self.metrics_port))
+        return ClusterProcesses(
+            self.launcher,
+            self.data_dir,
+            nats_url=nats.client_url,
+            monitor_url=nats.monitor_url,
+            prefix=os.environ.get("CLAW_NATS_PREFIX", "claw"),
+            workers=self.workers,
+            concurrency=self.concurrency,
+            node_id=lambda i: f"{host}-w{i}",
+            env=env,
+            coordinator_args=metrics,
+        )
+
+    async def _find_metrics(self, settings: NatsSettings) -> None:
+        if self.metrics_port is None:
+            return
+        async with await ClawClient.connect(settings, name="claw-up") as client:
+            port = (await client.ping()).metrics_port
+        self.metrics_url = None if port is None else f"http://127.0.0.1:{port}/metrics"
+
+    def _banner(self, nats: EmbeddedNatsServer) -> None:
+        if self.json_out:
+            emit_json(
+                {
+                    "nats_url": nats.client_url,
+                    "monitor_url": nats.monitor_url,
+                    "workers": self.workers,
+                    "data_dir": str(self.data_dir),
+                    "logs": str(self.logs),
+                    "artifacts": self.artifacts_location,
+                    "metrics_url": self.metrics_url,
+                }
+            )
+            return
+        metrics = f"\n  Prometheus metrics: {self.metrics_url}" if self.metrics_url else ""
+        print(
+            f"""claw cluster up: nats-server {nats.client_url} (monitoring {nats.monitor_url}),
+  a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}{metrics}
+  artifacts in {self.artifacts_location} (claw artifacts list)
+  a coordinator or worker that exits is started again (after 1 s, doubling to 30 s)
+
+In another terminal:
+  claw --nats {nats.client_url} submit echo --input '{{"hello": "world"}}' --wait
+  claw --nats {nats.client_url} task list
+  claw --nats {nats.client_url} nodes
+  claw --nats {nats.client_url} status
+
+Ctrl-C stops the cluster.""",
+            flush=True,
+        )
+
+    async def _supervise(self, cluster: ClusterProcesses, nats: EmbeddedNatsServer, stop: asyncio.Event) -> None:
+        """Keep the coordinator and the workers running until `stop`; NATS dying ends `claw up`."""
+        ended = asyncio.Event()  # `stop`, or NATS died
+        async with asyncio.TaskGroup() as tg:
+            for name, child in cluster.children.items():
+                start = functools.partial(cluster.start_child, name)
+                tg.create_task(keep_running(start, ended, self._report, child), name=f"keep-{name}")
+            while not await wait_any(stop, timeout_s=0.5) and nats.alive:
+                pass
+            ended.set()
+        if not stop.is_set():
+            raise NatsServerError(f"nats-server exited; see {nats.log_file}")
+
+    @staticmethod
+    def _report(restart: Restart) -> None:
+        say(f"warning: {restart.describe()}")

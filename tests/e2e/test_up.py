@@ -1,0 +1,274 @@
+"""End to end: the life of `claw up` and `claw nats start` as real processes - however `claw up` is
+stopped or killed, nothing it started survives it; it restarts a crashed coordinator or worker; a
+port conflict names the port; `nats start --host` serves the multi-machine recipe."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import ROOT, ProcessPool, child_env, wait_until
+
+pytestmark = pytest.mark.e2e
+
+BANNER = re.compile(r"claw --nats (nats://\S+) submit")
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now (the kernel's choice), on the loopback address."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def title(process: psutil.Process) -> str:
+    """What `ps` shows for it (setproctitle leaves empty words behind the title)."""
+    return " ".join(" ".join(process.cmdline()).split())
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@dataclass
+class Up:
+    """A running `claw up` and what it started."""
+
+    popen: subprocess.Popen[bytes]
+    url: str
+    ports: list[int]
+    data_dir: Path
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.popen.pid).children(recursive=True)
+
+    def child(self, role: str) -> psutil.Process | None:
+        """The running child of this role (its title says `claw <role>`), if there is one."""
+        found = [c for c in psutil.Process(self.popen.pid).children() if alive(c) and f"claw {role}" in title(c)]
+        assert len(found) <= 1, [title(c) for c in found]
+        return found[0] if found else None
+
+
+@contextlib.contextmanager
+def claw_up(tmp_path: Path, *, workers: int = 1, stdout: int | None = None) -> Iterator[Up]:
+    """`claw up` on free ports; at exit, it and every process it started are gone (killed if need be)."""
+    nats_port, monitor_port = free_ports(2)
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "up.log"
+    with open(log_path, "ab") as log_file:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "cli", "up", "--workers", str(workers), "--data-dir", str(data_dir),
+             "--nats-port", str(nats_port), "--monitor-port", str(monitor_port), "--concurrency", "2"],
+            cwd=ROOT, env=child_env(CLAW_LOG_LEVEL="info"), stdin=subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    started: list[psutil.Process] = []
+    try:
+        if stdout is None:
+            text = wait_until(lambda: BANNER.search(log_path.read_text()), timeout_s=90, what="the banner of claw up")
+        else:
+            assert popen.stdout is not None
+            text = _read_banner(popen.stdout)
+        up = Up(popen, text.group(1), [nats_port, monitor_port], data_dir)
+        started = up.descendants()
+        assert len(started) >= 2 + workers, [c.cmdline() for c in started]  # nats-server, coordinator, workers
+        yield up
+    finally:
+        if popen.poll() is None:
+            popen.terminate()
+            try:
+                popen.wait(60)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+        popen.wait()
+        if popen.stdout is not None:
+            popen.stdout.close()
+        for process in started:  # what survives a test that failed
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+def _read_banner(stream: object) -> re.Match[str]:
+    lines = []
+    for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+        lines.append(raw.decode(errors="replace"))
+        found = BANNER.search(lines[-1])
+        if found:
+            return found
+    raise AssertionError("claw up exited before its banner:\n" + "".join(lines))
+
+
+def assert_nothing_survives(children: list[psutil.Process], ports: list[int]) -> None:
+    wait_until(
+        lambda: not [c for c in children if alive(c)],
+        timeout_s=60,
+        what="every process claw up started to exit",
+    )
+    wait_until(lambda: all(port_is_free(p) for p in ports), timeout_s=10, what=f"ports {ports} to be free")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: s.name)
+def test_no_child_outlives_claw_up_however_it_is_stopped(tmp_path: Path, signum: signal.Signals) -> None:
+    with claw_up(tmp_path) as up:
+        children = up.descendants()
+        up.popen.send_signal(signum)
+        code = up.popen.wait(90)
+        assert_nothing_survives(children, up.ports)
+    if signum != signal.SIGKILL:
+        assert code == 0, (tmp_path / "up.log").read_text()
+        assert "cluster stopped" in (tmp_path / "up.log").read_text()
+
+
+def test_ctrl_c_stops_the_cluster_when_the_output_pipe_is_already_closed(tmp_path: Path) -> None:
+    """`claw up | tee log`, Ctrl-C: tee is gone before claw up writes its last lines."""
+    with claw_up(tmp_path, stdout=subprocess.PIPE) as up:
+        children = up.descendants()
+        assert up.popen.stdout is not None
+        up.popen.stdout.close()  # the reader of the pipe went away
+        up.popen.send_signal(signal.SIGINT)
+        code = up.popen.wait(90)
+        assert_nothing_survives(children, up.ports)
+    assert code == 0
+
+
+def test_processes_are_named_for_ps(tmp_path: Path) -> None:
+    with claw_up(tmp_path) as up:
+        titles = {title(c) for c in psutil.Process(up.popen.pid).children()}
+        assert title(psutil.Process(up.popen.pid)) == "claw up"
+        assert "claw coordinator" in titles
+        assert any(t.startswith("claw worker ") for t in titles), titles
+
+
+@pytest.mark.parametrize("role", ["worker", "coordinator"])
+def test_claw_up_restarts_a_killed_child_and_says_so(tmp_path: Path, role: str) -> None:
+    pool = ProcessPool(child_env(), tmp_path)
+    with claw_up(tmp_path) as up:
+        victim = up.child(role)
+        assert victim is not None
+        victim.kill()
+        log = tmp_path / "up.log"
+        name = "worker-1" if role == "worker" else "coordinator"
+        wait_until(
+            lambda: f"{name} exited with code -9; restarting in 1 s" in log.read_text(),
+            timeout_s=30,
+            what="claw up to report the restart",
+        )
+        wait_until(
+            lambda: (new := up.child(role)) is not None and new.pid != victim.pid,
+            timeout_s=30,
+            what=f"a new {role} process",
+        )
+
+        def task_succeeds() -> bool:
+            result = pool.run("--nats", up.url, "submit", "echo", "--input", '{"after": "restart"}', "--wait")
+            return result.returncode == 0 and '"after":"restart"' in result.stdout.replace(" ", "")
+
+        wait_until(task_succeeds, timeout_s=90, interval_s=1.0, what="a task to succeed after the restart")
+        assert up.popen.poll() is None
+
+
+def test_a_port_conflict_names_the_port_and_the_option(tmp_path: Path) -> None:
+    pool = ProcessPool(child_env(), tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            (["up", "--nats-port", str(port), "--monitor-port", "0"], "--nats-port"),
+            (["up", "--nats-port", "0", "--monitor-port", str(port)], "--monitor-port"),
+            (["nats", "start", "--port", str(port), "--http-port", "0"], "--port"),
+            (["nats", "start", "--port", "0", "--http-port", str(port)], "--http-port"),
+        ]
+        for i, (args, option) in enumerate(cases):
+            result = pool.run(*args, "--store-dir" if args[0] == "nats" else "--data-dir", str(tmp_path / f"d{i}"))
+            assert result.returncode == 1, result
+            assert re.search(rf"port {port}\b.*in use", result.stderr), result.stderr
+            assert option in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr
+
+
+def varz(monitor_port: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/varz", timeout=5) as reply:
+        return json.load(reply)  # type: ignore[no-any-return]
+
+
+def test_nats_start_listens_on_loopback_unless_given_a_host(tmp_path: Path) -> None:
+    pool = ProcessPool(child_env(), tmp_path)
+    try:
+        port, monitor_port = free_ports(2)
+        nats = pool.spawn("nats", "nats", "start", "--port", str(port), "--http-port", str(monitor_port),
+                          "--store-dir", str(tmp_path / "nats"))  # fmt: skip
+        wait_until(lambda: "nats-server ready" in nats.output(), timeout_s=30, what="nats-server ready")
+        assert varz(monitor_port)["host"] == "127.0.0.1"
+        assert nats.stop() == 0
+    finally:
+        pool.stop_all()
+
+
+def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> None:
+    """README's recipe: `nats start --host 0.0.0.0` on one machine, the others connect to it
+    (here through 127.0.0.1: the test sends no traffic to any other address of the machine)."""
+    port, monitor_port = free_ports(2)
+    url = f"nats://127.0.0.1:{port}"
+    pool = ProcessPool(
+        child_env(
+            CLAW_NATS_MONITOR_URL=f"http://127.0.0.1:{monitor_port}",
+            CLAW_NATS_CONNECT_RETRY_S="30",
+            CLAW_ARTIFACTS_LOCAL_DIR=str(tmp_path / "artifacts"),
+            CLAW_TOOLS_SANDBOX_ROOT=str(tmp_path / "sandboxes"),
+            CLAW_WORKER_SKILL_CACHE_DIR=str(tmp_path / "skill-cache"),
+        ),
+        tmp_path,
+    )
+    try:
+        nats = pool.spawn("nats", "nats", "start", "--host", "0.0.0.0", "--port", str(port),
+                          "--http-port", str(monitor_port), "--store-dir", str(tmp_path / "nats"))  # fmt: skip
+        wait_until(lambda: "nats-server ready" in nats.output(), timeout_s=30, what="nats-server ready")
+        assert f"nats-server ready: {url}" in nats.output()
+        assert "no authentication" in nats.output()
+        assert varz(monitor_port)["host"] == "0.0.0.0"
+        pool.spawn("coordinator", "--nats", url, "coordinator", "start", "--db", str(tmp_path / "claw.db"))
+        pool.spawn("worker", "--nats", url, "worker", "start", "--skills", "echo", "--node-id", "far-away")
+
+        def online() -> bool:
+            result = pool.run("--nats", url, "nodes", "--json")
+            return result.returncode == 0 and [n["status"] for n in json.loads(result.stdout)] == ["online"]
+
+        wait_until(online, timeout_s=60, interval_s=0.5, what="the worker online")
+        result = pool.run("--nats", url, "submit", "echo", "--input", '{"over": "the bus"}', "--wait", timeout_s=90)
+        assert result.returncode == 0, result.stderr
+        task_id = result.stdout.split()[0]
+        shown = json.loads(pool.run("--nats", url, "task", "show", task_id, "--json").stdout)
+        assert shown["node_id"] == "far-away" and shown["state"] == "succeeded"
+    finally:
+        pool.stop_all()
