@@ -15,12 +15,12 @@ import asyncio
 import functools
 import os
 import socket
-import sys
 from pathlib import Path
 
 from cli.cluster import ClusterProcesses
 from cli.output import emit_json
 from cli.processes import Launcher
+from cli.runner import notice, warn
 from cli.supervision import Restart, keep_running
 from common.aio import wait_any
 from common.config import ClawConfig, NatsSettings, load_config
@@ -44,11 +44,6 @@ def local_dirs_under(data_dir: Path, config: ClawConfig) -> dict[str, str]:
     return {name: str(data_dir / folder) for name, (value, default, folder) in chosen.items() if value == default}
 
 
-def say(message: str) -> None:
-    """A line for the person running `claw up`, on stderr (stdout has the banner)."""
-    print(message, file=sys.stderr, flush=True)
-
-
 class LocalCluster:
     """The processes of `claw up`."""
 
@@ -64,7 +59,7 @@ class LocalCluster:
         json_out: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
-        # The banner as one JSON object on stdout.
+        # The banner as one JSON object on stdout; notices and warnings as JSON objects on stderr.
         self.json_out = json_out
         self.workers = workers
         self.concurrency = concurrency
@@ -104,10 +99,10 @@ class LocalCluster:
         finally:
             running = self.launcher.running()
             if running:
-                say("stopping the cluster ...")
+                notice("stopping the cluster ...")
             await self.launcher.stop_all_async()
             if running:
-                say("cluster stopped")
+                notice("cluster stopped")
 
     def _cluster(self, nats: EmbeddedNatsServer) -> ClusterProcesses:
         # The user's own CLAW_* settings (config file, artifact backend, audit key, tracing) reach every
@@ -182,4 +177,10 @@ Ctrl-C stops the cluster.""",
 
     @staticmethod
     def _report(restart: Restart) -> None:
-        say(f"warning: {restart.describe()}")
+        warn(
+            restart.describe(),
+            name=restart.name,
+            exit_code=restart.exit_code,
+            restart_in_s=restart.restart_in_s,
+            log=None if restart.log_path is None else str(restart.log_path),
+        )

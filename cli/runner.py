@@ -67,6 +67,16 @@ def notice(message: str, **fields: object) -> None:
     sys.stderr.flush()
 
 
+def warn(message: str, **fields: object) -> None:
+    """Something went wrong that the command lives with (a child restarted): `warning: message` on
+    stderr, or one JSON object `{"warning": message, ...fields}` with --json."""
+    if _json_messages:
+        sys.stderr.write(msgspec.json.encode({"warning": message, **fields}).decode() + "\n")
+    else:
+        sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
+
+
 def fail(message: str, code: int = EXIT_ERROR, *, kind: str = "error") -> NoReturn:
     """Report `message` as an error of `kind` and exit with `code`."""
     report_error(message, kind)
@@ -119,7 +129,7 @@ def run_service(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
         def on_signal(signum: int) -> None:
             if stop.is_set():
-                sys.stderr.write(f"{signal.Signals(signum).name} again: stopping now\n")
+                notice(f"{signal.Signals(signum).name} again: stopping now")
                 if current is not None:
                     current.cancel()
                 return

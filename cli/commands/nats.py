@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cli.output import emit_json
-from cli.runner import run_service, set_process_title
+from cli.runner import notice, run_service, set_process_title
 from common.aio import wait_any
 from common.config import LogSettings
 from common.errors import NatsServerError
@@ -64,10 +64,10 @@ async def serve_nats(stop: asyncio.Event, options: NatsServerOptions, *, json_ou
             )
         if options.host != LOOPBACK:
             where = "every address of this machine" if options.host in WILDCARD_HOSTS else options.host
-            print(
+            notice(
                 f"listening on {where}: the bus has no authentication yet, so whoever reaches it can submit and "
                 "run tasks; open it only to machines you trust",
-                flush=True,
+                host=options.host,
             )
         while not await wait_any(stop, timeout_s=0.5):
             if not server.alive:

@@ -36,9 +36,16 @@ async def test_lists_say_how_many_more_exist_and_held_tasks_have_a_limit(
     assert everything.returncode == 0 and everything.stderr == ""
     assert len({v["task_id"] for v in json.loads(everything.stdout)}) == 250
 
+    listed = processes.run("task", "list", "--limit", "120")
+    assert len(listed.stdout.strip().splitlines()) == 1 + 120
+    assert listed.stderr.strip() == "showing 120 of 250 tasks; see more with --limit N, or all with --all"
     listed = processes.run("task", "list", "--limit", "120", "--json")
     assert len(json.loads(listed.stdout)) == 120
-    assert listed.stderr.strip() == "showing 120 of 250 tasks; see more with --limit N, or all with --all"
+    assert json.loads(listed.stderr) == {  # with --json, stderr is JSON too
+        "notice": "showing 120 of 250 tasks; see more with --limit N, or all with --all",
+        "shown": 120,
+        "total": 250,
+    }
 
     full = processes.run("submit", "http.request", "--input", '{"url": "https://example.com/x", "method": "POST"}')
     assert full.returncode == 1 and "Traceback" not in full.stderr
