@@ -14,9 +14,12 @@ from cli.output import emit_table, fmt_ago
 from common.models import NodeView
 from common.states import NodeControl, NodeStatus
 
-# `claw nodes` fits a 100-column terminal: skills and labels are summarised in these widths.
-SKILLS_WIDTH = 24
-LABELS_WIDTH = 16
+# `claw nodes` fits a terminal this wide: skills and labels are summarised in what the other
+# columns leave (`--wide` shows them in full).
+TABLE_WIDTH = 100
+# The narrowest a summary gets: '12 skills', '3 labels'.
+MIN_SUMMARY_WIDTH = 10
+COLUMN_GAP = 2  # emit_table's
 
 
 def nodes(
@@ -51,23 +54,40 @@ def _labels(node: NodeView) -> list[str]:
 def render_nodes(nodes: list[NodeView]) -> None:
     """`claw nodes`: what fits 100 columns (`--wide` for the rest)."""
     now = time.time()
-    emit_table(
-        ["NODE", "STATUS", "RUNNING", "CPU", "MEM", "HEARTBEAT", "SKILLS", "LABELS"],
+    headers = ["NODE", "STATUS", "RUNNING", "CPU", "MEM", "HEARTBEAT"]
+    fixed = [
         [
-            (
-                n.node_id,
-                node_status_text(n),
-                f"{n.running}/{n.capacity}",
-                f"{n.cpu_percent:.0f}%",
-                f"{n.memory_percent:.0f}%",
-                fmt_ago(n.last_seen, now=now),
-                summarise(n.skills, SKILLS_WIDTH, "skills"),
-                summarise(_labels(n), LABELS_WIDTH, "labels"),
-            )
-            for n in nodes
+            n.node_id,
+            node_status_text(n),
+            f"{n.running}/{n.capacity}",
+            f"{n.cpu_percent:.0f}%",
+            f"{n.memory_percent:.0f}%",
+            fmt_ago(n.last_seen, now=now),
+        ]
+        for n in nodes
+    ]
+    used = sum(max(len(cell) for cell in column) for column in zip(headers, *fixed, strict=True))
+    skills_width, labels_width = summary_widths(
+        TABLE_WIDTH - used - COLUMN_GAP * (len(headers) + 1),
+        skills=max((len(",".join(n.skills)) for n in nodes), default=0),
+        labels=max((len(",".join(_labels(n))) for n in nodes), default=0),
+    )
+    emit_table(
+        [*headers, "SKILLS", "LABELS"],
+        [
+            (*cells, summarise(n.skills, skills_width, "skills"), summarise(_labels(n), labels_width, "labels"))
+            for n, cells in zip(nodes, fixed, strict=True)
         ],
         empty="no nodes have registered; start a worker with `claw worker start`",
     )
+
+
+def summary_widths(budget: int, *, skills: int, labels: int) -> tuple[int, int]:
+    """How wide the SKILLS and LABELS cells may be within `budget` characters, given how wide they
+    would be in full: labels get up to a third, skills the rest, and what one leaves the other may use."""
+    skills_width = min(skills, max(MIN_SUMMARY_WIDTH, budget - min(labels, max(MIN_SUMMARY_WIDTH, budget // 3))))
+    labels_width = min(labels, max(MIN_SUMMARY_WIDTH, budget - skills_width))
+    return max(skills_width, MIN_SUMMARY_WIDTH), max(labels_width, MIN_SUMMARY_WIDTH)
 
 
 def render_wide(nodes: list[NodeView]) -> None:

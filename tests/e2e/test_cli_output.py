@@ -68,6 +68,12 @@ def test_status_hides_idle_queues_and_nodes_fit_100_columns(processes: ProcessPo
     table = processes.run("nodes").stdout.splitlines()
     assert len(table) == 3 and all(len(line) <= 100 for line in table), table
     assert re.search(r"echo,fail,\S+ \+\d+", table[1])  # skills summarised
+    paused = run_json(processes, "node", "pause", "w1")
+    assert paused["node_id"] == "w1" and paused["control"] == "paused"
+    table = processes.run("nodes").stdout.splitlines()
+    assert all(len(line) <= 100 for line in table), table
+    assert re.match(r"w1\s+(online -> paused|paused)\s", table[1]), table  # the control state shows
+    assert run_json(processes, "node", "resume", "w1")["control"] == "active"
     wide = processes.run("nodes", "--wide").stdout
     assert "python.exec" in wide and "shell.exec" in wide and "gpu=true,zone=eu-west-1" in wide and "VERSION" in wide
     processes.run("task", "cancel", task["task_id"])
