@@ -99,6 +99,10 @@ def test_every_command_answers_json_and_errors_are_json_with_json(processes: Pro
         "skills validate": run_json(processes, "skills", "validate", str(ROOT / "examples/skills/text_stats")),
         "guard check": run_json(processes, "guard", "check", "echo"),
         "audit verify": run_json(processes, "audit", "verify"),
+        "quarantine list": run_json(processes, "quarantine", "list"),
+        "node drain": run_json(processes, "node", "drain", "w1", "--wait", "--timeout", "30"),
+        "node resume": run_json(processes, "node", "resume", "w1"),
+        "skills install": run_json(processes, "skills", "install", str(ROOT / "examples/skills/text_stats")),
         "artifacts list": run_json(processes, "artifacts", "list", large["task_id"]),
         "artifacts get": run_json(
             processes, "artifacts", "get", large["task_id"], "result.json", "-o", str(tmp_path / "out.json")
@@ -106,6 +110,9 @@ def test_every_command_answers_json_and_errors_are_json_with_json(processes: Pro
     }
     assert answers["task show"]["result"] == {"a": 1} and answers["skills validate"]["name"] == "text.stats"
     assert answers["artifacts get"]["path"] == str(tmp_path / "out.json")
+    assert answers["quarantine list"] == [] and answers["node drain"]["status"] == "drained"
+    assert answers["skills install"]["entry"]["name"] == "text.stats" and answers["skills install"]["waited"]
+    assert answers["skills install"]["nodes"]["w1"]["state"] == "loaded"
     watched = processes.run("task", "watch", task_id, "--json")
     assert watched.returncode == 0, watched.stderr
     lines = [json.loads(line) for line in watched.stdout.splitlines()]
@@ -121,6 +128,10 @@ def test_every_command_answers_json_and_errors_are_json_with_json(processes: Pro
         ("--nats", "nats://127.0.0.1:1", "status"): ("nats_unavailable", 1),
         ("submit", "echo", "--input-file", str(empty)): ("invalid_input", 1),
         ("status", "--window", "0"): ("usage", 1),
+        ("node", "pause", "nosuch"): ("node_not_found", 1),
+        ("quarantine", "list", "--limit", "0"): ("usage", 2),
+        ("skills", "install", str(tmp_path / "missing")): ("invalid_manifest", 1),
+        ("task", "list", "--limit", "x"): ("usage", 2),
     }
     for args, (code, exit_code) in errors.items():
         result = processes.run(*args, "--json")
