@@ -144,9 +144,9 @@ def test_the_cluster_traces_tasks_from_clients_that_record_nothing(processes: Pr
     plain = {k: v for k, v in processes.env.items() if not k.startswith("OTEL_") and k != "CLAW_TRACING_JSONL_PATH"}
     processes.env.clear()
     processes.env.update(plain)
-    untraced = json.loads(processes.run("submit", "echo", "--input", '{"from": "plain"}', "--wait", "--json").stdout)
+    [untraced] = json.loads(processes.run("submit", "echo", "--input", '{"from": "plain"}', "--wait", "--json").stdout)
     processes.env.update({"OTEL_TRACES_EXPORTER": "jsonl", "CLAW_TRACING_JSONL_PATH": str(tmp_path / "cli.jsonl")})
-    traced = json.loads(processes.run("submit", "echo", "--input", '{"from": "traced"}', "--wait", "--json").stdout)
+    [traced] = json.loads(processes.run("submit", "echo", "--input", '{"from": "traced"}', "--wait", "--json").stdout)
     assert untraced["state"] == traced["state"] == "succeeded"
 
     cluster = {
