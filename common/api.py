@@ -92,10 +92,13 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True):
     submitter: str | None = None
 
 
-class SubmitResult(msgspec.Struct, frozen=True, kw_only=True):
+class SubmitResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The admitted task; `duplicate` when an idempotency key named an existing task; `note` says why
     a task is not queued (held for approval, denied by the guard), `rule` names the guard rule that
-    held or denied it and `approvals_needed` how many approvals a held task waits for."""
+    held or denied it and `approvals_needed` how many approvals a held task waits for.
+
+    Fields at their defaults are left out of the JSON (readers fill them in): one reply holds up to
+    thousands of these, and how many fit one NATS message bounds the tasks a submit may carry."""
 
     task_id: str
     state: TaskState

@@ -74,7 +74,8 @@ def max_submit_results(budget: int) -> int:
     """How many tasks one submit may hold so that its reply fits `budget` even without the reasons
     (note, rule, approvals) a task is held or denied."""
     widest = SubmitResult(task_id="0" * 26, state=TaskState.WAITING_APPROVAL, duplicate=True, note="")
-    return budget // (len(encode(widest)) + 1)
+    envelope = len(encode(SubmitReply(results=[])))
+    return (budget - envelope) // (len(encode(widest)) + 1)  # +1: the comma after each
 
 
 def fit_submit_reply(reply: SubmitReply, budget: int) -> SubmitReply:
