@@ -29,6 +29,9 @@ setup(
         "aiosqlite>=0.20",
         "minio>=7.2",
         "typer>=0.12",
+        # Help panels (through typer) and the progress bar of `claw submit --wait` for a batch:
+        # a well-kept terminal library instead of our own cursor handling.
+        "rich>=13",
         "opentelemetry-sdk>=1.25",
         "PyYAML>=6.0",
         # Skill manifests declare their input as JSON Schema; a well-kept validator instead of our own.

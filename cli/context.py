@@ -39,7 +39,7 @@ def command_config(ctx: typer.Context, path: Path | None = None, **sections: dic
     try:
         return load_config(path, overrides=overrides)
     except ClawError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=exc.code)
 
 
 def client_config(ctx: typer.Context) -> ClawConfig:
@@ -56,7 +56,7 @@ def start_tracing(config: ClawConfig, service: str) -> None:
     try:
         handle = setup_tracing(service, config.tracing)
     except ClawError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=exc.code)
     atexit.register(handle.shutdown)
 
 

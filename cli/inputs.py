@@ -56,9 +56,13 @@ def _lines(data: bytes, name: str) -> list[msgspec.Raw]:
 
 
 def _object(text: bytes, where: str) -> msgspec.Raw:
+    if not text.strip():
+        raise InvalidInputError(f'{where} is empty; it must hold a JSON object like {{"text": "hi"}}')
     try:
         value = _check.decode(text)
     except msgspec.DecodeError as exc:
+        if "truncated" in str(exc):  # msgspec's words for JSON that stops half-way
+            raise InvalidInputError(f"{where} is not valid JSON: it ends before its JSON value does") from None
         raise InvalidInputError(f"{where} is not valid JSON: {exc}") from None
     except RecursionError:
         # The cluster's own limit (coordinator.max_input_depth, 64 by default) is checked when submitted.

@@ -1,17 +1,17 @@
 """List commands (`task list`, `dlq list`, `approvals`): fetch pages until `--limit N` (or `--all`),
 print them, and say on stderr when the list goes on ("showing 100 of 20,000; ...").
 
-The note goes to stderr so that a table or `--json` on stdout stays exactly the items.
+The note goes to stderr so that a table or `--json` on stdout stays exactly the items; with `--json`
+it is a JSON object too (`{"notice": ..., "shown": N, "total": M}`), like every message on stderr.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from cli.output import emit_json
-from cli.runner import run_async
+from cli.runner import notice, run_async
 from common.config import ClawConfig
 from communication.api_client import LIST_PAGE_SIZE, ClawClient
 from communication.pages import Listing, Page, collect
@@ -49,7 +49,7 @@ def run_listing(
         render(listing.items)
     note = more_note(listing, noun)
     if note:
-        sys.stderr.write(note + "\n")
+        notice(note, shown=len(listing.items), total=listing.total)
 
 
 def more_note(listing: Listing[Any], noun: str) -> str | None:

@@ -15,11 +15,12 @@ import asyncio
 import functools
 import os
 import socket
-import sys
 from pathlib import Path
 
 from cli.cluster import ClusterProcesses
+from cli.output import emit_json
 from cli.processes import Launcher
+from cli.runner import notice, warn
 from cli.supervision import Restart, keep_running
 from common.aio import wait_any
 from common.config import ClawConfig, NatsSettings, load_config
@@ -29,11 +30,6 @@ from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 
 # Which option of `claw up` sets each port of nats-server.
 PORT_OPTIONS = {"client": "--nats-port", "monitoring": "--monitor-port"}
-
-
-def say(message: str) -> None:
-    """A line for the person running `claw up`, on stderr (stdout has the banner)."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def local_dirs_under(data_dir: Path, config: ClawConfig) -> dict[str, str]:
@@ -60,8 +56,11 @@ class LocalCluster:
         monitor_port: int,
         concurrency: int,
         metrics_port: int | None = None,
+        json_out: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        # The banner as one JSON object on stdout; notices and warnings as JSON objects on stderr.
+        self.json_out = json_out
         self.workers = workers
         self.concurrency = concurrency
         self.metrics_port = metrics_port
@@ -100,10 +99,10 @@ class LocalCluster:
         finally:
             running = self.launcher.running()
             if running:
-                say("stopping the cluster ...")
+                notice("stopping the cluster ...")
             await self.launcher.stop_all_async()
             if running:
-                say("cluster stopped")
+                notice("cluster stopped")
 
     def _cluster(self, nats: EmbeddedNatsServer) -> ClusterProcesses:
         # The user's own CLAW_* settings (config file, artifact backend, audit key, tracing) reach every
@@ -133,6 +132,19 @@ class LocalCluster:
         self.metrics_url = None if port is None else f"http://127.0.0.1:{port}/metrics"
 
     def _banner(self, nats: EmbeddedNatsServer) -> None:
+        if self.json_out:
+            emit_json(
+                {
+                    "nats_url": nats.client_url,
+                    "monitor_url": nats.monitor_url,
+                    "workers": self.workers,
+                    "data_dir": str(self.data_dir),
+                    "logs": str(self.logs),
+                    "artifacts": self.artifacts_location,
+                    "metrics_url": self.metrics_url,
+                }
+            )
+            return
         metrics = f"\n  Prometheus metrics: {self.metrics_url}" if self.metrics_url else ""
         print(
             f"""claw cluster up: nats-server {nats.client_url} (monitoring {nats.monitor_url}),
@@ -165,4 +177,10 @@ Ctrl-C stops the cluster.""",
 
     @staticmethod
     def _report(restart: Restart) -> None:
-        say(f"warning: {restart.describe()}")
+        warn(
+            restart.describe(),
+            name=restart.name,
+            exit_code=restart.exit_code,
+            restart_in_s=restart.restart_in_s,
+            log=None if restart.log_path is None else str(restart.log_path),
+        )

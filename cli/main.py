@@ -1,7 +1,8 @@
 """`claw`: the command line that starts every process and operates the cluster.
 
 Form: `claw [--nats URL] COMMAND [ARGS] [--json]`. Commands print tables for people and JSON with
-`--json`; they exit 0 on success and non-zero with one `error:` line on stderr otherwise.
+`--json`; they exit 0 on success and non-zero with one `error:` line on stderr otherwise (with
+`--json`, one `{"error": ..., "code": ...}` object instead).
 
 This module is only the root: the global options and the list of command groups. Each group lives
 in a module of `cli.commands` with its renderers; adding one is a new module and a line in GROUPS.
@@ -9,7 +10,8 @@ in a module of `cli.commands` with its renderers; adding one is a new module and
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
 
@@ -33,7 +35,9 @@ from cli.commands import (
     worker,
 )
 from cli.context import Globals
-from cli.runner import protect_output
+from cli.help import polish
+from cli.runner import EXIT_ERROR, EXIT_INTERRUPTED, protect_output, report_error, use_json_messages
+from common import __version__
 
 app = typer.Typer(
     name="claw",
@@ -67,19 +71,57 @@ for group in GROUPS:
     group.register(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"claw {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
     nats_url: Annotated[
         str | None,
-        typer.Option("--nats", envvar="CLAW_NATS_URL", help="NATS URL (default nats://127.0.0.1:4222)."),
+        typer.Option(
+            "--nats",
+            envvar="CLAW_NATS_URL",
+            metavar="<url>",
+            help="NATS URL; several comma-separated.",
+            show_default="nats://127.0.0.1:4222",
+        ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
 ) -> None:
     """OpenClaw Cluster."""
     ctx.obj = Globals(nats_url=nats_url)
 
 
+def command() -> Any:
+    """The `claw` command tree, its help polished (cli.help)."""
+    built = typer.main.get_command(app)
+    polish(built)
+    return built
+
+
 def run() -> None:
     """Console-script entry point."""
     protect_output()
-    app()
+    claw = command()
+    args = sys.argv[1:]
+    if "--json" not in args:
+        claw(args, prog_name="claw")  # typer reports usage errors in its own panel
+        return
+    # With --json every error is one JSON object, usage errors included: run without typer's
+    # standalone mode so they reach us instead of its panel.
+    use_json_messages()
+    try:
+        code = claw.main(args, prog_name="claw", standalone_mode=False)
+    except typer.TyperException as exc:
+        report_error(exc.format_message(), "usage")
+        sys.exit(getattr(exc, "exit_code", EXIT_ERROR))
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -14,9 +14,14 @@ MetricsPortFlag = Annotated[
     int | None,
     typer.Option(
         "--metrics-port",
-        help="Serve Prometheus metrics at :PORT/metrics (0: a free port) [default: off].",
+        help="Serve Prometheus metrics at :PORT/metrics (0: a free port).",
         min=0,
         max=65535,
+        show_default="off",
     ),
 ]
-AsFlag = Annotated[str | None, typer.Option("--as", help="Who is deciding [default: the OS user].")]
+AsFlag = Annotated[str | None, typer.Option("--as", help="Who is deciding.", show_default="the OS user")]
+# Long-running processes print log lines, not answers: --json makes them JSON lines even on a terminal.
+LogJsonFlag = Annotated[
+    bool, typer.Option("--json", help="Log JSON lines, also on a terminal (like log.format: json).")
+]

@@ -14,6 +14,7 @@ import msgspec
 def emit_json(value: Any) -> None:
     """Print `value` (Structs, lists, dicts) as indented JSON on stdout."""
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+    sys.stdout.flush()
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, empty: str = "(none)") -> None:

@@ -4,6 +4,9 @@ turning errors into one line on stderr.
 Only this module installs signal handlers (library classes never do). For a long-running process the
 first SIGINT/SIGTERM/SIGHUP sets the stop event and the process drains gracefully; a second one
 cancels it.
+
+Errors are one `error: ...` line for people; when the command line holds `--json` they are one JSON
+object, `{"error": message, "code": kind}`, so a program reading the output never parses prose.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TextIO, TypeVar, cast
 
+import msgspec
 import typer
 
 from common.errors import ClawError
@@ -23,14 +27,59 @@ from common.errors import ClawError
 T = TypeVar("T")
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 # A terminal that closes sends SIGHUP: a service stops as on Ctrl-C rather than die mid-task.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+_json_messages = False
 
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    """Print `error: message` on stderr and exit with `code`."""
-    sys.stderr.write(f"error: {message}\n")
+
+def use_json_messages(enabled: bool = True) -> None:
+    """Print errors and notices as JSON objects from now on (the command line holds `--json`)."""
+    global _json_messages
+    _json_messages = enabled
+
+
+def json_messages() -> bool:
+    """Whether errors and notices are printed as JSON."""
+    return _json_messages
+
+
+def report_error(message: str, code: str = "error") -> None:
+    """Print one error on stderr: `error: message`, or `{"error": message, "code": code}` with --json."""
+    if _json_messages:
+        sys.stderr.write(msgspec.json.encode({"error": message, "code": code}).decode() + "\n")
+    else:
+        sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+def notice(message: str, **fields: object) -> None:
+    """Tell the person running the command what is going on, on stderr (stdout stays the answer).
+
+    With --json it is one JSON object, `{"notice": message, ...fields}`, so stderr stays parseable.
+    """
+    if _json_messages:
+        sys.stderr.write(msgspec.json.encode({"notice": message, **fields}).decode() + "\n")
+    else:
+        sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
+
+
+def warn(message: str, **fields: object) -> None:
+    """Something went wrong that the command lives with (a child restarted): `warning: message` on
+    stderr, or one JSON object `{"warning": message, ...fields}` with --json."""
+    if _json_messages:
+        sys.stderr.write(msgspec.json.encode({"warning": message, **fields}).decode() + "\n")
+    else:
+        sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
+
+
+def fail(message: str, code: int = EXIT_ERROR, *, kind: str = "error") -> NoReturn:
+    """Report `message` as an error of `kind` and exit with `code`."""
+    report_error(message, kind)
     raise typer.Exit(code)
 
 
@@ -39,9 +88,35 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     try:
         return run_loop(main)
     except ClawError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=exc.code)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+async def until_interrupted(work: Awaitable[T]) -> tuple[bool, T | None]:
+    """Await `work` unless SIGINT/SIGTERM comes first: (True, result), or (False, None) after a signal.
+
+    For commands that wait on the cluster (`submit --wait`): the signal ends the waiting, not the
+    process, so the command can say what keeps running before it exits.
+    """
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupted.set)
+    waiting = asyncio.ensure_future(work)
+    watching = asyncio.ensure_future(interrupted.wait())
+    try:
+        await asyncio.wait([waiting, watching], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        watching.cancel()
+        if not waiting.done():
+            waiting.cancel()
+        await asyncio.gather(waiting, watching, return_exceptions=True)
+    if waiting.cancelled():
+        return False, None
+    return True, waiting.result()  # raises what `work` raised
 
 
 def run_service(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -54,7 +129,7 @@ def run_service(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
         def on_signal(signum: int) -> None:
             if stop.is_set():
-                sys.stderr.write(f"{signal.Signals(signum).name} again: stopping now\n")
+                notice(f"{signal.Signals(signum).name} again: stopping now")
                 if current is not None:
                     current.cancel()
                 return

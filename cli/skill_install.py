@@ -30,6 +30,12 @@ POLL_S = 0.25
 SETTLED = ("loaded", "skipped")
 
 
+class SkillNotLoadedError(ClawError):
+    """The skill is installed, but an online worker failed to load it or did not say in time."""
+
+    code = "not_loaded"
+
+
 class InstallOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """What `claw skills install --json` prints: the coordinator's reply (`entry`, `created`), and each
     online node's report (empty with `--no-wait`)."""
@@ -87,7 +93,7 @@ async def install_skill(config: ClawConfig, folder: Path, *, by: str, wait_s: fl
         _render(outcome, wait_s)
     missing = sorted(node for node, load in loads.items() if load.state not in SETTLED)
     if missing:
-        raise ClawError(
+        raise SkillNotLoadedError(
             f"{entry.name}@{entry.version} is installed, but not loaded by {', '.join(missing)}; "
             "a worker that failed tries again with backoff (`claw nodes --json` shows its skill_loads)"
         )

@@ -7,6 +7,7 @@ that act on them (`task cancel|retry`, `dlq replay`).
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 import msgspec
 
@@ -18,6 +19,34 @@ from common.models import ARTIFACT_MARKER, OMITTED_MARKER, RESULT_ARTIFACT, Task
 def since(start: float | None, end: float | None) -> str:
     """The time from `start` to `end`, or '-' when either is unknown."""
     return "-" if start is None or end is None else fmt_duration(end - start)
+
+
+def event_detail(kind: str, data: dict[str, Any], node_id: str | None = None) -> str:
+    """What an event of the timeline says, in words: the same for `task show`, `task watch` and live
+    events, with percentages rounded (a worker reports 33.333... when it is a third done)."""
+    data = dict(data)
+    if kind == "progress":
+        percent = data.get("percent")
+        parts = [] if percent is None else [f"{float(percent):.0f}%"]
+        return " ".join([*parts, str(data.get("message") or "")]).strip()
+    if kind == "log":
+        return f"{data.get('level', 'info')}: {data.get('message', '')}"
+    if "error_type" in data:
+        retry = data.get("retry_in_s")
+        return f"{data['error_type']}: {data.get('message', '')}" + ("" if retry is None else f"; retry in {retry:g} s")
+    if kind == "started" and node_id:
+        return f"on {node_id}"
+    if kind == "artifact" and "name" in data:
+        return f"{data['name']} ({fmt_bytes(int(data.get('size', 0)))})"
+    if kind == "verifying":
+        return f"the result ({data.get('check', '')})"
+    return "" if not data else shorten(msgspec.json.encode(data).decode(), 200)
+
+
+def decode_data(raw: msgspec.Raw) -> dict[str, Any]:
+    """An event's `data` as a dict (empty for null or anything that is not an object)."""
+    value = msgspec.json.decode(bytes(raw)) if bytes(raw) not in (b"", b"null") else None
+    return value if isinstance(value, dict) else {}
 
 
 def json_text(raw: msgspec.Raw, limit: int = 2000) -> str:
@@ -102,8 +131,14 @@ def reproduce_command(task: TaskView) -> str:
 
 
 def render_action(reply: TaskActionReply, verb: str) -> None:
-    """`claw task cancel|retry`, `claw dlq replay`: what happened to the task."""
-    if reply.changed:
-        print(f"{reply.task_id} {verb}: now {reply.state.value}")
+    """`claw task cancel|retry`, `claw dlq replay`: what happened to the task, in one sentence."""
+    task_id = reply.task_id
+    if not reply.changed:
+        print(f"{task_id} unchanged ({reply.note or reply.state.value})")
+    elif reply.state.value == "cancelled":
+        print(f"{task_id} cancelled: it will not run again (a running attempt is stopped on its worker)")
     else:
-        print(f"{reply.task_id} unchanged ({reply.note or reply.state.value})")
+        print(
+            f"{task_id} {verb}: it runs again as a new series of attempts (now {reply.state.value}); "
+            f"follow it with `claw task watch {task_id}`"
+        )

@@ -3,6 +3,10 @@
 It listens before it reads the history (so nothing falls between the two), skips live events the
 history already showed (by event id), and polls the task's state every few seconds in case a
 broadcast was missed. The exit code is 0 when the task succeeded, 1 otherwise.
+
+Recorded and live events print in one format, `HH:MM:SS.mmm  #ATTEMPT KIND [-> STATE] DETAIL`, so a
+progress line reads the same whether it came from the history or live; with `--json` each is one
+JSON object per line (`WatchLine`), and the last line holds the finished task.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
+import msgspec
 from nats.aio.msg import Msg
 
-from cli.task_text import task_summary
+from cli.task_text import decode_data, event_detail, task_summary
 from common.events import (
     TaskArtifact,
     TaskEvent,
@@ -25,7 +30,7 @@ from common.events import (
     TaskSucceeded,
     TaskVerifying,
 )
-from common.models import EventView, TaskUpdate
+from common.models import EventView, TaskUpdate, TaskView
 from common.states import TERMINAL_STATES, TaskState
 from communication.api_client import ClawClient
 from communication.codec import DecodeError, decode, decode_event
@@ -33,48 +38,93 @@ from communication.codec import DecodeError, decode, decode_event
 POLL_S = 2.0
 
 
+class WatchLine(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of `claw task watch`: a recorded event, a live one, or a state change."""
+
+    at: float
+    kind: str
+    attempt: int = 0
+    state: TaskState | None = None
+    node_id: str | None = None
+    data: dict[str, Any] = {}
+
+
+class WatchEnd(msgspec.Struct, frozen=True, kw_only=True):
+    """The last line of `claw task watch --json`: the task as it ended."""
+
+    kind: str = "end"
+    task: TaskView
+
+
 def _clock(at: float) -> str:
     return datetime.fromtimestamp(at).strftime("%H:%M:%S.%f")[:-3]
 
 
-def history_line(event: EventView) -> str:
-    """One line for a recorded event."""
-    detail = "" if bytes(event.data) == b"null" else " " + bytes(event.data).decode()
-    change = f" {event.to_state.value}" if event.to_state is not None and event.kind != event.to_state.value else ""
-    attempt = f" #{event.attempt}" if event.attempt else ""
-    return f"{_clock(event.at)}  {event.kind}{attempt}{change}{detail}"
+def text(line: WatchLine) -> str:
+    """A line for people."""
+    attempt = f"#{line.attempt} " if line.attempt else ""
+    change = f" -> {line.state.value}" if line.state is not None and line.state.value != line.kind else ""
+    detail = event_detail(line.kind, line.data, line.node_id)
+    return f"{_clock(line.at)}  {attempt}{line.kind}{change}{' ' + detail if detail else ''}"
 
 
-def live_line(event: TaskEvent) -> str:
-    """One line for an event as a worker reports it."""
+def from_history(event: EventView) -> WatchLine:
+    """A recorded event."""
+    return WatchLine(
+        at=event.at,
+        kind=event.kind,
+        attempt=event.attempt,
+        state=event.to_state,
+        node_id=event.node_id,
+        data=decode_data(event.data),
+    )
+
+
+def from_live(event: TaskEvent) -> WatchLine:
+    """An event as a worker reports it, in the words the coordinator records it with."""
+    data: dict[str, Any]
     match event:
         case TaskProgress():
-            pct = "" if event.percent is None else f" {event.percent:.0f}%"
-            detail = f"progress{pct} {event.message}".rstrip()
+            kind, data = "progress", {"percent": event.percent, "message": event.message}
         case TaskLog():
-            detail = f"log {event.level}: {event.message}"
+            kind, data = "log", {"level": event.level, "message": event.message}
         case TaskStarted():
-            detail = f"started on {event.node_id}"
+            kind, data = "started", {}
         case TaskVerifying():
-            detail = f"verifying the result ({event.check})"
+            kind, data = "verifying", {"check": event.check}
         case TaskSucceeded():
-            detail = "succeeded"
+            kind, data = "succeeded", {}
         case TaskFailed():
-            retry = f", retry in {event.retry_in_s:g} s" if event.retry_in_s is not None else ""
-            detail = f"failed: {event.error_type}: {event.message}{retry}"
+            kind = "failed"
+            data = {"error_type": event.error_type, "message": event.message, "retry_in_s": event.retry_in_s}
         case TaskArtifact():
-            detail = f"artifact {event.ref.name} ({event.ref.size} bytes)"
+            kind, data = "artifact", {"name": event.ref.name, "size": event.ref.size}
         case _:
-            detail = type(event).__name__.removeprefix("Task").lower()
-    return f"{_clock(event.at)}  #{event.attempt} {detail}"
+            kind, data = type(event).__name__.removeprefix("Task").lower(), {}
+    data = {k: v for k, v in data.items() if v is not None}
+    return WatchLine(at=event.at, kind=kind, attempt=event.attempt, node_id=event.node_id, data=data)
 
 
-async def watch(client: ClawClient, task_id: str, out: TextIO = sys.stdout) -> int:
+def from_update(update: TaskUpdate) -> WatchLine:
+    """A state change the coordinator broadcast."""
+    return WatchLine(at=update.at, kind="state", state=update.state)
+
+
+async def watch(client: ClawClient, task_id: str, out: TextIO = sys.stdout, *, json_out: bool = False) -> int:
     """Print the timeline and follow the task until it ends; returns the exit code."""
     subjects = client.conn.subjects
-    lines: asyncio.Queue[str] = asyncio.Queue()
+    lines: asyncio.Queue[WatchLine] = asyncio.Queue()
     ended = asyncio.Event()
     seen: set[str] = set()
+    last_state: list[str] = [""]
+
+    def show(line: WatchLine) -> None:
+        state = line.state.value if line.state is not None else line.kind
+        if line.kind == "state" and state == last_state[0]:
+            return  # the event just shown already said so
+        last_state[0] = state
+        out.write((msgspec.json.encode(line).decode() if json_out else text(line)) + "\n")
+        out.flush()
 
     async def on_event(msg: Msg) -> None:
         try:
@@ -83,14 +133,14 @@ async def watch(client: ClawClient, task_id: str, out: TextIO = sys.stdout) -> i
             return
         if event.event_id not in seen:
             seen.add(event.event_id)
-            lines.put_nowait(live_line(event))
+            lines.put_nowait(from_live(event))
 
     async def on_update(msg: Msg) -> None:
         try:
             update = decode(msg.data, TaskUpdate)
         except DecodeError:
             return
-        lines.put_nowait(f"{_clock(update.at)}  state {update.state.value}")
+        lines.put_nowait(from_update(update))
         if update.state in TERMINAL_STATES:
             ended.set()
 
@@ -104,13 +154,13 @@ async def watch(client: ClawClient, task_id: str, out: TextIO = sys.stdout) -> i
         for event in task.events:
             if event.event_id:
                 seen.add(event.event_id)
-            print(history_line(event), file=out, flush=True)
+            show(from_history(event))
         if task.state in TERMINAL_STATES:
             ended.set()
         while not ended.is_set():
             try:
                 async with asyncio.timeout(POLL_S):
-                    print(await lines.get(), file=out, flush=True)
+                    show(await lines.get())
                     continue
             except TimeoutError:
                 pass
@@ -118,11 +168,14 @@ async def watch(client: ClawClient, task_id: str, out: TextIO = sys.stdout) -> i
             if state in TERMINAL_STATES:
                 ended.set()
         while not lines.empty():
-            print(lines.get_nowait(), file=out, flush=True)
+            show(lines.get_nowait())
     finally:
         for sub in subs:
             await sub.unsubscribe()
     final = await client.get_task(task_id)
-    for line in task_summary(final):
-        print(line, file=out, flush=True)
+    if json_out:
+        out.write(msgspec.json.encode(WatchEnd(task=final)).decode() + "\n")
+    else:
+        for summary in task_summary(final):
+            print(summary, file=out, flush=True)
     return 0 if final.state == TaskState.SUCCEEDED else 1

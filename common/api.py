@@ -92,14 +92,20 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True):
     submitter: str | None = None
 
 
-class SubmitResult(msgspec.Struct, frozen=True, kw_only=True):
+class SubmitResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The admitted task; `duplicate` when an idempotency key named an existing task; `note` says why
-    a task is not queued (held for approval, denied by the guard)."""
+    a task is not queued (held for approval, denied by the guard), `rule` names the guard rule that
+    held or denied it and `approvals_needed` how many approvals a held task waits for.
+
+    Fields at their defaults are left out of the JSON (readers fill them in): one reply holds up to
+    thousands of these, and how many fit one NATS message bounds the tasks a submit may carry."""
 
     task_id: str
     state: TaskState
     duplicate: bool = False
     note: str = ""
+    rule: str = ""
+    approvals_needed: int = 0
 
 
 class SubmitReply(msgspec.Struct, frozen=True, kw_only=True):

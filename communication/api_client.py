@@ -20,6 +20,7 @@ and `iter_<list>()` yields every item page by page:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,6 +87,7 @@ from common.errors import (
     RequestTimeoutError,
     error_for_code,
 )
+from common.events import TaskEvent
 from common.ids import new_id
 from common.models import (
     EMPTY_OBJECT,
@@ -101,7 +103,7 @@ from common.models import (
 )
 from common.skills import folder_checksum, load_manifest, pack_skill
 from common.states import TERMINAL_STATES, NodeControl, TaskState
-from communication.codec import DecodeError, decode, encode
+from communication.codec import DecodeError, decode, decode_event, encode
 from communication.connection import NatsConnection
 from communication.pages import Page, collect, iterate
 from communication.payload_limits import message_bytes, too_large_message
@@ -483,6 +485,50 @@ class ClawClient:
             for sub in subs:
                 await sub.unsubscribe()
         return final
+
+    async def watch(self, task_id: str, *, poll_s: float = 2.0) -> AsyncIterator[TaskEvent]:
+        """The task's events as workers report them (started, progress, log, succeeded, failed, ...),
+        from now until the task has ended; then the iteration stops.
+
+        Live only: what happened before the call is in `get_task(task_id).events`. Events are
+        broadcasts, so one can be missed while NATS reconnects; the end is not, since the task's
+        state is also polled every `poll_s`.
+        """
+        events: asyncio.Queue[TaskEvent] = asyncio.Queue()
+        ended = asyncio.Event()
+
+        async def on_event(msg: Msg) -> None:
+            try:
+                events.put_nowait(decode_event(msg.data))
+            except DecodeError:
+                return  # not ours to judge here; the coordinator records bad events
+
+        async def on_update(msg: Msg) -> None:
+            with contextlib.suppress(DecodeError):
+                if decode(msg.data, TaskUpdate).state in TERMINAL_STATES:
+                    ended.set()
+
+        subjects = self.conn.subjects
+        subs = [
+            await self.conn.nc.subscribe(subjects.events(task_id), cb=on_event),
+            await self.conn.nc.subscribe(subjects.updates(task_id), cb=on_update),
+        ]
+        try:
+            await self.conn.nc.flush()
+            if (await self.get_task(task_id, history=False)).state in TERMINAL_STATES:
+                ended.set()
+            while not (ended.is_set() and events.empty()):
+                try:
+                    async with asyncio.timeout(poll_s):  # never around the yield: it would time the caller
+                        event = await events.get()
+                except TimeoutError:
+                    if (await self.task_states([task_id])).get(task_id) in TERMINAL_STATES:
+                        ended.set()
+                    continue
+                yield event
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
 
     # --- plumbing -------------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ These hold data whose size the client chose (an input, a result, a long event ti
 When one would not fit, the parts that can be read elsewhere are left out, and the message says so:
 the oldest events of a view (`events_omitted`), an oversize input or result (replaced by
 `{"$omitted": {"bytes": N}}`; the database still holds it, `claw artifacts` has the artifact ones),
-a dead letter's input (`input_omitted`; a replay re-runs the task from the database), held-task
-notes of a huge submit reply (the state says the same).
+a dead letter's input (`input_omitted`; a replay re-runs the task from the database), why the tasks
+of a huge submit reply are held (the state says they are; their `held` events say why).
 """
 
 from __future__ import annotations
@@ -71,16 +71,21 @@ def _fit_events(view: TaskView, room: int) -> list[EventView]:
 
 
 def max_submit_results(budget: int) -> int:
-    """How many tasks one submit may hold so that its reply fits `budget` even without notes."""
+    """How many tasks one submit may hold so that its reply fits `budget` even without the reasons
+    (note, rule, approvals) a task is held or denied."""
     widest = SubmitResult(task_id="0" * 26, state=TaskState.WAITING_APPROVAL, duplicate=True, note="")
-    return budget // (len(encode(widest)) + 1)
+    envelope = len(encode(SubmitReply(results=[])))
+    return (budget - envelope) // (len(encode(widest)) + 1)  # +1: the comma after each
 
 
 def fit_submit_reply(reply: SubmitReply, budget: int) -> SubmitReply:
-    """`reply`, or the same without the notes (why a task is held or denied) when it would not fit."""
+    """`reply`, or the same without why a task is held or denied (its note, rule and approvals
+    needed) when it would not fit; `claw submit` then reads the rule from the task's `held` event."""
     if len(encode(reply)) <= budget:
         return reply
-    return SubmitReply(results=[msgspec.structs.replace(r, note="") for r in reply.results])
+    return SubmitReply(
+        results=[msgspec.structs.replace(r, note="", rule="", approvals_needed=0) for r in reply.results]
+    )
 
 
 def fit_dead_letter(letter: DeadLetter, budget: int) -> DeadLetter:

@@ -249,7 +249,13 @@ class SubmitPipeline:
                 f"held by guard rule '{record.guard_rule}' ({record.risk}): needs {record.approvals_needed} "
                 f"approval(s); `claw approve {record.task_id}`"
             )
-        return msgspec.structs.replace(result, state=record.state, note=note)
+        return msgspec.structs.replace(
+            result,
+            state=record.state,
+            note=note,
+            rule=record.guard_rule or "",
+            approvals_needed=record.approvals_needed if record.state == TaskState.WAITING_APPROVAL else 0,
+        )
 
     @staticmethod
     def _resolve(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -196,3 +199,76 @@ def local_dirs(root: Path) -> dict[str, str]:
         "CLAW_TOOLS_SANDBOX_ROOT": str(root / "sandboxes"),
         "CLAW_WORKER_SKILL_CACHE_DIR": str(root / "skill-cache"),
     }
+
+
+@dataclass
+class PtyProcess:
+    """A `claw` child whose stdin, stdout and stderr are a pseudo-terminal, as in a user's shell.
+
+    A thread drains the terminal into `output()` so the child never blocks on a full buffer.
+    """
+
+    popen: subprocess.Popen[bytes]
+    master_fd: int
+    _chunks: list[bytes] = field(default_factory=list)
+    _reader: Any = None
+
+    @classmethod
+    def spawn(cls, *args: str, env: dict[str, str], columns: int = 100) -> PtyProcess:
+        """Start `python -m cli ARGS` on a new pseudo-terminal of `columns` columns."""
+        import fcntl
+        import pty
+        import struct
+        import termios
+        import threading
+
+        master_fd, slave_fd = pty.openpty()
+        fcntl.ioctl(slave_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "cli", *args],
+            cwd=ROOT,
+            env=env | {"TERM": "xterm-256color", "COLUMNS": str(columns)},
+            stdin=slave_fd,
+            stdout=slave_fd,
+            stderr=slave_fd,
+            start_new_session=True,
+        )
+        os.close(slave_fd)
+        process = cls(popen, master_fd)
+        process._reader = threading.Thread(target=process._drain, daemon=True)
+        process._reader.start()
+        return process
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master_fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not chunk:
+                return
+            self._chunks.append(chunk)
+
+    def output(self) -> str:
+        """Everything written to the terminal so far."""
+        return b"".join(self._chunks).decode(errors="replace")
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        """Until it exits; then the whole output has been read."""
+        code = self.popen.wait(timeout_s)
+        self._reader.join(10)
+        return code
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL if it lingers), and close the terminal."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        if self._reader is not None:
+            self._reader.join(10)
+        with contextlib.suppress(OSError):
+            os.close(self.master_fd)

@@ -40,6 +40,26 @@ class BenchOptions:
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "claw bench") -> BenchOptions:
     """The options of one run, from the command line (argparse exits 2 on a bad one)."""
+    args = build_parser(prog).parse_args(argv)
+    sizes: dict[str, Any] = dict(QUICK) if args.quick else {}
+    if args.n is not None:
+        sizes["n"] = args.n
+    return BenchOptions(
+        workers=args.workers,
+        concurrency=args.concurrency,
+        json_path=args.json_path,
+        quick=args.quick,
+        keep=args.keep,
+        profile_dir=args.profile_dir,
+        tracing=args.tracing,
+        trace_sample_ratio=args.trace_sample_ratio,
+        prefill=args.prefill or 0,
+        **sizes,
+    )
+
+
+def build_parser(prog: str = "claw bench") -> argparse.ArgumentParser:
+    """The benchmark's options (`claw bench --help` draws them like the other commands' help)."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Benchmark an embedded cluster (real processes) against the raw JetStream round trip.",
@@ -84,22 +104,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "claw bench") -> B
         metavar="N",
         help="also run the throughput on a database already holding N finished tasks (e.g. 1000000)",
     )
-    args = parser.parse_args(argv)
-    sizes: dict[str, Any] = dict(QUICK) if args.quick else {}
-    if args.n is not None:
-        sizes["n"] = args.n
-    return BenchOptions(
-        workers=args.workers,
-        concurrency=args.concurrency,
-        json_path=args.json_path,
-        quick=args.quick,
-        keep=args.keep,
-        profile_dir=args.profile_dir,
-        tracing=args.tracing,
-        trace_sample_ratio=args.trace_sample_ratio,
-        prefill=args.prefill or 0,
-        **sizes,
-    )
+    return parser
 
 
 def _ratio(text: str) -> float:

@@ -10,7 +10,7 @@ import typer
 from cli.artifacts import fetch_artifact
 from cli.context import client_config, connect, query
 from cli.options import JsonFlag
-from cli.output import emit_table, fmt_bytes, fmt_time
+from cli.output import emit_json, emit_table, fmt_bytes, fmt_time
 from cli.runner import run_async
 from common.models import ArtifactView
 
@@ -29,6 +29,9 @@ def artifacts_get(
     task_id: str,
     name: str,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the bytes.")],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print what was written (path, size, sha256, ...) as JSON.")
+    ] = False,
 ) -> None:
     """Download one artifact of a task."""
     cfg = client_config(ctx)
@@ -36,7 +39,10 @@ def artifacts_get(
     async def main() -> None:
         async with await connect(cfg) as client:
             artifact = await fetch_artifact(client, cfg.artifacts, task_id, name, output)
-        print(f"{output}: {artifact.size} bytes, sha256 {artifact.sha256[:16]}")
+        if json_out:
+            emit_json({"path": str(output), "artifact": artifact})
+        else:
+            print(f"{output}: {artifact.size} bytes, sha256 {artifact.sha256[:16]}")
 
     run_async(main())
 

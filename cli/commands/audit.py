@@ -33,7 +33,7 @@ def audit_verify(
         try:
             reply = verify_offline(db)
         except ClawError as exc:
-            fail(str(exc))
+            fail(str(exc), kind=exc.code)
         _show(reply, json_out)
         raise typer.Exit(0 if reply.ok else 1)
     cfg = client_config(ctx)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.context import command_config, start_tracing
-from cli.options import ConfigFlag, MetricsPortFlag
+from cli.options import ConfigFlag, LogJsonFlag, MetricsPortFlag
 from cli.runner import run_service, set_process_title
 from common.log import configure_logging
 
@@ -19,14 +19,18 @@ group = typer.Typer(help="The coordinator process.", no_args_is_help=True)
 def coordinator_start(
     ctx: typer.Context,
     config: ConfigFlag = None,
-    db: Annotated[Path | None, typer.Option(help="SQLite state database [default: .claw/claw.db].")] = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite state database.", show_default=".claw/claw.db")] = None,
     metrics_port: MetricsPortFlag = None,
+    json_out: LogJsonFlag = False,
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     from coordinator.service import Coordinator
 
     cfg = command_config(
-        ctx, config, coordinator={"db_path": None if db is None else str(db), "metrics_port": metrics_port}
+        ctx,
+        config,
+        coordinator={"db_path": None if db is None else str(db), "metrics_port": metrics_port},
+        log={"format": "json" if json_out else None},
     )
     configure_logging(cfg.log, process="coordinator")
     set_process_title("claw coordinator")

@@ -51,7 +51,7 @@ def dlq_replay(
 ) -> None:
     """Run dead tasks again as new attempt series (replaying twice changes nothing)."""
     if all_ == (task_id is not None):
-        fail("name a task id to replay, or pass --all")
+        fail("name a task id to replay, or pass --all", kind="usage")
     query(
         ctx,
         lambda client: client.dlq_replay(task_id, all=all_, skill=skill, by=getpass.getuser()),
@@ -64,14 +64,16 @@ def dlq_replay(
 def dlq_purge(
     ctx: typer.Context,
     skill: Annotated[str | None, typer.Option(help="Only dead letters of this skill.")] = None,
-    older_than: Annotated[str | None, typer.Option(help="Only older ones, e.g. 30s, 15m, 12h, 7d.")] = None,
+    older_than: Annotated[
+        str | None, typer.Option(metavar="<duration>", help="Only older ones, e.g. 30s, 15m, 12h, 7d.")
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Delete dead letters (their tasks stay in the database, `dead`)."""
     try:
         older_than_s = None if older_than is None else parse_duration(older_than)
     except ClawError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=exc.code)
     query(
         ctx,
         lambda client: client.dlq_purge(skill=skill, older_than_s=older_than_s),

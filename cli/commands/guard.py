@@ -21,7 +21,7 @@ group = typer.Typer(help="The guard policy.", no_args_is_help=True)
 def guard_check(
     ctx: typer.Context,
     skill: str,
-    input: Annotated[str, typer.Option("--input", "-i", help="The input, a JSON object.")] = "{}",
+    input: Annotated[str, typer.Option("--input", "-i", metavar="<json>", help="The input, a JSON object.")] = "{}",
     as_: AsFlag = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -29,7 +29,7 @@ def guard_check(
     try:
         [raw] = read_inputs(input, None)
     except ClawError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=exc.code)
     who = as_ or getpass.getuser()
     query(ctx, lambda client: client.guard_check(skill, raw, submitter=who), render_guard_check, json_out)
 

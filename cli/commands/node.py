@@ -26,6 +26,13 @@ from communication.api_client import ClawClient
 
 group = typer.Typer(help="Control one worker node: pause, drain, resume.", no_args_is_help=True)
 
+
+class DrainWaitError(ClawError):
+    """`claw node drain --wait` ended before the node was drained."""
+
+    code = "not_drained"
+
+
 NodeArg = Annotated[str, typer.Argument(help="The node id, as `claw nodes` shows it.")]
 POLL_S = 0.25
 
@@ -81,10 +88,10 @@ async def _wait_drained(client: ClawClient, reply: NodeControlReply, wait_s: flo
         if node is not None and node.status == NodeStatus.DRAINED:
             return msgspec.structs.replace(reply, status=node.status, running=node.running, confirmed=True)
         if node is not None and node.control != NodeControl.DRAINED:
-            raise ClawError(f"{reply.node_id} is no longer draining: someone asked it to be {node.control.value}")
+            raise DrainWaitError(f"{reply.node_id} is no longer draining: someone asked it to be {node.control.value}")
         if time.monotonic() - started >= wait_s:
             running = "?" if node is None else node.running
-            raise ClawError(
+            raise DrainWaitError(
                 f"{reply.node_id} is still draining after {fmt_duration(wait_s)} ({running} tasks running); "
                 "`claw nodes` shows it, `claw task list --status running` what runs"
             )

@@ -12,7 +12,7 @@ import typer
 
 from cli.context import client_config, query
 from cli.options import JsonFlag
-from cli.output import emit_fields, emit_table, fmt_duration, fmt_time, shorten
+from cli.output import emit_fields, emit_json, emit_table, fmt_duration, fmt_time, shorten
 from cli.runner import fail, run_async
 from cli.skill_install import install_skill
 from common.api import SkillInfo
@@ -89,12 +89,18 @@ def skills_install(
 
 
 @group.command("validate")
-def skills_validate(path: Annotated[Path, typer.Argument(help="A skill folder or its skill.yaml.")]) -> None:
+def skills_validate(
+    path: Annotated[Path, typer.Argument(help="A skill folder or its skill.yaml.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
     """Check a skill manifest (no cluster needed)."""
     try:
         manifest = load_manifest(path)
     except ClawError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=exc.code)
+    if json_out:
+        emit_json(manifest)
+        return
     runtime = manifest.runtime.python or " ".join(manifest.runtime.command or [])
     print(f"{manifest.key()} is valid ({manifest.risk.value}, runtime {runtime})")
 

@@ -18,22 +18,33 @@ from common.models import AlertView, ClusterStatus, WindowStats
 def status(
     ctx: typer.Context,
     window: Annotated[
-        str, typer.Option(help="Rates and run times over the tasks that finished in this window: 15m, 1h, 7d.")
+        str,
+        typer.Option(
+            metavar="<duration>", help="Rates and run times over the tasks that finished in this window: 15m, 1h, 7d."
+        ),
     ] = "1h",
+    all_queues: Annotated[
+        bool, typer.Option("--all", "-a", help="List every queue, also those with nothing waiting or in flight.")
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Cluster overview: nodes, queues, tasks by state, recent rates and run times, DLQ, alerts, NATS."""
     try:
         window_s = parse_duration(window)
     except ClawError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=exc.code)
     if window_s <= 0:
-        fail("--window must be longer than 0, e.g. 15m or 1h")
-    query(ctx, lambda client: client.status(window_s=window_s), render_status, json_out)
+        fail("--window must be longer than 0, e.g. 15m or 1h", kind="usage")
+    query(
+        ctx,
+        lambda client: client.status(window_s=window_s),
+        lambda status: render_status(status, all_queues=all_queues),
+        json_out,
+    )
 
 
-def render_status(status: ClusterStatus) -> None:
-    """`claw status`."""
+def render_status(status: ClusterStatus, *, all_queues: bool = False) -> None:
+    """`claw status`; queues with nothing waiting or in flight only with `all_queues`."""
     metrics = None if status.metrics_port is None else f":{status.metrics_port}/metrics on the coordinator's host"
     emit_fields(
         [
@@ -47,12 +58,7 @@ def render_status(status: ClusterStatus) -> None:
     if status.window is not None:
         _render_window(status.window)
     _render_alerts(status.alerts)
-    print("\nqueues:")
-    emit_table(
-        ["SKILL", "PRIORITY", "WAITING", "IN FLIGHT"],
-        [(q.skill, q.priority.value, q.pending, q.ack_pending) for q in status.queues],
-        empty="no queues yet",
-    )
+    _render_queues(status, all_queues)
     nats = status.nats
     print("\nnats:")
     if nats.error and not nats.connections:
@@ -70,6 +76,18 @@ def render_status(status: ClusterStatus) -> None:
             ),
             ("monitoring", nats.monitor_url),
         ]
+    )
+
+
+def _render_queues(status: ClusterStatus, all_queues: bool) -> None:
+    shown = [q for q in status.queues if all_queues or q.pending or q.ack_pending]
+    idle = len(status.queues) - len(shown)
+    hidden = f" ({idle} idle hidden; --all lists them)" if idle else ""
+    print(f"\nqueues{hidden}:")
+    emit_table(
+        ["SKILL", "PRIORITY", "WAITING", "IN FLIGHT"],
+        [(q.skill, q.priority.value, q.pending, q.ack_pending) for q in shown],
+        empty="nothing waiting or in flight" if status.queues else "no queues yet",
     )
 
 

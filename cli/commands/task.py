@@ -12,9 +12,17 @@ import typer
 from cli.context import client_config, connect, query
 from cli.listing import run_listing
 from cli.options import AllFlag, JsonFlag
-from cli.output import emit_fields, emit_table, fmt_duration, fmt_time, shorten
+from cli.output import emit_fields, emit_json, emit_table, fmt_duration, fmt_time, shorten
 from cli.runner import fail, run_async
-from cli.task_text import attempts_text, json_text, payload_text, render_action, since, task_summary
+from cli.task_text import (
+    attempts_text,
+    decode_data,
+    event_detail,
+    payload_text,
+    render_action,
+    since,
+    task_summary,
+)
 from common.errors import ClawError
 from common.models import TaskSummary, TaskView
 from common.states import TaskState
@@ -29,7 +37,13 @@ def task_show(ctx: typer.Context, task_id: str, json_out: JsonFlag = False) -> N
 
 
 @group.command("watch")
-def task_watch(ctx: typer.Context, task_id: str) -> None:
+def task_watch(
+    ctx: typer.Context,
+    task_id: str,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per event, then the task (JSON Lines).")
+    ] = False,
+) -> None:
     """Print a task's timeline, then follow its progress live until it ends (exit 1 unless it succeeded)."""
     from cli.watch import watch
 
@@ -37,7 +51,7 @@ def task_watch(ctx: typer.Context, task_id: str) -> None:
 
     async def main() -> int:
         async with await connect(cfg) as client:
-            return await watch(client, task_id)
+            return await watch(client, task_id, json_out=json_out)
 
     raise typer.Exit(run_async(main()))
 
@@ -48,8 +62,15 @@ def task_trace(
     task_id: str,
     spans: Annotated[
         list[Path] | None,
-        typer.Option("--spans", "-s", help="A jsonl span file (repeat for each process); default: tracing.jsonl_path."),
+        typer.Option(
+            "--spans",
+            "-s",
+            metavar="<file>",
+            help="A jsonl span file; repeat for each process.",
+            show_default="tracing.jsonl_path",
+        ),
     ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the spans as JSON instead of a tree.")] = False,
 ) -> None:
     """A task's trace as a tree of spans, from the files of the jsonl traces exporter."""
     from cli.trace_tree import load_spans, span_tree
@@ -57,7 +78,9 @@ def task_trace(
     cfg = client_config(ctx)
     files = spans or ([Path(cfg.tracing.jsonl_path)] if cfg.tracing.jsonl_path else [])
     if not files:
-        fail("no span files: pass --spans FILE for each process's jsonl file (OTEL_TRACES_EXPORTER=jsonl)")
+        fail(
+            "no span files: pass --spans FILE for each process's jsonl file (OTEL_TRACES_EXPORTER=jsonl)", kind="usage"
+        )
 
     async def trace_id() -> str | None:
         async with await connect(cfg) as client:
@@ -65,14 +88,20 @@ def task_trace(
 
     found_id = run_async(trace_id())
     if not found_id:
-        fail(f"task {task_id} has no trace id (it was submitted by a version without tracing)")
+        fail(f"task {task_id} has no trace id (it was submitted by a version without tracing)", kind="not_found")
     try:
         found = load_spans(files, found_id)
     except ClawError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=exc.code)
     if not found:
         names = ", ".join(str(f) for f in files)
-        fail(f"no span of trace {found_id} in {names}; were those processes run with OTEL_TRACES_EXPORTER=jsonl?")
+        fail(
+            f"no span of trace {found_id} in {names}; were those processes run with OTEL_TRACES_EXPORTER=jsonl?",
+            kind="not_found",
+        )
+    if json_out:
+        emit_json({"trace_id": found_id, "spans": found})
+        return
     print(f"trace {found_id} ({len(found)} spans)")
     print("\n".join(span_tree(found)))
 
@@ -120,7 +149,7 @@ def task_retry(ctx: typer.Context, task_id: str, json_out: JsonFlag = False) -> 
     query(
         ctx,
         lambda client: client.retry(task_id, by=getpass.getuser()),
-        lambda reply: render_action(reply, "re-run"),
+        lambda reply: render_action(reply, "retried"),
         json_out,
     )
 
@@ -185,7 +214,7 @@ def render_task(task: TaskView) -> None:
                     _transition(e.from_state, e.to_state),
                     e.attempt or None,
                     e.node_id,
-                    json_text(e.data, 80),
+                    shorten(event_detail(e.kind, decode_data(e.data)), 80) or None,
                 )
                 for e in task.events
             ],

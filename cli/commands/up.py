@@ -20,14 +20,17 @@ def up(
     monitor_port: Annotated[int, typer.Option(help="NATS monitoring port.")] = 8222,
     concurrency: Annotated[int, typer.Option(help="Concurrency of each worker.")] = 8,
     metrics_port: MetricsPortFlag = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print where the cluster listens as JSON, and log JSON lines.")
+    ] = False,
 ) -> None:
     """Run a whole local cluster: embedded nats-server, a coordinator and N workers, until Ctrl-C."""
     from cli.local_cluster import LocalCluster
 
     if workers < 0:
-        fail("--workers must be 0 or more")
+        fail("--workers must be 0 or more", kind="usage")
     set_process_title("claw up")
-    configure_logging(LogSettings(level="warning", format="console"), process="up")
+    configure_logging(LogSettings(level="warning", format="json" if json_out else "console"), process="up")
     cluster = LocalCluster(
         data_dir=data_dir,
         workers=workers,
@@ -35,6 +38,7 @@ def up(
         monitor_port=monitor_port,
         concurrency=concurrency,
         metrics_port=metrics_port,
+        json_out=json_out,
     )
     run_service(cluster.serve)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.context import command_config, start_tracing
-from cli.options import ConfigFlag
+from cli.options import ConfigFlag, LogJsonFlag
 from cli.runner import fail, run_service, set_process_title
 from common.config import parse_labels
 from common.errors import ClawError
@@ -21,13 +21,18 @@ group = typer.Typer(help="Worker processes.", no_args_is_help=True)
 def worker_start(
     ctx: typer.Context,
     config: ConfigFlag = None,
-    skills: Annotated[str | None, typer.Option(help="Comma-separated skills to run [default: all].")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Tasks run at once [default: 8].")] = None,
-    node_id: Annotated[str | None, typer.Option(help="This node's id [default: <host>-<pid>].")] = None,
-    label: Annotated[list[str] | None, typer.Option(help="A k=v label; repeat for more.")] = None,
+    skills: Annotated[
+        str | None, typer.Option(help="Comma-separated skills to run.", show_default="all it can load")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.", show_default="8")] = None,
+    node_id: Annotated[str | None, typer.Option(help="This node's id.", show_default="<host>-<pid>")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(metavar="<k=v>", help="A label of this node; repeat for more.")
+    ] = None,
     processes: Annotated[
         int, typer.Option(help="Run this many worker processes, restarting any that crashes.", min=1)
     ] = 1,
+    json_out: LogJsonFlag = False,
 ) -> None:
     """Run a worker until SIGINT/SIGTERM (then it finishes running tasks within its grace period)."""
     from worker.service import Worker, default_node_id
@@ -35,12 +40,13 @@ def worker_start(
     try:
         labels = parse_labels(label) if label else None
     except ClawError as exc:
-        fail(str(exc))
+        fail(str(exc), kind=exc.code)
     skill_list = [s.strip() for s in skills.split(",") if s.strip()] if skills else None
     cfg = command_config(
         ctx,
         config,
         worker={"skills": skill_list, "concurrency": concurrency, "node_id": node_id, "labels": labels},
+        log={"format": "json" if json_out else None},
     )
     if processes > 1:
         from cli.supervision import WorkerSupervisor
@@ -50,7 +56,7 @@ def worker_start(
         supervisor = WorkerSupervisor(
             processes=processes,
             node_id=cfg.worker.node_id or default_node_id(),
-            child_args=_passthrough(config, skills, concurrency, label),
+            child_args=_passthrough(config, skills, concurrency, label) + (["--json"] if json_out else []),
             nats_url=cfg.nats.url,
             grace_s=cfg.worker.shutdown_grace_s,
         )

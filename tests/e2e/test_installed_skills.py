@@ -26,7 +26,7 @@ def test_readme_text_stats_lines_install_and_run_on_two_workers_sharing_a_cache(
         "submit", "text.stats", "--input-file", "examples/skills/text_stats/example_input.json", "--wait", "--json"
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    task = json.loads(result.stdout)
+    [task] = json.loads(result.stdout)
     assert task["state"] == "succeeded"
     assert task["result"]["top"] == [["to", 3], ["be", 2], ["the", 2]]
     assert (task["result"]["words"], task["result"]["lines"]) == (18, 2)
@@ -47,7 +47,9 @@ def test_install_names_a_worker_that_failed_to_load_the_skill_and_the_worker_ret
 
     installed = processes.run("skills", "install", "examples/skills/text_stats", "--json")
     assert installed.returncode == 1
-    assert installed.stderr.startswith("error: text.stats@1.0.0 is installed, but not loaded by w2;")
+    error = json.loads(installed.stderr)  # with --json, the error is JSON too
+    assert error["code"] == "not_loaded", error
+    assert error["error"].startswith("text.stats@1.0.0 is installed, but not loaded by w2;")
     outcome = json.loads(installed.stdout)
     assert outcome["created"] and outcome["waited"]
     assert outcome["nodes"]["w1"] == {"version": "1.0.0", "state": "loaded"}

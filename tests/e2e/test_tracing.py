@@ -52,7 +52,7 @@ def test_a_retried_tasks_spans_share_one_trace_with_correct_parents(processes: P
         "--json",
     )
     assert result.returncode == 1, result.stderr
-    task = json.loads(result.stdout)
+    [task] = json.loads(result.stdout)
     assert task["attempts"] == 2 and task["trace_id"]
 
     def all_spans() -> list[dict[str, Any]] | None:
@@ -113,7 +113,7 @@ def test_each_task_of_a_batch_has_a_trace_of_its_own_linked_to_the_submit(
     batch.write_text("".join(f'{{"i": {i}}}\n' for i in range(3)))
     result = processes.run("submit", "echo", "--input-file", str(batch), "--wait", "--json")
     assert result.returncode == 0, result.stderr
-    task_ids = sorted(json.loads(result.stdout)["results"])
+    task_ids = sorted(t["task_id"] for t in json.loads(result.stdout))
     shown = [processes.run("task", "show", task_id, "--json") for task_id in task_ids]
     trace_ids = {json.loads(r.stdout)["trace_id"] for r in shown}
     assert len(task_ids) == 3 and len(trace_ids) == 3
@@ -144,9 +144,9 @@ def test_the_cluster_traces_tasks_from_clients_that_record_nothing(processes: Pr
     plain = {k: v for k, v in processes.env.items() if not k.startswith("OTEL_") and k != "CLAW_TRACING_JSONL_PATH"}
     processes.env.clear()
     processes.env.update(plain)
-    untraced = json.loads(processes.run("submit", "echo", "--input", '{"from": "plain"}', "--wait", "--json").stdout)
+    [untraced] = json.loads(processes.run("submit", "echo", "--input", '{"from": "plain"}', "--wait", "--json").stdout)
     processes.env.update({"OTEL_TRACES_EXPORTER": "jsonl", "CLAW_TRACING_JSONL_PATH": str(tmp_path / "cli.jsonl")})
-    traced = json.loads(processes.run("submit", "echo", "--input", '{"from": "traced"}', "--wait", "--json").stdout)
+    [traced] = json.loads(processes.run("submit", "echo", "--input", '{"from": "traced"}', "--wait", "--json").stdout)
     assert untraced["state"] == traced["state"] == "succeeded"
 
     cluster = {
@@ -231,7 +231,8 @@ def test_claw_up_with_otlp_sends_one_connected_trace_to_a_collector(tmp_path: Pa
         match = wait_until(lambda: re.search(r"claw --nats (nats://\S+) submit", up.output()), timeout_s=60)
         result = pool.run("--nats", match.group(1), "submit", "echo", "--wait", "--json")
         assert result.returncode == 0, result.stderr
-        trace_id = json.loads(result.stdout)["trace_id"]
+        [task] = json.loads(result.stdout)
+        trace_id = task["trace_id"]
 
         def connected() -> list[dict[str, Any]] | None:
             mine = [s for s in collector.spans if s["trace_id"] == trace_id]

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -80,26 +81,37 @@ class Up:
 
 
 @contextlib.contextmanager
-def claw_up(tmp_path: Path, *, workers: int = 1, stdout: int | None = None) -> Iterator[Up]:
-    """`claw up` on free ports; at exit, it and every process it started are gone (killed if need be)."""
+def claw_up(tmp_path: Path, *, workers: int = 1, stdout: int | None = None, json_out: bool = False) -> Iterator[Up]:
+    """`claw up` on free ports (with `json_out`: `claw up --json`); at exit, it and every process it
+    started are gone (killed if need be)."""
     nats_port, monitor_port = free_ports(2)
     data_dir = tmp_path / "data"
     log_path = tmp_path / "up.log"
     with open(log_path, "ab") as log_file:
         popen = subprocess.Popen(
             [sys.executable, "-m", "cli", "up", "--workers", str(workers), "--data-dir", str(data_dir),
-             "--nats-port", str(nats_port), "--monitor-port", str(monitor_port), "--concurrency", "2"],
+             "--nats-port", str(nats_port), "--monitor-port", str(monitor_port), "--concurrency", "2",
+             *(["--json"] if json_out else [])],
             cwd=ROOT, env=child_env(CLAW_LOG_LEVEL="info"), stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
     started: list[psutil.Process] = []
     try:
-        if stdout is None:
-            text = wait_until(lambda: BANNER.search(log_path.read_text()), timeout_s=90, what="the banner of claw up")
+        if json_out:
+            banner = wait_until(
+                lambda: next((v for v in json_values(log_path.read_text()) if "nats_url" in v), None),
+                timeout_s=90,
+                what="the JSON banner of claw up",
+            )
+            url = banner["nats_url"]
+        elif stdout is None:
+            url = wait_until(
+                lambda: BANNER.search(log_path.read_text()), timeout_s=90, what="the banner of claw up"
+            ).group(1)
         else:
             assert popen.stdout is not None
-            text = _read_banner(popen.stdout)
-        up = Up(popen, text.group(1), [nats_port, monitor_port], data_dir)
+            url = _read_banner(popen.stdout).group(1)
+        up = Up(popen, url, [nats_port, monitor_port], data_dir)
         started = up.descendants()
         assert len(started) >= 2 + workers, [c.cmdline() for c in started]  # nats-server, coordinator, workers
         yield up
@@ -126,6 +138,19 @@ def _read_banner(stream: object) -> re.Match[str]:
         if found:
             return found
     raise AssertionError("claw up exited before its banner:\n" + "".join(lines))
+
+
+def json_values(text: str) -> list[dict[str, Any]]:
+    """Every JSON object in `text`, which must hold nothing else (objects may span lines)."""
+    decoder = json.JSONDecoder()
+    values, at = [], 0
+    while (at := len(text) - len(text[at:].lstrip())) < len(text):
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except ValueError:
+            raise AssertionError(f"not JSON at {at}: {text[at : at + 200]!r}") from None
+        values.append(value)
+    return values
 
 
 def assert_nothing_survives(children: list[psutil.Process], ports: list[int]) -> None:
@@ -195,6 +220,38 @@ def test_claw_up_restarts_a_killed_child_and_says_so(tmp_path: Path, role: str) 
 
         wait_until(task_succeeds, timeout_s=90, interval_s=1.0, what="a task to succeed after the restart")
         assert up.popen.poll() is None
+
+
+def test_claw_up_json_prints_its_banner_warnings_and_errors_as_json(tmp_path: Path) -> None:
+    with claw_up(tmp_path, json_out=True) as up:
+        [banner] = [v for v in json_values((tmp_path / "up.log").read_text()) if "nats_url" in v]
+        assert banner["nats_url"] == up.url and banner["workers"] == 1 and banner["data_dir"] == str(up.data_dir)
+        victim = up.child("worker")
+        assert victim is not None
+        victim.kill()
+
+        def restart_warning() -> dict[str, Any] | None:
+            found = [v for v in json_values((tmp_path / "up.log").read_text()) if "warning" in v]
+            return found[0] if found else None
+
+        warning = wait_until(restart_warning, timeout_s=30, what="the restart warning as JSON")
+        assert warning["name"] == "worker-1" and warning["exit_code"] == -9 and warning["restart_in_s"] == 1
+        assert "worker-1 exited with code -9; restarting in 1 s" in warning["warning"]
+        up.popen.send_signal(signal.SIGTERM)
+        assert up.popen.wait(90) == 0
+    notices = [v["notice"] for v in json_values((tmp_path / "up.log").read_text()) if "notice" in v]
+    assert notices == ["stopping the cluster ...", "cluster stopped"]
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        pool = ProcessPool(child_env(), tmp_path)
+        result = pool.run("up", "--nats-port", str(port), "--monitor-port", "0", "--data-dir", str(tmp_path / "d"),
+                          "--json")  # fmt: skip
+    assert result.returncode == 1 and result.stdout == ""
+    [error] = json_values(result.stderr)
+    assert error["code"] == "port_in_use" and "--nats-port" in error["error"], error
 
 
 def test_a_port_conflict_names_the_port_and_the_option(tmp_path: Path) -> None:

@@ -59,3 +59,19 @@ def test_both_or_missing_file_are_clear_errors(tmp_path: Path) -> None:
         read_inputs("{}", tmp_path / "x.json")
     with pytest.raises(InvalidInputError, match="cannot read"):
         read_inputs(None, tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".txt"])
+def test_an_empty_input_file_is_called_empty(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"input{suffix}"
+    path.write_text("\n")
+    with pytest.raises(InvalidInputError) as caught:
+        read_inputs(None, path)
+    assert str(caught.value).startswith(f"{path} ") and "empty" in str(caught.value)
+    assert "truncated" not in str(caught.value)
+
+
+def test_json_cut_short_says_so_in_words() -> None:
+    with pytest.raises(InvalidInputError, match="it ends before its JSON value does") as caught:
+        read_inputs('{"text": "hi"', None)
+    assert "truncated" not in str(caught.value)

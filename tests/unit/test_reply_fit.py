@@ -61,12 +61,16 @@ def test_an_oversize_input_and_traceback_are_left_out_first() -> None:
     assert fitted.events_omitted == 0 and len(fitted.events) == 3
 
 
-def test_a_huge_submit_reply_drops_its_notes_and_the_request_size_is_capped_by_the_reply() -> None:
-    note = "held by guard rule 'risky' (write_external): needs 1 approval(s); `claw approve X`"
-    results = [SubmitResult(task_id="0" * 26, state=TaskState.WAITING_APPROVAL, note=note)] * 600
-    fitted = fit_submit_reply(SubmitReply(results=results), BUDGET)
-    assert len(encode(fitted)) <= BUDGET and {r.note for r in fitted.results} == {""}
+def test_a_huge_submit_reply_drops_why_tasks_are_held_and_the_request_size_is_capped_by_the_reply() -> None:
     most = max_submit_results(BUDGET)
+    note = "held by guard rule 'risky' (write_external): needs 2 approval(s); `claw approve X`"
+    held = SubmitResult(
+        task_id="0" * 26, state=TaskState.WAITING_APPROVAL, duplicate=True, note=note, rule="risky", approvals_needed=2
+    )
+    fitted = fit_submit_reply(SubmitReply(results=[held] * most), BUDGET)
+    assert len(encode(fitted)) <= BUDGET
+    assert {(r.note, r.rule, r.approvals_needed) for r in fitted.results} == {("", "", 0)}
+    assert fit_submit_reply(SubmitReply(results=[held] * 10), BUDGET).results[0] == held  # kept when it fits
     widest = [SubmitResult(task_id="0" * 26, state=TaskState.WAITING_APPROVAL, duplicate=True)] * most
     assert len(encode(SubmitReply(results=widest))) <= BUDGET
 
