@@ -1,0 +1,148 @@
+"""The coordinator API's verbs, each declared once: name, request, reply, and the role it needs.
+
+Everything else derives from a declaration: the subject (`<prefix>.api.<name>`), the client's typed
+call (`await client.call(verbs.TASK_CANCEL, TaskCancelRequest(...))` returns a `TaskActionReply`),
+and the type of the coordinator's handler (`@serves(verbs.TASK_CANCEL)` on a method taking the
+request and returning the reply; `coordinator/api_routes.py` checks it). `BY_NAME` finds a verb by
+its name for callers that only have a string, such as an HTTP gateway building the request from JSON.
+
+Roles are recorded here for the trust issue to enforce; nothing checks them yet. Adding a verb:
+docs/Architecture.md, "The API: one declaration per verb".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from common.api import (
+    ApprovalOutcome,
+    ApprovalsReply,
+    ApprovalsRequest,
+    ApproveRequest,
+    ArtifactsReply,
+    ArtifactsRequest,
+    ArtifactStoreReply,
+    AuditReply,
+    DlqListReply,
+    DlqListRequest,
+    DlqPurgeReply,
+    DlqPurgeRequest,
+    DlqReplayReply,
+    DlqReplayRequest,
+    Empty,
+    GuardCheckReply,
+    GuardCheckRequest,
+    NodeControlReply,
+    NodeControlRequest,
+    NodesReply,
+    NodesRequest,
+    PingReply,
+    QuarantineListReply,
+    QuarantineListRequest,
+    RejectRequest,
+    SkillInstallReply,
+    SkillInstallRequest,
+    SkillsReply,
+    SkillsRequest,
+    SkillToggleRequest,
+    StatusReply,
+    StatusRequest,
+    SubmitReply,
+    SubmitRequest,
+    TaskActionReply,
+    TaskCancelRequest,
+    TaskGetRequest,
+    TaskListReply,
+    TaskListRequest,
+    TaskRetryRequest,
+    TaskStatesReply,
+    TaskStatesRequest,
+)
+from common.models import TaskView
+
+RequestT = TypeVar("RequestT", bound=msgspec.Struct)
+ReplyT = TypeVar("ReplyT", bound=msgspec.Struct)
+
+
+class Role(StrEnum):
+    """Who may call a verb (DESIGN.md, "Who may do what"); a person or program may hold several."""
+
+    ADMIN = "admin"  # changes what the cluster can run or keeps: skill installs, purges
+    OPERATOR = "operator"  # runs the cluster: cancel, retry, replay, node control
+    APPROVER = "approver"  # says yes or no to tasks the guard holds
+    SUBMITTER = "submitter"  # submits tasks
+    VIEWER = "viewer"  # reads
+
+
+@dataclass(frozen=True, slots=True)
+class Verb(Generic[RequestT, ReplyT]):
+    """One API verb: its subject's last token, the Structs it takes and answers, and its role."""
+
+    name: str
+    request: type[RequestT]
+    reply: type[ReplyT]
+    _: KW_ONLY
+    role: Role
+    # How long the client waits for the answer by default (None: the connection's request timeout).
+    timeout_s: float | None = None
+    # The request's `task_id`, when it has one, names a task: the server answers `not_found` for an
+    # id longer than any task's before the handler runs. False where it is a free-form filter.
+    checks_task_id: bool = True
+
+
+_DECLARED: dict[str, Verb[Any, Any]] = {}
+
+
+def _verb(
+    name: str,
+    request: type[RequestT],
+    reply: type[ReplyT],
+    *,
+    role: Role,
+    timeout_s: float | None = None,
+    checks_task_id: bool = True,
+) -> Verb[RequestT, ReplyT]:
+    """Declare a verb, once."""
+    if name in _DECLARED:
+        raise ValueError(f"the API verb '{name}' is declared twice")
+    verb = Verb(name, request, reply, role=role, timeout_s=timeout_s, checks_task_id=checks_task_id)
+    _DECLARED[name] = verb
+    return verb
+
+
+PING = _verb("ping", Empty, PingReply, role=Role.VIEWER)
+SUBMIT = _verb("submit", SubmitRequest, SubmitReply, role=Role.SUBMITTER)
+TASK_GET = _verb("task_get", TaskGetRequest, TaskView, role=Role.VIEWER)
+TASK_LIST = _verb("task_list", TaskListRequest, TaskListReply, role=Role.VIEWER)
+TASK_STATES = _verb("task_states", TaskStatesRequest, TaskStatesReply, role=Role.VIEWER)
+TASK_CANCEL = _verb("task_cancel", TaskCancelRequest, TaskActionReply, role=Role.OPERATOR)
+TASK_RETRY = _verb("task_retry", TaskRetryRequest, TaskActionReply, role=Role.OPERATOR)
+NODES = _verb("nodes", NodesRequest, NodesReply, role=Role.VIEWER)
+NODE_CONTROL = _verb("node_control", NodeControlRequest, NodeControlReply, role=Role.OPERATOR)
+STATUS = _verb("status", StatusRequest, StatusReply, role=Role.VIEWER)
+DLQ_LIST = _verb("dlq_list", DlqListRequest, DlqListReply, role=Role.VIEWER)
+DLQ_REPLAY = _verb("dlq_replay", DlqReplayRequest, DlqReplayReply, role=Role.OPERATOR, timeout_s=60.0)
+DLQ_PURGE = _verb("dlq_purge", DlqPurgeRequest, DlqPurgeReply, role=Role.ADMIN, timeout_s=60.0)
+SKILLS = _verb("skills", SkillsRequest, SkillsReply, role=Role.VIEWER)
+SKILL_TOGGLE = _verb("skill_toggle", SkillToggleRequest, SkillsReply, role=Role.ADMIN)
+SKILL_INSTALL = _verb("skill_install", SkillInstallRequest, SkillInstallReply, role=Role.ADMIN)
+APPROVALS = _verb("approvals", ApprovalsRequest, ApprovalsReply, role=Role.VIEWER)
+APPROVE = _verb("approve", ApproveRequest, ApprovalOutcome, role=Role.APPROVER)
+REJECT = _verb("reject", RejectRequest, ApprovalOutcome, role=Role.APPROVER)
+GUARD_CHECK = _verb("guard_check", GuardCheckRequest, GuardCheckReply, role=Role.SUBMITTER)
+AUDIT_VERIFY = _verb("audit_verify", Empty, AuditReply, role=Role.OPERATOR, timeout_s=600.0)
+ARTIFACTS = _verb("artifacts", ArtifactsRequest, ArtifactsReply, role=Role.VIEWER)
+ARTIFACT_STORE = _verb("artifact_store", Empty, ArtifactStoreReply, role=Role.VIEWER)
+QUARANTINE_LIST = _verb(
+    "quarantine_list", QuarantineListRequest, QuarantineListReply, role=Role.OPERATOR, checks_task_id=False
+)
+
+# Every verb, in the order declared, and by name.
+ALL: tuple[Verb[Any, Any], ...] = tuple(_DECLARED.values())
+BY_NAME: Mapping[str, Verb[Any, Any]] = MappingProxyType(_DECLARED)
