@@ -60,7 +60,7 @@ def decode_request(verb: Verb[RequestT, Any], data: bytes) -> RequestT:
     ignores its body. The coordinator's API server decodes every request here, and so can anyone
     holding a verb's name and a JSON body (an HTTP gateway) before `ClawClient.call`.
     """
-    if not msgspec.structs.fields(verb.request):
+    if not verb.request.__struct_fields__:
         return verb.request()
     try:
         return decode(data or b"{}", verb.request)
