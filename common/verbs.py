@@ -20,50 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from common.api import (
-    ApprovalOutcome,
-    ApprovalsReply,
-    ApprovalsRequest,
-    ApproveRequest,
-    ArtifactsReply,
-    ArtifactsRequest,
-    ArtifactStoreReply,
-    AuditReply,
-    DlqListReply,
-    DlqListRequest,
-    DlqPurgeReply,
-    DlqPurgeRequest,
-    DlqReplayReply,
-    DlqReplayRequest,
-    Empty,
-    GuardCheckReply,
-    GuardCheckRequest,
-    NodeControlReply,
-    NodeControlRequest,
-    NodesReply,
-    NodesRequest,
-    PingReply,
-    QuarantineListReply,
-    QuarantineListRequest,
-    RejectRequest,
-    SkillInstallReply,
-    SkillInstallRequest,
-    SkillsReply,
-    SkillsRequest,
-    SkillToggleRequest,
-    StatusReply,
-    StatusRequest,
-    SubmitReply,
-    SubmitRequest,
-    TaskActionReply,
-    TaskCancelRequest,
-    TaskGetRequest,
-    TaskListReply,
-    TaskListRequest,
-    TaskRetryRequest,
-    TaskStatesReply,
-    TaskStatesRequest,
-)
+from common import api
 from common.models import TaskView
 
 RequestT = TypeVar("RequestT", bound=msgspec.Struct)
@@ -116,31 +73,31 @@ def _verb(
     return verb
 
 
-PING = _verb("ping", Empty, PingReply, role=Role.VIEWER)
-SUBMIT = _verb("submit", SubmitRequest, SubmitReply, role=Role.SUBMITTER)
-TASK_GET = _verb("task_get", TaskGetRequest, TaskView, role=Role.VIEWER)
-TASK_LIST = _verb("task_list", TaskListRequest, TaskListReply, role=Role.VIEWER)
-TASK_STATES = _verb("task_states", TaskStatesRequest, TaskStatesReply, role=Role.VIEWER)
-TASK_CANCEL = _verb("task_cancel", TaskCancelRequest, TaskActionReply, role=Role.OPERATOR)
-TASK_RETRY = _verb("task_retry", TaskRetryRequest, TaskActionReply, role=Role.OPERATOR)
-NODES = _verb("nodes", NodesRequest, NodesReply, role=Role.VIEWER)
-NODE_CONTROL = _verb("node_control", NodeControlRequest, NodeControlReply, role=Role.OPERATOR)
-STATUS = _verb("status", StatusRequest, StatusReply, role=Role.VIEWER)
-DLQ_LIST = _verb("dlq_list", DlqListRequest, DlqListReply, role=Role.VIEWER)
-DLQ_REPLAY = _verb("dlq_replay", DlqReplayRequest, DlqReplayReply, role=Role.OPERATOR, timeout_s=60.0)
-DLQ_PURGE = _verb("dlq_purge", DlqPurgeRequest, DlqPurgeReply, role=Role.ADMIN, timeout_s=60.0)
-SKILLS = _verb("skills", SkillsRequest, SkillsReply, role=Role.VIEWER)
-SKILL_TOGGLE = _verb("skill_toggle", SkillToggleRequest, SkillsReply, role=Role.ADMIN)
-SKILL_INSTALL = _verb("skill_install", SkillInstallRequest, SkillInstallReply, role=Role.ADMIN)
-APPROVALS = _verb("approvals", ApprovalsRequest, ApprovalsReply, role=Role.VIEWER)
-APPROVE = _verb("approve", ApproveRequest, ApprovalOutcome, role=Role.APPROVER)
-REJECT = _verb("reject", RejectRequest, ApprovalOutcome, role=Role.APPROVER)
-GUARD_CHECK = _verb("guard_check", GuardCheckRequest, GuardCheckReply, role=Role.SUBMITTER)
-AUDIT_VERIFY = _verb("audit_verify", Empty, AuditReply, role=Role.OPERATOR, timeout_s=600.0)
-ARTIFACTS = _verb("artifacts", ArtifactsRequest, ArtifactsReply, role=Role.VIEWER)
-ARTIFACT_STORE = _verb("artifact_store", Empty, ArtifactStoreReply, role=Role.VIEWER)
+PING = _verb("ping", api.Empty, api.PingReply, role=Role.VIEWER)
+SUBMIT = _verb("submit", api.SubmitRequest, api.SubmitReply, role=Role.SUBMITTER)
+TASK_GET = _verb("task_get", api.TaskGetRequest, TaskView, role=Role.VIEWER)
+TASK_LIST = _verb("task_list", api.TaskListRequest, api.TaskListReply, role=Role.VIEWER)
+TASK_STATES = _verb("task_states", api.TaskStatesRequest, api.TaskStatesReply, role=Role.VIEWER)
+TASK_CANCEL = _verb("task_cancel", api.TaskCancelRequest, api.TaskActionReply, role=Role.OPERATOR)
+TASK_RETRY = _verb("task_retry", api.TaskRetryRequest, api.TaskActionReply, role=Role.OPERATOR)
+NODES = _verb("nodes", api.NodesRequest, api.NodesReply, role=Role.VIEWER)
+NODE_CONTROL = _verb("node_control", api.NodeControlRequest, api.NodeControlReply, role=Role.OPERATOR)
+STATUS = _verb("status", api.StatusRequest, api.StatusReply, role=Role.VIEWER)
+DLQ_LIST = _verb("dlq_list", api.DlqListRequest, api.DlqListReply, role=Role.VIEWER)
+DLQ_REPLAY = _verb("dlq_replay", api.DlqReplayRequest, api.DlqReplayReply, role=Role.OPERATOR, timeout_s=60.0)
+DLQ_PURGE = _verb("dlq_purge", api.DlqPurgeRequest, api.DlqPurgeReply, role=Role.ADMIN, timeout_s=60.0)
+SKILLS = _verb("skills", api.SkillsRequest, api.SkillsReply, role=Role.VIEWER)
+SKILL_TOGGLE = _verb("skill_toggle", api.SkillToggleRequest, api.SkillsReply, role=Role.ADMIN)
+SKILL_INSTALL = _verb("skill_install", api.SkillInstallRequest, api.SkillInstallReply, role=Role.ADMIN)
+APPROVALS = _verb("approvals", api.ApprovalsRequest, api.ApprovalsReply, role=Role.VIEWER)
+APPROVE = _verb("approve", api.ApproveRequest, api.ApprovalOutcome, role=Role.APPROVER)
+REJECT = _verb("reject", api.RejectRequest, api.ApprovalOutcome, role=Role.APPROVER)
+GUARD_CHECK = _verb("guard_check", api.GuardCheckRequest, api.GuardCheckReply, role=Role.SUBMITTER)
+AUDIT_VERIFY = _verb("audit_verify", api.Empty, api.AuditReply, role=Role.OPERATOR, timeout_s=600.0)
+ARTIFACTS = _verb("artifacts", api.ArtifactsRequest, api.ArtifactsReply, role=Role.VIEWER)
+ARTIFACT_STORE = _verb("artifact_store", api.Empty, api.ArtifactStoreReply, role=Role.VIEWER)
 QUARANTINE_LIST = _verb(
-    "quarantine_list", QuarantineListRequest, QuarantineListReply, role=Role.OPERATOR, checks_task_id=False
+    "quarantine_list", api.QuarantineListRequest, api.QuarantineListReply, role=Role.OPERATOR, checks_task_id=False
 )
 
 # Every verb, in the order declared, and by name.
