@@ -56,48 +56,41 @@ class Verb(Generic[RequestT, ReplyT]):
 _DECLARED: dict[str, Verb[Any, Any]] = {}
 
 
-def _verb(
-    name: str,
-    request: type[RequestT],
-    reply: type[ReplyT],
-    *,
-    role: Role,
-    timeout_s: float | None = None,
-    checks_task_id: bool = True,
-) -> Verb[RequestT, ReplyT]:
-    """Declare a verb, once."""
-    if name in _DECLARED:
-        raise ValueError(f"the API verb '{name}' is declared twice")
-    verb = Verb(name, request, reply, role=role, timeout_s=timeout_s, checks_task_id=checks_task_id)
-    _DECLARED[name] = verb
+def _declare(verb: Verb[RequestT, ReplyT]) -> Verb[RequestT, ReplyT]:
+    """Add a verb to the table, once."""
+    if verb.name in _DECLARED:
+        raise ValueError(f"the API verb '{verb.name}' is declared twice")
+    _DECLARED[verb.name] = verb
     return verb
 
 
-PING = _verb("ping", api.Empty, api.PingReply, role=Role.VIEWER)
-SUBMIT = _verb("submit", api.SubmitRequest, api.SubmitReply, role=Role.SUBMITTER)
-TASK_GET = _verb("task_get", api.TaskGetRequest, TaskView, role=Role.VIEWER)
-TASK_LIST = _verb("task_list", api.TaskListRequest, api.TaskListReply, role=Role.VIEWER)
-TASK_STATES = _verb("task_states", api.TaskStatesRequest, api.TaskStatesReply, role=Role.VIEWER)
-TASK_CANCEL = _verb("task_cancel", api.TaskCancelRequest, api.TaskActionReply, role=Role.OPERATOR)
-TASK_RETRY = _verb("task_retry", api.TaskRetryRequest, api.TaskActionReply, role=Role.OPERATOR)
-NODES = _verb("nodes", api.NodesRequest, api.NodesReply, role=Role.VIEWER)
-NODE_CONTROL = _verb("node_control", api.NodeControlRequest, api.NodeControlReply, role=Role.OPERATOR)
-STATUS = _verb("status", api.StatusRequest, api.StatusReply, role=Role.VIEWER)
-DLQ_LIST = _verb("dlq_list", api.DlqListRequest, api.DlqListReply, role=Role.VIEWER)
-DLQ_REPLAY = _verb("dlq_replay", api.DlqReplayRequest, api.DlqReplayReply, role=Role.OPERATOR, timeout_s=60.0)
-DLQ_PURGE = _verb("dlq_purge", api.DlqPurgeRequest, api.DlqPurgeReply, role=Role.ADMIN, timeout_s=60.0)
-SKILLS = _verb("skills", api.SkillsRequest, api.SkillsReply, role=Role.VIEWER)
-SKILL_TOGGLE = _verb("skill_toggle", api.SkillToggleRequest, api.SkillsReply, role=Role.ADMIN)
-SKILL_INSTALL = _verb("skill_install", api.SkillInstallRequest, api.SkillInstallReply, role=Role.ADMIN)
-APPROVALS = _verb("approvals", api.ApprovalsRequest, api.ApprovalsReply, role=Role.VIEWER)
-APPROVE = _verb("approve", api.ApproveRequest, api.ApprovalOutcome, role=Role.APPROVER)
-REJECT = _verb("reject", api.RejectRequest, api.ApprovalOutcome, role=Role.APPROVER)
-GUARD_CHECK = _verb("guard_check", api.GuardCheckRequest, api.GuardCheckReply, role=Role.SUBMITTER)
-AUDIT_VERIFY = _verb("audit_verify", api.Empty, api.AuditReply, role=Role.OPERATOR, timeout_s=600.0)
-ARTIFACTS = _verb("artifacts", api.ArtifactsRequest, api.ArtifactsReply, role=Role.VIEWER)
-ARTIFACT_STORE = _verb("artifact_store", api.Empty, api.ArtifactStoreReply, role=Role.VIEWER)
-QUARANTINE_LIST = _verb(
-    "quarantine_list", api.QuarantineListRequest, api.QuarantineListReply, role=Role.OPERATOR, checks_task_id=False
+PING = _declare(Verb("ping", api.Empty, api.PingReply, role=Role.VIEWER))
+SUBMIT = _declare(Verb("submit", api.SubmitRequest, api.SubmitReply, role=Role.SUBMITTER))
+TASK_GET = _declare(Verb("task_get", api.TaskGetRequest, TaskView, role=Role.VIEWER))
+TASK_LIST = _declare(Verb("task_list", api.TaskListRequest, api.TaskListReply, role=Role.VIEWER))
+TASK_STATES = _declare(Verb("task_states", api.TaskStatesRequest, api.TaskStatesReply, role=Role.VIEWER))
+TASK_CANCEL = _declare(Verb("task_cancel", api.TaskCancelRequest, api.TaskActionReply, role=Role.OPERATOR))
+TASK_RETRY = _declare(Verb("task_retry", api.TaskRetryRequest, api.TaskActionReply, role=Role.OPERATOR))
+NODES = _declare(Verb("nodes", api.NodesRequest, api.NodesReply, role=Role.VIEWER))
+NODE_CONTROL = _declare(Verb("node_control", api.NodeControlRequest, api.NodeControlReply, role=Role.OPERATOR))
+STATUS = _declare(Verb("status", api.StatusRequest, api.StatusReply, role=Role.VIEWER))
+DLQ_LIST = _declare(Verb("dlq_list", api.DlqListRequest, api.DlqListReply, role=Role.VIEWER))
+DLQ_REPLAY = _declare(Verb("dlq_replay", api.DlqReplayRequest, api.DlqReplayReply, role=Role.OPERATOR, timeout_s=60.0))
+DLQ_PURGE = _declare(Verb("dlq_purge", api.DlqPurgeRequest, api.DlqPurgeReply, role=Role.ADMIN, timeout_s=60.0))
+SKILLS = _declare(Verb("skills", api.SkillsRequest, api.SkillsReply, role=Role.VIEWER))
+SKILL_TOGGLE = _declare(Verb("skill_toggle", api.SkillToggleRequest, api.SkillsReply, role=Role.ADMIN))
+SKILL_INSTALL = _declare(Verb("skill_install", api.SkillInstallRequest, api.SkillInstallReply, role=Role.ADMIN))
+APPROVALS = _declare(Verb("approvals", api.ApprovalsRequest, api.ApprovalsReply, role=Role.VIEWER))
+APPROVE = _declare(Verb("approve", api.ApproveRequest, api.ApprovalOutcome, role=Role.APPROVER))
+REJECT = _declare(Verb("reject", api.RejectRequest, api.ApprovalOutcome, role=Role.APPROVER))
+GUARD_CHECK = _declare(Verb("guard_check", api.GuardCheckRequest, api.GuardCheckReply, role=Role.SUBMITTER))
+AUDIT_VERIFY = _declare(Verb("audit_verify", api.Empty, api.AuditReply, role=Role.OPERATOR, timeout_s=600.0))
+ARTIFACTS = _declare(Verb("artifacts", api.ArtifactsRequest, api.ArtifactsReply, role=Role.VIEWER))
+ARTIFACT_STORE = _declare(Verb("artifact_store", api.Empty, api.ArtifactStoreReply, role=Role.VIEWER))
+QUARANTINE_LIST = _declare(
+    Verb(
+        "quarantine_list", api.QuarantineListRequest, api.QuarantineListReply, role=Role.OPERATOR, checks_task_id=False
+    )
 )
 
 # Every verb, in the order declared, and by name.
