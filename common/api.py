@@ -1,5 +1,7 @@
 """Request and reply bodies of the coordinator API (`<prefix>.api.<verb>`, request/reply).
 
+Which verb takes which request and answers which reply is declared once, in `common/verbs.py`.
+
 A reply is an `ApiReply` envelope: `error` when the request was refused (its `code` maps to a class
 in `common.errors`), otherwise `data` holds the verb's reply body as raw JSON, decoded by the caller
 with the type it expects.
@@ -30,35 +32,6 @@ from common.models import (
 )
 from common.skills import RegistryEntry, SkillManifest
 from common.states import NodeControl, NodeStatus, TaskState
-
-
-class ApiVerb:
-    """The verbs the coordinator answers; each is the last token of its subject."""
-
-    PING = "ping"
-    SUBMIT = "submit"
-    TASK_GET = "task_get"
-    TASK_LIST = "task_list"
-    TASK_STATES = "task_states"
-    NODES = "nodes"
-    STATUS = "status"
-    TASK_CANCEL = "task_cancel"
-    TASK_RETRY = "task_retry"
-    DLQ_LIST = "dlq_list"
-    DLQ_REPLAY = "dlq_replay"
-    DLQ_PURGE = "dlq_purge"
-    SKILLS = "skills"
-    SKILL_TOGGLE = "skill_toggle"
-    SKILL_INSTALL = "skill_install"
-    APPROVALS = "approvals"
-    APPROVE = "approve"
-    REJECT = "reject"
-    GUARD_CHECK = "guard_check"
-    AUDIT_VERIFY = "audit_verify"
-    ARTIFACTS = "artifacts"
-    ARTIFACT_STORE = "artifact_store"
-    NODE_CONTROL = "node_control"
-    QUARANTINE_LIST = "quarantine_list"
 
 
 class ApiError(msgspec.Struct, frozen=True):

@@ -9,6 +9,11 @@ no coordinator, or NATS down, raise `CoordinatorUnavailableError` / `NatsUnavail
 to do about it; a request larger than the server's max_payload raises `PayloadTooLargeError` before
 anything is sent.
 
+Each method is a thin wrapper over `call`, which takes any verb of `common.verbs` with its request
+and returns its reply, typed as the verb declares:
+
+    reply = await client.call(verbs.TASK_CANCEL, TaskCancelRequest(task_id=task_id))  # TaskActionReply
+
 Lists come in pages (no reply may exceed max_payload): `<list>_page(limit=, cursor=)` fetches one
 (`Page`: items, `next_cursor`, `total`), the plain method fetches pages until its `limit` (or all),
 and `iter_<list>()` yields every item page by page:
@@ -29,55 +34,7 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
-from common.api import (
-    ApiReply,
-    ApiVerb,
-    ApprovalOutcome,
-    ApprovalsReply,
-    ApprovalsRequest,
-    ApprovalView,
-    ApproveRequest,
-    ArtifactsReply,
-    ArtifactsRequest,
-    ArtifactStoreReply,
-    AuditReply,
-    DlqListReply,
-    DlqListRequest,
-    DlqPurgeReply,
-    DlqPurgeRequest,
-    DlqReplayReply,
-    DlqReplayRequest,
-    Empty,
-    GuardCheckReply,
-    GuardCheckRequest,
-    NodeControlReply,
-    NodeControlRequest,
-    NodesReply,
-    NodesRequest,
-    PingReply,
-    QuarantineListReply,
-    QuarantineListRequest,
-    RejectRequest,
-    SkillInfo,
-    SkillInstallReply,
-    SkillInstallRequest,
-    SkillsReply,
-    SkillsRequest,
-    SkillToggleRequest,
-    StatusReply,
-    StatusRequest,
-    SubmitReply,
-    SubmitRequest,
-    SubmitResult,
-    TaskActionReply,
-    TaskCancelRequest,
-    TaskGetRequest,
-    TaskListReply,
-    TaskListRequest,
-    TaskRetryRequest,
-    TaskStatesReply,
-    TaskStatesRequest,
-)
+from common import api, verbs
 from common.config import ArtifactSettings, JetStreamSettings, NatsSettings
 from common.errors import (
     ClawError,
@@ -103,6 +60,7 @@ from common.models import (
 )
 from common.skills import folder_checksum, load_manifest, pack_skill
 from common.states import TERMINAL_STATES, NodeControl, TaskState
+from common.verbs import ReplyT, RequestT, Verb
 from communication.codec import DecodeError, decode, decode_event, encode
 from communication.connection import NatsConnection
 from communication.pages import Page, collect, iterate
@@ -157,11 +115,36 @@ class ClawClient:
 
     # --- verbs ----------------------------------------------------------------------------------
 
-    async def ping(self) -> PingReply:
-        """Whether a coordinator answers, and its version."""
-        return await self._call(ApiVerb.PING, Empty(), PingReply)
+    async def call(self, verb: Verb[RequestT, ReplyT], request: RequestT, *, timeout_s: float | None = None) -> ReplyT:
+        """Send one request of `verb` (`common.verbs`) and return its reply, decoded as the verb declares.
 
-    async def submit(self, spec: TaskSpec, *, submitter: str | None = None) -> SubmitResult:
+        Every method below is a thin wrapper over this; a caller that has only a verb's name (an HTTP
+        gateway) finds it in `verbs.BY_NAME` and builds the request with `decode_request`. Waits
+        `timeout_s`, else the verb's own timeout, else the connection's; raises the `ClawError` the
+        coordinator answered with.
+        """
+        if not isinstance(request, verb.request):
+            raise TypeError(f"the {verb.name} verb takes a {verb.request.__name__}, not a {type(request).__name__}")
+        payload, headers = encode(request), headers_for()
+        self._check_size(verb, payload, headers)
+        wait_s = timeout_s or verb.timeout_s or self._timeout_s
+        try:
+            msg = await self._request(self.conn.subjects.api(verb.name), payload, headers, wait_s)
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise RequestTimeoutError(
+                f"the coordinator did not answer {verb.name} within {wait_s:g} s; "
+                "check it is running and healthy (`claw status`, its log)"
+            ) from None
+        reply = decode(msg.data, api.ApiReply)
+        if reply.error is not None:
+            raise error_for_code(reply.error.code, reply.error.message)
+        return decode(reply.data, verb.reply)
+
+    async def ping(self) -> api.PingReply:
+        """Whether a coordinator answers, and its version."""
+        return await self.call(verbs.PING, api.Empty())
+
+    async def submit(self, spec: TaskSpec, *, submitter: str | None = None) -> api.SubmitResult:
         """Submit one task; returns once it is persisted and queued."""
         return (await self.submit_many([spec], submitter=submitter))[0]
 
@@ -172,7 +155,7 @@ class ClawClient:
         submitter: str | None = None,
         retry_for_s: float = 0.0,
         queue_wait_s: float = 0.0,
-    ) -> list[SubmitResult]:
+    ) -> list[api.SubmitResult]:
         """Submit many tasks in as few requests as fit, several requests in flight; results in order.
 
         Each request is all-or-nothing; if one fails, the error is raised after the requests in
@@ -186,19 +169,19 @@ class ClawClient:
         if retry_for_s > 0:
             specs = [s if s.task_id else msgspec.structs.replace(s, task_id=new_id()) for s in specs]
         chunks = self._chunks(specs)
-        results: list[list[SubmitResult]] = [[] for _ in chunks]
+        results: list[list[api.SubmitResult]] = [[] for _ in chunks]
         limit = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
 
         async def send(index: int, chunk: list[TaskSpec]) -> None:
             async with limit:
                 timeout_s = self._timeout_s + len(chunk) / 500
-                request = SubmitRequest(tasks=chunk, submitter=submitter)
+                request = api.SubmitRequest(tasks=chunk, submitter=submitter)
                 now = asyncio.get_running_loop().time
                 deadline, room_deadline = now() + retry_for_s, now() + queue_wait_s
                 room_pause_s = QUEUE_FULL_PAUSE_MIN_S
                 while True:
                     try:
-                        reply = await self._call(ApiVerb.SUBMIT, request, SubmitReply, timeout_s=timeout_s)
+                        reply = await self.call(verbs.SUBMIT, request, timeout_s=timeout_s)
                         break
                     except (CoordinatorUnavailableError, RequestTimeoutError):
                         if now() >= deadline:
@@ -228,17 +211,17 @@ class ClawClient:
 
     async def artifacts_page(self, task_id: str, *, limit: int = 1000, cursor: str | None = None) -> Page[ArtifactView]:
         """One page of a task's artifacts, oldest first."""
-        request = ArtifactsRequest(task_id=task_id, limit=limit, cursor=cursor)
-        reply = await self._call(ApiVerb.ARTIFACTS, request, ArtifactsReply)
+        request = api.ArtifactsRequest(task_id=task_id, limit=limit, cursor=cursor)
+        reply = await self.call(verbs.ARTIFACTS, request)
         return Page(reply.artifacts, reply.next_cursor, reply.total)
 
     async def artifact_store(self) -> ArtifactSettings:
         """The coordinator's artifact store settings (no secrets: credentials stay in the environment)."""
-        return (await self._call(ApiVerb.ARTIFACT_STORE, Empty(), ArtifactStoreReply)).settings
+        return (await self.call(verbs.ARTIFACT_STORE, api.Empty())).settings
 
     async def get_task(self, task_id: str, *, history: bool = True) -> TaskView:
         """One task, with its attempts and event log when `history`."""
-        return await self._call(ApiVerb.TASK_GET, TaskGetRequest(task_id=task_id, history=history), TaskView)
+        return await self.call(verbs.TASK_GET, api.TaskGetRequest(task_id=task_id, history=history))
 
     async def list_tasks(
         self, *, state: TaskState | None = None, skill: str | None = None, limit: int | None = 50
@@ -251,8 +234,8 @@ class ClawClient:
         self, *, state: TaskState | None = None, skill: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> Page[TaskSummary]:
         """One page of tasks, newest first; `total` (first page) counts all that match."""
-        request = TaskListRequest(state=state, skill=skill, limit=limit, cursor=cursor)
-        reply = await self._call(ApiVerb.TASK_LIST, request, TaskListReply)
+        request = api.TaskListRequest(state=state, skill=skill, limit=limit, cursor=cursor)
+        reply = await self.call(verbs.TASK_LIST, request)
         return Page(reply.tasks, reply.next_cursor, reply.total)
 
     def iter_tasks(
@@ -271,7 +254,7 @@ class ClawClient:
         states: dict[str, TaskState] = {}
         for start in range(0, len(task_ids), STATE_POLL_CHUNK):
             chunk = list(task_ids[start : start + STATE_POLL_CHUNK])
-            reply = await self._call(ApiVerb.TASK_STATES, TaskStatesRequest(task_ids=chunk), TaskStatesReply)
+            reply = await self.call(verbs.TASK_STATES, api.TaskStatesRequest(task_ids=chunk))
             states.update(reply.states)
         return states
 
@@ -281,29 +264,27 @@ class ClawClient:
 
     async def nodes_page(self, *, limit: int = 1000, cursor: str | None = None) -> Page[NodeView]:
         """One page of the node registry, online nodes first."""
-        reply = await self._call(ApiVerb.NODES, NodesRequest(limit=limit, cursor=cursor), NodesReply)
+        reply = await self.call(verbs.NODES, api.NodesRequest(limit=limit, cursor=cursor))
         return Page(reply.nodes, reply.next_cursor, reply.total)
 
-    async def node_control(self, node_id: str, control: NodeControl, *, by: str | None = None) -> NodeControlReply:
+    async def node_control(self, node_id: str, control: NodeControl, *, by: str | None = None) -> api.NodeControlReply:
         """Ask a node to be active, paused or drained; the reply says what it does now."""
-        request = NodeControlRequest(node_id=node_id, control=control, by=by)
-        return await self._call(ApiVerb.NODE_CONTROL, request, NodeControlReply)
+        request = api.NodeControlRequest(node_id=node_id, control=control, by=by)
+        return await self.call(verbs.NODE_CONTROL, request)
 
     async def status(self, *, window_s: float = 3600.0) -> ClusterStatus:
         """The cluster overview, with rates over the tasks that finished in the last `window_s`."""
-        return (await self._call(ApiVerb.STATUS, StatusRequest(window_s=window_s), StatusReply)).status
+        return (await self.call(verbs.STATUS, api.StatusRequest(window_s=window_s))).status
 
     async def cancel(
         self, task_id: str, *, reason: str = "cancelled by request", by: str | None = None
-    ) -> TaskActionReply:
+    ) -> api.TaskActionReply:
         """Cancel a task that has not finished (a running attempt is stopped on its worker)."""
-        return await self._call(
-            ApiVerb.TASK_CANCEL, TaskCancelRequest(task_id=task_id, reason=reason, by=by), TaskActionReply
-        )
+        return await self.call(verbs.TASK_CANCEL, api.TaskCancelRequest(task_id=task_id, reason=reason, by=by))
 
-    async def retry(self, task_id: str, *, by: str | None = None) -> TaskActionReply:
+    async def retry(self, task_id: str, *, by: str | None = None) -> api.TaskActionReply:
         """Run a failed, dead or cancelled task again as a new attempt series."""
-        return await self._call(ApiVerb.TASK_RETRY, TaskRetryRequest(task_id=task_id, by=by), TaskActionReply)
+        return await self.call(verbs.TASK_RETRY, api.TaskRetryRequest(task_id=task_id, by=by))
 
     async def dlq_list(self, *, skill: str | None = None, limit: int | None = 50) -> list[DeadLetterView]:
         """The newest `limit` dead letters (all: None), newest first, fetched page by page."""
@@ -314,8 +295,8 @@ class ClawClient:
         self, *, skill: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> Page[DeadLetterView]:
         """One page of dead letters, newest first; `total` (first page, no skill) is the DLQ's size."""
-        request = DlqListRequest(skill=skill, limit=limit, cursor=cursor)
-        reply = await self._call(ApiVerb.DLQ_LIST, request, DlqListReply)
+        request = api.DlqListRequest(skill=skill, limit=limit, cursor=cursor)
+        reply = await self.call(verbs.DLQ_LIST, request)
         return Page(reply.letters, reply.next_cursor, reply.total)
 
     def iter_dead_letters(
@@ -329,17 +310,17 @@ class ClawClient:
 
     async def dlq_replay(
         self, task_id: str | None = None, *, all: bool = False, skill: str | None = None, by: str | None = None
-    ) -> list[TaskActionReply]:
+    ) -> list[api.TaskActionReply]:
         """Replay one dead task, or all of them (of a skill); replaying twice changes nothing.
 
         `all` goes through the DLQ one page per request, each letter once (a task that dies again
         meanwhile gets a new letter above the pages still to come, and is not replayed twice).
         """
-        results: list[TaskActionReply] = []
+        results: list[api.TaskActionReply] = []
         cursor: str | None = None
         while True:
-            request = DlqReplayRequest(task_id=task_id, all=all, skill=skill, by=by, cursor=cursor)
-            reply = await self._call(ApiVerb.DLQ_REPLAY, request, DlqReplayReply, timeout_s=60.0)
+            request = api.DlqReplayRequest(task_id=task_id, all=all, skill=skill, by=by, cursor=cursor)
+            reply = await self.call(verbs.DLQ_REPLAY, request)
             results.extend(reply.results)
             if not all or reply.next_cursor is None or reply.next_cursor == cursor:
                 return results
@@ -347,29 +328,29 @@ class ClawClient:
 
     async def dlq_purge(self, *, skill: str | None = None, older_than_s: float | None = None) -> int:
         """Drop dead letters; returns how many."""
-        request = DlqPurgeRequest(skill=skill, older_than_s=older_than_s)
-        return (await self._call(ApiVerb.DLQ_PURGE, request, DlqPurgeReply, timeout_s=60.0)).purged
+        request = api.DlqPurgeRequest(skill=skill, older_than_s=older_than_s)
+        return (await self.call(verbs.DLQ_PURGE, request)).purged
 
-    async def skills(self, *, name: str | None = None, search: str | None = None) -> list[SkillInfo]:
+    async def skills(self, *, name: str | None = None, search: str | None = None) -> list[api.SkillInfo]:
         """Registered skills (all, one by name, or matching words), every page."""
         return await self._all(lambda cursor, n: self.skills_page(name=name, search=search, limit=n, cursor=cursor))
 
     async def skills_page(
         self, *, name: str | None = None, search: str | None = None, limit: int = 500, cursor: str | None = None
-    ) -> Page[SkillInfo]:
+    ) -> Page[api.SkillInfo]:
         """One page of registered skills."""
-        request = SkillsRequest(name=name, search=search, limit=limit, cursor=cursor)
-        reply = await self._call(ApiVerb.SKILLS, request, SkillsReply)
+        request = api.SkillsRequest(name=name, search=search, limit=limit, cursor=cursor)
+        reply = await self.call(verbs.SKILLS, request)
         return Page(reply.skills, reply.next_cursor, reply.total)
 
     async def set_skill_enabled(
         self, name: str, *, enabled: bool, version: str | None = None, by: str | None = None
-    ) -> SkillInfo:
+    ) -> api.SkillInfo:
         """Enable (one version) or disable (one or all versions) a skill."""
-        request = SkillToggleRequest(name=name, version=version, enabled=enabled, by=by)
-        return (await self._call(ApiVerb.SKILL_TOGGLE, request, SkillsReply)).skills[0]
+        request = api.SkillToggleRequest(name=name, version=version, enabled=enabled, by=by)
+        return (await self.call(verbs.SKILL_TOGGLE, request)).skills[0]
 
-    async def install_skill(self, folder: Path, *, by: str | None = None) -> SkillInstallReply:
+    async def install_skill(self, folder: Path, *, by: str | None = None) -> api.SkillInstallReply:
         """Validate a skill folder, upload its files, and register it."""
         manifest = load_manifest(folder)
         checksum = await asyncio.to_thread(folder_checksum, folder)
@@ -382,43 +363,48 @@ class ClawClient:
         store = await Topology(self.conn, JetStreamSettings()).skill_code()
         name = f"{manifest.name}/{manifest.version}/{checksum[:16]}.tar.gz"
         await store.put(name, archive)
-        request = SkillInstallRequest(manifest=manifest, checksum=checksum, archive=name, by=by)
-        return await self._call(ApiVerb.SKILL_INSTALL, request, SkillInstallReply)
+        request = api.SkillInstallRequest(manifest=manifest, checksum=checksum, archive=name, by=by)
+        return await self.call(verbs.SKILL_INSTALL, request)
 
-    async def approvals(self, *, limit: int | None = None) -> list[ApprovalView]:
+    async def approvals(self, *, limit: int | None = None) -> list[api.ApprovalView]:
         """The first `limit` tasks waiting for approval (all: None), oldest first, page by page."""
         return (await collect(self._approvals_page, limit=limit, page_size=LIST_PAGE_SIZE)).items
 
-    async def approvals_page(self, *, limit: int = 500, cursor: str | None = None) -> Page[ApprovalView]:
+    async def approvals_page(self, *, limit: int = 500, cursor: str | None = None) -> Page[api.ApprovalView]:
         """One page of the tasks waiting for approval; `total` (first page) counts them all."""
-        reply = await self._call(ApiVerb.APPROVALS, ApprovalsRequest(limit=limit, cursor=cursor), ApprovalsReply)
+        reply = await self.call(verbs.APPROVALS, api.ApprovalsRequest(limit=limit, cursor=cursor))
         return Page(reply.approvals, reply.next_cursor, reply.total)
 
-    def iter_approvals(self, *, page_size: int = LIST_PAGE_SIZE) -> AsyncIterator[ApprovalView]:
+    def iter_approvals(self, *, page_size: int = LIST_PAGE_SIZE) -> AsyncIterator[api.ApprovalView]:
         """Every task waiting for approval, oldest first, one page at a time."""
         return iterate(self._approvals_page, page_size=page_size)
 
-    async def _approvals_page(self, cursor: str | None, limit: int) -> Page[ApprovalView]:
+    async def _approvals_page(self, cursor: str | None, limit: int) -> Page[api.ApprovalView]:
         return await self.approvals_page(limit=limit, cursor=cursor)
 
-    async def approve(self, task_id: str, *, by: str, note: str | None = None) -> ApprovalOutcome:
+    async def approve(self, task_id: str, *, by: str, note: str | None = None) -> api.ApprovalOutcome:
         """Record `by`'s approval of a held task."""
-        return await self._call(ApiVerb.APPROVE, ApproveRequest(task_id=task_id, by=by, note=note), ApprovalOutcome)
+        return await self.call(verbs.APPROVE, api.ApproveRequest(task_id=task_id, by=by, note=note))
 
-    async def reject(self, task_id: str, *, by: str, reason: str) -> ApprovalOutcome:
+    async def reject(self, task_id: str, *, by: str, reason: str) -> api.ApprovalOutcome:
         """Reject a held task."""
-        return await self._call(ApiVerb.REJECT, RejectRequest(task_id=task_id, by=by, reason=reason), ApprovalOutcome)
+        return await self.call(verbs.REJECT, api.RejectRequest(task_id=task_id, by=by, reason=reason))
 
     async def guard_check(
         self, skill: str, input: msgspec.Raw = EMPTY_OBJECT, *, submitter: str | None = None
-    ) -> GuardCheckReply:
+    ) -> api.GuardCheckReply:
         """Which guard rule would apply to such a task, and why."""
-        request = GuardCheckRequest(skill=skill, input=input, submitter=submitter)
-        return await self._call(ApiVerb.GUARD_CHECK, request, GuardCheckReply)
+        request = api.GuardCheckRequest(skill=skill, input=input, submitter=submitter)
+        return await self.call(verbs.GUARD_CHECK, request)
 
-    async def audit_verify(self) -> AuditReply:
+    async def audit_verify(self) -> api.AuditReply:
         """Verify the event log's hash chain (and its anchor in NATS)."""
-        return await self._call(ApiVerb.AUDIT_VERIFY, Empty(), AuditReply, timeout_s=600.0)
+        return await self.call(verbs.AUDIT_VERIFY, api.Empty())
+
+    async def quarantine_list(self, *, task_id: str | None = None, limit: int = 50) -> list[QuarantinedEvent]:
+        """Task events the coordinator could not decode or fold, newest first (at most 500)."""
+        request = api.QuarantineListRequest(task_id=task_id, limit=limit)
+        return (await self.call(verbs.QUARANTINE_LIST, request)).events
 
     async def wait(
         self,
@@ -532,6 +518,29 @@ class ClawClient:
 
     # --- plumbing -------------------------------------------------------------------------------
 
+    def _check_size(self, verb: Verb[Any, Any], payload: bytes, headers: dict[str, str]) -> None:
+        size, max_payload = message_bytes(payload, headers), self.conn.nc.max_payload
+        if size > max_payload:
+            # nats-server would disconnect us for it: say what to do instead.
+            raise PayloadTooLargeError(
+                f"{too_large_message(f'the {verb.name} request', size, max_payload)}; {LARGE_REQUEST_HINT}"
+            )
+
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str], timeout_s: float) -> Msg:
+        for pause_s in NO_RESPONDERS_RETRIES_S:
+            try:
+                return await self.conn.nc.request(subject, payload, timeout=timeout_s, headers=headers)
+            except nats.errors.NoRespondersError:
+                # nats-server can answer "no responders" for a moment after a subscriber appeared
+                # (seen about once in 300 fresh subscriptions here); only a repeated answer counts.
+                if pause_s is None:
+                    break
+                await asyncio.sleep(pause_s)
+        raise CoordinatorUnavailableError(
+            f"no coordinator is answering on {subject}; start one with `claw coordinator start` "
+            "(or a whole local cluster with `claw up`)"
+        )
+
     async def _subscribe_updates(self, task_ids: list[str], cb: Callable[[Msg], Awaitable[None]]) -> list[Any]:
         subjects = self.conn.subjects
         if len(task_ids) > PER_TASK_WAIT_SUBSCRIPTIONS:
@@ -565,47 +574,6 @@ class ClawClient:
         if current:
             chunks.append(current)
         return chunks
-
-    async def quarantine_list(self, *, task_id: str | None = None, limit: int = 50) -> list[QuarantinedEvent]:
-        """Task events the coordinator could not decode or fold, newest first (at most 500)."""
-        request = QuarantineListRequest(task_id=task_id, limit=limit)
-        return (await self._call(ApiVerb.QUARANTINE_LIST, request, QuarantineListReply)).events
-
-    async def _call(self, verb: str, body: msgspec.Struct, reply_type: type[T], *, timeout_s: float | None = None) -> T:
-        subject = self.conn.subjects.api(verb)
-        payload = encode(body)
-        headers = headers_for()
-        size, max_payload = message_bytes(payload, headers), self.conn.nc.max_payload
-        if size > max_payload:
-            # nats-server would disconnect us for it: say what to do instead.
-            raise PayloadTooLargeError(
-                f"{too_large_message(f'the {verb} request', size, max_payload)}; {LARGE_REQUEST_HINT}"
-            )
-        try:
-            for pause_s in NO_RESPONDERS_RETRIES_S:
-                try:
-                    msg = await self.conn.nc.request(
-                        subject, payload, timeout=timeout_s or self._timeout_s, headers=headers
-                    )
-                    break
-                except nats.errors.NoRespondersError:
-                    # nats-server can answer "no responders" for a moment after a subscriber appeared
-                    # (seen about once in 300 fresh subscriptions here); only a repeated answer counts.
-                    if pause_s is None:
-                        raise CoordinatorUnavailableError(
-                            f"no coordinator is answering on {subject}; start one with `claw coordinator start` "
-                            "(or a whole local cluster with `claw up`)"
-                        ) from None
-                    await asyncio.sleep(pause_s)
-        except (nats.errors.TimeoutError, TimeoutError):
-            raise RequestTimeoutError(
-                f"the coordinator did not answer {verb} within {timeout_s or self._timeout_s:g} s; "
-                "check it is running and healthy (`claw status`, its log)"
-            ) from None
-        reply = decode(msg.data, ApiReply)
-        if reply.error is not None:
-            raise error_for_code(reply.error.code, reply.error.message)
-        return decode(reply.data, reply_type)
 
 
 def _partly_submitted(error: BaseException, submitted: int, total: int) -> BaseException:

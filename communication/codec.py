@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from common.errors import ClawError
+from common.errors import ClawError, InvalidInputError
 from common.events import TaskEvent
 from common.models import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from common.verbs import RequestT, Verb
 
 T = TypeVar("T")
 
@@ -48,6 +51,21 @@ def decode(data: bytes, type_: type[T]) -> T:
     """Decode `data` as `type_`, raising `DecodeError` with the reason if it does not fit."""
     value: T = _decode(data, type_)
     return value
+
+
+def decode_request(verb: Verb[RequestT, Any], data: bytes) -> RequestT:
+    """The request of `verb` in `data`, or an `InvalidInputError` saying what is wrong with it.
+
+    An empty body is the request with every field at its default; a verb that takes no arguments
+    ignores its body. The coordinator's API server decodes every request here, and so can anyone
+    holding a verb's name and a JSON body (an HTTP gateway) before `ClawClient.call`.
+    """
+    if not verb.request.__struct_fields__:
+        return verb.request()
+    try:
+        return decode(data or b"{}", verb.request)
+    except DecodeError as exc:
+        raise InvalidInputError(str(exc).replace("cannot decode", "invalid request:", 1)) from None
 
 
 def decode_event(data: bytes) -> TaskEvent:

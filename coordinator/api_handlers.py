@@ -1,73 +1,31 @@
-"""The coordinator's API verbs: decode the request, do the work, return the reply body."""
+"""The coordinator's answers to the API verbs: one method per verb, from request Struct to reply Struct.
+
+Each method is marked `@serves(verbs.X)` with the verb it answers (`common/verbs.py` declares them);
+the `ApiServer` decodes the request, checks ids, maps errors, fits the reply and traces around it.
+The verbs of the quarantine are served by `QuarantineDesk`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 from collections.abc import Callable
-from typing import TypeVar
 
 import msgspec
 
-from common import __version__
-from common.api import (
-    ApiVerb,
-    ApprovalOutcome,
-    ApprovalsReply,
-    ApprovalsRequest,
-    ApproveRequest,
-    ArtifactsReply,
-    ArtifactsRequest,
-    ArtifactStoreReply,
-    AuditReply,
-    DlqListReply,
-    DlqListRequest,
-    DlqPurgeReply,
-    DlqPurgeRequest,
-    DlqReplayReply,
-    DlqReplayRequest,
-    GuardCheckReply,
-    GuardCheckRequest,
-    GuardDecision,
-    NodeControlReply,
-    NodeControlRequest,
-    NodesReply,
-    NodesRequest,
-    PingReply,
-    RejectRequest,
-    SkillInfo,
-    SkillInstallReply,
-    SkillInstallRequest,
-    SkillsReply,
-    SkillsRequest,
-    SkillToggleRequest,
-    StatusReply,
-    StatusRequest,
-    SubmitReply,
-    SubmitRequest,
-    TaskActionReply,
-    TaskCancelRequest,
-    TaskGetRequest,
-    TaskListReply,
-    TaskListRequest,
-    TaskRetryRequest,
-    TaskStatesReply,
-    TaskStatesRequest,
-)
+from common import __version__, api, verbs
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
-from common.ids import SHOWN_ID_CHARS, shown_id
 from common.models import ClusterStatus, DeadLetterView, NatsServerInfo, TaskView
 from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
 from common.states import TaskState
-from communication.codec import DecodeError, decode
 from communication.connection import NatsConnection
 from communication.monitoring import fetch_server_info
 from communication.payload_limits import reply_budget
 from communication.trace_context import start_task_span
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
-from coordinator.api_server import Handler
+from coordinator.api_routes import serves
 from coordinator.approvals import ApprovalDesk
 from coordinator.audit import Auditor
 from coordinator.dead_letters import DeadLetterOffice
@@ -88,11 +46,10 @@ from storage.task_store import TaskStore
 
 # The most task ids one `task_states` request may name: its reply must fit one NATS message.
 MAX_STATE_IDS = 10_000
-T = TypeVar("T")
 
 
 class ApiHandlers:
-    """One method per verb; `table()` maps verbs to them for the `ApiServer`."""
+    """One method per verb, each marked with the verb it serves (`ApiRoutes.of` collects them)."""
 
     def __init__(
         self,
@@ -139,46 +96,19 @@ class ApiHandlers:
         """The bytes a reply body may take: it must fit the server's max_payload."""
         return reply_budget(self._conn.nc.max_payload)
 
-    def table(self) -> dict[str, Handler]:
-        """verb -> handler."""
-        return {
-            ApiVerb.PING: self.ping,
-            ApiVerb.SUBMIT: self.submit,
-            ApiVerb.TASK_GET: self.task_get,
-            ApiVerb.TASK_LIST: self.task_list,
-            ApiVerb.TASK_STATES: self.task_states,
-            ApiVerb.NODES: self.nodes,
-            ApiVerb.STATUS: self.status,
-            ApiVerb.TASK_CANCEL: self.task_cancel,
-            ApiVerb.TASK_RETRY: self.task_retry,
-            ApiVerb.DLQ_LIST: self.dlq_list,
-            ApiVerb.DLQ_REPLAY: self.dlq_replay,
-            ApiVerb.DLQ_PURGE: self.dlq_purge,
-            ApiVerb.SKILLS: self.skills,
-            ApiVerb.SKILL_TOGGLE: self.skill_toggle,
-            ApiVerb.SKILL_INSTALL: self.skill_install,
-            ApiVerb.APPROVALS: self.approvals,
-            ApiVerb.APPROVE: self.approve,
-            ApiVerb.REJECT: self.reject,
-            ApiVerb.GUARD_CHECK: self.guard_check,
-            ApiVerb.AUDIT_VERIFY: self.audit_verify,
-            ApiVerb.ARTIFACTS: self.artifacts,
-            ApiVerb.ARTIFACT_STORE: self.artifact_store,
-            ApiVerb.NODE_CONTROL: self.node_control,
-        }
-
-    async def ping(self, data: bytes) -> PingReply:
+    @serves(verbs.PING)
+    async def ping(self, request: api.Empty) -> api.PingReply:
         """Liveness and version."""
-        return PingReply(
+        return api.PingReply(
             version=__version__,
             node_id=self._node_id,
             skills=sorted(self._registry.online_skills()),
             metrics_port=self._metrics_port(),
         )
 
-    async def submit(self, data: bytes) -> SubmitReply:
+    @serves(verbs.SUBMIT, fit=fit_submit_reply)
+    async def submit(self, request: api.SubmitRequest) -> api.SubmitReply:
         """Admit, persist and publish tasks."""
-        request = _decode_request(data, SubmitRequest)
         most = max_submit_results(self._budget())
         if len(request.tasks) > most:
             raise InvalidInputError(
@@ -193,22 +123,22 @@ class ApiHandlers:
                 "claw.task", functools.partial(_task_attributes, record), own_trace=own_trace
             )
         results = await self._pipeline.submit(records)
-        return fit_submit_reply(SubmitReply(results=results), self._budget())
+        return api.SubmitReply(results=results)
 
-    async def task_get(self, data: bytes) -> TaskView:
+    @serves(verbs.TASK_GET, fit=fit_task_view)
+    async def task_get(self, request: api.TaskGetRequest) -> TaskView:
         """One task with its history."""
-        request = _decode_request(data, TaskGetRequest)
         # A submit answered `queued` may still wait a few ms for that to be written: write it
         # first, so a read never shows the task going back to `pending`.
         await self._pipeline.flush_queued()
         view = await self._store.get_task(request.task_id, history=request.history)
         if view is None:
             raise TaskNotFoundError(f"no task with id {request.task_id}; `claw task list` shows recent ones")
-        return fit_task_view(view, self._budget())
+        return view
 
-    async def task_list(self, data: bytes) -> TaskListReply:
+    @serves(verbs.TASK_LIST)
+    async def task_list(self, request: api.TaskListRequest) -> api.TaskListReply:
         """A page of the newest tasks, filtered; the cursor is the last task id of the previous page."""
-        request = _decode_request(data, TaskListRequest)
         limit = page_limit(request.limit)
         await self._pipeline.flush_queued()
         rows = await self._store.list_tasks(
@@ -218,39 +148,39 @@ class ApiHandlers:
         total = None
         if request.cursor is None:
             total = await self._store.count_tasks(state=request.state, skill=request.skill)
-        return TaskListReply(tasks=tasks, next_cursor=tasks[-1].task_id if more else None, total=total)
+        return api.TaskListReply(tasks=tasks, next_cursor=tasks[-1].task_id if more else None, total=total)
 
-    async def task_states(self, data: bytes) -> TaskStatesReply:
+    @serves(verbs.TASK_STATES)
+    async def task_states(self, request: api.TaskStatesRequest) -> api.TaskStatesReply:
         """Committed states of many tasks.
 
         Read from the database, not the working set: records in memory run ahead of their commit,
         and a client that saw "succeeded" here must find the result when it asks for the task.
         """
-        request = _decode_request(data, TaskStatesRequest)
         if len(request.task_ids) > MAX_STATE_IDS:
             raise InvalidInputError(
                 f"the request names {len(request.task_ids)} tasks; ask for at most {MAX_STATE_IDS} at a time"
             )
-        return TaskStatesReply(states=await self._store.states(request.task_ids))
+        return api.TaskStatesReply(states=await self._store.states(request.task_ids))
 
-    async def nodes(self, data: bytes) -> NodesReply:
+    @serves(verbs.NODES)
+    async def nodes(self, request: api.NodesRequest) -> api.NodesReply:
         """A page of the node registry, with what the coordinator asks of each node (a small list in
         memory: the cursor is an offset)."""
-        request = _decode_request(data, NodesRequest)
         views = self._node_control.views_with_control()
         page, cursor = offset_page(
             views, cursor=request.cursor, limit=page_limit(request.limit), budget=self._budget(), what="node"
         )
-        return NodesReply(nodes=page, next_cursor=cursor, total=len(views))
+        return api.NodesReply(nodes=page, next_cursor=cursor, total=len(views))
 
-    async def node_control(self, data: bytes) -> NodeControlReply:
+    @serves(verbs.NODE_CONTROL)
+    async def node_control(self, request: api.NodeControlRequest) -> api.NodeControlReply:
         """Pause, drain or resume a node: recorded, sent to it, answered with what it does now."""
-        request = _decode_request(data, NodeControlRequest)
         return await self._node_control.set(request.node_id, request.control, by=request.by)
 
-    async def status(self, data: bytes) -> StatusReply:
+    @serves(verbs.STATUS)
+    async def status(self, request: api.StatusRequest) -> api.StatusReply:
         """The cluster overview, with rates over the tasks that finished in the requested window."""
-        request = _decode_request(data, StatusRequest)
         queues, dead_letters, window, nats_info = await asyncio.gather(
             self._probe.depths(self._registry.known_skills()),
             self._probe.dead_letters(),
@@ -258,7 +188,7 @@ class ApiHandlers:
             self._nats_info(),
         )
         views = self._registry.views()
-        return StatusReply(
+        return api.StatusReply(
             status=ClusterStatus(
                 coordinator_version=__version__,
                 nodes_online=self._registry.online_count(),
@@ -273,15 +203,15 @@ class ApiHandlers:
             )
         )
 
-    async def task_cancel(self, data: bytes) -> TaskActionReply:
+    @serves(verbs.TASK_CANCEL)
+    async def task_cancel(self, request: api.TaskCancelRequest) -> api.TaskActionReply:
         """Cancel a task; a running attempt is stopped on its worker."""
-        request = _decode_request(data, TaskCancelRequest)
         state = await self._operations.cancel(request.task_id, reason=request.reason, by=request.by)
-        return TaskActionReply(task_id=request.task_id, state=state)
+        return api.TaskActionReply(task_id=request.task_id, state=state)
 
-    async def task_retry(self, data: bytes) -> TaskActionReply:
+    @serves(verbs.TASK_RETRY)
+    async def task_retry(self, request: api.TaskRetryRequest) -> api.TaskActionReply:
         """Re-run a failed, dead or cancelled task as a new attempt series (a dead one leaves the DLQ)."""
-        request = _decode_request(data, TaskRetryRequest)
         record = await self._book.find(request.task_id)
         letter = None
         if record is not None and record.state == TaskState.DEAD:
@@ -289,11 +219,11 @@ class ApiHandlers:
         state, changed = await self._operations.rerun(request.task_id, kind="retry", by=request.by, note={})
         if changed and letter is not None:
             await self._dead_letters.remove(letter)
-        return TaskActionReply(task_id=request.task_id, state=state, changed=changed)
+        return api.TaskActionReply(task_id=request.task_id, state=state, changed=changed)
 
-    async def dlq_list(self, data: bytes) -> DlqListReply:
+    @serves(verbs.DLQ_LIST)
+    async def dlq_list(self, request: api.DlqListRequest) -> api.DlqListReply:
         """A page of dead letters, newest first; the cursor is a stream sequence to go on below."""
-        request = _decode_request(data, DlqListRequest)
         limit = page_limit(request.limit)
         views, resume = await self._dead_letters.list_page(
             skill=request.skill, limit=limit + 1, before=_seq_cursor(request.cursor)
@@ -301,31 +231,31 @@ class ApiHandlers:
         letters, more = take_page(views, limit=limit, budget=self._budget(), what="dead letter")
         cursor = str(letters[-1].seq) if more else None if resume is None else str(resume)
         total = await self._dead_letters.total() if request.cursor is None and request.skill is None else None
-        return DlqListReply(letters=letters, next_cursor=cursor, total=total)
+        return api.DlqListReply(letters=letters, next_cursor=cursor, total=total)
 
-    async def dlq_replay(self, data: bytes) -> DlqReplayReply:
+    @serves(verbs.DLQ_REPLAY)
+    async def dlq_replay(self, request: api.DlqReplayRequest) -> api.DlqReplayReply:
         """Replay dead tasks from the DLQ as new attempt series; replaying twice changes nothing.
 
         A replayed task's letter leaves the DLQ. `all` goes through one page of letters per request.
         """
-        request = _decode_request(data, DlqReplayRequest)
         if request.all == (request.task_id is not None):
             raise InvalidInputError("name one dead task to replay, or ask for all of them (--all)")
         if request.task_id is not None:
-            return DlqReplayReply(results=[await self._replay_one(request.task_id, request.by)])
+            return api.DlqReplayReply(results=[await self._replay_one(request.task_id, request.by)])
         views, resume = await self._dead_letters.list_page(
             skill=request.skill, limit=page_limit(request.limit), before=_seq_cursor(request.cursor)
         )
         results = [await self._replay(view, request.by) for view in views if view.letter.task_id is not None]
-        return DlqReplayReply(results=results, next_cursor=None if resume is None else str(resume))
+        return api.DlqReplayReply(results=results, next_cursor=None if resume is None else str(resume))
 
-    async def _replay_one(self, task_id: str, by: str | None) -> TaskActionReply:
+    async def _replay_one(self, task_id: str, by: str | None) -> api.TaskActionReply:
         record = await self._book.find(task_id)
         letter = None if record is None else await self._dead_letters.letter_of(task_id, record.skill)
         if record is not None and record.state not in RERUNNABLE:
             if letter is not None:
                 await self._dead_letters.remove(letter)  # left by a crash after the re-run: stale
-            return TaskActionReply(
+            return api.TaskActionReply(
                 task_id=task_id, state=record.state, changed=False, note=f"already replayed (now {record.state.value})"
             )
         if letter is None:
@@ -335,88 +265,88 @@ class ApiHandlers:
             )
         return await self._replay(letter, by)
 
-    async def _replay(self, view: DeadLetterView, by: str | None) -> TaskActionReply:
+    async def _replay(self, view: DeadLetterView, by: str | None) -> api.TaskActionReply:
         task_id = view.letter.task_id or ""
         state, changed = await self._operations.rerun(task_id, kind="replayed", by=by, note={"dlq_seq": view.seq})
         await self._dead_letters.remove(view)  # re-run now, or already earlier: the letter is history
         note = "" if changed else f"already replayed (now {state.value})"
-        return TaskActionReply(task_id=task_id, state=state, changed=changed, note=note)
+        return api.TaskActionReply(task_id=task_id, state=state, changed=changed, note=note)
 
-    async def dlq_purge(self, data: bytes) -> DlqPurgeReply:
+    @serves(verbs.DLQ_PURGE)
+    async def dlq_purge(self, request: api.DlqPurgeRequest) -> api.DlqPurgeReply:
         """Drop dead letters."""
-        request = _decode_request(data, DlqPurgeRequest)
         purged = await self._dead_letters.purge(skill=request.skill, older_than_s=request.older_than_s)
-        return DlqPurgeReply(purged=purged)
+        return api.DlqPurgeReply(purged=purged)
 
-    async def skills(self, data: bytes) -> SkillsReply:
+    @serves(verbs.SKILLS)
+    async def skills(self, request: api.SkillsRequest) -> api.SkillsReply:
         """A page of registered skills (and skills only workers know), with the online nodes running each."""
-        request = _decode_request(data, SkillsRequest)
         entries = self._catalog.search(request.search) if request.search else self._catalog.entries()
         if request.name is not None:
             entries = [e for e in entries if e.name == request.name]
-        infos = [SkillInfo(entry=e, nodes=self._nodes_running(e.name)) for e in entries]
+        infos = [api.SkillInfo(entry=e, nodes=self._nodes_running(e.name)) for e in entries]
         registered = {e.name for e in self._catalog.entries()}
         for name in sorted(self._registry.online_skills() - registered):
             if (request.name is None or request.name == name) and not request.search:
-                infos.append(SkillInfo(entry=self._worker_entry(name), nodes=self._nodes_running(name)))
+                infos.append(api.SkillInfo(entry=self._worker_entry(name), nodes=self._nodes_running(name)))
         if request.name is not None and not infos:
             raise TaskNotFoundError(f"no skill called '{request.name}'; `claw skills list` shows them")
         page, cursor = offset_page(
             infos, cursor=request.cursor, limit=page_limit(request.limit), budget=self._budget(), what="skill"
         )
-        return SkillsReply(skills=page, next_cursor=cursor, total=len(infos))
+        return api.SkillsReply(skills=page, next_cursor=cursor, total=len(infos))
 
-    async def skill_toggle(self, data: bytes) -> SkillsReply:
+    @serves(verbs.SKILL_TOGGLE)
+    async def skill_toggle(self, request: api.SkillToggleRequest) -> api.SkillsReply:
         """Enable or disable a skill (workers follow within a heartbeat)."""
-        request = _decode_request(data, SkillToggleRequest)
         if not self._catalog.known(request.name) and request.name in self._registry.online_skills():
             entry = self._worker_entry(request.name)
             await self._catalog.register_worker_skill(entry.manifest, enabled=request.enabled, by=request.by)
         entry = await self._catalog.set_enabled(request.name, request.version, request.enabled, by=request.by)
-        return SkillsReply(skills=[SkillInfo(entry=entry, nodes=self._nodes_running(entry.name))])
+        return api.SkillsReply(skills=[api.SkillInfo(entry=entry, nodes=self._nodes_running(entry.name))])
 
-    async def skill_install(self, data: bytes) -> SkillInstallReply:
+    @serves(verbs.SKILL_INSTALL)
+    async def skill_install(self, request: api.SkillInstallRequest) -> api.SkillInstallReply:
         """Register an uploaded skill (its files are in the skill-code store)."""
-        request = _decode_request(data, SkillInstallRequest)
         entry, created = await self._catalog.install(
             request.manifest, checksum=request.checksum, archive=request.archive, by=request.by
         )
-        return SkillInstallReply(entry=entry, created=created)
+        return api.SkillInstallReply(entry=entry, created=created)
 
-    async def approvals(self, data: bytes) -> ApprovalsReply:
+    @serves(verbs.APPROVALS)
+    async def approvals(self, request: api.ApprovalsRequest) -> api.ApprovalsReply:
         """A page of the tasks waiting for approval, oldest first; the cursor is the last task id."""
-        request = _decode_request(data, ApprovalsRequest)
         limit = page_limit(request.limit)
         views, total = await self._approvals.waiting_page(after=request.cursor, limit=limit + 1)
         page, more = take_page(views, limit=limit, budget=self._budget(), what="held task")
-        return ApprovalsReply(
+        return api.ApprovalsReply(
             approvals=page,
             next_cursor=page[-1].task_id if more else None,
             total=total if request.cursor is None else None,
         )
 
-    async def approve(self, data: bytes) -> ApprovalOutcome:
+    @serves(verbs.APPROVE)
+    async def approve(self, request: api.ApproveRequest) -> api.ApprovalOutcome:
         """One person's approval of a held task."""
-        request = _decode_request(data, ApproveRequest)
         return await self._approvals.approve(request.task_id, by=request.by, note=request.note)
 
-    async def reject(self, data: bytes) -> ApprovalOutcome:
+    @serves(verbs.REJECT)
+    async def reject(self, request: api.RejectRequest) -> api.ApprovalOutcome:
         """Reject a held task."""
-        request = _decode_request(data, RejectRequest)
         return await self._approvals.reject(request.task_id, by=request.by, reason=request.reason)
 
-    async def guard_check(self, data: bytes) -> GuardCheckReply:
+    @serves(verbs.GUARD_CHECK)
+    async def guard_check(self, request: api.GuardCheckRequest) -> api.GuardCheckReply:
         """Which guard rule would apply to a task, and why (nothing is submitted)."""
-        request = _decode_request(data, GuardCheckRequest)
         try:
             parsed = msgspec.json.decode(request.input)
         except msgspec.DecodeError as exc:
             raise InvalidInputError(f"the input is not valid JSON: {exc}") from None
         risk, decision = self._admission.decide(request.skill, parsed, request.submitter)
-        return GuardCheckReply(
+        return api.GuardCheckReply(
             skill=request.skill,
             risk=risk.value,
-            decision=GuardDecision(
+            decision=api.GuardDecision(
                 action=decision.action.value,
                 rule=decision.rule,
                 approvals=decision.approvals,
@@ -425,9 +355,9 @@ class ApiHandlers:
             ),
         )
 
-    async def artifacts(self, data: bytes) -> ArtifactsReply:
+    @serves(verbs.ARTIFACTS)
+    async def artifacts(self, request: api.ArtifactsRequest) -> api.ArtifactsReply:
         """A task's artifacts (metadata; the bytes are in the artifact store)."""
-        request = _decode_request(data, ArtifactsRequest)
         if await self._store.get_task(request.task_id, history=False) is None:
             raise TaskNotFoundError(f"no task with id {request.task_id}; `claw task list` shows recent ones")
         limit = page_limit(request.limit)
@@ -436,13 +366,15 @@ class ApiHandlers:
         )
         page, more = take_page([view for _, view in rows], limit=limit, budget=self._budget(), what="artifact")
         cursor = str(rows[len(page) - 1][0]) if more else None
-        return ArtifactsReply(artifacts=page, next_cursor=cursor, total=total)
+        return api.ArtifactsReply(artifacts=page, next_cursor=cursor, total=total)
 
-    async def artifact_store(self, data: bytes) -> ArtifactStoreReply:
+    @serves(verbs.ARTIFACT_STORE)
+    async def artifact_store(self, request: api.Empty) -> api.ArtifactStoreReply:
         """The artifact store settings this coordinator (and, by convention, its workers) use."""
-        return ArtifactStoreReply(settings=self._config.artifacts)
+        return api.ArtifactStoreReply(settings=self._config.artifacts)
 
-    async def audit_verify(self, data: bytes) -> AuditReply:
+    @serves(verbs.AUDIT_VERIFY)
+    async def audit_verify(self, request: api.Empty) -> api.AuditReply:
         """Walk the event log's hash chain and compare its head with the anchor in NATS."""
         return await self._auditor.verify()
 
@@ -474,18 +406,6 @@ def _seq_cursor(cursor: str | None) -> int | None:
     if seq == 0:
         raise InvalidInputError(f"'{cursor}' is not a cursor of the dead-letter list; pass back a next_cursor")
     return seq
-
-
-def _decode_request(data: bytes, type_: type[T]) -> T:
-    try:
-        request = decode(data or b"{}", type_)
-    except DecodeError as exc:
-        raise InvalidInputError(str(exc).replace("cannot decode", "invalid request:", 1)) from None
-    task_id = getattr(request, "task_id", None)
-    if isinstance(task_id, str) and len(task_id) > SHOWN_ID_CHARS:
-        # Task ids are 26 characters: this names no task, and error messages must not echo it whole.
-        raise TaskNotFoundError(f"no task with id {shown_id(task_id)}; `claw task list` shows recent ones")
-    return request
 
 
 def _task_attributes(record: TaskRecord) -> dict[str, str]:

@@ -1,7 +1,12 @@
-"""Serving the coordinator API over NATS request/reply.
+"""Serving the coordinator API over NATS request/reply: everything a verb's handler does not do.
 
 Each verb has its own queue-group subscription (coordinators share the load). A request is served in
 its own task, owned by the server and awaited on shutdown, so a slow query never holds up a submit.
+The server decodes the request into the verb's Struct (`decode_request`: a malformed one is
+`invalid_input`), answers `not_found` at once for a `task_id` longer than any task's (without echoing
+it whole), calls the handler (`coordinator/api_routes.py`), trims the reply with the route's `fit`,
+and wraps it in an `ApiReply`, all inside one `claw.api.<verb>` span.
+
 Errors become `ApiReply.error`: a `ClawError` keeps its code and message; bytes no decoder could
 take (nested too deeply, invalid UTF-8) are `invalid_input`; anything else is logged with its
 traceback (never the request's bytes) and answered as `internal`, so a client never hangs on a
@@ -14,42 +19,45 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind, StatusCode
 
 from common.api import ApiError, ApiReply
-from common.errors import ClawError, InternalError, InvalidInputError, PayloadTooLargeError
+from common.errors import ClawError, InternalError, InvalidInputError, PayloadTooLargeError, TaskNotFoundError
+from common.ids import SHOWN_ID_CHARS, shown_id
 from common.log import get_logger
 from common.tracing import current_span
-from communication.codec import DecodeError, encode
+from common.verbs import Verb
+from communication.codec import DecodeError, decode_request, encode
 from communication.connection import NatsConnection
-from communication.payload_limits import message_bytes, too_large_message
+from communication.payload_limits import message_bytes, reply_budget, too_large_message
 from communication.trace_context import context_from
+from coordinator.api_routes import ApiRoutes, Route
 
 log = get_logger("coordinator.api")
 
-Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
 MAX_ERROR_CHARS = 1000
 
 
 class ApiServer:
-    """Subscribes the API verbs and answers them with the given handlers."""
+    """Subscribes the API verbs and answers them with the handlers of `routes`."""
 
-    def __init__(self, conn: NatsConnection, handlers: dict[str, Handler]) -> None:
+    def __init__(self, conn: NatsConnection, routes: ApiRoutes) -> None:
         self._conn = conn
-        self._handlers = handlers
+        self._routes = routes
         self._subs: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Start answering requests."""
+        """Start answering requests; refuses to unless every declared verb has its handler."""
+        self._routes.check_complete()
         subjects = self._conn.subjects
-        for verb, handler in self._handlers.items():
+        for route in self._routes:
             sub = await self._conn.nc.subscribe(
-                subjects.api(verb), queue=subjects.api_queue_group, cb=self._dispatcher(verb, handler)
+                subjects.api(route.verb.name), queue=subjects.api_queue_group, cb=self._dispatcher(route)
             )
             self._subs.append(sub)
         # SUBs are buffered: make sure the server has them before anyone is told the API is up.
@@ -66,17 +74,18 @@ class ApiServer:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _dispatcher(self, verb: str, handler: Handler) -> Callable[[Msg], Awaitable[None]]:
+    def _dispatcher(self, route: Route) -> Callable[[Msg], Awaitable[None]]:
         async def dispatch(msg: Msg) -> None:
-            task = asyncio.create_task(self._serve(verb, handler, msg), name=f"api.{verb}")
+            task = asyncio.create_task(self._serve(route, msg), name=f"api.{route.verb.name}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
         return dispatch
 
-    async def _serve(self, verb: str, handler: Handler, msg: Msg) -> None:
+    async def _serve(self, route: Route, msg: Msg) -> None:
+        verb = route.verb.name
         with current_span(f"claw.api.{verb}", context=context_from(msg.headers), kind=SpanKind.SERVER) as span:
-            payload = await self._answer(verb, handler, msg)
+            payload = await self._answer(route, msg)
             if payload.startswith(b'{"error"'):
                 span.set_status(StatusCode.ERROR)
         if msg.reply:
@@ -96,9 +105,13 @@ class ApiServer:
                 headers = None  # the request's own headers were the problem
         await self._conn.nc.publish(msg.reply, payload, headers=headers)
 
-    async def _answer(self, verb: str, handler: Handler, msg: Msg) -> bytes:
+    async def _answer(self, route: Route, msg: Msg) -> bytes:
+        verb = route.verb.name
         try:
-            return b'{"data":' + encode(await handler(msg.data)) + b"}"
+            reply = await route.handler(_request(route.verb, msg.data))
+            if route.fit is not None:
+                reply = route.fit(reply, reply_budget(self._conn.nc.max_payload))
+            return b'{"data":' + encode(reply) + b"}"
         except DecodeError as exc:
             return _error("bad_request", f"malformed {verb} request: {exc}")
         except ClawError as exc:
@@ -111,6 +124,16 @@ class ApiServer:
             log.exception("api.failed", verb=verb)
             error = InternalError(f"the coordinator failed on {verb}: {type(exc).__name__}: {_short(exc)}; see its log")
             return _error(error.code, str(error))
+
+
+def _request(verb: Verb[Any, Any], data: bytes) -> Any:
+    """The decoded request; a `task_id` longer than any task's names no task."""
+    request = decode_request(verb, data)
+    task_id = getattr(request, "task_id", None) if verb.checks_task_id else None
+    if isinstance(task_id, str) and len(task_id) > SHOWN_ID_CHARS:
+        # Task ids are 26 characters: this names no task, and error messages must not echo it whole.
+        raise TaskNotFoundError(f"no task with id {shown_id(task_id)}; `claw task list` shows recent ones")
+    return request
 
 
 def _error(code: str, message: str) -> bytes:

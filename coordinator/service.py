@@ -35,6 +35,7 @@ from communication.topology import Topology
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
+from coordinator.api_routes import ApiRoutes
 from coordinator.api_server import ApiServer
 from coordinator.approvals import ApprovalDesk
 from coordinator.artifact_cleanup import ArtifactJanitor
@@ -159,7 +160,7 @@ class Coordinator:
             node_control=self.node_control,
         )
         quarantine = QuarantineDesk(QuarantineStore(db))
-        self._api = ApiServer(conn, handlers.table() | quarantine.api_handlers())
+        self._api = ApiServer(conn, ApiRoutes.of(handlers, quarantine))
         self._heartbeat_sub: Subscription | None = None
         self._claims_sub: Subscription | None = None
         self._next_alerts_at = self._next_gauges_at = 0.0

@@ -12,14 +12,11 @@ import signal
 from collections import Counter
 from typing import Any
 
-from common.config import load_config
-from common.errors import InvalidInputError
-from common.log import configure_logging
-from worker.context import TaskContext
-from worker.service import Worker
-from worker.skills import Skill, builtin_registry
+from common import InvalidInputError, configure_logging, load_config
+from worker import TaskContext, Worker, builtin_registry, skill
 
 
+@skill("text.word_count", description="counts words")
 async def word_count(ctx: TaskContext, input: dict[str, Any]) -> dict[str, Any]:
     """Count the words of `text`; reports progress and logs a line to the task's timeline."""
     text = input.get("text")
@@ -35,7 +32,7 @@ async def main(nats_url: str) -> None:
     config = load_config(overrides={"nats": {"url": nats_url}})
     configure_logging(config.log, process="worker")
     skills = builtin_registry()
-    skills.register(Skill("text.word_count", word_count, "counts words"))
+    skills.register(word_count)
     worker = await Worker.start(config, skills=skills)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -18,13 +18,18 @@ from typing import Any
 
 import msgspec
 
-from common.config import LogSettings, load_config
-from common.errors import ClawError, UnknownSkillError
-from common.events import TaskProgress
-from common.log import configure_logging
-from common.models import TaskSpec
-from common.states import Priority, TaskState
-from communication.api_client import ClawClient
+from common import (
+    ClawError,
+    LogSettings,
+    Priority,
+    TaskProgress,
+    TaskSpec,
+    TaskState,
+    UnknownSkillError,
+    configure_logging,
+    load_config,
+)
+from communication import ClawClient
 
 
 def task(skill: str, input: dict[str, Any], **options: Any) -> TaskSpec:

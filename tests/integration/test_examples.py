@@ -11,7 +11,7 @@ import msgspec
 from common.config import ClawConfig
 from common.states import TaskState
 from tests.helpers import connected_client, running_coordinator, running_worker, spec, wait_nodes_online
-from worker.skills import Skill, builtin_registry
+from worker.skills import builtin_registry
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -27,7 +27,7 @@ def load(name: str) -> ModuleType:
 async def test_custom_skill_example_runs_on_a_worker(config: ClawConfig) -> None:
     example = load("custom_skill_worker")
     skills = builtin_registry()
-    skills.register(Skill("text.word_count", example.word_count))
+    skills.register(example.word_count)  # declared with @skill, as the example registers it
     async with running_coordinator(config), running_worker(config, skills=skills), connected_client(config) as client:
         await wait_nodes_online(client, 1)
         submitted = await client.submit(spec("text.word_count", {"text": "to be or not to be"}))

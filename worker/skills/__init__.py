@@ -7,7 +7,8 @@ runs in a thread) returning anything JSON can encode. It signals failure by rais
 
 Every skill has a manifest (`common.skills.SkillManifest`): the built-in ones ship in
 `common/builtin_skills/`, installed ones come from `claw skills install`, and a skill registered in
-code without one gets a minimal manifest from its `Skill` fields.
+code without one gets a minimal manifest from its `Skill` fields. In code, `@skill("name")` on a
+handler declares it (the function stays as it is) and `SkillRegistry.register` takes it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from common.config import ClawConfig
 from common.errors import ConfigError, InvalidInputError
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 
 AsyncHandler = Callable[["TaskContext", dict[str, Any]], Awaitable[Any]]
 SyncHandler = Callable[["TaskContext", dict[str, Any]], Any]
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+
+# Where `@skill` keeps a function's `Skill`.
+_SKILL_ATTR = "__claw_skill__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,47 @@ class Skill:
         )
 
 
+def skill(
+    name: str, *, description: str | None = None, version: str = "0.0.0", risk: Risk = Risk.READ_ONLY
+) -> Callable[[HandlerT], HandlerT]:
+    """Declare a handler a skill; register it with `SkillRegistry.register(handler)`.
+
+        @skill("text.word_count", risk=Risk.READ_ONLY)
+        async def word_count(ctx: TaskContext, input: dict[str, Any]) -> dict[str, Any]: ...
+
+    The function is returned unchanged, so it can still be called (and tested) directly. The
+    description defaults to the first line of its docstring. A name that cannot be a skill's is
+    refused here, when the module is imported, not when the first task arrives.
+    """
+
+    def declare(handler: HandlerT) -> HandlerT:
+        summary = (inspect.getdoc(handler) or "").partition("\n")[0]
+        declared = Skill(name, handler, summary if description is None else description, version, risk)
+        _check_name(name)
+        setattr(handler, _SKILL_ATTR, declared)
+        return handler
+
+    return declare
+
+
+def skill_of(handler: Skill | Callable[..., Any]) -> Skill:
+    """The `Skill` a handler was declared as with `@skill` (a `Skill` is itself)."""
+    if isinstance(handler, Skill):
+        return handler
+    declared = getattr(handler, _SKILL_ATTR, None)
+    if not isinstance(declared, Skill):
+        what = getattr(handler, "__qualname__", None) or repr(handler)
+        raise ConfigError(f"{what} is not a skill: declare it with @skill('name'), or register Skill('name', handler)")
+    return declared
+
+
+def _check_name(name: str) -> None:
+    try:
+        check_skill_name(name)
+    except InvalidInputError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _callable_name(handler: object) -> str:
     name = getattr(handler, "__name__", "handler")
     return name if name.isidentifier() else "handler"
@@ -66,17 +112,16 @@ def _callable_name(handler: object) -> str:
 class SkillRegistry:
     """The skills of one worker, validated when they are registered."""
 
-    def __init__(self, skills: Iterable[Skill] = ()) -> None:
+    def __init__(self, skills: Iterable[Skill | Callable[..., Any]] = ()) -> None:
         self._skills: dict[str, Skill] = {}
-        for skill in skills:
-            self.register(skill)
+        for each in skills:
+            self.register(each)
 
-    def register(self, skill: Skill) -> None:
-        """Add a skill; refuses invalid names, duplicates and non-callables."""
-        try:
-            check_skill_name(skill.name)
-        except InvalidInputError as exc:
-            raise ConfigError(str(exc)) from None
+    def register(self, skill: Skill | Callable[..., Any]) -> None:
+        """Add a skill, or a handler declared with `@skill`; refuses invalid names, duplicates and
+        non-callables."""
+        skill = skill_of(skill)
+        _check_name(skill.name)
         if skill.name in self._skills:
             raise ConfigError(f"skill '{skill.name}' is registered twice")
         if not callable(skill.handler):

@@ -4,7 +4,7 @@ from typing import Any
 
 import httpx
 
-from common.errors import PermanentError, RetryableError
+from common import PermanentError, RetryableError
 
 
 async def post(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""The coordinator API's verbs, each declared once: name, request, reply, and the role it needs.
+
+Everything else derives from a declaration: the subject (`<prefix>.api.<name>`), the client's typed
+call (`await client.call(verbs.TASK_CANCEL, TaskCancelRequest(...))` returns a `TaskActionReply`),
+and the type of the coordinator's handler (`@serves(verbs.TASK_CANCEL)` on a method taking the
+request and returning the reply; `coordinator/api_routes.py` checks it). `BY_NAME` finds a verb by
+its name for callers that only have a string, such as an HTTP gateway building the request from JSON.
+
+Roles are recorded here for the trust issue to enforce; nothing checks them yet. Adding a verb:
+docs/Architecture.md, "The API: one declaration per verb".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from common import api
+from common.models import TaskView
+
+RequestT = TypeVar("RequestT", bound=msgspec.Struct)
+ReplyT = TypeVar("ReplyT", bound=msgspec.Struct)
+
+
+class Role(StrEnum):
+    """Who may call a verb (DESIGN.md, "Who may do what"); a person or program may hold several."""
+
+    ADMIN = "admin"  # changes what the cluster can run or keeps: skill installs, purges
+    OPERATOR = "operator"  # runs the cluster: cancel, retry, replay, node control
+    APPROVER = "approver"  # says yes or no to tasks the guard holds
+    SUBMITTER = "submitter"  # submits tasks
+    VIEWER = "viewer"  # reads
+
+
+@dataclass(frozen=True, slots=True)
+class Verb(Generic[RequestT, ReplyT]):
+    """One API verb: its subject's last token, the Structs it takes and answers, and its role."""
+
+    name: str
+    request: type[RequestT]
+    reply: type[ReplyT]
+    _: KW_ONLY
+    role: Role
+    # How long the client waits for the answer by default (None: the connection's request timeout).
+    timeout_s: float | None = None
+    # The request's `task_id`, when it has one, names a task: the server answers `not_found` for an
+    # id longer than any task's before the handler runs. False where it is a free-form filter.
+    checks_task_id: bool = True
+
+
+_DECLARED: dict[str, Verb[Any, Any]] = {}
+
+
+def _declare(verb: Verb[RequestT, ReplyT]) -> Verb[RequestT, ReplyT]:
+    """Add a verb to the table, once."""
+    if verb.name in _DECLARED:
+        raise ValueError(f"the API verb '{verb.name}' is declared twice")
+    _DECLARED[verb.name] = verb
+    return verb
+
+
+PING = _declare(Verb("ping", api.Empty, api.PingReply, role=Role.VIEWER))
+SUBMIT = _declare(Verb("submit", api.SubmitRequest, api.SubmitReply, role=Role.SUBMITTER))
+TASK_GET = _declare(Verb("task_get", api.TaskGetRequest, TaskView, role=Role.VIEWER))
+TASK_LIST = _declare(Verb("task_list", api.TaskListRequest, api.TaskListReply, role=Role.VIEWER))
+TASK_STATES = _declare(Verb("task_states", api.TaskStatesRequest, api.TaskStatesReply, role=Role.VIEWER))
+TASK_CANCEL = _declare(Verb("task_cancel", api.TaskCancelRequest, api.TaskActionReply, role=Role.OPERATOR))
+TASK_RETRY = _declare(Verb("task_retry", api.TaskRetryRequest, api.TaskActionReply, role=Role.OPERATOR))
+NODES = _declare(Verb("nodes", api.NodesRequest, api.NodesReply, role=Role.VIEWER))
+NODE_CONTROL = _declare(Verb("node_control", api.NodeControlRequest, api.NodeControlReply, role=Role.OPERATOR))
+STATUS = _declare(Verb("status", api.StatusRequest, api.StatusReply, role=Role.VIEWER))
+DLQ_LIST = _declare(Verb("dlq_list", api.DlqListRequest, api.DlqListReply, role=Role.VIEWER))
+DLQ_REPLAY = _declare(Verb("dlq_replay", api.DlqReplayRequest, api.DlqReplayReply, role=Role.OPERATOR, timeout_s=60.0))
+DLQ_PURGE = _declare(Verb("dlq_purge", api.DlqPurgeRequest, api.DlqPurgeReply, role=Role.ADMIN, timeout_s=60.0))
+SKILLS = _declare(Verb("skills", api.SkillsRequest, api.SkillsReply, role=Role.VIEWER))
+SKILL_TOGGLE = _declare(Verb("skill_toggle", api.SkillToggleRequest, api.SkillsReply, role=Role.ADMIN))
+SKILL_INSTALL = _declare(Verb("skill_install", api.SkillInstallRequest, api.SkillInstallReply, role=Role.ADMIN))
+APPROVALS = _declare(Verb("approvals", api.ApprovalsRequest, api.ApprovalsReply, role=Role.VIEWER))
+APPROVE = _declare(Verb("approve", api.ApproveRequest, api.ApprovalOutcome, role=Role.APPROVER))
+REJECT = _declare(Verb("reject", api.RejectRequest, api.ApprovalOutcome, role=Role.APPROVER))
+GUARD_CHECK = _declare(Verb("guard_check", api.GuardCheckRequest, api.GuardCheckReply, role=Role.SUBMITTER))
+AUDIT_VERIFY = _declare(Verb("audit_verify", api.Empty, api.AuditReply, role=Role.OPERATOR, timeout_s=600.0))
+ARTIFACTS = _declare(Verb("artifacts", api.ArtifactsRequest, api.ArtifactsReply, role=Role.VIEWER))
+ARTIFACT_STORE = _declare(Verb("artifact_store", api.Empty, api.ArtifactStoreReply, role=Role.VIEWER))
+QUARANTINE_LIST = _declare(
+    Verb(
+        "quarantine_list", api.QuarantineListRequest, api.QuarantineListReply, role=Role.OPERATOR, checks_task_id=False
+    )
+)
+
+# Every verb, in the order declared, and by name.
+ALL: tuple[Verb[Any, Any], ...] = tuple(_DECLARED.values())
+BY_NAME: Mapping[str, Verb[Any, Any]] = MappingProxyType(_DECLARED)
