@@ -125,6 +125,11 @@ class SubmitPipeline:
     async def flush_queued(self) -> None:
         """Write the `queued` of every published batch still waiting for a commit to ride along."""
         if not self._unconfirmed and not self._unwritten:
+            if self._book.lock.locked():
+                # Another flush or a submit commit may have staged them already and be writing
+                # them under the lock: a read must not see `pending` because it came just then.
+                async with self._book.lock:
+                    pass
             return
         async with self._book.lock:
             batch = WriteBatch()
