@@ -16,9 +16,11 @@ commit order. There are two kinds:
   at once: the metrics counters, the alert log. It runs on the event loop: it must not block.
 
 A committer whose own work after the commit must come before what the queued listeners do holds
-them meanwhile (`held()`): event intake publishes the dead letters and acks the events of a batch
-before the broadcast tells a `claw submit --wait` that its task is dead, so that `claw dlq list`
-then shows the letter. Inline listeners are never held.
+them meanwhile (`held()`): the commits made while a hold is open reach the queued listeners once it
+is closed; commits made before it go on flowing (so a committer that holds again and again, as
+event intake does batch after batch, starves nobody). Event intake publishes the dead letters and
+acks the events of a batch before the broadcast tells a `claw submit --wait` that its task is dead,
+so that `claw dlq list` then shows the letter. Inline listeners are never held.
 
 A listener that raises is logged with its traceback and counted; the other listeners, the commit
 and whoever committed carry on. On shutdown, once the loops that commit have stopped, each queued
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +56,8 @@ class _Listener:
     name: str
     inline: InlineListener | None = None
     queued: QueuedListener | None = None
-    pending: deque[Committed] = field(default_factory=deque)
+    # (sequence number, commit), oldest first.
+    pending: deque[tuple[int, Committed]] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     calls: int = 0
     failures: int = 0
@@ -80,8 +84,10 @@ class CommitListeners:
     def __init__(self, *, queue_max: int = QUEUE_MAX) -> None:
         self._queue_max = queue_max
         self._listeners: dict[str, _Listener] = {}
-        self._holds = 0
-        self._released = asyncio.Event()
+        # Commits are numbered as dispatched; an open hold keeps back those numbered from its start.
+        self._next_seq = 0
+        self._holds: dict[int, int] = {}  # hold -> the number of the first commit it keeps back
+        self._hold_keys = itertools.count()
 
     def add(self, name: str, listener: QueuedListener) -> None:
         """Call `listener` with the commits made since its last call, from a task of its own."""
@@ -98,23 +104,26 @@ class CommitListeners:
 
     def dispatch(self, commit: Committed) -> None:
         """Hand one commit to every listener (the task writer's `on_commit`); never raises."""
+        seq = self._next_seq
+        self._next_seq += 1
         for listener in self._listeners.values():
             if listener.inline is not None:
                 self._call_inline(listener, commit)
             else:
-                self._enqueue(listener, commit)
+                self._enqueue(listener, seq, commit)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Queued listeners get no commit while this is open (commits still queue up for them)."""
-        self._holds += 1
-        self._released.clear()
+        """Queued listeners get the commits made while this is open only once it is closed."""
+        key = next(self._hold_keys)
+        self._holds[key] = self._next_seq
         try:
             yield
         finally:
-            self._holds -= 1
-            if self._holds == 0:
-                self._released.set()
+            del self._holds[key]
+            for listener in self._listeners.values():
+                if listener.pending:
+                    listener.wake.set()
 
     def views(self) -> list[ListenerView]:
         """Every listener's counts, in registration order (for `claw status`)."""
@@ -147,7 +156,7 @@ class CommitListeners:
             log.exception("listeners.failed", listener=listener.name, failures=listener.failures + 1)
             _count_failure(listener, exc)
 
-    def _enqueue(self, listener: _Listener, commit: Committed) -> None:
+    def _enqueue(self, listener: _Listener, seq: int, commit: Committed) -> None:
         if len(listener.pending) >= self._queue_max:
             listener.pending.popleft()
             listener.dropped += 1
@@ -157,8 +166,17 @@ class CommitListeners:
                     "listeners.overflow", listener=listener.name, queue_max=self._queue_max, dropped=listener.dropped,
                     note="the listener is too far behind: the oldest commits are dropped for it",
                 )  # fmt: skip
-        listener.pending.append(commit)
+        listener.pending.append((seq, commit))
         listener.wake.set()
+
+    def _take(self, listener: _Listener, *, everything: bool) -> list[Committed]:
+        """Take the listener's commits that no open hold keeps back (`everything`: all of them)."""
+        barrier = None if everything or not self._holds else min(self._holds.values())
+        taken: list[Committed] = []
+        pending = listener.pending
+        while pending and (barrier is None or pending[0][0] < barrier):
+            taken.append(pending.popleft()[1])
+        return taken
 
     async def _serve(self, listener: _Listener, stopping: asyncio.Event) -> None:
         """Call a queued listener with what waits for it; return once stopping and its queue is empty."""
@@ -168,14 +186,11 @@ class CommitListeners:
                 listener.overflowing = False
                 if stopping.is_set():
                     return
+            commits = self._take(listener, everything=stopping.is_set())
+            if not commits:
                 listener.wake.clear()
                 await wait_any(listener.wake, stopping)
                 continue
-            if self._holds and not stopping.is_set():
-                await wait_any(self._released, stopping)
-                continue
-            commits = list(listener.pending)
-            listener.pending.clear()
             listener.calls += 1
             try:
                 await listener.queued(commits)

@@ -188,6 +188,23 @@ async def test_held_listeners_get_the_commits_made_meanwhile_once_released(write
     await running
 
 
+async def test_a_hold_keeps_back_only_the_commits_made_while_it_is_open() -> None:
+    """A committer that holds batch after batch (event intake) must not starve the others' commits."""
+    hooks, recorder = CommitListeners(), Recorder()
+    hooks.add("recorder", recorder)
+    stopping, running = await serve(hooks)
+    before, during = (Committed(events=(EventRecord.of(EventKind.LOG, t, 1.0),), tasks={}) for t in ("a", "b"))
+    hooks.dispatch(before)  # queued, not yet delivered: the listener's task has not run
+    with hooks.held():
+        hooks.dispatch(during)
+        await eventually(lambda: recorder.commits == [before], what="the commit made before the hold")
+        with pytest.raises(AssertionError, match="timed out"):
+            await eventually(lambda: len(recorder.commits) > 1, timeout_s=0.3, what="the held commit (none may come)")
+    await eventually(lambda: recorder.commits == [before, during], what="the held commit, once released")
+    stopping.set()
+    await running
+
+
 async def test_on_shutdown_a_queued_listener_still_gets_what_was_committed_before(writer: TaskWriter) -> None:
     hooks, recorder = CommitListeners(), Recorder()
     recorder.gate.clear()
