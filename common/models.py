@@ -453,6 +453,35 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
     since: float
 
 
+class JobView(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the coordinator's periodic jobs: how often it runs and how its runs went."""
+
+    name: str
+    interval_s: float
+    runs: int = 0
+    failures: int = 0
+    # When the last run started (wall clock) and how long it took; None before the first run ends.
+    last_run_at: float | None = None
+    last_duration_s: float | None = None
+    # The error of the last failed run and when it started; kept after later runs succeed.
+    last_error: str | None = None
+    last_error_at: float | None = None
+    running: bool = False
+
+
+class ListenerView(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the coordinator's after-commit listeners: how many commits it saw, failed on, missed."""
+
+    name: str
+    inline: bool
+    calls: int = 0
+    failures: int = 0
+    # Commits dropped because its queue was full (a listener far behind): it never saw them.
+    dropped: int = 0
+    queued: int = 0
+    last_error: str | None = None
+
+
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The cluster at a glance: `claw status`."""
 
@@ -468,3 +497,6 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     alerts: list[AlertView] = []
     # The port of the coordinator's Prometheus endpoint, None when it serves none.
     metrics_port: int | None = None
+    # The coordinator's periodic jobs and after-commit listeners (coordinator/hooks.py).
+    jobs: list[JobView] = []
+    listeners: list[ListenerView] = []

@@ -1,17 +1,19 @@
 """Alerts on recent outcomes: the completion and failure rates of the tasks that finished lately.
 
-The maintenance loop calls `evaluate` every `alert_interval_s`. It counts the tasks that finished in
-the last `alert_window_s` (from SQLite: `TaskStore.window_stats`) and, once at least
+The periodic job `alerts` calls `evaluate` every `alert_interval_s`. It counts the tasks that finished
+in the last `alert_window_s` (from SQLite: `TaskStatistics.window_stats`) and, once at least
 `alert_min_tasks` finished - one failure out of one task pages nobody - compares:
 
 - `completion_rate` fires while succeeded / finished < `alert_min_completion`;
 - `failure_rate` fires while (failed + dead) / finished > `alert_max_failure`.
 
-A rate equal to its threshold does not fire. An alert that starts is logged (a warning) and recorded in
-the event log as `alert.<name>`; one that ends as `alert.resolved` - both under the pseudo task id
-`cluster:alerts`, so they are hash-chained with everything else. Too few finished tasks ends an alert
-too: there is nothing left to judge. Active alerts are restored from the event log at start-up, so a
-restarted coordinator neither repeats a start nor forgets to record the end.
+A rate equal to its threshold does not fire. An alert that starts is recorded in the event log as
+`alert.<name>`, one that ends as `alert.resolved` - both under the pseudo task id `cluster:alerts`, so
+they are hash-chained with everything else - and announced once committed, by the after-commit
+listener `announce` (a warning or an info line in the log; where a notifier would plug in). Too few
+finished tasks ends an alert too: there is nothing left to judge. Active alerts are restored from the
+event log at start-up, so a restarted coordinator neither repeats a start nor forgets to record the
+end.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ import msgspec
 from common.clock import Clock
 from common.config import CoordinatorSettings
 from common.errors import StorageError
+from common.event_kinds import EventKind
 from common.log import get_logger
 from common.models import AlertView, WindowStats
-from coordinator.event_folding import event_data
+from storage.commits import Committed
 from storage.records import EventRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_queries import TaskQueries
+from storage.task_stats import TaskStatistics
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.alerts")
 
@@ -36,7 +41,7 @@ ALERTS_TASK_ID = "cluster:alerts"
 COMPLETION_RATE = "completion_rate"
 FAILURE_RATE = "failure_rate"
 ALERT_NAMES = (COMPLETION_RATE, FAILURE_RATE)
-RESOLVED_KIND = "alert.resolved"
+FIRING_KINDS = frozenset(EventKind.alert(name) for name in ALERT_NAMES)
 # Newest alert events read at start-up to find each alert's last word.
 RESTORE_SCAN = 200
 
@@ -92,8 +97,17 @@ def _failure_text(stats: WindowStats, rate: float, threshold: float) -> str:
 class AlertMonitor:
     """Judges the recent window against the thresholds; records alerts that start and end."""
 
-    def __init__(self, store: TaskStore, settings: CoordinatorSettings, clock: Clock) -> None:
-        self._store = store
+    def __init__(
+        self,
+        writer: TaskWriter,
+        queries: TaskQueries,
+        stats: TaskStatistics,
+        settings: CoordinatorSettings,
+        clock: Clock,
+    ) -> None:
+        self._writer = writer
+        self._queries = queries
+        self._stats = stats
         self._settings = settings
         self._clock = clock
         self._rules = (
@@ -117,7 +131,7 @@ class AlertMonitor:
     async def load(self) -> None:
         """Restore the alerts that were firing when the coordinator last stopped."""
         seen: set[str] = set()
-        for event in await self._store.recent_events(ALERTS_TASK_ID, limit=RESTORE_SCAN):
+        for event in await self._queries.recent_events(ALERTS_TASK_ID, limit=RESTORE_SCAN):
             try:
                 data = msgspec.json.decode(bytes(event.data), type=_AlertData)
             except msgspec.DecodeError:
@@ -146,7 +160,7 @@ class AlertMonitor:
 
     async def window_stats(self, window_s: float) -> WindowStats:
         """The tasks that finished in the last `window_s` seconds: what alerts are judged on."""
-        return await self._store.window_stats(since=self._clock.now() - window_s, window_s=window_s)
+        return await self._stats.window_stats(since=self._clock.now() - window_s, window_s=window_s)
 
     async def evaluate(self) -> list[AlertView]:
         """Judge the alert window now; record alerts that start or end. Returns the active alerts.
@@ -162,7 +176,7 @@ class AlertMonitor:
         now = self._clock.now()
         judged = stats.finished >= self._settings.alert_min_tasks
         active = dict(self._active)
-        changes: list[tuple[str, AlertView]] = []
+        changes: list[tuple[EventKind, AlertView]] = []
         for rule in self._rules:
             rate = rule.rate_of(stats)
             if judged and rate is not None and rule.fires(rate, rule.threshold):
@@ -170,18 +184,17 @@ class AlertMonitor:
                 since = now if started is None else started.since
                 active[rule.name] = self._view(rule, stats, rate, since=since, firing=True)
                 if started is None:
-                    changes.append((f"alert.{rule.name}", active[rule.name]))
+                    changes.append((EventKind.alert(rule.name), active[rule.name]))
             elif rule.name in active:
                 ended = active.pop(rule.name)
-                changes.append((RESOLVED_KIND, self._view(rule, stats, rate, since=ended.since, firing=False)))
+                resolved = self._view(rule, stats, rate, since=ended.since, firing=False)
+                changes.append((EventKind.ALERT_RESOLVED, resolved))
         if changes:
             try:
-                await self._store.write_batch(WriteBatch(events=[_event(kind, view, now) for kind, view in changes]))
+                await self._writer.write_batch(WriteBatch(events=[_event(kind, view, now) for kind, view in changes]))
             except StorageError as exc:
                 log.error("alerts.record_failed", error=str(exc))
                 return self.active()
-            for kind, view in changes:
-                _log(kind, view)
         self._active = active
         return self.active()
 
@@ -209,27 +222,35 @@ class AlertMonitor:
         )
 
 
-def _event(kind: str, view: AlertView, at: float) -> EventRecord:
-    data = event_data(
-        alert=view.name,
-        rate=round(view.rate, 6),
-        threshold=view.threshold,
-        window_s=view.window_s,
-        finished=view.finished,
-        message=view.message,
-    )
-    return EventRecord(task_id=ALERTS_TASK_ID, kind=kind, at=at, data=data)
+def announce(commit: Committed) -> None:
+    """After-commit listener (inline): log each alert that a commit recorded as started or ended."""
+    for event in commit.events:
+        if event.kind in FIRING_KINDS or event.kind == EventKind.ALERT_RESOLVED:
+            _log(event)
 
 
-def _log(kind: str, view: AlertView) -> None:
-    fields = {
+def _event(kind: EventKind, view: AlertView, at: float) -> EventRecord:
+    data = {
         "alert": view.name,
-        "rate": round(view.rate, 4),
+        "rate": round(view.rate, 6),
         "threshold": view.threshold,
         "window_s": view.window_s,
         "finished": view.finished,
+        "message": view.message,
     }
-    if kind == RESOLVED_KIND:
-        log.info("alert.resolved", **fields, message=view.message)
+    return EventRecord.of(kind, ALERTS_TASK_ID, at, data=data)
+
+
+def _log(event: EventRecord) -> None:
+    data = msgspec.json.decode(event.data or "{}", type=_AlertData)
+    fields = {
+        "alert": data.alert,
+        "rate": round(data.rate or 0.0, 4),
+        "threshold": data.threshold,
+        "window_s": data.window_s,
+        "finished": data.finished,
+    }
+    if event.kind == EventKind.ALERT_RESOLVED:
+        log.info("alert.resolved", **fields, message=data.message)
     else:
-        log.warning("alert.firing", **fields, message=view.message)
+        log.warning("alert.firing", **fields, message=data.message)

@@ -16,7 +16,8 @@ import msgspec
 from common import __version__, api, verbs
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
-from common.models import ClusterStatus, DeadLetterView, NatsServerInfo, TaskView
+from common.event_kinds import EventKind
+from common.models import ClusterStatus, DeadLetterView, JobView, ListenerView, NatsServerInfo, TaskView
 from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
 from common.states import TaskState
 from communication.connection import NatsConnection
@@ -40,9 +41,10 @@ from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
+from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore
 from storage.records import TaskRecord
-from storage.task_store import TaskStore
+from storage.task_queries import TaskQueries
 
 # The most task ids one `task_states` request may name: its reply must fit one NATS message.
 MAX_STATE_IDS = 10_000
@@ -59,7 +61,8 @@ class ApiHandlers:
         conn: NatsConnection,
         admission: Admission,
         pipeline: SubmitPipeline,
-        store: TaskStore,
+        store: TaskQueries,
+        artifact_index: ArtifactIndex,
         book: TaskBook,
         registry: NodeRegistry,
         operations: TaskOperations,
@@ -72,6 +75,8 @@ class ApiHandlers:
         metrics_port: Callable[[], int | None],
         artifacts: ArtifactStore | None = None,
         node_control: NodeControlDesk,
+        jobs: Callable[[], list[JobView]],
+        listeners: Callable[[], list[ListenerView]],
     ) -> None:
         self._config = config
         self._node_id = node_id
@@ -79,6 +84,9 @@ class ApiHandlers:
         self._admission = admission
         self._pipeline = pipeline
         self._store = store
+        self._artifact_index = artifact_index
+        self._jobs = jobs
+        self._listeners = listeners
         self._book = book
         self._registry = registry
         self._operations = operations
@@ -200,6 +208,8 @@ class ApiHandlers:
                 dlq_messages=dead_letters,
                 alerts=self._alerts.active(),
                 metrics_port=self._metrics_port(),
+                jobs=self._jobs(),
+                listeners=self._listeners(),
             )
         )
 
@@ -216,7 +226,7 @@ class ApiHandlers:
         letter = None
         if record is not None and record.state == TaskState.DEAD:
             letter = await self._dead_letters.letter_of(record.task_id, record.skill)
-        state, changed = await self._operations.rerun(request.task_id, kind="retry", by=request.by, note={})
+        state, changed = await self._operations.rerun(request.task_id, kind=EventKind.RETRY, by=request.by, note={})
         if changed and letter is not None:
             await self._dead_letters.remove(letter)
         return api.TaskActionReply(task_id=request.task_id, state=state, changed=changed)
@@ -267,7 +277,9 @@ class ApiHandlers:
 
     async def _replay(self, view: DeadLetterView, by: str | None) -> api.TaskActionReply:
         task_id = view.letter.task_id or ""
-        state, changed = await self._operations.rerun(task_id, kind="replayed", by=by, note={"dlq_seq": view.seq})
+        state, changed = await self._operations.rerun(
+            task_id, kind=EventKind.REPLAYED, by=by, note={"dlq_seq": view.seq}
+        )
         await self._dead_letters.remove(view)  # re-run now, or already earlier: the letter is history
         note = "" if changed else f"already replayed (now {state.value})"
         return api.TaskActionReply(task_id=task_id, state=state, changed=changed, note=note)
@@ -361,7 +373,7 @@ class ApiHandlers:
         if await self._store.get_task(request.task_id, history=False) is None:
             raise TaskNotFoundError(f"no task with id {request.task_id}; `claw task list` shows recent ones")
         limit = page_limit(request.limit)
-        rows, total = await self._store.artifacts_page(
+        rows, total = await self._artifact_index.artifacts_page(
             request.task_id, after=offset_cursor(request.cursor), limit=limit + 1
         )
         page, more = take_page([view for _, view in rows], limit=limit, budget=self._budget(), what="artifact")

@@ -14,13 +14,14 @@ import bisect
 from common.api import ApprovalOutcome, ApprovalView
 from common.clock import Clock
 from common.errors import InvalidInputError, TaskNotFoundError
+from common.event_kinds import EventKind
 from common.log import get_logger
 from common.states import TaskState
-from coordinator.event_folding import event_data
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from storage.records import EventRecord, TaskRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_queries import TaskQueries
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.approvals")
 
@@ -30,9 +31,12 @@ INPUT_SUMMARY_CHARS = 200
 class ApprovalDesk:
     """Lists, approves, rejects and expires held tasks."""
 
-    def __init__(self, book: TaskBook, store: TaskStore, pipeline: SubmitPipeline, clock: Clock) -> None:
+    def __init__(
+        self, book: TaskBook, writer: TaskWriter, queries: TaskQueries, pipeline: SubmitPipeline, clock: Clock
+    ) -> None:
         self._book = book
-        self._store = store
+        self._writer = writer
+        self._queries = queries
         self._pipeline = pipeline
         self._clock = clock
 
@@ -47,7 +51,7 @@ class ApprovalDesk:
         return await self._views(records[start : start + limit]), len(records)
 
     async def _views(self, records: list[TaskRecord]) -> list[ApprovalView]:
-        decisions = await self._store.approvals_of([r.task_id for r in records])
+        decisions = await self._queries.approvals_of([r.task_id for r in records])
         return [
             ApprovalView(
                 task_id=r.task_id,
@@ -68,7 +72,7 @@ class ApprovalDesk:
         """Record `by`'s approval; release the task once enough distinct people approved."""
         async with self._book.lock:
             record = await self._held(task_id)
-            approvers = _approvers((await self._store.approvals_of([task_id]))[task_id])
+            approvers = _approvers((await self._queries.approvals_of([task_id]))[task_id])
             if by in approvers:
                 raise InvalidInputError(
                     f"{by} already approved task {task_id}; it needs {record.approvals_needed} different approvers"
@@ -76,13 +80,14 @@ class ApprovalDesk:
             approvers.append(by)
             now = self._clock.now()
             batch = WriteBatch(approvals=[(task_id, by, "approve", note, now)])
-            batch.events.append(_decision_event(record, "approved", now, by=by, note=note, count=len(approvers)))
+            data = {"by": by, "note": note, "count": len(approvers)}
+            batch.events.append(EventRecord.of(EventKind.APPROVED, record.task_id, now, data=data))
             released = len(approvers) >= record.approvals_needed
             if released:
-                batch.events.append(self._book.move(record, TaskState.PENDING, at=now, kind="released"))
+                batch.events.append(self._book.move(record, TaskState.PENDING, at=now, kind=EventKind.RELEASED))
                 record.held_until = None
                 batch.touch(record)
-            await self._store.write_batch(batch)
+            await self._writer.write_batch(batch)
         if released:
             await self._pipeline.publish_pending([record])
         log.info("task.approved", task_id=task_id, by=by, approvals=len(approvers), needed=record.approvals_needed)
@@ -96,8 +101,8 @@ class ApprovalDesk:
             record = await self._held(task_id)
             now = self._clock.now()
             batch = WriteBatch(approvals=[(task_id, by, "reject", reason, now)])
-            self._finish_rejected(record, batch, now, kind="rejected", by=by, reason=reason)
-            await self._store.write_batch(batch)
+            self._finish_rejected(record, batch, now, kind=EventKind.REJECTED, by=by, reason=reason)
+            await self._writer.write_batch(batch)
             self._book.release_finished([record])
         log.info("task.rejected", task_id=task_id, by=by, reason=reason)
         return ApprovalOutcome(task_id=task_id, state=record.state, approvals_needed=record.approvals_needed)
@@ -115,20 +120,20 @@ class ApprovalDesk:
                 return 0
             batch = WriteBatch()
             for record in due:
-                self._finish_rejected(record, batch, now, kind="expired", by=None, reason="approval expired")
-            await self._store.write_batch(batch)
+                self._finish_rejected(record, batch, now, kind=EventKind.EXPIRED, by=None, reason="approval expired")
+            await self._writer.write_batch(batch)
             self._book.release_finished(due)
         log.warning("approvals.expired", count=len(due))
         return len(due)
 
     def _finish_rejected(
-        self, record: TaskRecord, batch: WriteBatch, now: float, *, kind: str, by: str | None, reason: str
+        self, record: TaskRecord, batch: WriteBatch, now: float, *, kind: EventKind, by: str | None, reason: str
     ) -> None:
         record.finished_at = now
         record.held_until = None
         record.error_type, record.error_message = "Rejected", reason
         batch.events.append(
-            self._book.move(record, TaskState.REJECTED, at=now, kind=kind, data=event_data(by=by, reason=reason))
+            self._book.move(record, TaskState.REJECTED, at=now, kind=kind, data={"by": by, "reason": reason})
         )
         batch.touch(record)
 
@@ -143,10 +148,6 @@ class ApprovalDesk:
 
 def _approvers(decisions: list[tuple[str, str, str | None, float]]) -> list[str]:
     return [approver for approver, decision, _, _ in decisions if decision == "approve"]
-
-
-def _decision_event(record: TaskRecord, kind: str, at: float, **data: object) -> EventRecord:
-    return EventRecord(task_id=record.task_id, kind=kind, at=at, data=event_data(**data))
 
 
 def _summary(text: str) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from common.clock import Clock
 from common.errors import ArtifactError
 from common.log import get_logger
+from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, ObjectInfo
-from storage.task_store import TaskStore
 
 log = get_logger("coordinator.artifacts")
 
@@ -26,7 +26,7 @@ ORPHAN_BATCH = 500
 class ArtifactJanitor:
     """Removes expired artifacts."""
 
-    def __init__(self, store: ArtifactStore, tasks: TaskStore, clock: Clock, *, grace_s: float) -> None:
+    def __init__(self, store: ArtifactStore, tasks: ArtifactIndex, clock: Clock, *, grace_s: float) -> None:
         self._store = store
         self._tasks = tasks
         self._clock = clock

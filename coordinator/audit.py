@@ -15,7 +15,7 @@ from nats.js.kv import KeyValue
 from common.api import AuditReply
 from common.log import get_logger
 from communication.connection import NATS_ERRORS
-from storage.task_store import TaskStore
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.audit")
 
@@ -32,7 +32,7 @@ class Anchor(msgspec.Struct, frozen=True):
 class Auditor:
     """Verifies the chain; anchors its head."""
 
-    def __init__(self, store: TaskStore, kv: KeyValue) -> None:
+    def __init__(self, store: TaskWriter, kv: KeyValue) -> None:
         self._store = store
         self._kv = kv
         self._anchored: Anchor | None = None

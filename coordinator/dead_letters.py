@@ -31,7 +31,7 @@ from communication.subjects import skill_from_token
 from coordinator.reply_fit import fit_dead_letter
 from coordinator.task_wire import task_message_of
 from storage.records import TaskRecord
-from storage.task_store import TaskStore
+from storage.task_queries import TaskQueries
 
 log = get_logger("coordinator.dlq")
 
@@ -45,7 +45,7 @@ LETTER_VIEW_ROOM = 1024
 class DeadLetterOffice:
     """Publishes, lists, takes out and purges dead letters."""
 
-    def __init__(self, conn: NatsConnection, store: TaskStore, clock: Clock, default_backoff: Backoff) -> None:
+    def __init__(self, conn: NatsConnection, store: TaskQueries, clock: Clock, default_backoff: Backoff) -> None:
         self._conn = conn
         self._store = store
         self._clock = clock

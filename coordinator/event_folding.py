@@ -23,6 +23,7 @@ from __future__ import annotations
 import msgspec
 
 from common.errors import BadEventError, IllegalTransitionError
+from common.event_kinds import EventKind
 from common.events import (
     TaskArtifact,
     TaskCancelled,
@@ -48,11 +49,6 @@ _json = msgspec.json.Encoder()
 def artifact_marker(ref: ArtifactRef) -> str:
     """How an input or result kept as an artifact is stored in the task's JSON."""
     return _json.encode({ARTIFACT_MARKER: ref}).decode()
-
-
-def event_data(**fields: object) -> str:
-    """The JSON `data` of an event-log row, without empty fields."""
-    return _json.encode({k: v for k, v in fields.items() if v is not None}).decode()
 
 
 class EventFolder:
@@ -137,7 +133,7 @@ class EventFolder:
         if record.state == TaskState.PENDING:
             # The worker was faster than our own "published" bookkeeping. An outcome's `at` is
             # when the attempt ended: the task was queued no later than it started.
-            batch.events.append(self._book.move(record, TaskState.QUEUED, at=started_at, kind="queued"))
+            batch.events.append(self._book.move(record, TaskState.QUEUED, at=started_at, kind=EventKind.QUEUED))
             record.queued_at = record.queued_at or started_at
         record.attempts = event.attempt
         record.node_id = event.node_id
@@ -148,7 +144,7 @@ class EventFolder:
         # An outcome without its `started`: a short attempt (the worker skips it on purpose), or
         # a lost event (then the timeline says so).
         deliberate = isinstance(event, TaskStarted) or not getattr(event, "start_sent", True)
-        kind = "started" if deliberate else "started (implied)"
+        kind = EventKind.STARTED if deliberate else EventKind.STARTED_IMPLIED
         batch.events.append(
             self._book.move(
                 record,
@@ -181,10 +177,10 @@ class EventFolder:
                 record,
                 TaskState.QUEUED,
                 at=at,
-                kind="lost",
+                kind=EventKind.LOST,
                 attempt=lost,
                 node_id=node_id,
-                data=event_data(reason=reason),
+                data={"reason": reason},
             )
         )
 
@@ -200,11 +196,10 @@ class EventFolder:
         message = f"started moments before it stopped reporting; {reason}"
         self._record_lost(record, attempt, node_id, batch, at=at, message=message, reason=reason)
         batch.events.append(
-            EventRecord(
-                task_id=record.task_id, kind="lost", at=at, attempt=attempt, node_id=node_id,
-                data=event_data(reason=reason),
+            EventRecord.of(
+                EventKind.LOST, record.task_id, at, attempt=attempt, node_id=node_id, data={"reason": reason}
             )
-        )  # fmt: skip
+        )
 
     @staticmethod
     def _record_lost(
@@ -245,7 +240,7 @@ class EventFolder:
                 record,
                 TaskState.SUCCEEDED,
                 at=event.at,
-                kind="succeeded",
+                kind=EventKind.SUCCEEDED,
                 node_id=event.node_id,
                 event_id=event.event_id,
             )
@@ -271,15 +266,15 @@ class EventFolder:
         record.error_message = event.message
         record.error_traceback = event.traceback
         record.ack_subject = None
-        data = event_data(error_type=event.error_type, message=event.message, retry_in_s=event.retry_in_s)
+        data = {"error_type": event.error_type, "message": event.message, "retry_in_s": event.retry_in_s}
         if event.retry_in_s is not None:
             record.next_attempt_at = event.at + event.retry_in_s
-            to_state, kind = TaskState.RETRYING, "retrying"
+            to_state, kind = TaskState.RETRYING, EventKind.RETRYING
         else:
             record.finished_at = event.at
             record.next_attempt_at = None
             to_state = TaskState.DEAD if self._dead_letter else TaskState.FAILED
-            kind = "dead" if self._dead_letter else "failed"
+            kind = EventKind.DEAD if self._dead_letter else EventKind.FAILED
         batch.events.append(
             self._book.move(
                 record, to_state, at=event.at, kind=kind, node_id=event.node_id, event_id=event.event_id, data=data
@@ -311,14 +306,14 @@ class EventFolder:
              event.at, event.expires_at)
         )  # fmt: skip
         batch.events.append(
-            EventRecord(
-                task_id=event.task_id,
-                kind="artifact",
-                at=event.at,
+            EventRecord.of(
+                EventKind.ARTIFACT,
+                event.task_id,
+                event.at,
                 attempt=event.attempt,
                 event_id=event.event_id,
                 node_id=event.node_id,
-                data=event_data(name=ref.name, size=ref.size, sha256=ref.sha256),
+                data={"name": ref.name, "size": ref.size, "sha256": ref.sha256},
             )
         )
 
@@ -328,15 +323,17 @@ class EventFolder:
             # Cancelled by something other than `claw task cancel` (cannot happen today): record it.
             self._ensure_running(record, event, batch, event.started_at or event.at)
             batch.events.append(
-                self._book.move(record, TaskState.CANCELLED, at=event.at, kind="cancelled", node_id=event.node_id)
+                self._book.move(
+                    record, TaskState.CANCELLED, at=event.at, kind=EventKind.CANCELLED, node_id=event.node_id
+                )
             )
             record.finished_at = event.at
         self._record_attempt_of_cancelled(record, event, batch, AttemptState.CANCELLED)
         batch.events.append(
-            EventRecord(
-                task_id=record.task_id,
-                kind="attempt cancelled",
-                at=event.at,
+            EventRecord.of(
+                EventKind.ATTEMPT_CANCELLED,
+                record.task_id,
+                event.at,
                 attempt=event.attempt,
                 event_id=event.event_id,
                 node_id=event.node_id,
@@ -385,16 +382,17 @@ class EventFolder:
 
     @staticmethod
     def _note(event: TaskProgress | TaskLog | TaskVerifying) -> EventRecord:
+        data: dict[str, object]
         if isinstance(event, TaskProgress):
-            kind, data = "progress", event_data(percent=event.percent, message=event.message)
+            kind, data = EventKind.PROGRESS, {"percent": event.percent, "message": event.message}
         elif isinstance(event, TaskVerifying):
-            kind, data = "verifying", event_data(check=event.check)
+            kind, data = EventKind.VERIFYING, {"check": event.check}
         else:
-            kind, data = "log", event_data(level=event.level, message=event.message)
-        return EventRecord(
-            task_id=event.task_id,
-            kind=kind,
-            at=event.at,
+            kind, data = EventKind.LOG, {"level": event.level, "message": event.message}
+        return EventRecord.of(
+            kind,
+            event.task_id,
+            event.at,
             attempt=event.attempt,
             event_id=event.event_id,
             node_id=event.node_id,
@@ -406,13 +404,13 @@ class EventFolder:
         kind = type(event).__name__.removeprefix("Task").lower()
         log.info("event.ignored", task_id=record.task_id, attempt=event.attempt, kind=kind, reason=reason)
         batch.events.append(
-            EventRecord(
-                task_id=event.task_id,
-                kind=f"{kind} (ignored)",
-                at=event.at,
+            EventRecord.of(
+                EventKind.ignored(kind),
+                event.task_id,
+                event.at,
                 attempt=event.attempt,
                 event_id=event.event_id,
                 node_id=event.node_id,
-                data=event_data(ignored=reason),
+                data={"ignored": reason},
             )
         )

@@ -2,10 +2,11 @@
 
 Order of a step: pull up to `event_batch_max` events (waiting up to a second for the first), fold
 them all and commit one transaction (holding the task book's lock, so commits happen in the order
-the changes were made), then ack each event, then broadcast the new states. A crash before the acks
-redelivers the batch after `events_ack_wait_s`; folding is idempotent, so nothing is counted twice.
-A database that refuses the write stops intake (retrying) rather than acking events that were not
-recorded.
+the changes were made), then publish the dead letters and ack each event; the new states are then
+announced by an after-commit listener (`coordinator/broadcast.py`), held back until the batch is
+done. A crash before the acks redelivers the batch after
+`events_ack_wait_s`; folding is idempotent, so nothing is counted twice. A database that refuses
+the write stops intake (retrying) rather than acking events that were not recorded.
 
 Anyone on the bus can publish an event, so one that cannot be decoded or folded (garbage, an
 unknown task, a transition the table forbids, a bug in folding) must never stop intake: it is
@@ -25,17 +26,18 @@ from common.errors import BadEventError, StorageError
 from common.events import TaskEvent
 from common.ids import shown_id
 from common.log import get_logger
-from common.models import CancelNotice, TaskUpdate
+from common.models import CancelNotice
 from communication.codec import DecodeError, decode_event, encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.pull import ConsumerUnavailableError, PullConsumer
 from communication.topology import Topology
+from coordinator.commit_listeners import CommitListeners
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.event_folding import EventFolder
 from coordinator.task_book import TaskBook
 from storage.quarantine_store import KEEP_BYTES
 from storage.records import QuarantineRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.events")
 
@@ -50,22 +52,24 @@ class EventIntake:
         self,
         conn: NatsConnection,
         topology: Topology,
-        store: TaskStore,
+        writer: TaskWriter,
         book: TaskBook,
         folder: EventFolder,
         dead_letters: DeadLetterOffice,
         clock: Clock,
         *,
         batch_max: int,
+        listeners: CommitListeners | None = None,
     ) -> None:
         self._conn = conn
         self._clock = clock
         self._topology = topology
-        self._store = store
+        self._writer = writer
         self._book = book
         self._folder = folder
         self._dead_letters = dead_letters
         self._batch_max = batch_max
+        self._listeners = listeners or CommitListeners()
         subjects = conn.subjects
         self._pull = PullConsumer(conn, subjects.events_stream, subjects.events_consumer)
         self._events_subject_head = subjects.events("")
@@ -87,6 +91,13 @@ class EventIntake:
             await self._pull.stop()
 
     async def _handle(self, msgs: list[Msg], stopping: asyncio.Event) -> None:
+        with self._listeners.held():
+            batch = await self._commit_and_ack(msgs, stopping)
+        for record in batch.recancel:
+            notice = CancelNotice(reason="cancelled before it started", series=record.attempt_offset)
+            await self._conn.nc.publish(self._conn.subjects.cancel(record.task_id), encode(notice))
+
+    async def _commit_and_ack(self, msgs: list[Msg], stopping: asyncio.Event) -> WriteBatch:
         batch = WriteBatch()
         async with self._book.lock:
             for msg in msgs:
@@ -103,10 +114,7 @@ class EventIntake:
         except nats.errors.Error as exc:
             # Not acked means redelivered after the ack wait; folding it again changes nothing.
             log.warning("events.ack_failed", error=str(exc))
-        await self._broadcast(batch)
-        for record in batch.recancel:
-            notice = CancelNotice(reason="cancelled before it started", series=record.attempt_offset)
-            await self._conn.nc.publish(self._conn.subjects.cancel(record.task_id), encode(notice))
+        return batch
 
     async def _fold(self, msg: Msg, batch: WriteBatch) -> None:
         """Fold one event into `batch`, or stage it for the quarantine; only storage errors escape."""
@@ -150,7 +158,7 @@ class EventIntake:
         delay = 0.1
         while True:
             try:
-                await self._store.write_batch(batch)
+                await self._writer.write_batch(batch)
                 return
             except StorageError as exc:
                 if stopping.is_set():
@@ -158,14 +166,6 @@ class EventIntake:
                 log.error("events.commit_failed", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
-
-    async def _broadcast(self, batch: WriteBatch) -> None:
-        nc, subjects = self._conn.nc, self._conn.subjects
-        for record in batch.changed_tasks.values():
-            update = TaskUpdate(
-                task_id=record.task_id, state=record.state, attempt=record.attempts, at=record.updated_at
-            )
-            await nc.publish(subjects.updates(record.task_id), encode(update))
 
     async def _recreate_consumer(self, stopping: asyncio.Event) -> None:
         delay = 0.5

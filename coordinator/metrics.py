@@ -1,9 +1,10 @@
 """The coordinator's Prometheus metrics, and the HTTP server that exposes them at `/metrics`.
 
-Counters and histograms are fed by `TaskBook` through `observe_transition`, on the event loop, as each
-state change is made: a dict look-up and an increment, no I/O. Gauges are set by the maintenance loop
-(`set_gauges`) from values read on the event loop, so a scrape - answered by prometheus_client's own
-thread - only reads numbers: it never calls JetStream or SQLite, and never touches the loop's state.
+Counters and histograms are fed by an inline after-commit listener (`on_commit`), on the event loop,
+as each state change is committed: a dict look-up and an increment, no I/O. Gauges are set by the
+periodic job `metrics-gauges` (`set_gauges`) from values read on the event loop, so a scrape -
+answered by prometheus_client's own thread - only reads numbers: it never calls JetStream or SQLite,
+and never touches the loop's state.
 
 Each coordinator has its own `CollectorRegistry` (never the global one), so several coordinators in
 one process (the tests) do not share a metric. Counters start from 0 with the process, as Prometheus
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -33,7 +34,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from common.errors import ConfigError
 from common.models import QueueDepth
 from common.states import TaskState
-from storage.records import TaskRecord
+from storage.commits import Committed
 
 # Agent tasks run from a millisecond (echo) to an hour (a back-test): buckets over that whole range.
 DURATION_BUCKETS_S = (
@@ -47,6 +48,21 @@ _RAN = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD})
 _RERUNNABLE = frozenset({TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
 
 M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class ObservedTask(Protocol):
+    """What a state change's metrics read of its task (a `TaskRecord` or a committed `TaskImage`)."""
+
+    @property
+    def skill(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def attempt_offset(self) -> int: ...
+    @property
+    def queued_at(self) -> float | None: ...
+    @property
+    def started_at(self) -> float | None: ...
 
 
 class _PerSkill(Generic[M]):
@@ -139,10 +155,24 @@ class ClusterMetrics:
             registry=registry,
         )
 
+    def on_commit(self, commit: Committed) -> None:
+        """After-commit listener (inline): count the commit's state changes."""
+        for change in commit.transitions():
+            event = change.event
+            assert event.to_state is not None
+            self.observe_transition(change.task, event.from_state, event.to_state, event.at, attempt=event.attempt)
+
     def observe_transition(
-        self, record: TaskRecord, from_state: TaskState | None, to_state: TaskState, at: float
+        self,
+        record: ObservedTask,
+        from_state: TaskState | None,
+        to_state: TaskState,
+        at: float,
+        *,
+        attempt: int | None = None,
     ) -> None:
-        """Count one state change (`from_state` None: just admitted). Runs on the hot path."""
+        """Count one state change (`from_state` None: just admitted) of attempt `attempt` (default: the
+        record's). Runs on the hot path."""
         skill = record.skill
         if from_state is None:
             self._submitted(skill).inc()
@@ -153,7 +183,8 @@ class ClusterMetrics:
             counter(skill).inc()
         if to_state is TaskState.RUNNING:
             # The first start of a series; later attempts waited for a backoff or a reclaim, not a worker.
-            first = record.attempts == record.attempt_offset + 1 and from_state is TaskState.QUEUED
+            attempts = record.attempts if attempt is None else attempt
+            first = attempts == record.attempt_offset + 1 and from_state is TaskState.QUEUED
             if first and record.queued_at is not None:
                 self._queue_wait(skill).observe(max(at - record.queued_at, 0.0))
         elif to_state in _RAN and record.started_at is not None:

@@ -19,16 +19,16 @@ from nats.js.kv import KeyValue
 from common.api import NodeControlReply
 from common.clock import Clock
 from common.errors import NodeNotFoundError
+from common.event_kinds import EventKind
 from common.log import get_logger
 from common.models import NodeCommand, NodeHeartbeat, NodeReport, NodeView
 from common.states import NodeControl, NodeStatus
 from communication.codec import DecodeError, decode, encode
 from communication.connection import NATS_ERRORS, NatsConnection
-from coordinator.event_folding import event_data
 from coordinator.node_registry import NodeRegistry
 from storage.node_store import NodeStore
 from storage.records import EventRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.node_control")
 
@@ -44,7 +44,7 @@ class NodeControlDesk:
         self,
         conn: NatsConnection,
         store: NodeStore,
-        tasks: TaskStore,
+        tasks: TaskWriter,
         registry: NodeRegistry,
         kv: KeyValue,
         clock: Clock,
@@ -78,12 +78,8 @@ class NodeControlDesk:
         if changed:
             command = NodeCommand(control=control, changed_at=self._clock.now(), by=by)
             await self._store.save_control(node_id, command)
-            event = EventRecord(
-                task_id=f"node:{node_id}",
-                kind=f"node.{control.value}",
-                at=command.changed_at,
-                node_id=node_id,
-                data=event_data(by=by),
+            event = EventRecord.of(
+                EventKind.node_control(control), f"node:{node_id}", command.changed_at, node_id=node_id, data={"by": by}
             )
             await self._tasks.write_batch(WriteBatch(events=[event]))
             self._desired[node_id] = command

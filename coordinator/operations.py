@@ -19,17 +19,18 @@ from nats.js.errors import NotFoundError
 from common.clock import Clock
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
+from common.event_kinds import EventKind
 from common.log import get_logger
-from common.models import CancelNotice, TaskUpdate
+from common.models import CancelNotice
 from common.states import TERMINAL_STATES, TaskState
 from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from coordinator.delivery_claims import ClaimBook
-from coordinator.event_folding import EventFolder, event_data
+from coordinator.event_folding import EventFolder
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from storage.records import TaskRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.operations")
 
@@ -44,7 +45,7 @@ class TaskOperations:
         self,
         conn: NatsConnection,
         book: TaskBook,
-        store: TaskStore,
+        writer: TaskWriter,
         pipeline: SubmitPipeline,
         folder: EventFolder,
         clock: Clock,
@@ -54,7 +55,7 @@ class TaskOperations:
         self._claims = claims
         self._conn = conn
         self._book = book
-        self._store = store
+        self._writer = writer
         self._pipeline = pipeline
         self._folder = folder
         self._clock = clock
@@ -76,18 +77,17 @@ class TaskOperations:
             batch = WriteBatch()
             batch.events.append(
                 self._book.move(
-                    record, TaskState.CANCELLED, at=now, kind="cancelled", data=event_data(reason=reason, by=by)
+                    record, TaskState.CANCELLED, at=now, kind=EventKind.CANCELLED, data={"reason": reason, "by": by}
                 )
             )
             record.finished_at = now
             record.next_attempt_at = None
             batch.touch(record)
-            await self._store.write_batch(batch)
+            await self._writer.write_batch(batch)
             self._book.release_finished([record])
         await self.broadcast_cancel(record, reason)
         if record.stream_seq is not None:
             await self._pipeline.withdraw(record.stream_seq)
-        await self._announce(record)
         log.info("task.cancelled", task_id=task_id, by=by, reason=reason)
         return record.state
 
@@ -97,7 +97,7 @@ class TaskOperations:
         await self._conn.nc.publish(self._conn.subjects.cancel(record.task_id), encode(notice))
 
     async def rerun(
-        self, task_id: str, *, kind: str, by: str | None, note: dict[str, object]
+        self, task_id: str, *, kind: EventKind, by: str | None, note: dict[str, object]
     ) -> tuple[TaskState, bool]:
         """Start a new attempt series; returns (state, whether this call started it)."""
         async with self._book.lock:
@@ -105,7 +105,7 @@ class TaskOperations:
             if record is None:
                 raise TaskNotFoundError(f"no task with id {task_id}; `claw task list` shows recent ones")
             if record.state not in RERUNNABLE:
-                if kind == "replayed":
+                if kind == EventKind.REPLAYED:
                     return record.state, False  # replayed already: running it twice changes nothing
                 raise InvalidInputError(
                     f"task {task_id} is {record.state.value}; only failed, dead or cancelled tasks can be re-run"
@@ -121,12 +121,10 @@ class TaskOperations:
             record.error_type = record.error_message = record.error_traceback = None
             batch = WriteBatch()
             batch.events.append(
-                self._book.move(
-                    record, TaskState.PENDING, at=self._clock.now(), kind=kind, data=event_data(by=by, **note)
-                )
+                self._book.move(record, TaskState.PENDING, at=self._clock.now(), kind=kind, data={"by": by, **note})
             )
             batch.touch(record)
-            await self._store.write_batch(batch)
+            await self._writer.write_batch(batch)
         await self._pipeline.publish_pending([record])
         log.info("task.rerun", task_id=task_id, kind=kind, by=by, series_from_attempt=record.attempt_offset + 1)
         return record.state, True
@@ -157,7 +155,7 @@ class TaskOperations:
                 naks.append((queued, claim.ack_subject))
             if not naks:
                 return 0
-            await self._store.write_batch(batch)
+            await self._writer.write_batch(batch)
         for record, ack_subject in naks:
             if ack_subject:
                 await self._conn.nc.publish(ack_subject, b"-NAK")
@@ -203,7 +201,3 @@ class TaskOperations:
         except NATS_ERRORS as exc:
             log.warning("recover.check_failed", stream_seq=seq, error=str(exc))
             return True  # unknown: do not act on a guess
-
-    async def _announce(self, record: TaskRecord) -> None:
-        update = TaskUpdate(task_id=record.task_id, state=record.state, attempt=record.attempts, at=record.updated_at)
-        await self._conn.nc.publish(self._conn.subjects.updates(record.task_id), encode(update))

@@ -3,12 +3,19 @@
 Start-up: connect to NATS, take the prefix's lease (refused while another coordinator holds it:
 `coordinator/lease.py`), create streams and the events consumer, open and migrate the database, load
 the working set (unfinished tasks, node registry, active alerts), then serve metrics (when asked),
-start the loops and, last, the API - so no request is answered before the state behind it is loaded.
+start the loops - the submit pipeline, event intake, the periodic jobs, the after-commit listeners -
+and, last, the API, so no request is answered before the state behind it is loaded.
+
+The constructor only wires: each part gets the parts it needs. What reacts to commits and what runs
+on a timer is registered on the two hooks, `listeners` and `jobs`, by `register(coordinator)` of
+each feature family (`FEATURES`, and the plugins given to `start`): coordinator/plugins.py.
 
 Shutdown (on the `stop` event): stop taking API requests and let those in progress finish; then stop
 the loops - the submit pipeline drains its queue, event intake commits and acks the batch in hand,
-the registry is persisted; then the lease is released and the metrics server, the database and NATS
-are closed. A lost lease stops the coordinator at once instead, writing nothing more (`LeaseLostError`).
+the running periodic jobs end - and checkpoint the log; the after-commit listeners get what is
+still queued for them; the registry is persisted; then the lease is released and the metrics server,
+the database and NATS are closed. A lost lease stops the coordinator at once instead, writing nothing
+more (`LeaseLostError`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.msg import Msg
@@ -25,13 +34,14 @@ from nats.js.kv import KeyValue
 
 from common.aio import wait_any
 from common.clock import SYSTEM_CLOCK, Clock
-from common.config import ClawConfig
-from common.errors import LeaseLostError, StorageError
+from common.config import ClawConfig, CoordinatorSettings
+from common.errors import LeaseLostError
 from common.log import get_logger
 from common.models import NodeHeartbeat, QueueDepth
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.topology import Topology
+from coordinator import maintenance
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -40,6 +50,7 @@ from coordinator.api_server import ApiServer
 from coordinator.approvals import ApprovalDesk
 from coordinator.artifact_cleanup import ArtifactJanitor
 from coordinator.audit import Auditor
+from coordinator.commit_listeners import CommitListeners
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.delivery_claims import ClaimBook
 from coordinator.event_folding import EventFolder
@@ -50,26 +61,38 @@ from coordinator.metrics import ClusterMetrics, GaugeValues, MetricsServer
 from coordinator.node_control import NodeControlDesk
 from coordinator.node_registry import NodeRegistry
 from coordinator.operations import TaskOperations
+from coordinator.periodic_jobs import JobScheduler
+from coordinator.plugins import CoordinatorPlugin
 from coordinator.quarantine import QuarantineDesk
 from coordinator.queue_probe import QueueProbe
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
+from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
 from storage.database import Database
 from storage.node_store import NodeStore
 from storage.quarantine_store import QuarantineStore
 from storage.skill_store import SkillStore
-from storage.task_store import TaskStore
+from storage.task_queries import TaskQueries
+from storage.task_stats import TaskStatistics
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator")
 
-MAINTENANCE_INTERVAL_S = 0.25
-# A loop of its own, so that a long maintenance step (an orphan sweep) never lets the log grow.
-CHECKPOINT_INTERVAL_S = 1.0
-RECOVERY_INTERVAL_S = 5.0
 API_GRACE_S = 10.0
+# The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance,)
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """The KV buckets the coordinator writes, opened before it is built."""
+
+    skills: KeyValue
+    audit: KeyValue
+    node_control: KeyValue
 
 
 class Coordinator:
@@ -83,69 +106,81 @@ class Coordinator:
         topology: Topology,
         clock: Clock,
         *,
-        skills_kv: KeyValue,
-        audit_kv: KeyValue,
+        buckets: Buckets,
         artifacts: ArtifactStore,
-        node_control_kv: KeyValue,
         lease: CoordinatorLease,
+        plugins: Sequence[CoordinatorPlugin] = (),
     ) -> None:
-        self.config = config
+        settings = config.coordinator
+        self.config, self.conn, self.db, self.clock = config, conn, db, clock
         self.node_id = lease.holder.node_id
         self._lease = lease
         db.set_fence(lease)
-        self._conn = conn
-        self._db = db
-        self._clock = clock
-        settings = config.coordinator
-        audit_key = os.environ.get(settings.audit_key_env)
-        self.store = TaskStore(
-            db, audit_key=audit_key.encode() if audit_key else None, quarantine_max_rows=settings.quarantine_max_rows
+        # The two hooks (coordinator/plugins.py).
+        self.listeners = CommitListeners()
+        self.jobs = JobScheduler(clock, writable=lease.writable)
+        # The state database, by reader; every commit goes to the listeners.
+        self.writer = TaskWriter(db, audit_key=_audit_key(settings), quarantine_max_rows=settings.quarantine_max_rows)
+        self.writer.on_commit = self.listeners.dispatch
+        self.artifact_index = ArtifactIndex(db)
+        self.queries = TaskQueries(db, self.artifact_index)
+        self.stats = TaskStatistics(db)
+        # Tasks, from submit to outcome.
+        self.book = TaskBook(self.queries)
+        self.pipeline = SubmitPipeline(
+            conn, self.writer, self.queries, self.book, settings, clock, artifact_ttl_s=config.artifacts.default_ttl_s
         )
-        # Metrics cost nothing unless asked for: without a port there is no observer on the hot path.
-        self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
-        self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
-        observer = None if self.metrics is None else self.metrics.observe_transition
-        self.book = TaskBook(self.store, on_transition=observer)
-        self.probe = QueueProbe(conn)
-        self.alerts = AlertMonitor(self.store, settings, clock)
+        self.folder = EventFolder(self.book, dead_letter=settings.dead_letter)
+        self.dead_letters = DeadLetterOffice(conn, self.queries, clock, default_backoff(settings))
+        self.intake = EventIntake(
+            conn, topology, self.writer, self.book, self.folder, self.dead_letters, clock,
+            batch_max=settings.event_batch_max, listeners=self.listeners,
+        )  # fmt: skip
+        self.claims = ClaimBook(clock, keep_s=_claims_keep_s(config))
+        self.operations = TaskOperations(
+            conn, self.book, self.writer, self.pipeline, self.folder, clock, config, claims=self.claims
+        )
+        self.approvals = ApprovalDesk(self.book, self.writer, self.queries, self.pipeline, clock)
+        # Nodes, skills, the guard, the audit log, artifacts, monitoring.
         node_store = NodeStore(db)
         self.registry = NodeRegistry(node_store, clock, missed_beats=settings.offline_after_missed_beats)
-        self.node_control = NodeControlDesk(conn, node_store, self.store, self.registry, node_control_kv, clock)
-        self.pipeline = SubmitPipeline(
-            conn, self.store, self.book, settings, clock, artifact_ttl_s=config.artifacts.default_ttl_s
-        )
-        folder = EventFolder(self.book, dead_letter=settings.dead_letter)
-        self.dead_letters = DeadLetterOffice(conn, self.store, clock, default_backoff(settings))
-        self._intake = EventIntake(
-            conn, topology, self.store, self.book, folder, self.dead_letters, clock, batch_max=settings.event_batch_max
-        )
-        # Claims matter until a dead node is declared offline; past the ack wait JetStream redelivers anyway.
-        detect_s = (config.coordinator.offline_after_missed_beats + 2) * config.worker.heartbeat_interval_s + 5.0
-        self.claims = ClaimBook(clock, keep_s=min(config.jetstream.ack_wait_s, detect_s))
-        self.operations = TaskOperations(
-            conn, self.book, self.store, self.pipeline, folder, clock, config, claims=self.claims
-        )
-        self.catalog = SkillCatalog(SkillStore(db), self.store, skills_kv, clock)
+        self.node_control = NodeControlDesk(conn, node_store, self.writer, self.registry, buckets.node_control, clock)
+        self.catalog = SkillCatalog(SkillStore(db), self.writer, buckets.skills, clock)
         self.guard = Guard(load_policy(settings.guard_policy))
-        self.approvals = ApprovalDesk(self.book, self.store, self.pipeline, clock)
-        self.auditor = Auditor(self.store, audit_kv)
+        self.auditor = Auditor(self.writer, buckets.audit)
         self.artifact_store = artifacts
-        self.janitor = ArtifactJanitor(artifacts, self.store, clock, grace_s=config.artifacts.cleanup_grace_s)
+        self.janitor = ArtifactJanitor(artifacts, self.artifact_index, clock, grace_s=config.artifacts.cleanup_grace_s)
+        self.probe = QueueProbe(conn)
+        self.alerts = AlertMonitor(self.writer, self.queries, self.stats, settings, clock)
+        # Metrics cost nothing unless asked for: without a port there is no listener on the hot path.
+        self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
+        self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
+        for plugin in (*FEATURES, *plugins):
+            plugin.register(self)
+        self._api = ApiServer(conn, self._api_routes())
+        self._heartbeat_sub: Subscription | None = None
+        self._claims_sub: Subscription | None = None
+        # Set once the API answers: for whoever starts a coordinator in-process and must not race it.
+        self.ready = asyncio.Event()
+
+    def _api_routes(self) -> ApiRoutes:
+        """The handler of every API verb the coordinator answers."""
         admission = Admission(
-            settings,
-            clock,
+            self.config.coordinator,
+            self.clock,
             catalog=self.catalog,
             guard=self.guard,
             advertised=self.registry.advertised,
             online_skills=self.registry.online_skills,
         )
         handlers = ApiHandlers(
-            config=config,
+            config=self.config,
             node_id=self.node_id,
-            conn=conn,
+            conn=self.conn,
             admission=admission,
             pipeline=self.pipeline,
-            store=self.store,
+            store=self.queries,
+            artifact_index=self.artifact_index,
             book=self.book,
             registry=self.registry,
             operations=self.operations,
@@ -156,19 +191,17 @@ class Coordinator:
             probe=self.probe,
             alerts=self.alerts,
             metrics_port=lambda: self.metrics_port,
-            artifacts=artifacts,
+            artifacts=self.artifact_store,
             node_control=self.node_control,
+            jobs=self.jobs.views,
+            listeners=self.listeners.views,
         )
-        quarantine = QuarantineDesk(QuarantineStore(db))
-        self._api = ApiServer(conn, ApiRoutes.of(handlers, quarantine))
-        self._heartbeat_sub: Subscription | None = None
-        self._claims_sub: Subscription | None = None
-        self._next_alerts_at = self._next_gauges_at = 0.0
-        # Set once the API answers: for whoever starts a coordinator in-process and must not race it.
-        self.ready = asyncio.Event()
+        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)))
 
     @classmethod
-    async def start(cls, config: ClawConfig, *, clock: Clock = SYSTEM_CLOCK) -> Coordinator:
+    async def start(
+        cls, config: ClawConfig, *, clock: Clock = SYSTEM_CLOCK, plugins: Sequence[CoordinatorPlugin] = ()
+    ) -> Coordinator:
         """Connect, take the lease, set up JetStream, open the database and load the working set."""
         conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
         try:
@@ -179,54 +212,38 @@ class Coordinator:
             await conn.close()
             raise
         try:
-            await topology.ensure_streams()
-            await topology.ensure_events_consumer()
-            await topology.nodes_kv()
-            skills_kv = await topology.skills_kv()
-            audit_kv = await topology.audit_kv()
-            node_control_kv = await topology.node_control_kv()
-            await topology.skill_code()
-            load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
-            artifacts = await open_artifact_store(config.artifacts)
-            db = await Database.open(
-                config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous, own_checkpoints=True
-            )
+            buckets, artifacts, db = await _prepare(config, topology)
         except BaseException:
             await lease.release()
             await conn.close()
             raise
-        coordinator = cls(
-            config,
-            conn,
-            db,
-            topology,
-            clock,
-            skills_kv=skills_kv,
-            audit_kv=audit_kv,
-            artifacts=artifacts,
-            node_control_kv=node_control_kv,
-            lease=lease,
-        )
         try:
-            await coordinator.book.load()
-            await coordinator.registry.load()
-            await coordinator.node_control.load()
-            await coordinator.catalog.load()
-            await coordinator.alerts.load()
+            coordinator = cls(
+                config, conn, db, topology, clock, buckets=buckets, artifacts=artifacts, lease=lease, plugins=plugins
+            )
+            await coordinator._load()
         except BaseException:
             await lease.release()  # at once: a restart must not wait for it to lapse
             await artifacts.close()
             await db.close()
             await conn.close()
             raise
+        return coordinator
+
+    async def _load(self) -> None:
+        """Load the working set: unfinished tasks, nodes and their controls, skills, firing alerts."""
+        await self.book.load()
+        await self.registry.load()
+        await self.node_control.load()
+        await self.catalog.load()
+        await self.alerts.load()
         log.info(
             "coordinator.loaded",
-            node_id=coordinator.node_id,
-            db=str(db.path),
-            unfinished_tasks=len(coordinator.book),
-            nodes=len(coordinator.registry.views()),
+            node_id=self.node_id,
+            db=str(self.db.path),
+            unfinished_tasks=len(self.book),
+            nodes=len(self.registry.views()),
         )
-        return coordinator
 
     @property
     def metrics_port(self) -> int | None:
@@ -236,37 +253,45 @@ class Coordinator:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then shut down in order and close everything."""
         structlog.contextvars.bind_contextvars(node_id=self.node_id)
-        loops_stopping = asyncio.Event()
         try:
             await self._serve_metrics()
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.pipeline.run(loops_stopping), name="submit-pipeline")
-                tg.create_task(self._intake.run(loops_stopping), name="event-intake")
-                tg.create_task(self._maintain(loops_stopping), name="maintenance")
-                tg.create_task(self._checkpoints(loops_stopping), name="wal-checkpoints")
-                self._heartbeat_sub = await self._conn.nc.subscribe(
-                    self._conn.subjects.heartbeat_all, cb=self._on_heartbeat
-                )
-                self._claims_sub = await self._conn.nc.subscribe(
-                    self._conn.subjects.claims_all, cb=self.claims.on_message
-                )
-                await self._api.start()
-                self.ready.set()
-                log.info("coordinator.ready", node_id=self.node_id, prefix=self._conn.subjects.prefix)
-                await wait_any(stop, self._lease.lost)
-                # A lost lease: no draining (it would write); the loops are cancelled where they are.
-                self._lease.check()
-                log.info("coordinator.stopping")
-                await self._api.stop(API_GRACE_S)
-                loops_stopping.set()
+            await self._serve(stop)
         except BaseExceptionGroup as group:
-            lost = group.subgroup(LeaseLostError)
+            lost = _first(group, LeaseLostError)
             if lost is None:
                 raise
-            raise lost.exceptions[0] from None  # one clear line for the CLI, not a group
+            raise lost from None  # one clear line for the CLI, not a group
         finally:
             await self._close()
         log.info("coordinator.stopped")
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        """The loops and the API, until `stop` (or a lost lease: then no draining, it would write)."""
+        loops_stopping, listeners_stopping = asyncio.Event(), asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.listeners.run(listeners_stopping), name="after-commit-listeners")
+            loops = [
+                tg.create_task(self.pipeline.run(loops_stopping), name="submit-pipeline"),
+                tg.create_task(self.intake.run(loops_stopping), name="event-intake"),
+                tg.create_task(self.jobs.run(loops_stopping), name="periodic-jobs"),
+            ]
+            await self._subscribe()
+            await self._api.start()
+            self.ready.set()
+            log.info("coordinator.ready", node_id=self.node_id, prefix=self.conn.subjects.prefix)
+            await wait_any(stop, self._lease.lost)
+            self._lease.check()  # lost: the loops are cancelled where they are
+            log.info("coordinator.stopping")
+            await self._api.stop(API_GRACE_S)
+            loops_stopping.set()
+            await asyncio.wait(loops)
+            await self.db.checkpoint()  # after the last commit
+            listeners_stopping.set()
+
+    async def _subscribe(self) -> None:
+        nc, subjects = self.conn.nc, self.conn.subjects
+        self._heartbeat_sub = await nc.subscribe(subjects.heartbeat_all, cb=self._on_heartbeat)
+        self._claims_sub = await nc.subscribe(subjects.claims_all, cb=self.claims.on_message)
 
     async def _serve_metrics(self) -> None:
         """Start the `/metrics` server (outside the task group: a port in use is one clear error)."""
@@ -290,8 +315,8 @@ class Coordinator:
                 await self.registry.persist()
         await self._lease.release()
         await self.artifact_store.close()
-        await self._db.close()
-        await self._conn.close()
+        await self.db.close()
+        await self.conn.close()
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
@@ -301,61 +326,6 @@ class Coordinator:
             return
         self.registry.observe(beat)
         await self.node_control.on_beat(beat)
-
-    async def _checkpoints(self, stopping: asyncio.Event) -> None:
-        """Checkpoint the state database's write-ahead log every second (commits never do)."""
-        while not await wait_any(stopping, timeout_s=CHECKPOINT_INTERVAL_S):
-            await self._db.checkpoint()
-        await self._db.checkpoint()
-
-    async def _maintain(self, stopping: asyncio.Event) -> None:
-        """Node liveness and reclaim, registry persistence, recovery of stuck tasks, alerts, gauges."""
-        republish_every = self.config.coordinator.republish_after_s / 2
-        next_republish = next_recovery = next_cleanup = self._clock.monotonic()
-        orphan_every = self.config.artifacts.orphan_sweep_interval_s
-        next_orphan_sweep = next_cleanup + orphan_every  # listing the store is not a startup job
-        reconnects = self._conn.reconnects
-        while not stopping.is_set():
-            # Nothing of what follows may act on a state another coordinator may have moved on from.
-            await self._lease.writable()
-            if self._conn.reconnects != reconnects:
-                # We were cut off, not the workers: their beats could not reach us meanwhile.
-                reconnects = self._conn.reconnects
-                self.registry.grace()
-            for node in self.registry.sweep():
-                if self.config.coordinator.reclaim_on_node_loss:
-                    await self.operations.reclaim_node(node.node_id)
-            try:
-                await self.registry.persist()
-            except StorageError as exc:
-                log.error("nodes.persist_failed", error=str(exc))
-            now = self._clock.monotonic()
-            if now >= next_republish:
-                await self.pipeline.republish_pending()
-                next_republish = now + republish_every
-            if now >= next_recovery:
-                await self.operations.recover_lost_messages()
-                await self.approvals.expire()
-                await self.auditor.anchor()
-                next_recovery = now + RECOVERY_INTERVAL_S
-            if now >= next_cleanup:
-                await self.janitor.sweep()
-                next_cleanup = now + self.config.artifacts.cleanup_interval_s
-            if orphan_every and now >= next_orphan_sweep:
-                await self.janitor.sweep_orphans()
-                next_orphan_sweep = now + orphan_every
-            await self._observe(now)
-            await wait_any(stopping, timeout_s=MAINTENANCE_INTERVAL_S)
-
-    async def _observe(self, now: float) -> None:
-        """Judge the alerts every `alert_interval_s`; refresh the gauges every `metrics_refresh_s`."""
-        settings = self.config.coordinator
-        if now >= self._next_alerts_at:
-            await self.alerts.evaluate()
-            self._next_alerts_at = now + settings.alert_interval_s
-        if self.metrics is not None and now >= self._next_gauges_at:
-            await self.refresh_metrics()
-            self._next_gauges_at = now + settings.metrics_refresh_s
 
     async def refresh_metrics(self) -> None:
         """Read the gauges' values here, on the event loop, and set them: a scrape only reads numbers."""
@@ -375,8 +345,56 @@ class Coordinator:
                 tasks_by_state=self.book.counts(),
                 nodes_online=self.registry.online_count(),
                 alerts=self.alerts.firing(),
-                updated_at=None if queues is None or dead_letters is None else self._clock.now(),
+                updated_at=None if queues is None or dead_letters is None else self.clock.now(),
                 queues=queues,
                 dead_letters=dead_letters,
             )
         )
+
+
+async def _prepare(config: ClawConfig, topology: Topology) -> tuple[Buckets, ArtifactStore, Database]:
+    """Streams, consumer and buckets; the policy checked; the artifact store and the database opened."""
+    await topology.ensure_streams()
+    await topology.ensure_events_consumer()
+    await topology.nodes_kv()
+    buckets = Buckets(
+        skills=await topology.skills_kv(),
+        audit=await topology.audit_kv(),
+        node_control=await topology.node_control_kv(),
+    )
+    await topology.skill_code()
+    load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
+    artifacts = await open_artifact_store(config.artifacts)
+    try:
+        db = await Database.open(
+            config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous, own_checkpoints=True
+        )
+    except BaseException:
+        await artifacts.close()
+        raise
+    return buckets, artifacts, db
+
+
+def _audit_key(settings: CoordinatorSettings) -> bytes | None:
+    """The key of the event log's HMAC chain, from the environment variable the config names."""
+    key = os.environ.get(settings.audit_key_env)
+    return key.encode() if key else None
+
+
+def _claims_keep_s(config: ClawConfig) -> float:
+    """How long delivery claims are kept: until a dead node is declared offline, and never past the
+    ack wait, after which JetStream redelivers anyway."""
+    detect_s = (config.coordinator.offline_after_missed_beats + 2) * config.worker.heartbeat_interval_s + 5.0
+    return min(config.jetstream.ack_wait_s, detect_s)
+
+
+def _first(group: BaseExceptionGroup[BaseException], kind: type[LeaseLostError]) -> LeaseLostError | None:
+    """The first `kind` error in a (nested) exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first(exc, kind)
+            if found is not None:
+                return found
+    return None

@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 
 from common.clock import Clock
 from common.errors import InvalidInputError
+from common.event_kinds import EventKind
 from common.log import get_logger
 from common.skills import (
     RegistryEntry,
@@ -32,10 +33,9 @@ from common.skills import (
 )
 from communication.codec import encode
 from communication.connection import NATS_ERRORS
-from coordinator.event_folding import event_data
 from storage.records import EventRecord, WriteBatch
 from storage.skill_store import SkillStore
-from storage.task_store import TaskStore
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.skills")
 
@@ -45,7 +45,7 @@ SNAPSHOT_KEY = "registry"
 class SkillCatalog:
     """Registered skill versions, and what is enabled."""
 
-    def __init__(self, store: SkillStore, tasks: TaskStore, kv: KeyValue, clock: Clock) -> None:
+    def __init__(self, store: SkillStore, tasks: TaskWriter, kv: KeyValue, clock: Clock) -> None:
         self._store = store
         self._tasks = tasks
         self._kv = kv
@@ -76,7 +76,7 @@ class SkillCatalog:
                 if other.source == "builtin" and entry.enabled:
                     fresh.append(msgspec.structs.replace(other, enabled=False))
         if fresh:
-            await self._save(fresh, [self._event(e, "skill.registered", by="coordinator") for e in fresh])
+            await self._save(fresh, [self._event(e, EventKind.SKILL_REGISTERED, by="coordinator") for e in fresh])
         await self.publish()
         # Built now, not inside the first submit: the first one imports jsonschema (about 60 ms,
         # with the event loop held) and compiles the skill's schema.
@@ -143,7 +143,7 @@ class SkillCatalog:
         changed = [entry] + [
             msgspec.structs.replace(e, enabled=False) for e in self.versions(manifest.name) if e.enabled
         ]
-        await self._save(changed, [self._event(entry, "skill.installed", by=by, checksum=checksum)])
+        await self._save(changed, [self._event(entry, EventKind.SKILL_INSTALLED, by=by, checksum=checksum)])
         await self.publish()
         return entry, True
 
@@ -163,7 +163,7 @@ class SkillCatalog:
                 msgspec.structs.replace(e, enabled=False) for e in versions if version is None or e.version == version
             ]
         changed = [c for c in changed if c.enabled != self._entries[(c.name, c.version)].enabled]
-        kind = "skill.enabled" if enabled else "skill.disabled"
+        kind = EventKind.SKILL_ENABLED if enabled else EventKind.SKILL_DISABLED
         subject = next((c for c in changed if c.enabled == enabled), None) or versions[-1]
         if changed:
             await self._save(changed, [self._event(subject, kind, by=by)])
@@ -181,7 +181,7 @@ class SkillCatalog:
             manifest=manifest,
             installed_at=self._clock.now(),
         )
-        await self._save([entry], [self._event(entry, "skill.registered", by=by)])
+        await self._save([entry], [self._event(entry, EventKind.SKILL_REGISTERED, by=by)])
         await self.publish()
         return entry
 
@@ -203,10 +203,6 @@ class SkillCatalog:
         for event in events:
             log.info("skills.changed", kind=event.kind, skill=event.task_id.removeprefix("skill:"))
 
-    def _event(self, entry: RegistryEntry, kind: str, *, by: str | None, **extra: object) -> EventRecord:
-        return EventRecord(
-            task_id=f"skill:{entry.name}",
-            kind=kind,
-            at=self._clock.now(),
-            data=event_data(version=entry.version, source=entry.source, by=by, **extra),
-        )
+    def _event(self, entry: RegistryEntry, kind: EventKind, *, by: str | None, **extra: object) -> EventRecord:
+        data = {"version": entry.version, "source": entry.source, "by": by, **extra}
+        return EventRecord.of(kind, f"skill:{entry.name}", self._clock.now(), data=data)

@@ -7,7 +7,10 @@ record and returns the event-log row that records the change. An illegal change 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from common.errors import IllegalTransitionError
+from common.event_kinds import EventKind
 from common.states import TaskState
 from storage.records import EventRecord, TaskRecord
 
@@ -44,11 +47,11 @@ def transition(
     to_state: TaskState,
     *,
     at: float,
-    kind: str,
+    kind: EventKind,
     attempt: int | None = None,
     node_id: str | None = None,
     event_id: str | None = None,
-    data: str | None = None,
+    data: Mapping[str, object] | None = None,
 ) -> EventRecord:
     """Move `record` to `to_state` and return the event-log row for the change.
 
@@ -61,10 +64,10 @@ def transition(
         )
     record.state = to_state
     record.updated_at = at
-    return EventRecord(
-        task_id=record.task_id,
-        kind=kind,
-        at=at,
+    return EventRecord.of(
+        kind,
+        record.task_id,
+        at,
         attempt=record.attempts if attempt is None else attempt,
         event_id=event_id,
         from_state=from_state,

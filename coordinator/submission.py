@@ -37,19 +37,19 @@ from common.api import SubmitResult
 from common.clock import Clock
 from common.config import CoordinatorSettings
 from common.errors import ClawError, QueueFullError, StorageError
+from common.event_kinds import EventKind
 from common.ids import new_id
 from common.log import get_logger
-from common.models import TaskUpdate
 from common.states import TaskState
 from communication.codec import encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.publisher import JetStreamPublisher, MessageTooLargeError, Outgoing, PublishFailedError
-from coordinator.event_folding import event_data
 from coordinator.state_machine import transition
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff, input_ref_of, task_message_of, task_msg_id
 from storage.records import EventRecord, TaskRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_queries import TaskQueries
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.submission")
 
@@ -76,7 +76,8 @@ class SubmitPipeline:
     def __init__(
         self,
         conn: NatsConnection,
-        store: TaskStore,
+        writer: TaskWriter,
+        queries: TaskQueries,
         book: TaskBook,
         settings: CoordinatorSettings,
         clock: Clock,
@@ -85,7 +86,8 @@ class SubmitPipeline:
     ) -> None:
         self._artifact_ttl_s = artifact_ttl_s
         self._conn = conn
-        self._store = store
+        self._writer = writer
+        self._queries = queries
         self._book = book
         self._settings = settings
         self._clock = clock
@@ -164,9 +166,9 @@ class SubmitPipeline:
         the records that were written.
         """
         keys = {r.idempotency_key for job in jobs for r in job.records if r.idempotency_key}
-        existing_keys = await self._store.find_by_idempotency_keys(keys) if keys else {}
+        existing_keys = await self._queries.find_by_idempotency_keys(keys) if keys else {}
         chosen = [r.task_id for job in jobs for r in job.records if r.id_from_client]
-        existing_ids = await self._store.existing_ids(chosen) if chosen else {}
+        existing_ids = await self._queries.existing_ids(chosen) if chosen else {}
         batch = WriteBatch()
         added: Counter[str] = Counter()
         added_held = 0
@@ -185,12 +187,12 @@ class SubmitPipeline:
                     existing_keys[record.idempotency_key] = (record.task_id, record.state)
                 batch.new_tasks.append(record)
                 batch.events.append(
-                    EventRecord(
-                        task_id=record.task_id,
-                        kind="submitted",
-                        at=record.created_at,
+                    EventRecord.of(
+                        EventKind.SUBMITTED,
+                        record.task_id,
+                        record.created_at,
                         to_state=TaskState.PENDING,
-                        data=None if record.submitter is None else event_data(submitter=record.submitter),
+                        data=None if record.submitter is None else {"submitter": record.submitter},
                     )
                 )
                 guarded = self._apply_guard(record)
@@ -215,7 +217,7 @@ class SubmitPipeline:
             async with self._book.lock:
                 staged, withdrawn = self._stage_queued(batch)
                 try:
-                    await self._store.write_batch(batch)
+                    await self._writer.write_batch(batch)
                 except StorageError as exc:
                     log.error("submit.persist_failed", error=str(exc), tasks=len(batch.new_tasks))
                     for record in batch.new_tasks:
@@ -234,12 +236,12 @@ class SubmitPipeline:
         if record.denied is not None:
             record.finished_at = record.created_at
             record.error_type, record.error_message = "Denied", record.denied
-            data = event_data(rule=record.guard_rule, reason=record.denied, risk=record.risk)
-            return transition(record, TaskState.REJECTED, at=record.created_at, kind="denied", data=data)
+            data: dict[str, object] = {"rule": record.guard_rule, "reason": record.denied, "risk": record.risk}
+            return transition(record, TaskState.REJECTED, at=record.created_at, kind=EventKind.DENIED, data=data)
         if record.approvals_needed > 0:
             record.held_until = record.created_at + self._settings.approval_ttl_s
-            data = event_data(rule=record.guard_rule, approvals=record.approvals_needed, risk=record.risk)
-            return transition(record, TaskState.WAITING_APPROVAL, at=record.created_at, kind="held", data=data)
+            data = {"rule": record.guard_rule, "approvals": record.approvals_needed, "risk": record.risk}
+            return transition(record, TaskState.WAITING_APPROVAL, at=record.created_at, kind=EventKind.HELD, data=data)
         return None
 
     @staticmethod
@@ -377,18 +379,18 @@ class SubmitPipeline:
                     f"{error.max_payload} bytes, so it can never be published; submit the input through the artifact "
                     "store (claw submit does for inputs over artifacts.inline_max_bytes)"
                 )
-                data = event_data(bytes=error.size, max_payload=error.max_payload)
-                batch.events.append(self._book.move(record, TaskState.FAILED, at=now, kind="unpublishable", data=data))
+                data = {"bytes": error.size, "max_payload": error.max_payload}
+                batch.events.append(
+                    self._book.move(record, TaskState.FAILED, at=now, kind=EventKind.UNPUBLISHABLE, data=data)
+                )
                 batch.touch(record)
                 failed.append(record)
             if not failed:
                 return
-            await self._store.write_batch(batch)
+            await self._writer.write_batch(batch)
             self._book.release_finished(failed)
         for record in failed:
             log.error("submit.unpublishable", task_id=record.task_id, error=record.error_message)
-            update = TaskUpdate(task_id=record.task_id, state=record.state, attempt=record.attempts, at=now)
-            await self._conn.nc.publish(self._conn.subjects.updates(record.task_id), encode(update))
 
     async def _publish_and_commit_queued(self, records: list[TaskRecord]) -> None:
         """Publish records and write `queued` for them now (re-runs and republishing)."""
@@ -422,14 +424,14 @@ class SubmitPipeline:
                 if record.state != TaskState.PENDING:
                     continue  # a worker's `started` came first and already moved it on
                 record.queued_at = sent_at
-                batch.events.append(self._book.move(record, TaskState.QUEUED, at=sent_at, kind="queued"))
+                batch.events.append(self._book.move(record, TaskState.QUEUED, at=sent_at, kind=EventKind.QUEUED))
         return staged, withdrawn
 
     async def _write_queued(self, batch: WriteBatch) -> None:
         if not batch:
             return
         try:
-            await self._store.write_batch(batch)
+            await self._writer.write_batch(batch)
         except StorageError as exc:
             # The tasks are in the stream; the database still says pending, which after a
             # restart means "publish again" (deduplicated by message id) - never lost.
@@ -443,7 +445,7 @@ class SubmitPipeline:
         them, so their rows and timeline events are carried over here instead of being lost.
         """
         for event in batch.events:
-            if event.kind == "queued":
+            if event.kind == EventKind.QUEUED:
                 self._unwritten.events.append(event)
                 self._unwritten.touch(batch.changed_tasks[event.task_id])
 
@@ -490,15 +492,15 @@ class SubmitPipeline:
             batch = WriteBatch()
             batch.touch(record)
             batch.events.append(
-                EventRecord(
-                    task_id=record.task_id,
-                    kind="requeued",
-                    at=self._clock.now(),
+                EventRecord.of(
+                    EventKind.REQUEUED,
+                    record.task_id,
+                    self._clock.now(),
                     attempt=record.attempts,
-                    data=event_data(reason=reason, stream_seq=ack.seq),
+                    data={"reason": reason, "stream_seq": ack.seq},
                 )
             )
-            await self._store.write_batch(batch)
+            await self._writer.write_batch(batch)
         log.warning("task.requeued", task_id=record.task_id, reason=reason)
         return True
 

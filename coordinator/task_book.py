@@ -3,9 +3,9 @@
 Holding unfinished tasks in memory keeps database reads off the hot path (an event's task is found
 here, not by a SELECT) while memory stays bounded by what is in flight, not by history. Finished tasks
 leave the set once their final state is committed; a late event for one is looked up in the database.
-Every state change goes through `move`, which keeps the counts exact and tells the optional
-`on_transition` observer (the metrics): `(record, from_state, to_state, at)`, with `from_state` None
-for a task just admitted. The observer runs on the hot path: it must be cheap and do no I/O.
+Every state change goes through `move`, which keeps the counts exact and returns the event-log row
+recording it; what watches state changes (the metrics, the broadcast) listens to the commits of
+those rows (`coordinator/commit_listeners.py`), so it never sees a change that was undone.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import asyncio
 import dataclasses
 import operator
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Mapping
 
+from common.event_kinds import EventKind
 from common.states import TERMINAL_STATES, TaskState
 from coordinator.state_machine import transition
 from storage.records import EventRecord, TaskRecord
-from storage.task_store import TaskStore
+from storage.task_queries import TaskQueries
 
 # States in which a task waits for a worker: what the per-skill queue limit counts.
 WAITING_STATES = frozenset({TaskState.PENDING, TaskState.QUEUED, TaskState.RETRYING})
 
-TransitionObserver = Callable[[TaskRecord, TaskState | None, TaskState, float], None]
 _FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
 _all_fields = operator.attrgetter(*_FIELDS)
 
@@ -32,9 +32,8 @@ _all_fields = operator.attrgetter(*_FIELDS)
 class TaskBook:
     """Unfinished tasks by id, plus counts of all tasks by state."""
 
-    def __init__(self, store: TaskStore, *, on_transition: TransitionObserver | None = None) -> None:
+    def __init__(self, store: TaskQueries) -> None:
         self._store = store
-        self._on_transition = on_transition
         self._active: dict[str, TaskRecord] = {}
         self._counts: Counter[TaskState] = Counter()
         self._waiting: Counter[str] = Counter()
@@ -68,8 +67,6 @@ class TaskBook:
         self._counts[record.state] += 1
         if record.state in WAITING_STATES:
             self._waiting[record.skill] += 1
-        if self._on_transition is not None:
-            self._on_transition(record, None, record.state, record.created_at)
 
     def adopt(self, record: TaskRecord) -> None:
         """Take a finished task loaded from the database back into the working set (re-run)."""
@@ -81,11 +78,11 @@ class TaskBook:
         to_state: TaskState,
         *,
         at: float,
-        kind: str,
+        kind: EventKind,
         attempt: int | None = None,
         node_id: str | None = None,
         event_id: str | None = None,
-        data: str | None = None,
+        data: Mapping[str, object] | None = None,
     ) -> EventRecord:
         """Change a task's state through the transition table; returns the event-log row."""
         from_state = record.state
@@ -95,8 +92,6 @@ class TaskBook:
         self._counts[from_state] -= 1
         self._counts[to_state] += 1
         self._waiting[record.skill] += (to_state in WAITING_STATES) - (from_state in WAITING_STATES)
-        if self._on_transition is not None:
-            self._on_transition(record, from_state, to_state, at)
         return row
 
     @staticmethod
@@ -106,10 +101,7 @@ class TaskBook:
         return values
 
     def restore(self, record: TaskRecord, snapshot: tuple[object, ...]) -> None:
-        """Undo changes made since `snapshot`: the record's fields, and the counts of its state.
-
-        The transition observer (metrics) is not told: it saw the changes that are now undone.
-        """
+        """Undo changes made since `snapshot`: the record's fields, and the counts of its state."""
         from_state = record.state
         for name, value in zip(_FIELDS, snapshot, strict=True):
             setattr(record, name, value)

@@ -1,17 +1,23 @@
 """Row shapes of the state database, as mutable records the coordinator updates in memory.
 
 The coordinator changes a task's record event by event and writes the record's final image once per
-batch (`TaskStore.write_batch`), so two events for one task in one batch cost one UPDATE and the
+batch (`TaskWriter.write_batch`), so two events for one task in one batch cost one UPDATE and the
 order of statements inside a batch never matters.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from common.event_kinds import EventKind
 from common.states import AttemptState, Priority, TaskState
+
+_json = msgspec.json.Encoder()
 
 
 @dataclass(slots=True)
@@ -61,7 +67,7 @@ class TaskRecord:
     id_from_client: bool = False
 
     def insert_row(self) -> tuple[object, ...]:
-        """Parameters for `TaskStore.INSERT_TASK`."""
+        """Parameters for `TaskWriter`'s INSERT_TASK."""
         return (
             self.task_id,
             self.skill,
@@ -86,7 +92,7 @@ class TaskRecord:
         )
 
     def update_row(self) -> tuple[object, ...]:
-        """Parameters for `TaskStore.UPDATE_TASK`: every column that changes after insert."""
+        """Parameters for `TaskWriter`'s UPDATE_TASK: every column that changes after insert."""
         return (
             self.state.value,
             self.attempts,
@@ -161,7 +167,7 @@ class AttemptRecord:
     ack_subject: str | None = None
 
     def upsert_row(self) -> tuple[object, ...]:
-        """Parameters for `TaskStore.UPSERT_ATTEMPT`."""
+        """Parameters for `TaskWriter`'s UPSERT_ATTEMPT."""
         return (
             self.task_id,
             self.attempt,
@@ -178,10 +184,10 @@ class AttemptRecord:
 
 @dataclass(slots=True)
 class EventRecord:
-    """One row of the append-only `events` log."""
+    """One row of the append-only `events` log; made with `EventRecord.of`."""
 
     task_id: str
-    kind: str
+    kind: EventKind
     at: float
     attempt: int = 0
     event_id: str | None = None
@@ -190,13 +196,31 @@ class EventRecord:
     node_id: str | None = None
     data: str | None = None
 
+    @classmethod
+    def of(
+        cls,
+        kind: EventKind,
+        task_id: str,
+        at: float,
+        *,
+        attempt: int = 0,
+        event_id: str | None = None,
+        node_id: str | None = None,
+        from_state: TaskState | None = None,
+        to_state: TaskState | None = None,
+        data: Mapping[str, object] | None = None,
+    ) -> EventRecord:
+        """The one way rows are made: `data` becomes the row's JSON, fields that are None left out."""
+        encoded = None if data is None else _json.encode({k: v for k, v in data.items() if v is not None}).decode()
+        return cls(task_id, kind, at, attempt, event_id, from_state, to_state, node_id, encoded)
+
     def insert_row(self) -> tuple[object, ...]:
-        """Parameters for `TaskStore.INSERT_EVENT`."""
+        """Parameters for `TaskWriter`'s INSERT_EVENT."""
         return (
             self.event_id,
             self.task_id,
             self.attempt,
-            self.kind,
+            str(self.kind),
             None if self.from_state is None else self.from_state.value,
             None if self.to_state is None else self.to_state.value,
             self.node_id,

@@ -21,7 +21,7 @@ from common.config import ClawConfig, load_config
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.s3 import moto_server
-from tests.helpers import ProcessPool, child_env, local_dirs
+from tests.helpers import ProcessPool, assert_known_event_kinds, child_env, local_dirs
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -134,6 +134,7 @@ def processes(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> I
         yield pool
     finally:
         pool.stop_all()
+    assert_known_event_kinds(tmp_path / "claw.db")
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ import contextlib
 import inspect
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,11 +23,13 @@ from cli.processes import Child, Launcher
 from cli.processes import child_env as child_env  # the tests take it from here
 from common.clock import SYSTEM_CLOCK
 from common.config import ClawConfig
+from common.event_kinds import EventKind
 from common.events import TaskEvent
 from common.ids import new_id
 from common.models import TaskSpec
 from common.states import Priority
 from communication.api_client import ClawClient
+from coordinator.plugins import CoordinatorPlugin
 from coordinator.service import Coordinator
 from worker.context import TaskContext
 from worker.service import Worker
@@ -98,9 +101,12 @@ def spec(skill: str, input: dict[str, Any] | None = None, **options: Any) -> Tas
 
 
 @contextlib.asynccontextmanager
-async def running_coordinator(config: ClawConfig) -> AsyncIterator[Coordinator]:
-    """A coordinator in this event loop, stopped (and awaited) on exit."""
-    coordinator = await Coordinator.start(config)
+async def running_coordinator(
+    config: ClawConfig, *, plugins: Sequence[CoordinatorPlugin] = ()
+) -> AsyncIterator[Coordinator]:
+    """A coordinator in this event loop, stopped (and awaited) on exit; then every kind its event log
+    holds must be an `EventKind`."""
+    coordinator = await Coordinator.start(config, plugins=plugins)
     stop = asyncio.Event()
     task = asyncio.create_task(coordinator.run(stop))
     try:
@@ -109,6 +115,27 @@ async def running_coordinator(config: ClawConfig) -> AsyncIterator[Coordinator]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+    assert_known_event_kinds(Path(config.coordinator.db_path))
+
+
+def stored_event_kinds(db_path: Path) -> set[str]:
+    """Every kind in the event log of the database at `db_path` (none if there is no database)."""
+    if not db_path.exists():
+        return set()
+    conn = sqlite3.connect(db_path)
+    try:
+        return {row[0] for row in conn.execute("SELECT DISTINCT kind FROM events")}
+    except sqlite3.OperationalError:  # not migrated that far (a test that broke it on purpose)
+        return set()
+    finally:
+        conn.close()
+
+
+def assert_known_event_kinds(db_path: Path) -> None:
+    """Every kind stored in the database's event log maps to an `EventKind` member."""
+    known = {kind.value for kind in EventKind}
+    unknown = stored_event_kinds(db_path) - known
+    assert not unknown, f"event kinds in {db_path} that are no EventKind: {sorted(unknown)}"
 
 
 @contextlib.asynccontextmanager

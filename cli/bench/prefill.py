@@ -1,6 +1,6 @@
 """`claw bench --prefill N`: a state database that already holds N finished tasks.
 
-The rows are written by the coordinator's own storage code (`TaskStore.write_batch`), as a
+The rows are written by the coordinator's own storage code (`TaskWriter.write_batch`), as a
 coordinator writes a task that succeeded: the task row, its attempt, and its `submitted`, `queued`,
 `started` and `succeeded` events on the hash chain. They finished over the 30 days before now, as
 a month of a busy cluster would leave them, so the window statistics see only their share.
@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common.event_kinds import EventKind
 from common.ids import new_id
 from common.states import AttemptState, Priority, TaskState
 from storage.database import Database
 from storage.records import AttemptRecord, EventRecord, TaskRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_writer import TaskWriter
 
 BATCH = 2000
 SPREAD_S = 30 * 24 * 3600.0
@@ -29,7 +30,7 @@ async def prefill_database(db_path: Path, n: int, progress: Callable[[int], None
     started = time.perf_counter()
     db = await Database.open(db_path)
     try:
-        store = TaskStore(db)
+        store = TaskWriter(db)
         now = time.time()
         step = SPREAD_S / max(n, 1)
         for first in range(0, n, BATCH):
@@ -74,16 +75,22 @@ def _add_finished(batch: WriteBatch, *, created: float) -> None:
         AttemptRecord(task_id, 1, "bench-w1", AttemptState.SUCCEEDED, started_at=started, finished_at=finished)
     )
     batch.events += [
-        EventRecord(task_id, "submitted", created, to_state=TaskState.PENDING, data='{"submitter":"bench"}'),
-        EventRecord(task_id, "queued", queued, from_state=TaskState.PENDING, to_state=TaskState.QUEUED),
-        EventRecord(
-            task_id, "started", started, 1, from_state=TaskState.QUEUED, to_state=TaskState.RUNNING, node_id="bench-w1"
-        ),
-        EventRecord(
+        EventRecord.of(EventKind.SUBMITTED, task_id, created, to_state=TaskState.PENDING, data={"submitter": "bench"}),
+        EventRecord.of(EventKind.QUEUED, task_id, queued, from_state=TaskState.PENDING, to_state=TaskState.QUEUED),
+        EventRecord.of(
+            EventKind.STARTED,
             task_id,
-            "succeeded",
+            started,
+            attempt=1,
+            from_state=TaskState.QUEUED,
+            to_state=TaskState.RUNNING,
+            node_id="bench-w1",
+        ),
+        EventRecord.of(
+            EventKind.SUCCEEDED,
+            task_id,
             finished,
-            1,
+            attempt=1,
             event_id=new_id(),
             from_state=TaskState.RUNNING,
             to_state=TaskState.SUCCEEDED,

@@ -9,10 +9,20 @@ import typer
 from cli.context import query
 from cli.inputs import parse_duration
 from cli.options import JsonFlag
-from cli.output import emit_fields, emit_table, fmt_bytes, fmt_duration, fmt_percent, fmt_span, fmt_time
+from cli.output import (
+    emit_fields,
+    emit_table,
+    fmt_ago,
+    fmt_bytes,
+    fmt_duration,
+    fmt_percent,
+    fmt_span,
+    fmt_time,
+    shorten,
+)
 from cli.runner import fail
 from common.errors import ClawError
-from common.models import AlertView, ClusterStatus, WindowStats
+from common.models import AlertView, ClusterStatus, JobView, ListenerView, WindowStats
 
 
 def status(
@@ -59,6 +69,7 @@ def render_status(status: ClusterStatus, *, all_queues: bool = False) -> None:
         _render_window(status.window)
     _render_alerts(status.alerts)
     _render_queues(status, all_queues)
+    _render_hooks(status.jobs, status.listeners)
     nats = status.nats
     print("\nnats:")
     if nats.error and not nats.connections:
@@ -114,6 +125,33 @@ def _render_alerts(alerts: list[AlertView]) -> None:
     print("\nalerts:")
     for alert in alerts:
         print(f"  ALERT {alert.name} since {fmt_time(alert.since)}: {alert.message}")
+
+
+def _render_hooks(jobs: list[JobView], listeners: list[ListenerView]) -> None:
+    """The coordinator's periodic jobs and after-commit listeners (absent from older coordinators)."""
+    if jobs:
+        print("\ncoordinator jobs:")
+        emit_table(
+            ["JOB", "EVERY", "LAST RUN", "TOOK", "RUNS", "FAILED", "LAST ERROR"],
+            [
+                (j.name, fmt_span(j.interval_s), "running" if j.running else fmt_ago(j.last_run_at),
+                 fmt_duration(j.last_duration_s), j.runs, j.failures, _last_error(j.last_error, j.last_error_at))
+                for j in jobs
+            ],
+        )  # fmt: skip
+    troubled = [x for x in listeners if x.failures or x.dropped]
+    if listeners:
+        names = ", ".join(f"{x.name} ({'inline' if x.inline else 'queued'})" for x in listeners)
+        print(f"\ncommit listeners: {names}" + ("" if troubled else ", none failing"))
+    if troubled:
+        emit_table(
+            ["LISTENER", "CALLS", "FAILED", "DROPPED", "LAST ERROR"],
+            [(x.name, x.calls, x.failures, x.dropped, shorten(x.last_error or "-", 60)) for x in troubled],
+        )
+
+
+def _last_error(error: str | None, at: float | None) -> str:
+    return "-" if error is None else f"{shorten(error, 60)} ({fmt_ago(at)})"
 
 
 def register(app: typer.Typer) -> None:

@@ -132,7 +132,7 @@ def alert_config(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path, *
 
 
 async def alert_events(coordinator: Coordinator) -> list[EventView]:
-    return list(reversed(await coordinator.store.recent_events(ALERTS_TASK_ID, limit=100)))
+    return list(reversed(await coordinator.queries.recent_events(ALERTS_TASK_ID, limit=100)))
 
 
 def event_data(event: EventView) -> dict[str, object]:

@@ -27,7 +27,7 @@ from communication.payload_limits import header_bytes, message_bytes
 from communication.publisher import JetStreamPublisher, MessageTooLargeError, Outgoing
 from storage.database import Database
 from storage.records import EventRecord, TaskRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_writer import TaskWriter
 from tests.conftest import make_config
 from tests.helpers import connected_client, eventually, running_coordinator, running_worker, spec, wait_nodes_online
 
@@ -60,7 +60,7 @@ async def test_an_input_that_fits_the_request_but_not_the_task_message_goes_to_t
         task = await client.get_task(result.task_id)
         assert b'"$artifact"' in bytes(task.input) and b'"$artifact"' in bytes(task.result)
         assert [a.name for a in task.artifacts][:1] == ["input.json"]
-        assert coordinator._conn.reconnects == 0  # never disconnected for an oversize message
+        assert coordinator.conn.reconnects == 0  # never disconnected for an oversize message
 
 
 async def test_a_task_that_can_never_be_published_ends_failed_and_task_show_still_answers(
@@ -90,7 +90,7 @@ async def test_a_task_that_can_never_be_published_ends_failed_and_task_show_stil
     ]
     db = await Database.open(config.coordinator.db_path)
     try:
-        await TaskStore(db).write_batch(WriteBatch(new_tasks=[record], events=events))
+        await TaskWriter(db).write_batch(WriteBatch(new_tasks=[record], events=events))
     finally:
         await db.close()
 
@@ -106,7 +106,7 @@ async def test_a_task_that_can_never_be_published_ends_failed_and_task_show_stil
         # The newest events are kept (the end of the story); how many were left out is said.
         assert task.events_omitted > 0 and task.events[-1].to_state == TaskState.FAILED
         assert len(encode(task)) < client.conn.nc.max_payload
-        assert coordinator._conn.reconnects == 0
+        assert coordinator.conn.reconnects == 0
 
 
 async def test_a_request_over_max_payload_gets_a_clear_error(config: ClawConfig) -> None:

@@ -14,15 +14,18 @@ from common.ids import new_id
 from common.states import AttemptState, Priority, TaskState
 from coordinator.event_folding import EventFolder
 from coordinator.task_book import TaskBook
+from storage.artifact_index import ArtifactIndex
 from storage.database import Database
 from storage.records import TaskRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_queries import TaskQueries
+from storage.task_writer import TaskWriter
 
 
 class Harness:
     def __init__(self, db: Database) -> None:
-        self.store = TaskStore(db)
-        self.book = TaskBook(self.store)
+        self.writer = TaskWriter(db)
+        self.queries = TaskQueries(db, ArtifactIndex(db))
+        self.book = TaskBook(self.queries)
         self.folder = EventFolder(self.book)
 
     async def add_queued_task(self, state: TaskState = TaskState.QUEUED) -> str:
@@ -34,18 +37,18 @@ class Harness:
         self.book.add(record)
         if state != TaskState.PENDING:
             batch.events.append(self.book.move(record, state, at=1.5, kind=state.value))
-        await self.store.write_batch(batch)
+        await self.writer.write_batch(batch)
         return record.task_id
 
     async def fold(self, *events: TaskEvent) -> None:
         batch = WriteBatch()
         for event in events:
             await self.folder.fold(event, batch)
-        await self.store.write_batch(batch)
+        await self.writer.write_batch(batch)
         self.book.release_finished(list(batch.changed_tasks.values()))
 
     async def view(self, task_id: str):  # type: ignore[no-untyped-def]
-        view = await self.store.get_task(task_id)
+        view = await self.queries.get_task(task_id)
         assert view is not None
         return view
 
@@ -169,7 +172,7 @@ async def test_final_failure_ends_dead_with_error_and_traceback_and_is_dead_lett
     batch = WriteBatch()
     for event in (started(task_id), failed(task_id)):
         await h.folder.fold(event, batch)
-    await h.store.write_batch(batch)
+    await h.writer.write_batch(batch)
     assert [r.task_id for r in batch.dead_letters] == [task_id]
     view = await h.view(task_id)
     assert (view.state, view.error_type, view.error_message, view.error_traceback) == (
@@ -184,7 +187,7 @@ async def test_final_failure_ends_failed_when_dead_lettering_is_off(h: Harness) 
     batch = WriteBatch()
     for event in (started(task_id), failed(task_id)):
         await h.folder.fold(event, batch)
-    await h.store.write_batch(batch)
+    await h.writer.write_batch(batch)
     assert batch.dead_letters == []
     assert (await h.view(task_id)).state == TaskState.FAILED
 
@@ -228,7 +231,7 @@ async def test_event_for_an_unknown_task_is_refused_and_stages_nothing(h: Harnes
     with pytest.raises(BadEventError, match="there is no task 01UNKNOWNTASK"):
         await h.folder.fold(started("01UNKNOWNTASK0000000000000"), batch)
     assert not batch
-    assert await h.store.get_task("01UNKNOWNTASK0000000000000") is None
+    assert await h.queries.get_task("01UNKNOWNTASK0000000000000") is None
 
 
 async def test_an_event_the_transition_table_forbids_is_refused_and_changes_nothing(h: Harness) -> None:
@@ -288,7 +291,7 @@ async def test_a_cancel_that_overtakes_started_still_counts_the_cancelled_attemp
     batch = WriteBatch()  # the operator's cancel lands before the worker's `started`
     batch.events.append(h.book.move(record, TaskState.CANCELLED, at=2.5, kind="cancelled"))
     batch.touch(record)
-    await h.store.write_batch(batch)
+    await h.writer.write_batch(batch)
     confirm = TaskCancelled(event_id=new_id(), task_id=task_id, attempt=1, node_id="n1", at=2.6, started_at=2.0)
     await h.fold(started(task_id), confirm)
     view = await h.view(task_id)
@@ -302,7 +305,7 @@ async def test_an_outcome_that_overtakes_queued_keeps_the_times_in_order(h: Harn
         max_attempts=3, timeout_s=10.0, created_at=1.0, updated_at=1.0,
     )  # fmt: skip
     h.book.add(record)
-    await h.store.write_batch(WriteBatch(new_tasks=[record]))
+    await h.writer.write_batch(WriteBatch(new_tasks=[record]))
     # The worker ran it (2.0 to 3.0) before the coordinator wrote `queued` for its publish.
     await h.fold(succeeded(record.task_id))
     view = await h.view(record.task_id)
@@ -318,7 +321,7 @@ async def _cancel(h: Harness, task_id: str) -> None:
     batch = WriteBatch()
     batch.events.append(h.book.move(record, TaskState.CANCELLED, at=2.5, kind="cancelled"))
     batch.touch(record)
-    await h.store.write_batch(batch)
+    await h.writer.write_batch(batch)
 
 
 @pytest.mark.parametrize("started_first", [False, True])

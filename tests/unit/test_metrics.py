@@ -8,36 +8,48 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from common.event_kinds import EventKind
 from common.events import TaskEvent, TaskFailed, TaskStarted, TaskSucceeded
 from common.ids import new_id
 from common.models import QueueDepth
 from common.states import Priority, TaskState
 from coordinator.event_folding import EventFolder
 from coordinator.metrics import ClusterMetrics, GaugeValues
+from coordinator.state_machine import transition
 from coordinator.task_book import TaskBook
+from storage.artifact_index import ArtifactIndex
 from storage.database import Database
-from storage.records import TaskRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.records import EventRecord, TaskRecord, WriteBatch
+from storage.task_queries import TaskQueries
+from storage.task_writer import TaskWriter
+
+GUARD_KINDS = {TaskState.REJECTED: EventKind.DENIED, TaskState.WAITING_APPROVAL: EventKind.HELD}
 
 
 class Harness:
+    """The metrics listening to the commits of a task writer, as in the coordinator."""
+
     def __init__(self, db: Database) -> None:
         self.metrics = ClusterMetrics()
-        self.store = TaskStore(db)
-        self.book = TaskBook(self.store, on_transition=self.metrics.observe_transition)
+        self.store = TaskWriter(db)
+        self.store.on_commit = self.metrics.on_commit
+        self.book = TaskBook(TaskQueries(db, ArtifactIndex(db)))
         self.folder = EventFolder(self.book)
 
     async def admit(self, skill: str = "echo", *, state: TaskState = TaskState.PENDING) -> TaskRecord:
-        """A task admitted at t=1 and, unless the guard held or denied it, queued at t=1.5."""
+        """A task admitted at t=1 (held or denied by the guard, as `state` says) and, if not, queued at t=1.5."""
         record = TaskRecord(
-            task_id=new_id(), skill=skill, priority=Priority.NORMAL, state=state, input="{}",
+            task_id=new_id(), skill=skill, priority=Priority.NORMAL, state=TaskState.PENDING, input="{}",
             max_attempts=3, timeout_s=10.0, created_at=1.0, updated_at=1.0,
         )  # fmt: skip
         batch = WriteBatch(new_tasks=[record])
+        batch.events.append(EventRecord.of(EventKind.SUBMITTED, record.task_id, 1.0, to_state=TaskState.PENDING))
+        if state in GUARD_KINDS:
+            batch.events.append(transition(record, state, at=1.0, kind=GUARD_KINDS[state]))
         self.book.add(record)
         if state == TaskState.PENDING:
             record.queued_at = 1.5
-            batch.events.append(self.book.move(record, TaskState.QUEUED, at=1.5, kind="queued"))
+            batch.events.append(self.book.move(record, TaskState.QUEUED, at=1.5, kind=EventKind.QUEUED))
         await self.store.write_batch(batch)
         return record
 

@@ -11,7 +11,7 @@ import pytest
 
 from storage.database import Database
 from storage.records import EventRecord, WriteBatch
-from storage.task_store import TaskStore
+from storage.task_writer import TaskWriter
 
 
 @dataclass(slots=True)
@@ -29,7 +29,7 @@ class SlowEvent(EventRecord):
 
 async def test_a_batch_whose_caller_was_cancelled_mid_commit_does_not_fork_the_chain(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "claw.db")
-    store = TaskStore(db)
+    store = TaskWriter(db)
     slow = SlowEvent(task_id="t1", kind="log", at=2.0)
     try:
         await store.write_batch(WriteBatch(events=[EventRecord(task_id="t1", kind="log", at=1.0)]))
