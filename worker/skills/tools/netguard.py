@@ -65,9 +65,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         if allowed:
             return allowed
         address = addresses[0]
+        kind = self._policy.refusal(host, address) or "refused"
+        article = "an" if kind[0] in "aeiou" else "a"
         raise RefusedAddress(
-            f"{self._skill}: {host} is {address}, a {self._policy.refusal(host, address)} address, which this "
-            "worker does not connect to; to allow it, add it to tools.http_allow_private in the worker's config"
+            f"{self._skill}: {host} is {address}, {article} {kind} address, which this worker does not "
+            "connect to; to allow it, add it to tools.http_allow_private in the worker's config"
         )
 
     async def connect_unix_socket(
