@@ -181,3 +181,58 @@ async def test_python_exec_cannot_read_or_link_the_workers_files(
     assert report == {"creds": report["creds"], "db": report["db"], "link": report["link"]}
     assert all(value in FAILED for value in report.values()), report
     assert CREDENTIALS not in json.dumps(outcome.result)
+
+
+IDENTITY = """
+import os
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())
+print(status["NoNewPrivs"].strip(), status["CapEff"].strip(), status["CapPrm"].strip())
+open("made-by-the-code", "w").close()
+"""
+
+
+async def test_tool_processes_run_unprivileged_in_a_private_workspace(
+    nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path, sandbox: str
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the worker is not root: its tool processes run as its own user")
+    config = cluster_config(nats_server, prefix, tmp_path, tool_settings(sandbox, tmp_path))
+    async with start_cluster(config) as cluster:
+        code = await cluster.run("python.exec", {"code": IDENTITY, "workspace": "w1"})
+        program = await cluster.run("shell.exec", {"argv": ["sh", "-c", "id -u; grep NoNewPrivs /proc/self/status"]})
+        written = await cluster.run("fs.write", {"workspace": "w1", "path": "by-fs-write", "content": "x"})
+        workspace = cluster.workspace("w1")
+        sandbox_root = workspace.parent
+    assert (code.state, program.state, written.state) == (TaskState.SUCCEEDED,) * 3
+    assert code.result["stdout"].splitlines() == ["65534 65534 65534 []", "1 0000000000000000 0000000000000000"]
+    assert program.result["stdout"].split() == ["65534", "NoNewPrivs:", "1"]
+    # Private to the sandbox user, which owns what the code and the fs skills made in it.
+    assert (workspace.stat().st_uid, workspace.stat().st_mode & 0o777) == (65534, 0o700)
+    assert sandbox_root.stat().st_mode & 0o777 == 0o711
+    assert {(workspace / name).stat().st_uid for name in ("made-by-the-code", "by-fs-write")} == {65534}
+
+
+NETWORK = """
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+    print("connected")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+async def test_python_exec_has_no_network_inside_bwrap(
+    nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path, sandbox: str
+) -> None:
+    """The NATS port on loopback: inside bwrap the code has a loopback of its own."""
+    if sandbox != "bwrap":
+        pytest.skip("without bwrap tool processes share the worker's network (docs/Tool_skills.md)")
+    port = int(nats_server.client_url.rsplit(":", 1)[1])
+    shared = tool_settings(sandbox, tmp_path, sandbox_network=True, sandbox_root=str(tmp_path / "shared"))
+    for tools, expected in ((tool_settings(sandbox, tmp_path), "ConnectionRefusedError"), (shared, "connected")):
+        config = cluster_config(nats_server, f"{prefix}{expected[0].lower()}", tmp_path, tools)
+        async with start_cluster(config) as cluster:
+            outcome = await cluster.run("python.exec", {"code": NETWORK.format(port=port)})
+        assert outcome.result["stdout"] == f"{expected}\n", outcome.error_message

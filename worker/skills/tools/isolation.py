@@ -20,6 +20,7 @@ What is available is found out once per process, on first use, by trying it.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import pwd
@@ -64,6 +65,7 @@ ETC_ENTRIES = (
 )
 CGROUP_MOUNT = "/run/claw-cgroup"
 PROBE_TIMEOUT_S = 20.0
+PR_SET_DUMPABLE = 4
 
 Mode = Literal["bwrap", "none"]
 
@@ -142,6 +144,21 @@ class Isolation:
                 "tool processes: tools.sandbox_bwrap is 'require' but bwrap cannot run here (see the worker's log)"
             )
         return "none"
+
+    def protect_worker(self, mode: Mode) -> None:
+        """Tool processes of the worker's own user outside a PID namespace could read the worker's
+        /proc (environment, memory, open files): make the worker non-dumpable, which gives those
+        files to root. Once per process; a root worker needs it not (its children are another user)."""
+        if mode != "none" or self.user is not None or os.geteuid() == 0 or _PROTECTED:
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
+            _PROTECTED.append(True)
+            log.warning(
+                "tool.same_user_children",
+                detail="tool processes run as the worker's user without bwrap: the worker is made non-dumpable; "
+                "its files stay readable to them (docs/Tool_skills.md)",
+            )
 
     async def cgroup_parents(self) -> CgroupParents | None:
         """Where run cgroups can be made, if anywhere (found once per process)."""
@@ -255,6 +272,7 @@ class Isolation:
 
 _BWRAP_WORKS: dict[tuple[str, bool, int], bool] = {}
 _CGROUPS: dict[str, CgroupParents | None] = {}
+_PROTECTED: list[bool] = []
 
 
 def _mirror(path: str) -> list[str]:

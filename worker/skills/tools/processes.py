@@ -121,6 +121,7 @@ async def run_process(run: ProcessRun, isolation: Isolation) -> dict[str, Any]:
     killed and reaped in every case."""
     settings = isolation.settings
     mode = await isolation.mode()
+    isolation.protect_worker(mode)
     cgroup = await _make_cgroup(isolation)
     status_read, status_write = os.pipe()
     try:
