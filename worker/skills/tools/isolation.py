@@ -133,17 +133,34 @@ class Isolation:
     async def mode(self) -> Mode:
         """bwrap where it works here (tried once per process), else none."""
         if self._bwrap is None:
+            self._check_interpreter()
             return "none"
         key = (self._bwrap, self._settings.sandbox_network, os.geteuid())
         if key not in _BWRAP_WORKS:  # two runs starting at once may both try: harmless
             _BWRAP_WORKS[key] = await self._probe_bwrap(self._bwrap)
         if _BWRAP_WORKS[key]:
             return "bwrap"
+        self._check_interpreter()
         if self._settings.sandbox_bwrap == "require":
             raise PermanentError(
                 "tool processes: tools.sandbox_bwrap is 'require' but bwrap cannot run here (see the worker's log)"
             )
         return "none"
+
+    def _check_interpreter(self) -> None:
+        """Without bwrap python.exec's code runs as the sandbox user with the interpreter's files as they
+        are: say so once if that user cannot reach them (pyenv under a private /root, say)."""
+        if self.user is None or _INTERPRETER_CHECKED:
+            return
+        _INTERPRETER_CHECKED.append(True)
+        install = os.path.dirname(os.path.dirname(os.path.realpath(self._python)))
+        if not _others_may_enter(install):
+            log.warning(
+                "tool.interpreter_unreadable",
+                interpreter=self._python,
+                detail="the sandbox user cannot read it, so python.exec code cannot import modules; "
+                "set tools.python_executable to one it can (e.g. /usr/bin/python3) or install bubblewrap",
+            )
 
     def protect_worker(self, mode: Mode) -> None:
         """Tool processes of the worker's own user outside a PID namespace could read the worker's
@@ -273,6 +290,21 @@ class Isolation:
 _BWRAP_WORKS: dict[tuple[str, bool, int], bool] = {}
 _CGROUPS: dict[str, CgroupParents | None] = {}
 _PROTECTED: list[bool] = []
+_INTERPRETER_CHECKED: list[bool] = []
+
+
+def _others_may_enter(directory: str) -> bool:
+    """Whether a user who is neither owner nor in the group may search `directory` and its parents."""
+    path = directory
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        if path in ("/", ""):
+            return True
+        path = os.path.dirname(path)
 
 
 def _mirror(path: str) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -120,6 +121,7 @@ async def run_process(run: ProcessRun, isolation: Isolation) -> dict[str, Any]:
     `tools.task_max_processes`. Raises ToolTimeoutError past `timeout_s`; every process of the run is
     killed and reaped in every case."""
     settings = isolation.settings
+    run = _absolute(run)
     mode = await isolation.mode()
     isolation.protect_worker(mode)
     cgroup = await _make_cgroup(isolation)
@@ -138,6 +140,11 @@ async def run_process(run: ProcessRun, isolation: Isolation) -> dict[str, Any]:
     if run.workspace is not None:
         await asyncio.to_thread(check_workspace_after_run, run.skill, run.workspace, settings.workspace_max_bytes)
     return result
+
+
+def _absolute(run: ProcessRun) -> ProcessRun:
+    """`run` with absolute paths: inside bwrap the launcher enters its directory by name."""
+    return dataclasses.replace(run, cwd=os.path.realpath(run.cwd), executable=os.path.abspath(run.executable))
 
 
 async def _make_cgroup(isolation: Isolation) -> RunCgroup | None:
@@ -186,7 +193,7 @@ def _launch(run: ProcessRun, isolation: Isolation, mode: str, cgroup: RunCgroup 
 def _relative_to(executable: str, cwd: str) -> str:
     """A program inside the working directory is run as ./name: a sandbox user may search the
     working directory without being able to search every parent of it."""
-    if os.path.dirname(executable) == cwd:
+    if os.path.realpath(os.path.dirname(executable)) == cwd:
         return f"./{os.path.basename(executable)}"
     return executable
 
