@@ -133,6 +133,8 @@ class Isolation:
     async def mode(self) -> Mode:
         """bwrap where it works here (tried once per process), else none."""
         if self._bwrap is None:
+            if self._settings.sandbox_bwrap == "auto" and not _INTERPRETER_CHECKED:
+                log.warning("tool.bwrap_missing", detail="tool processes run without namespaces: install bubblewrap")
             self._check_interpreter()
             return "none"
         key = (self._bwrap, self._settings.sandbox_network, os.geteuid())
@@ -150,9 +152,11 @@ class Isolation:
     def _check_interpreter(self) -> None:
         """Without bwrap python.exec's code runs as the sandbox user with the interpreter's files as they
         are: say so once if that user cannot reach them (pyenv under a private /root, say)."""
-        if self.user is None or _INTERPRETER_CHECKED:
+        if _INTERPRETER_CHECKED:
             return
         _INTERPRETER_CHECKED.append(True)
+        if self.user is None:
+            return
         install = os.path.dirname(os.path.dirname(os.path.realpath(self._python)))
         if not _others_may_enter(install):
             log.warning(
