@@ -159,10 +159,31 @@ class WorkerSettings(_Section, frozen=True):
 
 
 class ToolSettings(_Section, frozen=True):
-    """Limits of the agent tool skills (fs.*, shell.exec, python.exec, http.request, llm.chat)."""
+    """Limits of the agent tool skills (fs.*, shell.exec, python.exec, http.request, llm.chat) and
+    of the processes of `command:` skills (docs/Tool_skills.md says which guarantee holds where)."""
 
     # fs.* skills work inside <sandbox_root>/<workspace>; a task names its workspace or gets its own.
     sandbox_root: str = ".claw/sandboxes"
+    # The user (name, or uid:gid) that tool processes run as when the worker runs as root; never root.
+    sandbox_user: str = "nobody"
+    # bubblewrap namespaces for tool processes: auto (when bwrap works here), require (refuse to
+    # run without), off.
+    sandbox_bwrap: Literal["auto", "require", "off"] = "auto"
+    # Inside bwrap, whether tool processes share the worker's network (false: loopback of their own only).
+    sandbox_network: bool = False
+    # More read-only paths visible inside bwrap (the system's /usr, /etc basics and Python always are).
+    sandbox_ro_paths: list[str] = []
+    # Limits on one tool call's whole process tree: a cgroup per call where the worker may make one,
+    # else a watchdog that kills the tree over them.
+    sandbox_cgroups: bool = True
+    task_memory_mb: PositiveInt = 512
+    task_max_processes: PositiveInt = 64
+    sandbox_watch_interval_s: PositiveFloat = 0.25
+    # A workspace may hold this much; one file (fs.write, or written by a process) at most write_max_bytes.
+    workspace_max_bytes: PositiveInt = 1024 * 1024 * 1024
+    write_max_bytes: PositiveInt = 100 * 1024 * 1024
+    # The interpreter python.exec runs (unset: the worker's own).
+    python_executable: str | None = None
     # Executables shell.exec may run (names looked up on PATH, or absolute paths); empty: none.
     shell_allow: list[str] = []
     output_max_bytes: PositiveInt = 1024 * 1024
@@ -170,6 +191,10 @@ class ToolSettings(_Section, frozen=True):
     python_cpu_s: PositiveInt = 60
     # Hosts http.request may call; empty: any.
     http_allow_hosts: list[str] = []
+    # Loopback, link-local, private, CGNAT, multicast and unspecified addresses are refused to
+    # http.request and llm.chat (by the resolved IP) unless listed here: CIDRs, IPs or host names.
+    http_allow_private: list[str] = []
+    http_max_redirects: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
     http_max_response_bytes: PositiveInt = 5 * 1024 * 1024
     http_timeout_s: PositiveFloat = 30.0
     llm_base_url: str = "https://api.openai.com/v1"

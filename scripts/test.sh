@@ -4,6 +4,13 @@
 set -euo pipefail
 source "$(dirname "$0")/_venv.sh" dev
 cd "$ROOT"
+# The tool sandbox runs tool processes in bubblewrap where it is installed; the tests of its
+# namespaces skip (saying why) without it. CI runs this as root on a fresh machine: install it there.
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing bubblewrap (the tool sandbox)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q bubblewrap >&2 || { apt-get update -q >&2 && apt-get install -y -q bubblewrap >&2; }
+fi
 echo "== ruff" >&2
 ruff check .
 ruff format --check .

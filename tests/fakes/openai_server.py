@@ -4,7 +4,7 @@
 Retry-After, 500, 400 with an OpenAI-style error, a dropped connection, or a 200 HTML page). Every request is recorded
 (method, path, headers, body) so a test can check what was sent. A few more routes make it a target
 for http.request: `/echo` (the request as JSON; `?status=N` sets the status), `/bytes?n=N`,
-`/binary`, `/redirect` and `/hang` (answers only when released or stopped).
+`/binary`, `/redirect` (to `/echo`, or to `?to=URL`) and `/hang` (answers only when released or stopped).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/binary":
             self._send(200, bytes(range(256)) * 4, "application/octet-stream")
         elif path == "/redirect":
-            self._send(302, b"", "text/plain", {"Location": "/echo"})
+            self._send(302, b"", "text/plain", {"Location": query.get("to", "/echo")})
         elif path == "/hang":
             self.server_state.release.wait(HANG_LIMIT_S)
             self._send(200, b"late", "text/plain")

@@ -352,7 +352,11 @@ async def test_llm_chat_rate_limit_is_retried_after_the_servers_retry_after(
         nats_server,
         prefix,
         tmp_path,
-        tools={"llm_base_url": openai_server.base_url, "llm_api_key_env": "CLAW_TEST_LLM_KEY"},
+        tools={
+            "llm_base_url": openai_server.base_url,
+            "llm_api_key_env": "CLAW_TEST_LLM_KEY",
+            "http_allow_private": ["127.0.0.1"],
+        },
     )
     openai_server.next_modes, openai_server.retry_after = ["rate_limited"], "1"
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:

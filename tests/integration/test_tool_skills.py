@@ -44,6 +44,7 @@ async def test_llm_chat_and_files_shared_in_a_workspace_run_through_the_cluster(
         "llm_model": "fake-model",
         "llm_api_key_env": KEY_ENV,
         "llm_extra_headers": {"X-Cluster": "it"},
+        "http_allow_private": ["127.0.0.1"],  # the fake API is on loopback
     }
     config = make_config(nats_server, prefix, tmp_path, tools=tools)
     skills = SkillRegistry(tool_skills(config.tools))

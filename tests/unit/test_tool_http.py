@@ -17,10 +17,13 @@ from tests.helpers import task_context
 from worker.context import TaskContext
 from worker.skills.tools.http import HttpTool
 
+# The fake server is on loopback, which http.request refuses unless the worker allows it.
+LOOPBACK = ["127.0.0.1"]
+
 
 @pytest.fixture
 def http() -> HttpTool:
-    return HttpTool(ToolSettings(http_max_response_bytes=1000))
+    return HttpTool(ToolSettings(http_max_response_bytes=1000, http_allow_private=LOOPBACK))
 
 
 @pytest.fixture
@@ -92,7 +95,7 @@ async def test_a_host_outside_the_allow_list_is_refused_before_connecting(
     with pytest.raises(PermanentError, match="host '127.0.0.1' is not allowed.*tools.http_allow_hosts"):
         await http.request(ctx, {"url": f"{openai_server.url}/echo"})
     assert openai_server.requests == []
-    allowed = HttpTool(ToolSettings(http_allow_hosts=["127.0.0.1"]))
+    allowed = HttpTool(ToolSettings(http_allow_hosts=["127.0.0.1"], http_allow_private=LOOPBACK))
     assert (await allowed.request(ctx, {"url": f"{openai_server.url}/echo"}))["status"] == 200
 
 

@@ -27,6 +27,7 @@ def settings_for(server: FakeOpenAIServer, **changes: Any) -> ToolSettings:
         "llm_model": "fake-default",
         "llm_api_key_env": KEY_ENV,
         "llm_extra_headers": {"X-Cluster": "claw-test"},
+        "http_allow_private": ["127.0.0.1"],  # the fake API is on loopback
     }
     return ToolSettings(**(fields | changes))
 

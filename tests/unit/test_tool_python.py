@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from common.config import ToolSettings
 from common.errors import InvalidInputError, RetryableError, ToolTimeoutError
 from tests.helpers import BOTH_LOOPS, eventually, task_context
+from tests.tool_processes import marked, new_marker, working_in, zombie_children
 from worker.context import TaskContext
 from worker.skills.tools.python_exec import MEMORY_EXIT_CODE, PythonTool
 
@@ -37,17 +37,6 @@ def sandbox_of(settings: ToolSettings, ctx: TaskContext) -> str:
     return str(Path(settings.sandbox_root).resolve() / ctx.task_id)
 
 
-def read_pids(sandbox: str) -> list[int]:
-    return [int(pid) for pid in Path(sandbox, "pids").read_text().split()]
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 async def test_runs_code_and_returns_its_output_and_exit_code(python: PythonTool, ctx: TaskContext) -> None:
     result = await python.exec(ctx, {"code": "import sys\nprint(6 * 7)\nprint('warn', file=sys.stderr)\nsys.exit(3)"})
     assert (result["exit_code"], result["stdout"], result["stderr"]) == (3, "42\n", "warn\n")
@@ -70,7 +59,11 @@ async def test_runs_isolated_in_the_sandbox_with_a_scrubbed_environment(
         "print('s3cr3t' in str(os.environ))"
     )
     result = await python.exec(ctx, {"code": code})
-    assert result["stdout"].splitlines() == [sandbox_of(settings, ctx), "1 __main__ ['HOME', 'LANG', 'PATH']", "False"]
+    assert result["stdout"].splitlines() == [
+        sandbox_of(settings, ctx),
+        "1 __main__ ['HOME', 'LANG', 'PATH', 'TMPDIR']",
+        "False",
+    ]
 
 
 async def test_an_exception_exits_1_with_a_traceback_of_the_code_only(python: PythonTool, ctx: TaskContext) -> None:
@@ -98,20 +91,20 @@ async def test_cpu_limit_kills_a_busy_loop_recognisably(tmp_path: Path, ctx: Tas
 async def test_timeout_kills_the_interpreter_and_its_children(
     python: PythonTool, ctx: TaskContext, settings: ToolSettings
 ) -> None:
+    marker = new_marker()
     code = (
-        "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-        "with open('pids.tmp', 'w') as f:\n"
-        "    f.write(f'{os.getpid()} {child.pid}')\n"
-        "os.rename('pids.tmp', 'pids')\n"
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', '{marker}'])\n"
+        "open('started', 'w').close()\n"
         "time.sleep(60)\n"
     )
     with pytest.raises(ToolTimeoutError, match="python.exec: the code ran past its timeout of 3 s") as caught:
         await python.exec(ctx, {"code": code, "timeout_s": 3})
     assert isinstance(caught.value, RetryableError)
-    pids = read_pids(sandbox_of(settings, ctx))
-    await eventually(lambda: all(gone(pid) for pid in pids), timeout_s=10, what="interpreter and its child gone")
-    assert not {p.pid for p in psutil.Process().children(recursive=True)} & set(pids)
+    sandbox = sandbox_of(settings, ctx)
+    assert (Path(sandbox) / "started").exists()
+    await eventually(lambda: not marked(marker) and not working_in(sandbox), timeout_s=10, what="all gone")
+    assert not zombie_children()
 
 
 async def test_output_beyond_the_cap_is_cut_and_flagged(python: PythonTool, ctx: TaskContext) -> None:

@@ -9,13 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from common.config import ToolSettings
 from common.errors import InvalidInputError, PermanentError, RetryableError, ToolTimeoutError
 from common.events import TaskEvent, TaskLog
 from tests.helpers import BOTH_LOOPS, eventually, task_context
+from tests.tool_processes import marked, new_marker, zombie_children
 from worker.context import TaskContext
 from worker.skills.tools.shell import ShellTool
 
@@ -51,14 +51,6 @@ def sandbox_of(settings: ToolSettings, ctx: TaskContext) -> Path:
 
 def real_program(name: str) -> str:
     return os.path.realpath(shutil.which(name) or name)
-
-
-def gone(pid: int) -> bool:
-    """Whether the process has ended (a zombie waiting for its parent counts as ended)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 async def test_runs_an_allowed_program_in_the_sandbox(
@@ -126,7 +118,7 @@ async def test_secret_looking_variables_of_the_worker_never_reach_the_child(
     # The child starts from a minimal environment, not the worker's.
     assert "plain-456" not in result["stdout"]
     variables = dict(line.split("=", 1) for line in result["stdout"].splitlines())
-    assert set(variables) == {"PATH", "LANG", "HOME"}
+    assert set(variables) == {"PATH", "LANG", "HOME", "TMPDIR"}
     assert variables["HOME"] == str(sandbox_of(settings, ctx))
 
 
@@ -184,21 +176,22 @@ async def test_cwd_is_a_directory_inside_the_sandbox(
 async def test_timeout_kills_the_whole_process_group_and_is_retryable(
     shell: ShellTool, ctx: TaskContext, settings: ToolSettings
 ) -> None:
-    script = "sleep 60 & echo $! > bg.pid; echo $$ > sh.pid; wait"
+    marker = new_marker()
+    script = f"sleep {marker} & touch started; wait"
     with pytest.raises(ToolTimeoutError, match="'sh' ran past its timeout of 2 s and was killed") as caught:
         await shell.exec(ctx, {"argv": ["sh", "-c", script], "timeout_s": 2})
     assert isinstance(caught.value, RetryableError)
-    sandbox = sandbox_of(settings, ctx)
-    pids = [int((sandbox / name).read_text()) for name in ("sh.pid", "bg.pid")]
-    await eventually(lambda: all(gone(pid) for pid in pids), timeout_s=10, what="sh and its background sleep gone")
-    assert not {p.pid for p in psutil.Process().children(recursive=True)} & set(pids)
+    assert (sandbox_of(settings, ctx) / "started").exists()
+    await eventually(lambda: not marked(marker), timeout_s=10, what="sh and its background sleep gone")
+    assert not zombie_children()
 
 
 async def test_background_processes_do_not_outlive_a_normal_exit(shell: ShellTool, ctx: TaskContext) -> None:
     """The background sleep holds stdout open: without the group kill the result would wait for it."""
-    result = await shell.exec(ctx, {"argv": ["sh", "-c", "sleep 60 & echo $!"], "timeout_s": 30})
-    assert result["exit_code"] == 0
-    await eventually(lambda: gone(int(result["stdout"])), timeout_s=10, what="background sleep gone")
+    marker = new_marker()
+    result = await shell.exec(ctx, {"argv": ["sh", "-c", f"sleep {marker} & echo started"], "timeout_s": 30})
+    assert (result["exit_code"], result["stdout"]) == (0, "started\n")
+    await eventually(lambda: not marked(marker), timeout_s=10, what="background sleep gone")
 
 
 async def test_a_program_that_cannot_start_is_a_permanent_error(
@@ -218,18 +211,17 @@ async def test_cancelling_the_handler_kills_and_reaps_the_process_group(
     shell: ShellTool, ctx: TaskContext, settings: ToolSettings
 ) -> None:
     """What happens when the worker's task timeout (or a shutdown) cancels the handler."""
-    script = 'sleep 60 & echo "$$ $!" > pids.tmp; mv pids.tmp pids; wait'
+    marker = new_marker()
+    script = f"sleep {marker} & touch started; wait"
     running = asyncio.create_task(shell.exec(ctx, {"argv": ["sh", "-c", script]}))
-    pid_file = sandbox_of(settings, ctx) / "pids"
-    await eventually(pid_file.exists, timeout_s=20, what="the background process started")
-    pids = [int(pid) for pid in pid_file.read_text().split()]
-    assert pids[0] in {p.pid for p in psutil.Process().children()}
+    started = (sandbox_of(settings, ctx) / "started").exists
+    await eventually(started, timeout_s=20, what="sh and its background sleep started")
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
-    await eventually(lambda: all(gone(pid) for pid in pids), timeout_s=10, what="sh and its background sleep gone")
-    # sh was our child: it is reaped, not left a zombie.
-    assert not {p.pid for p in psutil.Process().children(recursive=True)} & set(pids)
+    await eventually(lambda: not marked(marker), timeout_s=10, what="sh and its background sleep gone")
+    # The launcher was our child: it is reaped, not left a zombie.
+    assert not zombie_children()
 
 
 @pytest.mark.parametrize(

@@ -7,14 +7,17 @@
   in the manifest is taken from its result (how the tool skills get their limits).
 - `command: [...]` - a program started in the skill's folder for each task: the input JSON on stdin,
   the result JSON on stdout; exit code 75 (EX_TEMPFAIL) asks for a retry, any other non-zero code
-  is a permanent failure with the tail of stderr. It is killed with its process group at the task's
-  timeout or cancel.
+  is a permanent failure with the tail of stderr. It runs confined like shell.exec (as the sandbox
+  user, in bwrap where it works, under the tree limits: worker/skills/tools/processes.py) with its
+  folder read-only and a scratch workspace of its own (HOME and TMPDIR) that is removed after the
+  run; it is killed with its whole process tree at the task's timeout or cancel.
 
 A skill whose `requires_labels` the worker lacks is not loaded there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import importlib
 import importlib.util
@@ -34,7 +37,9 @@ from common.errors import ConfigError, PermanentError, RetryableError
 from common.skills import SkillManifest, builtin_manifests
 from worker.context import TaskContext
 from worker.skills import Skill
+from worker.skills.tools.isolation import Isolation
 from worker.skills.tools.processes import ProcessRun, child_env, run_process
+from worker.skills.tools.sandbox import Workspace
 
 EX_TEMPFAIL = 75
 STDERR_TAIL = 2000
@@ -117,23 +122,35 @@ def _command_handler(manifest: SkillManifest, folder: Path, config: ClawConfig) 
     argv = list(manifest.runtime.command or [])
     executable = shutil.which(argv[0], path=f"{folder}:{_system_path()}") or argv[0]
     max_output = config.tools.output_max_bytes
+    isolation = Isolation(config.tools)
 
     async def run_command(ctx: TaskContext, input: dict[str, Any]) -> Any:
-        env, _ = child_env(manifest.name, str(folder), {"CLAW_TASK_ID": ctx.task_id, "CLAW_ATTEMPT": str(ctx.attempt)})
-        result = await run_process(
-            ProcessRun(
-                skill=manifest.name,
-                what=f"'{argv[0]}'",
-                argv=argv,
-                executable=executable,
-                cwd=str(folder),
-                env=env,
-                stdin=json.dumps(input).encode(),
-                timeout_s=None,  # the task's own timeout cancels the handler, which kills the group
-                max_output_bytes=max_output,
-            )
+        scratch = Workspace(
+            manifest.name, config.tools.sandbox_root, f"cmd-{ctx.task_id}-{ctx.attempt}", isolation.user
         )
+        home = await asyncio.to_thread(scratch.open)
+        env, _ = child_env(manifest.name, home.root, {"CLAW_TASK_ID": ctx.task_id, "CLAW_ATTEMPT": str(ctx.attempt)})
+        run = ProcessRun(
+            skill=manifest.name,
+            what=f"'{argv[0]}'",
+            argv=argv,
+            executable=executable,
+            cwd=str(folder),
+            env=env,
+            stdin=json.dumps(input).encode(),
+            timeout_s=None,  # the task's own timeout cancels the handler, which kills the tree
+            max_output_bytes=max_output,
+            workspace=home.root,
+            read_only=(str(folder),),
+        )
+        try:
+            result = await run_process(run, isolation)
+        finally:
+            await asyncio.to_thread(home.remove)
         code, stderr = result["exit_code"], result["stderr"][-STDERR_TAIL:]
+        if result["limit_exceeded"]:
+            stderr = f"{stderr.strip()} (stopped at its {result['limit_exceeded']} limit, tools.task_*)"
+
         if code == EX_TEMPFAIL:
             raise RetryableError(f"{manifest.name} exited with {code} (try again): {stderr.strip()}")
         if code != 0:

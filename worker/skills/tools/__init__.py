@@ -17,14 +17,16 @@ def tool_skills(settings: ToolSettings, *, clock: Clock = SYSTEM_CLOCK) -> list[
     limited by `settings`; a setting they cannot work with is a ConfigError here, not at run time."""
     from worker.skills.tools.fs import FileTools
     from worker.skills.tools.http import HttpTool
+    from worker.skills.tools.isolation import Isolation
     from worker.skills.tools.llm import LlmTool
     from worker.skills.tools.python_exec import PythonTool
     from worker.skills.tools.shell import ShellTool
 
+    isolation = Isolation(settings)
     tools = (
         FileTools(settings),
-        ShellTool(settings),
-        PythonTool(settings),
+        ShellTool(settings, isolation),
+        PythonTool(settings, isolation),
         HttpTool(settings),
         LlmTool(settings, clock),
     )

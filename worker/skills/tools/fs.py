@@ -2,7 +2,9 @@
 
 File I/O blocks, so each operation runs in a thread (asyncio.to_thread) and never stalls the worker's
 loop. Paths are checked by `Sandbox.resolve` and opened component by component without following
-symlinks (sandbox.py says why).
+symlinks; a file with a hard link outside the workspace is refused (sandbox.py says why). fs.write
+keeps a file within `tools.write_max_bytes` and the workspace within `tools.workspace_max_bytes`
+(quota.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from common.errors import InvalidInputError, PermanentError
 from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
+from worker.skills.tools.isolation import sandbox_user
+from worker.skills.tools.quota import check_write
 from worker.skills.tools.sandbox import Sandbox, Workspace
 
 ENCODINGS = ("utf-8", "base64")
@@ -37,6 +41,8 @@ class FileTools:
 
     def __init__(self, settings: ToolSettings) -> None:
         self._settings = settings
+        self._owner = sandbox_user(settings)
+        self._limits = (settings.write_max_bytes, settings.workspace_max_bytes)
 
     def skills(self) -> list[Skill]:
         """The four file skills."""
@@ -75,7 +81,9 @@ class FileTools:
         make_parents = inputs.boolean(skill, input, "make_parents")
         data = _decode_content(skill, content, encoding)
         workspace = self._workspace(skill, ctx, input)
-        size = await asyncio.to_thread(_write, workspace, path, data, append=append, make_parents=make_parents)
+        size = await asyncio.to_thread(
+            _write, workspace, path, data, append=append, make_parents=make_parents, limits=self._limits
+        )
         return {"path": _shown(path), "size": size}
 
     async def list_dir(self, ctx: TaskContext, input: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +105,7 @@ class FileTools:
         return {"path": _shown(path)}
 
     def _workspace(self, skill: str, ctx: TaskContext, input: dict[str, Any]) -> Workspace:
-        return Workspace.of(skill, self._settings.sandbox_root, ctx, input)
+        return Workspace.of(skill, self._settings.sandbox_root, ctx, input, self._owner)
 
 
 def _read(workspace: Workspace, path: str, limit: int) -> bytes:
@@ -106,6 +114,7 @@ def _read(workspace: Workspace, path: str, limit: int) -> bytes:
     try:
         with sandbox.directory(parts[:-1]) as dir_fd, _opened(parts[-1], READ_FLAGS, dir_fd) as fd:
             _require_regular(sandbox, fd, path)
+            sandbox.require_single_link(fd, _shown(path))
             size = os.fstat(fd).st_size
             data = _read_up_to(fd, limit + 1) if size <= limit else b""
     except OSError as exc:
@@ -118,31 +127,52 @@ def _read(workspace: Workspace, path: str, limit: int) -> bytes:
     return data
 
 
-def _write(workspace: Workspace, path: str, data: bytes, *, append: bool, make_parents: bool) -> int:
+def _write(
+    workspace: Workspace, path: str, data: bytes, *, append: bool, make_parents: bool, limits: tuple[int, int]
+) -> int:
     sandbox = workspace.open()
     parts = _file_parts(sandbox, path)
     try:
         with sandbox.directory(parts[:-1], create=make_parents) as dir_fd:
             if append:
-                return _append(sandbox, dir_fd, parts[-1], data, path)
-            return _replace(dir_fd, parts[-1], data)
+                return _append(sandbox, dir_fd, parts[-1], data, path, limits)
+            old_size = _size_of(parts[-1], dir_fd)
+            check_write(
+                "fs.write", _shown(path), root=sandbox.root, new_size=len(data), old_size=old_size, limits=limits
+            )
+            return _replace(sandbox, dir_fd, parts[-1], data)
     except OSError as exc:
         raise sandbox.os_error(exc, _shown(path)) from None
 
 
-def _append(sandbox: Sandbox, dir_fd: int, name: str, data: bytes, path: str) -> int:
+def _append(sandbox: Sandbox, dir_fd: int, name: str, data: bytes, path: str, limits: tuple[int, int]) -> int:
     with _opened(name, APPEND_FLAGS, dir_fd, FILE_MODE) as fd:
         _require_regular(sandbox, fd, path)
+        sandbox.require_single_link(fd, _shown(path))
+        old_size = os.fstat(fd).st_size
+        new_size = old_size + len(data)
+        check_write("fs.write", _shown(path), root=sandbox.root, new_size=new_size, old_size=old_size, limits=limits)
+        sandbox.own(fd)
         _write_all(fd, data)
         return os.fstat(fd).st_size
 
 
-def _replace(dir_fd: int, name: str, data: bytes) -> int:
+def _size_of(name: str, dir_fd: int) -> int:
+    """The size of the regular file `name` a write replaces (0 when there is none)."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
+def _replace(sandbox: Sandbox, dir_fd: int, name: str, data: bytes) -> int:
     """Write `data` to a new file beside `name`, then rename it over `name`: readers see the old
     content or the new one, never a part."""
     temp = f".{name[:200]}.{secrets.token_hex(6)}.tmp"
     try:
         with _opened(temp, TEMP_FLAGS, dir_fd, FILE_MODE) as fd:
+            sandbox.own(fd)
             _write_all(fd, data)
             os.fsync(fd)
         os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -187,7 +217,7 @@ def _mkdir(workspace: Workspace, path: str, *, parents: bool) -> None:
     try:
         with sandbox.directory(parts[:-1], create=parents) as dir_fd:
             try:
-                os.mkdir(parts[-1], mode=0o777, dir_fd=dir_fd)
+                sandbox.make_dir(parts[-1], dir_fd)
             except FileExistsError:
                 if not parents or not stat.S_ISDIR(os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False).st_mode):
                     raise

@@ -2,9 +2,12 @@
 
 Hosts: `tools.http_allow_hosts` lists exact host names (or IP addresses) and `*.suffix` entries,
 which match any subdomain of the suffix (not the suffix itself); an empty list allows every host.
-Redirects are not followed (a 3xx is returned like any status), so a redirect cannot lead past the
-allow-list. The worker's proxy variables and ~/.netrc are ignored (`trust_env=False`): a task must not
-send the worker's credentials anywhere.
+Addresses: whatever the host list says, the connection goes only to a public address - loopback,
+link-local, private and the other local ranges are refused by the address the host resolves to,
+unless `tools.http_allow_private` lists it (addresses.py, netguard.py). Redirects are followed only
+when the input asks (`follow_redirects`, at most `tools.http_max_redirects`), and every hop is
+checked again, host list and address alike. The worker's proxy variables and ~/.netrc are ignored
+(`trust_env=False`): a task must not send the worker's credentials anywhere.
 
 The response body is read as it streams in and cut at `tools.http_max_response_bytes`: the result
 then holds the first bytes and `truncated: true` (an agent usually wants the start of a page more
@@ -24,6 +27,7 @@ from common.errors import ConfigError, InvalidInputError, PermanentError, Retrya
 from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
+from worker.skills.tools.addresses import AddressPolicy
 
 if TYPE_CHECKING:
     # httpx (with its TLS stack) is imported on a worker's first HTTP call: ~15 MB a worker that
@@ -31,7 +35,7 @@ if TYPE_CHECKING:
     import httpx
 
 SKILL = "http.request"
-FIELDS = ("method", "url", "headers", "body", "json", "timeout_s")
+FIELDS = ("method", "url", "headers", "body", "json", "timeout_s", "follow_redirects")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 SCHEMES = ("http", "https")
 REFUSED_HEADERS = ("host",)
@@ -43,15 +47,18 @@ class HttpTool:
     def __init__(self, settings: ToolSettings) -> None:
         self._settings = settings
         self._allow = [_allow_entry(entry) for entry in settings.http_allow_hosts]
+        self._policy = AddressPolicy.from_entries(settings.http_allow_private)
 
     def skills(self) -> list[Skill]:
         """The one HTTP skill."""
         return [Skill(SKILL, self.request, "makes an HTTP request: {'method': 'GET', 'url': ...}")]
 
     async def request(self, ctx: TaskContext, input: dict[str, Any]) -> dict[str, Any]:
-        """{method, url, headers?, body? | json?, timeout_s?} -> {status, headers, body | body_base64,
-        truncated}."""
+        """{method, url, headers?, body? | json?, timeout_s?, follow_redirects?} -> {status, url,
+        headers, body | body_base64, truncated}."""
         import httpx
+
+        from worker.skills.tools.netguard import guarded_client
 
         inputs.check_fields(SKILL, input, FIELDS)
         method = _method(input.get("method", "GET"))
@@ -59,9 +66,11 @@ class HttpTool:
         headers = inputs.headers(SKILL, input, "headers", REFUSED_HEADERS)
         content = _content(input)
         timeout_s = min(self._settings.http_timeout_s, inputs.timeout_s(SKILL, input) or math.inf)
+        redirects = self._settings.http_max_redirects if inputs.boolean(SKILL, input, "follow_redirects") else 0
+        client = guarded_client(self._policy, SKILL, timeout_s=timeout_s, max_redirects=redirects, on_request=self._hop)
         try:
             async with (
-                httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as client,
+                client,
                 asyncio.timeout(timeout_s),
                 client.stream(method, url, headers=headers, **content) as response,
             ):
@@ -72,6 +81,7 @@ class HttpTool:
             raise transport_error(SKILL, f"{method} {url.host}", exc) from None
         return {
             "status": response.status_code,
+            "url": str(response.url),
             "headers": _headers(response.headers),
             **_body(response, body, truncated),
             "truncated": truncated,
@@ -86,13 +96,22 @@ class HttpTool:
             raise InvalidInputError(f"{SKILL}: 'url' is not a valid URL") from None
         if url.scheme not in SCHEMES or not url.host:
             raise InvalidInputError(f"{SKILL}: 'url' must be an http:// or https:// URL with a host")
+        self._check_host(url)
+        return url
+
+    def _check_host(self, url: httpx.URL) -> None:
         host = url.host.rstrip(".").lower()
         if self._allow and not any(_matches(host, entry) for entry in self._allow):
             raise PermanentError(
                 f"{SKILL}: host '{host}' is not allowed on this worker; "
                 "to allow it, add it to tools.http_allow_hosts in the worker's config"
             )
-        return url
+
+    async def _hop(self, request: httpx.Request) -> None:
+        """Before every request, redirects included: the scheme and the host list hold for each."""
+        if request.url.scheme not in SCHEMES:
+            raise PermanentError(f"{SKILL}: a redirect to a {request.url.scheme}:// URL is not followed")
+        self._check_host(request.url)
 
 
 async def read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:

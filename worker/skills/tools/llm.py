@@ -3,7 +3,9 @@
 It POSTs to `<tools.llm_base_url>/chat/completions` with the API key read from the environment
 variable `tools.llm_api_key_env` (never from the task, never echoed: a server message that quotes it
 has it masked). Headers: `tools.llm_extra_headers`, plus the input's `headers` (which may not
-override those of the config, nor Authorization).
+override those of the config, nor Authorization). Like http.request it connects only to public
+addresses unless `tools.http_allow_private` lists the API's (netguard.py): a model server on the
+worker's own machine or network must be listed there.
 
 Failures carry their retry intent: 429 is retryable after the server's Retry-After (seconds or an
 HTTP date); 408, 5xx, dropped connections and timeouts are retryable; any other 4xx is permanent
@@ -28,6 +30,7 @@ from common.errors import ConfigError, InvalidInputError, PermanentError, Retrya
 from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
+from worker.skills.tools.addresses import AddressPolicy
 from worker.skills.tools.http import read_capped, transport_error
 
 if TYPE_CHECKING:
@@ -78,6 +81,7 @@ class LlmTool:
         self._settings = settings
         self._clock = clock
         self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+        self._policy = AddressPolicy.from_entries(settings.http_allow_private)
 
     def skills(self) -> list[Skill]:
         """The one LLM skill."""
@@ -88,6 +92,8 @@ class LlmTool:
         usage, model, finish_reason}."""
         import httpx  # on first use, as in http.py
 
+        from worker.skills.tools.netguard import guarded_client
+
         inputs.check_fields(SKILL, input, FIELDS)
         model = inputs.optional_string(SKILL, input, "model") or self._settings.llm_model
         body = {"model": model, "messages": _messages(input), **{k: input[k] for k in PASSED_THROUGH if k in input}}
@@ -97,7 +103,7 @@ class LlmTool:
         headers = self._headers(extra, token)
         try:
             async with (
-                httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client,
+                guarded_client(self._policy, SKILL, timeout_s=timeout_s) as client,
                 asyncio.timeout(timeout_s),
                 client.stream("POST", self._url, json=body, headers=headers) as response,
             ):

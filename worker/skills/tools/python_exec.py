@@ -1,16 +1,16 @@
-"""The skill `python.exec`: runs Python code in a separate, resource-limited interpreter.
+"""The skill `python.exec`: runs Python code in a separate, confined, resource-limited interpreter.
 
-The child is `sys.executable -I -c LAUNCHER` (isolated mode: no PYTHON* variables, no user site, the
-sandbox not on sys.path) started in the sandbox with a scrubbed environment. The launcher limits
-itself with `resource.setrlimit` - address space (tools.python_memory_mb), CPU time
-(tools.python_cpu_s), no core files - and then runs the code, which it reads from stdin behind a
-length line, so whatever follows is the code's own stdin. (A preexec_fn would do the same in the
-worker, but it is not safe with threads.) Output capture, timeout and killing are those of
-shell.exec (processes.py).
+The code runs in the launcher's forked child (launcher.py): `<python> -I` (isolated mode: no PYTHON*
+variables, no user site, the sandbox not on sys.path), started in the sandbox with a scrubbed
+environment, as the sandbox user and inside bwrap where it works (isolation.py). Before the code runs
+the process limits itself - address space (tools.python_memory_mb), CPU time (tools.python_cpu_s),
+file size (tools.write_max_bytes), no core files; the code is read from stdin behind a length line,
+so whatever follows is the code's own stdin. Output capture, the tree's limits, the timeout and the
+killing are those of shell.exec (processes.py).
 
-A run that hit a limit is recognisable: `limit_exceeded` is "memory" (the code raised MemoryError;
-the exit code is MEMORY_EXIT_CODE and stderr ends with a line saying so) or "cpu" (killed by
-SIGXCPU, exit code -24).
+A run that hit a limit is recognisable: `limit_exceeded` is "memory" (the code raised MemoryError,
+with the exit code MEMORY_EXIT_CODE and a last stderr line saying so; or the whole tree went over
+tools.task_memory_mb), "cpu" (killed by SIGXCPU, exit code -24) or "processes".
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from common.errors import InvalidInputError
 from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
-from worker.skills.tools.processes import ProcessRun, child_env, run_process
+from worker.skills.tools.isolation import Isolation
+from worker.skills.tools.processes import ProcessRun, PythonCode, child_env, run_process
 from worker.skills.tools.sandbox import Workspace
 
 SKILL = "python.exec"
@@ -34,47 +35,14 @@ MEMORY_EXIT_CODE = 86
 CODE_NAME = "<python.exec>"
 MIB = 1024 * 1024
 
-# Runs in the child. Everything is inside a function so that the code's __main__ starts empty.
-LAUNCHER = f"""
-def _claw_launch():
-    import linecache, resource, sys, traceback
-
-    def limit(which, soft, hard):
-        _, current_hard = resource.getrlimit(which)
-        if current_hard != resource.RLIM_INFINITY:
-            soft, hard = min(soft, current_hard), min(hard, current_hard)
-        resource.setrlimit(which, (soft, hard))
-
-    memory_bytes, cpu_s = int(sys.argv[1]), int(sys.argv[2])
-    size = int(sys.stdin.buffer.readline())
-    source = sys.stdin.buffer.read(size).decode("utf-8")
-    linecache.cache[{CODE_NAME!r}] = (len(source), None, source.splitlines(True), {CODE_NAME!r})
-    sys.argv = [{CODE_NAME!r}]
-    main = sys.modules["__main__"].__dict__
-    del main["_claw_launch"]
-    limit(resource.RLIMIT_CORE, 0, 0)
-    limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)
-    limit(resource.RLIMIT_AS, memory_bytes, memory_bytes)
-    try:
-        exec(compile(source, {CODE_NAME!r}, "exec"), main)
-    except MemoryError:
-        sys.stderr.write("\\nMemoryError: python.exec stopped at its memory limit (tools.python_memory_mb)\\n")
-        sys.exit({MEMORY_EXIT_CODE})
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
-        sys.exit(1)
-
-_claw_launch()
-"""
-
 
 class PythonTool:
     """The python.exec handler; it closes over the tool settings."""
 
-    def __init__(self, settings: ToolSettings) -> None:
+    def __init__(self, settings: ToolSettings, isolation: Isolation | None = None) -> None:
         self._settings = settings
+        self._isolation = isolation or Isolation(settings)
+        self._interpreter = settings.python_executable or sys.executable
 
     def skills(self) -> list[Skill]:
         """The one Python skill."""
@@ -88,7 +56,7 @@ class PythonTool:
         stdin = inputs.optional_string(SKILL, input, "stdin") or ""
         timeout_s = inputs.timeout_s(SKILL, input)
         extra_env = inputs.string_map(SKILL, input, "env")
-        workspace = Workspace.of(SKILL, self._settings.sandbox_root, ctx, input)
+        workspace = Workspace.of(SKILL, self._settings.sandbox_root, ctx, input, self._isolation.user)
         sandbox = await asyncio.to_thread(workspace.open)
         env, dropped = child_env(SKILL, sandbox.root, extra_env)
         if dropped:
@@ -98,24 +66,31 @@ class PythonTool:
         except UnicodeEncodeError:
             raise InvalidInputError(f"{SKILL}: 'code' holds characters UTF-8 cannot encode") from None
         settings = self._settings
-        limits = [str(settings.python_memory_mb * MIB), str(settings.python_cpu_s)]
         run = ProcessRun(
             skill=SKILL,
             what="the code",
-            argv=[sys.executable, "-I", "-c", LAUNCHER, *limits],
-            executable=sys.executable,
+            argv=[],
+            executable=self._interpreter,
             cwd=sandbox.root,
             env=env,
             stdin=b"%d\n" % len(source) + source + stdin.encode("utf-8", errors="replace"),
             timeout_s=timeout_s,
             max_output_bytes=settings.output_max_bytes,
+            workspace=sandbox.root,
+            python=PythonCode(
+                memory_bytes=settings.python_memory_mb * MIB,
+                cpu_s=settings.python_cpu_s,
+                code_name=CODE_NAME,
+                memory_exit_code=MEMORY_EXIT_CODE,
+            ),
         )
-        result = await run_process(run)
-        result["limit_exceeded"] = _limit_exceeded(result["exit_code"])
+        result = await run_process(run, self._isolation)
+        result["limit_exceeded"] = _limit_exceeded(result["exit_code"]) or result["limit_exceeded"]
         return result
 
 
 def _limit_exceeded(exit_code: int) -> str | None:
+    """The limit of the interpreter itself that ended it, if one did."""
     if exit_code == MEMORY_EXIT_CODE:
         return "memory"
     if exit_code == -signal.SIGXCPU:

@@ -6,6 +6,12 @@ relative to it. A path is checked twice: after resolving it (realpath, then comm
 workspace, which refuses `..` escapes and symlinks anywhere in the path that lead outside), and again
 when it is used: files and directories are opened one component at a time from the workspace's own
 descriptor with O_NOFOLLOW, so a symlink swapped in after the check is refused, not followed.
+A file with more than one hard link is refused for reads and appends unless every link is inside the
+workspace: a hard link is the one way to a file outside that no path check can see.
+
+When the worker runs as root, tool processes run as the sandbox user (isolation.py): workspaces and
+what the fs skills create in them belong to that user (mode 0700: no other user may read them), and
+the sandbox root is 0711 so the user can reach its workspace but not list the others.
 
 Everything here blocks on the file system: call it from a thread (asyncio.to_thread).
 """
@@ -16,6 +22,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +31,13 @@ from typing import Any
 from common.errors import InvalidInputError, PermanentError, RetryableError, TaskError
 from worker.context import TaskContext
 from worker.skills.tools import inputs
+from worker.skills.tools.isolation import SandboxUser
 
 WORKSPACE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NO_SPACE_RETRY_S = 60.0
+# How many entries a search for the other links of a hard-linked file looks at before giving up.
+MAX_LINK_SEARCH_ENTRIES = 100_000
 
 
 def workspace_name(skill: str, ctx: TaskContext, input: dict[str, Any]) -> str:
@@ -49,24 +59,43 @@ class Workspace:
     skill: str
     sandbox_root: str
     name: str
+    owner: SandboxUser | None = None
 
     @classmethod
-    def of(cls, skill: str, sandbox_root: str, ctx: TaskContext, input: dict[str, Any]) -> Workspace:
-        """The workspace the input names (`workspace`), or the task's own."""
-        return cls(skill, sandbox_root, workspace_name(skill, ctx, input))
+    def of(
+        cls, skill: str, sandbox_root: str, ctx: TaskContext, input: dict[str, Any], owner: SandboxUser | None = None
+    ) -> Workspace:
+        """The workspace the input names (`workspace`), or the task's own; `owner`: the sandbox
+        user, when the worker runs as root."""
+        return cls(skill, sandbox_root, workspace_name(skill, ctx, input), owner)
 
     def open(self) -> Sandbox:
-        """The workspace directory under the sandbox root, created (mode 0700) on first use."""
+        """The workspace directory under the sandbox root, created (mode 0700, owned by the sandbox
+        user) on first use."""
         try:
             os.makedirs(self.sandbox_root, mode=0o700, exist_ok=True)
-            path = os.path.join(os.path.realpath(self.sandbox_root), self.name)
+            root = os.path.realpath(self.sandbox_root)
+            if self.owner is not None:
+                os.chmod(root, 0o711)  # noqa: S103 - others may pass (to their workspace), not list
+            path = os.path.join(root, self.name)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path, mode=0o700)
+            info = os.lstat(path)
+            if stat.S_ISDIR(info.st_mode) and self.owner is not None:
+                _give(path, info, self.owner)
         except OSError as exc:
             raise PermanentError(f"{self.skill}: cannot create the workspace '{self.name}': {exc.strerror}") from None
-        if os.path.islink(path) or not os.path.isdir(path):
+        if not stat.S_ISDIR(info.st_mode):
             raise PermanentError(f"{self.skill}: workspace '{self.name}' is not a directory; refused")
-        return Sandbox(self.skill, path)
+        return Sandbox(self.skill, path, self.owner)
+
+
+def _give(path: str, info: os.stat_result, owner: SandboxUser) -> None:
+    """Make the workspace the sandbox user's own, private to it."""
+    if (info.st_uid, info.st_gid) != (owner.uid, owner.gid):
+        os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700, follow_symlinks=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +104,11 @@ class Sandbox:
 
     skill: str
     root: str
+    owner: SandboxUser | None = None
+
+    def remove(self) -> None:
+        """Delete the workspace and everything in it (symlinks are removed, never followed)."""
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def resolve(self, field: str, path: str) -> str:
         """The real absolute path that `path` (relative to the workspace) names; refuses escapes."""
@@ -105,13 +139,52 @@ class Sandbox:
             for index, part in enumerate(parts):
                 if create:
                     with contextlib.suppress(FileExistsError):
-                        os.mkdir(part, mode=0o777, dir_fd=fd)
+                        self.make_dir(part, fd)
                 next_fd = self._open_child(fd, part, parts[: index + 1])
                 os.close(fd)
                 fd = next_fd
             yield fd
         finally:
             os.close(fd)
+
+    def make_dir(self, name: str, dir_fd: int) -> None:
+        """mkdir `name` in the directory `dir_fd`, owned by the sandbox user."""
+        os.mkdir(name, mode=0o777, dir_fd=dir_fd)
+        if self.owner is not None:
+            # Not following a symlink: one swapped in since the mkdir keeps its own owner.
+            os.chown(name, self.owner.uid, self.owner.gid, dir_fd=dir_fd, follow_symlinks=False)
+
+    def own(self, fd: int) -> None:
+        """Give a file this workspace's fs skills made to the sandbox user."""
+        if self.owner is not None and os.fstat(fd).st_uid != self.owner.uid:
+            os.fchown(fd, self.owner.uid, self.owner.gid)
+
+    def require_single_link(self, fd: int, shown: str) -> None:
+        """Refuse an open file with a hard link outside the workspace (checked on the descriptor,
+        so a file swapped in after the path check is the one checked)."""
+        info = os.fstat(fd)
+        if info.st_nlink <= 1 or self._links_inside(info) >= info.st_nlink:
+            return
+        raise PermanentError(
+            f"{self.skill}: '{shown}' has {info.st_nlink} hard links, some outside the sandbox; refused"
+        )
+
+    def _links_inside(self, target: os.stat_result) -> int:
+        """How many names in the workspace are links to `target` (0 when there are too many entries
+        to look at)."""
+        found, seen, pending = 0, 0, [self.root]
+        while pending:
+            with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    seen += 1
+                    if seen > MAX_LINK_SEARCH_ENTRIES:
+                        return 0
+                    info = entry.stat(follow_symlinks=False)
+                    if (info.st_ino, info.st_dev) == (target.st_ino, target.st_dev):
+                        found += 1
+                    elif stat.S_ISDIR(info.st_mode):
+                        pending.append(entry.path)
+        return found
 
     def _open_child(self, parent_fd: int, part: str, shown: list[str]) -> int:
         try:

@@ -3,8 +3,9 @@
 The program (argv[0]) must be on the worker's allow-list, `tools.shell_allow`: names looked up on the
 worker's PATH or absolute paths, compared by their resolved real paths; an empty list allows nothing.
 The allowed file itself is executed (by its real path), so changing PATH or a symlink after the
-check cannot swap the program. The child runs in the sandbox, with a scrubbed environment, capped
-output and a process group that is killed when it ends (processes.py).
+check cannot swap the program. The child runs in the sandbox - as the sandbox user, inside bwrap
+where it works (isolation.py) - with a scrubbed environment, capped output, and a process tree that
+is limited and killed when it ends (processes.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from common.errors import ConfigError, InvalidInputError, PermanentError
 from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
+from worker.skills.tools.isolation import Isolation
 from worker.skills.tools.processes import DEFAULT_PATH, ProcessRun, child_env, run_process
 from worker.skills.tools.sandbox import Sandbox, Workspace
 
@@ -29,13 +31,14 @@ FIELDS = ("argv", "stdin", "timeout_s", "cwd", "env", "workspace")
 class ShellTool:
     """The shell.exec handler; it closes over the tool settings."""
 
-    def __init__(self, settings: ToolSettings) -> None:
+    def __init__(self, settings: ToolSettings, isolation: Isolation | None = None) -> None:
         for entry in settings.shell_allow:
             if not entry or (os.sep in entry and not os.path.isabs(entry)):
                 raise ConfigError(
                     f"tools.shell_allow: {entry!r} must be a program name or an absolute path, not a relative path"
                 )
         self._settings = settings
+        self._isolation = isolation or Isolation(settings)
 
     def skills(self) -> list[Skill]:
         """The one shell skill."""
@@ -43,7 +46,8 @@ class ShellTool:
 
     async def exec(self, ctx: TaskContext, input: dict[str, Any]) -> dict[str, Any]:
         """{argv, stdin?, timeout_s?, cwd?, env?, workspace?} -> {exit_code, stdout, stderr,
-        stdout_truncated, stderr_truncated, duration_s}; a non-zero exit is a result, not an error."""
+        stdout_truncated, stderr_truncated, duration_s, limit_exceeded}; a non-zero exit is a result,
+        not an error."""
         inputs.check_fields(SKILL, input, FIELDS)
         argv = inputs.string_list(SKILL, input, "argv")
         if any("\x00" in arg for arg in argv):
@@ -52,7 +56,7 @@ class ShellTool:
         timeout_s = inputs.timeout_s(SKILL, input)
         cwd = inputs.optional_string(SKILL, input, "cwd") or "."
         extra_env = inputs.string_map(SKILL, input, "env")
-        workspace = Workspace.of(SKILL, self._settings.sandbox_root, ctx, input)
+        workspace = Workspace.of(SKILL, self._settings.sandbox_root, ctx, input, self._isolation.user)
         sandbox, cwd_path, executable = await asyncio.to_thread(self._prepare, workspace, argv[0], cwd)
         env, dropped = child_env(SKILL, sandbox.root, extra_env)
         if dropped:
@@ -67,8 +71,9 @@ class ShellTool:
             stdin=stdin.encode("utf-8", errors="replace") if stdin is not None else None,
             timeout_s=timeout_s,
             max_output_bytes=self._settings.output_max_bytes,
+            workspace=sandbox.root,
         )
-        return await run_process(run)
+        return await run_process(run, self._isolation)
 
     def _prepare(self, workspace: Workspace, program: str, cwd: str) -> tuple[Sandbox, str, str]:
         """Open the sandbox, check the working directory and the program (blocking: in a thread)."""
