@@ -116,7 +116,7 @@ def test_a_claw_worker_keeps_its_secrets_from_python_exec(processes: ProcessPool
     code = probe(worker)
     submitted = processes.run("submit", "python.exec", "--input", json.dumps({"code": code}), "--wait", "--json")
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    task = json.loads(submitted.stdout)
+    (task,) = json.loads(submitted.stdout)
     shown = processes.run("task", "show", task["task_id"], "--json")
     assert shown.returncode == 0, shown.stderr
     assert not [value for value in SECRET_VALUES if value in submitted.stdout or value in shown.stdout]
