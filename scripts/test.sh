@@ -17,4 +17,6 @@ ruff format --check .
 echo "== mypy" >&2
 mypy
 echo "== pytest" >&2
-exec python -m pytest "$@"
+# Two test processes by default (the suite is written for it: every test isolates its cluster by
+# prefix, ports and temp dirs): on 2 cores this halves the run. CLAW_TEST_PROCESSES=0 runs serially.
+exec python -m pytest -n "${CLAW_TEST_PROCESSES:-2}" "$@"
