@@ -62,6 +62,9 @@ setup(
             "types-psutil",
             # A real S3-protocol server for the artifact store tests (there is no MinIO binary on PyPI).
             "moto[server]>=5",
+            # An independent PNG decoder: the tests open quant.backtest_report's chart with it (the
+            # skill writes PNGs itself with zlib, so a well-kept decoder checks what it writes).
+            "pillow>=10",
         ],
     },
     entry_points={"console_scripts": ["claw=cli.main:run"]},

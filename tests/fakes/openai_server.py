@@ -5,6 +5,10 @@ Retry-After, 500, 400 with an OpenAI-style error, a dropped connection, or a 200
 (method, path, headers, body) so a test can check what was sent. A few more routes make it a target
 for http.request: `/echo` (the request as JSON; `?status=N` sets the status), `/bytes?n=N`,
 `/binary`, `/redirect` (to `/echo`, or to `?to=URL`) and `/hang` (answers only when released or stopped).
+
+A completion's content is `reply_content`, or, when `respond` is set, what it returns for the
+request's body: a test gives each prompt its own deterministic answer (an outline for an outline
+prompt, a chapter for a chapter prompt) and the server stays a real HTTP server.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -48,6 +52,8 @@ class FakeOpenAIServer:
         self.next_modes: list[Mode] = []
         self.retry_after: str | None = "7"
         self.reply_content = "Hello from the fake model."
+        # The content of an "ok" answer as a function of the request body (None: reply_content).
+        self.respond: Callable[[dict[str, Any]], str] | None = None
         self.usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
         # The 400 answer's message; "{authorization}" is replaced by the request's Authorization header.
         self.error_message = "Invalid value for 'temperature'."
@@ -198,6 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _completion(state: FakeOpenAIServer, request: dict[str, Any]) -> dict[str, Any]:
+    content = state.respond(request) if state.respond is not None else state.reply_content
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -205,7 +212,7 @@ def _completion(state: FakeOpenAIServer, request: dict[str, Any]) -> dict[str, A
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": state.reply_content},
+                "message": {"role": "assistant", "content": content},
                 "finish_reason": "stop",
             }
         ],
