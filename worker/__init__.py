@@ -16,6 +16,7 @@ EXPORTS = {
     "worker.context": ["TaskContext"],
     "worker.service": ["Worker"],
     "worker.skills": ["Skill", "SkillRegistry", "builtin_registry", "skill"],
+    "worker.skills.tools.llm": ["LlmTool"],
 }
 __all__ = [name for names in EXPORTS.values() for name in names]
 
@@ -26,5 +27,6 @@ if TYPE_CHECKING:
     from worker.skills import SkillRegistry as SkillRegistry
     from worker.skills import builtin_registry as builtin_registry
     from worker.skills import skill as skill
+    from worker.skills.tools.llm import LlmTool as LlmTool
 else:
     __getattr__ = lazy(__name__, EXPORTS)

@@ -74,8 +74,7 @@ def _chapter(item: Any) -> dict[str, str]:
 def skills(config: Any) -> list[Any]:
     """The factory the manifest names: the handler closes over the worker's LLM client."""
     from common import RetryableError
-    from worker.skills import Skill
-    from worker.skills.tools.llm import LlmTool
+    from worker import LlmTool, Skill
 
     llm = LlmTool(config.tools)
 

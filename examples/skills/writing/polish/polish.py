@@ -39,8 +39,7 @@ def polish_messages(draft: str, instructions: str | None) -> list[dict[str, str]
 def skills(config: Any) -> list[Any]:
     """The factory the manifest names: the handler closes over the worker's LLM client."""
     from common import InvalidInputError, RetryableError
-    from worker.skills import Skill
-    from worker.skills.tools.llm import LlmTool
+    from worker import LlmTool, Skill
 
     llm = LlmTool(config.tools)
 

@@ -35,8 +35,7 @@ def chapter_messages(
 def skills(config: Any) -> list[Any]:
     """The factory the manifest names: the handler closes over the worker's LLM client."""
     from common import RetryableError
-    from worker.skills import Skill
-    from worker.skills.tools.llm import LlmTool
+    from worker import LlmTool, Skill
 
     llm = LlmTool(config.tools)
 
