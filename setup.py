@@ -45,6 +45,9 @@ setup(
         "setproctitle>=1.3",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
         "uvloop>=0.19; sys_platform != 'win32'",
+        # NKey pairs for per-identity credentials on NATS (`claw creds`); nats-py signs the server's
+        # nonce with it. The NATS project's own implementation instead of our own Ed25519 encoding.
+        "nkeys>=0.2",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).
@@ -65,6 +68,8 @@ setup(
             # An independent PNG decoder: the tests open quant.backtest_report's chart with it (the
             # skill writes PNGs itself with zlib, so a well-kept decoder checks what it writes).
             "pillow>=10",
+            # A throwaway certificate authority for the TLS tests (server and client certificates).
+            "trustme>=1.1",
         ],
     },
     entry_points={"console_scripts": ["claw=cli.main:run"]},

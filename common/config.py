@@ -32,6 +32,18 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     """Base of config sections: typed, immutable, and strict about unknown keys."""
 
 
+class TlsSettings(_Section, frozen=True):
+    """TLS to NATS (docs/Security.md). A client: `ca` to trust the server (and `cert`/`key` when the
+    server verifies clients). The embedded server (`claw up`, `claw nats start`): `cert`/`key` are
+    its own, `ca` the authority its clients' certificates must come from when `verify`."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    # The server asks every client for a certificate signed by `ca` (mutual TLS).
+    verify: bool = False
+
+
 class NatsSettings(_Section, frozen=True):
     """How to reach NATS, and the prefix every subject, stream and bucket name derives from."""
 
@@ -57,6 +69,8 @@ class NatsSettings(_Section, frozen=True):
     # The name to go by on a server WITHOUT authentication (default: the OS user), where anyone can
     # claim any name; with credentials the identity is theirs and this is ignored.
     identity: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")] | None = None
+    # TLS (also CLAW_NATS_TLS_CA, CLAW_NATS_TLS_CERT, CLAW_NATS_TLS_KEY, CLAW_NATS_TLS_VERIFY).
+    tls: TlsSettings | None = None
 
 
 class JetStreamSettings(_Section, frozen=True):
@@ -361,6 +375,13 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         cls = SECTIONS.get(section)
         if cls is None or not field:
             continue
+        if section == "nats" and field.startswith("tls_"):
+            # The one nested section: CLAW_NATS_TLS_<FIELD> sets nats.tls.<field>.
+            tls_field = field.removeprefix("tls_")
+            if tls_field not in {f.name for f in msgspec.structs.fields(TlsSettings)}:
+                raise ConfigError(f"unknown environment setting {name} (known: CLAW_NATS_TLS_CA, _CERT, _KEY, _VERIFY)")
+            found.setdefault("nats", {}).setdefault("tls", {})[tls_field] = raw
+            continue
         types = {f.name: f.type for f in msgspec.structs.fields(cls)}
         if field not in types:
             known = ", ".join(f"{ENV_PREFIX}{section.upper()}_{f.upper()}" for f in types)
@@ -399,6 +420,8 @@ def _merge(
     for section, fields in layer.items():
         target = into.setdefault(section, {})
         for key, value in fields.items():
+            if key == "tls" and isinstance(value, dict) and isinstance(target.get(key), dict):
+                value = target[key] | value  # CLAW_NATS_TLS_* add to the file's nats.tls
             target[key] = value
             sources[f"{section}.{key}"] = source
 

@@ -92,7 +92,7 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def bus_role(self) -> BusRole:
         """The bus role these credentials connect with."""
-        for role in BusRole:
+        for role in (BusRole.COORDINATOR, BusRole.WORKER):
             if role.value in self.roles:
                 return role
         return BusRole.VIEWER if set(self.roles) <= {Role.VIEWER.value} else BusRole.CLIENT

@@ -40,11 +40,13 @@ from common.errors import (
     ClawError,
     CoordinatorUnavailableError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     QueueFullError,
     RequestTimeoutError,
     error_for_code,
 )
 from common.events import TaskEvent
+from common.identity import BusRole
 from common.ids import new_id
 from common.models import (
     EMPTY_OBJECT,
@@ -125,6 +127,13 @@ class ClawClient:
         """
         if not isinstance(request, verb.request):
             raise TypeError(f"the {verb.name} verb takes a {verb.request.__name__}, not a {type(request).__name__}")
+        if self.conn.bus_role == BusRole.VIEWER and verb.role != verbs.Role.VIEWER:
+            # The server would drop the request (a viewer may publish only the reading verbs), and
+            # the caller would wait for an answer in vain: say why at once.
+            raise PermissionDeniedError(
+                f"{verb.name} needs the {verb.role.value} role; {self.conn.identity} holds viewer "
+                "(these are a viewer's credentials)"
+            )
         payload, headers = encode(request), headers_for()
         self._check_size(verb, payload, headers)
         wait_s = timeout_s or verb.timeout_s or self._timeout_s

@@ -30,6 +30,8 @@ class IdentityRecord(msgspec.Struct, frozen=True, kw_only=True):
     roles: list[str]
     public_key: str
     node_id: str | None = None
+    # The cluster prefix its permissions are for.
+    prefix: str = "claw"
     created_at: float = 0.0
 
     @property
@@ -125,6 +127,8 @@ class IdentityRegistry:
         return record
 
 
-def new_record(name: str, roles: list[str], public_key: str, node_id: str | None) -> IdentityRecord:
+def new_record(name: str, roles: list[str], public_key: str, node_id: str | None, prefix: str) -> IdentityRecord:
     """A registry entry for freshly issued credentials."""
-    return IdentityRecord(name=name, roles=roles, public_key=public_key, node_id=node_id, created_at=time.time())
+    return IdentityRecord(
+        name=name, roles=roles, public_key=public_key, node_id=node_id, prefix=prefix, created_at=time.time()
+    )

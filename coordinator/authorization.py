@@ -29,6 +29,9 @@ log = get_logger("coordinator.authorization")
 # How old the registry read may be before a request makes it read again (new credentials work
 # within this long of `claw creds create`; a revoked identity is disconnected by the server at once).
 REGISTRY_MAX_AGE_S = 2.0
+# For an identity the last read did not know: read again (the server let it connect, so it was issued
+# since; only registered identities get that far, so this cannot be used to make the coordinator spin).
+UNKNOWN_MAX_AGE_S = 0.0
 
 
 class Authorizer:
@@ -68,14 +71,17 @@ class Authorizer:
         configured = self._configured.get(name)
         if self._open_bus:
             return frozenset(Role) if configured is None else configured
-        await self._refresh()
+        await self._refresh(REGISTRY_MAX_AGE_S)
+        if name not in self._registry:
+            # The server let it connect, so it was issued just now: read the registry again.
+            await self._refresh(UNKNOWN_MAX_AGE_S)
         return self._registry.get(name, frozenset()) | (configured or frozenset())
 
-    async def _refresh(self) -> None:
-        if self._settings.dir is None or self._clock.monotonic() - self._read_at < REGISTRY_MAX_AGE_S:
+    async def _refresh(self, max_age_s: float) -> None:
+        if self._settings.dir is None or self._clock.monotonic() - self._read_at < max_age_s:
             return
         async with self._lock:
-            if self._clock.monotonic() - self._read_at < REGISTRY_MAX_AGE_S:
+            if self._clock.monotonic() - self._read_at < max_age_s:
                 return
             try:
                 registry = await asyncio.to_thread(IdentityRegistry.load, self._settings.dir)

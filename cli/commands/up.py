@@ -23,6 +23,12 @@ def up(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print where the cluster listens as JSON, and log JSON lines.")
     ] = False,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth", help="Run NATS without authentication: whoever reaches it owns the cluster (not advised)."
+        ),
+    ] = False,
 ) -> None:
     """Run a whole local cluster: embedded nats-server, a coordinator and N workers, until Ctrl-C."""
     from cli.local_cluster import LocalCluster
@@ -39,6 +45,7 @@ def up(
         concurrency=concurrency,
         metrics_port=metrics_port,
         json_out=json_out,
+        auth=not no_auth,
     )
     run_service(cluster.serve)
 

@@ -215,7 +215,9 @@ def test_claw_up_restarts_a_killed_child_and_says_so(tmp_path: Path, role: str) 
         )
 
         def task_succeeds() -> bool:
-            result = pool.run("--nats", up.url, "submit", "echo", "--input", '{"after": "restart"}', "--wait")
+            creds = str(up.data_dir / "auth" / "admin.creds")  # the local admin's, which claw up wrote
+            result = pool.run("--nats", up.url, "--creds", creds, "submit", "echo", "--input", '{"after": "restart"}',
+                              "--wait")  # fmt: skip
             return result.returncode == 0 and '"after":"restart"' in result.stdout.replace(" ", "")
 
         wait_until(task_succeeds, timeout_s=90, interval_s=1.0, what="a task to succeed after the restart")
@@ -293,12 +295,15 @@ def test_nats_start_listens_on_loopback_unless_given_a_host(tmp_path: Path) -> N
 
 
 def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> None:
-    """README's recipe: `nats start --host 0.0.0.0` on one machine, the others connect to it
-    (here through 127.0.0.1: the test sends no traffic to any other address of the machine)."""
+    """The RUNBOOK's recipe: `nats start --host 0.0.0.0` (authentication on) on one machine with the
+    coordinator, a worker's credentials issued with `claw creds create` and used from another data
+    dir (here through 127.0.0.1: the test sends no traffic to any other address of the machine)."""
     port, monitor_port = free_ports(2)
     url = f"nats://127.0.0.1:{port}"
+    auth = tmp_path / "auth"
     pool = ProcessPool(
         child_env(
+            CLAW_AUTH_DIR=str(auth),
             CLAW_NATS_MONITOR_URL=f"http://127.0.0.1:{monitor_port}",
             CLAW_NATS_CONNECT_RETRY_S="30",
             CLAW_ARTIFACTS_LOCAL_DIR=str(tmp_path / "artifacts"),
@@ -312,20 +317,32 @@ def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> N
                           "--http-port", str(monitor_port), "--store-dir", str(tmp_path / "nats"))  # fmt: skip
         wait_until(lambda: "nats-server ready" in nats.output(), timeout_s=30, what="nats-server ready")
         assert f"nats-server ready: {url}" in nats.output()
-        assert "no authentication" in nats.output()
+        assert f"authentication on: credentials in {auth}" in nats.output()
         assert varz(monitor_port)["host"] == "0.0.0.0"
-        pool.spawn("coordinator", "--nats", url, "coordinator", "start", "--db", str(tmp_path / "claw.db"))
-        pool.spawn("worker", "--nats", url, "worker", "start", "--skills", "echo", "--node-id", "far-away")
+        assert (auth / "coordinator.creds").stat().st_mode & 0o777 == 0o600
+        admin = ("--nats", url, "--creds", str(auth / "admin.creds"))
+        pool.spawn("coordinator", "--nats", url, "--creds", str(auth / "coordinator.creds"),
+                   "coordinator", "start", "--db", str(tmp_path / "claw.db"))  # fmt: skip
+        far = tmp_path / "elsewhere" / "far-away.creds"
+        far.parent.mkdir()
+        issued = pool.run("creds", "create", "--role", "worker", "--node-id", "far-away", "-o", str(far))
+        assert issued.returncode == 0 and "the running nats-server reloaded" in issued.stdout, issued.stderr
+        pool.spawn("worker", "--nats", url, "--creds", str(far), "worker", "start", "--skills", "echo",
+                   "--node-id", "far-away")  # fmt: skip
 
         def online() -> bool:
-            result = pool.run("--nats", url, "nodes", "--json")
+            result = pool.run(*admin, "nodes", "--json")
             return result.returncode == 0 and [n["status"] for n in json.loads(result.stdout)] == ["online"]
 
         wait_until(online, timeout_s=60, interval_s=0.5, what="the worker online")
-        result = pool.run("--nats", url, "submit", "echo", "--input", '{"over": "the bus"}', "--wait", timeout_s=90)
+        result = pool.run(*admin, "submit", "echo", "--input", '{"over": "the bus"}', "--wait", timeout_s=90)
         assert result.returncode == 0, result.stderr
         task_id = result.stdout.split()[0]
-        shown = json.loads(pool.run("--nats", url, "task", "show", task_id, "--json").stdout)
+        shown = json.loads(pool.run(*admin, "task", "show", task_id, "--json").stdout)
         assert shown["node_id"] == "far-away" and shown["state"] == "succeeded"
+        # Without credentials the server refuses the connection: one line, no traceback.
+        refused = pool.run("--nats", url, "nodes")
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "Authorization Violation" in refused.stderr or "authorization" in refused.stderr.lower()
     finally:
         pool.stop_all()
