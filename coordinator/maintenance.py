@@ -27,7 +27,13 @@ RECOVERY_INTERVAL_S = 5.0
 def jobs(c: Coordinator) -> list[PeriodicJob]:
     """The coordinator's periodic jobs."""
     settings, artifacts = c.config.coordinator, c.config.artifacts
-    liveness = NodeLiveness(c.conn, c.registry, c.operations, reclaim=settings.reclaim_on_node_loss)
+    liveness = NodeLiveness(
+        c.conn,
+        c.registry,
+        c.operations,
+        reclaim=settings.reclaim_on_node_loss,
+        reconnect_wait_s=c.config.nats.reconnect_wait_s,
+    )
     table = [
         PeriodicJob("wal-checkpoint", CHECKPOINT_INTERVAL_S, c.db.checkpoint, first_after_s=CHECKPOINT_INTERVAL_S,
                     writes=False),
