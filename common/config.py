@@ -118,6 +118,14 @@ class CoordinatorSettings(_Section, frozen=True):
     lease_renew_interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=120)] = 2.0
     # "normal" survives a process crash (like JetStream's default sync); "full" also an OS crash.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
+    # The state database is checked before the coordinator serves: "quick" (PRAGMA quick_check,
+    # seconds on a large file), "full" (integrity_check: also indexes against tables; `claw
+    # coordinator start --check-db`), or "off". A damaged file stops the start with the way out.
+    db_check: Literal["quick", "full", "off"] = "quick"
+    # A submit is stored or refused within this long of its arrival, never stored later: keep it
+    # below the clients' nats.request_timeout_s (5 s), so no client is told "no answer" about a task
+    # that then runs (with a full disk, say: docs/Reliability.md).
+    submit_answer_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 4.0
     # Tasks persisted but not confirmed published for this long are published again (same msg id).
     republish_after_s: PositiveFloat = 5.0
     # Prometheus text at http://<metrics_host>:<metrics_port>/metrics; unset: not served. 0 picks a

@@ -37,7 +37,7 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig, CoordinatorSettings
 from common.errors import LeaseLostError
 from common.log import get_logger
-from common.models import NodeHeartbeat, QueueDepth
+from common.models import NodeHeartbeat, QueueDepth, StorageFaultView
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.topology import Topology
@@ -195,6 +195,7 @@ class Coordinator:
             node_control=self.node_control,
             jobs=self.jobs.views,
             listeners=self.listeners.views,
+            storage_fault=self._storage_fault,
         )
         return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)))
 
@@ -348,8 +349,13 @@ class Coordinator:
                 updated_at=None if queues is None or dead_letters is None else self.clock.now(),
                 queues=queues,
                 dead_letters=dead_letters,
+                storage_fault=self.db.fault is not None,
             )
         )
+
+    def _storage_fault(self) -> StorageFaultView | None:
+        fault = self.db.fault
+        return None if fault is None else StorageFaultView(reason=fault.reason, since=fault.since)
 
 
 async def _prepare(config: ClawConfig, topology: Topology) -> tuple[Buckets, ArtifactStore, Database]:
@@ -367,7 +373,10 @@ async def _prepare(config: ClawConfig, topology: Topology) -> tuple[Buckets, Art
     artifacts = await open_artifact_store(config.artifacts)
     try:
         db = await Database.open(
-            config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous, own_checkpoints=True
+            config.coordinator.db_path,
+            synchronous=config.coordinator.sqlite_synchronous,
+            own_checkpoints=True,
+            check=config.coordinator.db_check,
         )
     except BaseException:
         await artifacts.close()
