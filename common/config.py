@@ -47,6 +47,10 @@ class NatsSettings(_Section, frozen=True):
     max_outstanding_pings: PositiveInt = 2
     reconnect_wait_s: PositiveFloat = 1.0
     request_timeout_s: PositiveFloat = 5.0
+    # A process's start-up calls to NATS (streams, buckets, consumers, the skill store) retry with
+    # backoff for this long, then the process stops saying what it waited for: a fresh replicated
+    # cluster answers JetStream requests only once it has elected its leaders.
+    startup_deadline_s: PositiveFloat = 60.0
     # Credentials: prefer the environment (CLAW_NATS_TOKEN, ...); they are never logged.
     user: str | None = None
     password: str | None = None

@@ -40,6 +40,7 @@ from common.log import get_logger
 from common.models import NodeHeartbeat, QueueDepth, StorageFaultView
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
+from communication.startup import StartupCalls
 from communication.topology import Topology
 from coordinator import maintenance
 from coordinator.admission import Admission
@@ -360,15 +361,16 @@ class Coordinator:
 
 async def _prepare(config: ClawConfig, topology: Topology) -> tuple[Buckets, ArtifactStore, Database]:
     """Streams, consumer and buckets; the policy checked; the artifact store and the database opened."""
-    await topology.ensure_streams()
-    await topology.ensure_events_consumer()
-    await topology.nodes_kv()
+    step = StartupCalls(config.nats.startup_deadline_s)
+    await step("the JetStream streams", topology.ensure_streams)
+    await step("the events consumer", topology.ensure_events_consumer)
+    await step("the nodes bucket", topology.nodes_kv)
     buckets = Buckets(
-        skills=await topology.skills_kv(),
-        audit=await topology.audit_kv(),
-        node_control=await topology.node_control_kv(),
+        skills=await step("the skills bucket", topology.skills_kv),
+        audit=await step("the audit bucket", topology.audit_kv),
+        node_control=await step("the node-control bucket", topology.node_control_kv),
     )
-    await topology.skill_code()
+    await step("the skill code store", topology.skill_code)
     load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
     artifacts = await open_artifact_store(config.artifacts)
     try:
