@@ -126,9 +126,9 @@ class CoordinatorSettings(_Section, frozen=True):
     # seconds on a large file), "full" (integrity_check: also indexes against tables; `claw
     # coordinator start --check-db`), or "off". A damaged file stops the start with the way out.
     db_check: Literal["quick", "full", "off"] = "quick"
-    # A submit is stored or refused within this long of its arrival, never stored later: keep it
-    # below the clients' nats.request_timeout_s (5 s), so no client is told "no answer" about a task
-    # that then runs (with a full disk, say: docs/Reliability.md).
+    # While the state database refuses writes (a full disk), a submit is stored or refused within
+    # this long of its arrival, never stored later: keep it below the clients'
+    # nats.request_timeout_s (5 s), so no client is told "no answer" about a task that then runs.
     submit_answer_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 4.0
     # Tasks persisted but not confirmed published for this long are published again (same msg id).
     republish_after_s: PositiveFloat = 5.0

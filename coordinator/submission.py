@@ -239,10 +239,11 @@ class SubmitPipeline:
 
     @contextlib.asynccontextmanager
     async def _book_lock_by(self, deadline: float, storing: bool) -> AsyncIterator[None]:
-        """Hold the task book's lock, taken by loop time `deadline`, or refuse the submit unstored.
+        """Hold the task book's lock; a submit that would wait past `deadline` while the database
+        refuses writes is refused unstored instead.
 
         While the database refuses writes, whoever holds the lock (the event intake retrying its
-        commit) may hold it for long: a submit must neither wait for ever nor be stored after its
+        commit) may hold it for long: a submit must neither wait for it nor be stored after its
         client gave up (it would run although the client was told it failed).
         """
         fault = self._writer.fault
@@ -253,7 +254,11 @@ class SubmitPipeline:
                 await self._book.lock.acquire()
         except TimeoutError:
             fault = self._writer.fault
-            raise _not_stored(fault.reason if fault else "the coordinator could not write in time") from None
+            if fault is not None:
+                raise _not_stored(fault.reason) from None
+            # Busy but healthy: store late rather than refuse; a client that timed out meanwhile
+            # and retries with the same id or key is answered with this very task.
+            await self._book.lock.acquire()
         try:
             yield
         finally:
