@@ -126,6 +126,11 @@ class CoordinatorSettings(_Section, frozen=True):
     # seconds on a large file), "full" (integrity_check: also indexes against tables; `claw
     # coordinator start --check-db`), or "off". A damaged file stops the start with the way out.
     db_check: Literal["quick", "full", "off"] = "quick"
+    # Scheduled backups (storage/backup.py, docs/RUNBOOK.md "Backups"): every backup_interval_s a
+    # folder claw-backup-<UTC time> under backup_dir, keeping the newest backup_keep; unset: none.
+    backup_dir: str | None = None
+    backup_interval_s: Annotated[float, msgspec.Meta(ge=60)] = 24 * 3600.0
+    backup_keep: PositiveInt = 7
     # While the state database refuses writes (a full disk), a submit is stored or refused within
     # this long of its arrival, never stored later: keep it below the clients'
     # nats.request_timeout_s (5 s), so no client is told "no answer" about a task that then runs.

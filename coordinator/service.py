@@ -66,12 +66,14 @@ from coordinator.periodic_jobs import JobScheduler
 from coordinator.plugins import CoordinatorPlugin
 from coordinator.quarantine import QuarantineDesk
 from coordinator.queue_probe import QueueProbe
+from coordinator.restore_reconcile import reconcile_restored_queue
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
 from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
+from storage.backup import restored_marker
 from storage.database import Database
 from storage.node_store import NodeStore
 from storage.quarantine_store import QuarantineStore
@@ -224,6 +226,9 @@ class Coordinator:
                 config, conn, db, topology, clock, buckets=buckets, artifacts=artifacts, lease=lease, plugins=plugins
             )
             await coordinator._load()
+            marker = restored_marker(config.coordinator.db_path)
+            if marker.exists():
+                await reconcile_restored_queue(conn, coordinator.book, coordinator.pipeline, marker)
         except BaseException:
             await lease.release()  # at once: a restart must not wait for it to lapse
             await artifacts.close()
