@@ -131,7 +131,14 @@ class Coordinator:
         # Tasks, from submit to outcome.
         self.book = TaskBook(self.queries)
         self.pipeline = SubmitPipeline(
-            conn, self.writer, self.queries, self.book, settings, clock, artifact_ttl_s=config.artifacts.default_ttl_s
+            conn,
+            self.writer,
+            self.queries,
+            self.book,
+            settings,
+            clock,
+            artifact_ttl_s=config.artifacts.default_ttl_s,
+            write_blocked=lease.blocked_reason,
         )
         self.folder = EventFolder(self.book, dead_letter=settings.dead_letter)
         self.dead_letters = DeadLetterOffice(conn, self.queries, clock, default_backoff(settings))
@@ -211,7 +218,11 @@ class Coordinator:
         try:
             topology = Topology(conn, config.jetstream)
             node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
-            lease = await CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=clock.now())
+            now = clock.now()
+            lease = await StartupCalls(config.nats.startup_deadline_s)(
+                "the coordinator lease",
+                lambda: CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=now),
+            )
         except BaseException:
             await conn.close()
             raise

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -38,7 +38,7 @@ from nats.js.errors import NotFoundError
 from common.api import SubmitResult
 from common.clock import Clock
 from common.config import CoordinatorSettings
-from common.errors import ClawError, QueueFullError, StorageError
+from common.errors import ClawError, CoordinatorUnavailableError, QueueFullError, StorageError
 from common.event_kinds import EventKind
 from common.ids import new_id
 from common.log import get_logger
@@ -87,8 +87,11 @@ class SubmitPipeline:
         clock: Clock,
         *,
         artifact_ttl_s: float = 0.0,
+        write_blocked: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._artifact_ttl_s = artifact_ttl_s
+        # Why the database fence would hold a write back now (the lease overdue): refuse, not wait.
+        self._write_blocked = write_blocked
         self._conn = conn
         self._writer = writer
         self._queries = queries
@@ -108,6 +111,11 @@ class SubmitPipeline:
         """Queue admitted records; the future resolves once they are persisted and published."""
         loop = asyncio.get_running_loop()
         job = SubmitJob(records, loop.create_future(), loop.time() + self._settings.submit_answer_s)
+        blocked = self._write_blocked()
+        if blocked is not None:
+            # Refused at the door: the pipeline itself may be waiting on the same fence.
+            job.done.set_exception(_not_writable(blocked))
+            return job.done
         self._queue.put_nowait(job)
         return job.done
 
@@ -155,7 +163,17 @@ class SubmitPipeline:
         runnable = [r for r in new if r.state == TaskState.PENDING]
         # Stamped before the publish: a worker can start the task before our ack arrives.
         sent_at = self._clock.now()
-        queued = await self._publish(runnable)
+        publishing = asyncio.ensure_future(self._publish(runnable))
+        deadline = min(job.deadline for job in jobs)
+        await asyncio.wait([publishing], timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        if not publishing.done():
+            # JetStream has not confirmed in time (no quorum, a leader election, overload): the tasks
+            # are stored, so say so now rather than let the clients time out; the publish goes on,
+            # and `republish-pending` keeps trying after it.
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_result([_not_yet_queued(r) for r in job.results])
+        queued = await publishing
         failed = {r.task_id: r for r in runnable if r.state == TaskState.FAILED}
         for job in jobs:
             if job.done.done():
@@ -249,6 +267,9 @@ class SubmitPipeline:
         fault = self._writer.fault
         if storing and fault is not None and self._book.lock.locked():
             raise _not_stored(fault.reason)
+        blocked = self._write_blocked() if storing else None
+        if blocked is not None:
+            raise _not_writable(blocked)
         try:
             async with asyncio.timeout_at(deadline if storing else None):
                 await self._book.lock.acquire()
@@ -543,10 +564,27 @@ def _will_be_held(record: TaskRecord) -> bool:
     return record.approvals_needed > 0 and record.denied is None
 
 
+def _not_writable(reason: str) -> CoordinatorUnavailableError:
+    return CoordinatorUnavailableError(
+        f"{reason}; the submit was not stored (nothing will run): retry when NATS is healthy again"
+    )
+
+
 def _not_stored(reason: str) -> StorageError:
     return StorageError(
         f"state database: {reason}; the submit was not stored (nothing will run): "
         "retry when `claw status` no longer shows a storage fault"
+    )
+
+
+def _not_yet_queued(result: SubmitResult) -> SubmitResult:
+    """The answer for a stored task whose publish JetStream has not confirmed within the deadline."""
+    if result.duplicate or result.state != TaskState.PENDING:
+        return result
+    return msgspec.structs.replace(
+        result,
+        note="stored, not queued yet: JetStream did not confirm the publish in time (a NATS cluster without "
+        "quorum, or overloaded); it is queued as soon as JetStream answers (`claw task show` follows it)",
     )
 
 

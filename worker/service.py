@@ -143,12 +143,16 @@ class Worker:
             raise
         # One live process per node id: claimed before anything is pulled, refused if it is taken.
         try:
-            await worker.heartbeat.acquire(missed_beats=config.coordinator.offline_after_missed_beats)
+            await step(
+                "this node's registration",
+                lambda: worker.heartbeat.acquire(missed_beats=config.coordinator.offline_after_missed_beats),
+            )
         except BaseException:
             await worker._close_early(release=False)
             raise
         try:
-            await worker.node_control.start(await step("the node-control bucket", topology.node_control_kv))
+            control_kv = await step("the node-control bucket", topology.node_control_kv)
+            await step("this node's control state", lambda: worker.node_control.start(control_kv))
             await step("the skill store (installed skills)", worker.skill_sync.initial)
             await step("this worker's consumers", lambda: worker.puller.set_skills(worker.skills.names()))
             worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
