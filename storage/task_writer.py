@@ -141,12 +141,16 @@ class TaskWriter:
         on_commit = self.on_commit
         if on_commit is None:
             return None
-        tasks = {r.task_id: TaskImage.of(r) for r in batch.new_tasks}
-        tasks.update((r.task_id, TaskImage.of(r)) for r in batch.changed_tasks.values())
+        image = TaskImage.of
+        tasks = {r.task_id: image(r) for r in batch.new_tasks}
+        for r in batch.changed_tasks.values():
+            tasks[r.task_id] = image(r)
+        # Ids the coordinator made (not the client): see `Committed.fresh_ids`.
+        fresh_ids = frozenset([r.task_id for r in batch.new_tasks if not r.id_from_client])
         loop = asyncio.get_running_loop()
 
         def notify(events: list[EventRecord]) -> None:
-            loop.call_soon_threadsafe(on_commit, Committed(events=tuple(events), tasks=tasks))
+            loop.call_soon_threadsafe(on_commit, Committed(tuple(events), tasks, fresh_ids))
 
         return notify
 
