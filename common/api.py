@@ -340,12 +340,19 @@ class SkillToggleRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SkillInstallRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Register a skill whose files were uploaded to the skill-code store as `archive`."""
+    """Register a skill whose files were uploaded to the skill-code store as `archive`.
+
+    `archive_sha256` is the uploader's sha256 of the archive: the coordinator hashes what the store
+    holds and refuses the install when they differ. `allow_risk_change` lets a version declare a
+    lower risk than the highest of the skill's registered versions (recorded `skill.risk_lowered`).
+    """
 
     manifest: SkillManifest
     checksum: str
     archive: str
     by: str | None = None
+    archive_sha256: str | None = None
+    allow_risk_change: bool = False
 
 
 class SkillInstallReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -145,7 +145,7 @@ class Coordinator:
         node_store = NodeStore(db)
         self.registry = NodeRegistry(node_store, clock, missed_beats=settings.offline_after_missed_beats)
         self.node_control = NodeControlDesk(conn, node_store, self.writer, self.registry, buckets.node_control, clock)
-        self.catalog = SkillCatalog(SkillStore(db), self.writer, buckets.skills, clock)
+        self.catalog = SkillCatalog(SkillStore(db), self.writer, buckets.skills, clock, skill_code=topology.skill_code)
         self.guard = Guard(load_policy(settings.guard_policy))
         self.auditor = Auditor(self.writer, buckets.audit)
         self.artifact_store = artifacts
