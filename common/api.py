@@ -363,13 +363,24 @@ class SkillInstallReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AuditReply(msgspec.Struct, frozen=True, kw_only=True):
-    """The result of walking the event log's hash chain."""
+    """The result of walking the event log's hash chain and checking it against the signed anchors.
+
+    `broken_event`/`problem`: the first thing found wrong (`broken_event` is None when the fault is
+    in the anchors, not the log). `anchored_event`: the highest validly signed anchor the log was
+    checked against; `head_event`: the log's newest event; `anchor_key`: the public key the anchors
+    were checked with; `anchor_problems`: every fault in the anchor history (forged, deleted, moved
+    back); `anchor_note`: why no anchor was checked, when none was.
+    """
 
     ok: bool
     checked: int
     broken_event: int | None = None
     problem: str | None = None
     anchored_event: int | None = None
+    head_event: int | None = None
+    anchor_key: str | None = None
+    anchor_problems: list[str] = []
+    anchor_note: str | None = None
 
 
 class ArtifactsRequest(msgspec.Struct, frozen=True, kw_only=True):
