@@ -99,9 +99,9 @@ class Auditor:
             entries = await anchor_history(self._kv)
         except NATS_ERRORS as exc:
             note = f"the anchors in NATS could not be read ({exc or type(exc).__name__})"
-            return judge(verifier, None, None, public_key=self.public_key, note=note)
+            return judge(verifier, None, {}, public_key=self.public_key, note=note)
         finding = read_history(entries, self._key)
-        stored = None if finding.trusted is None else await self._store.event_hash(finding.trusted.event_id)
+        stored = {event_id: await self._store.event_hash(event_id) for event_id in finding.anchored_ids()}
         return judge(verifier, finding, stored, public_key=self.public_key, note=None if entries else NO_ANCHOR_YET)
 
     async def _load(self) -> None:

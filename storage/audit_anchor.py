@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,10 +150,16 @@ class HistoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class AnchorFinding:
-    """What an anchor history says: the highest anchor to trust (None: none), and what is wrong."""
+    """What an anchor history says: the highest anchor to trust (None: none), every validly signed
+    anchor kept, oldest first (each must still match the log), and what is wrong."""
 
     trusted: Anchor | None
     problems: tuple[str, ...]
+    signed: tuple[Anchor, ...] = ()
+
+    def anchored_ids(self) -> list[int]:
+        """The event ids whose stored hashes the verdict needs."""
+        return sorted({anchor.event_id for anchor in self.signed})
 
 
 def read_history(entries: Sequence[HistoryEntry], key: VerifyKey | None) -> AnchorFinding:
@@ -161,6 +167,7 @@ def read_history(entries: Sequence[HistoryEntry], key: VerifyKey | None) -> Anch
     deletions. With no key, nothing can be trusted: unsigned anchors prove nothing."""
     problems: list[str] = []
     trusted: Anchor | None = None
+    signed: list[Anchor] = []
     for entry in entries:
         if entry.value is None:
             problems.append(
@@ -189,7 +196,8 @@ def read_history(entries: Sequence[HistoryEntry], key: VerifyKey | None) -> Anch
             )
             continue
         trusted = anchor
-    return AnchorFinding(trusted, tuple(problems))
+        signed.append(anchor)
+    return AnchorFinding(trusted, tuple(problems), tuple(signed))
 
 
 def compare_head(anchor: Anchor, head_id: int | None, stored_hash: str | None) -> str | None:
@@ -209,14 +217,15 @@ def compare_head(anchor: Anchor, head_id: int | None, stored_hash: str | None) -
 def judge(
     verifier: ChainVerifier,
     finding: AnchorFinding | None,
-    stored_hash: str | None,
+    stored: Mapping[int, str | None],
     *,
     public_key: str | None,
     note: str | None = None,
 ) -> AuditReply:
-    """The verdict on a walked chain and its anchor history (`stored_hash`: the log's hash of the
-    trusted anchor's event). A fault in the log comes first, then one the anchor reveals, then
-    faults of the anchor history itself."""
+    """The verdict on a walked chain and its anchor history (`stored`: the log's hash of each
+    anchored event, `finding.anchored_ids()`). A fault in the log comes first; then a cut below the
+    highest signed anchor; then the oldest signed anchor whose event changed since (a rewrite,
+    even one re-signed at the head afterwards); then faults of the anchor history itself."""
     problems = list(finding.problems) if finding is not None else []
     trusted = finding.trusted if finding is not None else None
     intact = AuditReply(
@@ -231,10 +240,11 @@ def judge(
     broken = verifier.broken
     if broken is not None:
         return msgspec.structs.replace(intact, ok=False, broken_event=broken.event_id, problem=broken.problem)
-    if trusted is not None:
-        wrong = compare_head(trusted, verifier.last_id, stored_hash)
-        if wrong is not None:
-            return msgspec.structs.replace(intact, ok=False, broken_event=trusted.event_id, problem=wrong)
+    if trusted is not None and finding is not None:
+        for anchor in (trusted, *finding.signed):
+            wrong = compare_head(anchor, verifier.last_id, stored.get(anchor.event_id))
+            if wrong is not None:
+                return msgspec.structs.replace(intact, ok=False, broken_event=anchor.event_id, problem=wrong)
     if problems:
         return msgspec.structs.replace(intact, ok=False, problem=problems[0])
     return intact

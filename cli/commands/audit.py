@@ -122,19 +122,17 @@ async def verify_offline(db_path: Path, config: ClawConfig, *, public_key: str |
     verifier = await asyncio.to_thread(walk_file, db_path, config)
     if not anchors:
         note = "anchors not checked (--no-anchor): a tail cut off the log goes unseen"
-        return judge(verifier, None, None, public_key=None, note=note)
+        return judge(verifier, None, {}, public_key=None, note=note)
     key_text = public_key if public_key is not None else await asyncio.to_thread(_local_public_key, db_path)
     key = None if key_text is None else verify_key(key_text)
     entries = await _read_anchors(config)
     finding = read_history(entries, key)
     if key is None and entries:
-        verdict = judge(verifier, finding, None, public_key=None)
+        verdict = judge(verifier, finding, {}, public_key=None)
         if not verdict.ok:
             return verdict
         return AuditReply(ok=False, checked=verifier.checked, problem=NO_KEY.format(path=key_path(db_path)))
-    stored: str | None = None
-    if finding.trusted is not None:
-        stored = await asyncio.to_thread(_event_hash, db_path, finding.trusted.event_id)
+    stored = await asyncio.to_thread(_event_hashes, db_path, finding.anchored_ids())
     shown_key = None if key_text is None else key_text.strip()
     return judge(verifier, finding, stored, public_key=shown_key, note=None if entries else "no anchor in NATS yet")
 
@@ -182,10 +180,11 @@ def walk_file(db_path: Path, config: ClawConfig) -> ChainVerifier:
     return verifier
 
 
-def _event_hash(db_path: Path, event_id: int) -> str | None:
+def _event_hashes(db_path: Path, event_ids: list[int]) -> dict[int, str | None]:
+    """The stored hash of each event (None: no such event); at most 64 ids, one query each."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
-        row = conn.execute("SELECT hash FROM events WHERE id = ?", (event_id,)).fetchone()
-    return None if row is None else str(row[0])
+        rows = {i: conn.execute("SELECT hash FROM events WHERE id = ?", (i,)).fetchone() for i in event_ids}
+    return {i: None if row is None else str(row[0]) for i, row in rows.items()}
 
 
 def render_audit(reply: AuditReply) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -127,13 +128,14 @@ def test_a_tail_cut_while_the_coordinator_is_stopped_is_detected_and_not_anchore
     db = tmp_path / "claw.db"
     coordinator, worker = start(processes)
     run_tasks(processes, tmp_path, 4)
-    anchored = anchored_head(processes)
+    anchored_head(processes)
     key = processes.run("audit", "key", "--db", str(db))
     assert key.returncode == 0 and key.stdout.startswith("U"), key.stderr
     public_key = key.stdout.strip()  # the copy kept off the machine
     assert (tmp_path / "auth" / "audit.nk").stat().st_mode & 0o777 == 0o600
     worker.stop()
     coordinator.stop()
+    anchored = last_anchor(nats_server.client_url, bucket).event_id  # the last one before the stop
     assert verify(processes, "--db", str(db)).returncode == 0
 
     cut_tail(db, anchored - 3)
@@ -169,7 +171,8 @@ def test_an_anchor_put_back_to_an_older_one_is_detected(
     run_tasks(processes, tmp_path, 2)
     first = anchored_head(processes)
     run_tasks(processes, tmp_path, 2)
-    second = anchored_head(processes, at_least=first)
+    anchored_head(processes, at_least=first)
+    second = last_anchor(nats_server.client_url, bucket).event_id
     older = next(
         value
         for value in asyncio.run(anchor_values(nats_server.client_url, bucket))
@@ -192,9 +195,10 @@ def test_an_anchor_forged_without_the_key_is_detected_and_does_not_cover_a_cut(
     db = tmp_path / "claw.db"
     coordinator, worker = start(processes)
     run_tasks(processes, tmp_path, 3)
-    anchored = anchored_head(processes)
+    anchored_head(processes)
     worker.stop()
     coordinator.stop()
+    anchored = last_anchor(nats_server.client_url, bucket).event_id
     cut_tail(db, anchored - 2)
     conn = sqlite3.connect(db)
     try:
@@ -244,3 +248,38 @@ def test_events_removed_and_rehashed_leave_a_gap_in_the_ids_that_is_detected(
         f"event log TAMPERED: event {removed + 1}: the event ids jump from {removed - 1} to it: "
         f"events {removed}..{removed} were removed"
     ), detected.stdout
+
+
+def test_a_rewrite_re_signed_with_the_real_key_is_caught_by_the_kept_anchors(
+    processes: ProcessPool, nats_server: EmbeddedNatsServer, bucket: str, tmp_path: Path
+) -> None:
+    """Root on the coordinator's machine holds the key: the anchors kept in NATS still catch it."""
+    db = tmp_path / "claw.db"
+    coordinator, worker = start(processes)
+    run_tasks(processes, tmp_path, 2)
+    first = anchored_head(processes)
+    run_tasks(processes, tmp_path, 2)
+    anchored_head(processes, at_least=first)
+    worker.stop()
+    coordinator.stop()
+    conn = open_db(db)
+    try:
+        conn.execute("UPDATE events SET node_id = 'forged' WHERE id = ?", (first - 1,))
+        rows = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
+        conn.executemany("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", list(rehash_rows(rows, None)))
+        conn.commit()
+        head_id, head_hash = conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    real_key = AnchorSigner.load_or_create(tmp_path / "auth" / "audit.nk")
+    asyncio.run(put_anchor(nats_server.client_url, bucket, msgspec.json.encode(real_key.sign(head_id, head_hash, 9.0))))
+
+    detected = verify(processes, "--db", str(db))
+
+    assert detected.returncode == 1, detected.stdout
+    caught = re.match(
+        r"event log TAMPERED: event (\d+): its hash differs from the one anchored in NATS", detected.stdout
+    )
+    assert caught is not None, detected.stdout
+    # The oldest kept anchor at or after the rewritten event: `first`, or one taken just before it.
+    assert first - 1 <= int(caught.group(1)) <= first

@@ -16,6 +16,7 @@ from storage.audit_anchor import (
     AnchorSigner,
     HistoryEntry,
     compare_head,
+    judge,
     key_path,
     public_key_of,
     read_history,
@@ -128,3 +129,18 @@ def test_contiguous_ids_pass_and_a_gap_or_a_missing_start_is_named() -> None:
     assert gap.problem == "the event ids jump from 2 to it: events 3..4 were removed"
     start = ChainVerifier(None).feed(chain_rows([4, 5]))
     assert start is not None and start.problem == "the log starts at event 4, not 1: the events before it were removed"
+
+
+def test_every_signed_anchor_kept_must_still_match_the_log(tmp_path: Path) -> None:
+    """A rewrite re-signed at the head with the real key is caught by an earlier anchor still kept."""
+    signer = signer_at(tmp_path)
+    key = verify_key(signer.public_key)
+    history = [entry(1, signer.sign(2, "old2", 1.0)), entry(2, signer.sign(3, "new3", 2.0))]
+    finding = read_history(history, key)
+    assert finding.anchored_ids() == [2, 3]
+    verifier = ChainVerifier(None)
+    verifier.feed(chain_rows([1, 2, 3]))
+    intact = judge(verifier, finding, {2: "old2", 3: "new3"}, public_key=signer.public_key)
+    assert intact.ok and intact.anchored_event == 3 and intact.head_event == 3
+    rewritten = judge(verifier, finding, {2: "new2", 3: "new3"}, public_key=signer.public_key)
+    assert (rewritten.ok, rewritten.broken_event) == (False, 2) and "rewritten" in (rewritten.problem or "")
