@@ -164,7 +164,8 @@ class AnchorFinding:
 
 def read_history(entries: Sequence[HistoryEntry], key: VerifyKey | None) -> AnchorFinding:
     """Check a key's revisions, oldest first: signatures (when `key` is known), forward-only moves,
-    deletions. With no key, nothing can be trusted: unsigned anchors prove nothing."""
+    deletions. With no key, nothing can be trusted: unsigned anchors prove nothing. Unsigned anchors
+    older than every signed one were written before anchors were signed: ignored, not reported."""
     problems: list[str] = []
     trusted: Anchor | None = None
     signed: list[Anchor] = []
@@ -181,7 +182,7 @@ def read_history(entries: Sequence[HistoryEntry], key: VerifyKey | None) -> Anch
                 f"the anchor at revision {entry.revision} is not an anchor: it was not written by the coordinator"
             )
             continue
-        if key is None:
+        if key is None or _legacy(anchor, signed, problems):
             continue
         if not signed_by(anchor, key):
             problems.append(
@@ -198,6 +199,12 @@ def read_history(entries: Sequence[HistoryEntry], key: VerifyKey | None) -> Anch
         trusted = anchor
         signed.append(anchor)
     return AnchorFinding(trusted, tuple(problems), tuple(signed))
+
+
+def _legacy(anchor: Anchor, signed: list[Anchor], problems: list[str]) -> bool:
+    """Whether `anchor` is one a version before signing wrote: no key, no signature, and nothing
+    signed or wrong before it (after a signed anchor, an unsigned one is a forgery)."""
+    return anchor.key is None and anchor.signature is None and not signed and not problems
 
 
 def compare_head(anchor: Anchor, head_id: int | None, stored_hash: str | None) -> str | None:

@@ -173,6 +173,11 @@ def test_an_anchor_put_back_to_an_older_one_is_detected(
     run_tasks(processes, tmp_path, 2)
     anchored_head(processes, at_least=first)
     second = last_anchor(nats_server.client_url, bucket).event_id
+    # Through the coordinator, with the public key kept elsewhere: its key must be that one.
+    kept = processes.run("audit", "key", "--db", str(tmp_path / "claw.db")).stdout.strip()
+    assert verify(processes, "--public-key", kept).returncode == 0
+    replaced = verify(processes, "--public-key", attacker_signer().public_key)
+    assert replaced.returncode == 1 and "its audit key was replaced" in replaced.stdout, replaced.stdout
     older = next(
         value
         for value in asyncio.run(anchor_values(nats_server.client_url, bucket))

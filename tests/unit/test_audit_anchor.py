@@ -144,3 +144,13 @@ def test_every_signed_anchor_kept_must_still_match_the_log(tmp_path: Path) -> No
     assert intact.ok and intact.anchored_event == 3 and intact.head_event == 3
     rewritten = judge(verifier, finding, {2: "new2", 3: "new3"}, public_key=signer.public_key)
     assert (rewritten.ok, rewritten.broken_event) == (False, 2) and "rewritten" in (rewritten.problem or "")
+
+
+def test_unsigned_anchors_from_before_signing_are_ignored_only_before_the_first_signed_one(tmp_path: Path) -> None:
+    signer = signer_at(tmp_path)
+    key = verify_key(signer.public_key)
+    legacy = Anchor(event_id=4, hash="a" * 64)  # what the version before signing wrote
+    upgraded = read_history([entry(1, legacy), entry(2, signer.sign(6, "b" * 64, 1.0))], key)
+    assert upgraded.problems == () and upgraded.trusted is not None and upgraded.trusted.event_id == 6
+    late = read_history([entry(1, signer.sign(6, "b" * 64, 1.0)), entry(2, legacy)], key)
+    assert len(late.problems) == 1 and "is not signed by the audit key" in late.problems[0]
