@@ -50,6 +50,9 @@ setup(
         # well-kept signature library instead of our own.
         "nkeys>=0.2",
         "PyNaCl>=1.5",
+        # Start-up calls to NATS retry with backoff until a deadline: a well-kept retry library
+        # (stop/wait policies, async) instead of our own loop.
+        "tenacity>=8.2",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).
