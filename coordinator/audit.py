@@ -122,7 +122,7 @@ class Auditor:
         if head[0] < anchored.event_id:
             return (
                 f"the log ends at event {head[0]}, below the anchored event {anchored.event_id}: it was cut "
-                "short; the anchor is not moved back"
+                "short; the anchor is not moved back (after restoring a backup: `claw audit reset`)"
             )
         if await self._store.event_hash(anchored.event_id) != anchored.hash:
             return f"event {anchored.event_id} no longer has its anchored hash: the history was rewritten"

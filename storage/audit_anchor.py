@@ -18,6 +18,7 @@ This module is pure: no NATS, no database. `coordinator/audit.py` and `cli/comma
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -51,10 +52,16 @@ class Anchor(msgspec.Struct, frozen=True, kw_only=True):
     at: float = 0.0
     key: str | None = None
     signature: str | None = None
+    # Set on an anchor that starts a new history (`claw audit reset`, after restoring a backup or
+    # replacing the key): why. The anchors before it are not checked against this log.
+    reset: str | None = None
 
     def signed_bytes(self) -> bytes:
         """The bytes the signature covers."""
-        return _encoder.encode([SIGNING_CONTEXT, self.event_id, self.hash, self.at])
+        fields: list[object] = [SIGNING_CONTEXT, self.event_id, self.hash, self.at]
+        if self.reset is not None:
+            fields.append(self.reset)
+        return _encoder.encode(fields)
 
 
 def key_path(db_path: Path | str) -> Path:
@@ -91,9 +98,9 @@ class AnchorSigner:
         signer = cls(path.read_bytes().strip())
         return signer
 
-    def sign(self, event_id: int, hash: str, at: float) -> Anchor:
-        """A signed anchor of the head (`event_id`, `hash`) at `at`."""
-        unsigned = Anchor(event_id=event_id, hash=hash, at=at, key=self.public_key)
+    def sign(self, event_id: int, hash: str, at: float, *, reset: str | None = None) -> Anchor:
+        """A signed anchor of the head (`event_id`, `hash`) at `at` (`reset`: it starts a new history)."""
+        unsigned = Anchor(event_id=event_id, hash=hash, at=at, key=self.public_key, reset=reset)
         signature = self._pair.sign(unsigned.signed_bytes())
         return msgspec.structs.replace(unsigned, signature=base64.b64encode(signature).decode())
 
@@ -156,6 +163,19 @@ class AnchorFinding:
     trusted: Anchor | None
     problems: tuple[str, ...]
     signed: tuple[Anchor, ...] = ()
+    # The last validly signed reset anchor, and how many entries before it were not checked.
+    reset: Anchor | None = None
+    skipped: int = 0
+
+    def reset_note(self) -> str | None:
+        """What a verification says about the reset the history starts at, if any."""
+        if self.reset is None:
+            return None
+        when = datetime.datetime.fromtimestamp(self.reset.at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return (
+            f"the anchors were reset at event {self.reset.event_id} on {when} ({self.reset.reset}); "
+            f"{self.skipped} earlier anchor(s) not checked"
+        )
 
     def anchored_ids(self) -> list[int]:
         """The event ids whose stored hashes the verdict needs."""
@@ -166,6 +186,9 @@ def read_history(entries: Sequence[HistoryEntry], key: VerifyKey | None) -> Anch
     """Check a key's revisions, oldest first: signatures (when `key` is known), forward-only moves,
     deletions. With no key, nothing can be trusted: unsigned anchors prove nothing. Unsigned anchors
     older than every signed one were written before anchors were signed: ignored, not reported."""
+    start = _last_reset(entries, key)
+    reset = None if start is None else _decoded(entries[start])
+    entries = entries[start or 0 :]
     problems: list[str] = []
     trusted: Anchor | None = None
     signed: list[Anchor] = []
@@ -198,7 +221,27 @@ def read_history(entries: Sequence[HistoryEntry], key: VerifyKey | None) -> Anch
             continue
         trusted = anchor
         signed.append(anchor)
-    return AnchorFinding(trusted, tuple(problems), tuple(signed))
+    return AnchorFinding(trusted, tuple(problems), tuple(signed), reset=reset, skipped=start or 0)
+
+
+def _decoded(entry: HistoryEntry) -> Anchor | None:
+    if entry.value is None:
+        return None
+    try:
+        return msgspec.json.decode(entry.value, type=Anchor)
+    except msgspec.DecodeError:
+        return None
+
+
+def _last_reset(entries: Sequence[HistoryEntry], key: VerifyKey | None) -> int | None:
+    """The index of the last reset anchor signed by `key` (only the key's holder can start a new history)."""
+    if key is None:
+        return None
+    for index in range(len(entries) - 1, -1, -1):
+        anchor = _decoded(entries[index])
+        if anchor is not None and anchor.reset is not None and signed_by(anchor, key):
+            return index
+    return None
 
 
 def _legacy(anchor: Anchor, signed: list[Anchor], problems: list[str]) -> bool:
@@ -235,6 +278,8 @@ def judge(
     even one re-signed at the head afterwards); then faults of the anchor history itself."""
     problems = list(finding.problems) if finding is not None else []
     trusted = finding.trusted if finding is not None else None
+    reset_note = finding.reset_note() if finding is not None else None
+    note = "; ".join(n for n in (note, reset_note) if n) or None
     intact = AuditReply(
         ok=True,
         checked=verifier.checked,

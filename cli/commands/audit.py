@@ -10,19 +10,32 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 
 from cli.context import client_config, command_config, connect
 from cli.options import JsonFlag
 from cli.output import emit_json
 from cli.runner import fail, run_async
 from common.api import AuditReply
+from common.clock import SYSTEM_CLOCK
 from common.config import ClawConfig
-from common.errors import AuditKeyError, ClawError, NatsUnavailableError, StorageError
+from common.errors import AuditKeyError, ClawError, InvalidInputError, NatsUnavailableError, StorageError
+from communication.codec import encode
 from communication.connection import NatsConnection
+from communication.topology import Topology
 from coordinator.audit import anchor_history
 from storage.audit import ChainVerifier
-from storage.audit_anchor import HistoryEntry, judge, key_path, public_key_of, read_history, verify_key
+from storage.audit_anchor import (
+    ANCHOR_KEY,
+    Anchor,
+    AnchorSigner,
+    HistoryEntry,
+    judge,
+    key_path,
+    public_key_of,
+    read_history,
+    verify_key,
+)
 
 group = typer.Typer(help="The tamper-evident event log.", no_args_is_help=True)
 
@@ -97,6 +110,54 @@ def audit_key(
         print(public_key)
 
 
+@group.command("reset")
+def audit_reset(
+    ctx: typer.Context,
+    db: Annotated[Path, typer.Option(help="The database whose current head starts the new anchor history.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded, signed, in every later verification).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Start a new anchor history at the database's head, signed with its audit key: after restoring
+    a backup (the log is legitimately shorter than the anchors) or replacing the key. Every later
+    `claw audit verify` names the reset; the anchors before it are no longer checked."""
+    cfg = client_config(ctx)
+    if not reason.strip():
+        fail("--reason is empty: say why the anchors are reset (it is kept, signed)", kind="invalid_input")
+    anchor = run_async(reset_anchors(db, cfg, reason.strip()))
+    if json_out:
+        emit_json(anchor)
+    else:
+        print(f"anchors reset at event {anchor.event_id}, signed by {anchor.key}: {reason.strip()}")
+
+
+async def reset_anchors(db_path: Path, config: ClawConfig, reason: str) -> Anchor:
+    """Write a signed reset anchor of `db_path`'s head; refused when the chain itself is broken."""
+    verifier = await asyncio.to_thread(walk_file, db_path, config)
+    if verifier.broken is not None:
+        raise InvalidInputError(
+            f"the event log is broken at event {verifier.broken.event_id} ({verifier.broken.problem}); "
+            "a reset anchors an intact log only"
+        )
+    if verifier.last_id is None:
+        raise InvalidInputError(f"the event log in {db_path} is empty: there is nothing to anchor")
+    signer = await asyncio.to_thread(AnchorSigner.load_or_create, key_path(db_path))
+    head_hash = (await asyncio.to_thread(_event_hashes, db_path, [verifier.last_id]))[verifier.last_id] or ""
+    anchor = signer.sign(verifier.last_id, head_hash, SYSTEM_CLOCK.now(), reset=reason)
+    conn = await _connect_for_anchors(config)
+    try:
+        kv = await Topology(conn, config.jetstream).audit_kv()
+        entries = await anchor_history(kv)
+        if entries:
+            await kv.update(ANCHOR_KEY, encode(anchor), last=entries[-1].revision)
+        else:
+            await kv.create(ANCHOR_KEY, encode(anchor))
+    except KeyWrongLastSequenceError:
+        raise InvalidInputError("the anchor changed while resetting (is the coordinator running?); run again") from None
+    finally:
+        await conn.close()
+    return anchor
+
+
 def _show(reply: AuditReply, json_out: bool) -> None:
     if json_out:
         emit_json(reply)
@@ -142,13 +203,17 @@ def _local_public_key(db_path: Path) -> str | None:
     return public_key_of(path) if path.exists() else None
 
 
-async def _read_anchors(config: ClawConfig) -> list[HistoryEntry]:
+async def _connect_for_anchors(config: ClawConfig) -> NatsConnection:
     try:
-        conn = await NatsConnection.connect(config.nats, name="claw-audit", retry_s=2.0)
+        return await NatsConnection.connect(config.nats, name="claw-audit", retry_s=2.0)
     except NatsUnavailableError as exc:
         raise NatsUnavailableError(
             f"{exc}; the anchors live in NATS: without them a cut tail goes unseen (--no-anchor checks the chain alone)"
         ) from None
+
+
+async def _read_anchors(config: ClawConfig) -> list[HistoryEntry]:
+    conn = await _connect_for_anchors(config)
     try:
         kv = await conn.js.key_value(conn.subjects.audit_bucket)
         return await anchor_history(kv)
@@ -192,6 +257,8 @@ def render_audit(reply: AuditReply) -> None:
     if reply.ok:
         if reply.anchored_event:
             anchored = f"; its head matches the anchor in NATS (event {reply.anchored_event}, signed)"
+            if reply.anchor_note:
+                anchored += f"\n  note: {reply.anchor_note}"
         else:
             anchored = f"; {reply.anchor_note}" if reply.anchor_note else ""
         print(f"event log intact: {reply.checked} events checked{anchored}")

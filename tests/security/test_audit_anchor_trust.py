@@ -34,13 +34,18 @@ def start(pool: ProcessPool) -> tuple[Child, Child]:
     """A coordinator and one worker, both answering."""
     coordinator = pool.spawn("coordinator", "coordinator", "start")
     worker = pool.spawn("worker", "worker", "start", "--node-id", "w1")
+    wait_online(pool)
+    return coordinator, worker
+
+
+def wait_online(pool: ProcessPool) -> None:
+    """Until the coordinator answers and sees the worker online."""
 
     def online() -> bool:
         result = pool.run("nodes", "--json")
         return result.returncode == 0 and any(n["status"] == "online" for n in json.loads(result.stdout))
 
     wait_until(online, timeout_s=30, interval_s=0.3, what="the worker online")
-    return coordinator, worker
 
 
 def run_tasks(pool: ProcessPool, tmp_path: Path, count: int) -> None:
@@ -288,3 +293,43 @@ def test_a_rewrite_re_signed_with_the_real_key_is_caught_by_the_kept_anchors(
     assert caught is not None, detected.stdout
     # The oldest kept anchor at or after the rewritten event: `first`, or one taken just before it.
     assert first - 1 <= int(caught.group(1)) <= first
+
+
+def test_a_backup_restored_under_the_same_anchors_needs_a_signed_reset(
+    processes: ProcessPool, nats_server: EmbeddedNatsServer, bucket: str, tmp_path: Path
+) -> None:
+    """A restore sets the log back like a cut does: TAMPERED, until someone holding the audit key
+    starts a new anchor history (`claw audit reset`), which every later verification names."""
+    db = tmp_path / "claw.db"
+    coordinator, worker = start(processes)
+    run_tasks(processes, tmp_path, 2)
+    backup = tmp_path / "backup"
+    assert processes.run("backup", "create", str(backup)).returncode == 0
+    run_tasks(processes, tmp_path, 3)
+    anchored_head(processes)
+    worker.stop()
+    coordinator.stop()
+    restored = processes.run("backup", "restore", str(backup), "--force")
+    assert restored.returncode == 0, restored.stderr
+    assert "was cut short" in verify(processes, "--db", str(db)).stdout
+
+    reset = processes.run("audit", "reset", "--db", str(db), "--reason", "restored the 09:00 backup")
+
+    assert reset.returncode == 0, reset.stderr
+    assert reset.stdout.startswith("anchors reset at event ")
+    after = verify(processes, "--db", str(db))
+    assert after.returncode == 0, after.stdout
+    assert "note: the anchors were reset at event" in after.stdout and "(restored the 09:00 backup)" in after.stdout
+    # The coordinator takes the new history and anchors forward from it.
+    restarted = processes.spawn("coordinator", "coordinator", "start")
+    processes.spawn("worker", "worker", "start", "--node-id", "w1")
+    wait_online(processes)
+    reset_at = last_anchor(nats_server.client_url, bucket).event_id
+    run_tasks(processes, tmp_path, 2)
+    assert anchored_head(processes, at_least=reset_at) > reset_at
+    assert "audit.anchor_refused" not in restarted.output()
+    # Without the key there is no reset: one signed by another key is reported, and covers nothing.
+    forged = attacker_signer().sign(1, "0" * 64, 5.0, reset="nothing to see")
+    asyncio.run(put_anchor(nats_server.client_url, bucket, msgspec.json.encode(forged)))
+    reported = verify(processes)
+    assert reported.returncode == 1 and "is not signed by the audit key" in reported.stdout, reported.stdout

@@ -154,3 +154,20 @@ def test_unsigned_anchors_from_before_signing_are_ignored_only_before_the_first_
     assert upgraded.problems == () and upgraded.trusted is not None and upgraded.trusted.event_id == 6
     late = read_history([entry(1, signer.sign(6, "b" * 64, 1.0)), entry(2, legacy)], key)
     assert len(late.problems) == 1 and "is not signed by the audit key" in late.problems[0]
+
+
+def test_a_reset_signed_with_the_key_starts_a_new_history_and_one_signed_otherwise_does_not(tmp_path: Path) -> None:
+    signer = signer_at(tmp_path)
+    key = verify_key(signer.public_key)
+    old = [entry(1, signer.sign(50, "a" * 64, 1.0)), entry(2, signer.sign(80, "b" * 64, 2.0))]
+    reset = signer.sign(30, "c" * 64, 3.0, reset="restored a backup")
+    finding = read_history([*old, entry(3, reset), entry(4, signer.sign(35, "d" * 64, 4.0))], key)
+    assert finding.problems == () and finding.trusted is not None and finding.trusted.event_id == 35
+    assert finding.anchored_ids() == [30, 35] and finding.skipped == 2
+    assert "reset at event 30 on 1970-01-01 00:00:03 UTC (restored a backup); 2 earlier" in (finding.reset_note() or "")
+    assert not signed_by(msgspec.structs.replace(reset, reset="something else"), key)  # the reason is signed
+
+    forged = AnchorSigner.load_or_create(tmp_path / "x" / "audit.nk").sign(30, "c" * 64, 3.0, reset="cover")
+    ignored = read_history([*old, entry(3, forged)], key)
+    assert ignored.reset is None and ignored.trusted is not None and ignored.trusted.event_id == 80
+    assert len(ignored.problems) == 1 and "not signed by the audit key" in ignored.problems[0]
