@@ -45,6 +45,11 @@ setup(
         "setproctitle>=1.3",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
         "uvloop>=0.19; sys_platform != 'win32'",
+        # trust-audit: the audit anchors are signed with an ed25519 key in NKeys form (the key format
+        # NATS already uses; nkeys is nats-py's own optional dependency) on PyNaCl (libsodium), a
+        # well-kept signature library instead of our own.
+        "nkeys>=0.2",
+        "PyNaCl>=1.5",
         # Start-up calls to NATS retry with backoff until a deadline: a well-kept retry library
         # (stop/wait policies, async) instead of our own loop.
         "tenacity>=8.2",

@@ -340,12 +340,19 @@ class SkillToggleRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SkillInstallRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Register a skill whose files were uploaded to the skill-code store as `archive`."""
+    """Register a skill whose files were uploaded to the skill-code store as `archive`.
+
+    `archive_sha256` is the uploader's sha256 of the archive: the coordinator hashes what the store
+    holds and refuses the install when they differ. `allow_risk_change` lets a version declare a
+    lower risk than the highest of the skill's registered versions (recorded `skill.risk_lowered`).
+    """
 
     manifest: SkillManifest
     checksum: str
     archive: str
     by: str | None = None
+    archive_sha256: str | None = None
+    allow_risk_change: bool = False
 
 
 class SkillInstallReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -356,13 +363,24 @@ class SkillInstallReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AuditReply(msgspec.Struct, frozen=True, kw_only=True):
-    """The result of walking the event log's hash chain."""
+    """The result of walking the event log's hash chain and checking it against the signed anchors.
+
+    `broken_event`/`problem`: the first thing found wrong (`broken_event` is None when the fault is
+    in the anchors, not the log). `anchored_event`: the highest validly signed anchor the log was
+    checked against; `head_event`: the log's newest event; `anchor_key`: the public key the anchors
+    were checked with; `anchor_problems`: every fault in the anchor history (forged, deleted, moved
+    back); `anchor_note`: why no anchor was checked, when none was.
+    """
 
     ok: bool
     checked: int
     broken_event: int | None = None
     problem: str | None = None
     anchored_event: int | None = None
+    head_event: int | None = None
+    anchor_key: str | None = None
+    anchor_problems: list[str] = []
+    anchor_note: str | None = None
 
 
 class ArtifactsRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -270,3 +270,18 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
 def error_for_code(code: str, message: str) -> ClawError:
     """Rebuild on the client the error the coordinator reported with `code`."""
     return _WIRE_ERRORS.get(code, ClawError)(message)
+
+
+# --- trust-audit (issue 11, items 4 and 5) ------------------------------------------------------------
+
+
+class SkillArchiveTamperedError(ClawError):
+    """An installed skill's archive in the skill-code store is not the one whose sha256 was registered."""
+
+    code = "skill_tampered"
+
+
+class AuditKeyError(ClawError):
+    """The audit anchor key (`<db dir>/auth/audit.nk`) or a public key given for it is unusable."""
+
+    code = "audit_key"

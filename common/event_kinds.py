@@ -63,6 +63,9 @@ class EventKind(StrEnum):
     SKILL_INSTALLED = "skill.installed"
     SKILL_ENABLED = "skill.enabled"
     SKILL_DISABLED = "skill.disabled"
+    # Trust (issue 11, item 4): an admin installed a version declaring a lower risk than an earlier
+    # version did, with `--allow-risk-change` (data: from_risk, to_risk, the version it lowers from, by).
+    SKILL_RISK_LOWERED = "skill.risk_lowered"
 
     @classmethod
     def ignored(cls, reported: str) -> EventKind:

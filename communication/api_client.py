@@ -58,7 +58,7 @@ from common.models import (
     TaskUpdate,
     TaskView,
 )
-from common.skills import folder_checksum, load_manifest, pack_skill
+from common.skills import archive_sha256, folder_checksum, load_manifest, pack_skill
 from common.states import TERMINAL_STATES, NodeControl, TaskState
 from common.verbs import ReplyT, RequestT, Verb
 from communication.codec import DecodeError, decode, decode_event, encode
@@ -350,8 +350,11 @@ class ClawClient:
         request = api.SkillToggleRequest(name=name, version=version, enabled=enabled, by=by)
         return (await self.call(verbs.SKILL_TOGGLE, request)).skills[0]
 
-    async def install_skill(self, folder: Path, *, by: str | None = None) -> api.SkillInstallReply:
-        """Validate a skill folder, upload its files, and register it."""
+    async def install_skill(
+        self, folder: Path, *, by: str | None = None, allow_risk_change: bool = False
+    ) -> api.SkillInstallReply:
+        """Validate a skill folder, upload its files, and register it (`allow_risk_change`: the
+        version may declare a lower risk than an earlier one; the coordinator records it)."""
         manifest = load_manifest(folder)
         checksum = await asyncio.to_thread(folder_checksum, folder)
         archive = await asyncio.to_thread(pack_skill, folder)
@@ -363,7 +366,14 @@ class ClawClient:
         store = await Topology(self.conn, JetStreamSettings()).skill_code()
         name = f"{manifest.name}/{manifest.version}/{checksum[:16]}.tar.gz"
         await store.put(name, archive)
-        request = api.SkillInstallRequest(manifest=manifest, checksum=checksum, archive=name, by=by)
+        request = api.SkillInstallRequest(
+            manifest=manifest,
+            checksum=checksum,
+            archive=name,
+            by=by,
+            archive_sha256=archive_sha256(archive),
+            allow_risk_change=allow_risk_change,
+        )
         return await self.call(verbs.SKILL_INSTALL, request)
 
     async def approvals(self, *, limit: int | None = None) -> list[api.ApprovalView]:

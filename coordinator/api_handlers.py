@@ -332,7 +332,12 @@ class ApiHandlers:
     async def skill_install(self, request: api.SkillInstallRequest) -> api.SkillInstallReply:
         """Register an uploaded skill (its files are in the skill-code store)."""
         entry, created = await self._catalog.install(
-            request.manifest, checksum=request.checksum, archive=request.archive, by=request.by
+            request.manifest,
+            checksum=request.checksum,
+            archive=request.archive,
+            by=request.by,
+            uploaded_sha256=request.archive_sha256,
+            allow_risk_change=request.allow_risk_change,
         )
         return api.SkillInstallReply(entry=entry, created=created)
 

@@ -73,6 +73,7 @@ from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
 from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
+from storage.audit_anchor import AnchorSigner, key_path
 from storage.backup import restored_marker
 from storage.database import Database
 from storage.node_store import NodeStore
@@ -112,6 +113,7 @@ class Coordinator:
         buckets: Buckets,
         artifacts: ArtifactStore,
         lease: CoordinatorLease,
+        audit_signer: AnchorSigner,
         plugins: Sequence[CoordinatorPlugin] = (),
     ) -> None:
         settings = config.coordinator
@@ -155,9 +157,9 @@ class Coordinator:
         node_store = NodeStore(db)
         self.registry = NodeRegistry(node_store, clock, missed_beats=settings.offline_after_missed_beats)
         self.node_control = NodeControlDesk(conn, node_store, self.writer, self.registry, buckets.node_control, clock)
-        self.catalog = SkillCatalog(SkillStore(db), self.writer, buckets.skills, clock)
+        self.catalog = SkillCatalog(SkillStore(db), self.writer, buckets.skills, clock, skill_code=topology.skill_code)
         self.guard = Guard(load_policy(settings.guard_policy))
-        self.auditor = Auditor(self.writer, buckets.audit)
+        self.auditor = Auditor(self.writer, buckets.audit, audit_signer, clock)
         self.artifact_store = artifacts
         self.janitor = ArtifactJanitor(artifacts, self.artifact_index, clock, grace_s=config.artifacts.cleanup_grace_s)
         self.probe = QueueProbe(conn)
@@ -227,6 +229,8 @@ class Coordinator:
             await conn.close()
             raise
         try:
+            # The key that signs the audit anchors: beside the database, never in it (a bad mode stops the start).
+            signer = await asyncio.to_thread(AnchorSigner.load_or_create, key_path(config.coordinator.db_path))
             buckets, artifacts, db = await _prepare(config, topology)
         except BaseException:
             await lease.release()
@@ -234,8 +238,9 @@ class Coordinator:
             raise
         try:
             coordinator = cls(
-                config, conn, db, topology, clock, buckets=buckets, artifacts=artifacts, lease=lease, plugins=plugins
-            )
+                config, conn, db, topology, clock,
+                buckets=buckets, artifacts=artifacts, lease=lease, audit_signer=signer, plugins=plugins,
+            )  # fmt: skip
             await coordinator._load()
             marker = restored_marker(config.coordinator.db_path)
             if marker.exists():

@@ -207,6 +207,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX quarantine_task ON quarantine (task_id, id);
         """,
     ),
+    (
+        8,
+        "trust-audit: the sha256 of each installed skill's archive, which workers check before loading it",
+        """
+        -- Computed by the coordinator from the skill-code store at install; NULL for skills installed
+        -- before (workers then check the unpacked files' checksum only) and for built-ins.
+        ALTER TABLE skills ADD COLUMN archive_sha256 TEXT;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable
 
 from storage import quarantine_store
-from storage.audit import GENESIS, ChainBreak, ChainVerifier, canonical, chain_hash, rehash_rows
+from storage.audit import GENESIS, ChainVerifier, canonical, chain_hash, rehash_rows
 from storage.commits import Committed, TaskImage
 from storage.database import Database, StorageFault
 from storage.records import EventRecord, WriteBatch
@@ -179,8 +179,9 @@ class TaskWriter:
         row = await self._db.fetch_one("SELECT hash FROM events WHERE id = ?", (event_id,))
         return None if row is None else str(row[0])
 
-    async def verify_chain(self) -> tuple[int, ChainBreak | None]:
-        """Walk the whole event log in chunks; returns (events checked, the first break or None)."""
+    async def verify_chain(self) -> ChainVerifier:
+        """Walk the whole event log in chunks; the verifier tells the events checked, the newest id
+        and the first break (or None)."""
         verifier = ChainVerifier(self._audit_key)
         last_id = 0
         while True:
@@ -190,7 +191,7 @@ class TaskWriter:
             if not chunk or verifier.feed(chunk) is not None:
                 break
             last_id = chunk[-1]["id"]
-        return verifier.checked, verifier.broken
+        return verifier
 
 
 def _unrecorded(conn: sqlite3.Connection, events: list[EventRecord]) -> list[EventRecord]:

@@ -19,6 +19,8 @@ STORED_BEFORE = {
     "node.active", "node.paused", "node.drained",
     "skill.registered", "skill.installed", "skill.enabled", "skill.disabled",
 }  # fmt: skip
+# Kinds added since, each with its feature (appended, one line per feature).
+STORED_BEFORE |= {"skill.risk_lowered"}  # trust-audit: a lowered risk installed with --allow-risk-change
 
 
 def test_the_members_are_exactly_the_strings_stored_before() -> None:
