@@ -109,6 +109,8 @@ class LocalCluster:
         # child; only what `claw up` itself owns is set over them.
         env = dict(os.environ) | self._local_dirs
         env.update(CLAW_NATS_CONNECT_RETRY_S="30", CLAW_LOG_LEVEL=os.environ.get("CLAW_LOG_LEVEL", "info"))
+        # One local admin submits and approves (the README's quick start): their own tasks included.
+        env.setdefault("CLAW_AUTH_SELF_APPROVAL", "true")
         host = socket.gethostname().split(".")[0]
         metrics = () if self.metrics_port is None else ("--metrics-port", str(self.metrics_port))
         return ClusterProcesses(

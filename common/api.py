@@ -268,7 +268,9 @@ class ApproveRequest(msgspec.Struct, frozen=True, kw_only=True):
     """One person's yes for a held task."""
 
     task_id: str
-    by: str
+    # Who approves: set by the coordinator from the request's subject (the sender's credentials);
+    # whatever a client puts here is replaced.
+    by: str = ""
     note: str | None = None
 
 
@@ -276,8 +278,9 @@ class RejectRequest(msgspec.Struct, frozen=True, kw_only=True):
     """A no for a held task; it ends `rejected`."""
 
     task_id: str
-    by: str
     reason: str
+    # Set by the coordinator from the sender's credentials, like ApproveRequest.by.
+    by: str = ""
 
 
 class GuardDecision(msgspec.Struct, frozen=True, kw_only=True):

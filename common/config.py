@@ -55,7 +55,12 @@ class NatsSettings(_Section, frozen=True):
     user: str | None = None
     password: str | None = None
     token: str | None = None
+    # An OpenClaw credentials file (`claw creds create`; also --creds, CLAW_CREDS): the identity, its
+    # roles and NKey. Without one, `claw` uses <data dir>/auth/admin.creds of a local `claw up`.
     creds_file: str | None = None
+    # The name to go by on a server WITHOUT authentication (default: the OS user), where anyone can
+    # claim any name; with credentials the identity is theirs and this is ignored.
+    identity: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")] | None = None
 
 
 class JetStreamSettings(_Section, frozen=True):
@@ -151,6 +156,9 @@ class CoordinatorSettings(_Section, frozen=True):
     alert_window_s: PositiveFloat = 3600.0
     alert_min_tasks: PositiveInt = 10
     alert_interval_s: PositiveFloat = 10.0
+    # A heartbeat announcing a shorter interval is refused: the offline sweep trusts the interval,
+    # and a tiny one would let a forged beat declare a live node offline.
+    min_heartbeat_interval_s: PositiveFloat = 0.1
 
 
 class WorkerSettings(_Section, frozen=True):
@@ -257,6 +265,20 @@ class TracingSettings(_Section, frozen=True):
     sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
 
 
+class AuthSettings(_Section, frozen=True):
+    """Who may do what (docs/Security.md): the identity registry and the API roles of identities."""
+
+    # The folder `claw creds` keeps the identity registry in (identities.json, 0600); the coordinator
+    # reads each identity's roles there. `claw up` sets <data dir>/auth.
+    dir: str | None = None
+    # More API roles per identity (admin, operator, approver, submitter, viewer), added to the
+    # registry's. On a server without authentication an identity listed here holds exactly these;
+    # one not listed holds every role (anyone can claim any name there anyway).
+    roles: dict[str, list[str]] = {}
+    # Whether the submitter of a held task may approve it (claw up: true, for its single local admin).
+    self_approval: bool = False
+
+
 class LogSettings(_Section, frozen=True):
     """Logging of every process."""
 
@@ -277,6 +299,7 @@ class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     artifacts: ArtifactSettings = ArtifactSettings()
     tracing: TracingSettings = TracingSettings()
     log: LogSettings = LogSettings()
+    auth: AuthSettings = AuthSettings()
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -288,6 +311,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "artifacts": ArtifactSettings,
     "tracing": TracingSettings,
     "log": LogSettings,
+    "auth": AuthSettings,
 }
 SECRET_KEYS = frozenset({"nats.password", "nats.token"})
 

@@ -160,10 +160,22 @@ class QueueFullError(RequestError):
     code = "queue_full"
 
 
+class PermissionDeniedError(RequestError):
+    """The caller's credentials do not hold the role a verb needs (the message names it)."""
+
+    code = "forbidden"
+
+
 class InternalError(ClawError):
     """The coordinator failed while handling a request; its log has the details."""
 
     code = "internal"
+
+
+class CredentialsError(ConfigError):
+    """A credentials file that cannot be used (missing, unreadable, not ours, revoked identity)."""
+
+    code = "credentials"
 
 
 # --- the coordinator's lease ---------------------------------------------------------------------
@@ -195,6 +207,13 @@ class BadEventError(ClawError):
     coordinator quarantines it and goes on."""
 
     code = "bad_event"
+
+
+class ForgedEventError(BadEventError):
+    """A task event its sender may not make: published under another node's subject, or about an
+    attempt another node holds. Quarantined and logged as a security event."""
+
+    code = "forged_event"
 
 
 # --- task execution (raised by skill handlers) ---------------------------------------------------
@@ -258,6 +277,7 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         NodeNotFoundError,
         PayloadTooLargeError,
         QueueFullError,
+        PermissionDeniedError,
         InternalError,
         StorageError,
         ArtifactError,

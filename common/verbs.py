@@ -1,12 +1,13 @@
 """The coordinator API's verbs, each declared once: name, request, reply, and the role it needs.
 
-Everything else derives from a declaration: the subject (`<prefix>.api.<name>`), the client's typed
+Everything else derives from a declaration: the subject (`<prefix>.api.<identity>.<name>`), the client's typed
 call (`await client.call(verbs.TASK_CANCEL, TaskCancelRequest(...))` returns a `TaskActionReply`),
 and the type of the coordinator's handler (`@serves(verbs.TASK_CANCEL)` on a method taking the
 request and returning the reply; `coordinator/api_routes.py` checks it). `BY_NAME` finds a verb by
 its name for callers that only have a string, such as an HTTP gateway building the request from JSON.
 
-Roles are recorded here for the trust issue to enforce; nothing checks them yet. Adding a verb:
+The coordinator refuses a request whose sender's identity does not hold the verb's role
+(`coordinator/authorization.py`); viewer verbs are open to every identity holding some role. Adding a verb:
 docs/Architecture.md, "The API: one declaration per verb".
 """
 

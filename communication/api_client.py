@@ -129,7 +129,8 @@ class ClawClient:
         self._check_size(verb, payload, headers)
         wait_s = timeout_s or verb.timeout_s or self._timeout_s
         try:
-            msg = await self._request(self.conn.subjects.api(verb.name), payload, headers, wait_s)
+            subject = self.conn.subjects.api(self.conn.identity, verb.name)
+            msg = await self._request(subject, payload, headers, wait_s)
         except (nats.errors.TimeoutError, TimeoutError):
             raise RequestTimeoutError(
                 f"the coordinator did not answer {verb.name} within {wait_s:g} s; "
@@ -392,13 +393,14 @@ class ClawClient:
     async def _approvals_page(self, cursor: str | None, limit: int) -> Page[api.ApprovalView]:
         return await self.approvals_page(limit=limit, cursor=cursor)
 
-    async def approve(self, task_id: str, *, by: str, note: str | None = None) -> api.ApprovalOutcome:
-        """Record `by`'s approval of a held task."""
-        return await self.call(verbs.APPROVE, api.ApproveRequest(task_id=task_id, by=by, note=note))
+    async def approve(self, task_id: str, *, by: str | None = None, note: str | None = None) -> api.ApprovalOutcome:
+        """Approve a held task as this connection's identity (`by` is ignored: the coordinator takes
+        who approves from the credentials)."""
+        return await self.call(verbs.APPROVE, api.ApproveRequest(task_id=task_id, by=by or "", note=note))
 
-    async def reject(self, task_id: str, *, by: str, reason: str) -> api.ApprovalOutcome:
-        """Reject a held task."""
-        return await self.call(verbs.REJECT, api.RejectRequest(task_id=task_id, by=by, reason=reason))
+    async def reject(self, task_id: str, *, by: str | None = None, reason: str) -> api.ApprovalOutcome:
+        """Reject a held task as this connection's identity (`by` is ignored, as in `approve`)."""
+        return await self.call(verbs.REJECT, api.RejectRequest(task_id=task_id, by=by or "", reason=reason))
 
     async def guard_check(
         self, skill: str, input: msgspec.Raw = EMPTY_OBJECT, *, submitter: str | None = None
@@ -505,10 +507,9 @@ class ClawClient:
                     ended.set()
 
         subjects = self.conn.subjects
-        subs = [
-            await self.conn.nc.subscribe(subjects.events(task_id), cb=on_event),
-            await self.conn.nc.subscribe(subjects.updates(task_id), cb=on_update),
-        ]
+        subs = [await self.conn.nc.subscribe(subjects.updates(task_id), cb=on_update)]
+        if self.conn.reads_events:
+            subs.append(await self.conn.nc.subscribe(subjects.events_of(task_id), cb=on_event))
         try:
             await self.conn.nc.flush()
             if (await self.get_task(task_id, history=False)).state in TERMINAL_STATES:

@@ -126,9 +126,18 @@ class Subjects:
         """Every task subject."""
         return f"{self.prefix}.tasks.>"
 
-    def events(self, task_id: str) -> str:
-        """Where events of one task are published."""
-        return f"{self.prefix}.events.{task_id}"
+    def events(self, node_id: str, task_id: str) -> str:
+        """Where `node_id` publishes the events of one task: the node id is in the subject so the
+        server's permissions can bind it to the worker's credentials (docs/Security.md)."""
+        return f"{self.prefix}.events.{node_id}.{task_id}"
+
+    def events_of(self, task_id: str) -> str:
+        """Every node's events of one task (what a watcher subscribes to)."""
+        return f"{self.prefix}.events.*.{task_id}"
+
+    def events_of_node(self, node_id: str) -> str:
+        """Every event one node may publish (its permissions)."""
+        return f"{self.prefix}.events.{node_id}.*"
 
     @property
     def events_all(self) -> str:
@@ -172,9 +181,24 @@ class Subjects:
         """Every node's delivery claims."""
         return f"{self.prefix}.nodes.claims.*"
 
-    def api(self, verb: str) -> str:
-        """The request subject of one API verb."""
-        return f"{self.prefix}.api.{verb}"
+    def api(self, identity: str, verb: str) -> str:
+        """The request subject of one API verb sent by `identity`: the server's permissions bind the
+        identity token to the sender's credentials, so the coordinator reads who asks from here."""
+        return f"{self.prefix}.api.{identity}.{verb}"
+
+    def api_verb(self, verb: str) -> str:
+        """Requests of one verb from any identity (what coordinators subscribe to)."""
+        return f"{self.prefix}.api.*.{verb}"
+
+    def api_of(self, identity: str) -> str:
+        """Every request one identity may send (its permissions)."""
+        return f"{self.prefix}.api.{identity}.>"
+
+    @staticmethod
+    def inbox_prefix(identity: str) -> str:
+        """The reply-inbox prefix of one identity: permissions let only it subscribe there, so no
+        one else can read the replies it is sent."""
+        return f"_INBOX_{identity}"
 
     @property
     def api_queue_group(self) -> str:

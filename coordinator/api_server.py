@@ -7,6 +7,11 @@ The server decodes the request into the verb's Struct (`decode_request`: a malfo
 it whole), calls the handler (`coordinator/api_routes.py`), trims the reply with the route's `fit`,
 and wraps it in an `ApiReply`, all inside one `claw.api.<verb>` span.
 
+Before the handler, the request's sender is known from its subject (`<prefix>.api.<identity>.<verb>`,
+bound to the sender's credentials by the server's permissions); the `Authorizer` refuses a verb the
+identity has no role for (`forbidden`, one line naming the role), and the request's actor fields
+(`by`, `submitter`) are set to that identity whatever they said.
+
 Errors become `ApiReply.error`: a `ClawError` keeps its code and message; bytes no decoder could
 take (nested too deeply, invalid UTF-8) are `invalid_input`; anything else is logged with its
 traceback (never the request's bytes) and answered as `internal`, so a client never hangs on a
@@ -21,6 +26,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind, StatusCode
@@ -36,6 +42,7 @@ from communication.connection import NatsConnection
 from communication.payload_limits import message_bytes, reply_budget, too_large_message
 from communication.trace_context import context_from
 from coordinator.api_routes import ApiRoutes, Route
+from coordinator.authorization import Authorizer
 
 log = get_logger("coordinator.api")
 
@@ -45,9 +52,10 @@ MAX_ERROR_CHARS = 1000
 class ApiServer:
     """Subscribes the API verbs and answers them with the handlers of `routes`."""
 
-    def __init__(self, conn: NatsConnection, routes: ApiRoutes) -> None:
+    def __init__(self, conn: NatsConnection, routes: ApiRoutes, authorizer: Authorizer) -> None:
         self._conn = conn
         self._routes = routes
+        self._authorizer = authorizer
         self._subs: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -57,7 +65,7 @@ class ApiServer:
         subjects = self._conn.subjects
         for route in self._routes:
             sub = await self._conn.nc.subscribe(
-                subjects.api(route.verb.name), queue=subjects.api_queue_group, cb=self._dispatcher(route)
+                subjects.api_verb(route.verb.name), queue=subjects.api_queue_group, cb=self._dispatcher(route)
             )
             self._subs.append(sub)
         # SUBs are buffered: make sure the server has them before anyone is told the API is up.
@@ -108,7 +116,9 @@ class ApiServer:
     async def _answer(self, route: Route, msg: Msg) -> bytes:
         verb = route.verb.name
         try:
-            reply = await route.handler(_request(route.verb, msg.data))
+            identity = _identity(msg.subject)
+            await self._authorizer.check(identity, route.verb)
+            reply = await route.handler(_as_sent_by(_request(route.verb, msg.data), identity))
             if route.fit is not None:
                 reply = route.fit(reply, reply_budget(self._conn.nc.max_payload))
             return b'{"data":' + encode(reply) + b"}"
@@ -134,6 +144,23 @@ def _request(verb: Verb[Any, Any], data: bytes) -> Any:
         # Task ids are 26 characters: this names no task, and error messages must not echo it whole.
         raise TaskNotFoundError(f"no task with id {shown_id(task_id)}; `claw task list` shows recent ones")
     return request
+
+
+def _identity(subject: str) -> str:
+    """Who sent a request: the token before the verb in `<prefix>.api.<identity>.<verb>`, which the
+    server's permissions bind to the sender's credentials."""
+    return subject.rsplit(".", 2)[-2]
+
+
+# Request fields that say who acts: filled from the subject, whatever the request said.
+_ACTOR_FIELDS = ("by", "submitter")
+
+
+def _as_sent_by(request: Any, identity: str) -> Any:
+    """The request with its actor fields set to the sender's identity (a name typed into a request
+    is never believed)."""
+    fields = {name: identity for name in _ACTOR_FIELDS if hasattr(request, name)}
+    return msgspec.structs.replace(request, **fields) if fields else request
 
 
 def _error(code: str, message: str) -> bytes:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import msgspec
 
-from common.errors import BadEventError, IllegalTransitionError
+from common.errors import BadEventError, ForgedEventError, IllegalTransitionError
 from common.event_kinds import EventKind
 from common.events import (
     TaskArtifact,
@@ -67,6 +67,7 @@ class EventFolder:
         record = await self._book.find(event.task_id)
         if record is None:
             raise BadEventError(f"there is no task {shown_id(event.task_id)}")
+        _check_holder(event, record)
         before = self._book.snapshot(record)
         staged = WriteBatch()
         try:
@@ -413,4 +414,20 @@ class EventFolder:
                 node_id=event.node_id,
                 data={"ignored": reason},
             )
+        )
+
+
+def _check_holder(event: TaskEvent, record: TaskRecord) -> None:
+    """Refuse an event about an attempt that another node holds.
+
+    The node holding an attempt is known once it reported the attempt (its `started` event, or its
+    first outcome) or claimed the delivery and was declared lost (`lose_unreported_attempt`): from then
+    on only that node speaks for the attempt. The server binds the node id in the event's subject to
+    the worker's credentials, and the intake checks the event says the same (docs/Security.md).
+    """
+    holder = record.node_id
+    if holder is not None and event.attempt == record.attempts and event.node_id != holder:
+        kind = type(event).__name__.removeprefix("Task").lower()
+        raise ForgedEventError(
+            f"a {kind} event from node {event.node_id} for attempt {event.attempt}, which node {holder} holds"
         )

@@ -51,6 +51,7 @@ from coordinator.api_server import ApiServer
 from coordinator.approvals import ApprovalDesk
 from coordinator.artifact_cleanup import ArtifactJanitor
 from coordinator.audit import Auditor
+from coordinator.authorization import Authorizer
 from coordinator.commit_listeners import CommitListeners
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.delivery_claims import ClaimBook
@@ -152,7 +153,9 @@ class Coordinator:
         self.operations = TaskOperations(
             conn, self.book, self.writer, self.pipeline, self.folder, clock, config, claims=self.claims
         )
-        self.approvals = ApprovalDesk(self.book, self.writer, self.queries, self.pipeline, clock)
+        self.approvals = ApprovalDesk(
+            self.book, self.writer, self.queries, self.pipeline, clock, self_approval=config.auth.self_approval
+        )
         # Nodes, skills, the guard, the audit log, artifacts, monitoring.
         node_store = NodeStore(db)
         self.registry = NodeRegistry(node_store, clock, missed_beats=settings.offline_after_missed_beats)
@@ -169,7 +172,8 @@ class Coordinator:
         self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
         for plugin in (*FEATURES, *plugins):
             plugin.register(self)
-        self._api = ApiServer(conn, self._api_routes())
+        self.authorizer = Authorizer(config.auth, clock, open_bus=not conn.auth_required)
+        self._api = ApiServer(conn, self._api_routes(), self.authorizer)
         self._heartbeat_sub: Subscription | None = None
         self._claims_sub: Subscription | None = None
         # Set once the API answers: for whoever starts a coordinator in-process and must not race it.
@@ -301,7 +305,10 @@ class Coordinator:
             await self._subscribe()
             await self._api.start()
             self.ready.set()
-            log.info("coordinator.ready", node_id=self.node_id, prefix=self.conn.subjects.prefix)
+            log.info(
+                "coordinator.ready", node_id=self.node_id, prefix=self.conn.subjects.prefix,
+                authentication=not self.authorizer.open_bus,
+            )  # fmt: skip
             await wait_any(stop, self._lease.lost)
             self._lease.check()  # lost: the loops are cancelled where they are
             log.info("coordinator.stopping")
@@ -347,8 +354,22 @@ class Coordinator:
         except DecodeError as exc:
             log.warning("node.bad_heartbeat", subject=msg.subject, error=str(exc))
             return
+        refusal = self._heartbeat_refusal(msg.subject, beat)
+        if refusal is not None:
+            log.warning("security.heartbeat_refused", node_id=beat.node_id, subject=msg.subject[:200], reason=refusal)
+            return
         self.registry.observe(beat)
         await self.node_control.on_beat(beat)
+
+    def _heartbeat_refusal(self, subject: str, beat: NodeHeartbeat) -> str | None:
+        """Why a heartbeat is not believed (None: it is): it must come on its node's own subject (which
+        the server binds to that worker's credentials) and announce an interval within bounds."""
+        if subject.rsplit(".", 1)[-1] != beat.node_id:
+            return f"a heartbeat for node {beat.node_id[:64]} on another node's subject"
+        minimum = self.config.coordinator.min_heartbeat_interval_s
+        if beat.interval_s < minimum:
+            return f"interval {beat.interval_s:g} s is below the minimum of {minimum:g} s"
+        return None
 
     async def refresh_metrics(self) -> None:
         """Read the gauges' values here, on the event loop, and set them: a scrape only reads numbers."""

@@ -72,7 +72,7 @@ async def test_a_body_that_is_not_the_verbs_request_is_invalid_input_for_every_v
     async with running_coordinator(config), connected_client(config) as client:
         nc, subjects = client.conn.nc, client.conn.subjects
         for verb in verbs.ALL:
-            msg = await nc.request(subjects.api(verb.name), b"[1]", timeout=30)
+            msg = await nc.request(subjects.api("tester", verb.name), b"[1]", timeout=30)
             reply = msgspec.json.decode(msg.data, type=api.ApiReply)
             if msgspec.structs.fields(verb.request):
                 assert reply.error is not None and reply.error.code == InvalidInputError.code, (verb.name, reply)

@@ -34,7 +34,7 @@ def test_every_verb_has_a_unique_name_that_is_one_subject_token_and_a_role() -> 
     assert len(names) == len(set(names)) == len(verbs.BY_NAME)
     for verb in verbs.ALL:
         assert verbs.BY_NAME[verb.name] is verb
-        assert Subjects("claw").api(verb.name) == f"claw.api.{verb.name}"
+        assert Subjects("claw").api("alice", verb.name) == f"claw.api.alice.{verb.name}"
         assert verb.name.isidentifier() and verb.name.islower(), verb.name
         assert isinstance(verb.role, verbs.Role)
         assert issubclass(verb.request, msgspec.Struct) and issubclass(verb.reply, msgspec.Struct)
