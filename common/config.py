@@ -156,6 +156,10 @@ class WorkerSettings(_Section, frozen=True):
     # shorter task reports its outcome alone, which carries its start, and the cluster saves one
     # event per task. 0: always at once.
     started_event_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.05
+    # Priorities that cannot starve: while higher work waits too, a waiting normal task gets one start
+    # in this many, a waiting low task one in `low_share_every` (docs/Flow_control.md, "Priorities").
+    normal_share_every: Annotated[int, msgspec.Meta(ge=2)] = 5
+    low_share_every: Annotated[int, msgspec.Meta(ge=2)] = 10
 
 
 class ToolSettings(_Section, frozen=True):
