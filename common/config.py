@@ -253,6 +253,34 @@ class LogSettings(_Section, frozen=True):
     file: str | None = None
 
 
+class TenantQuota(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One tenant's quotas and fair-share weight (unset: no limit)."""
+
+    # Tasks waiting to run (pending, queued, retrying); a submit beyond is refused, nothing stored.
+    max_queued: PositiveInt | None = None
+    # Tasks dispatched and not finished; enforced by the fair-share dispatcher (needs fair_share).
+    max_running: PositiveInt | None = None
+    # Share of the starts under contention, relative to the other waiting tenants' weights.
+    weight: PositiveFloat = 1.0
+
+
+class TenantSettings(_Section, frozen=True):
+    """Tenants: quotas per tenant and weighted fair share between them (docs/Flow_control.md)."""
+
+    # Weighted fair queueing between tenants in the coordinator's dispatch: a tenant over its share
+    # waits in the coordinator instead of in the queue. Off: tasks are published as they come.
+    fair_share: bool = False
+    # With fair_share: tasks per skill published ahead of their start (the rest wait their turn).
+    dispatch_ahead: PositiveInt = 64
+    # Quotas of tenants not listed under `quotas`.
+    default_quota: TenantQuota = TenantQuota()
+    quotas: dict[str, TenantQuota] = {}
+
+    def quota(self, tenant: str) -> TenantQuota:
+        """The quota of `tenant` (its own, else `default_quota`)."""
+        return self.quotas.get(tenant, self.default_quota)
+
+
 class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """The whole configuration of one process."""
 
@@ -264,6 +292,7 @@ class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     artifacts: ArtifactSettings = ArtifactSettings()
     tracing: TracingSettings = TracingSettings()
     log: LogSettings = LogSettings()
+    tenants: TenantSettings = TenantSettings()
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -275,6 +304,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "artifacts": ArtifactSettings,
     "tracing": TracingSettings,
     "log": LogSettings,
+    "tenants": TenantSettings,
 }
 SECRET_KEYS = frozenset({"nats.password", "nats.token"})
 

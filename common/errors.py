@@ -154,6 +154,12 @@ class QueueFullError(RequestError):
     code = "queue_full"
 
 
+class QuotaExceededError(QueueFullError):
+    """A tenant's quota (`tenants.quotas.<tenant>.max_queued`) would be exceeded; nothing was stored."""
+
+    code = "quota_exceeded"
+
+
 class InternalError(ClawError):
     """The coordinator failed while handling a request; its log has the details."""
 
@@ -252,6 +258,7 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         NodeNotFoundError,
         PayloadTooLargeError,
         QueueFullError,
+        QuotaExceededError,
         InternalError,
         StorageError,
         ArtifactError,

@@ -63,6 +63,8 @@ class EventKind(StrEnum):
     SKILL_INSTALLED = "skill.installed"
     SKILL_ENABLED = "skill.enabled"
     SKILL_DISABLED = "skill.disabled"
+    # Tenants (issue 12, item 8): a task the fair-share dispatcher holds back (no state change).
+    TENANT_WAIT = "waiting for tenant share"
 
     @classmethod
     def ignored(cls, reported: str) -> EventKind:

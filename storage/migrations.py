@@ -207,6 +207,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX quarantine_task ON quarantine (task_id, id);
         """,
     ),
+    (
+        9,
+        "the tenant of each task (quotas, fair share, usage by tenant)",
+        """
+        ALTER TABLE tasks ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        -- `claw task list --tenant` pages newest first within one tenant.
+        CREATE INDEX tasks_tenant ON tasks (tenant, task_id);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

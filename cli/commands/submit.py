@@ -111,6 +111,13 @@ def submit(
         float,
         typer.Option(help="When a skill's queue is full, keep trying this many seconds instead of failing.", min=0),
     ] = 0.0,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose tasks these are: quotas and fair share are per tenant (docs/Flow_control.md).",
+            show_default="default",
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Submit a task (or one per line of a JSONL file)."""
@@ -135,7 +142,9 @@ def submit(
             with tracer().start_as_current_span(
                 "claw.submit", kind=SpanKind.CLIENT, attributes={"claw.skill": skill, "claw.tasks": len(specs)}
             ):
-                results = await client.submit_many(specs, submitter=getpass.getuser(), queue_wait_s=queue_wait)
+                results = await client.submit_many(
+                    specs, submitter=getpass.getuser(), queue_wait_s=queue_wait, tenant=tenant
+                )
             tasks = [SubmittedTask.admitted(r, skill) for r in results]
             if not wait:
                 if json_out:
@@ -283,7 +292,7 @@ def render_submitted(results: list[SubmitResult], skill: str, priority: str) -> 
     """`claw submit` without --wait: one line per task, with why it is not queued when it is not."""
     for result in results:
         note = " (duplicate: an earlier task has this idempotency key)" if result.duplicate else ""
-        if result.note and result.state not in (TaskState.PENDING, TaskState.QUEUED):
+        if result.note:  # held, denied, failed, or waiting for its tenant's share
             note += f" - {result.note}"
         print(f"{result.task_id}  {skill}  {priority}  {result.state.value}{note}")
     if any(r.state == TaskState.WAITING_APPROVAL for r in results) and len(results) > 1:
