@@ -270,7 +270,7 @@ class TenantSettings(_Section, frozen=True):
     # Weighted fair queueing between tenants in the coordinator's dispatch: a tenant over its share
     # waits in the coordinator instead of in the queue. Off: tasks are published as they come.
     fair_share: bool = False
-    # With fair_share: tasks per skill published ahead of their start (the rest wait their turn).
+    # With fair_share: tasks per skill and priority published ahead of their start (the rest wait their turn).
     dispatch_ahead: PositiveInt = 64
     # Quotas of tenants not listed under `quotas`.
     default_quota: TenantQuota = TenantQuota()

@@ -3,9 +3,12 @@
 Off (`tenants.fair_share: false`, the default) every admitted task is published at once, and the
 task queue is first come, first served: one tenant's flood of 5,000 tasks runs before another
 tenant's task submitted a second later. On, the coordinator keeps only `tenants.dispatch_ahead`
-tasks per skill published ahead of their start; the rest stay `pending` in SQLite (their timeline
-says `waiting for tenant share`) in one fair queue per skill (coordinator/tenants/fair_queue.py),
-and every start frees a place that goes to the tenant whose turn it is by weight. A tenant at its
+tasks per skill and priority published ahead of their start; the rest stay `pending` in SQLite
+(their timeline says `waiting for tenant share`) in one fair queue per skill and priority
+(coordinator/tenants/fair_queue.py), and every start frees a place that goes to the tenant whose
+turn it is by weight. Per priority, so a high task competes only with other high tasks for its
+place, and the workers' priority shares (common/priority_shares.py) still decide between
+priorities. A tenant at its
 `max_running` (dispatched, unfinished tasks) is skipped until one of its tasks ends.
 
 A new task passes straight through when its tenant has nothing waiting and there is room ahead, so
@@ -24,7 +27,7 @@ from common.config import TenantSettings
 from common.errors import ClawError
 from common.event_kinds import EventKind
 from common.log import get_logger
-from common.states import TERMINAL_STATES, TaskState
+from common.states import TERMINAL_STATES, Priority, TaskState
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.tenants.fair_queue import FairQueue
@@ -35,6 +38,12 @@ log = get_logger("coordinator.tenants")
 
 _NOT_STARTED = frozenset({TaskState.PENDING, TaskState.QUEUED})
 
+# A lane is refilled once this fraction of its places ahead is free (one publish round and commit each).
+REFILL_FRACTION = 4
+
+# Tasks are queued and counted per (skill, priority): the task queue's own unit.
+Lane = tuple[str, Priority]
+
 
 class FairDispatcher:
     """Holds back tasks of tenants over their share and publishes them in weighted turns."""
@@ -43,16 +52,16 @@ class FairDispatcher:
         self._settings = settings
         self._book = book
         self._pipeline = pipeline
-        self._queues: dict[str, FairQueue[TaskRecord]] = {}
-        # Dispatched tasks not started yet, per skill; dispatched tasks not finished, per tenant.
-        self._ahead: defaultdict[str, set[str]] = defaultdict(set)
+        self._queues: dict[Lane, FairQueue[TaskRecord]] = {}
+        # Dispatched tasks not started yet, per lane; dispatched tasks not finished, per tenant.
+        self._ahead: defaultdict[Lane, set[str]] = defaultdict(set)
         self._active: defaultdict[str, set[str]] = defaultdict(set)
-        self._tracked: dict[str, tuple[str, str]] = {}
+        self._tracked: dict[str, tuple[Lane, str]] = {}
         self._loaded = False
 
-    def waiting(self) -> dict[str, dict[str, int]]:
-        """Held-back tasks per skill and tenant."""
-        return {skill: queue.tenants() for skill, queue in self._queues.items() if len(queue)}
+    def waiting(self) -> dict[Lane, dict[str, int]]:
+        """Held-back tasks per (skill, priority) and tenant."""
+        return {lane: queue.tenants() for lane, queue in self._queues.items() if len(queue)}
 
     def running(self, tenant: str) -> int:
         """Dispatched, unfinished tasks of `tenant`."""
@@ -65,8 +74,9 @@ class FairDispatcher:
         self._load()
         rows: list[EventRecord] = []
         for record in new:
-            queue = self._queues.setdefault(record.skill, FairQueue())
-            room = len(self._ahead[record.skill]) < self._settings.dispatch_ahead
+            lane = (record.skill, record.priority)
+            queue = self._queues.setdefault(lane, FairQueue())
+            room = len(self._ahead[lane]) < self._settings.dispatch_ahead
             if room and queue.backlog(record.tenant) == 0 and self._may_run(record.tenant):
                 self._track(record)
                 continue
@@ -102,16 +112,22 @@ class FairDispatcher:
                 to_state = change.event.to_state
                 if tracked is None or to_state is None:
                     continue
-                skill = tracked[0]
                 if to_state not in _NOT_STARTED:
-                    self._ahead[skill].discard(change.event.task_id)
+                    self._ahead[tracked[0]].discard(change.event.task_id)
                 if to_state in TERMINAL_STATES:
                     self._untrack(change.event.task_id)
         await self.dispatch()
 
-    async def dispatch(self) -> None:
-        """Publish the next tasks by weighted turn while there is room ahead (and the tenant may run)."""
-        if not any(len(queue) for queue in self._queues.values()):
+    async def dispatch(self, min_room: int | None = None) -> None:
+        """Publish the next tasks by weighted turn while there is room ahead (and the tenant may run).
+
+        Only once a lane has `min_room` places free (default: a quarter of `dispatch_ahead`): each
+        dispatch costs a publish round and a commit, so refilling in batches keeps the throughput.
+        """
+        if min_room is None:
+            min_room = max(1, self._settings.dispatch_ahead // REFILL_FRACTION)
+        ahead = self._settings.dispatch_ahead
+        if not any(len(q) and ahead - len(self._ahead[lane]) >= min_room for lane, q in self._queues.items()):
             return
         async with self._book.lock:  # a popped task's batch is committed: it was written under this lock
             chosen = self._take()
@@ -128,12 +144,12 @@ class FairDispatcher:
                     self._untrack(task_id)
                 elif record.state not in _NOT_STARTED:
                     self._ahead[self._tracked[task_id][0]].discard(task_id)
-        await self.dispatch()
+        await self.dispatch(min_room=1)
 
     def _take(self) -> list[TaskRecord]:
         chosen: list[TaskRecord] = []
-        for skill, queue in self._queues.items():
-            ahead = self._ahead[skill]
+        for lane, queue in self._queues.items():
+            ahead = self._ahead[lane]
             while len(ahead) < self._settings.dispatch_ahead:
                 got = queue.pop(self._may_run)
                 if got is None:
@@ -149,23 +165,27 @@ class FairDispatcher:
     def _push(self, record: TaskRecord) -> None:
         record.held_for_share = True
         weight = self._settings.quota(record.tenant).weight
-        queue = self._queues.setdefault(record.skill, FairQueue())
+        queue = self._queues.setdefault((record.skill, record.priority), FairQueue())
         queue.push(record.tenant, record, weight=weight, priority=record.priority)
 
     def _may_run(self, tenant: str) -> bool:
         limit = self._settings.quota(tenant).max_running
-        return limit is None or len(self._active[tenant]) < limit
+        return limit is None or len(self._active.get(tenant, ())) < limit
 
     def _track(self, record: TaskRecord) -> None:
-        self._tracked[record.task_id] = (record.skill, record.tenant)
+        lane = (record.skill, record.priority)
+        self._tracked[record.task_id] = (lane, record.tenant)
         self._active[record.tenant].add(record.task_id)
         if record.state in _NOT_STARTED:
-            self._ahead[record.skill].add(record.task_id)
+            self._ahead[lane].add(record.task_id)
 
     def _untrack(self, task_id: str) -> None:
-        skill, tenant = self._tracked.pop(task_id)
-        self._ahead[skill].discard(task_id)
-        self._active[tenant].discard(task_id)
+        lane, tenant = self._tracked.pop(task_id)
+        self._ahead[lane].discard(task_id)
+        active = self._active[tenant]
+        active.discard(task_id)
+        if not active:
+            del self._active[tenant]  # tenant names are many and come and go: keep memory bounded
 
     def _load(self) -> None:
         """Once, after the working set is loaded: count what runs, queue what is pending."""
