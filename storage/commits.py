@@ -29,6 +29,8 @@ class TaskImage:
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    # Whose task it is (quotas, fair share, usage by tenant).
+    tenant: str = "default"
 
     @classmethod
     def of(cls, record: TaskRecord) -> TaskImage:
@@ -44,6 +46,7 @@ class TaskImage:
             record.started_at,
             record.finished_at,
             record.updated_at,
+            record.tenant,
         )
 
 

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from cli.task_text import decode_data, event_detail
 from common.errors import ConfigError, InvalidInputError, QuotaExceededError
 from common.states import Priority, TaskState
 from communication.nats_server import EmbeddedNatsServer
 from coordinator.service import Coordinator
+from storage.commits import Committed
 from tests.conftest import make_config
 from tests.helpers import (
     ProcessPool,
@@ -161,13 +163,31 @@ async def test_held_tasks_survive_a_coordinator_restart_and_all_run(
     """Held-back tasks are `pending` rows: a restarted coordinator queues them again, none is lost."""
     config = make_config(nats_server, prefix, tmp_path, tenants={"fair_share": True, "dispatch_ahead": 4})
     skills = SkillRegistry([Skill("note", lambda ctx, input: None)])
-    async with running_coordinator(config), connected_client(config) as client:
+    committed_tenants: Counter[str] = Counter()
+
+    class TenantImages:
+        """An after-commit listener's view: each committed task image carries its tenant."""
+
+        @staticmethod
+        def register(coordinator: Coordinator) -> None:
+            def count(commit: Committed) -> None:
+                committed_tenants.update(image.tenant for image in commit.tasks.values())
+
+            coordinator.listeners.add_inline("tenant-images", count)
+
+    async with running_coordinator(config, plugins=[TenantImages()]), connected_client(config) as client:
         async with running_worker(worker_config(config, node_id="early"), skills=skills):
             pass
         submitted = await client.submit_many([spec("note") for _ in range(30)], tenant="a")
         states = Counter(r.state for r in submitted)
         assert states == {TaskState.QUEUED: 4, TaskState.PENDING: 26}
         assert {r.note for r in submitted if r.state == TaskState.PENDING} == {"waiting for tenant share (tenant a)"}
+        held = await client.get_task(submitted[-1].task_id)
+        waits = [e for e in held.events if e.kind == "waiting for tenant share"]
+        assert [event_detail(e.kind, decode_data(e.data)) for e in waits] == [
+            "tenant a: published when its turn comes (docs/Flow_control.md)"
+        ]
+    assert set(committed_tenants) == {"a"}
     async with (
         running_coordinator(config),
         connected_client(config) as client,
