@@ -89,7 +89,13 @@ def submit(
         Path | None,
         typer.Option("--input-file", "-f", help="A .json object, or .jsonl with one task per line ('-': stdin)."),
     ] = None,
-    priority: Annotated[Priority, typer.Option(help="Queue priority.")] = Priority.NORMAL,
+    priority: Annotated[
+        Priority,
+        typer.Option(
+            help="Queue priority: high takes the next free slot; under a stream of higher work normal still "
+            "gets 1 start in 5 and low 1 in 10 (docs/Flow_control.md)."
+        ),
+    ] = Priority.NORMAL,
     idempotency_key: Annotated[
         str | None,
         typer.Option(help="Submitting the same key again returns the first task (line N of a file gets KEY:N)."),
@@ -109,7 +115,11 @@ def submit(
     ] = False,
     queue_wait: Annotated[
         float,
-        typer.Option(help="When a skill's queue is full, keep trying this many seconds instead of failing.", min=0),
+        typer.Option(
+            help="When a skill's queue or the tenant's max_queued is full, keep trying this many seconds instead of "
+            "failing.",
+            min=0,
+        ),
     ] = 0.0,
     tenant: Annotated[
         str | None,
