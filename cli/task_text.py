@@ -40,6 +40,8 @@ def event_detail(kind: str, data: dict[str, Any], node_id: str | None = None) ->
         return f"{data['name']} ({fmt_bytes(int(data.get('size', 0)))})"
     if kind == "verifying":
         return f"the result ({data.get('check', '')})"
+    if kind == "waiting for tenant share" and "tenant" in data:
+        return f"tenant {data['tenant']}: published when its turn comes (docs/Flow_control.md)"
     return "" if not data else shorten(msgspec.json.encode(data).decode(), 200)
 
 

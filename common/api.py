@@ -63,6 +63,9 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     tasks: list[TaskSpec]
     submitter: str | None = None
+    # The tenant the tasks are for (unset: `default`); credentials will decide it once roles exist
+    # (coordinator/tenants/identity.py).
+    tenant: str | None = None
 
 
 class SubmitResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -101,6 +104,7 @@ class TaskListRequest(msgspec.Struct, frozen=True, kw_only=True):
     skill: str | None = None
     limit: int = 50
     cursor: str | None = None
+    tenant: str | None = None
 
 
 class TaskListReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -181,6 +181,10 @@ class WorkerSettings(_Section, frozen=True):
     # shorter task reports its outcome alone, which carries its start, and the cluster saves one
     # event per task. 0: always at once.
     started_event_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.05
+    # Priorities that cannot starve: while higher work waits too, a waiting normal task gets one start
+    # in this many, a waiting low task one in `low_share_every` (docs/Flow_control.md, "Priorities").
+    normal_share_every: Annotated[int, msgspec.Meta(ge=2)] = 5
+    low_share_every: Annotated[int, msgspec.Meta(ge=2)] = 10
 
 
 class ToolSettings(_Section, frozen=True):
@@ -288,6 +292,34 @@ class LogSettings(_Section, frozen=True):
     file: str | None = None
 
 
+class TenantQuota(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One tenant's quotas and fair-share weight (unset: no limit)."""
+
+    # Tasks waiting to run (pending, queued, retrying); a submit beyond is refused, nothing stored.
+    max_queued: PositiveInt | None = None
+    # Tasks dispatched and not finished; enforced by the fair-share dispatcher (needs fair_share).
+    max_running: PositiveInt | None = None
+    # Share of the starts under contention, relative to the other waiting tenants' weights.
+    weight: PositiveFloat = 1.0
+
+
+class TenantSettings(_Section, frozen=True):
+    """Tenants: quotas per tenant and weighted fair share between them (docs/Flow_control.md)."""
+
+    # Weighted fair queueing between tenants in the coordinator's dispatch: a tenant over its share
+    # waits in the coordinator instead of in the queue. Off: tasks are published as they come.
+    fair_share: bool = False
+    # With fair_share: tasks per skill and priority published ahead of their start (the rest wait their turn).
+    dispatch_ahead: PositiveInt = 64
+    # Quotas of tenants not listed under `quotas`.
+    default_quota: TenantQuota = TenantQuota()
+    quotas: dict[str, TenantQuota] = {}
+
+    def quota(self, tenant: str) -> TenantQuota:
+        """The quota of `tenant` (its own, else `default_quota`)."""
+        return self.quotas.get(tenant, self.default_quota)
+
+
 class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """The whole configuration of one process."""
 
@@ -300,6 +332,7 @@ class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     tracing: TracingSettings = TracingSettings()
     log: LogSettings = LogSettings()
     auth: AuthSettings = AuthSettings()
+    tenants: TenantSettings = TenantSettings()
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -312,6 +345,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "tracing": TracingSettings,
     "log": LogSettings,
     "auth": AuthSettings,
+    "tenants": TenantSettings,
 }
 SECRET_KEYS = frozenset({"nats.password", "nats.token"})
 

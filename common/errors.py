@@ -166,6 +166,12 @@ class PermissionDeniedError(RequestError):
     code = "forbidden"
 
 
+class QuotaExceededError(QueueFullError):
+    """A tenant's quota (`tenants.quotas.<tenant>.max_queued`) would be exceeded; nothing was stored."""
+
+    code = "quota_exceeded"
+
+
 class InternalError(ClawError):
     """The coordinator failed while handling a request; its log has the details."""
 
@@ -278,6 +284,7 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         PayloadTooLargeError,
         QueueFullError,
         PermissionDeniedError,
+        QuotaExceededError,
         InternalError,
         StorageError,
         ArtifactError,

@@ -66,6 +66,8 @@ class EventKind(StrEnum):
     # Trust (issue 11, item 4): an admin installed a version declaring a lower risk than an earlier
     # version did, with `--allow-risk-change` (data: from_risk, to_risk, the version it lowers from, by).
     SKILL_RISK_LOWERED = "skill.risk_lowered"
+    # Tenants (issue 12, item 8): a task the fair-share dispatcher holds back (no state change).
+    TENANT_WAIT = "waiting for tenant share"
 
     @classmethod
     def ignored(cls, reported: str) -> EventKind:

@@ -358,6 +358,8 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     attempt_offset: int = 0
     series: int = 1
     events_omitted: int = 0
+    # Who the task is for: quotas, fair share and usage are per tenant (docs/Flow_control.md).
+    tenant: str = "default"
 
 
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -372,6 +374,7 @@ class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    tenant: str = "default"
 
 
 class NodeView(msgspec.Struct, frozen=True, kw_only=True):

@@ -145,9 +145,11 @@ class ClawClient:
         """Whether a coordinator answers, and its version."""
         return await self.call(verbs.PING, api.Empty())
 
-    async def submit(self, spec: TaskSpec, *, submitter: str | None = None) -> api.SubmitResult:
-        """Submit one task; returns once it is persisted and queued."""
-        return (await self.submit_many([spec], submitter=submitter))[0]
+    async def submit(
+        self, spec: TaskSpec, *, submitter: str | None = None, tenant: str | None = None
+    ) -> api.SubmitResult:
+        """Submit one task (for `tenant`; unset: `default`); returns once it is persisted and queued."""
+        return (await self.submit_many([spec], submitter=submitter, tenant=tenant))[0]
 
     async def submit_many(
         self,
@@ -156,6 +158,7 @@ class ClawClient:
         submitter: str | None = None,
         retry_for_s: float = 0.0,
         queue_wait_s: float = 0.0,
+        tenant: str | None = None,
     ) -> list[api.SubmitResult]:
         """Submit many tasks in as few requests as fit, several requests in flight; results in order.
 
@@ -165,7 +168,9 @@ class ClawClient:
         is sent again for that long; every task then carries a client-chosen id, so a retry of a
         request that did get through creates nothing. With `queue_wait_s`, a request refused because
         a skill's queue is full is sent again, with growing pauses, until there is room or that
-        time has passed: backpressure for producers that submit faster than workers drain.
+        time has passed: backpressure for producers that submit faster than workers drain (a
+        tenant's full `max_queued` quota counts as a full queue). `tenant`: whose tasks they are
+        (unset: `default`); quotas and fair share are per tenant (docs/Flow_control.md).
         """
         if retry_for_s > 0:
             specs = [s if s.task_id else msgspec.structs.replace(s, task_id=new_id()) for s in specs]
@@ -176,7 +181,7 @@ class ClawClient:
         async def send(index: int, chunk: list[TaskSpec]) -> None:
             async with limit:
                 timeout_s = self._timeout_s + len(chunk) / 500
-                request = api.SubmitRequest(tasks=chunk, submitter=submitter)
+                request = api.SubmitRequest(tasks=chunk, submitter=submitter, tenant=tenant)
                 now = asyncio.get_running_loop().time
                 deadline, room_deadline = now() + retry_for_s, now() + queue_wait_s
                 room_pause_s = QUEUE_FULL_PAUSE_MIN_S
@@ -225,30 +230,46 @@ class ClawClient:
         return await self.call(verbs.TASK_GET, api.TaskGetRequest(task_id=task_id, history=history))
 
     async def list_tasks(
-        self, *, state: TaskState | None = None, skill: str | None = None, limit: int | None = 50
+        self,
+        *,
+        state: TaskState | None = None,
+        skill: str | None = None,
+        limit: int | None = 50,
+        tenant: str | None = None,
     ) -> list[TaskSummary]:
         """The newest `limit` tasks (every one: None), newest first, fetched page by page."""
-        fetch = self._tasks_fetcher(state, skill)
+        fetch = self._tasks_fetcher(state, skill, tenant)
         return (await collect(fetch, limit=limit, page_size=LIST_PAGE_SIZE)).items
 
     async def tasks_page(
-        self, *, state: TaskState | None = None, skill: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        state: TaskState | None = None,
+        skill: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        tenant: str | None = None,
     ) -> Page[TaskSummary]:
         """One page of tasks, newest first; `total` (first page) counts all that match."""
-        request = api.TaskListRequest(state=state, skill=skill, limit=limit, cursor=cursor)
+        request = api.TaskListRequest(state=state, skill=skill, limit=limit, cursor=cursor, tenant=tenant)
         reply = await self.call(verbs.TASK_LIST, request)
         return Page(reply.tasks, reply.next_cursor, reply.total)
 
     def iter_tasks(
-        self, *, state: TaskState | None = None, skill: str | None = None, page_size: int = LIST_PAGE_SIZE
+        self,
+        *,
+        state: TaskState | None = None,
+        skill: str | None = None,
+        page_size: int = LIST_PAGE_SIZE,
+        tenant: str | None = None,
     ) -> AsyncIterator[TaskSummary]:
         """Every task that matches, newest first, one page at a time."""
-        return iterate(self._tasks_fetcher(state, skill), page_size=page_size)
+        return iterate(self._tasks_fetcher(state, skill, tenant), page_size=page_size)
 
     def _tasks_fetcher(
-        self, state: TaskState | None, skill: str | None
+        self, state: TaskState | None, skill: str | None, tenant: str | None = None
     ) -> Callable[[str | None, int], Awaitable[Page[TaskSummary]]]:
-        return lambda cursor, n: self.tasks_page(state=state, skill=skill, limit=n, cursor=cursor)
+        return lambda cursor, n: self.tasks_page(state=state, skill=skill, limit=n, cursor=cursor, tenant=tenant)
 
     async def task_states(self, task_ids: Sequence[str]) -> dict[str, TaskState]:
         """Current state of each id (unknown ids are absent)."""

@@ -31,6 +31,7 @@ from communication.subjects import check_skill_name
 from coordinator.event_folding import artifact_marker
 from coordinator.guard import Action, Decision, Guard
 from coordinator.skill_catalog import SkillCatalog
+from coordinator.tenants.identity import Caller, tenant_of_submit
 from storage.records import TaskRecord
 
 _input_decoder = msgspec.json.Decoder()
@@ -56,8 +57,11 @@ class Admission:
         self._advertised = advertised
         self._online_skills = online_skills
 
-    def admit(self, request: SubmitRequest) -> list[TaskRecord]:
-        """Records (state pending) for every task of the request; raises on the first invalid one."""
+    def admit(self, request: SubmitRequest, caller: Caller | None = None) -> list[TaskRecord]:
+        """Records (state pending) for every task of the request; raises on the first invalid one.
+
+        The tasks' tenant is decided from the request and the `caller` (coordinator/tenants/identity.py).
+        """
         count = len(request.tasks)
         if count == 0:
             raise InvalidInputError("the request holds no tasks")
@@ -66,6 +70,7 @@ class Admission:
                 f"the request holds {count} tasks; at most {self._settings.max_tasks_per_request} "
                 "fit in one request: split it"
             )
+        tenant = tenant_of_submit(request, caller)
         now = self._clock.now()
         records = []
         for index, spec in enumerate(request.tasks):
@@ -75,6 +80,8 @@ class Admission:
                 if count == 1:
                     raise
                 raise type(exc)(f"task {index + 1}: {exc}") from None
+        for record in records:
+            record.tenant = tenant
         return records
 
     def decide(self, skill: str, input: Any, submitter: str | None) -> tuple[Risk, Decision]:

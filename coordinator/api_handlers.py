@@ -160,12 +160,12 @@ class ApiHandlers:
         limit = page_limit(request.limit)
         await self._pipeline.flush_queued()
         rows = await self._store.list_tasks(
-            state=request.state, skill=request.skill, limit=limit + 1, before=request.cursor
+            state=request.state, skill=request.skill, limit=limit + 1, before=request.cursor, tenant=request.tenant
         )
         tasks, more = take_page(rows, limit=limit, budget=self._budget(), what="task")
         total = None
         if request.cursor is None:
-            total = await self._store.count_tasks(state=request.state, skill=request.skill)
+            total = await self._store.count_tasks(state=request.state, skill=request.skill, tenant=request.tenant)
         return api.TaskListReply(tasks=tasks, next_cursor=tasks[-1].task_id if more else None, total=total)
 
     @serves(verbs.TASK_STATES)

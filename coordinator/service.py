@@ -42,7 +42,7 @@ from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.startup import StartupCalls
 from communication.topology import Topology
-from coordinator import maintenance
+from coordinator import maintenance, tenants
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -88,7 +88,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance,)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants)
 
 
 @dataclass(frozen=True, slots=True)

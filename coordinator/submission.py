@@ -30,6 +30,7 @@ import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 from nats.js.api import PubAck
@@ -60,6 +61,24 @@ QUEUED_COMMIT_WAIT_S = 0.005
 
 # A published batch whose `queued` is not written yet: its records, their acks, when they were sent.
 Unconfirmed = tuple[list[TaskRecord], dict[str, PubAck], float]
+
+
+class SubmitGate(Protocol):
+    """A feature that may refuse or hold back admitted tasks (tenants: coordinator/tenants/)."""
+
+    def refusal(self, new: list[TaskRecord], added: Counter[str]) -> ClawError | None:
+        """Why this request's `new` tasks may not be stored (`added`: tasks per tenant earlier in
+        the batch), or None. A refusal refuses the whole request; nothing of it is stored."""
+        ...
+
+    def hold(self, new: list[TaskRecord]) -> list[EventRecord]:
+        """Mark (`held_for_share`) the new pending tasks not to publish now; returns timeline rows
+        saying why. Called with the book lock held, just before the tasks are committed."""
+        ...
+
+    def adopt(self, stuck: list[TaskRecord]) -> list[TaskRecord]:
+        """Of the tasks pending too long, those to publish again now (the rest the gate holds)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -106,6 +125,8 @@ class SubmitPipeline:
         self._unconfirmed: list[Unconfirmed] = []
         # `queued` moves already made in the task book whose commit failed: written with the next one.
         self._unwritten = WriteBatch()
+        # Features that may refuse or hold back admitted tasks, added by their `register`.
+        self.gates: list[SubmitGate] = []
 
     def submit(self, records: list[TaskRecord]) -> asyncio.Future[list[SubmitResult]]:
         """Queue admitted records; the future resolves once they are persisted and published."""
@@ -160,7 +181,7 @@ class SubmitPipeline:
                 if not job.done.done():
                     job.done.set_exception(exc)
             return
-        runnable = [r for r in new if r.state == TaskState.PENDING]
+        runnable = [r for r in new if r.state == TaskState.PENDING and not r.held_for_share]
         # Stamped before the publish: a worker can start the task before our ack arrives.
         sent_at = self._clock.now()
         publishing = asyncio.ensure_future(self._publish(runnable))
@@ -175,10 +196,11 @@ class SubmitPipeline:
                     job.done.set_result([_not_yet_queued(r) for r in job.results])
         queued = await publishing
         failed = {r.task_id: r for r in runnable if r.state == TaskState.FAILED}
+        held = {r.task_id: r.tenant for r in new if r.held_for_share}
         for job in jobs:
             if job.done.done():
                 continue
-            job.done.set_result([_published_result(r, queued, failed) for r in job.results])
+            job.done.set_result([_published_result(r, queued, failed, held) for r in job.results])
         if queued:
             self._unconfirmed.append((runnable, queued, sent_at))
 
@@ -194,17 +216,23 @@ class SubmitPipeline:
         existing_ids = await self._queries.existing_ids(chosen) if chosen else {}
         batch = WriteBatch()
         added: Counter[str] = Counter()
+        added_tenant: Counter[str] = Counter()
         added_held = 0
         for job in jobs:
             results, new = self._resolve(job.records, existing_keys, existing_ids)
             held = sum(1 for r in new if _will_be_held(r))
-            refusal = self._queue_full(new, added) or self._approvals_full(held, added_held)
+            refusal = (
+                self._queue_full(new, added)
+                or self._approvals_full(held, added_held)
+                or next((r for g in self.gates if (r := g.refusal(new, added_tenant)) is not None), None)
+            )
             if refusal is not None:
                 job.done.set_exception(refusal)
                 continue
             added_held += held
             for record in new:
                 added[record.skill] += 1
+                added_tenant[record.tenant] += 1
                 existing_ids[record.task_id] = record.state
                 if record.idempotency_key:
                     existing_keys[record.idempotency_key] = (record.task_id, record.state)
@@ -239,6 +267,8 @@ class SubmitPipeline:
         if batch or self._unconfirmed or self._unwritten:
             async with self._book_lock_by(min(job.deadline for job in jobs), bool(batch.new_tasks)):
                 staged, withdrawn = self._stage_queued(batch)
+                for gate in self.gates:
+                    batch.events.extend(gate.hold([r for r in batch.new_tasks if r.state == TaskState.PENDING]))
                 try:
                     await self._writer.write_batch(batch)
                 except StorageError as exc:
@@ -526,6 +556,8 @@ class SubmitPipeline:
         """Publish tasks that stayed pending longer than `republish_after_s` (crash, NATS outage)."""
         cutoff = self._clock.now() - self._settings.republish_after_s
         stuck = [r for r in self._book.with_state(TaskState.PENDING) if r.updated_at <= cutoff]
+        for gate in self.gates:
+            stuck = gate.adopt(stuck)
         if stuck:
             log.info("submit.republish", count=len(stuck))
             await self.publish_pending(stuck)
@@ -588,10 +620,14 @@ def _not_yet_queued(result: SubmitResult) -> SubmitResult:
     )
 
 
-def _published_result(result: SubmitResult, queued: dict[str, PubAck], failed: dict[str, TaskRecord]) -> SubmitResult:
+def _published_result(
+    result: SubmitResult, queued: dict[str, PubAck], failed: dict[str, TaskRecord], held: dict[str, str]
+) -> SubmitResult:
     """A submit's answer for one task once its publish was tried."""
     if result.duplicate:
         return result
+    if result.task_id in held:
+        return msgspec.structs.replace(result, note=f"waiting for tenant share (tenant {held[result.task_id]})")
     if result.task_id in queued:
         return msgspec.structs.replace(result, state=TaskState.QUEUED)
     record = failed.get(result.task_id)

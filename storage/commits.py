@@ -33,6 +33,8 @@ class TaskImage(msgspec.Struct, frozen=True, gc=False):
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    # Whose task it is (quotas, fair share, usage by tenant).
+    tenant: str = "default"
 
     @classmethod
     def of(cls, record: TaskRecord) -> TaskImage:
@@ -48,6 +50,7 @@ class TaskImage(msgspec.Struct, frozen=True, gc=False):
             record.started_at,
             record.finished_at,
             record.updated_at,
+            record.tenant,
         )
 
 

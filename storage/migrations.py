@@ -216,6 +216,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE skills ADD COLUMN archive_sha256 TEXT;
         """,
     ),
+    (
+        9,
+        "the tenant of each task (quotas, fair share, usage by tenant)",
+        """
+        ALTER TABLE tasks ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        -- `claw task list --tenant` pages newest first within one tenant.
+        CREATE INDEX tasks_tenant ON tasks (tenant, task_id);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -56,12 +56,16 @@ class TaskRecord:
     approvals_needed: int = 0
     held_until: float | None = None
     traceparent: str | None = None
+    # Who the task is for (quotas, fair share, usage); decided at submit (coordinator/tenants).
+    tenant: str = "default"
     # Runtime only (kept in task_attempts): where to NAK the current attempt if its node dies.
     ack_subject: str | None = None
     # Runtime only, set by admission: the guard denied the task (with this reason).
     denied: str | None = None
     # Runtime only: the coordinator's span of this task while it is admitted and published.
     span: Any = None
+    # Runtime only: the fair-share dispatcher holds the task back (it is pending, not published).
+    held_for_share: bool = False
     # Runtime only, set by admission: the client chose the id (it may exist already); an id the
     # coordinator made itself is a fresh ULID and needs no lookup.
     id_from_client: bool = False
@@ -89,6 +93,7 @@ class TaskRecord:
             self.approvals_needed,
             self.held_until,
             self.traceparent,
+            self.tenant,
         )
 
     def update_row(self) -> tuple[object, ...]:
@@ -148,6 +153,7 @@ class TaskRecord:
             approvals_needed=row["approvals_needed"],
             held_until=row["held_until"],
             traceparent=row["traceparent"],
+            tenant=row["tenant"],
         )
 
 

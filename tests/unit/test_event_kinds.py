@@ -18,6 +18,8 @@ STORED_BEFORE = {
     "alert.completion_rate", "alert.failure_rate", "alert.resolved",
     "node.active", "node.paused", "node.drained",
     "skill.registered", "skill.installed", "skill.enabled", "skill.disabled",
+    # Added since: tenants (coordinator/tenants).
+    "waiting for tenant share",
 }  # fmt: skip
 # Kinds added since, each with its feature (appended, one line per feature).
 STORED_BEFORE |= {"skill.risk_lowered"}  # trust-audit: a lowered risk installed with --allow-risk-change
