@@ -23,6 +23,7 @@ from cli.commands import (
     coordinator,
     dlq,
     guard,
+    limits,
     nats,
     node,
     nodes,
@@ -66,6 +67,7 @@ GROUPS = (
     artifacts,
     node,
     quarantine,
+    limits,
 )
 for group in GROUPS:
     group.register(app)

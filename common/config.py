@@ -20,6 +20,7 @@ import msgspec
 import yaml
 
 from common.errors import ConfigError
+from common.flow import Limit, Price
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -249,6 +250,25 @@ class LogSettings(_Section, frozen=True):
     file: str | None = None
 
 
+class FlowSettings(_Section, frozen=True):
+    """`flow:` in the config: limits applied at start, key templates, cooldowns, breaker, prices."""
+
+    # Limits applied at start-up (`claw limits set` changes them at run time, kept in SQLite).
+    limits: list[Limit] = []
+    # Skill -> key templates over its input, e.g. {"my.agent": ["llm:{provider}:{model}"]}.
+    skill_keys: dict[str, list[str]] = {}
+    # How often waiting tasks are looked at again (room appears between two looks at most this late).
+    gate_interval_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 0.05
+    # A dropped connection (or a 429 without Retry-After) cools its key down for this long.
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    # Consecutive failures (disconnect, timeout, server error, rate limit) that open a key's breaker.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    # How long an open breaker stays open before one probe task is let through.
+    breaker_open_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    # Model name -> price per million tokens, for usage's estimated cost.
+    prices: dict[str, Price] = {}
+
+
 class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """The whole configuration of one process."""
 
@@ -260,6 +280,7 @@ class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     artifacts: ArtifactSettings = ArtifactSettings()
     tracing: TracingSettings = TracingSettings()
     log: LogSettings = LogSettings()
+    flow: FlowSettings = FlowSettings()
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -271,6 +292,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "artifacts": ArtifactSettings,
     "tracing": TracingSettings,
     "log": LogSettings,
+    "flow": FlowSettings,
 }
 SECRET_KEYS = frozenset({"nats.password", "nats.token"})
 

@@ -64,6 +64,13 @@ class EventKind(StrEnum):
     SKILL_ENABLED = "skill.enabled"
     SKILL_DISABLED = "skill.disabled"
 
+    # Flow control (docs/Flow_control.md): a task's notes, then the cluster's rows (`limit:<key>`).
+    WAITING_LIMIT = "waiting for limit"
+    LIMIT_GRANTED = "limit granted"
+    USAGE = "usage"
+    LIMIT_SET = "limit.set"
+    LIMIT_DELETED = "limit.deleted"
+
     @classmethod
     def ignored(cls, reported: str) -> EventKind:
         """The kind recording that a worker's `reported` event (started, succeeded, ...) changed nothing."""

@@ -102,6 +102,25 @@ class TaskCancelled(TaskEventBase, tag="cancelled", frozen=True):
     start_sent: bool = True
 
 
+class TaskUsage(TaskEventBase, tag="usage", frozen=True):
+    """What one call of the attempt used (`ctx.report_usage`; llm.chat reports the API's `usage`):
+    flow control reconciles the key's tokens and usage accounting adds it up."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str = ""
+    key: str = ""
+    cache_hit: bool = False
+
+
 TaskEvent = (
-    TaskStarted | TaskProgress | TaskLog | TaskVerifying | TaskSucceeded | TaskFailed | TaskCancelled | TaskArtifact
+    TaskStarted
+    | TaskProgress
+    | TaskLog
+    | TaskVerifying
+    | TaskSucceeded
+    | TaskFailed
+    | TaskCancelled
+    | TaskArtifact
+    | TaskUsage
 )

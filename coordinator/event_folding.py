@@ -33,6 +33,7 @@ from common.events import (
     TaskProgress,
     TaskStarted,
     TaskSucceeded,
+    TaskUsage,
     TaskVerifying,
 )
 from common.ids import shown_id
@@ -83,7 +84,7 @@ class EventFolder:
         batch.absorb(staged)
 
     def _apply(self, event: TaskEvent, record: TaskRecord, batch: WriteBatch) -> None:
-        if isinstance(event, TaskProgress | TaskLog | TaskVerifying):
+        if isinstance(event, TaskProgress | TaskLog | TaskVerifying | TaskUsage):
             batch.events.append(self._note(event))
             return
         if isinstance(event, TaskArtifact):
@@ -381,9 +382,13 @@ class EventFolder:
             self._start(record, event, batch, started_at=started_at)
 
     @staticmethod
-    def _note(event: TaskProgress | TaskLog | TaskVerifying) -> EventRecord:
+    def _note(event: TaskProgress | TaskLog | TaskVerifying | TaskUsage) -> EventRecord:
         data: dict[str, object]
-        if isinstance(event, TaskProgress):
+        if isinstance(event, TaskUsage):
+            kind = EventKind.USAGE
+            data = {"input_tokens": event.input_tokens, "output_tokens": event.output_tokens, "model": event.model,
+                    "key": event.key, "cache_hit": event.cache_hit}  # fmt: skip
+        elif isinstance(event, TaskProgress):
             kind, data = EventKind.PROGRESS, {"percent": event.percent, "message": event.message}
         elif isinstance(event, TaskVerifying):
             kind, data = EventKind.VERIFYING, {"check": event.check}

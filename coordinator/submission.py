@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 from nats.js.api import PubAck
@@ -99,6 +100,8 @@ class SubmitPipeline:
         self._unconfirmed: list[Unconfirmed] = []
         # `queued` moves already made in the task book whose commit failed: written with the next one.
         self._unwritten = WriteBatch()
+        # Flow control's gate (coordinator/flow/): holds tasks whose limit keys have no room.
+        self.gate: PublishGate | None = None
 
     def submit(self, records: list[TaskRecord]) -> asyncio.Future[list[SubmitResult]]:
         """Queue admitted records; the future resolves once they are persisted and published."""
@@ -148,6 +151,8 @@ class SubmitPipeline:
                     job.done.set_exception(exc)
             return
         runnable = [r for r in new if r.state == TaskState.PENDING]
+        if self.gate is not None and runnable:
+            runnable = await self.gate.admit(runnable)
         # Stamped before the publish: a worker can start the task before our ack arrives.
         sent_at = self._clock.now()
         queued = await self._publish(runnable)
@@ -464,6 +469,12 @@ class SubmitPipeline:
 
     async def publish_pending(self, records: list[TaskRecord]) -> None:
         """Publish records already committed as pending (re-runs), and confirm them queued."""
+        if self.gate is not None:
+            records = await self.gate.admit(records)
+        await self.publish_admitted(records)
+
+    async def publish_admitted(self, records: list[TaskRecord]) -> None:
+        """Publish pending records the gate let through, and confirm them queued."""
         for start in range(0, len(records), self._settings.submit_batch_max):
             chunk = records[start : start + self._settings.submit_batch_max]
             await self._publish_and_commit_queued(chunk)
@@ -503,6 +514,14 @@ class SubmitPipeline:
             await self._writer.write_batch(batch)
         log.warning("task.requeued", task_id=record.task_id, reason=reason)
         return True
+
+
+class PublishGate(Protocol):
+    """What stands between a pending task and its publish (flow control's gate)."""
+
+    async def admit(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """The records that may be published now; the others stay pending until it publishes them."""
+        ...
 
 
 def _will_be_held(record: TaskRecord) -> bool:

@@ -56,6 +56,10 @@ class TaskRecord:
     approvals_needed: int = 0
     held_until: float | None = None
     traceparent: str | None = None
+    # Flow control: the task's own limit keys as JSON (`{"keys": [...]}`), None when it adds none.
+    flow: str | None = None
+    # Runtime only, set by flow control's gate before publishing: the task's FlowTicket.
+    flow_ticket: Any = None
     # Runtime only (kept in task_attempts): where to NAK the current attempt if its node dies.
     ack_subject: str | None = None
     # Runtime only, set by admission: the guard denied the task (with this reason).
@@ -89,6 +93,7 @@ class TaskRecord:
             self.approvals_needed,
             self.held_until,
             self.traceparent,
+            self.flow,
         )
 
     def update_row(self) -> tuple[object, ...]:
@@ -148,6 +153,7 @@ class TaskRecord:
             approvals_needed=row["approvals_needed"],
             held_until=row["held_until"],
             traceparent=row["traceparent"],
+            flow=row["flow"],
         )
 
 

@@ -111,6 +111,12 @@ def submit(
         float,
         typer.Option(help="When a skill's queue is full, keep trying this many seconds instead of failing.", min=0),
     ] = 0.0,
+    limit_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--limit-key", metavar="<key>", help="A limit key the task uses besides its skill's (repeatable)."
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Submit a task (or one per line of a JSONL file)."""
@@ -126,6 +132,7 @@ def submit(
                 timeout_s=timeout,
                 max_attempts=max_attempts,
                 idempotency_key=_line_key(idempotency_key, i, len(inputs)),
+                limit_keys=list(limit_key or []),
             )
             for i, raw in enumerate(inputs, start=1)
         ]

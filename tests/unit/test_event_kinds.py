@@ -19,10 +19,12 @@ STORED_BEFORE = {
     "node.active", "node.paused", "node.drained",
     "skill.registered", "skill.installed", "skill.enabled", "skill.disabled",
 }  # fmt: skip
+# Added by flow control (issue 12).
+FLOW_KINDS = {"waiting for limit", "limit granted", "usage", "limit.set", "limit.deleted"}
 
 
 def test_the_members_are_exactly_the_strings_stored_before() -> None:
-    assert {kind.value for kind in EventKind} == STORED_BEFORE
+    assert {kind.value for kind in EventKind} == STORED_BEFORE | FLOW_KINDS
     assert EventKind("attempt cancelled") is EventKind.ATTEMPT_CANCELLED  # the one with a space
 
 

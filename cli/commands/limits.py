@@ -1,0 +1,149 @@
+"""`claw limits list|set|delete` and `claw usage`: flow control (docs/Flow_control.md)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from cli.context import query
+from cli.inputs import parse_duration
+from cli.options import JsonFlag
+from cli.output import emit_table, fmt_time
+from cli.runner import fail
+from common import verbs
+from common.api import (
+    LimitsDeleteRequest,
+    LimitsListRequest,
+    LimitsReply,
+    LimitsSetRequest,
+    LimitView,
+    UsageReply,
+    UsageRequest,
+)
+from common.errors import ClawError
+from common.flow import Limit, check_key
+from storage.flow_store import GROUPS
+
+group = typer.Typer(help="Limits per key: requests, tokens and concurrency, cluster-wide.", no_args_is_help=True)
+
+
+@group.command("list")
+def limits_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Each key's limit and live use: in flight, requests and tokens in the last minute, waiting, cooldown."""
+    query(ctx, lambda client: client.call(verbs.LIMITS_LIST, LimitsListRequest()), render_limits, json_out)
+
+
+@group.command("set")
+def limits_set(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The key, e.g. llm:glm-4.7 or http:api.example.com.")],
+    rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute.")] = None,
+    rps: Annotated[int | None, typer.Option("--rps", min=1, help="Requests per second.")] = None,
+    rph: Annotated[int | None, typer.Option("--rph", min=1, help="Requests per hour.")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute.")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests at once.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Set a key's limit (replacing its old one); every worker follows it from the next start."""
+    rates = [(n, w) for n, w in ((rps, 1.0), (rpm, 60.0), (rph, 3600.0)) if n is not None]
+    if len(rates) > 1:
+        fail("give one of --rps, --rpm, --rph", kind="usage")
+    if not rates and tpm is None and concurrency is None:
+        fail("give at least one of --rpm/--rps/--rph, --tpm, --concurrency", kind="usage")
+    try:
+        check_key(key)
+    except ClawError as exc:
+        fail(str(exc), kind=exc.code)
+    requests, window_s = rates[0] if rates else (None, 60.0)
+    limit = Limit(key=key, requests=requests, window_s=window_s, tokens_per_minute=tpm, concurrency=concurrency)
+    query(
+        ctx,
+        lambda client: client.call(verbs.LIMITS_SET, LimitsSetRequest(limit=limit)),
+        lambda reply: print(f"limit {key}: {limit.describe()}"),
+        json_out,
+    )
+
+
+@group.command("delete")
+def limits_delete(
+    ctx: typer.Context, key: Annotated[str, typer.Argument(help="The key.")], json_out: JsonFlag = False
+) -> None:
+    """Remove a key's limit."""
+    query(
+        ctx,
+        lambda client: client.call(verbs.LIMITS_DELETE, LimitsDeleteRequest(key=key)),
+        lambda reply: print(f"limit {key} removed"),
+        json_out,
+    )
+
+
+def render_limits(reply: LimitsReply) -> None:
+    """`claw limits list`."""
+    emit_table(
+        ["KEY", "LIMIT", "IN FLIGHT", "REQ/MIN", "TOKENS/MIN", "WAITING", "COOLDOWN", "BREAKER"],
+        [_row(v) for v in reply.limits],
+        empty="no limits set and no key in use (claw limits set KEY --rpm N --concurrency N)",
+    )
+
+
+def _row(view: LimitView) -> tuple[object, ...]:
+    cooldown = f"{view.cooldown_s:.1f}s ({view.cooldown_reason})" if view.cooldown_s > 0 else "-"
+    breaker = view.breaker if view.breaker == "closed" else f"{view.breaker} ({view.consecutive_failures} failures)"
+    return (
+        view.key,
+        view.limit.describe() if view.limit is not None else "-",
+        view.in_flight,
+        view.requests_last_minute,
+        view.tokens_last_minute,
+        view.waiting,
+        cooldown,
+        breaker,
+    )
+
+
+def usage(
+    ctx: typer.Context,
+    by: Annotated[
+        str, typer.Option(metavar="<fields>", help=f"Group by these, comma-separated: {', '.join(GROUPS)}.")
+    ] = "tenant,skill,model",
+    since: Annotated[str, typer.Option(metavar="<duration>", help="How far back, e.g. 1h, 24h, 7d.")] = "24h",
+    json_out: JsonFlag = False,
+) -> None:
+    """Usage per tenant, skill, model (and hour): calls, errors by reason, tokens, cache hits, cost."""
+    fields = [f.strip() for f in by.split(",") if f.strip()]
+    unknown = [f for f in fields if f not in GROUPS]
+    if unknown:
+        fail(f"--by {','.join(unknown)}: group by any of {', '.join(GROUPS)}", kind="usage")
+    try:
+        since_s = parse_duration(since)
+    except ClawError as exc:
+        fail(str(exc), kind=exc.code)
+    query(
+        ctx,
+        lambda client: client.call(verbs.USAGE, UsageRequest(by=fields, since_s=since_s)),
+        lambda reply: render_usage(reply, fields),
+        json_out,
+    )
+
+
+def render_usage(reply: UsageReply, fields: list[str]) -> None:
+    """`claw usage`."""
+    heads = [f.upper() for f in fields]
+    rows = []
+    for row in reply.rows:
+        keys = [fmt_time(row.hour) if f == "hour" else getattr(row, f) or "-" for f in fields]
+        errors = ", ".join(f"{k} {n}" for k, n in sorted(row.errors.items())) or "-"
+        rows.append((*keys, row.calls, errors, row.input_tokens, row.output_tokens, row.cache_hits, f"{row.cost:.4f}"))
+    emit_table(
+        [*heads, "CALLS", "ERRORS", "IN TOKENS", "OUT TOKENS", "CACHE HITS", "COST"],
+        rows,
+        empty=f"no usage since {fmt_time(reply.since or time.time())}",
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `claw limits ...` and `claw usage`."""
+    app.add_typer(group, name="limits")
+    app.command("usage")(usage)
