@@ -259,6 +259,9 @@ class FlowSettings(_Section, frozen=True):
     skill_keys: dict[str, list[str]] = {}
     # How often waiting tasks are looked at again (room appears between two looks at most this late).
     gate_interval_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 0.05
+    # A start keeps its place in a request window this much longer than the window: a task is
+    # counted when it is published, and reaches the API a little later by a varying delay.
+    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.25
     # A dropped connection (or a 429 without Retry-After) cools its key down for this long.
     cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
     # Consecutive failures (disconnect, timeout, server error, rate limit) that open a key's breaker.

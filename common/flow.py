@@ -156,6 +156,11 @@ class FlowTicket(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     cache: bool = False
 
 
+def cooldown_subject(prefix: str) -> str:
+    """Where the coordinator broadcasts cooldowns to workers (core NATS)."""
+    return f"{prefix}.flow.cooldown"
+
+
 class CooldownNotice(msgspec.Struct, frozen=True, kw_only=True):
     """Broadcast on `<prefix>.flow.cooldown`: no worker sends on `key` before `until` (epoch s)."""
 

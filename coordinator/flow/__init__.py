@@ -33,7 +33,7 @@ OFFLINE_CHECK_INTERVAL_S = 0.5
 def register(c: Coordinator) -> None:
     """Wire flow control into a coordinator."""
     settings = c.config.flow
-    ledger = Ledger()
+    ledger = Ledger(margin_s=settings.rate_margin_s)
     store = FlowStore(c.db)
     gate = FlowGate(settings, ledger, c.book, c.writer, c.conn, c.clock)
     gate.publisher = c.pipeline

@@ -170,7 +170,7 @@ class FlowDesk:
                 why = use.room(now, request.tokens)
                 if why is None:
                     permit_id = new_id()
-                    use.charge(permit_id, now, request.tokens)
+                    use.charge(permit_id, now, request.tokens, started=True)
                     self.permits[permit_id] = CallPermit(key, request.task_id, request.node_id, request.tokens)
                     return PermitReply(permit_id=permit_id)
                 left = deadline - time.monotonic()

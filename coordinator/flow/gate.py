@@ -29,7 +29,7 @@ import msgspec
 from common.clock import Clock
 from common.config import FlowSettings
 from common.event_kinds import EventKind
-from common.flow import CooldownNotice, FailureReason, FlowTicket, failure_reason
+from common.flow import CooldownNotice, FailureReason, FlowTicket, cooldown_subject, failure_reason
 from common.log import get_logger
 from common.states import TERMINAL_STATES, Priority, TaskState
 from communication.connection import NATS_ERRORS, NatsConnection
@@ -44,11 +44,6 @@ log = get_logger("coordinator.flow")
 
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 ACTIVE_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING)
-
-
-def cooldown_subject(prefix: str) -> str:
-    """Where cooldowns are broadcast to workers."""
-    return f"{prefix}.flow.cooldown"
 
 
 @dataclass(slots=True)
@@ -120,6 +115,7 @@ class FlowGate:
         now = self._clock.now()
         passed: list[TaskRecord] = []
         held: list[tuple[TaskRecord, str, str]] = []
+        notes: list[EventRecord] = []
         waiting_keys = self._waiting_keys()
         for record in records:
             if record.task_id in self.grants:
@@ -134,12 +130,14 @@ class FlowGate:
             blocked = self._try_grant(record, keys, now, blocked=waiting_keys)
             if blocked is None:
                 passed.append(record)
+                if record.flow_ticket.alternative:
+                    notes.append(_granted(record, now))
             else:
                 self.waiting[record.task_id] = Waiting(record, keys)
                 waiting_keys.update(keys.keys)
                 held.append((record, *blocked))
-        if held:
-            await self._note_waiting(held, now)
+        if held or notes:
+            await self._note(held, notes, now)
         return passed
 
     def _try_grant(
@@ -176,16 +174,18 @@ class FlowGate:
     def _waiting_keys(self) -> set[str]:
         return {key for w in self.waiting.values() for key in w.keys.keys}
 
-    async def _note_waiting(self, held: list[tuple[TaskRecord, str, str]], now: float) -> None:
-        """Write `waiting for limit KEY` into the held tasks' timelines."""
-        batch = WriteBatch()
+    async def _note(self, held: list[tuple[TaskRecord, str, str]], notes: list[EventRecord], now: float) -> None:
+        """Write `waiting for limit KEY` into the held tasks' timelines (and which alternative served
+        the tasks that run on a fallback)."""
+        batch = WriteBatch(events=notes)
         for record, key, why in held:
             batch.events.append(
                 EventRecord.of(EventKind.WAITING_LIMIT, record.task_id, now, data={"key": key, "why": why})
             )
         async with self._book.lock:
             await self._writer.write_batch(batch)
-        log.info("flow.waiting", tasks=len(held), key=held[0][1], why=held[0][2])
+        if held:
+            log.info("flow.waiting", tasks=len(held), key=held[0][1], why=held[0][2])
 
     # --- room appears --------------------------------------------------------------------------
 
@@ -216,11 +216,7 @@ class FlowGate:
                     continue
                 del self.waiting[record.task_id]
                 granted.append(record)
-                ticket = record.flow_ticket
-                assert isinstance(ticket, FlowTicket)
-                data: dict[str, object] = {"key": ", ".join(ticket.keys), "alternative": ticket.alternative or None,
-                                           "model": ticket.model if ticket.alternative else None}  # fmt: skip
-                notes.append(EventRecord.of(EventKind.LIMIT_GRANTED, record.task_id, now, data=data))
+                notes.append(_granted(record, now))
             if not granted:
                 return
             async with self._book.lock:
@@ -246,16 +242,18 @@ class FlowGate:
                     self.ledger.release(grant.keys, event.task_id)
                     del self.grants[event.task_id]
                     released = True
-            elif grant is not None and event.to_state == TaskState.RETRYING:
+            elif grant is None:
+                continue
+            elif event.to_state == TaskState.RUNNING:
+                for key in grant.keys:
+                    self.ledger.use(key).started(event.task_id, event.at)
+            elif event.to_state == TaskState.RETRYING:
                 self._outcome(grant, event)
-                data = _data(event)
-                retry_in_s = data.get("retry_in_s")
-                due = event.at + (float(retry_in_s) if isinstance(retry_in_s, int | float) else 0.0)
                 for key in grant.keys:
-                    self.ledger.use(key).charge_start(due)
-            elif grant is not None and event.to_state == TaskState.QUEUED and event.kind == EventKind.LOST:
+                    self.ledger.use(key).expect_start(event.task_id)
+            elif event.to_state == TaskState.QUEUED and event.kind == EventKind.LOST:
                 for key in grant.keys:
-                    self.ledger.use(key).charge_start(event.at)
+                    self.ledger.use(key).expect_start(event.task_id)
         if released:
             self.wake()
 
@@ -327,6 +325,15 @@ class FlowGate:
     def waiting_on(self, key: str) -> int:
         """How many tasks wait with `key` among their first choice's keys."""
         return sum(1 for w in self.waiting.values() if key in w.keys.keys)
+
+
+def _granted(record: TaskRecord, now: float) -> EventRecord:
+    """`limit granted`: the keys the task holds (and the fallback serving it, if one does)."""
+    ticket = record.flow_ticket
+    assert isinstance(ticket, FlowTicket)
+    data: dict[str, object] = {"key": ", ".join(ticket.keys), "alternative": ticket.alternative or None,
+                               "model": ticket.model if ticket.alternative else None}  # fmt: skip
+    return EventRecord.of(EventKind.LIMIT_GRANTED, record.task_id, now, data=data)
 
 
 def _data(event: EventRecord) -> dict[str, object]:

@@ -13,6 +13,7 @@ connection (`cooldown_s`) stops every start on the key until it passes.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,8 +41,13 @@ class KeyUse:
     limit: Limit | None = None
     # holder -> tokens charged for it (estimate until reconciled).
     holders: dict[str, int] = field(default_factory=dict)
-    # Start times (a scheduled retry's may lie in the future: it is counted from now on).
+    # Start times, oldest first: when a worker started the task (as its `running` says) or a
+    # handler's call took its permit.
     starts: deque[float] = field(default_factory=deque)
+    # Holders let through whose start is not known yet: each counts as a start in every window
+    # until it is (a task is published some time before a worker starts it; counting it from the
+    # publish would let the next window's starts reach the API too early after a slow pick-up).
+    pending: dict[str, None] = field(default_factory=dict)
     # (time, tokens, holder) charged, oldest first.
     tokens: deque[list[object]] = field(default_factory=deque)
     cooldown_until: float = 0.0
@@ -52,6 +58,8 @@ class KeyUse:
     probe: str | None = None
     # Handlers waiting in `permit_acquire` for this key (tasks do not overtake them).
     callers_waiting: int = 0
+    # How much longer than its window a start is counted (FlowSettings.rate_margin_s).
+    margin_s: float = 0.0
 
     def available(self, now: float) -> str | None:
         """Why the key takes no start at all now (cooldown, open breaker), else None."""
@@ -76,8 +84,10 @@ class KeyUse:
         if limit.concurrency is not None and len(self.holders) >= limit.concurrency:
             return f"concurrency {len(self.holders)}/{limit.concurrency}"
         if limit.requests is not None:
-            self._prune_starts(now - limit.window_s)
-            if len(self.starts) >= limit.requests:
+            since = now - limit.window_s - self.margin_s
+            self._prune_starts(min(since, now - MINUTE_S))  # `limits list` shows the last minute
+            in_window = len(self.starts) - bisect.bisect_left(self.starts, since)
+            if in_window + len(self.pending) >= limit.requests:
                 return f"rate {limit.describe()}"
         if limit.tokens_per_minute is not None:
             used = self.tokens_used(now)
@@ -93,26 +103,39 @@ class KeyUse:
         if self.breaker == Breaker.OPEN and now < self.open_until:
             waits.append(self.open_until - now)
         if self.limit is not None and self.limit.requests is not None and self.starts:
-            waits.append(self.starts[0] + self.limit.window_s - now)
+            since = now - self.limit.window_s - self.margin_s
+            first = bisect.bisect_left(self.starts, since)
+            if first < len(self.starts):
+                waits.append(self.starts[first] + self.limit.window_s + self.margin_s - now)
         return max(waits)
 
-    def charge(self, holder: str, now: float, tokens: int) -> None:
-        """Record a start by `holder` (who now holds a place in the concurrency)."""
+    def charge(self, holder: str, now: float, tokens: int, *, started: bool = False) -> None:
+        """`holder` takes a place in the concurrency and a start (now, or when `started` says)."""
         self.holders[holder] = tokens
-        self.starts.append(now)
+        if started:
+            bisect.insort(self.starts, now)
+        else:
+            self.pending[holder] = None
         if tokens:
             self.tokens.append([now, tokens, holder])
         if self.breaker == Breaker.HALF_OPEN:
             self.probe = holder
 
-    def charge_start(self, at: float) -> None:
-        """Record one more start of a holder already counted (a retry, a reclaimed attempt)."""
-        self.starts.append(at)
+    def expect_start(self, holder: str) -> None:
+        """A holder will start again (a retry, a reclaimed attempt): count it until it does."""
+        if holder in self.holders:
+            self.pending[holder] = None
+
+    def started(self, holder: str, at: float) -> None:
+        """A pending holder started at `at`."""
+        if self.pending.pop(holder, 0) is None:
+            bisect.insort(self.starts, at)
 
     def release(self, holder: str) -> bool:
         """Give back `holder`'s place; True if it held one."""
         if self.probe == holder:
             self.probe = None
+        self.pending.pop(holder, None)  # ended without starting: it made no call
         return self.holders.pop(holder, None) is not None
 
     def reconcile(self, holder: str, used: int) -> None:
@@ -159,15 +182,13 @@ class KeyUse:
 
     def view(self, now: float, waiting: int) -> LimitView:
         """The key's limit and use for `claw limits list`."""
-        while self.starts and self.starts[0] < now - MINUTE_S:
-            self.starts.popleft()
         available = self.available(now)
         del available  # refreshes an open breaker that timed out
         return LimitView(
             key=self.key,
             limit=self.limit,
             in_flight=len(self.holders),
-            requests_last_minute=sum(1 for at in self.starts if at <= now),
+            requests_last_minute=sum(1 for at in self.starts if now - MINUTE_S <= at <= now),
             tokens_last_minute=self.tokens_used(now),
             waiting=waiting + self.callers_waiting,
             cooldown_s=round(max(0.0, self.cooldown_until - now), 3),
@@ -200,14 +221,15 @@ class KeyUse:
 class Ledger:
     """Every key's use."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, margin_s: float = 0.0) -> None:
         self.keys: dict[str, KeyUse] = {}
+        self._margin_s = margin_s
 
     def use(self, key: str) -> KeyUse:
         """The key's use (created empty on first mention)."""
         found = self.keys.get(key)
         if found is None:
-            found = self.keys[key] = KeyUse(key)
+            found = self.keys[key] = KeyUse(key, margin_s=self._margin_s)
         return found
 
     def room(self, keys: list[str], now: float, tokens: int) -> tuple[str, str] | None:
