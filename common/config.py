@@ -262,6 +262,9 @@ class FlowSettings(_Section, frozen=True):
     # A start keeps its place in a request window this much longer than the window: a task is
     # counted when it is published, and reaches the API a little later by a varying delay.
     rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.25
+    # The longest cooldown a worker honours from a broadcast (a Retry-After beyond it is cut to it):
+    # until the cooldown subject is bound to the coordinator, this bounds what a forged one can do.
+    max_cooldown_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
     # A dropped connection (or a 429 without Retry-After) cools its key down for this long.
     cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
     # Consecutive failures (disconnect, timeout, server error, rate limit) that open a key's breaker.

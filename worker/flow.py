@@ -34,7 +34,10 @@ ACQUIRE_WAIT_S = 20.0
 class FlowClient:
     """Cooldowns and per-call permits for one worker."""
 
-    def __init__(self, conn: NatsConnection, node_id: str, clock: Clock, *, cooldown_s: float) -> None:
+    def __init__(
+        self, conn: NatsConnection, node_id: str, clock: Clock, *, cooldown_s: float, max_cooldown_s: float = 300.0
+    ) -> None:
+        self.max_cooldown_s = max_cooldown_s
         self._conn = conn
         self._node_id = node_id
         self._clock = clock
@@ -59,7 +62,9 @@ class FlowClient:
         except msgspec.DecodeError:
             log.warning("flow.bad_notice", subject=msg.subject)
             return
-        self.cool([notice.key], notice.until)
+        # Anyone on the bus can publish here until the trust work binds the subject to the
+        # coordinator: a forged cooldown stops this worker's tasks on the key for max_cooldown_s at most.
+        self.cool([notice.key], min(notice.until, self._clock.now() + self.max_cooldown_s))
 
     def cool(self, keys: Iterable[str], until: float) -> None:
         """No start on `keys` before `until` (this worker's own view)."""

@@ -82,7 +82,9 @@ class Worker:
         self._reporter = EventReporter(conn)
         self._cancelled = CancelledTasks(self._stop_running)
         self._claims = ClaimReporter(conn, node_id)
-        self.flow = FlowClient(conn, node_id, clock, cooldown_s=config.flow.cooldown_s)
+        self.flow = FlowClient(
+            conn, node_id, clock, cooldown_s=config.flow.cooldown_s, max_cooldown_s=config.flow.max_cooldown_s
+        )
         self._runner = TaskRunner(
             conn=conn,
             node_id=node_id,

@@ -161,6 +161,10 @@ class FlowDesk:
         """A permit for one call on `key`, once it has room (waits up to `wait_s`)."""
         await self.load()
         key = check_key(request.key)
+        node = self._registry.get(request.node_id)
+        if node is None or node.status == NodeStatus.OFFLINE:
+            # Only a live node may hold a permit: one that never beats would never give it back.
+            raise InvalidInputError(f"permit for {key}: node {request.node_id!r} is not an online worker")
         use = self._ledger.use(key)
         deadline = time.monotonic() + request.wait_s
         use.callers_waiting += 1
@@ -207,9 +211,9 @@ class FlowDesk:
         """Give back the permits of nodes that went offline (a periodic job)."""
         if not self.permits:
             return
-        offline = {v.node_id for v in self._registry.views() if v.status == NodeStatus.OFFLINE}
+        online = {v.node_id for v in self._registry.views() if v.status != NodeStatus.OFFLINE}
         for permit_id, permit in list(self.permits.items()):
-            if permit.node_id in offline:
+            if permit.node_id not in online:
                 del self.permits[permit_id]
                 self._ledger.use(permit.key).release(permit_id)
                 log.warning("flow.permit_reclaimed", key=permit.key, node_id=permit.node_id, task_id=permit.task_id)

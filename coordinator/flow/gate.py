@@ -277,6 +277,7 @@ class FlowGate:
             if reason in (FailureReason.RATE_LIMIT, FailureReason.DISCONNECT):
                 honoured = reason == FailureReason.RATE_LIMIT and retry_after_s
                 wait_s = retry_after_s if honoured and retry_after_s else self.settings.cooldown_s
+                wait_s = min(wait_s, self.settings.max_cooldown_s)  # a Retry-After of a year is not honoured
                 if use.cool(at + wait_s, reason.value):
                     self._notices.append(CooldownNotice(key=key, until=at + wait_s, reason=reason.value))
                     log.warning("flow.cooldown", key=key, reason=reason.value, seconds=round(wait_s, 3))
