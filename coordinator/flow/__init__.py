@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from coordinator.flow.desk import FlowDesk
 from coordinator.flow.gate import FlowGate
 from coordinator.flow.ledger import Ledger
-from coordinator.flow.usage import UsageBook
+from coordinator.flow.usage import UsageBook, UsageCounters
 from coordinator.periodic_jobs import PeriodicJob
 from storage.flow_store import FlowStore
 
@@ -37,7 +37,8 @@ def register(c: Coordinator) -> None:
     store = FlowStore(c.db)
     gate = FlowGate(settings, ledger, c.book, c.writer, c.conn, c.clock)
     gate.publisher = c.pipeline
-    usage = UsageBook(settings, c.book, store, lambda task_id: _model(gate, task_id))
+    counters = None if c.metrics is None else UsageCounters(c.metrics.registry)
+    usage = UsageBook(settings, c.book, store, lambda task_id: _model(gate, task_id), counters)
     desk = FlowDesk(gate, ledger, store, usage, c.writer, c.registry, c.clock, list(settings.limits))
     gate.loader = desk.load
     c.pipeline.gate = gate

@@ -9,11 +9,12 @@ row (a handler's `ctx.report_usage`, llm.chat's API usage) adds tokens. A job ad
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter as Tallies
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
+from prometheus_client import CollectorRegistry, Counter
 
 from common.config import FlowSettings
 from common.event_kinds import EventKind
@@ -36,19 +37,40 @@ class Tally:
     """Counts of one group not yet written."""
 
     calls: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: Tallies[str] = field(default_factory=Tallies)
     input_tokens: int = 0
     output_tokens: int = 0
     cache_hits: int = 0
     cost: float = 0.0
 
 
+class UsageCounters:
+    """The Prometheus counters of usage (on the coordinator's /metrics when metrics are on)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["tenant", "skill", "model"]
+        self.calls = Counter("claw_flow_calls_total", "attempts that ended (calls)", labels, registry=registry)
+        self.errors = Counter(
+            "claw_flow_errors_total", "attempts that failed, by reason", [*labels, "reason"], registry=registry
+        )
+        self.tokens = Counter(
+            "claw_flow_tokens_total", "tokens reported, by direction", [*labels, "direction"], registry=registry
+        )
+        self.cache_hits = Counter("claw_flow_cache_hits_total", "answers from the cache", labels, registry=registry)
+
+
 class UsageBook:
     """Counts usage from commits and writes it to SQLite."""
 
     def __init__(
-        self, settings: FlowSettings, book: TaskBook, store: FlowStore, model_of: Callable[[str], str | None]
+        self,
+        settings: FlowSettings,
+        book: TaskBook,
+        store: FlowStore,
+        model_of: Callable[[str], str | None],
+        counters: UsageCounters | None = None,
     ) -> None:
+        self._metrics = counters
         self._settings = settings
         self._book = book
         self._store = store
@@ -56,7 +78,6 @@ class UsageBook:
         # listener, which forgets a grant at the task's outcome.
         self._model_of = model_of
         self._pending: dict[Group, Tally] = {}
-        self.counters: Counter[str] = Counter()
 
     def on_commit(self, commit: Committed) -> None:
         """Count the calls, errors and tokens of a commit."""
@@ -76,30 +97,36 @@ class UsageBook:
         return int(event.at // HOUR_S), str(tenant), skill, model
 
     def _call(self, event: EventRecord, commit: Committed) -> None:
-        tally = self._tally(self._group(event, commit))
+        group = self._group(event, commit)
+        tally = self._tally(group)
         tally.calls += 1
-        self.counters["calls"] += 1
+        if self._metrics is not None:
+            self._metrics.calls.labels(*group[1:]).inc()
         if event.to_state != TaskState.SUCCEEDED:
             data = _data(event)
             reason = failure_reason(_str(data.get("error_type")), _str(data.get("message"))).value
             tally.errors[reason] += 1
-            self.counters[f"errors:{reason}"] += 1
+            if self._metrics is not None:
+                self._metrics.errors.labels(*group[1:], reason).inc()
 
     def _tokens(self, event: EventRecord, commit: Committed) -> None:
         data = _data(event)
         model = _str(data.get("model")) or None
-        tally = self._tally(self._group(event, commit, model))
+        group = self._group(event, commit, model)
+        tally = self._tally(group)
         tokens_in, tokens_out = _int(data.get("input_tokens")), _int(data.get("output_tokens"))
         tally.input_tokens += tokens_in
         tally.output_tokens += tokens_out
+        if self._metrics is not None:
+            self._metrics.tokens.labels(*group[1:], "input").inc(tokens_in)
+            self._metrics.tokens.labels(*group[1:], "output").inc(tokens_out)
         if data.get("cache_hit"):
             tally.cache_hits += 1
-            self.counters["cache_hits"] += 1
+            if self._metrics is not None:
+                self._metrics.cache_hits.labels(*group[1:]).inc()
         price = self._settings.prices.get(model or "")
         if price is not None:
             tally.cost += (tokens_in * price.input_per_mtok + tokens_out * price.output_per_mtok) / 1e6
-        self.counters["input_tokens"] += tokens_in
-        self.counters["output_tokens"] += tokens_out
 
     def _tally(self, group: Group) -> Tally:
         found = self._pending.get(group)
@@ -112,7 +139,7 @@ class UsageBook:
         pending, self._pending = self._pending, {}
         rows: list[tuple[object, ...]] = []
         for (hour, tenant, skill, model), tally in pending.items():
-            errors = Counter(await self._store.errors_of(hour, tenant, skill, model)) + tally.errors
+            errors = Tallies(await self._store.errors_of(hour, tenant, skill, model)) + tally.errors
             rows.append((hour, tenant, skill, model, tally.calls, msgspec.json.encode(dict(errors)).decode(),
                          tally.input_tokens, tally.output_tokens, tally.cache_hits, tally.cost))  # fmt: skip
         if not rows:
