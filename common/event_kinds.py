@@ -66,6 +66,7 @@ class EventKind(StrEnum):
 
     # Flow control (docs/Flow_control.md): a task's notes, then the cluster's rows (`limit:<key>`).
     WAITING_LIMIT = "waiting for limit"
+    NEEDS_INPUT = "needs input"
     LIMIT_GRANTED = "limit granted"
     USAGE = "usage"
     LIMIT_SET = "limit.set"

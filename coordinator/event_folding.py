@@ -20,6 +20,8 @@ nothing: a fold is all or nothing, so the caller can quarantine the event and go
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from common.errors import BadEventError, IllegalTransitionError
@@ -58,6 +60,9 @@ class EventFolder:
     def __init__(self, book: TaskBook, *, dead_letter: bool = True) -> None:
         self._book = book
         self._dead_letter = dead_letter
+        # Flow control's escalation (coordinator/flow/): for a final failure, the reason a person
+        # must fix it (the task goes to `needs_input` instead of `dead`), else None.
+        self.escalate: Callable[[TaskRecord, TaskFailed], str | None] | None = None
 
     async def fold(self, event: TaskEvent, batch: WriteBatch) -> None:
         """Apply one event; its effects are staged in `batch`.
@@ -276,6 +281,10 @@ class EventFolder:
             record.next_attempt_at = None
             to_state = TaskState.DEAD if self._dead_letter else TaskState.FAILED
             kind = EventKind.DEAD if self._dead_letter else EventKind.FAILED
+            reason = self.escalate(record, event) if self.escalate is not None else None
+            if reason is not None:
+                to_state, kind = TaskState.NEEDS_INPUT, EventKind.NEEDS_INPUT
+                data["reason"] = reason
         batch.events.append(
             self._book.move(
                 record, to_state, at=event.at, kind=kind, node_id=event.node_id, event_id=event.event_id, data=data

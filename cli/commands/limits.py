@@ -1,4 +1,4 @@
-"""`claw limits list|set|delete` and `claw usage`: flow control (docs/Flow_control.md)."""
+"""`claw limits list|set|delete`, `claw usage` and `claw attention`: flow control (docs/Flow_control.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from cli.context import query
 from cli.inputs import parse_duration
 from cli.options import JsonFlag
-from cli.output import emit_table, fmt_time
+from cli.output import emit_table, fmt_time, shorten
 from cli.runner import fail
 from common import verbs
 from common.api import (
@@ -24,6 +24,9 @@ from common.api import (
 )
 from common.errors import ClawError
 from common.flow import Limit, check_key
+from common.models import TaskView
+from common.states import TaskState
+from communication.api_client import ClawClient
 from storage.flow_store import GROUPS
 
 group = typer.Typer(help="Limits per key: requests, tokens and concurrency, cluster-wide.", no_args_is_help=True)
@@ -147,3 +150,29 @@ def register(app: typer.Typer) -> None:
     """Add `claw limits ...` and `claw usage`."""
     app.add_typer(group, name="limits")
     app.command("usage")(usage)
+    app.command("attention")(attention)
+
+
+def attention(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
+    json_out: JsonFlag = False,
+) -> None:
+    """Tasks that need a person (`needs_input`): they failed for a reason retrying cannot fix.
+
+    Act with `claw task retry ID` once the cause is fixed, or `claw task cancel ID`."""
+
+    async def fetch(client: ClawClient) -> list[TaskView]:
+        tasks = await client.list_tasks(state=TaskState.NEEDS_INPUT, limit=limit)
+        return [await client.get_task(t.task_id, history=False) for t in tasks]
+
+    query(ctx, fetch, render_attention, json_out)
+
+
+def render_attention(tasks: list[TaskView]) -> None:
+    """`claw attention`."""
+    emit_table(
+        ["TASK", "SKILL", "SINCE", "ATTEMPTS", "REASON"],
+        [(t.task_id, t.skill, fmt_time(t.finished_at), t.attempts, shorten(t.error_message or "", 80)) for t in tasks],
+        empty="nothing needs a person",
+    )

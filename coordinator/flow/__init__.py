@@ -42,6 +42,7 @@ def register(c: Coordinator) -> None:
     desk = FlowDesk(gate, ledger, store, usage, c.writer, c.registry, c.clock, list(settings.limits))
     gate.loader = desk.load
     c.pipeline.gate = gate
+    c.folder.escalate = gate.escalation
     # Usage first: it reads the model of a grant the gate forgets at the task's outcome.
     c.listeners.add_inline("flow-usage", usage.on_commit)
     c.listeners.add_inline("flow-permits", gate.on_commit)

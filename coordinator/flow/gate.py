@@ -29,6 +29,7 @@ import msgspec
 from common.clock import Clock
 from common.config import FlowSettings
 from common.event_kinds import EventKind
+from common.events import TaskFailed
 from common.flow import CooldownNotice, FailureReason, FlowTicket, cooldown_subject, failure_reason
 from common.log import get_logger
 from common.states import TERMINAL_STATES, Priority, TaskState
@@ -287,6 +288,16 @@ class FlowGate:
             if opened:
                 log.warning("flow.breaker_open", key=key, failures=use.failures, open_s=self.settings.breaker_open_s)
                 self._notices.append(CooldownNotice(key=key, until=use.open_until, reason="breaker open"))
+
+    def escalation(self, record: TaskRecord, failed: TaskFailed) -> str | None:
+        """Smart retry's last word on a final failure: a task on an API key that failed for a reason
+        retrying cannot fix (invalid input, refused credentials, an unknown model) needs a person."""
+        if record.task_id not in self.grants:
+            return None
+        reason = failure_reason(failed.error_type, failed.message)
+        if reason != FailureReason.INVALID_INPUT:
+            return None
+        return f"{reason.value}: {failed.message}"[:500]
 
     def _reconcile(self, event: EventRecord) -> None:
         grant = self.grants.get(event.task_id)

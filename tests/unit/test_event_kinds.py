@@ -20,7 +20,7 @@ STORED_BEFORE = {
     "skill.registered", "skill.installed", "skill.enabled", "skill.disabled",
 }  # fmt: skip
 # Added by flow control (issue 12).
-FLOW_KINDS = {"waiting for limit", "limit granted", "usage", "limit.set", "limit.deleted"}
+FLOW_KINDS = {"waiting for limit", "needs input", "limit granted", "usage", "limit.set", "limit.deleted"}
 
 
 def test_the_members_are_exactly_the_strings_stored_before() -> None:
