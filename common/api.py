@@ -523,3 +523,18 @@ class UsageReply(msgspec.Struct, frozen=True, kw_only=True):
 
     rows: list[UsageRow]
     since: float
+
+
+class CacheStatsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw cache stats`: the response cache's entries and size, and its hits in the last 24 h."""
+
+    bucket: str
+    entries: int
+    bytes: int
+    hits_24h: int
+
+
+class CacheClearReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw cache clear`: how many entries were dropped."""
+
+    cleared: int

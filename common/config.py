@@ -259,9 +259,10 @@ class FlowSettings(_Section, frozen=True):
     skill_keys: dict[str, list[str]] = {}
     # How often waiting tasks are looked at again (room appears between two looks at most this late).
     gate_interval_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 0.05
-    # A start keeps its place in a request window this much longer than the window: a task is
-    # counted when it is published, and reaches the API a little later by a varying delay.
-    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.25
+    # A start keeps its place in a request window this much (plus 1 % of the window) longer than
+    # the window: it is counted from when its worker started the task, and reaches the API a little
+    # later, by a delay that varies with the worker's load.
+    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
     # The longest cooldown a worker honours from a broadcast (a Retry-After beyond it is cut to it):
     # until the cooldown subject is bound to the coordinator, this bounds what a forged one can do.
     max_cooldown_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
@@ -271,6 +272,8 @@ class FlowSettings(_Section, frozen=True):
     breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     # How long an open breaker stays open before one probe task is let through.
     breaker_open_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    # Skill -> seconds its answers are cached (the response cache, opt-in; llm.chat), e.g. {"llm.chat": 3600}.
+    cache_ttl_s: dict[str, float] = {}
     # Model name -> price per million tokens, for usage's estimated cost.
     prices: dict[str, Price] = {}
 

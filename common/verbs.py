@@ -103,6 +103,8 @@ USAGE = _declare(Verb("usage", api.UsageRequest, api.UsageReply, role=Role.VIEWE
 PERMIT_ACQUIRE = _declare(
     Verb("permit_acquire", api.PermitAcquireRequest, api.PermitReply, role=Role.SUBMITTER, timeout_s=330.0)
 )
+CACHE_STATS = _declare(Verb("cache_stats", api.Empty, api.CacheStatsReply, role=Role.VIEWER))
+CACHE_CLEAR = _declare(Verb("cache_clear", api.Empty, api.CacheClearReply, role=Role.OPERATOR))
 PERMIT_RELEASE = _declare(Verb("permit_release", api.PermitReleaseRequest, api.PermitReply, role=Role.SUBMITTER))
 
 # Every verb, in the order declared, and by name.

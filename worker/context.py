@@ -26,6 +26,7 @@ from common.ids import new_id
 from common.models import ArtifactRef
 from common.states import Priority
 from common.tracing import tracer
+from communication.response_cache import ResponseCache
 from storage.artifacts import ArtifactStore
 from worker.flow import FlowClient
 
@@ -57,7 +58,23 @@ class TaskContext:
     # Tokens reported inside each open `limit` block, by permit id.
     _call_usage: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
-    def report_usage(self, input_tokens: int = 0, output_tokens: int = 0, *, model: str = "", key: str = "") -> None:
+    def response_cache(self, ttl_s: float | None = None) -> tuple[ResponseCache, float] | None:
+        """The response cache and the TTL to cache this skill's answers for: `ttl_s` when the task
+        asks for one, else the worker's `flow.cache_ttl_s` for the skill; None when not caching."""
+        if self._flow is None:
+            return None
+        ttl = ttl_s if ttl_s is not None else self._flow.cache_ttl_s.get(self.skill, 0.0)
+        return (self._flow.cache, ttl) if ttl > 0 else None
+
+    def report_usage(
+        self,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        *,
+        model: str = "",
+        key: str = "",
+        cache_hit: bool = False,
+    ) -> None:
         """Report what a call used (tokens): flow control reconciles the key's TPM with it, and usage
         accounting (`claw usage`) adds it up. llm.chat reports the API's `usage` itself."""
         input_tokens, output_tokens = max(0, int(input_tokens)), max(0, int(output_tokens))
@@ -75,6 +92,7 @@ class TaskContext:
                 output_tokens=output_tokens,
                 model=model,
                 key=key or (self.limit_keys[0] if self.limit_keys else ""),
+                cache_hit=cache_hit,
             )
         )
 

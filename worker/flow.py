@@ -25,6 +25,7 @@ from common.flow import CooldownNotice, FailureReason, cooldown_subject
 from common.log import get_logger
 from communication.api_client import ClawClient
 from communication.connection import NatsConnection
+from communication.response_cache import ResponseCache
 
 log = get_logger("worker.flow")
 # A permit request waits this long at the coordinator before it is asked again.
@@ -35,9 +36,19 @@ class FlowClient:
     """Cooldowns and per-call permits for one worker."""
 
     def __init__(
-        self, conn: NatsConnection, node_id: str, clock: Clock, *, cooldown_s: float, max_cooldown_s: float = 300.0
+        self,
+        conn: NatsConnection,
+        node_id: str,
+        clock: Clock,
+        *,
+        cooldown_s: float,
+        max_cooldown_s: float = 300.0,
+        cache_ttl_s: dict[str, float] | None = None,
     ) -> None:
         self.max_cooldown_s = max_cooldown_s
+        # The response cache, and the skills whose answers are cached by default (flow.cache_ttl_s).
+        self.cache = ResponseCache(conn, clock)
+        self.cache_ttl_s = dict(cache_ttl_s or {})
         self._conn = conn
         self._node_id = node_id
         self._clock = clock

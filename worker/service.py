@@ -83,7 +83,12 @@ class Worker:
         self._cancelled = CancelledTasks(self._stop_running)
         self._claims = ClaimReporter(conn, node_id)
         self.flow = FlowClient(
-            conn, node_id, clock, cooldown_s=config.flow.cooldown_s, max_cooldown_s=config.flow.max_cooldown_s
+            conn,
+            node_id,
+            clock,
+            cooldown_s=config.flow.cooldown_s,
+            max_cooldown_s=config.flow.max_cooldown_s,
+            cache_ttl_s=config.flow.cache_ttl_s,
         )
         self._runner = TaskRunner(
             conn=conn,

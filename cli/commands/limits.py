@@ -14,6 +14,7 @@ from cli.output import emit_table, fmt_time, shorten
 from cli.runner import fail
 from common import verbs
 from common.api import (
+    Empty,
     LimitsDeleteRequest,
     LimitsListRequest,
     LimitsReply,
@@ -146,9 +147,35 @@ def render_usage(reply: UsageReply, fields: list[str]) -> None:
     )
 
 
+cache_group = typer.Typer(help="The response cache of LLM calls (opt-in per skill or task).", no_args_is_help=True)
+
+
+@cache_group.command("stats")
+def cache_stats(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Entries and size of the response cache, and its hits in the last 24 h."""
+    query(
+        ctx,
+        lambda client: client.call(verbs.CACHE_STATS, Empty()),
+        lambda r: print(f"{r.entries} cached answers ({r.bytes} bytes, bucket {r.bucket}); {r.hits_24h} hits in 24 h"),
+        json_out,
+    )
+
+
+@cache_group.command("clear")
+def cache_clear(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Drop every cached answer."""
+    query(
+        ctx,
+        lambda client: client.call(verbs.CACHE_CLEAR, Empty()),
+        lambda r: print(f"cleared {r.cleared} cached answers"),
+        json_out,
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add `claw limits ...` and `claw usage`."""
+    """Add `claw limits ...`, `claw usage`, `claw attention` and `claw cache ...`."""
     app.add_typer(group, name="limits")
+    app.add_typer(cache_group, name="cache")
     app.command("usage")(usage)
     app.command("attention")(attention)
 

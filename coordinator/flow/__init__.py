@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from communication.response_cache import ResponseCache
 from coordinator.flow.desk import FlowDesk
 from coordinator.flow.gate import FlowGate
 from coordinator.flow.ledger import Ledger
@@ -39,7 +40,8 @@ def register(c: Coordinator) -> None:
     gate.publisher = c.pipeline
     counters = None if c.metrics is None else UsageCounters(c.metrics.registry)
     usage = UsageBook(settings, c.book, store, lambda task_id: _model(gate, task_id), counters)
-    desk = FlowDesk(gate, ledger, store, usage, c.writer, c.registry, c.clock, list(settings.limits))
+    cache = ResponseCache(c.conn, c.clock)
+    desk = FlowDesk(gate, ledger, store, usage, c.writer, c.registry, c.clock, list(settings.limits), cache)
     gate.loader = desk.load
     c.pipeline.gate = gate
     c.folder.escalate = gate.escalation

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 from common import verbs
 from common.api import (
+    CacheClearReply,
+    CacheStatsReply,
+    Empty,
     LimitsDeleteRequest,
     LimitsListRequest,
     LimitsReply,
@@ -36,6 +39,7 @@ from common.flow import FailureReason, Limit, check_key
 from common.ids import new_id
 from common.log import get_logger
 from common.states import NodeStatus
+from communication.response_cache import ResponseCache
 from coordinator.api_routes import serves
 from coordinator.flow.gate import FlowGate
 from coordinator.flow.ledger import Ledger
@@ -71,7 +75,9 @@ class FlowDesk:
         registry: NodeRegistry,
         clock: Clock,
         config_limits: list[Limit],
+        cache: ResponseCache,
     ) -> None:
+        self._cache = cache
         self._gate = gate
         self._ledger = ledger
         self._store = store
@@ -217,6 +223,25 @@ class FlowDesk:
                 del self.permits[permit_id]
                 self._ledger.use(permit.key).release(permit_id)
                 log.warning("flow.permit_reclaimed", key=permit.key, node_id=permit.node_id, task_id=permit.task_id)
+
+    # --- the response cache --------------------------------------------------------------------
+
+    @serves(verbs.CACHE_STATS)
+    async def cache_stats(self, request: Empty) -> CacheStatsReply:
+        """The cache bucket's entries and bytes, and the hits usage counted in the last 24 h."""
+        entries, size = await self._cache.stats()
+        await self._usage.flush()
+        since = self._clock.now() - 86400.0
+        rows = await self._store.usage(int(since // HOUR_S), [])
+        hits = sum(r.cache_hits for r in rows)
+        return CacheStatsReply(bucket=self._cache.bucket, entries=entries, bytes=size, hits_24h=hits)
+
+    @serves(verbs.CACHE_CLEAR)
+    async def cache_clear(self, request: Empty) -> CacheClearReply:
+        """Drop every cached answer."""
+        cleared = await self._cache.clear()
+        log.info("flow.cache_cleared", entries=cleared)
+        return CacheClearReply(cleared=cleared)
 
     # --- usage ---------------------------------------------------------------------------------
 

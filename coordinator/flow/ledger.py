@@ -84,7 +84,7 @@ class KeyUse:
         if limit.concurrency is not None and len(self.holders) >= limit.concurrency:
             return f"concurrency {len(self.holders)}/{limit.concurrency}"
         if limit.requests is not None:
-            since = now - limit.window_s - self.margin_s
+            since = now - limit.window_s - self._margin(limit)
             self._prune_starts(min(since, now - MINUTE_S))  # `limits list` shows the last minute
             in_window = len(self.starts) - bisect.bisect_left(self.starts, since)
             if in_window + len(self.pending) >= limit.requests:
@@ -103,10 +103,10 @@ class KeyUse:
         if self.breaker == Breaker.OPEN and now < self.open_until:
             waits.append(self.open_until - now)
         if self.limit is not None and self.limit.requests is not None and self.starts:
-            since = now - self.limit.window_s - self.margin_s
+            since = now - self.limit.window_s - self._margin(self.limit)
             first = bisect.bisect_left(self.starts, since)
             if first < len(self.starts):
-                waits.append(self.starts[first] + self.limit.window_s + self.margin_s - now)
+                waits.append(self.starts[first] + self.limit.window_s + self._margin(self.limit) - now)
         return max(waits)
 
     def charge(self, holder: str, now: float, tokens: int, *, started: bool = False) -> None:
@@ -196,6 +196,10 @@ class KeyUse:
             breaker=self.breaker.value,
             consecutive_failures=self.failures,
         )
+
+    def _margin(self, limit: Limit) -> float:
+        """How much longer than its window a start is counted (FlowSettings.rate_margin_s)."""
+        return self.margin_s + limit.window_s / 100
 
     def _prune_starts(self, before: float) -> None:
         while self.starts and self.starts[0] < before:

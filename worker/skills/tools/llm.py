@@ -28,6 +28,7 @@ import msgspec
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ToolSettings
 from common.errors import ConfigError, InvalidInputError, PermanentError, RetryableError, ToolTimeoutError
+from communication.response_cache import cache_key
 from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
@@ -59,7 +60,9 @@ PASSED_THROUGH = (
     "metadata",
 )
 # `fallback_models` is flow control's (docs/Flow_control.md): the coordinator picks the model.
-FIELDS = ("model", "messages", "headers", "timeout_s", "fallback_models", *PASSED_THROUGH)
+# `cache_ttl_s`: the response cache (opt-in): an equal call within that many seconds is answered
+# from it without an API call.
+FIELDS = ("model", "messages", "headers", "timeout_s", "fallback_models", "cache_ttl_s", *PASSED_THROUGH)
 REFUSED_HEADERS = ("authorization", "host", "content-length", "content-type")
 SERVER_MESSAGE_MAX_CHARS = 500
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -125,6 +128,18 @@ class LlmTool:
         if ctx.flow_model == "default" and "model" not in input:
             model = self._settings.llm_model
         body = {"model": model, "messages": _messages(input), **{k: input[k] for k in PASSED_THROUGH if k in input}}
+        cache = ctx.response_cache(_cache_ttl(input))
+        digest = ""
+        if cache is not None:
+            params = {k: input[k] for k in PASSED_THROUGH if k in input}
+            tenant = str(getattr(ctx, "tenant", None) or "default")
+            digest = cache_key(str(model), body["messages"], params, tenant)
+            cached = await cache[0].get(digest)
+            if cached is not None:
+                ctx.log(f"response cache hit ({digest[:12]}): no API call")
+                ctx.report_usage(0, 0, model=str(model), cache_hit=True)
+                result: dict[str, Any] = msgspec.json.decode(cached)
+                return result
         extra = inputs.headers(SKILL, input, "headers", REFUSED_HEADERS)
         timeout_s = min(self._settings.llm_timeout_s, inputs.timeout_s(SKILL, input) or math.inf)
         token = self._token()
@@ -149,6 +164,8 @@ class LlmTool:
         completion = _completion(data, model)
         usage = completion["usage"]
         ctx.report_usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), model=str(model))
+        if cache is not None:
+            await cache[0].put(digest, completion, cache[1])
         return completion
 
     def _token(self) -> str:
@@ -198,6 +215,15 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         # HTTP dates are in GMT; "-0000" parses as a naive datetime.
         seconds = (when if when.tzinfo else when.replace(tzinfo=datetime.UTC)).timestamp() - now
     return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _cache_ttl(input: dict[str, Any]) -> float | None:
+    value = input.get("cache_ttl_s")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise InvalidInputError(f"{SKILL}: 'cache_ttl_s' must be a number of seconds (0: no cache)")
+    return float(value)
 
 
 def _count(value: object) -> int:
