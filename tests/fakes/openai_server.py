@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 Mode = Literal["ok", "rate_limited", "server_error", "bad_request", "drop", "html"]
 HANG_LIMIT_S = 10.0
+HOLD_LIMIT_S = 120.0
 # How often the serving thread checks for shutdown: stop() waits up to this long.
 POLL_INTERVAL_S = 0.02
 
@@ -98,6 +99,9 @@ class FakeOpenAIServer:
         self.limit_concurrency: int | None = None
         self.over_limit: Literal["429", "drop"] = "429"
         self.latency_s = 0.0
+        # Cleared: completions that were let in wait until it is set again (a test holds the API).
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.stats = ServerStats()
         self._starts: deque[float] = deque()
         # When (time.monotonic()) it answered 429 or dropped a connection.
@@ -140,6 +144,7 @@ class FakeOpenAIServer:
     def stop(self) -> None:
         """Release hanging requests, stop serving and close the socket."""
         self.release.set()
+        self.flowing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
@@ -270,6 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             usage: dict[str, int] | None = None
             try:
+                state.flowing.wait(HOLD_LIMIT_S)
                 if state.latency_s:
                     time.sleep(state.latency_s)
                 body = _completion(state, request.json())
