@@ -19,6 +19,7 @@ from cli.commands import (
     approvals,
     artifacts,
     audit,
+    backup,
     bench,
     coordinator,
     dlq,
@@ -67,6 +68,7 @@ GROUPS = (
     artifacts,
     node,
     quarantine,
+    backup,
     limits,
 )
 for group in GROUPS:
