@@ -24,6 +24,7 @@ from cli.commands import (
     coordinator,
     dlq,
     guard,
+    limits,
     nats,
     node,
     nodes,
@@ -68,6 +69,7 @@ GROUPS = (
     node,
     quarantine,
     backup,
+    limits,
 )
 for group in GROUPS:
     group.register(app)

@@ -19,6 +19,7 @@ from typing import Annotated
 import msgspec
 
 from common.config import ArtifactSettings
+from common.flow import Limit
 from common.models import (
     EMPTY_OBJECT,
     JSON_NULL,
@@ -450,3 +451,115 @@ class NodeControlReply(msgspec.Struct, frozen=True, kw_only=True):
     running: int
     confirmed: bool
     changed: bool
+
+
+# --- flow control (docs/Flow_control.md) ----------------------------------------------------------
+
+
+class LimitsSetRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw limits set KEY ...`: the key's whole limit (bounds not given are unlimited)."""
+
+    limit: Limit
+
+
+class LimitsDeleteRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw limits delete KEY`."""
+
+    key: str
+
+
+class LimitsListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw limits list`: every key with a limit or live use."""
+
+
+class LimitView(msgspec.Struct, frozen=True, kw_only=True):
+    """A key's limit and its live use, as the coordinator sees it now."""
+
+    key: str
+    limit: Limit | None = None
+    in_flight: int = 0
+    requests_last_minute: int = 0
+    tokens_last_minute: int = 0
+    waiting: int = 0
+    cooldown_s: float = 0.0
+    cooldown_reason: str = ""
+    breaker: str = "closed"
+    consecutive_failures: int = 0
+
+
+class LimitsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Keys and their use, sorted by key."""
+
+    limits: list[LimitView]
+
+
+class PermitAcquireRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A handler's `ctx.limit(key, tokens=...)`: one call's permit on `key` (waits up to `wait_s`)."""
+
+    key: str
+    task_id: str
+    node_id: str
+    tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    wait_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
+
+
+class PermitReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A granted permit (`permit_id`), or none yet: `retry_in_s` says when room may appear."""
+
+    permit_id: str | None = None
+    retry_in_s: float = 0.0
+    reason: str = ""
+
+
+class PermitReleaseRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The end of a call: the permit back, with the tokens it really used (reconciling TPM)."""
+
+    permit_id: str
+    input_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    failure: str | None = None
+    retry_after_s: float | None = None
+
+
+class UsageRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw usage [--by tenant,model] [--since 24h]`."""
+
+    by: list[str] = msgspec.field(default_factory=lambda: ["tenant", "skill", "model"])
+    since_s: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
+
+
+class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
+    """Usage of one group (the `by` fields not grouped on are empty)."""
+
+    tenant: str = ""
+    skill: str = ""
+    model: str = ""
+    hour: float | None = None
+    calls: int = 0
+    errors: dict[str, int] = {}
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_hits: int = 0
+    cost: float = 0.0
+
+
+class UsageReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Usage rows, largest call count first."""
+
+    rows: list[UsageRow]
+    since: float
+
+
+class CacheStatsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw cache stats`: the response cache's entries and size, and its hits in the last 24 h."""
+
+    bucket: str
+    entries: int
+    bytes: int
+    hits_24h: int
+
+
+class CacheClearReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw cache clear`: how many entries were dropped."""
+
+    cleared: int

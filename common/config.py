@@ -20,6 +20,7 @@ import msgspec
 import yaml
 
 from common.errors import ConfigError
+from common.flow import Limit, Price
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -320,6 +321,34 @@ class TenantSettings(_Section, frozen=True):
         return self.quotas.get(tenant, self.default_quota)
 
 
+class FlowSettings(_Section, frozen=True):
+    """`flow:` in the config: limits applied at start, key templates, cooldowns, breaker, prices."""
+
+    # Limits applied at start-up (`claw limits set` changes them at run time, kept in SQLite).
+    limits: list[Limit] = []
+    # Skill -> key templates over its input, e.g. {"my.agent": ["llm:{provider}:{model}"]}.
+    skill_keys: dict[str, list[str]] = {}
+    # How often waiting tasks are looked at again (room appears between two looks at most this late).
+    gate_interval_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 0.05
+    # A start keeps its place in a request window this much (plus 1 % of the window) longer than
+    # the window: it is counted from when its worker started the task, and reaches the API a little
+    # later, by a delay that varies with the worker's load.
+    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
+    # The longest cooldown a worker honours from a broadcast (a Retry-After beyond it is cut to it):
+    # until the cooldown subject is bound to the coordinator, this bounds what a forged one can do.
+    max_cooldown_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    # A dropped connection (or a 429 without Retry-After) cools its key down for this long.
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    # Consecutive failures (disconnect, timeout, server error, rate limit) that open a key's breaker.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    # How long an open breaker stays open before one probe task is let through.
+    breaker_open_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    # Skill -> seconds its answers are cached (the response cache, opt-in; llm.chat), e.g. {"llm.chat": 3600}.
+    cache_ttl_s: dict[str, float] = {}
+    # Model name -> price per million tokens, for usage's estimated cost.
+    prices: dict[str, Price] = {}
+
+
 class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """The whole configuration of one process."""
 
@@ -333,6 +362,7 @@ class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     log: LogSettings = LogSettings()
     auth: AuthSettings = AuthSettings()
     tenants: TenantSettings = TenantSettings()
+    flow: FlowSettings = FlowSettings()
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -346,6 +376,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "log": LogSettings,
     "auth": AuthSettings,
     "tenants": TenantSettings,
+    "flow": FlowSettings,
 }
 SECRET_KEYS = frozenset({"nats.password", "nats.token"})
 

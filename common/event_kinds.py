@@ -69,6 +69,14 @@ class EventKind(StrEnum):
     # Tenants (issue 12, item 8): a task the fair-share dispatcher holds back (no state change).
     TENANT_WAIT = "waiting for tenant share"
 
+    # Flow control (docs/Flow_control.md): a task's notes, then the cluster's rows (`limit:<key>`).
+    WAITING_LIMIT = "waiting for limit"
+    NEEDS_INPUT = "needs input"
+    LIMIT_GRANTED = "limit granted"
+    USAGE = "usage"
+    LIMIT_SET = "limit.set"
+    LIMIT_DELETED = "limit.deleted"
+
     @classmethod
     def ignored(cls, reported: str) -> EventKind:
         """The kind recording that a worker's `reported` event (started, succeeded, ...) changed nothing."""

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import msgspec
 
+from common.flow import FlowTicket
 from common.states import AttemptState, NodeControl, NodeStatus, Priority, TaskState
 
 SCHEMA_VERSION = 1
@@ -94,6 +95,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     task_id: Annotated[str, msgspec.Meta(pattern="^[0-9A-HJKMNP-TV-Z]{26}\\Z")] | None = None
     # A large input, already put in the artifact store by the client (then `input` is `{}`).
     input_ref: ArtifactRef | None = None
+    # Flow control (docs/Flow_control.md): limit keys this task uses besides its skill's.
+    limit_keys: list[str] = []
 
 
 class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +118,8 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
     backoff: Backoff = Backoff()
     # Set when the input is an artifact: the worker fetches it and hands the handler its content.
     input_ref: ArtifactRef | None = None
+    # Flow control: the limit keys the task holds (None: it uses none; docs/Flow_control.md).
+    flow: FlowTicket | None = None
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):

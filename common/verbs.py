@@ -94,6 +94,20 @@ QUARANTINE_LIST = _declare(
     )
 )
 
+# Flow control (issue 12, docs/Flow_control.md): limits by key, per-call permits, usage.
+LIMITS_LIST = _declare(Verb("limits_list", api.LimitsListRequest, api.LimitsReply, role=Role.VIEWER))
+LIMITS_SET = _declare(Verb("limits_set", api.LimitsSetRequest, api.LimitsReply, role=Role.OPERATOR))
+LIMITS_DELETE = _declare(Verb("limits_delete", api.LimitsDeleteRequest, api.LimitsReply, role=Role.OPERATOR))
+USAGE = _declare(Verb("usage", api.UsageRequest, api.UsageReply, role=Role.VIEWER))
+# Called by workers for a handler's `ctx.limit(...)`: to be bound to the worker role by the trust
+# work (a worker may release only permits it took; the coordinator checks the node id it recorded).
+PERMIT_ACQUIRE = _declare(
+    Verb("permit_acquire", api.PermitAcquireRequest, api.PermitReply, role=Role.SUBMITTER, timeout_s=330.0)
+)
+CACHE_STATS = _declare(Verb("cache_stats", api.Empty, api.CacheStatsReply, role=Role.VIEWER))
+CACHE_CLEAR = _declare(Verb("cache_clear", api.Empty, api.CacheClearReply, role=Role.OPERATOR))
+PERMIT_RELEASE = _declare(Verb("permit_release", api.PermitReleaseRequest, api.PermitReply, role=Role.SUBMITTER))
+
 # Every verb, in the order declared, and by name.
 ALL: tuple[Verb[Any, Any], ...] = tuple(_DECLARED.values())
 BY_NAME: Mapping[str, Verb[Any, Any]] = MappingProxyType(_DECLARED)

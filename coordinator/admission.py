@@ -22,6 +22,7 @@ from common.api import SubmitRequest
 from common.clock import Clock
 from common.config import CoordinatorSettings
 from common.errors import ClawError, InvalidInputError, PayloadTooLargeError, UnknownSkillError
+from common.flow import check_key
 from common.ids import implausible_id_reason, new_id
 from common.models import Backoff, TaskSpec
 from common.skills import Risk, SkillManifest, validate_input
@@ -162,6 +163,7 @@ class Admission:
             backoff=_backoff_json(spec.backoff, manifest),
             risk=risk.value,
             guard_rule=decision.rule,
+            flow=_flow_json(spec.limit_keys),
         )
         if decision.action == Action.REQUIRE_APPROVAL:
             record.approvals_needed = decision.approvals
@@ -202,6 +204,15 @@ def _backoff_json(backoff: Backoff | None, manifest: SkillManifest | None) -> st
         r = manifest.retry
         backoff = Backoff(base_s=r.base_s, factor=r.factor, max_s=r.max_s, jitter=r.jitter)
     return None if backoff is None else encode(backoff).decode()
+
+
+def _flow_json(limit_keys: list[str]) -> str | None:
+    """The task's own limit keys, checked, as stored (None when it adds none)."""
+    if not limit_keys:
+        return None
+    for key in limit_keys:
+        check_key(key)
+    return encode({"keys": sorted(set(limit_keys))}).decode()
 
 
 def _size(n: int) -> str:

@@ -45,7 +45,7 @@ SERVER_STOP_TIMEOUT_S = 5.0
 
 # Final states reached by running: their tasks have a run time.
 _RAN = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD})
-_RERUNNABLE = frozenset({TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
+_RERUNNABLE = frozenset({TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED, TaskState.NEEDS_INPUT})
 
 M = TypeVar("M", bound=MetricWrapperBase)
 

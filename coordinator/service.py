@@ -42,7 +42,7 @@ from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.startup import StartupCalls
 from communication.topology import Topology
-from coordinator import maintenance, tenants
+from coordinator import flow, maintenance, tenants
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -88,7 +88,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +170,8 @@ class Coordinator:
         # Metrics cost nothing unless asked for: without a port there is no listener on the hot path.
         self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
         self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
+        # API handlers that plugins add (objects with `@serves` methods), served with the others.
+        self.api_providers: list[object] = []
         for plugin in (*FEATURES, *plugins):
             plugin.register(self)
         self.authorizer = Authorizer(config.auth, clock, open_bus=not conn.auth_required)
@@ -213,7 +215,7 @@ class Coordinator:
             listeners=self.listeners.views,
             storage_fault=self._storage_fault,
         )
-        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)))
+        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)), *self.api_providers)
 
     @classmethod
     async def start(

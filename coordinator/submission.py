@@ -127,6 +127,8 @@ class SubmitPipeline:
         self._unwritten = WriteBatch()
         # Features that may refuse or hold back admitted tasks, added by their `register`.
         self.gates: list[SubmitGate] = []
+        # Flow control's gate (coordinator/flow/): holds tasks whose limit keys have no room.
+        self.gate: PublishGate | None = None
 
     def submit(self, records: list[TaskRecord]) -> asyncio.Future[list[SubmitResult]]:
         """Queue admitted records; the future resolves once they are persisted and published."""
@@ -182,6 +184,8 @@ class SubmitPipeline:
                     job.done.set_exception(exc)
             return
         runnable = [r for r in new if r.state == TaskState.PENDING and not r.held_for_share]
+        if self.gate is not None and runnable:
+            runnable = await self.gate.admit(runnable)
         # Stamped before the publish: a worker can start the task before our ack arrives.
         sent_at = self._clock.now()
         publishing = asyncio.ensure_future(self._publish(runnable))
@@ -548,6 +552,12 @@ class SubmitPipeline:
 
     async def publish_pending(self, records: list[TaskRecord]) -> None:
         """Publish records already committed as pending (re-runs), and confirm them queued."""
+        if self.gate is not None:
+            records = await self.gate.admit(records)
+        await self.publish_admitted(records)
+
+    async def publish_admitted(self, records: list[TaskRecord]) -> None:
+        """Publish pending records the gate let through, and confirm them queued."""
         for start in range(0, len(records), self._settings.submit_batch_max):
             chunk = records[start : start + self._settings.submit_batch_max]
             await self._publish_and_commit_queued(chunk)
@@ -589,6 +599,14 @@ class SubmitPipeline:
             await self._writer.write_batch(batch)
         log.warning("task.requeued", task_id=record.task_id, reason=reason)
         return True
+
+
+class PublishGate(Protocol):
+    """What stands between a pending task and its publish (flow control's gate)."""
+
+    async def admit(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """The records that may be published now; the others stay pending until it publishes them."""
+        ...
 
 
 def _will_be_held(record: TaskRecord) -> bool:

@@ -225,6 +225,34 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX tasks_tenant ON tasks (tenant, task_id);
         """,
     ),
+    (
+        10,
+        "flow control: limits by key, a task's own limit keys, usage by tenant, skill, model and hour",
+        """
+        -- Set by `claw limits set` (config limits are applied at start and stored here too).
+        CREATE TABLE flow_limits (
+            key TEXT PRIMARY KEY,
+            spec TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        -- The limit keys a task adds to its skill's (`claw submit --limit-key`), as JSON.
+        ALTER TABLE tasks ADD COLUMN flow TEXT;
+        -- Usage accounting (`claw usage`): one row per tenant, skill, model and hour.
+        CREATE TABLE flow_usage (
+            hour INTEGER NOT NULL,
+            tenant TEXT NOT NULL,
+            skill TEXT NOT NULL,
+            model TEXT NOT NULL,
+            calls INTEGER NOT NULL DEFAULT 0,
+            errors TEXT NOT NULL DEFAULT '{}',
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_hits INTEGER NOT NULL DEFAULT 0,
+            cost REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, tenant, skill, model)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

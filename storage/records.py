@@ -58,6 +58,10 @@ class TaskRecord:
     traceparent: str | None = None
     # Who the task is for (quotas, fair share, usage); decided at submit (coordinator/tenants).
     tenant: str = "default"
+    # Flow control: the task's own limit keys as JSON (`{"keys": [...]}`), None when it adds none.
+    flow: str | None = None
+    # Runtime only, set by flow control's gate before publishing: the task's FlowTicket.
+    flow_ticket: Any = None
     # Runtime only (kept in task_attempts): where to NAK the current attempt if its node dies.
     ack_subject: str | None = None
     # Runtime only, set by admission: the guard denied the task (with this reason).
@@ -94,6 +98,7 @@ class TaskRecord:
             self.held_until,
             self.traceparent,
             self.tenant,
+            self.flow,
         )
 
     def update_row(self) -> tuple[object, ...]:
@@ -154,6 +159,7 @@ class TaskRecord:
             held_until=row["held_until"],
             traceparent=row["traceparent"],
             tenant=row["tenant"],
+            flow=row["flow"],
         )
 
 

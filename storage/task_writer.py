@@ -24,8 +24,8 @@ from storage.sql import chunks, placeholders
 INSERT_TASK = """
 INSERT INTO tasks (task_id, skill, priority, state, input, idempotency_key, attempts, max_attempts,
                    timeout_s, attempt_offset, submitter, created_at, updated_at, trace_id, backoff, risk,
-                   guard_rule, approvals_needed, held_until, traceparent, tenant)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   guard_rule, approvals_needed, held_until, traceparent, tenant, flow)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 UPDATE_TASK = """
 UPDATE tasks SET state = ?, attempts = ?, attempt_offset = ?, node_id = ?, queued_at = ?, started_at = ?,

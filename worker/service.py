@@ -34,6 +34,7 @@ from storage.artifacts import ArtifactStore, open_artifact_store
 from worker.cancellation import CancelledTasks
 from worker.delivery_claims import ClaimReporter
 from worker.execution import TaskRunner
+from worker.flow import FlowClient
 from worker.heartbeat import Heartbeat
 from worker.node_control import NodeController
 from worker.puller import Slots, TaskPuller
@@ -82,6 +83,14 @@ class Worker:
         self._reporter = EventReporter(conn)
         self._cancelled = CancelledTasks(self._stop_running)
         self._claims = ClaimReporter(conn, node_id)
+        self.flow = FlowClient(
+            conn,
+            node_id,
+            clock,
+            cooldown_s=config.flow.cooldown_s,
+            max_cooldown_s=config.flow.max_cooldown_s,
+            cache_ttl_s=config.flow.cache_ttl_s,
+        )
         self._runner = TaskRunner(
             conn=conn,
             node_id=node_id,
@@ -96,6 +105,7 @@ class Worker:
             artifact_ttl_s=config.artifacts.default_ttl_s,
             started_event_delay_s=settings.started_event_delay_s,
             claims=self._claims,
+            flow=self.flow,
         )
         self._artifacts = artifacts
         self._cancel_sub: Subscription | None = None
@@ -156,11 +166,22 @@ class Worker:
             await step("the skill store (installed skills)", worker.skill_sync.initial)
             await step("this worker's consumers", lambda: worker.puller.set_skills(worker.skills.names()))
             worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
+            await worker.flow.start()
             await conn.nc.flush()
         except BaseException:
             await worker._close_early(release=True)
             raise
         return worker
+
+    async def _close_tools(self) -> None:
+        """Close what skills keep open between calls: llm.chat's HTTP clients (one per tool and
+        event loop, reused by every call)."""
+        from worker.skills.tools.llm import close_clients  # imported on first use, as the tools are
+
+        try:
+            await close_clients()
+        except Exception:
+            log.exception("worker.tool_close_failed")
 
     async def _close_early(self, *, release: bool) -> None:
         """Undo a start that failed: free the node id if this process claimed it, close the rest."""
@@ -208,6 +229,8 @@ class Worker:
         finally:
             if self._cancel_sub is not None:
                 await self._cancel_sub.unsubscribe()
+            await self.flow.stop()
+            await self._close_tools()
             await self.node_control.stop()
             await self.puller.stop()
             self._threads.shutdown(wait=False, cancel_futures=True)

@@ -23,7 +23,6 @@ from common.errors import AuditKeyError, ClawError, InvalidInputError, NatsUnava
 from communication.codec import encode
 from communication.connection import NatsConnection
 from communication.topology import Topology
-from coordinator.audit import anchor_history
 from storage.audit import ChainVerifier
 from storage.audit_anchor import (
     ANCHOR_KEY,
@@ -146,6 +145,8 @@ async def reset_anchors(db_path: Path, config: ClawConfig, reason: str) -> Ancho
     conn = await _connect_for_anchors(config)
     try:
         kv = await Topology(conn, config.jetstream).audit_kv()
+        from coordinator.audit import anchor_history  # not at import: `claw --help` stays light
+
         entries = await anchor_history(kv)
         if entries:
             await kv.update(ANCHOR_KEY, encode(anchor), last=entries[-1].revision)
@@ -216,6 +217,8 @@ async def _read_anchors(config: ClawConfig) -> list[HistoryEntry]:
     conn = await _connect_for_anchors(config)
     try:
         kv = await conn.js.key_value(conn.subjects.audit_bucket)
+        from coordinator.audit import anchor_history
+
         return await anchor_history(kv)
     except BucketNotFoundError:
         return []

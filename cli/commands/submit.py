@@ -128,6 +128,12 @@ def submit(
             show_default="default",
         ),
     ] = None,
+    limit_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--limit-key", metavar="<key>", help="A limit key the task uses besides its skill's (repeatable)."
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Submit a task (or one per line of a JSONL file)."""
@@ -143,6 +149,7 @@ def submit(
                 timeout_s=timeout,
                 max_attempts=max_attempts,
                 idempotency_key=_line_key(idempotency_key, i, len(inputs)),
+                limit_keys=list(limit_key or []),
             )
             for i, raw in enumerate(inputs, start=1)
         ]
