@@ -45,6 +45,8 @@ setup(
         "setproctitle>=1.3",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
         "uvloop>=0.19; sys_platform != 'win32'",
+        # Workflow node inputs and conditions: JMESPath, a well-kept sandboxed query language (no eval).
+        "jmespath>=1.0",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).
@@ -60,6 +62,7 @@ setup(
             "types-PyYAML",
             "types-jsonschema",
             "types-psutil",
+            "types-jmespath",
             # A real S3-protocol server for the artifact store tests (there is no MinIO binary on PyPI).
             "moto[server]>=5",
             # An independent PNG decoder: the tests open quant.backtest_report's chart with it (the
