@@ -63,6 +63,17 @@ class EventKind(StrEnum):
     SKILL_INSTALLED = "skill.installed"
     SKILL_ENABLED = "skill.enabled"
     SKILL_DISABLED = "skill.disabled"
+    # Workflows (coordinator/workflows), under `workflow:<name>` and `run:<run id>`.
+    WORKFLOW_REGISTERED = "workflow.registered"
+    WORKFLOW_RUN_STARTED = "workflow.run_started"
+    WORKFLOW_NODE_STARTED = "workflow.node_started"
+    WORKFLOW_NODE_SUCCEEDED = "workflow.node_succeeded"
+    WORKFLOW_NODE_FAILED = "workflow.node_failed"
+    WORKFLOW_NODE_SKIPPED = "workflow.node_skipped"
+    WORKFLOW_NODE_REUSED = "workflow.node_reused"
+    WORKFLOW_RUN_SUCCEEDED = "workflow.run_succeeded"
+    WORKFLOW_RUN_FAILED = "workflow.run_failed"
+    WORKFLOW_RUN_CANCELLED = "workflow.run_cancelled"
 
     @classmethod
     def ignored(cls, reported: str) -> EventKind:

@@ -93,6 +93,19 @@ QUARANTINE_LIST = _declare(
     )
 )
 
+# Workflows (coordinator/workflows).
+WORKFLOW_VALIDATE = _declare(
+    Verb("workflow_validate", api.WorkflowSpecRequest, api.WorkflowValidateReply, role=Role.SUBMITTER)
+)
+WORKFLOW_REGISTER = _declare(
+    Verb("workflow_register", api.WorkflowSpecRequest, api.WorkflowRegisterReply, role=Role.OPERATOR)
+)
+WORKFLOW_RUN = _declare(Verb("workflow_run", api.WorkflowRunRequest, api.WorkflowRunReply, role=Role.SUBMITTER))
+WORKFLOW_RERUN = _declare(Verb("workflow_rerun", api.WorkflowRerunRequest, api.WorkflowRunReply, role=Role.SUBMITTER))
+WORKFLOW_LIST = _declare(Verb("workflow_list", api.WorkflowListRequest, api.WorkflowListReply, role=Role.VIEWER))
+WORKFLOW_SHOW = _declare(Verb("workflow_show", api.WorkflowRunGetRequest, api.WorkflowRunView, role=Role.VIEWER))
+WORKFLOW_CANCEL = _declare(Verb("workflow_cancel", api.WorkflowCancelRequest, api.WorkflowRunView, role=Role.OPERATOR))
+
 # Every verb, in the order declared, and by name.
 ALL: tuple[Verb[Any, Any], ...] = tuple(_DECLARED.values())
 BY_NAME: Mapping[str, Verb[Any, Any]] = MappingProxyType(_DECLARED)

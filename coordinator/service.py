@@ -41,7 +41,7 @@ from common.models import NodeHeartbeat, QueueDepth
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.topology import Topology
-from coordinator import maintenance
+from coordinator import maintenance, workflows
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -69,6 +69,7 @@ from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
+from coordinator.workflows.engine import WorkflowEngine
 from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
 from storage.database import Database
@@ -83,7 +84,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance,)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, workflows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,9 @@ class Buckets:
 
 class Coordinator:
     """A running coordinator; build it with `await Coordinator.start(config)`, then `run(stop)`."""
+
+    # The workflow runner, set by the workflows feature (coordinator/workflows): `start_run(...)`.
+    workflows: WorkflowEngine
 
     def __init__(
         self,
@@ -154,6 +158,8 @@ class Coordinator:
         self.alerts = AlertMonitor(self.writer, self.queries, self.stats, settings, clock)
         # Metrics cost nothing unless asked for: without a port there is no listener on the hot path.
         self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
+        # Objects with `@serves` handlers that features add (coordinator/api_routes.py).
+        self.api_providers: list[object] = []
         self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
         for plugin in (*FEATURES, *plugins):
             plugin.register(self)
@@ -196,7 +202,7 @@ class Coordinator:
             jobs=self.jobs.views,
             listeners=self.listeners.views,
         )
-        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)))
+        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)), *self.api_providers)
 
     @classmethod
     async def start(
