@@ -33,6 +33,7 @@ from cli.commands import (
     task,
     up,
     worker,
+    workflow,
 )
 from cli.context import Globals
 from cli.help import polish
@@ -66,6 +67,7 @@ GROUPS = (
     artifacts,
     node,
     quarantine,
+    workflow,
 )
 for group in GROUPS:
     group.register(app)

@@ -575,6 +575,9 @@ class WorkflowEngine:
         for node in run.nodes.values():
             if node.state == NodeState.RUNNING:
                 step.cancels.extend(node.task_ids[i] for i in node.inflight)
+                self._finish_node(run, node, NodeState.CANCELLED, step, error=f"the run {state.value}")
+            elif node.state == NodeState.WAITING:
+                self._finish_node(run, node, NodeState.SKIPPED, step, error=f"the run {state.value}")
         kind = {
             RunState.SUCCEEDED: EventKind.WORKFLOW_RUN_SUCCEEDED,
             RunState.FAILED: EventKind.WORKFLOW_RUN_FAILED,
