@@ -236,7 +236,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             rerun_of TEXT,
             from_node TEXT,
             trace_id TEXT,
-            traceparent TEXT
+            traceparent TEXT,
+            -- A random secret in the node task ids: nobody can submit a task under a node's id first.
+            salt TEXT NOT NULL
         ) WITHOUT ROWID;
         -- The start-up load of unfinished runs, and `claw workflow list` newest first.
         CREATE INDEX workflow_runs_state ON workflow_runs (state, run_id);

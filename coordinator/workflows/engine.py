@@ -61,6 +61,8 @@ log = get_logger("coordinator.workflows")
 
 REPAIR_INTERVAL_S = 2.0
 RUN_ID_MAX = 200
+# At most this many items in one fan-out: a list from upstream data must not become a million tasks.
+MAX_ITEMS = 10_000
 _json = msgspec.json.Encoder(order="sorted")
 _decode = msgspec.json.Decoder()
 
@@ -728,6 +730,7 @@ class WorkflowEngine:
             from_node=row["from_node"],
             trace_id=row["trace_id"],
             traceparent=row["traceparent"],
+            salt=row["salt"],
         )
         stored = {r["node"]: r for r in await self._store.nodes(run.run_id)}
         for name in flow.order:
@@ -825,6 +828,8 @@ def _items(compiled: CompiledNode, scope: dict[str, Any]) -> list[Any]:
     items = compiled.for_each.evaluate(scope)
     if not isinstance(items, list):
         raise ExpressionError(f"for_each gave {_type_name(items)}, not a list")
+    if len(items) > MAX_ITEMS:
+        raise ExpressionError(f"for_each gave {len(items)} items, over the limit of {MAX_ITEMS} per node")
     return items
 
 
@@ -868,7 +873,7 @@ def _run_row(run: Run) -> tuple[object, ...]:
     return (
         run.run_id, run.name, run.version, run.state.value, _json.encode(run.input).decode(), run.trigger,
         run.submitter, run.created_at, run.updated_at, run.finished_at, run.error, run.rerun_of, run.from_node,
-        run.trace_id, run.traceparent,
+        run.trace_id, run.traceparent, run.salt,
     )  # fmt: skip
 
 

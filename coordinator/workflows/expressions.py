@@ -20,10 +20,13 @@ from typing import Any
 
 import jmespath
 from jmespath.exceptions import JMESPathError
+from jmespath.functions import Functions
 
 from common.errors import WorkflowSpecError
 
 SCOPE_ROOTS = ("input", "nodes", "item", "index")
+# The built-in functions of JMESPath (pure, over JSON values): the only ones an expression may call.
+FUNCTIONS = frozenset(Functions.FUNCTION_TABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,12 @@ def compile_expression(text: str, where: str) -> Expression:
     except JMESPathError as exc:
         raise WorkflowSpecError(f"{where}: bad expression '{text}': {_one_line(exc)}") from None
     tree = parsed.parsed
+    for node in _walk(tree):
+        if node.get("type") == "function_expression" and node["value"] not in FUNCTIONS:
+            raise WorkflowSpecError(
+                f"{where}: bad expression '{text}': unknown function {node['value']}(); JMESPath has "
+                f"{', '.join(sorted(FUNCTIONS))}"
+            )
     return Expression(text, parsed, tuple(_references(tree)), frozenset(_roots(tree)))
 
 

@@ -10,6 +10,7 @@ existing task: a node's task is never dispatched twice.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -42,10 +43,12 @@ class NodeState(StrEnum):
 NODE_DONE = frozenset({NodeState.SUCCEEDED, NodeState.FAILED, NodeState.SKIPPED, NodeState.CANCELLED})
 
 
-def node_task_id(run_id: str, created_at: float, node: str, item: int | None) -> str:
+def node_task_id(run_id: str, salt: str, created_at: float, node: str, item: int | None) -> str:
     """The task id of a node's item: a ULID dated at the run's creation, its random part a digest of
-    (run, node, item) - the same every time it is computed, unique across runs and nodes."""
-    key = f"{run_id}\0{node}\0{'' if item is None else item}".encode()
+    (run, its secret salt, node, item) - the same every time it is computed, unique across runs and
+    nodes, and unguessable before the node starts: a client that could compute it could submit a
+    task of its own under that id first, and its result would pass for the node's output."""
+    key = f"{run_id}\0{salt}\0{node}\0{'' if item is None else item}".encode()
     random = int.from_bytes(hashlib.sha256(key).digest()[:10], "big")
     value = (int(created_at * 1000) << 80) | random
     chars = []
@@ -108,8 +111,9 @@ class Run:
     from_node: str | None = None
     trace_id: str | None = None
     traceparent: str | None = None
+    salt: str = field(default_factory=lambda: secrets.token_hex(16))
     nodes: dict[str, NodeRun] = field(default_factory=dict)
 
     def task_id(self, node: str, item: int | None) -> str:
         """The deterministic task id of a node's item in this run."""
-        return node_task_id(self.run_id, self.created_at, node, item)
+        return node_task_id(self.run_id, self.salt, self.created_at, node, item)
