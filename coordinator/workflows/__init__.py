@@ -45,6 +45,7 @@ def register(coordinator: Coordinator) -> None:
         clock=coordinator.clock,
     )
     coordinator.workflows = engine
+    coordinator.listeners.add_inline("workflow-clock", engine.mark_ended)
     coordinator.listeners.add("workflows", engine.on_commits)
     coordinator.jobs.add(PeriodicJob("workflow-repair", REPAIR_INTERVAL_S, engine.repair))
     coordinator.api_providers.append(WorkflowDesk(engine))

@@ -127,6 +127,7 @@ class WorkflowEngine:
         self._flows: dict[tuple[str, int], CompiledWorkflow] = {}
         self._lock = asyncio.Lock()
         self._loaded = asyncio.Event()
+        self._ended_at: dict[str, float] = {}
         self.stats = DispatchStats()
 
     # --- registration -----------------------------------------------------------------------------
@@ -318,6 +319,16 @@ class WorkflowEngine:
 
     # --- reacting to tasks ------------------------------------------------------------------------
 
+    def mark_ended(self, commit: Committed) -> None:
+        """Inline listener: when each node task's outcome was committed (for the dispatch latency)."""
+        now = time.monotonic()
+        if len(self._ended_at) > 100_000:
+            self._ended_at.clear()  # the queued listener dropped commits: these are never read
+        for transition in commit.transitions():
+            task_id = transition.event.task_id
+            if task_id in self._tasks and transition.task.state in TERMINAL_STATES:
+                self._ended_at[task_id] = now
+
     async def on_commits(self, commits: Sequence[Committed]) -> None:
         """After-commit listener: fold the outcomes of node tasks, then start what they unblock."""
         ended: dict[str, str] = {}
@@ -328,7 +339,8 @@ class WorkflowEngine:
                     ended[task_id] = transition.task.state.value
         if not ended:
             return
-        since = time.monotonic()
+        marks = [self._ended_at.pop(t) for t in ended if t in self._ended_at]
+        since = min(marks) if marks else time.monotonic()
         await self._loaded.wait()
         await self._fold(ended, since=since)
 
