@@ -80,7 +80,7 @@ async def wait_run(client: ClawClient, run_id: str, deadline_s: float) -> api.Wo
         view = await client.call(verbs.WORKFLOW_SHOW, api.WorkflowRunGetRequest(run_id=run_id))
         if view.state != "running" or time.monotonic() > end:
             return view
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # polls cost the coordinator (it runs in this process): not too often
 
 
 async def plain_tasks(client: ClawClient, count: int) -> float:
