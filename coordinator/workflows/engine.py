@@ -92,9 +92,10 @@ class DispatchStats:
     dispatched: int = 0
 
     def add(self, seconds: float, count: int) -> None:
+        """One sample per task dispatched (a step that dispatched many weighs as many)."""
         self.dispatched += count
         if len(self.latencies_s) < 1_000_000:
-            self.latencies_s.append(seconds)
+            self.latencies_s.extend([seconds] * count)
 
 
 class WorkflowEngine:
@@ -128,6 +129,8 @@ class WorkflowEngine:
         self._lock = asyncio.Lock()
         self._loaded = asyncio.Event()
         self._ended_at: dict[str, float] = {}
+        # Starts waiting to be committed (`_begin`).
+        self._starting: list[tuple[Run, asyncio.Future[bool]]] = []
         self.stats = DispatchStats()
 
     # --- registration -----------------------------------------------------------------------------
@@ -237,6 +240,7 @@ class WorkflowEngine:
             submitter=submitter,
             rerun_of=None if reuse is None else reuse.run_id,
             from_node=from_node,
+            id_chosen=run_id is not None,
         )
         span, run.trace_id, run.traceparent = start_task_span(
             "claw.workflow", lambda: {"claw.workflow": name, "claw.run_id": run.run_id}, own_trace=True
@@ -247,25 +251,61 @@ class WorkflowEngine:
             run.nodes[node_name] = NodeRun(node_name, fan_out=flow.nodes[node_name].for_each is not None)
         if reuse is not None and from_node is not None:
             _reuse_upstream(run, reuse, flow.downstream(from_node), now)
+        duplicate = await self._begin(run)
+        if not duplicate:
+            log.info("workflow.run_started", run_id=run.run_id, workflow=name, version=version, trigger=trigger)
+        return run.run_id, duplicate
+
+    async def _begin(self, run: Run) -> bool:
+        """Record a new run and start its first nodes; True when its (chosen) id exists already.
+
+        Starts are committed in groups: each waits for the runner's lock, and the first to get it
+        records every start waiting by then in one transaction (the others find theirs done), so a
+        burst of starts costs a few commits, not one each, and outcomes do not queue behind them.
+        """
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._starting.append((run, done))
         step = _Step()
         async with self._lock:
-            if run_id is not None and (run_id in self._runs or await self._store.run(run_id) is not None):
-                return run_id, True
+            if not done.done():
+                group, self._starting = self._starting, []
+                try:
+                    await self._begin_group(group, step)
+                except BaseException as exc:
+                    for failed, waiting in group:
+                        if self._runs.get(failed.run_id) is failed:
+                            self._forget(failed)  # not committed: it does not exist
+                        if waiting is not done and not waiting.done():
+                            waiting.set_exception(exc)  # the others' starts fail with ours
+                    raise
+        await self._submit(step)  # the group's first node tasks (none for the others)
+        return await done
+
+    async def _begin_group(self, group: list[tuple[Run, asyncio.Future[bool]]], step: _Step) -> None:
+        taken: set[str] = set()
+        started: list[tuple[Run, asyncio.Future[bool]]] = []
+        for run, waiting in group:
+            chosen_exists = run.id_chosen and await self._store.run(run.run_id) is not None
+            if run.run_id in taken or run.run_id in self._runs or chosen_exists:
+                waiting.set_result(True)
+                continue
+            taken.add(run.run_id)
             step.batch.statements.append((sql.INSERT_RUN, [_run_row(run)]))
-            data = {"workflow": name, "version": version, "trigger": trigger, "by": submitter,
-                    "rerun_of": run.rerun_of, "from": from_node}  # fmt: skip
-            started = EventRecord.of(EventKind.WORKFLOW_RUN_STARTED, f"run:{run.run_id}", now, data=data)
-            step.batch.events.append(started)
+            data = {"workflow": run.name, "version": run.version, "trigger": run.trigger, "by": run.submitter,
+                    "rerun_of": run.rerun_of, "from": run.from_node}  # fmt: skip
+            step.batch.events.append(
+                EventRecord.of(EventKind.WORKFLOW_RUN_STARTED, f"run:{run.run_id}", run.created_at, data=data)
+            )
             for node in run.nodes.values():
                 if node.source == "reused":
                     step.node(run, node)
-                    step.batch.events.append(_node_event(run, node, EventKind.WORKFLOW_NODE_REUSED, now))
+                    step.batch.events.append(_node_event(run, node, EventKind.WORKFLOW_NODE_REUSED, run.created_at))
             self._runs[run.run_id] = run
             await self._advance(run, step)
-            await self._commit(step)
-        await self._submit(step)
-        log.info("workflow.run_started", run_id=run.run_id, workflow=name, version=version, trigger=trigger)
-        return run.run_id, False
+            started.append((run, waiting))
+        await self._commit(step)
+        for _, waiting in started:
+            waiting.set_result(False)
 
     async def rerun(
         self,
@@ -345,7 +385,7 @@ class WorkflowEngine:
         await self._fold(ended, since=since)
 
     async def _fold(self, ended: Mapping[str, str], *, since: float | None = None) -> None:
-        facts = await self._store.tasks(ended)
+        facts = await self._store.tasks(ended, current=True)
         step = _Step(since=since)
         async with self._lock:
             touched: dict[str, Run] = {}
@@ -365,6 +405,10 @@ class WorkflowEngine:
         await self._submit(step)
 
     def _item_ended(self, run: Run, node: NodeRun, item: int, fact: TaskFacts, step: _Step) -> None:
+        if TaskState(fact.state) not in TERMINAL_STATES:
+            # Not ended after all (a task retried meanwhile): keep waiting for it.
+            self._tasks[fact.task_id] = (run.run_id, node.name, item)
+            return
         node.inflight.discard(item)
         if node.finished:
             return  # the node failed or was cancelled already: a late item changes nothing
@@ -554,7 +598,7 @@ class WorkflowEngine:
             node.output, node.output_loaded = None, True
             return
         ids = node.ordered_task_ids()
-        facts = await self._store.tasks(ids)
+        facts = await self._store.tasks(ids, current=True)
         outputs = [_result(facts[i].result) if i in facts else None for i in ids]
         node.output = outputs if node.fan_out else (outputs[0] if outputs else None)
         node.output_loaded = True
@@ -653,7 +697,7 @@ class WorkflowEngine:
             expected = {task_id: where for task_id, where in self._tasks.items()}
         if not expected:
             return
-        facts = await self._store.tasks(expected)
+        facts = await self._store.tasks(expected, current=True)
         ended = {t: f.state for t, f in facts.items() if TaskState(f.state) in TERMINAL_STATES}
         missing = [t for t in expected if t not in facts and self._book.get(t) is None]
         if ended:
@@ -699,7 +743,7 @@ class WorkflowEngine:
             if node.state != NodeState.RUNNING or node.items is None:
                 continue
             ids = {i: run.task_id(node.name, i if node.fan_out else None) for i in range(node.items)}
-            facts = await self._store.tasks(ids.values())
+            facts = await self._store.tasks(ids.values(), current=True)
             for item, task_id in ids.items():
                 fact = facts.get(task_id)
                 if fact is None:

@@ -112,6 +112,8 @@ class Run:
     trace_id: str | None = None
     traceparent: str | None = None
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
+    # Runtime only: the caller chose the id (it may exist already).
+    id_chosen: bool = False
     nodes: dict[str, NodeRun] = field(default_factory=dict)
 
     def task_id(self, node: str, item: int | None) -> str:

@@ -105,12 +105,19 @@ class WorkflowStore:
         )
         return None if row is None else str(row[0])
 
-    async def tasks(self, task_ids: Iterable[str]) -> dict[str, TaskFacts]:
-        """What is known of each task that exists, by id."""
+    async def tasks(self, task_ids: Iterable[str], *, current: bool = False) -> dict[str, TaskFacts]:
+        """What is known of each task that exists, by id.
+
+        `current`: read on the write connection, in order with the writes. The read connection is
+        shared by every reader; a statement of another one still open on it keeps its snapshot, so
+        it may answer with a state a moment old - right for display, wrong for deciding whether a
+        node's task has ended (a task seen `queued` just after its `succeeded` was committed).
+        """
         ids = list(dict.fromkeys(task_ids))
         found: dict[str, TaskFacts] = {}
+        fetch = self._db.fetch_all_writer if current else self._db.fetch_all
         for chunk in chunks(ids):
-            rows = await self._db.fetch_all(
+            rows = await fetch(
                 f"""SELECT task_id, state, attempts, started_at, finished_at, result, error_message FROM tasks
                     WHERE task_id IN ({placeholders(len(chunk))})""",  # noqa: S608 (placeholders only)
                 chunk,
