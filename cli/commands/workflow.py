@@ -182,8 +182,9 @@ def workflow_watch(ctx: typer.Context, run_id: str, json_out: JsonFlag = False) 
                 if view.state in FINISHED:
                     break
                 await asyncio.sleep(POLL_S)
-        if json_out:
-            emit_json({"run_id": view.run_id, "state": view.state, "error": view.error})
+        if json_out:  # one object a line, like the node lines before it
+            end = {"run_id": view.run_id, "state": view.state, "error": view.error}
+            print(msgspec.json.encode(end).decode(), flush=True)
         else:
             print(f"run {view.run_id}: {view.state}" + (f" ({view.error})" if view.error else ""))
         return 0 if view.state == "succeeded" else 1

@@ -94,3 +94,48 @@ async def test_rerun_from_a_failed_node_reuses_upstream_outputs_and_runs_only_wh
         assert refused.stderr.strip() == "error: node 'x': needs 'y', but there is no node 'y'"
         missing = await claw(processes, "workflow", "rerun", first["run_id"], "--from", "nope")
         assert missing.returncode != 0 and "has no node 'nope'" in missing.stderr
+
+
+async def test_every_workflow_command_answers_json_and_its_errors_are_json(
+    config: ClawConfig, processes: ProcessPool, tmp_path: Path
+) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(yaml.safe_dump({"name": "j", "nodes": {"a": {"skill": "echo"}, "b": {"skill": "sleep",
+                    "input": {"seconds": 30}, "needs": ["a"]}}}))  # fmt: skip
+    async with running_coordinator(config), running_worker(config), connected_client(config) as client:
+        await wait_nodes_online(client, 1)
+
+        async def as_json(*args: str) -> Any:
+            done = await claw(processes, *args, "--json")
+            assert done.returncode == 0, (args, done.stderr)
+            return json.loads(done.stdout)
+
+        assert (await as_json("workflow", "validate", str(flow)))["order"] == ["a", "b"]
+        assert (await as_json("workflow", "register", str(flow)))["version"] == 1
+        run = await as_json("workflow", "run", "j", "--run-id", "my-run-1")
+        assert run["run_id"] == "my-run-1" and not run["duplicate"]
+        assert (await as_json("workflow", "run", "j", "--run-id", "my-run-1"))["duplicate"] is True
+        listed = await as_json("workflow", "list")
+        assert [w["name"] for w in listed["workflows"]] == ["j"]
+        assert [r["run_id"] for r in listed["runs"]] == ["my-run-1"]
+        shown = await as_json("workflow", "show", "my-run-1")
+        assert [n["name"] for n in shown["nodes"]] == ["a", "b"]
+        cancelled = await as_json("workflow", "cancel", "my-run-1", "--reason", "enough")
+        assert cancelled["state"] == "cancelled" and cancelled["error"] == "enough"
+        watched = await claw(processes, "workflow", "watch", "my-run-1", "--json")
+        assert watched.returncode == 1  # it did not succeed
+        lines = [json.loads(line) for line in watched.stdout.splitlines()]
+        assert lines[-1] == {"run_id": "my-run-1", "state": "cancelled", "error": "enough"}
+
+        errors = {
+            ("workflow", "show", "nosuch"): "workflow_not_found",
+            ("workflow", "run", "nosuch"): "workflow_not_found",
+            ("workflow", "register", str(tmp_path / "missing.yaml")): "invalid_input",
+            ("workflow", "run", "j", "--input", "[1]"): "invalid_input",
+            ("workflow", "cancel", "my-run-1"): "invalid_input",
+        }
+        for args, code in errors.items():
+            done = await claw(processes, *args, "--json")
+            assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr, (args, done.stderr)
+            [line] = done.stderr.splitlines()
+            assert json.loads(line)["code"] == code, (args, line)
