@@ -50,7 +50,7 @@ from coordinator.task_book import TaskBook
 from coordinator.workflows import store as sql
 from coordinator.workflows.expressions import ExpressionError
 from coordinator.workflows.runs import NODE_DONE, NodeRun, NodeState, Run, RunState
-from coordinator.workflows.spec import parse_spec
+from coordinator.workflows.spec import Trigger, parse_spec
 from coordinator.workflows.store import TaskFacts, WorkflowStore
 from coordinator.workflows.validate import CompiledNode, CompiledWorkflow, SkillInfo, compile_workflow
 from storage.commits import Committed
@@ -830,6 +830,16 @@ class WorkflowEngine:
             trace_id=run.trace_id,
             nodes=nodes,
         )
+
+    async def triggers(self) -> list[tuple[str, int, Trigger]]:
+        """(name, latest version, trigger) of every registered workflow that declares a trigger: what
+        the schedules feature fires, each fire through `start_run(..., run_id=<fire id>)`."""
+        found = []
+        for row in await self._store.latest_specs(None):
+            spec = parse_spec(row["spec"])
+            if spec.trigger is not None:
+                found.append((row["name"], int(row["version"]), spec.trigger))
+        return found
 
     async def listing(self, request: api.WorkflowListRequest) -> api.WorkflowListReply:
         """Registered workflows (latest versions) and the newest runs."""

@@ -200,3 +200,16 @@ async def test_bad_specs_and_unknown_names_are_refused_with_one_line(config: Cla
             await register(client, {"name": "bad", "nodes": {"a": {"skill": "nope"}}})
         with pytest.raises(WorkflowNotFoundError, match="no workflow 'never_registered' is registered"):
             await start(client, "never_registered")
+
+
+async def test_registered_triggers_are_listed_for_the_schedules_feature(config: ClawConfig) -> None:
+    async with running_coordinator(config) as coordinator:
+        await coordinator.workflows.register("name: manual\nnodes: {a: {skill: echo}}\n")
+        await coordinator.workflows.register(
+            "name: nightly\ntrigger: {cron: '0 2 * * *', timezone: Europe/Paris, missed: once}\n"
+            "nodes: {a: {skill: echo}}\n"
+        )
+        [(name, version, trigger)] = await coordinator.workflows.triggers()
+        assert (name, version, trigger.cron, trigger.timezone, trigger.missed) == (
+            "nightly", 1, "0 2 * * *", "Europe/Paris", "once",
+        )  # fmt: skip
