@@ -395,7 +395,10 @@ class WorkflowEngine:
                     continue  # folded already (the repair job got there first)
                 run = self._runs.get(where[0])
                 fact = facts.get(task_id)
-                if run is None or fact is None:
+                if run is None:
+                    continue
+                if fact is None:
+                    self._tasks[task_id] = where  # not readable now: the repair job looks again
                     continue
                 self._item_ended(run, run.nodes[where[1]], where[2], fact, step)
                 touched[run.run_id] = run
