@@ -98,10 +98,15 @@ WORKFLOW_VALIDATE = _declare(
     Verb("workflow_validate", api.WorkflowSpecRequest, api.WorkflowValidateReply, role=Role.SUBMITTER)
 )
 WORKFLOW_REGISTER = _declare(
-    Verb("workflow_register", api.WorkflowSpecRequest, api.WorkflowRegisterReply, role=Role.OPERATOR)
+    Verb("workflow_register", api.WorkflowSpecRequest, api.WorkflowRegisterReply, role=Role.OPERATOR, timeout_s=30.0)
 )
-WORKFLOW_RUN = _declare(Verb("workflow_run", api.WorkflowRunRequest, api.WorkflowRunReply, role=Role.SUBMITTER))
-WORKFLOW_RERUN = _declare(Verb("workflow_rerun", api.WorkflowRerunRequest, api.WorkflowRunReply, role=Role.SUBMITTER))
+# A start waits for its first tasks to be published: give it the time a busy cluster takes.
+WORKFLOW_RUN = _declare(
+    Verb("workflow_run", api.WorkflowRunRequest, api.WorkflowRunReply, role=Role.SUBMITTER, timeout_s=30.0)
+)
+WORKFLOW_RERUN = _declare(
+    Verb("workflow_rerun", api.WorkflowRerunRequest, api.WorkflowRunReply, role=Role.SUBMITTER, timeout_s=30.0)
+)
 WORKFLOW_LIST = _declare(Verb("workflow_list", api.WorkflowListRequest, api.WorkflowListReply, role=Role.VIEWER))
 WORKFLOW_SHOW = _declare(Verb("workflow_show", api.WorkflowRunGetRequest, api.WorkflowRunView, role=Role.VIEWER))
 WORKFLOW_CANCEL = _declare(Verb("workflow_cancel", api.WorkflowCancelRequest, api.WorkflowRunView, role=Role.OPERATOR))

@@ -78,10 +78,8 @@ class WorkflowDesk:
         return await self._engine.view(request.run_id)
 
     async def _reply(self, run_id: str, duplicate: bool) -> api.WorkflowRunReply:
-        view = await self._engine.view(run_id)
-        return api.WorkflowRunReply(
-            run_id=run_id, name=view.name, version=view.version, state=view.state, duplicate=duplicate
-        )
+        name, version, state = await self._engine.summary(run_id)
+        return api.WorkflowRunReply(run_id=run_id, name=name, version=version, state=state, duplicate=duplicate)
 
 
 def _object(raw: msgspec.Raw) -> dict[str, Any]:

@@ -809,6 +809,16 @@ class WorkflowEngine:
         """How many runs are unfinished."""
         return len(self._runs)
 
+    async def summary(self, run_id: str) -> tuple[str, int, str]:
+        """A run's workflow, version and state, without reading its tasks (the answer to a start)."""
+        run = self._runs.get(run_id)
+        if run is not None:
+            return run.name, run.version, run.state.value
+        row = await self._store.run(run_id)
+        if row is None:
+            raise WorkflowNotFoundError(f"no workflow run {run_id}; `claw workflow list` shows recent runs")
+        return row["name"], int(row["version"]), row["state"]
+
     async def view(self, run_id: str) -> api.WorkflowRunView:
         """A run as `claw workflow show` prints it."""
         await self._loaded.wait()

@@ -17,7 +17,8 @@ from typing import Any
 
 from coordinator.workflows.validate import CompiledWorkflow
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32, as ULIDs
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 
 
 class RunState(StrEnum):
@@ -51,11 +52,11 @@ def node_task_id(run_id: str, salt: str, created_at: float, node: str, item: int
     key = f"{run_id}\0{salt}\0{node}\0{'' if item is None else item}".encode()
     random = int.from_bytes(hashlib.sha256(key).digest()[:10], "big")
     value = (int(created_at * 1000) << 80) | random
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    pairs = []
+    for _ in range(13):  # two characters (10 bits) at a time
+        pairs.append(_PAIRS[value & 1023])
+        value >>= 10
+    return "".join(reversed(pairs))
 
 
 @dataclass(slots=True)
