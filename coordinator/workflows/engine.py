@@ -125,6 +125,7 @@ class WorkflowEngine:
         self._clock = clock
         self._runs: dict[str, Run] = {}
         self._tasks: dict[str, tuple[str, str, int]] = {}  # task id -> (run, node, item)
+        self._expected_at: dict[str, float] = {}  # task id -> since when (monotonic)
         self._flows: dict[tuple[str, int], CompiledWorkflow] = {}
         self._lock = asyncio.Lock()
         self._loaded = asyncio.Event()
@@ -390,7 +391,7 @@ class WorkflowEngine:
         async with self._lock:
             touched: dict[str, Run] = {}
             for task_id in ended:
-                where = self._tasks.pop(task_id, None)
+                where = self._unexpect(task_id)
                 if where is None:
                     continue  # folded already (the repair job got there first)
                 run = self._runs.get(where[0])
@@ -398,7 +399,7 @@ class WorkflowEngine:
                 if run is None:
                     continue
                 if fact is None:
-                    self._tasks[task_id] = where  # not readable now: the repair job looks again
+                    self._expect(task_id, where)  # not readable now: the repair job looks again
                     continue
                 self._item_ended(run, run.nodes[where[1]], where[2], fact, step)
                 touched[run.run_id] = run
@@ -410,7 +411,7 @@ class WorkflowEngine:
     def _item_ended(self, run: Run, node: NodeRun, item: int, fact: TaskFacts, step: _Step) -> None:
         if TaskState(fact.state) not in TERMINAL_STATES:
             # Not ended after all (a task retried meanwhile): keep waiting for it.
-            self._tasks[fact.task_id] = (run.run_id, node.name, item)
+            self._expect(fact.task_id, (run.run_id, node.name, item))
             return
         node.inflight.discard(item)
         if node.finished:
@@ -525,7 +526,7 @@ class WorkflowEngine:
             return
         node.task_ids[item] = task_id
         node.inflight.add(item)
-        self._tasks[task_id] = (run.run_id, node.name, item)
+        self._expect(task_id, (run.run_id, node.name, item))
         step.records.append(record)
 
     def _task_record(self, run: Run, compiled: CompiledNode, task_id: str, input: Any) -> TaskRecord:
@@ -667,11 +668,20 @@ class WorkflowEngine:
             if run.state != RunState.RUNNING:
                 self._forget(run)
 
+    def _expect(self, task_id: str, where: tuple[str, str, int]) -> None:
+        """Wait for a node task's outcome (kept since when, for the repair job)."""
+        self._tasks[task_id] = where
+        self._expected_at[task_id] = time.monotonic()
+
+    def _unexpect(self, task_id: str) -> tuple[str, str, int] | None:
+        self._expected_at.pop(task_id, None)
+        return self._tasks.pop(task_id, None)
+
     def _forget(self, run: Run) -> None:
         self._runs.pop(run.run_id, None)
         for node in run.nodes.values():
             for task_id in node.task_ids.values():
-                self._tasks.pop(task_id, None)
+                self._unexpect(task_id)
 
     async def _submit(self, step: _Step) -> None:
         """Submit the step's node tasks as one request (the same ids again: answered as duplicates)."""
@@ -696,8 +706,11 @@ class WorkflowEngine:
         if not self._loaded.is_set():
             await self._load()
             self._loaded.set()
+        # Only what has been expected for a while: an outcome the listener is about to fold, or a
+        # submit in flight, is not missing; and a busy runner is not read through every 2 s.
+        cutoff = time.monotonic() - REPAIR_INTERVAL_S
         async with self._lock:
-            expected = {task_id: where for task_id, where in self._tasks.items()}
+            expected = {t: w for t, w in self._tasks.items() if self._expected_at.get(t, 0.0) <= cutoff}
         if not expected:
             return
         facts = await self._store.tasks(expected, current=True)
@@ -710,7 +723,7 @@ class WorkflowEngine:
             async with self._lock:
                 runs: dict[str, Run] = {}
                 for task_id in missing:
-                    where = self._tasks.pop(task_id, None)
+                    where = self._unexpect(task_id)
                     run = None if where is None else self._runs.get(where[0])
                     if where is None or run is None:
                         continue
@@ -758,7 +771,7 @@ class WorkflowEngine:
                         break
                 else:
                     node.inflight.add(item)
-                    self._tasks[task_id] = (run.run_id, node.name, item)
+                    self._expect(task_id, (run.run_id, node.name, item))
 
     async def _load_run(self, run_id: str) -> Run:
         """A run, from memory or the database."""
