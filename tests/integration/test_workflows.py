@@ -213,3 +213,38 @@ async def test_registered_triggers_are_listed_for_the_schedules_feature(config: 
         assert (name, version, trigger.cron, trigger.timezone, trigger.missed) == (
             "nightly", 1, "0 2 * * *", "Europe/Paris", "once",
         )  # fmt: skip
+
+
+async def test_a_rejected_gate_fails_the_run_and_a_node_retries_per_its_policy(config: ClawConfig) -> None:
+    spec = {
+        "name": "policy",
+        "nodes": {
+            "flaky": {
+                "skill": "fail",
+                "input": {"retryable": True},
+                "retry": {"max_attempts": 2, "base_s": 0.1, "jitter": 0},
+                "optional": True,
+            },
+            "gate": {"approval": True, "needs": ["flaky"], "input": {"what": "=nodes.flaky.state"}},
+            "after": {"skill": "echo", "needs": ["gate"]},
+        },
+    }
+    async with running_coordinator(config), running_worker(config), connected_client(config) as client:
+        await wait_nodes_online(client, 1)
+        await register(client, spec)
+        run_id = await start(client, "policy")
+
+        async def held() -> api.WorkflowNodeView | None:
+            node = nodes_of(await show(client, run_id))["gate"]
+            return node if node.waits_for == ["approval"] else None
+
+        gate = await eventually(held, what="the gate held")
+        flaky = nodes_of(await show(client, run_id))["flaky"]
+        assert flaky.state == "failed" and flaky.attempts == 2  # its retry policy, then optional
+        gate_task = await task(client, gate.task_ids[0])
+        assert json.loads(bytes(gate_task.input)) == {"what": "failed"}
+        await client.call(verbs.REJECT, api.RejectRequest(task_id=gate.task_ids[0], by="boss", reason="not today"))
+        view = await finished(client, run_id)
+        assert view.state == "failed" and "node 'gate' failed" in (view.error or "")
+        assert "rejected" in (nodes_of(view)["gate"].error or "")
+        assert nodes_of(view)["after"].state == "skipped"
