@@ -33,6 +33,7 @@ from common.api import SubmitRequest
 from common.clock import Clock
 from common.errors import (
     ClawError,
+    InternalError,
     InvalidInputError,
     WorkflowNotFoundError,
 )
@@ -272,12 +273,19 @@ class WorkflowEngine:
                 group, self._starting = self._starting, []
                 try:
                     await self._begin_group(group, step)
-                except BaseException as exc:
+                except Exception as exc:
                     for failed, waiting in group:
                         if self._runs.get(failed.run_id) is failed:
                             self._forget(failed)  # not committed: it does not exist
                         if waiting is not done and not waiting.done():
                             waiting.set_exception(exc)  # the others' starts fail with ours
+                    raise
+                except asyncio.CancelledError:
+                    # Cancelled (the coordinator stopping): the commit may have gone through on the
+                    # writer thread, so the runs stay; their starters must not wait for ever.
+                    for _, waiting in group:
+                        if waiting is not done and not waiting.done():
+                            waiting.set_exception(InternalError("the coordinator stopped while starting the run"))
                     raise
         await self._submit(step)  # the group's first node tasks (none for the others)
         return await done
