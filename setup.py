@@ -50,6 +50,8 @@ setup(
         # well-kept signature library instead of our own.
         "nkeys>=0.2",
         "PyNaCl>=1.5",
+        # Workflow node inputs and conditions: JMESPath, a well-kept sandboxed query language (no eval).
+        "jmespath>=1.0",
         # Start-up calls to NATS retry with backoff until a deadline: a well-kept retry library
         # (stop/wait policies, async) instead of our own loop.
         "tenacity>=8.2",
@@ -68,6 +70,7 @@ setup(
             "types-PyYAML",
             "types-jsonschema",
             "types-psutil",
+            "types-jmespath",
             # A real S3-protocol server for the artifact store tests (there is no MinIO binary on PyPI).
             "moto[server]>=5",
             # An independent PNG decoder: the tests open quant.backtest_report's chart with it (the

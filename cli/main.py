@@ -35,6 +35,7 @@ from cli.commands import (
     task,
     up,
     worker,
+    workflow,
 )
 from cli.context import Globals
 from cli.help import polish
@@ -68,6 +69,7 @@ GROUPS = (
     artifacts,
     node,
     quarantine,
+    workflow,
     backup,
     limits,
 )

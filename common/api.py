@@ -563,3 +563,158 @@ class CacheClearReply(msgspec.Struct, frozen=True, kw_only=True):
     """`claw cache clear`: how many entries were dropped."""
 
     cleared: int
+
+
+# --- workflows (coordinator/workflows, docs/Workflows.md) -------------------------------------------
+
+
+class WorkflowSpecRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow validate|register FILE`: the spec's text (YAML or JSON) and where it came from."""
+
+    spec: str
+    source: str = ""
+    registered_by: str | None = None
+
+
+class WorkflowValidateReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A valid workflow: its nodes in a dependency order and what each needs."""
+
+    name: str
+    order: list[str]
+    needs: dict[str, list[str]]
+    trigger: str | None = None
+
+
+class WorkflowRegisterReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The registered version (`unchanged`: the spec equals the latest version, nothing registered)."""
+
+    name: str
+    version: int
+    order: list[str]
+    unchanged: bool = False
+
+
+class WorkflowRunRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow run NAME`: start a run (again with the same `run_id`: the existing run)."""
+
+    name: str
+    input: msgspec.Raw = EMPTY_OBJECT
+    version: int | None = None
+    run_id: str | None = None
+    submitter: str | None = None
+
+
+class WorkflowRunReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The run started (or the existing one, `duplicate`)."""
+
+    run_id: str
+    name: str
+    version: int
+    state: str
+    duplicate: bool = False
+
+
+class WorkflowRerunRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow rerun RUN --from NODE`: a new run reusing every output upstream of NODE."""
+
+    run_id: str
+    from_node: str
+    input: msgspec.Raw | None = None
+    version: int | None = None
+    submitter: str | None = None
+
+
+class WorkflowRunGetRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One run (`claw workflow show|watch RUN`)."""
+
+    run_id: str
+
+
+class WorkflowCancelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow cancel RUN`."""
+
+    run_id: str
+    reason: str = ""
+    by: str | None = None
+
+
+class WorkflowNodeView(msgspec.Struct, frozen=True, kw_only=True):
+    """One node of a run: its state, its task(s), how long, what it gave, what it waits for."""
+
+    name: str
+    skill: str
+    state: str
+    needs: list[str]
+    task_ids: list[str]
+    # Task states, one per task (a fan-out has one per item dispatched so far).
+    task_states: list[str] = []
+    items: int | None = None
+    items_done: int = 0
+    attempts: int = 0
+    # run: ran in this run; reused: an earlier run's output (rerun); cached: memoised (cache: true).
+    source: str = "run"
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    output_summary: str = ""
+    # What the node waits for: upstream nodes, or `approval` of its task.
+    waits_for: list[str] = []
+
+
+class WorkflowRunView(msgspec.Struct, frozen=True, kw_only=True):
+    """A run and its nodes, in dependency order."""
+
+    run_id: str
+    name: str
+    version: int
+    state: str
+    input: msgspec.Raw = EMPTY_OBJECT
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    error: str | None = None
+    rerun_of: str | None = None
+    from_node: str | None = None
+    trigger: str | None = None
+    submitter: str | None = None
+    trace_id: str | None = None
+    nodes: list[WorkflowNodeView] = []
+
+
+class WorkflowListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow list`: registered workflows and the newest runs (of one workflow, in one state)."""
+
+    name: str | None = None
+    state: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+
+
+class WorkflowSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered workflow at its latest version."""
+
+    name: str
+    version: int
+    nodes: int
+    registered_at: float
+    trigger: str | None = None
+    description: str = ""
+
+
+class WorkflowRunSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One run in a list."""
+
+    run_id: str
+    name: str
+    version: int
+    state: str
+    created_at: float
+    finished_at: float | None = None
+    error: str | None = None
+
+
+class WorkflowListReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Workflows by name, runs newest first."""
+
+    workflows: list[WorkflowSummary]
+    runs: list[WorkflowRunSummary]

@@ -172,6 +172,18 @@ class QuotaExceededError(QueueFullError):
     code = "quota_exceeded"
 
 
+class WorkflowSpecError(InvalidInputError):
+    """A workflow spec is not valid; the message names the node and what is wrong."""
+
+    code = "invalid_workflow"
+
+
+class WorkflowNotFoundError(RequestError):
+    """No workflow (or run) has the given name (or id)."""
+
+    code = "workflow_not_found"
+
+
 class InternalError(ClawError):
     """The coordinator failed while handling a request; its log has the details."""
 
@@ -290,6 +302,8 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         ArtifactError,
         ArtifactNotFoundError,
         IllegalTransitionError,
+        WorkflowSpecError,
+        WorkflowNotFoundError,
     )
 }
 

@@ -77,6 +77,18 @@ class EventKind(StrEnum):
     LIMIT_SET = "limit.set"
     LIMIT_DELETED = "limit.deleted"
 
+    # Workflows (coordinator/workflows), under `workflow:<name>` and `run:<run id>`.
+    WORKFLOW_REGISTERED = "workflow.registered"
+    WORKFLOW_RUN_STARTED = "workflow.run_started"
+    WORKFLOW_NODE_STARTED = "workflow.node_started"
+    WORKFLOW_NODE_SUCCEEDED = "workflow.node_succeeded"
+    WORKFLOW_NODE_FAILED = "workflow.node_failed"
+    WORKFLOW_NODE_SKIPPED = "workflow.node_skipped"
+    WORKFLOW_NODE_REUSED = "workflow.node_reused"
+    WORKFLOW_RUN_SUCCEEDED = "workflow.run_succeeded"
+    WORKFLOW_RUN_FAILED = "workflow.run_failed"
+    WORKFLOW_RUN_CANCELLED = "workflow.run_cancelled"
+
     @classmethod
     def ignored(cls, reported: str) -> EventKind:
         """The kind recording that a worker's `reported` event (started, succeeded, ...) changed nothing."""

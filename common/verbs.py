@@ -107,6 +107,23 @@ PERMIT_ACQUIRE = _declare(
 CACHE_STATS = _declare(Verb("cache_stats", api.Empty, api.CacheStatsReply, role=Role.VIEWER))
 CACHE_CLEAR = _declare(Verb("cache_clear", api.Empty, api.CacheClearReply, role=Role.OPERATOR))
 PERMIT_RELEASE = _declare(Verb("permit_release", api.PermitReleaseRequest, api.PermitReply, role=Role.SUBMITTER))
+# Workflows (coordinator/workflows).
+WORKFLOW_VALIDATE = _declare(
+    Verb("workflow_validate", api.WorkflowSpecRequest, api.WorkflowValidateReply, role=Role.SUBMITTER)
+)
+WORKFLOW_REGISTER = _declare(
+    Verb("workflow_register", api.WorkflowSpecRequest, api.WorkflowRegisterReply, role=Role.OPERATOR, timeout_s=30.0)
+)
+# A start waits for its first tasks to be published: give it the time a busy cluster takes.
+WORKFLOW_RUN = _declare(
+    Verb("workflow_run", api.WorkflowRunRequest, api.WorkflowRunReply, role=Role.SUBMITTER, timeout_s=30.0)
+)
+WORKFLOW_RERUN = _declare(
+    Verb("workflow_rerun", api.WorkflowRerunRequest, api.WorkflowRunReply, role=Role.SUBMITTER, timeout_s=30.0)
+)
+WORKFLOW_LIST = _declare(Verb("workflow_list", api.WorkflowListRequest, api.WorkflowListReply, role=Role.VIEWER))
+WORKFLOW_SHOW = _declare(Verb("workflow_show", api.WorkflowRunGetRequest, api.WorkflowRunView, role=Role.VIEWER))
+WORKFLOW_CANCEL = _declare(Verb("workflow_cancel", api.WorkflowCancelRequest, api.WorkflowRunView, role=Role.OPERATOR))
 
 # Every verb, in the order declared, and by name.
 ALL: tuple[Verb[Any, Any], ...] = tuple(_DECLARED.values())

@@ -42,7 +42,7 @@ from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.startup import StartupCalls
 from communication.topology import Topology
-from coordinator import flow, maintenance, tenants
+from coordinator import flow, maintenance, tenants, workflows
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -72,6 +72,7 @@ from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
+from coordinator.workflows.engine import WorkflowEngine
 from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
 from storage.audit_anchor import AnchorSigner, key_path
@@ -88,7 +89,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,9 @@ class Buckets:
 
 class Coordinator:
     """A running coordinator; build it with `await Coordinator.start(config)`, then `run(stop)`."""
+
+    # The workflow runner, set by the workflows feature (coordinator/workflows): `start_run(...)`.
+    workflows: WorkflowEngine
 
     def __init__(
         self,

@@ -253,6 +253,65 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        11,
+        "workflows: registered versions, runs and node runs (coordinator/workflows), and the memo cache",
+        """
+        CREATE TABLE workflows (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            spec TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            registered_at REAL NOT NULL,
+            registered_by TEXT,
+            PRIMARY KEY (name, version)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE workflow_runs (
+            run_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            input TEXT NOT NULL,
+            trigger TEXT,
+            submitter TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL,
+            error TEXT,
+            rerun_of TEXT,
+            from_node TEXT,
+            trace_id TEXT,
+            traceparent TEXT,
+            -- A random secret in the node task ids: nobody can submit a task under a node's id first.
+            salt TEXT NOT NULL
+        ) WITHOUT ROWID;
+        -- The start-up load of unfinished runs, and `claw workflow list` newest first.
+        CREATE INDEX workflow_runs_state ON workflow_runs (state, run_id);
+        CREATE INDEX workflow_runs_created ON workflow_runs (created_at);
+
+        CREATE TABLE workflow_nodes (
+            run_id TEXT NOT NULL,
+            node TEXT NOT NULL,
+            state TEXT NOT NULL,
+            -- JSON list: the node's task (or one per item of a fan-out), possibly another run's (reused).
+            task_ids TEXT NOT NULL DEFAULT '[]',
+            items INTEGER,
+            source TEXT NOT NULL DEFAULT 'run',
+            started_at REAL,
+            finished_at REAL,
+            error TEXT,
+            PRIMARY KEY (run_id, node)
+        ) WITHOUT ROWID;
+
+        -- `cache: true` nodes: (skill@version, input digest) -> the task that succeeded with it.
+        CREATE TABLE workflow_cache (
+            cache_key TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL,
+            at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -277,6 +277,9 @@ class WriteBatch:
     approvals: list[tuple[str, str, str, str | None, float]] = field(default_factory=list)
     # Events that could not be decoded or folded.
     quarantined: list[QuarantineRecord] = field(default_factory=list)
+    # Rows of a feature's own tables, written in the same transaction: (SQL, parameter rows), in
+    # order (coordinator/workflows: runs and node runs beside their event-log rows).
+    statements: list[tuple[str, list[tuple[object, ...]]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -287,6 +290,7 @@ class WriteBatch:
             or self.approvals
             or self.artifacts
             or self.quarantined
+            or self.statements
         )
 
     def absorb(self, other: WriteBatch) -> None:
@@ -310,6 +314,8 @@ class WriteBatch:
             self.approvals += other.approvals
         if other.quarantined:
             self.quarantined += other.quarantined
+        if other.statements:
+            self.statements += other.statements
 
     def touch(self, record: TaskRecord) -> None:
         """Mark a task's record as changed (its final image is written at commit)."""

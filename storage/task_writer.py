@@ -94,6 +94,7 @@ class TaskWriter:
             new_tasks = [t.insert_row() for t in batch.new_tasks]
             changed = [t.update_row() for t in batch.changed_tasks.values()]
             attempts = [a.upsert_row() for a in batch.attempts.values()]
+            statements = list(batch.statements)
             notify = self._notifier(batch)
 
             def write(conn: sqlite3.Connection) -> tuple[str, list[EventRecord]]:
@@ -113,6 +114,8 @@ class TaskWriter:
                         conn.executemany(sql, rows)
                 if batch.quarantined:
                     quarantine_store.stage(conn, batch.quarantined, self._quarantine_max_rows)
+                for sql, rows in statements:
+                    conn.executemany(sql, rows)
                 return chain, events
 
             def committed(result: tuple[str, list[EventRecord]]) -> None:

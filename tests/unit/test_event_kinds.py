@@ -27,8 +27,16 @@ STORED_BEFORE |= {"skill.risk_lowered"}  # trust-audit: a lowered risk installed
 FLOW_KINDS = {"waiting for limit", "needs input", "limit granted", "usage", "limit.set", "limit.deleted"}
 
 
+# Workflows (coordinator/workflows).
+WORKFLOW_KINDS = {
+    "workflow.registered", "workflow.run_started", "workflow.node_started", "workflow.node_succeeded",
+    "workflow.node_failed", "workflow.node_skipped", "workflow.node_reused", "workflow.run_succeeded",
+    "workflow.run_failed", "workflow.run_cancelled",
+}  # fmt: skip
+
+
 def test_the_members_are_exactly_the_strings_stored_before() -> None:
-    assert {kind.value for kind in EventKind} == STORED_BEFORE | FLOW_KINDS
+    assert {kind.value for kind in EventKind} == STORED_BEFORE | FLOW_KINDS | WORKFLOW_KINDS
     assert EventKind("attempt cancelled") is EventKind.ATTEMPT_CANCELLED  # the one with a space
 
 
