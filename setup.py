@@ -45,6 +45,8 @@ setup(
         "setproctitle>=1.3",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
         "uvloop>=0.19; sys_platform != 'win32'",
+        # Schedules: cron expressions in IANA time zones, DST included (coordinator/schedules/timing.py).
+        "cronsim>=2.6",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).

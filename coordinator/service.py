@@ -41,7 +41,7 @@ from common.models import NodeHeartbeat, QueueDepth
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.topology import Topology
-from coordinator import maintenance
+from coordinator import maintenance, schedules
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -83,7 +83,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance,)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, schedules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +155,8 @@ class Coordinator:
         # Metrics cost nothing unless asked for: without a port there is no listener on the hot path.
         self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
         self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
+        # Objects whose `@serves` methods a feature adds to the API (its `register` appends them).
+        self.api_providers: list[object] = []
         for plugin in (*FEATURES, *plugins):
             plugin.register(self)
         self._api = ApiServer(conn, self._api_routes())
@@ -196,7 +198,9 @@ class Coordinator:
             jobs=self.jobs.views,
             listeners=self.listeners.views,
         )
-        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)))
+        # The handlers, for features that submit as the API does (schedules fire tasks through `submit`).
+        self.handlers = handlers
+        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)), *self.api_providers)
 
     @classmethod
     async def start(

@@ -1,0 +1,279 @@
+"""Schedules against a real nats-server and SQLite: every fire starts its target once, whatever
+happens around the fire moment (a failed record, a restart, a second coordinator); missed fires follow
+the policy; subject and artifact triggers fire once per message / artifact.
+
+Time is never asserted on the wall clock: interval schedules of one second are checked for a
+contiguous series of fire times with no repeats, and the missed-fire policies run on a coordinator
+whose wall clock the test sets (its monotonic clock stays real, so its periodic jobs run as usual).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import itertools
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from common import api, verbs
+from common.config import ClawConfig
+from common.errors import InvalidInputError
+from common.states import TaskState
+from communication.api_client import ClawClient
+from communication.connection import NatsConnection
+from coordinator.schedules.engine import ScheduleEngine
+from coordinator.service import Coordinator
+from storage.schedule_store import ScheduleStore
+from tests.helpers import connected_client, eventually, running_coordinator, running_worker, spec, wait_nodes_online
+from worker.context import TaskContext
+from worker.skills import Skill, SkillRegistry, builtin_registry
+
+
+class SetClock:
+    """A wall clock the test sets (`now`), with the host's monotonic clock."""
+
+    def __init__(self, now: float) -> None:
+        self.wall = now
+
+    def now(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def create(name: str, **fields: Any) -> api.ScheduleCreateRequest:
+    if "input" in fields:
+        fields["input"] = msgspec.Raw(msgspec.json.encode(fields["input"]))
+    return api.ScheduleCreateRequest(name=name, **fields)
+
+
+def scheduled_tasks(db: Path, name: str) -> list[tuple[str, str, int]]:
+    """(idempotency key, state, attempts) of every task the schedule started, by key."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT idempotency_key, state, attempts FROM tasks WHERE idempotency_key LIKE ? ORDER BY idempotency_key",
+            (f"schedule:{name}:%",),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def fire_times(keys: list[str], name: str) -> list[float]:
+    stamps = [k.removeprefix(f"schedule:{name}:") for k in keys]
+    return [datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
+            for s in stamps]  # fmt: skip
+
+
+def assert_contiguous(times: list[float], every_s: float) -> None:
+    """Each fire time once, none missing between the first and the last."""
+    assert times == sorted(set(times)), "a fire time repeats"
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(g == every_s for g in gaps), f"fire times not contiguous: gaps {gaps}"
+
+
+def engine_of(coordinator: Coordinator) -> ScheduleEngine:
+    return next(p for p in coordinator.api_providers if isinstance(p, ScheduleEngine))
+
+
+async def test_an_interval_schedule_submits_one_task_per_fire_time_keyed_by_the_fire_id(config: ClawConfig) -> None:
+    db = Path(config.coordinator.db_path)
+    async with running_coordinator(config), running_worker(config), connected_client(config) as client:
+        view = await client.call(verbs.SCHEDULE_CREATE, create("tick", every_s=1.0, skill="echo", input={"n": 1}))
+        assert view.kind == "every" and view.rule == "every 1s" and view.next_fire_at is not None
+        await eventually(lambda: len(scheduled_tasks(db, "tick")) >= 3, what="3 fires")
+        listed = (await client.call(verbs.SCHEDULE_LIST, api.ScheduleListRequest())).schedules
+        assert [s.name for s in listed] == ["tick"] and listed[0].fires >= 3
+        assert listed[0].next_fire_at is not None and listed[0].last_fire_id is not None
+        await client.call(verbs.SCHEDULE_PAUSE, api.ScheduleNameRequest(name="tick"))
+        tasks = scheduled_tasks(db, "tick")
+    assert_contiguous(fire_times([k for k, _, _ in tasks], "tick"), 1.0)
+
+
+async def test_a_fire_whose_record_failed_is_fired_again_with_the_same_id_and_starts_nothing_twice(
+    config: ClawConfig,
+) -> None:
+    """The coordinator dies between submitting a fire's task and recording the fire (here: the record
+    fails once): the next look computes the same fire, whose submit is a duplicate."""
+    db = Path(config.coordinator.db_path)
+    failures: list[str] = []
+    record = ScheduleStore.record_fires
+
+    async def record_failing_once(self: ScheduleStore, name: str, fires: Any, **kw: Any) -> int:
+        if fires and not failures:
+            failures.append(fires[0].fire_id)
+            raise sqlite3.OperationalError("disk I/O error (injected after the submit)")
+        return await record(self, name, fires, **kw)
+
+    ScheduleStore.record_fires = record_failing_once  # type: ignore[method-assign]
+    try:
+        async with running_coordinator(config) as coordinator, connected_client(config) as client:
+            await client.call(verbs.SCHEDULE_CREATE, create("retry", every_s=1.0, skill="echo", missed="all"))
+            await eventually(lambda: len(scheduled_tasks(db, "retry")) >= 3, what="3 fires")
+            await client.call(verbs.SCHEDULE_PAUSE, api.ScheduleNameRequest(name="retry"))
+            show = await client.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name="retry"))
+            assert engine_of(coordinator) is not None
+    finally:
+        ScheduleStore.record_fires = record  # type: ignore[method-assign]
+    keys = [k for k, _, _ in scheduled_tasks(db, "retry")]
+    assert failures and failures[0] in keys
+    assert_contiguous(fire_times(keys, "retry"), 1.0)
+    recorded = {f.fire_id for f in show.fires}
+    assert failures[0] in recorded and set(keys) == recorded
+
+
+async def test_missed_fires_follow_each_policy_after_the_coordinator_was_down(config: ClawConfig) -> None:
+    clock = SetClock(1_800_000_000.0)
+    db = Path(config.coordinator.db_path)
+    names = {"skip": "m-skip", "once": "m-once", "all": "m-all"}
+    coordinator = await Coordinator.start(config, clock=clock)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(coordinator.run(stop))
+    async with connected_client(config) as client:
+        await coordinator.ready.wait()
+        for policy, name in names.items():
+            await client.call(verbs.SCHEDULE_CREATE, create(name, every_s=60.0, skill="echo", missed=policy,
+                                                            max_catchup=3))  # fmt: skip
+        anchor = clock.wall
+        stop.set()
+        await runner
+        # Down for 10 fire times; the latest (anchor + 600) is 45 s old: late (the grace of a
+        # one-minute schedule is 30 s).
+        clock.wall = anchor + 645
+        async with running_coordinator_with(config, clock):
+            await eventually(lambda: len(scheduled_tasks(db, "m-all")) == 3, what="the capped catch-up")
+            await eventually(lambda: len(scheduled_tasks(db, "m-once")) == 1, what="the one catch-up")
+
+            async def all_moved_on() -> bool:
+                views = (await client.call(verbs.SCHEDULE_LIST, api.ScheduleListRequest())).schedules
+                return all(v.next_fire_at == anchor + 660 for v in views)
+
+            await eventually(all_moved_on, what="every schedule's next fire at anchor + 660")
+            assert scheduled_tasks(db, "m-skip") == []
+            # The next fire time comes: on time, each policy fires it once.
+            clock.wall = anchor + 660.2
+            for name in names.values():
+                await eventually(
+                    lambda name=name: any(k.endswith(stamp(anchor + 660)) for k, _, _ in scheduled_tasks(db, name)),
+                    what=f"{name} on time",
+                )
+    at = {name: fire_times([k for k, _, _ in scheduled_tasks(db, name)], name) for name in names.values()}
+    assert at["m-skip"] == [anchor + 660]
+    assert at["m-once"] == [anchor + 600, anchor + 660]
+    assert at["m-all"] == [anchor + 480, anchor + 540, anchor + 600, anchor + 660]
+
+
+def stamp(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextlib.asynccontextmanager
+async def running_coordinator_with(config: ClawConfig, clock: SetClock) -> AsyncIterator[Coordinator]:
+    """`running_coordinator` with a clock of the test's."""
+    coordinator = await Coordinator.start(config, clock=clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(coordinator.run(stop))
+    try:
+        await asyncio.wait_for(coordinator.ready.wait(), 30)
+        yield coordinator
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_a_message_on_a_trigger_subject_fires_once_even_when_published_while_no_coordinator_ran(
+    config: ClawConfig,
+) -> None:
+    db = Path(config.coordinator.db_path)
+    async with running_coordinator(config), connected_client(config) as client:
+        await client.call(verbs.SCHEDULE_CREATE, create("material", on_subject="material.>", skill="echo",
+                                                        input={"kind": "material"}))  # fmt: skip
+        view = (await client.call(verbs.SCHEDULE_LIST, api.ScheduleListRequest())).schedules[0]
+        assert view.kind == "subject" and view.next_fire_at is None
+    # No coordinator now: the stream keeps what is published.
+    conn = await NatsConnection.connect(config.nats, name="test-publisher")
+    try:
+        subjects = conn.subjects
+        await conn.js.publish(subjects.trigger("material.new"), b'{"path": "a.csv"}')
+        await conn.js.publish(subjects.trigger("other.thing"), b"{}")
+        await conn.js.publish(subjects.trigger("material.new.big"), b"not json")
+    finally:
+        await conn.close()
+    async with running_coordinator(config), connected_client(config) as client:
+        await eventually(lambda: len(scheduled_tasks(db, "material")) == 2, what="two fires")
+        tasks = {k: await task_input(client, k) for k, _, _ in scheduled_tasks(db, "material")}
+    inputs = sorted(tasks.values(), key=lambda i: i["trigger"]["seq"])
+    assert [i["trigger"]["subject"] for i in inputs] == ["material.new", "material.new.big"]
+    assert inputs[0]["trigger"]["data"] == {"path": "a.csv"} and inputs[1]["trigger"]["data"] == "not json"
+    assert all(i["kind"] == "material" for i in inputs)
+    assert sorted(tasks) == [f"schedule:material:subject-{i['trigger']['seq']}" for i in inputs]
+
+
+async def task_input(client: ClawClient, key: str) -> dict[str, Any]:
+    page = await client.list_tasks(limit=200)
+    for summary in page:
+        view = await client.get_task(summary.task_id)
+        if view.idempotency_key == key:
+            return msgspec.json.decode(view.input)  # type: ignore[no-any-return]
+    raise AssertionError(f"no task with key {key}")
+
+
+def artifact_skills() -> SkillRegistry:
+    async def write(ctx: TaskContext, input: dict[str, Any]) -> dict[str, str]:
+        ref = await ctx.put_artifact(input["name"], input["body"], "text/plain")
+        return {"sha256": ref.sha256}
+
+    return SkillRegistry([*builtin_registry().select(["echo"]).all(), Skill("material.write", write)])
+
+
+async def test_a_new_artifact_under_the_prefix_fires_once_and_others_do_not(config: ClawConfig) -> None:
+    db = Path(config.coordinator.db_path)
+    async with (
+        running_coordinator(config),
+        running_worker(config, skills=artifact_skills()) as _,
+        connected_client(config) as client,
+    ):
+        await wait_nodes_online(client, 1)
+        await client.call(verbs.SCHEDULE_CREATE, create("new-material", on_artifact="materials/", skill="echo"))
+        for name in ("materials/a.txt", "other/b.txt", "materials/c.txt"):
+            result = await client.submit(spec("material.write", {"name": name, "body": name}))
+            await client.wait([result.task_id], timeout_s=30)
+        await eventually(lambda: len(scheduled_tasks(db, "new-material")) == 2, what="two artifact fires")
+        await eventually(
+            lambda: all(s == TaskState.SUCCEEDED for _, s, _ in scheduled_tasks(db, "new-material")), what="echoed"
+        )
+        inputs = [await task_input(client, k) for k, _, _ in scheduled_tasks(db, "new-material")]
+    assert sorted(i["trigger"]["name"] for i in inputs) == ["materials/a.txt", "materials/c.txt"]
+    assert len(scheduled_tasks(db, "new-material")) == 2
+
+
+async def test_bad_schedules_are_refused_with_one_clear_line(config: ClawConfig) -> None:
+    async with running_coordinator(config), connected_client(config) as client:
+        cases = [
+            (create("a", skill="echo"), "exactly one of --cron, --every"),
+            (create("a", cron="* * * * *", every_s=5.0, skill="echo"), "exactly one of"),
+            (create("a", cron="* * * * *"), "exactly one target"),
+            (create("a", cron="99 * * * *", skill="echo"), "bad cron expression"),
+            (create("a", cron="* * * * *", tz="Nowhere/City", skill="echo"), "unknown time zone"),
+            (create("a", every_s=0.1, skill="echo"), "at least 1 s"),
+            (create("a", every_s=5.0, skill="echo", missed="sometimes"), "skip, once or all"),
+            (create("a", on_subject="a..b", skill="echo"), "bad trigger subject"),
+            (create("a", cron="* * * * *", workflow="quant"), "no workflows feature"),
+            (create("a", every_s=5.0, skill="echo", input=[1, 2]), "JSON object"),
+        ]
+        for request, message in cases:
+            with pytest.raises(InvalidInputError, match=message):
+                await client.call(verbs.SCHEDULE_CREATE, request)
+        await client.call(verbs.SCHEDULE_CREATE, create("a", every_s=5.0, skill="echo"))
+        with pytest.raises(InvalidInputError, match="exists"):
+            await client.call(verbs.SCHEDULE_CREATE, create("a", every_s=5.0, skill="echo"))
+        assert [s.name for s in (await client.call(verbs.SCHEDULE_LIST, api.ScheduleListRequest())).schedules] == ["a"]
