@@ -27,6 +27,7 @@ from cli.commands import (
     node,
     nodes,
     quarantine,
+    schedules,
     skills,
     status,
     submit,
@@ -66,6 +67,7 @@ GROUPS = (
     artifacts,
     node,
     quarantine,
+    schedules,
 )
 for group in GROUPS:
     group.register(app)

@@ -139,17 +139,23 @@ class ScheduleEngine:
         self._schedules: dict[str, Schedule] | None = None
         # Fires, creates and deletes one at a time: a fire never races the schedule's deletion.
         self._lock = asyncio.Lock()
+        self._loading = asyncio.Lock()
 
     # --- the schedules ----------------------------------------------------------------------------
 
     async def schedules(self) -> dict[str, Schedule]:
         """Every schedule, loaded from the database on first use."""
         if self._schedules is None:
-            loaded: dict[str, Schedule] = {}
-            for row in await self._store.all():
-                spec = msgspec.json.decode(row.definition, type=api.ScheduleCreateRequest)
-                loaded[row.name] = Schedule(row, spec, timing_of(spec, row.anchor_at))
-            self._schedules = loaded
+            # Once: the jobs and the API ask at the same time on start-up, and a second load would
+            # replace the schedules the first caller goes on updating (found by the takeover test:
+            # fires made again, deduplicated, from a stale next fire time).
+            async with self._loading:
+                if self._schedules is None:
+                    loaded: dict[str, Schedule] = {}
+                    for row in await self._store.all():
+                        spec = msgspec.json.decode(row.definition, type=api.ScheduleCreateRequest)
+                        loaded[row.name] = Schedule(row, spec, timing_of(spec, row.anchor_at))
+                    self._schedules = loaded
         return self._schedules
 
     async def _get(self, name: str) -> Schedule:
@@ -249,7 +255,10 @@ class ScheduleEngine:
             task_input = msgspec.Raw(msgspec.json.encode(merged))
         task = TaskSpec(skill=spec.skill, input=task_input, priority=spec.priority, idempotency_key=request.fire_id)
         reply = await self._submit(api.SubmitRequest(tasks=[task], submitter=f"schedule:{schedule.name}"))
-        return reply.results[0].task_id
+        result = reply.results[0]
+        if result.duplicate:  # fired before, not recorded (a crash in between): nothing starts twice
+            log.info("schedules.refired", schedule=schedule.name, fire_id=request.fire_id, task=result.task_id)
+        return result.task_id
 
     async def _start_run(self, schedule: Schedule, request: FireRequest) -> str:
         spec = schedule.spec

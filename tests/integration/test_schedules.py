@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime
 import itertools
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -31,7 +32,16 @@ from communication.connection import NatsConnection
 from coordinator.schedules.engine import ScheduleEngine
 from coordinator.service import Coordinator
 from storage.schedule_store import ScheduleStore
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, spec, wait_nodes_online
+from tests.helpers import (
+    ProcessPool,
+    connected_client,
+    eventually,
+    running_coordinator,
+    running_worker,
+    spec,
+    wait_nodes_online,
+    wait_until,
+)
 from worker.context import TaskContext
 from worker.skills import Skill, SkillRegistry, builtin_registry
 
@@ -277,3 +287,43 @@ async def test_bad_schedules_are_refused_with_one_clear_line(config: ClawConfig)
         with pytest.raises(InvalidInputError, match="exists"):
             await client.call(verbs.SCHEDULE_CREATE, create("a", every_s=5.0, skill="echo"))
         assert [s.name for s in (await client.call(verbs.SCHEDULE_LIST, api.ScheduleListRequest())).schedules] == ["a"]
+
+
+def test_two_coordinators_and_a_sigkill_at_a_fire_moment_give_one_fire_per_fire_time(
+    processes: ProcessPool, tmp_path: Path
+) -> None:
+    """Two coordinators start against one cluster: one holds the lease and fires, the other is refused.
+    The holder is SIGKILLed while its one-second schedule fires; the other starts again, takes the
+    lease once it lapses, and catches up (`--missed all`): every fire time from the first to the last
+    started exactly one task, and each task ran once."""
+    env = {"CLAW_COORDINATOR_LEASE_TTL_S": "3", "CLAW_COORDINATOR_LEASE_RENEW_INTERVAL_S": "0.5"}
+    db = tmp_path / "claw.db"
+    first = processes.spawn("coordinator", "coordinator", "start", env=env)
+    wait_until(lambda: processes.run("status", "--json").returncode == 0, timeout_s=30, what="a coordinator answers")
+    second = processes.spawn("coordinator", "coordinator", "start", env=env)
+    wait_until(lambda: second.returncode is not None, timeout_s=30, what="the second coordinator is refused")
+    assert second.returncode != 0 and "lease" in second.output().lower(), second.output()
+    processes.spawn("worker", "worker", "start", "--node-id", "w1")
+    created = processes.run("schedules", "create", "tick", "--every", "1s", "--skill", "echo", "--missed", "all",
+                            "--max-catchup", "1000")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    wait_until(lambda: len(scheduled_tasks(db, "tick")) >= 3, timeout_s=30, what="three fires")
+    first.kill()  # while it fires every second
+    at_kill = len(scheduled_tasks(db, "tick"))
+    processes.spawn("coordinator", "coordinator", "start", env=env)
+    wait_until(lambda: len(scheduled_tasks(db, "tick")) >= at_kill + 5, timeout_s=60, what="fires after the takeover")
+    assert processes.run("schedules", "pause", "tick").returncode == 0
+    tasks = scheduled_tasks(db, "tick")
+    wait_until(
+        lambda: all(state == TaskState.SUCCEEDED for _, state, _ in scheduled_tasks(db, "tick")),
+        timeout_s=60,
+        what="every fire's task ran",
+    )
+    keys = [k for k, _, _ in tasks]
+    assert_contiguous(fire_times(keys, "tick"), 1.0)
+    assert all(attempts == 1 for _, _, attempts in scheduled_tasks(db, "tick"))
+    shown = json.loads(processes.run("schedules", "show", "tick", "--json").stdout)
+    conn = sqlite3.connect(db)
+    recorded = conn.execute("SELECT fire_id, reason, target_id FROM schedule_fires ORDER BY fire_id").fetchall()
+    conn.close()
+    assert shown["schedule"]["fires"] == len(scheduled_tasks(db, "tick")), (recorded, shown)
