@@ -181,3 +181,8 @@ class ScheduleStore:
         """The newest artifact row's id (0 when there is none): a new artifact trigger starts after it."""
         rows = await self._db.fetch_all_writer("SELECT COALESCE(MAX(id), 0) FROM artifacts")
         return int(rows[0][0])
+
+    async def task_submitter(self, task_id: str) -> str | None:
+        """Who submitted a task (a fire's duplicate must be the schedule's own)."""
+        rows = await self._db.fetch_all_writer("SELECT submitter FROM tasks WHERE task_id = ?", (task_id,))
+        return rows[0][0] if rows else None

@@ -257,6 +257,12 @@ class ScheduleEngine:
         reply = await self._submit(api.SubmitRequest(tasks=[task], submitter=f"schedule:{schedule.name}"))
         result = reply.results[0]
         if result.duplicate:  # fired before, not recorded (a crash in between): nothing starts twice
+            submitter = await self._store.task_submitter(result.task_id)
+            if submitter != f"schedule:{schedule.name}":  # someone else's task holds the fire id
+                raise InvalidInputError(
+                    f"the fire id is the idempotency key of task {result.task_id}, submitted by {submitter or '?'}, "
+                    "not by this schedule: the fire starts nothing"
+                )
             log.info("schedules.refired", schedule=schedule.name, fire_id=request.fire_id, task=result.task_id)
         return result.task_id
 
@@ -409,7 +415,10 @@ class ScheduleEngine:
         schedule = await self._get(request.name)
         if schedule.row.paused:
             raise InvalidInputError(f"schedule '{request.name}' is paused: `claw schedules resume {request.name}`")
-        data = msgspec.json.decode(request.data)
+        try:
+            data = msgspec.json.decode(request.data)
+        except RecursionError:
+            raise InvalidInputError("the event's data nests arrays and objects too deeply") from None
         event = {"source": "event", "event_id": request.event_id, "data": data}
         fire = await self.fire_event(
             request.name, FireRequest(f"schedule:{request.name}:event-{request.event_id}", None, "event", event)

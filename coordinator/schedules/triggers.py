@@ -40,6 +40,8 @@ TRIGGERS_MAX_AGE_S = 7 * 24 * 3600.0
 # A message whose fire failed (NATS or the database away) comes back after this long.
 TRIGGER_ACK_WAIT_S = 30.0
 RETRY_DELAY_S = 1.0
+# A trigger message is tried this many times (its fires failing on NATS or the database), then dropped.
+MAX_DELIVERIES = 10
 BATCH = 100
 # At most this much of a trigger message's text is passed on when it is not JSON.
 TEXT_CHARS = 16 * 1024
@@ -99,7 +101,11 @@ class SubjectTriggers:
         while msgs := await consumer.fetch_nowait(BATCH):
             for index, msg in enumerate(msgs):
                 try:
-                    await self._fire(msg)
+                    if msg.metadata.num_delivered > MAX_DELIVERIES:
+                        # A message that failed this often would hold up every later one: set aside.
+                        log.error("schedules.trigger_dropped", subject=msg.subject, seq=msg.metadata.sequence.stream)
+                    else:
+                        await self._fire(msg)
                 except BaseException:
                     for rest in msgs[index:]:  # come back soon, in order, rather than after the ack wait
                         await rest.nak(delay=RETRY_DELAY_S)
@@ -177,5 +183,5 @@ def _data(raw: bytes) -> Any:
         return None
     try:
         return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # anyone may publish here: bytes, or JSON nested too deep
         return raw[:TEXT_CHARS].decode("utf-8", errors="replace")
