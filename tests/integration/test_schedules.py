@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
@@ -327,3 +328,71 @@ def test_two_coordinators_and_a_sigkill_at_a_fire_moment_give_one_fire_per_fire_
     recorded = conn.execute("SELECT fire_id, reason, target_id FROM schedule_fires ORDER BY fire_id").fetchall()
     conn.close()
     assert shown["schedule"]["fires"] == len(scheduled_tasks(db, "tick")), (recorded, shown)
+
+
+class StandInWorkflows:
+    """Stands in for the workflows feature (another branch) behind the contract schedules rely on:
+    `start_run(name, input, *, version, run_id, trigger, submitter)`, idempotent on `run_id`."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}
+
+    async def start_run(
+        self,
+        name: str,
+        input: dict[str, Any],
+        *,
+        version: int | None = None,
+        run_id: str | None = None,
+        trigger: dict[str, Any] | None = None,
+        submitter: str | None = None,
+    ) -> object:
+        assert run_id is not None
+        self.runs.setdefault(run_id, {"name": name, "input": input, "version": version, "trigger": trigger,
+                                      "submitter": submitter})  # fmt: skip
+        return type("Run", (), {"run_id": run_id})()
+
+
+async def test_a_workflow_target_starts_a_run_whose_id_is_the_fire_id(config: ClawConfig) -> None:
+    workflows = StandInWorkflows()
+
+    class Plugin:
+        @staticmethod
+        def register(coordinator: Coordinator) -> None:
+            coordinator.workflows = workflows  # type: ignore[attr-defined]
+
+    async with running_coordinator(config, plugins=[Plugin]), connected_client(config) as client:
+        request = create("quant-close", on_event=True, workflow="quant", workflow_version=2, input={"symbol": "SPY"})
+        view = await client.call(verbs.SCHEDULE_CREATE, request)
+        assert (view.target_kind, view.target, view.rule) == ("workflow", "quant", "on event")
+        fired = await client.call(verbs.SCHEDULE_TRIGGER, api.ScheduleTriggerRequest(name="quant-close", key="k"))
+        again = await client.call(verbs.SCHEDULE_TRIGGER, api.ScheduleTriggerRequest(name="quant-close", key="k"))
+    run_id = "schedule:quant-close:manual-k"
+    assert fired.fire.target_id == run_id and again.fire.duplicate and list(workflows.runs) == [run_id]
+    run = workflows.runs[run_id]
+    assert run["name"] == "quant" and run["version"] == 2 and run["input"] == {"symbol": "SPY"}
+    assert run["submitter"] == "schedule:quant-close" and run["trigger"]["fire_id"] == run_id
+
+
+async def test_weekdays_at_the_exchange_close_fire_at_16_30_new_york_time(config: ClawConfig) -> None:
+    """The quant schedule: `30 16 * * 1-5` in America/New_York, on a coordinator whose wall clock the
+    test sets to just before the Friday close."""
+    ny = ZoneInfo("America/New_York")
+    friday_close = datetime.datetime(2026, 3, 6, 16, 30, tzinfo=ny).timestamp()
+    clock = SetClock(friday_close - 30)
+    db = Path(config.coordinator.db_path)
+    async with running_coordinator_with(config, clock), connected_client(config) as client:
+        view = await client.call(
+            verbs.SCHEDULE_CREATE, create("close", cron="30 16 * * 1-5", tz="America/New_York", skill="echo")
+        )
+        assert view.next_fire_at == friday_close and view.rule == "cron 30 16 * * 1-5 (America/New_York)"
+        clock.wall = friday_close + 0.3
+        await eventually(lambda: scheduled_tasks(db, "close"), what="the Friday close fire")
+        monday = datetime.datetime(2026, 3, 9, 16, 30, tzinfo=ny).timestamp()  # after the DST change
+
+        async def moved_to_monday() -> bool:
+            [schedule] = (await client.call(verbs.SCHEDULE_LIST, api.ScheduleListRequest())).schedules
+            return schedule.next_fire_at == monday
+
+        await eventually(moved_to_monday, what="the next fire on Monday")
+    assert [k for k, _, _ in scheduled_tasks(db, "close")] == ["schedule:close:2026-03-06T21:30:00Z"]
