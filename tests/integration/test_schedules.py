@@ -363,12 +363,12 @@ async def test_a_workflow_target_starts_a_run_whose_id_is_the_fire_id(config: Cl
 
     async with running_coordinator(config, plugins=[Plugin]), connected_client(config) as client:
         request = create("quant-close", on_event=True, workflow="quant", workflow_version=2, input={"symbol": "SPY"})
-        view = await client.call(verbs.SCHEDULE_CREATE, request)
+        view = await client.create_schedule(request)
         assert (view.target_kind, view.target, view.rule) == ("workflow", "quant", "on event")
         fired = await client.call(verbs.SCHEDULE_TRIGGER, api.ScheduleTriggerRequest(name="quant-close", key="k"))
-        again = await client.call(verbs.SCHEDULE_TRIGGER, api.ScheduleTriggerRequest(name="quant-close", key="k"))
+        again = await client.trigger_schedule("quant-close", key="k")  # the client's friendly method
     run_id = "schedule:quant-close:manual-k"
-    assert fired.fire.target_id == run_id and again.fire.duplicate and list(workflows.runs) == [run_id]
+    assert fired.fire.target_id == run_id and again.duplicate and list(workflows.runs) == [run_id]
     run = workflows.runs[run_id]
     assert run["name"] == "quant" and run["version"] == 2 and run["input"] == {"symbol": "SPY"}
     assert run["submitter"] == "schedule:quant-close" and run["trigger"]["fire_id"] == run_id

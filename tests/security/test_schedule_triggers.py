@@ -103,5 +103,5 @@ async def test_webhook_event_ids_live_in_their_own_namespace_and_fire_once(confi
         with pytest.raises(InvalidInputError, match="nest"):
             await client.call(verbs.SCHEDULE_EVENT, deep)
         with pytest.raises(InvalidInputError):
-            await client.call(verbs.SCHEDULE_EVENT, api.ScheduleEventRequest(name="hook", event_id="x" * 500))
+            await client.schedule_event("hook", "x" * 500, {"too": "long an id"})
     assert len(fires(db, "hook")) == 1
