@@ -23,7 +23,7 @@ import msgspec
 
 from common import api, verbs
 from common.clock import Clock
-from common.errors import InvalidInputError, RequestError, ScheduleNotFoundError
+from common.errors import InvalidInputError, LeaseLostError, RequestError, ScheduleNotFoundError
 from common.ids import new_id
 from common.log import get_logger
 from common.models import TaskSpec
@@ -168,9 +168,18 @@ class ScheduleEngine:
 
     async def fire_due(self) -> None:
         """The periodic job: fire every time schedule whose next fire time has come."""
+        failed: Exception | None = None
         async with self._lock:
             for schedule in list((await self.schedules()).values()):
-                await self._fire_due_one(schedule)
+                try:
+                    await self._fire_due_one(schedule)
+                except LeaseLostError:
+                    raise
+                except Exception as exc:  # one schedule's trouble must not hold up the others
+                    log.exception("schedules.fire_failed", schedule=schedule.name)
+                    failed = failed or exc
+        if failed is not None:
+            raise failed  # counted as the job's failure (`claw status`); tried again at the next tick
 
     async def _fire_due_one(self, schedule: Schedule) -> None:
         row, timing = schedule.row, schedule.timing

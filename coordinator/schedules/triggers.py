@@ -26,7 +26,7 @@ from nats.js.errors import APIError
 
 from common.clock import Clock
 from common.config import JetStreamSettings
-from common.errors import ScheduleNotFoundError
+from common.errors import CommunicationError, ScheduleNotFoundError
 from common.log import get_logger
 from communication.connection import NatsConnection
 from communication.pull import PullConsumer
@@ -98,7 +98,7 @@ class SubjectTriggers:
     async def poll(self) -> None:
         """The periodic job: fire for every trigger message waiting, then ack it."""
         consumer = await self.ensure()
-        while msgs := await consumer.fetch_nowait(BATCH):
+        while msgs := await self._fetch(consumer):
             for index, msg in enumerate(msgs):
                 try:
                     if msg.metadata.num_delivered > MAX_DELIVERIES:
@@ -113,6 +113,14 @@ class SubjectTriggers:
                 await msg.ack()
             if len(msgs) < BATCH:
                 return
+
+    async def _fetch(self, consumer: PullConsumer) -> list[Msg]:
+        try:
+            return await consumer.fetch_nowait(BATCH)
+        except CommunicationError:
+            # The consumer or its stream is gone (deleted by hand, a new server): made again next time.
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         """Stop pulling (messages in hand come back after the ack wait)."""
