@@ -63,6 +63,12 @@ class EventKind(StrEnum):
     SKILL_INSTALLED = "skill.installed"
     SKILL_ENABLED = "skill.enabled"
     SKILL_DISABLED = "skill.disabled"
+    # Schedules (coordinator/schedules/), under `schedule:<name>`: what changed them and every fire.
+    SCHEDULE_CREATED = "schedule.created"
+    SCHEDULE_DELETED = "schedule.deleted"
+    SCHEDULE_PAUSED = "schedule.paused"
+    SCHEDULE_RESUMED = "schedule.resumed"
+    SCHEDULE_FIRED = "schedule.fired"
 
     @classmethod
     def ignored(cls, reported: str) -> EventKind:

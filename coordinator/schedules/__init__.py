@@ -33,7 +33,9 @@ def register(c: Coordinator) -> None:
     def workflows() -> Workflows | None:
         return cast("Workflows | None", getattr(c, "workflows", None))
 
-    engine = ScheduleEngine(store, c.clock, submit=lambda request: c.handlers.submit(request), workflows=workflows)
+    engine = ScheduleEngine(
+        store, c.clock, submit=lambda request: c.handlers.submit(request), workflows=workflows, writer=c.writer
+    )
     subject_triggers = SubjectTriggers(c.conn, c.config.jetstream, engine)
     artifact_triggers = ArtifactTriggers(store, c.clock, engine)
     c.api_providers.append(engine)

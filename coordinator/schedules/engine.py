@@ -24,6 +24,7 @@ import msgspec
 from common import api, verbs
 from common.clock import Clock
 from common.errors import InvalidInputError, LeaseLostError, RequestError, ScheduleNotFoundError
+from common.event_kinds import EventKind
 from common.ids import new_id
 from common.log import get_logger
 from common.models import TaskSpec
@@ -37,7 +38,9 @@ from coordinator.schedules.timing import (
     due_fires,
     fire_id,
 )
+from storage.records import EventRecord, WriteBatch
 from storage.schedule_store import FireRow, ScheduleRow, ScheduleStore
+from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.schedules")
 
@@ -129,9 +132,11 @@ class ScheduleEngine:
         *,
         submit: Submit,
         workflows: Callable[[], Workflows | None],
+        writer: TaskWriter | None = None,
         grace_s: float = DEFAULT_GRACE_S,
     ) -> None:
         self._store = store
+        self._writer = writer
         self._clock = clock
         self._submit = submit
         self._workflows = workflows
@@ -232,6 +237,12 @@ class ScheduleEngine:
         row.next_fire_at, row.fires, row.updated_at = next_fire_at, row.fires + new, now
         if fires:
             row.last_fire_at, row.last_fire_id = fires[-1].fired_at, fires[-1].fire_id
+        await self._audit(
+            [EventRecord.of(EventKind.SCHEDULE_FIRED, f"schedule:{schedule.name}", fire.fired_at,
+                            data={"fire_id": fire.fire_id, "reason": fire.reason, "target": fire.target_id,
+                                  "error": fire.error})
+             for fire in fires]
+        )  # fmt: skip
         for fire in fires:
             log.info(
                 "schedules.fired", schedule=schedule.name, fire_id=fire.fire_id, reason=fire.reason,
@@ -293,6 +304,14 @@ class ScheduleEngine:
         )
         return str(getattr(run, "run_id", None) or request.fire_id)
 
+    async def _audit(self, events: list[EventRecord]) -> None:
+        """Add rows to the event log (hash-chained: `claw audit verify`), after the schedule tables."""
+        if events and self._writer is not None:
+            await self._writer.write_batch(WriteBatch(events=events))
+
+    async def _audit_change(self, kind: EventKind, name: str, by: str | None, **data: object) -> None:
+        await self._audit([EventRecord.of(kind, f"schedule:{name}", self._clock.now(), data={"by": by, **data})])
+
     # --- the API ----------------------------------------------------------------------------------
 
     @serves(verbs.SCHEDULE_LIST)
@@ -341,7 +360,10 @@ class ScheduleEngine:
                     f"a schedule called '{request.name}' exists: delete it first or choose another name"
                 )
             schedule = schedules[request.name] = Schedule(row, request, timing)
-        log.info("schedules.created", schedule=request.name, rule=describe(request, timing), by=request.by)
+        rule = describe(request, timing)
+        await self._audit_change(EventKind.SCHEDULE_CREATED, request.name, request.by, rule=rule,
+                                 target=schedule.view().target)  # fmt: skip
+        log.info("schedules.created", schedule=request.name, rule=rule, by=request.by)
         return schedule.view()
 
     def _check(self, request: api.ScheduleCreateRequest) -> str:
@@ -384,6 +406,7 @@ class ScheduleEngine:
             schedule = await self._get(request.name)
             await self._store.delete(request.name)
             del (await self.schedules())[request.name]
+        await self._audit_change(EventKind.SCHEDULE_DELETED, request.name, request.by)
         log.info("schedules.deleted", schedule=request.name, by=request.by)
         return schedule.view()
 
@@ -406,6 +429,8 @@ class ScheduleEngine:
                 next_fire_at = row.next_fire_at if paused or timing is None else timing.next_after(now)
                 await self._store.set_paused(row.name, paused, next_fire_at, now)
                 row.paused, row.next_fire_at, row.updated_at = paused, next_fire_at, now
+                kind = EventKind.SCHEDULE_PAUSED if paused else EventKind.SCHEDULE_RESUMED
+                await self._audit_change(kind, row.name, request.by)
                 log.info("schedules.paused" if paused else "schedules.resumed", schedule=row.name, by=request.by)
             return schedule.view()
 

@@ -137,6 +137,13 @@ async def test_a_fire_whose_record_failed_is_fired_again_with_the_same_id_and_st
         ScheduleStore.record_fires = record  # type: ignore[method-assign]
     keys = [k for k, _, _ in scheduled_tasks(db, "retry")]
     assert failures and failures[0] in keys
+    # Every fire and change is in the (hash-chained) event log too, each fire once.
+    conn = sqlite3.connect(db)
+    logged = conn.execute("SELECT kind, data FROM events WHERE task_id = 'schedule:retry' ORDER BY id").fetchall()
+    conn.close()
+    assert [k for k, _ in logged][:1] == ["schedule.created"] and logged[-1][0] == "schedule.paused"
+    fired = [json.loads(d)["fire_id"] for k, d in logged if k == "schedule.fired"]
+    assert sorted(fired) == sorted(set(fired)) == sorted(keys)
     assert_contiguous(fire_times(keys, "retry"), 1.0)
     recorded = {f.fire_id for f in show.fires}
     assert failures[0] in recorded and set(keys) == recorded

@@ -18,6 +18,7 @@ STORED_BEFORE = {
     "alert.completion_rate", "alert.failure_rate", "alert.resolved",
     "node.active", "node.paused", "node.drained",
     "skill.registered", "skill.installed", "skill.enabled", "skill.disabled",
+    "schedule.created", "schedule.deleted", "schedule.paused", "schedule.resumed", "schedule.fired",
 }  # fmt: skip
 
 
