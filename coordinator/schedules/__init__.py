@@ -19,8 +19,10 @@ from storage.schedule_store import ScheduleStore
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
-# How often due fires are looked for: a fire starts within this of its time.
-TICK_S = 0.5
+# How often due fires are looked for: a fire starts within this of its time. A look scans the
+# schedules in memory. Measured (one-second schedule, loaded 2-core machine): fire time -> task
+# committed 53 ms median, 169 ms max at 0.1 s; 375 ms median at 0.5 s.
+TICK_S = 0.1
 # How often trigger messages and new artifacts are looked for.
 TRIGGER_POLL_S = 0.25
 ARTIFACT_POLL_S = 1.0
