@@ -430,6 +430,9 @@ class NodeControlReply(msgspec.Struct, frozen=True, kw_only=True):
 # --- schedules and triggers (issue 13: 4; docs/Scheduling.md) ---------------------------------------
 
 ScheduleName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")]
+# The tail of a fire id chosen by a caller (`trigger --key`, a webhook's event id): the characters a
+# workflow run id may hold, since the fire id becomes the run id.
+FireKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:._+-]{1,128}\Z")]
 
 
 class ScheduleCreateRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -521,7 +524,7 @@ class ScheduleTriggerRequest(msgspec.Struct, frozen=True, kw_only=True):
     """`claw schedules trigger NAME`: fire now, by hand. `key` makes a retried trigger fire once."""
 
     name: str
-    key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    key: FireKey | None = None
     by: str | None = None
 
 
@@ -530,7 +533,7 @@ class ScheduleEventRequest(msgspec.Struct, frozen=True, kw_only=True):
     delivery id, so a redelivered webhook fires once; `data` is passed to the target."""
 
     name: str
-    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    event_id: FireKey
     data: msgspec.Raw = JSON_NULL
 
 

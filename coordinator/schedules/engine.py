@@ -15,7 +15,7 @@ a plain task (a skill and its input, submitted through the same path as `claw su
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,19 +51,19 @@ Submit = Callable[[api.SubmitRequest], Awaitable[api.SubmitReply]]
 
 
 class Workflows(Protocol):
-    """What the workflows feature offers schedules (coordinator/workflows/, another branch)."""
+    """What the workflows feature offers schedules (coordinator/workflows/, the `workflows` branch)."""
 
     async def start_run(
         self,
         name: str,
-        input: dict[str, Any],
+        input: Mapping[str, Any] | None,
         *,
         version: int | None = None,
         run_id: str | None = None,
-        trigger: dict[str, Any] | None = None,
+        trigger: str | None = None,
         submitter: str | None = None,
-    ) -> object:
-        """Start a run of workflow `name`; idempotent on `run_id`."""
+    ) -> str:
+        """Start a run of workflow `name` and return its id; idempotent on `run_id`."""
         ...
 
 
@@ -269,10 +269,7 @@ class ScheduleEngine:
     async def _submit_task(self, schedule: Schedule, request: FireRequest) -> str:
         spec = schedule.spec
         assert spec.skill is not None
-        task_input = spec.input
-        if request.event is not None:
-            merged = msgspec.json.decode(spec.input) | {"trigger": request.event}
-            task_input = msgspec.Raw(msgspec.json.encode(merged))
+        task_input = spec.input if request.event is None else msgspec.Raw(msgspec.json.encode(_input_of(spec, request)))
         task = TaskSpec(skill=spec.skill, input=task_input, priority=spec.priority, idempotency_key=request.fire_id)
         reply = await self._submit(api.SubmitRequest(tasks=[task], submitter=f"schedule:{schedule.name}"))
         result = reply.results[0]
@@ -292,17 +289,16 @@ class ScheduleEngine:
         workflows = self._workflows()
         if workflows is None:
             raise InvalidInputError("this coordinator has no workflows feature: the schedule's workflow cannot start")
-        trigger = {"schedule": schedule.name, "fire_id": request.fire_id, "reason": request.reason,
-                   "fire_time": request.fire_time, "event": request.event}  # fmt: skip
-        run = await workflows.start_run(
+        # The run shows what started it (`claw workflow show`); an event's data is in its input.
+        trigger = f"schedule {schedule.name}: {request.reason} {request.fire_id}"
+        return await workflows.start_run(
             spec.workflow,
-            msgspec.json.decode(spec.input),
+            _input_of(spec, request),
             version=spec.workflow_version,
             run_id=request.fire_id,
             trigger=trigger,
             submitter=f"schedule:{schedule.name}",
         )
-        return str(getattr(run, "run_id", None) or request.fire_id)
 
     async def _audit(self, events: list[EventRecord]) -> None:
         """Add rows to the event log (hash-chained: `claw audit verify`), after the schedule tables."""
@@ -506,6 +502,12 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(have) or (part != "*" and part != have[i]):
             return False
     return len(want) == len(have)
+
+
+def _input_of(spec: api.ScheduleCreateRequest, request: FireRequest) -> dict[str, Any]:
+    """The target's input: the schedule's, plus the event under `trigger` when an event fired it."""
+    given: dict[str, Any] = msgspec.json.decode(spec.input)
+    return given if request.event is None else given | {"trigger": request.event}
 
 
 def _fire_view(fire: FireRow, *, duplicate: bool = False) -> api.ScheduleFireView:

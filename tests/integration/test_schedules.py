@@ -16,7 +16,7 @@ import itertools
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -338,8 +338,9 @@ def test_two_coordinators_and_a_sigkill_at_a_fire_moment_give_one_fire_per_fire_
 
 
 class StandInWorkflows:
-    """Stands in for the workflows feature (another branch) behind the contract schedules rely on:
-    `start_run(name, input, *, version, run_id, trigger, submitter)`, idempotent on `run_id`."""
+    """Stands in for the workflows feature (the `workflows` branch) behind the contract schedules rely
+    on: `start_run(name, input, *, version, run_id, trigger, submitter) -> run id`, idempotent on
+    `run_id`."""
 
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}
@@ -347,17 +348,17 @@ class StandInWorkflows:
     async def start_run(
         self,
         name: str,
-        input: dict[str, Any],
+        input: Mapping[str, Any] | None,
         *,
         version: int | None = None,
         run_id: str | None = None,
-        trigger: dict[str, Any] | None = None,
+        trigger: str | None = None,
         submitter: str | None = None,
-    ) -> object:
-        assert run_id is not None
+    ) -> str:
+        assert run_id is not None and isinstance(trigger, str)
         self.runs.setdefault(run_id, {"name": name, "input": input, "version": version, "trigger": trigger,
                                       "submitter": submitter})  # fmt: skip
-        return type("Run", (), {"run_id": run_id})()
+        return run_id
 
 
 async def test_a_workflow_target_starts_a_run_whose_id_is_the_fire_id(config: ClawConfig) -> None:
@@ -378,7 +379,7 @@ async def test_a_workflow_target_starts_a_run_whose_id_is_the_fire_id(config: Cl
     assert fired.fire.target_id == run_id and again.duplicate and list(workflows.runs) == [run_id]
     run = workflows.runs[run_id]
     assert run["name"] == "quant" and run["version"] == 2 and run["input"] == {"symbol": "SPY"}
-    assert run["submitter"] == "schedule:quant-close" and run["trigger"]["fire_id"] == run_id
+    assert run["submitter"] == "schedule:quant-close" and run["trigger"] == f"schedule quant-close: manual {run_id}"
 
 
 async def test_weekdays_at_the_exchange_close_fire_at_16_30_new_york_time(config: ClawConfig) -> None:
