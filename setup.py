@@ -47,6 +47,9 @@ setup(
         "uvloop>=0.19; sys_platform != 'win32'",
         # Schedules: cron expressions in IANA time zones, DST included (coordinator/schedules/timing.py).
         "cronsim>=2.6",
+        # Start-up calls to NATS retry with backoff until a deadline: a well-kept retry library
+        # (stop/wait policies, async) instead of our own loop.
+        "tenacity>=8.2",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).

@@ -19,6 +19,7 @@ from cli.commands import (
     approvals,
     artifacts,
     audit,
+    backup,
     bench,
     coordinator,
     dlq,
@@ -68,6 +69,7 @@ GROUPS = (
     node,
     quarantine,
     schedules,
+    backup,
 )
 for group in GROUPS:
     group.register(app)
