@@ -186,3 +186,29 @@ class ScheduleStore:
         """Who submitted a task (a fire's duplicate must be the schedule's own)."""
         rows = await self._db.fetch_all_writer("SELECT submitter FROM tasks WHERE task_id = ?", (task_id,))
         return rows[0][0] if rows else None
+
+    async def recover_fires(self, name: str, at: float) -> list[FireRow]:
+        """Record the fires whose task was submitted but whose record was lost (the coordinator died
+        in between and the missed-fire policy did not fire them again): found by their idempotency
+        keys, a range of the tasks' unique index. Returns the fires recorded now."""
+        low, high = f"schedule:{name}:", f"schedule:{name};"  # ';' follows ':' in ASCII
+
+        def run(conn: sqlite3.Connection) -> list[FireRow]:
+            rows = conn.execute(
+                "SELECT t.idempotency_key, t.task_id, t.created_at FROM tasks t WHERE t.idempotency_key >= ? "
+                "AND t.idempotency_key < ? AND t.submitter = ? AND NOT EXISTS "
+                "(SELECT 1 FROM schedule_fires f WHERE f.fire_id = t.idempotency_key)",
+                (low, high, f"schedule:{name}"),
+            ).fetchall()
+            fires = [FireRow(key, name, None, created, "recovered", task_id) for key, task_id, created in rows]
+            conn.executemany(
+                "INSERT OR IGNORE INTO schedule_fires (fire_id, schedule, fire_time, fired_at, reason, target_id, "
+                "error) VALUES (?,?,?,?,?,?,?)",
+                [(f.fire_id, f.schedule, f.fire_time, f.fired_at, f.reason, f.target_id, f.error) for f in fires],
+            )
+            conn.execute(
+                "UPDATE schedules SET fires = fires + ?, updated_at = ? WHERE name = ?", (len(fires), at, name)
+            )
+            return fires
+
+        return await self._db.transaction(run)

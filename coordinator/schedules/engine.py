@@ -158,10 +158,18 @@ class ScheduleEngine:
                 if self._schedules is None:
                     loaded: dict[str, Schedule] = {}
                     for row in await self._store.all():
+                        await self._recover(row)
                         spec = msgspec.json.decode(row.definition, type=api.ScheduleCreateRequest)
                         loaded[row.name] = Schedule(row, spec, timing_of(spec, row.anchor_at))
                     self._schedules = loaded
         return self._schedules
+
+    async def _recover(self, row: ScheduleRow) -> None:
+        """Record the fires the previous coordinator submitted but died before recording."""
+        fires = await self._store.recover_fires(row.name, self._clock.now())
+        row.fires += len(fires)
+        for fire in fires:
+            log.info("schedules.fire_recovered", schedule=row.name, fire_id=fire.fire_id, target=fire.target_id)
 
     async def _get(self, name: str) -> Schedule:
         schedule = (await self.schedules()).get(name)

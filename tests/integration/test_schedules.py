@@ -404,3 +404,40 @@ async def test_weekdays_at_the_exchange_close_fire_at_16_30_new_york_time(config
 
         await eventually(moved_to_monday, what="the next fire on Monday")
     assert [k for k, _, _ in scheduled_tasks(db, "close")] == ["schedule:close:2026-03-06T21:30:00Z"]
+
+
+async def test_a_fire_submitted_but_never_recorded_is_recovered_when_the_policy_will_not_fire_it_again(
+    config: ClawConfig,
+) -> None:
+    """The coordinator submits a fire's task, cannot record the fire, and stops; the next one starts
+    when that fire is late, so `skip` will not fire it again: the fire is recorded from its task."""
+    clock = SetClock(1_800_000_000.0)
+    db = Path(config.coordinator.db_path)
+    record = ScheduleStore.record_fires
+
+    async def record_failing(self: ScheduleStore, name: str, fires: Any, **kw: Any) -> int:
+        if fires:
+            raise sqlite3.OperationalError("disk I/O error (injected after the submit)")
+        return await record(self, name, fires, **kw)
+
+    ScheduleStore.record_fires = record_failing  # type: ignore[method-assign]
+    try:
+        async with running_coordinator_with(config, clock), connected_client(config) as client:
+            view = await client.create_schedule(create("lost", every_s=60.0, skill="echo"))
+            assert view.next_fire_at is not None
+            first = view.next_fire_at
+            clock.wall = first + 0.2
+            await eventually(lambda: scheduled_tasks(db, "lost"), what="the fire's task")
+    finally:
+        ScheduleStore.record_fires = record  # type: ignore[method-assign]
+    clock.wall = first + 45  # late: skip does not fire it again
+    async with running_coordinator_with(config, clock), connected_client(config) as client:
+        shown = await client.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name="lost"))
+    [(key, _, _)] = scheduled_tasks(db, "lost")
+    assert key == stamp_id("lost", first)
+    assert [(f.fire_id, f.reason) for f in shown.fires] == [(key, "recovered")] and shown.schedule.fires == 1
+    assert shown.schedule.next_fire_at == first + 60
+
+
+def stamp_id(name: str, t: float) -> str:
+    return f"schedule:{name}:{stamp(t)}"
