@@ -6,7 +6,9 @@ target once, whatever restarts happen around it. docs/Scheduling.md explains the
 
 from __future__ import annotations
 
+import datetime
 import getpass
+import time
 from typing import Annotated
 
 import typer
@@ -41,7 +43,7 @@ def render_list(schedules: list[api.ScheduleView]) -> None:
     """One row per schedule."""
     rows = [
         (s.name, shorten(s.rule, 44), f"{s.target_kind} {s.target}", "paused" if s.paused else "active",
-         fmt_time(s.next_fire_at) if s.next_fire_at is not None else "-", s.missed, s.fires,
+         fmt_when(s.next_fire_at), s.missed, s.fires,
          fmt_time(s.last_fire_at) if s.last_fire_at is not None else "-")
         for s in schedules
     ]  # fmt: skip
@@ -59,6 +61,24 @@ def schedules_show(ctx: typer.Context, name: NameArg, json_out: JsonFlag = False
     query(ctx, lambda client: client.call(verbs.SCHEDULE_SHOW, request), render_show, json_out)
 
 
+def fmt_when(epoch: float | None) -> str:
+    """A fire time in local time with its zone, and how far off: `2026-03-09 16:30:00 EDT (in 2.3h)`."""
+    if epoch is None:
+        return "-"
+    local = datetime.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    ahead = epoch - time.time()
+    if ahead < 0:
+        return local
+    span = (
+        f"{ahead:.0f}s"
+        if ahead < 60
+        else f"{ahead / 60:.0f}m"
+        if ahead < 3600
+        else (f"{ahead / 3600:.1f}h" if ahead < 86400 else f"{ahead / 86400:.1f}d")
+    )
+    return f"{local} (in {span})"
+
+
 def render_show(reply: api.ScheduleShowReply) -> None:
     """The schedule's fields, then its upcoming fire times and fires."""
     s = reply.schedule
@@ -69,7 +89,7 @@ def render_show(reply: api.ScheduleShowReply) -> None:
          ("created", f"{fmt_time(s.created_at)} by {s.created_by or '?'}")]
     )  # fmt: skip
     if reply.upcoming:
-        print("\nnext fires: " + ", ".join(fmt_time(t) for t in reply.upcoming))
+        print("\nnext fires: " + ", ".join(fmt_when(t) for t in reply.upcoming))
     print()
     rows = [(f.fire_id, f.reason, fmt_time(f.fired_at), f.target_id or "-", shorten(f.error or "", 50))
             for f in reply.fires]  # fmt: skip
@@ -143,7 +163,7 @@ def schedules_create(
 
 def _said(what: str, view: api.ScheduleView) -> None:
     state = "paused" if view.paused else "active"
-    nxt = f"; next fire {fmt_time(view.next_fire_at)}" if view.next_fire_at is not None else ""
+    nxt = f"; next fire {fmt_when(view.next_fire_at)}" if view.next_fire_at is not None else ""
     print(f"{what} schedule {view.name}: {view.rule} -> {view.target_kind} {view.target} ({state}{nxt})")
 
 
