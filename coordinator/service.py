@@ -157,9 +157,9 @@ class Coordinator:
         self.alerts = AlertMonitor(self.writer, self.queries, self.stats, settings, clock)
         # Metrics cost nothing unless asked for: without a port there is no listener on the hot path.
         self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
-        self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
-        # Objects whose `@serves` methods a feature adds to the API (its `register` appends them).
+        # Objects with `@serves` handlers that features add (coordinator/api_routes.py).
         self.api_providers: list[object] = []
+        self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
         for plugin in (*FEATURES, *plugins):
             plugin.register(self)
         self._api = ApiServer(conn, self._api_routes())
