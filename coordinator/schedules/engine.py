@@ -66,6 +66,10 @@ class Workflows(Protocol):
         """Start a run of workflow `name` and return its id; idempotent on `run_id`."""
         ...
 
+    async def flow(self, name: str, version: int | None) -> tuple[object, int]:
+        """The registered workflow (its latest version when None); raises when there is none."""
+        ...
+
 
 class Kind:
     """What fires a schedule."""
@@ -339,6 +343,9 @@ class ScheduleEngine:
     async def create(self, request: api.ScheduleCreateRequest) -> api.ScheduleView:
         """Check and add a schedule; its first fire is the first fire time after now."""
         kind = self._check(request)
+        workflows = self._workflows()
+        if request.workflow is not None and workflows is not None:
+            await workflows.flow(request.workflow, request.workflow_version)  # registered? (else its error)
         now = self._clock.now()
         anchor = float(int(now))  # whole seconds: fire ids name seconds
         timing = timing_of(request, anchor)
