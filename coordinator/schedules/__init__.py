@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 from coordinator.periodic_jobs import PeriodicJob
 from coordinator.schedules.engine import ScheduleEngine, Workflows
 from coordinator.schedules.triggers import ArtifactTriggers, SubjectTriggers
+from coordinator.schedules.workflow_triggers import WorkflowTriggerSync
 from storage.schedule_store import ScheduleStore
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ TICK_S = 0.1
 # How often trigger messages and new artifacts are looked for.
 TRIGGER_POLL_S = 0.25
 ARTIFACT_POLL_S = 1.0
+# How often the triggers declared in workflow specs are read (a registered workflow fires within this).
+WORKFLOW_SYNC_S = 2.0
 
 
 def register(c: Coordinator) -> None:
@@ -44,3 +47,5 @@ def register(c: Coordinator) -> None:
     c.jobs.add(PeriodicJob("schedules", TICK_S, engine.fire_due))
     c.jobs.add(PeriodicJob("schedule-subject-triggers", TRIGGER_POLL_S, subject_triggers.poll))
     c.jobs.add(PeriodicJob("schedule-artifact-triggers", ARTIFACT_POLL_S, artifact_triggers.poll))
+    workflow_sync = WorkflowTriggerSync(engine, workflows, c.conn.subjects.trigger_root)
+    c.jobs.add(PeriodicJob("schedule-workflow-triggers", WORKFLOW_SYNC_S, workflow_sync.sync))

@@ -482,3 +482,100 @@ async def test_an_interval_schedule_starts_one_real_workflow_run_per_fire_time(c
 async def _fires_at_least(client: ClawClient, name: str, count: int) -> api.ScheduleShowReply | None:
     shown = await client.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name=name))
     return shown if len(shown.fires) >= count else None
+
+
+class DeclaredTrigger(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow spec's `trigger:` as the workflows feature parses it (its fields, its defaults)."""
+
+    cron: str | None = None
+    timezone: str = "UTC"
+    interval_s: float | None = None
+    subject: str | None = None
+    artifact_prefix: str | None = None
+    webhook: str | None = None
+    missed: str = "skip"
+    missed_cap: int = 10
+    input: dict[str, Any] = {}
+
+
+class StandInWithTriggers(StandInWorkflows):
+    """The stand-in, also listing the triggers its workflows declare (`triggers()`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declared: list[tuple[str, int, DeclaredTrigger]] = []
+
+    async def triggers(self) -> list[tuple[str, int, DeclaredTrigger]]:
+        return list(self.declared)
+
+
+async def test_triggers_declared_in_workflow_specs_become_schedules_kept_in_step_with_new_versions(
+    config: ClawConfig,
+) -> None:
+    workflows = StandInWithTriggers()
+
+    class Plugin:
+        @staticmethod
+        def register(coordinator: Coordinator) -> None:
+            coordinator.workflows = workflows  # type: ignore[attr-defined]
+
+    async def derived() -> dict[str, api.ScheduleView]:
+        return {s.name: s for s in await client.schedules()}
+
+    async with running_coordinator(config, plugins=[Plugin]), connected_client(config) as client:
+        await client.create_schedule(create("mine", every_s=3600.0, workflow="quant"))
+        close = DeclaredTrigger(cron="30 16 * * 1-5", timezone="America/New_York", missed="once", input={"s": "SPY"})
+        workflows.declared = [("quant", 1, close)]
+        views = await eventually(lambda: _has(derived, "workflow.quant"), what="the declared schedule")
+        quant = views["workflow.quant"]
+        assert (quant.rule, quant.target_kind, quant.target) == ("cron 30 16 * * 1-5 (America/New_York)", "workflow",
+                                                                 "quant")  # fmt: skip
+        assert quant.missed == "once" and msgspec.json.decode(quant.input) == {"s": "SPY"}
+        assert quant.created_by == "workflow:quant@1"
+        await client.call(verbs.SCHEDULE_PAUSE, api.ScheduleNameRequest(name="workflow.quant"))
+        # Version 2 changes the trigger: the schedule follows, still paused.
+        workflows.declared = [("quant", 2, DeclaredTrigger(interval_s=60.0))]
+        views = await eventually(
+            lambda: _has(derived, "workflow.quant", rule="every 1m"), what="the schedule of version 2"
+        )
+        assert views["workflow.quant"].paused and views["workflow.quant"].created_by == "workflow:quant@2"
+        # Version 3 has no trigger: its schedule goes; the one made by hand stays.
+        workflows.declared = []
+        await eventually(lambda: _lacks(derived, "workflow.quant"), what="the schedule removed")
+        assert list(await derived()) == ["mine"]
+
+
+async def _has(views: Any, name: str, **fields: Any) -> dict[str, api.ScheduleView] | None:
+    found: dict[str, api.ScheduleView] = await views()
+    view = found.get(name)
+    if view is None or any(getattr(view, k) != v for k, v in fields.items()):
+        return None
+    return found
+
+
+async def _lacks(views: Any, name: str) -> bool:
+    return name not in await views()
+
+
+@pytest.mark.skipif("workflow_register" not in verbs.BY_NAME, reason="the workflows feature is not on this branch")
+async def test_a_workflow_registered_with_an_interval_trigger_runs_on_it_until_a_version_without_one(
+    config: ClawConfig,
+) -> None:
+    from communication.codec import decode_request
+
+    async def call(client: ClawClient, name: str, body: dict[str, Any]) -> Any:
+        verb = verbs.BY_NAME[name]
+        return await client.call(verb, decode_request(verb, json.dumps(body).encode()))
+
+    nodes = {"a": {"skill": "echo", "input": {"k": "=input.k"}}}
+    with_trigger = {"name": "tick", "trigger": {"interval_s": 1, "missed": "all", "input": {"k": 3}}, "nodes": nodes}
+    async with running_coordinator(config), running_worker(config), connected_client(config) as client:
+        await call(client, "workflow_register", {"spec": json.dumps(with_trigger)})
+        shown = await eventually(lambda: _fires_at_least(client, "workflow.tick", 2), timeout_s=30, what="two fires")
+        assert shown.schedule.target == "tick" and all(f.target_id == f.fire_id for f in shown.fires)
+        await call(client, "workflow_register", {"spec": json.dumps({"name": "tick", "nodes": nodes})})
+
+        async def gone() -> bool:
+            return "workflow.tick" not in {s.name for s in await client.schedules()}
+
+        await eventually(gone, timeout_s=30, what="the schedule removed with the trigger")
