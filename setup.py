@@ -52,6 +52,8 @@ setup(
         "PyNaCl>=1.5",
         # Workflow node inputs and conditions: JMESPath, a well-kept sandboxed query language (no eval).
         "jmespath>=1.0",
+        # Schedules: cron expressions in IANA time zones, DST included (coordinator/schedules/timing.py).
+        "cronsim>=2.6",
         # Start-up calls to NATS retry with backoff until a deadline: a well-kept retry library
         # (stop/wait policies, async) instead of our own loop.
         "tenacity>=8.2",

@@ -29,6 +29,7 @@ from cli.commands import (
     node,
     nodes,
     quarantine,
+    schedules,
     skills,
     status,
     submit,
@@ -70,6 +71,7 @@ GROUPS = (
     node,
     quarantine,
     workflow,
+    schedules,
     backup,
     limits,
 )

@@ -32,7 +32,7 @@ from common.models import (
     TaskSummary,
 )
 from common.skills import RegistryEntry, SkillManifest
-from common.states import NodeControl, NodeStatus, TaskState
+from common.states import NodeControl, NodeStatus, Priority, TaskState
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -718,3 +718,119 @@ class WorkflowListReply(msgspec.Struct, frozen=True, kw_only=True):
 
     workflows: list[WorkflowSummary]
     runs: list[WorkflowRunSummary]
+
+
+# --- schedules and triggers (issue 13: 4; docs/Scheduling.md) ---------------------------------------
+
+ScheduleName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")]
+# The tail of a fire id chosen by a caller (`trigger --key`, a webhook's event id): the characters a
+# workflow run id may hold, since the fire id becomes the run id.
+FireKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:._+-]{1,128}\Z")]
+
+
+class ScheduleCreateRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw schedules create NAME`: when it fires (exactly one of `cron`, `every_s`, `on_subject`,
+    `on_artifact`, `on_event`) and what it starts (exactly one of `workflow`, `skill`)."""
+
+    name: ScheduleName
+    cron: str | None = None
+    tz: str = "UTC"
+    every_s: float | None = None
+    # A subject under `<prefix>.trigger.` (wildcards allowed): each message published there fires it.
+    on_subject: str | None = None
+    # An artifact name prefix: each new artifact whose name starts with it fires it.
+    on_artifact: str | None = None
+    # Fired only by hand (`claw schedules trigger`) or by `schedule_event` (the gateway's webhooks).
+    on_event: bool = False
+    workflow: str | None = None
+    workflow_version: int | None = None
+    skill: str | None = None
+    input: msgspec.Raw = EMPTY_OBJECT
+    priority: Priority = Priority.NORMAL
+    # skip | once | all (coordinator/schedules/timing.py).
+    missed: str = "skip"
+    max_catchup: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
+    paused: bool = False
+    by: str | None = None
+
+
+class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
+    """A schedule as stored, with its next fire time (None for event triggers and paused ones)."""
+
+    name: str
+    kind: str
+    rule: str
+    target_kind: str
+    target: str
+    input: msgspec.Raw
+    priority: Priority
+    missed: str
+    max_catchup: int
+    paused: bool
+    next_fire_at: float | None
+    last_fire_at: float | None
+    last_fire_id: str | None
+    fires: int
+    created_at: float
+    created_by: str | None
+
+
+class ScheduleFireView(msgspec.Struct, frozen=True, kw_only=True):
+    """One fire: its id, the time it was for (None for events), why, and the task or run it started."""
+
+    fire_id: str
+    schedule: str
+    fire_time: float | None
+    fired_at: float
+    reason: str
+    target_id: str | None
+    duplicate: bool = False
+    error: str | None = None
+
+
+class ScheduleListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Every schedule (there are few), by name."""
+
+
+class ScheduleListReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Every schedule, by name."""
+
+    schedules: list[ScheduleView]
+
+
+class ScheduleNameRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A request naming one schedule (show, delete, pause, resume)."""
+
+    name: str
+    by: str | None = None
+
+
+class ScheduleShowReply(msgspec.Struct, frozen=True, kw_only=True):
+    """One schedule, its next fire times and its newest fires."""
+
+    schedule: ScheduleView
+    upcoming: list[float]
+    fires: list[ScheduleFireView]
+
+
+class ScheduleTriggerRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw schedules trigger NAME`: fire now, by hand. `key` makes a retried trigger fire once."""
+
+    name: str
+    key: FireKey | None = None
+    by: str | None = None
+
+
+class ScheduleEventRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """An outside event (a webhook, through the gateway) for a schedule: `event_id` is the sender's
+    delivery id, so a redelivered webhook fires once; `data` is passed to the target."""
+
+    name: str
+    event_id: FireKey
+    data: msgspec.Raw = JSON_NULL
+
+
+class ScheduleFireReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The fire a trigger or event caused (`duplicate` when that fire had happened already)."""
+
+    fire: ScheduleFireView

@@ -154,6 +154,12 @@ class PayloadTooLargeError(RequestError):
     code = "payload_too_large"
 
 
+class ScheduleNotFoundError(RequestError):
+    """The request names a schedule that does not exist (`claw schedules list` shows them)."""
+
+    code = "schedule_not_found"
+
+
 class QueueFullError(RequestError):
     """The skill's queue holds its maximum number of tasks."""
 
@@ -293,6 +299,7 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         UnknownSkillError,
         TaskNotFoundError,
         NodeNotFoundError,
+        ScheduleNotFoundError,
         PayloadTooLargeError,
         QueueFullError,
         PermissionDeniedError,

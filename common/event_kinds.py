@@ -89,6 +89,13 @@ class EventKind(StrEnum):
     WORKFLOW_RUN_FAILED = "workflow.run_failed"
     WORKFLOW_RUN_CANCELLED = "workflow.run_cancelled"
 
+    # Schedules (coordinator/schedules/), under `schedule:<name>`: what changed them and every fire.
+    SCHEDULE_CREATED = "schedule.created"
+    SCHEDULE_DELETED = "schedule.deleted"
+    SCHEDULE_PAUSED = "schedule.paused"
+    SCHEDULE_RESUMED = "schedule.resumed"
+    SCHEDULE_FIRED = "schedule.fired"
+
     @classmethod
     def ignored(cls, reported: str) -> EventKind:
         """The kind recording that a worker's `reported` event (started, succeeded, ...) changed nothing."""

@@ -124,6 +124,18 @@ WORKFLOW_RERUN = _declare(
 WORKFLOW_LIST = _declare(Verb("workflow_list", api.WorkflowListRequest, api.WorkflowListReply, role=Role.VIEWER))
 WORKFLOW_SHOW = _declare(Verb("workflow_show", api.WorkflowRunGetRequest, api.WorkflowRunView, role=Role.VIEWER))
 WORKFLOW_CANCEL = _declare(Verb("workflow_cancel", api.WorkflowCancelRequest, api.WorkflowRunView, role=Role.OPERATOR))
+# Schedules and triggers (issue 13: 4; coordinator/schedules/, docs/Scheduling.md).
+SCHEDULE_LIST = _declare(Verb("schedule_list", api.ScheduleListRequest, api.ScheduleListReply, role=Role.VIEWER))
+SCHEDULE_SHOW = _declare(Verb("schedule_show", api.ScheduleNameRequest, api.ScheduleShowReply, role=Role.VIEWER))
+SCHEDULE_CREATE = _declare(Verb("schedule_create", api.ScheduleCreateRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_DELETE = _declare(Verb("schedule_delete", api.ScheduleNameRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_PAUSE = _declare(Verb("schedule_pause", api.ScheduleNameRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_RESUME = _declare(Verb("schedule_resume", api.ScheduleNameRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_TRIGGER = _declare(
+    Verb("schedule_trigger", api.ScheduleTriggerRequest, api.ScheduleFireReply, role=Role.OPERATOR)
+)
+# What the HTTP gateway calls for a webhook.
+SCHEDULE_EVENT = _declare(Verb("schedule_event", api.ScheduleEventRequest, api.ScheduleFireReply, role=Role.SUBMITTER))
 
 # Every verb, in the order declared, and by name.
 ALL: tuple[Verb[Any, Any], ...] = tuple(_DECLARED.values())

@@ -439,6 +439,28 @@ class ClawClient:
         request = api.QuarantineListRequest(task_id=task_id, limit=limit)
         return (await self.call(verbs.QUARANTINE_LIST, request)).events
 
+    # --- schedules (docs/Scheduling.md) -----------------------------------------------------------
+
+    async def schedules(self) -> list[api.ScheduleView]:
+        """Every schedule, with its next fire time."""
+        return (await self.call(verbs.SCHEDULE_LIST, api.ScheduleListRequest())).schedules
+
+    async def create_schedule(self, request: api.ScheduleCreateRequest) -> api.ScheduleView:
+        """Make a schedule (`claw schedules create`); refused with one clear error when it cannot work."""
+        return await self.call(verbs.SCHEDULE_CREATE, request)
+
+    async def trigger_schedule(
+        self, name: str, *, key: str | None = None, by: str | None = None
+    ) -> api.ScheduleFireView:
+        """Fire a schedule now; with `key`, once per key (a retry answers the first fire, `duplicate`)."""
+        request = api.ScheduleTriggerRequest(name=name, key=key, by=by)
+        return (await self.call(verbs.SCHEDULE_TRIGGER, request)).fire
+
+    async def schedule_event(self, name: str, event_id: str, data: object = None) -> api.ScheduleFireView:
+        """Fire a schedule for an outside event (a webhook), once per `event_id`."""
+        request = api.ScheduleEventRequest(name=name, event_id=event_id, data=msgspec.Raw(msgspec.json.encode(data)))
+        return (await self.call(verbs.SCHEDULE_EVENT, request)).fire
+
     async def wait(
         self,
         task_ids: Sequence[str],

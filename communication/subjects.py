@@ -230,3 +230,30 @@ class Subjects:
     def updates_all(self) -> str:
         """Committed state changes of every task."""
         return f"{self.prefix}.updates.*"
+
+    # --- schedules' event triggers (coordinator/schedules/, docs/Scheduling.md) -------------------
+
+    @property
+    def triggers_stream(self) -> str:
+        """Limits stream keeping trigger messages until the coordinator has fired their schedules."""
+        return f"{self.upper}_TRIGGERS"
+
+    @property
+    def triggers_consumer(self) -> str:
+        """The coordinator's durable consumer on the triggers stream."""
+        return "coordinator-triggers"
+
+    @property
+    def trigger_root(self) -> str:
+        """`<prefix>.trigger.`: a schedule created `--on-subject material.new` fires on
+        `<prefix>.trigger.material.new`."""
+        return f"{self.prefix}.trigger."
+
+    def trigger(self, subject: str) -> str:
+        """Where to publish an event for schedules listening on `subject` (relative to the root)."""
+        return f"{self.trigger_root}{subject}"
+
+    @property
+    def triggers_all(self) -> str:
+        """Every trigger subject."""
+        return f"{self.prefix}.trigger.>"

@@ -94,6 +94,7 @@ class Admission:
 
     def _admit_one(self, spec: TaskSpec, now: float, submitter: str | None) -> TaskRecord:
         manifest, risk = self._skill(spec.skill)
+        _check_reserved_key(spec.idempotency_key, submitter)
         if spec.task_id is not None:
             reason = implausible_id_reason(spec.task_id, now_s=now, max_future_s=self._settings.task_id_max_future_s)
             if reason is not None:
@@ -221,3 +222,17 @@ def _size(n: int) -> str:
     if n >= 1024:
         return f"{n / 1024:.1f} KiB"
     return f"{n} B"
+
+
+# Schedules' fire ids (coordinator/schedules/) are the idempotency keys of the tasks they fire: a
+# client taking one first would make the fire a "duplicate" of its own task, and the schedule's
+# target would never run. Only the schedules submit with them (their submitter is `schedule:<name>`;
+# the trust issue binds a client's submitter to its credentials, so no client can claim that name).
+RESERVED_KEY_PREFIX = "schedule:"
+
+
+def _check_reserved_key(key: str | None, submitter: str | None) -> None:
+    if key and key.startswith(RESERVED_KEY_PREFIX) and not (submitter or "").startswith(RESERVED_KEY_PREFIX):
+        raise InvalidInputError(
+            f"idempotency keys starting with '{RESERVED_KEY_PREFIX}' are the fire ids of schedules: choose another key"
+        )

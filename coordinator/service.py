@@ -42,7 +42,7 @@ from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.startup import StartupCalls
 from communication.topology import Topology
-from coordinator import flow, maintenance, tenants, workflows
+from coordinator import flow, maintenance, schedules, tenants, workflows
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -89,7 +89,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows, schedules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +219,8 @@ class Coordinator:
             listeners=self.listeners.views,
             storage_fault=self._storage_fault,
         )
+        # The handlers, for features that submit as the API does (schedules fire tasks through `submit`).
+        self.handlers = handlers
         return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)), *self.api_providers)
 
     @classmethod

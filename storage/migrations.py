@@ -312,6 +312,41 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        12,
+        "schedules and their fires (claw schedules; coordinator/schedules/)",
+        """
+        CREATE TABLE schedules (
+            name TEXT PRIMARY KEY,
+            -- The definition as created (common/api.py ScheduleCreateRequest, JSON).
+            definition BLOB NOT NULL,
+            kind TEXT NOT NULL,
+            paused INTEGER NOT NULL DEFAULT 0,
+            -- Interval fire times are anchor_at + k * every_s: the same on every coordinator.
+            anchor_at REAL NOT NULL,
+            next_fire_at REAL,
+            last_fire_at REAL,
+            last_fire_id TEXT,
+            -- Artifact triggers: the id of the last artifacts row looked at.
+            artifact_cursor INTEGER NOT NULL DEFAULT 0,
+            fires INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            created_by TEXT,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE schedule_fires (
+            -- schedule:<name>:<fire time> (or :event-<id>, :subject-<seq>, :artifact-<id>, :manual-<key>).
+            fire_id TEXT PRIMARY KEY,
+            schedule TEXT NOT NULL,
+            fire_time REAL,
+            fired_at REAL NOT NULL,
+            reason TEXT NOT NULL,
+            target_id TEXT,
+            error TEXT
+        ) WITHOUT ROWID;
+        CREATE INDEX schedule_fires_by_schedule ON schedule_fires (schedule, fired_at);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -40,7 +40,9 @@ async def test_every_reading_verb_answers_by_name_with_its_declared_reply_type(c
             "task_states": {"task_ids": [submitted[0].task_id]},
             "artifacts": {"task_id": submitted[0].task_id},
             "workflow_show": {"run_id": run_id},
+            "schedule_show": {"name": "s"},
         }
+        await client.call(verbs.SCHEDULE_CREATE, api.ScheduleCreateRequest(name="s", on_event=True, skill="echo"))
         for verb in reading:
             reply = await call_by_name(client, verb.name, json.dumps(bodies.get(verb.name, {})).encode())
             assert type(reply) is verb.reply, verb.name

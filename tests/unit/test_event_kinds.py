@@ -33,10 +33,12 @@ WORKFLOW_KINDS = {
     "workflow.node_failed", "workflow.node_skipped", "workflow.node_reused", "workflow.run_succeeded",
     "workflow.run_failed", "workflow.run_cancelled",
 }  # fmt: skip
+# Schedules (coordinator/schedules).
+SCHEDULE_KINDS = {"schedule.created", "schedule.deleted", "schedule.paused", "schedule.resumed", "schedule.fired"}
 
 
 def test_the_members_are_exactly_the_strings_stored_before() -> None:
-    assert {kind.value for kind in EventKind} == STORED_BEFORE | FLOW_KINDS | WORKFLOW_KINDS
+    assert {kind.value for kind in EventKind} == STORED_BEFORE | FLOW_KINDS | WORKFLOW_KINDS | SCHEDULE_KINDS
     assert EventKind("attempt cancelled") is EventKind.ATTEMPT_CANCELLED  # the one with a space
 
 
