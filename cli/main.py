@@ -22,6 +22,7 @@ from cli.commands import (
     bench,
     coordinator,
     dlq,
+    gateway,
     guard,
     nats,
     node,
@@ -66,6 +67,7 @@ GROUPS = (
     artifacts,
     node,
     quarantine,
+    gateway,
 )
 for group in GROUPS:
     group.register(app)

@@ -264,3 +264,18 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
 def error_for_code(code: str, message: str) -> ClawError:
     """Rebuild on the client the error the coordinator reported with `code`."""
     return _WIRE_ERRORS.get(code, ClawError)(message)
+
+
+# --- the HTTP gateway (issue 14) -----------------------------------------------------------------
+
+
+class NotAuthenticatedError(RequestError):
+    """A request to the HTTP gateway carried no credential, or one that is unknown or revoked."""
+
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(RequestError):
+    """The caller is known but holds none of the roles the verb needs."""
+
+    code = "forbidden"

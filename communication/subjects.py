@@ -206,3 +206,20 @@ class Subjects:
     def updates_all(self) -> str:
         """Committed state changes of every task."""
         return f"{self.prefix}.updates.*"
+
+    # --- the HTTP gateway (issue 14) --------------------------------------------------------------
+
+    @property
+    def gateway_keys_bucket(self) -> str:
+        """KV bucket of the gateway's API keys (hashed; key: the key id) and its session secret."""
+        return f"{self.prefix}_gateway_keys"
+
+    def feed(self, task_id: str) -> str:
+        """A task's event log grew (any row, progress included), broadcast by the coordinator after
+        the commit: what the gateway's live views wait on before reading the new rows."""
+        return f"{self.prefix}.feed.{task_id}"
+
+    @property
+    def feed_all(self) -> str:
+        """The feed of every task."""
+        return f"{self.prefix}.feed.*"
