@@ -41,7 +41,7 @@ from common.models import NodeHeartbeat, QueueDepth
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.topology import Topology
-from coordinator import maintenance
+from coordinator import live_feed, maintenance
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -83,7 +83,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance,)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, live_feed)
 
 
 @dataclass(frozen=True, slots=True)

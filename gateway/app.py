@@ -18,6 +18,8 @@ from common.log import get_logger
 from gateway import openapi
 from gateway.context import Gateway
 from gateway.errors import error_response, response_for
+from gateway.live import LiveHub
+from gateway.live_routes import live_routes
 from gateway.rest import json_response, rest_routes
 
 log = get_logger("gateway.app")
@@ -28,7 +30,7 @@ def _openapi_bytes() -> bytes:
     return msgspec.json.encode(openapi.document())
 
 
-def build_app(gw: Gateway) -> Starlette:
+def build_app(gw: Gateway, hub: LiveHub) -> Starlette:
     """The application serving `gw`."""
 
     async def healthz(request: Request) -> Response:
@@ -43,6 +45,7 @@ def build_app(gw: Gateway) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        *live_routes(gw, hub),
         *rest_routes(gw),
     ]
     middleware = []

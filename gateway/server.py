@@ -27,6 +27,7 @@ from gateway.app import build_app
 from gateway.auth import KeyStore
 from gateway.calls import GatewayCalls
 from gateway.context import Gateway
+from gateway.live import LiveHub
 from gateway.sessions import SessionSigner
 from gateway.settings import GatewaySettings
 
@@ -52,8 +53,10 @@ class _Server(uvicorn.Server):
 class GatewayServer:
     """One running gateway."""
 
-    def __init__(self, gateway: Gateway, app: Starlette, conn: NatsConnection, sock: socket.socket) -> None:
-        self.gateway, self.app, self._conn, self._sock = gateway, app, conn, sock
+    def __init__(
+        self, gateway: Gateway, hub: LiveHub, app: Starlette, conn: NatsConnection, sock: socket.socket
+    ) -> None:
+        self.gateway, self.hub, self.app, self._conn, self._sock = gateway, hub, app, conn, sock
         host, port = sock.getsockname()[:2]
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
@@ -66,11 +69,13 @@ class GatewayServer:
             signer = SessionSigner(await keys.session_secret(), ttl_s=settings.session_ttl_s)
             calls = GatewayCalls(ClawClient(conn, owns_connection=False))
             gateway = Gateway(calls, keys, signer, settings, config.artifacts)
+            hub = LiveHub(calls.client)
+            await hub.start()
             sock = _bind(settings.host, settings.port)
         except BaseException:
             await conn.close()
             raise
-        return cls(gateway, build_app(gateway), conn, sock)
+        return cls(gateway, hub, build_app(gateway, hub), conn, sock)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; then finish open requests (bounded) and close everything."""
@@ -94,6 +99,7 @@ class GatewayServer:
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
+            await self.hub.close()  # ends the live streams, so uvicorn need not wait for them
             server.should_exit = True
             await serving
         finally:
@@ -104,7 +110,8 @@ class GatewayServer:
             await self.close()
 
     async def close(self) -> None:
-        """Close the artifact store, the socket and the NATS connection."""
+        """Close the live feed, the artifact store, the socket and the NATS connection."""
+        await self.hub.close()
         await self.gateway.close()
         self._sock.close()
         await self._conn.close()

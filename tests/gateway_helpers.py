@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -70,3 +72,43 @@ async def running_gateway(config: ClawConfig, settings: GatewaySettings | None =
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@dataclass
+class SseMessage:
+    """One Server-Sent Event: its id (None for `end`), its event name and its JSON data."""
+
+    id: int | None
+    event: str
+    data: Any
+
+
+async def read_sse(
+    http: httpx.AsyncClient, path: str, *, last_event_id: int | None = None, stop_after: int | None = None
+) -> list[SseMessage]:
+    """The messages of an SSE stream until `end` (or `stop_after` messages: then it disconnects)."""
+    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+    messages: list[SseMessage] = []
+    async with http.stream("GET", path, headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line.startswith(":") or line.startswith("retry:"):
+                continue
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if "data" not in fields:
+                continue
+            message = SseMessage(
+                int(fields["id"]) if "id" in fields else None,
+                fields.get("event", "message"),
+                json.loads(fields["data"]),
+            )
+            fields = {}
+            messages.append(message)
+            if message.event == "end" or (stop_after is not None and len(messages) >= stop_after):
+                break
+    return messages

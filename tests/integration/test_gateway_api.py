@@ -4,12 +4,15 @@ authentication and role refusals, identity taken from the key and never from the
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from common import verbs
 from common.config import ClawConfig
@@ -17,7 +20,7 @@ from communication.nats_server import EmbeddedNatsServer
 from gateway.routes import ROUTES
 from gateway.server import open_key_store
 from tests.conftest import make_config
-from tests.gateway_helpers import RunningGateway, running_gateway
+from tests.gateway_helpers import RunningGateway, read_sse, running_gateway
 from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
 from worker.context import TaskContext
 from worker.skills import Skill, SkillRegistry
@@ -279,3 +282,82 @@ async def test_a_revoked_key_is_refused_by_the_running_gateway(gw: RunningGatewa
             return answer.status_code == 401 and answer.json()["error"]["message"] == "unknown or revoked API key"
 
         await eventually(refused, timeout_s=10, what="the revoked key refused")
+
+
+# --- live: SSE and WebSocket ------------------------------------------------------------------------
+
+
+async def test_sse_resumes_from_last_event_id_without_losing_or_repeating_an_event(gw: RunningGateway) -> None:
+    """A watcher reads a running task's first events, disconnects, reconnects with the last id it
+    saw while the task goes on, and again after the task ended: it has every row of the task's log
+    exactly once, in order, and the end."""
+    async with gw.client("sam") as sam:
+        submitted = await sam.post("/v1/tasks", json={"skill": "sleep", "input": {"seconds": 3}})
+        task_id = submitted.json()["results"][0]["task_id"]
+        path = f"/v1/tasks/{task_id}/events"
+        first = await read_sse(sam, path, stop_after=3)
+        assert [m.data["kind"] for m in first][:2] == ["submitted", "queued"] and all(m.id for m in first)
+        second = await read_sse(sam, path, last_event_id=first[-1].id, stop_after=2)
+        third = await read_sse(sam, path, last_event_id=second[-1].id)
+        assert third[-1].event == "end" and third[-1].data == {"task_id": task_id, "state": "succeeded"}
+        received = [m for m in first + second + third if m.id is not None]
+        log = (await sam.get(f"/v1/tasks/{task_id}")).json()["events"]
+        assert [m.id for m in received] == [e["id"] for e in log]  # each once, in order
+        assert [m.data for m in received] == log
+        assert "progress" in [m.data["kind"] for m in received]
+        # Resuming after the end gives nothing more than the end; an id past everything likewise.
+        after = await read_sse(sam, path, last_event_id=log[-1]["id"])
+        assert [(m.id, m.event) for m in after] == [(None, "end")]
+        bad = await sam.get(path, headers={"Last-Event-ID": "yesterday"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
+
+
+async def test_sse_refuses_unknown_tasks_and_callers_without_a_key(gw: RunningGateway) -> None:
+    async with gw.client("vera") as vera, gw.client(None) as anonymous:
+        missing = await vera.get("/v1/tasks/01J00000000000000000000000/events")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        assert (await anonymous.get("/v1/tasks/01J00000000000000000000000/events")).status_code == 401
+
+
+async def test_a_websocket_carries_several_subscriptions_a_task_every_task_and_the_overview(
+    gw: RunningGateway,
+) -> None:
+    async with gw.client("sam") as sam:
+        submitted = await sam.post("/v1/tasks", json={"skill": "sleep", "input": {"seconds": 2}})
+        task_id = submitted.json()["results"][0]["task_id"]
+        url = gw.url.replace("http://", "ws://") + "/v1/live"
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {gw.keys['vera']}"}) as ws:
+            for topic in ("overview", "tasks"):
+                await ws.send(json.dumps({"op": "subscribe", "topic": topic}))
+            await ws.send(json.dumps({"op": "subscribe", "topic": "task", "task_id": task_id}))
+            await ws.send(json.dumps({"op": "subscribe", "topic": "task", "task_id": "01J00000000000000000000000"}))
+            got: dict[str, list[Any]] = {"task": [], "tasks": [], "overview": [], "error": []}
+            end = None
+            async with asyncio.timeout(60):
+                while end is None or not got["overview"] or not got["tasks"]:
+                    message = json.loads(await ws.recv())
+                    got["error" if "error" in message else message["topic"]].append(message)
+                    if message.get("topic") == "task" and "end" in message:
+                        end = message["end"]
+        assert end == "succeeded"
+        events = [m["event"] for m in got["task"] if "event" in m]
+        log = (await sam.get(f"/v1/tasks/{task_id}")).json()["events"]
+        assert [e["id"] for e in events] == [e["id"] for e in log]
+        assert got["error"][0]["error"]["code"] == "not_found" and got["error"][0]["task_id"].startswith("01J0")
+        assert "nodes_online" in got["overview"][0]["status"]
+        assert any(m["feed"]["task_id"] == task_id for m in got["tasks"])
+        # Without a key, the socket is closed with the application's 4401.
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+            async with websockets.connect(url) as anonymous:
+                await anonymous.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+async def test_many_sse_watchers_of_one_task_each_get_the_whole_log_once(gw: RunningGateway) -> None:
+    async with gw.client("vera") as vera, gw.client("sam") as sam:
+        submitted = await sam.post("/v1/tasks", json={"skill": "sleep", "input": {"seconds": 2}})
+        task_id = submitted.json()["results"][0]["task_id"]
+        streams = await asyncio.gather(*(read_sse(vera, f"/v1/tasks/{task_id}/events") for _ in range(20)))
+        log = [e["id"] for e in (await vera.get(f"/v1/tasks/{task_id}")).json()["events"]]
+        for messages in streams:
+            assert [m.id for m in messages[:-1]] == log and messages[-1].event == "end"
