@@ -17,6 +17,7 @@ from common.errors import ClawError, InternalError
 from common.log import get_logger
 from gateway import openapi
 from gateway.context import Gateway
+from gateway.dashboard import Dashboard
 from gateway.errors import error_response, response_for
 from gateway.live import LiveHub
 from gateway.live_routes import live_routes
@@ -47,6 +48,7 @@ def build_app(gw: Gateway, hub: LiveHub) -> Starlette:
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *live_routes(gw, hub),
         *rest_routes(gw),
+        *Dashboard(gw).routes(),
     ]
     middleware = []
     if gw.settings.cors_origins:
