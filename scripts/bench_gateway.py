@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 import msgspec  # noqa: E402
 import psutil  # noqa: E402
 
@@ -45,6 +46,63 @@ from common.verbs import Role  # noqa: E402
 from communication.api_client import ClawClient  # noqa: E402
 from communication.nats_server import NatsServerOptions  # noqa: E402
 from gateway.server import open_key_store  # noqa: E402
+
+
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection, written and read by hand: httpx's connection pool costs
+    more CPU per request at 50+ in flight than the gateway does, and the client shares the machine."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, key: str) -> None:
+        self.reader, self.writer, self.host, self.key = reader, writer, host, key
+
+    @classmethod
+    async def open(cls, url: str, key: str) -> RawHttp:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer, f"{host}:{port}", key)
+
+    def _send(self, method: str, path: str, body: bytes = b"") -> None:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+
+    async def _head(self) -> tuple[int, dict[str, str]]:
+        status = int((await self.reader.readline()).split()[1])
+        headers = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """Send one request and read its whole answer (Content-Length bodies)."""
+        self._send(method, path, body)
+        status, headers = await self._head()
+        return status, await self.reader.readexactly(int(headers.get("content-length", "0")))
+
+    async def stream_lines(self, path: str) -> AsyncIterator[str]:
+        """GET an event stream (chunked) and yield its lines until it ends."""
+        self._send("GET", path)
+        status, _ = await self._head()
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status}")
+        pending = b""
+        while True:
+            size = int((await self.reader.readline()).strip(), 16)
+            if size == 0:
+                return
+            pending += await self.reader.readexactly(size)
+            await self.reader.readexactly(2)
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -59,74 +117,83 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
     return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "n": len(ordered)}
 
 
-async def timed_runs(requests: int, concurrency: int, one: Any) -> list[float]:
-    """Run `one()` `requests` times with `concurrency` in flight; each call's latency in seconds."""
+async def timed_runs(requests: int, lanes: list[Any]) -> list[float]:
+    """Run `requests` calls spread over `lanes` (one call in flight per lane); each call's latency."""
     latencies: list[float] = []
     queue = iter(range(requests))
 
-    async def lane() -> None:
+    async def run(one: Any) -> None:
         for _ in queue:
             started = time.perf_counter()
             await one()
             latencies.append(time.perf_counter() - started)
 
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    await asyncio.gather(*(run(one) for one in lanes))
     return latencies
 
 
 async def submit_latency(url: str, key: str, client: ClawClient, requests: int, concurrency: int) -> dict[str, Any]:
     body = msgspec.json.encode({"skill": "echo", "input": {"bench": True}})
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30.0) as http:
+    connections = [await RawHttp.open(url, key) for _ in range(concurrency)]
 
+    def http_lane(connection: RawHttp) -> Any:
         async def http_submit() -> None:
-            answer = await http.post("/v1/tasks", content=body)
-            if answer.status_code != 200:
-                raise RuntimeError(f"submit answered {answer.status_code}: {answer.text}")
+            status, answer = await connection.request("POST", "/v1/tasks", body)
+            if status != 200:
+                raise RuntimeError(f"submit answered {status}: {answer!r}")
 
-        await timed_runs(min(50, requests), concurrency, http_submit)  # warm-up
-        gateway = await timed_runs(requests, concurrency, http_submit)
+        return http_submit
+
+    try:
+        lanes = [http_lane(c) for c in connections]
+        await timed_runs(min(50, requests), lanes)  # warm-up
+        gateway = await timed_runs(requests, lanes)
+    finally:
+        for connection in connections:
+            await connection.close()
     spec = TaskSpec(skill="echo", input=msgspec.Raw(b'{"bench": true}'))
 
     async def nats_submit() -> None:
         await client.submit(spec)
 
-    await timed_runs(min(50, requests), concurrency, nats_submit)
-    nats = await timed_runs(requests, concurrency, nats_submit)
+    await timed_runs(min(50, requests), [nats_submit] * concurrency)
+    nats = await timed_runs(requests, [nats_submit] * concurrency)
     return {"concurrency": concurrency, "gateway": percentiles(gateway), "nats": percentiles(nats)}
 
 
 async def sse_fanout(url: str, key: str, watchers: int, seconds: int) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=watchers + 10, max_keepalive_connections=watchers + 10)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120.0) as http:
-        answer = await http.post("/v1/tasks", json={"skill": "sleep", "input": {"seconds": seconds}})
-        task_id = answer.json()["results"][0]["task_id"]
-        delays: list[float] = []
-        ids_per_watcher: list[list[int]] = []
+    opener = await RawHttp.open(url, key)
+    _, answer = await opener.request(
+        "POST", "/v1/tasks", msgspec.json.encode({"skill": "sleep", "input": {"seconds": seconds}})
+    )
+    task_id = json.loads(answer)["results"][0]["task_id"]
+    delays: list[float] = []
+    ids_per_watcher: list[list[int]] = []
 
-        async def watch() -> None:
-            ids: list[int] = []
-            async with http.stream("GET", f"/v1/tasks/{task_id}/events") as stream:
-                data = None
-                async for line in stream.aiter_lines():
-                    if line.startswith("data: "):
-                        data = line[6:]
-                    elif line == "" and data is not None:
-                        received = time.time()
-                        event = json.loads(data)
-                        data = None
-                        if "id" not in event:
-                            break  # the end
-                        ids.append(event["id"])
-                        if event["kind"] == "progress":
-                            delays.append(received - event["at"])
-            ids_per_watcher.append(ids)
+    async def watch() -> None:
+        ids: list[int] = []
+        connection = await RawHttp.open(url, key)
+        try:
+            async for line in connection.stream_lines(f"/v1/tasks/{task_id}/events"):
+                if not line.startswith("data: "):
+                    continue
+                received = time.time()
+                event = json.loads(line[6:])
+                if "id" not in event:
+                    break  # the end
+                ids.append(event["id"])
+                if event["kind"] == "progress":
+                    delays.append(received - event["at"])
+        finally:
+            await connection.close()
+        ids_per_watcher.append(ids)
 
-        async with asyncio.timeout(seconds + 120):
-            await asyncio.gather(*(watch() for _ in range(watchers)))
-        log = [e["id"] for e in (await http.get(f"/v1/tasks/{task_id}")).json()["events"]]
+    async with asyncio.timeout(seconds + 120):
+        await asyncio.gather(*(watch() for _ in range(watchers)))
+    reader = await RawHttp.open(url, key)  # a new connection: an idle one is closed after 5 s
+    _, view = await reader.request("GET", f"/v1/tasks/{task_id}")
+    await reader.close()
+    log = [e["id"] for e in json.loads(view)["events"]]
     complete = sum(ids == log for ids in ids_per_watcher)
     return {"watchers": watchers, "events": len(log), "watchers_with_every_event_once": complete,
             "progress_delay": percentiles(delays)}  # fmt: skip
