@@ -12,15 +12,17 @@ principal's subject instead; its callers do not change.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
+from common import api, verbs
 from common.errors import PermissionDeniedError
 from common.verbs import ReplyT, RequestT, Verb
 from communication.api_client import ClawClient
 from gateway.auth import Principal
 from gateway.routes import IDENTITY_FIELDS
+from gateway.submit_batcher import SubmitBatcher
 
 
 def _identity_fields(request_type: type[msgspec.Struct]) -> tuple[str, ...]:
@@ -33,6 +35,12 @@ class GatewayCalls:
     def __init__(self, client: ClawClient) -> None:
         self.client = client
         self._stamped: dict[type[Any], tuple[str, ...]] = {}
+        # Concurrent submits leave in shared requests (gateway/submit_batcher.py).
+        self._submits = SubmitBatcher(client)
+
+    async def close(self) -> None:
+        """Let submits on their way finish."""
+        await self._submits.close()
 
     def allowed(self, principal: Principal, verb: Verb[Any, Any]) -> bool:
         """Whether `principal` may call `verb`."""
@@ -50,7 +58,10 @@ class GatewayCalls:
     async def call(self, principal: Principal, verb: Verb[RequestT, ReplyT], request: RequestT) -> ReplyT:
         """Call `verb` as `principal`; `PermissionDeniedError` when its roles do not allow it."""
         self.check(principal, verb)
-        return await self.client.call(verb, self._stamp(principal, verb, request))
+        stamped = self._stamp(principal, verb, request)
+        if isinstance(stamped, api.SubmitRequest) and verb is verbs.SUBMIT:
+            return cast(ReplyT, await self._submits.submit(stamped))
+        return await self.client.call(verb, stamped)
 
     def _stamp(self, principal: Principal, verb: Verb[RequestT, Any], request: RequestT) -> RequestT:
         fields = self._stamped.get(verb.request)

@@ -112,6 +112,7 @@ class GatewayServer:
     async def close(self) -> None:
         """Close the live feed, the artifact store, the socket and the NATS connection."""
         await self.hub.close()
+        await self.gateway.calls.close()
         await self.gateway.close()
         self._sock.close()
         await self._conn.close()

@@ -6,14 +6,15 @@ one worker and a gateway (each a real process, on loopback). Then measures
 
 - submit latency (p50/p95/p99) through the gateway (`POST /v1/tasks`, one echo task per request,
   keep-alive connections) at 1 in flight and at N in flight, and the same submits through
-  `ClawClient` over NATS (the baseline: what the gateway adds is the difference);
+  `ClawClient` over NATS (the baseline: what the gateway adds is the difference), with the worker
+  paused so that what is timed is the admission path, not the tasks' execution on the same cores;
 - SSE fan-out: W watchers of one task's events (`GET /v1/tasks/{id}/events`) while it reports
   progress; for each progress event, the delay from when the worker reported it (`at`) to when
   each watcher received it (p50/p99), and whether every watcher got every event once;
 - the gateway's RSS after all that.
 
-    python scripts/bench_gateway.py                    # N=50 in flight, 500 watchers
-    python scripts/bench_gateway.py --concurrency 200 --requests 2000 --json
+    python scripts/bench_gateway.py                    # N=50 and 200 in flight, 500 watchers
+    python scripts/bench_gateway.py --concurrency 100 --requests 2000 --json
 
 Every loop is bounded in count and time; everything it started is stopped at the end.
 """
@@ -42,6 +43,7 @@ from cli.cluster import ClusterProcesses  # noqa: E402
 from cli.processes import Launcher, child_env  # noqa: E402
 from common.config import ClawConfig, NatsSettings  # noqa: E402
 from common.models import TaskSpec  # noqa: E402
+from common.states import NodeControl  # noqa: E402
 from common.verbs import Role  # noqa: E402
 from communication.api_client import ClawClient  # noqa: E402
 from communication.nats_server import NatsServerOptions  # noqa: E402
@@ -218,9 +220,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             store = await open_key_store(client.conn, ClawConfig(nats=settings))
             _, key = await store.create("bench", [Role.SUBMITTER, Role.VIEWER])
             report: dict[str, Any] = {"requests": args.requests}
-            report["submit_1"] = await submit_latency(url, key, client, args.requests, 1)
-            report["submit_n"] = await submit_latency(url, key, client, args.requests, args.concurrency)
-        report["sse"] = await sse_fanout(url, key, args.watchers, args.seconds)
+            report["sse"] = await sse_fanout(url, key, args.watchers, args.seconds)
+            # Submits measured with the worker paused: the tasks queue, and what is timed is the
+            # admission path alone, not the machine's two cores also running the tasks.
+            await client.node_control("bench-w1", NodeControl.PAUSED)
+            report["submit"] = [
+                await submit_latency(url, key, client, args.requests, n) for n in (1, *args.concurrency)
+            ]
         gateway = psutil.Process(cluster.children["gateway"].pid)
         report["gateway_rss_mb"] = round(gateway.memory_info().rss / 1048576, 1)
         report["cpus"] = psutil.cpu_count()
@@ -232,8 +238,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     lines = [f"gateway benchmark ({report['cpus']} CPUs, {report['requests']} submits per run)"]
-    for key in ("submit_1", "submit_n"):
-        run = report[key]
+    for run in report["submit"]:
         g, n = run["gateway"], run["nats"]
         lines.append(
             f"  submit, {run['concurrency']:>3} in flight: gateway p50 {g['p50_ms']} ms, p95 {g['p95_ms']} ms, "
@@ -253,7 +258,10 @@ def render(report: dict[str, Any]) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000, help="submits per measurement")
-    parser.add_argument("--concurrency", type=int, default=50, help="submits in flight for the second run")
+    parser.add_argument(
+        "--concurrency", type=lambda text: [int(n) for n in text.split(",")], default=[50, 200],
+        help="submits in flight for the runs after the one at 1 (comma-separated)",
+    )  # fmt: skip
     parser.add_argument("--watchers", type=int, default=500, help="SSE watchers of one task")
     parser.add_argument("--seconds", type=int, default=5, help="how long the watched task runs (1 progress/s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -361,3 +361,19 @@ async def test_many_sse_watchers_of_one_task_each_get_the_whole_log_once(gw: Run
         log = [e["id"] for e in (await vera.get(f"/v1/tasks/{task_id}")).json()["events"]]
         for messages in streams:
             assert [m.id for m in messages[:-1]] == log and messages[-1].event == "end"
+
+
+async def test_concurrent_submits_share_requests_but_a_bad_one_fails_alone(gw: RunningGateway) -> None:
+    """Submits in flight together leave in shared requests (all or nothing each); a refused batch is
+    sent again caller by caller, so only the caller with the bad task gets the error."""
+    async with gw.client("sam") as sam:
+        bodies = [{"skill": "echo", "input": {"n": n}} for n in range(30)]
+        bodies[7] = {"skill": "no.such.skill"}
+        answers = await asyncio.gather(*(sam.post("/v1/tasks", json=body) for body in bodies))
+        assert [a.status_code for a in answers] == [400 if n == 7 else 200 for n in range(30)]
+        assert answers[7].json()["error"]["code"] == "unknown_skill"
+        ids = [a.json()["results"][0]["task_id"] for n, a in enumerate(answers) if n != 7]
+        assert len(set(ids)) == 29
+        for n, task_id in zip([n for n in range(30) if n != 7], ids, strict=True):
+            view = await _finished(sam, task_id)
+            assert view["result"] == {"n": n}  # each caller got its own task's id
