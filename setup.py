@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 VERSION = (ROOT / "common" / "VERSION").read_text().strip()
-PACKAGES = ["common", "communication", "storage", "coordinator", "worker", "cli"]
+PACKAGES = ["common", "communication", "storage", "coordinator", "worker", "cli", "gateway"]
 
 setup(
     name="openclaw-cluster",
@@ -18,7 +18,7 @@ setup(
     packages=find_packages(
         include=[f"{top}{sub}" for top in PACKAGES for sub in ("", ".*")],
     ),
-    package_data={"common": ["VERSION", "builtin_skills/*.yaml"]},
+    package_data={"common": ["VERSION", "builtin_skills/*.yaml"], "gateway": ["templates/*.html", "static/*"]},
     install_requires=[
         "nats-py>=2.16,<3",
         # Provides the real nats-server binary: the embedded default for `claw up`, tests and CI.
@@ -57,6 +57,14 @@ setup(
         # Start-up calls to NATS retry with backoff until a deadline: a well-kept retry library
         # (stop/wait policies, async) instead of our own loop.
         "tenacity>=8.2",
+        # The HTTP gateway (issue 14): Starlette on uvicorn, well-kept and small (routing, SSE
+        # streaming, WebSockets, CORS, test client) instead of our own HTTP server; Jinja2 renders the
+        # dashboard's pages, itsdangerous signs its session cookies, python-multipart reads its forms.
+        "starlette>=0.40",
+        "uvicorn[standard]>=0.30",
+        "jinja2>=3.1",
+        "itsdangerous>=2.1",
+        "python-multipart>=0.0.9",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).
@@ -78,6 +86,8 @@ setup(
             # An independent PNG decoder: the tests open quant.backtest_report's chart with it (the
             # skill writes PNGs itself with zlib, so a well-kept decoder checks what it writes).
             "pillow>=10",
+            # The dashboard's browser tests drive Debian's chromium (scripts/test.sh installs it).
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["claw=cli.main:run"]},

@@ -56,9 +56,14 @@ class LocalCluster:
         monitor_port: int,
         concurrency: int,
         metrics_port: int | None = None,
+        gateway: str | None = None,
         json_out: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        # The gateway's HOST:PORT (None: no gateway), and the file holding the first admin's API key.
+        self.gateway = gateway
+        self.admin_key_file = self.data_dir / "admin.key"
+        self.gateway_url: str | None = None
         # The banner as one JSON object on stdout; notices and warnings as JSON objects on stderr.
         self.json_out = json_out
         self.workers = workers
@@ -94,6 +99,9 @@ class LocalCluster:
             if stop.is_set():
                 return  # Ctrl-C while starting
             await self._find_metrics(cluster.settings)
+            self.gateway_url = cluster.gateway_url
+            if self.gateway_url is not None:
+                await self._ensure_admin_key(cluster.settings)
             self._banner(nats)
             await self._supervise(cluster, nats, stop)
         finally:
@@ -124,6 +132,7 @@ class LocalCluster:
             node_id=lambda i: f"{host}-w{i}",
             env=env,
             coordinator_args=metrics,
+            gateway_listen=self.gateway,
         )
 
     async def _find_metrics(self, settings: NatsSettings) -> None:
@@ -132,6 +141,22 @@ class LocalCluster:
         async with await ClawClient.connect(settings, name="claw-up") as client:
             port = (await client.ping()).metrics_port
         self.metrics_url = None if port is None else f"http://127.0.0.1:{port}/metrics"
+
+    async def _ensure_admin_key(self, settings: NatsSettings) -> None:
+        """The first `claw up` of a data dir creates an API key with every role for logging in to the
+        dashboard, kept (readable by this user only) in `<data-dir>/admin.key`."""
+        if self.admin_key_file.exists():
+            return
+        from common.verbs import Role
+        from gateway.auth import KeyStore
+        from gateway.server import open_key_store
+
+        async with await ClawClient.connect(settings, name="claw-up") as client:
+            store: KeyStore = await open_key_store(client.conn, ClawConfig(nats=settings))
+            if any(record.name == "admin" for record in await store.all_keys()):
+                await store.revoke("admin")  # its key file is gone: issue a new one
+            _, key = await store.create("admin", [Role.ADMIN])
+        await asyncio.to_thread(_write_private, self.admin_key_file, key + "\n")
 
     def _banner(self, nats: EmbeddedNatsServer) -> None:
         if self.json_out:
@@ -144,10 +169,17 @@ class LocalCluster:
                     "logs": str(self.logs),
                     "artifacts": self.artifacts_location,
                     "metrics_url": self.metrics_url,
+                    "gateway_url": self.gateway_url,
+                    "gateway_key_file": None if self.gateway_url is None else str(self.admin_key_file),
                 }
             )
             return
         metrics = f"\n  Prometheus metrics: {self.metrics_url}" if self.metrics_url else ""
+        if self.gateway_url is not None:
+            metrics += (
+                f"\n  dashboard and REST API: {self.gateway_url} (log in with the API key in {self.admin_key_file};"
+                "\n    more keys: claw gateway key create --name NAME --roles viewer,submitter)"
+            )
         print(
             f"""claw cluster up: nats-server {nats.client_url} (monitoring {nats.monitor_url}),
   a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}{metrics}
@@ -186,3 +218,10 @@ Ctrl-C stops the cluster.""",
             restart_in_s=restart.restart_in_s,
             log=None if restart.log_path is None else str(restart.log_path),
         )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a new file that only this user may read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)

@@ -23,6 +23,7 @@ from cli.commands import (
     bench,
     coordinator,
     dlq,
+    gateway,
     guard,
     limits,
     nats,
@@ -74,6 +75,7 @@ GROUPS = (
     schedules,
     backup,
     limits,
+    gateway,
 )
 for group in GROUPS:
     group.register(app)

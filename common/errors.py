@@ -333,3 +333,12 @@ class AuditKeyError(ClawError):
     """The audit anchor key (`<db dir>/auth/audit.nk`) or a public key given for it is unusable."""
 
     code = "audit_key"
+
+
+# --- the HTTP gateway (issue 14) -----------------------------------------------------------------
+
+
+class NotAuthenticatedError(RequestError):
+    """A request to the HTTP gateway carried no credential, or one that is unknown or revoked."""
+
+    code = "unauthenticated"

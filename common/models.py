@@ -517,3 +517,22 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     listeners: list[ListenerView] = []
     # Set while the state database refuses writes (submits are refused meanwhile, with the reason).
     storage_fault: StorageFaultView | None = None
+
+
+# --- the HTTP gateway's live feed (issue 14) -------------------------------------------------------
+
+
+class TaskFeed(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A task's event log grew: broadcast by the coordinator on `<prefix>.feed.<task_id>` after the
+    commit, so a reader asking for the new rows finds them. A hint (core NATS, may be missed): the
+    gateway's live views read the rows themselves and also look again every few seconds.
+
+    `kinds` are the kinds of the new rows, in order; `state` is the task's state when the commit
+    changed it; `percent` the last progress the rows reported, when one did.
+    """
+
+    task_id: str
+    kinds: list[str]
+    at: float
+    state: TaskState | None = None
+    percent: float | None = None

@@ -257,3 +257,20 @@ class Subjects:
     def triggers_all(self) -> str:
         """Every trigger subject."""
         return f"{self.prefix}.trigger.>"
+
+    # --- the HTTP gateway (issue 14) --------------------------------------------------------------
+
+    @property
+    def gateway_keys_bucket(self) -> str:
+        """KV bucket of the gateway's API keys (hashed; key: the key id) and its session secret."""
+        return f"{self.prefix}_gateway_keys"
+
+    def feed(self, task_id: str) -> str:
+        """A task's event log grew (any row, progress included), broadcast by the coordinator after
+        the commit: what the gateway's live views wait on before reading the new rows."""
+        return f"{self.prefix}.feed.{task_id}"
+
+    @property
+    def feed_all(self) -> str:
+        """The feed of every task."""
+        return f"{self.prefix}.feed.*"

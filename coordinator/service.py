@@ -42,7 +42,7 @@ from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.startup import StartupCalls
 from communication.topology import Topology
-from coordinator import flow, maintenance, schedules, tenants, workflows
+from coordinator import flow, live_feed, maintenance, schedules, tenants, workflows
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -89,7 +89,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows, schedules)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows, schedules, live_feed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ def test_claw_up_runs_the_empty_task_loop_and_stops_cleanly(tmp_path: Path) -> N
     pool = ProcessPool(child_env(CLAW_LOG_LEVEL="info"), tmp_path)
     try:
         up = pool.spawn("up", "up", "--workers", "2", "--data-dir", str(tmp_path / "data"), "--nats-port", "0",
-                        "--monitor-port", "0")  # fmt: skip
+                        "--monitor-port", "0", "--gateway", "127.0.0.1:0")  # fmt: skip
         match = wait_until(
             lambda: re.search(r"claw --nats (nats://\S+) submit", up.output()), timeout_s=60, what="claw up banner"
         )
