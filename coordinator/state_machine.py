@@ -67,11 +67,16 @@ def transition(
         )
     record.state = to_state
     record.updated_at = at
+    if attempt is None:
+        attempt = record.attempts
+    if data is None:
+        # Several times per task: the row itself, without `EventRecord.of`'s keyword handling.
+        return EventRecord(record.task_id, kind, at, attempt, event_id, from_state, to_state, node_id)
     return EventRecord.of(
         kind,
         record.task_id,
         at,
-        attempt=record.attempts if attempt is None else attempt,
+        attempt=attempt,
         event_id=event_id,
         from_state=from_state,
         to_state=to_state,
