@@ -110,7 +110,10 @@ def public_key_of(path: Path) -> str:
     try:
         return AnchorSigner(path.read_bytes().strip()).public_key
     except OSError as exc:
-        raise AuditKeyError(f"cannot read the audit key {path}: {exc.strerror or exc}") from None
+        raise AuditKeyError(
+            f"cannot read the audit key {path}: {exc.strerror or exc}; pass its public half with --public-key "
+            "(`claw audit key`, run by the key's owner, prints it)"
+        ) from None
 
 
 def verify_key(public_key: str) -> VerifyKey:

@@ -171,3 +171,8 @@ def test_a_reset_signed_with_the_key_starts_a_new_history_and_one_signed_otherwi
     ignored = read_history([*old, entry(3, forged)], key)
     assert ignored.reset is None and ignored.trusted is not None and ignored.trusted.event_id == 80
     assert len(ignored.problems) == 1 and "not signed by the audit key" in ignored.problems[0]
+
+
+def test_an_unreadable_key_file_says_to_pass_the_public_key(tmp_path: Path) -> None:
+    with pytest.raises(AuditKeyError, match=r"cannot read the audit key .*; pass its public half with --public-key"):
+        public_key_of(tmp_path / "auth" / "audit.nk")
