@@ -9,7 +9,8 @@ import msgspec
 from common import api, verbs
 from common.errors import InvalidInputError
 from coordinator.api_routes import serves
-from coordinator.workflows.engine import WorkflowEngine, _trigger_text
+from coordinator.workflows.engine import WorkflowEngine
+from coordinator.workflows.views import trigger_text
 
 _decoder = msgspec.json.Decoder()
 
@@ -28,7 +29,7 @@ class WorkflowDesk:
             name=flow.name,
             order=flow.order,
             needs={name: list(node.deps) for name, node in flow.nodes.items()},
-            trigger=_trigger_text(flow.spec.trigger),
+            trigger=trigger_text(flow.spec.trigger),
         )
 
     @serves(verbs.WORKFLOW_REGISTER)

@@ -50,10 +50,11 @@ from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.workflows import store as sql
 from coordinator.workflows.expressions import ExpressionError
-from coordinator.workflows.runs import NODE_DONE, NodeRun, NodeState, Run, RunState
+from coordinator.workflows.runs import NodeRun, NodeState, Run, RunState, decode_result
 from coordinator.workflows.spec import Trigger, parse_spec
 from coordinator.workflows.store import TaskFacts, WorkflowStore
 from coordinator.workflows.validate import CompiledNode, CompiledWorkflow, SkillInfo, compile_workflow
+from coordinator.workflows.views import list_reply, run_view
 from storage.commits import Committed
 from storage.records import EventRecord, TaskRecord, WriteBatch
 from storage.task_writer import TaskWriter
@@ -426,7 +427,7 @@ class WorkflowEngine:
             return  # the node failed or was cancelled already: a late item changes nothing
         node.done[item] = fact.state
         if fact.state == TaskState.SUCCEEDED.value:
-            node.outputs[item] = _result(fact.result)
+            node.outputs[item] = decode_result(fact.result)
             if len(node.done) == node.items and all(s == TaskState.SUCCEEDED.value for s in node.done.values()):
                 node.output = [node.outputs[i] for i in range(node.items)] if node.fan_out else node.outputs[0]
                 node.output_loaded = True
@@ -590,7 +591,7 @@ class WorkflowEngine:
         node.task_ids[0] = task_id
         node.source = "cached"
         node.cache_key = None
-        node.output, node.output_loaded = _result(fact.result), True
+        node.output, node.output_loaded = decode_result(fact.result), True
         self._finish_node(run, node, NodeState.SUCCEEDED, step)
         return True
 
@@ -611,7 +612,7 @@ class WorkflowEngine:
             return
         ids = node.ordered_task_ids()
         facts = await self._store.tasks(ids, current=True)
-        outputs = [_result(facts[i].result) if i in facts else None for i in ids]
+        outputs = [decode_result(facts[i].result) if i in facts else None for i in ids]
         node.output = outputs if node.fan_out else (outputs[0] if outputs else None)
         node.output_loaded = True
 
@@ -844,26 +845,8 @@ class WorkflowEngine:
         """A run as `claw workflow show` prints it."""
         await self._loaded.wait()
         run = await self._load_run(run_id)
-        ids = [t for node in run.nodes.values() for t in node.ordered_task_ids()]
-        facts = await self._store.tasks(ids)
-        nodes = [_node_view(run, run.flow.nodes[name], run.nodes[name], facts) for name in run.flow.order]
-        return api.WorkflowRunView(
-            run_id=run.run_id,
-            name=run.name,
-            version=run.version,
-            state=run.state.value,
-            input=msgspec.Raw(msgspec.json.encode(run.input)),
-            created_at=run.created_at,
-            updated_at=run.updated_at,
-            finished_at=run.finished_at,
-            error=run.error,
-            rerun_of=run.rerun_of,
-            from_node=run.from_node,
-            trigger=run.trigger,
-            submitter=run.submitter,
-            trace_id=run.trace_id,
-            nodes=nodes,
-        )
+        facts = await self._store.tasks(t for node in run.nodes.values() for t in node.ordered_task_ids())
+        return run_view(run, facts)
 
     async def triggers(self) -> list[tuple[str, int, Trigger]]:
         """(name, latest version, trigger) of every registered workflow that declares a trigger: what
@@ -877,32 +860,9 @@ class WorkflowEngine:
 
     async def listing(self, request: api.WorkflowListRequest) -> api.WorkflowListReply:
         """Registered workflows (latest versions) and the newest runs."""
-        workflows = []
-        for row in await self._store.latest_specs(request.name):
-            spec = parse_spec(row["spec"])
-            workflows.append(
-                api.WorkflowSummary(
-                    name=row["name"],
-                    version=row["version"],
-                    nodes=len(spec.nodes),
-                    registered_at=row["registered_at"],
-                    trigger=_trigger_text(spec.trigger),
-                    description=spec.description,
-                )
-            )
-        runs = [
-            api.WorkflowRunSummary(
-                run_id=r["run_id"],
-                name=r["name"],
-                version=r["version"],
-                state=r["state"],
-                created_at=r["created_at"],
-                finished_at=r["finished_at"],
-                error=r["error"],
-            )
-            for r in await self._store.runs(name=request.name, state=request.state, limit=request.limit)
-        ]
-        return api.WorkflowListReply(workflows=workflows, runs=runs)
+        specs = await self._store.latest_specs(request.name)
+        runs = await self._store.runs(name=request.name, state=request.state, limit=request.limit)
+        return list_reply(specs, runs)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -940,15 +900,6 @@ def _truthy(value: Any) -> bool:
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else f"a {type(value).__name__}"
-
-
-def _result(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return _decode.decode(text)
-    except msgspec.DecodeError:
-        return text
 
 
 def _reuse_upstream(run: Run, old: Run, rerun: set[str], now: float) -> None:
@@ -992,61 +943,3 @@ def _node_event(run: Run, node: NodeRun, kind: EventKind, at: float) -> EventRec
         data={"node": node.name, "items": node.items if node.fan_out else None, "source": node.source,
               "tasks": node.ordered_task_ids() or None, "error": node.error},
     )  # fmt: skip
-
-
-def _trigger_text(trigger: Any) -> str | None:
-    if trigger is None:
-        return None
-    for name in ("cron", "interval_s", "subject", "artifact_prefix", "webhook"):
-        value = getattr(trigger, name)
-        if value is not None:
-            return f"{name} {value}" + (f" ({trigger.timezone})" if name == "cron" else "")
-    return None
-
-
-def _summary(value: Any, limit: int = 80) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dict):
-        text = "{" + ", ".join(str(k) for k in list(value)[:8]) + (", ..." if len(value) > 8 else "") + "}"
-    elif isinstance(value, list):
-        text = f"[{len(value)} items]"
-    else:
-        text = _json.encode(value).decode()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _node_view(run: Run, compiled: CompiledNode, node: NodeRun, facts: Mapping[str, TaskFacts]) -> api.WorkflowNodeView:
-    ids = node.ordered_task_ids()
-    known = [facts[t] for t in ids if t in facts]
-    states = [f.state for f in known]
-    waits: list[str] = []
-    if node.state == NodeState.WAITING:
-        waits = [d for d in compiled.deps if run.nodes[d].state not in NODE_DONE]
-    elif node.state == NodeState.RUNNING and TaskState.WAITING_APPROVAL.value in states:
-        waits = ["approval"]
-    summary = ""
-    if node.state == NodeState.SUCCEEDED:
-        if node.fan_out:
-            summary = f"[{len(ids)} items]"
-        elif known:
-            summary = _summary(_result(known[0].result))
-    started, finished = node.started_at, node.finished_at
-    return api.WorkflowNodeView(
-        name=node.name,
-        skill=compiled.skill,
-        state=node.state.value,
-        needs=list(compiled.deps),
-        task_ids=ids,
-        task_states=states,
-        items=node.items if node.fan_out else None,
-        items_done=sum(1 for s in states if TaskState(s) in TERMINAL_STATES),
-        attempts=sum(f.attempts for f in known),
-        source=node.source,
-        started_at=started,
-        finished_at=finished,
-        duration_s=None if started is None or finished is None else max(finished - started, 0.0),
-        error=node.error,
-        output_summary=summary,
-        waits_for=waits,
-    )

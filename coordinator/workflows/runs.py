@@ -15,10 +15,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 from coordinator.workflows.validate import CompiledWorkflow
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32, as ULIDs
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+
+
+_decode = msgspec.json.Decoder()
 
 
 class RunState(StrEnum):
@@ -120,3 +125,13 @@ class Run:
     def task_id(self, node: str, item: int | None) -> str:
         """The deterministic task id of a node's item in this run."""
         return node_task_id(self.run_id, self.salt, self.created_at, node, item)
+
+
+def decode_result(text: str | None) -> Any:
+    """A task's stored result as a value (text that is not JSON stays text)."""
+    if text is None:
+        return None
+    try:
+        return _decode.decode(text)
+    except msgspec.DecodeError:
+        return text
