@@ -26,7 +26,7 @@ import pytest
 
 from common import api, verbs
 from common.config import ClawConfig
-from common.errors import InvalidInputError, RequestError
+from common.errors import InvalidInputError, RequestError, ScheduleNotFoundError
 from common.states import TaskState
 from communication.api_client import ClawClient
 from communication.connection import NatsConnection
@@ -480,7 +480,10 @@ async def test_an_interval_schedule_starts_one_real_workflow_run_per_fire_time(c
 
 
 async def _fires_at_least(client: ClawClient, name: str, count: int) -> api.ScheduleShowReply | None:
-    shown = await client.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name=name))
+    try:
+        shown = await client.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name=name))
+    except ScheduleNotFoundError:  # not made yet
+        return None
     return shown if len(shown.fires) >= count else None
 
 
