@@ -45,6 +45,9 @@ setup(
         "setproctitle>=1.3",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
         "uvloop>=0.19; sys_platform != 'win32'",
+        # Start-up calls to NATS retry with backoff until a deadline: a well-kept retry library
+        # (stop/wait policies, async) instead of our own loop.
+        "tenacity>=8.2",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).

@@ -19,6 +19,7 @@ from cli.commands import (
     approvals,
     artifacts,
     audit,
+    backup,
     bench,
     coordinator,
     dlq,
@@ -66,6 +67,7 @@ GROUPS = (
     artifacts,
     node,
     quarantine,
+    backup,
 )
 for group in GROUPS:
     group.register(app)

@@ -47,6 +47,10 @@ class NatsSettings(_Section, frozen=True):
     max_outstanding_pings: PositiveInt = 2
     reconnect_wait_s: PositiveFloat = 1.0
     request_timeout_s: PositiveFloat = 5.0
+    # A process's start-up calls to NATS (streams, buckets, consumers, the skill store) retry with
+    # backoff for this long, then the process stops saying what it waited for: a fresh replicated
+    # cluster answers JetStream requests only once it has elected its leaders.
+    startup_deadline_s: PositiveFloat = 60.0
     # Credentials: prefer the environment (CLAW_NATS_TOKEN, ...); they are never logged.
     user: str | None = None
     password: str | None = None
@@ -118,6 +122,19 @@ class CoordinatorSettings(_Section, frozen=True):
     lease_renew_interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=120)] = 2.0
     # "normal" survives a process crash (like JetStream's default sync); "full" also an OS crash.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
+    # The state database is checked before the coordinator serves: "quick" (PRAGMA quick_check,
+    # seconds on a large file), "full" (integrity_check: also indexes against tables; `claw
+    # coordinator start --check-db`), or "off". A damaged file stops the start with the way out.
+    db_check: Literal["quick", "full", "off"] = "quick"
+    # Scheduled backups (storage/backup.py, docs/RUNBOOK.md "Backups"): every backup_interval_s a
+    # folder claw-backup-<UTC time> under backup_dir, keeping the newest backup_keep; unset: none.
+    backup_dir: str | None = None
+    backup_interval_s: Annotated[float, msgspec.Meta(ge=60)] = 24 * 3600.0
+    backup_keep: PositiveInt = 7
+    # While the state database refuses writes (a full disk), a submit is stored or refused within
+    # this long of its arrival, never stored later: keep it below the clients'
+    # nats.request_timeout_s (5 s), so no client is told "no answer" about a task that then runs.
+    submit_answer_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 4.0
     # Tasks persisted but not confirmed published for this long are published again (same msg id).
     republish_after_s: PositiveFloat = 5.0
     # Prometheus text at http://<metrics_host>:<metrics_port>/metrics; unset: not served. 0 picks a

@@ -91,6 +91,12 @@ class StorageError(ClawError):
     code = "storage"
 
 
+class DatabaseDamagedError(StorageError):
+    """The state database fails SQLite's integrity check: serving from it would spread the damage."""
+
+    code = "database_damaged"
+
+
 class MigrationError(StorageError):
     """The database schema is newer than this code, or a migration failed."""
 

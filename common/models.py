@@ -456,6 +456,13 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
     since: float
 
 
+class StorageFaultView(msgspec.Struct, frozen=True, kw_only=True):
+    """The state database refuses writes: why (e.g. the disk is full) and since when (unix time)."""
+
+    reason: str
+    since: float
+
+
 class JobView(msgspec.Struct, frozen=True, kw_only=True):
     """One of the coordinator's periodic jobs: how often it runs and how its runs went."""
 
@@ -503,3 +510,5 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     # The coordinator's periodic jobs and after-commit listeners (coordinator/hooks.py).
     jobs: list[JobView] = []
     listeners: list[ListenerView] = []
+    # Set while the state database refuses writes (submits are refused meanwhile, with the reason).
+    storage_fault: StorageFaultView | None = None

@@ -17,7 +17,15 @@ from common import __version__, api, verbs
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
 from common.event_kinds import EventKind
-from common.models import ClusterStatus, DeadLetterView, JobView, ListenerView, NatsServerInfo, TaskView
+from common.models import (
+    ClusterStatus,
+    DeadLetterView,
+    JobView,
+    ListenerView,
+    NatsServerInfo,
+    StorageFaultView,
+    TaskView,
+)
 from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
 from common.states import TaskState
 from communication.connection import NatsConnection
@@ -77,7 +85,9 @@ class ApiHandlers:
         node_control: NodeControlDesk,
         jobs: Callable[[], list[JobView]],
         listeners: Callable[[], list[ListenerView]],
+        storage_fault: Callable[[], StorageFaultView | None],
     ) -> None:
+        self._storage_fault = storage_fault
         self._config = config
         self._node_id = node_id
         self._conn = conn
@@ -210,6 +220,7 @@ class ApiHandlers:
                 metrics_port=self._metrics_port(),
                 jobs=self._jobs(),
                 listeners=self._listeners(),
+                storage_fault=self._storage_fault(),
             )
         )
 

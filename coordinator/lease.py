@@ -250,7 +250,14 @@ class CoordinatorLease:
         nobody else wrote to the bucket meanwhile)."""
         current = await self._current()
         if current is not None:
-            _, other = current
+            revision, other = current
+            if other == self.holder:
+                # Our own renewal, sent while cut off and timed out here, was buffered by the client
+                # and stored after the reconnect (docs/JETSTREAM.md): adopt it and renew on it, so
+                # the lease's validity counts from a write we know the time of.
+                self._granted(await self._kv.update(LEASE_KEY, self._value, last=revision), sent)
+                log.info("lease.own_late_renewal_adopted", revision=self._revision)
+                return
             self._lose(f"taken over by {other.describe() if other else 'another coordinator'}")
             return
         last_seq = (await self._conn.js.stream_info(self._stream)).state.last_seq

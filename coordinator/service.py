@@ -37,9 +37,10 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig, CoordinatorSettings
 from common.errors import LeaseLostError
 from common.log import get_logger
-from common.models import NodeHeartbeat, QueueDepth
+from common.models import NodeHeartbeat, QueueDepth, StorageFaultView
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
+from communication.startup import StartupCalls
 from communication.topology import Topology
 from coordinator import maintenance, tenants
 from coordinator.admission import Admission
@@ -65,12 +66,14 @@ from coordinator.periodic_jobs import JobScheduler
 from coordinator.plugins import CoordinatorPlugin
 from coordinator.quarantine import QuarantineDesk
 from coordinator.queue_probe import QueueProbe
+from coordinator.restore_reconcile import reconcile_restored_queue
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
 from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
+from storage.backup import restored_marker
 from storage.database import Database
 from storage.node_store import NodeStore
 from storage.quarantine_store import QuarantineStore
@@ -195,6 +198,7 @@ class Coordinator:
             node_control=self.node_control,
             jobs=self.jobs.views,
             listeners=self.listeners.views,
+            storage_fault=self._storage_fault,
         )
         return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)))
 
@@ -222,6 +226,9 @@ class Coordinator:
                 config, conn, db, topology, clock, buckets=buckets, artifacts=artifacts, lease=lease, plugins=plugins
             )
             await coordinator._load()
+            marker = restored_marker(config.coordinator.db_path)
+            if marker.exists():
+                await reconcile_restored_queue(conn, coordinator.book, coordinator.pipeline, marker)
         except BaseException:
             await lease.release()  # at once: a restart must not wait for it to lapse
             await artifacts.close()
@@ -348,26 +355,35 @@ class Coordinator:
                 updated_at=None if queues is None or dead_letters is None else self.clock.now(),
                 queues=queues,
                 dead_letters=dead_letters,
+                storage_fault=self.db.fault is not None,
             )
         )
+
+    def _storage_fault(self) -> StorageFaultView | None:
+        fault = self.db.fault
+        return None if fault is None else StorageFaultView(reason=fault.reason, since=fault.since)
 
 
 async def _prepare(config: ClawConfig, topology: Topology) -> tuple[Buckets, ArtifactStore, Database]:
     """Streams, consumer and buckets; the policy checked; the artifact store and the database opened."""
-    await topology.ensure_streams()
-    await topology.ensure_events_consumer()
-    await topology.nodes_kv()
+    step = StartupCalls(config.nats.startup_deadline_s)
+    await step("the JetStream streams", topology.ensure_streams)
+    await step("the events consumer", topology.ensure_events_consumer)
+    await step("the nodes bucket", topology.nodes_kv)
     buckets = Buckets(
-        skills=await topology.skills_kv(),
-        audit=await topology.audit_kv(),
-        node_control=await topology.node_control_kv(),
+        skills=await step("the skills bucket", topology.skills_kv),
+        audit=await step("the audit bucket", topology.audit_kv),
+        node_control=await step("the node-control bucket", topology.node_control_kv),
     )
-    await topology.skill_code()
+    await step("the skill code store", topology.skill_code)
     load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
     artifacts = await open_artifact_store(config.artifacts)
     try:
         db = await Database.open(
-            config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous, own_checkpoints=True
+            config.coordinator.db_path,
+            synchronous=config.coordinator.sqlite_synchronous,
+            own_checkpoints=True,
+            check=config.coordinator.db_check,
         )
     except BaseException:
         await artifacts.close()

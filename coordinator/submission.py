@@ -26,7 +26,9 @@ limit shrank, gets here): it ends `failed` with the sizes, instead of being repu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -85,6 +87,8 @@ class SubmitJob:
 
     records: list[TaskRecord]
     done: asyncio.Future[list[SubmitResult]]
+    # Loop time by which the job is stored or refused: never stored after its client gave up.
+    deadline: float
     # Filled by the pipeline, one per record: the new task or the existing one its id/key names.
     results: list[SubmitResult] = field(default_factory=list)
 
@@ -123,7 +127,8 @@ class SubmitPipeline:
 
     def submit(self, records: list[TaskRecord]) -> asyncio.Future[list[SubmitResult]]:
         """Queue admitted records; the future resolves once they are persisted and published."""
-        job = SubmitJob(records, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = SubmitJob(records, loop.create_future(), loop.time() + self._settings.submit_answer_s)
         self._queue.put_nowait(job)
         return job.done
 
@@ -242,7 +247,7 @@ class SubmitPipeline:
                     _end_span(record, record.state.value)  # held, denied, duplicate or refused: no publish
         withdrawn: list[int] = []
         if batch or self._unconfirmed or self._unwritten:
-            async with self._book.lock:
+            async with self._book_lock_by(min(job.deadline for job in jobs), bool(batch.new_tasks)):
                 staged, withdrawn = self._stage_queued(batch)
                 for gate in self.gates:
                     batch.events.extend(gate.hold([r for r in batch.new_tasks if r.state == TaskState.PENDING]))
@@ -254,12 +259,40 @@ class SubmitPipeline:
                         _end_span(record, "not persisted")
                     self._unconfirmed[:0] = staged  # cancelled ones are withdrawn by a later batch
                     self._keep_unwritten(batch)  # and their `queued` is written with it
-                    raise
+                    fault = self._writer.fault
+                    raise _not_stored(fault.reason if fault else str(exc)) from None
                 for record in batch.new_tasks:
                     self._book.add(record)
                 self._book.release_finished(batch.new_tasks)
         await self._withdraw_all(withdrawn)
         return batch.new_tasks
+
+    @contextlib.asynccontextmanager
+    async def _book_lock_by(self, deadline: float, storing: bool) -> AsyncIterator[None]:
+        """Hold the task book's lock; a submit that would wait past `deadline` while the database
+        refuses writes is refused unstored instead.
+
+        While the database refuses writes, whoever holds the lock (the event intake retrying its
+        commit) may hold it for long: a submit must neither wait for it nor be stored after its
+        client gave up (it would run although the client was told it failed).
+        """
+        fault = self._writer.fault
+        if storing and fault is not None and self._book.lock.locked():
+            raise _not_stored(fault.reason)
+        try:
+            async with asyncio.timeout_at(deadline if storing else None):
+                await self._book.lock.acquire()
+        except TimeoutError:
+            fault = self._writer.fault
+            if fault is not None:
+                raise _not_stored(fault.reason) from None
+            # Busy but healthy: store late rather than refuse; a client that timed out meanwhile
+            # and retries with the same id or key is answered with this very task.
+            await self._book.lock.acquire()
+        try:
+            yield
+        finally:
+            self._book.lock.release()
 
     def _apply_guard(self, record: TaskRecord) -> EventRecord | None:
         """Hold a task for approval, or record the guard's denial; None when it may run."""
@@ -540,6 +573,13 @@ class SubmitPipeline:
 def _will_be_held(record: TaskRecord) -> bool:
     """Whether the guard holds this admitted task for approval (it is then not queued)."""
     return record.approvals_needed > 0 and record.denied is None
+
+
+def _not_stored(reason: str) -> StorageError:
+    return StorageError(
+        f"state database: {reason}; the submit was not stored (nothing will run): "
+        "retry when `claw status` no longer shows a storage fault"
+    )
 
 
 def _published_result(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from storage import quarantine_store
 from storage.audit import GENESIS, ChainBreak, ChainVerifier, canonical, chain_hash, rehash_rows
 from storage.commits import Committed, TaskImage
-from storage.database import Database
+from storage.database import Database, StorageFault
 from storage.records import EventRecord, WriteBatch
 from storage.sql import chunks, placeholders
 
@@ -74,6 +74,11 @@ class TaskWriter:
         self._head: str | None = None
         # Told of every commit, on the event loop; set by the coordinator (its after-commit listeners).
         self.on_commit: CommitCallback | None = None
+
+    @property
+    def fault(self) -> StorageFault | None:
+        """Why the state database refused the last write, until one succeeds again."""
+        return self._db.fault
 
     async def write_batch(self, batch: WriteBatch) -> None:
         """Commit everything in `batch` as one transaction, extending the event log's hash chain.

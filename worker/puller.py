@@ -127,26 +127,32 @@ class TaskPuller:
         current = set(self.skills)
         for skill in sorted(current - set(names)):
             await self._remove(skill)
-        for skill in sorted(set(names) - current):
-            await self._add(skill)
+        for skill in sorted(set(names)):
+            if skill not in self._wake_subs or any((skill, p) not in self._by_skill for p in PRIORITIES):
+                await self._add(skill)  # new, or added only in part by a try that failed
         await self._conn.nc.flush()
 
     async def _add(self, skill: str) -> None:
         subjects = self._conn.subjects
         for priority in PRIORITIES:
+            if (skill, priority) in self._by_skill:
+                continue  # added by an earlier try that failed part-way (start-up retries it)
             await self._topology.ensure_task_consumer(skill, priority)
             consumer = PullConsumer(self._conn, subjects.tasks_stream, subjects.task_consumer(skill, priority))
             await consumer.start()
             source = _Source(skill, priority, consumer)
             self._sources[priority].append(source)
             self._by_skill[(skill, priority)] = source
-        self._wake_subs[skill] = await self._conn.nc.subscribe(subjects.wake(skill), cb=self._on_wake)
+        if skill not in self._wake_subs:
+            self._wake_subs[skill] = await self._conn.nc.subscribe(subjects.wake(skill), cb=self._on_wake)
         self._woken.set()
         log.info("pull.skill_added", skill=skill)
 
     async def _remove(self, skill: str) -> None:
         for priority in PRIORITIES:
-            source = self._by_skill.pop((skill, priority))
+            source = self._by_skill.pop((skill, priority), None)
+            if source is None:
+                continue
             source.removed = True
             self._sources[priority].remove(source)
             await source.consumer.stop()

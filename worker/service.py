@@ -27,6 +27,7 @@ from common.errors import ConfigError, NodeIdTakenOverError
 from common.log import get_logger
 from common.states import Priority
 from communication.connection import NATS_ERRORS, NatsConnection
+from communication.startup import StartupCalls
 from communication.subjects import skill_from_token
 from communication.topology import Topology
 from storage.artifacts import ArtifactStore, open_artifact_store
@@ -131,9 +132,10 @@ class Worker:
         conn = await NatsConnection.connect(config.nats, name=f"claw-worker-{node_id}")
         try:
             topology = Topology(conn, config.jetstream)
-            await topology.ensure_streams(update=False)
-            kv = await topology.nodes_kv()
-            skills_kv = await topology.skills_kv()
+            step = StartupCalls(config.nats.startup_deadline_s)
+            await step("the JetStream streams", lambda: topology.ensure_streams(update=False))
+            kv = await step("the nodes bucket", topology.nodes_kv)
+            skills_kv = await step("the skills bucket", topology.skills_kv)
             artifacts = await open_artifact_store(config.artifacts)
             worker = cls(config, conn, topology, base, kv, skills_kv, node_id, clock, artifacts)
         except BaseException:
@@ -146,9 +148,9 @@ class Worker:
             await worker._close_early(release=False)
             raise
         try:
-            await worker.node_control.start(await topology.node_control_kv())
-            await worker.skill_sync.initial()
-            await worker.puller.set_skills(worker.skills.names())
+            await worker.node_control.start(await step("the node-control bucket", topology.node_control_kv))
+            await step("the skill store (installed skills)", worker.skill_sync.initial)
+            await step("this worker's consumers", lambda: worker.puller.set_skills(worker.skills.names()))
             worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
             await conn.nc.flush()
         except BaseException:
