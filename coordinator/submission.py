@@ -39,7 +39,7 @@ from nats.js.errors import NotFoundError
 from common.api import SubmitResult
 from common.clock import Clock
 from common.config import CoordinatorSettings
-from common.errors import ClawError, CoordinatorUnavailableError, QueueFullError, StorageError
+from common.errors import ClawError, CoordinatorUnavailableError, InvalidInputError, QueueFullError, StorageError
 from common.event_kinds import EventKind
 from common.ids import new_id
 from common.log import get_logger
@@ -226,7 +226,8 @@ class SubmitPipeline:
             results, new = self._resolve(job.records, existing_keys, existing_ids)
             held = sum(1 for r in new if _will_be_held(r))
             refusal = (
-                self._queue_full(new, added)
+                _key_of_another_tenant(job.records, existing_keys)
+                or self._queue_full(new, added)
                 or self._approvals_full(held, added_held)
                 or next((r for g in self.gates if (r := g.refusal(new, added_tenant)) is not None), None)
             )
@@ -239,7 +240,7 @@ class SubmitPipeline:
                 added_tenant[record.tenant] += 1
                 existing_ids[record.task_id] = record.state
                 if record.idempotency_key:
-                    existing_keys[record.idempotency_key] = (record.task_id, record.state)
+                    existing_keys[record.idempotency_key] = (record.task_id, record.state, record.tenant)
                 batch.new_tasks.append(record)
                 batch.events.append(
                     EventRecord.of(
@@ -355,7 +356,7 @@ class SubmitPipeline:
     @staticmethod
     def _resolve(
         records: list[TaskRecord],
-        existing_keys: dict[str, tuple[str, TaskState]],
+        existing_keys: dict[str, tuple[str, TaskState, str]],
         existing_ids: dict[str, TaskState],
     ) -> tuple[list[SubmitResult], list[TaskRecord]]:
         results: list[SubmitResult] = []
@@ -369,7 +370,7 @@ class SubmitPipeline:
             elif record.task_id in seen_ids:  # a client-chosen id twice in one request: one task
                 results.append(SubmitResult(task_id=record.task_id, state=TaskState.PENDING, duplicate=True))
             elif key and key in existing_keys:
-                task_id, state = existing_keys[key]
+                task_id, state, _ = existing_keys[key]
                 results.append(SubmitResult(task_id=task_id, state=state, duplicate=True))
             elif key and key in seen:
                 task_id, state = seen[key]
@@ -607,6 +608,21 @@ class PublishGate(Protocol):
     async def admit(self, records: list[TaskRecord]) -> list[TaskRecord]:
         """The records that may be published now; the others stay pending until it publishes them."""
         ...
+
+
+def _key_of_another_tenant(
+    records: list[TaskRecord], existing_keys: dict[str, tuple[str, TaskState, str]]
+) -> InvalidInputError | None:
+    """Refuse a request whose idempotency key names another tenant's task: answering with that task
+    would hand one tenant another's task id and state (keys are one namespace for all tenants)."""
+    for record in records:
+        found = existing_keys.get(record.idempotency_key) if record.idempotency_key else None
+        if found is not None and found[2] != record.tenant:
+            return InvalidInputError(
+                f"idempotency key {record.idempotency_key!r} is taken by another tenant's task: choose another key "
+                "(for example with a prefix of your own)"
+            )
+    return None
 
 
 def _will_be_held(record: TaskRecord) -> bool:

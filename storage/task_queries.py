@@ -78,16 +78,16 @@ class TaskQueries:
             found.update({r[0]: TaskState(r[1]) for r in rows})
         return found
 
-    async def find_by_idempotency_keys(self, keys: Iterable[str]) -> dict[str, tuple[str, TaskState]]:
-        """idempotency key -> (task id, state) for the keys that exist."""
-        found: dict[str, tuple[str, TaskState]] = {}
+    async def find_by_idempotency_keys(self, keys: Iterable[str]) -> dict[str, tuple[str, TaskState, str]]:
+        """idempotency key -> (task id, state, tenant) for the keys that exist."""
+        found: dict[str, tuple[str, TaskState, str]] = {}
         for chunk in chunks(list(keys)):
             rows = await self._db.fetch_all_writer(
-                "SELECT idempotency_key, task_id, state FROM tasks "
+                "SELECT idempotency_key, task_id, state, tenant FROM tasks "
                 f"WHERE idempotency_key IN ({placeholders(len(chunk))})",
                 chunk,
             )
-            found.update({r[0]: (r[1], TaskState(r[2])) for r in rows})
+            found.update({r[0]: (r[1], TaskState(r[2]), r[3]) for r in rows})
         return found
 
     async def attempt_history(self, task_id: str) -> list[AttemptError]:

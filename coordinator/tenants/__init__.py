@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from common.errors import ConfigError
 from coordinator.periodic_jobs import PeriodicJob
 from coordinator.tenants.dispatcher import FairDispatcher
+from coordinator.tenants.identity import TENANT_PATTERN
 from coordinator.tenants.quotas import TenantQuotas
 
 if TYPE_CHECKING:
@@ -30,6 +31,12 @@ DISPATCH_TICK_S = 1.0
 def register(coordinator: Coordinator) -> None:
     """Add the tenant quotas to the submit pipeline; with fair share, the dispatcher too."""
     settings = coordinator.config.tenants
+    bad = [name for name in settings.quotas if not TENANT_PATTERN.match(name)]
+    if bad:
+        raise ConfigError(
+            f"tenants.quotas: {', '.join(map(repr, bad))} is not a tenant name (1 to 64 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit): no submit could ever use it"
+        )
     if not settings.fair_share:
         capped = [name for name, quota in settings.quotas.items() if quota.max_running is not None]
         if settings.default_quota.max_running is not None:

@@ -11,7 +11,7 @@ place, and the workers' priority shares (common/priority_shares.py) still decide
 priorities. A tenant at its
 `max_running` (dispatched, unfinished tasks) is skipped until one of its tasks ends.
 
-A new task passes straight through when its tenant has nothing waiting and there is room ahead, so
+A new task passes straight through when nothing waits in its lane and there is room ahead, so
 an uncontended cluster pays one check per task. Counting follows the commits (an after-commit
 listener): a task leaves the places ahead once it runs (or ends), and its tenant's running count once
 it ends. Tasks published by other paths (approvals, re-runs) are not counted; after a restart the
@@ -70,14 +70,14 @@ class FairDispatcher:
     # The submit gate (coordinator/submission.py: SubmitGate).
 
     def hold(self, new: list[TaskRecord]) -> list[EventRecord]:
-        """Pass a new task through when its tenant has nothing waiting and there is room; hold the rest."""
+        """Pass a new task through when nothing waits in its lane and there is room; hold the rest."""
         self._load()
         rows: list[EventRecord] = []
         for record in new:
             lane = (record.skill, record.priority)
             queue = self._queues.setdefault(lane, FairQueue())
             room = len(self._ahead[lane]) < self._settings.dispatch_ahead
-            if room and queue.backlog(record.tenant) == 0 and self._may_run(record.tenant):
+            if room and not len(queue) and self._may_run(record.tenant):
                 self._track(record)
                 continue
             self._push(record)

@@ -80,6 +80,9 @@ async def test_max_running_needs_fair_share(nats_server: EmbeddedNatsServer, pre
     config = make_config(nats_server, prefix, tmp_path, tenants={"quotas": {"acme": {"max_running": 2}}})
     with pytest.raises(ConfigError, match=r"max_running \(acme\).*tenants.fair_share: true"):
         await Coordinator.start(config)
+    config = make_config(nats_server, prefix, tmp_path, tenants={"quotas": {"ac me": {"max_queued": 2}}})
+    with pytest.raises(ConfigError, match="'ac me' is not a tenant name"):
+        await Coordinator.start(config)
 
 
 async def test_a_flood_does_not_starve_a_late_tenant_who_gets_its_weighted_share(

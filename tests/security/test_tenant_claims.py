@@ -72,3 +72,20 @@ def test_credentials_decide_the_tenant_and_a_request_cannot_claim_another() -> N
     assert tenant_of_submit(SubmitRequest(tasks=[]), Caller(tenant="mallory")) == "mallory"
     assert tenant_of_submit(SubmitRequest(tasks=[], tenant="mallory"), Caller(tenant="mallory")) == "mallory"
     assert tenant_of_submit(SubmitRequest(tasks=[])) == "default"
+
+
+async def test_an_idempotency_key_never_hands_one_tenant_another_tenants_task(
+    nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path
+) -> None:
+    """Keys are one namespace: a guessed key of another tenant is refused, never answered with the
+    victim's task id and state; the owner's own retry still gets its task back."""
+    config = make_config(nats_server, prefix, tmp_path)
+    async with running_coordinator(config), connected_client(config) as client:
+        victim = await client.submit(spec("echo", idempotency_key="nightly-report"), tenant="victim")
+        with pytest.raises(InvalidInputError, match="taken by another tenant's task") as refused:
+            await client.submit(spec("echo", idempotency_key="nightly-report"), tenant="mallory")
+        assert victim.task_id not in str(refused.value)
+        again = await client.submit(spec("echo", idempotency_key="nightly-report"), tenant="victim")
+    assert again.duplicate and again.task_id == victim.task_id
+    with sqlite3.connect(config.coordinator.db_path) as db:
+        assert db.execute("SELECT tenant FROM tasks").fetchall() == [("victim",)]
