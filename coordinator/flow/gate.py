@@ -30,7 +30,7 @@ from common.clock import Clock
 from common.config import FlowSettings
 from common.event_kinds import EventKind
 from common.events import TaskFailed
-from common.flow import CooldownNotice, FailureReason, FlowTicket, cooldown_subject, failure_reason
+from common.flow import LLM_SKILL, CooldownNotice, FailureReason, FlowTicket, cooldown_subject, failure_reason
 from common.log import get_logger
 from common.states import TERMINAL_STATES, Priority, TaskState
 from communication.connection import NATS_ERRORS, NatsConnection
@@ -45,6 +45,9 @@ log = get_logger("coordinator.flow")
 
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 ACTIVE_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING)
+# Skills that report when their call went out (`call_started_at` in their usage): a start is counted
+# from then, not from the attempt's start, which a loaded worker may reach long before the call.
+EXACT_START_SKILLS = frozenset({LLM_SKILL})
 
 
 @dataclass(slots=True)
@@ -240,17 +243,24 @@ class FlowGate:
                 self.waiting.pop(event.task_id, None)
                 if grant is not None:
                     self._outcome(grant, event)
+                    if event.to_state in (TaskState.FAILED, TaskState.DEAD, TaskState.NEEDS_INPUT):
+                        for key in grant.keys:  # as for a retry: a failed call's start taken as its end
+                            self.ledger.use(key).started(event.task_id, event.at, exact=True)
                     self.ledger.release(grant.keys, event.task_id)
                     del self.grants[event.task_id]
                     released = True
             elif grant is None:
                 continue
             elif event.to_state == TaskState.RUNNING:
+                if grant.skill in EXACT_START_SKILLS:
+                    continue  # counted until its call's own start is reported (with its usage)
                 for key in grant.keys:
                     self.ledger.use(key).started(event.task_id, event.at)
             elif event.to_state == TaskState.RETRYING:
                 self._outcome(grant, event)
                 for key in grant.keys:
+                    # A failed call reports no usage: its start is taken as its end (late, so safe).
+                    self.ledger.use(key).started(event.task_id, event.at, exact=True)
                     self.ledger.use(key).expect_start(event.task_id)
             elif event.to_state == TaskState.QUEUED and event.kind == EventKind.LOST:
                 for key in grant.keys:
@@ -304,6 +314,10 @@ class FlowGate:
         if grant is None:
             return
         data = _data(event)
+        call_started_at = data.get("call_started_at")
+        if isinstance(call_started_at, int | float):
+            for key in grant.keys:
+                self.ledger.use(key).started(event.task_id, float(call_started_at), exact=True)
         used = int(data.get("input_tokens", 0) or 0) + int(data.get("output_tokens", 0) or 0)  # type: ignore[call-overload]
         for key in grant.keys:
             self.ledger.use(key).reconcile(event.task_id, used)

@@ -87,3 +87,14 @@ def test_key_templates_render_from_the_input_and_refuse_what_is_missing() -> Non
     with pytest.raises(InvalidInputError, match="no scalar field 'provider'"):
         render_key("llm:{provider}:{model}", {"model": "m"})
     assert estimate_tokens({"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 50}) > 150
+
+
+def test_a_calls_own_start_replaces_the_attempts_earlier_one() -> None:
+    use = KeyUse("k", limit=Limit(key="k", requests=1, window_s=1.0))
+    use.charge("a", 0.0, 0)
+    use.started("a", 10.0)  # the attempt started; its call went out later
+    use.started("a", 10.4, exact=True)
+    assert use.room(11.2, 0) == "rate 1/s"  # counted from 10.4 (plus 1 % of the window)
+    assert use.room(11.42, 0) is None
+    use.started("a", 10.2, exact=True)  # an earlier time never moves it back
+    assert use.room(11.3, 0) == "rate 1/s"
