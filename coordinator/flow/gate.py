@@ -28,6 +28,7 @@ import msgspec
 
 from common.clock import Clock
 from common.config import FlowSettings
+from common.errors import InvalidInputError
 from common.event_kinds import EventKind
 from common.events import TaskFailed
 from common.flow import LLM_SKILL, CooldownNotice, FailureReason, FlowTicket, cooldown_subject, failure_reason
@@ -91,10 +92,12 @@ class FlowGate:
         writer: TaskWriter,
         conn: NatsConnection,
         clock: Clock,
+        *,
+        manifest_keys: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
-        self._resolver = KeyResolver(settings.skill_keys)
+        self._resolver = KeyResolver(settings.skill_keys, manifest_keys)
         self._book = book
         self._writer = writer
         self._conn = conn
@@ -120,6 +123,7 @@ class FlowGate:
         passed: list[TaskRecord] = []
         held: list[tuple[TaskRecord, str, str]] = []
         notes: list[EventRecord] = []
+        refused: list[tuple[TaskRecord, str]] = []
         waiting_keys = self._waiting_keys()
         for record in records:
             if record.task_id in self.grants:
@@ -127,7 +131,11 @@ class FlowGate:
                 continue
             if record.task_id in self.waiting:
                 continue
-            keys = self._resolver.resolve(record)
+            try:
+                keys = self._resolver.resolve(record)
+            except InvalidInputError as exc:
+                refused.append((record, str(exc)))
+                continue
             if keys is None:
                 passed.append(record)
                 continue
@@ -142,7 +150,30 @@ class FlowGate:
                 held.append((record, *blocked))
         if held or notes:
             await self._note(held, notes, now)
+        if refused:
+            await self._refuse(refused, now)
         return passed
+
+    async def _refuse(self, refused: list[tuple[TaskRecord, str]], now: float) -> None:
+        """End `failed` the tasks whose limit keys cannot be made from their input: run anyway, they
+        would escape their skill's limits."""
+        batch = WriteBatch()
+        failed: list[TaskRecord] = []
+        async with self._book.lock:
+            for record, message in refused:
+                if record.state != TaskState.PENDING:
+                    continue
+                record.finished_at = now
+                record.error_type, record.error_message = "InvalidInputError", message
+                data = {"error_type": record.error_type, "message": message}
+                batch.events.append(self._book.move(record, TaskState.FAILED, at=now, kind=EventKind.FAILED, data=data))
+                batch.touch(record)
+                failed.append(record)
+            if failed:
+                await self._writer.write_batch(batch)
+                self._book.release_finished(failed)
+        for record in failed:
+            log.warning("flow.task_refused", task_id=record.task_id, error=record.error_message)
 
     def _try_grant(
         self, record: TaskRecord, keys: TaskKeys, now: float, *, blocked: set[str]
@@ -340,7 +371,10 @@ class FlowGate:
         self._restored = True
         for state in ACTIVE_STATES:
             for record in self._book.with_state(state):
-                keys = self._resolver.resolve(record)
+                try:
+                    keys = self._resolver.resolve(record)
+                except InvalidInputError:
+                    continue  # published before its skill's templates changed: it runs as it was
                 if keys is None:
                     continue
                 alternative = keys.alternatives[0]

@@ -98,3 +98,23 @@ def test_a_calls_own_start_replaces_the_attempts_earlier_one() -> None:
     assert use.room(11.42, 0) is None
     use.started("a", 10.2, exact=True)  # an earlier time never moves it back
     assert use.room(11.3, 0) == "rate 1/s"
+
+
+def test_templates_come_from_the_config_else_the_manifest_else_the_built_in_ones() -> None:
+    from coordinator.flow.keys import KeyResolver
+
+    declared = {"my.agent": ["llm:{provider}:{model}"]}
+    resolver = KeyResolver({"llm.chat": ["llm:custom:{model}"]}, lambda skill: declared.get(skill, []))
+    assert resolver.templates("llm.chat") == ["llm:custom:{model}"]
+    assert resolver.templates("my.agent") == ["llm:{provider}:{model}"]
+    assert resolver.templates("http.request") == ["http:{host}"]
+    assert resolver.templates("echo") == []
+
+
+def test_a_manifest_with_a_bad_key_template_is_refused_naming_the_field() -> None:
+    from common.skills import ManifestError, parse_manifest
+
+    base = {"name": "my.agent", "version": "1.0.0", "risk": "read_only", "runtime": {"python": "h:run"}}
+    assert parse_manifest({**base, "limit_keys": ["llm:{provider}:{model}"]}, source="t").limit_keys
+    with pytest.raises(ManifestError, match="field 'limit_keys'"):
+        parse_manifest({**base, "limit_keys": ["llm {model}"]}, source="t")
