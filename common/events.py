@@ -116,6 +116,9 @@ class TaskUsage(TaskEventBase, tag="usage", frozen=True):
     model: Annotated[str, msgspec.Meta(max_length=200)] = ""
     key: Annotated[str, msgspec.Meta(max_length=200)] = ""
     cache_hit: bool = False
+    # When the call was sent (the worker's clock): flow control counts the call in its key's request
+    # window from then (until it knows, from the attempt's start, a little earlier).
+    call_started_at: float | None = None
 
 
 TaskEvent = (

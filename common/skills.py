@@ -15,6 +15,7 @@ timeout_s: 30
 retry: {max_attempts: 3, base_s: 1, factor: 2, max_s: 60, jitter: 0.2}
 requires_labels: {gpu: "true"}   # loaded only on workers with these labels
 concurrency: 4                   # at most this many at once per worker
+limit_keys: ["api:{host}"]       # flow control: limit keys over the input (docs/Flow_control.md)
 ```
 
 `load_manifest` validates everything a worker or the coordinator would otherwise trip over later,
@@ -45,6 +46,7 @@ MANIFEST_FILE = "skill.yaml"
 SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
 PYTHON_TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*")
 SKILL_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+LIMIT_KEY_TEMPLATE = re.compile(r"([A-Za-z0-9_.:/@+-]|\{[A-Za-z_][A-Za-z0-9_]*\})+")
 IGNORED_FILES = {"__pycache__", ".git", ".DS_Store"}
 
 
@@ -104,6 +106,8 @@ class SkillManifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     retry: RetrySpec | None = None
     requires_labels: dict[str, str] = {}
     concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # Flow control: the limit keys a task uses, as templates over its input (`llm:{provider}:{model}`).
+    limit_keys: list[str] = []
 
     def key(self) -> str:
         """`name@version`."""
@@ -166,6 +170,12 @@ def _check_semantics(m: SkillManifest, source: str) -> None:
         raise ManifestError(f"{source}: field 'runtime.command': a non-empty list of arguments is needed")
     if runtime.factory and runtime.python is None:
         raise ManifestError(f"{source}: field 'runtime.factory': only a python runtime can be a factory")
+    for template in m.limit_keys:
+        if not LIMIT_KEY_TEMPLATE.fullmatch(template):
+            raise ManifestError(
+                f"{source}: field 'limit_keys': {template!r} is not a key template "
+                "(letters, digits, . _ : / @ + - and {field} of the input, e.g. llm:{provider}:{model})"
+            )
 
 
 def _check_schemas(m: SkillManifest, source: str) -> None:

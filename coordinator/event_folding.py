@@ -397,7 +397,8 @@ class EventFolder:
         if isinstance(event, TaskUsage):
             kind = EventKind.USAGE
             data = {"input_tokens": event.input_tokens, "output_tokens": event.output_tokens, "model": event.model,
-                    "key": event.key, "cache_hit": event.cache_hit}  # fmt: skip
+                    "key": event.key, "cache_hit": event.cache_hit,
+                    "call_started_at": event.call_started_at}  # fmt: skip
         elif isinstance(event, TaskProgress):
             kind, data = EventKind.PROGRESS, {"percent": event.percent, "message": event.message}
         elif isinstance(event, TaskVerifying):

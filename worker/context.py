@@ -74,6 +74,7 @@ class TaskContext:
         model: str = "",
         key: str = "",
         cache_hit: bool = False,
+        call_started_at: float | None = None,
     ) -> None:
         """Report what a call used (tokens): flow control reconciles the key's TPM with it, and usage
         accounting (`claw usage`) adds it up. llm.chat reports the API's `usage` itself."""
@@ -93,6 +94,7 @@ class TaskContext:
                 model=model,
                 key=key or (self.limit_keys[0] if self.limit_keys else ""),
                 cache_hit=cache_hit,
+                call_started_at=call_started_at,
             )
         )
 

@@ -46,14 +46,25 @@ def limits_set(
     rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute.")] = None,
     rps: Annotated[int | None, typer.Option("--rps", min=1, help="Requests per second.")] = None,
     rph: Annotated[int | None, typer.Option("--rph", min=1, help="Requests per hour.")] = None,
+    requests: Annotated[int | None, typer.Option("--requests", min=1, help="Requests per --per window.")] = None,
+    per: Annotated[
+        str | None, typer.Option("--per", metavar="<duration>", help="The window of --requests, e.g. 10s, 5m.")
+    ] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute.")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests at once.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Set a key's limit (replacing its old one); every worker follows it from the next start."""
     rates = [(n, w) for n, w in ((rps, 1.0), (rpm, 60.0), (rph, 3600.0)) if n is not None]
+    if (requests is None) != (per is None):
+        fail("--requests and --per go together (e.g. --requests 30 --per 10s)", kind="usage")
+    if requests is not None and per is not None:
+        try:
+            rates.append((requests, parse_duration(per)))
+        except ClawError as exc:
+            fail(str(exc), kind=exc.code)
     if len(rates) > 1:
-        fail("give one of --rps, --rpm, --rph", kind="usage")
+        fail("give one of --rps, --rpm, --rph, --requests/--per", kind="usage")
     if not rates and tpm is None and concurrency is None:
         fail("give at least one of --rpm/--rps/--rph, --tpm, --concurrency", kind="usage")
     try:

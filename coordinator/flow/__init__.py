@@ -36,7 +36,7 @@ def register(c: Coordinator) -> None:
     settings = c.config.flow
     ledger = Ledger(margin_s=settings.rate_margin_s)
     store = FlowStore(c.db)
-    gate = FlowGate(settings, ledger, c.book, c.writer, c.conn, c.clock)
+    gate = FlowGate(settings, ledger, c.book, c.writer, c.conn, c.clock, manifest_keys=lambda s: _manifest_keys(c, s))
     gate.publisher = c.pipeline
     counters = None if c.metrics is None else UsageCounters(c.metrics.registry)
     usage = UsageBook(settings, c.book, store, lambda task_id: _model(gate, task_id), counters)
@@ -52,6 +52,12 @@ def register(c: Coordinator) -> None:
     c.jobs.add(PeriodicJob("flow-usage", USAGE_FLUSH_INTERVAL_S, usage.flush))
     c.jobs.add(PeriodicJob("flow-offline-permits", OFFLINE_CHECK_INTERVAL_S, desk.release_offline, writes=False))
     c.api_providers.append(desk)
+
+
+def _manifest_keys(c: Coordinator, skill: str) -> list[str]:
+    """The limit key templates the enabled manifest of `skill` declares (`limit_keys`)."""
+    entry = c.catalog.enabled(skill)
+    return [] if entry is None else list(entry.manifest.limit_keys)
 
 
 def _model(gate: FlowGate, task_id: str) -> str | None:

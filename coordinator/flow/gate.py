@@ -28,9 +28,10 @@ import msgspec
 
 from common.clock import Clock
 from common.config import FlowSettings
+from common.errors import InvalidInputError
 from common.event_kinds import EventKind
 from common.events import TaskFailed
-from common.flow import CooldownNotice, FailureReason, FlowTicket, cooldown_subject, failure_reason
+from common.flow import LLM_SKILL, CooldownNotice, FailureReason, FlowTicket, cooldown_subject, failure_reason
 from common.log import get_logger
 from common.states import TERMINAL_STATES, Priority, TaskState
 from communication.connection import NATS_ERRORS, NatsConnection
@@ -45,6 +46,9 @@ log = get_logger("coordinator.flow")
 
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 ACTIVE_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING)
+# Skills that report when their call went out (`call_started_at` in their usage): a start is counted
+# from then, not from the attempt's start, which a loaded worker may reach long before the call.
+EXACT_START_SKILLS = frozenset({LLM_SKILL})
 
 
 @dataclass(slots=True)
@@ -88,10 +92,12 @@ class FlowGate:
         writer: TaskWriter,
         conn: NatsConnection,
         clock: Clock,
+        *,
+        manifest_keys: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
-        self._resolver = KeyResolver(settings.skill_keys)
+        self._resolver = KeyResolver(settings.skill_keys, manifest_keys)
         self._book = book
         self._writer = writer
         self._conn = conn
@@ -117,6 +123,7 @@ class FlowGate:
         passed: list[TaskRecord] = []
         held: list[tuple[TaskRecord, str, str]] = []
         notes: list[EventRecord] = []
+        refused: list[tuple[TaskRecord, str]] = []
         waiting_keys = self._waiting_keys()
         for record in records:
             if record.task_id in self.grants:
@@ -124,7 +131,11 @@ class FlowGate:
                 continue
             if record.task_id in self.waiting:
                 continue
-            keys = self._resolver.resolve(record)
+            try:
+                keys = self._resolver.resolve(record)
+            except InvalidInputError as exc:
+                refused.append((record, str(exc)))
+                continue
             if keys is None:
                 passed.append(record)
                 continue
@@ -139,7 +150,30 @@ class FlowGate:
                 held.append((record, *blocked))
         if held or notes:
             await self._note(held, notes, now)
+        if refused:
+            await self._refuse(refused, now)
         return passed
+
+    async def _refuse(self, refused: list[tuple[TaskRecord, str]], now: float) -> None:
+        """End `failed` the tasks whose limit keys cannot be made from their input: run anyway, they
+        would escape their skill's limits."""
+        batch = WriteBatch()
+        failed: list[TaskRecord] = []
+        async with self._book.lock:
+            for record, message in refused:
+                if record.state != TaskState.PENDING:
+                    continue
+                record.finished_at = now
+                record.error_type, record.error_message = "InvalidInputError", message
+                data = {"error_type": record.error_type, "message": message}
+                batch.events.append(self._book.move(record, TaskState.FAILED, at=now, kind=EventKind.FAILED, data=data))
+                batch.touch(record)
+                failed.append(record)
+            if failed:
+                await self._writer.write_batch(batch)
+                self._book.release_finished(failed)
+        for record in failed:
+            log.warning("flow.task_refused", task_id=record.task_id, error=record.error_message)
 
     def _try_grant(
         self, record: TaskRecord, keys: TaskKeys, now: float, *, blocked: set[str]
@@ -240,17 +274,24 @@ class FlowGate:
                 self.waiting.pop(event.task_id, None)
                 if grant is not None:
                     self._outcome(grant, event)
+                    if event.to_state in (TaskState.FAILED, TaskState.DEAD, TaskState.NEEDS_INPUT):
+                        for key in grant.keys:  # as for a retry: a failed call's start taken as its end
+                            self.ledger.use(key).started(event.task_id, event.at, exact=True)
                     self.ledger.release(grant.keys, event.task_id)
                     del self.grants[event.task_id]
                     released = True
             elif grant is None:
                 continue
             elif event.to_state == TaskState.RUNNING:
+                if grant.skill in EXACT_START_SKILLS:
+                    continue  # counted until its call's own start is reported (with its usage)
                 for key in grant.keys:
                     self.ledger.use(key).started(event.task_id, event.at)
             elif event.to_state == TaskState.RETRYING:
                 self._outcome(grant, event)
                 for key in grant.keys:
+                    # A failed call reports no usage: its start is taken as its end (late, so safe).
+                    self.ledger.use(key).started(event.task_id, event.at, exact=True)
                     self.ledger.use(key).expect_start(event.task_id)
             elif event.to_state == TaskState.QUEUED and event.kind == EventKind.LOST:
                 for key in grant.keys:
@@ -304,6 +345,10 @@ class FlowGate:
         if grant is None:
             return
         data = _data(event)
+        call_started_at = data.get("call_started_at")
+        if isinstance(call_started_at, int | float):
+            for key in grant.keys:
+                self.ledger.use(key).started(event.task_id, float(call_started_at), exact=True)
         used = int(data.get("input_tokens", 0) or 0) + int(data.get("output_tokens", 0) or 0)  # type: ignore[call-overload]
         for key in grant.keys:
             self.ledger.use(key).reconcile(event.task_id, used)
@@ -326,7 +371,10 @@ class FlowGate:
         self._restored = True
         for state in ACTIVE_STATES:
             for record in self._book.with_state(state):
-                keys = self._resolver.resolve(record)
+                try:
+                    keys = self._resolver.resolve(record)
+                except InvalidInputError:
+                    continue  # published before its skill's templates changed: it runs as it was
                 if keys is None:
                     continue
                 alternative = keys.alternatives[0]

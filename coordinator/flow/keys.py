@@ -7,12 +7,12 @@ ones of llm.chat and http.request) plus the keys the task added itself. llm.chat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from common.errors import InvalidInputError
 from common.flow import BUILTIN_TEMPLATES, FALLBACK_FIELD, LLM_SKILL, builtin_fields, estimate_tokens, render_key
 from common.log import get_logger
 from storage.records import TaskRecord
@@ -44,13 +44,26 @@ class TaskKeys:
 class KeyResolver:
     """Resolves tasks' keys from the configured templates."""
 
-    def __init__(self, skill_keys: dict[str, list[str]]) -> None:
-        self._templates = {**{k: list(v) for k, v in BUILTIN_TEMPLATES.items()}, **skill_keys}
+    def __init__(
+        self, skill_keys: dict[str, list[str]], manifest_keys: Callable[[str], list[str]] | None = None
+    ) -> None:
+        self._configured = {k: list(v) for k, v in skill_keys.items()}
+        self._manifest_keys = manifest_keys
+
+    def templates(self, skill: str) -> list[str]:
+        """A skill's templates: the config's (`flow.skill_keys`), else its manifest's (`limit_keys`),
+        else the built-in ones (llm.chat, http.request)."""
+        configured = self._configured.get(skill)
+        if configured is not None:
+            return configured
+        declared = self._manifest_keys(skill) if self._manifest_keys is not None else []
+        return declared or list(BUILTIN_TEMPLATES.get(skill, ()))
 
     def resolve(self, record: TaskRecord) -> TaskKeys | None:
-        """The task's keys, or None when it uses none."""
+        """The task's keys, or None when it uses none; an InvalidInputError when a template needs
+        a field the input lacks (the task would otherwise escape its limit)."""
         own = _own_keys(record)
-        templates = self._templates.get(record.skill, [])
+        templates = self.templates(record.skill)
         if not templates and not own:
             return None
         fields = _fields(record)
@@ -92,11 +105,7 @@ def _fields(record: TaskRecord) -> dict[str, Any]:
 def _render(templates: list[str], fields: dict[str, Any], record: TaskRecord) -> list[str]:
     keys: list[str] = []
     for template in templates:
-        try:
-            key = render_key(template, fields)
-        except InvalidInputError as exc:
-            log.warning("flow.key_unrenderable", task_id=record.task_id, error=str(exc))
-            continue
+        key = render_key(template, fields)
         if key not in keys:
             keys.append(key)
     return keys

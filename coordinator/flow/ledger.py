@@ -14,6 +14,7 @@ connection (`cooldown_s`) stops every start on the key until it passes.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -48,6 +49,9 @@ class KeyUse:
     # until it is (a task is published some time before a worker starts it; counting it from the
     # publish would let the next window's starts reach the API too early after a slow pick-up).
     pending: dict[str, None] = field(default_factory=dict)
+    # holder -> the start recorded for it, while only approximate (its attempt's start: the call
+    # itself comes a little later); a later, exact time (the call's own) replaces it.
+    approximate: dict[str, float] = field(default_factory=dict)
     # (time, tokens, holder) charged, oldest first.
     tokens: deque[list[object]] = field(default_factory=deque)
     cooldown_until: float = 0.0
@@ -125,10 +129,20 @@ class KeyUse:
         """A holder will start again (a retry, a reclaimed attempt): count it until it does."""
         if holder in self.holders:
             self.pending[holder] = None
+            self.approximate.pop(holder, None)
 
-    def started(self, holder: str, at: float) -> None:
-        """A pending holder started at `at`."""
+    def started(self, holder: str, at: float, *, exact: bool = False) -> None:
+        """A holder started at `at`: its attempt (approximate: the call comes later) or its call
+        (`exact`), which replaces an approximate start when it is later."""
         if self.pending.pop(holder, 0) is None:
+            bisect.insort(self.starts, at)
+            if not exact:
+                self.approximate[holder] = at
+            return
+        earlier = self.approximate.pop(holder, None) if exact else None
+        if earlier is not None and at > earlier:
+            with contextlib.suppress(ValueError):  # pruned meanwhile: the window is long past it
+                self.starts.remove(earlier)
             bisect.insort(self.starts, at)
 
     def release(self, holder: str) -> bool:
@@ -136,6 +150,7 @@ class KeyUse:
         if self.probe == holder:
             self.probe = None
         self.pending.pop(holder, None)  # ended without starting: it made no call
+        self.approximate.pop(holder, None)
         return self.holders.pop(holder, None) is not None
 
     def reconcile(self, holder: str, used: int) -> None:

@@ -40,7 +40,6 @@ def llm_env(api: FakeOpenAIServer, **extra: str) -> dict[str, str]:
         "CLAW_FLOW_COOLDOWN_S": "1.0",
         "CLAW_FLOW_BREAKER_FAILURES": "3",
         "CLAW_FLOW_BREAKER_OPEN_S": "2.0",
-        "CLAW_FLOW_RATE_MARGIN_S": "0.3",
         **extra,
     }
 
@@ -97,14 +96,15 @@ def chat(model: str, **extra: Any) -> dict[str, Any]:
 def test_three_workers_stay_within_the_limit_echo_runs_meanwhile_and_usage_matches_the_api(
     processes: ProcessPool, api: FakeOpenAIServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """3 workers x 10 slots, 5 concurrent and 10 per second (600 RPM): zero violations, zero 429s;
+    """3 workers x 10 slots, 5 concurrent and 30 per 5 s (360 RPM): zero violations, zero 429s;
     echo tasks run while limited tasks wait; `claw usage` equals the API's own counts."""
     count = 300 if request.config.getoption("--flow-full") else 60
-    api.enforce(requests=10, window_s=1.0, concurrency=5)
+    api.enforce(requests=30, window_s=5.0, concurrency=5)
     api.latency_s = 0.05
     env = llm_env(api)
     start(processes, env, workers=3, concurrency=10)
-    result = processes.run("limits", "set", "llm:fake-small", "--rps", "10", "--concurrency", "5", "--tpm", "1000000")
+    limit = ("--requests", "30", "--per", "5s", "--concurrency", "5", "--tpm", "1000000")
+    result = processes.run("limits", "set", "llm:fake-small", *limit)
     assert result.returncode == 0, result.stderr
 
     api.flowing.clear()  # the API holds its first answers: 5 calls in flight, the rest must wait
@@ -126,10 +126,8 @@ def test_three_workers_stay_within_the_limit_echo_runs_meanwhile_and_usage_match
     assert stats.violations == 0, stats.by_kind
     assert stats.rate_limited == 0 and stats.dropped == 0
     assert stats.completions == count
-    assert stats.most_in_flight <= 5 and stats.most_in_window(1.0) <= 10
-    after = stats.starts[5:]  # the calls started once the API answered again
-    achieved = (len(after) - 1) / (after[-1] - after[0])
-    print(f"flow: {count} tasks in {elapsed:.1f} s, achieved {achieved:.2f}/s against 10/s, 0 violations")
+    assert stats.most_in_flight <= 5 and stats.most_in_window(5.0) <= 30
+    print(f"flow: {count} tasks in {elapsed:.1f} s, at most {stats.most_in_window(5.0)} in 5 s (of 30), 0 violations")
 
     def usage_matches() -> bool:
         rows = claw_json(processes, "usage", "--by", "skill,model")["rows"]

@@ -133,3 +133,25 @@ async def test_a_task_with_a_bad_limit_key_is_refused_with_one_clear_line(flow_c
     async with running_coordinator(flow_config), connected_client(flow_config) as client:
         with pytest.raises(InvalidInputError, match="limit key"):
             await client.submit_many([spec("echo", {}, limit_keys=["bad key with spaces"])])
+
+
+async def test_a_task_whose_limit_key_cannot_be_made_from_its_input_fails_with_the_reason(
+    flow_config: ClawConfig,
+) -> None:
+    """Run anyway, it would escape its skill's limit: it ends failed, naming the missing field."""
+    gated = Gated()
+    gated.release.set()
+    async with (
+        running_coordinator(flow_config),
+        running_worker(flow_config, skills=SkillRegistry([Skill("hold", gated.hold)])),
+        connected_client(flow_config) as client,
+    ):
+        await wait_nodes_online(client, 1)
+        [result] = await client.submit_many([spec("hold", {"other": 1})])
+
+        async def failed() -> bool:
+            return (await client.get_task(result.task_id, history=False)).state == TaskState.FAILED
+
+        await eventually(failed, what="the task failed")
+        task = await client.get_task(result.task_id)
+        assert "no scalar field 'name'" in (task.error_message or "") and gated.most == 0

@@ -87,3 +87,34 @@ def test_key_templates_render_from_the_input_and_refuse_what_is_missing() -> Non
     with pytest.raises(InvalidInputError, match="no scalar field 'provider'"):
         render_key("llm:{provider}:{model}", {"model": "m"})
     assert estimate_tokens({"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 50}) > 150
+
+
+def test_a_calls_own_start_replaces_the_attempts_earlier_one() -> None:
+    use = KeyUse("k", limit=Limit(key="k", requests=1, window_s=1.0))
+    use.charge("a", 0.0, 0)
+    use.started("a", 10.0)  # the attempt started; its call went out later
+    use.started("a", 10.4, exact=True)
+    assert use.room(11.2, 0) == "rate 1/s"  # counted from 10.4 (plus 1 % of the window)
+    assert use.room(11.42, 0) is None
+    use.started("a", 10.2, exact=True)  # an earlier time never moves it back
+    assert use.room(11.3, 0) == "rate 1/s"
+
+
+def test_templates_come_from_the_config_else_the_manifest_else_the_built_in_ones() -> None:
+    from coordinator.flow.keys import KeyResolver
+
+    declared = {"my.agent": ["llm:{provider}:{model}"]}
+    resolver = KeyResolver({"llm.chat": ["llm:custom:{model}"]}, lambda skill: declared.get(skill, []))
+    assert resolver.templates("llm.chat") == ["llm:custom:{model}"]
+    assert resolver.templates("my.agent") == ["llm:{provider}:{model}"]
+    assert resolver.templates("http.request") == ["http:{host}"]
+    assert resolver.templates("echo") == []
+
+
+def test_a_manifest_with_a_bad_key_template_is_refused_naming_the_field() -> None:
+    from common.skills import ManifestError, parse_manifest
+
+    base = {"name": "my.agent", "version": "1.0.0", "risk": "read_only", "runtime": {"python": "h:run"}}
+    assert parse_manifest({**base, "limit_keys": ["llm:{provider}:{model}"]}, source="t").limit_keys
+    with pytest.raises(ManifestError, match="field 'limit_keys'"):
+        parse_manifest({**base, "limit_keys": ["llm {model}"]}, source="t")

@@ -144,6 +144,7 @@ class LlmTool:
         timeout_s = min(self._settings.llm_timeout_s, inputs.timeout_s(SKILL, input) or math.inf)
         token = self._token()
         headers = self._headers(extra, token)
+        call_started_at = self._clock.now()
         try:
             async with (
                 asyncio.timeout(timeout_s),
@@ -163,7 +164,12 @@ class LlmTool:
             )
         completion = _completion(data, model)
         usage = completion["usage"]
-        ctx.report_usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), model=str(model))
+        ctx.report_usage(
+            _count(usage.get("prompt_tokens")),
+            _count(usage.get("completion_tokens")),
+            model=str(model),
+            call_started_at=call_started_at,
+        )
         if cache is not None:
             await cache[0].put(digest, completion, cache[1])
         return completion
