@@ -20,7 +20,11 @@ import msgspec
 from common import verbs
 from common.errors import InvalidInputError
 from common.verbs import Verb
+from communication.codec import nesting_exceeds
 
+# Deeper bodies are refused before decoding (the decoder recurses; the coordinator's own limit on a
+# task's input, coordinator.max_input_depth, is at most this).
+MAX_BODY_DEPTH = 512
 # The request fields that say who acts: always the authenticated caller (GatewayCalls stamps them too).
 IDENTITY_FIELDS = ("by", "submitter")
 
@@ -58,9 +62,11 @@ class VerbRoute:
         fields naming who acts (`by`, `submitter`) are `actor`, whatever the body says."""
         fields: dict[str, Any] = {}
         if self.has_body and body.strip():
+            if nesting_exceeds(body, MAX_BODY_DEPTH):
+                raise InvalidInputError(f"the body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep")
             try:
                 decoded = msgspec.json.decode(body)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 raise InvalidInputError(f"the body is not JSON: {exc}") from None
             if not isinstance(decoded, dict):
                 raise InvalidInputError("the body must be a JSON object")
