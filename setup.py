@@ -45,6 +45,18 @@ setup(
         "setproctitle>=1.3",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
         "uvloop>=0.19; sys_platform != 'win32'",
+        # trust-audit: the audit anchors are signed with an ed25519 key in NKeys form (the key format
+        # NATS already uses; nkeys is nats-py's own optional dependency) on PyNaCl (libsodium), a
+        # well-kept signature library instead of our own.
+        "nkeys>=0.2",
+        "PyNaCl>=1.5",
+        # Workflow node inputs and conditions: JMESPath, a well-kept sandboxed query language (no eval).
+        "jmespath>=1.0",
+        # Schedules: cron expressions in IANA time zones, DST included (coordinator/schedules/timing.py).
+        "cronsim>=2.6",
+        # Start-up calls to NATS retry with backoff until a deadline: a well-kept retry library
+        # (stop/wait policies, async) instead of our own loop.
+        "tenacity>=8.2",
         # The HTTP gateway (issue 14): Starlette on uvicorn, well-kept and small (routing, SSE
         # streaming, WebSockets, CORS, test client) instead of our own HTTP server; Jinja2 renders the
         # dashboard's pages, itsdangerous signs its session cookies, python-multipart reads its forms.
@@ -68,6 +80,7 @@ setup(
             "types-PyYAML",
             "types-jsonschema",
             "types-psutil",
+            "types-jmespath",
             # A real S3-protocol server for the artifact store tests (there is no MinIO binary on PyPI).
             "moto[server]>=5",
             # An independent PNG decoder: the tests open quant.backtest_report's chart with it (the

@@ -117,6 +117,8 @@ class LocalCluster:
         # child; only what `claw up` itself owns is set over them.
         env = dict(os.environ) | self._local_dirs
         env.update(CLAW_NATS_CONNECT_RETRY_S="30", CLAW_LOG_LEVEL=os.environ.get("CLAW_LOG_LEVEL", "info"))
+        # One local admin submits and approves (the README's quick start): their own tasks included.
+        env.setdefault("CLAW_AUTH_SELF_APPROVAL", "true")
         host = socket.gethostname().split(".")[0]
         metrics = () if self.metrics_port is None else ("--metrics-port", str(self.metrics_port))
         return ClusterProcesses(
@@ -153,7 +155,7 @@ class LocalCluster:
             store: KeyStore = await open_key_store(client.conn, ClawConfig(nats=settings))
             if any(record.name == "admin" for record in await store.all_keys()):
                 await store.revoke("admin")  # its key file is gone: issue a new one
-            _, key = await store.create("admin", [Role.ADMIN])
+            _, key = await store.create("admin", list(Role))
         await asyncio.to_thread(_write_private, self.admin_key_file, key + "\n")
 
     def _banner(self, nats: EmbeddedNatsServer) -> None:

@@ -19,21 +19,25 @@ from cli.commands import (
     approvals,
     artifacts,
     audit,
+    backup,
     bench,
     coordinator,
     dlq,
     gateway,
     guard,
+    limits,
     nats,
     node,
     nodes,
     quarantine,
+    schedules,
     skills,
     status,
     submit,
     task,
     up,
     worker,
+    workflow,
 )
 from cli.context import Globals
 from cli.help import polish
@@ -67,6 +71,10 @@ GROUPS = (
     artifacts,
     node,
     quarantine,
+    workflow,
+    schedules,
+    backup,
+    limits,
     gateway,
 )
 for group in GROUPS:

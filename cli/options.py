@@ -20,7 +20,6 @@ MetricsPortFlag = Annotated[
         show_default="off",
     ),
 ]
-AsFlag = Annotated[str | None, typer.Option("--as", help="Who is deciding.", show_default="the OS user")]
 # Long-running processes print log lines, not answers: --json makes them JSON lines even on a terminal.
 LogJsonFlag = Annotated[
     bool, typer.Option("--json", help="Log JSON lines, also on a terminal (like log.format: json).")

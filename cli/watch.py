@@ -36,6 +36,8 @@ from communication.api_client import ClawClient
 from communication.codec import DecodeError, decode, decode_event
 
 POLL_S = 2.0
+# Without live events (an authenticated client), how often the recorded timeline is read.
+RECORDED_POLL_S = 1.0
 
 
 class WatchLine(msgspec.Struct, frozen=True, kw_only=True):
@@ -144,10 +146,13 @@ async def watch(client: ClawClient, task_id: str, out: TextIO = sys.stdout, *, j
         if update.state in TERMINAL_STATES:
             ended.set()
 
-    subs = [
-        await client.conn.nc.subscribe(subjects.events(task_id), cb=on_event),
-        await client.conn.nc.subscribe(subjects.updates(task_id), cb=on_update),
-    ]
+    # On an authenticated server only the coordinator reads events (they hold inputs and results):
+    # a client follows the recorded timeline instead, polled more often.
+    live = client.conn.reads_events
+    subs = [await client.conn.nc.subscribe(subjects.updates(task_id), cb=on_update)]
+    if live:
+        subs.append(await client.conn.nc.subscribe(subjects.events_of(task_id), cb=on_event))
+    poll_s = POLL_S if live else RECORDED_POLL_S
     try:
         await client.conn.nc.flush()
         task = await client.get_task(task_id)
@@ -159,12 +164,20 @@ async def watch(client: ClawClient, task_id: str, out: TextIO = sys.stdout, *, j
             ended.set()
         while not ended.is_set():
             try:
-                async with asyncio.timeout(POLL_S):
+                async with asyncio.timeout(poll_s):
                     show(await lines.get())
                     continue
             except TimeoutError:
                 pass
-            state = (await client.task_states([task_id])).get(task_id)
+            if live:
+                state = (await client.task_states([task_id])).get(task_id)
+            else:
+                task = await client.get_task(task_id)
+                state = task.state
+                for event in task.events:
+                    if event.event_id and event.event_id not in seen:
+                        seen.add(event.event_id)
+                        show(from_history(event))
             if state in TERMINAL_STATES:
                 ended.set()
         while not lines.empty():

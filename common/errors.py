@@ -91,6 +91,12 @@ class StorageError(ClawError):
     code = "storage"
 
 
+class DatabaseDamagedError(StorageError):
+    """The state database fails SQLite's integrity check: serving from it would spread the damage."""
+
+    code = "database_damaged"
+
+
 class MigrationError(StorageError):
     """The database schema is newer than this code, or a migration failed."""
 
@@ -148,16 +154,52 @@ class PayloadTooLargeError(RequestError):
     code = "payload_too_large"
 
 
+class ScheduleNotFoundError(RequestError):
+    """The request names a schedule that does not exist (`claw schedules list` shows them)."""
+
+    code = "schedule_not_found"
+
+
 class QueueFullError(RequestError):
     """The skill's queue holds its maximum number of tasks."""
 
     code = "queue_full"
 
 
+class PermissionDeniedError(RequestError):
+    """The caller's credentials do not hold the role a verb needs (the message names it)."""
+
+    code = "forbidden"
+
+
+class QuotaExceededError(QueueFullError):
+    """A tenant's quota (`tenants.quotas.<tenant>.max_queued`) would be exceeded; nothing was stored."""
+
+    code = "quota_exceeded"
+
+
+class WorkflowSpecError(InvalidInputError):
+    """A workflow spec is not valid; the message names the node and what is wrong."""
+
+    code = "invalid_workflow"
+
+
+class WorkflowNotFoundError(RequestError):
+    """No workflow (or run) has the given name (or id)."""
+
+    code = "workflow_not_found"
+
+
 class InternalError(ClawError):
     """The coordinator failed while handling a request; its log has the details."""
 
     code = "internal"
+
+
+class CredentialsError(ConfigError):
+    """A credentials file that cannot be used (missing, unreadable, not ours, revoked identity)."""
+
+    code = "credentials"
 
 
 # --- the coordinator's lease ---------------------------------------------------------------------
@@ -189,6 +231,13 @@ class BadEventError(ClawError):
     coordinator quarantines it and goes on."""
 
     code = "bad_event"
+
+
+class ForgedEventError(BadEventError):
+    """A task event its sender may not make: published under another node's subject, or about an
+    attempt another node holds. Quarantined and logged as a security event."""
+
+    code = "forged_event"
 
 
 # --- task execution (raised by skill handlers) ---------------------------------------------------
@@ -250,13 +299,18 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         UnknownSkillError,
         TaskNotFoundError,
         NodeNotFoundError,
+        ScheduleNotFoundError,
         PayloadTooLargeError,
         QueueFullError,
+        PermissionDeniedError,
+        QuotaExceededError,
         InternalError,
         StorageError,
         ArtifactError,
         ArtifactNotFoundError,
         IllegalTransitionError,
+        WorkflowSpecError,
+        WorkflowNotFoundError,
     )
 }
 
@@ -266,6 +320,21 @@ def error_for_code(code: str, message: str) -> ClawError:
     return _WIRE_ERRORS.get(code, ClawError)(message)
 
 
+# --- trust-audit (issue 11, items 4 and 5) ------------------------------------------------------------
+
+
+class SkillArchiveTamperedError(ClawError):
+    """An installed skill's archive in the skill-code store is not the one whose sha256 was registered."""
+
+    code = "skill_tampered"
+
+
+class AuditKeyError(ClawError):
+    """The audit anchor key (`<db dir>/auth/audit.nk`) or a public key given for it is unusable."""
+
+    code = "audit_key"
+
+
 # --- the HTTP gateway (issue 14) -----------------------------------------------------------------
 
 
@@ -273,9 +342,3 @@ class NotAuthenticatedError(RequestError):
     """A request to the HTTP gateway carried no credential, or one that is unknown or revoked."""
 
     code = "unauthenticated"
-
-
-class PermissionDeniedError(RequestError):
-    """The caller is known but holds none of the roles the verb needs."""
-
-    code = "forbidden"

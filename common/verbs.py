@@ -1,12 +1,13 @@
 """The coordinator API's verbs, each declared once: name, request, reply, and the role it needs.
 
-Everything else derives from a declaration: the subject (`<prefix>.api.<name>`), the client's typed
+Everything else derives from a declaration: the subject (`<prefix>.api.<identity>.<name>`), the client's typed
 call (`await client.call(verbs.TASK_CANCEL, TaskCancelRequest(...))` returns a `TaskActionReply`),
 and the type of the coordinator's handler (`@serves(verbs.TASK_CANCEL)` on a method taking the
 request and returning the reply; `coordinator/api_routes.py` checks it). `BY_NAME` finds a verb by
 its name for callers that only have a string, such as an HTTP gateway building the request from JSON.
 
-Roles are recorded here for the trust issue to enforce; nothing checks them yet. Adding a verb:
+The coordinator refuses a request whose sender's identity does not hold the verb's role
+(`coordinator/authorization.py`); viewer verbs are open to every identity holding some role. Adding a verb:
 docs/Architecture.md, "The API: one declaration per verb".
 """
 
@@ -92,6 +93,49 @@ QUARANTINE_LIST = _declare(
         "quarantine_list", api.QuarantineListRequest, api.QuarantineListReply, role=Role.OPERATOR, checks_task_id=False
     )
 )
+
+# Flow control (issue 12, docs/Flow_control.md): limits by key, per-call permits, usage.
+LIMITS_LIST = _declare(Verb("limits_list", api.LimitsListRequest, api.LimitsReply, role=Role.VIEWER))
+LIMITS_SET = _declare(Verb("limits_set", api.LimitsSetRequest, api.LimitsReply, role=Role.OPERATOR))
+LIMITS_DELETE = _declare(Verb("limits_delete", api.LimitsDeleteRequest, api.LimitsReply, role=Role.OPERATOR))
+USAGE = _declare(Verb("usage", api.UsageRequest, api.UsageReply, role=Role.VIEWER))
+# Called by workers for a handler's `ctx.limit(...)`: to be bound to the worker role by the trust
+# work (a worker may release only permits it took; the coordinator checks the node id it recorded).
+PERMIT_ACQUIRE = _declare(
+    Verb("permit_acquire", api.PermitAcquireRequest, api.PermitReply, role=Role.SUBMITTER, timeout_s=330.0)
+)
+CACHE_STATS = _declare(Verb("cache_stats", api.Empty, api.CacheStatsReply, role=Role.VIEWER))
+CACHE_CLEAR = _declare(Verb("cache_clear", api.Empty, api.CacheClearReply, role=Role.OPERATOR))
+PERMIT_RELEASE = _declare(Verb("permit_release", api.PermitReleaseRequest, api.PermitReply, role=Role.SUBMITTER))
+# Workflows (coordinator/workflows).
+WORKFLOW_VALIDATE = _declare(
+    Verb("workflow_validate", api.WorkflowSpecRequest, api.WorkflowValidateReply, role=Role.SUBMITTER)
+)
+WORKFLOW_REGISTER = _declare(
+    Verb("workflow_register", api.WorkflowSpecRequest, api.WorkflowRegisterReply, role=Role.OPERATOR, timeout_s=30.0)
+)
+# A start waits for its first tasks to be published: give it the time a busy cluster takes.
+WORKFLOW_RUN = _declare(
+    Verb("workflow_run", api.WorkflowRunRequest, api.WorkflowRunReply, role=Role.SUBMITTER, timeout_s=30.0)
+)
+WORKFLOW_RERUN = _declare(
+    Verb("workflow_rerun", api.WorkflowRerunRequest, api.WorkflowRunReply, role=Role.SUBMITTER, timeout_s=30.0)
+)
+WORKFLOW_LIST = _declare(Verb("workflow_list", api.WorkflowListRequest, api.WorkflowListReply, role=Role.VIEWER))
+WORKFLOW_SHOW = _declare(Verb("workflow_show", api.WorkflowRunGetRequest, api.WorkflowRunView, role=Role.VIEWER))
+WORKFLOW_CANCEL = _declare(Verb("workflow_cancel", api.WorkflowCancelRequest, api.WorkflowRunView, role=Role.OPERATOR))
+# Schedules and triggers (issue 13: 4; coordinator/schedules/, docs/Scheduling.md).
+SCHEDULE_LIST = _declare(Verb("schedule_list", api.ScheduleListRequest, api.ScheduleListReply, role=Role.VIEWER))
+SCHEDULE_SHOW = _declare(Verb("schedule_show", api.ScheduleNameRequest, api.ScheduleShowReply, role=Role.VIEWER))
+SCHEDULE_CREATE = _declare(Verb("schedule_create", api.ScheduleCreateRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_DELETE = _declare(Verb("schedule_delete", api.ScheduleNameRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_PAUSE = _declare(Verb("schedule_pause", api.ScheduleNameRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_RESUME = _declare(Verb("schedule_resume", api.ScheduleNameRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_TRIGGER = _declare(
+    Verb("schedule_trigger", api.ScheduleTriggerRequest, api.ScheduleFireReply, role=Role.OPERATOR)
+)
+# What the HTTP gateway calls for a webhook.
+SCHEDULE_EVENT = _declare(Verb("schedule_event", api.ScheduleEventRequest, api.ScheduleFireReply, role=Role.SUBMITTER))
 
 # Every verb, in the order declared, and by name.
 ALL: tuple[Verb[Any, Any], ...] = tuple(_DECLARED.values())

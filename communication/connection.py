@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from common.clock import SYSTEM_CLOCK
 from common.config import NatsSettings, redact_url
 from common.errors import NatsUnavailableError
+from common.identity import BusRole, Credentials, default_identity, read_credentials
 from common.log import get_logger
 from communication.subjects import Subjects
 
@@ -30,12 +31,34 @@ NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, Time
 class NatsConnection:
     """A connected NATS client with its JetStream context and the cluster's subject names."""
 
-    def __init__(self, nc: NatsClient, settings: NatsSettings, events: _ConnectionEvents) -> None:
+    def __init__(
+        self, nc: NatsClient, settings: NatsSettings, events: _ConnectionEvents, *, identity: str | None = None
+    ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.settings = settings
         self.subjects = Subjects(settings.prefix)
+        # Who this connection is: the credentials' identity, else the OS user (unauthenticated).
+        self.identity = identity or default_identity()
+        self._coordinator = False
         self._events = events
+
+    @property
+    def reads_events(self) -> bool:
+        """Whether this connection may subscribe to task events (on an authenticated server only the
+        coordinator may: events carry inputs and results; clients follow tasks through the API)."""
+        return not self.auth_required or self.identity_is_coordinator
+
+    @property
+    def identity_is_coordinator(self) -> bool:
+        """Whether the credentials are a coordinator's."""
+        return self._coordinator
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether the server asks every connection to authenticate (its INFO says so)."""
+        info = getattr(self.nc, "_server_info", None) or {}
+        return bool(info.get("auth_required"))
 
     @property
     def reconnects(self) -> int:
@@ -51,17 +74,22 @@ class NatsConnection:
         retry_s = settings.connect_retry_s if retry_s is None else retry_s
         deadline = SYSTEM_CLOCK.monotonic() + retry_s
         events = _ConnectionEvents()
+        creds = _credentials(settings)
+        identity = creds.identity if creds is not None else settings.identity or default_identity()
         while True:
             try:
                 # nats-py retries a failed first connect for ever when reconnects are unlimited, so
                 # the first connect gets a bounded budget (this loop retries it) and unlimited
                 # reconnects are switched on once connected: nats-py reads the options on each drop.
-                options = _connect_options(settings, name, events)
+                options = _connect_options(settings, name, events, creds, identity)
                 nc = await nats.connect(**options | {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.1})
                 nc.options["max_reconnect_attempts"] = options["max_reconnect_attempts"]
                 nc.options["reconnect_time_wait"] = options["reconnect_time_wait"]
-                log.info("nats.connected", url=redact_url(settings.url), name=name)
-                return cls(nc, settings, events)
+                log.info("nats.connected", url=redact_url(settings.url), name=name, identity=identity)
+                conn = cls(nc, settings, events, identity=identity)
+                conn._coordinator = creds is not None and creds.bus_role == BusRole.COORDINATOR
+                _warn_if_open(conn, creds)
+                return conn
             except NATS_ERRORS as exc:
                 # nats-py reports "no servers available"; the error behind it says more.
                 cause = events.last_error or exc
@@ -123,7 +151,37 @@ class _ConnectionEvents:
         log.debug("nats.closed")
 
 
-def _connect_options(settings: NatsSettings, name: str, events: _ConnectionEvents) -> dict[str, Any]:
+def _credentials(settings: NatsSettings) -> Credentials | None:
+    """The OpenClaw credentials named by the settings (None: none, or a NATS JWT creds file)."""
+    if not settings.creds_file or _is_jwt_creds(settings.creds_file):
+        return None
+    return read_credentials(settings.creds_file)
+
+
+def _is_jwt_creds(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return b"BEGIN NATS USER JWT" in f.read(4096)
+    except OSError:
+        return False  # read_credentials says what is wrong
+
+
+def _warn_if_open(conn: NatsConnection, creds: Credentials | None) -> None:
+    """Say so when this process talks to a server without authentication over a network."""
+    if conn.auth_required or creds is not None:
+        return
+    hosts = {url.rsplit("@", 1)[-1].split("//")[-1].rsplit(":", 1)[0] for url in conn.settings.url.split(",")}
+    if any(h not in ("127.0.0.1", "localhost", "::1", "[::1]") and not h.startswith("127.") for h in hosts):
+        log.warning(
+            "nats.no_authentication",
+            url=redact_url(conn.settings.url),
+            hint="anyone who reaches this server owns the cluster: run it with credentials (docs/Security.md)",
+        )
+
+
+def _connect_options(
+    settings: NatsSettings, name: str, events: _ConnectionEvents, creds: Credentials | None, identity: str
+) -> dict[str, Any]:
     options: dict[str, Any] = {
         "servers": [url.strip() for url in settings.url.split(",")],
         "name": name,
@@ -136,6 +194,8 @@ def _connect_options(settings: NatsSettings, name: str, events: _ConnectionEvent
         "disconnected_cb": events.on_disconnected,
         "reconnected_cb": events.on_reconnected,
         "closed_cb": events.on_closed,
+        # Replies to this identity arrive under its own prefix, which only it may subscribe to.
+        "inbox_prefix": Subjects.inbox_prefix(identity),
     }
     if settings.user:
         options["user"] = settings.user
@@ -143,8 +203,10 @@ def _connect_options(settings: NatsSettings, name: str, events: _ConnectionEvent
         options["password"] = settings.password
     if settings.token:
         options["token"] = settings.token
-    if settings.creds_file:
-        options["user_credentials"] = settings.creds_file
+    if creds is not None:
+        options["nkeys_seed_str"] = creds.seed
+    elif settings.creds_file:
+        options["user_credentials"] = settings.creds_file  # a NATS JWT creds file (operator mode)
     return options
 
 

@@ -27,6 +27,9 @@ class Header:
     MSG_ID = "Nats-Msg-Id"
     TRACEPARENT = "traceparent"
     TRACESTATE = "tracestate"
+    # The person a gateway's API request acts for, and the roles the gateway grants them (comma list).
+    ACTING_FOR = "Claw-Acting-For"
+    ACTING_ROLES = "Claw-Acting-Roles"
 
 
 def check_skill_name(name: str) -> str:
@@ -126,9 +129,18 @@ class Subjects:
         """Every task subject."""
         return f"{self.prefix}.tasks.>"
 
-    def events(self, task_id: str) -> str:
-        """Where events of one task are published."""
-        return f"{self.prefix}.events.{task_id}"
+    def events(self, node_id: str, task_id: str) -> str:
+        """Where `node_id` publishes the events of one task: the node id is in the subject so the
+        server's permissions can bind it to the worker's credentials (docs/Security.md)."""
+        return f"{self.prefix}.events.{node_id}.{task_id}"
+
+    def events_of(self, task_id: str) -> str:
+        """Every node's events of one task (what a watcher subscribes to)."""
+        return f"{self.prefix}.events.*.{task_id}"
+
+    def events_of_node(self, node_id: str) -> str:
+        """Every event one node may publish (its permissions)."""
+        return f"{self.prefix}.events.{node_id}.*"
 
     @property
     def events_all(self) -> str:
@@ -172,9 +184,24 @@ class Subjects:
         """Every node's delivery claims."""
         return f"{self.prefix}.nodes.claims.*"
 
-    def api(self, verb: str) -> str:
-        """The request subject of one API verb."""
-        return f"{self.prefix}.api.{verb}"
+    def api(self, identity: str, verb: str) -> str:
+        """The request subject of one API verb sent by `identity`: the server's permissions bind the
+        identity token to the sender's credentials, so the coordinator reads who asks from here."""
+        return f"{self.prefix}.api.{identity}.{verb}"
+
+    def api_verb(self, verb: str) -> str:
+        """Requests of one verb from any identity (what coordinators subscribe to)."""
+        return f"{self.prefix}.api.*.{verb}"
+
+    def api_of(self, identity: str) -> str:
+        """Every request one identity may send (its permissions)."""
+        return f"{self.prefix}.api.{identity}.>"
+
+    @staticmethod
+    def inbox_prefix(identity: str) -> str:
+        """The reply-inbox prefix of one identity: permissions let only it subscribe there, so no
+        one else can read the replies it is sent."""
+        return f"_INBOX_{identity}"
 
     @property
     def api_queue_group(self) -> str:
@@ -206,6 +233,33 @@ class Subjects:
     def updates_all(self) -> str:
         """Committed state changes of every task."""
         return f"{self.prefix}.updates.*"
+
+    # --- schedules' event triggers (coordinator/schedules/, docs/Scheduling.md) -------------------
+
+    @property
+    def triggers_stream(self) -> str:
+        """Limits stream keeping trigger messages until the coordinator has fired their schedules."""
+        return f"{self.upper}_TRIGGERS"
+
+    @property
+    def triggers_consumer(self) -> str:
+        """The coordinator's durable consumer on the triggers stream."""
+        return "coordinator-triggers"
+
+    @property
+    def trigger_root(self) -> str:
+        """`<prefix>.trigger.`: a schedule created `--on-subject material.new` fires on
+        `<prefix>.trigger.material.new`."""
+        return f"{self.prefix}.trigger."
+
+    def trigger(self, subject: str) -> str:
+        """Where to publish an event for schedules listening on `subject` (relative to the root)."""
+        return f"{self.trigger_root}{subject}"
+
+    @property
+    def triggers_all(self) -> str:
+        """Every trigger subject."""
+        return f"{self.prefix}.trigger.>"
 
     # --- the HTTP gateway (issue 14) --------------------------------------------------------------
 

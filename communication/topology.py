@@ -21,6 +21,8 @@ log = get_logger("communication.topology")
 
 STREAM_NAME_IN_USE = 10058
 NODES_BUCKET_TTL_S = 24 * 3600.0
+# How many anchors KV `<prefix>_audit` keeps: `claw audit verify` checks that they only moved forward.
+AUDIT_HISTORY = 64
 
 
 class Topology:
@@ -143,8 +145,25 @@ class Topology:
         return await self.kv(self._subjects.node_control_bucket, "desired state of each node: active, paused, drained")
 
     async def audit_kv(self) -> KeyValue:
-        """Where the event log's chain head is anchored."""
-        return await self.kv(self._subjects.audit_bucket, "anchors of the event log's hash chain")
+        """Where the event log's chain head is anchored, keeping the last `AUDIT_HISTORY` anchors
+        (a bucket made with less history, by an older version, is raised to it)."""
+        bucket = self._subjects.audit_bucket
+        try:
+            kv = await self._conn.js.key_value(bucket)
+        except BucketNotFoundError:
+            return await self._conn.js.create_key_value(
+                bucket=bucket,
+                description="signed anchors of the event log's hash chain (trust-audit)",
+                history=AUDIT_HISTORY,
+                storage=api.StorageType.FILE,
+                replicas=self._settings.replicas,
+            )
+        config = (await self._conn.js.stream_info(f"KV_{bucket}")).config
+        if (config.max_msgs_per_subject or 0) < AUDIT_HISTORY:
+            log.info("jetstream.audit_history_raised", bucket=bucket, history=AUDIT_HISTORY)
+            config.max_msgs_per_subject = AUDIT_HISTORY
+            await self._conn.js.update_stream(config)
+        return kv
 
     async def skill_code(self) -> ObjectStore:
         """The object store with installed skills' files (created if missing)."""

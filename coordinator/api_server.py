@@ -7,6 +7,13 @@ The server decodes the request into the verb's Struct (`decode_request`: a malfo
 it whole), calls the handler (`coordinator/api_routes.py`), trims the reply with the route's `fit`,
 and wraps it in an `ApiReply`, all inside one `claw.api.<verb>` span.
 
+Before the handler, the request's sender is known from its subject (`<prefix>.api.<identity>.<verb>`,
+bound to the sender's credentials by the server's permissions); the `Authorizer` refuses a verb the
+identity has no role for (`forbidden`, one line naming the role), and the request's actor fields
+(`by`, `submitter`) are set to that identity whatever they said. A gateway (`auth.gateways`) acts for
+the person it authenticated: its request names them (`Claw-Acting-For`) with the roles it grants
+(`Claw-Acting-Roles`, at most its own), and the request is theirs.
+
 Errors become `ApiReply.error`: a `ClawError` keeps its code and message; bytes no decoder could
 take (nested too deeply, invalid UTF-8) are `invalid_input`; anything else is logged with its
 traceback (never the request's bytes) and answered as `internal`, so a client never hangs on a
@@ -18,9 +25,11 @@ a reply) becomes a `payload_too_large` error: the server would drop it and the c
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind, StatusCode
@@ -34,8 +43,10 @@ from common.verbs import Verb
 from communication.codec import DecodeError, decode_request, encode
 from communication.connection import NatsConnection
 from communication.payload_limits import message_bytes, reply_budget, too_large_message
+from communication.subjects import Header
 from communication.trace_context import context_from
 from coordinator.api_routes import ApiRoutes, Route
+from coordinator.authorization import Authorizer
 
 log = get_logger("coordinator.api")
 
@@ -45,9 +56,10 @@ MAX_ERROR_CHARS = 1000
 class ApiServer:
     """Subscribes the API verbs and answers them with the handlers of `routes`."""
 
-    def __init__(self, conn: NatsConnection, routes: ApiRoutes) -> None:
+    def __init__(self, conn: NatsConnection, routes: ApiRoutes, authorizer: Authorizer) -> None:
         self._conn = conn
         self._routes = routes
+        self._authorizer = authorizer
         self._subs: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -57,7 +69,7 @@ class ApiServer:
         subjects = self._conn.subjects
         for route in self._routes:
             sub = await self._conn.nc.subscribe(
-                subjects.api(route.verb.name), queue=subjects.api_queue_group, cb=self._dispatcher(route)
+                subjects.api_verb(route.verb.name), queue=subjects.api_queue_group, cb=self._dispatcher(route)
             )
             self._subs.append(sub)
         # SUBs are buffered: make sure the server has them before anyone is told the API is up.
@@ -108,7 +120,14 @@ class ApiServer:
     async def _answer(self, route: Route, msg: Msg) -> bytes:
         verb = route.verb.name
         try:
-            reply = await route.handler(_request(route.verb, msg.data))
+            identity = _identity(msg.subject)
+            acting_for = (msg.headers or {}).get(Header.ACTING_FOR)
+            if acting_for is None:
+                await self._authorizer.check(identity, route.verb)
+            else:  # a gateway acting for a person it authenticated (docs/Gateway.md)
+                roles = (msg.headers or {}).get(Header.ACTING_ROLES, "")
+                identity = await self._authorizer.check_acting(identity, acting_for, roles, route.verb)
+            reply = await route.handler(_as_sent_by(_request(route.verb, msg.data), identity))
             if route.fit is not None:
                 reply = route.fit(reply, reply_budget(self._conn.nc.max_payload))
             return b'{"data":' + encode(reply) + b"}"
@@ -134,6 +153,36 @@ def _request(verb: Verb[Any, Any], data: bytes) -> Any:
         # Task ids are 26 characters: this names no task, and error messages must not echo it whole.
         raise TaskNotFoundError(f"no task with id {shown_id(task_id)}; `claw task list` shows recent ones")
     return request
+
+
+def _identity(subject: str) -> str:
+    """Who sent a request: the token before the verb in `<prefix>.api.<identity>.<verb>`, which the
+    server's permissions bind to the sender's credentials."""
+    return subject.rsplit(".", 2)[-2]
+
+
+# Request fields that say who acts: filled from the subject, whatever the request said.
+_ACTOR_FIELDS = ("by", "submitter")
+
+
+def _as_sent_by(request: Any, identity: str) -> Any:
+    """The request with its actor fields set to the sender's identity (a name typed into a request
+    is never believed)."""
+    fields = dict.fromkeys(actor_fields(type(request)), identity)
+    return msgspec.structs.replace(request, **fields) if fields else request
+
+
+def actor_fields(request_type: type) -> tuple[str, ...]:
+    """The fields of a request type that name who acts: `by` and `submitter` when they hold a name
+    (`usage`'s `by` is a list of columns to group by, not an actor)."""
+    found = _FIELDS_OF.get(request_type)
+    if found is None:
+        hints = typing.get_type_hints(request_type)
+        found = _FIELDS_OF[request_type] = tuple(n for n in _ACTOR_FIELDS if hints.get(n) in (str, str | None))
+    return found
+
+
+_FIELDS_OF: dict[type, tuple[str, ...]] = {}
 
 
 def _error(code: str, message: str) -> bytes:

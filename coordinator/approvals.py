@@ -2,7 +2,8 @@
 
 A task the guard holds is `waiting_approval`: persisted, but not published, so it holds no queue
 slot and no ack timer. Each `approve` records who and when; once as many *distinct* people as the
-rule asks for have approved, the task is released (`pending`, then published). One `reject` ends it
+rule asks for have approved (identities compared case-blind; the submitter's own approval counts
+only where `auth.self_approval` allows it), the task is released (`pending`, then published). One `reject` ends it
 `rejected`. A task still waiting after `coordinator.approval_ttl_s` (24 h) is rejected as expired.
 Every decision is an event in the hash-chained event log.
 """
@@ -13,8 +14,9 @@ import bisect
 
 from common.api import ApprovalOutcome, ApprovalView
 from common.clock import Clock
-from common.errors import InvalidInputError, TaskNotFoundError
+from common.errors import InvalidInputError, PermissionDeniedError, TaskNotFoundError
 from common.event_kinds import EventKind
+from common.identity import normalise
 from common.log import get_logger
 from common.states import TaskState
 from coordinator.submission import SubmitPipeline
@@ -32,8 +34,16 @@ class ApprovalDesk:
     """Lists, approves, rejects and expires held tasks."""
 
     def __init__(
-        self, book: TaskBook, writer: TaskWriter, queries: TaskQueries, pipeline: SubmitPipeline, clock: Clock
+        self,
+        book: TaskBook,
+        writer: TaskWriter,
+        queries: TaskQueries,
+        pipeline: SubmitPipeline,
+        clock: Clock,
+        *,
+        self_approval: bool = False,
     ) -> None:
+        self._self_approval = self_approval
         self._book = book
         self._writer = writer
         self._queries = queries
@@ -73,7 +83,17 @@ class ApprovalDesk:
         async with self._book.lock:
             record = await self._held(task_id)
             approvers = _approvers((await self._queries.approvals_of([task_id]))[task_id])
-            if by in approvers:
+            if (
+                not self._self_approval
+                and record.submitter is not None
+                and normalise(by) == normalise(record.submitter)
+            ):
+                log.warning("security.self_approval_refused", task_id=task_id, by=by)
+                raise PermissionDeniedError(
+                    f"{by} submitted task {task_id} and may not approve it: another approver must "
+                    "(the policy auth.self_approval allows it)"
+                )
+            if normalise(by) in {normalise(a) for a in approvers}:
                 raise InvalidInputError(
                     f"{by} already approved task {task_id}; it needs {record.approvals_needed} different approvers"
                 )

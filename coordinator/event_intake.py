@@ -8,7 +8,10 @@ done. A crash before the acks redelivers the batch after
 `events_ack_wait_s`; folding is idempotent, so nothing is counted twice. A database that refuses
 the write stops intake (retrying) rather than acking events that were not recorded.
 
-Anyone on the bus can publish an event, so one that cannot be decoded or folded (garbage, an
+Only a worker publishes events, each under its own node id (`<prefix>.events.<node_id>.<task_id>`,
+bound to its credentials by the server): an event whose body names another node or task than its
+subject, or that speaks for an attempt another node holds, is refused as forged (a security event:
+quarantined and logged as `security.event_refused`). Still, one that cannot be decoded or folded (garbage, an
 unknown task, a transition the table forbids, a bug in folding) must never stop intake: it is
 logged, recorded in the quarantine table with the batch (`claw quarantine list`), and acked with
 the batch like any other event. Folding is all or nothing, so a quarantined event changed nothing.
@@ -22,7 +25,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from common.clock import Clock
-from common.errors import BadEventError, StorageError
+from common.errors import BadEventError, ForgedEventError, StorageError
 from common.events import TaskEvent
 from common.ids import shown_id
 from common.log import get_logger
@@ -72,7 +75,7 @@ class EventIntake:
         self._listeners = listeners or CommitListeners()
         subjects = conn.subjects
         self._pull = PullConsumer(conn, subjects.events_stream, subjects.events_consumer)
-        self._events_subject_head = subjects.events("")
+        self._events_subject_head = f"{subjects.prefix}.events."
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fold events until `stopping` is set (finishing the batch in hand)."""
@@ -124,9 +127,16 @@ class EventIntake:
             self._quarantine(msg, batch, f"undecodable: {exc}", None)
             return
         try:
+            self._check_sender(msg.subject, event)
             await self._folder.fold(event, batch)
         except StorageError:
             raise
+        except ForgedEventError as exc:
+            log.warning(
+                "security.event_refused", task_id=shown_id(event.task_id), kind=_kind(event),
+                node_id=event.node_id, subject=msg.subject[:200], reason=str(exc)[:300],
+            )  # fmt: skip
+            self._quarantine(msg, batch, f"refused: {exc}", event)
         except BadEventError as exc:
             self._quarantine(msg, batch, str(exc), event)
         except Exception as exc:
@@ -134,8 +144,18 @@ class EventIntake:
             log.exception("events.fold_failed", task_id=shown_id(event.task_id), kind=_kind(event))
             self._quarantine(msg, batch, f"folding failed: {type(exc).__name__}: {str(exc)[:300]}", event)
 
+    def _check_sender(self, subject: str, event: TaskEvent) -> None:
+        """The event must say what its subject says (`<prefix>.events.<node_id>.<task_id>`): the
+        server's permissions bind the node token to the publisher's credentials."""
+        node_id, _, task_id = subject.removeprefix(self._events_subject_head).partition(".")
+        if node_id != event.node_id or task_id != event.task_id:
+            raise ForgedEventError(
+                f"an event of node {event.node_id} for task {shown_id(event.task_id)} "
+                f"published on another node's or task's subject ({subject[:120]})"
+            )
+
     def _quarantine(self, msg: Msg, batch: WriteBatch, reason: str, event: TaskEvent | None) -> None:
-        task_id = event.task_id if event is not None else msg.subject.removeprefix(self._events_subject_head)
+        task_id = event.task_id if event is not None else msg.subject.rsplit(".", 1)[-1]
         try:
             stream_seq: int | None = msg.metadata.sequence.stream
         except (ValueError, AttributeError):

@@ -37,11 +37,12 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig, CoordinatorSettings
 from common.errors import LeaseLostError
 from common.log import get_logger
-from common.models import NodeHeartbeat, QueueDepth
+from common.models import NodeHeartbeat, QueueDepth, StorageFaultView
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
+from communication.startup import StartupCalls
 from communication.topology import Topology
-from coordinator import live_feed, maintenance
+from coordinator import flow, live_feed, maintenance, schedules, tenants, workflows
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -50,6 +51,7 @@ from coordinator.api_server import ApiServer
 from coordinator.approvals import ApprovalDesk
 from coordinator.artifact_cleanup import ArtifactJanitor
 from coordinator.audit import Auditor
+from coordinator.authorization import Authorizer
 from coordinator.commit_listeners import CommitListeners
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.delivery_claims import ClaimBook
@@ -65,12 +67,16 @@ from coordinator.periodic_jobs import JobScheduler
 from coordinator.plugins import CoordinatorPlugin
 from coordinator.quarantine import QuarantineDesk
 from coordinator.queue_probe import QueueProbe
+from coordinator.restore_reconcile import reconcile_restored_queue
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
+from coordinator.workflows.engine import WorkflowEngine
 from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
+from storage.audit_anchor import AnchorSigner, key_path
+from storage.backup import restored_marker
 from storage.database import Database
 from storage.node_store import NodeStore
 from storage.quarantine_store import QuarantineStore
@@ -83,7 +89,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, live_feed)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows, schedules, live_feed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,9 @@ class Buckets:
 class Coordinator:
     """A running coordinator; build it with `await Coordinator.start(config)`, then `run(stop)`."""
 
+    # The workflow runner, set by the workflows feature (coordinator/workflows): `start_run(...)`.
+    workflows: WorkflowEngine
+
     def __init__(
         self,
         config: ClawConfig,
@@ -109,6 +118,7 @@ class Coordinator:
         buckets: Buckets,
         artifacts: ArtifactStore,
         lease: CoordinatorLease,
+        audit_signer: AnchorSigner,
         plugins: Sequence[CoordinatorPlugin] = (),
     ) -> None:
         settings = config.coordinator
@@ -128,7 +138,14 @@ class Coordinator:
         # Tasks, from submit to outcome.
         self.book = TaskBook(self.queries)
         self.pipeline = SubmitPipeline(
-            conn, self.writer, self.queries, self.book, settings, clock, artifact_ttl_s=config.artifacts.default_ttl_s
+            conn,
+            self.writer,
+            self.queries,
+            self.book,
+            settings,
+            clock,
+            artifact_ttl_s=config.artifacts.default_ttl_s,
+            write_blocked=lease.blocked_reason,
         )
         self.folder = EventFolder(self.book, dead_letter=settings.dead_letter)
         self.dead_letters = DeadLetterOffice(conn, self.queries, clock, default_backoff(settings))
@@ -140,14 +157,16 @@ class Coordinator:
         self.operations = TaskOperations(
             conn, self.book, self.writer, self.pipeline, self.folder, clock, config, claims=self.claims
         )
-        self.approvals = ApprovalDesk(self.book, self.writer, self.queries, self.pipeline, clock)
+        self.approvals = ApprovalDesk(
+            self.book, self.writer, self.queries, self.pipeline, clock, self_approval=config.auth.self_approval
+        )
         # Nodes, skills, the guard, the audit log, artifacts, monitoring.
         node_store = NodeStore(db)
         self.registry = NodeRegistry(node_store, clock, missed_beats=settings.offline_after_missed_beats)
         self.node_control = NodeControlDesk(conn, node_store, self.writer, self.registry, buckets.node_control, clock)
-        self.catalog = SkillCatalog(SkillStore(db), self.writer, buckets.skills, clock)
+        self.catalog = SkillCatalog(SkillStore(db), self.writer, buckets.skills, clock, skill_code=topology.skill_code)
         self.guard = Guard(load_policy(settings.guard_policy))
-        self.auditor = Auditor(self.writer, buckets.audit)
+        self.auditor = Auditor(self.writer, buckets.audit, audit_signer, clock)
         self.artifact_store = artifacts
         self.janitor = ArtifactJanitor(artifacts, self.artifact_index, clock, grace_s=config.artifacts.cleanup_grace_s)
         self.probe = QueueProbe(conn)
@@ -155,9 +174,12 @@ class Coordinator:
         # Metrics cost nothing unless asked for: without a port there is no listener on the hot path.
         self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
         self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
+        # API handlers that plugins add (objects with `@serves` methods), served with the others.
+        self.api_providers: list[object] = []
         for plugin in (*FEATURES, *plugins):
             plugin.register(self)
-        self._api = ApiServer(conn, self._api_routes())
+        self.authorizer = Authorizer(config.auth, clock, open_bus=not conn.auth_required)
+        self._api = ApiServer(conn, self._api_routes(), self.authorizer)
         self._heartbeat_sub: Subscription | None = None
         self._claims_sub: Subscription | None = None
         # Set once the API answers: for whoever starts a coordinator in-process and must not race it.
@@ -195,8 +217,11 @@ class Coordinator:
             node_control=self.node_control,
             jobs=self.jobs.views,
             listeners=self.listeners.views,
+            storage_fault=self._storage_fault,
         )
-        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)))
+        # The handlers, for features that submit as the API does (schedules fire tasks through `submit`).
+        self.handlers = handlers
+        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)), *self.api_providers)
 
     @classmethod
     async def start(
@@ -207,11 +232,17 @@ class Coordinator:
         try:
             topology = Topology(conn, config.jetstream)
             node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
-            lease = await CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=clock.now())
+            now = clock.now()
+            lease = await StartupCalls(config.nats.startup_deadline_s)(
+                "the coordinator lease",
+                lambda: CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=now),
+            )
         except BaseException:
             await conn.close()
             raise
         try:
+            # The key that signs the audit anchors: beside the database, never in it (a bad mode stops the start).
+            signer = await asyncio.to_thread(AnchorSigner.load_or_create, key_path(config.coordinator.db_path))
             buckets, artifacts, db = await _prepare(config, topology)
         except BaseException:
             await lease.release()
@@ -219,9 +250,13 @@ class Coordinator:
             raise
         try:
             coordinator = cls(
-                config, conn, db, topology, clock, buckets=buckets, artifacts=artifacts, lease=lease, plugins=plugins
-            )
+                config, conn, db, topology, clock,
+                buckets=buckets, artifacts=artifacts, lease=lease, audit_signer=signer, plugins=plugins,
+            )  # fmt: skip
             await coordinator._load()
+            marker = restored_marker(config.coordinator.db_path)
+            if marker.exists():
+                await reconcile_restored_queue(conn, coordinator.book, coordinator.pipeline, marker)
         except BaseException:
             await lease.release()  # at once: a restart must not wait for it to lapse
             await artifacts.close()
@@ -278,7 +313,10 @@ class Coordinator:
             await self._subscribe()
             await self._api.start()
             self.ready.set()
-            log.info("coordinator.ready", node_id=self.node_id, prefix=self.conn.subjects.prefix)
+            log.info(
+                "coordinator.ready", node_id=self.node_id, prefix=self.conn.subjects.prefix,
+                authentication=not self.authorizer.open_bus,
+            )  # fmt: skip
             await wait_any(stop, self._lease.lost)
             self._lease.check()  # lost: the loops are cancelled where they are
             log.info("coordinator.stopping")
@@ -324,8 +362,22 @@ class Coordinator:
         except DecodeError as exc:
             log.warning("node.bad_heartbeat", subject=msg.subject, error=str(exc))
             return
+        refusal = self._heartbeat_refusal(msg.subject, beat)
+        if refusal is not None:
+            log.warning("security.heartbeat_refused", node_id=beat.node_id, subject=msg.subject[:200], reason=refusal)
+            return
         self.registry.observe(beat)
         await self.node_control.on_beat(beat)
+
+    def _heartbeat_refusal(self, subject: str, beat: NodeHeartbeat) -> str | None:
+        """Why a heartbeat is not believed (None: it is): it must come on its node's own subject (which
+        the server binds to that worker's credentials) and announce an interval within bounds."""
+        if subject.rsplit(".", 1)[-1] != beat.node_id:
+            return f"a heartbeat for node {beat.node_id[:64]} on another node's subject"
+        minimum = self.config.coordinator.min_heartbeat_interval_s
+        if beat.interval_s < minimum:
+            return f"interval {beat.interval_s:g} s is below the minimum of {minimum:g} s"
+        return None
 
     async def refresh_metrics(self) -> None:
         """Read the gauges' values here, on the event loop, and set them: a scrape only reads numbers."""
@@ -348,26 +400,35 @@ class Coordinator:
                 updated_at=None if queues is None or dead_letters is None else self.clock.now(),
                 queues=queues,
                 dead_letters=dead_letters,
+                storage_fault=self.db.fault is not None,
             )
         )
+
+    def _storage_fault(self) -> StorageFaultView | None:
+        fault = self.db.fault
+        return None if fault is None else StorageFaultView(reason=fault.reason, since=fault.since)
 
 
 async def _prepare(config: ClawConfig, topology: Topology) -> tuple[Buckets, ArtifactStore, Database]:
     """Streams, consumer and buckets; the policy checked; the artifact store and the database opened."""
-    await topology.ensure_streams()
-    await topology.ensure_events_consumer()
-    await topology.nodes_kv()
+    step = StartupCalls(config.nats.startup_deadline_s)
+    await step("the JetStream streams", topology.ensure_streams)
+    await step("the events consumer", topology.ensure_events_consumer)
+    await step("the nodes bucket", topology.nodes_kv)
     buckets = Buckets(
-        skills=await topology.skills_kv(),
-        audit=await topology.audit_kv(),
-        node_control=await topology.node_control_kv(),
+        skills=await step("the skills bucket", topology.skills_kv),
+        audit=await step("the audit bucket", topology.audit_kv),
+        node_control=await step("the node-control bucket", topology.node_control_kv),
     )
-    await topology.skill_code()
+    await step("the skill code store", topology.skill_code)
     load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
     artifacts = await open_artifact_store(config.artifacts)
     try:
         db = await Database.open(
-            config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous, own_checkpoints=True
+            config.coordinator.db_path,
+            synchronous=config.coordinator.sqlite_synchronous,
+            own_checkpoints=True,
+            check=config.coordinator.db_check,
         )
     except BaseException:
         await artifacts.close()

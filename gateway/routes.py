@@ -11,6 +11,7 @@ is generated from this table and the verbs' Structs.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,20 @@ from communication.codec import nesting_exceeds
 MAX_BODY_DEPTH = 512
 # The request fields that say who acts: always the authenticated caller (GatewayCalls stamps them too).
 IDENTITY_FIELDS = ("by", "submitter")
+
+
+def identity_fields(request_type: type) -> tuple[str, ...]:
+    """The fields of a request type that name who acts, when they hold a name (`usage`'s `by` is a
+    list of columns, not an actor): the coordinator's rule (coordinator/api_server.py)."""
+    found = _FIELDS_OF.get(request_type)
+    if found is None:
+        hints = typing.get_type_hints(request_type)
+        found = _FIELDS_OF[request_type] = tuple(n for n in IDENTITY_FIELDS if hints.get(n) in (str, str | None))
+    return found
+
+
+_FIELDS_OF: dict[type, tuple[str, ...]] = {}
+
 
 # A body that is one task (it has "skill") is a batch of one.
 Shape = Callable[[dict[str, Any], Mapping[str, str]], dict[str, Any]]
@@ -75,7 +90,7 @@ class VerbRoute:
         fields.update((k, v) for k, v in query.items() if k in known)
         fields.update(path)
         fields.update(self.fixed)
-        fields.update((name, actor) for name in IDENTITY_FIELDS if name in known)
+        fields.update((name, actor) for name in identity_fields(self.verb.request))
         if self.shape is not None:
             fields = self.shape(fields, headers)
         try:

@@ -163,9 +163,10 @@ async def _ready(ready: asyncio.Event, task: asyncio.Task[None]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def connected_client(config: ClawConfig) -> AsyncIterator[ClawClient]:
-    """A client, closed on exit."""
-    client = await ClawClient.connect(config.nats)
+async def connected_client(config: ClawConfig, *, identity: str | None = None) -> AsyncIterator[ClawClient]:
+    """A client, closed on exit; `identity`: the name it goes by on a server without authentication."""
+    settings = config.nats if identity is None else msgspec.structs.replace(config.nats, identity=identity)
+    client = await ClawClient.connect(settings)
     try:
         yield client
     finally:
@@ -210,9 +211,11 @@ class ProcessPool:
         log_path = self.log_dir / f"{name}-{len(self.processes)}.log"
         return self.launcher.claw(name, *args, env=env, log_path=log_path, stop_timeout_s=15)
 
-    def run(self, *args: str, timeout_s: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-        """Run `claw ARGS` to completion and capture its output."""
-        return self.launcher.run_claw(*args, timeout_s=timeout_s, input=input)
+    def run(
+        self, *args: str, timeout_s: float = 60.0, input: bytes | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `claw ARGS` to completion and capture its output (`env`: more variables for it)."""
+        return self.launcher.run_claw(*args, timeout_s=timeout_s, input=input, env=env)
 
     def stop_all(self) -> None:
         """Stop every process it started."""

@@ -84,7 +84,10 @@ class EventReporter:
 
     async def _publish(self, batch: list[_Pending]) -> None:
         subjects = self._conn.subjects
-        outgoing = [Outgoing(subjects.events(p.event.task_id), encode(p.event), p.event.event_id) for p in batch]
+        outgoing = [
+            Outgoing(subjects.events(p.event.node_id, p.event.task_id), encode(p.event), p.event.event_id)
+            for p in batch
+        ]
         results = await self._publisher.publish_many(outgoing)
         for pending, result in zip(batch, results, strict=True):
             if isinstance(result, PublishFailedError):

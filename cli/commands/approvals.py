@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
 from typing import Annotated
 
 import typer
 
 from cli.context import client_config, query
 from cli.listing import run_listing
-from cli.options import AllFlag, AsFlag, JsonFlag
+from cli.options import AllFlag, JsonFlag
 from cli.output import emit_table, fmt_ago, fmt_time, shorten
 from common.api import ApprovalOutcome, ApprovalView
 
@@ -36,24 +35,20 @@ def approve(
     ctx: typer.Context,
     task_id: str,
     note: Annotated[str | None, typer.Option(help="Recorded with the approval.")] = None,
-    as_: AsFlag = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Approve a held task; it runs once enough different people approved."""
-    who = as_ or getpass.getuser()
-    query(ctx, lambda client: client.approve(task_id, by=who, note=note), render_approval_outcome, json_out)
+    query(ctx, lambda client: client.approve(task_id, by=None, note=note), render_approval_outcome, json_out)
 
 
 def reject(
     ctx: typer.Context,
     task_id: str,
     reason: Annotated[str, typer.Option(help="Why (recorded).")],
-    as_: AsFlag = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Reject a held task; it ends rejected."""
-    who = as_ or getpass.getuser()
-    query(ctx, lambda client: client.reject(task_id, by=who, reason=reason), render_approval_outcome, json_out)
+    query(ctx, lambda client: client.reject(task_id, by=None, reason=reason), render_approval_outcome, json_out)
 
 
 def render_approvals(views: list[ApprovalView]) -> None:

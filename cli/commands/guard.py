@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
 from typing import Annotated
 
 import typer
 
 from cli.context import query
 from cli.inputs import read_inputs
-from cli.options import AsFlag, JsonFlag
+from cli.options import JsonFlag
 from cli.runner import fail
 from common.api import GuardCheckReply
 from common.errors import ClawError
@@ -22,7 +21,6 @@ def guard_check(
     ctx: typer.Context,
     skill: str,
     input: Annotated[str, typer.Option("--input", "-i", metavar="<json>", help="The input, a JSON object.")] = "{}",
-    as_: AsFlag = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Which guard rule would apply to such a task, and why (nothing is submitted)."""
@@ -30,8 +28,7 @@ def guard_check(
         [raw] = read_inputs(input, None)
     except ClawError as exc:
         fail(str(exc), kind=exc.code)
-    who = as_ or getpass.getuser()
-    query(ctx, lambda client: client.guard_check(skill, raw, submitter=who), render_guard_check, json_out)
+    query(ctx, lambda client: client.guard_check(skill, raw, submitter=None), render_guard_check, json_out)
 
 
 def render_guard_check(reply: GuardCheckReply) -> None:

@@ -1,6 +1,6 @@
 """Bad events on the bus never stop the coordinator: they are quarantined, acked, and intake goes on.
 
-Anyone on the bus can publish on `<prefix>.events.<task_id>`. A single `succeeded` event for a task
+Anyone on an open bus can publish on `<prefix>.events.<node_id>.<task_id>`. A single `succeeded` event for a task
 held for approval once raised `IllegalTransitionError` in the event intake: the coordinator exited 1,
 and every restart exited again when the unacked event came back. Here a raw nats-py client publishes
 that exact event, then more bad ones while the coordinator is down, and the coordinator (a real
@@ -74,11 +74,11 @@ async def test_an_illegal_event_is_quarantined_and_the_coordinator_keeps_serving
     try:
         js = nc.jetstream()
         # The probe of the issue: one `succeeded` for a task waiting for approval.
-        await js.publish(f"{prefix}.events.{held}", forged_success(held))
+        await js.publish(f"{prefix}.events.intruder.{held}", forged_success(held))
         [entry] = wait_until(lambda: quarantined(processes), timeout_s=30, what="the event in quarantine")
         assert entry["task_id"] == held and entry["kind"] == "succeeded"
         assert "waiting_approval" in entry["reason"] and "succeeded" in entry["reason"]
-        assert entry["subject"] == f"{prefix}.events.{held}" and entry["stream_seq"] >= 1
+        assert entry["subject"] == f"{prefix}.events.intruder.{held}" and entry["stream_seq"] >= 1
         assert coordinator.alive
         assert state_of(processes, held) == "waiting_approval"
         ok = processes.run("submit", "echo", "--input", '{"still": "serving"}', "--wait")
@@ -86,9 +86,9 @@ async def test_an_illegal_event_is_quarantined_and_the_coordinator_keeps_serving
 
         # Bad events waiting in the stream when a coordinator starts: it quarantines them and stays up.
         assert coordinator.stop() == 0
-        await js.publish(f"{prefix}.events.{held}", forged_success(held))
-        await js.publish(f"{prefix}.events.{held}", b"\x00\xff not an event")
-        await js.publish(f"{prefix}.events.{new_id()}", b'{"kind": "succeeded", "task_id": 7}')
+        await js.publish(f"{prefix}.events.intruder.{held}", forged_success(held))
+        await js.publish(f"{prefix}.events.intruder.{held}", b"\x00\xff not an event")
+        await js.publish(f"{prefix}.events.intruder.{new_id()}", b'{"kind": "succeeded", "task_id": 7}')
         coordinator = start_coordinator(processes)
         entries = wait_until(
             lambda: (found := quarantined(processes)) and len(found) == 4 and found, timeout_s=30, what="4 entries"

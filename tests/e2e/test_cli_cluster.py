@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from common.config import NatsSettings
+from common.identity import default_identity
 from common.states import TaskState
 from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer
@@ -180,7 +181,7 @@ def test_no_coordinator_is_one_clear_line(processes: ProcessPool) -> None:
     result = processes.run("status")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"error: no coordinator is answering on {processes.env['CLAW_NATS_PREFIX']}.api.status; "
+        f"error: no coordinator is answering on {processes.env['CLAW_NATS_PREFIX']}.api.{default_identity()}.status; "
         "start one with `claw coordinator start` (or a whole local cluster with `claw up`)"
     )
 
@@ -276,10 +277,10 @@ def test_skills_guard_approvals_and_audit_through_the_cli(processes: ProcessPool
     assert held["state"] == "waiting_approval" and "needs 1 approval" in held["note"]
     waiting = processes.run("approvals").stdout
     assert held["task_id"] in waiting and "webhook.post" in waiting and "0/1" in waiting
-    rejected = processes.run("reject", held["task_id"], "--reason", "wrong hook", "--as", "erin")
+    rejected = processes.run("reject", held["task_id"], "--reason", "wrong hook")
     assert rejected.returncode == 0 and rejected.stdout.strip() == f"{held['task_id']} rejected"
     assert processes.run("approvals").stdout.strip() == "nothing waits for approval"
-    late = processes.run("approve", held["task_id"], "--as", "frank")
+    late = processes.run("approve", held["task_id"])
     assert late.returncode == 1 and "is rejected, not waiting for approval" in late.stderr
 
     verified = processes.run("audit", "verify")

@@ -36,7 +36,6 @@ WITHOUT_JSON_FLAG = {("bench",)}
 NAMED_DEFAULTS = {
     ("worker", "start"): {"--skills": "all it can load", "--concurrency": "8", "--node-id": "<host>-<pid>"},
     ("coordinator", "start"): {"--db": ".claw/claw.db", "--metrics-port": "off"},
-    ("approve",): {"--as": "the OS user"},
     ("submit",): {"--timeout": "the skill's, else 300", "--max-attempts": "the skill's, else 3"},
     (): {"--nats": "nats://127.0.0.1:4222"},
 }

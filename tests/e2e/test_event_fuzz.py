@@ -49,6 +49,14 @@ ECHO_INPUTS = [{"n": i, "text": "\u00e9" * i} for i in range(24)]
 OUTCOMES: tuple[type[TaskEvent], ...] = (TaskStarted, TaskSucceeded, TaskFailed, TaskCancelled)
 
 
+def _node_of(data: bytes) -> str:
+    try:
+        node = json.loads(data).get("node_id")
+    except (ValueError, AttributeError, RecursionError, UnicodeDecodeError):
+        return "fuzz"
+    return node if isinstance(node, str) and node.isalnum() else "fuzz"
+
+
 class Fuzzer:
     """Makes one bad (or harmless) event at a time for a subject of its choosing."""
 
@@ -68,7 +76,9 @@ class Fuzzer:
         task_id, data = maker()
         # A subject is one line of at most a few KB, its tokens non-empty: odd ids travel in the payload.
         token = task_id if task_id.isalnum() and len(task_id) <= 200 else new_id()
-        return f"{self.prefix}.events.{token}", data
+        # Published under the node the event names (as that node's credentials allow), so the fuzz
+        # reaches folding; an event under another node's subject is refused before (tests/security).
+        return f"{self.prefix}.events.{_node_of(data)}.{token}", data
 
     def any_id(self) -> str:
         return self.rng.choice([new_id(), "not-a-ulid", "x" * self.rng.randint(30, 3000), *self.held, *self.real])

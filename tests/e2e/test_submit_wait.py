@@ -64,7 +64,7 @@ def test_a_held_task_says_it_waits_for_approval_and_by_which_rule(processes: Pro
     task_id = match.group(1)
     assert match.group(2) == f"rule 'external-or-funds'; `claw approvals`, `claw approve {task_id}`"
     assert re.match(rf"{task_id} submitted; waiting for it to finish\n", waiter.output())  # the id came first
-    rejected = processes.run("reject", task_id, "--reason", "not today", "--as", "erin")
+    rejected = processes.run("reject", task_id, "--reason", "not today")
     assert rejected.returncode == 0, rejected.stderr
     assert waiter.popen.wait(30) == 1  # it ended, and not well
     assert f"{task_id} rejected: " in waiter.output()

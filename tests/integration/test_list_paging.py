@@ -68,7 +68,7 @@ async def test_held_tasks_count_against_their_own_limit(
         done = await client.submit(spec("echo"))
         assert await client.wait([done.task_id], timeout_s=20) == {done.task_id: TaskState.SUCCEEDED}
         # A decision makes room.
-        await client.reject(first[0].task_id, by="alice", reason="no")
+        await client.reject(first[0].task_id, reason="no")
         assert (await client.submit(held(100))).state == TaskState.WAITING_APPROVAL
         assert len(await client.approvals()) == 20
 
@@ -86,7 +86,9 @@ async def test_thousands_of_held_tasks_page_through_approvals_and_the_task_list(
             await client.submit(held(count))
 
         # All of them at once would be ~1.4 MiB: the reply is a page, and says there is more.
-        raw = await client.conn.nc.request(client.conn.subjects.api("approvals"), b"{}", timeout=30)
+        raw = await client.conn.nc.request(
+            client.conn.subjects.api(client.conn.identity, "approvals"), b"{}", timeout=30
+        )
         assert len(raw.data) <= client.conn.nc.max_payload
         page = await client.approvals_page(limit=10_000)
         assert page.total == count and page.next_cursor is not None and 0 < len(page.items) < count
@@ -134,7 +136,9 @@ async def test_every_list_reply_fits_a_small_max_payload(small_nats: EmbeddedNat
         await eventually(lambda: _letters(client, 60), timeout_s=30, what="60 dead letters")
 
         for verb in ("approvals", "task_list", "dlq_list", "skills", "nodes"):
-            raw = await client.conn.nc.request(client.conn.subjects.api(verb), b'{"limit": 10000}', timeout=30)
+            raw = await client.conn.nc.request(
+                client.conn.subjects.api(client.conn.identity, verb), b'{"limit": 10000}', timeout=30
+            )
             assert len(raw.data) <= SMALL_MAX_PAYLOAD
             assert msgspec.json.decode(raw.data, type=ApiReply).error is None, verb
 

@@ -52,7 +52,9 @@ async def test_an_input_that_fits_the_request_but_not_the_task_message_goes_to_t
         room = max_payload - len(encode(request)) - 50
         request = SubmitRequest(tasks=[TaskSpec(skill="echo", input=msgspec.Raw(blob_input(room)))])
         assert len(encode(request)) <= max_payload
-        msg = await client.conn.nc.request(client.conn.subjects.api("submit"), encode(request), timeout=30)
+        msg = await client.conn.nc.request(
+            client.conn.subjects.api(client.conn.identity, "submit"), encode(request), timeout=30
+        )
         reply = decode(msg.data, ApiReply)
         assert reply.error is None, reply.error
         [result] = decode(reply.data, SubmitReply).results
@@ -133,7 +135,9 @@ async def test_a_raw_submit_whose_reply_would_be_too_big_still_gets_its_answer(
         request = SubmitRequest(
             tasks=[TaskSpec(skill="http.request", input=msgspec.Raw(b'{"url":"https://example.com"}'))] * 9000
         )
-        msg = await client.conn.nc.request(client.conn.subjects.api("submit"), encode(request), timeout=60)
+        msg = await client.conn.nc.request(
+            client.conn.subjects.api(client.conn.identity, "submit"), encode(request), timeout=60
+        )
         reply = decode(msg.data, ApiReply)
         assert reply.error is None, reply.error
         results = decode(reply.data, SubmitReply).results

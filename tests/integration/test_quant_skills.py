@@ -50,7 +50,8 @@ async def test_each_quant_skill_runs_its_example_as_a_task_and_meets_its_output_
         }
         held = submitted["propose_orders"]
         await eventually(lambda: _held(client, held), what="propose_orders waits for approval")
-        await client.approve(held, by="alice")
+        async with connected_client(config, identity="alice") as alice:  # not the submitter
+            await alice.approve(held)
         outcomes = {folder: await finish(client, task_id) for folder, task_id in submitted.items()}
         report_task = outcomes["backtest_report"][0]
         store = await open_artifact_store(config.artifacts)

@@ -167,7 +167,8 @@ async def test_a_write_external_task_waits_for_approval_then_runs(config: ClawCo
         connected_client(config) as client,
     ):
         await wait_nodes_online(client, 1)
-        held = await client.submit(spec("ext.notify", {"to": "ops"}), submitter="agent-7")
+        async with connected_client(config, identity="agent-7") as agent:
+            held = await agent.submit(spec("ext.notify", {"to": "ops"}))
         assert held.state == TaskState.WAITING_APPROVAL and "external-or-funds" in held.note
         # Held tasks are not published: they hold no queue slot and no ack timer.
         info = await client.conn.js.consumer_info(
@@ -179,7 +180,8 @@ async def test_a_write_external_task_waits_for_approval_then_runs(config: ClawCo
             held.task_id, "ext.notify", "write_external", "agent-7",
         )  # fmt: skip
         assert waiting.input_summary == '{"to":"ops"}' and waiting.approvals_needed == 1
-        outcome = await client.approve(held.task_id, by="alice", note="looks fine")
+        async with connected_client(config, identity="alice") as alice:
+            outcome = await alice.approve(held.task_id, note="looks fine")
         assert outcome.approved_by == ["alice"]
         task = await finish(client, held.task_id)
     assert task.state == TaskState.SUCCEEDED
@@ -198,12 +200,17 @@ async def test_a_destructive_task_needs_two_distinct_approvers(config: ClawConfi
         await wait_nodes_online(client, 1)
         held = await client.submit(spec("db.drop", {"table": "old"}))
         assert held.state == TaskState.WAITING_APPROVAL
-        first = await client.approve(held.task_id, by="alice")
-        assert first.state == TaskState.WAITING_APPROVAL and first.approvals_needed == 2
-        with pytest.raises(InvalidInputError, match="alice already approved task .* needs 2 different approvers"):
-            await client.approve(held.task_id, by="alice")
+        async with (
+            connected_client(config, identity="alice") as alice,
+            connected_client(config, identity="Alice") as alice2,
+        ):
+            first = await alice.approve(held.task_id)
+            assert first.state == TaskState.WAITING_APPROVAL and first.approvals_needed == 2
+            with pytest.raises(InvalidInputError, match="Alice already approved task .* needs 2 different approvers"):
+                await alice2.approve(held.task_id)
         assert (await client.task_states([held.task_id]))[held.task_id] == TaskState.WAITING_APPROVAL
-        second = await client.approve(held.task_id, by="bob")
+        async with connected_client(config, identity="bob") as bob:
+            second = await bob.approve(held.task_id)
         assert second.approved_by == ["alice", "bob"]
         assert (await finish(client, held.task_id)).state == TaskState.SUCCEEDED
 
@@ -223,7 +230,7 @@ async def test_rejection_and_expiry_end_rejected_and_nothing_runs(
         await wait_nodes_online(client, 1)
         rejected = await client.submit(spec("ext.notify"))
         expiring = await client.submit(spec("ext.notify"))
-        outcome = await client.reject(rejected.task_id, by="carol", reason="not today")
+        outcome = await client.reject(rejected.task_id, reason="not today")
         assert outcome.state == TaskState.REJECTED
         final = await client.wait([rejected.task_id, expiring.task_id], timeout_s=30)
         assert final == {rejected.task_id: TaskState.REJECTED, expiring.task_id: TaskState.REJECTED}
@@ -258,7 +265,8 @@ async def test_a_denied_task_never_reaches_jetstream(
         connected_client(config) as client,
     ):
         await wait_nodes_online(client, 1)
-        denied = await client.submit(spec("db.drop"), submitter="bot-3")
+        async with connected_client(config, identity="bot-3") as bot:  # the submitter is who connects
+            denied = await bot.submit(spec("db.drop"))
         assert denied.state == TaskState.REJECTED
         assert denied.note == "denied by guard rule 'no-bots-deleting': bots may not run destructive skills"
         small = await client.submit(spec("ext.notify", {"priority": "low", "size": 3}))

@@ -15,10 +15,10 @@ def test_default_prefix_matches_the_design_contract() -> None:
     assert (s.tasks_stream, s.events_stream, s.dlq_stream, s.nodes_bucket) == (
         "CLAW_TASKS", "CLAW_EVENTS", "CLAW_DLQ", "claw_nodes",
     )  # fmt: skip
-    assert s.events("T1") == "claw.events.T1"
+    assert s.events("w1", "T1") == "claw.events.w1.T1"
     assert s.dlq("llm.chat") == "claw.dlq.llm-chat"
     assert s.heartbeat("n1") == "claw.nodes.heartbeat.n1"
-    assert s.api("submit") == "claw.api.submit"
+    assert s.api("alice", "submit") == "claw.api.alice.submit"
     assert s.ctl("n1") == "claw.ctl.n1"
     assert s.cancel("T1") == "claw.cancel.T1"
 

@@ -1,0 +1,121 @@
+"""Who may call which API verb: the identity comes from the request's subject, its roles from the
+registry and config, and every verb's role from `common/verbs.py`.
+
+The server's permissions let a connection publish API requests only under its own identity
+(`<prefix>.api.<identity>.<verb>`), so the identity token of a request's subject is who sent it.
+Its API roles are those the identity registry lists (`claw creds create --role ...`, read from
+`auth.dir`), plus `auth.roles` of the config. On a server without authentication anyone can claim
+any name: there an identity holds the roles `auth.roles` gives it, else every role (an open
+cluster, as before authentication existed; `claw up` turns authentication on).
+
+Every verb needs its declared role; read-only verbs (`viewer`) are open to any identity with a role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from common.clock import Clock
+from common.config import AuthSettings
+from common.errors import ConfigError, CredentialsError, PermissionDeniedError
+from common.identity import IDENTITY_PATTERN, normalise
+from common.log import get_logger
+from common.verbs import Role, Verb
+from communication.auth_registry import IdentityRegistry
+
+log = get_logger("coordinator.authorization")
+
+# How old the registry read may be before a request makes it read again (new credentials work
+# within this long of `claw creds create`; a revoked identity is disconnected by the server at once).
+REGISTRY_MAX_AGE_S = 2.0
+
+
+class Authorizer:
+    """Answers "may this identity call this verb?" with one clear refusal when not."""
+
+    def __init__(self, settings: AuthSettings, clock: Clock, *, open_bus: bool) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._open_bus = open_bus
+        self._configured = _configured_roles(settings)
+        self._gateways = frozenset(normalise(name) for name in settings.gateways)
+        self._registry: dict[str, frozenset[Role]] = {}
+        self._read_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    @property
+    def open_bus(self) -> bool:
+        """Whether the server lets anyone connect (identities are then only claimed, not proven)."""
+        return self._open_bus
+
+    async def check(self, identity: str, verb: Verb[Any, Any]) -> None:
+        """Raise `PermissionDeniedError` unless `identity` holds the role `verb` needs."""
+        if not IDENTITY_PATTERN.fullmatch(identity):
+            raise PermissionDeniedError(f"'{identity[:64]}' is not an identity; connect with credentials")
+        roles = await self.roles_of(identity)
+        if verb.role in roles or (verb.role == Role.VIEWER and roles):
+            return
+        held = ", ".join(sorted(roles)) or "no role"
+        log.warning("security.api_refused", identity=identity, verb=verb.name, needs=verb.role.value, holds=held)
+        raise PermissionDeniedError(
+            f"{verb.name} needs the {verb.role.value} role; {identity} holds {held} "
+            f"(an admin issues credentials with it: claw creds create --role {verb.role.value} ...)"
+        )
+
+    async def check_acting(self, gateway: str, person: str, roles_text: str, verb: Verb[Any, Any]) -> str:
+        """The person a gateway's request acts for, once `gateway` may act for others and the roles it
+        passes on (at most its own) allow `verb`; raises `PermissionDeniedError` otherwise."""
+        if not self._open_bus and normalise(gateway) not in self._gateways:
+            log.warning("security.acting_refused", identity=gateway, acting_for=person[:64], verb=verb.name)
+            raise PermissionDeniedError(
+                f"{gateway} may not act for others (auth.gateways lists the identities that may)"
+            )
+        if not IDENTITY_PATTERN.fullmatch(person):
+            raise PermissionDeniedError(f"'{person[:64]}' is not an identity a gateway may act for")
+        known = {r.value for r in Role}
+        named = (part.strip() for part in roles_text.split(","))
+        claimed = frozenset(Role(name) for name in named if name in known)
+        roles = claimed & await self.roles_of(gateway)
+        if verb.role in roles or (verb.role == Role.VIEWER and roles):
+            return person
+        held = ", ".join(sorted(roles)) or "no role"
+        log.warning("security.api_refused", identity=person, via=gateway, verb=verb.name, needs=verb.role.value)
+        raise PermissionDeniedError(f"{verb.name} needs the {verb.role.value} role; {person} holds {held}")
+
+    async def roles_of(self, identity: str) -> frozenset[Role]:
+        """The API roles of `identity`."""
+        name = normalise(identity)
+        configured = self._configured.get(name)
+        if self._open_bus:
+            return frozenset(Role) if configured is None else configured
+        await self._refresh()
+        return self._registry.get(name, frozenset()) | (configured or frozenset())
+
+    async def _refresh(self) -> None:
+        if self._settings.dir is None or self._clock.monotonic() - self._read_at < REGISTRY_MAX_AGE_S:
+            return
+        async with self._lock:
+            if self._clock.monotonic() - self._read_at < REGISTRY_MAX_AGE_S:
+                return
+            try:
+                registry = await asyncio.to_thread(IdentityRegistry.load, self._settings.dir)
+            except CredentialsError as exc:
+                log.error("auth.registry_unreadable", error=str(exc))  # keep the last good roles
+            else:
+                self._registry = {normalise(r.name): r.api_roles for r in registry.all()}
+            self._read_at = self._clock.monotonic()
+
+
+def _configured_roles(settings: AuthSettings) -> dict[str, frozenset[Role]]:
+    """`auth.roles` checked: every role named must be an API role."""
+    known = {r.value for r in Role}
+    mapping: dict[str, frozenset[Role]] = {}
+    for name, roles in settings.roles.items():
+        unknown = [r for r in roles if r not in known]
+        if unknown:
+            raise ConfigError(
+                f"auth.roles: {name} has unknown role(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        mapping[normalise(name)] = frozenset(Role(r) for r in roles)
+    return mapping
