@@ -112,6 +112,13 @@ def _submit_shape(fields: dict[str, Any], headers: Mapping[str, str]) -> dict[st
     return fields
 
 
+def _usage_shape(fields: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    """`GET /v1/usage?by=tenant,model`: the columns to group by, comma-separated."""
+    if isinstance(fields.get("by"), str):
+        fields["by"] = [part for part in fields["by"].split(",") if part]
+    return fields
+
+
 def _route(method: str, path: str, verb: Verb[Any, Any], summary: str, tag: str, **fixed: object) -> VerbRoute:
     return VerbRoute(method, path, verb, summary, fixed, tag=tag)
 
@@ -144,6 +151,26 @@ ROUTES: tuple[VerbRoute, ...] = (
     _route("POST", "/v1/skills/{name}/enable", verbs.SKILL_TOGGLE, "Enable a skill", "skills", enabled=True),
     _route("POST", "/v1/skills/{name}/disable", verbs.SKILL_TOGGLE, "Disable a skill", "skills", enabled=False),
     _route("POST", "/v1/guard/check", verbs.GUARD_CHECK, "What the guard would decide for a task", "guard"),
+    _route("GET", "/v1/workflows", verbs.WORKFLOW_LIST, "Registered workflows and the newest runs", "workflows"),
+    _route("POST", "/v1/workflows/{name}/runs", verbs.WORKFLOW_RUN, "Start a run of a workflow", "workflows"),
+    _route("GET", "/v1/runs/{run_id}", verbs.WORKFLOW_SHOW, "One run with its nodes' states", "workflows"),
+    _route("POST", "/v1/runs/{run_id}/rerun", verbs.WORKFLOW_RERUN, "Rerun a run from a node (from_node)", "workflows"),
+    _route("POST", "/v1/runs/{run_id}/cancel", verbs.WORKFLOW_CANCEL, "Cancel a run", "workflows"),
+    _route("GET", "/v1/schedules", verbs.SCHEDULE_LIST, "Every schedule", "schedules"),
+    _route("GET", "/v1/schedules/{name}", verbs.SCHEDULE_SHOW, "A schedule, its next and last fires", "schedules"),
+    _route("POST", "/v1/schedules/{name}/pause", verbs.SCHEDULE_PAUSE, "Pause a schedule", "schedules"),
+    _route("POST", "/v1/schedules/{name}/resume", verbs.SCHEDULE_RESUME, "Resume a schedule", "schedules"),
+    _route("POST", "/v1/schedules/{name}/trigger", verbs.SCHEDULE_TRIGGER, "Fire a schedule now", "schedules"),
+    _route("POST", "/v1/schedules/{name}/events", verbs.SCHEDULE_EVENT, "An outside event (webhook)", "schedules"),
+    _route("GET", "/v1/limits", verbs.LIMITS_LIST, "Rate limits and their live use", "limits"),
+    VerbRoute(
+        "GET",
+        "/v1/usage",
+        verbs.USAGE,
+        "Calls, tokens and cost by tenant, skill, model",
+        shape=_usage_shape,
+        tag="limits",
+    ),
 )
 
 # Any verb by name: `POST /v1/verbs/{name}` with the verb's request as the body.

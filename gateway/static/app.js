@@ -109,8 +109,12 @@
     }
     button.disabled = true;
     try {
-      await api("POST", button.dataset.action, body);
+      const reply = await api("POST", button.dataset.action, body);
       toast(`${button.textContent.trim()}: done`);
+      if (button.dataset.go === "run" && reply?.run_id) {
+        setTimeout(() => { location.href = `/runs/${reply.run_id}`; }, 300);
+        return;
+      }
       setTimeout(() => location.reload(), 500);
     } catch (error) {
       toast(error.message, true);
@@ -346,7 +350,37 @@
     });
   }
 
+  // --- one workflow run: node states polled while it runs -----------------------------------------
+  function run() {
+    const head = document.getElementById("run-page");
+    if (!head || head.dataset.finished === "true") return;
+    const id = head.dataset.run;
+    const dot = document.getElementById("live-dot");
+    dot?.classList.add("on");
+    const timer = setInterval(async () => {
+      let view;
+      try { view = await api("GET", `/v1/runs/${id}`); } catch (error) { toast(error.message, true); return; }
+      for (const node of view.nodes) {
+        const card = document.querySelector(`[data-node="${CSS.escape(node.name)}"]`);
+        if (!card) continue;
+        card.className = `dag-node state-border-${node.state}`;
+        const badge = card.querySelector('[data-role="node-state"]');
+        badge.className = `badge state-${node.state}`;
+        badge.textContent = node.state;
+      }
+      const state = document.getElementById("run-state");
+      state.className = `badge big state-${view.state}`;
+      state.textContent = view.state;
+      if (view.finished_at) {
+        clearInterval(timer);
+        dot?.classList.remove("on");
+        setTimeout(() => location.reload(), 800);
+      }
+    }, 1500);
+  }
+
   if (page === "/") overview();
+  else if (page === "/workflows" && document.getElementById("run-page")) run();
   else if (page === "/tasks" && document.getElementById("task-page")) task();
   else if (page === "/tasks") tasks();
   else if (page === "/approvals") approvals();
