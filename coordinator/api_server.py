@@ -162,7 +162,7 @@ def _identity(subject: str) -> str:
 
 
 # Request fields that say who acts: filled from the subject, whatever the request said.
-_ACTOR_FIELDS = ("by", "submitter")
+_ACTOR_FIELDS = ("by", "submitter", "registered_by")
 
 
 def _as_sent_by(request: Any, identity: str) -> Any:

@@ -27,7 +27,7 @@ from communication.codec import nesting_exceeds
 # task's input, coordinator.max_input_depth, is at most this).
 MAX_BODY_DEPTH = 512
 # The request fields that say who acts: always the authenticated caller (GatewayCalls stamps them too).
-IDENTITY_FIELDS = ("by", "submitter")
+IDENTITY_FIELDS = ("by", "submitter", "registered_by")
 
 
 def identity_fields(request_type: type) -> tuple[str, ...]:

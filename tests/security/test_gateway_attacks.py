@@ -124,3 +124,17 @@ async def test_oversize_bodies_and_path_tricks_are_refused_cleanly(gw: RunningGa
             assert "root:" not in answer.text
         nested = await sam.post("/v1/tasks", content=b"[" * 100_000 + b"]" * 100_000)
         assert nested.status_code == 400 and nested.json()["error"]["code"] == "invalid_input"
+
+
+def test_every_request_field_naming_an_actor_is_overwritten() -> None:
+    """The fields that name who acts, found by type, as the gateway and the coordinator stamp them:
+    `registered_by` too; `usage`'s `by` (columns to group by) is not one."""
+    from common import api
+    from coordinator.api_server import actor_fields
+    from gateway.routes import identity_fields
+
+    for verb in verbs.ALL:
+        assert identity_fields(verb.request) == actor_fields(verb.request), verb.name
+    assert identity_fields(api.WorkflowSpecRequest) == ("registered_by",)
+    assert identity_fields(api.UsageRequest) == ()
+    assert identity_fields(api.ApproveRequest) == ("by",)
