@@ -257,10 +257,10 @@ class Dashboard:
         if state is not None and state not in {s.value for s in TaskState}:
             state = None
         skill = query.get("skill") or None
+        tenant = query.get("tenant") or None
         cursor = query.get("cursor") or None
-        listing = api.TaskListRequest(
-            state=None if state is None else TaskState(state), skill=skill, limit=PAGE_SIZE, cursor=cursor
-        )
+        filter_state = None if state is None else TaskState(state)
+        listing = api.TaskListRequest(state=filter_state, skill=skill, tenant=tenant, limit=PAGE_SIZE, cursor=cursor)
         page = await self._call(caller, verbs.TASK_LIST, listing)
         skills = []
         if caller.principal.may(Role.SUBMITTER):
@@ -268,7 +268,7 @@ class Dashboard:
             skills = [s.entry.manifest.name for s in registered if s.entry.enabled]
         return self.render(
             "tasks.html", caller, page="/tasks", tasks=page.tasks, next_cursor=page.next_cursor, total=page.total,
-            state=state or "", skill=skill or "", skills=sorted(set(skills)),
+            state=state or "", skill=skill or "", tenant=tenant or "", skills=sorted(set(skills)),
         )  # fmt: skip
 
     async def task(self, request: Request, caller: Caller) -> Response:

@@ -104,12 +104,16 @@ def _submit_shape(fields: dict[str, Any], headers: Mapping[str, str]) -> dict[st
     """`POST /v1/tasks` takes one task (`{"skill": ...}`) or a batch (`{"tasks": [...]}`); an
     `Idempotency-Key` header is the key of a single task."""
     if "tasks" not in fields:
-        task = {k: v for k, v in fields.items() if k != "submitter"}
+        request = {k: fields.pop(k) for k in _SUBMIT_REQUEST_FIELDS if k in fields}
         key = headers.get("idempotency-key")
-        if key and "idempotency_key" not in task:
-            task["idempotency_key"] = key
-        return {"tasks": [task], "submitter": fields.get("submitter")}
+        if key and "idempotency_key" not in fields:
+            fields["idempotency_key"] = key
+        return {"tasks": [fields], **request}
     return fields
+
+
+# The fields of a submit that belong to the request, not to its task (the one-task form).
+_SUBMIT_REQUEST_FIELDS = ("submitter", "tenant")
 
 
 def _usage_shape(fields: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:

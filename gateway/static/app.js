@@ -194,6 +194,7 @@
       cells.push(el("td", {}, bar));
       cells.push(el("td", { class: "wide-only", text: String(t.attempts) }));
       cells.push(el("td", { class: "mono small wide-only", text: t.node_id || "-" }));
+      cells.push(el("td", { class: "small wide-only", text: t.tenant || "default" }));
       cells.push(el("td", { class: "wide-only", title: stamp(t.created_at), text: ago(t.created_at) }));
       return el("tr", { "data-task": t.task_id }, ...cells);
     }
@@ -203,6 +204,7 @@
       const query = new URLSearchParams({ limit: "50" });
       if (table.dataset.state) query.set("state", table.dataset.state);
       if (table.dataset.skill) query.set("skill", table.dataset.skill);
+      if (table.dataset.tenant) query.set("tenant", table.dataset.tenant);
       try {
         const data = await api("GET", `/v1/tasks?${query}`);
         const picked = new Set([...document.querySelectorAll(".pick:checked")].map((c) => c.value));

@@ -114,6 +114,10 @@ async def test_submit_one_and_a_batch_with_idempotency_keys_then_list_filter_and
         assert (await sam.get("/v1/tasks", params={"state": "failed"})).json()["tasks"] == []
         states = (await sam.post("/v1/tasks/states", json={"task_ids": ids[:2]})).json()
         assert states == {"states": dict.fromkeys(ids[:2], "succeeded")}
+        acme = await sam.post("/v1/tasks", json={"skill": "echo", "tenant": "acme"})
+        acme_id = acme.json()["results"][0]["task_id"]
+        listed = (await sam.get("/v1/tasks", params={"tenant": "acme"})).json()
+        assert [t["task_id"] for t in listed["tasks"]] == [acme_id] and listed["tasks"][0]["tenant"] == "acme"
 
 
 def _report_skills() -> SkillRegistry:
