@@ -141,7 +141,11 @@
       });
       ctx.fillStyle = "#66758a";
       ctx.font = "11px system-ui";
-      ctx.fillText(`max ${max} / 5 s`, 4, 11);
+      if (buckets.every((n) => n === 0)) {
+        ctx.fillText("no task has finished since this page opened; bars appear as tasks finish", 4, h / 2);
+      } else {
+        ctx.fillText(`max ${max} / 5 s`, 4, 11);
+      }
     };
     setInterval(() => { buckets.shift(); buckets.push(0); draw(); }, 5000);
     draw();
