@@ -155,7 +155,7 @@ class LocalCluster:
             store: KeyStore = await open_key_store(client.conn, ClawConfig(nats=settings))
             if any(record.name == "admin" for record in await store.all_keys()):
                 await store.revoke("admin")  # its key file is gone: issue a new one
-            _, key = await store.create("admin", [Role.ADMIN])
+            _, key = await store.create("admin", list(Role))
         await asyncio.to_thread(_write_private, self.admin_key_file, key + "\n")
 
     def _banner(self, nats: EmbeddedNatsServer) -> None:

@@ -282,6 +282,11 @@ class AuthSettings(_Section, frozen=True):
     roles: dict[str, list[str]] = {}
     # Whether the submitter of a held task may approve it (claw up: true, for its single local admin).
     self_approval: bool = False
+    # Identities that may act for the people they authenticated (the HTTP gateway, docs/Gateway.md):
+    # a request of theirs naming a person (header Claw-Acting-For) is that person's, with at most the
+    # roles it names (Claw-Acting-Roles) and the gateway holds. On a server without authentication
+    # any identity may (anyone can claim any name there anyway).
+    gateways: list[str] = []
 
 
 class LogSettings(_Section, frozen=True):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +66,7 @@ from communication.codec import DecodeError, decode, decode_event, encode
 from communication.connection import NatsConnection
 from communication.pages import Page, collect, iterate
 from communication.payload_limits import message_bytes, too_large_message
+from communication.subjects import Header
 from communication.topology import Topology
 from communication.trace_context import headers_for
 
@@ -87,6 +89,15 @@ LARGE_REQUEST_HINT = (
     "send less in one request; large inputs go to the artifact store (claw submit --input-file does it, "
     "and cli.artifacts.offload_large_inputs for ClawClient users)"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ActingFor:
+    """A person a gateway authenticated, and the API roles it grants them: a request sent with this
+    is theirs (the coordinator honours it from identities listed in `auth.gateways`)."""
+
+    name: str
+    roles: frozenset[str]
 
 
 class ClawClient:
@@ -115,7 +126,14 @@ class ClawClient:
 
     # --- verbs ----------------------------------------------------------------------------------
 
-    async def call(self, verb: Verb[RequestT, ReplyT], request: RequestT, *, timeout_s: float | None = None) -> ReplyT:
+    async def call(
+        self,
+        verb: Verb[RequestT, ReplyT],
+        request: RequestT,
+        *,
+        timeout_s: float | None = None,
+        acting_for: ActingFor | None = None,
+    ) -> ReplyT:
         """Send one request of `verb` (`common.verbs`) and return its reply, decoded as the verb declares.
 
         Every method below is a thin wrapper over this; a caller that has only a verb's name (an HTTP
@@ -126,6 +144,9 @@ class ClawClient:
         if not isinstance(request, verb.request):
             raise TypeError(f"the {verb.name} verb takes a {verb.request.__name__}, not a {type(request).__name__}")
         payload, headers = encode(request), headers_for()
+        if acting_for is not None:
+            headers[Header.ACTING_FOR] = acting_for.name
+            headers[Header.ACTING_ROLES] = ",".join(sorted(acting_for.roles))
         self._check_size(verb, payload, headers)
         wait_s = timeout_s or verb.timeout_s or self._timeout_s
         try:

@@ -27,6 +27,9 @@ class Header:
     MSG_ID = "Nats-Msg-Id"
     TRACEPARENT = "traceparent"
     TRACESTATE = "tracestate"
+    # The person a gateway's API request acts for, and the roles the gateway grants them (comma list).
+    ACTING_FOR = "Claw-Acting-For"
+    ACTING_ROLES = "Claw-Acting-Roles"
 
 
 def check_skill_name(name: str) -> str:

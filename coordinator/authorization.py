@@ -39,6 +39,7 @@ class Authorizer:
         self._clock = clock
         self._open_bus = open_bus
         self._configured = _configured_roles(settings)
+        self._gateways = frozenset(normalise(name) for name in settings.gateways)
         self._registry: dict[str, frozenset[Role]] = {}
         self._read_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -61,6 +62,26 @@ class Authorizer:
             f"{verb.name} needs the {verb.role.value} role; {identity} holds {held} "
             f"(an admin issues credentials with it: claw creds create --role {verb.role.value} ...)"
         )
+
+    async def check_acting(self, gateway: str, person: str, roles_text: str, verb: Verb[Any, Any]) -> str:
+        """The person a gateway's request acts for, once `gateway` may act for others and the roles it
+        passes on (at most its own) allow `verb`; raises `PermissionDeniedError` otherwise."""
+        if not self._open_bus and normalise(gateway) not in self._gateways:
+            log.warning("security.acting_refused", identity=gateway, acting_for=person[:64], verb=verb.name)
+            raise PermissionDeniedError(
+                f"{gateway} may not act for others (auth.gateways lists the identities that may)"
+            )
+        if not IDENTITY_PATTERN.fullmatch(person):
+            raise PermissionDeniedError(f"'{person[:64]}' is not an identity a gateway may act for")
+        known = {r.value for r in Role}
+        named = (part.strip() for part in roles_text.split(","))
+        claimed = frozenset(Role(name) for name in named if name in known)
+        roles = claimed & await self.roles_of(gateway)
+        if verb.role in roles or (verb.role == Role.VIEWER and roles):
+            return person
+        held = ", ".join(sorted(roles)) or "no role"
+        log.warning("security.api_refused", identity=person, via=gateway, verb=verb.name, needs=verb.role.value)
+        raise PermissionDeniedError(f"{verb.name} needs the {verb.role.value} role; {person} holds {held}")
 
     async def roles_of(self, identity: str) -> frozenset[Role]:
         """The API roles of `identity`."""

@@ -25,13 +25,15 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from nats.js.kv import KeyValue
 
 from common.errors import InvalidInputError, NotAuthenticatedError
+from common.identity import IDENTITY_PATTERN
 from common.verbs import Role
 
 KEY_PREFIX = "ck"
 SESSION_SECRET_KEY = "session-secret"  # noqa: S105 - the name of the KV entry, not a secret
 # How long a resolved key is believed without asking the bucket again (bounds a revocation's delay).
 CACHE_S = 2.0
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# A key's name is the identity the coordinator records for what its holder does (common/identity.py).
+_NAME = IDENTITY_PATTERN
 _KEY = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{20,128}})$")
 
 
@@ -44,9 +46,9 @@ class Principal:
     key_id: str
 
     def may(self, role: Role) -> bool:
-        """Whether this caller may call a verb that needs `role`: admins may do everything, and every
-        role may read (a submitter sees what it submitted, an approver what it approves)."""
-        return role in self.roles or Role.ADMIN in self.roles or (role is Role.VIEWER and bool(self.roles))
+        """Whether this caller may call a verb that needs `role`: it holds that role, or it is a read
+        and it holds any role (the coordinator's rule, coordinator/authorization.py)."""
+        return role in self.roles or (role is Role.VIEWER and bool(self.roles))
 
 
 class ApiKeyRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,11 +78,11 @@ def parse_roles(text: str) -> list[Role]:
 
 
 def check_name(name: str) -> str:
-    """A key's name: who it stands for (letters, digits, . _ @ -; at most 64)."""
-    if not _NAME.match(name):
+    """A key's name: who it stands for, an identity (letters, digits, _ -; at most 64)."""
+    if not _NAME.fullmatch(name):
         raise InvalidInputError(
-            f"invalid key name {name!r}: use letters, digits, '.', '_', '@' or '-' (at most 64, starting with one "
-            "letter or digit)"
+            f"invalid key name {name!r}: use letters, digits, '_' or '-' (at most 64, starting with a letter or "
+            "digit); it is recorded as who acts"
         )
     return name
 

@@ -5,9 +5,11 @@ common/verbs.py) the principal does not hold, writes the principal's name over e
 names who acts (`by`, `submitter`: a name in a request body is never believed), and sends the
 request over NATS with the gateway's connection.
 
-The trust issue plugs in here: once API subjects carry the caller's identity
-(`<prefix>.api.<identity>.<verb>`) and the coordinator enforces roles, this class sends on the
-principal's subject instead; its callers do not change.
+The coordinator takes who acts from the request's subject (`<prefix>.api.<identity>.<verb>`, the
+gateway's own identity); each request also names the principal and the roles the gateway grants
+them (`ActingFor`: headers `Claw-Acting-For`, `Claw-Acting-Roles`), which the coordinator honours
+from identities listed in `auth.gateways`, with at most the gateway's own roles. So an approval
+through the gateway is the person's, and a stolen gateway credential acts only within its roles.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import msgspec
 from common import api, verbs
 from common.errors import PermissionDeniedError
 from common.verbs import ReplyT, RequestT, Verb
-from communication.api_client import ClawClient
+from communication.api_client import ActingFor, ClawClient
 from gateway.auth import Principal
-from gateway.routes import IDENTITY_FIELDS
+from gateway.routes import identity_fields
 from gateway.submit_batcher import SubmitBatcher
 
 
 def _identity_fields(request_type: type[msgspec.Struct]) -> tuple[str, ...]:
-    return tuple(name for name in IDENTITY_FIELDS if name in request_type.__struct_fields__)
+    return identity_fields(request_type)
 
 
 class GatewayCalls:
@@ -59,9 +61,10 @@ class GatewayCalls:
         """Call `verb` as `principal`; `PermissionDeniedError` when its roles do not allow it."""
         self.check(principal, verb)
         stamped = self._stamp(principal, verb, request)
+        acting = ActingFor(principal.name, frozenset(role.value for role in principal.roles))
         if isinstance(stamped, api.SubmitRequest) and verb is verbs.SUBMIT:
-            return cast(ReplyT, await self._submits.submit(stamped))
-        return await self.client.call(verb, stamped)
+            return cast(ReplyT, await self._submits.submit(stamped, acting))
+        return await self.client.call(verb, stamped, acting_for=acting)
 
     def _stamp(self, principal: Principal, verb: Verb[RequestT, Any], request: RequestT) -> RequestT:
         fields = self._stamped.get(verb.request)

@@ -38,8 +38,11 @@ NAV = (
     ("/tasks", "Tasks"),
     ("/approvals", "Approvals"),
     ("/dlq", "Dead letters"),
+    ("/workflows", "Workflows"),
+    ("/schedules", "Schedules"),
     ("/nodes", "Nodes"),
     ("/skills", "Skills"),
+    ("/limits", "Limits"),
     ("/docs", "API"),
 )
 SECURITY_HEADERS = {
@@ -158,6 +161,10 @@ class Dashboard:
             "/dlq": self.dlq,
             "/nodes": self.nodes,
             "/skills": self.skills,
+            "/workflows": self.workflows,
+            "/runs/{run_id}": self.run,
+            "/schedules": self.schedules,
+            "/limits": self.limits,
             "/docs": self.docs,
         }
         routes: list[BaseRoute] = [Route(path, self._page(handler), methods=["GET"]) for path, handler in pages.items()]
@@ -250,10 +257,10 @@ class Dashboard:
         if state is not None and state not in {s.value for s in TaskState}:
             state = None
         skill = query.get("skill") or None
+        tenant = query.get("tenant") or None
         cursor = query.get("cursor") or None
-        listing = api.TaskListRequest(
-            state=None if state is None else TaskState(state), skill=skill, limit=PAGE_SIZE, cursor=cursor
-        )
+        filter_state = None if state is None else TaskState(state)
+        listing = api.TaskListRequest(state=filter_state, skill=skill, tenant=tenant, limit=PAGE_SIZE, cursor=cursor)
         page = await self._call(caller, verbs.TASK_LIST, listing)
         skills = []
         if caller.principal.may(Role.SUBMITTER):
@@ -261,7 +268,7 @@ class Dashboard:
             skills = [s.entry.manifest.name for s in registered if s.entry.enabled]
         return self.render(
             "tasks.html", caller, page="/tasks", tasks=page.tasks, next_cursor=page.next_cursor, total=page.total,
-            state=state or "", skill=skill or "", skills=sorted(set(skills)),
+            state=state or "", skill=skill or "", tenant=tenant or "", skills=sorted(set(skills)),
         )  # fmt: skip
 
     async def task(self, request: Request, caller: Caller) -> Response:
@@ -294,6 +301,30 @@ class Dashboard:
         reply = await self._call(caller, verbs.SKILLS, api.SkillsRequest())
         return self.render("skills.html", caller, page="/skills", skills=reply.skills)
 
+    async def workflows(self, request: Request, caller: Caller) -> Response:
+        """Registered workflows and the newest runs."""
+        state = request.query_params.get("state") or None
+        reply = await self._call(caller, verbs.WORKFLOW_LIST, api.WorkflowListRequest(state=state, limit=100))
+        return self.render("workflows.html", caller, page="/workflows", workflows=reply.workflows, runs=reply.runs,
+                           state=state or "")  # fmt: skip
+
+    async def run(self, request: Request, caller: Caller) -> Response:
+        """One run drawn as its graph, in layers by dependency; live while it runs."""
+        request_ = api.WorkflowRunGetRequest(run_id=request.path_params["run_id"])
+        view = await self._call(caller, verbs.WORKFLOW_SHOW, request_)
+        return self.render("run.html", caller, page="/workflows", run=view, layers=_layers(view.nodes))
+
+    async def schedules(self, request: Request, caller: Caller) -> Response:
+        """Every schedule: its rule, target, next and last fire."""
+        reply = await self._call(caller, verbs.SCHEDULE_LIST, api.ScheduleListRequest())
+        return self.render("schedules.html", caller, page="/schedules", schedules=reply.schedules)
+
+    async def limits(self, request: Request, caller: Caller) -> Response:
+        """Each key's use against its limit, cooldowns and breakers; usage by tenant, skill and model."""
+        limits = (await self._call(caller, verbs.LIMITS_LIST, api.LimitsListRequest())).limits
+        usage = await self._call(caller, verbs.USAGE, api.UsageRequest())
+        return self.render("limits.html", caller, page="/limits", limits=limits, usage=usage.rows)
+
     async def docs(self, request: Request, caller: Caller) -> Response:
         """The REST API, read from the OpenAPI document."""
         from gateway.openapi import document
@@ -301,6 +332,26 @@ class Dashboard:
         spec = document()
         operations = [(path, method.upper(), op) for path, ops in spec["paths"].items() for method, op in ops.items()]
         return self.render("docs.html", caller, page="/docs", operations=operations)
+
+
+def _layers(nodes: list[api.WorkflowNodeView]) -> list[list[api.WorkflowNodeView]]:
+    """Nodes in layers: each node one layer right of the deepest node it needs (a drawing of the DAG)."""
+    depth: dict[str, int] = {}
+    by_name = {node.name: node for node in nodes}
+
+    def layer(name: str, seen: frozenset[str] = frozenset()) -> int:
+        if name not in depth:
+            needs = [n for n in by_name[name].needs if n in by_name and n not in seen]
+            depth[name] = 1 + max((layer(n, seen | {name}) for n in needs), default=-1)
+        return depth[name]
+
+    layers: list[list[api.WorkflowNodeView]] = []
+    for node in nodes:
+        index = layer(node.name)
+        while len(layers) <= index:
+            layers.append([])
+        layers[index].append(node)
+    return layers
 
 
 def _safe_next(target: str | None) -> str:

@@ -11,6 +11,7 @@ is generated from this table and the verbs' Structs.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +21,27 @@ import msgspec
 from common import verbs
 from common.errors import InvalidInputError
 from common.verbs import Verb
+from communication.codec import nesting_exceeds
 
+# Deeper bodies are refused before decoding (the decoder recurses; the coordinator's own limit on a
+# task's input, coordinator.max_input_depth, is at most this).
+MAX_BODY_DEPTH = 512
 # The request fields that say who acts: always the authenticated caller (GatewayCalls stamps them too).
-IDENTITY_FIELDS = ("by", "submitter")
+IDENTITY_FIELDS = ("by", "submitter", "registered_by")
+
+
+def identity_fields(request_type: type) -> tuple[str, ...]:
+    """The fields of a request type that name who acts, when they hold a name (`usage`'s `by` is a
+    list of columns, not an actor): the coordinator's rule (coordinator/api_server.py)."""
+    found = _FIELDS_OF.get(request_type)
+    if found is None:
+        hints = typing.get_type_hints(request_type)
+        found = _FIELDS_OF[request_type] = tuple(n for n in IDENTITY_FIELDS if hints.get(n) in (str, str | None))
+    return found
+
+
+_FIELDS_OF: dict[type, tuple[str, ...]] = {}
+
 
 # A body that is one task (it has "skill") is a batch of one.
 Shape = Callable[[dict[str, Any], Mapping[str, str]], dict[str, Any]]
@@ -58,9 +77,11 @@ class VerbRoute:
         fields naming who acts (`by`, `submitter`) are `actor`, whatever the body says."""
         fields: dict[str, Any] = {}
         if self.has_body and body.strip():
+            if nesting_exceeds(body, MAX_BODY_DEPTH):
+                raise InvalidInputError(f"the body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep")
             try:
                 decoded = msgspec.json.decode(body)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 raise InvalidInputError(f"the body is not JSON: {exc}") from None
             if not isinstance(decoded, dict):
                 raise InvalidInputError("the body must be a JSON object")
@@ -69,7 +90,7 @@ class VerbRoute:
         fields.update((k, v) for k, v in query.items() if k in known)
         fields.update(path)
         fields.update(self.fixed)
-        fields.update((name, actor) for name in IDENTITY_FIELDS if name in known)
+        fields.update((name, actor) for name in identity_fields(self.verb.request))
         if self.shape is not None:
             fields = self.shape(fields, headers)
         try:
@@ -83,11 +104,22 @@ def _submit_shape(fields: dict[str, Any], headers: Mapping[str, str]) -> dict[st
     """`POST /v1/tasks` takes one task (`{"skill": ...}`) or a batch (`{"tasks": [...]}`); an
     `Idempotency-Key` header is the key of a single task."""
     if "tasks" not in fields:
-        task = {k: v for k, v in fields.items() if k != "submitter"}
+        request = {k: fields.pop(k) for k in _SUBMIT_REQUEST_FIELDS if k in fields}
         key = headers.get("idempotency-key")
-        if key and "idempotency_key" not in task:
-            task["idempotency_key"] = key
-        return {"tasks": [task], "submitter": fields.get("submitter")}
+        if key and "idempotency_key" not in fields:
+            fields["idempotency_key"] = key
+        return {"tasks": [fields], **request}
+    return fields
+
+
+# The fields of a submit that belong to the request, not to its task (the one-task form).
+_SUBMIT_REQUEST_FIELDS = ("submitter", "tenant")
+
+
+def _usage_shape(fields: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    """`GET /v1/usage?by=tenant,model`: the columns to group by, comma-separated."""
+    if isinstance(fields.get("by"), str):
+        fields["by"] = [part for part in fields["by"].split(",") if part]
     return fields
 
 
@@ -123,6 +155,26 @@ ROUTES: tuple[VerbRoute, ...] = (
     _route("POST", "/v1/skills/{name}/enable", verbs.SKILL_TOGGLE, "Enable a skill", "skills", enabled=True),
     _route("POST", "/v1/skills/{name}/disable", verbs.SKILL_TOGGLE, "Disable a skill", "skills", enabled=False),
     _route("POST", "/v1/guard/check", verbs.GUARD_CHECK, "What the guard would decide for a task", "guard"),
+    _route("GET", "/v1/workflows", verbs.WORKFLOW_LIST, "Registered workflows and the newest runs", "workflows"),
+    _route("POST", "/v1/workflows/{name}/runs", verbs.WORKFLOW_RUN, "Start a run of a workflow", "workflows"),
+    _route("GET", "/v1/runs/{run_id}", verbs.WORKFLOW_SHOW, "One run with its nodes' states", "workflows"),
+    _route("POST", "/v1/runs/{run_id}/rerun", verbs.WORKFLOW_RERUN, "Rerun a run from a node (from_node)", "workflows"),
+    _route("POST", "/v1/runs/{run_id}/cancel", verbs.WORKFLOW_CANCEL, "Cancel a run", "workflows"),
+    _route("GET", "/v1/schedules", verbs.SCHEDULE_LIST, "Every schedule", "schedules"),
+    _route("GET", "/v1/schedules/{name}", verbs.SCHEDULE_SHOW, "A schedule, its next and last fires", "schedules"),
+    _route("POST", "/v1/schedules/{name}/pause", verbs.SCHEDULE_PAUSE, "Pause a schedule", "schedules"),
+    _route("POST", "/v1/schedules/{name}/resume", verbs.SCHEDULE_RESUME, "Resume a schedule", "schedules"),
+    _route("POST", "/v1/schedules/{name}/trigger", verbs.SCHEDULE_TRIGGER, "Fire a schedule now", "schedules"),
+    _route("POST", "/v1/schedules/{name}/events", verbs.SCHEDULE_EVENT, "An outside event (webhook)", "schedules"),
+    _route("GET", "/v1/limits", verbs.LIMITS_LIST, "Rate limits and their live use", "limits"),
+    VerbRoute(
+        "GET",
+        "/v1/usage",
+        verbs.USAGE,
+        "Calls, tokens and cost by tenant, skill, model",
+        shape=_usage_shape,
+        tag="limits",
+    ),
 )
 
 # Any verb by name: `POST /v1/verbs/{name}` with the verb's request as the body.

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import msgspec
+
 from common import api, verbs
 from common.errors import ClawError
-from communication.api_client import ClawClient
+from communication.api_client import ActingFor, ClawClient
 
 # Submit requests in flight at once (the coordinator's admission is one queue anyway).
 SLOTS = 4
@@ -26,6 +28,7 @@ MAX_BATCH_TASKS = 500
 @dataclass(eq=False)
 class _Waiting:
     request: api.SubmitRequest
+    acting: ActingFor
     reply: asyncio.Future[api.SubmitReply] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -35,17 +38,18 @@ class SubmitBatcher:
     def __init__(self, client: ClawClient, *, slots: int = SLOTS) -> None:
         self._client = client
         self._slots = asyncio.Semaphore(slots)
-        self._waiting: dict[str | None, list[_Waiting]] = {}
+        # By the principal acting (one request has one submitter and one set of roles).
+        self._waiting: dict[ActingFor, list[_Waiting]] = {}
         self._senders: set[asyncio.Task[None]] = set()
 
-    async def submit(self, request: api.SubmitRequest) -> api.SubmitReply:
-        """Submit `request`'s tasks (all or none), batched with others in flight; their results."""
-        waiting = _Waiting(request)
+    async def submit(self, request: api.SubmitRequest, acting: ActingFor) -> api.SubmitReply:
+        """Submit `request`'s tasks (all or none) for `acting`, batched with others in flight."""
+        waiting = _Waiting(request, acting)
         waiting.reply.add_done_callback(_retrieve)  # a caller that went away leaves no unread error
-        queue = self._waiting.setdefault(request.submitter, [])
+        queue = self._waiting.setdefault(acting, [])
         queue.append(waiting)
         if len(queue) == 1:
-            sender = asyncio.create_task(self._send(request.submitter), name="gateway-submit")
+            sender = asyncio.create_task(self._send(acting), name="gateway-submit")
             self._senders.add(sender)
             sender.add_done_callback(self._senders.discard)
         return await asyncio.shield(waiting.reply)
@@ -55,17 +59,19 @@ class SubmitBatcher:
         if self._senders:
             await asyncio.gather(*self._senders, return_exceptions=True)
 
-    async def _send(self, submitter: str | None) -> None:
+    async def _send(self, acting: ActingFor) -> None:
         async with self._slots:
-            batch = self._take(submitter)
+            batch = self._take(acting)
             if not batch:
                 return
             if len(batch) == 1:
                 await self._send_alone(batch[0])
                 return
             tasks = [task for waiting in batch for task in waiting.request.tasks]
+            first = batch[0].request
+            merged = msgspec.structs.replace(first, tasks=tasks)
             try:
-                reply = await self._client.call(verbs.SUBMIT, api.SubmitRequest(tasks=tasks, submitter=submitter))
+                reply = await self._client.call(verbs.SUBMIT, merged, acting_for=acting)
             except ClawError:
                 # Nothing of the batch was admitted: each caller's request on its own.
                 for waiting in batch:
@@ -82,9 +88,9 @@ class SubmitBatcher:
                     waiting.reply.set_result(api.SubmitReply(results=reply.results[at : at + count]))
                 at += count
 
-    def _take(self, submitter: str | None) -> list[_Waiting]:
-        """What waits for `submitter`, up to `MAX_BATCH_TASKS` tasks; a sender for the rest."""
-        queue = self._waiting.pop(submitter, [])
+    def _take(self, acting: ActingFor) -> list[_Waiting]:
+        """What waits for `acting`, up to `MAX_BATCH_TASKS` tasks; a sender for the rest."""
+        queue = self._waiting.pop(acting, [])
         batch: list[_Waiting] = []
         count = 0
         while queue and (not batch or count + len(queue[0].request.tasks) <= MAX_BATCH_TASKS):
@@ -92,15 +98,15 @@ class SubmitBatcher:
             batch.append(waiting)
             count += len(waiting.request.tasks)
         if queue:
-            self._waiting[submitter] = queue
-            sender = asyncio.create_task(self._send(submitter), name="gateway-submit")
+            self._waiting[acting] = queue
+            sender = asyncio.create_task(self._send(acting), name="gateway-submit")
             self._senders.add(sender)
             sender.add_done_callback(self._senders.discard)
         return batch
 
     async def _send_alone(self, waiting: _Waiting) -> None:
         try:
-            reply = await self._client.call(verbs.SUBMIT, waiting.request)
+            reply = await self._client.call(verbs.SUBMIT, waiting.request, acting_for=waiting.acting)
         except BaseException as exc:
             _fail(waiting, exc)
             if not isinstance(exc, Exception):

@@ -109,8 +109,12 @@
     }
     button.disabled = true;
     try {
-      await api("POST", button.dataset.action, body);
+      const reply = await api("POST", button.dataset.action, body);
       toast(`${button.textContent.trim()}: done`);
+      if (button.dataset.go === "run" && reply?.run_id) {
+        setTimeout(() => { location.href = `/runs/${reply.run_id}`; }, 300);
+        return;
+      }
       setTimeout(() => location.reload(), 500);
     } catch (error) {
       toast(error.message, true);
@@ -137,7 +141,11 @@
       });
       ctx.fillStyle = "#66758a";
       ctx.font = "11px system-ui";
-      ctx.fillText(`max ${max} / 5 s`, 4, 11);
+      if (buckets.every((n) => n === 0)) {
+        ctx.fillText("no task has finished since this page opened; bars appear as tasks finish", 4, h / 2);
+      } else {
+        ctx.fillText(`max ${max} / 5 s`, 4, 11);
+      }
     };
     setInterval(() => { buckets.shift(); buckets.push(0); draw(); }, 5000);
     draw();
@@ -190,6 +198,7 @@
       cells.push(el("td", {}, bar));
       cells.push(el("td", { class: "wide-only", text: String(t.attempts) }));
       cells.push(el("td", { class: "mono small wide-only", text: t.node_id || "-" }));
+      cells.push(el("td", { class: "small wide-only", text: t.tenant || "default" }));
       cells.push(el("td", { class: "wide-only", title: stamp(t.created_at), text: ago(t.created_at) }));
       return el("tr", { "data-task": t.task_id }, ...cells);
     }
@@ -199,6 +208,7 @@
       const query = new URLSearchParams({ limit: "50" });
       if (table.dataset.state) query.set("state", table.dataset.state);
       if (table.dataset.skill) query.set("skill", table.dataset.skill);
+      if (table.dataset.tenant) query.set("tenant", table.dataset.tenant);
       try {
         const data = await api("GET", `/v1/tasks?${query}`);
         const picked = new Set([...document.querySelectorAll(".pick:checked")].map((c) => c.value));
@@ -346,7 +356,37 @@
     });
   }
 
+  // --- one workflow run: node states polled while it runs -----------------------------------------
+  function run() {
+    const head = document.getElementById("run-page");
+    if (!head || head.dataset.finished === "true") return;
+    const id = head.dataset.run;
+    const dot = document.getElementById("live-dot");
+    dot?.classList.add("on");
+    const timer = setInterval(async () => {
+      let view;
+      try { view = await api("GET", `/v1/runs/${id}`); } catch (error) { toast(error.message, true); return; }
+      for (const node of view.nodes) {
+        const card = document.querySelector(`[data-node="${CSS.escape(node.name)}"]`);
+        if (!card) continue;
+        card.className = `dag-node state-border-${node.state}`;
+        const badge = card.querySelector('[data-role="node-state"]');
+        badge.className = `badge state-${node.state}`;
+        badge.textContent = node.state;
+      }
+      const state = document.getElementById("run-state");
+      state.className = `badge big state-${view.state}`;
+      state.textContent = view.state;
+      if (view.finished_at) {
+        clearInterval(timer);
+        dot?.classList.remove("on");
+        setTimeout(() => location.reload(), 800);
+      }
+    }, 1500);
+  }
+
   if (page === "/") overview();
+  else if (page === "/workflows" && document.getElementById("run-page")) run();
   else if (page === "/tasks" && document.getElementById("task-page")) task();
   else if (page === "/tasks") tasks();
   else if (page === "/approvals") approvals();

@@ -185,8 +185,22 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     alice.locator('article[data-node="w1"] button:has-text("Resume")').click()
     alice.wait_for_selector('article[data-node="w1"] button:has-text("Drain"):not([disabled])')
 
+    # A workflow run drawn as its graph, rerun from its second node from the page.
+    b = {"skill": "sleep", "needs": ["a"], "input": {"seconds": 1}}
+    spec = json.dumps({"name": "pair", "nodes": {"a": {"skill": "echo", "input": {"k": "=input.k"}}, "b": b}})
+    assert "version" in cluster.api("POST", "/v1/verbs/workflow_register", cluster.keys["alice"], {"spec": spec})
+    run_id = cluster.api("POST", "/v1/workflows/pair/runs", cluster.keys["alice"], {"input": {"k": 1}})["run_id"]
+    alice.goto(f"{cluster.url}/runs/{run_id}")
+    alice.wait_for_selector("#run-state.state-succeeded")  # followed live ...
+    alice.wait_for_selector("#run-page[data-finished=true]")  # ... then reloaded once it ended
+    shot(alice, cluster, "run")
+    alice.locator('[data-node="b"] button:has-text("Rerun from here")').click()
+    alice.wait_for_url(lambda url: "/runs/" in url and run_id not in url)
+    alice.wait_for_selector('[data-node="a"]:has-text("reused")')
+
     # The other pages, and a phone's width.
-    for path, name in (("/", "overview"), ("/skills", "skills"), ("/docs", "api")):
+    for path, name in (("/", "overview"), ("/workflows", "workflows"), ("/schedules", "schedules"),
+                       ("/limits", "limits"), ("/skills", "skills"), ("/docs", "api")):  # fmt: skip
         alice.goto(cluster.url + path)
         alice.wait_for_selector("main")
         shot(alice, cluster, name)

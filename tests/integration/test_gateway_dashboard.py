@@ -5,8 +5,10 @@ cross-site WebSocket cannot ride the cookie."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -14,9 +16,9 @@ import websockets
 
 from common.config import ClawConfig
 from tests.gateway_helpers import RunningGateway, running_gateway
-from tests.helpers import connected_client, running_coordinator, running_worker, wait_nodes_online
+from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
 
-PAGES = ("/", "/tasks", "/tasks?state=queued&skill=echo", "/approvals", "/dlq", "/nodes", "/skills", "/docs")
+PAGES = ("/", "/tasks", "/tasks?state=queued&skill=echo&tenant=acme", "/approvals", "/dlq", "/nodes", "/skills", "/docs")
 
 
 @pytest.fixture
@@ -98,3 +100,42 @@ async def test_a_cross_site_websocket_cannot_use_the_session_cookie(gw: RunningG
         async with websockets.connect(url, additional_headers={"Cookie": cookie}, origin="http://evil.example") as ws:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+async def test_workflows_runs_schedules_and_limits_over_rest_and_their_pages(gw: RunningGateway) -> None:
+    """A workflow registered, run, drawn as its graph and rerun from a node through the gateway;
+    the schedules and limits pages render (empty states too)."""
+    b = {"skill": "echo", "needs": ["a"], "input": {"a": "=nodes.a"}}
+    spec = json.dumps({"name": "pair", "nodes": {"a": {"skill": "echo", "input": {"k": "=input.k"}}, "b": b}})
+    async with gw.client("otto") as otto, gw.client("sam") as sam, gw.client("vera") as vera:
+        registered = await otto.post("/v1/verbs/workflow_register", json={"spec": spec})
+        assert registered.status_code == 200, registered.text
+        assert (await vera.post("/v1/workflows/pair/runs", json={"input": {"k": 1}})).status_code == 403
+        started = await sam.post("/v1/workflows/pair/runs", json={"input": {"k": 1}})
+        assert started.status_code == 200, started.text
+        run_id = started.json()["run_id"]
+
+        async def finished(run: str) -> dict[str, Any] | None:
+            view: dict[str, Any] = (await vera.get(f"/v1/runs/{run}")).json()
+            return view if view["state"] == "succeeded" else None
+
+        view = await eventually(lambda: finished(run_id), what="the run succeeds")
+        assert [n["name"] for n in view["nodes"]] == ["a", "b"]
+        rerun = await sam.post(f"/v1/runs/{run_id}/rerun", json={"from_node": "b"})
+        assert rerun.status_code == 200, rerun.text
+        again = await eventually(lambda: finished(rerun.json()["run_id"]), what="the rerun succeeds")
+        assert {n["name"]: n["source"] for n in again["nodes"]} == {"a": "reused", "b": "run"}
+        listed = (await vera.get("/v1/workflows")).json()
+        assert [w["name"] for w in listed["workflows"]] == ["pair"] and len(listed["runs"]) == 2
+        assert (await vera.get("/v1/schedules")).json() == {"schedules": []}
+        assert (await vera.get("/v1/limits")).status_code == 200
+        usage = await vera.get("/v1/usage", params={"by": "tenant,skill"})
+        assert usage.status_code == 200, usage.text
+    async with httpx.AsyncClient(base_url=gw.url) as browser:
+        await _logged_in(gw, "sam", browser)
+        page = await browser.get(f"/runs/{run_id}")
+        assert page.status_code == 200 and 'data-node="a"' in page.text and 'data-node="b"' in page.text
+        assert "Rerun from here" in page.text  # a submitter may rerun
+        for path, text in (("/workflows", "pair"), ("/schedules", "No schedule"), ("/limits", "No rate limit")):
+            answer = await browser.get(path)
+            assert answer.status_code == 200 and text in answer.text, path
