@@ -18,7 +18,16 @@ from common.config import ClawConfig
 from tests.gateway_helpers import RunningGateway, running_gateway
 from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
 
-PAGES = ("/", "/tasks", "/tasks?state=queued&skill=echo&tenant=acme", "/approvals", "/dlq", "/nodes", "/skills", "/docs")
+PAGES = (
+    "/",
+    "/tasks",
+    "/tasks?state=queued&skill=echo&tenant=acme",
+    "/approvals",
+    "/dlq",
+    "/nodes",
+    "/skills",
+    "/docs",
+)
 
 
 @pytest.fixture
