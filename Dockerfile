@@ -1,4 +1,5 @@
-# One image for every claw process: `claw coordinator start`, `claw worker start`, `claw nats start`.
+# One image for every claw process: `claw coordinator start`, `claw worker start`, `claw gateway start`,
+# `claw nats start`.
 FROM python:3.11-slim
 
 RUN useradd --create-home --uid 10001 claw
@@ -10,6 +11,7 @@ COPY storage/ storage/
 COPY coordinator/ coordinator/
 COPY worker/ worker/
 COPY cli/ cli/
+COPY gateway/ gateway/
 COPY config/ config/
 # [otel]: the OTLP exporter, so OTEL_TRACES_EXPORTER=otlp works in the containers.
 RUN pip install --no-cache-dir ".[otel]" && mkdir -p /var/lib/claw && chown claw /var/lib/claw

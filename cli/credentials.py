@@ -23,9 +23,10 @@ from communication.auth_config import load_server_tls, reload_server, save_serve
 from communication.auth_registry import IdentityRecord, IdentityRegistry, new_record, parse_roles
 
 # Everything one person running the whole cluster does, as `claw up`'s local admin.
-LOCAL_ADMIN_ROLES = [r.value for r in Role]
+LOCAL_ADMIN_ROLES = [r.value for r in Role if r != Role.WORKER]
 ADMIN_CREDS = "admin.creds"
 COORDINATOR_CREDS = "coordinator.creds"
+GATEWAY_CREDS = "gateway.creds"
 
 
 @dataclass(frozen=True)
@@ -47,18 +48,27 @@ def issue(
     node_id: str | None = None,
     tls: TlsSettings | None = None,
     reload: bool = True,
+    tenant: str | None = None,
 ) -> Issued:
-    """Issue credentials for a new identity and write them to `out` (0600)."""
+    """Issue credentials for a new identity and write them to `out` (0600); `tenant` binds its submits
+    to that tenant."""
     check_identity(name)
+    if tenant is not None:
+        from coordinator.tenants.identity import check_tenant_name
+
+        check_tenant_name(tenant)
     roles = parse_roles(roles)
     if BusRole.WORKER.value in roles:
         node_id = check_identity(node_id or name)
+        if node_id != name:
+            # The coordinator takes a worker's node from its identity (flow control's permits).
+            raise CredentialsError(f"a worker's name is its node id: give --node-id {node_id} without --name {name}")
     elif node_id:
         raise CredentialsError("--node-id is for the worker role only")
     seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
     public_key = nkeys.from_seed(bytearray(seed)).public_key.decode()
     registry = IdentityRegistry.load(auth_dir)
-    record = new_record(name, roles, public_key, node_id, prefix)
+    record = new_record(name, roles, public_key, node_id, prefix, tenant)
     registry.add(record)
     if out.exists():
         raise CredentialsError(f"{out} exists; choose another -o file (credentials are never overwritten)")

@@ -33,6 +33,8 @@ from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 
 # Which option of `claw up` sets each port of nats-server.
 PORT_OPTIONS = {"client": "--nats-port", "monitoring": "--monitor-port"}
+# The identity the gateway connects as (its credentials: <data dir>/auth/gateway.creds).
+GATEWAY_IDENTITY = "gateway"
 
 
 def local_dirs_under(data_dir: Path, config: ClawConfig) -> dict[str, str]:
@@ -59,12 +61,17 @@ class LocalCluster:
         monitor_port: int,
         concurrency: int,
         metrics_port: int | None = None,
+        gateway: str | None = None,
         json_out: bool = False,
         auth: bool = True,
     ) -> None:
         self.data_dir = data_dir.resolve()
         # Authentication (docs/Security.md): credentials for every process under <data dir>/auth.
         self.auth_dir = self.data_dir / "auth" if auth else None
+        # The gateway's HOST:PORT (None: no gateway), and the file holding the first admin's API key.
+        self.gateway = gateway
+        self.admin_key_file = self.data_dir / "admin.key"
+        self.gateway_url: str | None = None
         # The banner as one JSON object on stdout; notices and warnings as JSON objects on stderr.
         self.json_out = json_out
         self.workers = workers
@@ -103,6 +110,9 @@ class LocalCluster:
             if stop.is_set():
                 return  # Ctrl-C while starting
             await self._find_metrics(cluster.settings)
+            self.gateway_url = cluster.gateway_url
+            if self.gateway_url is not None:
+                await self._ensure_admin_key(cluster.settings)
             self._banner(nats)
             await self._supervise(cluster, nats, stop)
         finally:
@@ -119,7 +129,7 @@ class LocalCluster:
     def _issue_credentials(self) -> None:
         """The coordinator's, each worker's and the local admin's credentials (kept across runs), and
         the server config generated from them."""
-        from cli.credentials import ADMIN_CREDS, LOCAL_ADMIN_ROLES, ensure, prepare_server
+        from cli.credentials import ADMIN_CREDS, GATEWAY_CREDS, LOCAL_ADMIN_ROLES, ensure, prepare_server
 
         assert self.auth_dir is not None
         prefix = self.prefix
@@ -130,6 +140,8 @@ class LocalCluster:
             node = self._node_id(i)
             ensure(self.auth_dir, name=node, roles=["worker"], node_id=node, prefix=prefix)
         ensure(self.auth_dir, name=default_identity(), roles=LOCAL_ADMIN_ROLES, prefix=prefix, file=ADMIN_CREDS)
+        if self.gateway is not None:
+            ensure(self.auth_dir, name=GATEWAY_IDENTITY, roles=["gateway"], prefix=prefix, file=GATEWAY_CREDS)
         prepare_server(self.auth_dir, tls)
 
     @property
@@ -143,6 +155,8 @@ class LocalCluster:
             return None
         if child == "coordinator":
             return str(self.auth_dir / "coordinator.creds")
+        if child == "gateway":
+            return str(self.auth_dir / "gateway.creds")
         return str(self.auth_dir / f"{self._node_id(int(child.removeprefix('worker-')))}.creds")
 
     @property
@@ -159,6 +173,9 @@ class LocalCluster:
         env.setdefault("CLAW_AUTH_SELF_APPROVAL", "true")
         if self.auth_dir is not None:
             env["CLAW_AUTH_DIR"] = str(self.auth_dir)
+            if self.gateway is not None and not env.get("CLAW_AUTH_GATEWAYS"):
+                # The coordinator believes the gateway's "acting for" only from identities listed here.
+                env["CLAW_AUTH_GATEWAYS"] = GATEWAY_IDENTITY
         metrics = () if self.metrics_port is None else ("--metrics-port", str(self.metrics_port))
         return ClusterProcesses(
             self.launcher,
@@ -173,6 +190,7 @@ class LocalCluster:
             coordinator_args=metrics,
             creds=self._creds,
             client_creds=None if self.admin_creds is None else str(self.admin_creds),
+            gateway_listen=self.gateway,
         )
 
     async def _find_metrics(self, settings: NatsSettings) -> None:
@@ -183,6 +201,22 @@ class LocalCluster:
         async with await ClawClient.connect(settings, name="claw-up") as client:
             port = (await client.ping()).metrics_port
         self.metrics_url = None if port is None else f"http://127.0.0.1:{port}/metrics"
+
+    async def _ensure_admin_key(self, settings: NatsSettings) -> None:
+        """The first `claw up` of a data dir creates an API key with every role for logging in to the
+        dashboard, kept (readable by this user only) in `<data-dir>/admin.key`."""
+        if self.admin_key_file.exists():
+            return
+        from common.verbs import Role
+        from gateway.auth import KeyStore
+        from gateway.server import open_key_store
+
+        async with await ClawClient.connect(settings, name="claw-up") as client:
+            store: KeyStore = await open_key_store(client.conn, ClawConfig(nats=settings))
+            if any(record.name == "admin" for record in await store.all_keys()):
+                await store.revoke("admin")  # its key file is gone: issue a new one
+            _, key = await store.create("admin", [r for r in Role if r != Role.WORKER])
+        await asyncio.to_thread(_write_private, self.admin_key_file, key + "\n")
 
     def _banner(self, nats: EmbeddedNatsServer) -> None:
         if self.json_out:
@@ -196,6 +230,8 @@ class LocalCluster:
                     "artifacts": self.artifacts_location,
                     "metrics_url": self.metrics_url,
                     "credentials": None if self.admin_creds is None else str(self.admin_creds),
+                    "gateway_url": self.gateway_url,
+                    "gateway_key_file": None if self.gateway_url is None else str(self.admin_key_file),
                 }
             )
             return
@@ -206,6 +242,11 @@ class LocalCluster:
             creds = (
                 f"\n  credentials: {self.admin_creds} (your admin identity: `claw` run from the folder holding "
                 "./.claw finds it; elsewhere export CLAW_CREDS=<that file>)"
+            )
+        if self.gateway_url is not None:
+            metrics += (
+                f"\n  dashboard and REST API: {self.gateway_url} (log in with the API key in {self.admin_key_file};"
+                "\n    more keys: claw gateway key create --name NAME --roles viewer,submitter)"
             )
         print(
             f"""claw cluster up: nats-server {nats.client_url} (monitoring {nats.monitor_url}),
@@ -245,3 +286,10 @@ Ctrl-C stops the cluster.""",
             restart_in_s=restart.restart_in_s,
             log=None if restart.log_path is None else str(restart.log_path),
         )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a new file that only this user may read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)

@@ -19,21 +19,26 @@ from cli.commands import (
     approvals,
     artifacts,
     audit,
+    backup,
     bench,
     coordinator,
     creds,
     dlq,
+    gateway,
     guard,
+    limits,
     nats,
     node,
     nodes,
     quarantine,
+    schedules,
     skills,
     status,
     submit,
     task,
     up,
     worker,
+    workflow,
 )
 from cli.context import Globals
 from cli.help import polish
@@ -67,6 +72,11 @@ GROUPS = (
     artifacts,
     node,
     quarantine,
+    workflow,
+    schedules,
+    backup,
+    limits,
+    gateway,
     creds,
 )
 for group in GROUPS:

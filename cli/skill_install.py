@@ -73,11 +73,19 @@ async def wait_for_rollout(client: ClawClient, name: str, version: str, timeout_
         await asyncio.sleep(POLL_S)
 
 
-async def install_skill(config: ClawConfig, folder: Path, *, by: str, wait_s: float | None, json_out: bool) -> int:
+async def install_skill(
+    config: ClawConfig,
+    folder: Path,
+    *,
+    by: str,
+    wait_s: float | None,
+    json_out: bool,
+    allow_risk_change: bool = False,
+) -> int:
     """Install `folder`, wait up to `wait_s` (None: not at all) for the online workers; the exit code."""
     started = time.monotonic()
     async with await ClawClient.connect(config.nats, name="claw-cli") as client:
-        reply = await client.install_skill(folder, by=by)
+        reply = await client.install_skill(folder, by=by, allow_risk_change=allow_risk_change)
         entry = reply.entry
         loads = {} if wait_s is None else await wait_for_rollout(client, entry.name, entry.version, wait_s)
     outcome = InstallOutcome(

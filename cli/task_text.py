@@ -40,7 +40,26 @@ def event_detail(kind: str, data: dict[str, Any], node_id: str | None = None) ->
         return f"{data['name']} ({fmt_bytes(int(data.get('size', 0)))})"
     if kind == "verifying":
         return f"the result ({data.get('check', '')})"
+    if kind == "waiting for tenant share" and "tenant" in data:
+        return f"tenant {data['tenant']}: published when its turn comes (docs/Flow_control.md)"
+    flow = _flow_detail(kind, data)
+    if flow is not None:
+        return flow
     return "" if not data else shorten(msgspec.json.encode(data).decode(), 200)
+
+
+def _flow_detail(kind: str, data: dict[str, Any]) -> str | None:
+    """Flow control's rows (docs/Flow_control.md): what the task waits for, which key served it, usage."""
+    if kind == "waiting for limit":
+        return f"{data.get('key', '')}: {data.get('why', '')}"
+    if kind == "limit granted":
+        fallback = data.get("model")
+        return str(data.get("key", "")) + (f" (fallback: {fallback})" if fallback else "")
+    if kind == "usage":
+        hit = " (cache hit)" if data.get("cache_hit") else ""
+        tokens = f"{data.get('input_tokens', 0)} in / {data.get('output_tokens', 0)} out tokens"
+        return f"{tokens}, {data.get('model', '')}{hit}"
+    return None
 
 
 def decode_data(raw: msgspec.Raw) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Annotated
 import msgspec
 
 from common.config import ArtifactSettings
+from common.flow import Limit
 from common.models import (
     EMPTY_OBJECT,
     JSON_NULL,
@@ -31,7 +32,7 @@ from common.models import (
     TaskSummary,
 )
 from common.skills import RegistryEntry, SkillManifest
-from common.states import NodeControl, NodeStatus, TaskState
+from common.states import NodeControl, NodeStatus, Priority, TaskState
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -63,6 +64,9 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     tasks: list[TaskSpec]
     submitter: str | None = None
+    # The tenant the tasks are for (unset: `default`); credentials will decide it once roles exist
+    # (coordinator/tenants/identity.py).
+    tenant: str | None = None
 
 
 class SubmitResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -101,6 +105,7 @@ class TaskListRequest(msgspec.Struct, frozen=True, kw_only=True):
     skill: str | None = None
     limit: int = 50
     cursor: str | None = None
+    tenant: str | None = None
 
 
 class TaskListReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -343,12 +348,19 @@ class SkillToggleRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SkillInstallRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Register a skill whose files were uploaded to the skill-code store as `archive`."""
+    """Register a skill whose files were uploaded to the skill-code store as `archive`.
+
+    `archive_sha256` is the uploader's sha256 of the archive: the coordinator hashes what the store
+    holds and refuses the install when they differ. `allow_risk_change` lets a version declare a
+    lower risk than the highest of the skill's registered versions (recorded `skill.risk_lowered`).
+    """
 
     manifest: SkillManifest
     checksum: str
     archive: str
     by: str | None = None
+    archive_sha256: str | None = None
+    allow_risk_change: bool = False
 
 
 class SkillInstallReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -359,13 +371,24 @@ class SkillInstallReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AuditReply(msgspec.Struct, frozen=True, kw_only=True):
-    """The result of walking the event log's hash chain."""
+    """The result of walking the event log's hash chain and checking it against the signed anchors.
+
+    `broken_event`/`problem`: the first thing found wrong (`broken_event` is None when the fault is
+    in the anchors, not the log). `anchored_event`: the highest validly signed anchor the log was
+    checked against; `head_event`: the log's newest event; `anchor_key`: the public key the anchors
+    were checked with; `anchor_problems`: every fault in the anchor history (forged, deleted, moved
+    back); `anchor_note`: why no anchor was checked, when none was.
+    """
 
     ok: bool
     checked: int
     broken_event: int | None = None
     problem: str | None = None
     anchored_event: int | None = None
+    head_event: int | None = None
+    anchor_key: str | None = None
+    anchor_problems: list[str] = []
+    anchor_note: str | None = None
 
 
 class ArtifactsRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -428,3 +451,389 @@ class NodeControlReply(msgspec.Struct, frozen=True, kw_only=True):
     running: int
     confirmed: bool
     changed: bool
+
+
+# --- flow control (docs/Flow_control.md) ----------------------------------------------------------
+
+
+class LimitsSetRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw limits set KEY ...`: the key's whole limit (bounds not given are unlimited)."""
+
+    limit: Limit
+
+
+class LimitsDeleteRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw limits delete KEY`."""
+
+    key: str
+
+
+class LimitsListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw limits list`: every key with a limit or live use."""
+
+
+class LimitView(msgspec.Struct, frozen=True, kw_only=True):
+    """A key's limit and its live use, as the coordinator sees it now."""
+
+    key: str
+    limit: Limit | None = None
+    in_flight: int = 0
+    requests_last_minute: int = 0
+    tokens_last_minute: int = 0
+    waiting: int = 0
+    cooldown_s: float = 0.0
+    cooldown_reason: str = ""
+    breaker: str = "closed"
+    consecutive_failures: int = 0
+
+
+class LimitsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Keys and their use, sorted by key."""
+
+    limits: list[LimitView]
+
+
+class PermitAcquireRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A handler's `ctx.limit(key, tokens=...)`: one call's permit on `key` (waits up to `wait_s`)."""
+
+    key: str
+    task_id: str
+    node_id: str
+    tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    wait_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
+
+
+class PermitReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A granted permit (`permit_id`), or none yet: `retry_in_s` says when room may appear."""
+
+    permit_id: str | None = None
+    retry_in_s: float = 0.0
+    reason: str = ""
+
+
+class PermitReleaseRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The end of a call: the permit back, with the tokens it really used (reconciling TPM)."""
+
+    permit_id: str
+    input_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    failure: str | None = None
+    retry_after_s: float | None = None
+    # The node giving it back (on an authenticated bus, the caller's node whatever it says): only the
+    # node that took a permit may return it. Empty: not said (an older worker).
+    node_id: str = ""
+
+
+class UsageRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw usage [--by tenant,model] [--since 24h]`."""
+
+    by: list[str] = msgspec.field(default_factory=lambda: ["tenant", "skill", "model"])
+    since_s: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
+
+
+class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
+    """Usage of one group (the `by` fields not grouped on are empty)."""
+
+    tenant: str = ""
+    skill: str = ""
+    model: str = ""
+    hour: float | None = None
+    calls: int = 0
+    errors: dict[str, int] = {}
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_hits: int = 0
+    cost: float = 0.0
+
+
+class UsageReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Usage rows, largest call count first."""
+
+    rows: list[UsageRow]
+    since: float
+
+
+class CacheStatsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw cache stats`: the response cache's entries and size, and its hits in the last 24 h."""
+
+    bucket: str
+    entries: int
+    bytes: int
+    hits_24h: int
+
+
+class CacheClearReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw cache clear`: how many entries were dropped."""
+
+    cleared: int
+
+
+# --- workflows (coordinator/workflows, docs/Workflows.md) -------------------------------------------
+
+
+class WorkflowSpecRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow validate|register FILE`: the spec's text (YAML or JSON) and where it came from."""
+
+    spec: str
+    source: str = ""
+    registered_by: str | None = None
+
+
+class WorkflowValidateReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A valid workflow: its nodes in a dependency order and what each needs."""
+
+    name: str
+    order: list[str]
+    needs: dict[str, list[str]]
+    trigger: str | None = None
+
+
+class WorkflowRegisterReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The registered version (`unchanged`: the spec equals the latest version, nothing registered)."""
+
+    name: str
+    version: int
+    order: list[str]
+    unchanged: bool = False
+
+
+class WorkflowRunRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow run NAME`: start a run (again with the same `run_id`: the existing run)."""
+
+    name: str
+    input: msgspec.Raw = EMPTY_OBJECT
+    version: int | None = None
+    run_id: str | None = None
+    submitter: str | None = None
+
+
+class WorkflowRunReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The run started (or the existing one, `duplicate`)."""
+
+    run_id: str
+    name: str
+    version: int
+    state: str
+    duplicate: bool = False
+
+
+class WorkflowRerunRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow rerun RUN --from NODE`: a new run reusing every output upstream of NODE."""
+
+    run_id: str
+    from_node: str
+    input: msgspec.Raw | None = None
+    version: int | None = None
+    submitter: str | None = None
+
+
+class WorkflowRunGetRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One run (`claw workflow show|watch RUN`)."""
+
+    run_id: str
+
+
+class WorkflowCancelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow cancel RUN`."""
+
+    run_id: str
+    reason: str = ""
+    by: str | None = None
+
+
+class WorkflowNodeView(msgspec.Struct, frozen=True, kw_only=True):
+    """One node of a run: its state, its task(s), how long, what it gave, what it waits for."""
+
+    name: str
+    skill: str
+    state: str
+    needs: list[str]
+    task_ids: list[str]
+    # Task states, one per task (a fan-out has one per item dispatched so far).
+    task_states: list[str] = []
+    items: int | None = None
+    items_done: int = 0
+    attempts: int = 0
+    # run: ran in this run; reused: an earlier run's output (rerun); cached: memoised (cache: true).
+    source: str = "run"
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    output_summary: str = ""
+    # What the node waits for: upstream nodes, or `approval` of its task.
+    waits_for: list[str] = []
+
+
+class WorkflowRunView(msgspec.Struct, frozen=True, kw_only=True):
+    """A run and its nodes, in dependency order."""
+
+    run_id: str
+    name: str
+    version: int
+    state: str
+    input: msgspec.Raw = EMPTY_OBJECT
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    error: str | None = None
+    rerun_of: str | None = None
+    from_node: str | None = None
+    trigger: str | None = None
+    submitter: str | None = None
+    trace_id: str | None = None
+    nodes: list[WorkflowNodeView] = []
+
+
+class WorkflowListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw workflow list`: registered workflows and the newest runs (of one workflow, in one state)."""
+
+    name: str | None = None
+    state: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+
+
+class WorkflowSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered workflow at its latest version."""
+
+    name: str
+    version: int
+    nodes: int
+    registered_at: float
+    trigger: str | None = None
+    description: str = ""
+
+
+class WorkflowRunSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One run in a list."""
+
+    run_id: str
+    name: str
+    version: int
+    state: str
+    created_at: float
+    finished_at: float | None = None
+    error: str | None = None
+
+
+class WorkflowListReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Workflows by name, runs newest first."""
+
+    workflows: list[WorkflowSummary]
+    runs: list[WorkflowRunSummary]
+
+
+# --- schedules and triggers (issue 13: 4; docs/Scheduling.md) ---------------------------------------
+
+ScheduleName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")]
+# The tail of a fire id chosen by a caller (`trigger --key`, a webhook's event id): the characters a
+# workflow run id may hold, since the fire id becomes the run id.
+FireKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:._+-]{1,128}\Z")]
+
+
+class ScheduleCreateRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw schedules create NAME`: when it fires (exactly one of `cron`, `every_s`, `on_subject`,
+    `on_artifact`, `on_event`) and what it starts (exactly one of `workflow`, `skill`)."""
+
+    name: ScheduleName
+    cron: str | None = None
+    tz: str = "UTC"
+    every_s: float | None = None
+    # A subject under `<prefix>.trigger.` (wildcards allowed): each message published there fires it.
+    on_subject: str | None = None
+    # An artifact name prefix: each new artifact whose name starts with it fires it.
+    on_artifact: str | None = None
+    # Fired only by hand (`claw schedules trigger`) or by `schedule_event` (the gateway's webhooks).
+    on_event: bool = False
+    workflow: str | None = None
+    workflow_version: int | None = None
+    skill: str | None = None
+    input: msgspec.Raw = EMPTY_OBJECT
+    priority: Priority = Priority.NORMAL
+    # skip | once | all (coordinator/schedules/timing.py).
+    missed: str = "skip"
+    max_catchup: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
+    paused: bool = False
+    by: str | None = None
+
+
+class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
+    """A schedule as stored, with its next fire time (None for event triggers and paused ones)."""
+
+    name: str
+    kind: str
+    rule: str
+    target_kind: str
+    target: str
+    input: msgspec.Raw
+    priority: Priority
+    missed: str
+    max_catchup: int
+    paused: bool
+    next_fire_at: float | None
+    last_fire_at: float | None
+    last_fire_id: str | None
+    fires: int
+    created_at: float
+    created_by: str | None
+
+
+class ScheduleFireView(msgspec.Struct, frozen=True, kw_only=True):
+    """One fire: its id, the time it was for (None for events), why, and the task or run it started."""
+
+    fire_id: str
+    schedule: str
+    fire_time: float | None
+    fired_at: float
+    reason: str
+    target_id: str | None
+    duplicate: bool = False
+    error: str | None = None
+
+
+class ScheduleListRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Every schedule (there are few), by name."""
+
+
+class ScheduleListReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Every schedule, by name."""
+
+    schedules: list[ScheduleView]
+
+
+class ScheduleNameRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A request naming one schedule (show, delete, pause, resume)."""
+
+    name: str
+    by: str | None = None
+
+
+class ScheduleShowReply(msgspec.Struct, frozen=True, kw_only=True):
+    """One schedule, its next fire times and its newest fires."""
+
+    schedule: ScheduleView
+    upcoming: list[float]
+    fires: list[ScheduleFireView]
+
+
+class ScheduleTriggerRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`claw schedules trigger NAME`: fire now, by hand. `key` makes a retried trigger fire once."""
+
+    name: str
+    key: FireKey | None = None
+    by: str | None = None
+
+
+class ScheduleEventRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """An outside event (a webhook, through the gateway) for a schedule: `event_id` is the sender's
+    delivery id, so a redelivered webhook fires once; `data` is passed to the target."""
+
+    name: str
+    event_id: FireKey
+    data: msgspec.Raw = JSON_NULL
+
+
+class ScheduleFireReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The fire a trigger or event caused (`duplicate` when that fire had happened already)."""
+
+    fire: ScheduleFireView

@@ -20,6 +20,7 @@ import msgspec
 import yaml
 
 from common.errors import ConfigError
+from common.flow import Limit, Price
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -59,6 +60,10 @@ class NatsSettings(_Section, frozen=True):
     max_outstanding_pings: PositiveInt = 2
     reconnect_wait_s: PositiveFloat = 1.0
     request_timeout_s: PositiveFloat = 5.0
+    # A process's start-up calls to NATS (streams, buckets, consumers, the skill store) retry with
+    # backoff for this long, then the process stops saying what it waited for: a fresh replicated
+    # cluster answers JetStream requests only once it has elected its leaders.
+    startup_deadline_s: PositiveFloat = 60.0
     # Credentials: prefer the environment (CLAW_NATS_TOKEN, ...); they are never logged.
     user: str | None = None
     password: str | None = None
@@ -137,6 +142,19 @@ class CoordinatorSettings(_Section, frozen=True):
     lease_renew_interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=120)] = 2.0
     # "normal" survives a process crash (like JetStream's default sync); "full" also an OS crash.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
+    # The state database is checked before the coordinator serves: "quick" (PRAGMA quick_check,
+    # seconds on a large file), "full" (integrity_check: also indexes against tables; `claw
+    # coordinator start --check-db`), or "off". A damaged file stops the start with the way out.
+    db_check: Literal["quick", "full", "off"] = "quick"
+    # Scheduled backups (storage/backup.py, docs/RUNBOOK.md "Backups"): every backup_interval_s a
+    # folder claw-backup-<UTC time> under backup_dir, keeping the newest backup_keep; unset: none.
+    backup_dir: str | None = None
+    backup_interval_s: Annotated[float, msgspec.Meta(ge=60)] = 24 * 3600.0
+    backup_keep: PositiveInt = 7
+    # While the state database refuses writes (a full disk), a submit is stored or refused within
+    # this long of its arrival, never stored later: keep it below the clients'
+    # nats.request_timeout_s (5 s), so no client is told "no answer" about a task that then runs.
+    submit_answer_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 4.0
     # Tasks persisted but not confirmed published for this long are published again (same msg id).
     republish_after_s: PositiveFloat = 5.0
     # Prometheus text at http://<metrics_host>:<metrics_port>/metrics; unset: not served. 0 picks a
@@ -178,6 +196,10 @@ class WorkerSettings(_Section, frozen=True):
     # shorter task reports its outcome alone, which carries its start, and the cluster saves one
     # event per task. 0: always at once.
     started_event_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.05
+    # Priorities that cannot starve: while higher work waits too, a waiting normal task gets one start
+    # in this many, a waiting low task one in `low_share_every` (docs/Flow_control.md, "Priorities").
+    normal_share_every: Annotated[int, msgspec.Meta(ge=2)] = 5
+    low_share_every: Annotated[int, msgspec.Meta(ge=2)] = 10
 
 
 class ToolSettings(_Section, frozen=True):
@@ -274,6 +296,15 @@ class AuthSettings(_Section, frozen=True):
     roles: dict[str, list[str]] = {}
     # Whether the submitter of a held task may approve it (claw up: true, for its single local admin).
     self_approval: bool = False
+    # Identities that may act for the people they authenticated (the HTTP gateway, docs/Gateway.md):
+    # a request of theirs naming a person (header Claw-Acting-For) is that person's, with at most the
+    # roles it names (Claw-Acting-Roles) and the gateway holds. On a server without authentication
+    # any identity may (anyone can claim any name there anyway).
+    gateways: list[str] = []
+    # The tenant each identity submits for (docs/Security.md): its submits are that tenant's, and one
+    # naming another tenant is refused. Added to the registry's (`claw creds create --tenant`); an
+    # identity bound to none names its tenant in the request, as before.
+    tenants: dict[str, str] = {}
 
 
 class LogSettings(_Section, frozen=True):
@@ -283,6 +314,62 @@ class LogSettings(_Section, frozen=True):
     # auto: pretty on a terminal, JSON lines otherwise.
     format: Literal["auto", "json", "console"] = "auto"
     file: str | None = None
+
+
+class TenantQuota(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One tenant's quotas and fair-share weight (unset: no limit)."""
+
+    # Tasks waiting to run (pending, queued, retrying); a submit beyond is refused, nothing stored.
+    max_queued: PositiveInt | None = None
+    # Tasks dispatched and not finished; enforced by the fair-share dispatcher (needs fair_share).
+    max_running: PositiveInt | None = None
+    # Share of the starts under contention, relative to the other waiting tenants' weights.
+    weight: PositiveFloat = 1.0
+
+
+class TenantSettings(_Section, frozen=True):
+    """Tenants: quotas per tenant and weighted fair share between them (docs/Flow_control.md)."""
+
+    # Weighted fair queueing between tenants in the coordinator's dispatch: a tenant over its share
+    # waits in the coordinator instead of in the queue. Off: tasks are published as they come.
+    fair_share: bool = False
+    # With fair_share: tasks per skill and priority published ahead of their start (the rest wait their turn).
+    dispatch_ahead: PositiveInt = 64
+    # Quotas of tenants not listed under `quotas`.
+    default_quota: TenantQuota = TenantQuota()
+    quotas: dict[str, TenantQuota] = {}
+
+    def quota(self, tenant: str) -> TenantQuota:
+        """The quota of `tenant` (its own, else `default_quota`)."""
+        return self.quotas.get(tenant, self.default_quota)
+
+
+class FlowSettings(_Section, frozen=True):
+    """`flow:` in the config: limits applied at start, key templates, cooldowns, breaker, prices."""
+
+    # Limits applied at start-up (`claw limits set` changes them at run time, kept in SQLite).
+    limits: list[Limit] = []
+    # Skill -> key templates over its input, e.g. {"my.agent": ["llm:{provider}:{model}"]}.
+    skill_keys: dict[str, list[str]] = {}
+    # How often waiting tasks are looked at again (room appears between two looks at most this late).
+    gate_interval_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 0.05
+    # A start keeps its place in a request window this much (plus 1 % of the window) longer than
+    # the window: it is counted from when its worker started the task, and reaches the API a little
+    # later, by a delay that varies with the worker's load.
+    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
+    # The longest cooldown a worker honours from a broadcast (a Retry-After beyond it is cut to it):
+    # until the cooldown subject is bound to the coordinator, this bounds what a forged one can do.
+    max_cooldown_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    # A dropped connection (or a 429 without Retry-After) cools its key down for this long.
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    # Consecutive failures (disconnect, timeout, server error, rate limit) that open a key's breaker.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    # How long an open breaker stays open before one probe task is let through.
+    breaker_open_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    # Skill -> seconds its answers are cached (the response cache, opt-in; llm.chat), e.g. {"llm.chat": 3600}.
+    cache_ttl_s: dict[str, float] = {}
+    # Model name -> price per million tokens, for usage's estimated cost.
+    prices: dict[str, Price] = {}
 
 
 class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -297,6 +384,8 @@ class ClawConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     tracing: TracingSettings = TracingSettings()
     log: LogSettings = LogSettings()
     auth: AuthSettings = AuthSettings()
+    tenants: TenantSettings = TenantSettings()
+    flow: FlowSettings = FlowSettings()
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -309,6 +398,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "tracing": TracingSettings,
     "log": LogSettings,
     "auth": AuthSettings,
+    "tenants": TenantSettings,
+    "flow": FlowSettings,
 }
 SECRET_KEYS = frozenset({"nats.password", "nats.token"})
 

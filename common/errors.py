@@ -91,6 +91,12 @@ class StorageError(ClawError):
     code = "storage"
 
 
+class DatabaseDamagedError(StorageError):
+    """The state database fails SQLite's integrity check: serving from it would spread the damage."""
+
+    code = "database_damaged"
+
+
 class MigrationError(StorageError):
     """The database schema is newer than this code, or a migration failed."""
 
@@ -148,6 +154,12 @@ class PayloadTooLargeError(RequestError):
     code = "payload_too_large"
 
 
+class ScheduleNotFoundError(RequestError):
+    """The request names a schedule that does not exist (`claw schedules list` shows them)."""
+
+    code = "schedule_not_found"
+
+
 class QueueFullError(RequestError):
     """The skill's queue holds its maximum number of tasks."""
 
@@ -158,6 +170,24 @@ class PermissionDeniedError(RequestError):
     """The caller's credentials do not hold the role a verb needs (the message names it)."""
 
     code = "forbidden"
+
+
+class QuotaExceededError(QueueFullError):
+    """A tenant's quota (`tenants.quotas.<tenant>.max_queued`) would be exceeded; nothing was stored."""
+
+    code = "quota_exceeded"
+
+
+class WorkflowSpecError(InvalidInputError):
+    """A workflow spec is not valid; the message names the node and what is wrong."""
+
+    code = "invalid_workflow"
+
+
+class WorkflowNotFoundError(RequestError):
+    """No workflow (or run) has the given name (or id)."""
+
+    code = "workflow_not_found"
 
 
 class InternalError(ClawError):
@@ -269,14 +299,18 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         UnknownSkillError,
         TaskNotFoundError,
         NodeNotFoundError,
+        ScheduleNotFoundError,
         PayloadTooLargeError,
         QueueFullError,
         PermissionDeniedError,
+        QuotaExceededError,
         InternalError,
         StorageError,
         ArtifactError,
         ArtifactNotFoundError,
         IllegalTransitionError,
+        WorkflowSpecError,
+        WorkflowNotFoundError,
     )
 }
 
@@ -284,3 +318,27 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
 def error_for_code(code: str, message: str) -> ClawError:
     """Rebuild on the client the error the coordinator reported with `code`."""
     return _WIRE_ERRORS.get(code, ClawError)(message)
+
+
+# --- trust-audit (issue 11, items 4 and 5) ------------------------------------------------------------
+
+
+class SkillArchiveTamperedError(ClawError):
+    """An installed skill's archive in the skill-code store is not the one whose sha256 was registered."""
+
+    code = "skill_tampered"
+
+
+class AuditKeyError(ClawError):
+    """The audit anchor key (`<db dir>/auth/audit.nk`) or a public key given for it is unusable."""
+
+    code = "audit_key"
+
+
+# --- the HTTP gateway (issue 14) -----------------------------------------------------------------
+
+
+class NotAuthenticatedError(RequestError):
+    """A request to the HTTP gateway carried no credential, or one that is unknown or revoked."""
+
+    code = "unauthenticated"

@@ -63,6 +63,38 @@ class EventKind(StrEnum):
     SKILL_INSTALLED = "skill.installed"
     SKILL_ENABLED = "skill.enabled"
     SKILL_DISABLED = "skill.disabled"
+    # Trust (issue 11, item 4): an admin installed a version declaring a lower risk than an earlier
+    # version did, with `--allow-risk-change` (data: from_risk, to_risk, the version it lowers from, by).
+    SKILL_RISK_LOWERED = "skill.risk_lowered"
+    # Tenants (issue 12, item 8): a task the fair-share dispatcher holds back (no state change).
+    TENANT_WAIT = "waiting for tenant share"
+
+    # Flow control (docs/Flow_control.md): a task's notes, then the cluster's rows (`limit:<key>`).
+    WAITING_LIMIT = "waiting for limit"
+    NEEDS_INPUT = "needs input"
+    LIMIT_GRANTED = "limit granted"
+    USAGE = "usage"
+    LIMIT_SET = "limit.set"
+    LIMIT_DELETED = "limit.deleted"
+
+    # Workflows (coordinator/workflows), under `workflow:<name>` and `run:<run id>`.
+    WORKFLOW_REGISTERED = "workflow.registered"
+    WORKFLOW_RUN_STARTED = "workflow.run_started"
+    WORKFLOW_NODE_STARTED = "workflow.node_started"
+    WORKFLOW_NODE_SUCCEEDED = "workflow.node_succeeded"
+    WORKFLOW_NODE_FAILED = "workflow.node_failed"
+    WORKFLOW_NODE_SKIPPED = "workflow.node_skipped"
+    WORKFLOW_NODE_REUSED = "workflow.node_reused"
+    WORKFLOW_RUN_SUCCEEDED = "workflow.run_succeeded"
+    WORKFLOW_RUN_FAILED = "workflow.run_failed"
+    WORKFLOW_RUN_CANCELLED = "workflow.run_cancelled"
+
+    # Schedules (coordinator/schedules/), under `schedule:<name>`: what changed them and every fire.
+    SCHEDULE_CREATED = "schedule.created"
+    SCHEDULE_DELETED = "schedule.deleted"
+    SCHEDULE_PAUSED = "schedule.paused"
+    SCHEDULE_RESUMED = "schedule.resumed"
+    SCHEDULE_FIRED = "schedule.fired"
 
     @classmethod
     def ignored(cls, reported: str) -> EventKind:

@@ -102,6 +102,33 @@ class TaskCancelled(TaskEventBase, tag="cancelled", frozen=True):
     start_sent: bool = True
 
 
+# The most tokens one usage report may carry (far above any model's context).
+MAX_TOKENS = 100_000_000
+
+
+class TaskUsage(TaskEventBase, tag="usage", frozen=True):
+    """What one call of the attempt used (`ctx.report_usage`; llm.chat reports the API's `usage`):
+    flow control reconciles the key's tokens and usage accounting adds it up."""
+
+    # Bounded: an absurd count (a forged event) is quarantined instead of overflowing the totals.
+    input_tokens: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)] = 0
+    output_tokens: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)] = 0
+    model: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    key: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    cache_hit: bool = False
+    # When the call was sent (the worker's clock): flow control counts the call in its key's request
+    # window from then (until it knows, from the attempt's start, a little earlier).
+    call_started_at: float | None = None
+
+
 TaskEvent = (
-    TaskStarted | TaskProgress | TaskLog | TaskVerifying | TaskSucceeded | TaskFailed | TaskCancelled | TaskArtifact
+    TaskStarted
+    | TaskProgress
+    | TaskLog
+    | TaskVerifying
+    | TaskSucceeded
+    | TaskFailed
+    | TaskCancelled
+    | TaskArtifact
+    | TaskUsage
 )

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import msgspec
 
+from common.flow import FlowTicket
 from common.states import AttemptState, NodeControl, NodeStatus, Priority, TaskState
 
 SCHEMA_VERSION = 1
@@ -94,6 +95,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     task_id: Annotated[str, msgspec.Meta(pattern="^[0-9A-HJKMNP-TV-Z]{26}\\Z")] | None = None
     # A large input, already put in the artifact store by the client (then `input` is `{}`).
     input_ref: ArtifactRef | None = None
+    # Flow control (docs/Flow_control.md): limit keys this task uses besides its skill's.
+    limit_keys: list[str] = []
 
 
 class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +118,8 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
     backoff: Backoff = Backoff()
     # Set when the input is an artifact: the worker fetches it and hands the handler its content.
     input_ref: ArtifactRef | None = None
+    # Flow control: the limit keys the task holds (None: it uses none; docs/Flow_control.md).
+    flow: FlowTicket | None = None
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
@@ -358,6 +363,8 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     attempt_offset: int = 0
     series: int = 1
     events_omitted: int = 0
+    # Who the task is for: quotas, fair share and usage are per tenant (docs/Flow_control.md).
+    tenant: str = "default"
 
 
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -372,6 +379,7 @@ class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    tenant: str = "default"
 
 
 class NodeView(msgspec.Struct, frozen=True, kw_only=True):
@@ -453,6 +461,13 @@ class AlertView(msgspec.Struct, frozen=True, kw_only=True):
     since: float
 
 
+class StorageFaultView(msgspec.Struct, frozen=True, kw_only=True):
+    """The state database refuses writes: why (e.g. the disk is full) and since when (unix time)."""
+
+    reason: str
+    since: float
+
+
 class JobView(msgspec.Struct, frozen=True, kw_only=True):
     """One of the coordinator's periodic jobs: how often it runs and how its runs went."""
 
@@ -500,3 +515,24 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     # The coordinator's periodic jobs and after-commit listeners (coordinator/hooks.py).
     jobs: list[JobView] = []
     listeners: list[ListenerView] = []
+    # Set while the state database refuses writes (submits are refused meanwhile, with the reason).
+    storage_fault: StorageFaultView | None = None
+
+
+# --- the HTTP gateway's live feed (issue 14) -------------------------------------------------------
+
+
+class TaskFeed(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A task's event log grew: broadcast by the coordinator on `<prefix>.feed.<task_id>` after the
+    commit, so a reader asking for the new rows finds them. A hint (core NATS, may be missed): the
+    gateway's live views read the rows themselves and also look again every few seconds.
+
+    `kinds` are the kinds of the new rows, in order; `state` is the task's state when the commit
+    changed it; `percent` the last progress the rows reported, when one did.
+    """
+
+    task_id: str
+    kinds: list[str]
+    at: float
+    state: TaskState | None = None
+    percent: float | None = None

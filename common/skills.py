@@ -15,6 +15,7 @@ timeout_s: 30
 retry: {max_attempts: 3, base_s: 1, factor: 2, max_s: 60, jitter: 0.2}
 requires_labels: {gpu: "true"}   # loaded only on workers with these labels
 concurrency: 4                   # at most this many at once per worker
+limit_keys: ["api:{host}"]       # flow control: limit keys over the input (docs/Flow_control.md)
 ```
 
 `load_manifest` validates everything a worker or the coordinator would otherwise trip over later,
@@ -23,6 +24,8 @@ and every error names the field. `folder_checksum` fingerprints a skill folder f
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
 import io
 import re
@@ -43,6 +46,7 @@ MANIFEST_FILE = "skill.yaml"
 SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
 PYTHON_TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*")
 SKILL_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+LIMIT_KEY_TEMPLATE = re.compile(r"([A-Za-z0-9_.:/@+-]|\{[A-Za-z_][A-Za-z0-9_]*\})+")
 IGNORED_FILES = {"__pycache__", ".git", ".DS_Store"}
 
 
@@ -54,6 +58,15 @@ class Risk(StrEnum):
     WRITE_EXTERNAL = "write_external"
     FUNDS = "funds"
     DESTRUCTIVE = "destructive"
+
+    @property
+    def rank(self) -> int:
+        """Its place from least (0, read_only) to most harmful (destructive): the order the rule
+        "a new version cannot declare a lower risk" compares by."""
+        return _RISK_ORDER.index(self)
+
+
+_RISK_ORDER = list(Risk)
 
 
 class Runtime(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -93,6 +106,8 @@ class SkillManifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     retry: RetrySpec | None = None
     requires_labels: dict[str, str] = {}
     concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # Flow control: the limit keys a task uses, as templates over its input (`llm:{provider}:{model}`).
+    limit_keys: list[str] = []
 
     def key(self) -> str:
         """`name@version`."""
@@ -155,6 +170,12 @@ def _check_semantics(m: SkillManifest, source: str) -> None:
         raise ManifestError(f"{source}: field 'runtime.command': a non-empty list of arguments is needed")
     if runtime.factory and runtime.python is None:
         raise ManifestError(f"{source}: field 'runtime.factory': only a python runtime can be a factory")
+    for template in m.limit_keys:
+        if not LIMIT_KEY_TEMPLATE.fullmatch(template):
+            raise ManifestError(
+                f"{source}: field 'limit_keys': {template!r} is not a key template "
+                "(letters, digits, . _ : / @ + - and {field} of the input, e.g. llm:{provider}:{model})"
+            )
 
 
 def _check_schemas(m: SkillManifest, source: str) -> None:
@@ -211,12 +232,24 @@ def skill_files(folder: Path) -> list[Path]:
 
 
 def pack_skill(folder: Path) -> bytes:
-    """The skill folder's files as a tar.gz (what `claw skills install` uploads)."""
+    """The skill folder's files as a tar.gz (what `claw skills install` uploads).
+
+    The same files always pack to the same bytes (times, owners and the gzip header's time are
+    zeroed): a re-install of an unchanged folder uploads the very archive whose sha256 the registry
+    already holds, so workers that have not cached it yet still accept it."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive,
+    ):
         for path in skill_files(folder):
-            archive.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+            archive.add(path, arcname=str(path.relative_to(folder)), recursive=False, filter=_normalised)
     return buffer.getvalue()
+
+
+def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    return info
 
 
 def _ignored(path: Path, folder: Path) -> bool:
@@ -271,6 +304,19 @@ def builtin_manifests() -> list[SkillManifest]:
     return [load_manifest(path, check_schemas=False) for path in sorted(folder.glob("*.yaml"))]
 
 
+@functools.cache
+def reserved_names() -> frozenset[str]:
+    """Names no installed package may take: the built-in skills' (`shell.exec`, `python.exec`, ...).
+    An installed version replaces a registered one of the same name on the workers, so a package
+    calling itself `shell.exec` would otherwise replace the built-in tool under its name and policy."""
+    return frozenset(manifest.name for manifest in builtin_manifests())
+
+
+def archive_sha256(data: bytes) -> str:
+    """The sha256 of an installed skill's archive (what the registry keeps and workers check)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 class RegistryEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One installed (or built-in) skill version as the registry knows it."""
 
@@ -282,6 +328,9 @@ class RegistryEntry(msgspec.Struct, frozen=True, kw_only=True):
     manifest: SkillManifest
     archive: str | None = None  # object name of an installed skill's files in the skill-code store
     installed_at: float = 0.0
+    # sha256 of the archive's bytes, computed by the coordinator from the skill-code store when it
+    # registered the skill; workers refuse an archive that does not match (None: installed before it).
+    archive_sha256: str | None = None
 
 
 class RegistrySnapshot(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,10 +22,20 @@ class TaskState(StrEnum):
     DEAD = "dead"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    # Flow control's escalation: it failed for a reason a person must fix (docs/Flow_control.md);
+    # it ended like `failed`, and `claw attention` lists it until someone retries or cancels it.
+    NEEDS_INPUT = "needs_input"
 
 
 TERMINAL_STATES = frozenset(
-    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED, TaskState.REJECTED}
+    {
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.DEAD,
+        TaskState.CANCELLED,
+        TaskState.REJECTED,
+        TaskState.NEEDS_INPUT,
+    }
 )
 
 

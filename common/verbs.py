@@ -36,6 +36,9 @@ class Role(StrEnum):
     APPROVER = "approver"  # says yes or no to tasks the guard holds
     SUBMITTER = "submitter"  # submits tasks
     VIEWER = "viewer"  # reads
+    # trust: a worker node, for the calls its handlers make (flow control's permits); only a worker's
+    # credentials hold it (common/identity.py), never a person's.
+    WORKER = "worker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,49 @@ QUARANTINE_LIST = _declare(
         "quarantine_list", api.QuarantineListRequest, api.QuarantineListReply, role=Role.OPERATOR, checks_task_id=False
     )
 )
+
+# Flow control (issue 12, docs/Flow_control.md): limits by key, per-call permits, usage.
+LIMITS_LIST = _declare(Verb("limits_list", api.LimitsListRequest, api.LimitsReply, role=Role.VIEWER))
+LIMITS_SET = _declare(Verb("limits_set", api.LimitsSetRequest, api.LimitsReply, role=Role.OPERATOR))
+LIMITS_DELETE = _declare(Verb("limits_delete", api.LimitsDeleteRequest, api.LimitsReply, role=Role.OPERATOR))
+USAGE = _declare(Verb("usage", api.UsageRequest, api.UsageReply, role=Role.VIEWER))
+# Called by workers for a handler's `ctx.limit(...)`: the worker role, which only a worker's credentials
+# hold (a worker may release only permits it took; the coordinator checks the node id it recorded).
+PERMIT_ACQUIRE = _declare(
+    Verb("permit_acquire", api.PermitAcquireRequest, api.PermitReply, role=Role.WORKER, timeout_s=330.0)
+)
+CACHE_STATS = _declare(Verb("cache_stats", api.Empty, api.CacheStatsReply, role=Role.VIEWER))
+CACHE_CLEAR = _declare(Verb("cache_clear", api.Empty, api.CacheClearReply, role=Role.OPERATOR))
+PERMIT_RELEASE = _declare(Verb("permit_release", api.PermitReleaseRequest, api.PermitReply, role=Role.WORKER))
+# Workflows (coordinator/workflows).
+WORKFLOW_VALIDATE = _declare(
+    Verb("workflow_validate", api.WorkflowSpecRequest, api.WorkflowValidateReply, role=Role.SUBMITTER)
+)
+WORKFLOW_REGISTER = _declare(
+    Verb("workflow_register", api.WorkflowSpecRequest, api.WorkflowRegisterReply, role=Role.OPERATOR, timeout_s=30.0)
+)
+# A start waits for its first tasks to be published: give it the time a busy cluster takes.
+WORKFLOW_RUN = _declare(
+    Verb("workflow_run", api.WorkflowRunRequest, api.WorkflowRunReply, role=Role.SUBMITTER, timeout_s=30.0)
+)
+WORKFLOW_RERUN = _declare(
+    Verb("workflow_rerun", api.WorkflowRerunRequest, api.WorkflowRunReply, role=Role.SUBMITTER, timeout_s=30.0)
+)
+WORKFLOW_LIST = _declare(Verb("workflow_list", api.WorkflowListRequest, api.WorkflowListReply, role=Role.VIEWER))
+WORKFLOW_SHOW = _declare(Verb("workflow_show", api.WorkflowRunGetRequest, api.WorkflowRunView, role=Role.VIEWER))
+WORKFLOW_CANCEL = _declare(Verb("workflow_cancel", api.WorkflowCancelRequest, api.WorkflowRunView, role=Role.OPERATOR))
+# Schedules and triggers (issue 13: 4; coordinator/schedules/, docs/Scheduling.md).
+SCHEDULE_LIST = _declare(Verb("schedule_list", api.ScheduleListRequest, api.ScheduleListReply, role=Role.VIEWER))
+SCHEDULE_SHOW = _declare(Verb("schedule_show", api.ScheduleNameRequest, api.ScheduleShowReply, role=Role.VIEWER))
+SCHEDULE_CREATE = _declare(Verb("schedule_create", api.ScheduleCreateRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_DELETE = _declare(Verb("schedule_delete", api.ScheduleNameRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_PAUSE = _declare(Verb("schedule_pause", api.ScheduleNameRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_RESUME = _declare(Verb("schedule_resume", api.ScheduleNameRequest, api.ScheduleView, role=Role.OPERATOR))
+SCHEDULE_TRIGGER = _declare(
+    Verb("schedule_trigger", api.ScheduleTriggerRequest, api.ScheduleFireReply, role=Role.OPERATOR)
+)
+# What the HTTP gateway calls for a webhook.
+SCHEDULE_EVENT = _declare(Verb("schedule_event", api.ScheduleEventRequest, api.ScheduleFireReply, role=Role.SUBMITTER))
 
 # Every verb, in the order declared, and by name.
 ALL: tuple[Verb[Any, Any], ...] = tuple(_DECLARED.values())

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,13 +61,14 @@ from common.models import (
     TaskUpdate,
     TaskView,
 )
-from common.skills import folder_checksum, load_manifest, pack_skill
+from common.skills import archive_sha256, folder_checksum, load_manifest, pack_skill
 from common.states import TERMINAL_STATES, NodeControl, TaskState
 from common.verbs import ReplyT, RequestT, Verb
 from communication.codec import DecodeError, decode, decode_event, encode
 from communication.connection import NatsConnection
 from communication.pages import Page, collect, iterate
 from communication.payload_limits import message_bytes, too_large_message
+from communication.subjects import Header
 from communication.topology import Topology
 from communication.trace_context import headers_for
 
@@ -89,6 +91,15 @@ LARGE_REQUEST_HINT = (
     "send less in one request; large inputs go to the artifact store (claw submit --input-file does it, "
     "and cli.artifacts.offload_large_inputs for ClawClient users)"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ActingFor:
+    """A person a gateway authenticated, and the API roles it grants them: a request sent with this
+    is theirs (the coordinator honours it from identities listed in `auth.gateways`)."""
+
+    name: str
+    roles: frozenset[str]
 
 
 class ClawClient:
@@ -117,7 +128,14 @@ class ClawClient:
 
     # --- verbs ----------------------------------------------------------------------------------
 
-    async def call(self, verb: Verb[RequestT, ReplyT], request: RequestT, *, timeout_s: float | None = None) -> ReplyT:
+    async def call(
+        self,
+        verb: Verb[RequestT, ReplyT],
+        request: RequestT,
+        *,
+        timeout_s: float | None = None,
+        acting_for: ActingFor | None = None,
+    ) -> ReplyT:
         """Send one request of `verb` (`common.verbs`) and return its reply, decoded as the verb declares.
 
         Every method below is a thin wrapper over this; a caller that has only a verb's name (an HTTP
@@ -135,6 +153,9 @@ class ClawClient:
                 "(these are a viewer's credentials)"
             )
         payload, headers = encode(request), headers_for()
+        if acting_for is not None:
+            headers[Header.ACTING_FOR] = acting_for.name
+            headers[Header.ACTING_ROLES] = ",".join(sorted(acting_for.roles))
         self._check_size(verb, payload, headers)
         wait_s = timeout_s or verb.timeout_s or self._timeout_s
         try:
@@ -154,9 +175,11 @@ class ClawClient:
         """Whether a coordinator answers, and its version."""
         return await self.call(verbs.PING, api.Empty())
 
-    async def submit(self, spec: TaskSpec, *, submitter: str | None = None) -> api.SubmitResult:
-        """Submit one task; returns once it is persisted and queued."""
-        return (await self.submit_many([spec], submitter=submitter))[0]
+    async def submit(
+        self, spec: TaskSpec, *, submitter: str | None = None, tenant: str | None = None
+    ) -> api.SubmitResult:
+        """Submit one task (for `tenant`; unset: `default`); returns once it is persisted and queued."""
+        return (await self.submit_many([spec], submitter=submitter, tenant=tenant))[0]
 
     async def submit_many(
         self,
@@ -165,6 +188,7 @@ class ClawClient:
         submitter: str | None = None,
         retry_for_s: float = 0.0,
         queue_wait_s: float = 0.0,
+        tenant: str | None = None,
     ) -> list[api.SubmitResult]:
         """Submit many tasks in as few requests as fit, several requests in flight; results in order.
 
@@ -174,7 +198,9 @@ class ClawClient:
         is sent again for that long; every task then carries a client-chosen id, so a retry of a
         request that did get through creates nothing. With `queue_wait_s`, a request refused because
         a skill's queue is full is sent again, with growing pauses, until there is room or that
-        time has passed: backpressure for producers that submit faster than workers drain.
+        time has passed: backpressure for producers that submit faster than workers drain (a
+        tenant's full `max_queued` quota counts as a full queue). `tenant`: whose tasks they are
+        (unset: `default`); quotas and fair share are per tenant (docs/Flow_control.md).
         """
         if retry_for_s > 0:
             specs = [s if s.task_id else msgspec.structs.replace(s, task_id=new_id()) for s in specs]
@@ -185,7 +211,7 @@ class ClawClient:
         async def send(index: int, chunk: list[TaskSpec]) -> None:
             async with limit:
                 timeout_s = self._timeout_s + len(chunk) / 500
-                request = api.SubmitRequest(tasks=chunk, submitter=submitter)
+                request = api.SubmitRequest(tasks=chunk, submitter=submitter, tenant=tenant)
                 now = asyncio.get_running_loop().time
                 deadline, room_deadline = now() + retry_for_s, now() + queue_wait_s
                 room_pause_s = QUEUE_FULL_PAUSE_MIN_S
@@ -234,30 +260,46 @@ class ClawClient:
         return await self.call(verbs.TASK_GET, api.TaskGetRequest(task_id=task_id, history=history))
 
     async def list_tasks(
-        self, *, state: TaskState | None = None, skill: str | None = None, limit: int | None = 50
+        self,
+        *,
+        state: TaskState | None = None,
+        skill: str | None = None,
+        limit: int | None = 50,
+        tenant: str | None = None,
     ) -> list[TaskSummary]:
         """The newest `limit` tasks (every one: None), newest first, fetched page by page."""
-        fetch = self._tasks_fetcher(state, skill)
+        fetch = self._tasks_fetcher(state, skill, tenant)
         return (await collect(fetch, limit=limit, page_size=LIST_PAGE_SIZE)).items
 
     async def tasks_page(
-        self, *, state: TaskState | None = None, skill: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        state: TaskState | None = None,
+        skill: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        tenant: str | None = None,
     ) -> Page[TaskSummary]:
         """One page of tasks, newest first; `total` (first page) counts all that match."""
-        request = api.TaskListRequest(state=state, skill=skill, limit=limit, cursor=cursor)
+        request = api.TaskListRequest(state=state, skill=skill, limit=limit, cursor=cursor, tenant=tenant)
         reply = await self.call(verbs.TASK_LIST, request)
         return Page(reply.tasks, reply.next_cursor, reply.total)
 
     def iter_tasks(
-        self, *, state: TaskState | None = None, skill: str | None = None, page_size: int = LIST_PAGE_SIZE
+        self,
+        *,
+        state: TaskState | None = None,
+        skill: str | None = None,
+        page_size: int = LIST_PAGE_SIZE,
+        tenant: str | None = None,
     ) -> AsyncIterator[TaskSummary]:
         """Every task that matches, newest first, one page at a time."""
-        return iterate(self._tasks_fetcher(state, skill), page_size=page_size)
+        return iterate(self._tasks_fetcher(state, skill, tenant), page_size=page_size)
 
     def _tasks_fetcher(
-        self, state: TaskState | None, skill: str | None
+        self, state: TaskState | None, skill: str | None, tenant: str | None = None
     ) -> Callable[[str | None, int], Awaitable[Page[TaskSummary]]]:
-        return lambda cursor, n: self.tasks_page(state=state, skill=skill, limit=n, cursor=cursor)
+        return lambda cursor, n: self.tasks_page(state=state, skill=skill, limit=n, cursor=cursor, tenant=tenant)
 
     async def task_states(self, task_ids: Sequence[str]) -> dict[str, TaskState]:
         """Current state of each id (unknown ids are absent)."""
@@ -360,8 +402,11 @@ class ClawClient:
         request = api.SkillToggleRequest(name=name, version=version, enabled=enabled, by=by)
         return (await self.call(verbs.SKILL_TOGGLE, request)).skills[0]
 
-    async def install_skill(self, folder: Path, *, by: str | None = None) -> api.SkillInstallReply:
-        """Validate a skill folder, upload its files, and register it."""
+    async def install_skill(
+        self, folder: Path, *, by: str | None = None, allow_risk_change: bool = False
+    ) -> api.SkillInstallReply:
+        """Validate a skill folder, upload its files, and register it (`allow_risk_change`: the
+        version may declare a lower risk than an earlier one; the coordinator records it)."""
         manifest = load_manifest(folder)
         checksum = await asyncio.to_thread(folder_checksum, folder)
         archive = await asyncio.to_thread(pack_skill, folder)
@@ -373,7 +418,14 @@ class ClawClient:
         store = await Topology(self.conn, JetStreamSettings()).skill_code()
         name = f"{manifest.name}/{manifest.version}/{checksum[:16]}.tar.gz"
         await store.put(name, archive)
-        request = api.SkillInstallRequest(manifest=manifest, checksum=checksum, archive=name, by=by)
+        request = api.SkillInstallRequest(
+            manifest=manifest,
+            checksum=checksum,
+            archive=name,
+            by=by,
+            archive_sha256=archive_sha256(archive),
+            allow_risk_change=allow_risk_change,
+        )
         return await self.call(verbs.SKILL_INSTALL, request)
 
     async def approvals(self, *, limit: int | None = None) -> list[api.ApprovalView]:
@@ -416,6 +468,28 @@ class ClawClient:
         """Task events the coordinator could not decode or fold, newest first (at most 500)."""
         request = api.QuarantineListRequest(task_id=task_id, limit=limit)
         return (await self.call(verbs.QUARANTINE_LIST, request)).events
+
+    # --- schedules (docs/Scheduling.md) -----------------------------------------------------------
+
+    async def schedules(self) -> list[api.ScheduleView]:
+        """Every schedule, with its next fire time."""
+        return (await self.call(verbs.SCHEDULE_LIST, api.ScheduleListRequest())).schedules
+
+    async def create_schedule(self, request: api.ScheduleCreateRequest) -> api.ScheduleView:
+        """Make a schedule (`claw schedules create`); refused with one clear error when it cannot work."""
+        return await self.call(verbs.SCHEDULE_CREATE, request)
+
+    async def trigger_schedule(
+        self, name: str, *, key: str | None = None, by: str | None = None
+    ) -> api.ScheduleFireView:
+        """Fire a schedule now; with `key`, once per key (a retry answers the first fire, `duplicate`)."""
+        request = api.ScheduleTriggerRequest(name=name, key=key, by=by)
+        return (await self.call(verbs.SCHEDULE_TRIGGER, request)).fire
+
+    async def schedule_event(self, name: str, event_id: str, data: object = None) -> api.ScheduleFireView:
+        """Fire a schedule for an outside event (a webhook), once per `event_id`."""
+        request = api.ScheduleEventRequest(name=name, event_id=event_id, data=msgspec.Raw(msgspec.json.encode(data)))
+        return (await self.call(verbs.SCHEDULE_EVENT, request)).fire
 
     async def wait(
         self,

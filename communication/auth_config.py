@@ -5,10 +5,13 @@ gets an allow-list of subjects (anything not listed is refused, and the server l
 
 - coordinator: publishes and subscribes to everything.
 - worker (node N): publishes events, heartbeats and claims under N, acks of task deliveries, poison
-  dead letters, its own node key, and reads of the node controls, skill registry and skill code;
-  subscribes to its inbox, wake-ups, cancellations and N's control subject.
-- client: publishes API requests under its own identity; subscribes to its inbox and task state changes.
-  One holding the admin role also uploads skill packages to the skill code store (`claw skills install`).
+  dead letters, its own node key, flow control's permit verbs under its identity and the response
+  cache bucket, and reads of the node controls, skill registry and skill code; subscribes to its
+  inbox, wake-ups, cancellations and N's control subject.
+- client: publishes API requests under its own identity (and, holding submitter, schedule triggers);
+  subscribes to its inbox and task state changes. One holding the admin role also uploads skill
+  packages to the skill code store (`claw skills install`) and edits the gateway's API keys.
+- gateway: a client that also keeps its API keys bucket and follows the task feed.
 - viewer: as a client, but only the read-only API verbs.
 
 Only the coordinator can publish tasks, read events (which carry inputs and results), write any KV
@@ -35,6 +38,7 @@ import msgspec
 
 from common.config import TlsSettings
 from common.errors import CredentialsError
+from common.flow import cooldown_subject
 from common.identity import BusRole, write_private
 from common.log import get_logger
 from common.verbs import ALL, Role
@@ -71,15 +75,37 @@ def permissions(record: IdentityRecord, prefix: str) -> dict[str, Any]:
     deny = _coordinator_only(s)
     if role == BusRole.WORKER:
         node = record.node_id or record.name
+        # Its reports and reads, and flow control's permits for its handlers' calls (the verbs of
+        # the worker role, under its own identity).
+        permits = [s.api(record.name, v.name) for v in ALL if v.role == Role.WORKER]
         return {
-            "publish": {"allow": _worker_publish(s, node), "deny": deny},
-            "subscribe": {"allow": [inbox, f"{prefix}.wake.*", s.cancel_all, s.ctl(node)], "deny": deny},
+            "publish": {"allow": [*permits, *_worker_publish(s, node)], "deny": deny},
+            # Its inbox, wake-ups, cancellations, its control subject and flow control's cooldowns.
+            "subscribe": {
+                "allow": [inbox, f"{prefix}.wake.*", s.cancel_all, s.ctl(node), cooldown_subject(prefix)],
+                "deny": deny,
+            },
             # A worker answers control requests sent to it (once per request).
             "allow_responses": True,
         }
-    verbs = [v.name for v in ALL if role == BusRole.CLIENT or v.role == Role.VIEWER]
-    publish = [s.api_of(record.name)] if role == BusRole.CLIENT else [s.api(record.name, v) for v in verbs]
-    if Role.ADMIN in record.api_roles:
+    if role == BusRole.VIEWER:
+        publish = [s.api(record.name, v.name) for v in ALL if v.role == Role.VIEWER]
+    else:
+        publish = [s.api_of(record.name)]
+    subscribe = [inbox, s.updates_all]
+    api_roles = record.api_roles
+    if Role.SUBMITTER in api_roles:
+        # Event triggers of schedules (docs/Scheduling.md): whoever may submit may raise one.
+        publish.append(s.triggers_all)
+    if role == BusRole.GATEWAY:
+        # It keeps its API keys and session secret in its own bucket (creating it on first start),
+        # and follows the feed of committed changes for its live views.
+        publish += _bucket_access(f"KV_{s.gateway_keys_bucket}", f"$KV.{s.gateway_keys_bucket}.>", create=True)
+        subscribe.append(s.feed_all)
+    elif Role.ADMIN in api_roles:
+        # `claw gateway key create|revoke|list` edits the gateway's key bucket directly.
+        publish += _bucket_access(f"KV_{s.gateway_keys_bucket}", f"$KV.{s.gateway_keys_bucket}.>", create=False)
+    if Role.ADMIN in api_roles:
         # `claw skills install` uploads the package to the skill code store itself (it is larger
         # than one request may be); the coordinator checks its checksum before registering it.
         code = f"OBJ_{s.skill_code_bucket}"
@@ -87,7 +113,28 @@ def permissions(record: IdentityRecord, prefix: str) -> dict[str, Any]:
                     f"$JS.API.STREAM.MSG.GET.{code}", f"$JS.API.DIRECT.GET.{code}.>",
                     f"$JS.API.STREAM.PURGE.{code}"]  # fmt: skip
         deny = [d for d in deny if not d.startswith(f"$O.{s.skill_code_bucket}")]
-    return {"publish": {"allow": publish, "deny": deny}, "subscribe": {"allow": [inbox, s.updates_all], "deny": deny}}
+    return {"publish": {"allow": publish, "deny": deny}, "subscribe": {"allow": subscribe, "deny": deny}}
+
+
+def _bucket_access(stream: str, writes: str, *, create: bool) -> list[str]:
+    """Reading and writing one KV bucket (and, with `create`, making it): the JetStream API calls
+    nats-py's KeyValue makes, scoped to that bucket's stream."""
+    api = "$JS.API"
+    allowed = [
+        writes,
+        f"{api}.INFO",
+        f"{api}.STREAM.INFO.{stream}",
+        f"{api}.STREAM.MSG.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}.>",
+        f"{api}.CONSUMER.CREATE.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}.>",
+        f"{api}.CONSUMER.INFO.{stream}.>",
+        f"{api}.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+    if create:
+        allowed.append(f"{api}.STREAM.CREATE.{stream}")
+    return allowed
 
 
 def _worker_publish(s: Subjects, node: str) -> list[str]:
@@ -96,7 +143,9 @@ def _worker_publish(s: Subjects, node: str) -> list[str]:
     nodes, control, skills = f"KV_{s.nodes_bucket}", f"KV_{s.node_control_bucket}", f"KV_{s.skills_bucket}"
     code = f"OBJ_{s.skill_code_bucket}"
     readable = (nodes, control, skills, code)
+    cache = f"{s.prefix}_flow_cache"  # flow control's response cache (communication/response_cache.py)
     return [
+        *_bucket_access(f"KV_{cache}", f"$KV.{cache}.>", create=True),
         s.events_of_node(node),
         s.heartbeat(node),
         s.claims(node),

@@ -86,7 +86,9 @@ class NatsConnection:
                 # the first connect gets a bounded budget (this loop retries it) and unlimited
                 # reconnects are switched on once connected: nats-py reads the options on each drop.
                 options = _connect_options(settings, name, events, creds, identity)
-                nc = await _connect(options | {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.1})
+                # Bounded: nats-py's connect can hang after a failed TLS handshake (no raise, no retry).
+                async with asyncio.timeout(4 * settings.connect_timeout_s + 1):
+                    nc = await _connect(options | {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.1})
                 nc.options["max_reconnect_attempts"] = options["max_reconnect_attempts"]
                 nc.options["reconnect_time_wait"] = options["reconnect_time_wait"]
                 log.info("nats.connected", url=redact_url(settings.url), name=name, identity=identity)

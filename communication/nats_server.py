@@ -59,6 +59,12 @@ class NatsServerOptions:
     # Authentication (docs/Security.md): the folder holding the identity registry and the server
     # config generated from it (`<auth_dir>/nats-server.conf`, written before the start). None: open.
     auth_dir: Path | None = None
+    # Clustering (docs/RUNBOOK.md, "A NATS cluster"): servers with the same cluster name that reach
+    # each other through `routes` (nats://host:cluster_port of the others) form one cluster; JetStream
+    # then replicates streams and buckets (jetstream.replicas: 3).
+    cluster_name: str | None = None
+    cluster_port: int = 6222
+    routes: tuple[str, ...] = ()
 
 
 class EmbeddedNatsServer:
@@ -89,6 +95,10 @@ class EmbeddedNatsServer:
             argv += ["-n", o.server_name]
         if o.auth_dir is not None:
             argv += ["-c", str(server_config_path(o.auth_dir))]
+        if o.cluster_name:
+            argv += ["--cluster_name", o.cluster_name, "--cluster", f"nats://{o.host}:{o.cluster_port or -1}"]
+            if o.routes:
+                argv += ["--routes", ",".join(o.routes)]
         return argv
 
     def _started(self) -> None:
@@ -116,6 +126,10 @@ class EmbeddedNatsServer:
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> EmbeddedNatsServer:
         """Start and block until healthy (for tests and synchronous callers)."""
         self.spawn()
+        return self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> EmbeddedNatsServer:
+        """Block until the spawned server is healthy (several servers of a cluster start together)."""
         deadline = time.monotonic() + timeout_s
         while not self._check_ready():
             if time.monotonic() > deadline:

@@ -22,13 +22,17 @@ def header_bytes(headers: Mapping[str, str] | None) -> int:
     """How many bytes `headers` add to a message on the wire (0 for none)."""
     if not headers:
         return 0
-    return HEADER_BLOCK_OVERHEAD + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    # Once per published task and event: an ASCII string's length is its byte count (no encoding).
+    size = HEADER_BLOCK_OVERHEAD
+    for k, v in headers.items():
+        size += (len(k) if k.isascii() else len(k.encode())) + (len(v) if v.isascii() else len(v.encode())) + 4
+    return size
 
 
 def message_bytes(payload: bytes | int, headers: Mapping[str, str] | None = None) -> int:
     """The size the server compares with max_payload: payload plus header block."""
     size = payload if isinstance(payload, int) else len(payload)
-    return size + header_bytes(headers)
+    return size + header_bytes(headers) if headers else size
 
 
 def fits(max_payload: int, payload: bytes | int, headers: Mapping[str, str] | None = None) -> bool:

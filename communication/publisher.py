@@ -74,8 +74,10 @@ class JetStreamPublisher:
         results: list[PubAck | PublishFailedError | None] = [None] * len(items)
         todo = []
         max_payload = self._conn.nc.max_payload
+        # Built once per item: measured here, sent (and maybe re-sent) below.
+        headers = [self._headers(item) for item in items]
         for index, item in enumerate(items):
-            size = message_bytes(item.payload, self._headers(item))
+            size = message_bytes(item.payload, headers[index])
             if size > max_payload:
                 what = f"the message to {item.subject} with its headers"
                 results[index] = MessageTooLargeError(
@@ -88,7 +90,7 @@ class JetStreamPublisher:
             futures: dict[int, asyncio.Future[PubAck]] = {}
             for index in todo:
                 try:
-                    futures[index] = await self._send(items[index])
+                    futures[index] = await self._send(items[index], headers[index])
                 except (nats.errors.Error, JetStreamError, OSError) as exc:
                     last_error[index] = str(exc) or type(exc).__name__
             if futures:
@@ -117,8 +119,8 @@ class JetStreamPublisher:
             )
         return [r for r in results if r is not None]
 
-    async def _send(self, item: Outgoing) -> asyncio.Future[PubAck]:
-        return await self._conn.js.publish_async(item.subject, item.payload, headers=self._headers(item))
+    async def _send(self, item: Outgoing, headers: dict[str, str]) -> asyncio.Future[PubAck]:
+        return await self._conn.js.publish_async(item.subject, item.payload, headers=headers)
 
     @staticmethod
     def _headers(item: Outgoing) -> dict[str, str]:

@@ -27,6 +27,9 @@ class Header:
     MSG_ID = "Nats-Msg-Id"
     TRACEPARENT = "traceparent"
     TRACESTATE = "tracestate"
+    # The person a gateway's API request acts for, and the roles the gateway grants them (comma list).
+    ACTING_FOR = "Claw-Acting-For"
+    ACTING_ROLES = "Claw-Acting-Roles"
 
 
 def check_skill_name(name: str) -> str:
@@ -230,3 +233,47 @@ class Subjects:
     def updates_all(self) -> str:
         """Committed state changes of every task."""
         return f"{self.prefix}.updates.*"
+
+    # --- schedules' event triggers (coordinator/schedules/, docs/Scheduling.md) -------------------
+
+    @property
+    def triggers_stream(self) -> str:
+        """Limits stream keeping trigger messages until the coordinator has fired their schedules."""
+        return f"{self.upper}_TRIGGERS"
+
+    @property
+    def triggers_consumer(self) -> str:
+        """The coordinator's durable consumer on the triggers stream."""
+        return "coordinator-triggers"
+
+    @property
+    def trigger_root(self) -> str:
+        """`<prefix>.trigger.`: a schedule created `--on-subject material.new` fires on
+        `<prefix>.trigger.material.new`."""
+        return f"{self.prefix}.trigger."
+
+    def trigger(self, subject: str) -> str:
+        """Where to publish an event for schedules listening on `subject` (relative to the root)."""
+        return f"{self.trigger_root}{subject}"
+
+    @property
+    def triggers_all(self) -> str:
+        """Every trigger subject."""
+        return f"{self.prefix}.trigger.>"
+
+    # --- the HTTP gateway (issue 14) --------------------------------------------------------------
+
+    @property
+    def gateway_keys_bucket(self) -> str:
+        """KV bucket of the gateway's API keys (hashed; key: the key id) and its session secret."""
+        return f"{self.prefix}_gateway_keys"
+
+    def feed(self, task_id: str) -> str:
+        """A task's event log grew (any row, progress included), broadcast by the coordinator after
+        the commit: what the gateway's live views wait on before reading the new rows."""
+        return f"{self.prefix}.feed.{task_id}"
+
+    @property
+    def feed_all(self) -> str:
+        """The feed of every task."""
+        return f"{self.prefix}.feed.*"

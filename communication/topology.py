@@ -21,6 +21,7 @@ from nats.js.object_store import ObjectStore
 from common.clock import SYSTEM_CLOCK
 from common.config import JetStreamSettings
 from common.errors import NatsServerError
+from common.identity import BusRole
 from common.log import get_logger
 from common.states import PRIORITIES, Priority
 from communication.connection import NatsConnection
@@ -34,6 +35,8 @@ STREAM_NAME_IN_USE = 10058
 WAIT_FOR_COORDINATOR_S = 120.0
 WAIT_POLL_S = 0.25
 NODES_BUCKET_TTL_S = 24 * 3600.0
+# How many anchors KV `<prefix>_audit` keeps: `claw audit verify` checks that they only moved forward.
+AUDIT_HISTORY = 64
 
 
 class Topology:
@@ -160,8 +163,25 @@ class Topology:
         return await self.kv(self._subjects.node_control_bucket, "desired state of each node: active, paused, drained")
 
     async def audit_kv(self) -> KeyValue:
-        """Where the event log's chain head is anchored."""
-        return await self.kv(self._subjects.audit_bucket, "anchors of the event log's hash chain")
+        """Where the event log's chain head is anchored, keeping the last `AUDIT_HISTORY` anchors
+        (a bucket made with less history, by an older version, is raised to it)."""
+        bucket = self._subjects.audit_bucket
+        try:
+            kv = await self._conn.js.key_value(bucket)
+        except BucketNotFoundError:
+            return await self._conn.js.create_key_value(
+                bucket=bucket,
+                description="signed anchors of the event log's hash chain (trust-audit)",
+                history=AUDIT_HISTORY,
+                storage=api.StorageType.FILE,
+                replicas=self._settings.replicas,
+            )
+        config = (await self._conn.js.stream_info(f"KV_{bucket}")).config
+        if (config.max_msgs_per_subject or 0) < AUDIT_HISTORY:
+            log.info("jetstream.audit_history_raised", bucket=bucket, history=AUDIT_HISTORY)
+            config.max_msgs_per_subject = AUDIT_HISTORY
+            await self._conn.js.update_stream(config)
+        return kv
 
     async def skill_code(self) -> ObjectStore:
         """The object store with installed skills' files (created if missing)."""
@@ -240,8 +260,11 @@ class Topology:
     @property
     def _may_create(self) -> bool:
         """Whether this connection may create streams and buckets: on an authenticated server only the
-        coordinator may (a worker or client waits for it to)."""
-        return not self._conn.auth_required or self._conn.identity_is_coordinator
+        coordinator may (a worker or client waits for it to), and the gateway its own keys bucket (the
+        one bucket it opens; communication/auth_config.py lets it create no other)."""
+        if not self._conn.auth_required or self._conn.identity_is_coordinator:
+            return True
+        return self._conn.bus_role == BusRole.GATEWAY
 
     async def _wait_for(self, name: str, lookup: Callable[[], Awaitable[T]]) -> T:
         """Wait (up to WAIT_FOR_COORDINATOR_S) for the coordinator to create `name`."""

@@ -22,6 +22,7 @@ from common.api import SubmitRequest
 from common.clock import Clock
 from common.config import CoordinatorSettings
 from common.errors import ClawError, InvalidInputError, PayloadTooLargeError, UnknownSkillError
+from common.flow import check_key
 from common.ids import implausible_id_reason, new_id
 from common.models import Backoff, TaskSpec
 from common.skills import Risk, SkillManifest, validate_input
@@ -31,6 +32,7 @@ from communication.subjects import check_skill_name
 from coordinator.event_folding import artifact_marker
 from coordinator.guard import Action, Decision, Guard
 from coordinator.skill_catalog import SkillCatalog
+from coordinator.tenants.identity import Caller, tenant_of_submit
 from storage.records import TaskRecord
 
 _input_decoder = msgspec.json.Decoder()
@@ -56,8 +58,11 @@ class Admission:
         self._advertised = advertised
         self._online_skills = online_skills
 
-    def admit(self, request: SubmitRequest) -> list[TaskRecord]:
-        """Records (state pending) for every task of the request; raises on the first invalid one."""
+    def admit(self, request: SubmitRequest, caller: Caller | None = None) -> list[TaskRecord]:
+        """Records (state pending) for every task of the request; raises on the first invalid one.
+
+        The tasks' tenant is decided from the request and the `caller` (coordinator/tenants/identity.py).
+        """
         count = len(request.tasks)
         if count == 0:
             raise InvalidInputError("the request holds no tasks")
@@ -66,6 +71,7 @@ class Admission:
                 f"the request holds {count} tasks; at most {self._settings.max_tasks_per_request} "
                 "fit in one request: split it"
             )
+        tenant = tenant_of_submit(request, caller)
         now = self._clock.now()
         records = []
         for index, spec in enumerate(request.tasks):
@@ -75,6 +81,8 @@ class Admission:
                 if count == 1:
                     raise
                 raise type(exc)(f"task {index + 1}: {exc}") from None
+        for record in records:
+            record.tenant = tenant
         return records
 
     def decide(self, skill: str, input: Any, submitter: str | None) -> tuple[Risk, Decision]:
@@ -86,6 +94,7 @@ class Admission:
 
     def _admit_one(self, spec: TaskSpec, now: float, submitter: str | None) -> TaskRecord:
         manifest, risk = self._skill(spec.skill)
+        _check_reserved_key(spec.idempotency_key, submitter)
         if spec.task_id is not None:
             reason = implausible_id_reason(spec.task_id, now_s=now, max_future_s=self._settings.task_id_max_future_s)
             if reason is not None:
@@ -155,6 +164,7 @@ class Admission:
             backoff=_backoff_json(spec.backoff, manifest),
             risk=risk.value,
             guard_rule=decision.rule,
+            flow=_flow_json(spec.limit_keys),
         )
         if decision.action == Action.REQUIRE_APPROVAL:
             record.approvals_needed = decision.approvals
@@ -197,9 +207,32 @@ def _backoff_json(backoff: Backoff | None, manifest: SkillManifest | None) -> st
     return None if backoff is None else encode(backoff).decode()
 
 
+def _flow_json(limit_keys: list[str]) -> str | None:
+    """The task's own limit keys, checked, as stored (None when it adds none)."""
+    if not limit_keys:
+        return None
+    for key in limit_keys:
+        check_key(key)
+    return encode({"keys": sorted(set(limit_keys))}).decode()
+
+
 def _size(n: int) -> str:
     if n >= 1024 * 1024:
         return f"{n / (1024 * 1024):.1f} MiB"
     if n >= 1024:
         return f"{n / 1024:.1f} KiB"
     return f"{n} B"
+
+
+# Schedules' fire ids (coordinator/schedules/) are the idempotency keys of the tasks they fire: a
+# client taking one first would make the fire a "duplicate" of its own task, and the schedule's
+# target would never run. Only the schedules submit with them (their submitter is `schedule:<name>`;
+# the trust issue binds a client's submitter to its credentials, so no client can claim that name).
+RESERVED_KEY_PREFIX = "schedule:"
+
+
+def _check_reserved_key(key: str | None, submitter: str | None) -> None:
+    if key and key.startswith(RESERVED_KEY_PREFIX) and not (submitter or "").startswith(RESERVED_KEY_PREFIX):
+        raise InvalidInputError(
+            f"idempotency keys starting with '{RESERVED_KEY_PREFIX}' are the fire ids of schedules: choose another key"
+        )

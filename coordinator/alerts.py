@@ -225,7 +225,8 @@ class AlertMonitor:
 def announce(commit: Committed) -> None:
     """After-commit listener (inline): log each alert that a commit recorded as started or ended."""
     for event in commit.events:
-        if event.kind in FIRING_KINDS or event.kind == EventKind.ALERT_RESOLVED:
+        # Every commit passes here: the task id (a plain str) rules out a task's row cheaply.
+        if event.task_id == ALERTS_TASK_ID and (event.kind in FIRING_KINDS or event.kind == EventKind.ALERT_RESOLVED):
             _log(event)
 
 

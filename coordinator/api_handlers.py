@@ -17,7 +17,15 @@ from common import __version__, api, verbs
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
 from common.event_kinds import EventKind
-from common.models import ClusterStatus, DeadLetterView, JobView, ListenerView, NatsServerInfo, TaskView
+from common.models import (
+    ClusterStatus,
+    DeadLetterView,
+    JobView,
+    ListenerView,
+    NatsServerInfo,
+    StorageFaultView,
+    TaskView,
+)
 from common.skills import RegistryEntry, Risk, Runtime, SkillManifest
 from common.states import TaskState
 from communication.connection import NatsConnection
@@ -77,7 +85,9 @@ class ApiHandlers:
         node_control: NodeControlDesk,
         jobs: Callable[[], list[JobView]],
         listeners: Callable[[], list[ListenerView]],
+        storage_fault: Callable[[], StorageFaultView | None],
     ) -> None:
+        self._storage_fault = storage_fault
         self._config = config
         self._node_id = node_id
         self._conn = conn
@@ -150,12 +160,12 @@ class ApiHandlers:
         limit = page_limit(request.limit)
         await self._pipeline.flush_queued()
         rows = await self._store.list_tasks(
-            state=request.state, skill=request.skill, limit=limit + 1, before=request.cursor
+            state=request.state, skill=request.skill, limit=limit + 1, before=request.cursor, tenant=request.tenant
         )
         tasks, more = take_page(rows, limit=limit, budget=self._budget(), what="task")
         total = None
         if request.cursor is None:
-            total = await self._store.count_tasks(state=request.state, skill=request.skill)
+            total = await self._store.count_tasks(state=request.state, skill=request.skill, tenant=request.tenant)
         return api.TaskListReply(tasks=tasks, next_cursor=tasks[-1].task_id if more else None, total=total)
 
     @serves(verbs.TASK_STATES)
@@ -210,6 +220,7 @@ class ApiHandlers:
                 metrics_port=self._metrics_port(),
                 jobs=self._jobs(),
                 listeners=self._listeners(),
+                storage_fault=self._storage_fault(),
             )
         )
 
@@ -321,7 +332,12 @@ class ApiHandlers:
     async def skill_install(self, request: api.SkillInstallRequest) -> api.SkillInstallReply:
         """Register an uploaded skill (its files are in the skill-code store)."""
         entry, created = await self._catalog.install(
-            request.manifest, checksum=request.checksum, archive=request.archive, by=request.by
+            request.manifest,
+            checksum=request.checksum,
+            archive=request.archive,
+            by=request.by,
+            uploaded_sha256=request.archive_sha256,
+            allow_risk_change=request.allow_risk_change,
         )
         return api.SkillInstallReply(entry=entry, created=created)
 

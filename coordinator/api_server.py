@@ -10,7 +10,9 @@ and wraps it in an `ApiReply`, all inside one `claw.api.<verb>` span.
 Before the handler, the request's sender is known from its subject (`<prefix>.api.<identity>.<verb>`,
 bound to the sender's credentials by the server's permissions); the `Authorizer` refuses a verb the
 identity has no role for (`forbidden`, one line naming the role), and the request's actor fields
-(`by`, `submitter`) are set to that identity whatever they said.
+(`by`, `submitter`) are set to that identity whatever they said. A gateway (`auth.gateways`) acts for
+the person it authenticated: its request names them (`Claw-Acting-For`) with the roles it grants
+(`Claw-Acting-Roles`, at most its own), and the request is theirs.
 
 Errors become `ApiReply.error`: a `ClawError` keeps its code and message; bytes no decoder could
 take (nested too deeply, invalid UTF-8) are `invalid_input`; anything else is logged with its
@@ -23,6 +25,7 @@ a reply) becomes a `payload_too_large` error: the server would drop it and the c
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,18 +34,20 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind, StatusCode
 
-from common.api import ApiError, ApiReply
+from common.api import ApiError, ApiReply, SubmitRequest
 from common.errors import ClawError, InternalError, InvalidInputError, PayloadTooLargeError, TaskNotFoundError
 from common.ids import SHOWN_ID_CHARS, shown_id
 from common.log import get_logger
 from common.tracing import current_span
-from common.verbs import Verb
+from common.verbs import Role, Verb
 from communication.codec import DecodeError, decode_request, encode
 from communication.connection import NatsConnection
 from communication.payload_limits import message_bytes, reply_budget, too_large_message
+from communication.subjects import Header
 from communication.trace_context import context_from
 from coordinator.api_routes import ApiRoutes, Route
 from coordinator.authorization import Authorizer
+from coordinator.tenants.identity import Caller, tenant_of_submit
 
 log = get_logger("coordinator.api")
 
@@ -113,12 +118,32 @@ class ApiServer:
                 headers = None  # the request's own headers were the problem
         await self._conn.nc.publish(msg.reply, payload, headers=headers)
 
+    async def _bound_to_tenant(self, request: SubmitRequest, identity: str) -> SubmitRequest:
+        """The submit as the tenant its sender is bound to (if any): a tenant named in the request is
+        never believed over the credentials (coordinator/tenants/identity.py refuses another)."""
+        tenant = await self._authorizer.tenant_of(identity)
+        if tenant is None:
+            return request
+        return msgspec.structs.replace(request, tenant=tenant_of_submit(request, Caller(tenant=tenant)))
+
     async def _answer(self, route: Route, msg: Msg) -> bytes:
         verb = route.verb.name
         try:
             identity = _identity(msg.subject)
-            await self._authorizer.check(identity, route.verb)
-            reply = await route.handler(_as_sent_by(_request(route.verb, msg.data), identity))
+            acting_for = (msg.headers or {}).get(Header.ACTING_FOR)
+            if acting_for is None:
+                await self._authorizer.check(identity, route.verb)
+            else:  # a gateway acting for a person it authenticated (docs/Gateway.md)
+                roles = (msg.headers or {}).get(Header.ACTING_ROLES, "")
+                identity = await self._authorizer.check_acting(identity, acting_for, roles, route.verb)
+            request = _as_sent_by(_request(route.verb, msg.data), identity)
+            if route.verb.role == Role.WORKER and not self._authorizer.open_bus:
+                # A worker's identity is its node id (`claw creds` binds them): it asks for permits and
+                # gives them back as that node, whatever node the request names.
+                request = msgspec.structs.replace(request, node_id=identity)
+            if isinstance(request, SubmitRequest):
+                request = await self._bound_to_tenant(request, identity)
+            reply = await route.handler(request)
             if route.fit is not None:
                 reply = route.fit(reply, reply_budget(self._conn.nc.max_payload))
             return b'{"data":' + encode(reply) + b"}"
@@ -153,14 +178,27 @@ def _identity(subject: str) -> str:
 
 
 # Request fields that say who acts: filled from the subject, whatever the request said.
-_ACTOR_FIELDS = ("by", "submitter")
+_ACTOR_FIELDS = ("by", "submitter", "registered_by")
 
 
 def _as_sent_by(request: Any, identity: str) -> Any:
     """The request with its actor fields set to the sender's identity (a name typed into a request
     is never believed)."""
-    fields = {name: identity for name in _ACTOR_FIELDS if hasattr(request, name)}
+    fields = dict.fromkeys(actor_fields(type(request)), identity)
     return msgspec.structs.replace(request, **fields) if fields else request
+
+
+def actor_fields(request_type: type) -> tuple[str, ...]:
+    """The fields of a request type that name who acts: `by` and `submitter` when they hold a name
+    (`usage`'s `by` is a list of columns to group by, not an actor)."""
+    found = _FIELDS_OF.get(request_type)
+    if found is None:
+        hints = typing.get_type_hints(request_type)
+        found = _FIELDS_OF[request_type] = tuple(n for n in _ACTOR_FIELDS if hints.get(n) in (str, str | None))
+    return found
+
+
+_FIELDS_OF: dict[type, tuple[str, ...]] = {}
 
 
 def _error(code: str, message: str) -> bytes:

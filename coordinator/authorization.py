@@ -42,7 +42,10 @@ class Authorizer:
         self._clock = clock
         self._open_bus = open_bus
         self._configured = _configured_roles(settings)
+        self._gateways = frozenset(normalise(name) for name in settings.gateways)
         self._registry: dict[str, frozenset[Role]] = {}
+        self._tenants = {normalise(name): tenant for name, tenant in settings.tenants.items()}
+        self._registry_tenants: dict[str, str] = {}
         self._read_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -65,6 +68,26 @@ class Authorizer:
             f"(an admin issues credentials with it: claw creds create --role {verb.role.value} ...)"
         )
 
+    async def check_acting(self, gateway: str, person: str, roles_text: str, verb: Verb[Any, Any]) -> str:
+        """The person a gateway's request acts for, once `gateway` may act for others and the roles it
+        passes on (at most its own) allow `verb`; raises `PermissionDeniedError` otherwise."""
+        if not self._open_bus and normalise(gateway) not in self._gateways:
+            log.warning("security.acting_refused", identity=gateway, acting_for=person[:64], verb=verb.name)
+            raise PermissionDeniedError(
+                f"{gateway} may not act for others (auth.gateways lists the identities that may)"
+            )
+        if not IDENTITY_PATTERN.fullmatch(person):
+            raise PermissionDeniedError(f"'{person[:64]}' is not an identity a gateway may act for")
+        known = {r.value for r in Role}
+        named = (part.strip() for part in roles_text.split(","))
+        claimed = frozenset(Role(name) for name in named if name in known)
+        roles = claimed & await self.roles_of(gateway)
+        if verb.role in roles or (verb.role == Role.VIEWER and roles):
+            return person
+        held = ", ".join(sorted(roles)) or "no role"
+        log.warning("security.api_refused", identity=person, via=gateway, verb=verb.name, needs=verb.role.value)
+        raise PermissionDeniedError(f"{verb.name} needs the {verb.role.value} role; {person} holds {held}")
+
     async def roles_of(self, identity: str) -> frozenset[Role]:
         """The API roles of `identity`."""
         name = normalise(identity)
@@ -76,6 +99,16 @@ class Authorizer:
             # The server let it connect, so it was issued just now: read the registry again.
             await self._refresh(UNKNOWN_MAX_AGE_S)
         return self._registry.get(name, frozenset()) | (configured or frozenset())
+
+    async def tenant_of(self, identity: str) -> str | None:
+        """The tenant `identity` is bound to (config `auth.tenants`, else its credentials), if any."""
+        name = normalise(identity)
+        if name in self._tenants:
+            return self._tenants[name]
+        if self._open_bus:
+            return None
+        await self._refresh(REGISTRY_MAX_AGE_S)
+        return self._registry_tenants.get(name)
 
     async def _refresh(self, max_age_s: float) -> None:
         if self._settings.dir is None or self._clock.monotonic() - self._read_at < max_age_s:
@@ -89,6 +122,7 @@ class Authorizer:
                 log.error("auth.registry_unreadable", error=str(exc))  # keep the last good roles
             else:
                 self._registry = {normalise(r.name): r.api_roles for r in registry.all()}
+                self._registry_tenants = {normalise(r.name): r.tenant for r in registry.all() if r.tenant}
             self._read_at = self._clock.monotonic()
 
 

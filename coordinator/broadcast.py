@@ -5,6 +5,12 @@ whoever committed it: event intake, the submit pipeline, a cancel, an approval, 
 (`claw submit --wait`, `claw task watch`) wait on these instead of polling; they are a hint (core
 NATS, may be missed, and a listener that fell behind sends each task's latest state only), the
 database stays the truth.
+
+One exception: the commit that admits a task under an id the coordinator made itself
+(`Committed.fresh_ids`) announces nothing for it. Nobody can be listening yet: the id is a fresh
+ULID that its client learns only from the submit's reply, which carries the same state or a later
+one. A task whose id the client chose is announced from its admission on (the client may subscribe
+first). This saves one message per submitted task (tests/integration/test_per_task_messages.py).
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ class TaskBroadcast:
         """Publish the latest committed state of each task these commits moved."""
         latest: dict[str, TaskImage] = {}
         for commit in commits:
-            latest.update((task.task_id, task) for task in commit.changed_states())
+            fresh = commit.fresh_ids
+            for task in commit.changed_states():
+                if task.task_id not in fresh:
+                    latest[task.task_id] = task
+        if not latest:
+            return
         nc, subjects = self._conn.nc, self._conn.subjects
         try:
             for task in latest.values():

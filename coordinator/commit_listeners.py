@@ -36,7 +36,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from common.aio import wait_any
 from common.log import get_logger
 from common.models import ListenerView
 from storage.commits import Committed
@@ -138,6 +137,8 @@ class CommitListeners:
         ]
         try:
             await stopping.wait()
+            for listener in self._listeners.values():
+                listener.wake.set()  # each waits on its own event only (cheaper than waiting on two)
             if serving:
                 _, late = await asyncio.wait(serving, timeout=DRAIN_TIMEOUT_S)
                 for task in late:
@@ -189,7 +190,9 @@ class CommitListeners:
             commits = self._take(listener, everything=stopping.is_set())
             if not commits:
                 listener.wake.clear()
-                await wait_any(listener.wake, stopping)
+                if not stopping.is_set():
+                    # `run` sets every wake once stopping is set.
+                    await listener.wake.wait()
                 continue
             listener.calls += 1
             try:

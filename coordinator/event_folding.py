@@ -20,6 +20,8 @@ nothing: a fold is all or nothing, so the caller can quarantine the event and go
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from common.errors import BadEventError, ForgedEventError, IllegalTransitionError
@@ -33,6 +35,7 @@ from common.events import (
     TaskProgress,
     TaskStarted,
     TaskSucceeded,
+    TaskUsage,
     TaskVerifying,
 )
 from common.ids import shown_id
@@ -57,6 +60,9 @@ class EventFolder:
     def __init__(self, book: TaskBook, *, dead_letter: bool = True) -> None:
         self._book = book
         self._dead_letter = dead_letter
+        # Flow control's escalation (coordinator/flow/): for a final failure, the reason a person
+        # must fix it (the task goes to `needs_input` instead of `dead`), else None.
+        self.escalate: Callable[[TaskRecord, TaskFailed], str | None] | None = None
 
     async def fold(self, event: TaskEvent, batch: WriteBatch) -> None:
         """Apply one event; its effects are staged in `batch`.
@@ -84,7 +90,7 @@ class EventFolder:
         batch.absorb(staged)
 
     def _apply(self, event: TaskEvent, record: TaskRecord, batch: WriteBatch) -> None:
-        if isinstance(event, TaskProgress | TaskLog | TaskVerifying):
+        if isinstance(event, TaskProgress | TaskLog | TaskVerifying | TaskUsage):
             batch.events.append(self._note(event))
             return
         if isinstance(event, TaskArtifact):
@@ -276,6 +282,10 @@ class EventFolder:
             record.next_attempt_at = None
             to_state = TaskState.DEAD if self._dead_letter else TaskState.FAILED
             kind = EventKind.DEAD if self._dead_letter else EventKind.FAILED
+            reason = self.escalate(record, event) if self.escalate is not None else None
+            if reason is not None:
+                to_state, kind = TaskState.NEEDS_INPUT, EventKind.NEEDS_INPUT
+                data["reason"] = reason
         batch.events.append(
             self._book.move(
                 record, to_state, at=event.at, kind=kind, node_id=event.node_id, event_id=event.event_id, data=data
@@ -382,9 +392,14 @@ class EventFolder:
             self._start(record, event, batch, started_at=started_at)
 
     @staticmethod
-    def _note(event: TaskProgress | TaskLog | TaskVerifying) -> EventRecord:
+    def _note(event: TaskProgress | TaskLog | TaskVerifying | TaskUsage) -> EventRecord:
         data: dict[str, object]
-        if isinstance(event, TaskProgress):
+        if isinstance(event, TaskUsage):
+            kind = EventKind.USAGE
+            data = {"input_tokens": event.input_tokens, "output_tokens": event.output_tokens, "model": event.model,
+                    "key": event.key, "cache_hit": event.cache_hit,
+                    "call_started_at": event.call_started_at}  # fmt: skip
+        elif isinstance(event, TaskProgress):
             kind, data = EventKind.PROGRESS, {"percent": event.percent, "message": event.message}
         elif isinstance(event, TaskVerifying):
             kind, data = EventKind.VERIFYING, {"check": event.check}

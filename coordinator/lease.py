@@ -131,6 +131,17 @@ class CoordinatorLease:
                 raise LeaseLostError("the lease could not be renewed before stopping; nothing more is written")
             await asyncio.sleep(POLL_S)
 
+    def blocked_reason(self) -> str | None:
+        """Why a write would have to wait or fail right now (None: it may start), without waiting."""
+        if self._lost_reason is not None:
+            return self._lost_message()
+        if time.monotonic() + COMMIT_MARGIN_S < self._valid_until:
+            return None
+        return (
+            "the coordinator cannot renew its lease, so it writes nothing for now (JetStream does not answer: "
+            "a NATS cluster without quorum, or NATS unreachable)"
+        )
+
     def check(self) -> None:
         """Raise unless the lease is valid right now (called just before a commit, on any thread)."""
         if self._lost_reason is not None:
@@ -174,6 +185,10 @@ class CoordinatorLease:
             current = await self._current()
             if current is not None:  # else it lapsed or was released a moment ago: create again
                 revision, other = current
+                if other == self.holder:
+                    # Our own create from a start-up try whose answer timed out: the lease is ours.
+                    self._granted(revision, sent)
+                    return
                 if seen is not None and revision != seen:
                     raise LeaseHeldError(self._held_message(other))
                 if seen is None:
@@ -250,7 +265,14 @@ class CoordinatorLease:
         nobody else wrote to the bucket meanwhile)."""
         current = await self._current()
         if current is not None:
-            _, other = current
+            revision, other = current
+            if other == self.holder:
+                # Our own renewal, sent while cut off and timed out here, was buffered by the client
+                # and stored after the reconnect (docs/JETSTREAM.md): adopt it and renew on it, so
+                # the lease's validity counts from a write we know the time of.
+                self._granted(await self._kv.update(LEASE_KEY, self._value, last=revision), sent)
+                log.info("lease.own_late_renewal_adopted", revision=self._revision)
+                return
             self._lose(f"taken over by {other.describe() if other else 'another coordinator'}")
             return
         last_seq = (await self._conn.js.stream_info(self._stream)).state.last_seq

@@ -45,7 +45,7 @@ SERVER_STOP_TIMEOUT_S = 5.0
 
 # Final states reached by running: their tasks have a run time.
 _RAN = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD})
-_RERUNNABLE = frozenset({TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
+_RERUNNABLE = frozenset({TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED, TaskState.NEEDS_INPUT})
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -90,6 +90,7 @@ class GaugeValues:
     updated_at: float | None = None
     queues: list[QueueDepth] | None = None
     dead_letters: int | None = None
+    storage_fault: bool = False
 
 
 class ClusterMetrics:
@@ -148,6 +149,11 @@ class ClusterMetrics:
         )
         self._dead_letters = Gauge("claw_dlq_messages", "Messages in the dead-letter stream.", registry=registry)
         self._nodes_online = Gauge("claw_nodes_online", "Worker nodes alive.", registry=registry)
+        self._storage_fault = Gauge(
+            "claw_storage_fault",
+            "1 while the state database refuses writes (disk full, read-only, ...).",
+            registry=registry,
+        )
         self._alert = Gauge("claw_alert_active", "1 while the alert fires.", ["alert"], registry=registry)
         self._updated = Gauge(
             "claw_gauges_updated_timestamp_seconds",
@@ -198,6 +204,7 @@ class ClusterMetrics:
             self._tasks.labels(state.value).set(values.tasks_by_state.get(state.value, 0))
         self._running.set(values.tasks_by_state.get(TaskState.RUNNING.value, 0))
         self._nodes_online.set(values.nodes_online)
+        self._storage_fault.set(1 if values.storage_fault else 0)
         for name, firing in values.alerts.items():
             self._alert.labels(name).set(1 if firing else 0)
         if values.queues is not None:

@@ -38,6 +38,8 @@ class NodeRegistry:
         self._missed_beats = missed_beats
         self._nodes: dict[str, _Node] = {}
         self._dirty: set[str] = set()
+        # Silence before this moment does not count (set after our own connection was down).
+        self._judge_from = 0.0
 
     async def load(self) -> None:
         """Seed from the database; nodes that were alive get one timeout window to beat again."""
@@ -90,12 +92,10 @@ class NodeRegistry:
         node.view = msgspec.structs.replace(node.view, status=report.status, running=report.running)
         self._dirty.add(report.node_id)
 
-    def grace(self) -> None:
-        """Restart every live node's timeout (after our own connection was down)."""
-        now = self._clock.now()
-        for node in self._nodes.values():
-            if node.view.status != NodeStatus.OFFLINE:
-                node.view = msgspec.structs.replace(node.view, last_seen=max(node.view.last_seen, now))
+    def grace(self, extra_s: float = 0.0) -> None:
+        """Restart every live node's timeout after our own connection was down, `extra_s` later
+        than now: the workers reconnect on their own schedule, possibly after us."""
+        self._judge_from = max(self._judge_from, self._clock.now() + extra_s)
 
     def sweep(self) -> list[NodeView]:
         """Mark nodes offline whose beats stopped; returns the nodes that just went offline."""
@@ -105,7 +105,7 @@ class NodeRegistry:
             view = node.view
             if view.status == NodeStatus.OFFLINE:
                 continue
-            silent_s = now - view.last_seen
+            silent_s = now - max(view.last_seen, self._judge_from)
             if silent_s > node.interval_s * self._missed_beats:
                 node.view = msgspec.structs.replace(view, status=NodeStatus.OFFLINE, running=0)
                 self._dirty.add(node_id)

@@ -34,7 +34,7 @@ from storage.task_writer import TaskWriter
 
 log = get_logger("coordinator.operations")
 
-RERUNNABLE = frozenset({TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
+RERUNNABLE = frozenset({TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED, TaskState.NEEDS_INPUT})
 RECHECK_EVERY_S = 30.0
 
 
@@ -71,7 +71,7 @@ class TaskOperations:
             record = await self._book.find(task_id)
             if record is None:
                 raise TaskNotFoundError(f"no task with id {task_id}; `claw task list` shows recent ones")
-            if record.state in TERMINAL_STATES:
+            if record.state in TERMINAL_STATES and record.state != TaskState.NEEDS_INPUT:
                 raise InvalidInputError(f"task {task_id} already {record.state.value}; there is nothing to cancel")
             now = self._clock.now()
             batch = WriteBatch()

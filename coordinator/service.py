@@ -37,11 +37,12 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig, CoordinatorSettings
 from common.errors import LeaseLostError
 from common.log import get_logger
-from common.models import NodeHeartbeat, QueueDepth
+from common.models import NodeHeartbeat, QueueDepth, StorageFaultView
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
+from communication.startup import StartupCalls
 from communication.topology import Topology
-from coordinator import maintenance
+from coordinator import flow, live_feed, maintenance, schedules, tenants, workflows
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -66,12 +67,16 @@ from coordinator.periodic_jobs import JobScheduler
 from coordinator.plugins import CoordinatorPlugin
 from coordinator.quarantine import QuarantineDesk
 from coordinator.queue_probe import QueueProbe
+from coordinator.restore_reconcile import reconcile_restored_queue
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
+from coordinator.workflows.engine import WorkflowEngine
 from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
+from storage.audit_anchor import AnchorSigner, key_path
+from storage.backup import restored_marker
 from storage.database import Database
 from storage.node_store import NodeStore
 from storage.quarantine_store import QuarantineStore
@@ -84,7 +89,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance,)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows, schedules, live_feed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,9 @@ class Buckets:
 class Coordinator:
     """A running coordinator; build it with `await Coordinator.start(config)`, then `run(stop)`."""
 
+    # The workflow runner, set by the workflows feature (coordinator/workflows): `start_run(...)`.
+    workflows: WorkflowEngine
+
     def __init__(
         self,
         config: ClawConfig,
@@ -110,6 +118,7 @@ class Coordinator:
         buckets: Buckets,
         artifacts: ArtifactStore,
         lease: CoordinatorLease,
+        audit_signer: AnchorSigner,
         plugins: Sequence[CoordinatorPlugin] = (),
     ) -> None:
         settings = config.coordinator
@@ -129,7 +138,14 @@ class Coordinator:
         # Tasks, from submit to outcome.
         self.book = TaskBook(self.queries)
         self.pipeline = SubmitPipeline(
-            conn, self.writer, self.queries, self.book, settings, clock, artifact_ttl_s=config.artifacts.default_ttl_s
+            conn,
+            self.writer,
+            self.queries,
+            self.book,
+            settings,
+            clock,
+            artifact_ttl_s=config.artifacts.default_ttl_s,
+            write_blocked=lease.blocked_reason,
         )
         self.folder = EventFolder(self.book, dead_letter=settings.dead_letter)
         self.dead_letters = DeadLetterOffice(conn, self.queries, clock, default_backoff(settings))
@@ -148,9 +164,9 @@ class Coordinator:
         node_store = NodeStore(db)
         self.registry = NodeRegistry(node_store, clock, missed_beats=settings.offline_after_missed_beats)
         self.node_control = NodeControlDesk(conn, node_store, self.writer, self.registry, buckets.node_control, clock)
-        self.catalog = SkillCatalog(SkillStore(db), self.writer, buckets.skills, clock)
+        self.catalog = SkillCatalog(SkillStore(db), self.writer, buckets.skills, clock, skill_code=topology.skill_code)
         self.guard = Guard(load_policy(settings.guard_policy))
-        self.auditor = Auditor(self.writer, buckets.audit)
+        self.auditor = Auditor(self.writer, buckets.audit, audit_signer, clock)
         self.artifact_store = artifacts
         self.janitor = ArtifactJanitor(artifacts, self.artifact_index, clock, grace_s=config.artifacts.cleanup_grace_s)
         self.probe = QueueProbe(conn)
@@ -158,6 +174,8 @@ class Coordinator:
         # Metrics cost nothing unless asked for: without a port there is no listener on the hot path.
         self.metrics = ClusterMetrics() if settings.metrics_port is not None else None
         self._metrics_server = None if self.metrics is None else MetricsServer(self.metrics.registry)
+        # API handlers that plugins add (objects with `@serves` methods), served with the others.
+        self.api_providers: list[object] = []
         for plugin in (*FEATURES, *plugins):
             plugin.register(self)
         self.authorizer = Authorizer(config.auth, clock, open_bus=not conn.auth_required)
@@ -199,8 +217,11 @@ class Coordinator:
             node_control=self.node_control,
             jobs=self.jobs.views,
             listeners=self.listeners.views,
+            storage_fault=self._storage_fault,
         )
-        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)))
+        # The handlers, for features that submit as the API does (schedules fire tasks through `submit`).
+        self.handlers = handlers
+        return ApiRoutes.of(handlers, QuarantineDesk(QuarantineStore(self.db)), *self.api_providers)
 
     @classmethod
     async def start(
@@ -211,11 +232,17 @@ class Coordinator:
         try:
             topology = Topology(conn, config.jetstream)
             node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
-            lease = await CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=clock.now())
+            now = clock.now()
+            lease = await StartupCalls(config.nats.startup_deadline_s)(
+                "the coordinator lease",
+                lambda: CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=now),
+            )
         except BaseException:
             await conn.close()
             raise
         try:
+            # The key that signs the audit anchors: beside the database, never in it (a bad mode stops the start).
+            signer = await asyncio.to_thread(AnchorSigner.load_or_create, key_path(config.coordinator.db_path))
             buckets, artifacts, db = await _prepare(config, topology)
         except BaseException:
             await lease.release()
@@ -223,9 +250,13 @@ class Coordinator:
             raise
         try:
             coordinator = cls(
-                config, conn, db, topology, clock, buckets=buckets, artifacts=artifacts, lease=lease, plugins=plugins
-            )
+                config, conn, db, topology, clock,
+                buckets=buckets, artifacts=artifacts, lease=lease, audit_signer=signer, plugins=plugins,
+            )  # fmt: skip
             await coordinator._load()
+            marker = restored_marker(config.coordinator.db_path)
+            if marker.exists():
+                await reconcile_restored_queue(conn, coordinator.book, coordinator.pipeline, marker)
         except BaseException:
             await lease.release()  # at once: a restart must not wait for it to lapse
             await artifacts.close()
@@ -369,26 +400,35 @@ class Coordinator:
                 updated_at=None if queues is None or dead_letters is None else self.clock.now(),
                 queues=queues,
                 dead_letters=dead_letters,
+                storage_fault=self.db.fault is not None,
             )
         )
+
+    def _storage_fault(self) -> StorageFaultView | None:
+        fault = self.db.fault
+        return None if fault is None else StorageFaultView(reason=fault.reason, since=fault.since)
 
 
 async def _prepare(config: ClawConfig, topology: Topology) -> tuple[Buckets, ArtifactStore, Database]:
     """Streams, consumer and buckets; the policy checked; the artifact store and the database opened."""
-    await topology.ensure_streams()
-    await topology.ensure_events_consumer()
-    await topology.nodes_kv()
+    step = StartupCalls(config.nats.startup_deadline_s)
+    await step("the JetStream streams", topology.ensure_streams)
+    await step("the events consumer", topology.ensure_events_consumer)
+    await step("the nodes bucket", topology.nodes_kv)
     buckets = Buckets(
-        skills=await topology.skills_kv(),
-        audit=await topology.audit_kv(),
-        node_control=await topology.node_control_kv(),
+        skills=await step("the skills bucket", topology.skills_kv),
+        audit=await step("the audit bucket", topology.audit_kv),
+        node_control=await step("the node-control bucket", topology.node_control_kv),
     )
-    await topology.skill_code()
+    await step("the skill code store", topology.skill_code)
     load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
     artifacts = await open_artifact_store(config.artifacts)
     try:
         db = await Database.open(
-            config.coordinator.db_path, synchronous=config.coordinator.sqlite_synchronous, own_checkpoints=True
+            config.coordinator.db_path,
+            synchronous=config.coordinator.sqlite_synchronous,
+            own_checkpoints=True,
+            check=config.coordinator.db_check,
         )
     except BaseException:
         await artifacts.close()

@@ -5,6 +5,11 @@
 - `claw skills install` uploads a skill folder to the skill-code object store and registers it
   here; installing a version that exists with another checksum is refused, the same checksum is a
   no-op. A new version becomes the enabled one; one version per name is enabled at a time.
+- Installing is guarded (issue 11, item 4): built-in names are reserved (a package calling itself
+  `shell.exec` would replace the built-in tool on every worker); a version may not declare a lower
+  risk than the highest of the skill's registered versions unless the admin passes
+  `allow_risk_change`, which is recorded as `skill.risk_lowered`; and the coordinator hashes the
+  archive the store holds (`archive_sha256`), which workers check before they unpack it.
 - Enable and disable flip a version. Skills that workers run from code, without a registry entry,
   are registered (source `worker`) the first time someone disables them.
 - Every change is an event in the hash-chained event log (task id `skill:<name>`), and a new
@@ -15,9 +20,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from common.clock import Clock
 from common.errors import InvalidInputError
@@ -27,9 +34,11 @@ from common.skills import (
     RegistryEntry,
     RegistrySnapshot,
     SkillManifest,
+    archive_sha256,
     builtin_manifests,
     compiled_validator,
     manifest_checksum,
+    reserved_names,
 )
 from communication.codec import encode
 from communication.connection import NATS_ERRORS
@@ -45,11 +54,21 @@ SNAPSHOT_KEY = "registry"
 class SkillCatalog:
     """Registered skill versions, and what is enabled."""
 
-    def __init__(self, store: SkillStore, tasks: TaskWriter, kv: KeyValue, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: SkillStore,
+        tasks: TaskWriter,
+        kv: KeyValue,
+        clock: Clock,
+        *,
+        skill_code: Callable[[], Awaitable[ObjectStore]] | None = None,
+    ) -> None:
         self._store = store
         self._tasks = tasks
         self._kv = kv
         self._clock = clock
+        # Where installed skills' archives are (None: installs cannot be hashed, and are refused).
+        self._skill_code = skill_code
         self._entries: dict[tuple[str, str], RegistryEntry] = {}
         self._revision = 0
 
@@ -119,9 +138,25 @@ class SkillCatalog:
     # --- changes ----------------------------------------------------------------------------------
 
     async def install(
-        self, manifest: SkillManifest, *, checksum: str, archive: str, by: str | None
+        self,
+        manifest: SkillManifest,
+        *,
+        checksum: str,
+        archive: str,
+        by: str | None,
+        uploaded_sha256: str | None = None,
+        allow_risk_change: bool = False,
     ) -> tuple[RegistryEntry, bool]:
-        """Register an uploaded skill; returns (entry, whether it was new)."""
+        """Register an uploaded skill; returns (entry, whether it was new).
+
+        Refused: a built-in's name; a version with other files than the registered one of the same
+        version; a lower risk than the highest registered version's without `allow_risk_change`; an
+        archive the store does not hold, or holds with other bytes than the uploader hashed."""
+        if manifest.name in reserved_names():
+            raise InvalidInputError(
+                f"'{manifest.name}' is the name of a built-in skill and is reserved: a package cannot "
+                f"install {manifest.key()}; give your skill another name in its skill.yaml"
+            )
         existing = self._entries.get((manifest.name, manifest.version))
         if existing is not None:
             if existing.checksum != checksum:
@@ -130,6 +165,8 @@ class SkillCatalog:
                     f"{existing.checksum[:12]}, this folder {checksum[:12]}); give the changed skill a new version"
                 )
             return existing, False
+        lowered_from = self._risk_lowered_from(manifest, allow_risk_change)
+        digest = await self._archive_digest(manifest, archive, uploaded_sha256)
         entry = RegistryEntry(
             name=manifest.name,
             version=manifest.version,
@@ -139,13 +176,72 @@ class SkillCatalog:
             manifest=manifest,
             archive=archive,
             installed_at=self._clock.now(),
+            archive_sha256=digest,
         )
         changed = [entry] + [
             msgspec.structs.replace(e, enabled=False) for e in self.versions(manifest.name) if e.enabled
         ]
-        await self._save(changed, [self._event(entry, EventKind.SKILL_INSTALLED, by=by, checksum=checksum)])
+        events = [self._event(entry, EventKind.SKILL_INSTALLED, by=by, checksum=checksum, archive_sha256=digest)]
+        if lowered_from is not None:
+            events.append(
+                self._event(
+                    entry,
+                    EventKind.SKILL_RISK_LOWERED,
+                    by=by,
+                    from_risk=lowered_from.manifest.risk.value,
+                    to_risk=manifest.risk.value,
+                    from_version=lowered_from.version,
+                )
+            )
+            log.warning(
+                "skills.risk_lowered",
+                skill=manifest.name,
+                version=manifest.version,
+                from_risk=lowered_from.manifest.risk.value,
+                to_risk=manifest.risk.value,
+                by=by,
+            )
+        await self._save(changed, events)
         await self.publish()
         return entry, True
+
+    def _risk_lowered_from(self, manifest: SkillManifest, allowed: bool) -> RegistryEntry | None:
+        """The registered version whose risk `manifest` lowers (the riskiest), or None if it lowers none.
+
+        The riskiest enabled version is the baseline (after an allowed lowering, the lowered version
+        is); with no version enabled, every registered version counts: otherwise disabling the risky
+        version first would launder a lower risk in without the flag."""
+        versions = self.versions(manifest.name)
+        baseline = [e for e in versions if e.enabled] or versions
+        riskiest = max(baseline, key=lambda e: e.manifest.risk.rank, default=None)
+        if riskiest is None or manifest.risk.rank >= riskiest.manifest.risk.rank:
+            return None
+        if not allowed:
+            raise InvalidInputError(
+                f"{manifest.key()} declares risk {manifest.risk.value}, lower than {riskiest.manifest.risk.value} "
+                f"of {riskiest.manifest.key()}; if the new version really is less risky, an admin installs it "
+                "with `claw skills install --allow-risk-change` (recorded in the audit log)"
+            )
+        return riskiest
+
+    async def _archive_digest(self, manifest: SkillManifest, archive: str, uploaded_sha256: str | None) -> str:
+        """The sha256 of the archive the skill-code store holds, checked against the uploader's."""
+        if self._skill_code is None:
+            raise InvalidInputError("this coordinator has no skill-code store: it cannot install skills")
+        store = await self._skill_code()
+        try:
+            result = await store.get(archive)
+        except NATS_ERRORS as exc:
+            raise InvalidInputError(
+                f"the files of {manifest.key()} are not in the skill store ({archive}: {exc}); install again"
+            ) from None
+        digest = await asyncio.to_thread(archive_sha256, bytes(result.data or b""))
+        if uploaded_sha256 is not None and digest != uploaded_sha256:
+            raise InvalidInputError(
+                f"the archive of {manifest.key()} in the skill store (sha256 {digest[:12]}) is not the one "
+                f"uploaded (sha256 {uploaded_sha256[:12]}): it was changed in between; install again"
+            )
+        return digest
 
     async def set_enabled(self, name: str, version: str | None, enabled: bool, *, by: str | None) -> RegistryEntry:
         """Enable (one version; the newest if none given) or disable (one or all versions) a skill."""

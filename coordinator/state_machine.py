@@ -24,7 +24,8 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     # In the stream; DEAD when it cannot run at all (undecodable, expired).
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.DEAD}),
     # QUEUED again when its attempt was lost (worker died) and JetStream will redeliver it.
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.RETRYING, S.DEAD, S.CANCELLED, S.QUEUED}),
+    # NEEDS_INPUT: its attempt failed for a reason a person must fix (flow control's escalation).
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.RETRYING, S.DEAD, S.CANCELLED, S.QUEUED, S.NEEDS_INPUT}),
     S.RETRYING: frozenset({S.RUNNING, S.CANCELLED, S.DEAD}),
     S.SUCCEEDED: frozenset(),
     S.REJECTED: frozenset(),
@@ -32,6 +33,8 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     S.FAILED: frozenset({S.PENDING}),
     S.DEAD: frozenset({S.PENDING}),
     S.CANCELLED: frozenset({S.PENDING}),
+    # Until a person acts: `claw task retry` (a new series) or `claw task cancel`.
+    S.NEEDS_INPUT: frozenset({S.PENDING, S.CANCELLED}),
 }
 
 assert set(TRANSITIONS) == set(TaskState), "every state needs a row in the transition table"
@@ -64,11 +67,16 @@ def transition(
         )
     record.state = to_state
     record.updated_at = at
+    if attempt is None:
+        attempt = record.attempts
+    if data is None:
+        # Several times per task: the row itself, without `EventRecord.of`'s keyword handling.
+        return EventRecord(record.task_id, kind, at, attempt, event_id, from_state, to_state, node_id)
     return EventRecord.of(
         kind,
         record.task_id,
         at,
-        attempt=record.attempts if attempt is None else attempt,
+        attempt=attempt,
         event_id=event_id,
         from_state=from_state,
         to_state=to_state,

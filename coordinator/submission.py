@@ -26,8 +26,11 @@ limit shrank, gets here): it ends `failed` with the sizes, instead of being repu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 from nats.js.api import PubAck
@@ -36,7 +39,7 @@ from nats.js.errors import NotFoundError
 from common.api import SubmitResult
 from common.clock import Clock
 from common.config import CoordinatorSettings
-from common.errors import ClawError, QueueFullError, StorageError
+from common.errors import ClawError, CoordinatorUnavailableError, InvalidInputError, QueueFullError, StorageError
 from common.event_kinds import EventKind
 from common.ids import new_id
 from common.log import get_logger
@@ -60,12 +63,32 @@ QUEUED_COMMIT_WAIT_S = 0.005
 Unconfirmed = tuple[list[TaskRecord], dict[str, PubAck], float]
 
 
+class SubmitGate(Protocol):
+    """A feature that may refuse or hold back admitted tasks (tenants: coordinator/tenants/)."""
+
+    def refusal(self, new: list[TaskRecord], added: Counter[str]) -> ClawError | None:
+        """Why this request's `new` tasks may not be stored (`added`: tasks per tenant earlier in
+        the batch), or None. A refusal refuses the whole request; nothing of it is stored."""
+        ...
+
+    def hold(self, new: list[TaskRecord]) -> list[EventRecord]:
+        """Mark (`held_for_share`) the new pending tasks not to publish now; returns timeline rows
+        saying why. Called with the book lock held, just before the tasks are committed."""
+        ...
+
+    def adopt(self, stuck: list[TaskRecord]) -> list[TaskRecord]:
+        """Of the tasks pending too long, those to publish again now (the rest the gate holds)."""
+        ...
+
+
 @dataclass(slots=True)
 class SubmitJob:
     """One admitted request waiting for the pipeline; `done` receives its results or error."""
 
     records: list[TaskRecord]
     done: asyncio.Future[list[SubmitResult]]
+    # Loop time by which the job is stored or refused: never stored after its client gave up.
+    deadline: float
     # Filled by the pipeline, one per record: the new task or the existing one its id/key names.
     results: list[SubmitResult] = field(default_factory=list)
 
@@ -83,8 +106,11 @@ class SubmitPipeline:
         clock: Clock,
         *,
         artifact_ttl_s: float = 0.0,
+        write_blocked: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._artifact_ttl_s = artifact_ttl_s
+        # Why the database fence would hold a write back now (the lease overdue): refuse, not wait.
+        self._write_blocked = write_blocked
         self._conn = conn
         self._writer = writer
         self._queries = queries
@@ -99,10 +125,20 @@ class SubmitPipeline:
         self._unconfirmed: list[Unconfirmed] = []
         # `queued` moves already made in the task book whose commit failed: written with the next one.
         self._unwritten = WriteBatch()
+        # Features that may refuse or hold back admitted tasks, added by their `register`.
+        self.gates: list[SubmitGate] = []
+        # Flow control's gate (coordinator/flow/): holds tasks whose limit keys have no room.
+        self.gate: PublishGate | None = None
 
     def submit(self, records: list[TaskRecord]) -> asyncio.Future[list[SubmitResult]]:
         """Queue admitted records; the future resolves once they are persisted and published."""
-        job = SubmitJob(records, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = SubmitJob(records, loop.create_future(), loop.time() + self._settings.submit_answer_s)
+        blocked = self._write_blocked()
+        if blocked is not None:
+            # Refused at the door: the pipeline itself may be waiting on the same fence.
+            job.done.set_exception(_not_writable(blocked))
+            return job.done
         self._queue.put_nowait(job)
         return job.done
 
@@ -147,15 +183,28 @@ class SubmitPipeline:
                 if not job.done.done():
                     job.done.set_exception(exc)
             return
-        runnable = [r for r in new if r.state == TaskState.PENDING]
+        runnable = [r for r in new if r.state == TaskState.PENDING and not r.held_for_share]
+        if self.gate is not None and runnable:
+            runnable = await self.gate.admit(runnable)
         # Stamped before the publish: a worker can start the task before our ack arrives.
         sent_at = self._clock.now()
-        queued = await self._publish(runnable)
+        publishing = asyncio.ensure_future(self._publish(runnable))
+        deadline = min(job.deadline for job in jobs)
+        await asyncio.wait([publishing], timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        if not publishing.done():
+            # JetStream has not confirmed in time (no quorum, a leader election, overload): the tasks
+            # are stored, so say so now rather than let the clients time out; the publish goes on,
+            # and `republish-pending` keeps trying after it.
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_result([_not_yet_queued(r) for r in job.results])
+        queued = await publishing
         failed = {r.task_id: r for r in runnable if r.state == TaskState.FAILED}
+        held = {r.task_id: r.tenant for r in new if r.held_for_share}
         for job in jobs:
             if job.done.done():
                 continue
-            job.done.set_result([_published_result(r, queued, failed) for r in job.results])
+            job.done.set_result([_published_result(r, queued, failed, held) for r in job.results])
         if queued:
             self._unconfirmed.append((runnable, queued, sent_at))
 
@@ -171,20 +220,27 @@ class SubmitPipeline:
         existing_ids = await self._queries.existing_ids(chosen) if chosen else {}
         batch = WriteBatch()
         added: Counter[str] = Counter()
+        added_tenant: Counter[str] = Counter()
         added_held = 0
         for job in jobs:
             results, new = self._resolve(job.records, existing_keys, existing_ids)
             held = sum(1 for r in new if _will_be_held(r))
-            refusal = self._queue_full(new, added) or self._approvals_full(held, added_held)
+            refusal = (
+                _key_of_another_tenant(job.records, existing_keys)
+                or self._queue_full(new, added)
+                or self._approvals_full(held, added_held)
+                or next((r for g in self.gates if (r := g.refusal(new, added_tenant)) is not None), None)
+            )
             if refusal is not None:
                 job.done.set_exception(refusal)
                 continue
             added_held += held
             for record in new:
                 added[record.skill] += 1
+                added_tenant[record.tenant] += 1
                 existing_ids[record.task_id] = record.state
                 if record.idempotency_key:
-                    existing_keys[record.idempotency_key] = (record.task_id, record.state)
+                    existing_keys[record.idempotency_key] = (record.task_id, record.state, record.tenant)
                 batch.new_tasks.append(record)
                 batch.events.append(
                     EventRecord.of(
@@ -214,8 +270,10 @@ class SubmitPipeline:
                     _end_span(record, record.state.value)  # held, denied, duplicate or refused: no publish
         withdrawn: list[int] = []
         if batch or self._unconfirmed or self._unwritten:
-            async with self._book.lock:
+            async with self._book_lock_by(min(job.deadline for job in jobs), bool(batch.new_tasks)):
                 staged, withdrawn = self._stage_queued(batch)
+                for gate in self.gates:
+                    batch.events.extend(gate.hold([r for r in batch.new_tasks if r.state == TaskState.PENDING]))
                 try:
                     await self._writer.write_batch(batch)
                 except StorageError as exc:
@@ -224,12 +282,43 @@ class SubmitPipeline:
                         _end_span(record, "not persisted")
                     self._unconfirmed[:0] = staged  # cancelled ones are withdrawn by a later batch
                     self._keep_unwritten(batch)  # and their `queued` is written with it
-                    raise
+                    fault = self._writer.fault
+                    raise _not_stored(fault.reason if fault else str(exc)) from None
                 for record in batch.new_tasks:
                     self._book.add(record)
                 self._book.release_finished(batch.new_tasks)
         await self._withdraw_all(withdrawn)
         return batch.new_tasks
+
+    @contextlib.asynccontextmanager
+    async def _book_lock_by(self, deadline: float, storing: bool) -> AsyncIterator[None]:
+        """Hold the task book's lock; a submit that would wait past `deadline` while the database
+        refuses writes is refused unstored instead.
+
+        While the database refuses writes, whoever holds the lock (the event intake retrying its
+        commit) may hold it for long: a submit must neither wait for it nor be stored after its
+        client gave up (it would run although the client was told it failed).
+        """
+        fault = self._writer.fault
+        if storing and fault is not None and self._book.lock.locked():
+            raise _not_stored(fault.reason)
+        blocked = self._write_blocked() if storing else None
+        if blocked is not None:
+            raise _not_writable(blocked)
+        try:
+            async with asyncio.timeout_at(deadline if storing else None):
+                await self._book.lock.acquire()
+        except TimeoutError:
+            fault = self._writer.fault
+            if fault is not None:
+                raise _not_stored(fault.reason) from None
+            # Busy but healthy: store late rather than refuse; a client that timed out meanwhile
+            # and retries with the same id or key is answered with this very task.
+            await self._book.lock.acquire()
+        try:
+            yield
+        finally:
+            self._book.lock.release()
 
     def _apply_guard(self, record: TaskRecord) -> EventRecord | None:
         """Hold a task for approval, or record the guard's denial; None when it may run."""
@@ -267,7 +356,7 @@ class SubmitPipeline:
     @staticmethod
     def _resolve(
         records: list[TaskRecord],
-        existing_keys: dict[str, tuple[str, TaskState]],
+        existing_keys: dict[str, tuple[str, TaskState, str]],
         existing_ids: dict[str, TaskState],
     ) -> tuple[list[SubmitResult], list[TaskRecord]]:
         results: list[SubmitResult] = []
@@ -281,7 +370,7 @@ class SubmitPipeline:
             elif record.task_id in seen_ids:  # a client-chosen id twice in one request: one task
                 results.append(SubmitResult(task_id=record.task_id, state=TaskState.PENDING, duplicate=True))
             elif key and key in existing_keys:
-                task_id, state = existing_keys[key]
+                task_id, state, _ = existing_keys[key]
                 results.append(SubmitResult(task_id=task_id, state=state, duplicate=True))
             elif key and key in seen:
                 task_id, state = seen[key]
@@ -464,6 +553,12 @@ class SubmitPipeline:
 
     async def publish_pending(self, records: list[TaskRecord]) -> None:
         """Publish records already committed as pending (re-runs), and confirm them queued."""
+        if self.gate is not None:
+            records = await self.gate.admit(records)
+        await self.publish_admitted(records)
+
+    async def publish_admitted(self, records: list[TaskRecord]) -> None:
+        """Publish pending records the gate let through, and confirm them queued."""
         for start in range(0, len(records), self._settings.submit_batch_max):
             chunk = records[start : start + self._settings.submit_batch_max]
             await self._publish_and_commit_queued(chunk)
@@ -472,6 +567,8 @@ class SubmitPipeline:
         """Publish tasks that stayed pending longer than `republish_after_s` (crash, NATS outage)."""
         cutoff = self._clock.now() - self._settings.republish_after_s
         stuck = [r for r in self._book.with_state(TaskState.PENDING) if r.updated_at <= cutoff]
+        for gate in self.gates:
+            stuck = gate.adopt(stuck)
         if stuck:
             log.info("submit.republish", count=len(stuck))
             await self.publish_pending(stuck)
@@ -505,15 +602,66 @@ class SubmitPipeline:
         return True
 
 
+class PublishGate(Protocol):
+    """What stands between a pending task and its publish (flow control's gate)."""
+
+    async def admit(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """The records that may be published now; the others stay pending until it publishes them."""
+        ...
+
+
+def _key_of_another_tenant(
+    records: list[TaskRecord], existing_keys: dict[str, tuple[str, TaskState, str]]
+) -> InvalidInputError | None:
+    """Refuse a request whose idempotency key names another tenant's task: answering with that task
+    would hand one tenant another's task id and state (keys are one namespace for all tenants)."""
+    for record in records:
+        found = existing_keys.get(record.idempotency_key) if record.idempotency_key else None
+        if found is not None and found[2] != record.tenant:
+            return InvalidInputError(
+                f"idempotency key {record.idempotency_key!r} is taken by another tenant's task: choose another key "
+                "(for example with a prefix of your own)"
+            )
+    return None
+
+
 def _will_be_held(record: TaskRecord) -> bool:
     """Whether the guard holds this admitted task for approval (it is then not queued)."""
     return record.approvals_needed > 0 and record.denied is None
 
 
-def _published_result(result: SubmitResult, queued: dict[str, PubAck], failed: dict[str, TaskRecord]) -> SubmitResult:
+def _not_writable(reason: str) -> CoordinatorUnavailableError:
+    return CoordinatorUnavailableError(
+        f"{reason}; the submit was not stored (nothing will run): retry when NATS is healthy again"
+    )
+
+
+def _not_stored(reason: str) -> StorageError:
+    return StorageError(
+        f"state database: {reason}; the submit was not stored (nothing will run): "
+        "retry when `claw status` no longer shows a storage fault"
+    )
+
+
+def _not_yet_queued(result: SubmitResult) -> SubmitResult:
+    """The answer for a stored task whose publish JetStream has not confirmed within the deadline."""
+    if result.duplicate or result.state != TaskState.PENDING:
+        return result
+    return msgspec.structs.replace(
+        result,
+        note="stored, not queued yet: JetStream did not confirm the publish in time (a NATS cluster without "
+        "quorum, or overloaded); it is queued as soon as JetStream answers (`claw task show` follows it)",
+    )
+
+
+def _published_result(
+    result: SubmitResult, queued: dict[str, PubAck], failed: dict[str, TaskRecord], held: dict[str, str]
+) -> SubmitResult:
     """A submit's answer for one task once its publish was tried."""
     if result.duplicate:
         return result
+    if result.task_id in held:
+        return msgspec.structs.replace(result, note=f"waiting for tenant share (tenant {held[result.task_id]})")
     if result.task_id in queued:
         return msgspec.structs.replace(result, state=TaskState.QUEUED)
     record = failed.get(result.task_id)

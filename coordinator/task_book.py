@@ -37,6 +37,7 @@ class TaskBook:
         self._active: dict[str, TaskRecord] = {}
         self._counts: Counter[TaskState] = Counter()
         self._waiting: Counter[str] = Counter()
+        self._waiting_tenant: Counter[str] = Counter()
         # Held while changing records and committing the change: commits then happen in the order
         # the changes were made, so event-log ids follow the order of transitions.
         self.lock = asyncio.Lock()
@@ -46,6 +47,7 @@ class TaskBook:
         self._active = {r.task_id: r for r in await self._store.load_unfinished()}
         self._counts = Counter(await self._store.count_by_state())
         self._waiting = Counter(r.skill for r in self._active.values() if r.state in WAITING_STATES)
+        self._waiting_tenant = Counter(r.tenant for r in self._active.values() if r.state in WAITING_STATES)
 
     def __len__(self) -> int:
         return len(self._active)
@@ -67,6 +69,7 @@ class TaskBook:
         self._counts[record.state] += 1
         if record.state in WAITING_STATES:
             self._waiting[record.skill] += 1
+            self._waiting_tenant[record.tenant] += 1
 
     def adopt(self, record: TaskRecord) -> None:
         """Take a finished task loaded from the database back into the working set (re-run)."""
@@ -91,7 +94,9 @@ class TaskBook:
         )
         self._counts[from_state] -= 1
         self._counts[to_state] += 1
-        self._waiting[record.skill] += (to_state in WAITING_STATES) - (from_state in WAITING_STATES)
+        change = (to_state in WAITING_STATES) - (from_state in WAITING_STATES)
+        self._waiting[record.skill] += change
+        self._waiting_tenant[record.tenant] += change
         return row
 
     @staticmethod
@@ -108,7 +113,9 @@ class TaskBook:
         if record.state != from_state:
             self._counts[from_state] -= 1
             self._counts[record.state] += 1
-            self._waiting[record.skill] += (record.state in WAITING_STATES) - (from_state in WAITING_STATES)
+            change = (record.state in WAITING_STATES) - (from_state in WAITING_STATES)
+            self._waiting[record.skill] += change
+            self._waiting_tenant[record.tenant] += change
 
     def release_finished(self, records: list[TaskRecord]) -> None:
         """Drop committed finished tasks from the working set."""
@@ -123,6 +130,10 @@ class TaskBook:
     def waiting(self, skill: str) -> int:
         """Tasks of `skill` waiting for a worker (pending, queued or retrying)."""
         return self._waiting[skill]
+
+    def waiting_of_tenant(self, tenant: str) -> int:
+        """Tasks of `tenant` waiting for a worker (pending, queued or retrying), all skills."""
+        return self._waiting_tenant[tenant]
 
     def running_on(self, node_id: str) -> list[TaskRecord]:
         """Tasks whose current attempt runs on `node_id`."""

@@ -54,4 +54,5 @@ def task_message_of(record: TaskRecord, fallback_backoff: Backoff) -> TaskMessag
         attempt_offset=record.attempt_offset,
         submitted_at=record.created_at,
         backoff=backoff,
+        flow=record.flow_ticket,
     )

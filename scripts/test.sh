@@ -11,6 +11,13 @@ if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-ge
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q bubblewrap >&2 || { apt-get update -q >&2 && apt-get install -y -q bubblewrap >&2; }
 fi
+# The dashboard's browser tests drive Debian's chromium (Playwright cannot download its own browsers
+# here); they skip, saying why, without it. Installed like bubblewrap.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium (the dashboard's browser tests)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium >&2 || { apt-get update -q >&2 && apt-get install -y -q chromium >&2; }
+fi
 echo "== ruff" >&2
 ruff check .
 ruff format --check .

@@ -3,12 +3,15 @@
 Each event row stores `prev_hash` (the hash of the row before it, by id; 64 zeros for the first) and
 `hash` = SHA-256 over `prev_hash` and the row's canonical content (its event id, task, attempt,
 kind, states, node, time and data). Changing a row breaks its own hash; removing or inserting one
-breaks the next row's `prev_hash`. `verify_chain` walks the table and names the first broken event.
+breaks the next row's `prev_hash`. Ids are contiguous from 1 (AUTOINCREMENT; rows are never
+deleted), so a gap in them is removed events even where the hashes after it were recomputed.
+`verify_chain` walks the table and names the first broken event.
 
 Limits, stated plainly: someone who can write the database file can also recompute every hash after
 a change. Two things close most of that gap: with `CLAW_AUDIT_KEY` set (`coordinator.audit_key_env`)
 the hashes are HMACs that cannot be recomputed without the key, and the coordinator anchors the
-chain's head (last id and hash) in NATS KV, so history rewritten up to the anchor is detected too.
+chain's head (last id and hash) in NATS KV, signed (storage/audit_anchor.py), so history rewritten
+up to the anchor, or a tail cut off while the coordinator was stopped, is detected too.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ class ChainVerifier:
         self._expected_prev = GENESIS
         self.checked = 0
         self.broken: ChainBreak | None = None
+        # The id of the last row checked: ids are contiguous from 1 (AUTOINCREMENT, and no row is
+        # ever deleted), so a gap is events removed, even when the hashes after it were recomputed.
+        self.last_id: int | None = None
 
     def feed(self, rows: Iterable[sqlite3.Row]) -> ChainBreak | None:
         """Check the next rows; returns the first break found so far, or None."""
@@ -89,6 +95,7 @@ class ChainVerifier:
             if self.broken is not None:
                 return self.broken
             self._expected_prev = row["hash"]
+            self.last_id = row["id"]
         return None
 
     def _check(self, row: sqlite3.Row) -> ChainBreak | None:
@@ -100,7 +107,17 @@ class ChainVerifier:
             )
         if chain_hash(row["prev_hash"], _row_content(row), self._key) != row["hash"]:
             return ChainBreak(row["id"], "its content does not match its hash: it was altered")
-        return None
+        return self._check_id(row["id"])
+
+    def _check_id(self, event_id: int) -> ChainBreak | None:
+        expected = 1 if self.last_id is None else self.last_id + 1
+        if event_id == expected:
+            return None
+        if self.last_id is None:
+            return ChainBreak(event_id, f"the log starts at event {event_id}, not 1: the events before it were removed")
+        return ChainBreak(
+            event_id, f"the event ids jump from {self.last_id} to it: events {expected}..{event_id - 1} were removed"
+        )
 
 
 def rehash_rows(rows: Iterable[sqlite3.Row], key: bytes | None) -> Iterator[tuple[str, str, int]]:

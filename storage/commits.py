@@ -4,19 +4,23 @@
 hands it on only once the transaction has committed. Its parts are copies (task images) or rows that
 are never changed once staged (event records), so a listener that runs later, from a queue of its
 own, sees the commit as it was, not the tasks as they are by then.
+
+These are built per task on the coordinator's hot path (several per task for every commit), so they
+are msgspec Structs without GC tracking: a frozen dataclass costs an `object.__setattr__` per field
+(docs/Performance.md, "The cost of the hooks").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 from common.states import TaskState
 from storage.records import EventRecord, TaskRecord
 
 
-@dataclass(frozen=True, slots=True)
-class TaskImage:
+class TaskImage(msgspec.Struct, frozen=True, gc=False):
     """A task's row as a commit wrote it (the fields listeners use)."""
 
     task_id: str
@@ -29,6 +33,8 @@ class TaskImage:
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    # Whose task it is (quotas, fair share, usage by tenant).
+    tenant: str = "default"
 
     @classmethod
     def of(cls, record: TaskRecord) -> TaskImage:
@@ -44,25 +50,27 @@ class TaskImage:
             record.started_at,
             record.finished_at,
             record.updated_at,
+            record.tenant,
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(msgspec.Struct, frozen=True, gc=False):
     """One committed state change: the event-log row that records it, and its task as committed."""
 
     event: EventRecord
     task: TaskImage
 
 
-@dataclass(frozen=True, slots=True)
-class Committed:
+class Committed(msgspec.Struct, frozen=True):
     """One committed transaction."""
 
     # The rows appended to the event log, in order (redelivered events already in the log left out).
     events: tuple[EventRecord, ...]
     # task id -> image, for every task row the transaction inserted or updated.
     tasks: Mapping[str, TaskImage]
+    # The tasks this transaction admitted under an id the coordinator made (a fresh ULID, not one
+    # the client chose): nobody can be waiting on them yet, so their admission need not be announced.
+    fresh_ids: frozenset[str] = frozenset()
 
     def transitions(self) -> Iterator[Transition]:
         """The state changes, in the order they were made (a task's admission: `from_state` None)."""
@@ -74,5 +82,6 @@ class Committed:
 
     def changed_states(self) -> list[TaskImage]:
         """The tasks whose state changed, each once, as committed."""
-        ids = dict.fromkeys(t.event.task_id for t in self.transitions())
-        return [self.tasks[task_id] for task_id in ids]
+        tasks = self.tasks
+        ids = dict.fromkeys(e.task_id for e in self.events if e.to_state is not None and e.task_id in tasks)
+        return [tasks[task_id] for task_id in ids]

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 import aiosqlite
 
-from common.errors import MigrationError, StorageError
+from common.errors import DatabaseDamagedError, MigrationError, StorageError
 from common.log import get_logger
 from storage.migrations import LATEST_VERSION, MIGRATIONS
+from storage.sqlite_errors import DAMAGED, describe_sqlite_error, sqlite_error_name
 
 log = get_logger("storage.database")
 
@@ -42,6 +45,14 @@ class WriteFence(Protocol):
     def check(self) -> None:
         """Raise unless a commit may happen now; called on the writer thread just before it."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class StorageFault:
+    """Why the state database refuses writes, and since when (unix time)."""
+
+    reason: str
+    since: float
 
 
 class _WriterThread:
@@ -95,6 +106,8 @@ class Database:
         self._reader = reader
         self._wal_warned_bytes = 0
         self._fence: WriteFence | None = None
+        # The last write's failure, until a write succeeds again (`claw status`, /metrics, submits).
+        self.fault: StorageFault | None = None
 
     def set_fence(self, fence: WriteFence | None) -> None:
         """From now on, write only while `fence` allows it (its error is raised, nothing committed)."""
@@ -102,23 +115,33 @@ class Database:
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, synchronous: Literal["normal", "full"] = "normal", own_checkpoints: bool = False
+        cls,
+        path: str | Path,
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+        own_checkpoints: bool = False,
+        check: Literal["quick", "full", "off"] = "off",
     ) -> Database:
-        """Open (creating if needed) and migrate the database at `path`.
+        """Open (creating if needed), check and migrate the database at `path`.
 
         With `own_checkpoints`, commits never checkpoint the write-ahead log: the caller must call
-        `checkpoint()` every second or so (the coordinator's maintenance loop does).
+        `checkpoint()` every second or so (the coordinator's maintenance loop does). `check` runs
+        SQLite's quick or full integrity check first and raises `DatabaseDamagedError` on a bad file.
         """
         path = Path(path)
         writer = _WriterThread()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             await writer.open(path, synchronous, own_checkpoints=own_checkpoints)
+            if check != "off":
+                await writer.call(lambda conn: _check_integrity(conn, path, full=check == "full"))
             await writer.call(_migrate)
             reader = await _connect(path, synchronous)
         except sqlite3.Error as exc:
             await writer.close()
-            raise StorageError(f"cannot open the state database {path}: {exc}") from None
+            if sqlite_error_name(exc) in DAMAGED:
+                raise DatabaseDamagedError(_damaged_message(path, str(exc))) from None
+            raise StorageError(f"cannot open the state database {path}: {describe_sqlite_error(exc)}") from None
         except OSError as exc:
             await writer.close()
             raise StorageError(f"cannot create the state database {path}: {exc}") from None
@@ -153,9 +176,11 @@ class Database:
                 if fence is not None:
                     fence.check()
                 conn.commit()
+                self.fault = None
             except sqlite3.Error as exc:
                 conn.rollback()
-                raise StorageError(f"state database write failed: {exc}") from exc
+                self.fault = StorageFault(describe_sqlite_error(exc), time.time())
+                raise StorageError(f"state database: {self.fault.reason}") from exc
             except BaseException:
                 # Not SQLite's doing (a value it cannot bind, a bug in `fn`): the statements that
                 # did run must not stay pending for the next transaction to commit.
@@ -194,7 +219,7 @@ class Database:
                 conn.commit()
             except sqlite3.Error as exc:
                 conn.rollback()
-                raise StorageError(f"state database maintenance failed: {exc}") from exc
+                raise StorageError(f"state database maintenance failed: {describe_sqlite_error(exc)}") from exc
             except BaseException:
                 conn.rollback()
                 raise
@@ -275,6 +300,25 @@ def _passive_checkpoint(conn: sqlite3.Connection) -> int:
     _busy, log_frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
     return max(int(log_frames), 0) * page_size
+
+
+INTEGRITY_PROBLEMS_SHOWN = 3
+
+
+def _damaged_message(path: Path, detail: str) -> str:
+    return (
+        f"the state database {path} is damaged ({detail}); the coordinator will not serve from it: "
+        "restore it from a backup (docs/RUNBOOK.md, 'A damaged state database'), or move it aside to "
+        "start with an empty one"
+    )
+
+
+def _check_integrity(conn: sqlite3.Connection, path: Path, *, full: bool) -> None:
+    """SQLite's quick or full integrity check; raises `DatabaseDamagedError` with its first problems."""
+    pragma = "integrity_check" if full else "quick_check"
+    rows = [row[0] for row in conn.execute(f"PRAGMA {pragma}({INTEGRITY_PROBLEMS_SHOWN})").fetchall()]
+    if rows != ["ok"]:
+        raise DatabaseDamagedError(_damaged_message(path, "; ".join(rows)))
 
 
 def _apply_pragmas(conn: sqlite3.Connection, synchronous: str) -> None:

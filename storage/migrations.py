@@ -207,6 +207,146 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX quarantine_task ON quarantine (task_id, id);
         """,
     ),
+    (
+        8,
+        "trust-audit: the sha256 of each installed skill's archive, which workers check before loading it",
+        """
+        -- Computed by the coordinator from the skill-code store at install; NULL for skills installed
+        -- before (workers then check the unpacked files' checksum only) and for built-ins.
+        ALTER TABLE skills ADD COLUMN archive_sha256 TEXT;
+        """,
+    ),
+    (
+        9,
+        "the tenant of each task (quotas, fair share, usage by tenant)",
+        """
+        ALTER TABLE tasks ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        -- `claw task list --tenant` pages newest first within one tenant.
+        CREATE INDEX tasks_tenant ON tasks (tenant, task_id);
+        """,
+    ),
+    (
+        10,
+        "flow control: limits by key, a task's own limit keys, usage by tenant, skill, model and hour",
+        """
+        -- Set by `claw limits set` (config limits are applied at start and stored here too).
+        CREATE TABLE flow_limits (
+            key TEXT PRIMARY KEY,
+            spec TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        -- The limit keys a task adds to its skill's (`claw submit --limit-key`), as JSON.
+        ALTER TABLE tasks ADD COLUMN flow TEXT;
+        -- Usage accounting (`claw usage`): one row per tenant, skill, model and hour.
+        CREATE TABLE flow_usage (
+            hour INTEGER NOT NULL,
+            tenant TEXT NOT NULL,
+            skill TEXT NOT NULL,
+            model TEXT NOT NULL,
+            calls INTEGER NOT NULL DEFAULT 0,
+            errors TEXT NOT NULL DEFAULT '{}',
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_hits INTEGER NOT NULL DEFAULT 0,
+            cost REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, tenant, skill, model)
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        11,
+        "workflows: registered versions, runs and node runs (coordinator/workflows), and the memo cache",
+        """
+        CREATE TABLE workflows (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            spec TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            registered_at REAL NOT NULL,
+            registered_by TEXT,
+            PRIMARY KEY (name, version)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE workflow_runs (
+            run_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            input TEXT NOT NULL,
+            trigger TEXT,
+            submitter TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL,
+            error TEXT,
+            rerun_of TEXT,
+            from_node TEXT,
+            trace_id TEXT,
+            traceparent TEXT,
+            -- A random secret in the node task ids: nobody can submit a task under a node's id first.
+            salt TEXT NOT NULL
+        ) WITHOUT ROWID;
+        -- The start-up load of unfinished runs, and `claw workflow list` newest first.
+        CREATE INDEX workflow_runs_state ON workflow_runs (state, run_id);
+        CREATE INDEX workflow_runs_created ON workflow_runs (created_at);
+
+        CREATE TABLE workflow_nodes (
+            run_id TEXT NOT NULL,
+            node TEXT NOT NULL,
+            state TEXT NOT NULL,
+            -- JSON list: the node's task (or one per item of a fan-out), possibly another run's (reused).
+            task_ids TEXT NOT NULL DEFAULT '[]',
+            items INTEGER,
+            source TEXT NOT NULL DEFAULT 'run',
+            started_at REAL,
+            finished_at REAL,
+            error TEXT,
+            PRIMARY KEY (run_id, node)
+        ) WITHOUT ROWID;
+
+        -- `cache: true` nodes: (skill@version, input digest) -> the task that succeeded with it.
+        CREATE TABLE workflow_cache (
+            cache_key TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL,
+            at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        12,
+        "schedules and their fires (claw schedules; coordinator/schedules/)",
+        """
+        CREATE TABLE schedules (
+            name TEXT PRIMARY KEY,
+            -- The definition as created (common/api.py ScheduleCreateRequest, JSON).
+            definition BLOB NOT NULL,
+            kind TEXT NOT NULL,
+            paused INTEGER NOT NULL DEFAULT 0,
+            -- Interval fire times are anchor_at + k * every_s: the same on every coordinator.
+            anchor_at REAL NOT NULL,
+            next_fire_at REAL,
+            last_fire_at REAL,
+            last_fire_id TEXT,
+            -- Artifact triggers: the id of the last artifacts row looked at.
+            artifact_cursor INTEGER NOT NULL DEFAULT 0,
+            fires INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            created_by TEXT,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE schedule_fires (
+            -- schedule:<name>:<fire time> (or :event-<id>, :subject-<seq>, :artifact-<id>, :manual-<key>).
+            fire_id TEXT PRIMARY KEY,
+            schedule TEXT NOT NULL,
+            fire_time REAL,
+            fired_at REAL NOT NULL,
+            reason TEXT NOT NULL,
+            target_id TEXT,
+            error TEXT
+        ) WITHOUT ROWID;
+        CREATE INDEX schedule_fires_by_schedule ON schedule_fires (schedule, fired_at);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -56,12 +56,20 @@ class TaskRecord:
     approvals_needed: int = 0
     held_until: float | None = None
     traceparent: str | None = None
+    # Who the task is for (quotas, fair share, usage); decided at submit (coordinator/tenants).
+    tenant: str = "default"
+    # Flow control: the task's own limit keys as JSON (`{"keys": [...]}`), None when it adds none.
+    flow: str | None = None
+    # Runtime only, set by flow control's gate before publishing: the task's FlowTicket.
+    flow_ticket: Any = None
     # Runtime only (kept in task_attempts): where to NAK the current attempt if its node dies.
     ack_subject: str | None = None
     # Runtime only, set by admission: the guard denied the task (with this reason).
     denied: str | None = None
     # Runtime only: the coordinator's span of this task while it is admitted and published.
     span: Any = None
+    # Runtime only: the fair-share dispatcher holds the task back (it is pending, not published).
+    held_for_share: bool = False
     # Runtime only, set by admission: the client chose the id (it may exist already); an id the
     # coordinator made itself is a fresh ULID and needs no lookup.
     id_from_client: bool = False
@@ -89,6 +97,8 @@ class TaskRecord:
             self.approvals_needed,
             self.held_until,
             self.traceparent,
+            self.tenant,
+            self.flow,
         )
 
     def update_row(self) -> tuple[object, ...]:
@@ -148,6 +158,8 @@ class TaskRecord:
             approvals_needed=row["approvals_needed"],
             held_until=row["held_until"],
             traceparent=row["traceparent"],
+            tenant=row["tenant"],
+            flow=row["flow"],
         )
 
 
@@ -265,6 +277,9 @@ class WriteBatch:
     approvals: list[tuple[str, str, str, str | None, float]] = field(default_factory=list)
     # Events that could not be decoded or folded.
     quarantined: list[QuarantineRecord] = field(default_factory=list)
+    # Rows of a feature's own tables, written in the same transaction: (SQL, parameter rows), in
+    # order (coordinator/workflows: runs and node runs beside their event-log rows).
+    statements: list[tuple[str, list[tuple[object, ...]]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -275,19 +290,32 @@ class WriteBatch:
             or self.approvals
             or self.artifacts
             or self.quarantined
+            or self.statements
         )
 
     def absorb(self, other: WriteBatch) -> None:
         """Add everything staged in `other` after what is staged here (as if staged here directly)."""
-        self.new_tasks += other.new_tasks
-        self.changed_tasks.update(other.changed_tasks)
-        self.attempts.update(other.attempts)
-        self.events += other.events
-        self.dead_letters += other.dead_letters
-        self.recancel += other.recancel
-        self.artifacts += other.artifacts
-        self.approvals += other.approvals
-        self.quarantined += other.quarantined
+        # Once per folded event: most parts are empty, and testing is cheaper than extending.
+        if other.new_tasks:
+            self.new_tasks += other.new_tasks
+        if other.changed_tasks:
+            self.changed_tasks.update(other.changed_tasks)
+        if other.attempts:
+            self.attempts.update(other.attempts)
+        if other.events:
+            self.events += other.events
+        if other.dead_letters:
+            self.dead_letters += other.dead_letters
+        if other.recancel:
+            self.recancel += other.recancel
+        if other.artifacts:
+            self.artifacts += other.artifacts
+        if other.approvals:
+            self.approvals += other.approvals
+        if other.quarantined:
+            self.quarantined += other.quarantined
+        if other.statements:
+            self.statements += other.statements
 
     def touch(self, record: TaskRecord) -> None:
         """Mark a task's record as changed (its final image is written at commit)."""

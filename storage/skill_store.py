@@ -8,11 +8,11 @@ from common.skills import RegistryEntry, SkillManifest
 from storage.database import Database
 
 UPSERT_SKILL = """
-INSERT INTO skills (name, version, manifest, checksum, source, enabled, archive, installed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO skills (name, version, manifest, checksum, source, enabled, archive, installed_at, archive_sha256)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (name, version) DO UPDATE SET
     manifest = excluded.manifest, checksum = excluded.checksum, source = excluded.source,
-    enabled = excluded.enabled, archive = excluded.archive
+    enabled = excluded.enabled, archive = excluded.archive, archive_sha256 = excluded.archive_sha256
 """
 
 _manifest_decoder = msgspec.json.Decoder(SkillManifest)
@@ -37,6 +37,7 @@ class SkillStore:
                 manifest=_manifest_decoder.decode(r["manifest"]),
                 archive=r["archive"],
                 installed_at=r["installed_at"],
+                archive_sha256=r["archive_sha256"],
             )
             for r in rows
         ]
@@ -53,6 +54,7 @@ class SkillStore:
                 int(e.enabled),
                 e.archive,
                 e.installed_at,
+                e.archive_sha256,
             )
             for e in entries
         ]

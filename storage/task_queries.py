@@ -28,7 +28,7 @@ _RERUN_KINDS = [str(kind) for kind in RERUN_KINDS]
 SERIES_OFFSETS_SQL = (
     f"SELECT attempt FROM events WHERE task_id = ? AND kind IN ({placeholders(len(_RERUN_KINDS))}) ORDER BY id"
 )
-TASK_SUMMARY_COLUMNS = "task_id, skill, priority, state, attempts, created_at, node_id, started_at, finished_at"
+TASK_SUMMARY_COLUMNS = "task_id, skill, priority, state, attempts, created_at, node_id, started_at, finished_at, tenant"
 
 
 class TaskQueries:
@@ -78,16 +78,16 @@ class TaskQueries:
             found.update({r[0]: TaskState(r[1]) for r in rows})
         return found
 
-    async def find_by_idempotency_keys(self, keys: Iterable[str]) -> dict[str, tuple[str, TaskState]]:
-        """idempotency key -> (task id, state) for the keys that exist."""
-        found: dict[str, tuple[str, TaskState]] = {}
+    async def find_by_idempotency_keys(self, keys: Iterable[str]) -> dict[str, tuple[str, TaskState, str]]:
+        """idempotency key -> (task id, state, tenant) for the keys that exist."""
+        found: dict[str, tuple[str, TaskState, str]] = {}
         for chunk in chunks(list(keys)):
             rows = await self._db.fetch_all_writer(
-                "SELECT idempotency_key, task_id, state FROM tasks "
+                "SELECT idempotency_key, task_id, state, tenant FROM tasks "
                 f"WHERE idempotency_key IN ({placeholders(len(chunk))})",
                 chunk,
             )
-            found.update({r[0]: (r[1], TaskState(r[2])) for r in rows})
+            found.update({r[0]: (r[1], TaskState(r[2]), r[3]) for r in rows})
         return found
 
     async def attempt_history(self, task_id: str) -> list[AttemptError]:
@@ -129,10 +129,16 @@ class TaskQueries:
         return _task_view(row, attempts, events, artifacts, series=len(offsets) + 1)
 
     async def list_tasks(
-        self, *, state: TaskState | None, skill: str | None, limit: int, before: str | None = None
+        self,
+        *,
+        state: TaskState | None,
+        skill: str | None,
+        limit: int,
+        before: str | None = None,
+        tenant: str | None = None,
     ) -> list[TaskSummary]:
-        """Newest first, filtered by state and/or skill; `before`: only ids below it (the next page)."""
-        clause, params = _task_filter(state, skill)
+        """Newest first, filtered by state, skill and/or tenant; `before`: only ids below it (the next page)."""
+        clause, params = _task_filter(state, skill, tenant)
         if before is not None:
             clause += (" AND " if clause else "WHERE ") + "task_id < ?"
             params.append(before)
@@ -141,9 +147,9 @@ class TaskQueries:
         )
         return [_task_summary(r) for r in rows]
 
-    async def count_tasks(self, *, state: TaskState | None, skill: str | None) -> int:
+    async def count_tasks(self, *, state: TaskState | None, skill: str | None, tenant: str | None = None) -> int:
         """How many tasks the filter of `list_tasks` matches."""
-        clause, params = _task_filter(state, skill)
+        clause, params = _task_filter(state, skill, tenant)
         row = await self._db.fetch_one(f"SELECT COUNT(*) FROM tasks {clause}", params)
         return 0 if row is None else int(row[0])
 
@@ -178,7 +184,7 @@ def series_of(attempt: int, offsets: list[int]) -> int:
     return 1 + sum(1 for offset in offsets if offset < attempt)
 
 
-def _task_filter(state: TaskState | None, skill: str | None) -> tuple[str, list[object]]:
+def _task_filter(state: TaskState | None, skill: str | None, tenant: str | None = None) -> tuple[str, list[object]]:
     where: list[str] = []
     params: list[object] = []
     if state is not None:
@@ -187,6 +193,9 @@ def _task_filter(state: TaskState | None, skill: str | None) -> tuple[str, list[
     if skill is not None:
         where.append("skill = ?")
         params.append(skill)
+    if tenant is not None:
+        where.append("tenant = ?")
+        params.append(tenant)
     return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
@@ -228,6 +237,7 @@ def _task_summary(r: sqlite3.Row) -> TaskSummary:
         node_id=r["node_id"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
+        tenant=r["tenant"],
     )
 
 
@@ -279,4 +289,5 @@ def _task_view(
         artifacts=artifacts,
         attempt_offset=row["attempt_offset"],
         series=series,
+        tenant=row["tenant"],
     )

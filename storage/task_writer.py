@@ -15,17 +15,17 @@ import sqlite3
 from collections.abc import Callable
 
 from storage import quarantine_store
-from storage.audit import GENESIS, ChainBreak, ChainVerifier, canonical, chain_hash, rehash_rows
+from storage.audit import GENESIS, ChainVerifier, canonical, chain_hash, rehash_rows
 from storage.commits import Committed, TaskImage
-from storage.database import Database
+from storage.database import Database, StorageFault
 from storage.records import EventRecord, WriteBatch
 from storage.sql import chunks, placeholders
 
 INSERT_TASK = """
 INSERT INTO tasks (task_id, skill, priority, state, input, idempotency_key, attempts, max_attempts,
                    timeout_s, attempt_offset, submitter, created_at, updated_at, trace_id, backoff, risk,
-                   guard_rule, approvals_needed, held_until, traceparent)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   guard_rule, approvals_needed, held_until, traceparent, tenant, flow)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 UPDATE_TASK = """
 UPDATE tasks SET state = ?, attempts = ?, attempt_offset = ?, node_id = ?, queued_at = ?, started_at = ?,
@@ -75,6 +75,11 @@ class TaskWriter:
         # Told of every commit, on the event loop; set by the coordinator (its after-commit listeners).
         self.on_commit: CommitCallback | None = None
 
+    @property
+    def fault(self) -> StorageFault | None:
+        """Why the state database refused the last write, until one succeeds again."""
+        return self._db.fault
+
     async def write_batch(self, batch: WriteBatch) -> None:
         """Commit everything in `batch` as one transaction, extending the event log's hash chain.
 
@@ -89,6 +94,7 @@ class TaskWriter:
             new_tasks = [t.insert_row() for t in batch.new_tasks]
             changed = [t.update_row() for t in batch.changed_tasks.values()]
             attempts = [a.upsert_row() for a in batch.attempts.values()]
+            statements = list(batch.statements)
             notify = self._notifier(batch)
 
             def write(conn: sqlite3.Connection) -> tuple[str, list[EventRecord]]:
@@ -108,6 +114,8 @@ class TaskWriter:
                         conn.executemany(sql, rows)
                 if batch.quarantined:
                     quarantine_store.stage(conn, batch.quarantined, self._quarantine_max_rows)
+                for sql, rows in statements:
+                    conn.executemany(sql, rows)
                 return chain, events
 
             def committed(result: tuple[str, list[EventRecord]]) -> None:
@@ -136,12 +144,16 @@ class TaskWriter:
         on_commit = self.on_commit
         if on_commit is None:
             return None
-        tasks = {r.task_id: TaskImage.of(r) for r in batch.new_tasks}
-        tasks.update((r.task_id, TaskImage.of(r)) for r in batch.changed_tasks.values())
+        image = TaskImage.of
+        tasks = {r.task_id: image(r) for r in batch.new_tasks}
+        for r in batch.changed_tasks.values():
+            tasks[r.task_id] = image(r)
+        # Ids the coordinator made (not the client): see `Committed.fresh_ids`.
+        fresh_ids = frozenset([r.task_id for r in batch.new_tasks if not r.id_from_client])
         loop = asyncio.get_running_loop()
 
         def notify(events: list[EventRecord]) -> None:
-            loop.call_soon_threadsafe(on_commit, Committed(events=tuple(events), tasks=tasks))
+            loop.call_soon_threadsafe(on_commit, Committed(tuple(events), tasks, fresh_ids))
 
         return notify
 
@@ -170,8 +182,9 @@ class TaskWriter:
         row = await self._db.fetch_one("SELECT hash FROM events WHERE id = ?", (event_id,))
         return None if row is None else str(row[0])
 
-    async def verify_chain(self) -> tuple[int, ChainBreak | None]:
-        """Walk the whole event log in chunks; returns (events checked, the first break or None)."""
+    async def verify_chain(self) -> ChainVerifier:
+        """Walk the whole event log in chunks; the verifier tells the events checked, the newest id
+        and the first break (or None)."""
         verifier = ChainVerifier(self._audit_key)
         last_id = 0
         while True:
@@ -181,7 +194,7 @@ class TaskWriter:
             if not chunk or verifier.feed(chunk) is not None:
                 break
             last_id = chunk[-1]["id"]
-        return verifier.checked, verifier.broken
+        return verifier
 
 
 def _unrecorded(conn: sqlite3.Connection, events: list[EventRecord]) -> list[EventRecord]:

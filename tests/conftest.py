@@ -53,6 +53,9 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> M
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--chaos-full", action="store_true", help="run the chaos test with 1,000 tasks instead of 150")
+    parser.addoption(
+        "--flow-full", action="store_true", help="run the flow-control limit test with 300 tasks instead of 60"
+    )
 
 
 @pytest.fixture

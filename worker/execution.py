@@ -46,6 +46,7 @@ from common.errors import (
     TaskTimeoutError,
 )
 from common.events import TaskCancelled, TaskEvent, TaskFailed, TaskStarted, TaskSucceeded, TaskVerifying
+from common.flow import FailureReason, failure_reason
 from common.ids import new_id
 from common.log import get_logger
 from common.models import JSON_NULL, RESULT_ARTIFACT, DeadLetter, TaskMessage
@@ -62,6 +63,7 @@ from storage.artifacts import ArtifactStore
 from worker.cancellation import CancelledTasks
 from worker.context import TaskContext
 from worker.delivery_claims import ClaimReporter
+from worker.flow import FlowClient
 from worker.reporter import EventReporter
 from worker.skills import Skill, SkillRegistry
 from worker.started_event import DeferredStart
@@ -115,7 +117,9 @@ class TaskRunner:
         artifact_ttl_s: float = 0.0,
         started_event_delay_s: float = 0.0,
         claims: ClaimReporter | None = None,
+        flow: FlowClient | None = None,
     ) -> None:
+        self._flow = flow
         self._started_event_delay_s = started_event_delay_s
         # With `started` deferred, the coordinator learns a young attempt's ack subject from a claim.
         self._claims = claims if started_event_delay_s > 0 else None
@@ -179,6 +183,12 @@ class TaskRunner:
             self.running.pop(task.task_id, None)
 
     async def _run(self, msg: Msg, task: TaskMessage, skill: Skill, running: RunningAttempt, delivered: int) -> None:
+        keys = task.flow.keys if task.flow is not None else []
+        if keys and self._flow is not None:
+            # Published before its key cooled down (a 429 elsewhere): no call before the cooldown ends.
+            waited = await self._flow.wait_cooled(keys)
+            if waited:
+                log.info("task.cooldown_waited", seconds=round(waited, 3), keys=keys)
         started_at = self._clock.now()
         started = TaskStarted(
             event_id=new_id(),
@@ -203,6 +213,9 @@ class TaskRunner:
             _artifacts=self._artifacts,
             _artifact_ttl_s=self._artifact_ttl_s,
             _loop=loop,
+            limit_keys=tuple(keys),
+            flow_model=task.flow.model if task.flow is not None else None,
+            _flow=self._flow,
         )
         attributes: dict[str, str | int] | None = None
         if recording():  # only a recorded span keeps them
@@ -230,6 +243,7 @@ class TaskRunner:
             if not running.start.settle():
                 outcome = msgspec.structs.replace(outcome, start_sent=False)
             if isinstance(outcome, TaskFailed):
+                self._cool_after(outcome, keys)
                 outcome = self._plan_retry(outcome, task, delivered)
                 span.set_status(StatusCode.ERROR, f"{outcome.error_type}: {outcome.message}")
             span.set_attribute("claw.outcome", _outcome_name(outcome))
@@ -363,6 +377,16 @@ class TaskRunner:
         )
         log.info("task.failed", error_type=event.error_type, error=event.message, retryable=retryable)
         return event
+
+    def _cool_after(self, failed: TaskFailed, keys: list[str]) -> None:
+        """A 429 or a dropped connection on a task's keys: this worker stops using them at once
+        (the coordinator tells every other worker when it folds the failure)."""
+        if not keys or self._flow is None:
+            return
+        reason = failure_reason(failed.error_type, failed.message)
+        if reason in (FailureReason.RATE_LIMIT, FailureReason.DISCONNECT):
+            wait_s = failed.retry_in_s if reason == FailureReason.RATE_LIMIT and failed.retry_in_s else None
+            self._flow.cool(keys, self._clock.now() + (wait_s or self._flow.cooldown_s))
 
     def _plan_retry(self, failed: TaskFailed, task: TaskMessage, delivered: int) -> TaskFailed:
         """Keep a retry (with its delay) if the error allows one and attempts are left; else final."""

@@ -53,7 +53,8 @@ class NodeController:
                 self.apply(decode(entry.value, NodeCommand).control)
             except DecodeError as exc:
                 log.warning("node.bad_control_state", error=str(exc))
-        self._sub = await self._conn.nc.subscribe(self._conn.subjects.ctl(self._node_id), cb=self._on_command)
+        if self._sub is None:  # a start-up retry after the subscription was made
+            self._sub = await self._conn.nc.subscribe(self._conn.subjects.ctl(self._node_id), cb=self._on_command)
 
     async def stop(self) -> None:
         """Stop listening."""

@@ -56,6 +56,10 @@ class NodeLease:
                 entry = await self._kv.get(self._node_id)
             except KeyNotFoundError:
                 continue  # deleted meanwhile (its owner deregistered): create it
+            if entry.value == beat and entry.revision is not None:
+                # Our own create, stored although its answer timed out (a start-up retry): ours.
+                self._revision = entry.revision
+                return
             owner = _decode(entry.value)
             if owner is not None and owner.status != NodeStatus.OFFLINE:
                 await self._wait_for_silence(owner, entry.revision, missed_beats)

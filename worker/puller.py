@@ -9,13 +9,17 @@ loop would cost a round trip each, so each consumer carries a "may have work" fl
 - it is cleared when a `no_wait` pull returns fewer messages than asked for - unless a wake-up came
   in meanwhile (a generation counter tells), so a wake-up is never lost to a race.
 
-Each round walks priorities from high to low and stops when the slots are full; the next round starts
-again from high, so a high-priority task waits at most for one free slot.
+Each round fills the free slots, asking `PriorityShares` (common/priority_shares.py) which priority
+fetches next: high while it has work, so a high-priority task waits at most for one free slot, except
+the share owed to a lower priority that keeps being passed over (by default normal gets 1 start in 5,
+low 1 in 10, while higher work is waiting too), so normal and low never starve. A fetch asks for no
+more of a priority than may start before the next share owed falls due.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +30,7 @@ from common.aio import wait_any
 from common.clock import Clock
 from common.config import WorkerSettings
 from common.log import get_logger
+from common.priority_shares import PriorityShares
 from common.states import PRIORITIES, Priority
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.pull import ConsumerUnavailableError, PullConsumer
@@ -102,6 +107,11 @@ class TaskPuller:
         # How many periodic polls have run: observable progress for tests and metrics.
         self.polls = 0
         self._timers: set[asyncio.TimerHandle] = set()
+        self.shares = PriorityShares(
+            {Priority.NORMAL: settings.normal_share_every, Priority.LOW: settings.low_share_every}
+        )
+        # Tasks fetched per priority since start: observable shares for tests and metrics.
+        self.started: Counter[Priority] = Counter()
 
     async def start(self) -> None:
         """Create the consumers of the initial skills, open their inboxes, listen for wake-ups."""
@@ -117,26 +127,32 @@ class TaskPuller:
         current = set(self.skills)
         for skill in sorted(current - set(names)):
             await self._remove(skill)
-        for skill in sorted(set(names) - current):
-            await self._add(skill)
+        for skill in sorted(set(names)):
+            if skill not in self._wake_subs or any((skill, p) not in self._by_skill for p in PRIORITIES):
+                await self._add(skill)  # new, or added only in part by a try that failed
         await self._conn.nc.flush()
 
     async def _add(self, skill: str) -> None:
         subjects = self._conn.subjects
         for priority in PRIORITIES:
+            if (skill, priority) in self._by_skill:
+                continue  # added by an earlier try that failed part-way (start-up retries it)
             await self._topology.ensure_task_consumer(skill, priority)
             consumer = PullConsumer(self._conn, subjects.tasks_stream, subjects.task_consumer(skill, priority))
             await consumer.start()
             source = _Source(skill, priority, consumer)
             self._sources[priority].append(source)
             self._by_skill[(skill, priority)] = source
-        self._wake_subs[skill] = await self._conn.nc.subscribe(subjects.wake(skill), cb=self._on_wake)
+        if skill not in self._wake_subs:
+            self._wake_subs[skill] = await self._conn.nc.subscribe(subjects.wake(skill), cb=self._on_wake)
         self._woken.set()
         log.info("pull.skill_added", skill=skill)
 
     async def _remove(self, skill: str) -> None:
         for priority in PRIORITIES:
-            source = self._by_skill.pop((skill, priority))
+            source = self._by_skill.pop((skill, priority), None)
+            if source is None:
+                continue
             source.removed = True
             self._sources[priority].remove(source)
             await source.consumer.stop()
@@ -144,6 +160,11 @@ class TaskPuller:
         if sub is not None:
             await sub.unsubscribe()
         log.info("pull.skill_removed", skill=skill)
+
+    def may_have_work(self, skill: str, priority: Priority) -> bool:
+        """Whether the (skill, priority) consumer is flagged: a wake-up or poll said it may have work."""
+        source = self._by_skill.get((skill, priority))
+        return source is not None and source.maybe_work
 
     def pause(self) -> None:
         """Fetch nothing more until `resume` (tasks already fetched run on)."""
@@ -200,21 +221,47 @@ class TaskPuller:
                 await wait_any(self._woken, stopping, timeout_s=max(next_poll - self._clock.monotonic(), 0))
 
     async def _round(self, stopping: asyncio.Event) -> int:
-        """One pass over the flagged consumers, high priority first; returns how many were fetched."""
+        """Fill the free slots from the flagged consumers; the priority shares pick which priority
+        fetches next (high first, except a share owed to a lower one); returns how many were fetched."""
         fetched = 0
         self._rotation += 1
-        for priority in PRIORITIES:
-            sources = self._sources[priority]
-            start = self._rotation % len(sources) if sources else 0
-            for source in sources[start:] + sources[:start]:
-                if stopping.is_set() or self.paused or self._slots.free == 0:
-                    return fetched
-                if source.maybe_work and not source.removed:
-                    fetched += await self._fetch(source)
+        exhausted: set[Priority] = set()
+        while not (stopping.is_set() or self.paused or self._slots.free == 0):
+            waiting = self._waiting(exhausted)
+            priority = self.shares.choose(waiting)
+            if priority is None:
+                break
+            got = await self._fetch_priority(priority, self.shares.room(priority, waiting), stopping)
+            if got == 0:
+                exhausted.add(priority)
+                if not any(s.maybe_work for s in self._sources[priority]):
+                    self.shares.idle(priority)  # nothing waits there: it is owed nothing
+            self.shares.started(priority, got, self._waiting(exhausted))
+            self.started[priority] += got
+            fetched += got
         return fetched
 
-    async def _fetch(self, source: _Source) -> int:
-        want = min(self._slots.free, self._settings.fetch_batch_max)
+    def _waiting(self, exhausted: set[Priority]) -> set[Priority]:
+        """Priorities with a consumer that may have work (and not found empty in this round)."""
+        return {p for p in PRIORITIES if p not in exhausted and self._flagged(p)}
+
+    def _flagged(self, priority: Priority) -> bool:
+        return any(s.maybe_work and not s.removed for s in self._sources[priority])
+
+    async def _fetch_priority(self, priority: Priority, limit: int, stopping: asyncio.Event) -> int:
+        """Fetch up to `limit` tasks of one priority, its consumers in rotation."""
+        fetched = 0
+        sources = self._sources[priority]
+        start = self._rotation % len(sources) if sources else 0
+        for source in sources[start:] + sources[:start]:
+            if stopping.is_set() or self.paused or self._slots.free == 0 or fetched >= limit:
+                break
+            if source.maybe_work and not source.removed:
+                fetched += await self._fetch(source, limit - fetched)
+        return fetched
+
+    async def _fetch(self, source: _Source, limit: int) -> int:
+        want = min(self._slots.free, self._settings.fetch_batch_max, limit)
         room = self._skill_room(source.skill) if self._skill_room is not None else None
         if room is not None:
             if room <= 0:

@@ -27,12 +27,14 @@ from common.errors import ConfigError, NodeIdTakenOverError
 from common.log import get_logger
 from common.states import Priority
 from communication.connection import NATS_ERRORS, NatsConnection
+from communication.startup import StartupCalls
 from communication.subjects import skill_from_token
 from communication.topology import Topology
 from storage.artifacts import ArtifactStore, open_artifact_store
 from worker.cancellation import CancelledTasks
 from worker.delivery_claims import ClaimReporter
 from worker.execution import TaskRunner
+from worker.flow import FlowClient
 from worker.heartbeat import Heartbeat
 from worker.node_control import NodeController
 from worker.puller import Slots, TaskPuller
@@ -81,6 +83,14 @@ class Worker:
         self._reporter = EventReporter(conn)
         self._cancelled = CancelledTasks(self._stop_running)
         self._claims = ClaimReporter(conn, node_id)
+        self.flow = FlowClient(
+            conn,
+            node_id,
+            clock,
+            cooldown_s=config.flow.cooldown_s,
+            max_cooldown_s=config.flow.max_cooldown_s,
+            cache_ttl_s=config.flow.cache_ttl_s,
+        )
         self._runner = TaskRunner(
             conn=conn,
             node_id=node_id,
@@ -95,6 +105,7 @@ class Worker:
             artifact_ttl_s=config.artifacts.default_ttl_s,
             started_event_delay_s=settings.started_event_delay_s,
             claims=self._claims,
+            flow=self.flow,
         )
         self._artifacts = artifacts
         self._cancel_sub: Subscription | None = None
@@ -131,9 +142,10 @@ class Worker:
         conn = await NatsConnection.connect(config.nats, name=f"claw-worker-{node_id}")
         try:
             topology = Topology(conn, config.jetstream)
-            await topology.ensure_streams(update=False)
-            kv = await topology.nodes_kv()
-            skills_kv = await topology.skills_kv()
+            step = StartupCalls(config.nats.startup_deadline_s)
+            await step("the JetStream streams", lambda: topology.ensure_streams(update=False))
+            kv = await step("the nodes bucket", topology.nodes_kv)
+            skills_kv = await step("the skills bucket", topology.skills_kv)
             artifacts = await open_artifact_store(config.artifacts)
             worker = cls(config, conn, topology, base, kv, skills_kv, node_id, clock, artifacts)
         except BaseException:
@@ -141,20 +153,35 @@ class Worker:
             raise
         # One live process per node id: claimed before anything is pulled, refused if it is taken.
         try:
-            await worker.heartbeat.acquire(missed_beats=config.coordinator.offline_after_missed_beats)
+            await step(
+                "this node's registration",
+                lambda: worker.heartbeat.acquire(missed_beats=config.coordinator.offline_after_missed_beats),
+            )
         except BaseException:
             await worker._close_early(release=False)
             raise
         try:
-            await worker.node_control.start(await topology.node_control_kv())
-            await worker.skill_sync.initial()
-            await worker.puller.set_skills(worker.skills.names())
+            control_kv = await step("the node-control bucket", topology.node_control_kv)
+            await step("this node's control state", lambda: worker.node_control.start(control_kv))
+            await step("the skill store (installed skills)", worker.skill_sync.initial)
+            await step("this worker's consumers", lambda: worker.puller.set_skills(worker.skills.names()))
             worker._cancel_sub = await conn.nc.subscribe(conn.subjects.cancel_all, cb=worker._cancelled.on_broadcast)
+            await worker.flow.start()
             await conn.nc.flush()
         except BaseException:
             await worker._close_early(release=True)
             raise
         return worker
+
+    async def _close_tools(self) -> None:
+        """Close what skills keep open between calls: llm.chat's HTTP clients (one per tool and
+        event loop, reused by every call)."""
+        from worker.skills.tools.llm import close_clients  # imported on first use, as the tools are
+
+        try:
+            await close_clients()
+        except Exception:
+            log.exception("worker.tool_close_failed")
 
     async def _close_early(self, *, release: bool) -> None:
         """Undo a start that failed: free the node id if this process claimed it, close the rest."""
@@ -202,6 +229,8 @@ class Worker:
         finally:
             if self._cancel_sub is not None:
                 await self._cancel_sub.unsubscribe()
+            await self.flow.stop()
+            await self._close_tools()
             await self.node_control.stop()
             await self.puller.stop()
             self._threads.shutdown(wait=False, cancel_futures=True)

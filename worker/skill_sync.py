@@ -16,6 +16,10 @@ import) is tried again with backoff (1 s, doubling, at most a minute), and each 
 per installed skill, whether this worker loaded the enabled version, failed to (and why), or skipped
 it (`skill_loads`): `claw skills install` waits on those reports.
 
+Before unpacking, the archive's sha256 must be the one the coordinator registered at install
+(`archive_sha256`): an archive changed in the skill-code store is refused, logged
+(`skills.archive_tampered`) and reported as a failed load.
+
 Several worker processes may share one skill cache (`claw up` starts them so): unpacking is atomic
 (`unpack_archive`), and a cached folder whose files do not match the registered checksum is moved
 aside and unpacked again.
@@ -36,10 +40,10 @@ from nats.js.kv import KeyValue
 from common.aio import wait_any
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig
-from common.errors import ClawError, ConfigError
+from common.errors import ClawError, ConfigError, SkillArchiveTamperedError
 from common.log import get_logger
 from common.models import Backoff, SkillLoad
-from common.skills import RegistryEntry, RegistrySnapshot, folder_checksum
+from common.skills import RegistryEntry, RegistrySnapshot, archive_sha256, folder_checksum
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS
 from communication.topology import Topology
@@ -237,7 +241,32 @@ class SkillSync:
             result = await store.get(archive)
         except NATS_ERRORS as exc:
             raise ConfigError(f"cannot fetch the files of {entry.name}@{entry.version}: {exc}") from None
+        data = bytes(result.data or b"")
+        await self._check_archive(entry, data)
         try:
-            await asyncio.to_thread(unpack_archive, bytes(result.data or b""), folder)
+            await asyncio.to_thread(unpack_archive, data, folder)
         except (tarfile.TarError, zlib.error, EOFError) as exc:
             raise ConfigError(f"the archive of {entry.name}@{entry.version} cannot be unpacked: {exc}") from None
+
+    async def _check_archive(self, entry: RegistryEntry, data: bytes) -> None:
+        """Refuse an archive whose sha256 is not the one the coordinator registered, before a byte of
+        it is unpacked: someone who can write the skill-code store (and not the registry, which only
+        the coordinator writes) must not get code onto the workers."""
+        if entry.archive_sha256 is None:
+            return  # installed before archives were hashed: the unpacked files' checksum still holds
+        digest = await asyncio.to_thread(archive_sha256, data)
+        if digest == entry.archive_sha256:
+            return
+        log.error(
+            "skills.archive_tampered",
+            skill=entry.name,
+            version=entry.version,
+            expected_sha256=entry.archive_sha256,
+            actual_sha256=digest,
+            security=True,
+        )
+        raise SkillArchiveTamperedError(
+            f"the archive of {entry.name}@{entry.version} in the skill store has sha256 {digest[:16]}, not the "
+            f"{entry.archive_sha256[:16]} registered at install: it was changed after install; not loading it "
+            "(an admin reinstalls the skill from its source under a new version)"
+        )

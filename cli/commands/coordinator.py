@@ -21,6 +21,13 @@ def coordinator_start(
     config: ConfigFlag = None,
     db: Annotated[Path | None, typer.Option(help="SQLite state database.", show_default=".claw/claw.db")] = None,
     metrics_port: MetricsPortFlag = None,
+    check_db: Annotated[
+        bool,
+        typer.Option(
+            "--check-db",
+            help="Run SQLite's full integrity check on the state database before serving (default: the quick one).",
+        ),
+    ] = False,
     json_out: LogJsonFlag = False,
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
@@ -29,7 +36,11 @@ def coordinator_start(
     cfg = command_config(
         ctx,
         config,
-        coordinator={"db_path": None if db is None else str(db), "metrics_port": metrics_port},
+        coordinator={
+            "db_path": None if db is None else str(db),
+            "metrics_port": metrics_port,
+            "db_check": "full" if check_db else None,
+        },
         log={"format": "json" if json_out else None},
     )
     configure_logging(cfg.log, process="coordinator")

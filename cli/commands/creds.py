@@ -48,6 +48,9 @@ def creds_create(
     out: Annotated[Path, typer.Option("-o", "--output", help="Where to write the credentials file (0600).")],
     name: Annotated[str | None, typer.Option(help="The identity's name (a worker's defaults to its node id).")] = None,
     node_id: Annotated[str | None, typer.Option(help="The node id a worker's credentials are bound to.")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="The tenant its submits are for (a --tenant it names otherwise is refused).")
+    ] = None,
     auth_dir: AuthDirFlag = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the new identity as JSON.")] = False,
 ) -> None:
@@ -60,13 +63,15 @@ def creds_create(
     if identity is None:
         fail("give the identity a --name (or, for a worker, a --node-id)", kind="usage")
     try:
-        issued = issue(folder, name=identity, roles=role, out=out, prefix=config.nats.prefix, node_id=node_id)
+        issued = issue(folder, name=identity, roles=role, out=out, prefix=config.nats.prefix, node_id=node_id,
+                       tenant=tenant)  # fmt: skip
     except ClawError as exc:
         fail(str(exc), kind=exc.code)
     record = issued.record
     if json_out:
         emit_json({"name": record.name, "roles": record.roles, "node_id": record.node_id, "file": str(out),
-                   "public_key": record.public_key, "server_reloaded": issued.reloaded})  # fmt: skip
+                   "tenant": record.tenant, "public_key": record.public_key,
+                   "server_reloaded": issued.reloaded})  # fmt: skip
         return
     where = "the running nats-server reloaded" if issued.reloaded else "the server reads them when it starts"
     print(f"{record.name} ({', '.join(record.roles)}) -> {out} (mode 0600); {where}")
@@ -85,17 +90,18 @@ def creds_list(
     except ClawError as exc:
         fail(str(exc), kind=exc.code)
     if json_out:
-        emit_json([{"name": r.name, "roles": r.roles, "node_id": r.node_id, "prefix": r.prefix,
+        emit_json([{"name": r.name, "roles": r.roles, "node_id": r.node_id, "prefix": r.prefix, "tenant": r.tenant,
                     "public_key": r.public_key, "created_at": r.created_at} for r in records])  # fmt: skip
         return
     if not records:
         print("no credentials issued; `claw creds create --role ROLE ...` issues some")
         return
     rows = [
-        [r.name, ",".join(r.roles), r.node_id or "-", r.prefix, r.public_key[:12] + "…", _when(r.created_at)]
+        [r.name, ",".join(r.roles), r.node_id or "-", r.tenant or "-", r.prefix, r.public_key[:12] + "…",
+         _when(r.created_at)]
         for r in records
-    ]
-    emit_table(["NAME", "ROLES", "NODE", "PREFIX", "KEY", "ISSUED"], rows)
+    ]  # fmt: skip
+    emit_table(["NAME", "ROLES", "NODE", "TENANT", "PREFIX", "KEY", "ISSUED"], rows)
 
 
 @group.command("revoke")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli.output import emit_json
-from cli.runner import notice, run_service, set_process_title
+from cli.runner import fail, notice, run_service, set_process_title
 from common.aio import wait_any
 from common.config import LogSettings, load_config
 from common.errors import NatsServerError
@@ -36,6 +37,27 @@ def nats_start(
     port: Annotated[int, typer.Option(help="Client port (0: pick a free one).")] = 4222,
     http_port: Annotated[int, typer.Option(help="Monitoring port (0: pick a free one).")] = 8222,
     store_dir: Annotated[Path, typer.Option(help="JetStream store directory.")] = Path(".claw/nats"),
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="NAME",
+            help="Join the NATS cluster of this name (with --routes to the others); JetStream replicates "
+            "(set jetstream.replicas: 3 on every claw process).",
+            show_default="no cluster",
+        ),
+    ] = None,
+    cluster_port: Annotated[int, typer.Option(help="Port for the routes of the other servers.")] = 6222,
+    routes: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URLS",
+            help="The other servers of the cluster, comma-separated: nats://host-b:6222,nats://host-c:6222.",
+        ),
+    ] = None,
+    server_name: Annotated[
+        str | None, typer.Option(help="This server's name in the cluster (unique).", show_default="the host name")
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print where the server listens as JSON, and log JSON lines.")
     ] = False,
@@ -54,8 +76,19 @@ def nats_start(
     """
     configure_logging(LogSettings(format="json" if json_out else "auto"), process="nats")
     set_process_title("claw nats")
-    folder = None if no_auth else (auth_dir or store_dir.parent / "auth")
-    options = NatsServerOptions(store_dir=store_dir, host=host, port=port, http_port=http_port, auth_dir=folder)
+    if routes and not cluster:
+        fail("--routes needs --cluster NAME (the cluster the servers form)", kind="config")
+    options = NatsServerOptions(
+        store_dir=store_dir,
+        host=host,
+        port=port,
+        http_port=http_port,
+        cluster_name=cluster,
+        cluster_port=cluster_port,
+        routes=tuple(url.strip() for url in (routes or "").split(",") if url.strip()),
+        server_name=server_name or (socket.gethostname() if cluster else None),
+        auth_dir=None if no_auth else (auth_dir or store_dir.parent / "auth"),
+    )
     run_service(lambda stop: serve_nats(stop, options, json_out=json_out))
 
 
@@ -81,11 +114,19 @@ async def serve_nats(stop: asyncio.Event, options: NatsServerOptions, *, json_ou
             await asyncio.to_thread(_first_credentials, options.auth_dir)
         server = await launcher.start_nats(options, PORT_OPTIONS)
         auth = None if options.auth_dir is None else str(options.auth_dir)
+        cluster = None
+        if options.cluster_name:
+            cluster = {"name": options.cluster_name, "port": options.cluster_port, "routes": list(options.routes)}
         if json_out:
             emit_json(
-                {"nats_url": server.client_url, "monitor_url": server.monitor_url, "store_dir": str(options.store_dir),
-                 "auth_dir": auth}
-            )  # fmt: skip
+                {
+                    "nats_url": server.client_url,
+                    "monitor_url": server.monitor_url,
+                    "store_dir": str(options.store_dir),
+                    "cluster": cluster,
+                    "auth_dir": auth,
+                }
+            )
         else:
             print(
                 f"nats-server ready: {server.client_url} (monitoring {server.monitor_url}, store {options.store_dir})",
@@ -97,6 +138,9 @@ async def serve_nats(stop: asyncio.Event, options: NatsServerOptions, *, json_ou
                     f"more with `claw creds create --auth-dir {auth} --role ROLE ...`",
                     flush=True,
                 )
+            if cluster is not None:
+                routes = ", ".join(options.routes) or "none yet (the others route to this one)"
+                print(f"cluster {options.cluster_name}: routes on port {options.cluster_port}; to {routes}", flush=True)
         if options.auth_dir is None and options.host != LOOPBACK:
             where = "every address of this machine" if options.host in WILDCARD_HOSTS else options.host
             notice(

@@ -79,13 +79,24 @@ def skills_install(
     path: Annotated[Path, typer.Argument(help="A folder with skill.yaml and its code.")],
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Do not wait for the workers to load it.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the online workers to load it.", min=0)] = 30.0,
+    allow_risk_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-risk-change",
+            help="Let this version declare a lower risk than an earlier version (recorded in the audit log).",
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Install a skill folder: validated, uploaded, registered; then wait until every online worker
-    loaded it (exit 1 naming those that failed or did not answer)."""
+    loaded it (exit 1 naming those that failed or did not answer). Built-in names are reserved; a
+    version declaring a lower risk than an earlier one needs --allow-risk-change."""
     cfg = client_config(ctx)
     wait_s = None if no_wait else timeout
-    raise typer.Exit(run_async(install_skill(cfg, path, by=getpass.getuser(), wait_s=wait_s, json_out=json_out)))
+    install = install_skill(
+        cfg, path, by=getpass.getuser(), wait_s=wait_s, json_out=json_out, allow_risk_change=allow_risk_change
+    )
+    raise typer.Exit(run_async(install))
 
 
 @group.command("validate")

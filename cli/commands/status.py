@@ -56,9 +56,12 @@ def status(
 def render_status(status: ClusterStatus, *, all_queues: bool = False) -> None:
     """`claw status`; queues with nothing waiting or in flight only with `all_queues`."""
     metrics = None if status.metrics_port is None else f":{status.metrics_port}/metrics on the coordinator's host"
+    fault = status.storage_fault
+    storage = "ok" if fault is None else f"FAULT since {fmt_time(fault.since)}: {fault.reason}; submits are refused"
     emit_fields(
         [
             ("coordinator", f"up (version {status.coordinator_version})"),
+            ("state database", storage),
             ("nodes", f"{status.nodes_online} online of {status.nodes_total}"),
             ("tasks", ", ".join(f"{n} {state}" for state, n in status.tasks_by_state.items()) or "none yet"),
             ("dead letters", "?" if status.dlq_messages is None else f"{status.dlq_messages} in the DLQ"),

@@ -89,7 +89,13 @@ def submit(
         Path | None,
         typer.Option("--input-file", "-f", help="A .json object, or .jsonl with one task per line ('-': stdin)."),
     ] = None,
-    priority: Annotated[Priority, typer.Option(help="Queue priority.")] = Priority.NORMAL,
+    priority: Annotated[
+        Priority,
+        typer.Option(
+            help="Queue priority: high takes the next free slot; under a stream of higher work normal still "
+            "gets 1 start in 5 and low 1 in 10 (docs/Flow_control.md)."
+        ),
+    ] = Priority.NORMAL,
     idempotency_key: Annotated[
         str | None,
         typer.Option(help="Submitting the same key again returns the first task (line N of a file gets KEY:N)."),
@@ -109,8 +115,25 @@ def submit(
     ] = False,
     queue_wait: Annotated[
         float,
-        typer.Option(help="When a skill's queue is full, keep trying this many seconds instead of failing.", min=0),
+        typer.Option(
+            help="When a skill's queue or the tenant's max_queued is full, keep trying this many seconds instead of "
+            "failing.",
+            min=0,
+        ),
     ] = 0.0,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose tasks these are: quotas and fair share are per tenant (docs/Flow_control.md).",
+            show_default="default",
+        ),
+    ] = None,
+    limit_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--limit-key", metavar="<key>", help="A limit key the task uses besides its skill's (repeatable)."
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Submit a task (or one per line of a JSONL file)."""
@@ -126,6 +149,7 @@ def submit(
                 timeout_s=timeout,
                 max_attempts=max_attempts,
                 idempotency_key=_line_key(idempotency_key, i, len(inputs)),
+                limit_keys=list(limit_key or []),
             )
             for i, raw in enumerate(inputs, start=1)
         ]
@@ -135,7 +159,9 @@ def submit(
             with tracer().start_as_current_span(
                 "claw.submit", kind=SpanKind.CLIENT, attributes={"claw.skill": skill, "claw.tasks": len(specs)}
             ):
-                results = await client.submit_many(specs, submitter=getpass.getuser(), queue_wait_s=queue_wait)
+                results = await client.submit_many(
+                    specs, submitter=getpass.getuser(), queue_wait_s=queue_wait, tenant=tenant
+                )
             tasks = [SubmittedTask.admitted(r, skill) for r in results]
             if not wait:
                 if json_out:
@@ -283,7 +309,7 @@ def render_submitted(results: list[SubmitResult], skill: str, priority: str) -> 
     """`claw submit` without --wait: one line per task, with why it is not queued when it is not."""
     for result in results:
         note = " (duplicate: an earlier task has this idempotency key)" if result.duplicate else ""
-        if result.note and result.state not in (TaskState.PENDING, TaskState.QUEUED):
+        if result.note:  # held, denied, failed, or waiting for its tenant's share
             note += f" - {result.note}"
         print(f"{result.task_id}  {skill}  {priority}  {result.state.value}{note}")
     if any(r.state == TaskState.WAITING_APPROVAL for r in results) and len(results) > 1:

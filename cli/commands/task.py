@@ -111,6 +111,7 @@ def task_list(
     ctx: typer.Context,
     status: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
     skill: Annotated[str | None, typer.Option(help="Only tasks of this skill.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only tasks of this tenant.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
     all_: AllFlag = False,
     json_out: JsonFlag = False,
@@ -118,7 +119,7 @@ def task_list(
     """Recent tasks, newest first."""
     run_listing(
         client_config(ctx),
-        lambda client, cursor, n: client.tasks_page(state=status, skill=skill, limit=n, cursor=cursor),
+        lambda client, cursor, n: client.tasks_page(state=status, skill=skill, limit=n, cursor=cursor, tenant=tenant),
         render_task_list,
         limit=limit,
         all_=all_,
@@ -162,6 +163,7 @@ def render_task(task: TaskView) -> None:
             ("task", task.task_id),
             ("skill", f"{task.skill} ({task.priority.value} priority)"),
             ("state", task.state.value),
+            ("tenant", task.tenant),
             ("attempts", attempts_text(task)),
             ("node", task.node_id),
             ("timeout", fmt_duration(task.timeout_s)),
@@ -233,13 +235,14 @@ def _transition(from_state: object, to_state: object) -> str | None:
 def render_task_list(tasks: list[TaskSummary]) -> None:
     """`claw task list`."""
     emit_table(
-        ["TASK", "SKILL", "STATE", "PRIORITY", "ATTEMPTS", "NODE", "CREATED", "RAN"],
+        ["TASK", "SKILL", "STATE", "PRIORITY", "TENANT", "ATTEMPTS", "NODE", "CREATED", "RAN"],
         [
             (
                 t.task_id,
                 t.skill,
                 t.state.value,
                 t.priority.value,
+                t.tenant,
                 t.attempts,
                 t.node_id,
                 fmt_time(t.created_at),

@@ -10,6 +10,7 @@ import typer
 from cli.options import MetricsPortFlag
 from cli.runner import fail, run_service, set_process_title
 from common.config import LogSettings
+from common.errors import ClawError
 from common.log import configure_logging
 
 
@@ -20,6 +21,9 @@ def up(
     monitor_port: Annotated[int, typer.Option(help="NATS monitoring port.")] = 8222,
     concurrency: Annotated[int, typer.Option(help="Concurrency of each worker.")] = 8,
     metrics_port: MetricsPortFlag = None,
+    gateway: Annotated[
+        str, typer.Option(help="HOST:PORT of the HTTP gateway and dashboard (port 0: a free one; 'off': none).")
+    ] = "127.0.0.1:8080",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print where the cluster listens as JSON, and log JSON lines.")
     ] = False,
@@ -30,11 +34,19 @@ def up(
         ),
     ] = False,
 ) -> None:
-    """Run a whole local cluster: embedded nats-server, a coordinator and N workers, until Ctrl-C."""
+    """Run a whole local cluster: embedded nats-server, a coordinator, N workers and the HTTP gateway
+    with its dashboard, until Ctrl-C."""
     from cli.local_cluster import LocalCluster
 
     if workers < 0:
         fail("--workers must be 0 or more", kind="usage")
+    if gateway != "off":
+        from gateway.settings import parse_listen
+
+        try:
+            parse_listen(gateway)
+        except ClawError as exc:
+            fail(f"{exc}, or off".replace("--listen", "--gateway"), kind="usage")
     set_process_title("claw up")
     configure_logging(LogSettings(level="warning", format="json" if json_out else "console"), process="up")
     cluster = LocalCluster(
@@ -44,6 +56,7 @@ def up(
         monitor_port=monitor_port,
         concurrency=concurrency,
         metrics_port=metrics_port,
+        gateway=None if gateway == "off" else gateway,
         json_out=json_out,
         auth=not no_auth,
     )

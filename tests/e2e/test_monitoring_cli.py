@@ -90,7 +90,7 @@ def test_up_prints_the_metrics_url_and_serves_it(tmp_path: Path) -> None:
     pool = ProcessPool(child_env(), tmp_path)
     try:
         up = pool.spawn("up", "up", "--workers", "0", "--data-dir", str(tmp_path / "data"), "--nats-port", "0",
-                        "--monitor-port", "0", "--metrics-port", "0")  # fmt: skip
+                        "--monitor-port", "0", "--metrics-port", "0", "--gateway", "off")  # fmt: skip
         match = wait_until(
             lambda: re.search(r"Prometheus metrics: (http://\S+/metrics)", up.output()), timeout_s=60, what="banner"
         )

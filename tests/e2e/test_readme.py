@@ -152,7 +152,8 @@ def up_sh(tmp_path: Path) -> Iterator[UpSh]:
     (SIGINT, as a user would) at the end, and nothing it started may outlive it."""
     nats_port, monitor_port = free_ports(2)
     log_path = tmp_path / "up.log"
-    args = ["--data-dir", str(tmp_path / "claw"), "--nats-port", str(nats_port), "--monitor-port", str(monitor_port)]
+    args = ["--data-dir", str(tmp_path / "claw"), "--nats-port", str(nats_port), "--monitor-port", str(monitor_port),
+            "--gateway", "127.0.0.1:0"]  # fmt: skip
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
             [str(ROOT / "scripts" / "up.sh"), *args],

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -91,6 +92,7 @@ def claw_up(tmp_path: Path, *, workers: int = 1, stdout: int | None = None, json
         popen = subprocess.Popen(
             [sys.executable, "-m", "cli", "up", "--workers", str(workers), "--data-dir", str(data_dir),
              "--nats-port", str(nats_port), "--monitor-port", str(monitor_port), "--concurrency", "2",
+             "--gateway", "127.0.0.1:0",
              *(["--json"] if json_out else [])],
             cwd=ROOT, env=child_env(CLAW_LOG_LEVEL="info"), stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else log_file, stderr=subprocess.STDOUT,
@@ -190,11 +192,15 @@ def test_processes_are_named_for_ps(tmp_path: Path) -> None:
     with claw_up(tmp_path) as up:
         titles = {title(c) for c in psutil.Process(up.popen.pid).children()}
         assert title(psutil.Process(up.popen.pid)) == "claw up"
-        assert "claw coordinator" in titles
+        assert "claw coordinator" in titles and "claw gateway" in titles
         assert any(t.startswith("claw worker ") for t in titles), titles
+        banner = (tmp_path / "up.log").read_text()
+        assert re.search(
+            r"dashboard and REST API: http://127\.0\.0\.1:\d+ \(log in with the API key in \S+admin\.key", banner
+        )
 
 
-@pytest.mark.parametrize("role", ["worker", "coordinator"])
+@pytest.mark.parametrize("role", ["worker", "coordinator", "gateway"])
 def test_claw_up_restarts_a_killed_child_and_says_so(tmp_path: Path, role: str) -> None:
     pool = ProcessPool(child_env(), tmp_path)
     with claw_up(tmp_path) as up:
@@ -202,7 +208,7 @@ def test_claw_up_restarts_a_killed_child_and_says_so(tmp_path: Path, role: str) 
         assert victim is not None
         victim.kill()
         log = tmp_path / "up.log"
-        name = "worker-1" if role == "worker" else "coordinator"
+        name = "worker-1" if role == "worker" else role
         wait_until(
             lambda: f"{name} exited with code -9; restarting in 1 s" in log.read_text(),
             timeout_s=30,
@@ -222,6 +228,21 @@ def test_claw_up_restarts_a_killed_child_and_says_so(tmp_path: Path, role: str) 
 
         wait_until(task_succeeds, timeout_s=90, interval_s=1.0, what="a task to succeed after the restart")
         assert up.popen.poll() is None
+
+
+def test_claw_up_serves_the_dashboard_and_its_first_admin_key(tmp_path: Path) -> None:
+    """`claw up` starts the gateway, says where, and keeps an admin API key only its user may read."""
+    with claw_up(tmp_path, json_out=True) as up:
+        [banner] = [v for v in json_values((tmp_path / "up.log").read_text()) if "nats_url" in v]
+        url, key_file = banner["gateway_url"], Path(banner["gateway_key_file"])
+        assert url.startswith("http://127.0.0.1:") and key_file == up.data_dir / "admin.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
+        assert httpx.get(url + "/healthz").json() == {"ok": True, "nats": "connected"}
+        assert httpx.get(url + "/v1/status").status_code == 401
+        status = httpx.get(url + "/v1/status", headers={"Authorization": f"Bearer {key}"})
+        assert status.status_code == 200 and status.json()["status"]["nodes_online"] == 1
+        assert httpx.get(url + "/").status_code == 303  # the dashboard asks for a login
 
 
 def test_claw_up_json_prints_its_banner_warnings_and_errors_as_json(tmp_path: Path) -> None:
@@ -343,6 +364,13 @@ def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> N
         # Without credentials the server refuses the connection: one line, no traceback.
         refused = pool.run("--nats", url, "nodes")
         assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
-        assert "Authorization Violation" in refused.stderr or "authorization" in refused.stderr.lower()
+        assert "Authorization Violation" in refused.stderr and "--creds" in refused.stderr
+        # The registry lists who may connect; a revoked machine is cut off with no restart.
+        listed = json.loads(pool.run("creds", "list", "--json").stdout)
+        assert {(i["name"], i["node_id"]) for i in listed} >= {("coordinator", None), ("far-away", "far-away")}
+        revoked = pool.run("creds", "revoke", "far-away")
+        assert revoked.returncode == 0 and "far-away revoked; the running nats-server dropped it" in revoked.stdout
+        again = pool.run("--nats", url, "--creds", str(far), "nodes")
+        assert again.returncode == 1 and "Authorization Violation" in again.stderr, again.stderr
     finally:
         pool.stop_all()

@@ -9,23 +9,58 @@ for http.request: `/echo` (the request as JSON; `?status=N` sets the status), `/
 A completion's content is `reply_content`, or, when `respond` is set, what it returns for the
 request's body: a test gives each prompt its own deterministic answer (an outline for an outline
 prompt, a chapter for a chapter prompt) and the server stays a real HTTP server.
+
+Like a real rate-limited API it can enforce limits (`enforce(requests=, window_s=, concurrency=)`):
+a completion request beyond either is a **violation**, counted, and answered as the real API would
+(`over_limit`: 429 with Retry-After, or a dropped connection). `latency_s` makes each completion take
+that long. It counts what it served (`stats`): completions, tokens, 429s, drops, the most requests
+in flight at once; time is scaled by the test (a 6 s window of 60 requests is 600 RPM).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 Mode = Literal["ok", "rate_limited", "server_error", "bad_request", "drop", "html"]
 HANG_LIMIT_S = 10.0
+HOLD_LIMIT_S = 120.0
 # How often the serving thread checks for shutdown: stop() waits up to this long.
 POLL_INTERVAL_S = 0.02
+
+
+@dataclass
+class ServerStats:
+    """What the fake API served and refused."""
+
+    completions: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    rate_limited: int = 0  # 429s sent (injected or for a violation)
+    dropped: int = 0  # connections dropped (injected or for a violation)
+    violations: int = 0  # requests beyond an enforced limit
+    by_kind: dict[str, int] = field(default_factory=dict)
+    most_in_flight: int = 0
+    # Start times (time.monotonic()) of the requests it served.
+    starts: list[float] = field(default_factory=list)
+
+    def most_in_window(self, window_s: float) -> int:
+        """The most starts in any window of `window_s` seconds."""
+        best, first = 0, 0
+        for last, at in enumerate(self.starts):
+            while self.starts[first] <= at - window_s:
+                first += 1
+            best = max(best, last - first + 1)
+        return best
 
 
 @dataclass(frozen=True)
@@ -58,6 +93,20 @@ class FakeOpenAIServer:
         # The 400 answer's message; "{authorization}" is replaced by the request's Authorization header.
         self.error_message = "Invalid value for 'temperature'."
         self.requests: list[RecordedRequest] = []
+        # Limits the server enforces (None: none), what it answers beyond them, and its counts.
+        self.limit_requests: int | None = None
+        self.limit_window_s = 60.0
+        self.limit_concurrency: int | None = None
+        self.over_limit: Literal["429", "drop"] = "429"
+        self.latency_s = 0.0
+        # Cleared: completions that were let in wait until it is set again (a test holds the API).
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.stats = ServerStats()
+        self._starts: deque[float] = deque()
+        # When (time.monotonic()) it answered 429 or dropped a connection.
+        self.refused_at: list[float] = []
+        self._in_flight = 0
         self.release = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -95,9 +144,52 @@ class FakeOpenAIServer:
     def stop(self) -> None:
         """Release hanging requests, stop serving and close the socket."""
         self.release.set()
+        self.flowing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+    def enforce(self, *, requests: int | None = None, window_s: float = 60.0, concurrency: int | None = None) -> None:
+        """Enforce a rate (requests per sliding window) and a concurrency, as the real API would."""
+        with self._lock:
+            self.limit_requests, self.limit_window_s, self.limit_concurrency = requests, window_s, concurrency
+
+    def admit(self) -> str | None:
+        """Count a completion request's start; the violation ('rate' or 'concurrency') if it breaks a limit."""
+        with self._lock:
+            now = time.monotonic()
+            while self._starts and self._starts[0] <= now - self.limit_window_s:
+                self._starts.popleft()
+            violation = None
+            if self.limit_concurrency is not None and self._in_flight >= self.limit_concurrency:
+                violation = "concurrency"
+            elif self.limit_requests is not None and len(self._starts) >= self.limit_requests:
+                violation = "rate"
+            if violation is not None:
+                self.stats.violations += 1
+                self.stats.by_kind[violation] = self.stats.by_kind.get(violation, 0) + 1
+                return violation
+            self._starts.append(now)
+            self.stats.starts.append(now)
+            self._in_flight += 1
+            self.stats.most_in_flight = max(self.stats.most_in_flight, self._in_flight)
+            return None
+
+    def finish(self, usage: dict[str, int] | None) -> None:
+        """A started request ends (before its answer is sent: the client cannot see it still running)."""
+        with self._lock:
+            self._in_flight -= 1
+            if usage is not None:
+                self.stats.completions += 1
+                self.stats.prompt_tokens += usage.get("prompt_tokens", 0)
+                self.stats.completion_tokens += usage.get("completion_tokens", 0)
+
+    def retry_after_s(self) -> int:
+        """Seconds until the oldest start leaves the window (at least 1), for a 429's Retry-After."""
+        with self._lock:
+            if not self._starts:
+                return 1
+            return max(1, math.ceil(self._starts[0] + self.limit_window_s - time.monotonic()))
 
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -176,10 +268,27 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server_state
         with state._lock:
             mode = state.next_modes.pop(0) if state.next_modes else state.mode
+        if mode == "ok":
+            violation = state.admit()
+            if violation is not None:
+                self._refuse(violation)
+                return
+            usage: dict[str, int] | None = None
+            try:
+                state.flowing.wait(HOLD_LIMIT_S)
+                if state.latency_s:
+                    time.sleep(state.latency_s)
+                body = _completion(state, request.json())
+                usage = body["usage"]
+            finally:
+                state.finish(usage)
+            self._send(200, json.dumps(body).encode(), "application/json")
+            return
         match mode:
-            case "ok":
-                self._send(200, json.dumps(_completion(state, request.json())).encode(), "application/json")
             case "rate_limited":
+                with state._lock:
+                    state.stats.rate_limited += 1
+                    state.refused_at.append(time.monotonic())
                 extra = {"Retry-After": state.retry_after} if state.retry_after is not None else {}
                 self._send(429, _error("Rate limit reached for requests"), "application/json", extra)
             case "server_error":
@@ -188,9 +297,24 @@ class _Handler(BaseHTTPRequestHandler):
                 message = state.error_message.replace("{authorization}", request.headers.get("authorization", ""))
                 self._send(400, _error(message), "application/json")
             case "drop":
+                with state._lock:
+                    state.stats.dropped += 1
+                    state.refused_at.append(time.monotonic())
                 self.close_connection = True  # no answer at all: the client sees a disconnect
             case "html":
                 self._send(200, b"<html>a proxy's login page</html>", "text/html")
+
+    def _refuse(self, violation: str) -> None:
+        state = self.server_state
+        if state.over_limit == "drop":
+            with state._lock:
+                state.stats.dropped += 1
+            self.close_connection = True
+            return
+        with state._lock:
+            state.stats.rate_limited += 1
+        retry_after = str(state.retry_after_s())
+        self._send(429, _error(f"Rate limit reached ({violation})"), "application/json", {"Retry-After": retry_after})
 
     def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -31,13 +31,18 @@ async def call_by_name(client: ClawClient, name: str, body: bytes) -> msgspec.St
 
 async def test_every_reading_verb_answers_by_name_with_its_declared_reply_type(config: ClawConfig) -> None:
     reading = [verb for verb in verbs.ALL if verb.role == verbs.Role.VIEWER]
-    async with running_coordinator(config), connected_client(config) as client:
+    async with running_coordinator(config) as coordinator, connected_client(config) as client:
         submitted = await client.submit_many([spec("echo", {"n": 1})])
+        await coordinator.workflows.register("name: one\nnodes: {a: {skill: echo}}\n")
+        run_id = await coordinator.workflows.start_run("one", {})
         bodies = {
             "task_get": {"task_id": submitted[0].task_id},
             "task_states": {"task_ids": [submitted[0].task_id]},
             "artifacts": {"task_id": submitted[0].task_id},
+            "workflow_show": {"run_id": run_id},
+            "schedule_show": {"name": "s"},
         }
+        await client.call(verbs.SCHEDULE_CREATE, api.ScheduleCreateRequest(name="s", on_event=True, skill="echo"))
         for verb in reading:
             reply = await call_by_name(client, verb.name, json.dumps(bodies.get(verb.name, {})).encode())
             assert type(reply) is verb.reply, verb.name

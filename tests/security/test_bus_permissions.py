@@ -6,11 +6,13 @@ the subject works. A real nats-server with authentication, a coordinator and a w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from cli.credentials import revoke
 from common.errors import NatsUnavailableError
 from common.states import TaskState
 from communication.api_client import ClawClient
@@ -132,3 +134,18 @@ async def test_each_role_subscribes_only_to_its_own_subjects(
             assert not cluster.violations("Subscription", f'"{subject}"')
         else:
             await eventually(lambda: cluster.violations("Subscription", f'"{subject}"'), what=f"{subject} refused")
+
+
+async def test_revoked_credentials_are_cut_off_at_once_without_a_restart(cluster: SecuredCluster) -> None:
+    async with cluster.connect("cli") as nc:
+        await nc.flush()
+        record, reloaded = await asyncio.to_thread(revoke, cluster.auth_dir, "cli")
+        assert record.name == "cli" and reloaded
+        # The server drops the open connection of a user it no longer knows ...
+        await eventually(lambda: not nc.is_connected, what="the revoked connection dropped")
+    # ... and refuses a new one; the others keep working.
+    with pytest.raises(Exception, match="(?i)authorization"):
+        async with cluster.connect("cli"):
+            pass
+    async with cluster.client("alice") as alice:
+        assert (await alice.ping()).version

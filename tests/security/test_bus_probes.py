@@ -18,6 +18,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from cli.credentials import issue
+from common import verbs
+from common.api import PermitAcquireRequest, PermitReleaseRequest
 from common.errors import ClawError, InvalidInputError, PermissionDeniedError
 from common.events import TaskLog, TaskSucceeded
 from common.ids import new_id
@@ -246,3 +248,43 @@ async def _call(client: ClawClient, verb: str, task_id: str) -> Any:
     if verb == "dlq_purge":
         return await client.dlq_purge()
     return await client.set_skill_enabled("echo", enabled=False)
+
+
+async def test_flow_control_permits_are_a_workers_and_bound_to_its_node(cluster: SecuredCluster) -> None:
+    acquire = PermitAcquireRequest(key="api:probe", task_id="t1", node_id="w2", wait_s=0)
+    # A person, even an admin, may not take a worker's permits (they would never be given back).
+    for name in ("alice", "adam", "oscar"):
+        async with cluster.client(name) as person:
+            with pytest.raises(PermissionDeniedError, match="permit_acquire needs the worker role"):
+                await person.call(verbs.PERMIT_ACQUIRE, acquire)
+    # w1 asks naming w2 (offline): the coordinator takes the node from w1's credentials and grants it to w1.
+    async with cluster.client("w1") as w1, cluster.client("w2") as w2:
+        granted = await w1.call(verbs.PERMIT_ACQUIRE, acquire)
+        assert granted.permit_id is not None
+        # Another worker cannot give w1's permit back (nor report usage on it), whatever node it names.
+        release = PermitReleaseRequest(permit_id=granted.permit_id, input_tokens=10**9, node_id="w1")
+        with capture_logs() as logs, pytest.raises(PermissionDeniedError, match="given to another node than w2"):
+            await w2.call(verbs.PERMIT_RELEASE, release)
+        assert [e["holder"] for e in logs if e["event"] == "security.permit_refused"] == ["w1"]
+        # w1 gives it back: the permit was its own.
+        back = await w1.call(verbs.PERMIT_RELEASE, PermitReleaseRequest(permit_id=granted.permit_id))
+        assert back.permit_id == granted.permit_id and back.reason == ""
+
+
+async def test_a_submit_is_for_the_tenant_bound_to_the_credentials_whatever_it_names(cluster: SecuredCluster) -> None:
+    # Issued while the cluster runs: tina submits for acme, and only for acme.
+    issue(cluster.auth_dir, name="tina", roles=["submitter"], out=cluster.auth_dir / "tina.creds", prefix=PREFIX,
+          tenant="acme")  # fmt: skip
+    async with cluster.client("tina") as tina:
+        before = cluster.db_counts()
+        with pytest.raises(InvalidInputError, match="tenant 'globex' is not yours: your credentials are for tenant"):
+            await tina.submit(spec("echo", {}), tenant="globex")
+        assert cluster.db_counts()[0] == before[0]  # nothing stored
+        unnamed = await tina.submit(spec("echo", {}))
+        named = await tina.submit(spec("echo", {}), tenant="acme")
+        for submitted in (unnamed, named):
+            assert (await tina.get_task(submitted.task_id)).tenant == "acme"
+    # An identity bound to no tenant names one, as before.
+    async with cluster.client("alice") as alice:
+        other = await alice.submit(spec("echo", {}), tenant="globex")
+        assert (await alice.get_task(other.task_id)).tenant == "globex"

@@ -18,7 +18,10 @@ from communication.codec import decode_request
 from communication.subjects import Subjects
 from coordinator.api_handlers import ApiHandlers
 from coordinator.api_routes import ApiRoutes, marked, serves
+from coordinator.flow.desk import FlowDesk
 from coordinator.quarantine import QuarantineDesk
+from coordinator.schedules.engine import ScheduleEngine
+from coordinator.workflows.desk import WorkflowDesk
 
 
 class CancelDesk:
@@ -43,7 +46,14 @@ def test_every_verb_has_a_unique_name_that_is_one_subject_token_and_a_role() -> 
 
 
 def test_every_declared_verb_is_served_by_exactly_one_coordinator_method() -> None:
-    served = [verb.name for _, verb in marked(ApiHandlers) + marked(QuarantineDesk)]
+    served = [
+        verb.name
+        for _, verb in marked(ApiHandlers)
+        + marked(QuarantineDesk)
+        + marked(FlowDesk)
+        + marked(WorkflowDesk)
+        + marked(ScheduleEngine)
+    ]
     assert sorted(served) == sorted(verb.name for verb in verbs.ALL)
 
 

@@ -19,7 +19,7 @@ async def test_a_failed_transaction_is_rolled_back_whole(tmp_path: Path) -> None
     try:
         await db.write([("INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)",
                          [("t1", "ann", "approve", None, 1.0)])])  # fmt: skip
-        with pytest.raises(StorageError, match="state database write failed"):
+        with pytest.raises(StorageError, match="state database: "):
             await db.write(
                 [
                     ("INSERT INTO approvals (task_id, approver, decision, note, at) VALUES (?, ?, ?, ?, ?)",

@@ -18,11 +18,27 @@ STORED_BEFORE = {
     "alert.completion_rate", "alert.failure_rate", "alert.resolved",
     "node.active", "node.paused", "node.drained",
     "skill.registered", "skill.installed", "skill.enabled", "skill.disabled",
+    # Added since: tenants (coordinator/tenants).
+    "waiting for tenant share",
 }  # fmt: skip
+# Kinds added since, each with its feature (appended, one line per feature).
+STORED_BEFORE |= {"skill.risk_lowered"}  # trust-audit: a lowered risk installed with --allow-risk-change
+# Added by flow control (issue 12).
+FLOW_KINDS = {"waiting for limit", "needs input", "limit granted", "usage", "limit.set", "limit.deleted"}
+
+
+# Workflows (coordinator/workflows).
+WORKFLOW_KINDS = {
+    "workflow.registered", "workflow.run_started", "workflow.node_started", "workflow.node_succeeded",
+    "workflow.node_failed", "workflow.node_skipped", "workflow.node_reused", "workflow.run_succeeded",
+    "workflow.run_failed", "workflow.run_cancelled",
+}  # fmt: skip
+# Schedules (coordinator/schedules).
+SCHEDULE_KINDS = {"schedule.created", "schedule.deleted", "schedule.paused", "schedule.resumed", "schedule.fired"}
 
 
 def test_the_members_are_exactly_the_strings_stored_before() -> None:
-    assert {kind.value for kind in EventKind} == STORED_BEFORE
+    assert {kind.value for kind in EventKind} == STORED_BEFORE | FLOW_KINDS | WORKFLOW_KINDS | SCHEDULE_KINDS
     assert EventKind("attempt cancelled") is EventKind.ATTEMPT_CANCELLED  # the one with a space
 
 

@@ -38,6 +38,10 @@ LEGAL = {
     (S.FAILED, S.PENDING),
     (S.DEAD, S.PENDING),
     (S.CANCELLED, S.PENDING),
+    # Flow control's escalation: a person retries (a new series) or cancels.
+    (S.RUNNING, S.NEEDS_INPUT),
+    (S.NEEDS_INPUT, S.PENDING),
+    (S.NEEDS_INPUT, S.CANCELLED),
 }
 ALL_PAIRS = list(itertools.product(TaskState, TaskState))
 
@@ -75,6 +79,8 @@ def test_illegal_transition_is_refused_and_changes_nothing(from_state: TaskState
 def test_succeeded_and_rejected_are_final() -> None:
     assert TRANSITIONS[S.SUCCEEDED] == frozenset()
     assert TRANSITIONS[S.REJECTED] == frozenset()
-    # Other terminal states only leave through an explicit re-run (a new series from pending).
-    for state in TERMINAL_STATES - {S.SUCCEEDED, S.REJECTED}:
+    # Other terminal states only leave through an explicit re-run (a new series from pending), or,
+    # for a task that needs a person, a cancel.
+    for state in TERMINAL_STATES - {S.SUCCEEDED, S.REJECTED, S.NEEDS_INPUT}:
         assert TRANSITIONS[state] == frozenset({S.PENDING})
+    assert TRANSITIONS[S.NEEDS_INPUT] == frozenset({S.PENDING, S.CANCELLED})

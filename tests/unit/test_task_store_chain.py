@@ -40,8 +40,8 @@ async def test_a_batch_whose_caller_was_cancelled_mid_commit_does_not_fork_the_c
             await writer
         slow.release.set()
         await store.write_batch(WriteBatch(events=[EventRecord(task_id="t1", kind="log", at=3.0)]))
-        checked, broken = await store.verify_chain()
-        assert (checked, broken) == (3, None)
+        verified = await store.verify_chain()
+        assert (verified.checked, verified.broken, verified.last_id) == (3, None, 3)
     finally:
         slow.release.set()
         await db.close()

@@ -4,6 +4,7 @@ returns, and the retry intent of every failure."""
 from __future__ import annotations
 
 import email.utils
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -33,9 +34,11 @@ def settings_for(server: FakeOpenAIServer, **changes: Any) -> ToolSettings:
 
 
 @pytest.fixture
-def llm(openai_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> LlmTool:
+async def llm(openai_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LlmTool]:
     monkeypatch.setenv(KEY_ENV, KEY)
-    return LlmTool(settings_for(openai_server))
+    tool = LlmTool(settings_for(openai_server))
+    yield tool
+    await tool.aclose()  # its one HTTP client, reused by every call
 
 
 @pytest.fixture
@@ -94,8 +97,11 @@ async def test_429_with_an_http_date_is_retryable_after_the_time_left(
     llm = LlmTool(settings_for(openai_server), clock=clock)
     openai_server.mode = "rate_limited"
     openai_server.retry_after = email.utils.formatdate(clock.now() + 30, usegmt=True)
-    with pytest.raises(RetryableError) as caught:
-        await llm.chat(ctx, {"messages": MESSAGES})
+    try:
+        with pytest.raises(RetryableError) as caught:
+            await llm.chat(ctx, {"messages": MESSAGES})
+    finally:
+        await llm.aclose()
     assert caught.value.retry_after_s == 30.0
 
 

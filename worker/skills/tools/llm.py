@@ -20,6 +20,7 @@ import email.utils
 import math
 import os
 import urllib.parse
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,6 +28,7 @@ import msgspec
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ToolSettings
 from common.errors import ConfigError, InvalidInputError, PermanentError, RetryableError, ToolTimeoutError
+from communication.response_cache import cache_key
 from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
@@ -57,7 +59,10 @@ PASSED_THROUGH = (
     "reasoning_effort",
     "metadata",
 )
-FIELDS = ("model", "messages", "headers", "timeout_s", *PASSED_THROUGH)
+# `fallback_models` is flow control's (docs/Flow_control.md): the coordinator picks the model.
+# `cache_ttl_s`: the response cache (opt-in): an equal call within that many seconds is answered
+# from it without an API call.
+FIELDS = ("model", "messages", "headers", "timeout_s", "fallback_models", "cache_ttl_s", *PASSED_THROUGH)
 REFUSED_HEADERS = ("authorization", "host", "content-length", "content-type")
 SERVER_MESSAGE_MAX_CHARS = 500
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -82,6 +87,31 @@ class LlmTool:
         self._clock = clock
         self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
         self._policy = AddressPolicy.from_entries(settings.http_allow_private)
+        # One HTTP client (and its connection pool) per event loop, reused by every call.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        _TOOLS.add(self)
+        # Imported now, not at the first call: a first call slowed by ~0.2 s of imports reaches the
+        # API later than flow control counted it (docs/Flow_control.md, "Rates").
+        import httpx  # noqa: F401
+
+        import worker.skills.tools.netguard  # noqa: F401
+
+    def _client(self) -> httpx.AsyncClient:
+        from worker.skills.tools.netguard import guarded_client
+
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = self._clients[loop] = guarded_client(self._policy, SKILL, timeout_s=self._settings.llm_timeout_s)
+        return client
+
+    async def aclose(self) -> None:
+        """Close this loop's HTTP client (the worker's shutdown; a later call opens a new one)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     def skills(self) -> list[Skill]:
         """The one LLM skill."""
@@ -92,20 +122,33 @@ class LlmTool:
         usage, model, finish_reason}."""
         import httpx  # on first use, as in http.py
 
-        from worker.skills.tools.netguard import guarded_client
-
         inputs.check_fields(SKILL, input, FIELDS)
-        model = inputs.optional_string(SKILL, input, "model") or self._settings.llm_model
+        # A fallback chosen by flow control (the first choice's key cooled down) names its model.
+        model = ctx.flow_model or inputs.optional_string(SKILL, input, "model") or self._settings.llm_model
+        if ctx.flow_model == "default" and "model" not in input:
+            model = self._settings.llm_model
         body = {"model": model, "messages": _messages(input), **{k: input[k] for k in PASSED_THROUGH if k in input}}
+        cache = ctx.response_cache(_cache_ttl(input))
+        digest = ""
+        if cache is not None:
+            params = {k: input[k] for k in PASSED_THROUGH if k in input}
+            tenant = str(getattr(ctx, "tenant", None) or "default")
+            digest = cache_key(str(model), body["messages"], params, tenant)
+            cached = await cache[0].get(digest)
+            if cached is not None:
+                ctx.log(f"response cache hit ({digest[:12]}): no API call")
+                ctx.report_usage(0, 0, model=str(model), cache_hit=True)
+                result: dict[str, Any] = msgspec.json.decode(cached)
+                return result
         extra = inputs.headers(SKILL, input, "headers", REFUSED_HEADERS)
         timeout_s = min(self._settings.llm_timeout_s, inputs.timeout_s(SKILL, input) or math.inf)
         token = self._token()
         headers = self._headers(extra, token)
+        call_started_at = self._clock.now()
         try:
             async with (
-                guarded_client(self._policy, SKILL, timeout_s=timeout_s) as client,
                 asyncio.timeout(timeout_s),
-                client.stream("POST", self._url, json=body, headers=headers) as response,
+                self._client().stream("POST", self._url, json=body, headers=headers, timeout=timeout_s) as response,
             ):
                 data, truncated = await read_capped(response, self._settings.http_max_response_bytes)
         except (TimeoutError, httpx.TimeoutException):
@@ -119,7 +162,17 @@ class LlmTool:
                 f"{SKILL}: the answer is larger than tools.http_max_response_bytes "
                 f"({self._settings.http_max_response_bytes} bytes)"
             )
-        return _completion(data, model)
+        completion = _completion(data, model)
+        usage = completion["usage"]
+        ctx.report_usage(
+            _count(usage.get("prompt_tokens")),
+            _count(usage.get("completion_tokens")),
+            model=str(model),
+            call_started_at=call_started_at,
+        )
+        if cache is not None:
+            await cache[0].put(digest, completion, cache[1])
+        return completion
 
     def _token(self) -> str:
         name = self._settings.llm_api_key_env
@@ -144,6 +197,16 @@ class LlmTool:
         return PermanentError(message)
 
 
+# Every LlmTool (skills of their own build one too: examples/skills/writing), for the worker's shutdown.
+_TOOLS: weakref.WeakSet[LlmTool] = weakref.WeakSet()
+
+
+async def close_clients() -> None:
+    """Close the HTTP clients every LlmTool opened on this event loop (a worker stopping)."""
+    for tool in list(_TOOLS):
+        await tool.aclose()
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
     if not value:
@@ -158,6 +221,19 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         # HTTP dates are in GMT; "-0000" parses as a naive datetime.
         seconds = (when if when.tzinfo else when.replace(tzinfo=datetime.UTC)).timestamp() - now
     return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _cache_ttl(input: dict[str, Any]) -> float | None:
+    value = input.get("cache_ttl_s")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise InvalidInputError(f"{SKILL}: 'cache_ttl_s' must be a number of seconds (0: no cache)")
+    return float(value)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 def _messages(input: dict[str, Any]) -> list[dict[str, Any]]:

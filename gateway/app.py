@@ -1,0 +1,85 @@
+"""The gateway's Starlette application: REST under /v1, live events, the dashboard, /healthz, /docs."""
+
+from __future__ import annotations
+
+import functools
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from common.errors import ClawError, InternalError
+from common.log import get_logger
+from gateway import openapi
+from gateway.context import Gateway
+from gateway.dashboard import Dashboard
+from gateway.errors import error_response, response_for
+from gateway.live import LiveHub
+from gateway.live_routes import live_routes
+from gateway.rest import json_response, rest_routes
+
+log = get_logger("gateway.app")
+
+
+@functools.cache
+def _openapi_bytes() -> bytes:
+    return msgspec.json.encode(openapi.document())
+
+
+def build_app(gw: Gateway, hub: LiveHub) -> Starlette:
+    """The application serving `gw`."""
+
+    async def healthz(request: Request) -> Response:
+        connected = gw.calls.client.conn.is_connected
+        return json_response({"ok": connected, "nats": "connected" if connected else "disconnected"},
+                             200 if connected else 503)  # fmt: skip
+
+    async def openapi_json(request: Request) -> Response:
+        await gw.authenticate(request)
+        return Response(_openapi_bytes(), media_type="application/json")
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        *live_routes(gw, hub),
+        *rest_routes(gw),
+        *Dashboard(gw).routes(),
+    ]
+    middleware = []
+    if gw.settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=gw.settings.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-API-Key"],
+                max_age=600,
+            )
+        )
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={ClawError: _claw_error, HTTPException: _http_error, Exception: _unexpected},
+    )
+
+
+async def _claw_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClawError)
+    return response_for(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = {404: f"no such endpoint: {request.url.path}", 405: f"{request.method} is not allowed here"}
+    return error_response(code, message.get(exc.status_code, str(exc.detail)), exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("gateway.unexpected_error", path=request.url.path, exc_info=exc)
+    return response_for(InternalError("the gateway failed on this request; its log has the details"))

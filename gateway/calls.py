@@ -1,0 +1,75 @@
+"""The one way the gateway calls the coordinator API: a verb, for an authenticated principal.
+
+`GatewayCalls.call(principal, verb, request)` refuses a verb whose declared role (`Verb.role`,
+common/verbs.py) the principal does not hold, writes the principal's name over every field that
+names who acts (`by`, `submitter`: a name in a request body is never believed), and sends the
+request over NATS with the gateway's connection.
+
+The coordinator takes who acts from the request's subject (`<prefix>.api.<identity>.<verb>`, the
+gateway's own identity); each request also names the principal and the roles the gateway grants
+them (`ActingFor`: headers `Claw-Acting-For`, `Claw-Acting-Roles`), which the coordinator honours
+from identities listed in `auth.gateways`, with at most the gateway's own roles. So an approval
+through the gateway is the person's, and a stolen gateway credential acts only within its roles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import msgspec
+
+from common import api, verbs
+from common.errors import PermissionDeniedError
+from common.verbs import ReplyT, RequestT, Verb
+from communication.api_client import ActingFor, ClawClient
+from gateway.auth import Principal
+from gateway.routes import identity_fields
+from gateway.submit_batcher import SubmitBatcher
+
+
+def _identity_fields(request_type: type[msgspec.Struct]) -> tuple[str, ...]:
+    return identity_fields(request_type)
+
+
+class GatewayCalls:
+    """Verb calls on behalf of principals, through one `ClawClient`."""
+
+    def __init__(self, client: ClawClient) -> None:
+        self.client = client
+        self._stamped: dict[type[Any], tuple[str, ...]] = {}
+        # Concurrent submits leave in shared requests (gateway/submit_batcher.py).
+        self._submits = SubmitBatcher(client)
+
+    async def close(self) -> None:
+        """Let submits on their way finish."""
+        await self._submits.close()
+
+    def allowed(self, principal: Principal, verb: Verb[Any, Any]) -> bool:
+        """Whether `principal` may call `verb`."""
+        return principal.may(verb.role)
+
+    def check(self, principal: Principal, verb: Verb[Any, Any]) -> None:
+        """`PermissionDeniedError` unless `principal` may call `verb` (callers check before reading a
+        body, so a refused caller learns nothing about what it sent)."""
+        if not self.allowed(principal, verb):
+            roles = ", ".join(sorted(principal.roles)) or "none"
+            raise PermissionDeniedError(
+                f"{principal.name} may not call {verb.name}: it needs the {verb.role.value} role (has {roles})"
+            )
+
+    async def call(self, principal: Principal, verb: Verb[RequestT, ReplyT], request: RequestT) -> ReplyT:
+        """Call `verb` as `principal`; `PermissionDeniedError` when its roles do not allow it."""
+        self.check(principal, verb)
+        stamped = self._stamp(principal, verb, request)
+        acting = ActingFor(principal.name, frozenset(role.value for role in principal.roles))
+        if isinstance(stamped, api.SubmitRequest) and verb is verbs.SUBMIT:
+            return cast(ReplyT, await self._submits.submit(stamped, acting))
+        return await self.client.call(verb, stamped, acting_for=acting)
+
+    def _stamp(self, principal: Principal, verb: Verb[RequestT, Any], request: RequestT) -> RequestT:
+        fields = self._stamped.get(verb.request)
+        if fields is None:
+            fields = self._stamped[verb.request] = _identity_fields(verb.request)
+        if not fields:
+            return request
+        return msgspec.structs.replace(request, **dict.fromkeys(fields, principal.name))

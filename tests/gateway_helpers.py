@@ -1,0 +1,114 @@
+"""Test helpers for the HTTP gateway: a real gateway (uvicorn on a free loopback port) in this event
+loop, API keys of each role, and an httpx client per key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from common.config import ClawConfig
+from common.verbs import Role
+from communication.connection import NatsConnection
+from gateway.server import GatewayServer, open_key_store
+from gateway.settings import GatewaySettings
+
+# One key per role, and one with every role.
+ROLE_KEYS: dict[str, tuple[Role, ...]] = {
+    "ada": (Role.ADMIN,),
+    "otto": (Role.OPERATOR,),
+    "april": (Role.APPROVER,),
+    "sam": (Role.SUBMITTER,),
+    "vera": (Role.VIEWER,),
+}
+
+
+@dataclass
+class RunningGateway:
+    """A gateway serving at `url`, and the API key of each name in `ROLE_KEYS`."""
+
+    server: GatewayServer
+    url: str
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def client(self, name: str | None, **options: object) -> httpx.AsyncClient:
+        """An HTTP client sending `name`'s key (None: no key)."""
+        headers = {} if name is None else {"Authorization": f"Bearer {self.keys[name]}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0, **options)  # type: ignore[arg-type]
+
+
+async def create_keys(config: ClawConfig, keys: dict[str, tuple[Role, ...]] = ROLE_KEYS) -> dict[str, str]:
+    """API keys for `keys` (name -> roles), created in the cluster's bucket."""
+    conn = await NatsConnection.connect(config.nats, name="test-keys")
+    try:
+        store = await open_key_store(conn, config)
+        return {name: (await store.create(name, roles))[1] for name, roles in keys.items()}
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: ClawConfig, settings: GatewaySettings | None = None) -> AsyncIterator[RunningGateway]:
+    """A gateway in this event loop on a free port, stopped (and awaited) on exit."""
+    keys = await create_keys(config)
+    server = await GatewayServer.start(config, settings or GatewaySettings(port=0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as probe:
+            for _ in range(500):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await probe.get("/healthz")).status_code == 200:
+                        break
+                if task.done():
+                    await task
+                await asyncio.sleep(0.02)
+        yield RunningGateway(server, server.url, keys)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@dataclass
+class SseMessage:
+    """One Server-Sent Event: its id (None for `end`), its event name and its JSON data."""
+
+    id: int | None
+    event: str
+    data: Any
+
+
+async def read_sse(
+    http: httpx.AsyncClient, path: str, *, last_event_id: int | None = None, stop_after: int | None = None
+) -> list[SseMessage]:
+    """The messages of an SSE stream until `end` (or `stop_after` messages: then it disconnects)."""
+    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+    messages: list[SseMessage] = []
+    async with http.stream("GET", path, headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line.startswith(":") or line.startswith("retry:"):
+                continue
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if "data" not in fields:
+                continue
+            message = SseMessage(
+                int(fields["id"]) if "id" in fields else None,
+                fields.get("event", "message"),
+                json.loads(fields["data"]),
+            )
+            fields = {}
+            messages.append(message)
+            if message.event == "end" or (stop_after is not None and len(messages) >= stop_after):
+                break
+    return messages

@@ -1,0 +1,140 @@
+"""The HTTP gateway attacked as a caller would: forged or stale sessions, a key used past its
+revocation, role checks bypassed through the any-verb route, identity claimed in a body, oversize
+bodies, path tricks on artifact downloads. Against a real coordinator, worker, nats-server and
+uvicorn (the CSRF, redirect and cross-site WebSocket tries are in tests/integration/test_gateway_dashboard.py)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import itsdangerous
+import pytest
+
+from common import verbs
+from common.clock import SYSTEM_CLOCK
+from common.config import AuthSettings, ClawConfig
+from common.errors import PermissionDeniedError
+from coordinator.authorization import Authorizer
+from gateway.server import open_key_store
+from tests.gateway_helpers import RunningGateway, running_gateway
+from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
+
+
+@pytest.fixture
+async def gw(config: ClawConfig) -> AsyncIterator[RunningGateway]:
+    async with running_coordinator(config), running_worker(config), running_gateway(config) as gateway:
+        async with connected_client(config) as client:
+            await wait_nodes_online(client, 1)
+        yield gateway
+
+
+async def _session(gw: RunningGateway, name: str) -> tuple[httpx.AsyncClient, str]:
+    browser = httpx.AsyncClient(base_url=gw.url)
+    await browser.post("/login", data={"key": gw.keys[name]})
+    page = await browser.get("/tasks")
+    match = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+    assert match is not None
+    return browser, match.group(1)
+
+
+async def test_a_session_cookie_signed_with_another_secret_or_edited_is_refused(gw: RunningGateway) -> None:
+    async with httpx.AsyncClient(base_url=gw.url) as attacker:
+        # A cookie naming the admin's key id, signed with a secret the attacker made up.
+        admin_id = gw.keys["ada"].split("_")[1]
+        forged = itsdangerous.URLSafeTimedSerializer(b"guess", salt="claw-gateway-session").dumps(f'["{admin_id}","x"]')
+        attacker.cookies.set("claw_session", forged)
+        answer = await attacker.get("/v1/status")
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "unauthenticated"
+    browser, _ = await _session(gw, "vera")
+    try:
+        cookie = browser.cookies["claw_session"]
+        edited = cookie.replace(cookie.split(".")[0], cookie.split(".")[0][:-2] + "AA")
+        async with httpx.AsyncClient(base_url=gw.url) as replay:
+            replay.cookies.set("claw_session", edited)
+            assert (await replay.get("/v1/status")).status_code == 401
+            replay.cookies.set("claw_session", cookie)
+            assert (await replay.get("/v1/status")).status_code == 200  # the unedited one works
+    finally:
+        await browser.aclose()
+
+
+async def test_a_revoked_key_ends_its_sessions_too(gw: RunningGateway, config: ClawConfig) -> None:
+    browser, _ = await _session(gw, "otto")
+    try:
+        assert (await browser.get("/v1/status")).status_code == 200
+        async with connected_client(config) as client:
+            await (await open_key_store(client.conn, config)).revoke("otto")
+
+        async def refused() -> bool:
+            return (await browser.get("/v1/status")).status_code == 401
+
+        await eventually(refused, timeout_s=10, what="the session of a revoked key refused")
+        page = await browser.get("/tasks")
+        assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    finally:
+        await browser.aclose()
+
+
+async def test_the_any_verb_route_checks_the_same_roles(gw: RunningGateway) -> None:
+    async with gw.client("vera") as vera:
+        for verb in verbs.ALL:
+            if verb.role is verbs.Role.VIEWER:
+                continue
+            answer = await vera.post(f"/v1/verbs/{verb.name}", json={})
+            assert answer.status_code == 403, (verb.name, answer.text)
+
+
+async def test_nobody_acts_in_another_name(gw: RunningGateway) -> None:
+    """`by` and `submitter` in a body, or a query string, are overwritten with the key's name."""
+    async with gw.client("sam") as sam, gw.client("otto") as otto:
+        answer = await sam.post("/v1/tasks?submitter=otto", json={"tasks": [{"skill": "echo"}], "submitter": "otto"})
+        task_id = answer.json()["results"][0]["task_id"]
+        view = (await otto.get(f"/v1/tasks/{task_id}")).json()
+        assert view["events"][0]["data"]["submitter"] == "sam"
+        cancelled = await otto.post(f"/v1/tasks/{task_id}/cancel?by=mallory", json={"by": "mallory", "reason": "x"})
+        if cancelled.status_code == 200:  # (it may have finished already)
+            view = (await otto.get(f"/v1/tasks/{task_id}")).json()
+            cancel = next(e for e in view["events"] if e["kind"] == "cancelled")
+            assert cancel["data"]["by"] == "otto"
+
+
+async def test_only_a_listed_gateway_may_act_for_someone_and_only_within_its_own_roles() -> None:
+    """On an authenticated bus the coordinator honours `Claw-Acting-For` only from the identities in
+    `auth.gateways`, grants at most the gateway's own roles, and only for a valid identity name."""
+    settings = AuthSettings(roles={"gw": ["submitter", "viewer"], "mallory": ["viewer"]}, gateways=["gw"])
+    authorizer = Authorizer(settings, SYSTEM_CLOCK, open_bus=False)
+    with pytest.raises(PermissionDeniedError, match="mallory may not act for others"):
+        await authorizer.check_acting("mallory", "alice", "approver", verbs.APPROVE)
+    assert await authorizer.check_acting("gw", "alice", "submitter,viewer", verbs.SUBMIT) == "alice"
+    with pytest.raises(PermissionDeniedError, match="approve needs the approver role; alice holds submitter"):
+        await authorizer.check_acting("gw", "alice", "submitter,approver", verbs.APPROVE)
+    with pytest.raises(PermissionDeniedError, match="not an identity"):
+        await authorizer.check_acting("gw", "alice.x", "viewer", verbs.STATUS)
+
+
+async def test_oversize_bodies_and_path_tricks_are_refused_cleanly(gw: RunningGateway) -> None:
+    async with gw.client("sam") as sam:
+        huge = await sam.post("/v1/tasks", content=b'{"skill": "echo", "input": "' + b"x" * (17 << 20) + b'"}')
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
+        for name in ("..%2F..%2Fetc%2Fpasswd", "%2e%2e", "x%00y"):
+            answer = await sam.get(f"/v1/tasks/01J00000000000000000000000/artifacts/{name}")
+            assert answer.status_code in (404, 400), (name, answer.status_code)
+            assert "root:" not in answer.text
+        nested = await sam.post("/v1/tasks", content=b"[" * 100_000 + b"]" * 100_000)
+        assert nested.status_code == 400 and nested.json()["error"]["code"] == "invalid_input"
+
+
+def test_every_request_field_naming_an_actor_is_overwritten() -> None:
+    """The fields that name who acts, found by type, as the gateway and the coordinator stamp them:
+    `registered_by` too; `usage`'s `by` (columns to group by) is not one."""
+    from common import api
+    from coordinator.api_server import actor_fields
+    from gateway.routes import identity_fields
+
+    for verb in verbs.ALL:
+        assert identity_fields(verb.request) == actor_fields(verb.request), verb.name
+    assert identity_fields(api.WorkflowSpecRequest) == ("registered_by",)
+    assert identity_fields(api.UsageRequest) == ()
+    assert identity_fields(api.ApproveRequest) == ("by",)
