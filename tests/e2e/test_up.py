@@ -243,6 +243,17 @@ def test_claw_up_serves_the_dashboard_and_its_first_admin_key(tmp_path: Path) ->
         status = httpx.get(url + "/v1/status", headers={"Authorization": f"Bearer {key}"})
         assert status.status_code == 200 and status.json()["status"]["nodes_online"] == 1
         assert httpx.get(url + "/").status_code == 303  # the dashboard asks for a login
+        # The gateway is on the bus with credentials of its own (0600), and acts for the key's person.
+        assert (up.data_dir / "auth" / "gateway.creds").stat().st_mode & 0o777 == 0o600
+        auth = {"Authorization": f"Bearer {key}"}
+        submitted = httpx.post(url + "/v1/tasks", json={"skill": "echo", "input": {"via": "gateway"}}, headers=auth)
+        assert submitted.status_code == 200, submitted.text
+        task_id = re.search(r'"task_id":\s*"([0-9A-Z]{26})"', submitted.text).group(1)  # type: ignore[union-attr]
+
+        def succeeded() -> bool:
+            return httpx.get(f"{url}/v1/tasks/{task_id}", headers=auth).json()["state"] == "succeeded"
+
+        wait_until(succeeded, timeout_s=60, interval_s=0.3, what="the gateway's task to succeed")
 
 
 def test_claw_up_json_prints_its_banner_warnings_and_errors_as_json(tmp_path: Path) -> None:

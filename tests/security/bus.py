@@ -122,6 +122,17 @@ class SecuredCluster:
             if f"{kind} Violation - Subject" in line and subject_part in line
         ]
 
+    def submitter_of(self, task_id: str) -> str | None:
+        """Who the database says submitted a task."""
+        import sqlite3
+
+        db = sqlite3.connect(self.tmp_path / "claw.db")
+        try:
+            row = db.execute("SELECT submitter FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            return None if row is None else str(row[0])
+        finally:
+            db.close()
+
     def db_counts(self) -> tuple[int, int]:
         """(tasks, events) rows in the coordinator's database."""
         import sqlite3

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from cli.credentials import issue
 from common import verbs
-from common.api import PermitAcquireRequest, PermitReleaseRequest
+from common.api import ApproveRequest, PermitAcquireRequest, PermitReleaseRequest
 from common.errors import ClawError, InvalidInputError, PermissionDeniedError
 from common.events import TaskLog, TaskSucceeded
 from common.ids import new_id
@@ -288,3 +288,26 @@ async def test_a_submit_is_for_the_tenant_bound_to_the_credentials_whatever_it_n
     async with cluster.client("alice") as alice:
         other = await alice.submit(spec("echo", {}), tenant="globex")
         assert (await alice.get_task(other.task_id)).tenant == "globex"
+
+
+async def test_the_identity_is_the_credentials_whatever_name_the_request_types(cluster: SecuredCluster) -> None:
+    async with cluster.client("alice") as alice, cluster.client("bob") as bob, cluster.client("carol") as carol:
+        # alice submits naming bob as the submitter: the task is alice's ...
+        held = await alice.submit(spec("probe.destroy", {"what": "x"}), submitter="bob")
+        assert cluster.submitter_of(held.task_id) == "alice"
+        # ... so bob may approve it, and his approval typed as carol's counts as bob's, once.
+        first = await bob.call(verbs.APPROVE, ApproveRequest(task_id=held.task_id, by="carol"))
+        assert first.approved_by == ["bob"] and first.state == TaskState.WAITING_APPROVAL
+        with pytest.raises(InvalidInputError, match="bob already approved"):
+            await bob.call(verbs.APPROVE, ApproveRequest(task_id=held.task_id, by="dave"))
+        assert cluster.ran == []
+        # Sending on another identity's subject is refused by the server, not merely by the coordinator.
+        async with cluster.connect("alice") as nc:
+            await nc.publish(f"{PREFIX}.api.carol.approve", msgspec.json.encode({"task_id": held.task_id}))
+            await nc.flush()
+        await eventually(lambda: cluster.violations("Publish", '"claw.api.carol.approve"'), what="refused")
+        # carol's own approval is the second, distinct one: it runs.
+        second = await carol.approve(held.task_id)
+        assert second.approved_by == ["bob", "carol"]
+        assert await alice.wait([held.task_id], timeout_s=30) == {held.task_id: TaskState.SUCCEEDED}
+    assert cluster.ran == [held.task_id]
