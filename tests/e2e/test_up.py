@@ -326,6 +326,23 @@ def test_nats_start_listens_on_loopback_unless_given_a_host(tmp_path: Path) -> N
         pool.stop_all()
 
 
+def test_nats_start_no_auth_says_the_bus_is_open_and_lets_anyone_in(tmp_path: Path) -> None:
+    pool = ProcessPool(child_env(), tmp_path)
+    try:
+        port, monitor_port = free_ports(2)
+        nats = pool.spawn("nats", "nats", "start", "--no-auth", "--host", "0.0.0.0", "--port", str(port),
+                          "--http-port", str(monitor_port), "--store-dir", str(tmp_path / "nats"))  # fmt: skip
+        wait_until(lambda: "nats-server ready" in nats.output(), timeout_s=30, what="nats-server ready")
+        assert "WITHOUT authentication (--no-auth)" in nats.output() and "authentication on" not in nats.output()
+        assert not (tmp_path / "auth").exists()
+        # No credentials needed: NATS answers (nobody serves the API yet).
+        status = pool.run("--nats", f"nats://127.0.0.1:{port}", "status")
+        assert "no coordinator is answering" in status.stderr, status.stderr
+        assert nats.stop() == 0
+    finally:
+        pool.stop_all()
+
+
 def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> None:
     """The RUNBOOK's recipe: `nats start --host 0.0.0.0` (authentication on) on one machine with the
     coordinator, a worker's credentials issued with `claw creds create` and used from another data
