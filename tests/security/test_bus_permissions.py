@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from cli.credentials import revoke
+from common.config import NatsSettings
 from common.errors import NatsUnavailableError
 from common.states import TaskState
 from communication.api_client import ClawClient
+from communication.nats_server import EmbeddedNatsServer
 from tests.helpers import eventually, spec
 from tests.security.bus import NOT_COORDINATOR, SecuredCluster, secured_cluster
 
@@ -149,3 +152,19 @@ async def test_revoked_credentials_are_cut_off_at_once_without_a_restart(cluster
             pass
     async with cluster.client("alice") as alice:
         assert (await alice.ping()).version
+
+
+async def test_a_connection_without_credentials_to_an_open_server_over_a_network_is_warned(
+    nats_server: EmbeddedNatsServer, cluster: SecuredCluster
+) -> None:
+    port = nats_server.client_url.rsplit(":", 1)[1]
+    with capture_logs() as logs:
+        # 0.0.0.0 as a destination reaches this machine (no traffic leaves it), but is not a loopback name.
+        async with await ClawClient.connect(NatsSettings(url=f"nats://0.0.0.0:{port}")):
+            pass
+        async with await ClawClient.connect(NatsSettings(url=nats_server.client_url)):
+            pass  # loopback: this machine only, no warning
+        async with cluster.client("alice"):
+            pass  # with credentials: none either
+    warned = [e for e in logs if e["event"] == "nats.no_authentication"]
+    assert len(warned) == 1 and warned[0]["url"] == f"nats://0.0.0.0:{port}"
