@@ -82,3 +82,20 @@ def test_each_bus_role_gets_only_its_own_subjects(auth_dir: Path) -> None:
     assert "claw.trigger.>" not in viewer["publish"]["allow"]
     for role in (worker, gateway, admin, viewer):
         assert "$KV.claw_audit.>" in role["publish"]["deny"]
+
+
+def test_docker_compose_gives_every_service_credentials_the_nats_service_issues() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
+    services = compose["services"]
+    command = services["nats"]["command"]
+    assert command[:2] == ["nats", "start"] and "--no-auth" not in command
+    issued = {"coordinator"} | {command[i + 1] for i, arg in enumerate(command) if arg in ("--worker", "--gateway")}
+    clients = {name: s for name, s in services.items() if s.get("build") and name != "nats"}
+    assert set(clients) == {"coordinator", "worker-1", "worker-2", "gateway"}
+    for name, service in clients.items():
+        creds = service["environment"]["CLAW_NATS_CREDS_FILE"]
+        assert creds == f"/nats/auth/{name}.creds" and name in issued, name
+        assert "nats-data:/nats:ro" in service["volumes"], name
+    assert services["coordinator"]["environment"]["CLAW_AUTH_GATEWAYS"] == "gateway"
