@@ -151,6 +151,23 @@ class CoordinatorLease:
                 "the coordinator's lease expired before this write could be committed (was the process frozen?)"
             )
 
+    @property
+    def revision(self) -> int:
+        """The lease's revision in its bucket: the epoch of this coordinator's term (replication)."""
+        return self._revision
+
+    def may_keep_trying(self) -> bool:
+        """Whether a write already committed may keep retrying its replication: the lease is ours and
+        we are not stopping past its end."""
+        if self._lost_reason is not None:
+            return False
+        return not (self._stopping.is_set() and time.monotonic() >= self._valid_until)
+
+    def declare_lost(self, reason: str) -> None:
+        """Another coordinator fenced this one (the replication stream refused its commit): stop."""
+        if self._lost_reason is None:
+            self._lose(reason)
+
     async def release(self) -> None:
         """Stop renewing; give the lease up if it is still ours, so the next coordinator need not wait."""
         self._stopping.set()

@@ -69,6 +69,8 @@ from coordinator.quarantine import QuarantineDesk
 from coordinator.queue_probe import QueueProbe
 from coordinator.restore_reconcile import reconcile_restored_queue
 from coordinator.skill_catalog import SkillCatalog
+from coordinator.standby import active as standby_active
+from coordinator.standby.publisher import ReplicationPublisher
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
@@ -89,7 +91,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows, schedules, live_feed)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows, schedules, live_feed, standby_active)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,11 @@ class Coordinator:
         lease: CoordinatorLease,
         audit_signer: AnchorSigner,
         plugins: Sequence[CoordinatorPlugin] = (),
+        replication: ReplicationPublisher | None = None,
     ) -> None:
         settings = config.coordinator
+        # Ships every commit to the standbys (coordinator/standby), when replication is on.
+        self.replication = replication
         self.config, self.conn, self.db, self.clock = config, conn, db, clock
         self.node_id = lease.holder.node_id
         self._lease = lease
@@ -225,21 +230,35 @@ class Coordinator:
 
     @classmethod
     async def start(
-        cls, config: ClawConfig, *, clock: Clock = SYSTEM_CLOCK, plugins: Sequence[CoordinatorPlugin] = ()
+        cls,
+        config: ClawConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        plugins: Sequence[CoordinatorPlugin] = (),
+        conn: NatsConnection | None = None,
+        lease: CoordinatorLease | None = None,
+        took_over: bool = False,
     ) -> Coordinator:
-        """Connect, take the lease, set up JetStream, open the database and load the working set."""
-        conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
+        """Connect, take the lease, set up JetStream, open the database and load the working set.
+
+        A standby that took over passes its connection and lease (`took_over`: its database is the
+        replication stream's end, so no snapshot is needed before serving).
+        """
+        if conn is None:
+            conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
         try:
             topology = Topology(conn, config.jetstream)
-            node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
-            now = clock.now()
-            lease = await StartupCalls(config.nats.startup_deadline_s)(
-                "the coordinator lease",
-                lambda: CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=now),
-            )
+            if lease is None:
+                node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
+                now = clock.now()
+                lease = await StartupCalls(config.nats.startup_deadline_s)(
+                    "the coordinator lease",
+                    lambda: CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=now),
+                )
         except BaseException:
             await conn.close()
             raise
+        replication: ReplicationPublisher | None = None
         try:
             # The key that signs the audit anchors: beside the database, never in it (a bad mode stops the start).
             signer = await asyncio.to_thread(AnchorSigner.load_or_create, key_path(config.coordinator.db_path))
@@ -249,9 +268,16 @@ class Coordinator:
             await conn.close()
             raise
         try:
+            if config.coordinator.replication:
+                # Before the first write: every commit from here on reaches the standbys.
+                replication = await StartupCalls(config.nats.startup_deadline_s)(
+                    "the replication stream",
+                    lambda: standby_active.start_replication(conn, config, lease, db, snapshot=not took_over),
+                )
             coordinator = cls(
                 config, conn, db, topology, clock,
                 buckets=buckets, artifacts=artifacts, lease=lease, audit_signer=signer, plugins=plugins,
+                replication=replication,
             )  # fmt: skip
             await coordinator._load()
             marker = restored_marker(config.coordinator.db_path)

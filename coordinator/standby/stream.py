@@ -1,0 +1,102 @@
+"""The replication stream `<PREFIX>_REPL` and the snapshot store `<prefix>_repl`: names and set-up.
+
+Messages on `<prefix>.repl` (headers name what each is):
+- a commit, or one part of a big one: `Claw-Commit: N`, `Claw-Part: i/n`, `Claw-Epoch: E`, msg id
+  `E:N:i`, body = `storage.replication.encode_commit` (split in parts below the payload limit);
+- an epoch marker, published by a coordinator that became active (epoch E = its lease revision):
+  `Claw-Marker: epoch`, body = `EpochMarker`. Every later publish of that coordinator expects the
+  stream's last sequence to be its own previous message (`Nats-Expected-Last-Sequence`), so a former
+  active that wakes up after the marker cannot append anything: the stream refuses it (10071).
+
+The snapshot store holds one object, `snapshot`: an online copy of the active's database and, in its
+description, the commit number and stream sequence it includes (`SnapshotInfo`).
+"""
+
+from __future__ import annotations
+
+import msgspec
+from nats.js import api
+from nats.js.errors import APIError, BucketNotFoundError
+from nats.js.object_store import ObjectStore
+
+from common.config import CoordinatorSettings, JetStreamSettings
+from communication.connection import NatsConnection
+
+H_EPOCH = "Claw-Epoch"
+H_COMMIT = "Claw-Commit"
+H_PART = "Claw-Part"
+H_MARKER = "Claw-Marker"
+SNAPSHOT_OBJECT = "snapshot"
+# Parts of a commit stay well below the default 1 MiB payload limit (headers included).
+PART_BYTES = 768 * 1024
+WRONG_LAST_SEQUENCE = 10071
+
+
+class EpochMarker(msgspec.Struct, frozen=True, kw_only=True):
+    """Who became active at which epoch, and the commit its database held then."""
+
+    epoch: int
+    node_id: str
+    host: str
+    commit_no: int
+    at: float
+
+
+class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a snapshot holds: every commit up to `commit_no`, every stream message up to `stream_seq`."""
+
+    commit_no: int
+    stream_seq: int
+    epoch: int
+    node_id: str
+    created_at: float
+    size: int
+
+
+def stream_name(conn: NatsConnection) -> str:
+    """`<PREFIX>_REPL`."""
+    return f"{conn.subjects.upper}_REPL"
+
+
+def subject(conn: NatsConnection) -> str:
+    """`<prefix>.repl`."""
+    return f"{conn.subjects.prefix}.repl"
+
+
+def snapshot_bucket(conn: NatsConnection) -> str:
+    """`<prefix>_repl`."""
+    return f"{conn.subjects.prefix}_repl"
+
+
+async def ensure_stream(conn: NatsConnection, js_settings: JetStreamSettings, settings: CoordinatorSettings) -> None:
+    """Create (or update) the replication stream."""
+    config = api.StreamConfig(
+        name=stream_name(conn),
+        description="committed transactions of the active coordinator, for its standbys",
+        subjects=[subject(conn)],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        num_replicas=js_settings.replicas,
+        max_age=settings.replication_max_age_s,
+        duplicate_window=min(js_settings.duplicate_window_s, settings.replication_max_age_s),
+    )
+    try:
+        await conn.js.add_stream(config)
+    except APIError:  # it exists with other settings (a changed max age)
+        await conn.js.update_stream(config)
+
+
+async def snapshot_store(conn: NatsConnection, js_settings: JetStreamSettings) -> ObjectStore:
+    """The object store holding the newest snapshot (created if missing)."""
+    bucket = snapshot_bucket(conn)
+    try:
+        return await conn.js.object_store(bucket)
+    except BucketNotFoundError:
+        return await conn.js.create_object_store(
+            bucket=bucket,
+            config=api.ObjectStoreConfig(
+                description="the newest snapshot of the active coordinator's database",
+                storage=api.StorageType.FILE,
+                replicas=js_settings.replicas,
+            ),
+        )
