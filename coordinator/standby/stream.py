@@ -17,6 +17,7 @@ from __future__ import annotations
 import msgspec
 from nats.js import api
 from nats.js.errors import APIError, BucketNotFoundError
+from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from common.config import CoordinatorSettings, JetStreamSettings
@@ -30,6 +31,8 @@ SNAPSHOT_OBJECT = "snapshot"
 # Parts of a commit stay well below the default 1 MiB payload limit (headers included).
 PART_BYTES = 768 * 1024
 WRONG_LAST_SEQUENCE = 10071
+# A standby reports every second; its entry lapses this long after its last report (it died).
+STANDBY_TTL_S = 10.0
 
 
 class EpochMarker(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +54,42 @@ class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str
     created_at: float
     size: int
+
+
+class StandbyStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A standby's report (KV `<prefix>_standbys`, key `standby.<node id>`): where its copy is."""
+
+    node_id: str
+    host: str
+    pid: int
+    since: float
+    commit_no: int  # the last commit applied
+    stream_seq: int  # the last stream message looked at
+    lag_msgs: int  # stream messages not applied yet, when it reported
+    applied_at: float | None  # when it applied its last commit
+    epoch: int  # the newest epoch marker it saw
+    at: float  # when it reported
+
+
+def standby_key(node_id: str) -> str:
+    """The KV key of a standby's report (node ids are subject-safe tokens)."""
+    return "standby." + node_id.replace(".", "_")
+
+
+async def standbys_kv(conn: NatsConnection, js_settings: JetStreamSettings) -> KeyValue:
+    """The bucket of standby reports (created if missing); entries lapse `STANDBY_TTL_S` after their last write."""
+    bucket = f"{conn.subjects.prefix}_standbys"
+    try:
+        return await conn.js.key_value(bucket)
+    except BucketNotFoundError:
+        return await conn.js.create_key_value(
+            bucket=bucket,
+            description="standby coordinators' positions in the replication stream",
+            history=1,
+            ttl=STANDBY_TTL_S,
+            storage=api.StorageType.MEMORY,
+            replicas=js_settings.replicas,
+        )
 
 
 def stream_name(conn: NatsConnection) -> str:
