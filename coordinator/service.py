@@ -37,7 +37,7 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig, CoordinatorSettings
 from common.errors import LeaseLostError
 from common.log import get_logger
-from common.models import NodeHeartbeat, QueueDepth, StorageFaultView
+from common.models import NodeHeartbeat, QueueDepth, ReplicationView, StorageFaultView
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.startup import StartupCalls
@@ -223,6 +223,7 @@ class Coordinator:
             jobs=self.jobs.views,
             listeners=self.listeners.views,
             storage_fault=self._storage_fault,
+            replication=None if self.replication is None else self._replication_view,
         )
         # The handlers, for features that submit as the API does (schedules fire tasks through `submit`).
         self.handlers = handlers
@@ -429,6 +430,11 @@ class Coordinator:
                 storage_fault=self.db.fault is not None,
             )
         )
+
+    async def _replication_view(self) -> ReplicationView | None:
+        if self.replication is None:
+            return None
+        return await standby_active.replication_view(self.conn, self.config, self.replication)
 
     def _storage_fault(self) -> StorageFaultView | None:
         fault = self.db.fault

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from nats.js.errors import KeyNotFoundError, NoKeysError
+
 from common.config import ClawConfig
-from communication.connection import NatsConnection
+from common.log import get_logger
+from common.models import ReplicationView, StandbyView
+from communication.codec import DecodeError, decode
+from communication.connection import NATS_ERRORS, NatsConnection
 from coordinator.lease import CoordinatorLease
 from coordinator.periodic_jobs import PeriodicJob
 from coordinator.standby import stream
 from coordinator.standby.publisher import ReplicationPublisher
 from storage.database import Database
+
+log = get_logger("coordinator.standby.active")
 
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
@@ -51,3 +58,34 @@ def register(c: Coordinator) -> None:
         await publisher.snapshot(c.db)
 
     c.jobs.add(PeriodicJob("replication-snapshot", every_s, snapshot, first_after_s=every_s, writes=False))
+
+
+async def replication_view(
+    conn: NatsConnection, config: ClawConfig, publisher: ReplicationPublisher
+) -> ReplicationView:
+    """`claw status`: this coordinator's epoch and last commit, and each standby's last report."""
+    standbys: list[StandbyView] = []
+    try:
+        kv = await stream.standbys_kv(conn, config.jetstream)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            keys = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+                report = decode(entry.value or b"", stream.StandbyStatus)
+            except (KeyNotFoundError, DecodeError):
+                continue  # lapsed meanwhile, or written by another version
+            lag = max(publisher.commit_no - report.commit_no, 0)
+            view = StandbyView(
+                node_id=report.node_id, host=report.host, commit_no=report.commit_no, lag_commits=lag,
+                reported_at=report.at,
+            )  # fmt: skip
+            standbys.append(view)
+    except NATS_ERRORS as exc:
+        log.warning("replication.standbys_unreadable", error=str(exc) or type(exc).__name__)
+    return ReplicationView(
+        active_node_id=publisher.node_id, epoch=publisher.epoch, commit_no=publisher.commit_no,
+        stream_seq=publisher.last_seq, standbys=sorted(standbys, key=lambda v: v.node_id),
+    )  # fmt: skip

@@ -63,11 +63,17 @@ class ReplicationPublisher:
         self._last_seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.shipped = 0  # commits shipped (status, benchmarks)
+        self.commit_no = 0  # the last commit shipped (or the database's at `begin`)
 
     @property
     def epoch(self) -> int:
         """This coordinator's epoch: the revision of its lease."""
         return self._epoch
+
+    @property
+    def node_id(self) -> str:
+        """The node id of this (active) coordinator."""
+        return self._node_id
 
     @property
     def last_seq(self) -> int:
@@ -83,6 +89,7 @@ class ReplicationPublisher:
         headers = {"Nats-Msg-Id": f"{self._epoch}:start", stream.H_EPOCH: str(self._epoch), stream.H_MARKER: "epoch"}
         ack = await self._conn.js.publish(self._subject, encode(marker), headers=headers, timeout=PUBLISH_TIMEOUT_S)
         self._last_seq = ack.seq
+        self.commit_no = commit_no
         log.info("replication.epoch_started", epoch=self._epoch, commit_no=commit_no, stream_seq=ack.seq)
 
     def ship(self, commit: ReplicatedCommit) -> None:
@@ -103,6 +110,7 @@ class ReplicationPublisher:
             }
             self._last_seq = await self._publish_part(commit.commit_no, part, headers)
         self.shipped += 1
+        self.commit_no = commit.commit_no
 
     async def _publish_part(self, commit_no: int, part: bytes, headers: dict[str, str]) -> int:
         """Publish until stored (the same msg id: a retry of a stored one answers `duplicate`)."""

@@ -66,6 +66,12 @@ def _coordinator(pool: ProcessPool, db: Path) -> Child:
     return pool.spawn("coordinator", "coordinator", "start", "--replicate", "--db", str(db))
 
 
+async def _status_shows(pool: ProcessPool, text: str) -> str | None:
+    """`claw status`'s output when it holds `text` (else None: asked again)."""
+    done = await asyncio.to_thread(pool.run, "status", timeout_s=30)
+    return done.stdout if done.returncode == 0 and text in done.stdout else None
+
+
 async def _logged(process: Child, text: str, timeout_s: float = 60) -> None:
     await eventually(lambda: text in process.output(), timeout_s=timeout_s, what=f"'{text}' in {process.name}")
 
@@ -97,9 +103,16 @@ async def test_a_standby_takes_over_from_a_killed_active_and_every_task_runs_onc
         produced = asyncio.Event()
         producer = asyncio.create_task(_produce(client, tasks, ids, produced))
         takeovers: list[float] = []
+        epochs: list[int] = []
         for round_no in range(rounds):
             standby = _coordinator(pool, dbs[round_no + 1])
             await _logged(standby, "coordinator.standby")
+            # `claw status` names the active coordinator, its epoch and the standby with its lag.
+            shown = await eventually(
+                lambda s=standby: _status_shows(pool, f"-{s.pid} on "), timeout_s=30, what="the standby in claw status"
+            )
+            assert f"-{active.pid}, epoch " in shown, shown
+            epochs.append(int(shown.split(", epoch ", 1)[1].split(",", 1)[0]))
             target = len(ids) + 20
             await eventually(lambda t=target: len(ids) >= t or produced.is_set(), timeout_s=60, what="more submits")
             active.signal(signal.SIGKILL)
@@ -108,6 +121,9 @@ async def test_a_standby_takes_over_from_a_killed_active_and_every_task_runs_onc
             takeovers.append(time.monotonic() - killed)
             assert "coordinator.taking_over" in standby.output()
             active = standby
+        shown = await eventually(lambda: _status_shows(pool, f"-{active.pid}, epoch "), timeout_s=30, what="status")
+        assert int(shown.split(", epoch ", 1)[1].split(",", 1)[0]) > epochs[-1]  # a new epoch
+        assert "none reporting" in shown  # no standby left after the last takeover
 
         await asyncio.wait_for(producer, 240)
         final = await client.wait(ids, timeout_s=120)
