@@ -238,12 +238,12 @@ class Coordinator:
         plugins: Sequence[CoordinatorPlugin] = (),
         conn: NatsConnection | None = None,
         lease: CoordinatorLease | None = None,
-        took_over: bool = False,
+        replication: ReplicationPublisher | None = None,
     ) -> Coordinator:
         """Connect, take the lease, set up JetStream, open the database and load the working set.
 
-        A standby that took over passes its connection and lease (`took_over`: its database is the
-        replication stream's end, so no snapshot is needed before serving).
+        A standby that took over passes its connection, lease and publisher (its epoch marker is in
+        the stream, and its database holds every commit before it: coordinator/standby/runner.py).
         """
         if conn is None:
             conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
@@ -259,7 +259,6 @@ class Coordinator:
         except BaseException:
             await conn.close()
             raise
-        replication: ReplicationPublisher | None = None
         try:
             # The key that signs the audit anchors: beside the database, never in it (a bad mode stops the start).
             signer = await asyncio.to_thread(AnchorSigner.load_or_create, key_path(config.coordinator.db_path))
@@ -269,11 +268,12 @@ class Coordinator:
             await conn.close()
             raise
         try:
-            if config.coordinator.replication:
-                # Before the first write: every commit from here on reaches the standbys.
+            # Before the first write: every commit from here on reaches the standbys.
+            if replication is not None:
+                db.set_shipper(replication)
+            elif config.coordinator.replication:
                 replication = await StartupCalls(config.nats.startup_deadline_s)(
-                    "the replication stream",
-                    lambda: standby_active.start_replication(conn, config, lease, db, snapshot=not took_over),
+                    "the replication stream", lambda: standby_active.start_replication(conn, config, lease, db)
                 )
             coordinator = cls(
                 config, conn, db, topology, clock,

@@ -29,20 +29,24 @@ if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
 
-async def start_replication(
-    conn: NatsConnection, config: ClawConfig, lease: CoordinatorLease, db: Database, *, snapshot: bool
-) -> ReplicationPublisher:
-    """Mark this epoch in the stream, store a snapshot (unless the database is the stream's end, as
-    after a takeover) and ship every commit from now on."""
-    await stream.ensure_stream(conn, config.jetstream, config.coordinator)
-    await stream.snapshot_store(conn, config.jetstream)
-    publisher = ReplicationPublisher(
+def publisher_for(conn: NatsConnection, config: ClawConfig, lease: CoordinatorLease) -> ReplicationPublisher:
+    """The publisher of the epoch `lease` starts (its revision), fenced by it."""
+    return ReplicationPublisher(
         conn, config.jetstream, epoch=lease.revision, node_id=lease.holder.node_id,
         keep_trying=lease.may_keep_trying, on_fenced=lease.declare_lost,
     )  # fmt: skip
+
+
+async def start_replication(
+    conn: NatsConnection, config: ClawConfig, lease: CoordinatorLease, db: Database
+) -> ReplicationPublisher:
+    """Mark this epoch in the stream as starting from this database, store a snapshot of it, and
+    ship every commit from now on."""
+    await stream.ensure_stream(conn, config.jetstream, config.coordinator)
+    await stream.snapshot_store(conn, config.jetstream)
+    publisher = publisher_for(conn, config, lease)
     await publisher.begin(await db.commit_no())
-    if snapshot:
-        await publisher.snapshot(db)
+    await publisher.snapshot(db)
     db.set_shipper(publisher)
     return publisher
 

@@ -126,9 +126,11 @@ class Follower:
         await self._apply(msg)
         return True
 
-    async def catch_up(self) -> int:
-        """Apply everything the stream holds now; returns the last commit number applied."""
-        last_seq = (await self._conn.js.stream_info(stream.stream_name(self._conn))).state.last_seq
+    async def catch_up(self, until_seq: int | None = None) -> int:
+        """Apply everything the stream holds now (or up to `until_seq`); returns the last commit applied."""
+        last_seq = until_seq
+        if last_seq is None:
+            last_seq = (await self._conn.js.stream_info(stream.stream_name(self._conn))).state.last_seq
         while self.stream_seq < last_seq:
             await self.step(timeout_s=2.0)
         await self._unsubscribe()
@@ -153,7 +155,7 @@ class Follower:
                 raise StorageError(f"an unreadable epoch marker at sequence {seq}: {exc}") from None
             self.epoch, self.active = marker.epoch, marker
             log.info("standby.new_epoch", epoch=marker.epoch, active=marker.node_id, commit_no=marker.commit_no)
-            if marker.commit_no != self.commit_no:
+            if marker.commit_no not in (stream.CONTINUES, self.commit_no):
                 # That coordinator started from a database other than the stream's end (a restore,
                 # or commits of its own that never reached the stream): its snapshot is the truth.
                 raise ResyncNeeded(

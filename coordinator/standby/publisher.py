@@ -70,6 +70,10 @@ class ReplicationPublisher:
         """This coordinator's epoch: the revision of its lease."""
         return self._epoch
 
+    def continued_at(self, commit_no: int) -> None:
+        """The database reached the marker (a takeover): its commit number, for `claw status`."""
+        self.commit_no = commit_no
+
     @property
     def node_id(self) -> str:
         """The node id of this (active) coordinator."""
@@ -81,7 +85,11 @@ class ReplicationPublisher:
         return self._last_seq
 
     async def begin(self, commit_no: int) -> None:
-        """Append this epoch's marker; from here on only this coordinator can append."""
+        """Append this epoch's marker; from here on only this coordinator can append.
+
+        `commit_no`: the database's commit (then store a snapshot next), or `stream.CONTINUES` when
+        the database is brought to the marker by applying the stream before it (a takeover).
+        """
         self._loop = asyncio.get_running_loop()
         marker = EpochMarker(
             epoch=self._epoch, node_id=self._node_id, host=socket.gethostname(), commit_no=commit_no, at=time.time()
@@ -89,7 +97,7 @@ class ReplicationPublisher:
         headers = {"Nats-Msg-Id": f"{self._epoch}:start", stream.H_EPOCH: str(self._epoch), stream.H_MARKER: "epoch"}
         ack = await self._conn.js.publish(self._subject, encode(marker), headers=headers, timeout=PUBLISH_TIMEOUT_S)
         self._last_seq = ack.seq
-        self.commit_no = commit_no
+        self.commit_no = max(commit_no, 0)
         log.info("replication.epoch_started", epoch=self._epoch, commit_no=commit_no, stream_seq=ack.seq)
 
     def ship(self, commit: ReplicatedCommit) -> None:

@@ -33,8 +33,10 @@ from communication.connection import NATS_ERRORS, NatsConnection
 from communication.startup import StartupCalls
 from communication.topology import Topology
 from coordinator.lease import CoordinatorLease
+from coordinator.standby import active as standby_active
 from coordinator.standby import stream
 from coordinator.standby.follower import Follower, ResyncNeeded
+from coordinator.standby.publisher import ReplicationPublisher
 from coordinator.standby.stream import EpochMarker, StandbyStatus
 from storage.database import Database
 
@@ -54,21 +56,23 @@ async def run_coordinator(config: ClawConfig, stop: asyncio.Event) -> None:
         return
     conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
     try:
-        lease, took_over = await _become_active(conn, config, stop)
+        became = await _become_active(conn, config, stop)
     except BaseException:
         await conn.close()
         raise
-    if lease is None:  # stopped while standing by
+    if became is None:  # stopped while standing by
         await conn.close()
         return
-    coordinator = await Coordinator.start(config, conn=conn, lease=lease, took_over=took_over)
+    lease, publisher = became
+    coordinator = await Coordinator.start(config, conn=conn, lease=lease, replication=publisher)
     await coordinator.run(stop)
 
 
 async def _become_active(
     conn: NatsConnection, config: ClawConfig, stop: asyncio.Event
-) -> tuple[CoordinatorLease | None, bool]:
-    """The lease, and whether the database was brought to the stream's end (no snapshot needed)."""
+) -> tuple[CoordinatorLease, ReplicationPublisher | None] | None:
+    """The lease, and the publisher when this coordinator continues the stream (its marker appended
+    and its database brought to it); None when stopped while standing by."""
     settings = config.coordinator
     topology = Topology(conn, config.jetstream)
     node_id = settings.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
@@ -79,20 +83,47 @@ async def _become_active(
         return await CoordinatorLease.try_acquire(conn, topology, settings, node_id, now=time.time())
 
     lease = await step("the coordinator lease", take)
-    if lease is not None:
-        try:
-            return lease, await _not_behind(conn, config)
-        except BaseException:
-            await lease.release()
-            raise
-    standby = Standby(conn, config, node_id, take)
-    return await standby.run(stop), True
+    if lease is None:
+        return await Standby(conn, config, node_id, take).run(stop)
+    follower = Follower(conn, config.jetstream, Path(settings.db_path))
+    try:
+        if not await _behind(conn, config):
+            return lease, None  # Coordinator.start marks the epoch as starting from this database
+        return lease, await _continue_stream(conn, config, lease, follower, bootstrap=True)
+    except BaseException:
+        await lease.release()
+        raise
+    finally:
+        await follower.close()
 
 
-async def _not_behind(conn: NatsConnection, config: ClawConfig) -> bool:
-    """Rebuild the local database from the snapshot and the stream when it is behind the stream.
+async def _continue_stream(
+    conn: NatsConnection, config: ClawConfig, lease: CoordinatorLease, follower: Follower, *, bootstrap: bool
+) -> ReplicationPublisher:
+    """Append this epoch's marker first (from then on a former active cannot append), then bring the
+    database to it: every commit up to the marker (from the newest snapshot on with `bootstrap`, else
+    from where the follower is)."""
+    started = time.monotonic()
+    publisher = standby_active.publisher_for(conn, config, lease)
+    await publisher.begin(stream.CONTINUES)
+    if bootstrap:
+        await follower.bootstrap(deadline_s=config.nats.startup_deadline_s)
+    try:
+        commit_no = await follower.catch_up(until_seq=publisher.last_seq)
+    except ResyncNeeded as exc:  # a restart that began a new lineage after the snapshot we read
+        log.warning("standby.resync", reason=str(exc))
+        await follower.bootstrap(newer_than_seq=follower.stream_seq, deadline_s=config.nats.startup_deadline_s)
+        commit_no = await follower.catch_up(until_seq=publisher.last_seq)
+    publisher.continued_at(commit_no)
+    log.info(
+        "coordinator.taking_over", node_id=lease.holder.node_id, epoch=lease.revision, commit_no=commit_no,
+        catch_up_s=round(time.monotonic() - started, 3),
+    )  # fmt: skip
+    return publisher
 
-    Returns True when it was rebuilt (it is then exactly the stream's end)."""
+
+async def _behind(conn: NatsConnection, config: ClawConfig) -> bool:
+    """Whether the local database is behind the replication stream (a fresh machine, a former standby)."""
     last = await _last_commit_in_stream(conn)
     if last is None:
         return False  # nothing replicated yet: the local database is the truth
@@ -105,36 +136,36 @@ async def _not_behind(conn: NatsConnection, config: ClawConfig) -> bool:
         finally:
             await db.close()
     if local >= last:
-        return False  # the stream's end, or commits of ours it never got: a new snapshot tells the standbys
+        return False  # the stream's end, or commits of ours it never got: our snapshot tells the standbys
     log.warning(
         "coordinator.rebuilding_from_stream", local_commit=local, stream_commit=last, db=str(db_path),
         note="this database is behind the replication stream: rebuilt from the snapshot and the stream",
     )  # fmt: skip
-    follower = Follower(conn, config.jetstream, db_path)
-    try:
-        await follower.bootstrap()
-        await follower.catch_up()
-    finally:
-        await follower.close()
     return True
 
 
 async def _last_commit_in_stream(conn: NatsConnection) -> int | None:
     """The commit number at the stream's end (a marker's or a commit's), or None when it is empty."""
     info = await conn.js.stream_info(stream.stream_name(conn))
-    if info.state.messages == 0:
-        return None
-    try:
-        msg = await conn.js.get_msg(stream.stream_name(conn), info.state.last_seq)
-    except NotFoundError:
-        return None
-    headers = msg.headers or {}
-    if headers.get(stream.H_MARKER) == "epoch":
+    seq = info.state.last_seq
+    while info.state.messages and seq >= max(info.state.first_seq, 1):
+        # A takeover's marker continues the stream: the commit before it is the end.
         try:
-            return decode(msg.data or b"", EpochMarker).commit_no
+            msg = await conn.js.get_msg(stream.stream_name(conn), seq)
+        except NotFoundError:
+            seq -= 1
+            continue
+        headers = msg.headers or {}
+        if headers.get(stream.H_MARKER) != "epoch":
+            return int(headers.get(stream.H_COMMIT, "0"))
+        try:
+            commit_no = decode(msg.data or b"", EpochMarker).commit_no
         except DecodeError:
-            return None
-    return int(headers.get(stream.H_COMMIT, "0"))
+            commit_no = stream.CONTINUES
+        if commit_no != stream.CONTINUES:
+            return commit_no
+        seq -= 1
+    return None
 
 
 class Standby:
@@ -148,8 +179,9 @@ class Standby:
         self._follower = Follower(conn, config.jetstream, Path(config.coordinator.db_path))
         self._since = time.time()
 
-    async def run(self, stop: asyncio.Event) -> CoordinatorLease | None:
-        """Stand by until the lease is ours (returned, the database at the stream's end) or `stop`."""
+    async def run(self, stop: asyncio.Event) -> tuple[CoordinatorLease, ReplicationPublisher] | None:
+        """Stand by until the lease is ours (returned with the publisher of the new epoch, the
+        database holding every commit before its marker) or `stop` (None)."""
         follower = self._follower
         try:
             await self._bootstrap(0, stop)
@@ -193,28 +225,13 @@ class Standby:
             log.warning("standby.lease_check_failed", error=str(exc) or type(exc).__name__)
             return None
 
-    async def _take_over(self, lease: CoordinatorLease) -> CoordinatorLease:
-        """Apply the stream to its end; the caller starts serving."""
-        started = time.monotonic()
+    async def _take_over(self, lease: CoordinatorLease) -> tuple[CoordinatorLease, ReplicationPublisher]:
+        """The new epoch's marker, then every commit before it; the caller starts serving."""
         try:
-            commit_no = await self._catch_up()
+            return lease, await _continue_stream(self._conn, self._config, lease, self._follower, bootstrap=False)
         except BaseException:
             await lease.release()
             raise
-        log.info(
-            "coordinator.taking_over", node_id=self._node_id, epoch=lease.revision, commit_no=commit_no,
-            catch_up_s=round(time.monotonic() - started, 3),
-        )  # fmt: skip
-        return lease
-
-    async def _catch_up(self) -> int:
-        """Apply the stream to its end, bootstrapping again if its lineage changed (then once more)."""
-        try:
-            return await self._follower.catch_up()
-        except ResyncNeeded as exc:
-            log.warning("standby.resync", reason=str(exc))
-        await self._bootstrap(self._follower.stream_seq, asyncio.Event())
-        return await self._follower.catch_up()
 
     async def _report(self) -> None:
         follower = self._follower

@@ -36,13 +36,22 @@ STANDBY_TTL_S = 10.0
 
 
 class EpochMarker(msgspec.Struct, frozen=True, kw_only=True):
-    """Who became active at which epoch, and the commit its database held then."""
+    """Who became active at which epoch, and the commit its database held then.
+
+    `commit_no` is `CONTINUES` (-1) when the new active coordinator continues the stream: a standby
+    that took over appends its marker first (fencing the former active out) and then applies every
+    commit before the marker, so its database is whatever the stream holds up to there. Otherwise it
+    started from its own database, at `commit_no`, and stored a snapshot of it.
+    """
 
     epoch: int
     node_id: str
     host: str
     commit_no: int
     at: float
+
+
+CONTINUES = -1
 
 
 class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,15 +11,18 @@ import msgspec
 import pytest
 
 from common.config import ClawConfig
-from common.errors import LeaseLostError
+from common.errors import ClawError, LeaseLostError
+from common.models import TaskView
 from common.states import TaskState
+from communication.api_client import ClawClient
 from communication.connection import NatsConnection
 from coordinator.standby import stream
 from coordinator.standby.follower import Follower
 from coordinator.standby.publisher import ReplicationPublisher
+from coordinator.standby.runner import run_coordinator
 from storage.database import Database
 from storage.replication import dump
-from tests.helpers import connected_client, running_coordinator, running_worker, spec, wait_nodes_online
+from tests.helpers import connected_client, eventually, running_coordinator, running_worker, spec, wait_nodes_online
 
 
 def _dump(path: Path) -> list[str]:
@@ -145,3 +148,34 @@ async def test_a_copy_that_missed_commits_bootstraps_again(config: ClawConfig, t
         await copy.close()
         await db.close()
         await conn.close()
+
+
+async def test_a_coordinator_started_on_a_fresh_database_behind_the_stream_rebuilds_it_first(
+    config: ClawConfig, tmp_path: Path
+) -> None:
+    """The active one stopped cleanly; another starts with an empty database on another machine: it
+    takes the free lease, and serves what the first one had, not an empty state."""
+    config = _replicating(config)
+    async with running_coordinator(config), connected_client(config) as client:
+        submitted = await client.submit(spec("echo", {"n": 1}))
+    fresh = msgspec.structs.replace(
+        config, coordinator=msgspec.structs.replace(config.coordinator, db_path=str(tmp_path / "b" / "claw.db"))
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_coordinator(fresh, stop))
+    try:
+        async with connected_client(fresh) as client:
+            view = await eventually(lambda: _task_or_none(client, submitted.task_id), timeout_s=30, what="the task")
+        assert view.task_id == submitted.task_id
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    with sqlite3.connect(f"file:{tmp_path / 'b' / 'claw.db'}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM tasks WHERE task_id = ?", (submitted.task_id,)).fetchone()[0] == 1
+
+
+async def _task_or_none(client: ClawClient, task_id: str) -> TaskView | None:
+    try:
+        return await client.get_task(task_id)
+    except ClawError:
+        return None
