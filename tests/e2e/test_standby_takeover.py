@@ -1,6 +1,9 @@
 """A standby coordinator takes over when the active one is SIGKILLed under a steady submit load:
 every task succeeds exactly once; and a frozen active that wakes up after the takeover writes nothing.
 
+A partition of the active one (a userspace TCP proxy between it and nats-server that holds every
+byte) is taken over the same way, and the old one stops when the partition heals.
+
 Real `claw coordinator start --replicate` processes, each with its own database (as on two
 machines), real workers and a real nats-server; the producer retries with its own task ids
 (`submit_many(retry_for_s=...)`), as an application that must not lose work would. With
@@ -26,6 +29,7 @@ from common.states import TaskState
 from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer
 from tests.helpers import ProcessPool, eventually, local_dirs, spec
+from tests.tcp_proxy import StallingProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -181,3 +185,45 @@ async def test_a_frozen_active_that_wakes_after_the_takeover_writes_nothing(
             if process.alive:
                 process.signal(signal.SIGCONT)
         pool.stop_all()
+
+
+async def test_a_partitioned_active_is_replaced_and_stops_when_the_partition_heals(
+    nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path
+) -> None:
+    """The active coordinator reaches NATS through a userspace TCP proxy that then holds every byte
+    both ways: the standby takes over once the lease lapses; when the partition heals, the old one
+    finds its lease taken and stops, with nothing written after the takeover."""
+    pool = ProcessPool(_env(nats_server, prefix, tmp_path), tmp_path)
+    client: ClawClient | None = None
+    old_db, new_db = tmp_path / "a.db", tmp_path / "b.db"
+    nats_port = int(nats_server.client_url.rsplit(":", 1)[1])
+    async with StallingProxy.running(nats_port, stall_s=0.0, stall_on=b"\x00never") as proxy:
+        try:
+            old = pool.spawn(
+                "coordinator", "coordinator", "start", "--replicate", "--db", str(old_db),
+                env={"CLAW_NATS_URL": proxy.url},
+            )  # fmt: skip
+            await _logged(old, "coordinator.ready")
+            new = _coordinator(pool, new_db)
+            await _logged(new, "coordinator.standby")
+            client = await ClawClient.connect(NatsSettings(url=nats_server.client_url, prefix=prefix))
+            [before] = await client.submit_many([spec("echo", {"n": 1})], retry_for_s=60)
+            proxy.partition()
+            cut = time.monotonic()
+            await _logged(new, "coordinator.ready")
+            takeover_s = time.monotonic() - cut
+            [after] = await client.submit_many([spec("echo", {"n": 2})], retry_for_s=60)
+            proxy.heal()
+            await eventually(lambda: not old.alive, timeout_s=60, what="the old active stops after the partition")
+            assert old.returncode != 0
+            assert "lost its lease" in old.output() or "fenced" in old.output(), old.output()[-2000:]
+            with sqlite3.connect(f"file:{old_db}?mode=ro", uri=True) as conn:
+                old_ids = {row[0] for row in conn.execute("SELECT task_id FROM tasks")}
+            assert before.task_id in old_ids and after.task_id not in old_ids
+            assert (await client.get_task(before.task_id)).task_id == before.task_id
+            print(f"\ntakeover after a partition of the active (lease_ttl_s 3): {takeover_s:.2f} s")
+        finally:
+            proxy.heal()
+            if client is not None:
+                await client.close()
+            pool.stop_all()
