@@ -30,6 +30,7 @@ from cli.bench.report import ClusterRun, PrefilledRun, ReplicationRun, TracingRu
 from cli.cluster import ClusterProcesses
 from cli.processes import ROOT, Child, Launcher, child_env
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
+from storage.audit_anchor import key_path
 
 
 async def bench(options: BenchOptions) -> dict[str, Any]:
@@ -187,6 +188,7 @@ async def _measure_replication(run: Bench, baseline: ClusterRun) -> ReplicationR
     standby: Child | None = None
     try:
         await _start(cluster)
+        await asyncio.to_thread(_share_key, cluster.db_path, standby_db)
         standby = run.launcher.claw(
             "standby", "coordinator", "start", "--db", str(standby_db), env=cluster.env | {"CLAW_LOG_LEVEL": "info"},
             log_path=cluster.logs / "standby.log", stop_timeout_s=30,
@@ -206,6 +208,13 @@ async def _measure_replication(run: Bench, baseline: ClusterRun) -> ReplicationR
         run=measured, baseline=baseline, commits=active_now - before, standby_lag_commits=lag,
         standby_caught_up_s=caught_up_s,
     )  # fmt: skip
+
+
+def _share_key(active_db: Path, standby_db: Path) -> None:
+    """Give the standby the active coordinator's key (what signs the replicated commits)."""
+    target = key_path(standby_db)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copy2(key_path(active_db), target)
 
 
 def _commit_no(db: Path) -> int:

@@ -8,6 +8,7 @@ after it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError, NoKeysError
@@ -29,10 +30,11 @@ if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
 
-def publisher_for(conn: NatsConnection, config: ClawConfig, lease: CoordinatorLease) -> ReplicationPublisher:
+async def publisher_for(conn: NatsConnection, config: ClawConfig, lease: CoordinatorLease) -> ReplicationPublisher:
     """The publisher of the epoch `lease` starts (its revision), fenced by it."""
+    key = await asyncio.to_thread(stream.replication_key, config.coordinator.db_path)
     return ReplicationPublisher(
-        conn, config.jetstream, epoch=lease.revision, node_id=lease.holder.node_id,
+        conn, config.jetstream, key=key, epoch=lease.revision, node_id=lease.holder.node_id,
         keep_trying=lease.may_keep_trying, on_fenced=lease.declare_lost,
     )  # fmt: skip
 
@@ -44,7 +46,7 @@ async def start_replication(
     ship every commit from now on."""
     await stream.ensure_stream(conn, config.jetstream, config.coordinator)
     await stream.snapshot_store(conn, config.jetstream)
-    publisher = publisher_for(conn, config, lease)
+    publisher = await publisher_for(conn, config, lease)
     await publisher.begin(await db.commit_no())
     await publisher.snapshot(db)
     db.set_shipper(publisher)

@@ -28,6 +28,7 @@ from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from coordinator.standby import stream
 from coordinator.standby.stream import EpochMarker, SnapshotInfo
+from storage.audit_anchor import key_path
 from storage.database import Database
 from storage.replication import decode_commit
 
@@ -46,8 +47,10 @@ class ResyncNeeded(ClawError):
 class Follower:
     """The standby's database and its position in the replication stream."""
 
-    def __init__(self, conn: NatsConnection, js_settings: JetStreamSettings, db_path: Path) -> None:
+    def __init__(self, conn: NatsConnection, js_settings: JetStreamSettings, db_path: Path, *, key: bytes) -> None:
         self._conn = conn
+        self._key = key
+        self.refused = 0  # messages whose HMAC did not match (forged, or another prefix's key)
         self._js_settings = js_settings
         self.db_path = db_path
         self.db: Database | None = None
@@ -80,6 +83,12 @@ class Follower:
                 )
             await asyncio.sleep(SNAPSHOT_WAIT_S)
         data = result.data or b""
+        if not stream.mac_ok(self._key, stream.snapshot_label(info), data, info.mac):
+            raise StorageError(
+                f"the snapshot in '{stream.snapshot_bucket(self._conn)}' is not signed with this coordinator's key "
+                f"({key_path(self.db_path)}): copy the active coordinator's key file there "
+                "(docs/RUNBOOK.md, 'A standby coordinator'); nothing was applied"
+            )
         await asyncio.to_thread(_replace_file, self.db_path, data)
         self.db = await Database.open(self.db_path, check="off")
         self.commit_no = await self.db.commit_no()
@@ -141,11 +150,27 @@ class Follower:
         last_seq = (await self._conn.js.stream_info(stream.stream_name(self._conn))).state.last_seq
         return max(last_seq - self.stream_seq, 0)
 
+    def _signed(self, headers: dict[str, str], body: bytes) -> bool:
+        epoch = headers.get(stream.H_EPOCH, "")
+        if headers.get(stream.H_MARKER) == "epoch":
+            label = stream.marker_label(epoch)
+        else:
+            label = stream.commit_label(epoch, headers.get(stream.H_COMMIT, ""), headers.get(stream.H_PART, ""))
+        return stream.mac_ok(self._key, label, body, headers.get(stream.H_MAC))
+
     async def _apply(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         if seq <= self.stream_seq:
             return
         headers = msg.headers or {}
+        if not self._signed(headers, msg.data):
+            self.stream_seq = seq
+            self.refused += 1
+            log.warning(
+                "security.replication_refused", stream_seq=seq, subject=msg.subject,
+                reason="its HMAC does not match this coordinator's key: published by someone else; not applied",
+            )  # fmt: skip
+            return
         if headers.get(stream.H_MARKER) == "epoch":
             self.stream_seq = seq
             self._parts = []  # parts of a commit whose publisher died before its last one

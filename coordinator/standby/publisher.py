@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgspec
 from nats.js.api import ObjectMeta
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from common.config import JetStreamSettings
 from common.errors import LeaseLostError
@@ -48,6 +48,7 @@ class ReplicationPublisher:
         conn: NatsConnection,
         js_settings: JetStreamSettings,
         *,
+        key: bytes,
         epoch: int,
         node_id: str,
         keep_trying: Callable[[], bool],
@@ -55,6 +56,7 @@ class ReplicationPublisher:
     ) -> None:
         self._conn = conn
         self._js_settings = js_settings
+        self._key = key
         self._epoch = epoch
         self._node_id = node_id
         self._keep_trying = keep_trying
@@ -94,8 +96,14 @@ class ReplicationPublisher:
         marker = EpochMarker(
             epoch=self._epoch, node_id=self._node_id, host=socket.gethostname(), commit_no=commit_no, at=time.time()
         )
-        headers = {"Nats-Msg-Id": f"{self._epoch}:start", stream.H_EPOCH: str(self._epoch), stream.H_MARKER: "epoch"}
-        ack = await self._conn.js.publish(self._subject, encode(marker), headers=headers, timeout=PUBLISH_TIMEOUT_S)
+        body = encode(marker)
+        headers = {
+            "Nats-Msg-Id": f"{self._epoch}:start",
+            stream.H_EPOCH: str(self._epoch),
+            stream.H_MARKER: "epoch",
+            stream.H_MAC: stream.mac(self._key, stream.marker_label(str(self._epoch)), body),
+        }
+        ack = await self._conn.js.publish(self._subject, body, headers=headers, timeout=PUBLISH_TIMEOUT_S)
         self._last_seq = ack.seq
         self.commit_no = max(commit_no, 0)
         log.info("replication.epoch_started", epoch=self._epoch, commit_no=commit_no, stream_seq=ack.seq)
@@ -116,6 +124,8 @@ class ReplicationPublisher:
                 stream.H_COMMIT: str(commit.commit_no),
                 stream.H_PART: f"{index + 1}/{len(parts)}",
             }
+            label = stream.commit_label(headers[stream.H_EPOCH], headers[stream.H_COMMIT], headers[stream.H_PART])
+            headers[stream.H_MAC] = stream.mac(self._key, label, part)
             self._last_seq = await self._publish_part(commit.commit_no, part, headers)
         self.shipped += 1
         self.commit_no = commit.commit_no
@@ -130,6 +140,9 @@ class ReplicationPublisher:
                     log.info("replication.publish_recovered", commit_no=commit_no)
                 return ack.seq
             except APIError as exc:
+                if exc.err_code == stream.WRONG_LAST_SEQUENCE and await self._only_forgeries_since():
+                    headers["Nats-Expected-Last-Sequence"] = str(self._last_seq)
+                    continue
                 if exc.err_code == stream.WRONG_LAST_SEQUENCE:
                     reason = "another coordinator became active and appended to the replication stream"
                     self._on_fenced(reason)
@@ -151,6 +164,29 @@ class ReplicationPublisher:
             failing = True
             await asyncio.sleep(RETRY_S)
 
+    async def _only_forgeries_since(self) -> bool:
+        """Whether everything appended after our last message lacks our key's HMAC (someone else
+        published on the subject: refused by the standbys, so it must not stop us either); if so, we
+        continue after it. A signed epoch marker among them means we were fenced."""
+        name = stream.stream_name(self._conn)
+        last = (await self._conn.js.stream_info(name)).state.last_seq
+        for seq in range(self._last_seq + 1, last + 1):
+            try:
+                msg = await self._conn.js.get_msg(name, seq)
+            except NotFoundError:
+                continue
+            headers = msg.headers or {}
+            if headers.get(stream.H_MARKER) == "epoch" and stream.mac_ok(
+                self._key,
+                stream.marker_label(headers.get(stream.H_EPOCH, "")),
+                msg.data or b"",
+                headers.get(stream.H_MAC),
+            ):
+                return False
+        log.warning("security.replication_foreign_messages", after_seq=self._last_seq, last_seq=last)
+        self._last_seq = last
+        return True
+
     async def snapshot(self, db: Database) -> SnapshotInfo:
         """Copy the database as of its last commit and store the copy as the newest snapshot."""
         fd, name = tempfile.mkstemp(prefix="claw-snapshot-", suffix=".db", dir=db.path.parent)
@@ -167,6 +203,7 @@ class ReplicationPublisher:
             commit_no=commit_no, stream_seq=stream_seq, epoch=self._epoch, node_id=self._node_id,
             created_at=time.time(), size=len(data),
         )  # fmt: skip
+        info = msgspec.structs.replace(info, mac=stream.mac(self._key, stream.snapshot_label(info), data))
         store = await stream.snapshot_store(self._conn, self._js_settings)
         meta = ObjectMeta(name=stream.SNAPSHOT_OBJECT, description=msgspec.json.encode(info).decode())
         await store.put(stream.SNAPSHOT_OBJECT, data, meta=meta)

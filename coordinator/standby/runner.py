@@ -82,10 +82,11 @@ async def _become_active(
     async def take() -> CoordinatorLease | None:
         return await CoordinatorLease.try_acquire(conn, topology, settings, node_id, now=time.time())
 
+    key = await asyncio.to_thread(stream.replication_key, settings.db_path)
+    follower = Follower(conn, config.jetstream, Path(settings.db_path), key=key)
     lease = await step("the coordinator lease", take)
     if lease is None:
-        return await Standby(conn, config, node_id, take).run(stop)
-    follower = Follower(conn, config.jetstream, Path(settings.db_path))
+        return await Standby(conn, config, node_id, take, follower).run(stop)
     try:
         if not await _behind(conn, config):
             return lease, None  # Coordinator.start marks the epoch as starting from this database
@@ -104,7 +105,7 @@ async def _continue_stream(
     database to it: every commit up to the marker (from the newest snapshot on with `bootstrap`, else
     from where the follower is)."""
     started = time.monotonic()
-    publisher = standby_active.publisher_for(conn, config, lease)
+    publisher = await standby_active.publisher_for(conn, config, lease)
     await publisher.begin(stream.CONTINUES)
     if bootstrap:
         await follower.bootstrap(deadline_s=config.nats.startup_deadline_s)
@@ -171,12 +172,14 @@ async def _last_commit_in_stream(conn: NatsConnection) -> int | None:
 class Standby:
     """Follows the replication stream until the lease is free, then takes it."""
 
-    def __init__(self, conn: NatsConnection, config: ClawConfig, node_id: str, take: object) -> None:
+    def __init__(
+        self, conn: NatsConnection, config: ClawConfig, node_id: str, take: object, follower: Follower
+    ) -> None:
         self._conn = conn
         self._config = config
         self._node_id = node_id
         self._take = take
-        self._follower = Follower(conn, config.jetstream, Path(config.coordinator.db_path))
+        self._follower = follower
         self._since = time.time()
 
     async def run(self, stop: asyncio.Event) -> tuple[CoordinatorLease, ReplicationPublisher] | None:

@@ -10,9 +10,18 @@ Messages on `<prefix>.repl` (headers name what each is):
 
 The snapshot store holds one object, `snapshot`: an online copy of the active's database and, in its
 description, the commit number and stream sequence it includes (`SnapshotInfo`).
+
+Every message and the snapshot carry an HMAC (`Claw-Mac`, `SnapshotInfo.mac`) under a key derived
+from the coordinator's audit key (`<db dir>/auth/audit.nk`), which every coordinator of a prefix
+shares: a standby executes what it reads, so a message anyone else published on `<prefix>.repl` (a
+worker's credentials, an open bus) is refused, never applied.
 """
 
 from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
 
 import msgspec
 from nats.js import api
@@ -22,11 +31,13 @@ from nats.js.object_store import ObjectStore
 
 from common.config import CoordinatorSettings, JetStreamSettings
 from communication.connection import NatsConnection
+from storage.audit_anchor import AnchorSigner, key_path
 
 H_EPOCH = "Claw-Epoch"
 H_COMMIT = "Claw-Commit"
 H_PART = "Claw-Part"
 H_MARKER = "Claw-Marker"
+H_MAC = "Claw-Mac"
 SNAPSHOT_OBJECT = "snapshot"
 # Parts of a commit stay well below the default 1 MiB payload limit (headers included).
 PART_BYTES = 768 * 1024
@@ -63,6 +74,40 @@ class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str
     created_at: float
     size: int
+    mac: str = ""  # of `snapshot_fields` and the database bytes
+
+
+def replication_key(db_path: str | Path) -> bytes:
+    """The HMAC key of this prefix's replication, from the audit key beside the database (created,
+    mode-checked, as the coordinator does). Blocking: call it from a thread."""
+    path = key_path(db_path)
+    AnchorSigner.load_or_create(path)
+    return hashlib.sha256(b"claw replication v1\0" + path.read_bytes().strip()).digest()
+
+
+def mac(key: bytes, label: str, body: bytes) -> str:
+    """The HMAC-SHA256 of `label` and `body`, hex."""
+    return hmac.new(key, label.encode() + b"\0" + body, hashlib.sha256).hexdigest()
+
+
+def mac_ok(key: bytes, label: str, body: bytes, given: str | None) -> bool:
+    """Whether `given` is the HMAC of `label` and `body` (constant-time)."""
+    return given is not None and hmac.compare_digest(mac(key, label, body), given)
+
+
+def commit_label(epoch: str, commit_no: str, part: str) -> str:
+    """What a commit part's HMAC covers besides its body: its epoch, number and part."""
+    return f"commit:{epoch}:{commit_no}:{part}"
+
+
+def marker_label(epoch: str) -> str:
+    """What an epoch marker's HMAC covers besides its body."""
+    return f"marker:{epoch}"
+
+
+def snapshot_label(info: SnapshotInfo) -> str:
+    """What a snapshot's HMAC covers besides the database bytes."""
+    return f"snapshot:{info.commit_no}:{info.stream_seq}:{info.epoch}"
 
 
 class StandbyStatus(msgspec.Struct, frozen=True, kw_only=True):

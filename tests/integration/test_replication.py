@@ -4,6 +4,7 @@ replication stream equals the active coordinator's, on a real nats-server and re
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -20,9 +21,13 @@ from coordinator.standby import stream
 from coordinator.standby.follower import Follower
 from coordinator.standby.publisher import ReplicationPublisher
 from coordinator.standby.runner import run_coordinator
+from coordinator.standby.stream import replication_key
+from storage.audit_anchor import key_path
 from storage.database import Database
 from storage.replication import dump
 from tests.helpers import connected_client, eventually, running_coordinator, running_worker, spec, wait_nodes_online
+
+KEY = b"k" * 32  # the replication HMAC key of the tests that publish themselves
 
 
 def _dump(path: Path) -> list[str]:
@@ -44,7 +49,8 @@ async def test_a_database_built_from_the_stream_equals_the_active_coordinators(
     copy_path = tmp_path / "standby" / "claw.db"
     async with running_coordinator(config) as coordinator:
         conn = await NatsConnection.connect(config.nats, name="test-follower")
-        follower = Follower(conn, config.jetstream, copy_path)
+        key = await asyncio.to_thread(replication_key, config.coordinator.db_path)  # the active one's
+        follower = Follower(conn, config.jetstream, copy_path, key=key)
         # Bootstrapped from the start's snapshot while the active one works on.
         await follower.bootstrap()
         async with running_worker(config), connected_client(config) as client:
@@ -70,12 +76,12 @@ async def test_bytes_nulls_floats_and_a_commit_bigger_than_a_message_replicate_e
 ) -> None:
     conn = await NatsConnection.connect(config.nats, name="test-active")
     db = await Database.open(tmp_path / "active.db")
-    copy = Follower(conn, config.jetstream, tmp_path / "copy.db")
+    copy = Follower(conn, config.jetstream, tmp_path / "copy.db", key=KEY)
     fenced: list[str] = []
     try:
         await stream.ensure_stream(conn, config.jetstream, config.coordinator)
         publisher = ReplicationPublisher(
-            conn, config.jetstream, epoch=1, node_id="a", keep_trying=lambda: False, on_fenced=fenced.append
+            conn, config.jetstream, key=KEY, epoch=1, node_id="a", keep_trying=lambda: False, on_fenced=fenced.append
         )
         await publisher.begin(await db.commit_no())
         await publisher.snapshot(db)
@@ -97,7 +103,7 @@ async def test_bytes_nulls_floats_and_a_commit_bigger_than_a_message_replicate_e
 
         # Another coordinator's epoch marker fences this one: its next commit is refused by the stream.
         other = ReplicationPublisher(
-            conn, config.jetstream, epoch=2, node_id="b", keep_trying=lambda: False, on_fenced=fenced.append
+            conn, config.jetstream, key=KEY, epoch=2, node_id="b", keep_trying=lambda: False, on_fenced=fenced.append
         )
         await other.begin(4)
         with pytest.raises(LeaseLostError, match="fenced"):
@@ -115,11 +121,11 @@ async def test_a_copy_that_missed_commits_bootstraps_again(config: ClawConfig, t
     """A gap (a snapshot newer than the copy) is noticed, and the copy is rebuilt from the snapshot."""
     conn = await NatsConnection.connect(config.nats, name="test-active")
     db = await Database.open(tmp_path / "active.db")
-    copy = Follower(conn, config.jetstream, tmp_path / "copy.db")
+    copy = Follower(conn, config.jetstream, tmp_path / "copy.db", key=KEY)
     try:
         await stream.ensure_stream(conn, config.jetstream, config.coordinator)
         publisher = ReplicationPublisher(
-            conn, config.jetstream, epoch=1, node_id="a", keep_trying=lambda: True, on_fenced=lambda _: None
+            conn, config.jetstream, key=KEY, epoch=1, node_id="a", keep_trying=lambda: True, on_fenced=lambda _: None
         )
         await publisher.begin(0)
         await publisher.snapshot(db)
@@ -132,7 +138,7 @@ async def test_a_copy_that_missed_commits_bootstraps_again(config: ClawConfig, t
         await db.write([("INSERT INTO t VALUES (?, ?)", [(1, "unshipped")])])
         await db.run_script([("UPDATE replication SET commit_no = commit_no + 1", ())])
         restarted = ReplicationPublisher(
-            conn, config.jetstream, epoch=5, node_id="a", keep_trying=lambda: True, on_fenced=lambda _: None
+            conn, config.jetstream, key=KEY, epoch=5, node_id="a", keep_trying=lambda: True, on_fenced=lambda _: None
         )
         await restarted.begin(await db.commit_no())
         await restarted.snapshot(db)
@@ -161,6 +167,9 @@ async def test_a_coordinator_started_on_a_fresh_database_behind_the_stream_rebui
     fresh = msgspec.structs.replace(
         config, coordinator=msgspec.structs.replace(config.coordinator, db_path=str(tmp_path / "b" / "claw.db"))
     )
+    # Its key: a copy of the first one's (docs/RUNBOOK.md, "A standby coordinator").
+    (tmp_path / "b" / "auth").mkdir(parents=True, mode=0o700)
+    shutil.copy2(key_path(config.coordinator.db_path), key_path(fresh.coordinator.db_path))
     stop = asyncio.Event()
     task = asyncio.create_task(run_coordinator(fresh, stop))
     try:
