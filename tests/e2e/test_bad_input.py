@@ -48,7 +48,7 @@ def nested(depth: int) -> bytes:
 
 
 async def ask(nc: nats.NATS, prefix: str, verb: str, body: bytes) -> dict[str, Any]:
-    msg = await nc.request(f"{prefix}.api.{verb}", body, timeout=15)
+    msg = await nc.request(f"{prefix}.api.prober.{verb}", body, timeout=15)
     reply: dict[str, Any] = json.loads(msg.data)
     return reply
 

@@ -76,7 +76,9 @@ def test_the_quant_workflow_runs_in_claw_up_waits_for_approval_and_reports_a_png
         assert re.search(r"propose_orders\s+running .* waits for approval", text), text
         task_id = nodes(held)["propose_orders"]["task_ids"][0]
         assert task_id in claw("approvals").stdout
-        approved = claw("approve", task_id, "--as", "risk-officer")
+        # Another person than the run's starter approves (no self-approval); without authentication on
+        # this test's server the identity is the configured name, with credentials it is theirs.
+        approved = pool.run("--nats", url, "approve", task_id, env={"CLAW_NATS_IDENTITY": "risk-officer"})
         assert approved.returncode == 0, approved.stderr
         watched = claw("workflow", "watch", run_id, timeout_s=180)
         assert watched.returncode == 0, watched.stdout + watched.stderr

@@ -137,7 +137,8 @@ async def test_an_approval_node_holds_until_approved(config: ClawConfig) -> None
             return node if node.waits_for == ["approval"] else None
 
         gate = await eventually(held, what="the gate held")
-        await client.call(verbs.APPROVE, api.ApproveRequest(task_id=gate.task_ids[0], by="boss"))
+        async with connected_client(config, identity="boss") as boss:  # not the run's starter: no self-approval
+            await boss.call(verbs.APPROVE, api.ApproveRequest(task_id=gate.task_ids[0]))
         view = await finished(client, run_id)
         assert view.state == "succeeded"
         b = await task(client, nodes_of(view)["b"].task_ids[0])

@@ -28,12 +28,18 @@ async def test_a_permit_for_a_node_that_is_not_online_is_refused(config: ClawCon
 async def test_a_forged_usage_report_with_absurd_tokens_is_quarantined_and_usage_goes_on(
     config: ClawConfig,
 ) -> None:
-    async with running_coordinator(config), running_worker(config), connected_client(config) as client:
+    async with (
+        running_coordinator(config),
+        running_worker(config) as worker,
+        connected_client(config) as client,
+    ):
         await wait_nodes_online(client, 1)
         [result] = await client.submit_many([spec("echo", {})])
+        node = worker.node_id
         forged = {"kind": "usage", "event_id": "forged-1", "task_id": result.task_id, "attempt": 1,
-                  "node_id": "w", "at": time.time(), "input_tokens": 2**70, "output_tokens": 1}  # fmt: skip
-        await client.conn.js.publish(client.conn.subjects.events(result.task_id), msgspec.json.encode(forged))
+                  "node_id": node, "at": time.time(), "input_tokens": 2**70, "output_tokens": 1}  # fmt: skip
+        subject = client.conn.subjects.events(node, result.task_id)
+        await client.conn.js.publish(subject, msgspec.json.encode(forged))
         entries = await eventually(lambda: client.quarantine_list(task_id=result.task_id), what="quarantined")
         assert entries[0].task_id == result.task_id and b"input_tokens" in entries[0].data
         rows = (await client.call(verbs.USAGE, verbs.USAGE.request())).rows

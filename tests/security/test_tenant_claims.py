@@ -38,7 +38,7 @@ async def test_hostile_tenant_names_are_refused_on_the_bus_and_nothing_is_stored
     config = make_config(nats_server, prefix, tmp_path, tenants={"quotas": {"acme": {"max_queued": 1}}})
     body = msgspec.json.encode({"tasks": [{"skill": "echo", "input": {}}], "tenant": tenant})
     async with running_coordinator(config), connected_client(config) as client:
-        reply = await client.conn.nc.request(client.conn.subjects.api("submit"), body, timeout=10)
+        reply = await client.conn.nc.request(client.conn.subjects.api(client.conn.identity, "submit"), body, timeout=10)
     answer = msgspec.json.decode(reply.data)
     assert answer["error"]["code"] == "invalid_input", answer
     assert "not a valid tenant name" in answer["error"]["message"]
