@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import api
+from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from common.config import JetStreamSettings
@@ -60,7 +61,7 @@ class Follower:
         self.active: EpochMarker | None = None
         self.applied_at = 0.0
         self._parts: list[bytes] = []
-        self._sub: object | None = None
+        self._sub: JetStreamContext.PushSubscription | None = None
 
     async def bootstrap(self, *, newer_than_seq: int = 0, deadline_s: float = 60.0) -> SnapshotInfo:
         """Replace the local database with the newest snapshot (waiting for one past `newer_than_seq`)."""
@@ -109,9 +110,9 @@ class Follower:
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(*NATS_ERRORS):
-                await sub.unsubscribe()  # type: ignore[attr-defined]
+                await sub.unsubscribe()
 
-    async def _subscription(self) -> object:
+    async def _subscription(self) -> JetStreamContext.PushSubscription:
         if self._sub is None:
             config = api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.stream_seq + 1
@@ -125,7 +126,7 @@ class Follower:
         """Apply the next message if one comes within `timeout_s`; False if none came."""
         sub = await self._subscription()
         try:
-            msg: Msg = await sub.next_msg(timeout=timeout_s)  # type: ignore[attr-defined]
+            msg: Msg = await sub.next_msg(timeout=timeout_s)
         except TimeoutError:
             return False
         except NATS_ERRORS as exc:

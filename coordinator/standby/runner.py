@@ -20,6 +20,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -173,7 +174,12 @@ class Standby:
     """Follows the replication stream until the lease is free, then takes it."""
 
     def __init__(
-        self, conn: NatsConnection, config: ClawConfig, node_id: str, take: object, follower: Follower
+        self,
+        conn: NatsConnection,
+        config: ClawConfig,
+        node_id: str,
+        take: Callable[[], Awaitable[CoordinatorLease | None]],
+        follower: Follower,
     ) -> None:
         self._conn = conn
         self._config = config
@@ -187,7 +193,7 @@ class Standby:
         database holding every commit before its marker) or `stop` (None)."""
         follower = self._follower
         try:
-            await self._bootstrap(0, stop)
+            await self._bootstrap(0)
             log.info(
                 "coordinator.standby", node_id=self._node_id, commit_no=follower.commit_no,
                 active=follower.active.node_id if follower.active else None,
@@ -208,7 +214,7 @@ class Standby:
                             break
                 except ResyncNeeded as exc:
                     log.warning("standby.resync", reason=str(exc))
-                    await self._bootstrap(follower.stream_seq, stop)
+                    await self._bootstrap(follower.stream_seq)
                 except NATS_ERRORS as exc:
                     log.warning("standby.follow_failed", error=str(exc) or type(exc).__name__)
                     await wait_any(stop, timeout_s=POLL_S)
@@ -217,13 +223,12 @@ class Standby:
             await follower.close()
             await self._withdraw()
 
-    async def _bootstrap(self, newer_than_seq: int, stop: asyncio.Event) -> None:
-        del stop
+    async def _bootstrap(self, newer_than_seq: int) -> None:
         await self._follower.bootstrap(newer_than_seq=newer_than_seq, deadline_s=self._config.nats.startup_deadline_s)
 
     async def _try_take(self) -> CoordinatorLease | None:
         try:
-            return await self._take()  # type: ignore[operator,no-any-return]
+            return await self._take()
         except NATS_ERRORS as exc:
             log.warning("standby.lease_check_failed", error=str(exc) or type(exc).__name__)
             return None

@@ -178,6 +178,15 @@ async def test_a_frozen_active_that_wakes_after_the_takeover_writes_nothing(
         assert before.task_id in old_ids and after.task_id not in old_ids
         view = await client.get_task(before.task_id)
         assert view.task_id == before.task_id  # the new active has what the old one accepted
+        # Restarted, the old one rejoins as a standby: its database replaced by the snapshot and the
+        # stream, so it holds what the new active accepted; SIGTERM stops a standby cleanly.
+        rejoined = _coordinator(pool, old_db)
+        await _logged(rejoined, "coordinator.standby")
+        await eventually(lambda: _status_shows(pool, f"-{rejoined.pid} on "), timeout_s=30, what="it in claw status")
+        with sqlite3.connect(f"file:{old_db}?mode=ro", uri=True) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM tasks WHERE task_id = ?", (after.task_id,)).fetchone()[0] == 1
+        rejoined.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(rejoined.popen.wait, 30) == 0, rejoined.output()[-2000:]
     finally:
         if client is not None:
             await client.close()
