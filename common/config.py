@@ -151,6 +151,14 @@ class CoordinatorSettings(_Section, frozen=True):
     backup_dir: str | None = None
     backup_interval_s: Annotated[float, msgspec.Meta(ge=60)] = 24 * 3600.0
     backup_keep: PositiveInt = 7
+    # A standby coordinator (docs/Reliability.md "A standby coordinator"): with replication on, every
+    # commit is shipped to the stream <PREFIX>_REPL before anyone is answered, a snapshot of the
+    # database goes to the object store <prefix>_repl every replication_snapshot_interval_s, and a
+    # second `claw coordinator start` stands by, applying the stream, until the lease lapses. The
+    # stream keeps replication_max_age_s of commits: far more than one snapshot interval.
+    replication: bool = False
+    replication_snapshot_interval_s: Annotated[float, msgspec.Meta(ge=10)] = 600.0
+    replication_max_age_s: Annotated[float, msgspec.Meta(ge=600)] = 24 * 3600.0
     # While the state database refuses writes (a full disk), a submit is stored or refused within
     # this long of its arrival, never stored later: keep it below the clients'
     # nats.request_timeout_s (5 s), so no client is told "no answer" about a task that then runs.

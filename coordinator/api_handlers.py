@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -23,6 +23,7 @@ from common.models import (
     JobView,
     ListenerView,
     NatsServerInfo,
+    ReplicationView,
     StorageFaultView,
     TaskView,
 )
@@ -86,8 +87,10 @@ class ApiHandlers:
         jobs: Callable[[], list[JobView]],
         listeners: Callable[[], list[ListenerView]],
         storage_fault: Callable[[], StorageFaultView | None],
+        replication: Callable[[], Awaitable[ReplicationView | None]] | None = None,
     ) -> None:
         self._storage_fault = storage_fault
+        self._replication = replication
         self._config = config
         self._node_id = node_id
         self._conn = conn
@@ -221,6 +224,7 @@ class ApiHandlers:
                 jobs=self._jobs(),
                 listeners=self._listeners(),
                 storage_fault=self._storage_fault(),
+                replication=None if self._replication is None else await self._replication(),
             )
         )
 

@@ -347,6 +347,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX schedule_fires_by_schedule ON schedule_fires (schedule, fired_at);
         """,
     ),
+    # standby: the number of the last commit, shipped to the <PREFIX>_REPL stream (storage/replication.py).
+    (
+        14,
+        "replication: commit number",
+        """
+        CREATE TABLE replication (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            commit_no INTEGER NOT NULL
+        );
+        INSERT INTO replication (id, commit_no) VALUES (1, 0);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
