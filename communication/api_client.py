@@ -257,9 +257,12 @@ class ClawClient:
         skill: str | None = None,
         limit: int | None = 50,
         tenant: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[TaskSummary]:
-        """The newest `limit` tasks (every one: None), newest first, fetched page by page."""
-        fetch = self._tasks_fetcher(state, skill, tenant)
+        """The newest `limit` tasks (every one: None), newest first, fetched page by page; `created_after`
+        and `created_before` (Unix seconds) bound when they were created."""
+        fetch = self._tasks_fetcher(state, skill, tenant, created_after, created_before)
         return (await collect(fetch, limit=limit, page_size=LIST_PAGE_SIZE)).items
 
     async def tasks_page(
@@ -270,9 +273,14 @@ class ClawClient:
         limit: int = 50,
         cursor: str | None = None,
         tenant: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> Page[TaskSummary]:
         """One page of tasks, newest first; `total` (first page) counts all that match."""
-        request = api.TaskListRequest(state=state, skill=skill, limit=limit, cursor=cursor, tenant=tenant)
+        request = api.TaskListRequest(
+            state=state, skill=skill, limit=limit, cursor=cursor, tenant=tenant, created_after=created_after,
+            created_before=created_before,
+        )  # fmt: skip
         reply = await self.call(verbs.TASK_LIST, request)
         return Page(reply.tasks, reply.next_cursor, reply.total)
 
@@ -283,14 +291,25 @@ class ClawClient:
         skill: str | None = None,
         page_size: int = LIST_PAGE_SIZE,
         tenant: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> AsyncIterator[TaskSummary]:
         """Every task that matches, newest first, one page at a time."""
-        return iterate(self._tasks_fetcher(state, skill, tenant), page_size=page_size)
+        fetch = self._tasks_fetcher(state, skill, tenant, created_after, created_before)
+        return iterate(fetch, page_size=page_size)
 
     def _tasks_fetcher(
-        self, state: TaskState | None, skill: str | None, tenant: str | None = None
+        self,
+        state: TaskState | None,
+        skill: str | None,
+        tenant: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> Callable[[str | None, int], Awaitable[Page[TaskSummary]]]:
-        return lambda cursor, n: self.tasks_page(state=state, skill=skill, limit=n, cursor=cursor, tenant=tenant)
+        return lambda cursor, n: self.tasks_page(
+            state=state, skill=skill, limit=n, cursor=cursor, tenant=tenant, created_after=created_after,
+            created_before=created_before,
+        )  # fmt: skip
 
     async def task_states(self, task_ids: Sequence[str]) -> dict[str, TaskState]:
         """Current state of each id (unknown ids are absent)."""

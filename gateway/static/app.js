@@ -209,6 +209,7 @@
       if (table.dataset.state) query.set("state", table.dataset.state);
       if (table.dataset.skill) query.set("skill", table.dataset.skill);
       if (table.dataset.tenant) query.set("tenant", table.dataset.tenant);
+      if (table.dataset.since) query.set("created_after", String(Date.now() / 1000 - Number(table.dataset.since)));
       try {
         const data = await api("GET", `/v1/tasks?${query}`);
         const picked = new Set([...document.querySelectorAll(".pick:checked")].map((c) => c.value));
