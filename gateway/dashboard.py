@@ -85,6 +85,11 @@ def _event_detail(event: EventView) -> str:
     data = msgspec.json.decode(bytes(event.data))
     if event.kind == "progress" and isinstance(data, dict) and isinstance(data.get("percent"), int | float):
         return f"{data['percent']:.0f} % {data.get('message') or ''}".strip()
+    if event.kind == "artifact" and isinstance(data, dict) and "name" in data:
+        return f"{data['name']} ({data.get('size', '?')} bytes)"
+    if event.kind == "usage" and isinstance(data, dict) and "input_tokens" in data:
+        model = f", {data['model']}" if data.get("model") else ""
+        return f"{data['input_tokens']} tokens in / {data.get('output_tokens', 0)} out{model}"
     return bytes(event.data).decode(errors="replace")
 
 
@@ -137,6 +142,8 @@ def reproduce_command(view: TaskView) -> str:
     if view.priority.value != "normal":
         words += ["--priority", view.priority.value]
     words += ["--max-attempts", str(view.max_attempts), "--timeout", f"{view.timeout_s:g}"]
+    if view.tenant != "default":
+        words += ["--tenant", view.tenant]
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -303,7 +303,11 @@
     document.querySelectorAll("pre[data-preview]").forEach(async (pre) => {
       try {
         const response = await fetch(pre.dataset.preview, { credentials: "same-origin" });
-        const text = await response.text();
+        let text = await response.text();
+        if (!response.ok) throw new Error(`${response.status}: ${text.slice(0, 200)}`);
+        if (pre.dataset.kind === "json") {
+          try { text = JSON.stringify(JSON.parse(text), null, 2); } catch (error) { /* shown as it is */ }
+        }
         pre.textContent = text.length > 65536 ? `${text.slice(0, 65536)}\n…` : text;
       } catch (error) { pre.textContent = error.message; }
     });
@@ -317,6 +321,11 @@
       let data = e.data && JSON.stringify(e.data) !== "{}" ? JSON.stringify(e.data) : null;
       if (e.kind === "progress" && e.data && typeof e.data.percent === "number") {
         data = `${Math.round(e.data.percent)} % ${e.data.message || ""}`.trim();
+      }
+      // As the server renders them (gateway/dashboard.py _event_detail): readable, not raw JSON.
+      if (e.kind === "artifact" && e.data && e.data.name) data = `${e.data.name} (${e.data.size ?? "?"} bytes)`;
+      if (e.kind === "usage" && e.data && typeof e.data.input_tokens === "number") {
+        data = `${e.data.input_tokens} tokens in / ${e.data.output_tokens || 0} out${e.data.model ? `, ${e.data.model}` : ""}`;
       }
       const to = e.to_state && e.to_state !== e.kind ? ` \u2192 ${human(e.to_state)}` : "";
       const item = el("li", { "data-event": String(e.id), class: `kind-${e.kind.replace(/ /g, "-")}` },
