@@ -110,6 +110,8 @@ def cluster(processes: ProcessPool, tmp_path: Path) -> Cluster:
     config = tmp_path / "claw.yaml"
     config.write_text(COORDINATOR_CONFIG)
     env = {"CLAW_COORDINATOR_GUARD_POLICY": str(policy), "CLAW_CONFIG": str(config)}
+    # Alerts judged every second once 3 tasks finished (the overview's banners in a short test).
+    env |= {"CLAW_COORDINATOR_ALERT_MIN_TASKS": "3", "CLAW_COORDINATOR_ALERT_INTERVAL_S": "1"}
     processes.spawn("coordinator", "coordinator", "start", env=env)
     processes.spawn("worker", "worker", "start", "--node-id", "w1", "--concurrency", "4")
     url_file = tmp_path / "gateway.url"
@@ -235,18 +237,24 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     alice.locator('article[data-node="w1"] button:has-text("Resume")').click()
     alice.wait_for_selector('article[data-node="w1"] button:has-text("Drain"):not([disabled])')
 
-    # A workflow run drawn as its graph, rerun from its second node from the page.
-    b = {"skill": "sleep", "needs": ["a"], "input": {"seconds": 1}}
-    spec = json.dumps({"name": "pair", "nodes": {"a": {"skill": "echo", "input": {"k": "=input.k"}}, "b": b}})
+    # A workflow run drawn as its graph (a diamond), rerun from a middle node from the page.
+    nodes = {
+        "fetch": {"skill": "echo", "input": {"k": "=input.k"}},
+        "clean": {"skill": "sleep", "needs": ["fetch"], "input": {"seconds": 1}},
+        "stats": {"skill": "echo", "needs": ["fetch"], "input": {"rows": 3}},
+        "publish": {"skill": "echo", "needs": ["clean", "stats"], "input": {"done": True}},
+    }
+    spec = json.dumps({"name": "report", "nodes": nodes})
     assert "version" in cluster.api("POST", "/v1/verbs/workflow_register", cluster.keys["alice"], {"spec": spec})
-    run_id = cluster.api("POST", "/v1/workflows/pair/runs", cluster.keys["alice"], {"input": {"k": 1}})["run_id"]
+    run_id = cluster.api("POST", "/v1/workflows/report/runs", cluster.keys["alice"], {"input": {"k": 1}})["run_id"]
     alice.goto(f"{cluster.url}/runs/{run_id}")
     alice.wait_for_selector("#run-state.state-succeeded")  # followed live ...
     alice.wait_for_selector("#run-page[data-finished=true]")  # ... then reloaded once it ended
     shot(alice, cluster, "run")
-    alice.locator('[data-node="b"] button:has-text("Rerun from here")').click()
+    alice.locator('[data-node="clean"] button:has-text("Rerun from here")').click()
     alice.wait_for_url(lambda url: "/runs/" in url and run_id not in url)
-    alice.wait_for_selector('[data-node="a"]:has-text("reused")')
+    alice.wait_for_selector('[data-node="fetch"]:has-text("reused")')
+    alice.wait_for_selector("#run-state.state-succeeded")
 
     # The other pages, and a phone's width.
     for path, name in (("/", "overview"), ("/workflows", "workflows"), ("/schedules", "schedules"),
@@ -390,3 +398,19 @@ def test_bulk_cancel_and_retry_time_filter_dead_letter_tracebacks_a_tenants_view
     assert shop.locator("#no-letters").count() == 1
     shop.goto(cluster.url + "/workflows")
     assert "Not allowed" in shop.inner_text("main h1")
+
+
+def test_the_overview_raises_an_alert_banner_live_when_failures_pass_20_percent(browser: Any, cluster: Cluster) -> None:
+    vera = login(browser, cluster, "vera")
+    vera.goto(cluster.url + "/")
+    vera.wait_for_selector("#live-dot.on")
+    assert vera.locator(".alert-banner").count() == 0
+    vera.evaluate("window.stillThisPage = true")  # gone if the page reloaded
+    failing = {"skill": "fail", "input": {"message": "nope"}, "max_attempts": 1}
+    body = {"tasks": [failing] * 3 + [{"skill": "echo", "input": {}}]}
+    cluster.api("POST", "/v1/tasks", cluster.keys["alice"], body)
+    banner = vera.locator(".alert-banner", has_text="failure")
+    banner.first.wait_for(timeout=60_000)
+    assert vera.evaluate("window.stillThisPage") is True  # arrived over the WebSocket, not by a reload
+    vera.wait_for_function("document.querySelector('[data-state-count=dead]').textContent.trim() === '3'")
+    shot(vera, cluster, "overview-alert")
