@@ -501,6 +501,61 @@ class ClawClient:
         request = api.ScheduleEventRequest(name=name, event_id=event_id, data=msgspec.Raw(msgspec.json.encode(data)))
         return (await self.call(verbs.SCHEDULE_EVENT, request)).fire
 
+    async def schedule(self, name: str) -> api.ScheduleShowReply:
+        """One schedule with its next and last fires."""
+        return await self.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name=name))
+
+    async def pause_schedule(self, name: str) -> api.ScheduleView:
+        """Stop a schedule firing until it is resumed."""
+        return await self.call(verbs.SCHEDULE_PAUSE, api.ScheduleNameRequest(name=name))
+
+    async def resume_schedule(self, name: str) -> api.ScheduleView:
+        """Let a paused schedule fire again."""
+        return await self.call(verbs.SCHEDULE_RESUME, api.ScheduleNameRequest(name=name))
+
+    # --- workflows, limits and usage (the same verbs as the HTTP gateway's routes) ----------------
+
+    async def register_workflow(self, spec: str, *, source: str = "") -> api.WorkflowRegisterReply:
+        """Register a workflow from its YAML or JSON text (a new version when it changed)."""
+        return await self.call(verbs.WORKFLOW_REGISTER, api.WorkflowSpecRequest(spec=spec, source=source))
+
+    async def workflows(
+        self, *, name: str | None = None, state: str | None = None, limit: int = 50
+    ) -> api.WorkflowListReply:
+        """Registered workflows and the newest runs (of `name`, in `state`)."""
+        return await self.call(verbs.WORKFLOW_LIST, api.WorkflowListRequest(name=name, state=state, limit=limit))
+
+    async def run_workflow(
+        self, name: str, input: object = None, *, version: int | None = None, run_id: str | None = None
+    ) -> api.WorkflowRunReply:
+        """Start a run of a workflow with `input` (a JSON value); `run_id` makes a retry idempotent."""
+        raw = msgspec.Raw(msgspec.json.encode({} if input is None else input))
+        return await self.call(
+            verbs.WORKFLOW_RUN, api.WorkflowRunRequest(name=name, input=raw, version=version, run_id=run_id)
+        )
+
+    async def workflow_run(self, run_id: str) -> api.WorkflowRunView:
+        """One run with its nodes' states."""
+        return await self.call(verbs.WORKFLOW_SHOW, api.WorkflowRunGetRequest(run_id=run_id))
+
+    async def rerun_workflow(self, run_id: str, from_node: str) -> api.WorkflowRunReply:
+        """A new run that reuses the results of the nodes before `from_node` and runs it and the rest."""
+        return await self.call(verbs.WORKFLOW_RERUN, api.WorkflowRerunRequest(run_id=run_id, from_node=from_node))
+
+    async def cancel_run(self, run_id: str, reason: str = "") -> api.WorkflowRunView:
+        """Cancel a run and its unfinished tasks."""
+        return await self.call(verbs.WORKFLOW_CANCEL, api.WorkflowCancelRequest(run_id=run_id, reason=reason))
+
+    async def limits(self) -> list[api.LimitView]:
+        """Rate limits with their live use (requests and tokens in the last minute, in flight, cooldown)."""
+        return (await self.call(verbs.LIMITS_LIST, api.LimitsListRequest())).limits
+
+    async def usage(
+        self, *, by: Sequence[str] = ("tenant", "skill", "model"), since_s: float = 86400.0
+    ) -> api.UsageReply:
+        """Calls, tokens and cost grouped `by` tenant, skill, model and/or hour, over the last `since_s`."""
+        return await self.call(verbs.USAGE, api.UsageRequest(by=list(by), since_s=since_s))
+
     async def wait(
         self,
         task_ids: Sequence[str],
