@@ -136,6 +136,14 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
+RED_IN_CHART = """(() => {
+  const c = document.getElementById('throughput');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  for (let i = 0; i < d.length; i += 4) if (d[i] > 180 && d[i + 1] < 100 && d[i + 2] < 100) return true;
+  return false;
+})()"""
+
+
 def login(browser: Any, cluster: Cluster, name: str, *, width: int = 1280, height: int = 860) -> Any:
     page = browser.new_context(viewport={"width": width, "height": height}, bypass_csp=True).new_page()
     page.set_default_timeout(30_000)
@@ -413,4 +421,6 @@ def test_the_overview_raises_an_alert_banner_live_when_failures_pass_20_percent(
     banner.first.wait_for(timeout=60_000)
     assert vera.evaluate("window.stillThisPage") is True  # arrived over the WebSocket, not by a reload
     vera.wait_for_function("document.querySelector('[data-state-count=dead]').textContent.trim() === '3'")
+    # The throughput chart draws the failed tasks' part of their bar in red.
+    vera.wait_for_function(RED_IN_CHART)
     shot(vera, cluster, "overview-alert")
