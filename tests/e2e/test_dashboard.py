@@ -276,6 +276,14 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     shot(phone, cluster, "tasks-phone")
     phone.goto(cluster.url + "/")
     shot(phone, cluster, "overview-phone")
+    # At a phone's width no page is wider than the screen (wide tables scroll inside their card).
+    for path in ("/", "/tasks", f"/tasks/{task_id}", "/approvals", "/dlq", "/workflows", f"/runs/{run_id}",
+                 "/schedules", "/nodes", "/skills", "/limits", "/docs"):  # fmt: skip
+        phone.goto(cluster.url + path)
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+    phone.goto(f"{cluster.url}/runs/{run_id}")
+    shot(phone, cluster, "run-phone")
 
 
 def test_a_tasks_artifacts_preview_inline_and_limits_show_tokens_and_cost_per_tenant_and_model(
