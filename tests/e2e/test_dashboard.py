@@ -394,6 +394,29 @@ def test_bulk_cancel_and_retry_time_filter_dead_letter_tracebacks_a_tenants_view
         assert f"attempt {n + 1} on w1" in body and "RetryableError" in body and "upstream said 503" in body
         assert "Traceback (most recent call last)" in body
     shot(alice, cluster, "dlq")
+    # The task's page lists both attempts with their node and error, and the traceback.
+    alice.goto(f"{cluster.url}/tasks/{dead_id}")
+    rows = alice.locator("table.compact tbody tr")
+    assert rows.count() == 2
+    for n in range(2):
+        cells = rows.nth(n).inner_text()
+        assert cells.startswith(str(n + 1)) and "w1" in cells and "RetryableError upstream said 503" in cells
+    assert "RetryableError" in alice.inner_text(".error-box")
+
+    # An approver rejects a held task from the approval centre; a reason is required.
+    held = {"skill": "echo", "input": {"hold": True, "say": "not this one"}}
+    held_id = cluster.api("POST", "/v1/tasks", cluster.keys["alice"], held)["results"][0]["task_id"]
+    bob = login(browser, cluster, "bob")
+    bob.goto(cluster.url + "/approvals")
+    card = bob.locator(f'article[data-task="{held_id}"]')
+    card.locator('button:has-text("Reject")').click()
+    bob.wait_for_selector(".toast:has-text('Give a reason first')")
+    card.locator("input.reason").fill("wrong customer")
+    card.locator('button:has-text("Reject")').click()
+    bob.wait_for_selector(".toast:has-text('Reject: done')")
+    wait_until(lambda: cluster.api("GET", f"/v1/tasks/{held_id}", cluster.keys["vera"])["state"] == "rejected")
+    bob.goto(f"{cluster.url}/tasks/{held_id}")
+    assert "wrong customer" in bob.inner_text("#timeline")
 
     # A tenant's key sees only its tenant's tasks on every page.
     created = cluster.processes.run(
