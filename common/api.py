@@ -106,6 +106,10 @@ class TaskListRequest(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 50
     cursor: str | None = None
     tenant: str | None = None
+    # Created at or after / before these times (Unix seconds), read from the task ids (ULIDs sort by
+    # their creation time): the dashboard's and `claw task list --since` time filter.
+    created_after: float | None = None
+    created_before: float | None = None
 
 
 class TaskListReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,6 +17,7 @@ from common import __version__, api, verbs
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
 from common.event_kinds import EventKind
+from common.ids import ulid_floor
 from common.models import (
     ClusterStatus,
     DeadLetterView,
@@ -162,13 +163,20 @@ class ApiHandlers:
         """A page of the newest tasks, filtered; the cursor is the last task id of the previous page."""
         limit = page_limit(request.limit)
         await self._pipeline.flush_queued()
+        # A time window is a range of ids: ULIDs sort by the time they were made (the primary key's index).
+        since = None if request.created_after is None else ulid_floor(request.created_after)
+        until = None if request.created_before is None else ulid_floor(request.created_before)
+        before = min((b for b in (request.cursor, until) if b is not None), default=None)
         rows = await self._store.list_tasks(
-            state=request.state, skill=request.skill, limit=limit + 1, before=request.cursor, tenant=request.tenant
-        )
+            state=request.state, skill=request.skill, limit=limit + 1, before=before, tenant=request.tenant,
+            since=since,
+        )  # fmt: skip
         tasks, more = take_page(rows, limit=limit, budget=self._budget(), what="task")
         total = None
         if request.cursor is None:
-            total = await self._store.count_tasks(state=request.state, skill=request.skill, tenant=request.tenant)
+            total = await self._store.count_tasks(
+                state=request.state, skill=request.skill, tenant=request.tenant, since=since, before=until
+            )
         return api.TaskListReply(tasks=tasks, next_cursor=tasks[-1].task_id if more else None, total=total)
 
     @serves(verbs.TASK_STATES)
