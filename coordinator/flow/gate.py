@@ -20,6 +20,7 @@ waits to retry it keeps its place; the retry's start is counted when it is due.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -63,14 +64,18 @@ class Grant:
 
 @dataclass(slots=True)
 class Waiting:
-    """A pending task held by the gate."""
+    """A pending task held by the gate; `arrival` counts the tasks that reached the gate before it."""
 
     record: TaskRecord
     keys: TaskKeys
-    rank: tuple[int, float, str] = field(init=False)
+    arrival: int
+    rank: tuple[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rank = (PRIORITY_RANK.get(self.record.priority, 1), self.record.created_at, self.record.task_id)
+        # Priority, then the order tasks reached the gate - their submit order, or with fair share
+        # the tenants' weighted turns. Not their age: a flood's older tasks, dispatched in turn with
+        # another tenant's, would then overtake that tenant's waiting tasks again and again.
+        self.rank = (PRIORITY_RANK.get(self.record.priority, 1), self.arrival)
 
 
 class Publisher(Protocol):
@@ -108,6 +113,7 @@ class FlowGate:
         self.grants: dict[str, Grant] = {}
         self.waiting: dict[str, Waiting] = {}
         self._restored = False
+        self._arrivals = itertools.count()
         self._wake = asyncio.Event()
         self._pumping = asyncio.Lock()
         self._notices: list[CooldownNotice] = []
@@ -145,7 +151,7 @@ class FlowGate:
                 if record.flow_ticket.alternative:
                     notes.append(_granted(record, now))
             else:
-                self.waiting[record.task_id] = Waiting(record, keys)
+                self.waiting[record.task_id] = Waiting(record, keys, next(self._arrivals))
                 waiting_keys.update(keys.keys)
                 held.append((record, *blocked))
         if held or notes:
@@ -174,6 +180,15 @@ class FlowGate:
                 self._book.release_finished(failed)
         for record in failed:
             log.warning("flow.task_refused", task_id=record.task_id, error=record.error_message)
+
+    def lane(self, record: TaskRecord) -> str:
+        """The keys of the task's first choice ("" for none, or when they cannot be made: `admit`
+        refuses it then): the tasks that wait for the same room."""
+        try:
+            keys = self._resolver.resolve(record)
+        except InvalidInputError:
+            return ""
+        return "" if keys is None else ",".join(sorted(keys.alternatives[0].keys))
 
     def _try_grant(
         self, record: TaskRecord, keys: TaskKeys, now: float, *, blocked: set[str]
