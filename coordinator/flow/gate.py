@@ -4,13 +4,17 @@ The submit pipeline hands every task it is about to publish to `admit` (coordina
 `PublishGate`). A task that uses no key passes at once and costs one dict lookup. A task whose keys
 all have room takes its permit on each (a place in the concurrency, one start, its token estimate)
 and is published. Any other stays `pending` - it holds no worker slot, since no worker can see it -
-with a `waiting for limit KEY` row in its timeline, in a waiting list ordered by priority, then age.
+with a `waiting for limit KEY` row in its timeline, in a waiting list ordered by priority, then
+arrival at the gate.
 
 `pump` (a periodic job every `flow.gate_interval_s`, and at once after a permit comes back) walks the
 waiting list in that order and publishes what now fits; a task that does not fit blocks later tasks
-on the same keys, so priority order holds per key. A task that lists alternatives (llm.chat's
-`fallback_models`) runs on the first one with room while its own key cools down or its breaker is
-open; its timeline says which served (`limit granted`).
+on the same keys, so priority order holds per key. Lower priorities cannot starve behind a key's
+high backlog: per lane (tasks with the same keys) the gate keeps the pull loop's priority shares
+(common/priority_shares.py), and a normal or low task owed its share is offered room first.
+
+A task that lists alternatives (llm.chat's `fallback_models`) runs on the first one with room while
+its own key cools down or its breaker is open; its timeline says which served (`limit granted`).
 
 A task's permit is given back when its outcome is committed (an after-commit listener), so a worker
 that dies holding it costs nothing: the task runs again (reclaimed) under the same permit. While a task
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,7 +39,8 @@ from common.event_kinds import EventKind
 from common.events import TaskFailed
 from common.flow import LLM_SKILL, CooldownNotice, FailureReason, FlowTicket, cooldown_subject, failure_reason
 from common.log import get_logger
-from common.states import TERMINAL_STATES, Priority, TaskState
+from common.priority_shares import PriorityShares
+from common.states import PRIORITIES, TERMINAL_STATES, Priority, TaskState
 from communication.connection import NATS_ERRORS, NatsConnection
 from coordinator.flow.keys import KeyResolver, TaskKeys
 from coordinator.flow.ledger import Ledger
@@ -70,12 +76,15 @@ class Waiting:
     keys: TaskKeys
     arrival: int
     rank: tuple[int, int] = field(init=False)
+    # The tasks waiting for the same room (the first choice's keys): priority shares are kept per lane.
+    lane: str = field(init=False)
 
     def __post_init__(self) -> None:
         # Priority, then the order tasks reached the gate - their submit order, or with fair share
         # the tenants' weighted turns. Not their age: a flood's older tasks, dispatched in turn with
         # another tenant's, would then overtake that tenant's waiting tasks again and again.
         self.rank = (PRIORITY_RANK.get(self.record.priority, 1), self.arrival)
+        self.lane = lane_of(self.keys)
 
 
 class Publisher(Protocol):
@@ -114,6 +123,8 @@ class FlowGate:
         self.waiting: dict[str, Waiting] = {}
         self._restored = False
         self._arrivals = itertools.count()
+        # Per lane: the starts owed to normal and low while high waits too (docs/Flow_control.md).
+        self._shares: dict[str, PriorityShares] = {}
         self._wake = asyncio.Event()
         self._pumping = asyncio.Lock()
         self._notices: list[CooldownNotice] = []
@@ -188,7 +199,7 @@ class FlowGate:
             keys = self._resolver.resolve(record)
         except InvalidInputError:
             return ""
-        return "" if keys is None else ",".join(sorted(keys.alternatives[0].keys))
+        return "" if keys is None else lane_of(keys)
 
     def _try_grant(
         self, record: TaskRecord, keys: TaskKeys, now: float, *, blocked: set[str]
@@ -255,23 +266,57 @@ class FlowGate:
             blocked: set[str] = set()
             granted: list[TaskRecord] = []
             notes: list[EventRecord] = []
-            for waiting in sorted(self.waiting.values(), key=lambda w: w.rank):
+            left = Counter((w.lane, w.record.priority) for w in self.waiting.values())
+            for waiting in self._in_turn(left):
                 record = waiting.record
+                left[waiting.lane, record.priority] -= 1
                 if record.state != TaskState.PENDING:
                     del self.waiting[record.task_id]  # cancelled, or moved on elsewhere
                     continue
                 reason = self._try_grant(record, waiting.keys, now, blocked=blocked)
                 if reason is not None:
+                    left[waiting.lane, record.priority] += 1
                     blocked.update(waiting.keys.keys)
                     continue
                 del self.waiting[record.task_id]
+                self._started(waiting.lane, record.priority, left)
                 granted.append(record)
                 notes.append(_granted(record, now))
+            for lane in set(self._shares) - {w.lane for w in self.waiting.values()}:
+                del self._shares[lane]  # nothing waits there: it is owed nothing
             if not granted:
                 return
             async with self._book.lock:
                 await self._writer.write_batch(WriteBatch(events=notes))
             await self.publisher.publish_admitted(granted)
+
+    def _in_turn(self, left: Counter[tuple[str, Priority]]) -> list[Waiting]:
+        """The waiting tasks in the order they are offered room: by priority, then arrival, except
+        that in a lane where normal or low is owed its share, its first task goes first."""
+        ordered = sorted(self.waiting.values(), key=lambda w: w.rank)
+        owed: list[Waiting] = []
+        seen: set[str] = set()
+        for waiting in ordered:
+            if waiting.lane in seen:
+                continue
+            seen.add(waiting.lane)
+            shares = self._shares.setdefault(waiting.lane, PriorityShares())
+            turn = shares.choose([p for p in PRIORITIES if left[waiting.lane, p]])
+            if turn is not None and turn != waiting.record.priority:
+                owed.append(next(w for w in ordered if w.lane == waiting.lane and w.record.priority == turn))
+        if not owed:
+            return ordered
+        first = {id(w) for w in owed}
+        return owed + [w for w in ordered if id(w) not in first]
+
+    def _started(self, lane: str, priority: Priority, left: Counter[tuple[str, Priority]]) -> None:
+        """A task of `priority` in `lane` got room: the lower priorities still waiting there were
+        passed over once more."""
+        shares = self._shares.setdefault(lane, PriorityShares())
+        still = [p for p in PRIORITIES if left[lane, p]]
+        shares.started(priority, 1, still)
+        for idle in set(PRIORITIES) - set(still) - {priority}:
+            shares.idle(idle)
 
     # --- outcomes ------------------------------------------------------------------------------
 
@@ -400,6 +445,11 @@ class FlowGate:
     def waiting_on(self, key: str) -> int:
         """How many tasks wait with `key` among their first choice's keys."""
         return sum(1 for w in self.waiting.values() if key in w.keys.keys)
+
+
+def lane_of(keys: TaskKeys) -> str:
+    """The lane of a task with `keys`: its first choice's keys, sorted and joined."""
+    return ",".join(sorted(keys.alternatives[0].keys))
 
 
 def _granted(record: TaskRecord, now: float) -> EventRecord:
