@@ -347,6 +347,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX schedule_fires_by_schedule ON schedule_fires (schedule, fired_at);
         """,
     ),
+    (
+        15,
+        "workflow runs belong to a tenant: their node tasks are that tenant's (coordinator/workflows)",
+        """
+        ALTER TABLE workflow_runs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
