@@ -101,3 +101,38 @@ async def test_fair_share_and_limits_together_keep_the_limit_the_weights_and_eve
     window = Counter(tenants[first : last + 1])
     share = window["b"] / (last + 1 - first)
     assert 0.65 <= share <= 0.85, f"B got {share:.1%} of the limited starts while both waited; its weight gives 75 %"
+
+
+async def test_with_both_on_tasks_held_by_either_survive_a_coordinator_restart_and_all_run_within_the_limit(
+    nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path
+) -> None:
+    """Tasks waiting for their tenant's share and tasks waiting for the limit are `pending` rows: a
+    restarted coordinator sorts them into its lanes and the gate again, none is lost or run twice,
+    and the limit holds across the restart."""
+    config = make_config(
+        nats_server,
+        prefix,
+        tmp_path,
+        tenants={"fair_share": True, "dispatch_ahead": 4, "quotas": {"b": {"weight": 3}}},
+        flow={"skill_keys": {"call": ["api:{name}"]}, "limits": [{"key": "api:slow", "concurrency": CONCURRENCY}]},
+    )
+    calls = Calls()
+    skills = SkillRegistry([Skill("call", calls.call)])
+    specs = [spec("call", {"name": "slow", "tenant": t}) for t in "ab" for _ in range(12)]
+    async with running_coordinator(config), connected_client(config) as client:
+        async with running_worker(worker_config(config, node_id="early"), skills=skills):
+            pass
+        submitted = await client.submit_many(specs[:12], tenant="a")
+        submitted += await client.submit_many(specs[12:], tenant="b")
+        free = await client.submit_many([spec("call", {"name": "free", "tenant": "c"}) for _ in range(3)], tenant="c")
+        notes = {e.kind for r in submitted for e in (await client.get_task(r.task_id)).events}
+        assert {"waiting for limit", "waiting for tenant share"} <= notes
+    async with (
+        running_coordinator(config),
+        connected_client(config) as client,
+        running_worker(worker_config(config, node_id="w1", concurrency=8), skills=skills),
+    ):
+        final = await client.wait([r.task_id for r in submitted + free], timeout_s=120)
+    assert Counter(final.values()) == {TaskState.SUCCEEDED: 27}
+    assert len(calls.starts["slow"]) == 24 and calls.finished["free"] == 3  # none run twice
+    assert calls.most["slow"] <= CONCURRENCY
