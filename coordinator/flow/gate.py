@@ -111,7 +111,7 @@ class FlowGate:
     ) -> None:
         self.settings = settings
         self.ledger = ledger
-        self._resolver = KeyResolver(settings.skill_keys, manifest_keys)
+        self._resolver = KeyResolver(settings.skill_keys, manifest_keys, limited=self._limited)
         self._book = book
         self._writer = writer
         self._conn = conn
@@ -192,6 +192,10 @@ class FlowGate:
         for record in failed:
             log.warning("flow.task_refused", task_id=record.task_id, error=record.error_message)
 
+    def _limited(self, key: str) -> bool:
+        use = self.ledger.keys.get(key)
+        return use is not None and use.limit is not None
+
     def lane(self, record: TaskRecord) -> str:
         """The keys of the task's first choice ("" for none, or when they cannot be made: `admit`
         refuses it then): the tasks that wait for the same room."""
@@ -256,6 +260,8 @@ class FlowGate:
 
     async def pump(self) -> None:
         """Publish the waiting tasks that fit now, in priority order (a periodic job)."""
+        if self.loader is not None:
+            await self.loader()  # before `_restore`: a task's keys depend on the limits (tenant keys)
         self._restore()
         await self._send_notices()
         if not self.waiting or self.publisher is None:
