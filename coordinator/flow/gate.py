@@ -28,7 +28,7 @@ import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -87,6 +87,15 @@ class Waiting:
         self.lane = lane_of(self.keys)
 
 
+@runtime_checkable
+class KeyedHolder(Protocol):
+    """A submit gate that holds tasks back before they reach this gate (the fair-share dispatcher)."""
+
+    def waiting_on(self, key: str) -> int:
+        """How many tasks it holds whose first choice uses `key`."""
+        ...
+
+
 class Publisher(Protocol):
     """What the gate needs from the submit pipeline: publish tasks it let through."""
 
@@ -117,6 +126,8 @@ class FlowGate:
         self._conn = conn
         self._clock = clock
         self.publisher: Publisher | None = None
+        # Gates in front of this one that hold tasks for these keys too (counted in `waiting_on`).
+        self.held_before: list[KeyedHolder] = []
         # Loads the stored limits before the first decision (FlowDesk.load).
         self.loader: Callable[[], Awaitable[None]] | None = None
         self.grants: dict[str, Grant] = {}
@@ -449,8 +460,10 @@ class FlowGate:
                 self.grants[record.task_id] = Grant(alternative.keys, keys.tokens, record.skill, alternative.model)
 
     def waiting_on(self, key: str) -> int:
-        """How many tasks wait with `key` among their first choice's keys."""
-        return sum(1 for w in self.waiting.values() if key in w.keys.keys)
+        """How many tasks wait with `key` among their first choice's keys (here, or held back for
+        their tenant's share in a lane of that key)."""
+        here = sum(1 for w in self.waiting.values() if key in w.keys.keys)
+        return here + sum(holder.waiting_on(key) for holder in self.held_before)
 
 
 def lane_of(keys: TaskKeys) -> str:

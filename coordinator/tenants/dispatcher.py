@@ -71,6 +71,10 @@ class FairDispatcher:
                 found[skill, priority].update(queue.tenants())
         return {lane: dict(tenants) for lane, tenants in found.items()}
 
+    def waiting_on(self, key: str) -> int:
+        """Held-back tasks whose lane is for limit key `key` (they wait for it too: `claw limits list`)."""
+        return sum(len(queue) for (_, _, keys), queue in self._queues.items() if key in keys.split(","))
+
     def running(self, tenant: str) -> int:
         """Dispatched, unfinished tasks of `tenant`."""
         return len(self._active.get(tenant, ()))

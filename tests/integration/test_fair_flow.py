@@ -11,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from common import verbs
+from common.api import LimitsListRequest
 from common.states import TaskState
 from communication.nats_server import EmbeddedNatsServer
 from tests.conftest import make_config
@@ -74,6 +76,9 @@ async def test_fair_share_and_limits_together_keep_the_limit_the_weights_and_eve
             await eventually(lambda: len(calls.starts["slow"]) >= 6, what="tenant A's flood running")
             late = await client.submit_many([call("slow", "b") for _ in range(LATE)], tenant="b")
             slow_started_at_submit = len(calls.starts["slow"])
+            # `claw limits list` counts the tasks held for their tenant's share in the key's lane too.
+            reply = await client.call(verbs.LIMITS_LIST, LimitsListRequest())
+            [view] = [v for v in reply.limits if v.key == "api:slow"]
             free = await client.submit_many([call("free", "c") for _ in range(FREE)], tenant="c")
             await eventually(lambda: calls.finished["free"] == FREE, timeout_s=60, what="tenant C's free calls done")
             # The unlimited calls of the same skill ran beside the limited backlog at once, not one per
@@ -84,6 +89,7 @@ async def test_fair_share_and_limits_together_keep_the_limit_the_weights_and_eve
             final = await client.wait(ids, timeout_s=180)
 
     assert Counter(final.values()) == {TaskState.SUCCEEDED: FLOOD + LATE + FREE}  # nothing stuck
+    assert view.waiting >= FLOOD + LATE - slow_started_at_submit - 10, view
     assert slow_started_meanwhile <= 12, slow_started_meanwhile
     assert waiting.state == TaskState.PENDING
     assert {"waiting for limit", "waiting for tenant share"} & {e.kind for e in waiting.events}
