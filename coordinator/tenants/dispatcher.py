@@ -163,7 +163,8 @@ class FairDispatcher:
         """Lanes per limit key come and go with the keys (one per host, per model): keep memory bounded."""
         for lane in [lane for lane, queue in self._queues.items() if not len(queue) and not self._ahead.get(lane)]:
             del self._queues[lane]
-            self._ahead.pop(lane, None)
+        for lane in [lane for lane, ahead in self._ahead.items() if not ahead and lane not in self._queues]:
+            del self._ahead[lane]  # re-made empty by a late discard of a task that ran
 
     def _take(self) -> list[TaskRecord]:
         chosen: list[TaskRecord] = []
