@@ -123,7 +123,12 @@ class NodeRegistry:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
-        await self._store.upsert([(self._nodes[n].view, self._nodes[n].interval_s) for n in dirty])
+        try:
+            await self._store.upsert([(self._nodes[n].view, self._nodes[n].interval_s) for n in dirty])
+        except BaseException:
+            # Not written (a full disk, a stop): kept for the next call, never dropped.
+            self._dirty |= dirty
+            raise
 
     def get(self, node_id: str) -> NodeView | None:
         """One node's view."""

@@ -355,7 +355,14 @@ class TaskRunner:
 
     def _invoke(self, skill: Skill, ctx: TaskContext, payload: dict[str, Any]) -> Awaitable[Any]:
         if skill.is_async:
-            result: Awaitable[Any] = skill.handler(ctx, payload)
+            try:
+                result: Awaitable[Any] = skill.handler(ctx, payload)
+            # Raised by the call itself, before any await (a wrong signature): the attempt fails like
+            # any handler error instead of escaping the attempt unreported.
+            except Exception as exc:  # noqa: BLE001
+                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                return failed
             return result
         # A thread cannot be interrupted: on timeout or cancel the slot is freed, the thread runs on.
         return asyncio.get_running_loop().run_in_executor(self._threads, skill.handler, ctx, payload)
@@ -402,6 +409,9 @@ class TaskRunner:
         try:
             await self._reporter.report(outcome)
         except PublishFailedError as exc:
+            if exc.permanent:
+                await self._fail_unreportable(msg, outcome, exc)
+                return
             # Unsettled: JetStream redelivers after the ack wait and another attempt reports again.
             log.error("task.outcome_not_reported", error=str(exc))
             return
@@ -414,6 +424,29 @@ class TaskRunner:
                 self._retry_scheduled(task.skill, task.priority, outcome.retry_in_s)
         else:
             await _settle(msg.term())
+
+    async def _fail_unreportable(self, msg: Msg, outcome: Outcome, exc: PublishFailedError) -> None:
+        """An outcome the server can never store (larger than its max_payload, e.g. a huge error
+        message) ends the task failed for good with a short event saying why: left unsettled, it would
+        come back and fail the same way on every delivery."""
+        log.error("task.outcome_too_large", error=str(exc))
+        failed = TaskFailed(
+            event_id=new_id(),
+            task_id=outcome.task_id,
+            attempt=outcome.attempt,
+            node_id=outcome.node_id,
+            at=self._clock.now(),
+            error_type="OutcomeTooLargeError",
+            message=f"the attempt's {outcome.__struct_config__.tag} event could not be reported: {exc}; keep error "
+            "messages and tracebacks short, and return large results through the artifact store",
+            started_at=outcome.started_at,
+        )
+        try:
+            await self._reporter.report(failed)
+        except PublishFailedError as again:
+            log.error("task.outcome_not_reported", error=str(again))
+            return
+        await _settle(msg.term())
 
     async def _give_up_exhausted(self, msg: Msg, task: TaskMessage, attempt: int, delivered: int) -> None:
         """A delivery past `max_attempts`: earlier attempts never reported (their worker died)."""

@@ -63,8 +63,9 @@ class EventReporter:
             try:
                 await stored
                 return
-            except PublishFailedError:
-                if self._loop.time() + delay > deadline:
+            except PublishFailedError as exc:
+                # A message the server will never accept (too large) fails the same way every time.
+                if exc.permanent or self._loop.time() + delay > deadline:
                     raise
                 log.warning("event.report_retry", task_id=event.task_id, retry_in_s=delay)
                 await asyncio.sleep(delay)
