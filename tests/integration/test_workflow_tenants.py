@@ -5,6 +5,7 @@ result, a schedule's fires submit for its tenant, and a bad tenant name is one c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections import Counter
@@ -83,8 +84,20 @@ async def test_a_runs_node_tasks_are_its_tenants_and_the_cache_is_per_tenant(
         with pytest.raises(InvalidInputError, match="not a valid tenant name"):
             await client.call(verbs.WORKFLOW_RUN, api.WorkflowRunRequest(name="pair", tenant="no such tenant!"))
 
+        # The command line: `claw workflow run --tenant`, and `show` says whose run it is.
+        cli = await asyncio.to_thread(
+            processes.run, "workflow", "run", "pair", "--input", '{"k": 9}', "--tenant", "acme", "--wait", "--json"
+        )
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        cli_view = await finished(client, json.loads(cli.stdout)["run_id"])
+        assert set(tenants_of(config, cli_view).values()) == {"acme"}
+        shown = await asyncio.to_thread(processes.run, "workflow", "show", cli_view.run_id)
+        assert "  tenant: acme" in shown.stdout.splitlines(), shown.stdout
+        bad = await asyncio.to_thread(processes.run, "workflow", "run", "pair", "--tenant", "no such tenant!")
+        assert bad.returncode != 0 and "not a valid tenant name" in bad.stderr and "Traceback" not in bad.stderr
 
-async def test_a_schedules_fires_submit_for_its_tenant(config: ClawConfig) -> None:
+
+async def test_a_schedules_fires_submit_for_its_tenant(config: ClawConfig, processes: ProcessPool) -> None:
     async with running_coordinator(config), running_worker(config), connected_client(config) as client:
         await wait_nodes_online(client, 1)
         await client.call(verbs.WORKFLOW_REGISTER, api.WorkflowSpecRequest(spec=yaml.safe_dump(SPEC)))
@@ -106,6 +119,11 @@ async def test_a_schedules_fires_submit_for_its_tenant(config: ClawConfig) -> No
             await client.create_schedule(
                 api.ScheduleCreateRequest(name="bad", on_event=True, skill="echo", tenant="no such tenant!")
             )
+        made = await asyncio.to_thread(
+            processes.run, "schedules", "create", "cli", "--on-event", "--skill", "echo", "--tenant", "acme", "--json"
+        )
+        assert made.returncode == 0, made.stderr
+        assert json.loads(made.stdout)["tenant"] == "acme"
     with sqlite3.connect(config.coordinator.db_path) as db:
         states = Counter(row[0] for row in db.execute("SELECT state FROM tasks WHERE tenant = 'acme'"))
     assert states == {TaskState.SUCCEEDED.value: 3}
