@@ -609,6 +609,8 @@ class WorkflowRunRequest(msgspec.Struct, frozen=True, kw_only=True):
     version: int | None = None
     run_id: str | None = None
     submitter: str | None = None
+    # Whose run it is (unset: `default`): its node tasks are that tenant's (quotas, fair share, usage).
+    tenant: str | None = None
 
 
 class WorkflowRunReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -687,6 +689,7 @@ class WorkflowRunView(msgspec.Struct, frozen=True, kw_only=True):
     submitter: str | None = None
     trace_id: str | None = None
     nodes: list[WorkflowNodeView] = []
+    tenant: str = "default"
 
 
 class WorkflowListRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -759,6 +762,8 @@ class ScheduleCreateRequest(msgspec.Struct, frozen=True, kw_only=True):
     max_catchup: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
     paused: bool = False
     by: str | None = None
+    # The tenant its fires submit tasks or start runs for (unset: `default`).
+    tenant: str | None = None
 
 
 class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
@@ -780,6 +785,7 @@ class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
     fires: int
     created_at: float
     created_by: str | None
+    tenant: str = "default"
 
 
 class ScheduleFireView(msgspec.Struct, frozen=True, kw_only=True):

@@ -120,6 +120,8 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True):
     input_ref: ArtifactRef | None = None
     # Flow control: the limit keys the task holds (None: it uses none; docs/Flow_control.md).
     flow: FlowTicket | None = None
+    # Whose task it is: what a handler keeps per tenant (the response cache) is kept apart by it.
+    tenant: str = "default"
 
 
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True):

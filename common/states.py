@@ -47,6 +47,8 @@ class AttemptState(StrEnum):
     FAILED = "failed"
     LOST = "lost"
     CANCELLED = "cancelled"
+    # The API it called answered "too many requests" (HTTP 429): pushed back, not failed (flow control).
+    RATE_LIMITED = "rate_limited"
 
 
 class Priority(StrEnum):

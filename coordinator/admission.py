@@ -72,6 +72,7 @@ class Admission:
                 "fit in one request: split it"
             )
         tenant = tenant_of_submit(request, caller)
+        _check_tenant_keys(request, tenant)
         now = self._clock.now()
         records = []
         for index, spec in enumerate(request.tasks):
@@ -205,6 +206,18 @@ def _backoff_json(backoff: Backoff | None, manifest: SkillManifest | None) -> st
         r = manifest.retry
         backoff = Backoff(base_s=r.base_s, factor=r.factor, max_s=r.max_s, jitter=r.jitter)
     return None if backoff is None else encode(backoff).decode()
+
+
+def _check_tenant_keys(request: SubmitRequest, tenant: str) -> None:
+    """A task may add limit keys, but not another tenant's own key: it would spend that tenant's
+    capacity (its `tenant:<name>` limit) and stall its work."""
+    own = f"tenant:{tenant}"
+    for spec in request.tasks:
+        for key in spec.limit_keys:
+            if key.startswith("tenant:") and key != own:
+                raise InvalidInputError(
+                    f"limit key {key!r} is another tenant's own key: a task may only add its own tenant's ({own!r})"
+                )
 
 
 def _flow_json(limit_keys: list[str]) -> str | None:

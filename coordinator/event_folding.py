@@ -38,6 +38,7 @@ from common.events import (
     TaskUsage,
     TaskVerifying,
 )
+from common.flow import FailureReason, failure_reason
 from common.ids import shown_id
 from common.log import get_logger
 from common.models import ARTIFACT_MARKER, ArtifactRef
@@ -296,7 +297,7 @@ class EventFolder:
                 record.task_id,
                 event.attempt,
                 event.node_id,
-                AttemptState.FAILED,
+                _failed_state(event),
                 started_at=event.started_at or None,
                 finished_at=event.at,
                 error_type=event.error_type,
@@ -360,7 +361,7 @@ class EventFolder:
         """
         if event.attempt < record.attempts:
             return  # an older attempt, superseded before the cancel
-        state = AttemptState.FAILED if isinstance(event, TaskFailed) else AttemptState.SUCCEEDED
+        state = _failed_state(event) if isinstance(event, TaskFailed) else AttemptState.SUCCEEDED
         EventFolder._record_attempt_of_cancelled(record, event, batch, state)
 
     @staticmethod
@@ -446,3 +447,11 @@ def _check_holder(event: TaskEvent, record: TaskRecord) -> None:
         raise ForgedEventError(
             f"a {kind} event from node {event.node_id} for attempt {event.attempt}, which node {holder} holds"
         )
+
+
+def _failed_state(event: TaskFailed) -> AttemptState:
+    """How a failed attempt is recorded: `rate_limited` when the API it called pushed back (a 429),
+    which is the API's limit, not the task's fault (docs/Flow_control.md); else `failed`."""
+    if failure_reason(event.error_type, event.message) == FailureReason.RATE_LIMIT:
+        return AttemptState.RATE_LIMITED
+    return AttemptState.FAILED

@@ -609,6 +609,11 @@ class PublishGate(Protocol):
         """The records that may be published now; the others stay pending until it publishes them."""
         ...
 
+    def lane(self, record: TaskRecord) -> str:
+        """Which tasks wait for the same room as `record` (its limit keys; "" for none): the fair-share
+        dispatcher queues them apart, so tasks waiting for a limit do not hold up the others."""
+        ...
+
 
 def _key_of_another_tenant(
     records: list[TaskRecord], existing_keys: dict[str, tuple[str, TaskState, str]]

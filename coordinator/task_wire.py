@@ -55,4 +55,5 @@ def task_message_of(record: TaskRecord, fallback_backoff: Backoff) -> TaskMessag
         submitted_at=record.created_at,
         backoff=backoff,
         flow=record.flow_ticket,
+        tenant=record.tenant,
     )

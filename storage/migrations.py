@@ -349,7 +349,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     # standby: the number of the last commit, shipped to the <PREFIX>_REPL stream (storage/replication.py).
     (
-        14,
+        13,
         "replication: commit number",
         """
         CREATE TABLE replication (
@@ -357,6 +357,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             commit_no INTEGER NOT NULL
         );
         INSERT INTO replication (id, commit_no) VALUES (1, 0);
+        """,
+    ),
+    (
+        14,
+        "workflow runs belong to a tenant: their node tasks are that tenant's (coordinator/workflows)",
+        """
+        ALTER TABLE workflow_runs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
         """,
     ),
 ]

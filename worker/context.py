@@ -54,6 +54,9 @@ class TaskContext:
     # alternative that serves it (llm.chat's fallbacks), and the worker's permit client.
     limit_keys: tuple[str, ...] = ()
     flow_model: str | None = None
+    # Whose task it is (the coordinator decided it at submit): per-tenant state, such as the
+    # response cache, is kept apart by it.
+    tenant: str = "default"
     _flow: FlowClient | None = field(default=None, repr=False)
     # Tokens reported inside each open `limit` block, by permit id.
     _call_usage: dict[str, list[int]] = field(default_factory=dict, repr=False)

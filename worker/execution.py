@@ -215,6 +215,7 @@ class TaskRunner:
             _loop=loop,
             limit_keys=tuple(keys),
             flow_model=task.flow.model if task.flow is not None else None,
+            tenant=task.tenant,
             _flow=self._flow,
         )
         attributes: dict[str, str | int] | None = None

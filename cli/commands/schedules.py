@@ -129,6 +129,10 @@ def schedules_create(
         int, typer.Option("--max-catchup", help="With --missed all: at most this many missed fires.", min=0, max=1000)
     ] = 10,
     paused: Annotated[bool, typer.Option("--paused", help="Create it paused.")] = False,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", metavar="<name>", help="Whose tasks and runs its fires start (default: default)."),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Make a schedule. Exactly one of --cron, --every, --on-subject, --on-artifact, --on-event, and one of
@@ -155,6 +159,7 @@ def schedules_create(
             max_catchup=max_catchup,
             paused=paused,
             by=getpass.getuser(),
+            tenant=tenant,
         )
         return await client.call(verbs.SCHEDULE_CREATE, request)
 

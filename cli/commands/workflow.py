@@ -78,11 +78,21 @@ def workflow_run(
         str | None, typer.Option("--run-id", help="Choose the run's id: running it again finds the same run.")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to end; exit 1 unless it succeeded.")] = False,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant",
+            metavar="<name>",
+            help="Whose run it is: its node tasks count against the tenant's quotas and share (default: default).",
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Start a run of a registered workflow."""
     raw = _input(input, input_file) or msgspec.Raw(b"{}")
-    request = api.WorkflowRunRequest(name=name, input=raw, version=version, run_id=run_id, submitter=getpass.getuser())
+    request = api.WorkflowRunRequest(
+        name=name, input=raw, version=version, run_id=run_id, submitter=getpass.getuser(), tenant=tenant
+    )
     _start(ctx, lambda client: client.call(verbs.WORKFLOW_RUN, request), wait, json_out)
 
 
@@ -262,6 +272,8 @@ def render_run(view: api.WorkflowRunView) -> None:
     if view.finished_at is not None:
         head += f" in {fmt_duration(view.finished_at - view.created_at)}"
     print(head)
+    if view.tenant != "default":
+        print(f"  tenant: {view.tenant}")
     if view.rerun_of:
         print(f"  rerun of {view.rerun_of} from {view.from_node}")
     if view.error:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from communication.response_cache import ResponseCache
 from coordinator.flow.desk import FlowDesk
-from coordinator.flow.gate import FlowGate
+from coordinator.flow.gate import FlowGate, KeyedHolder
 from coordinator.flow.ledger import Ledger
 from coordinator.flow.usage import UsageBook, UsageCounters
 from coordinator.periodic_jobs import PeriodicJob
@@ -38,6 +38,7 @@ def register(c: Coordinator) -> None:
     store = FlowStore(c.db)
     gate = FlowGate(settings, ledger, c.book, c.writer, c.conn, c.clock, manifest_keys=lambda s: _manifest_keys(c, s))
     gate.publisher = c.pipeline
+    gate.held_before = [g for g in c.pipeline.gates if isinstance(g, KeyedHolder)]
     counters = None if c.metrics is None else UsageCounters(c.metrics.registry)
     usage = UsageBook(settings, c.book, store, lambda task_id: _model(gate, task_id), counters)
     cache = ResponseCache(c.conn, c.clock)

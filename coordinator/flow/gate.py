@@ -4,13 +4,17 @@ The submit pipeline hands every task it is about to publish to `admit` (coordina
 `PublishGate`). A task that uses no key passes at once and costs one dict lookup. A task whose keys
 all have room takes its permit on each (a place in the concurrency, one start, its token estimate)
 and is published. Any other stays `pending` - it holds no worker slot, since no worker can see it -
-with a `waiting for limit KEY` row in its timeline, in a waiting list ordered by priority, then age.
+with a `waiting for limit KEY` row in its timeline, in a waiting list ordered by priority, then
+arrival at the gate.
 
 `pump` (a periodic job every `flow.gate_interval_s`, and at once after a permit comes back) walks the
 waiting list in that order and publishes what now fits; a task that does not fit blocks later tasks
-on the same keys, so priority order holds per key. A task that lists alternatives (llm.chat's
-`fallback_models`) runs on the first one with room while its own key cools down or its breaker is
-open; its timeline says which served (`limit granted`).
+on the same keys, so priority order holds per key. Lower priorities cannot starve behind a key's
+high backlog: per lane (tasks with the same keys) the gate keeps the pull loop's priority shares
+(common/priority_shares.py), and a normal or low task owed its share is offered room first.
+
+A task that lists alternatives (llm.chat's `fallback_models`) runs on the first one with room while
+its own key cools down or its breaker is open; its timeline says which served (`limit granted`).
 
 A task's permit is given back when its outcome is committed (an after-commit listener), so a worker
 that dies holding it costs nothing: the task runs again (reclaimed) under the same permit. While a task
@@ -20,9 +24,11 @@ waits to retry it keeps its place; the retry's start is counted when it is due.
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -33,7 +39,8 @@ from common.event_kinds import EventKind
 from common.events import TaskFailed
 from common.flow import LLM_SKILL, CooldownNotice, FailureReason, FlowTicket, cooldown_subject, failure_reason
 from common.log import get_logger
-from common.states import TERMINAL_STATES, Priority, TaskState
+from common.priority_shares import PriorityShares
+from common.states import PRIORITIES, TERMINAL_STATES, Priority, TaskState
 from communication.connection import NATS_ERRORS, NatsConnection
 from coordinator.flow.keys import KeyResolver, TaskKeys
 from coordinator.flow.ledger import Ledger
@@ -63,14 +70,30 @@ class Grant:
 
 @dataclass(slots=True)
 class Waiting:
-    """A pending task held by the gate."""
+    """A pending task held by the gate; `arrival` counts the tasks that reached the gate before it."""
 
     record: TaskRecord
     keys: TaskKeys
-    rank: tuple[int, float, str] = field(init=False)
+    arrival: int
+    rank: tuple[int, int] = field(init=False)
+    # The tasks waiting for the same room (the first choice's keys): priority shares are kept per lane.
+    lane: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rank = (PRIORITY_RANK.get(self.record.priority, 1), self.record.created_at, self.record.task_id)
+        # Priority, then the order tasks reached the gate - their submit order, or with fair share
+        # the tenants' weighted turns. Not their age: a flood's older tasks, dispatched in turn with
+        # another tenant's, would then overtake that tenant's waiting tasks again and again.
+        self.rank = (PRIORITY_RANK.get(self.record.priority, 1), self.arrival)
+        self.lane = lane_of(self.keys)
+
+
+@runtime_checkable
+class KeyedHolder(Protocol):
+    """A submit gate that holds tasks back before they reach this gate (the fair-share dispatcher)."""
+
+    def waiting_on(self, key: str) -> int:
+        """How many tasks it holds whose first choice uses `key`."""
+        ...
 
 
 class Publisher(Protocol):
@@ -97,17 +120,22 @@ class FlowGate:
     ) -> None:
         self.settings = settings
         self.ledger = ledger
-        self._resolver = KeyResolver(settings.skill_keys, manifest_keys)
+        self._resolver = KeyResolver(settings.skill_keys, manifest_keys, limited=self._limited)
         self._book = book
         self._writer = writer
         self._conn = conn
         self._clock = clock
         self.publisher: Publisher | None = None
+        # Gates in front of this one that hold tasks for these keys too (counted in `waiting_on`).
+        self.held_before: list[KeyedHolder] = []
         # Loads the stored limits before the first decision (FlowDesk.load).
         self.loader: Callable[[], Awaitable[None]] | None = None
         self.grants: dict[str, Grant] = {}
         self.waiting: dict[str, Waiting] = {}
         self._restored = False
+        self._arrivals = itertools.count()
+        # Per lane: the starts owed to normal and low while high waits too (docs/Flow_control.md).
+        self._shares: dict[str, PriorityShares] = {}
         self._wake = asyncio.Event()
         self._pumping = asyncio.Lock()
         self._notices: list[CooldownNotice] = []
@@ -145,7 +173,7 @@ class FlowGate:
                 if record.flow_ticket.alternative:
                     notes.append(_granted(record, now))
             else:
-                self.waiting[record.task_id] = Waiting(record, keys)
+                self.waiting[record.task_id] = Waiting(record, keys, next(self._arrivals))
                 waiting_keys.update(keys.keys)
                 held.append((record, *blocked))
         if held or notes:
@@ -174,6 +202,19 @@ class FlowGate:
                 self._book.release_finished(failed)
         for record in failed:
             log.warning("flow.task_refused", task_id=record.task_id, error=record.error_message)
+
+    def _limited(self, key: str) -> bool:
+        use = self.ledger.keys.get(key)
+        return use is not None and use.limit is not None
+
+    def lane(self, record: TaskRecord) -> str:
+        """The keys of the task's first choice ("" for none, or when they cannot be made: `admit`
+        refuses it then): the tasks that wait for the same room."""
+        try:
+            keys = self._resolver.resolve(record)
+        except InvalidInputError:
+            return ""
+        return "" if keys is None else lane_of(keys)
 
     def _try_grant(
         self, record: TaskRecord, keys: TaskKeys, now: float, *, blocked: set[str]
@@ -230,6 +271,8 @@ class FlowGate:
 
     async def pump(self) -> None:
         """Publish the waiting tasks that fit now, in priority order (a periodic job)."""
+        if self.loader is not None:
+            await self.loader()  # before `_restore`: a task's keys depend on the limits (tenant keys)
         self._restore()
         await self._send_notices()
         if not self.waiting or self.publisher is None:
@@ -240,23 +283,57 @@ class FlowGate:
             blocked: set[str] = set()
             granted: list[TaskRecord] = []
             notes: list[EventRecord] = []
-            for waiting in sorted(self.waiting.values(), key=lambda w: w.rank):
+            left = Counter((w.lane, w.record.priority) for w in self.waiting.values())
+            for waiting in self._in_turn(left):
                 record = waiting.record
+                left[waiting.lane, record.priority] -= 1
                 if record.state != TaskState.PENDING:
                     del self.waiting[record.task_id]  # cancelled, or moved on elsewhere
                     continue
                 reason = self._try_grant(record, waiting.keys, now, blocked=blocked)
                 if reason is not None:
+                    left[waiting.lane, record.priority] += 1
                     blocked.update(waiting.keys.keys)
                     continue
                 del self.waiting[record.task_id]
+                self._started(waiting.lane, record.priority, left)
                 granted.append(record)
                 notes.append(_granted(record, now))
+            for lane in set(self._shares) - {w.lane for w in self.waiting.values()}:
+                del self._shares[lane]  # nothing waits there: it is owed nothing
             if not granted:
                 return
             async with self._book.lock:
                 await self._writer.write_batch(WriteBatch(events=notes))
             await self.publisher.publish_admitted(granted)
+
+    def _in_turn(self, left: Counter[tuple[str, Priority]]) -> list[Waiting]:
+        """The waiting tasks in the order they are offered room: by priority, then arrival, except
+        that in a lane where normal or low is owed its share, its first task goes first."""
+        ordered = sorted(self.waiting.values(), key=lambda w: w.rank)
+        owed: list[Waiting] = []
+        seen: set[str] = set()
+        for waiting in ordered:
+            if waiting.lane in seen:
+                continue
+            seen.add(waiting.lane)
+            shares = self._shares.setdefault(waiting.lane, PriorityShares())
+            turn = shares.choose([p for p in PRIORITIES if left[waiting.lane, p]])
+            if turn is not None and turn != waiting.record.priority:
+                owed.append(next(w for w in ordered if w.lane == waiting.lane and w.record.priority == turn))
+        if not owed:
+            return ordered
+        first = {id(w) for w in owed}
+        return owed + [w for w in ordered if id(w) not in first]
+
+    def _started(self, lane: str, priority: Priority, left: Counter[tuple[str, Priority]]) -> None:
+        """A task of `priority` in `lane` got room: the lower priorities still waiting there were
+        passed over once more."""
+        shares = self._shares.setdefault(lane, PriorityShares())
+        still = [p for p in PRIORITIES if left[lane, p]]
+        shares.started(priority, 1, still)
+        for idle in set(PRIORITIES) - set(still) - {priority}:
+            shares.idle(idle)
 
     # --- outcomes ------------------------------------------------------------------------------
 
@@ -383,8 +460,15 @@ class FlowGate:
                 self.grants[record.task_id] = Grant(alternative.keys, keys.tokens, record.skill, alternative.model)
 
     def waiting_on(self, key: str) -> int:
-        """How many tasks wait with `key` among their first choice's keys."""
-        return sum(1 for w in self.waiting.values() if key in w.keys.keys)
+        """How many tasks wait with `key` among their first choice's keys (here, or held back for
+        their tenant's share in a lane of that key)."""
+        here = sum(1 for w in self.waiting.values() if key in w.keys.keys)
+        return here + sum(holder.waiting_on(key) for holder in self.held_before)
+
+
+def lane_of(keys: TaskKeys) -> str:
+    """The lane of a task with `keys`: its first choice's keys, sorted and joined."""
+    return ",".join(sorted(keys.alternatives[0].keys))
 
 
 def _granted(record: TaskRecord, now: float) -> EventRecord:

@@ -1,8 +1,12 @@
 """Which limit keys a task uses, and the alternatives it accepts (fallbacks).
 
 A task's keys are its skill's templates rendered over its input (`flow.skill_keys`, else the built-in
-ones of llm.chat and http.request) plus the keys the task added itself. llm.chat's input may list
-`fallback_models`: each is an alternative whose keys are the same templates rendered with that model.
+ones of llm.chat and http.request) plus the keys the task added itself, plus `tenant:<its tenant>`
+while that key has a limit (a tenant's own limit holds over all its work without any task naming
+it; without such a limit the key is left out, so unlimited tasks keep costing one dict lookup).
+
+llm.chat's input may list `fallback_models`: each is an alternative whose keys are the same
+templates rendered with that model.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from common.log import get_logger
 from storage.records import TaskRecord
 
 log = get_logger("coordinator.flow")
+
+# A tenant's own limit key: `tenant:acme`.
+TENANT_KEY_PREFIX = "tenant:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +52,16 @@ class KeyResolver:
     """Resolves tasks' keys from the configured templates."""
 
     def __init__(
-        self, skill_keys: dict[str, list[str]], manifest_keys: Callable[[str], list[str]] | None = None
+        self,
+        skill_keys: dict[str, list[str]],
+        manifest_keys: Callable[[str], list[str]] | None = None,
+        *,
+        limited: Callable[[str], bool] | None = None,
     ) -> None:
         self._configured = {k: list(v) for k, v in skill_keys.items()}
         self._manifest_keys = manifest_keys
+        # Whether a key has a limit now: decides if a task takes its tenant's key.
+        self._limited = limited
 
     def templates(self, skill: str) -> list[str]:
         """A skill's templates: the config's (`flow.skill_keys`), else its manifest's (`limit_keys`),
@@ -63,6 +76,9 @@ class KeyResolver:
         """The task's keys, or None when it uses none; an InvalidInputError when a template needs
         a field the input lacks (the task would otherwise escape its limit)."""
         own = _own_keys(record)
+        tenant_key = f"{TENANT_KEY_PREFIX}{record.tenant}"
+        if self._limited is not None and tenant_key not in own and self._limited(tenant_key):
+            own.append(tenant_key)
         templates = self.templates(record.skill)
         if not templates and not own:
             return None

@@ -38,6 +38,7 @@ from coordinator.schedules.timing import (
     due_fires,
     fire_id,
 )
+from coordinator.tenants.identity import DEFAULT_TENANT, tenant_of_request
 from storage.records import EventRecord, WriteBatch
 from storage.schedule_store import FireRow, ScheduleRow, ScheduleStore
 from storage.task_writer import TaskWriter
@@ -62,6 +63,7 @@ class Workflows(Protocol):
         run_id: str | None = None,
         trigger: str | None = None,
         submitter: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> str:
         """Start a run of workflow `name` and return its id; idempotent on `run_id`."""
         ...
@@ -113,6 +115,7 @@ class Schedule:
             fires=row.fires,
             created_at=row.created_at,
             created_by=row.created_by,
+            tenant=spec.tenant or DEFAULT_TENANT,
         )
 
 
@@ -283,7 +286,9 @@ class ScheduleEngine:
         assert spec.skill is not None
         task_input = spec.input if request.event is None else msgspec.Raw(msgspec.json.encode(_input_of(spec, request)))
         task = TaskSpec(skill=spec.skill, input=task_input, priority=spec.priority, idempotency_key=request.fire_id)
-        reply = await self._submit(api.SubmitRequest(tasks=[task], submitter=f"schedule:{schedule.name}"))
+        reply = await self._submit(
+            api.SubmitRequest(tasks=[task], submitter=f"schedule:{schedule.name}", tenant=spec.tenant)
+        )
         result = reply.results[0]
         if result.duplicate:  # fired before, not recorded (a crash in between): nothing starts twice
             submitter = await self._store.task_submitter(result.task_id)
@@ -310,6 +315,7 @@ class ScheduleEngine:
             run_id=request.fire_id,
             trigger=trigger,
             submitter=f"schedule:{schedule.name}",
+            tenant=spec.tenant or DEFAULT_TENANT,
         )
 
     async def _audit(self, events: list[EventRecord]) -> None:
@@ -408,6 +414,7 @@ class ScheduleEngine:
             check_subject(request.on_subject)
         if request.on_artifact is not None and not request.on_artifact:
             raise InvalidInputError("--on-artifact needs a name prefix (for example reports/)")
+        tenant_of_request(request.tenant)  # a bad name is refused now, not at every fire
         return kinds[0]
 
     @serves(verbs.SCHEDULE_DELETE)

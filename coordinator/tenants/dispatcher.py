@@ -8,7 +8,9 @@ tasks per skill and priority published ahead of their start; the rest stay `pend
 (coordinator/tenants/fair_queue.py), and every start frees a place that goes to the tenant whose
 turn it is by weight. Per priority, so a high task competes only with other high tasks for its
 place, and the workers' priority shares (common/priority_shares.py) still decide between
-priorities. A tenant at its
+priorities. With flow control the lanes are per limit keys too (`PublishGate.lane`): a task
+the gate holds for a limit keeps its place ahead, and must not keep tasks on other keys behind it. A
+tenant at its
 `max_running` (dispatched, unfinished tasks) is skipped until one of its tasks ends.
 
 A new task passes straight through when nothing waits in its lane and there is room ahead, so
@@ -41,8 +43,10 @@ _NOT_STARTED = frozenset({TaskState.PENDING, TaskState.QUEUED})
 # A lane is refilled once this fraction of its places ahead is free (one publish round and commit each).
 REFILL_FRACTION = 4
 
-# Tasks are queued and counted per (skill, priority): the task queue's own unit.
-Lane = tuple[str, Priority]
+# Tasks are queued and counted per (skill, priority) - the task queue's own unit - and, with flow
+# control, per the limit keys they wait for: tasks held by a limit then fill only their own keys'
+# places, and a task of the same skill on another key is not kept behind them.
+Lane = tuple[str, Priority, str]
 
 
 class FairDispatcher:
@@ -59,9 +63,17 @@ class FairDispatcher:
         self._tracked: dict[str, tuple[Lane, str]] = {}
         self._loaded = False
 
-    def waiting(self) -> dict[Lane, dict[str, int]]:
+    def waiting(self) -> dict[tuple[str, Priority], dict[str, int]]:
         """Held-back tasks per (skill, priority) and tenant."""
-        return {lane: queue.tenants() for lane, queue in self._queues.items() if len(queue)}
+        found: defaultdict[tuple[str, Priority], Counter[str]] = defaultdict(Counter)
+        for (skill, priority, _), queue in self._queues.items():
+            if len(queue):
+                found[skill, priority].update(queue.tenants())
+        return {lane: dict(tenants) for lane, tenants in found.items()}
+
+    def waiting_on(self, key: str) -> int:
+        """Held-back tasks whose lane is for limit key `key` (they wait for it too: `claw limits list`)."""
+        return sum(len(queue) for (_, _, keys), queue in self._queues.items() if key in keys.split(","))
 
     def running(self, tenant: str) -> int:
         """Dispatched, unfinished tasks of `tenant`."""
@@ -74,13 +86,13 @@ class FairDispatcher:
         self._load()
         rows: list[EventRecord] = []
         for record in new:
-            lane = (record.skill, record.priority)
+            lane = self._lane(record)
             queue = self._queues.setdefault(lane, FairQueue())
             room = len(self._ahead[lane]) < self._settings.dispatch_ahead
             if room and not len(queue) and self._may_run(record.tenant):
-                self._track(record)
+                self._track(record, lane)
                 continue
-            self._push(record)
+            self._push(record, lane)
             rows.append(
                 EventRecord.of(EventKind.TENANT_WAIT, record.task_id, record.created_at, data={"tenant": record.tenant})
             )
@@ -95,7 +107,7 @@ class FairDispatcher:
             if record.task_id in self._tracked:
                 republish.append(record)
             elif not record.held_for_share:
-                self._push(record)
+                self._push(record, self._lane(record))
         return republish
 
     def refusal(self, new: list[TaskRecord], added: Counter[str]) -> ClawError | None:
@@ -144,7 +156,15 @@ class FairDispatcher:
                     self._untrack(task_id)
                 elif record.state not in _NOT_STARTED:
                     self._ahead[self._tracked[task_id][0]].discard(task_id)
+            self._forget_idle_lanes()
         await self.dispatch(min_room=1)
+
+    def _forget_idle_lanes(self) -> None:
+        """Lanes per limit key come and go with the keys (one per host, per model): keep memory bounded."""
+        for lane in [lane for lane, queue in self._queues.items() if not len(queue) and not self._ahead.get(lane)]:
+            del self._queues[lane]
+        for lane in [lane for lane, ahead in self._ahead.items() if not ahead and lane not in self._queues]:
+            del self._ahead[lane]  # re-made empty by a late discard of a task that ran
 
     def _take(self) -> list[TaskRecord]:
         chosen: list[TaskRecord] = []
@@ -158,22 +178,25 @@ class FairDispatcher:
                 if self._book.get(record.task_id) is not record or record.state != TaskState.PENDING:
                     continue  # cancelled while it waited, or its commit failed
                 record.held_for_share = False
-                self._track(record)
+                self._track(record, lane)
                 chosen.append(record)
         return chosen
 
-    def _push(self, record: TaskRecord) -> None:
+    def _lane(self, record: TaskRecord) -> Lane:
+        gate = self._pipeline.gate
+        return record.skill, record.priority, "" if gate is None else gate.lane(record)
+
+    def _push(self, record: TaskRecord, lane: Lane) -> None:
         record.held_for_share = True
         weight = self._settings.quota(record.tenant).weight
-        queue = self._queues.setdefault((record.skill, record.priority), FairQueue())
+        queue = self._queues.setdefault(lane, FairQueue())
         queue.push(record.tenant, record, weight=weight, priority=record.priority)
 
     def _may_run(self, tenant: str) -> bool:
         limit = self._settings.quota(tenant).max_running
         return limit is None or len(self._active.get(tenant, ())) < limit
 
-    def _track(self, record: TaskRecord) -> None:
-        lane = (record.skill, record.priority)
+    def _track(self, record: TaskRecord, lane: Lane) -> None:
         self._tracked[record.task_id] = (lane, record.tenant)
         self._active[record.tenant].add(record.task_id)
         if record.state in _NOT_STARTED:
@@ -194,9 +217,9 @@ class FairDispatcher:
         self._loaded = True
         for state in (TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING):
             for record in self._book.with_state(state):
-                self._track(record)
+                self._track(record, self._lane(record))
         pending = self._book.with_state(TaskState.PENDING)
         for record in pending:
-            self._push(record)
+            self._push(record, self._lane(record))
         if pending:
             log.info("tenants.adopted_pending", tasks=len(pending))

@@ -38,13 +38,18 @@ def check_tenant_name(tenant: str) -> str:
 def tenant_of_submit(request: SubmitRequest, caller: Caller | None = None) -> str:
     """The tenant a submit's tasks belong to: the caller's (from credentials) when known, else the one
     the request names, else `default`."""
+    return tenant_of_request(request.tenant, caller)
+
+
+def tenant_of_request(named: str | None, caller: Caller | None = None) -> str:
+    """The tenant of a request that names `named` (a submit, a workflow run, a schedule): the
+    caller's when known, else the named one, else `default`."""
     if caller is not None and caller.tenant is not None:
-        if request.tenant is not None and request.tenant != caller.tenant:
+        if named is not None and named != caller.tenant:
             raise InvalidInputError(
-                f"tenant {request.tenant!r} is not yours: your credentials are for tenant {caller.tenant!r}; "
-                "leave --tenant out"
+                f"tenant {named!r} is not yours: your credentials are for tenant {caller.tenant!r}; leave --tenant out"
             )
         return caller.tenant
-    if request.tenant is None:
+    if named is None:
         return DEFAULT_TENANT
-    return check_tenant_name(request.tenant)
+    return check_tenant_name(named)

@@ -9,6 +9,7 @@ import msgspec
 from common import api, verbs
 from common.errors import InvalidInputError
 from coordinator.api_routes import serves
+from coordinator.tenants.identity import tenant_of_request
 from coordinator.workflows.engine import WorkflowEngine
 from coordinator.workflows.views import trigger_text
 
@@ -47,6 +48,7 @@ class WorkflowDesk:
             run_id=request.run_id,
             trigger="manual",
             submitter=request.submitter,
+            tenant=tenant_of_request(request.tenant),
         )
         return await self._reply(run_id, duplicate)
 

@@ -48,6 +48,7 @@ from coordinator.operations import TaskOperations
 from coordinator.skill_catalog import SkillCatalog
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
+from coordinator.tenants.identity import DEFAULT_TENANT
 from coordinator.workflows import store as sql
 from coordinator.workflows.expressions import ExpressionError
 from coordinator.workflows.runs import NodeRun, NodeState, Run, RunState, decode_result
@@ -205,9 +206,12 @@ class WorkflowEngine:
         run_id: str | None = None,
         trigger: str | None = None,
         submitter: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> str:
         """Start a run of `name` and return its id; with a `run_id` that exists, return it (no new run)."""
-        run, _ = await self._start(name, input, version=version, run_id=run_id, trigger=trigger, submitter=submitter)
+        run, _ = await self._start(
+            name, input, version=version, run_id=run_id, trigger=trigger, submitter=submitter, tenant=tenant
+        )
         return run
 
     async def _start(
@@ -219,6 +223,7 @@ class WorkflowEngine:
         run_id: str | None,
         trigger: str | None,
         submitter: str | None,
+        tenant: str = DEFAULT_TENANT,
         reuse: Run | None = None,
         from_node: str | None = None,
     ) -> tuple[str, bool]:
@@ -244,6 +249,7 @@ class WorkflowEngine:
             rerun_of=None if reuse is None else reuse.run_id,
             from_node=from_node,
             id_chosen=run_id is not None,
+            tenant=tenant,
         )
         span, run.trace_id, run.traceparent = start_task_span(
             "claw.workflow", lambda: {"claw.workflow": name, "claw.run_id": run.run_id}, own_trace=True
@@ -342,6 +348,7 @@ class WorkflowEngine:
             run_id=None,
             trigger=f"rerun:{run_id}",
             submitter=submitter,
+            tenant=old.tenant,  # the rerun is the same tenant's work (and reuses its outputs)
             reuse=old,
             from_node=from_node,
         )
@@ -555,7 +562,7 @@ class WorkflowEngine:
             else Backoff(base_s=retry.base_s, factor=retry.factor, max_s=retry.max_s, jitter=retry.jitter),
             task_id=task_id,
         )
-        [record] = self._admission.admit(SubmitRequest(tasks=[spec], submitter=run.submitter))
+        [record] = self._admission.admit(SubmitRequest(tasks=[spec], submitter=run.submitter, tenant=run.tenant))
         if node.approval and record.denied is None:
             record.approvals_needed = max(1, record.approvals_needed)
             record.guard_rule = f"workflow {run.name}: approval node {compiled.name}"
@@ -580,7 +587,10 @@ class WorkflowEngine:
             return False
         entry = self._catalog.enabled(compiled.skill)
         version = entry.version if entry is not None else "code"
-        node.cache_key = hashlib.sha256(f"{compiled.skill}@{version}\n".encode() + _json.encode(input)).hexdigest()
+        # Per tenant: another tenant's result is never served (the default tenant's keys are as before).
+        owner = "" if run.tenant == DEFAULT_TENANT else f"tenant:{run.tenant}\n"
+        key = f"{owner}{compiled.skill}@{version}\n".encode() + _json.encode(input)
+        node.cache_key = hashlib.sha256(key).hexdigest()
         task_id = await self._store.cached(node.cache_key)
         if task_id is None:
             return False
@@ -812,6 +822,7 @@ class WorkflowEngine:
             trace_id=row["trace_id"],
             traceparent=row["traceparent"],
             salt=row["salt"],
+            tenant=row["tenant"],
         )
         stored = {r["node"]: r for r in await self._store.nodes(run.run_id)}
         for name in flow.order:
@@ -924,7 +935,7 @@ def _run_row(run: Run) -> tuple[object, ...]:
     return (
         run.run_id, run.name, run.version, run.state.value, _json.encode(run.input).decode(), run.trigger,
         run.submitter, run.created_at, run.updated_at, run.finished_at, run.error, run.rerun_of, run.from_node,
-        run.trace_id, run.traceparent, run.salt,
+        run.trace_id, run.traceparent, run.salt, run.tenant,
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from coordinator.tenants.identity import DEFAULT_TENANT
 from coordinator.workflows.validate import CompiledWorkflow
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32, as ULIDs
@@ -118,6 +119,8 @@ class Run:
     trace_id: str | None = None
     traceparent: str | None = None
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
+    # Whose run it is: its node tasks are this tenant's.
+    tenant: str = DEFAULT_TENANT
     # Runtime only: the caller chose the id (it may exist already).
     id_chosen: bool = False
     nodes: dict[str, NodeRun] = field(default_factory=dict)

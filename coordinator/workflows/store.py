@@ -19,8 +19,8 @@ INSERT INTO workflows (name, version, spec, digest, registered_at, registered_by
 """
 INSERT_RUN = """
 INSERT INTO workflow_runs (run_id, name, version, state, input, trigger, submitter, created_at, updated_at,
-                           finished_at, error, rerun_of, from_node, trace_id, traceparent, salt)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           finished_at, error, rerun_of, from_node, trace_id, traceparent, salt, tenant)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 UPDATE_RUN = "UPDATE workflow_runs SET state = ?, updated_at = ?, finished_at = ?, error = ? WHERE run_id = ?"
 UPSERT_NODE = """

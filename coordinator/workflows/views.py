@@ -35,6 +35,7 @@ def run_view(run: Run, facts: Mapping[str, TaskFacts]) -> api.WorkflowRunView:
         trigger=run.trigger,
         submitter=run.submitter,
         trace_id=run.trace_id,
+        tenant=run.tenant,
         nodes=[_node_view(run, run.flow.nodes[name], run.nodes[name], facts) for name in run.flow.order],
     )
 

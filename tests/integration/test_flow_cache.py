@@ -40,8 +40,8 @@ def llm_config(
     return make_config(nats_server, prefix, tmp_path, tools=tools)
 
 
-async def run(client: ClawClient, input: dict[str, object]) -> str:
-    [result] = await client.submit_many([spec("llm.chat", input)])
+async def run(client: ClawClient, input: dict[str, object], tenant: str | None = None) -> str:
+    [result] = await client.submit_many([spec("llm.chat", input)], tenant=tenant)
 
     async def done() -> bool:
         task = await client.get_task(result.task_id, history=False)
@@ -76,3 +76,19 @@ async def test_an_equal_call_within_the_ttl_is_answered_from_the_cache(
         assert (await client.call(verbs.CACHE_CLEAR, Empty())).cleared == 2
         await run(client, CHAT)
         assert len(openai_server.completions()) == 3
+
+
+async def test_another_tenants_equal_call_is_not_answered_from_the_cache(
+    llm_config: ClawConfig, openai_server: FakeOpenAIServer
+) -> None:
+    """The cache key holds the tenant: one tenant's answer is never handed to another."""
+    async with running_coordinator(llm_config), running_worker(llm_config), connected_client(llm_config) as client:
+        acme = await run(client, CHAT, tenant="acme")
+        other = await run(client, CHAT, tenant="globex")
+        assert len(openai_server.completions()) == 2, "globex was served acme's cached answer"
+        again = await run(client, CHAT, tenant="acme")
+        assert len(openai_server.completions()) == 2  # acme's own answer, from the cache
+        hit = await client.get_task(again)
+        assert hit.result == (await client.get_task(acme)).result
+        missed = await client.get_task(other)
+        assert not any(e.kind == "log" and b"response cache hit" in bytes(e.data or b"") for e in missed.events)

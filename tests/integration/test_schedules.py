@@ -360,10 +360,11 @@ class StandInWorkflows:
         run_id: str | None = None,
         trigger: str | None = None,
         submitter: str | None = None,
+        tenant: str = "default",
     ) -> str:
         assert run_id is not None and isinstance(trigger, str)
         self.runs.setdefault(run_id, {"name": name, "input": input, "version": version, "trigger": trigger,
-                                      "submitter": submitter})  # fmt: skip
+                                      "submitter": submitter, "tenant": tenant})  # fmt: skip
         return run_id
 
 

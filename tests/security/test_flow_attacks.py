@@ -1,6 +1,7 @@
 """Flow control as an attacker on the bus would try it: permits for a node that does not exist (they
 would never be given back), a forged usage report with absurd token counts (it would overflow the
-totals), a forged cooldown of a year (it would stall every worker on the key)."""
+totals), a forged cooldown of a year (it would stall every worker on the key), a task taking another
+tenant's own limit key (it would spend that tenant's capacity)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,14 @@ async def test_a_forged_cooldown_of_a_year_stalls_a_worker_for_max_cooldown_s_at
         await client.conn.nc.publish(cooldown_subject(client.conn.subjects.prefix), msgspec.json.encode(notice))
         left = await eventually(lambda: worker.flow.cooling_for(["llm:victim"]), what="the notice received")
         assert left <= config.flow.max_cooldown_s
+
+
+async def test_a_task_cannot_take_another_tenants_own_limit_key(config: ClawConfig) -> None:
+    """Adding `tenant:acme` to one's own tasks would spend acme's limit and stall acme's work."""
+    async with running_coordinator(config), connected_client(config) as client:
+        with pytest.raises(InvalidInputError, match="another tenant's own key"):
+            await client.submit(spec("echo", limit_keys=["tenant:acme"]), tenant="mallory")
+        with pytest.raises(InvalidInputError, match="another tenant's own key"):
+            await client.submit(spec("echo", limit_keys=["tenant:acme"]))  # the default tenant
+        own = await client.submit(spec("echo", limit_keys=["tenant:acme"]), tenant="acme")
+        assert own.task_id

@@ -85,3 +85,21 @@ def test_high_first_within_a_tenant_without_starving_low() -> None:
     assert queue.backlog("a") == 20 and queue.tenants() == {"a": 20}
     with pytest.raises(ValueError, match="weight"):
         queue.push("a", "x", weight=0)
+
+
+def test_the_dispatchers_lanes_per_limit_key_are_forgotten_once_idle() -> None:
+    """With flow control a lane is per limit key (one per host, per model): idle ones must not pile up."""
+    from types import SimpleNamespace
+
+    from common.config import TenantSettings
+    from common.states import Priority
+    from coordinator.tenants.dispatcher import FairDispatcher
+
+    dispatcher = FairDispatcher(TenantSettings(fair_share=True), SimpleNamespace(), SimpleNamespace(gate=None))  # type: ignore[arg-type]
+    for i in range(100):
+        lane = ("http.request", Priority.NORMAL, f"http:host{i}")
+        dispatcher._queues[lane] = FairQueue()
+        dispatcher._ahead[lane].discard("t")  # a late discard re-makes an empty set
+    dispatcher._ahead[("x", Priority.NORMAL, "")].add("still-ahead")
+    dispatcher._forget_idle_lanes()
+    assert not dispatcher._queues and list(dispatcher._ahead) == [("x", Priority.NORMAL, "")]

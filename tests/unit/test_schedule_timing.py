@@ -46,6 +46,24 @@ def test_a_cron_time_that_dst_skips_fires_once_that_day() -> None:
     assert local == ["07 02:30", "08 03:00", "09 02:30"]
 
 
+def test_a_cron_time_that_dst_repeats_fires_once_that_day_and_hourly_fires_each_real_hour() -> None:
+    """1 November 2026, New York: 01:00-01:59 happens twice (EDT, then EST)."""
+    daily = CronTiming("30 1 * * *", "America/New_York")
+    fires = [daily.next_after(at(2026, 10, 31, 23, 0, tz=NY))]
+    fires.append(daily.next_after(fires[-1]))
+    assert [datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%d %H:%M") for t in fires] == [
+        "01 05:30",  # 01:30 EDT, the first of the two; not again an hour later at 01:30 EST
+        "02 06:30",  # 01:30 EST the next day
+    ]
+    assert len({fire_id("close", t) for t in fires}) == 2
+    hourly = CronTiming("0 * * * *", "America/New_York")
+    t, utc_hours = at(2026, 11, 1, 0, 30, tz=NY), []
+    for _ in range(3):
+        t = hourly.next_after(t)
+        utc_hours.append(datetime.datetime.fromtimestamp(t, datetime.UTC).hour)
+    assert utc_hours == [5, 6, 7]  # 01:00 EDT, 01:00 EST, 02:00 EST: one fire per real hour, none twice
+
+
 def test_bad_cron_expressions_and_zones_are_refused_with_a_hint() -> None:
     with pytest.raises(InvalidInputError, match="bad cron expression '61 \\* \\* \\* \\*'.*five fields"):
         CronTiming("61 * * * *")

@@ -132,8 +132,7 @@ class LlmTool:
         digest = ""
         if cache is not None:
             params = {k: input[k] for k in PASSED_THROUGH if k in input}
-            tenant = str(getattr(ctx, "tenant", None) or "default")
-            digest = cache_key(str(model), body["messages"], params, tenant)
+            digest = cache_key(str(model), body["messages"], params, ctx.tenant)
             cached = await cache[0].get(digest)
             if cached is not None:
                 ctx.log(f"response cache hit ({digest[:12]}): no API call")
