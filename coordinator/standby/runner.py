@@ -209,9 +209,11 @@ class Standby:
                     status_due = time.monotonic() + STATUS_EVERY_S
                     await self._report()
                 try:
-                    while await follower.step(timeout_s=POLL_S):
-                        if stop.is_set():
-                            break
+                    # Apply for one poll interval at most: under a steady stream of commits the
+                    # lease is still tried and the position still reported.
+                    until = time.monotonic() + POLL_S
+                    while not stop.is_set() and time.monotonic() < until and await follower.step(timeout_s=POLL_S):
+                        pass
                 except ResyncNeeded as exc:
                     log.warning("standby.resync", reason=str(exc))
                     await self._bootstrap(follower.stream_seq)
