@@ -47,7 +47,8 @@ setup(
         "uvloop>=0.19; sys_platform != 'win32'",
         # trust-audit: the audit anchors are signed with an ed25519 key in NKeys form (the key format
         # NATS already uses; nkeys is nats-py's own optional dependency) on PyNaCl (libsodium), a
-        # well-kept signature library instead of our own.
+        # well-kept signature library instead of our own. `claw creds` (trust) makes the per-identity NKey
+        # pairs nats-py signs the server's nonce with.
         "nkeys>=0.2",
         "PyNaCl>=1.5",
         # Workflow node inputs and conditions: JMESPath, a well-kept sandboxed query language (no eval).
@@ -88,6 +89,8 @@ setup(
             "pillow>=10",
             # The dashboard's browser tests drive Debian's chromium (scripts/test.sh installs it).
             "playwright>=1.40",
+            # A throwaway certificate authority for the TLS tests (server and client certificates).
+            "trustme>=1.1",
         ],
     },
     entry_points={"console_scripts": ["claw=cli.main:run"]},

@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from cli.processes import Child, Launcher
 from common.aio import wait_any
 from common.config import NatsSettings
@@ -49,11 +51,15 @@ class ClusterProcesses:
         node_id: Callable[[int], str],
         env: dict[str, str] | None = None,
         coordinator_args: tuple[str, ...] = (),
+        creds: Callable[[str], str | None] | None = None,
+        client_creds: str | None = None,
         gateway_listen: str | None = None,
     ) -> None:
         self.launcher = launcher
         self.root = root
-        self.settings = NatsSettings(url=nats_url, prefix=prefix)
+        # Each child's credentials file by its name (coordinator, worker-<i>); the launcher's own.
+        self._creds = creds or (lambda name: None)
+        self.settings = NatsSettings(url=nats_url, prefix=prefix, creds_file=client_creds)
         self.workers = workers
         self.concurrency = concurrency
         self.node_id = node_id
@@ -98,10 +104,12 @@ class ClusterProcesses:
     def start_child(self, name: str) -> Child:
         """Start (or start again) the child `name`: `coordinator`, `worker-<i>` or `gateway`."""
         log_path = self.logs / f"{name}.log"
+        creds = self._creds(name)
+        env = self.env if creds is None else self.env | {"CLAW_NATS_CREDS_FILE": creds}
         if name == "gateway":
             assert self.gateway_listen is not None
             args = ("--listen", self.gateway_listen, "--url-file", str(self.gateway_url_file))
-            child = self.launcher.claw(name, "gateway", "start", *args, env=self.env, log_path=log_path,
+            child = self.launcher.claw(name, "gateway", "start", *args, env=env, log_path=log_path,
                                        stop_timeout_s=GATEWAY_STOP_TIMEOUT_S)  # fmt: skip
         elif name == "coordinator":
             child = self.launcher.claw(
@@ -109,7 +117,7 @@ class ClusterProcesses:
                 "coordinator",
                 "start",
                 *self.coordinator_args,
-                env=self.env,
+                env=env,
                 log_path=log_path,
                 stop_timeout_s=COORDINATOR_STOP_TIMEOUT_S,
             )
@@ -117,7 +125,7 @@ class ClusterProcesses:
             index = int(name.removeprefix("worker-"))
             args = ("--node-id", self.node_id(index), "--concurrency", str(self.concurrency))
             child = self.launcher.claw(
-                name, "worker", "start", *args, env=self.env, log_path=log_path, stop_timeout_s=WORKER_STOP_TIMEOUT_S
+                name, "worker", "start", *args, env=env, log_path=log_path, stop_timeout_s=WORKER_STOP_TIMEOUT_S
             )
         self.children[name] = child
         return child
@@ -126,7 +134,7 @@ class ClusterProcesses:
         """Until the coordinator answers and every worker is online (or `stop` is set); raises if a
         child exits first or time runs out."""
         stop = stop or asyncio.Event()
-        settings = NatsSettings(url=self.settings.url, prefix=self.prefix, request_timeout_s=1.0)
+        settings = msgspec.structs.replace(self.settings, request_timeout_s=1.0)
         async with await ClawClient.connect(settings, name="claw-launcher") as client:
             try:
                 async with asyncio.timeout(timeout_s):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import typer
 
 from cli.output import emit_json
@@ -30,12 +31,13 @@ class Globals:
     """Options given before the command."""
 
     nats_url: str | None = None
+    creds: str | None = None
 
 
 def command_config(ctx: typer.Context, path: Path | None = None, **sections: dict[str, Any]) -> ClawConfig:
     """The config of this command: defaults, `path` (or $CLAW_CONFIG), `CLAW_*`, `--nats`, `sections`."""
     globals_: Globals = ctx.obj or Globals()
-    overrides = {"nats": {"url": globals_.nats_url}, **sections}
+    overrides = {"nats": {"url": globals_.nats_url, "creds_file": globals_.creds}, **sections}
     try:
         return load_config(path, overrides=overrides)
     except ClawError as exc:
@@ -44,11 +46,23 @@ def command_config(ctx: typer.Context, path: Path | None = None, **sections: dic
 
 def client_config(ctx: typer.Context) -> ClawConfig:
     """The config of a command that talks to the cluster as a client (quiet logs, traced)."""
-    config = command_config(ctx)
+    config = with_local_admin(command_config(ctx))
     # A client prints one error line, not the connection warnings behind it.
     configure_logging(LogSettings(level="error", format="console"), process="claw-cli")
     start_tracing(config, "claw-cli")
     return config
+
+
+# Where `claw up` (with its default data dir) leaves the local admin's credentials.
+LOCAL_ADMIN_CREDS = Path(".claw/auth/admin.creds")
+
+
+def with_local_admin(config: ClawConfig) -> ClawConfig:
+    """A client without credentials, run where `claw up` keeps its data, uses the local admin's."""
+    if config.nats.creds_file or not LOCAL_ADMIN_CREDS.is_file():
+        return config
+    nats = msgspec.structs.replace(config.nats, creds_file=str(LOCAL_ADMIN_CREDS))
+    return msgspec.structs.replace(config, nats=nats)
 
 
 def start_tracing(config: ClawConfig, service: str) -> None:

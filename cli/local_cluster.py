@@ -17,6 +17,8 @@ import os
 import socket
 from pathlib import Path
 
+import msgspec
+
 from cli.cluster import ClusterProcesses
 from cli.output import emit_json
 from cli.processes import Launcher
@@ -25,11 +27,14 @@ from cli.supervision import Restart, keep_running
 from common.aio import wait_any
 from common.config import ClawConfig, NatsSettings, load_config
 from common.errors import NatsServerError
+from common.identity import default_identity
 from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 
 # Which option of `claw up` sets each port of nats-server.
 PORT_OPTIONS = {"client": "--nats-port", "monitoring": "--monitor-port"}
+# The identity the gateway connects as (its credentials: <data dir>/auth/gateway.creds).
+GATEWAY_IDENTITY = "gateway"
 
 
 def local_dirs_under(data_dir: Path, config: ClawConfig) -> dict[str, str]:
@@ -58,8 +63,11 @@ class LocalCluster:
         metrics_port: int | None = None,
         gateway: str | None = None,
         json_out: bool = False,
+        auth: bool = True,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        # Authentication (docs/Security.md): credentials for every process under <data dir>/auth.
+        self.auth_dir = self.data_dir / "auth" if auth else None
         # The gateway's HOST:PORT (None: no gateway), and the file holding the first admin's API key.
         self.gateway = gateway
         self.admin_key_file = self.data_dir / "admin.key"
@@ -77,6 +85,7 @@ class LocalCluster:
             port=nats_port,
             http_port=monitor_port,
             log_file=self.logs / "nats-server.log",
+            auth_dir=self.auth_dir,
         )
         self.launcher = Launcher(log_dir=self.logs)
         config = load_config()
@@ -92,6 +101,8 @@ class LocalCluster:
         """Start everything, keep it running until `stop` (or NATS dies), stop everything."""
         self.logs.mkdir(parents=True, exist_ok=True)
         try:
+            if self.auth_dir is not None:
+                await asyncio.to_thread(self._issue_credentials)
             nats = await self.launcher.start_nats(self.nats_options, PORT_OPTIONS)
             cluster = self._cluster(nats)
             cluster.start()
@@ -112,6 +123,47 @@ class LocalCluster:
             if running:
                 notice("cluster stopped")
 
+    def _node_id(self, index: int) -> str:
+        return f"{socket.gethostname().split('.')[0]}-w{index}"
+
+    def _issue_credentials(self) -> None:
+        """The coordinator's, each worker's and the local admin's credentials (kept across runs), and
+        the server config generated from them."""
+        from cli.credentials import ADMIN_CREDS, GATEWAY_CREDS, LOCAL_ADMIN_ROLES, ensure, prepare_server
+
+        assert self.auth_dir is not None
+        prefix = self.prefix
+        tls = load_config().nats.tls
+        prepare_server(self.auth_dir, tls)
+        ensure(self.auth_dir, name="coordinator", roles=["coordinator"], prefix=prefix)
+        for i in range(1, self.workers + 1):
+            node = self._node_id(i)
+            ensure(self.auth_dir, name=node, roles=["worker"], node_id=node, prefix=prefix)
+        ensure(self.auth_dir, name=default_identity(), roles=LOCAL_ADMIN_ROLES, prefix=prefix, file=ADMIN_CREDS)
+        if self.gateway is not None:
+            ensure(self.auth_dir, name=GATEWAY_IDENTITY, roles=["gateway"], prefix=prefix, file=GATEWAY_CREDS)
+        prepare_server(self.auth_dir, tls)
+
+    @property
+    def prefix(self) -> str:
+        """The cluster's NATS prefix."""
+        return os.environ.get("CLAW_NATS_PREFIX", "claw")
+
+    def _creds(self, child: str) -> str | None:
+        """The credentials file of a child (`coordinator`, `worker-<i>`), None without authentication."""
+        if self.auth_dir is None:
+            return None
+        if child == "coordinator":
+            return str(self.auth_dir / "coordinator.creds")
+        if child == "gateway":
+            return str(self.auth_dir / "gateway.creds")
+        return str(self.auth_dir / f"{self._node_id(int(child.removeprefix('worker-')))}.creds")
+
+    @property
+    def admin_creds(self) -> Path | None:
+        """The local admin's credentials (what `claw` commands in another terminal use)."""
+        return None if self.auth_dir is None else self.auth_dir / "admin.creds"
+
     def _cluster(self, nats: EmbeddedNatsServer) -> ClusterProcesses:
         # The user's own CLAW_* settings (config file, artifact backend, audit key, tracing) reach every
         # child; only what `claw up` itself owns is set over them.
@@ -119,25 +171,33 @@ class LocalCluster:
         env.update(CLAW_NATS_CONNECT_RETRY_S="30", CLAW_LOG_LEVEL=os.environ.get("CLAW_LOG_LEVEL", "info"))
         # One local admin submits and approves (the README's quick start): their own tasks included.
         env.setdefault("CLAW_AUTH_SELF_APPROVAL", "true")
-        host = socket.gethostname().split(".")[0]
+        if self.auth_dir is not None:
+            env["CLAW_AUTH_DIR"] = str(self.auth_dir)
+            if self.gateway is not None and not env.get("CLAW_AUTH_GATEWAYS"):
+                # The coordinator believes the gateway's "acting for" only from identities listed here.
+                env["CLAW_AUTH_GATEWAYS"] = GATEWAY_IDENTITY
         metrics = () if self.metrics_port is None else ("--metrics-port", str(self.metrics_port))
         return ClusterProcesses(
             self.launcher,
             self.data_dir,
             nats_url=nats.client_url,
             monitor_url=nats.monitor_url,
-            prefix=os.environ.get("CLAW_NATS_PREFIX", "claw"),
+            prefix=self.prefix,
             workers=self.workers,
             concurrency=self.concurrency,
-            node_id=lambda i: f"{host}-w{i}",
+            node_id=self._node_id,
             env=env,
             coordinator_args=metrics,
+            creds=self._creds,
+            client_creds=None if self.admin_creds is None else str(self.admin_creds),
             gateway_listen=self.gateway,
         )
 
     async def _find_metrics(self, settings: NatsSettings) -> None:
         if self.metrics_port is None:
             return
+        if self.admin_creds is not None:
+            settings = msgspec.structs.replace(settings, creds_file=str(self.admin_creds))
         async with await ClawClient.connect(settings, name="claw-up") as client:
             port = (await client.ping()).metrics_port
         self.metrics_url = None if port is None else f"http://127.0.0.1:{port}/metrics"
@@ -155,7 +215,7 @@ class LocalCluster:
             store: KeyStore = await open_key_store(client.conn, ClawConfig(nats=settings))
             if any(record.name == "admin" for record in await store.all_keys()):
                 await store.revoke("admin")  # its key file is gone: issue a new one
-            _, key = await store.create("admin", list(Role))
+            _, key = await store.create("admin", [r for r in Role if r != Role.WORKER])
         await asyncio.to_thread(_write_private, self.admin_key_file, key + "\n")
 
     def _banner(self, nats: EmbeddedNatsServer) -> None:
@@ -169,12 +229,20 @@ class LocalCluster:
                     "logs": str(self.logs),
                     "artifacts": self.artifacts_location,
                     "metrics_url": self.metrics_url,
+                    "credentials": None if self.admin_creds is None else str(self.admin_creds),
                     "gateway_url": self.gateway_url,
                     "gateway_key_file": None if self.gateway_url is None else str(self.admin_key_file),
                 }
             )
             return
         metrics = f"\n  Prometheus metrics: {self.metrics_url}" if self.metrics_url else ""
+        if self.admin_creds is None:
+            creds = "\n  NO AUTHENTICATION (--no-auth): whoever reaches nats-server owns the cluster"
+        else:
+            creds = (
+                f"\n  credentials: {self.admin_creds} (your admin identity: `claw` run from the folder holding "
+                "./.claw finds it; elsewhere export CLAW_CREDS=<that file>)"
+            )
         if self.gateway_url is not None:
             metrics += (
                 f"\n  dashboard and REST API: {self.gateway_url} (log in with the API key in {self.admin_key_file};"
@@ -182,7 +250,7 @@ class LocalCluster:
             )
         print(
             f"""claw cluster up: nats-server {nats.client_url} (monitoring {nats.monitor_url}),
-  a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}{metrics}
+  a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}{metrics}{creds}
   artifacts in {self.artifacts_location} (claw artifacts list)
   a coordinator or worker that exits is started again (after 1 s, doubling to 30 s)
 

@@ -22,6 +22,7 @@ from cli.commands import (
     backup,
     bench,
     coordinator,
+    creds,
     dlq,
     gateway,
     guard,
@@ -76,6 +77,7 @@ GROUPS = (
     backup,
     limits,
     gateway,
+    creds,
 )
 for group in GROUPS:
     group.register(app)
@@ -100,13 +102,23 @@ def root(
             show_default="nats://127.0.0.1:4222",
         ),
     ] = None,
+    creds: Annotated[
+        str | None,
+        typer.Option(
+            "--creds",
+            envvar="CLAW_CREDS",
+            metavar="<file>",
+            help="Credentials file (claw creds create); a client run where `claw up` ran finds its admin.creds.",
+            show_default="none",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
     ] = False,
 ) -> None:
     """OpenClaw Cluster."""
-    ctx.obj = Globals(nats_url=nats_url)
+    ctx.obj = Globals(nats_url=nats_url, creds=creds)
 
 
 def command() -> Any:

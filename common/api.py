@@ -106,6 +106,10 @@ class TaskListRequest(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 50
     cursor: str | None = None
     tenant: str | None = None
+    # Created at or after / before these times (Unix seconds), read from the task ids (ULIDs sort by
+    # their creation time): the dashboard's and `claw task list --since` time filter.
+    created_after: float | None = None
+    created_before: float | None = None
 
 
 class TaskListReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -519,6 +523,9 @@ class PermitReleaseRequest(msgspec.Struct, frozen=True, kw_only=True):
     output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
     failure: str | None = None
     retry_after_s: float | None = None
+    # The node giving it back (on an authenticated bus, the caller's node whatever it says): only the
+    # node that took a permit may return it. Empty: not said (an older worker).
+    node_id: str = ""
 
 
 class UsageRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -33,6 +33,18 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     """Base of config sections: typed, immutable, and strict about unknown keys."""
 
 
+class TlsSettings(_Section, frozen=True):
+    """TLS to NATS (docs/Security.md). A client: `ca` to trust the server (and `cert`/`key` when the
+    server verifies clients). The embedded server (`claw up`, `claw nats start`): `cert`/`key` are
+    its own, `ca` the authority its clients' certificates must come from when `verify`."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    # The server asks every client for a certificate signed by `ca` (mutual TLS).
+    verify: bool = False
+
+
 class NatsSettings(_Section, frozen=True):
     """How to reach NATS, and the prefix every subject, stream and bucket name derives from."""
 
@@ -62,6 +74,8 @@ class NatsSettings(_Section, frozen=True):
     # The name to go by on a server WITHOUT authentication (default: the OS user), where anyone can
     # claim any name; with credentials the identity is theirs and this is ignored.
     identity: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")] | None = None
+    # TLS (also CLAW_NATS_TLS_CA, CLAW_NATS_TLS_CERT, CLAW_NATS_TLS_KEY, CLAW_NATS_TLS_VERIFY).
+    tls: TlsSettings | None = None
 
 
 class JetStreamSettings(_Section, frozen=True):
@@ -137,6 +151,14 @@ class CoordinatorSettings(_Section, frozen=True):
     backup_dir: str | None = None
     backup_interval_s: Annotated[float, msgspec.Meta(ge=60)] = 24 * 3600.0
     backup_keep: PositiveInt = 7
+    # A standby coordinator (docs/Reliability.md "A standby coordinator"): with replication on, every
+    # commit is shipped to the stream <PREFIX>_REPL before anyone is answered, a snapshot of the
+    # database goes to the object store <prefix>_repl every replication_snapshot_interval_s, and a
+    # second `claw coordinator start` stands by, applying the stream, until the lease lapses. The
+    # stream keeps replication_max_age_s of commits: far more than one snapshot interval.
+    replication: bool = False
+    replication_snapshot_interval_s: Annotated[float, msgspec.Meta(ge=10)] = 600.0
+    replication_max_age_s: Annotated[float, msgspec.Meta(ge=600)] = 24 * 3600.0
     # While the state database refuses writes (a full disk), a submit is stored or refused within
     # this long of its arrival, never stored later: keep it below the clients'
     # nats.request_timeout_s (5 s), so no client is told "no answer" about a task that then runs.
@@ -287,6 +309,10 @@ class AuthSettings(_Section, frozen=True):
     # roles it names (Claw-Acting-Roles) and the gateway holds. On a server without authentication
     # any identity may (anyone can claim any name there anyway).
     gateways: list[str] = []
+    # The tenant each identity submits for (docs/Security.md): its submits are that tenant's, and one
+    # naming another tenant is refused. Added to the registry's (`claw creds create --tenant`); an
+    # identity bound to none names its tenant in the request, as before.
+    tenants: dict[str, str] = {}
 
 
 class LogSettings(_Section, frozen=True):
@@ -448,6 +474,13 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         cls = SECTIONS.get(section)
         if cls is None or not field:
             continue
+        if section == "nats" and field.startswith("tls_"):
+            # The one nested section: CLAW_NATS_TLS_<FIELD> sets nats.tls.<field>.
+            tls_field = field.removeprefix("tls_")
+            if tls_field not in {f.name for f in msgspec.structs.fields(TlsSettings)}:
+                raise ConfigError(f"unknown environment setting {name} (known: CLAW_NATS_TLS_CA, _CERT, _KEY, _VERIFY)")
+            found.setdefault("nats", {}).setdefault("tls", {})[tls_field] = raw
+            continue
         types = {f.name: f.type for f in msgspec.structs.fields(cls)}
         if field not in types:
             known = ", ".join(f"{ENV_PREFIX}{section.upper()}_{f.upper()}" for f in types)
@@ -486,6 +519,8 @@ def _merge(
     for section, fields in layer.items():
         target = into.setdefault(section, {})
         for key, value in fields.items():
+            if key == "tls" and isinstance(value, dict) and isinstance(target.get(key), dict):
+                value = target[key] | value  # CLAW_NATS_TLS_* add to the file's nats.tls
             target[key] = value
             sources[f"{section}.{key}"] = source
 

@@ -44,12 +44,17 @@ class BusRole(StrEnum):
     WORKER = "worker"  # pull its skills' tasks, ack; events, heartbeats, claims under its node id
     CLIENT = "client"  # API requests under its own identity; replies and task state changes
     VIEWER = "viewer"  # the read-only API verbs
+    # The HTTP gateway: a client that acts for the people it authenticated (auth.gateways), keeps its
+    # API keys in its own KV bucket and follows the task feed.
+    GATEWAY = "gateway"
 
 
 # The API roles each bus role grants on its own; people get theirs listed (`claw creds create --role`).
 BUS_ROLE_GRANTS: dict[BusRole, frozenset[Role]] = {
     BusRole.COORDINATOR: frozenset(Role),
-    BusRole.WORKER: frozenset(),
+    BusRole.WORKER: frozenset({Role.WORKER}),
+    # At most these pass on to the people it acts for: every role of a person, none of a worker's.
+    BusRole.GATEWAY: frozenset(Role) - {Role.WORKER},
     BusRole.CLIENT: frozenset({Role.SUBMITTER, Role.VIEWER}),
     BusRole.VIEWER: frozenset({Role.VIEWER}),
 }
@@ -92,7 +97,7 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def bus_role(self) -> BusRole:
         """The bus role these credentials connect with."""
-        for role in BusRole:
+        for role in (BusRole.COORDINATOR, BusRole.WORKER, BusRole.GATEWAY):
             if role.value in self.roles:
                 return role
         return BusRole.VIEWER if set(self.roles) <= {Role.VIEWER.value} else BusRole.CLIENT

@@ -499,6 +499,26 @@ class ListenerView(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
 
 
+class StandbyView(msgspec.Struct, frozen=True, kw_only=True):
+    """A standby coordinator as it last reported (every second): the commit its copy holds."""
+
+    node_id: str
+    host: str
+    commit_no: int
+    lag_commits: int  # the active's last commit minus the standby's, as of its report
+    reported_at: float
+
+
+class ReplicationView(msgspec.Struct, frozen=True, kw_only=True):
+    """The active coordinator's replication: its epoch (lease revision), last commit, standbys."""
+
+    active_node_id: str
+    epoch: int
+    commit_no: int
+    stream_seq: int
+    standbys: list[StandbyView] = []
+
+
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The cluster at a glance: `claw status`."""
 
@@ -519,6 +539,8 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     listeners: list[ListenerView] = []
     # Set while the state database refuses writes (submits are refused meanwhile, with the reason).
     storage_fault: StorageFaultView | None = None
+    # Replication to standby coordinators (None: off): who is active, the epoch, each standby's lag.
+    replication: ReplicationView | None = None
 
 
 # --- the HTTP gateway's live feed (issue 14) -------------------------------------------------------

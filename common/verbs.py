@@ -36,6 +36,9 @@ class Role(StrEnum):
     APPROVER = "approver"  # says yes or no to tasks the guard holds
     SUBMITTER = "submitter"  # submits tasks
     VIEWER = "viewer"  # reads
+    # trust: a worker node, for the calls its handlers make (flow control's permits); only a worker's
+    # credentials hold it (common/identity.py), never a person's.
+    WORKER = "worker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +102,14 @@ LIMITS_LIST = _declare(Verb("limits_list", api.LimitsListRequest, api.LimitsRepl
 LIMITS_SET = _declare(Verb("limits_set", api.LimitsSetRequest, api.LimitsReply, role=Role.OPERATOR))
 LIMITS_DELETE = _declare(Verb("limits_delete", api.LimitsDeleteRequest, api.LimitsReply, role=Role.OPERATOR))
 USAGE = _declare(Verb("usage", api.UsageRequest, api.UsageReply, role=Role.VIEWER))
-# Called by workers for a handler's `ctx.limit(...)`: to be bound to the worker role by the trust
-# work (a worker may release only permits it took; the coordinator checks the node id it recorded).
+# Called by workers for a handler's `ctx.limit(...)`: the worker role, which only a worker's credentials
+# hold (a worker may release only permits it took; the coordinator checks the node id it recorded).
 PERMIT_ACQUIRE = _declare(
-    Verb("permit_acquire", api.PermitAcquireRequest, api.PermitReply, role=Role.SUBMITTER, timeout_s=330.0)
+    Verb("permit_acquire", api.PermitAcquireRequest, api.PermitReply, role=Role.WORKER, timeout_s=330.0)
 )
 CACHE_STATS = _declare(Verb("cache_stats", api.Empty, api.CacheStatsReply, role=Role.VIEWER))
 CACHE_CLEAR = _declare(Verb("cache_clear", api.Empty, api.CacheClearReply, role=Role.OPERATOR))
-PERMIT_RELEASE = _declare(Verb("permit_release", api.PermitReleaseRequest, api.PermitReply, role=Role.SUBMITTER))
+PERMIT_RELEASE = _declare(Verb("permit_release", api.PermitReleaseRequest, api.PermitReply, role=Role.WORKER))
 # Workflows (coordinator/workflows).
 WORKFLOW_VALIDATE = _declare(
     Verb("workflow_validate", api.WorkflowSpecRequest, api.WorkflowValidateReply, role=Role.SUBMITTER)

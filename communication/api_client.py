@@ -41,11 +41,13 @@ from common.errors import (
     ClawError,
     CoordinatorUnavailableError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     QueueFullError,
     RequestTimeoutError,
     error_for_code,
 )
 from common.events import TaskEvent
+from common.identity import BusRole
 from common.ids import new_id
 from common.models import (
     EMPTY_OBJECT,
@@ -143,6 +145,13 @@ class ClawClient:
         """
         if not isinstance(request, verb.request):
             raise TypeError(f"the {verb.name} verb takes a {verb.request.__name__}, not a {type(request).__name__}")
+        if self.conn.bus_role == BusRole.VIEWER and verb.role != verbs.Role.VIEWER:
+            # The server would drop the request (a viewer may publish only the reading verbs), and
+            # the caller would wait for an answer in vain: say why at once.
+            raise PermissionDeniedError(
+                f"{verb.name} needs the {verb.role.value} role; {self.conn.identity} holds viewer "
+                "(these are a viewer's credentials)"
+            )
         payload, headers = encode(request), headers_for()
         if acting_for is not None:
             headers[Header.ACTING_FOR] = acting_for.name
@@ -257,9 +266,12 @@ class ClawClient:
         skill: str | None = None,
         limit: int | None = 50,
         tenant: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[TaskSummary]:
-        """The newest `limit` tasks (every one: None), newest first, fetched page by page."""
-        fetch = self._tasks_fetcher(state, skill, tenant)
+        """The newest `limit` tasks (every one: None), newest first, fetched page by page; `created_after`
+        and `created_before` (Unix seconds) bound when they were created."""
+        fetch = self._tasks_fetcher(state, skill, tenant, created_after, created_before)
         return (await collect(fetch, limit=limit, page_size=LIST_PAGE_SIZE)).items
 
     async def tasks_page(
@@ -270,9 +282,14 @@ class ClawClient:
         limit: int = 50,
         cursor: str | None = None,
         tenant: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> Page[TaskSummary]:
         """One page of tasks, newest first; `total` (first page) counts all that match."""
-        request = api.TaskListRequest(state=state, skill=skill, limit=limit, cursor=cursor, tenant=tenant)
+        request = api.TaskListRequest(
+            state=state, skill=skill, limit=limit, cursor=cursor, tenant=tenant, created_after=created_after,
+            created_before=created_before,
+        )  # fmt: skip
         reply = await self.call(verbs.TASK_LIST, request)
         return Page(reply.tasks, reply.next_cursor, reply.total)
 
@@ -283,14 +300,25 @@ class ClawClient:
         skill: str | None = None,
         page_size: int = LIST_PAGE_SIZE,
         tenant: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> AsyncIterator[TaskSummary]:
         """Every task that matches, newest first, one page at a time."""
-        return iterate(self._tasks_fetcher(state, skill, tenant), page_size=page_size)
+        fetch = self._tasks_fetcher(state, skill, tenant, created_after, created_before)
+        return iterate(fetch, page_size=page_size)
 
     def _tasks_fetcher(
-        self, state: TaskState | None, skill: str | None, tenant: str | None = None
+        self,
+        state: TaskState | None,
+        skill: str | None,
+        tenant: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> Callable[[str | None, int], Awaitable[Page[TaskSummary]]]:
-        return lambda cursor, n: self.tasks_page(state=state, skill=skill, limit=n, cursor=cursor, tenant=tenant)
+        return lambda cursor, n: self.tasks_page(
+            state=state, skill=skill, limit=n, cursor=cursor, tenant=tenant, created_after=created_after,
+            created_before=created_before,
+        )  # fmt: skip
 
     async def task_states(self, task_ids: Sequence[str]) -> dict[str, TaskState]:
         """Current state of each id (unknown ids are absent)."""
@@ -481,6 +509,61 @@ class ClawClient:
         """Fire a schedule for an outside event (a webhook), once per `event_id`."""
         request = api.ScheduleEventRequest(name=name, event_id=event_id, data=msgspec.Raw(msgspec.json.encode(data)))
         return (await self.call(verbs.SCHEDULE_EVENT, request)).fire
+
+    async def schedule(self, name: str) -> api.ScheduleShowReply:
+        """One schedule with its next and last fires."""
+        return await self.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name=name))
+
+    async def pause_schedule(self, name: str) -> api.ScheduleView:
+        """Stop a schedule firing until it is resumed."""
+        return await self.call(verbs.SCHEDULE_PAUSE, api.ScheduleNameRequest(name=name))
+
+    async def resume_schedule(self, name: str) -> api.ScheduleView:
+        """Let a paused schedule fire again."""
+        return await self.call(verbs.SCHEDULE_RESUME, api.ScheduleNameRequest(name=name))
+
+    # --- workflows, limits and usage (the same verbs as the HTTP gateway's routes) ----------------
+
+    async def register_workflow(self, spec: str, *, source: str = "") -> api.WorkflowRegisterReply:
+        """Register a workflow from its YAML or JSON text (a new version when it changed)."""
+        return await self.call(verbs.WORKFLOW_REGISTER, api.WorkflowSpecRequest(spec=spec, source=source))
+
+    async def workflows(
+        self, *, name: str | None = None, state: str | None = None, limit: int = 50
+    ) -> api.WorkflowListReply:
+        """Registered workflows and the newest runs (of `name`, in `state`)."""
+        return await self.call(verbs.WORKFLOW_LIST, api.WorkflowListRequest(name=name, state=state, limit=limit))
+
+    async def run_workflow(
+        self, name: str, input: object = None, *, version: int | None = None, run_id: str | None = None
+    ) -> api.WorkflowRunReply:
+        """Start a run of a workflow with `input` (a JSON value); `run_id` makes a retry idempotent."""
+        raw = msgspec.Raw(msgspec.json.encode({} if input is None else input))
+        return await self.call(
+            verbs.WORKFLOW_RUN, api.WorkflowRunRequest(name=name, input=raw, version=version, run_id=run_id)
+        )
+
+    async def workflow_run(self, run_id: str) -> api.WorkflowRunView:
+        """One run with its nodes' states."""
+        return await self.call(verbs.WORKFLOW_SHOW, api.WorkflowRunGetRequest(run_id=run_id))
+
+    async def rerun_workflow(self, run_id: str, from_node: str) -> api.WorkflowRunReply:
+        """A new run that reuses the results of the nodes before `from_node` and runs it and the rest."""
+        return await self.call(verbs.WORKFLOW_RERUN, api.WorkflowRerunRequest(run_id=run_id, from_node=from_node))
+
+    async def cancel_run(self, run_id: str, reason: str = "") -> api.WorkflowRunView:
+        """Cancel a run and its unfinished tasks."""
+        return await self.call(verbs.WORKFLOW_CANCEL, api.WorkflowCancelRequest(run_id=run_id, reason=reason))
+
+    async def limits(self) -> list[api.LimitView]:
+        """Rate limits with their live use (requests and tokens in the last minute, in flight, cooldown)."""
+        return (await self.call(verbs.LIMITS_LIST, api.LimitsListRequest())).limits
+
+    async def usage(
+        self, *, by: Sequence[str] = ("tenant", "skill", "model"), since_s: float = 86400.0
+    ) -> api.UsageReply:
+        """Calls, tokens and cost grouped `by` tenant, skill, model and/or hour, over the last `since_s`."""
+        return await self.call(verbs.USAGE, api.UsageRequest(by=list(by), since_s=since_s))
 
     async def wait(
         self,

@@ -30,12 +30,16 @@ class IdentityRecord(msgspec.Struct, frozen=True, kw_only=True):
     roles: list[str]
     public_key: str
     node_id: str | None = None
+    # The cluster prefix its permissions are for.
+    prefix: str = "claw"
     created_at: float = 0.0
+    # The tenant its submits are for (None: the one a request names, else `default`).
+    tenant: str | None = None
 
     @property
     def bus_role(self) -> BusRole:
         """How it connects: coordinator, worker, client (a person or program) or viewer."""
-        for role in (BusRole.COORDINATOR, BusRole.WORKER):
+        for role in (BusRole.COORDINATOR, BusRole.WORKER, BusRole.GATEWAY):
             if role.value in self.roles:
                 return role
         return BusRole.VIEWER if set(self.roles) <= {Role.VIEWER.value} else BusRole.CLIENT
@@ -64,7 +68,7 @@ def parse_roles(roles: list[str]) -> list[str]:
         raise InvalidInputError(
             f"unknown role {', '.join(unknown) or '(none given)'}: use one of {', '.join(ROLE_NAMES)}"
         )
-    bus = [r for r in roles if r in (BusRole.COORDINATOR, BusRole.WORKER)]
+    bus = [r for r in roles if r in (BusRole.COORDINATOR, BusRole.WORKER, BusRole.GATEWAY)]
     if bus and len(roles) > 1:
         raise InvalidInputError(f"the {bus[0]} role cannot be combined with other roles")
     return sorted(set(roles), key=ROLE_NAMES.index)
@@ -125,6 +129,11 @@ class IdentityRegistry:
         return record
 
 
-def new_record(name: str, roles: list[str], public_key: str, node_id: str | None) -> IdentityRecord:
+def new_record(
+    name: str, roles: list[str], public_key: str, node_id: str | None, prefix: str, tenant: str | None = None
+) -> IdentityRecord:
     """A registry entry for freshly issued credentials."""
-    return IdentityRecord(name=name, roles=roles, public_key=public_key, node_id=node_id, created_at=time.time())
+    return IdentityRecord(
+        name=name, roles=roles, public_key=public_key, node_id=node_id, prefix=prefix, created_at=time.time(),
+        tenant=tenant,
+    )  # fmt: skip

@@ -8,6 +8,8 @@ and log every connection event through structlog instead of nats-py's stderr tra
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from typing import Any
 
 import nats
@@ -15,8 +17,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from common.clock import SYSTEM_CLOCK
-from common.config import NatsSettings, redact_url
-from common.errors import NatsUnavailableError
+from common.config import NatsSettings, TlsSettings, redact_url
+from common.errors import ConfigError, NatsUnavailableError
 from common.identity import BusRole, Credentials, default_identity, read_credentials
 from common.log import get_logger
 from communication.subjects import Subjects
@@ -41,6 +43,8 @@ class NatsConnection:
         # Who this connection is: the credentials' identity, else the OS user (unauthenticated).
         self.identity = identity or default_identity()
         self._coordinator = False
+        # The bus role of the credentials (None: none, or not ours).
+        self.bus_role: BusRole | None = None
         self._events = events
 
     @property
@@ -82,17 +86,21 @@ class NatsConnection:
                 # the first connect gets a bounded budget (this loop retries it) and unlimited
                 # reconnects are switched on once connected: nats-py reads the options on each drop.
                 options = _connect_options(settings, name, events, creds, identity)
-                nc = await nats.connect(**options | {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.1})
+                # Bounded: nats-py's connect can hang after a failed TLS handshake (no raise, no retry).
+                async with asyncio.timeout(4 * settings.connect_timeout_s + 1):
+                    nc = await _connect(options | {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.1})
                 nc.options["max_reconnect_attempts"] = options["max_reconnect_attempts"]
                 nc.options["reconnect_time_wait"] = options["reconnect_time_wait"]
                 log.info("nats.connected", url=redact_url(settings.url), name=name, identity=identity)
                 conn = cls(nc, settings, events, identity=identity)
-                conn._coordinator = creds is not None and creds.bus_role == BusRole.COORDINATOR
+                conn.bus_role = None if creds is None else creds.bus_role
+                conn._coordinator = conn.bus_role == BusRole.COORDINATOR
                 _warn_if_open(conn, creds)
                 return conn
             except NATS_ERRORS as exc:
                 # nats-py reports "no servers available"; the error behind it says more.
-                cause = events.last_error or exc
+                # A refused login is often followed by the socket's reset: the refusal is the reason.
+                cause = events.auth_error or events.last_error or exc
                 if SYSTEM_CLOCK.monotonic() >= deadline:
                     raise NatsUnavailableError(_unreachable_message(settings.url, cause)) from None
                 log.warning("nats.connect_retry", url=redact_url(settings.url), error=str(cause) or repr(cause))
@@ -130,11 +138,15 @@ class _ConnectionEvents:
 
     def __init__(self) -> None:
         self.last_error: BaseException | None = None
+        # The server's refusal of our credentials (or of none), kept over the errors that follow it.
+        self.auth_error: BaseException | None = None
         self.closing = False
         self.reconnects = 0
 
     async def on_error(self, exc: Exception) -> None:
         self.last_error = exc
+        if "authorization violation" in str(exc).lower() or "authentication" in str(exc).lower():
+            self.auth_error = exc
         log.warning("nats.error", error=str(exc) or repr(exc), error_type=type(exc).__name__)
 
     async def on_disconnected(self) -> None:
@@ -149,6 +161,32 @@ class _ConnectionEvents:
 
     async def on_closed(self) -> None:
         log.debug("nats.closed")
+
+
+async def _connect(options: dict[str, Any]) -> NatsClient:
+    """nats-py's connect, closing what a failed attempt leaves open (a refused login keeps its socket)."""
+    nc = NatsClient()
+    try:
+        await nc.connect(**options)
+    except BaseException:
+        with contextlib.suppress(*NATS_ERRORS):
+            await nc.close()
+        raise
+    return nc
+
+
+def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """A client context that trusts `tls.ca` (else the system's authorities) and, for a server that
+    verifies clients, presents `tls.cert`/`tls.key`."""
+    try:
+        context = ssl.create_default_context(cafile=tls.ca)
+        if tls.cert:
+            context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"nats.tls: cannot load {exc.filename or 'the certificates'}: {exc.strerror or exc}"
+        ) from None
+    return context
 
 
 def _credentials(settings: NatsSettings) -> Credentials | None:
@@ -203,6 +241,8 @@ def _connect_options(
         options["password"] = settings.password
     if settings.token:
         options["token"] = settings.token
+    if settings.tls is not None and (settings.tls.ca or settings.tls.cert):
+        options["tls"] = _tls_context(settings.tls)
     if creds is not None:
         options["nkeys_seed_str"] = creds.seed
     elif settings.creds_file:
@@ -211,6 +251,11 @@ def _connect_options(
 
 
 def _unreachable_message(url: str, exc: BaseException) -> str:
+    if "authorization violation" in str(exc).lower():
+        return (
+            f"NATS at {redact_url(url)} refused the connection (Authorization Violation): pass the "
+            "credentials issued for you with --creds FILE (or CLAW_CREDS); `claw creds create` issues them"
+        )
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
     return (
         f"cannot reach NATS at {redact_url(url)} ({reason}); start a local cluster with `claw up` "

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from common.child_process import die_with_parent
 from common.errors import NatsServerError, PortInUseError
+from communication.auth_config import record_server, server_config_path
 
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
@@ -55,6 +56,9 @@ class NatsServerOptions:
     host: str = "127.0.0.1"
     log_file: Path | None = None
     server_name: str | None = None
+    # Authentication (docs/Security.md): the folder holding the identity registry and the server
+    # config generated from it (`<auth_dir>/nats-server.conf`, written before the start). None: open.
+    auth_dir: Path | None = None
     # Clustering (docs/RUNBOOK.md, "A NATS cluster"): servers with the same cluster name that reach
     # each other through `routes` (nats://host:cluster_port of the others) form one cluster; JetStream
     # then replicates streams and buckets (jetstream.replicas: 3).
@@ -89,11 +93,18 @@ class EmbeddedNatsServer:
         ]  # fmt: skip
         if o.server_name:
             argv += ["-n", o.server_name]
+        if o.auth_dir is not None:
+            argv += ["-c", str(server_config_path(o.auth_dir))]
         if o.cluster_name:
             argv += ["--cluster_name", o.cluster_name, "--cluster", f"nats://{o.host}:{o.cluster_port or -1}"]
             if o.routes:
                 argv += ["--routes", ",".join(o.routes)]
         return argv
+
+    def _started(self) -> None:
+        """Once healthy: note where a server with authentication runs, for `claw creds` to reload it."""
+        if self.options.auth_dir is not None and self.process is not None:
+            record_server(self.options.auth_dir, self.process.pid, self.monitor_url)
 
     def spawn(self) -> None:
         """Start the process (returns at once; see `wait_ready`)."""
@@ -125,6 +136,7 @@ class EmbeddedNatsServer:
                 self.stop()
                 raise NatsServerError(f"nats-server did not become healthy within {timeout_s:g} s; see {self.log_file}")
             time.sleep(0.05)
+        self._started()
         return self
 
     async def start_async(self, timeout_s: float = READY_TIMEOUT_S) -> EmbeddedNatsServer:
@@ -136,6 +148,7 @@ class EmbeddedNatsServer:
                 await asyncio.to_thread(self.stop)
                 raise NatsServerError(f"nats-server did not become healthy within {timeout_s:g} s; see {self.log_file}")
             await asyncio.sleep(0.05)
+        self._started()
         return self
 
     def _check_ready(self) -> bool:

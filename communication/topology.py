@@ -3,23 +3,37 @@
 Every process calls these at start-up; creating what exists with the same config is a no-op, and a
 changed setting (say a longer ack wait) is applied with an update. Consumers that many workers share
 are never given an `inactive_threshold`: an idle durable would otherwise be deleted (JETSTREAM.md).
+On an authenticated server only the coordinator creates streams and buckets; a worker that starts
+first waits for them.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from nats.js import api
-from nats.js.errors import APIError, BucketNotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from common.clock import SYSTEM_CLOCK
 from common.config import JetStreamSettings
+from common.errors import NatsServerError
+from common.identity import BusRole
 from common.log import get_logger
 from common.states import PRIORITIES, Priority
 from communication.connection import NatsConnection
 
 log = get_logger("communication.topology")
 
+T = TypeVar("T")
+
 STREAM_NAME_IN_USE = 10058
+# How long a worker waits for the coordinator to create what it may not create itself.
+WAIT_FOR_COORDINATOR_S = 120.0
+WAIT_POLL_S = 0.25
 NODES_BUCKET_TTL_S = 24 * 3600.0
 # How many anchors KV `<prefix>_audit` keeps: `claw audit verify` checks that they only moved forward.
 AUDIT_HISTORY = 64
@@ -91,6 +105,8 @@ class Topology:
         try:
             return await self._conn.js.key_value(bucket)
         except BucketNotFoundError:
+            if not self._may_create:
+                return await self._wait_for(bucket, lambda: self._conn.js.key_value(bucket))
             return await self._conn.js.create_key_value(
                 bucket=bucket,
                 description="last heartbeat of each worker node",
@@ -105,6 +121,8 @@ class Topology:
         try:
             return await self._conn.js.key_value(bucket)
         except BucketNotFoundError:
+            if not self._may_create:
+                return await self._wait_for(bucket, lambda: self._conn.js.key_value(bucket))
             return await self._conn.js.create_key_value(
                 bucket=bucket,
                 description=description,
@@ -171,6 +189,8 @@ class Topology:
         try:
             return await self._conn.js.object_store(bucket)
         except BucketNotFoundError:
+            if not self._may_create:
+                return await self._wait_for(bucket, lambda: self._conn.js.object_store(bucket))
             return await self._conn.js.create_object_store(
                 bucket=bucket,
                 config=api.ObjectStoreConfig(
@@ -237,7 +257,41 @@ class Topology:
         )
         return name
 
+    @property
+    def _may_create(self) -> bool:
+        """Whether this connection may create streams and buckets: on an authenticated server only the
+        coordinator may (a worker or client waits for it to), and the gateway its own keys bucket (the
+        one bucket it opens; communication/auth_config.py lets it create no other)."""
+        if not self._conn.auth_required or self._conn.identity_is_coordinator:
+            return True
+        return self._conn.bus_role == BusRole.GATEWAY
+
+    async def _wait_for(self, name: str, lookup: Callable[[], Awaitable[T]]) -> T:
+        """Wait (up to WAIT_FOR_COORDINATOR_S) for the coordinator to create `name`."""
+        log.warning("jetstream.waiting_for_coordinator", name=name)
+        deadline = SYSTEM_CLOCK.monotonic() + WAIT_FOR_COORDINATOR_S
+        while True:
+            await asyncio.sleep(WAIT_POLL_S)
+            try:
+                return await lookup()
+            except (BucketNotFoundError, NotFoundError):
+                if SYSTEM_CLOCK.monotonic() > deadline:
+                    raise NatsServerError(
+                        f"{name} does not exist and these credentials may not create it: start the coordinator "
+                        "first (`claw coordinator start`), which creates the cluster's streams and buckets"
+                    ) from None
+
     async def _ensure_stream(self, config: api.StreamConfig, *, update: bool) -> None:
+        if not update:
+            # A worker only looks: on an authenticated server it may not create streams (the
+            # coordinator does), and an existing stream is all it needs.
+            try:
+                await self._conn.js.stream_info(config.name or "")
+                return
+            except NotFoundError:
+                if not self._may_create:
+                    await self._wait_for(config.name or "", lambda: self._conn.js.stream_info(config.name or ""))
+                    return
         try:
             await self._conn.js.add_stream(config)
         except APIError as exc:

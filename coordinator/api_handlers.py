@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -17,12 +17,14 @@ from common import __version__, api, verbs
 from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
 from common.event_kinds import EventKind
+from common.ids import ulid_floor
 from common.models import (
     ClusterStatus,
     DeadLetterView,
     JobView,
     ListenerView,
     NatsServerInfo,
+    ReplicationView,
     StorageFaultView,
     TaskView,
 )
@@ -86,8 +88,10 @@ class ApiHandlers:
         jobs: Callable[[], list[JobView]],
         listeners: Callable[[], list[ListenerView]],
         storage_fault: Callable[[], StorageFaultView | None],
+        replication: Callable[[], Awaitable[ReplicationView | None]] | None = None,
     ) -> None:
         self._storage_fault = storage_fault
+        self._replication = replication
         self._config = config
         self._node_id = node_id
         self._conn = conn
@@ -159,13 +163,20 @@ class ApiHandlers:
         """A page of the newest tasks, filtered; the cursor is the last task id of the previous page."""
         limit = page_limit(request.limit)
         await self._pipeline.flush_queued()
+        # A time window is a range of ids: ULIDs sort by the time they were made (the primary key's index).
+        since = None if request.created_after is None else ulid_floor(request.created_after)
+        until = None if request.created_before is None else ulid_floor(request.created_before)
+        before = min((b for b in (request.cursor, until) if b is not None), default=None)
         rows = await self._store.list_tasks(
-            state=request.state, skill=request.skill, limit=limit + 1, before=request.cursor, tenant=request.tenant
-        )
+            state=request.state, skill=request.skill, limit=limit + 1, before=before, tenant=request.tenant,
+            since=since,
+        )  # fmt: skip
         tasks, more = take_page(rows, limit=limit, budget=self._budget(), what="task")
         total = None
         if request.cursor is None:
-            total = await self._store.count_tasks(state=request.state, skill=request.skill, tenant=request.tenant)
+            total = await self._store.count_tasks(
+                state=request.state, skill=request.skill, tenant=request.tenant, since=since, before=until
+            )
         return api.TaskListReply(tasks=tasks, next_cursor=tasks[-1].task_id if more else None, total=total)
 
     @serves(verbs.TASK_STATES)
@@ -221,6 +232,7 @@ class ApiHandlers:
                 jobs=self._jobs(),
                 listeners=self._listeners(),
                 storage_fault=self._storage_fault(),
+                replication=None if self._replication is None else await self._replication(),
             )
         )
 

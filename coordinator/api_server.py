@@ -34,12 +34,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind, StatusCode
 
-from common.api import ApiError, ApiReply
+from common.api import ApiError, ApiReply, SubmitRequest
 from common.errors import ClawError, InternalError, InvalidInputError, PayloadTooLargeError, TaskNotFoundError
 from common.ids import SHOWN_ID_CHARS, shown_id
 from common.log import get_logger
 from common.tracing import current_span
-from common.verbs import Verb
+from common.verbs import Role, Verb
 from communication.codec import DecodeError, decode_request, encode
 from communication.connection import NatsConnection
 from communication.payload_limits import message_bytes, reply_budget, too_large_message
@@ -47,6 +47,7 @@ from communication.subjects import Header
 from communication.trace_context import context_from
 from coordinator.api_routes import ApiRoutes, Route
 from coordinator.authorization import Authorizer
+from coordinator.tenants.identity import Caller, tenant_of_submit
 
 log = get_logger("coordinator.api")
 
@@ -117,6 +118,14 @@ class ApiServer:
                 headers = None  # the request's own headers were the problem
         await self._conn.nc.publish(msg.reply, payload, headers=headers)
 
+    async def _bound_to_tenant(self, request: SubmitRequest, identity: str) -> SubmitRequest:
+        """The submit as the tenant its sender is bound to (if any): a tenant named in the request is
+        never believed over the credentials (coordinator/tenants/identity.py refuses another)."""
+        tenant = await self._authorizer.tenant_of(identity)
+        if tenant is None:
+            return request
+        return msgspec.structs.replace(request, tenant=tenant_of_submit(request, Caller(tenant=tenant)))
+
     async def _answer(self, route: Route, msg: Msg) -> bytes:
         verb = route.verb.name
         try:
@@ -127,7 +136,14 @@ class ApiServer:
             else:  # a gateway acting for a person it authenticated (docs/Gateway.md)
                 roles = (msg.headers or {}).get(Header.ACTING_ROLES, "")
                 identity = await self._authorizer.check_acting(identity, acting_for, roles, route.verb)
-            reply = await route.handler(_as_sent_by(_request(route.verb, msg.data), identity))
+            request = _as_sent_by(_request(route.verb, msg.data), identity)
+            if route.verb.role == Role.WORKER and not self._authorizer.open_bus:
+                # A worker's identity is its node id (`claw creds` binds them): it asks for permits and
+                # gives them back as that node, whatever node the request names.
+                request = msgspec.structs.replace(request, node_id=identity)
+            if isinstance(request, SubmitRequest):
+                request = await self._bound_to_tenant(request, identity)
+            reply = await route.handler(request)
             if route.fit is not None:
                 reply = route.fit(reply, reply_budget(self._conn.nc.max_payload))
             return b'{"data":' + encode(reply) + b"}"

@@ -22,13 +22,16 @@ from common.errors import ConfigError, CredentialsError, PermissionDeniedError
 from common.identity import IDENTITY_PATTERN, normalise
 from common.log import get_logger
 from common.verbs import Role, Verb
-from communication.auth_registry import IdentityRegistry
+from communication.auth_registry import IdentityRegistry, registry_path
 
 log = get_logger("coordinator.authorization")
 
 # How old the registry read may be before a request makes it read again (new credentials work
 # within this long of `claw creds create`; a revoked identity is disconnected by the server at once).
 REGISTRY_MAX_AGE_S = 2.0
+# For an identity the last read did not know: read again (the server let it connect, so it was issued
+# since; only registered identities get that far, so this cannot be used to make the coordinator spin).
+UNKNOWN_MAX_AGE_S = 0.0
 
 
 class Authorizer:
@@ -41,7 +44,10 @@ class Authorizer:
         self._configured = _configured_roles(settings)
         self._gateways = frozenset(normalise(name) for name in settings.gateways)
         self._registry: dict[str, frozenset[Role]] = {}
+        self._tenants = {normalise(name): tenant for name, tenant in settings.tenants.items()}
+        self._registry_tenants: dict[str, str] = {}
         self._read_at = float("-inf")
+        self._read_mtime: int | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -89,22 +95,53 @@ class Authorizer:
         configured = self._configured.get(name)
         if self._open_bus:
             return frozenset(Role) if configured is None else configured
-        await self._refresh()
+        await self._refresh(REGISTRY_MAX_AGE_S)
+        if name not in self._registry and await self._registry_changed():
+            # The server let it connect, so it may have been issued just now: read the registry again.
+            await self._refresh(UNKNOWN_MAX_AGE_S)
         return self._registry.get(name, frozenset()) | (configured or frozenset())
 
-    async def _refresh(self) -> None:
-        if self._settings.dir is None or self._clock.monotonic() - self._read_at < REGISTRY_MAX_AGE_S:
+    async def tenant_of(self, identity: str) -> str | None:
+        """The tenant `identity` is bound to (config `auth.tenants`, else its credentials), if any."""
+        name = normalise(identity)
+        if name in self._tenants:
+            return self._tenants[name]
+        if self._open_bus:
+            return None
+        await self._refresh(REGISTRY_MAX_AGE_S)
+        return self._registry_tenants.get(name)
+
+    async def _registry_changed(self) -> bool:
+        """Whether the registry file changed since the last read (a stat, not a read: an identity the
+        server knows but the registry does not, such as a NATS user of one's own, costs little)."""
+        if self._settings.dir is None:
+            return False
+        return await asyncio.to_thread(_mtime, self._settings.dir) != self._read_mtime
+
+    async def _refresh(self, max_age_s: float) -> None:
+        if self._settings.dir is None or self._clock.monotonic() - self._read_at < max_age_s:
             return
         async with self._lock:
-            if self._clock.monotonic() - self._read_at < REGISTRY_MAX_AGE_S:
+            if self._clock.monotonic() - self._read_at < max_age_s:
                 return
             try:
+                mtime = await asyncio.to_thread(_mtime, self._settings.dir)
                 registry = await asyncio.to_thread(IdentityRegistry.load, self._settings.dir)
             except CredentialsError as exc:
                 log.error("auth.registry_unreadable", error=str(exc))  # keep the last good roles
             else:
                 self._registry = {normalise(r.name): r.api_roles for r in registry.all()}
+                self._registry_tenants = {normalise(r.name): r.tenant for r in registry.all() if r.tenant}
+                self._read_mtime = mtime
             self._read_at = self._clock.monotonic()
+
+
+def _mtime(auth_dir: str) -> int | None:
+    """When the registry file of `auth_dir` last changed (None: there is none)."""
+    try:
+        return registry_path(auth_dir).stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _configured_roles(settings: AuthSettings) -> dict[str, frozenset[Role]]:

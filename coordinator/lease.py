@@ -115,6 +115,39 @@ class CoordinatorLease:
         )
         return lease
 
+    @classmethod
+    async def try_acquire(
+        cls, conn: NatsConnection, topology: Topology, settings: CoordinatorSettings, node_id: str, *, now: float
+    ) -> CoordinatorLease | None:
+        """Take the lease if nobody holds it (one attempt) and start renewing it; None while it is held.
+
+        What a standby calls, again and again, until the active coordinator's lease lapses.
+        """
+        holder = LeaseHolder(
+            node_id=node_id, host=socket.gethostname(), pid=os.getpid(), since=now, ttl_s=settings.lease_ttl_s,
+            renew_interval_s=settings.lease_renew_interval_s, version=__version__,
+        )  # fmt: skip
+        kv, stream = await topology.lease_kv(settings.lease_ttl_s)
+        lease = cls(conn, kv, stream, holder)
+        sent = time.monotonic()
+        try:
+            lease._granted(await kv.create(LEASE_KEY, lease._value), sent)
+        except KeyWrongLastSequenceError:
+            current = await lease._current()
+            if current is None or current[1] != holder:
+                return None
+            lease._granted(current[0], sent)  # our own create, whose answer was lost
+        lease._keeper = asyncio.create_task(lease._keep(), name="coordinator-lease")
+        log.info(
+            "lease.acquired", revision=lease._revision, ttl_s=holder.ttl_s, bucket=conn.subjects.coordinator_bucket
+        )
+        return lease
+
+    async def holder_now(self) -> LeaseHolder | None:
+        """Who holds the lease now (None: nobody, or unreadable)."""
+        current = await self._current()
+        return None if current is None else current[1]
+
     @property
     def held(self) -> bool:
         """Whether the lease is still ours (it may be overdue for renewal)."""
@@ -150,6 +183,23 @@ class CoordinatorLease:
             raise LeaseLostError(
                 "the coordinator's lease expired before this write could be committed (was the process frozen?)"
             )
+
+    @property
+    def revision(self) -> int:
+        """The lease's revision in its bucket: the epoch of this coordinator's term (replication)."""
+        return self._revision
+
+    def may_keep_trying(self) -> bool:
+        """Whether a write already committed may keep retrying its replication: the lease is ours and
+        we are not stopping past its end."""
+        if self._lost_reason is not None:
+            return False
+        return not (self._stopping.is_set() and time.monotonic() >= self._valid_until)
+
+    def declare_lost(self, reason: str) -> None:
+        """Another coordinator fenced this one (the replication stream refused its commit): stop."""
+        if self._lost_reason is None:
+            self._lose(reason)
 
     async def release(self) -> None:
         """Stop renewing; give the lease up if it is still ours, so the next coordinator need not wait."""
@@ -220,7 +270,8 @@ class CoordinatorLease:
         who = other.describe() if other else "a coordinator this version cannot identify"
         return (
             f"another coordinator is running for prefix '{prefix}': {who}; stop it first, "
-            "or give this one a prefix of its own (nats.prefix)"
+            "or give this one a prefix of its own (nats.prefix), or start both with --replicate "
+            "(coordinator.replication) to run this one as its standby"
         )
 
     def _granted(self, revision: int, sent: float) -> None:

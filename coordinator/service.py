@@ -37,7 +37,7 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ClawConfig, CoordinatorSettings
 from common.errors import LeaseLostError
 from common.log import get_logger
-from common.models import NodeHeartbeat, QueueDepth, StorageFaultView
+from common.models import NodeHeartbeat, QueueDepth, ReplicationView, StorageFaultView
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.startup import StartupCalls
@@ -69,6 +69,8 @@ from coordinator.quarantine import QuarantineDesk
 from coordinator.queue_probe import QueueProbe
 from coordinator.restore_reconcile import reconcile_restored_queue
 from coordinator.skill_catalog import SkillCatalog
+from coordinator.standby import active as standby_active
+from coordinator.standby.publisher import ReplicationPublisher
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
@@ -89,7 +91,7 @@ log = get_logger("coordinator")
 
 API_GRACE_S = 10.0
 # The feature families every coordinator has; each adds its listeners and jobs (coordinator/plugins.py).
-FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows, schedules, live_feed)
+FEATURES: tuple[CoordinatorPlugin, ...] = (maintenance, tenants, flow, workflows, schedules, live_feed, standby_active)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,11 @@ class Coordinator:
         lease: CoordinatorLease,
         audit_signer: AnchorSigner,
         plugins: Sequence[CoordinatorPlugin] = (),
+        replication: ReplicationPublisher | None = None,
     ) -> None:
         settings = config.coordinator
+        # Ships every commit to the standbys (coordinator/standby), when replication is on.
+        self.replication = replication
         self.config, self.conn, self.db, self.clock = config, conn, db, clock
         self.node_id = lease.holder.node_id
         self._lease = lease
@@ -218,6 +223,7 @@ class Coordinator:
             jobs=self.jobs.views,
             listeners=self.listeners.views,
             storage_fault=self._storage_fault,
+            replication=None if self.replication is None else self._replication_view,
         )
         # The handlers, for features that submit as the API does (schedules fire tasks through `submit`).
         self.handlers = handlers
@@ -225,18 +231,31 @@ class Coordinator:
 
     @classmethod
     async def start(
-        cls, config: ClawConfig, *, clock: Clock = SYSTEM_CLOCK, plugins: Sequence[CoordinatorPlugin] = ()
+        cls,
+        config: ClawConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        plugins: Sequence[CoordinatorPlugin] = (),
+        conn: NatsConnection | None = None,
+        lease: CoordinatorLease | None = None,
+        replication: ReplicationPublisher | None = None,
     ) -> Coordinator:
-        """Connect, take the lease, set up JetStream, open the database and load the working set."""
-        conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
+        """Connect, take the lease, set up JetStream, open the database and load the working set.
+
+        A standby that took over passes its connection, lease and publisher (its epoch marker is in
+        the stream, and its database holds every commit before it: coordinator/standby/runner.py).
+        """
+        if conn is None:
+            conn = await NatsConnection.connect(config.nats, name="claw-coordinator")
         try:
             topology = Topology(conn, config.jetstream)
-            node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
-            now = clock.now()
-            lease = await StartupCalls(config.nats.startup_deadline_s)(
-                "the coordinator lease",
-                lambda: CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=now),
-            )
+            if lease is None:
+                node_id = config.coordinator.node_id or f"coordinator-{socket.gethostname()}-{os.getpid()}"
+                now = clock.now()
+                lease = await StartupCalls(config.nats.startup_deadline_s)(
+                    "the coordinator lease",
+                    lambda: CoordinatorLease.acquire(conn, topology, config.coordinator, node_id, now=now),
+                )
         except BaseException:
             await conn.close()
             raise
@@ -249,9 +268,17 @@ class Coordinator:
             await conn.close()
             raise
         try:
+            # Before the first write: every commit from here on reaches the standbys.
+            if replication is not None:
+                db.set_shipper(replication)
+            elif config.coordinator.replication:
+                replication = await StartupCalls(config.nats.startup_deadline_s)(
+                    "the replication stream", lambda: standby_active.start_replication(conn, config, lease, db)
+                )
             coordinator = cls(
                 config, conn, db, topology, clock,
                 buckets=buckets, artifacts=artifacts, lease=lease, audit_signer=signer, plugins=plugins,
+                replication=replication,
             )  # fmt: skip
             await coordinator._load()
             marker = restored_marker(config.coordinator.db_path)
@@ -403,6 +430,11 @@ class Coordinator:
                 storage_fault=self.db.fault is not None,
             )
         )
+
+    async def _replication_view(self) -> ReplicationView | None:
+        if self.replication is None:
+            return None
+        return await standby_active.replication_view(self.conn, self.config, self.replication)
 
     def _storage_fault(self) -> StorageFaultView | None:
         fault = self.db.fault

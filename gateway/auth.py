@@ -27,6 +27,7 @@ from nats.js.kv import KeyValue
 from common.errors import InvalidInputError, NotAuthenticatedError
 from common.identity import IDENTITY_PATTERN
 from common.verbs import Role
+from coordinator.tenants.identity import check_tenant_name
 
 KEY_PREFIX = "ck"
 SESSION_SECRET_KEY = "session-secret"  # noqa: S105 - the name of the KV entry, not a secret
@@ -39,11 +40,13 @@ _KEY = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{20,128}})$")
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller: its name (recorded as `by`/`submitter`), its roles, and its key id."""
+    """An authenticated caller: its name (recorded as `by`/`submitter`), its roles, its key id, and
+    the tenant whose tasks alone it may see and touch (None: every tenant's; gateway/tenancy.py)."""
 
     name: str
     roles: frozenset[Role]
     key_id: str
+    tenant: str | None = None
 
     def may(self, role: Role) -> bool:
         """Whether this caller may call a verb that needs `role`: it holds that role, or it is a read
@@ -59,19 +62,23 @@ class ApiKeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     roles: list[Role]
     secret_sha256: str
     created_at: float
+    # A tenant's key sees only that tenant's tasks (gateway/tenancy.py); None: every tenant's.
+    tenant: str | None = None
 
     def principal(self) -> Principal:
         """The caller this key authenticates."""
-        return Principal(self.name, frozenset(self.roles), self.key_id)
+        return Principal(self.name, frozenset(self.roles), self.key_id, self.tenant)
 
 
 def parse_roles(text: str) -> list[Role]:
     """`submitter,viewer` -> roles; one clear error naming the valid roles otherwise."""
     names = [part.strip() for part in text.split(",") if part.strip()]
-    valid = ", ".join(role.value for role in Role)
+    # A person's roles: `worker` belongs to a worker node's credentials only.
+    people = [role.value for role in Role if role != Role.WORKER]
+    valid = ", ".join(people)
     if not names:
         raise InvalidInputError(f"give at least one role ({valid})")
-    unknown = [name for name in names if name not in Role.__members__.values()]
+    unknown = [name for name in names if name not in people]
     if unknown:
         raise InvalidInputError(f"unknown role(s) {', '.join(unknown)}; the roles are {valid}")
     return sorted({Role(name) for name in names}, key=list(Role).index)
@@ -100,14 +107,22 @@ class KeyStore:
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, ApiKeyRecord | None]] = {}
 
-    async def create(self, name: str, roles: Iterable[Role]) -> tuple[ApiKeyRecord, str]:
-        """A new key for `name` with `roles`; returns its record and the key text (shown once)."""
+    async def create(self, name: str, roles: Iterable[Role], tenant: str | None = None) -> tuple[ApiKeyRecord, str]:
+        """A new key for `name` with `roles` (of `tenant`: it sees only that tenant's tasks); returns
+        its record and the key text (shown once)."""
         check_name(name)
+        if tenant is not None:
+            check_tenant_name(tenant)
         if any(record.name == name for record in await self.all_keys()):
             raise InvalidInputError(f"a key named {name!r} exists; revoke it first or choose another name")
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         record = ApiKeyRecord(
-            key_id=key_id, name=name, roles=list(roles), secret_sha256=_digest(secret), created_at=time.time()
+            key_id=key_id,
+            name=name,
+            roles=list(roles),
+            secret_sha256=_digest(secret),
+            created_at=time.time(),
+            tenant=tenant,
         )
         await self._kv.create(key_id, msgspec.json.encode(record))
         return record, f"{KEY_PREFIX}_{key_id}_{secret}"

@@ -10,6 +10,7 @@ gateway's own identity); each request also names the principal and the roles the
 them (`ActingFor`: headers `Claw-Acting-For`, `Claw-Acting-Roles`), which the coordinator honours
 from identities listed in `auth.gateways`, with at most the gateway's own roles. So an approval
 through the gateway is the person's, and a stolen gateway credential acts only within its roles.
+A tenant's key is held to its tenant's tasks here too (gateway/tenancy.py).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any, cast
 import msgspec
 
 from common import api, verbs
-from common.errors import PermissionDeniedError
+from common.errors import PermissionDeniedError, TaskNotFoundError
 from common.verbs import ReplyT, RequestT, Verb
 from communication.api_client import ActingFor, ClawClient
 from gateway.auth import Principal
 from gateway.routes import identity_fields
 from gateway.submit_batcher import SubmitBatcher
+from gateway.tenancy import TenantScope
 
 
 def _identity_fields(request_type: type[msgspec.Struct]) -> tuple[str, ...]:
@@ -39,6 +41,8 @@ class GatewayCalls:
         self._stamped: dict[type[Any], tuple[str, ...]] = {}
         # Concurrent submits leave in shared requests (gateway/submit_batcher.py).
         self._submits = SubmitBatcher(client)
+        # What a tenant's key may see and do (gateway/tenancy.py).
+        self.tenants = TenantScope(client)
 
     async def close(self) -> None:
         """Let submits on their way finish."""
@@ -62,9 +66,27 @@ class GatewayCalls:
         self.check(principal, verb)
         stamped = self._stamp(principal, verb, request)
         acting = ActingFor(principal.name, frozenset(role.value for role in principal.roles))
+        tenant = principal.tenant
+        if tenant is not None:
+            stamped = await self.tenants.before(tenant, acting, verb, stamped)
         if isinstance(stamped, api.SubmitRequest) and verb is verbs.SUBMIT:
-            return cast(ReplyT, await self._submits.submit(stamped, acting))
-        return await self.client.call(verb, stamped, acting_for=acting)
+            reply = cast(ReplyT, await self._submits.submit(stamped, acting))
+        else:
+            reply = await self.client.call(verb, stamped, acting_for=acting)
+        if tenant is not None:
+            reply = await self.tenants.after(tenant, acting, verb, reply)
+        return reply
+
+    async def owns(self, principal: Principal, task_id: str) -> bool:
+        """Whether `principal` may see the task `task_id` (always, for a key without a tenant)."""
+        if principal.tenant is None:
+            return True
+        acting = ActingFor(principal.name, frozenset(role.value for role in principal.roles))
+        try:
+            await self.tenants.check_task(principal.tenant, acting, task_id)
+        except TaskNotFoundError:
+            return False
+        return True
 
     def _stamp(self, principal: Principal, verb: Verb[RequestT, Any], request: RequestT) -> RequestT:
         fields = self._stamped.get(verb.request)

@@ -45,6 +45,14 @@ NAV = (
     ("/limits", "Limits"),
     ("/docs", "API"),
 )
+# The tasks page's time filter: created within the last N seconds (value), and its label.
+TIME_WINDOWS = (
+    ("", "any time"),
+    ("900", "last 15 min"),
+    ("3600", "last hour"),
+    ("86400", "last 24 h"),
+    ("604800", "last 7 days"),
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -77,6 +85,11 @@ def _event_detail(event: EventView) -> str:
     data = msgspec.json.decode(bytes(event.data))
     if event.kind == "progress" and isinstance(data, dict) and isinstance(data.get("percent"), int | float):
         return f"{data['percent']:.0f} % {data.get('message') or ''}".strip()
+    if event.kind == "artifact" and isinstance(data, dict) and "name" in data:
+        return f"{data['name']} ({data.get('size', '?')} bytes)"
+    if event.kind == "usage" and isinstance(data, dict) and "input_tokens" in data:
+        model = f", {data['model']}" if data.get("model") else ""
+        return f"{data['input_tokens']} tokens in / {data.get('output_tokens', 0)} out{model}"
     return bytes(event.data).decode(errors="replace")
 
 
@@ -129,6 +142,8 @@ def reproduce_command(view: TaskView) -> str:
     if view.priority.value != "normal":
         words += ["--priority", view.priority.value]
     words += ["--max-attempts", str(view.max_attempts), "--timeout", f"{view.timeout_s:g}"]
+    if view.tenant != "default":
+        words += ["--tenant", view.tenant]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -259,8 +274,14 @@ class Dashboard:
         skill = query.get("skill") or None
         tenant = query.get("tenant") or None
         cursor = query.get("cursor") or None
+        since = query.get("since") or ""
+        if since not in dict(TIME_WINDOWS):
+            since = ""
+        after = time.time() - int(since) if since else None
         filter_state = None if state is None else TaskState(state)
-        listing = api.TaskListRequest(state=filter_state, skill=skill, tenant=tenant, limit=PAGE_SIZE, cursor=cursor)
+        listing = api.TaskListRequest(
+            state=filter_state, skill=skill, tenant=tenant, limit=PAGE_SIZE, cursor=cursor, created_after=after
+        )
         page = await self._call(caller, verbs.TASK_LIST, listing)
         skills = []
         if caller.principal.may(Role.SUBMITTER):
@@ -268,7 +289,8 @@ class Dashboard:
             skills = [s.entry.manifest.name for s in registered if s.entry.enabled]
         return self.render(
             "tasks.html", caller, page="/tasks", tasks=page.tasks, next_cursor=page.next_cursor, total=page.total,
-            state=state or "", skill=skill or "", tenant=tenant or "", skills=sorted(set(skills)),
+            state=state or "", skill=skill or "", tenant=tenant or "", skills=sorted(set(skills)), since=since,
+            windows=TIME_WINDOWS, filtered=bool(state or skill or tenant or since),
         )  # fmt: skip
 
     async def task(self, request: Request, caller: Caller) -> Response:

@@ -237,9 +237,37 @@ class LiveSocket:
                     self.put(TaskMessage(topic="task", task_id=message.task_id, end=item.state))
             return
         forever = asyncio.Event()
-        if message.topic == "tasks":
+        if message.topic == "tasks" and self.caller.principal.tenant is not None:
+            await self._tenant_feed()
+        elif message.topic == "tasks":
             with self.hub.every_task(lambda feed: self.put(TasksMessage(feed=feed))):
                 await forever.wait()
         else:
             with self.hub.overview_updates(lambda reply: self.put(OverviewMessage(status=reply.status))):
                 await forever.wait()
+
+    async def _tenant_feed(self) -> None:
+        """The `tasks` topic for a tenant's key: only its tenant's tasks (each task looked up once)."""
+        feeds: asyncio.Queue[TaskFeed] = asyncio.Queue(WS_QUEUE_MAX)
+
+        def arrived(feed: TaskFeed) -> None:
+            try:
+                feeds.put_nowait(feed)
+            except asyncio.QueueFull:
+                self.too_slow.set()
+
+        owned: dict[str, bool] = {}
+        with self.hub.every_task(arrived):
+            while True:
+                feed = await feeds.get()
+                mine = owned.get(feed.task_id)
+                if mine is None:
+                    try:
+                        mine = await self.gw.calls.owns(self.caller.principal, feed.task_id)
+                    except ClawError:
+                        continue  # not known now (coordinator away): left out, the task page still shows it
+                    if len(owned) > 10_000:
+                        owned.clear()
+                    owned[feed.task_id] = mine
+                if mine:
+                    self.put(TasksMessage(feed=feed))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-import nkeys  # type: ignore[import-untyped]  # no stubs; a small, well-kept NATS library
+import nkeys  # no stubs (pyproject.toml ignores its missing imports); a small, well-kept NATS library
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 

@@ -24,6 +24,14 @@ import aiosqlite
 from common.errors import DatabaseDamagedError, MigrationError, StorageError
 from common.log import get_logger
 from storage.migrations import LATEST_VERSION, MIGRATIONS
+from storage.replication import (
+    RecordingConnection,
+    ReplicatedCommit,
+    Shipper,
+    apply_commit,
+    next_commit_no,
+    read_commit_no,
+)
 from storage.sqlite_errors import DAMAGED, describe_sqlite_error, sqlite_error_name
 
 log = get_logger("storage.database")
@@ -106,12 +114,59 @@ class Database:
         self._reader = reader
         self._wal_warned_bytes = 0
         self._fence: WriteFence | None = None
+        # With replication on (a standby may follow): every commit is shipped before the caller resumes.
+        self._shipper: Shipper | None = None
         # The last write's failure, until a write succeeds again (`claw status`, /metrics, submits).
         self.fault: StorageFault | None = None
 
     def set_fence(self, fence: WriteFence | None) -> None:
         """From now on, write only while `fence` allows it (its error is raised, nothing committed)."""
         self._fence = fence
+
+    def set_shipper(self, shipper: Shipper | None) -> None:
+        """From now on, record every transaction's writes and ship them after its commit
+        (storage/replication.py); the caller resumes only once the shipper has them stored."""
+        self._shipper = shipper
+
+    async def commit_no(self) -> int:
+        """The number of the last replicated commit this database holds."""
+        return await self._writer.call(read_commit_no)
+
+    async def backup_to(self, target: Path, position: Callable[[], int]) -> tuple[int, int]:
+        """Copy the database as of its last commit into `target` (on the writer thread, so no commit
+        comes in between); returns the copy's commit number and `position()` taken at that moment."""
+
+        def run(conn: sqlite3.Connection) -> tuple[int, int]:
+            try:
+                dst = sqlite3.connect(target)
+                try:
+                    conn.backup(dst)
+                finally:
+                    dst.close()
+            except sqlite3.Error as exc:
+                raise StorageError(f"the state database could not be copied: {describe_sqlite_error(exc)}") from exc
+            return read_commit_no(conn), position()
+
+        return await self._writer.call(run)
+
+    async def apply_replicated(self, commit: ReplicatedCommit) -> None:
+        """Apply a commit shipped by the active coordinator (a standby's write; no fence, no shipping)."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("BEGIN")
+                apply_commit(conn, commit)
+                conn.commit()
+            except sqlite3.Error as exc:
+                conn.rollback()
+                raise StorageError(
+                    f"replicated commit {commit.commit_no} could not be applied: {describe_sqlite_error(exc)}"
+                ) from exc
+            except BaseException:
+                conn.rollback()
+                raise
+
+        await self._writer.call(run)
 
     @classmethod
     async def open(
@@ -169,10 +224,18 @@ class Database:
         fence = self._fence
         if fence is not None:
             await fence.writable()
+        shipper = self._shipper
 
         def run(conn: sqlite3.Connection) -> T:
+            shipped: ReplicatedCommit | None = None
             try:
-                result = fn(conn)
+                if shipper is None:
+                    result = fn(conn)
+                else:
+                    recording = RecordingConnection(conn)
+                    result = fn(recording)  # type: ignore[arg-type]  # it has what `fn` calls
+                    if recording.recorded:
+                        shipped = ReplicatedCommit(next_commit_no(conn), recording.recorded)
                 if fence is not None:
                     fence.check()
                 conn.commit()
@@ -186,6 +249,8 @@ class Database:
                 # did run must not stay pending for the next transaction to commit.
                 conn.rollback()
                 raise
+            if shipped is not None:
+                shipper.ship(shipped)  # type: ignore[union-attr]  # set whenever `shipped` is
             if on_commit is not None:
                 on_commit(result)
             return result
@@ -208,12 +273,16 @@ class Database:
         fence = self._fence
         if fence is not None:
             await fence.writable()
+        shipper = self._shipper
 
         def run(conn: sqlite3.Connection) -> None:
+            shipped: ReplicatedCommit | None = None
             try:
                 conn.execute("BEGIN")
                 for sql, params in todo:
                     conn.execute(sql, params)
+                if shipper is not None:
+                    shipped = ReplicatedCommit(next_commit_no(conn), [("x", sql, list(p)) for sql, p in todo])
                 if fence is not None:
                     fence.check()
                 conn.commit()
@@ -223,6 +292,8 @@ class Database:
             except BaseException:
                 conn.rollback()
                 raise
+            if shipped is not None:
+                shipper.ship(shipped)  # type: ignore[union-attr]
 
         await self._writer.call(run)
 

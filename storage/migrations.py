@@ -347,8 +347,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX schedule_fires_by_schedule ON schedule_fires (schedule, fired_at);
         """,
     ),
+    # standby: the number of the last commit, shipped to the <PREFIX>_REPL stream (storage/replication.py).
     (
-        15,
+        13,
+        "replication: commit number",
+        """
+        CREATE TABLE replication (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            commit_no INTEGER NOT NULL
+        );
+        INSERT INTO replication (id, commit_no) VALUES (1, 0);
+        """,
+    ),
+    (
+        14,
         "workflow runs belong to a tenant: their node tasks are that tenant's (coordinator/workflows)",
         """
         ALTER TABLE workflow_runs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';

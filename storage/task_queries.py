@@ -136,20 +136,27 @@ class TaskQueries:
         limit: int,
         before: str | None = None,
         tenant: str | None = None,
+        since: str | None = None,
     ) -> list[TaskSummary]:
-        """Newest first, filtered by state, skill and/or tenant; `before`: only ids below it (the next page)."""
-        clause, params = _task_filter(state, skill, tenant)
-        if before is not None:
-            clause += (" AND " if clause else "WHERE ") + "task_id < ?"
-            params.append(before)
+        """Newest first, filtered by state, skill and/or tenant; `before`: only ids below it (the next page);
+        `since`: only ids from it on (a creation time, as a ULID floor)."""
+        clause, params = _task_filter(state, skill, tenant, since=since, before=before)
         rows = await self._db.fetch_all(
             f"SELECT {TASK_SUMMARY_COLUMNS} FROM tasks {clause} ORDER BY task_id DESC LIMIT ?", (*params, limit)
         )
         return [_task_summary(r) for r in rows]
 
-    async def count_tasks(self, *, state: TaskState | None, skill: str | None, tenant: str | None = None) -> int:
+    async def count_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        skill: str | None,
+        tenant: str | None = None,
+        since: str | None = None,
+        before: str | None = None,
+    ) -> int:
         """How many tasks the filter of `list_tasks` matches."""
-        clause, params = _task_filter(state, skill, tenant)
+        clause, params = _task_filter(state, skill, tenant, since=since, before=before)
         row = await self._db.fetch_one(f"SELECT COUNT(*) FROM tasks {clause}", params)
         return 0 if row is None else int(row[0])
 
@@ -184,9 +191,22 @@ def series_of(attempt: int, offsets: list[int]) -> int:
     return 1 + sum(1 for offset in offsets if offset < attempt)
 
 
-def _task_filter(state: TaskState | None, skill: str | None, tenant: str | None = None) -> tuple[str, list[object]]:
+def _task_filter(
+    state: TaskState | None,
+    skill: str | None,
+    tenant: str | None = None,
+    *,
+    since: str | None = None,
+    before: str | None = None,
+) -> tuple[str, list[object]]:
     where: list[str] = []
     params: list[object] = []
+    if since is not None:
+        where.append("task_id >= ?")
+        params.append(since)
+    if before is not None:
+        where.append("task_id < ?")
+        params.append(before)
     if state is not None:
         where.append("state = ?")
         params.append(state.value)

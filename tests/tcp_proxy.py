@@ -3,7 +3,8 @@
 Not a fake of NATS: the real server answers everything; the proxy only delays bytes. `stall_on`
 holds the client-to-server direction for `stall_s` from the first client chunk holding a marker
 (e.g. `$JS.API`, the first JetStream request), as a server electing its leaders or a congested link
-would; `blackhole` holds it for good.
+would; `blackhole` holds it for good. `partition()` holds both directions of every connection
+until `heal()` (a network partition that heals).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class StallingProxy:
     stall_on: bytes = b"$JS.API"
     stall_s: float = 0.0
     stalls: int = 0
+    _open: asyncio.Event = field(default_factory=asyncio.Event)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -30,6 +32,14 @@ class StallingProxy:
         """Where clients connect."""
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
+
+    def partition(self) -> None:
+        """Hold every byte, both ways, from now until `heal()`."""
+        self._open.clear()
+
+    def heal(self) -> None:
+        """Let the held bytes and everything after them through."""
+        self._open.set()
 
     @property
     def url(self) -> str:
@@ -43,6 +53,7 @@ class StallingProxy:
     ) -> AsyncIterator[StallingProxy]:
         """Start the proxy for the block; every connection is closed after it, also on failure."""
         proxy = cls(target_port, stall_on=stall_on, stall_s=stall_s)
+        proxy.heal()
         proxy._server = await asyncio.start_server(proxy._serve, "127.0.0.1", 0)
         try:
             yield proxy
@@ -76,5 +87,6 @@ class StallingProxy:
                 stalled = True
                 self.stalls += 1
                 await asyncio.sleep(self.stall_s)  # the injected fault: the link holds these bytes
+            await self._open.wait()  # nothing crosses while partitioned
             writer.write(data)
             await writer.drain()

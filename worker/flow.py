@@ -123,5 +123,6 @@ class FlowClient:
             output_tokens=output_tokens,
             failure=None if failure is None else failure.value,
             retry_after_s=retry_after_s,
+            node_id=self._node_id,
         )
         await self._client.call(verbs.PERMIT_RELEASE, request)

@@ -27,6 +27,7 @@ class BenchOptions:
     tracing: bool = False
     trace_sample_ratio: float = 1.0
     prefill: int = 0
+    replication: bool = False
     latency_count: int = 1000
     e2e_count: int = 400
     cli_runs: int = 10
@@ -54,6 +55,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "claw bench") -> B
         tracing=args.tracing,
         trace_sample_ratio=args.trace_sample_ratio,
         prefill=args.prefill or 0,
+        replication=args.replication,
         **sizes,
     )
 
@@ -103,6 +105,11 @@ def build_parser(prog: str = "claw bench") -> argparse.ArgumentParser:
         type=_positive,
         metavar="N",
         help="also run the throughput on a database already holding N finished tasks (e.g. 1000000)",
+    )
+    parser.add_argument(
+        "--replication",
+        action="store_true",
+        help="also run the throughput with the coordinator replicating every commit to a standby, and report the cost",
     )
     return parser
 

@@ -66,6 +66,17 @@ class TracingRun:
 
 
 @dataclass
+class ReplicationRun:
+    """The throughput run with every commit shipped to a following standby, and the plain run."""
+
+    run: ClusterRun
+    baseline: ClusterRun
+    commits: int  # commits the active shipped in the run
+    standby_lag_commits: int  # how far behind the standby was when the last task had finished
+    standby_caught_up_s: float | None  # how long after that it had applied everything
+
+
+@dataclass
 class PrefilledRun:
     """The throughput run on a database that already held `stored` finished tasks."""
 
@@ -100,6 +111,7 @@ def build_report(
     runs: list[ClusterRun],
     tracing: TracingRun | None = None,
     prefilled: PrefilledRun | None = None,
+    replication: ReplicationRun | None = None,
 ) -> dict[str, Any]:
     """The JSON document. Costs (CPU, RSS, SQLite) and ratios are those of the 2-worker cluster (else
     the one with the most workers); latencies come from the run that measured them."""
@@ -146,6 +158,8 @@ def build_report(
         report["tracing"] = _tracing(tracing)
     if prefilled is not None:
         report["prefilled"] = _prefilled(prefilled)
+    if replication is not None:
+        report["replication"] = _replication(replication)
     report["targets"] = [_target(report, *target) for target in TARGETS]
     return report
 
@@ -199,6 +213,24 @@ def _tracing(tracing: TracingRun) -> dict[str, Any]:
         "spans_exported": tracing.spans,
         "spans_per_task": round(tracing.spans / n, 2),
         "peak_rss_mb": {name: round(b / MB, 1) for name, b in traced.peak_rss.items()},
+    }
+
+
+def _replication(replication: ReplicationRun) -> dict[str, Any]:
+    on, off = replication.run, replication.baseline
+    return {
+        "workers": on.workers,
+        "throughput_tps": round(on.throughput["tps"], 1),
+        "plain_throughput_tps": round(off.throughput["tps"], 1),
+        "ratio": round(on.throughput["tps"] / off.throughput["tps"], 4),
+        "submit_accept_tps": round(on.throughput["submit_tps"], 1),
+        "plain_submit_accept_tps": round(off.throughput["submit_tps"], 1),
+        "submit_ratio": round(on.throughput["submit_tps"] / off.throughput["submit_tps"], 4),
+        "commits_shipped": replication.commits,
+        "standby_lag_commits_at_end": replication.standby_lag_commits,
+        "standby_caught_up_s": replication.standby_caught_up_s,
+        "cpu_s_per_1000": _cpu_per_1000(on),
+        "plain_cpu_s_per_1000": _cpu_per_1000(off),
     }
 
 
@@ -283,6 +315,8 @@ def render_table(report: dict[str, Any]) -> str:
         lines += _tracing_lines(report["tracing"])
     if "prefilled" in report:
         lines += _prefilled_lines(report["prefilled"])
+    if "replication" in report:
+        lines += _replication_lines(report["replication"])
     ratio = report["ratio"]
     lines += [
         "",
@@ -374,6 +408,29 @@ def _tracing_lines(tracing: dict[str, Any]) -> list[str]:
         _row("CPU s per 1,000 tasks traced", cpu(tracing["cpu_s_per_1000"])),
         _row("CPU s per 1,000 tasks untraced", cpu(tracing["untraced_cpu_s_per_1000"])),
         _row("spans exported", f"{tracing['spans_exported']:,} ({tracing['spans_per_task']:.2f} per task)"),
+    ]
+
+
+def _replication_lines(rep: dict[str, Any]) -> list[str]:
+    caught = rep["standby_caught_up_s"]
+    return [
+        "",
+        f"replication: every commit shipped to <PREFIX>_REPL, one standby following, {rep['workers']} worker(s)",
+        _row(
+            "throughput replicated / plain",
+            f"{rep['throughput_tps']:,.0f} / {rep['plain_throughput_tps']:,.0f} tasks/s = {rep['ratio']:.3f}",
+        ),
+        _row(
+            "submit accept replicated / plain",
+            f"{rep['submit_accept_tps']:,.0f} / {rep['plain_submit_accept_tps']:,.0f} tasks/s"
+            f" = {rep['submit_ratio']:.3f}",
+        ),
+        _row("commits shipped", f"{rep['commits_shipped']:,}"),
+        _row(
+            "standby behind at the end",
+            f"{rep['standby_lag_commits_at_end']:,} commits"
+            + ("" if caught is None else f", caught up {caught:.1f} s later"),
+        ),
     ]
 
 

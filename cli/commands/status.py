@@ -61,6 +61,7 @@ def render_status(status: ClusterStatus, *, all_queues: bool = False) -> None:
     emit_fields(
         [
             ("coordinator", f"up (version {status.coordinator_version})"),
+            *_replication_fields(status),
             ("state database", storage),
             ("nodes", f"{status.nodes_online} online of {status.nodes_total}"),
             ("tasks", ", ".join(f"{n} {state}" for state, n in status.tasks_by_state.items()) or "none yet"),
@@ -160,3 +161,23 @@ def _last_error(error: str | None, at: float | None) -> str:
 def register(app: typer.Typer) -> None:
     """Add `claw status`."""
     app.command()(status)
+
+
+def _replication_fields(status: ClusterStatus) -> list[tuple[str, str]]:
+    """`active` and `standbys`: who serves, its epoch, and how far behind each standby is."""
+    rep = status.replication
+    if rep is None:
+        return []  # one coordinator: nothing to say
+    lines = [("active", f"{rep.active_node_id}, epoch {rep.epoch}, commit {rep.commit_no}")]
+    if not rep.standbys:
+        return [*lines, ("standbys", "none reporting: no takeover possible")]
+    for i, standby in enumerate(rep.standbys):
+        lag = "in step" if standby.lag_commits == 0 else f"{standby.lag_commits} commits behind"
+        lines.append(
+            (
+                "standbys" if i == 0 else "",
+                f"{standby.node_id} on {standby.host}: {lag} (commit {standby.commit_no}, "
+                f"reported {fmt_ago(standby.reported_at)})",
+            )
+        )
+    return lines

@@ -4,12 +4,14 @@ recent tasks, and acting on a task."""
 from __future__ import annotations
 
 import getpass
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli.context import client_config, connect, query
+from cli.inputs import parse_duration
 from cli.listing import run_listing
 from cli.options import AllFlag, JsonFlag
 from cli.output import emit_fields, emit_json, emit_table, fmt_duration, fmt_time, shorten
@@ -112,14 +114,25 @@ def task_list(
     status: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
     skill: Annotated[str | None, typer.Option(help="Only tasks of this skill.")] = None,
     tenant: Annotated[str | None, typer.Option(help="Only tasks of this tenant.")] = None,
+    since: Annotated[
+        str | None, typer.Option(metavar="<duration>", help="Only tasks created in the last 15m, 1h, 7d, ...")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
     all_: AllFlag = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Recent tasks, newest first."""
+    after = None
+    if since is not None:
+        try:
+            after = time.time() - parse_duration(since)
+        except ClawError as exc:
+            fail(str(exc), kind="usage")
     run_listing(
         client_config(ctx),
-        lambda client, cursor, n: client.tasks_page(state=status, skill=skill, limit=n, cursor=cursor, tenant=tenant),
+        lambda client, cursor, n: client.tasks_page(
+            state=status, skill=skill, limit=n, cursor=cursor, tenant=tenant, created_after=after
+        ),
         render_task_list,
         limit=limit,
         all_=all_,

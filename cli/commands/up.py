@@ -27,6 +27,12 @@ def up(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print where the cluster listens as JSON, and log JSON lines.")
     ] = False,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth", help="Run NATS without authentication: whoever reaches it owns the cluster (not advised)."
+        ),
+    ] = False,
 ) -> None:
     """Run a whole local cluster: embedded nats-server, a coordinator, N workers and the HTTP gateway
     with its dashboard, until Ctrl-C."""
@@ -52,6 +58,7 @@ def up(
         metrics_port=metrics_port,
         gateway=None if gateway == "off" else gateway,
         json_out=json_out,
+        auth=not no_auth,
     )
     run_service(cluster.serve)
 

@@ -33,7 +33,7 @@ from common.api import (
     UsageRequest,
 )
 from common.clock import Clock
-from common.errors import InvalidInputError
+from common.errors import InvalidInputError, PermissionDeniedError
 from common.event_kinds import EventKind
 from common.flow import FailureReason, Limit, check_key
 from common.ids import new_id
@@ -193,9 +193,15 @@ class FlowDesk:
     @serves(verbs.PERMIT_RELEASE)
     async def permit_release(self, request: PermitReleaseRequest) -> PermitReply:
         """Give a call's permit back, with what it used and how it ended."""
-        permit = self.permits.pop(request.permit_id, None)
+        permit = self.permits.get(request.permit_id)
         if permit is None:
             return PermitReply(reason="unknown permit (released already, or its node was declared offline)")
+        if request.node_id and permit.node_id != request.node_id:
+            # Another node's permit: giving it back would let it, or its usage, be forged.
+            log.warning("security.permit_refused", permit_id=request.permit_id, node_id=request.node_id,
+                        holder=permit.node_id)  # fmt: skip
+            raise PermissionDeniedError(f"permit {request.permit_id} was given to another node than {request.node_id}")
+        del self.permits[request.permit_id]
         use = self._ledger.use(permit.key)
         use.release(request.permit_id)
         used = request.input_tokens + request.output_tokens

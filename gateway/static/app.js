@@ -124,36 +124,50 @@
 
   // --- overview --------------------------------------------------------------------------------------
   function overview() {
-    const buckets = new Array(60).fill(0); // finished tasks per 5 s, the last 5 minutes
+    // Finished tasks per 5 s over the last 5 minutes, stacked by outcome: succeeded, failed (failed
+    // or dead: the failure rate), other ends (cancelled, rejected).
+    const OUTCOMES = [["succeeded", "#2f7de1"], ["failed", "#d64545"], ["other", "#a9b4c2"]];
+    const outcome = (state) => (state === "succeeded" ? 0 : state === "failed" || state === "dead" ? 1 : 2);
+    const buckets = Array.from({ length: 60 }, () => [0, 0, 0]);
     const canvas = document.getElementById("throughput");
     const draw = () => {
       if (!canvas) return;
       const ctx = canvas.getContext("2d");
-      const w = canvas.width, h = canvas.height, max = Math.max(1, ...buckets);
+      const total = (b) => b[0] + b[1] + b[2];
+      const w = canvas.width, h = canvas.height, max = Math.max(1, ...buckets.map(total));
       ctx.clearRect(0, 0, w, h);
       ctx.fillStyle = "#e8edf3";
       ctx.fillRect(0, h - 1, w, 1);
-      ctx.fillStyle = "#2f7de1";
       const bw = w / buckets.length;
-      buckets.forEach((n, i) => {
-        const bh = (n / max) * (h - 16);
-        ctx.fillRect(i * bw + 1, h - bh - 1, bw - 2, bh);
+      buckets.forEach((b, i) => {
+        let y = h - 1;
+        b.forEach((n, k) => {
+          const bh = (n / max) * (h - 16);
+          ctx.fillStyle = OUTCOMES[k][1];
+          ctx.fillRect(i * bw + 1, y - bh, bw - 2, bh);
+          y -= bh;
+        });
       });
       ctx.fillStyle = "#66758a";
       ctx.font = "11px system-ui";
-      if (buckets.every((n) => n === 0)) {
+      const shown = buckets.reduce((s, b) => s + total(b), 0);
+      if (shown === 0) {
         ctx.fillText("no task has finished since this page opened; bars appear as tasks finish", 4, h / 2);
       } else {
-        ctx.fillText(`max ${max} / 5 s`, 4, 11);
+        const failed = buckets.reduce((s, b) => s + b[1], 0);
+        ctx.fillText(`max ${max} / 5 s, failed ${Math.round((100 * failed) / shown)} % of ${shown}`, 4, 11);
       }
     };
-    setInterval(() => { buckets.shift(); buckets.push(0); draw(); }, 5000);
+    setInterval(() => { buckets.shift(); buckets.push([0, 0, 0]); draw(); }, 5000);
     draw();
     const pct = (r) => (r === null || r === undefined ? "-" : `${Math.round(r * 100)} %`);
     const dur = (s) => (s === null || s === undefined ? "-" : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(1)} s`);
     live([{ topic: "overview" }, { topic: "tasks" }], (message) => {
       if (message.topic === "tasks") {
-        if (message.feed.state && TERMINAL.has(message.feed.state)) { buckets[buckets.length - 1] += 1; draw(); }
+        if (message.feed.state && TERMINAL.has(message.feed.state)) {
+          buckets[buckets.length - 1][outcome(message.feed.state)] += 1;
+          draw();
+        }
         return;
       }
       if (message.topic !== "overview") return;
@@ -209,6 +223,7 @@
       if (table.dataset.state) query.set("state", table.dataset.state);
       if (table.dataset.skill) query.set("skill", table.dataset.skill);
       if (table.dataset.tenant) query.set("tenant", table.dataset.tenant);
+      if (table.dataset.since) query.set("created_after", String(Date.now() / 1000 - Number(table.dataset.since)));
       try {
         const data = await api("GET", `/v1/tasks?${query}`);
         const picked = new Set([...document.querySelectorAll(".pick:checked")].map((c) => c.value));
@@ -302,7 +317,11 @@
     document.querySelectorAll("pre[data-preview]").forEach(async (pre) => {
       try {
         const response = await fetch(pre.dataset.preview, { credentials: "same-origin" });
-        const text = await response.text();
+        let text = await response.text();
+        if (!response.ok) throw new Error(`${response.status}: ${text.slice(0, 200)}`);
+        if (pre.dataset.kind === "json") {
+          try { text = JSON.stringify(JSON.parse(text), null, 2); } catch (error) { /* shown as it is */ }
+        }
         pre.textContent = text.length > 65536 ? `${text.slice(0, 65536)}\n…` : text;
       } catch (error) { pre.textContent = error.message; }
     });
@@ -316,6 +335,11 @@
       let data = e.data && JSON.stringify(e.data) !== "{}" ? JSON.stringify(e.data) : null;
       if (e.kind === "progress" && e.data && typeof e.data.percent === "number") {
         data = `${Math.round(e.data.percent)} % ${e.data.message || ""}`.trim();
+      }
+      // As the server renders them (gateway/dashboard.py _event_detail): readable, not raw JSON.
+      if (e.kind === "artifact" && e.data && e.data.name) data = `${e.data.name} (${e.data.size ?? "?"} bytes)`;
+      if (e.kind === "usage" && e.data && typeof e.data.input_tokens === "number") {
+        data = `${e.data.input_tokens} tokens in / ${e.data.output_tokens || 0} out${e.data.model ? `, ${e.data.model}` : ""}`;
       }
       const to = e.to_state && e.to_state !== e.kind ? ` \u2192 ${human(e.to_state)}` : "";
       const item = el("li", { "data-event": String(e.id), class: `kind-${e.kind.replace(/ /g, "-")}` },

@@ -19,7 +19,7 @@ from tests.helpers import ROOT, child_env
 
 pytestmark = pytest.mark.e2e
 
-BENCH_TIMEOUT_S = 90
+BENCH_TIMEOUT_S = 120  # --tracing and --replication each add a cluster run
 
 PERCENTILES = ("p50", "p95", "p99")
 REQUIRED_FIGURES = [
@@ -86,7 +86,7 @@ def processes_using(path: str) -> list[psutil.Process]:
 
 def test_quick_bench_reports_every_figure_and_leaves_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = run_bench("--quick", "--tracing", "--trace-sample-ratio", "0.5", "--json", str(out))
+    result = run_bench("--quick", "--tracing", "--trace-sample-ratio", "0.5", "--replication", "--json", str(out))
     assert result.returncode == 0, result.stderr
 
     report = json.loads(out.read_text())
@@ -104,6 +104,11 @@ def test_quick_bench_reports_every_figure_and_leaves_nothing_behind(tmp_path: Pa
     assert 3 * 350 <= tracing["spans_exported"] <= 3 * 650 + 100, tracing
     assert tracing["throughput_tps"] > 0 and tracing["ratio"] > 0
     assert "throughput traced / untraced" in result.stdout
+    # --replication: the replicated run shipped commits, and its standby applied every one of them.
+    replication = report["replication"]
+    assert replication["commits_shipped"] > 0 and replication["ratio"] > 0, replication
+    assert replication["standby_caught_up_s"] is not None, replication
+    assert "throughput replicated / plain" in result.stdout
 
     workdir = re.search(r"starting nats-server in (\S+)", result.stderr)
     assert workdir, result.stderr

@@ -48,26 +48,32 @@ def test_claw_up_runs_the_empty_task_loop_and_stops_cleanly(tmp_path: Path) -> N
             lambda: re.search(r"claw --nats (nats://\S+) submit", up.output()), timeout_s=60, what="claw up banner"
         )
         url = match.group(1)
+        creds = str(tmp_path / "data" / "auth" / "admin.creds")  # the local admin's, which claw up wrote
+        admin = ("--nats", url, "--creds", creds)
         children = psutil.Process(up.popen.pid).children(recursive=True)
         assert len(children) >= 4  # nats-server, coordinator, 2 workers
 
-        result = pool.run("--nats", url, "submit", "echo", "--wait")
+        result = pool.run(*admin, "submit", "echo", "--wait")
         assert result.returncode == 0, result.stderr
         assert re.match(r"^[0-9A-Z]{26} succeeded in .*: \{\}$", result.stdout.strip())
-        listed = pool.run("--nats", url, "task", "list", "--json")
+        listed = pool.run(*admin, "task", "list", "--json")
         assert [t["state"] for t in json.loads(listed.stdout)] == ["succeeded"]
 
         # A large input from a CLI with no artifacts settings lands in the cluster's store under the
         # data dir (the CLI asks the coordinator where it is) and the result comes back as an artifact.
         big = tmp_path / "big.json"
         big.write_text(json.dumps({"blob": "y" * 400_000}))
-        result = pool.run("--nats", url, "submit", "echo", "--input-file", str(big), "--wait", "--json")
+        result = pool.run(
+            "--nats", url, "--creds", creds, "submit", "echo", "--input-file", str(big), "--wait", "--json"
+        )
         assert result.returncode == 0, result.stderr
         [task] = json.loads(result.stdout)
         assert task["state"] == "succeeded" and "$artifact" in task["result"]
         task_id = task["task_id"]
         out = tmp_path / "result.json"
-        got = pool.run("--nats", url, "artifacts", "get", task_id, "result.json", "--output", str(out))
+        got = pool.run(
+            "--nats", url, "--creds", creds, "artifacts", "get", task_id, "result.json", "--output", str(out)
+        )
         assert got.returncode == 0, got.stderr
         assert json.loads(out.read_text()) == {"blob": "y" * 400_000}
         assert any((tmp_path / "data" / "artifacts").rglob("*"))
@@ -200,7 +206,7 @@ def test_nats_start_serves_until_sigterm(tmp_path: Path) -> None:
             "nats", "nats", "start", "--port", "0", "--http-port", "0", "--store-dir", str(tmp_path / "s")
         )
         match = wait_until(lambda: re.search(r"ready: (nats://\S+)", server.output()), timeout_s=30, what="ready line")
-        status = pool.run("--nats", match.group(1), "status")
+        status = pool.run("--nats", match.group(1), "--creds", str(tmp_path / "auth" / "admin.creds"), "status")
         assert "no coordinator is answering" in status.stderr  # NATS answered; nobody serves the API yet
         server.popen.send_signal(signal.SIGTERM)
         assert server.popen.wait(30) == 0

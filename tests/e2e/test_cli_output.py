@@ -174,6 +174,8 @@ def test_nats_start_json_prints_where_it_listens_as_json(tmp_path: Path) -> None
         )
         ready = wait_until(lambda: json_object_with(server.output(), "nats_url"), timeout_s=30, what="the answer")
         assert ready["nats_url"].startswith("nats://127.0.0.1:") and ready["store_dir"] == str(tmp_path / "s")
-        assert "no coordinator is answering" in pool.run("--nats", ready["nats_url"], "status").stderr
+        assert ready["auth_dir"] == str(tmp_path / "auth")  # authentication on: the admin's credentials there
+        admin = str(tmp_path / "auth" / "admin.creds")
+        assert "no coordinator is answering" in pool.run("--nats", ready["nats_url"], "--creds", admin, "status").stderr
     finally:
         pool.stop_all()

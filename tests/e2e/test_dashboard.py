@@ -37,6 +37,54 @@ default: require_approval
 default_approvals: 1
 """
 
+# Prices make usage show a cost per tenant and model.
+COORDINATOR_CONFIG = """
+flow:
+  prices:
+    glm-4.7: {input_per_mtok: 0.6, output_per_mtok: 2.2}
+"""
+# An installed skill that writes an image, a text and a JSON artifact and reports an LLM call's tokens.
+GALLERY_YAML = """
+name: gallery.make
+version: 1.0.0
+description: Draws a small chart, writes a summary and its figures as artifacts (a dashboard test)
+capabilities: [test]
+risk: read_only
+runtime:
+  python: gallery:make
+timeout_s: 30
+"""
+GALLERY_PY = r'''
+"""gallery.make: an image, a text and a JSON artifact, and the tokens of one model call."""
+
+import json
+import struct
+import zlib
+from typing import Any
+
+
+def _png(width: int, height: int) -> bytes:
+    rows = b"".join(
+        b"\x00" + b"".join(bytes((40 + 200 * x // width, 90 + 120 * y // height, 200)) for x in range(width))
+        for y in range(height)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+async def make(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
+    figures = {"rows": 3, "total": 42.5, "label": input.get("label", "q3")}
+    await ctx.put_artifact("chart.png", _png(160, 80), "image/png")
+    await ctx.put_artifact("summary.txt", f"Quarter {figures['label']}: 3 rows, total 42.5\n", "text/plain")
+    await ctx.put_artifact("figures.json", json.dumps(figures), "application/json")
+    ctx.report_usage(1200, 300, model="glm-4.7", key="llm:glm-4.7")
+    return figures
+'''
+
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (a dev dependency)")
 if not Path(CHROMIUM).exists():
     pytest.skip("no /usr/bin/chromium: apt-get install chromium (scripts/test.sh does)", allow_module_level=True)
@@ -59,7 +107,12 @@ class Cluster:
 def cluster(processes: ProcessPool, tmp_path: Path) -> Cluster:
     policy = tmp_path / "guard.yaml"
     policy.write_text(GUARD_POLICY)
-    processes.spawn("coordinator", "coordinator", "start", env={"CLAW_COORDINATOR_GUARD_POLICY": str(policy)})
+    config = tmp_path / "claw.yaml"
+    config.write_text(COORDINATOR_CONFIG)
+    env = {"CLAW_COORDINATOR_GUARD_POLICY": str(policy), "CLAW_CONFIG": str(config)}
+    # Alerts judged every second once 3 tasks finished (the overview's banners in a short test).
+    env |= {"CLAW_COORDINATOR_ALERT_MIN_TASKS": "3", "CLAW_COORDINATOR_ALERT_INTERVAL_S": "1"}
+    processes.spawn("coordinator", "coordinator", "start", env=env)
     processes.spawn("worker", "worker", "start", "--node-id", "w1", "--concurrency", "4")
     url_file = tmp_path / "gateway.url"
     processes.spawn("gateway", "gateway", "start", "--listen", "127.0.0.1:0", "--url-file", str(url_file))
@@ -81,6 +134,14 @@ def browser() -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
+
+
+RED_IN_CHART = """(() => {
+  const c = document.getElementById('throughput');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  for (let i = 0; i < d.length; i += 4) if (d[i] > 180 && d[i + 1] < 100 && d[i + 2] < 100) return true;
+  return false;
+})()"""
 
 
 def login(browser: Any, cluster: Cluster, name: str, *, width: int = 1280, height: int = 860) -> Any:
@@ -172,7 +233,6 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     alice.goto(cluster.url + "/dlq")
     alice.wait_for_selector(f'article[data-task="{dead_id}"]')
     assert "boom" in alice.inner_text(f'article[data-task="{dead_id}"]')
-    shot(alice, cluster, "dlq")
     alice.locator(f'article[data-task="{dead_id}"] button:has-text("Replay")').click()
     alice.wait_for_selector(".toast:has-text('done')")
     wait_until(lambda: cluster.api("GET", f"/v1/tasks/{dead_id}", cluster.keys["vera"])["series"] == 2)
@@ -185,22 +245,28 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     alice.locator('article[data-node="w1"] button:has-text("Resume")').click()
     alice.wait_for_selector('article[data-node="w1"] button:has-text("Drain"):not([disabled])')
 
-    # A workflow run drawn as its graph, rerun from its second node from the page.
-    b = {"skill": "sleep", "needs": ["a"], "input": {"seconds": 1}}
-    spec = json.dumps({"name": "pair", "nodes": {"a": {"skill": "echo", "input": {"k": "=input.k"}}, "b": b}})
+    # A workflow run drawn as its graph (a diamond), rerun from a middle node from the page.
+    nodes = {
+        "fetch": {"skill": "echo", "input": {"k": "=input.k"}},
+        "clean": {"skill": "sleep", "needs": ["fetch"], "input": {"seconds": 1}},
+        "stats": {"skill": "echo", "needs": ["fetch"], "input": {"rows": 3}},
+        "publish": {"skill": "echo", "needs": ["clean", "stats"], "input": {"done": True}},
+    }
+    spec = json.dumps({"name": "report", "nodes": nodes})
     assert "version" in cluster.api("POST", "/v1/verbs/workflow_register", cluster.keys["alice"], {"spec": spec})
-    run_id = cluster.api("POST", "/v1/workflows/pair/runs", cluster.keys["alice"], {"input": {"k": 1}})["run_id"]
+    run_id = cluster.api("POST", "/v1/workflows/report/runs", cluster.keys["alice"], {"input": {"k": 1}})["run_id"]
     alice.goto(f"{cluster.url}/runs/{run_id}")
     alice.wait_for_selector("#run-state.state-succeeded")  # followed live ...
     alice.wait_for_selector("#run-page[data-finished=true]")  # ... then reloaded once it ended
     shot(alice, cluster, "run")
-    alice.locator('[data-node="b"] button:has-text("Rerun from here")').click()
+    alice.locator('[data-node="clean"] button:has-text("Rerun from here")').click()
     alice.wait_for_url(lambda url: "/runs/" in url and run_id not in url)
-    alice.wait_for_selector('[data-node="a"]:has-text("reused")')
+    alice.wait_for_selector('[data-node="fetch"]:has-text("reused")')
+    alice.wait_for_selector("#run-state.state-succeeded")
 
     # The other pages, and a phone's width.
     for path, name in (("/", "overview"), ("/workflows", "workflows"), ("/schedules", "schedules"),
-                       ("/limits", "limits"), ("/skills", "skills"), ("/docs", "api")):  # fmt: skip
+                       ("/skills", "skills"), ("/docs", "api")):  # fmt: skip
         alice.goto(cluster.url + path)
         alice.wait_for_selector("main")
         shot(alice, cluster, name)
@@ -210,3 +276,182 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     shot(phone, cluster, "tasks-phone")
     phone.goto(cluster.url + "/")
     shot(phone, cluster, "overview-phone")
+    # At a phone's width no page is wider than the screen (wide tables scroll inside their card).
+    for path in ("/", "/tasks", f"/tasks/{task_id}", "/approvals", "/dlq", "/workflows", f"/runs/{run_id}",
+                 "/schedules", "/nodes", "/skills", "/limits", "/docs"):  # fmt: skip
+        phone.goto(cluster.url + path)
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+    phone.goto(f"{cluster.url}/runs/{run_id}")
+    shot(phone, cluster, "run-phone")
+
+
+def test_a_tasks_artifacts_preview_inline_and_limits_show_tokens_and_cost_per_tenant_and_model(
+    browser: Any, cluster: Cluster, tmp_path: Path
+) -> None:
+    skill = tmp_path / "gallery"
+    skill.mkdir()
+    (skill / "skill.yaml").write_text(GALLERY_YAML)
+    (skill / "gallery.py").write_text(GALLERY_PY)
+    installed = cluster.processes.run("skills", "install", str(skill))
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    limit = cluster.processes.run(
+        "limits", "set", "llm:glm-4.7", "--rpm", "40", "--tpm", "100000", "--concurrency", "5"
+    )
+    assert limit.returncode == 0, limit.stderr
+    task = {"skill": "gallery.make", "input": {"label": "Q3"}, "tenant": "acme"}
+    task_id = cluster.api("POST", "/v1/tasks", cluster.keys["alice"], task)["results"][0]["task_id"]
+    wait_until(lambda: cluster.api("GET", f"/v1/tasks/{task_id}", cluster.keys["vera"])["state"] == "succeeded")
+
+    vera = login(browser, cluster, "vera")
+    vera.goto(f"{cluster.url}/tasks/{task_id}")
+    # The image is shown inline (decoded by the browser), the text and the JSON in place.
+    vera.wait_for_function(
+        "document.querySelector('img.preview')?.complete && document.querySelector('img.preview').naturalWidth === 160"
+    )
+    text = vera.locator('pre.preview[data-preview*="summary.txt"]')
+    figures = vera.locator('pre.preview[data-preview*="figures.json"]')
+    text.filter(has_text="Quarter Q3: 3 rows").wait_for()
+    figures.filter(has_text='"total": 42.5').wait_for()
+    facts = vera.inner_text(".facts")
+    assert "acme" in facts and len(vera.inner_text(".facts dd.mono.small").strip()) == 32  # tenant, trace id
+    command = vera.inner_text("pre.cmd")
+    assert command.startswith("claw submit gallery.make --input") and command.endswith("--tenant acme")
+    attempts = vera.inner_text("table.compact")
+    assert "w1" in attempts and "succeeded" in attempts
+    shot(vera, cluster, "task-artifacts")
+
+    vera.goto(cluster.url + "/limits")
+    row = vera.locator('tr[data-limit="llm:glm-4.7"]')
+    assert "40" in row.inner_text() and "100000" in row.inner_text()
+    usage = vera.locator("#usage tr", has_text="glm-4.7")
+    usage.first.wait_for()
+    cells = usage.first.inner_text()
+    assert "acme" in cells and "1200 / 300" in cells and "0.0014" in cells  # 1200*0.6 + 300*2.2 per million
+    shot(vera, cluster, "limits")
+
+
+def test_bulk_cancel_and_retry_time_filter_dead_letter_tracebacks_a_tenants_view_and_empty_and_error_pages(
+    browser: Any, cluster: Cluster
+) -> None:
+    alice = login(browser, cluster, "alice")
+    # Empty states of a new cluster, and a missing task's error page.
+    assert "No tasks yet: submit one above." in alice.inner_text("#no-tasks")
+    alice.goto(cluster.url + "/dlq")
+    assert "The dead-letter queue is empty." in alice.inner_text("#no-letters")
+    shot(alice, cluster, "dlq-empty")
+    alice.goto(cluster.url + "/approvals")
+    alice.wait_for_selector("#no-approvals")
+    missing = alice.goto(cluster.url + "/tasks/01J00000000000000000000000")
+    assert missing is not None and missing.status == 404
+    assert "Not found" in alice.inner_text("main h1") and "no task with id" in alice.inner_text(".error-box")
+    shot(alice, cluster, "not-found")
+
+    # Bulk: three long tasks picked and cancelled together, then retried together.
+    ids = [
+        cluster.api("POST", "/v1/tasks", cluster.keys["alice"], {"skill": "sleep", "input": {"seconds": 60}})[
+            "results"
+        ][0]["task_id"]
+        for _ in range(3)
+    ]
+    alice.goto(cluster.url + "/tasks")
+    for task_id in ids:
+        alice.check(f'tr[data-task="{task_id}"] input.pick')
+    assert alice.inner_text("#selected-count") == "3"
+    alice.click('button[data-bulk="cancel"]')
+    alice.wait_for_selector(".toast:has-text('cancel: 3 of 3 done')")
+    for task_id in ids:
+        alice.wait_for_selector(f'tr[data-task="{task_id}"] .state-cancelled')
+    for task_id in ids:
+        alice.check(f'tr[data-task="{task_id}"] input.pick')
+    alice.click('button[data-bulk="retry"]')
+    alice.wait_for_selector(".toast:has-text('retry: 3 of 3 done')")
+    for task_id in ids:
+        alice.wait_for_selector(f'tr[data-task="{task_id}"] :is(.state-queued, .state-running)')
+        assert cluster.api("GET", f"/v1/tasks/{task_id}", cluster.keys["vera"])["series"] == 2
+        cluster.api("POST", f"/v1/tasks/{task_id}/cancel", cluster.keys["alice"], {})
+
+    # The time filter: the last hour has them; the form keeps the choice.
+    alice.select_option("#filter-since", "3600")
+    alice.click(".filters button[type=submit]")
+    alice.wait_for_url(lambda url: "since=3600" in url)
+    assert alice.locator("#task-table tbody tr").count() == 3
+    assert alice.eval_on_selector("#filter-since", "s => s.value") == "3600"
+
+    # A dead letter with every attempt's error and traceback.
+    failing = {"skill": "fail", "input": {"message": "upstream said 503", "retryable": True}, "max_attempts": 2}
+    dead_id = cluster.api("POST", "/v1/tasks", cluster.keys["alice"], failing)["results"][0]["task_id"]
+    wait_until(
+        lambda: cluster.api("GET", f"/v1/tasks/{dead_id}", cluster.keys["vera"])["state"] == "dead", timeout_s=90
+    )
+    alice.goto(cluster.url + "/dlq")
+    letter = alice.locator(f'article[data-task="{dead_id}"]')
+    attempts = letter.locator("details")
+    assert attempts.count() == 2
+    for n in range(2):
+        attempts.nth(n).locator("summary").click()
+        body = attempts.nth(n).inner_text()
+        assert f"attempt {n + 1} on w1" in body and "RetryableError" in body and "upstream said 503" in body
+        assert "Traceback (most recent call last)" in body
+    shot(alice, cluster, "dlq")
+    # The task's page lists both attempts with their node and error, and the traceback.
+    alice.goto(f"{cluster.url}/tasks/{dead_id}")
+    rows = alice.locator("table.compact tbody tr")
+    assert rows.count() == 2
+    for n in range(2):
+        cells = rows.nth(n).inner_text()
+        assert cells.startswith(str(n + 1)) and "w1" in cells and "RetryableError upstream said 503" in cells
+    assert "RetryableError" in alice.inner_text(".error-box")
+
+    # An approver rejects a held task from the approval centre; a reason is required.
+    held = {"skill": "echo", "input": {"hold": True, "say": "not this one"}}
+    held_id = cluster.api("POST", "/v1/tasks", cluster.keys["alice"], held)["results"][0]["task_id"]
+    bob = login(browser, cluster, "bob")
+    bob.goto(cluster.url + "/approvals")
+    card = bob.locator(f'article[data-task="{held_id}"]')
+    card.locator('button:has-text("Reject")').click()
+    bob.wait_for_selector(".toast:has-text('Give a reason first')")
+    card.locator("input.reason").fill("wrong customer")
+    card.locator('button:has-text("Reject")').click()
+    bob.wait_for_selector(".toast:has-text('Reject: done')")
+    wait_until(lambda: cluster.api("GET", f"/v1/tasks/{held_id}", cluster.keys["vera"])["state"] == "rejected")
+    bob.goto(f"{cluster.url}/tasks/{held_id}")
+    assert "wrong customer" in bob.inner_text("#timeline")
+
+    # A tenant's key sees only its tenant's tasks on every page.
+    created = cluster.processes.run(
+        "gateway", "key", "create", "--name", "shop", "--roles", "submitter", "--tenant", "acme", "--json"
+    )
+    assert created.returncode == 0, created.stderr
+    cluster.keys["shop"] = json.loads(created.stdout)["key"]
+    shop = login(browser, cluster, "shop")
+    shop.select_option("#submit-skill", "echo")
+    shop.fill("#submit-input", '{"for": "acme"}')
+    shop.click("#submit-form button[type=submit]")
+    shop.wait_for_selector("#task-table .state-succeeded")
+    rows = shop.locator("#task-table tbody tr")
+    assert rows.count() == 1 and "acme" in rows.first.inner_text()
+    shop.goto(f"{cluster.url}/tasks/{ids[0]}")  # alice's task, of tenant default
+    assert "Not found" in shop.inner_text("main h1")
+    shop.goto(cluster.url + "/dlq")
+    assert shop.locator("#no-letters").count() == 1
+    shop.goto(cluster.url + "/workflows")
+    assert "Not allowed" in shop.inner_text("main h1")
+
+
+def test_the_overview_raises_an_alert_banner_live_when_failures_pass_20_percent(browser: Any, cluster: Cluster) -> None:
+    vera = login(browser, cluster, "vera")
+    vera.goto(cluster.url + "/")
+    vera.wait_for_selector("#live-dot.on")
+    assert vera.locator(".alert-banner").count() == 0
+    vera.evaluate("window.stillThisPage = true")  # gone if the page reloaded
+    failing = {"skill": "fail", "input": {"message": "nope"}, "max_attempts": 1}
+    body = {"tasks": [failing] * 3 + [{"skill": "echo", "input": {}}]}
+    cluster.api("POST", "/v1/tasks", cluster.keys["alice"], body)
+    banner = vera.locator(".alert-banner", has_text="failure")
+    banner.first.wait_for(timeout=60_000)
+    assert vera.evaluate("window.stillThisPage") is True  # arrived over the WebSocket, not by a reload
+    vera.wait_for_function("document.querySelector('[data-state-count=dead]').textContent.trim() === '3'")
+    # The throughput chart draws the failed tasks' part of their bar in red.
+    vera.wait_for_function(RED_IN_CHART)
+    shot(vera, cluster, "overview-alert")

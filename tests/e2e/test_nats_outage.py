@@ -31,12 +31,15 @@ def _attempts(db_path: Path) -> dict[str, int]:
         return dict(db.execute("SELECT task_id, COUNT(*) FROM task_attempts GROUP BY task_id").fetchall())
 
 
+@pytest.mark.parametrize("replicated", [False, True], ids=["", "replicated"])
 @pytest.mark.parametrize("outage_s", [5.0, 15.0])
 async def test_a_nats_outage_declares_no_node_offline_and_runs_every_task_once(
-    tmp_path: Path, prefix: str, outage_s: float, request: pytest.FixtureRequest
+    tmp_path: Path, prefix: str, outage_s: float, replicated: bool, request: pytest.FixtureRequest
 ) -> None:
-    if outage_s > 5 and not request.config.getoption("--chaos-full"):
-        pytest.skip("the 15 s outage runs with --chaos-full (the default suite runs the 5 s one)")
+    if (outage_s > 5 or replicated) and not request.config.getoption("--chaos-full"):
+        pytest.skip(
+            "the 15 s outage and the replicating coordinator run with --chaos-full (the default suite runs the 5 s one)"
+        )
     server = EmbeddedNatsServer(NatsServerOptions(store_dir=tmp_path / "nats", port=0, http_port=0)).start()
     ports = (int(server.client_url.rsplit(":", 1)[1]), int(server.monitor_url.rsplit(":", 1)[1]))
     db_path = tmp_path / "claw.db"
@@ -46,6 +49,8 @@ async def test_a_nats_outage_declares_no_node_offline_and_runs_every_task_once(
         CLAW_NATS_CONNECT_RETRY_S="60",
         CLAW_COORDINATOR_DB_PATH=str(db_path),
         CLAW_WORKER_HEARTBEAT_INTERVAL_S="1.0",
+        # Replicating (coordinator/standby): commits made during the outage wait for their publish.
+        CLAW_COORDINATOR_REPLICATION="true" if replicated else "false",
         **local_dirs(tmp_path),
     )
     pool = ProcessPool(env, tmp_path)

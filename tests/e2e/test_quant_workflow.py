@@ -42,8 +42,10 @@ def test_the_quant_workflow_runs_in_claw_up_waits_for_approval_and_reports_a_png
         )
         url = match.group(1)
 
+        auth = tmp_path / "data" / "auth"  # claw up's credentials: the local admin's, and more issued there
+
         def claw(*args: str, timeout_s: float = 90) -> Any:
-            return pool.run("--nats", url, *args, timeout_s=timeout_s)
+            return pool.run("--nats", url, "--creds", str(auth / "admin.creds"), *args, timeout_s=timeout_s)
 
         for folder in CHAIN:
             installed = claw("skills", "install", str(SKILLS / "quant" / folder))
@@ -76,9 +78,13 @@ def test_the_quant_workflow_runs_in_claw_up_waits_for_approval_and_reports_a_png
         assert re.search(r"propose_orders\s+running .* waits for approval", text), text
         task_id = nodes(held)["propose_orders"]["task_ids"][0]
         assert task_id in claw("approvals").stdout
-        # Another person than the run's starter approves (no self-approval); without authentication on
-        # this test's server the identity is the configured name, with credentials it is theirs.
-        approved = pool.run("--nats", url, "approve", task_id, env={"CLAW_NATS_IDENTITY": "risk-officer"})
+        # Another person than the run's starter approves, with credentials of their own (issued while
+        # the cluster runs): the identity is the one bound to them.
+        officer = tmp_path / "risk-officer.creds"
+        issued = pool.run("creds", "create", "--auth-dir", str(auth), "--role", "approver", "--name", "risk-officer",
+                          "-o", str(officer))  # fmt: skip
+        assert issued.returncode == 0, issued.stderr
+        approved = pool.run("--nats", url, "--creds", str(officer), "approve", task_id)
         assert approved.returncode == 0, approved.stderr
         watched = claw("workflow", "watch", run_id, timeout_s=180)
         assert watched.returncode == 0, watched.stdout + watched.stderr

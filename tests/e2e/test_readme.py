@@ -138,8 +138,16 @@ CHECKS: dict[str, Check] = {
 }
 
 
+@dataclass
+class UpSh:
+    """The running up.sh: its NATS URL and the local admin's credentials it wrote."""
+
+    url: str
+    creds: str
+
+
 @pytest.fixture
-def up_sh(tmp_path: Path) -> Iterator[str]:
+def up_sh(tmp_path: Path) -> Iterator[UpSh]:
     """`./scripts/up.sh` on free ports with its data under `tmp_path`; its NATS URL. Stopped with Ctrl-C
     (SIGINT, as a user would) at the end, and nothing it started may outlive it."""
     nats_port, monitor_port = free_ports(2)
@@ -159,7 +167,8 @@ def up_sh(tmp_path: Path) -> Iterator[str]:
         assert len(services) == 3, [title(p) for p in started]
         for service in services:  # the loop users run: uvloop, where it is installed
             assert any("uvloop" in m.path for m in service.memory_maps()), title(service)
-        yield found.group(1)
+        assert f"credentials: {tmp_path / 'claw' / 'auth' / 'admin.creds'}" in log_path.read_text()
+        yield UpSh(found.group(1), str(tmp_path / "claw" / "auth" / "admin.creds"))
         popen.send_signal(2)  # Ctrl-C
         assert popen.wait(90) == 0, log_path.read_text()
         wait_until(lambda: not [p for p in started if alive(p)], timeout_s=30, what="the cluster to stop")
@@ -172,11 +181,15 @@ def up_sh(tmp_path: Path) -> Iterator[str]:
                 process.kill()
 
 
-def test_every_readme_quick_start_line_does_what_it_says(up_sh: str) -> None:
+def test_every_readme_quick_start_line_does_what_it_says(up_sh: UpSh) -> None:
     lines = quick_start_lines()
     assert lines[0] == "source .venv/bin/activate" and len(lines) == len(CHECKS), lines
     venv_bin = str(Path(sys.executable).parent)
-    session = Session(env=child_env(PATH=f"{venv_bin}{os.pathsep}{os.environ['PATH']}", CLAW_NATS_URL=up_sh))
+    # The banner's advice for a data dir other than ./.claw: CLAW_CREDS names the admin's credentials.
+    creds = up_sh.creds
+    session = Session(
+        env=child_env(PATH=f"{venv_bin}{os.pathsep}{os.environ['PATH']}", CLAW_NATS_URL=up_sh.url, CLAW_CREDS=creds)
+    )
     for line in lines:
         assert line in CHECKS, f"a README line without a check in this test: {line!r}"
         if line.startswith("source "):

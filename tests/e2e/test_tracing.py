@@ -229,7 +229,8 @@ def test_claw_up_with_otlp_sends_one_connected_trace_to_a_collector(tmp_path: Pa
         up = pool.spawn("up", "up", "--workers", "1", "--data-dir", str(tmp_path / "data"), "--nats-port", "0",
                         "--monitor-port", "0", "--gateway", "off")  # fmt: skip
         match = wait_until(lambda: re.search(r"claw --nats (nats://\S+) submit", up.output()), timeout_s=60)
-        result = pool.run("--nats", match.group(1), "submit", "echo", "--wait", "--json")
+        creds = str(tmp_path / "data" / "auth" / "admin.creds")
+        result = pool.run("--nats", match.group(1), "--creds", creds, "submit", "echo", "--wait", "--json")
         assert result.returncode == 0, result.stderr
         [task] = json.loads(result.stdout)
         trace_id = task["trace_id"]

@@ -221,7 +221,9 @@ def test_claw_up_restarts_a_killed_child_and_says_so(tmp_path: Path, role: str) 
         )
 
         def task_succeeds() -> bool:
-            result = pool.run("--nats", up.url, "submit", "echo", "--input", '{"after": "restart"}', "--wait")
+            creds = str(up.data_dir / "auth" / "admin.creds")  # the local admin's, which claw up wrote
+            result = pool.run("--nats", up.url, "--creds", creds, "submit", "echo", "--input", '{"after": "restart"}',
+                              "--wait")  # fmt: skip
             return result.returncode == 0 and '"after":"restart"' in result.stdout.replace(" ", "")
 
         wait_until(task_succeeds, timeout_s=90, interval_s=1.0, what="a task to succeed after the restart")
@@ -241,6 +243,17 @@ def test_claw_up_serves_the_dashboard_and_its_first_admin_key(tmp_path: Path) ->
         status = httpx.get(url + "/v1/status", headers={"Authorization": f"Bearer {key}"})
         assert status.status_code == 200 and status.json()["status"]["nodes_online"] == 1
         assert httpx.get(url + "/").status_code == 303  # the dashboard asks for a login
+        # The gateway is on the bus with credentials of its own (0600), and acts for the key's person.
+        assert (up.data_dir / "auth" / "gateway.creds").stat().st_mode & 0o777 == 0o600
+        auth = {"Authorization": f"Bearer {key}"}
+        submitted = httpx.post(url + "/v1/tasks", json={"skill": "echo", "input": {"via": "gateway"}}, headers=auth)
+        assert submitted.status_code == 200, submitted.text
+        task_id = re.search(r'"task_id":\s*"([0-9A-Z]{26})"', submitted.text).group(1)  # type: ignore[union-attr]
+
+        def succeeded() -> bool:
+            return httpx.get(f"{url}/v1/tasks/{task_id}", headers=auth).json()["state"] == "succeeded"
+
+        wait_until(succeeded, timeout_s=60, interval_s=0.3, what="the gateway's task to succeed")
 
 
 def test_claw_up_json_prints_its_banner_warnings_and_errors_as_json(tmp_path: Path) -> None:
@@ -313,13 +326,55 @@ def test_nats_start_listens_on_loopback_unless_given_a_host(tmp_path: Path) -> N
         pool.stop_all()
 
 
+def test_nats_start_no_auth_says_the_bus_is_open_and_lets_anyone_in(tmp_path: Path) -> None:
+    pool = ProcessPool(child_env(), tmp_path)
+    try:
+        port, monitor_port = free_ports(2)
+        nats = pool.spawn("nats", "nats", "start", "--no-auth", "--host", "0.0.0.0", "--port", str(port),
+                          "--http-port", str(monitor_port), "--store-dir", str(tmp_path / "nats"))  # fmt: skip
+        wait_until(lambda: "nats-server ready" in nats.output(), timeout_s=30, what="nats-server ready")
+        assert "WITHOUT authentication (--no-auth)" in nats.output() and "authentication on" not in nats.output()
+        assert not (tmp_path / "auth").exists()
+        # No credentials needed: NATS answers (nobody serves the API yet).
+        status = pool.run("--nats", f"nats://127.0.0.1:{port}", "status")
+        assert "no coordinator is answering" in status.stderr, status.stderr
+        assert nats.stop() == 0
+    finally:
+        pool.stop_all()
+
+
+def test_nats_start_issues_the_credentials_of_workers_and_a_gateway_started_alongside(tmp_path: Path) -> None:
+    """What docker-compose relies on: the server's container issues every service's credentials."""
+    pool = ProcessPool(child_env(), tmp_path)
+    try:
+        nats = pool.spawn("nats", "nats", "start", "--port", "0", "--http-port", "0", "--store-dir",
+                          str(tmp_path / "nats"), "--worker", "worker-1", "--worker", "worker-2",
+                          "--gateway", "gw")  # fmt: skip
+        wait_until(lambda: "nats-server ready" in nats.output(), timeout_s=30, what="nats-server ready")
+        auth = tmp_path / "auth"
+        for name in ("coordinator", "admin", "worker-1", "worker-2", "gw"):
+            assert (auth / f"{name}.creds").stat().st_mode & 0o777 == 0o600, name
+        listed = json.loads(pool.run("creds", "list", "--auth-dir", str(auth), "--json").stdout)
+        roles = {i["name"]: (i["roles"], i["node_id"]) for i in listed}
+        assert roles["worker-2"] == (["worker"], "worker-2") and roles["gw"] == (["gateway"], None)
+        assert nats.stop() == 0
+        bad = pool.run("nats", "start", "--port", "0", "--http-port", "0", "--store-dir", str(tmp_path / "n2"),
+                       "--worker", "a b")  # fmt: skip
+        assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "not a valid identity" in bad.stderr, bad.stderr
+    finally:
+        pool.stop_all()
+
+
 def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> None:
-    """README's recipe: `nats start --host 0.0.0.0` on one machine, the others connect to it
-    (here through 127.0.0.1: the test sends no traffic to any other address of the machine)."""
+    """The RUNBOOK's recipe: `nats start --host 0.0.0.0` (authentication on) on one machine with the
+    coordinator, a worker's credentials issued with `claw creds create` and used from another data
+    dir (here through 127.0.0.1: the test sends no traffic to any other address of the machine)."""
     port, monitor_port = free_ports(2)
     url = f"nats://127.0.0.1:{port}"
+    auth = tmp_path / "auth"
     pool = ProcessPool(
         child_env(
+            CLAW_AUTH_DIR=str(auth),
             CLAW_NATS_MONITOR_URL=f"http://127.0.0.1:{monitor_port}",
             CLAW_NATS_CONNECT_RETRY_S="30",
             CLAW_ARTIFACTS_LOCAL_DIR=str(tmp_path / "artifacts"),
@@ -333,20 +388,39 @@ def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> N
                           "--http-port", str(monitor_port), "--store-dir", str(tmp_path / "nats"))  # fmt: skip
         wait_until(lambda: "nats-server ready" in nats.output(), timeout_s=30, what="nats-server ready")
         assert f"nats-server ready: {url}" in nats.output()
-        assert "no authentication" in nats.output()
+        assert f"authentication on: credentials in {auth}" in nats.output()
         assert varz(monitor_port)["host"] == "0.0.0.0"
-        pool.spawn("coordinator", "--nats", url, "coordinator", "start", "--db", str(tmp_path / "claw.db"))
-        pool.spawn("worker", "--nats", url, "worker", "start", "--skills", "echo", "--node-id", "far-away")
+        assert (auth / "coordinator.creds").stat().st_mode & 0o777 == 0o600
+        admin = ("--nats", url, "--creds", str(auth / "admin.creds"))
+        pool.spawn("coordinator", "--nats", url, "--creds", str(auth / "coordinator.creds"),
+                   "coordinator", "start", "--db", str(tmp_path / "claw.db"))  # fmt: skip
+        far = tmp_path / "elsewhere" / "far-away.creds"
+        far.parent.mkdir()
+        issued = pool.run("creds", "create", "--role", "worker", "--node-id", "far-away", "-o", str(far))
+        assert issued.returncode == 0 and "the running nats-server reloaded" in issued.stdout, issued.stderr
+        pool.spawn("worker", "--nats", url, "--creds", str(far), "worker", "start", "--skills", "echo",
+                   "--node-id", "far-away")  # fmt: skip
 
         def online() -> bool:
-            result = pool.run("--nats", url, "nodes", "--json")
+            result = pool.run(*admin, "nodes", "--json")
             return result.returncode == 0 and [n["status"] for n in json.loads(result.stdout)] == ["online"]
 
         wait_until(online, timeout_s=60, interval_s=0.5, what="the worker online")
-        result = pool.run("--nats", url, "submit", "echo", "--input", '{"over": "the bus"}', "--wait", timeout_s=90)
+        result = pool.run(*admin, "submit", "echo", "--input", '{"over": "the bus"}', "--wait", timeout_s=90)
         assert result.returncode == 0, result.stderr
         task_id = result.stdout.split()[0]
-        shown = json.loads(pool.run("--nats", url, "task", "show", task_id, "--json").stdout)
+        shown = json.loads(pool.run(*admin, "task", "show", task_id, "--json").stdout)
         assert shown["node_id"] == "far-away" and shown["state"] == "succeeded"
+        # Without credentials the server refuses the connection: one line, no traceback.
+        refused = pool.run("--nats", url, "nodes")
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "Authorization Violation" in refused.stderr and "--creds" in refused.stderr
+        # The registry lists who may connect; a revoked machine is cut off with no restart.
+        listed = json.loads(pool.run("creds", "list", "--json").stdout)
+        assert {(i["name"], i["node_id"]) for i in listed} >= {("coordinator", None), ("far-away", "far-away")}
+        revoked = pool.run("creds", "revoke", "far-away")
+        assert revoked.returncode == 0 and "far-away revoked; the running nats-server dropped it" in revoked.stdout
+        again = pool.run("--nats", url, "--creds", str(far), "nodes")
+        assert again.returncode == 1 and "Authorization Violation" in again.stderr, again.stderr
     finally:
         pool.stop_all()

@@ -1,0 +1,277 @@
+"""The nats-server side of authentication: per-role permissions generated from the identity registry.
+
+Every identity connects with its NKey (a signature over the server's nonce; no password travels) and
+gets an allow-list of subjects (anything not listed is refused, and the server logs the refusal):
+
+- coordinator: publishes and subscribes to everything.
+- worker (node N): publishes events, heartbeats and claims under N, acks of task deliveries, poison
+  dead letters, its own node key, flow control's permit verbs under its identity and the response
+  cache bucket, and reads of the node controls, skill registry and skill code; subscribes to its
+  inbox, wake-ups, cancellations and N's control subject.
+- client: publishes API requests under its own identity (and, holding submitter, schedule triggers);
+  subscribes to its inbox and task state changes. One holding the admin role also uploads skill
+  packages to the skill code store (`claw skills install`) and edits the gateway's API keys.
+- gateway: a client that also keeps its API keys bucket and follows the task feed.
+- viewer: as a client, but only the read-only API verbs.
+
+Only the coordinator can publish tasks, read events (which carry inputs and results), write any KV
+bucket but a worker's own node key, or touch the audit bucket (also denied explicitly to every other
+role). Replies reach an identity under its own inbox prefix (`_INBOX_<identity>`), which only it may
+subscribe to.
+
+The server reads `<auth dir>/nats-server.conf`; `claw creds create|revoke` rewrite it and signal the
+server (SIGHUP) to reload, so new credentials work at once and revoked ones are cut off at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from common.config import TlsSettings
+from common.errors import CredentialsError
+from common.flow import cooldown_subject
+from common.identity import BusRole, write_private
+from common.log import get_logger
+from common.verbs import ALL, Role
+from communication.auth_registry import IdentityRecord, IdentityRegistry
+from communication.subjects import Subjects
+
+log = get_logger("communication.auth")
+
+SERVER_CONFIG = "nats-server.conf"
+SERVER_STATE = "server.json"
+SERVER_TLS = "server-tls.json"
+RELOAD_TIMEOUT_S = 10.0
+
+
+class ServerState(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the running nats-server of an auth folder is: for `claw creds` to make it reload."""
+
+    pid: int
+    monitor_url: str
+
+
+def server_config_path(auth_dir: str | Path) -> Path:
+    """The nats-server config file of an auth folder."""
+    return Path(auth_dir) / SERVER_CONFIG
+
+
+def permissions(record: IdentityRecord, prefix: str) -> dict[str, Any]:
+    """The nats-server permissions of one identity."""
+    s = Subjects(prefix)
+    role = record.bus_role
+    if role == BusRole.COORDINATOR:
+        return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+    inbox = f"{s.inbox_prefix(record.name)}.>"
+    deny = _coordinator_only(s)
+    if role == BusRole.WORKER:
+        node = record.node_id or record.name
+        # Its reports and reads, and flow control's permits for its handlers' calls (the verbs of
+        # the worker role, under its own identity).
+        permits = [s.api(record.name, v.name) for v in ALL if v.role == Role.WORKER]
+        return {
+            "publish": {"allow": [*permits, *_worker_publish(s, node)], "deny": deny},
+            # Its inbox, wake-ups, cancellations, its control subject and flow control's cooldowns.
+            "subscribe": {
+                "allow": [inbox, f"{prefix}.wake.*", s.cancel_all, s.ctl(node), cooldown_subject(prefix)],
+                "deny": deny,
+            },
+            # A worker answers control requests sent to it (once per request).
+            "allow_responses": True,
+        }
+    if role == BusRole.VIEWER:
+        publish = [s.api(record.name, v.name) for v in ALL if v.role == Role.VIEWER]
+    else:
+        publish = [s.api_of(record.name)]
+    subscribe = [inbox, s.updates_all]
+    api_roles = record.api_roles
+    if Role.SUBMITTER in api_roles:
+        # Event triggers of schedules (docs/Scheduling.md): whoever may submit may raise one.
+        publish.append(s.triggers_all)
+    if role == BusRole.GATEWAY:
+        # It keeps its API keys and session secret in its own bucket (creating it on first start),
+        # and follows the feed of committed changes for its live views.
+        publish += _bucket_access(f"KV_{s.gateway_keys_bucket}", f"$KV.{s.gateway_keys_bucket}.>", create=True)
+        subscribe.append(s.feed_all)
+    elif Role.ADMIN in api_roles:
+        # `claw gateway key create|revoke|list` edits the gateway's key bucket directly.
+        publish += _bucket_access(f"KV_{s.gateway_keys_bucket}", f"$KV.{s.gateway_keys_bucket}.>", create=False)
+    if Role.ADMIN in api_roles:
+        # `claw skills install` uploads the package to the skill code store itself (it is larger
+        # than one request may be); the coordinator checks its checksum before registering it.
+        code = f"OBJ_{s.skill_code_bucket}"
+        publish += [f"$O.{s.skill_code_bucket}.>", "$JS.API.INFO", f"$JS.API.STREAM.INFO.{code}",
+                    f"$JS.API.STREAM.MSG.GET.{code}", f"$JS.API.DIRECT.GET.{code}.>",
+                    f"$JS.API.STREAM.PURGE.{code}"]  # fmt: skip
+        deny = [d for d in deny if not d.startswith(f"$O.{s.skill_code_bucket}")]
+    return {"publish": {"allow": publish, "deny": deny}, "subscribe": {"allow": subscribe, "deny": deny}}
+
+
+def _bucket_access(stream: str, writes: str, *, create: bool) -> list[str]:
+    """Reading and writing one KV bucket (and, with `create`, making it): the JetStream API calls
+    nats-py's KeyValue makes, scoped to that bucket's stream."""
+    api = "$JS.API"
+    allowed = [
+        writes,
+        f"{api}.INFO",
+        f"{api}.STREAM.INFO.{stream}",
+        f"{api}.STREAM.MSG.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}.>",
+        f"{api}.CONSUMER.CREATE.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}.>",
+        f"{api}.CONSUMER.INFO.{stream}.>",
+        f"{api}.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+    if create:
+        allowed.append(f"{api}.STREAM.CREATE.{stream}")
+    return allowed
+
+
+def _worker_publish(s: Subjects, node: str) -> list[str]:
+    """What a worker may publish: its own reports, acks of its deliveries, and reads it needs."""
+    tasks, api = s.tasks_stream, "$JS.API"
+    nodes, control, skills = f"KV_{s.nodes_bucket}", f"KV_{s.node_control_bucket}", f"KV_{s.skills_bucket}"
+    code = f"OBJ_{s.skill_code_bucket}"
+    readable = (nodes, control, skills, code)
+    cache = f"{s.prefix}_flow_cache"  # flow control's response cache (communication/response_cache.py)
+    return [
+        *_bucket_access(f"KV_{cache}", f"$KV.{cache}.>", create=True),
+        s.events_of_node(node),
+        s.heartbeat(node),
+        s.claims(node),
+        f"{s.prefix}.dlq.*",  # a task message no worker can read is dead-lettered where it was found
+        f"$JS.ACK.{tasks}.>",
+        f"$KV.{s.nodes_bucket}.{node}",
+        f"{api}.INFO",
+        f"{api}.STREAM.NAMES",  # nats-py looks a stream up by subject before reading an object
+        *(f"{api}.STREAM.INFO.{name}" for name in (tasks, s.events_stream, s.dlq_stream, *readable)),
+        f"{api}.CONSUMER.INFO.{tasks}.*",
+        f"{api}.CONSUMER.DURABLE.CREATE.{tasks}.*",
+        f"{api}.CONSUMER.CREATE.{tasks}.>",
+        f"{api}.CONSUMER.MSG.NEXT.{tasks}.*",
+        f"{api}.DIRECT.GET.{nodes}.$KV.{s.nodes_bucket}.{node}",
+        *(f"{api}.DIRECT.GET.{name}.>" for name in (control, skills, code)),
+        *(f"{api}.STREAM.MSG.GET.{name}" for name in readable),
+        *(f"{api}.CONSUMER.CREATE.{name}.>" for name in (control, skills, code)),
+        *(f"{api}.CONSUMER.CREATE.{name}" for name in (control, skills, code)),
+        *(f"{api}.CONSUMER.DELETE.{name}.>" for name in (control, skills, code)),
+    ]
+
+
+def _coordinator_only(s: Subjects) -> list[str]:
+    """Subjects no role but the coordinator's may touch, denied explicitly (a deny wins over any allow):
+    the audit bucket, and writes to the skill registry and skill code."""
+    audit = f"KV_{s.audit_bucket}"
+    return [
+        f"$KV.{s.audit_bucket}.>",
+        f"$JS.API.STREAM.*.{audit}",
+        f"$JS.API.STREAM.MSG.*.{audit}",
+        f"$JS.API.CONSUMER.*.{audit}",
+        f"$JS.API.CONSUMER.*.{audit}.>",
+        f"$JS.API.DIRECT.GET.{audit}.>",
+        f"$KV.{s.skills_bucket}.>",
+        f"$O.{s.skill_code_bucket}.>",
+    ]
+
+
+def render_server_config(registry: IdentityRegistry, tls: TlsSettings | None = None) -> str:
+    """The nats-server config: one user per identity (its NKey and permissions), TLS when set."""
+    users = [{"nkey": r.public_key, "permissions": permissions(r, r.prefix)} for r in registry.all()]
+    lines = [
+        "# Generated by `claw creds` from identities.json: edits are overwritten.",
+        f"authorization: {json.dumps({'users': users}, indent=2)}",
+    ]
+    if tls is not None and tls.cert:
+        block: dict[str, Any] = {"cert_file": tls.cert, "key_file": tls.key}
+        if tls.ca:
+            block["ca_file"] = tls.ca
+        block["verify"] = tls.verify
+        lines.append(f"tls: {json.dumps(block, indent=2)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_server_config(auth_dir: str | Path, registry: IdentityRegistry, tls: TlsSettings | None = None) -> Path:
+    """Write the server config of `auth_dir` (0600) and return its path."""
+    path = server_config_path(auth_dir)
+    write_private(path, render_server_config(registry, tls))
+    return path
+
+
+def save_server_tls(auth_dir: str | Path, tls: TlsSettings | None) -> None:
+    """Remember the server's TLS settings, so regenerating its config keeps them."""
+    path = Path(auth_dir) / SERVER_TLS
+    if tls is None or not tls.cert:
+        path.unlink(missing_ok=True)
+        return
+    write_private(path, msgspec.json.encode(tls).decode())
+
+
+def load_server_tls(auth_dir: str | Path) -> TlsSettings | None:
+    """The TLS settings the server of `auth_dir` was started with (None: plain TCP)."""
+    try:
+        return msgspec.json.decode(Path(auth_dir, SERVER_TLS).read_bytes(), type=TlsSettings)
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def record_server(auth_dir: str | Path, pid: int, monitor_url: str) -> None:
+    """Note which nats-server runs on this auth folder (for `claw creds` to reload it)."""
+    state = msgspec.json.encode(ServerState(pid=pid, monitor_url=monitor_url)).decode()
+    write_private(Path(auth_dir) / SERVER_STATE, state)
+
+
+def reload_server(auth_dir: str | Path, timeout_s: float = RELOAD_TIMEOUT_S) -> bool:
+    """Make the nats-server of `auth_dir` read its config again; False when none runs there.
+
+    Waits until the server says it loaded the new config (`/varz` config_load_time moves), so a
+    command that returns has credentials that work and revocations that hold.
+    """
+    try:
+        state = msgspec.json.decode(Path(auth_dir, SERVER_STATE).read_bytes(), type=ServerState)
+    except (OSError, msgspec.DecodeError):
+        return False
+    if not _is_nats_server(state.pid):
+        return False  # not here (another machine or container), or gone: it reads the config at start
+    before = _config_load_time(state.monitor_url)
+    try:
+        os.kill(state.pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return False
+    except PermissionError as exc:
+        raise CredentialsError(f"cannot signal nats-server (pid {state.pid}) to reload: {exc}") from None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = _config_load_time(state.monitor_url)
+        if now is not None and now != before:
+            log.info("auth.server_reloaded", pid=state.pid)
+            return True
+        time.sleep(0.05)
+    raise CredentialsError(
+        f"nats-server (pid {state.pid}) did not reload its config within {timeout_s:g} s; see its log"
+    )
+
+
+def _is_nats_server(pid: int) -> bool:
+    """Whether `pid` is a nats-server on this machine (a stale pid must never get our signal)."""
+    try:
+        return b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _config_load_time(monitor_url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(f"{monitor_url}/varz", timeout=2) as r:  # noqa: S310 - our own server
+            return str(json.loads(r.read()).get("config_load_time"))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None

@@ -1,0 +1,170 @@
+"""The server's permissions, probed as an attacker on the bus would: every role may publish and
+subscribe only where `communication/auth_config.py` says, no credentials means no connection, and
+every refusal is in nats-server's log. Each probe also runs once with the role that may, to show
+the subject works. A real nats-server with authentication, a coordinator and a worker (uvloop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from cli.credentials import revoke
+from common.config import NatsSettings
+from common.errors import NatsUnavailableError
+from common.states import TaskState
+from communication.api_client import ClawClient
+from communication.nats_server import EmbeddedNatsServer
+from tests.helpers import eventually, spec
+from tests.security.bus import NOT_COORDINATOR, SecuredCluster, secured_cluster
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[SecuredCluster]:
+    async with secured_cluster(tmp_path) as running:
+        yield running
+
+
+async def test_without_credentials_nothing_connects(cluster: SecuredCluster) -> None:
+    with pytest.raises(Exception, match="(?i)authorization"):
+        async with cluster.connect(None):
+            pass
+    with pytest.raises(NatsUnavailableError) as refused:
+        await ClawClient.connect(cluster.config(None).nats)
+    assert "\n" not in str(refused.value) and "Authorization Violation" in str(refused.value)
+    assert cluster.server_log().count("- authentication error") >= 2
+
+
+@pytest.mark.parametrize("name", [n for n in NOT_COORDINATOR if n is not None])
+async def test_subscribing_to_everything_is_refused_and_reads_nothing(cluster: SecuredCluster, name: str) -> None:
+    seen: list[str] = []
+
+    async def on_msg(msg: object) -> None:
+        seen.append(getattr(msg, "subject", ""))
+
+    async with cluster.connect(name) as nc, cluster.client("alice") as alice:
+        await nc.subscribe("claw.>", cb=on_msg)
+        await nc.subscribe("claw.events.>", cb=on_msg)
+        await nc.flush()
+        await eventually(lambda: cluster.violations("Subscription", '"claw.>"'), what="the refusal in the log")
+        submitted = await alice.submit(spec("echo", {"secret": "input"}))
+        assert await alice.wait([submitted.task_id], timeout_s=30) == {submitted.task_id: TaskState.SUCCEEDED}
+        await nc.flush()
+    assert seen == []
+    assert cluster.violations("Subscription", '"claw.events.>"')
+
+    # The coordinator may: the same subscription sees the next task's messages.
+    async with cluster.connect("coordinator") as nc, cluster.client("alice") as alice:
+        sub = await nc.subscribe("claw.>", cb=on_msg)
+        await nc.flush()
+        submitted = await alice.submit(spec("echo", {"seen": True}))
+        await alice.wait([submitted.task_id], timeout_s=30)
+        await eventually(lambda: any(".events." in s for s in seen), what="the coordinator seeing events")
+        await sub.unsubscribe()
+
+
+# (identity, subject it publishes on, whether the server lets it)
+PUBLISH = [
+    ("w2", "claw.events.w1.T", False),
+    ("w2", "claw.events.w2.T", True),
+    ("w2", "claw.nodes.heartbeat.w1", False),
+    ("w2", "claw.nodes.heartbeat.w2", True),
+    ("w2", "claw.nodes.claims.w1", False),
+    ("w2", "claw.tasks.normal.echo", False),
+    ("w2", "claw.api.w2.submit", False),
+    ("w2", "$KV.claw_audit.head", False),
+    ("w2", "$KV.claw_skills.registry", False),
+    ("w2", "$KV.claw_nodes.w1", False),
+    ("w2", "$JS.API.STREAM.PURGE.CLAW_TASKS", False),
+    ("w2", "$JS.API.DIRECT.GET.KV_claw_audit.$KV.claw_audit.head", False),
+    ("alice", "claw.api.bob.approve", False),
+    ("alice", "claw.api.alice.ping", True),
+    ("alice", "claw.events.w1.T", False),
+    ("alice", "claw.tasks.normal.echo", False),
+    ("alice", "$JS.API.STREAM.INFO.CLAW_EVENTS", False),
+    ("cli", "claw.ctl.w1", False),
+    ("cli", "claw.cancel.T", False),
+    ("vic", "claw.api.vic.task_cancel", False),
+    ("vic", "claw.api.vic.dlq_purge", False),
+    ("vic", "claw.api.vic.ping", True),
+    ("coordinator", "claw.tasks.normal.nothing", True),
+]
+
+
+@pytest.mark.parametrize(("name", "subject", "allowed"), PUBLISH)
+async def test_each_role_publishes_only_on_its_own_subjects(
+    cluster: SecuredCluster, name: str, subject: str, allowed: bool
+) -> None:
+    async with cluster.connect(name) as nc:
+        await nc.publish(subject, b"{}")
+        await nc.flush()
+        if allowed:
+            # A refusal is sent before the flush's PONG: none came, and none is logged.
+            assert not [e for e in nc.errors if "permissions violation" in str(e).lower()]  # type: ignore[attr-defined]
+            assert not cluster.violations("Publish", f'"{subject}"')
+        else:
+            await eventually(lambda: cluster.violations("Publish", f'"{subject}"'), what=f"{subject} refused")
+            await eventually(
+                lambda: [e for e in nc.errors if "permissions violation" in str(e).lower()],  # type: ignore[attr-defined]
+                what="the refusal sent to the client",
+            )
+
+
+@pytest.mark.parametrize(
+    ("name", "subject", "allowed"),
+    [
+        ("w2", "_INBOX_alice.>", False),
+        ("w2", "claw.ctl.w1", False),
+        ("w2", "claw.ctl.w2", True),
+        ("alice", "_INBOX_bob.>", False),
+        ("alice", "_INBOX_alice.x", True),
+        ("alice", "claw.updates.*", True),
+        ("vic", "$KV.claw_audit.>", False),
+        ("cli", "claw.nodes.heartbeat.*", False),
+    ],
+)
+async def test_each_role_subscribes_only_to_its_own_subjects(
+    cluster: SecuredCluster, name: str, subject: str, allowed: bool
+) -> None:
+    async with cluster.connect(name) as nc:
+        await nc.subscribe(subject)
+        await nc.flush()
+        if allowed:
+            assert not cluster.violations("Subscription", f'"{subject}"')
+        else:
+            await eventually(lambda: cluster.violations("Subscription", f'"{subject}"'), what=f"{subject} refused")
+
+
+async def test_revoked_credentials_are_cut_off_at_once_without_a_restart(cluster: SecuredCluster) -> None:
+    async with cluster.connect("cli") as nc:
+        await nc.flush()
+        record, reloaded = await asyncio.to_thread(revoke, cluster.auth_dir, "cli")
+        assert record.name == "cli" and reloaded
+        # The server drops the open connection of a user it no longer knows ...
+        await eventually(lambda: not nc.is_connected, what="the revoked connection dropped")
+    # ... and refuses a new one; the others keep working.
+    with pytest.raises(Exception, match="(?i)authorization"):
+        async with cluster.connect("cli"):
+            pass
+    async with cluster.client("alice") as alice:
+        assert (await alice.ping()).version
+
+
+async def test_a_connection_without_credentials_to_an_open_server_over_a_network_is_warned(
+    nats_server: EmbeddedNatsServer, cluster: SecuredCluster
+) -> None:
+    port = nats_server.client_url.rsplit(":", 1)[1]
+    with capture_logs() as logs:
+        # 0.0.0.0 as a destination reaches this machine (no traffic leaves it), but is not a loopback name.
+        async with await ClawClient.connect(NatsSettings(url=f"nats://0.0.0.0:{port}")):
+            pass
+        async with await ClawClient.connect(NatsSettings(url=nats_server.client_url)):
+            pass  # loopback: this machine only, no warning
+        async with cluster.client("alice"):
+            pass  # with credentials: none either
+    warned = [e for e in logs if e["event"] == "nats.no_authentication"]
+    assert len(warned) == 1 and warned[0]["url"] == f"nats://0.0.0.0:{port}"

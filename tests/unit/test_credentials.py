@@ -1,0 +1,101 @@
+"""Issuing credentials (cli/credentials.py) and the permissions generated from them
+(communication/auth_config.py), without a server: files 0600 in a 0700 folder, names bound the way
+the coordinator relies on, and each bus role's allow-list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli.credentials import LOCAL_ADMIN_ROLES, ensure, issue, prepare_server
+from common.errors import ClawError
+from common.identity import BusRole, read_credentials
+from common.verbs import Role
+from communication.auth_config import permissions
+from communication.auth_registry import IdentityRegistry
+
+
+@pytest.fixture
+def auth_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "auth"
+    prepare_server(folder)
+    return folder
+
+
+def test_issued_files_are_private_and_the_registry_keeps_no_seed(auth_dir: Path) -> None:
+    issued = issue(auth_dir, name="alice", roles=["approver"], out=auth_dir / "alice.creds", prefix="claw",
+                   reload=False)  # fmt: skip
+    assert auth_dir.stat().st_mode & 0o777 == 0o700
+    for path in (issued.path, auth_dir / "identities.json", auth_dir / "nats-server.conf"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    seed = read_credentials(issued.path).seed
+    assert seed not in (auth_dir / "identities.json").read_text()
+    assert issued.record.public_key in (auth_dir / "nats-server.conf").read_text()
+
+
+def test_a_workers_name_is_its_node_id_and_bus_roles_stand_alone(auth_dir: Path) -> None:
+    with pytest.raises(ClawError, match="a worker's name is its node id"):
+        issue(auth_dir, name="w7", roles=["worker"], node_id="w8", out=auth_dir / "w.creds", prefix="claw",
+              reload=False)  # fmt: skip
+    for roles in (["gateway", "admin"], ["worker", "submitter"]):
+        with pytest.raises(ClawError, match="cannot be combined"):
+            issue(auth_dir, name="x", roles=roles, out=auth_dir / "x.creds", prefix="claw", reload=False)
+    with pytest.raises(ClawError, match="not a valid tenant name"):
+        issue(auth_dir, name="t", roles=["submitter"], out=auth_dir / "t.creds", prefix="claw", tenant="a b",
+              reload=False)  # fmt: skip
+    assert IdentityRegistry.load(auth_dir).all() == []
+
+
+def test_ensure_keeps_what_exists_and_issues_a_missing_file_anew(auth_dir: Path) -> None:
+    first = ensure(auth_dir, name="coordinator", roles=["coordinator"], prefix="claw")
+    seed = read_credentials(first).seed
+    assert read_credentials(ensure(auth_dir, name="coordinator", roles=["coordinator"], prefix="claw")).seed == seed
+    first.unlink()
+    again = ensure(auth_dir, name="coordinator", roles=["coordinator"], prefix="claw")
+    assert read_credentials(again).seed != seed
+    assert [r.name for r in IdentityRegistry.load(auth_dir).all()] == ["coordinator"]
+
+
+def test_each_bus_role_gets_only_its_own_subjects(auth_dir: Path) -> None:
+    for name, roles, node in (("w1", ["worker"], "w1"), ("gw", ["gateway"], None), ("adam", LOCAL_ADMIN_ROLES, None),
+                              ("vic", ["viewer"], None)):  # fmt: skip
+        issue(auth_dir, name=name, roles=roles, node_id=node, out=auth_dir / f"{name}.creds", prefix="claw",
+              reload=False)  # fmt: skip
+    records = {r.name: r for r in IdentityRegistry.load(auth_dir).all()}
+    worker = permissions(records["w1"], "claw")
+    assert {"claw.events.w1.*", "claw.nodes.heartbeat.w1", "claw.api.w1.permit_acquire"} <= set(
+        worker["publish"]["allow"]
+    )
+    assert not [s for s in worker["publish"]["allow"] if s.startswith(("claw.tasks", "claw.api.w1.submit", ">"))]
+    assert "claw.flow.cooldown" in worker["subscribe"]["allow"]
+    gateway = permissions(records["gw"], "claw")
+    assert records["gw"].bus_role == BusRole.GATEWAY and Role.WORKER not in records["gw"].api_roles
+    assert "claw.feed.*" in gateway["subscribe"]["allow"]
+    assert "$JS.API.STREAM.CREATE.KV_claw_gateway_keys" in gateway["publish"]["allow"]
+    admin = permissions(records["adam"], "claw")
+    assert "$JS.API.STREAM.CREATE.KV_claw_gateway_keys" not in admin["publish"]["allow"]
+    assert "$KV.claw_gateway_keys.>" in admin["publish"]["allow"] and "claw.trigger.>" in admin["publish"]["allow"]
+    viewer = permissions(records["vic"], "claw")
+    viewer_publishes = set(viewer["publish"]["allow"])
+    assert "claw.api.vic.ping" in viewer_publishes and "claw.api.vic.approve" not in viewer_publishes
+    assert "claw.trigger.>" not in viewer["publish"]["allow"]
+    for role in (worker, gateway, admin, viewer):
+        assert "$KV.claw_audit.>" in role["publish"]["deny"]
+
+
+def test_docker_compose_gives_every_service_credentials_the_nats_service_issues() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
+    services = compose["services"]
+    command = services["nats"]["command"]
+    assert command[:2] == ["nats", "start"] and "--no-auth" not in command
+    issued = {"coordinator"} | {command[i + 1] for i, arg in enumerate(command) if arg in ("--worker", "--gateway")}
+    clients = {name: s for name, s in services.items() if s.get("build") and name != "nats"}
+    assert set(clients) == {"coordinator", "worker-1", "worker-2", "gateway"}
+    for name, service in clients.items():
+        creds = service["environment"]["CLAW_NATS_CREDS_FILE"]
+        assert creds == f"/nats/auth/{name}.creds" and name in issued, name
+        assert "nats-data:/nats:ro" in service["volumes"], name
+    assert services["coordinator"]["environment"]["CLAW_AUTH_GATEWAYS"] == "gateway"
