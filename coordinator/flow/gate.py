@@ -311,16 +311,16 @@ class FlowGate:
         """The waiting tasks in the order they are offered room: by priority, then arrival, except
         that in a lane where normal or low is owed its share, its first task goes first."""
         ordered = sorted(self.waiting.values(), key=lambda w: w.rank)
-        owed: list[Waiting] = []
-        seen: set[str] = set()
+        heads: dict[tuple[str, Priority], Waiting] = {}  # the first waiting task of each lane and priority
         for waiting in ordered:
-            if waiting.lane in seen:
-                continue
-            seen.add(waiting.lane)
-            shares = self._shares.setdefault(waiting.lane, PriorityShares())
-            turn = shares.choose([p for p in PRIORITIES if left[waiting.lane, p]])
-            if turn is not None and turn != waiting.record.priority:
-                owed.append(next(w for w in ordered if w.lane == waiting.lane and w.record.priority == turn))
+            heads.setdefault((waiting.lane, waiting.record.priority), waiting)
+        owed: list[Waiting] = []
+        for lane in dict.fromkeys(lane for lane, _ in heads):
+            shares = self._shares.setdefault(lane, PriorityShares())
+            waiting_now = [p for p in PRIORITIES if (lane, p) in heads]
+            turn = shares.choose([p for p in waiting_now if left[lane, p]])
+            if turn is not None and turn != waiting_now[0]:
+                owed.append(heads[lane, turn])
         if not owed:
             return ordered
         first = {id(w) for w in owed}
