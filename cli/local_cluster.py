@@ -12,6 +12,7 @@ events), then NATS. Whatever kills `claw up` itself (SIGKILL too), its children 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import socket
@@ -64,8 +65,11 @@ class LocalCluster:
         gateway: str | None = None,
         json_out: bool = False,
         auth: bool = True,
+        nats_nodes: int = 1,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        # 1: one nats-server; 3 or 5: a NATS cluster on this machine, streams replicated on every node.
+        self.nats_nodes = nats_nodes
         # Authentication (docs/Security.md): credentials for every process under <data dir>/auth.
         self.auth_dir = self.data_dir / "auth" if auth else None
         # The gateway's HOST:PORT (None: no gateway), and the file holding the first admin's API key.
@@ -87,6 +91,7 @@ class LocalCluster:
             log_file=self.logs / "nats-server.log",
             auth_dir=self.auth_dir,
         )
+        self.nats_cluster_options = cluster_options(self.nats_options, nats_nodes) if nats_nodes > 1 else []
         self.launcher = Launcher(log_dir=self.logs)
         config = load_config()
         self._local_dirs = local_dirs_under(self.data_dir, config)
@@ -103,7 +108,13 @@ class LocalCluster:
         try:
             if self.auth_dir is not None:
                 await asyncio.to_thread(self._issue_credentials)
-            nats = await self.launcher.start_nats(self.nats_options, PORT_OPTIONS)
+            if self.nats_cluster_options:
+                check_store_layout(self.data_dir / "nats", clustered=True)
+                await self.launcher.start_nats_cluster(self.nats_cluster_options, PORT_OPTIONS)
+                nats = self.launcher.nats_servers[0]
+            else:
+                check_store_layout(self.data_dir / "nats", clustered=False)
+                nats = await self.launcher.start_nats(self.nats_options, PORT_OPTIONS)
             cluster = self._cluster(nats)
             cluster.start()
             await cluster.wait_ready(stop)
@@ -171,6 +182,8 @@ class LocalCluster:
         env.update(CLAW_NATS_CONNECT_RETRY_S="30", CLAW_LOG_LEVEL=os.environ.get("CLAW_LOG_LEVEL", "info"))
         # One local admin submits and approves (the README's quick start): their own tasks included.
         env.setdefault("CLAW_AUTH_SELF_APPROVAL", "true")
+        if self.nats_nodes > 1:
+            env["CLAW_JETSTREAM_REPLICAS"] = str(self.nats_nodes)
         if self.auth_dir is not None:
             env["CLAW_AUTH_DIR"] = str(self.auth_dir)
             if self.gateway is not None and not env.get("CLAW_AUTH_GATEWAYS"):
@@ -180,7 +193,7 @@ class LocalCluster:
         return ClusterProcesses(
             self.launcher,
             self.data_dir,
-            nats_url=nats.client_url,
+            nats_url=self.nats_url,
             monitor_url=nats.monitor_url,
             prefix=self.prefix,
             workers=self.workers,
@@ -218,11 +231,17 @@ class LocalCluster:
             _, key = await store.create("admin", [r for r in Role if r != Role.WORKER])
         await asyncio.to_thread(_write_private, self.admin_key_file, key + "\n")
 
+    @property
+    def nats_url(self) -> str:
+        """The URL clients are given: every server's, comma-separated, for a NATS cluster."""
+        return ",".join(s.client_url for s in self.launcher.nats_servers)
+
     def _banner(self, nats: EmbeddedNatsServer) -> None:
         if self.json_out:
             emit_json(
                 {
-                    "nats_url": nats.client_url,
+                    "nats_url": self.nats_url,
+                    "nats_nodes": self.nats_nodes,
                     "monitor_url": nats.monitor_url,
                     "workers": self.workers,
                     "data_dir": str(self.data_dir),
@@ -248,17 +267,25 @@ class LocalCluster:
                 f"\n  dashboard and REST API: {self.gateway_url} (log in with the API key in {self.admin_key_file};"
                 "\n    more keys: claw gateway key create --name NAME --roles viewer,submitter)"
             )
+        url = self.nats_url
+        bus = f"nats-server {url} (monitoring {nats.monitor_url})"
+        if self.nats_nodes > 1:
+            names = ", ".join(str(s.options.server_name) for s in self.launcher.nats_servers)
+            bus = (
+                f"a NATS cluster of {self.nats_nodes} servers ({names}; n1's monitoring {nats.monitor_url}), "
+                "every stream on each; a server that exits is started again"
+            )
         print(
-            f"""claw cluster up: nats-server {nats.client_url} (monitoring {nats.monitor_url}),
+            f"""claw cluster up: {bus},
   a coordinator and {self.workers} worker(s); data and logs in {self.data_dir}{metrics}{creds}
   artifacts in {self.artifacts_location} (claw artifacts list)
   a coordinator or worker that exits is started again (after 1 s, doubling to 30 s)
 
 In another terminal:
-  claw --nats {nats.client_url} submit echo --input '{{"hello": "world"}}' --wait
-  claw --nats {nats.client_url} task list
-  claw --nats {nats.client_url} nodes
-  claw --nats {nats.client_url} status
+  claw --nats {url} submit echo --input '{{"hello": "world"}}' --wait
+  claw --nats {url} task list
+  claw --nats {url} nodes
+  claw --nats {url} status
 
 Ctrl-C stops the cluster.""",
             flush=True,
@@ -272,10 +299,28 @@ Ctrl-C stops the cluster.""",
                 start = functools.partial(cluster.start_child, name)
                 tg.create_task(keep_running(start, ended, self._report, child), name=f"keep-{name}")
             while not await wait_any(stop, timeout_s=0.5) and nats.alive:
-                pass
+                if self.nats_nodes > 1:
+                    nats = await self._restart_exited_nats(nats)
             ended.set()
         if not stop.is_set():
             raise NatsServerError(f"nats-server exited; see {nats.log_file}")
+
+    async def _restart_exited_nats(self, first: EmbeddedNatsServer) -> EmbeddedNatsServer:
+        """Start again a server of the NATS cluster that exited (the others keep the quorum meanwhile);
+        returns the first server as it now is."""
+        for server in list(self.launcher.nats_servers):
+            if server.alive:
+                continue
+            name = server.options.server_name
+            warn(f"nats-server {name} exited; starting it again (see {server.log_file})", name=name)
+            try:
+                again = await self.launcher.restart_nats(server)
+            except NatsServerError as exc:
+                warn(f"nats-server {name} did not start again: {exc}", name=name)
+                continue
+            if server is first:
+                first = again
+        return first
 
     @staticmethod
     def _report(restart: Restart) -> None:
@@ -285,6 +330,54 @@ Ctrl-C stops the cluster.""",
             exit_code=restart.exit_code,
             restart_in_s=restart.restart_in_s,
             log=None if restart.log_path is None else str(restart.log_path),
+        )
+
+
+def cluster_options(base: NatsServerOptions, nodes: int) -> list[NatsServerOptions]:
+    """The servers n1..nN of a NATS cluster on this machine: n1 on the ports of `base` (0: a free
+    one), the others and every route port on free ports chosen now, so that a server that exits
+    comes back on the same ones; each with its own store under `base.store_dir`."""
+    ports = [(base.port or free_port(), base.http_port or free_port())]
+    ports += [(free_port(), free_port()) for _ in range(nodes - 1)]
+    routes = [free_port() for _ in range(nodes)]
+    return [
+        dataclasses.replace(
+            base,
+            store_dir=base.store_dir / f"n{i + 1}",
+            port=client,
+            http_port=monitor,
+            log_file=None if base.log_file is None else base.log_file.with_name(f"nats-server-n{i + 1}.log"),
+            server_name=f"n{i + 1}",
+            cluster_name="claw-local",
+            cluster_port=routes[i],
+            routes=tuple(f"nats://{base.host}:{p}" for j, p in enumerate(routes) if j != i),
+        )
+        for i, (client, monitor) in enumerate(ports)
+    ]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def check_store_layout(store: Path, *, clustered: bool) -> None:
+    """Refuse to start a single server on a cluster's store or a cluster on a single server's: the
+    other layout's streams (and the tasks queued in them) would not be there."""
+    has_cluster = (store / "n1").is_dir()
+    has_single = (store / "jetstream").is_dir()
+    if clustered and has_single:
+        raise NatsServerError(
+            f"{store} holds the store of a single nats-server; a NATS cluster would start with empty streams "
+            "(queued tasks left behind): use another --data-dir for --nats-nodes, or drain this cluster and "
+            f"remove {store}"
+        )
+    if not clustered and has_cluster:
+        raise NatsServerError(
+            f"{store} holds the stores of a NATS cluster (n1, n2, ...); start it with the same --nats-nodes, "
+            "or use another --data-dir for a single server"
         )
 
 

@@ -23,7 +23,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -155,6 +155,8 @@ class Launcher:
         self.cwd = cwd
         self.children: list[Child] = []
         self.nats: EmbeddedNatsServer | None = None
+        # Every nats-server it started (`nats` is the first): one, or the servers of a local cluster.
+        self.nats_servers: list[EmbeddedNatsServer] = []
 
     def spawn(
         self,
@@ -238,18 +240,41 @@ class Launcher:
         """Start nats-server and wait until it is healthy; it is stopped last. `port_options` names
         the command's option for each port (`client`, `monitoring`) for the error of a port in use."""
         self.nats = EmbeddedNatsServer(options)
+        self.nats_servers = [self.nats]
         try:
             await self.nats.start_async()
         except PortInUseError as exc:
-            if port_options is None or exc.role not in port_options:
-                raise
-            hint = f"{exc}; pass another {port_options[exc.role]} (0 picks a free one)"
-            raise PortInUseError(hint, port=exc.port, role=exc.role) from None
+            raise _named_port(exc, port_options) from None
         return self.nats
+
+    async def start_nats_cluster(
+        self, options: Sequence[NatsServerOptions], port_options: Mapping[str, str] | None = None
+    ) -> list[EmbeddedNatsServer]:
+        """Start the servers of one NATS cluster together (each waits for its routes to the others
+        before JetStream is healthy) and wait until all are healthy; they are stopped last."""
+        self.nats_servers = [EmbeddedNatsServer(o) for o in options]
+        self.nats = self.nats_servers[0]
+        for server in self.nats_servers:
+            server.spawn()
+        try:
+            for server in self.nats_servers:
+                await asyncio.to_thread(server.wait_ready)
+        except PortInUseError as exc:
+            raise _named_port(exc, port_options) from None
+        return self.nats_servers
+
+    async def restart_nats(self, server: EmbeddedNatsServer) -> EmbeddedNatsServer:
+        """Start a server of the cluster that exited again, with the same ports and store."""
+        again = EmbeddedNatsServer(server.options)
+        self.nats_servers[self.nats_servers.index(server)] = again
+        if server is self.nats:
+            self.nats = again
+        await again.start_async()
+        return again
 
     def running(self) -> bool:
         """Whether any child (or nats-server) still runs."""
-        return any(child.alive for child in self.children) or (self.nats is not None and self.nats.alive)
+        return any(child.alive for child in self.children) or any(s.alive for s in self.nats_servers)
 
     def stop_all(self) -> None:
         """Stop every child still running, in the cluster's order; blocks until they are gone."""
@@ -258,8 +283,8 @@ class Launcher:
                 child.terminate()
             for child in stage:
                 child.stop()
-        if self.nats is not None:
-            self.nats.stop()
+        for server in self.nats_servers:
+            server.stop()
 
     async def stop_all_async(self) -> None:
         """`stop_all` without blocking the event loop. Cancelled (a second Ctrl-C), it kills what
@@ -274,8 +299,8 @@ class Launcher:
                 child.kill()
             raise
         finally:
-            if self.nats is not None:
-                await asyncio.to_thread(self.nats.stop)
+            for server in self.nats_servers:
+                await asyncio.to_thread(server.stop)
 
     @staticmethod
     async def _await_stop(child: Child) -> None:
@@ -302,3 +327,11 @@ class Launcher:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as log_file:  # the child keeps its own descriptor
             yield log_file
+
+
+def _named_port(exc: PortInUseError, port_options: Mapping[str, str] | None) -> PortInUseError:
+    """The error of a port in use, naming the command's option that sets it."""
+    if port_options is None or exc.role not in port_options:
+        return exc
+    hint = f"{exc}; pass another {port_options[exc.role]} (0 picks a free one)"
+    return PortInUseError(hint, port=exc.port, role=exc.role)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import urllib.parse
 from typing import Any
 
 import nats
@@ -75,6 +76,7 @@ class NatsConnection:
 
         Raises `NatsUnavailableError` with the URL and what to do when NATS cannot be reached.
         """
+        check_urls(settings.url)  # a typo is not worth retrying (nor a traceback from nats-py)
         retry_s = settings.connect_retry_s if retry_s is None else retry_s
         deadline = SYSTEM_CLOCK.monotonic() + retry_s
         events = _ConnectionEvents()
@@ -161,6 +163,25 @@ class _ConnectionEvents:
 
     async def on_closed(self) -> None:
         log.debug("nats.closed")
+
+
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def check_urls(urls: str) -> None:
+    """Raise `ConfigError` naming the first of the comma-separated server URLs that nats-py cannot use."""
+    for url in urls.split(","):
+        url = url.strip()
+        parts = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in NATS_SCHEMES or not parts.hostname or port == -1:
+            raise ConfigError(
+                f"NATS URL {redact_url(url)!r} is not valid: give nats://HOST:PORT, several separated by commas "
+                "without spaces or other characters (--nats, CLAW_NATS_URL)"
+            )
 
 
 async def _connect(options: dict[str, Any]) -> NatsClient:

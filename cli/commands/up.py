@@ -27,6 +27,13 @@ def up(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print where the cluster listens as JSON, and log JSON lines.")
     ] = False,
+    nats_nodes: Annotated[
+        int,
+        typer.Option(
+            help="nats-servers to run: 1, or 3 or 5 for a NATS cluster on this machine with every stream on "
+            "each server (one may fail; docs/RUNBOOK.md)."
+        ),
+    ] = 1,
     no_auth: Annotated[
         bool,
         typer.Option(
@@ -40,6 +47,12 @@ def up(
 
     if workers < 0:
         fail("--workers must be 0 or more", kind="usage")
+    if nats_nodes not in (1, 3, 5):
+        fail(
+            f"--nats-nodes {nats_nodes}: use 1, 3 or 5 (JetStream needs a majority of the servers: "
+            "2 fail with either one down, 4 no better than 3)",
+            kind="usage",
+        )
     if gateway != "off":
         from gateway.settings import parse_listen
 
@@ -59,6 +72,7 @@ def up(
         gateway=None if gateway == "off" else gateway,
         json_out=json_out,
         auth=not no_auth,
+        nats_nodes=nats_nodes,
     )
     run_service(cluster.serve)
 

@@ -82,9 +82,16 @@ class Up:
 
 
 @contextlib.contextmanager
-def claw_up(tmp_path: Path, *, workers: int = 1, stdout: int | None = None, json_out: bool = False) -> Iterator[Up]:
-    """`claw up` on free ports (with `json_out`: `claw up --json`); at exit, it and every process it
-    started are gone (killed if need be)."""
+def claw_up(
+    tmp_path: Path,
+    *,
+    workers: int = 1,
+    stdout: int | None = None,
+    json_out: bool = False,
+    extra: tuple[str, ...] = (),
+) -> Iterator[Up]:
+    """`claw up` on free ports (with `json_out`: `claw up --json`; `extra`: more options); at exit, it
+    and every process it started are gone (killed if need be)."""
     nats_port, monitor_port = free_ports(2)
     data_dir = tmp_path / "data"
     log_path = tmp_path / "up.log"
@@ -93,7 +100,7 @@ def claw_up(tmp_path: Path, *, workers: int = 1, stdout: int | None = None, json
             [sys.executable, "-m", "cli", "up", "--workers", str(workers), "--data-dir", str(data_dir),
              "--nats-port", str(nats_port), "--monitor-port", str(monitor_port), "--concurrency", "2",
              "--gateway", "127.0.0.1:0",
-             *(["--json"] if json_out else [])],
+             *(["--json"] if json_out else []), *extra],
             cwd=ROOT, env=child_env(CLAW_LOG_LEVEL="info"), stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
