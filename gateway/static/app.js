@@ -409,6 +409,55 @@
     }, 1500);
   }
 
+  // --- forms that call the API (workflows, schedules, limits) -----------------------------------------
+  // Each `form[data-api]` posts its fields, shaped by `data-shape`, to `data-api` (its `{field}`
+  // parts filled from the form); then it goes to the new run, or reloads the page.
+  const DURATION = { s: 1, m: 60, h: 3600, d: 86400 };
+  function seconds(text) {
+    const match = /^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$/.exec(text || "");
+    if (!match) throw new Error(`'${text}' is not a duration: use e.g. 30s, 15m, 12h or 7d`);
+    return Number(match[1]) * (DURATION[match[2] || "s"]);
+  }
+  function json(text, what) {
+    try { return JSON.parse(text || "{}"); } catch (error) { throw new Error(`The ${what} is not JSON: ${error.message}`); }
+  }
+  const SHAPES = {
+    "workflow-run": (f) => ({ input: json(f.input, "input") }),
+    "workflow-register": (f) => ({ spec: f.spec }),
+    schedule: (f) => {
+      const body = { name: f.name, tz: f.tz || "UTC", input: json(f.input, "input") };
+      if (f.kind === "cron") body.cron = f.rule;
+      else if (f.kind === "every") body.every_s = seconds(f.rule);
+      else body.on_event = true;
+      body[f.target_kind === "workflow" ? "workflow" : "skill"] = f.target;
+      return body;
+    },
+    limit: (f) => {
+      const limit = { key: f.key };
+      if (f.rpm) { limit.requests = Number(f.rpm); limit.window_s = 60; }
+      if (f.tpm) limit.tokens_per_minute = Number(f.tpm);
+      if (f.concurrency) limit.concurrency = Number(f.concurrency);
+      return { limit };
+    },
+  };
+  document.querySelectorAll("form[data-api]").forEach((form) => form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const fields = Object.fromEntries(new FormData(form).entries());
+    const button = form.querySelector("button[type=submit]");
+    try {
+      const body = SHAPES[form.dataset.shape](fields);
+      const path = form.dataset.api.replace(/\{(\w+)\}/g, (_, name) => encodeURIComponent(fields[name] || ""));
+      button.disabled = true;
+      const reply = await api("POST", path, body);
+      toast(`${button.textContent.trim()}: done`);
+      if (reply?.run_id) { setTimeout(() => { location.href = `/runs/${reply.run_id}`; }, 300); return; }
+      setTimeout(() => location.reload(), 500);
+    } catch (error) {
+      toast(error.message, true);
+      button.disabled = false;
+    }
+  }));
+
   if (page === "/") overview();
   else if (page === "/workflows" && document.getElementById("run-page")) run();
   else if (page === "/tasks" && document.getElementById("task-page")) task();

@@ -265,8 +265,8 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     alice.wait_for_selector("#run-state.state-succeeded")
 
     # The other pages, and a phone's width.
-    for path, name in (("/", "overview"), ("/workflows", "workflows"), ("/schedules", "schedules"),
-                       ("/skills", "skills"), ("/docs", "api")):  # fmt: skip
+    # (the workflows and schedules pages are shot by the test that fills their forms)
+    for path, name in (("/", "overview"), ("/skills", "skills"), ("/docs", "api")):
         alice.goto(cluster.url + path)
         alice.wait_for_selector("main")
         shot(alice, cluster, name)
@@ -455,3 +455,71 @@ def test_the_overview_raises_an_alert_banner_live_when_failures_pass_20_percent(
     # The throughput chart draws the failed tasks' part of their bar in red.
     vera.wait_for_function(RED_IN_CHART)
     shot(vera, cluster, "overview-alert")
+
+
+def test_workflows_schedules_and_limits_are_made_from_the_browser_alone(browser: Any, cluster: Cluster) -> None:
+    alice = login(browser, cluster, "alice")
+    # A workflow registered from its spec pasted in the form, then run with an input from the form.
+    alice.goto(cluster.url + "/workflows")
+    alice.wait_for_selector("#no-workflows")
+    spec = "\n".join(
+        [
+            "name: quarter",
+            "nodes:",
+            "  fetch: {skill: echo, input: {quarter: =input.quarter}}",
+            "  publish: {skill: echo, needs: [fetch], input: {from: =nodes.fetch}}",
+        ]
+    )
+    alice.fill("#register-spec", spec)
+    alice.click("#register-form button[type=submit]")
+    alice.wait_for_selector('tr[data-workflow="quarter"]')
+    alice.select_option("#run-name", "quarter")
+    alice.fill("#run-input", '{"quarter": "Q3"}')
+    alice.click("#run-form button[type=submit]")
+    alice.wait_for_url(lambda url: "/runs/" in url)
+    alice.wait_for_selector("#run-state.state-succeeded")
+    run_id = alice.url.rsplit("/", 1)[-1]
+    view = cluster.api("GET", f"/v1/runs/{run_id}", cluster.keys["vera"])
+    assert view["input"] == {"quarter": "Q3"} and [n["state"] for n in view["nodes"]] == ["succeeded"] * 2
+    alice.goto(cluster.url + "/workflows")
+    shot(alice, cluster, "workflows")
+
+    # A schedule made from the form (every hour, a task of echo), fired by hand.
+    alice.goto(cluster.url + "/schedules")
+    alice.wait_for_selector("#no-schedules")
+    alice.fill("#schedule-name", "hourly-echo")
+    alice.select_option("#schedule-kind", "every")
+    alice.fill("#schedule-rule", "1h")
+    alice.fill("#schedule-target", "echo")
+    alice.click("#schedule-form button[type=submit]")
+    row = alice.locator('tr[data-schedule="hourly-echo"]')
+    row.wait_for()
+    assert "every 1h\ttask echo" in row.inner_text() and "every every" not in row.inner_text()
+    row.locator('button:has-text("Fire now")').click()
+    alice.wait_for_selector(".toast:has-text('Fire now: done')")
+    wait_until(lambda: cluster.api("GET", "/v1/schedules/hourly-echo", cluster.keys["vera"])["fires"] != [])
+    alice.click("details:has(#schedule-form) > summary")  # closed once a schedule exists
+    alice.fill("#schedule-name", "broken")
+    alice.select_option("#schedule-kind", "cron")
+    alice.fill("#schedule-rule", "not a cron line")
+    alice.fill("#schedule-target", "echo")
+    alice.click("#schedule-form button[type=submit]")
+    alice.wait_for_selector(".toast.bad")  # the coordinator's one-line refusal, shown
+    alice.goto(cluster.url + "/schedules")
+    shot(alice, cluster, "schedules")
+
+    # A rate limit set from the form.
+    alice.goto(cluster.url + "/limits")
+    alice.fill("#limit-key", "llm:glm-4.7")
+    alice.fill("#limit-rpm", "40")
+    alice.fill("#limit-concurrency", "5")
+    alice.click("#limit-form button[type=submit]")
+    limit = alice.locator('tr[data-limit="llm:glm-4.7"]')
+    limit.wait_for()
+    assert "0 / 40" in limit.inner_text() and "0 / 5" in limit.inner_text()
+
+    # A viewer gets none of these forms.
+    vera = login(browser, cluster, "vera")
+    for path, form in (("/workflows", "#register-form"), ("/schedules", "#schedule-form"), ("/limits", "#limit-form")):
+        vera.goto(cluster.url + path)
+        assert vera.locator(form).count() == 0, path
