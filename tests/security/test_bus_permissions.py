@@ -11,14 +11,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NatsClient
 from structlog.testing import capture_logs
 
-from cli.credentials import revoke
+from cli.credentials import issue, prepare_server, revoke
 from common.config import NatsSettings
 from common.errors import NatsUnavailableError
+from common.identity import read_credentials
 from common.states import TaskState
 from communication.api_client import ClawClient
-from communication.nats_server import EmbeddedNatsServer
+from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from tests.helpers import eventually, spec
 from tests.security.bus import NOT_COORDINATOR, SecuredCluster, secured_cluster
 
@@ -168,3 +170,37 @@ async def test_a_connection_without_credentials_to_an_open_server_over_a_network
             pass  # with credentials: none either
     warned = [e for e in logs if e["event"] == "nats.no_authentication"]
     assert len(warned) == 1 and warned[0]["url"] == f"nats://0.0.0.0:{port}"
+
+
+async def test_every_server_sharing_an_auth_folder_reloads_new_and_revoked_credentials(tmp_path: Path) -> None:
+    """`claw up --nats-nodes 3` runs several servers on one auth folder: claw creds reloads each."""
+    auth = tmp_path / "auth"
+    prepare_server(auth)
+    servers = []
+    try:
+        for name in ("s1", "s2"):
+            options = NatsServerOptions(store_dir=tmp_path / name, port=0, http_port=0, auth_dir=auth)
+            servers.append(await EmbeddedNatsServer(options).start_async())
+        out = tmp_path / "late.creds"
+        issued = await asyncio.to_thread(issue, auth, name="late", roles=["viewer"], out=out, prefix="claw")
+        assert issued.reloaded
+        seed = read_credentials(out).seed
+        for server in servers:  # both know the new identity at once
+            await _login(server.client_url, seed)
+        _, reloaded = await asyncio.to_thread(revoke, auth, "late")
+        assert reloaded
+        for server in servers:  # and both refuse it once revoked, though no identity is left at all
+            with pytest.raises(Exception, match="(?i)authorization"):
+                await _login(server.client_url, seed)
+    finally:
+        for server in servers:
+            await asyncio.to_thread(server.stop)
+
+
+async def _login(url: str, seed: str) -> None:
+    """Connect with an NKey seed and close; a refused login raises (its socket closed too)."""
+    nc = NatsClient()
+    try:
+        await nc.connect(url, nkeys_seed_str=seed, allow_reconnect=False, max_reconnect_attempts=0)
+    finally:
+        await nc.close()

@@ -99,3 +99,10 @@ def test_docker_compose_gives_every_service_credentials_the_nats_service_issues(
         assert creds == f"/nats/auth/{name}.creds" and name in issued, name
         assert "nats-data:/nats:ro" in service["volumes"], name
     assert services["coordinator"]["environment"]["CLAW_AUTH_GATEWAYS"] == "gateway"
+
+
+def test_a_server_config_with_no_identity_left_still_requires_authentication(auth_dir: Path) -> None:
+    # nats-server reads an empty user list as no authentication at all: one unusable user stays.
+    text = (auth_dir / "nats-server.conf").read_text()
+    assert IdentityRegistry.load(auth_dir).all() == [] and text.count('"nkey"') == 1
+    assert '"deny":[">"]' in "".join(text.split())
