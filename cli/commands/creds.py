@@ -45,7 +45,7 @@ def auth_dir_of(ctx: typer.Context, given: Path | None) -> Path:
 def creds_create(
     ctx: typer.Context,
     role: Annotated[list[str], typer.Option("--role", help=f"A role ({', '.join(ROLE_NAMES)}); repeat for several.")],
-    out: Annotated[Path, typer.Option("-o", "--output", help="Where to write the credentials file (0600).")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="Where to write the credentials file (0600).")],
     name: Annotated[str | None, typer.Option(help="The identity's name (a worker's defaults to its node id).")] = None,
     node_id: Annotated[str | None, typer.Option(help="The node id a worker's credentials are bound to.")] = None,
     tenant: Annotated[
@@ -105,7 +105,12 @@ def creds_list(
 
 
 @group.command("revoke")
-def creds_revoke(ctx: typer.Context, name: str, auth_dir: AuthDirFlag = None) -> None:
+def creds_revoke(
+    ctx: typer.Context,
+    name: str,
+    auth_dir: AuthDirFlag = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the revoked identity as JSON.")] = False,
+) -> None:
     """Revoke an identity's credentials: its connections are dropped and it cannot connect again."""
     from cli.credentials import revoke
 
@@ -113,6 +118,9 @@ def creds_revoke(ctx: typer.Context, name: str, auth_dir: AuthDirFlag = None) ->
         record, reloaded = revoke(auth_dir_of(ctx, auth_dir), name)
     except ClawError as exc:
         fail(str(exc), kind=exc.code)
+    if json_out:
+        emit_json({"name": record.name, "revoked": True, "server_reloaded": reloaded})
+        return
     where = "the running nats-server dropped it" if reloaded else "the server refuses it when it starts"
     print(f"{record.name} revoked; {where}")
 
