@@ -142,7 +142,12 @@ def run() -> None:
     try:
         code = claw.main(args, prog_name="claw", standalone_mode=False)
     except typer.TyperException as exc:
-        report_error(exc.format_message(), "usage")
+        message = exc.format_message()
+        ctx = getattr(exc, "ctx", None)
+        if getattr(exc, "option_name", None) == "--json" and ctx is not None and ctx.parent is None:
+            # `claw --json status`: --json is each command's option, not claw's (NoSuchOption).
+            message = "--json goes after the command, not before it: e.g. `claw status --json`"
+        report_error(message, "usage")
         sys.exit(getattr(exc, "exit_code", EXIT_ERROR))
     except typer.Abort:
         sys.exit(EXIT_INTERRUPTED)

@@ -18,6 +18,7 @@ from common.config import ClawConfig
 from common.errors import InvalidInputError, TaskNotFoundError
 from common.event_kinds import EventKind
 from common.ids import ulid_floor
+from common.log import get_logger
 from common.models import (
     ClusterStatus,
     DeadLetterView,
@@ -43,7 +44,7 @@ from coordinator.dead_letters import DeadLetterOffice
 from coordinator.input_offload import InputOffloader
 from coordinator.node_control import NodeControlDesk
 from coordinator.node_registry import NodeRegistry
-from coordinator.operations import RERUNNABLE, TaskOperations
+from coordinator.operations import RERUNNABLE, NotDeadError, TaskOperations
 from coordinator.paging import offset_cursor, offset_page, page_limit, take_page
 from coordinator.queue_probe import QueueProbe
 from coordinator.reply_fit import fit_submit_reply, fit_task_view, max_submit_results
@@ -55,6 +56,8 @@ from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore
 from storage.records import TaskRecord
 from storage.task_queries import TaskQueries
+
+log = get_logger("coordinator.api_handlers")
 
 # The most task ids one `task_states` request may name: its reply must fit one NATS message.
 MAX_STATE_IDS = 10_000
@@ -279,7 +282,8 @@ class ApiHandlers:
         views, resume = await self._dead_letters.list_page(
             skill=request.skill, limit=page_limit(request.limit), before=_seq_cursor(request.cursor)
         )
-        results = [await self._replay(view, request.by) for view in views if view.letter.task_id is not None]
+        replies = [await self._replay(view, request.by) for view in views if view.letter.task_id is not None]
+        results = [reply for reply in replies if reply is not None]
         return api.DlqReplayReply(results=results, next_cursor=None if resume is None else str(resume))
 
     async def _replay_one(self, task_id: str, by: str | None) -> api.TaskActionReply:
@@ -296,13 +300,28 @@ class ApiHandlers:
                 f"task {task_id} has no dead letter; `claw dlq list` shows them (`claw task retry` re-runs any "
                 "failed, dead or cancelled task)"
             )
-        return await self._replay(letter, by)
+        reply = await self._replay(letter, by)
+        if reply is None:
+            raise TaskNotFoundError(f"no task with id {task_id}; `claw task list` shows recent ones")
+        if not reply.changed and reply.state in RERUNNABLE:
+            raise InvalidInputError(reply.note)  # a letter of a task that is not dead: nothing replayed
+        return reply
 
-    async def _replay(self, view: DeadLetterView, by: str | None) -> api.TaskActionReply:
+    async def _replay(self, view: DeadLetterView, by: str | None) -> api.TaskActionReply | None:
         task_id = view.letter.task_id or ""
-        state, changed = await self._operations.rerun(
-            task_id, kind=EventKind.REPLAYED, by=by, note={"dlq_seq": view.seq}
-        )
+        try:
+            state, changed = await self._operations.rerun(
+                task_id, kind=EventKind.REPLAYED, by=by, note={"dlq_seq": view.seq}, only_dead=True
+            )
+        except NotDeadError as exc:
+            # Only the coordinator writes a task's letter, when the task ends dead; workers may publish
+            # (poison) letters on the skill's subject, so a letter naming a task that is cancelled,
+            # failed or unknown is forged or stale: it re-runs nothing (a cancel stays a cancel).
+            log.warning("security.dlq_letter_refused", task_id=task_id, dlq_seq=view.seq, error=str(exc))
+            await self._dead_letters.remove(view)
+            if exc.state is None:
+                return None
+            return api.TaskActionReply(task_id=task_id, state=exc.state, changed=False, note=str(exc))
         await self._dead_letters.remove(view)  # re-run now, or already earlier: the letter is history
         note = "" if changed else f"already replayed (now {state.value})"
         return api.TaskActionReply(task_id=task_id, state=state, changed=changed, note=note)

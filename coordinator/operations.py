@@ -35,6 +35,17 @@ from storage.task_writer import TaskWriter
 log = get_logger("coordinator.operations")
 
 RERUNNABLE = frozenset({TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED, TaskState.NEEDS_INPUT})
+
+
+class NotDeadError(InvalidInputError):
+    """A DLQ replay of a task that is not dead (its letter is not one the coordinator wrote); `state` is
+    the task's state, None for an unknown task."""
+
+    def __init__(self, message: str, state: TaskState | None) -> None:
+        super().__init__(message)
+        self.state = state
+
+
 RECHECK_EVERY_S = 30.0
 
 
@@ -97,13 +108,25 @@ class TaskOperations:
         await self._conn.nc.publish(self._conn.subjects.cancel(record.task_id), encode(notice))
 
     async def rerun(
-        self, task_id: str, *, kind: EventKind, by: str | None, note: dict[str, object]
+        self, task_id: str, *, kind: EventKind, by: str | None, note: dict[str, object], only_dead: bool = False
     ) -> tuple[TaskState, bool]:
-        """Start a new attempt series; returns (state, whether this call started it)."""
+        """Start a new attempt series; returns (state, whether this call started it).
+
+        `only_dead` (a DLQ replay): a task that is re-runnable but not dead raises NotDeadError, and so
+        does an unknown task.
+        """
         async with self._book.lock:
             record = await self._book.find(task_id)
             if record is None:
+                if only_dead:
+                    raise NotDeadError(f"no task with id {task_id}: its dead letter was not replayed", None)
                 raise TaskNotFoundError(f"no task with id {task_id}; `claw task list` shows recent ones")
+            if only_dead and record.state in RERUNNABLE and record.state is not TaskState.DEAD:
+                raise NotDeadError(
+                    f"task {task_id} is {record.state.value}, not dead: its dead letter is not the coordinator's "
+                    f"and was dropped, not replayed (`claw task retry {task_id}` re-runs it)",
+                    record.state,
+                )
             if record.state not in RERUNNABLE:
                 if kind == EventKind.REPLAYED:
                     return record.state, False  # replayed already: running it twice changes nothing

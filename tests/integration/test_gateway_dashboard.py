@@ -148,3 +148,19 @@ async def test_workflows_runs_schedules_and_limits_over_rest_and_their_pages(gw:
         for path, text in (("/workflows", "pair"), ("/schedules", "No schedule"), ("/limits", "No rate limit")):
             answer = await browser.get(path)
             assert answer.status_code == 200 and text in answer.text, path
+
+
+async def test_the_schedules_page_shows_each_rule_once_in_its_own_words(gw: RunningGateway) -> None:
+    """The rule column reads as `claw schedules list` does: "on subject material.>", never
+    "subject on subject material.>" (nor "artifact on new artifact ...")."""
+    rules = {"tick": {"every_s": 600.0}, "inbox": {"on_subject": "material.>"}, "reports": {"on_artifact": "reports/"}}
+    async with gw.client("otto") as otto:
+        for name, rule in rules.items():
+            body = {"name": name, "skill": "echo", **rule}
+            created = await otto.post("/v1/verbs/schedule_create", json=body)
+            assert created.status_code == 200, created.text
+    async with httpx.AsyncClient(base_url=gw.url) as browser:
+        await _logged_in(gw, "otto", browser)
+        page = (await browser.get("/schedules")).text
+    cells = re.findall(r'<td class="mono small">([^<]*)</td>', page)
+    assert sorted(cells) == ["every 10m", "on new artifact reports/*", "on subject material.&gt;"]

@@ -94,6 +94,19 @@ PUBLISH = [
     ("vic", "claw.api.vic.dlq_purge", False),
     ("vic", "claw.api.vic.ping", True),
     ("coordinator", "claw.tasks.normal.nothing", True),
+    # Coordinator-only state (trial probes): the replication stream a standby executes, the leader
+    # lease, the standbys' reports, the snapshot store, flow control's cooldowns, the DLQ per task.
+    ("w2", "claw.repl", False),
+    ("adam", "claw.repl", False),
+    ("w2", "$KV.claw_coordinator.leader", False),
+    ("adam", "$KV.claw_coordinator.leader", False),
+    ("w2", "$KV.claw_standbys.standby.w2", False),
+    ("w2", "$O.claw_repl.x", False),
+    ("w2", "$JS.API.STREAM.PURGE.CLAW_REPL", False),
+    ("w2", "claw.flow.cooldown", False),
+    ("adam", "claw.flow.cooldown", False),
+    ("w2", "claw.dlq.echo.T", False),
+    ("alice", "claw.dlq.echo", False),
 ]
 
 
