@@ -85,8 +85,16 @@ def creds_list(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every identity that may connect, with its roles."""
+    folder = auth_dir_of(ctx, auth_dir)
+    if not folder.is_dir():
+        # Not "no credentials issued": run elsewhere than the folder holding .claw, that would mislead.
+        fail(
+            f"no credentials folder at {folder}: run from the folder holding .claw (where `claw up` ran), "
+            "or pass --auth-dir (CLAW_AUTH_DIR)",
+            kind="config",
+        )
     try:
-        records = IdentityRegistry.load(auth_dir_of(ctx, auth_dir)).all()
+        records = IdentityRegistry.load(folder).all()
     except ClawError as exc:
         fail(str(exc), kind=exc.code)
     if json_out:
