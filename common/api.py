@@ -847,3 +847,25 @@ class ScheduleFireReply(msgspec.Struct, frozen=True, kw_only=True):
     """The fire a trigger or event caused (`duplicate` when that fire had happened already)."""
 
     fire: ScheduleFireView
+
+
+# Flow control's response cache (issue 11 / 12 item 6): workers report answers, the coordinator writes them.
+class CachePutRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker's report of an llm.chat answer to cache: the coordinator recomputes the key from the
+    task's stored input and tenant, and writes the entry only for the node holding `attempt`."""
+
+    task_id: str
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    # The model the call used: the task's own, or one of its `fallback_models`.
+    model: str
+    ttl_s: Annotated[float, msgspec.Meta(gt=0)]
+    result: msgspec.Raw
+    # The reporting node (on an authenticated bus, the caller's node whatever it says).
+    node_id: str = ""
+
+
+class CachePutReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether the entry was written, and its key."""
+
+    stored: bool
+    key: str = ""

@@ -140,6 +140,10 @@ SCHEDULE_TRIGGER = _declare(
 # What the HTTP gateway calls for a webhook.
 SCHEDULE_EVENT = _declare(Verb("schedule_event", api.ScheduleEventRequest, api.ScheduleFireReply, role=Role.SUBMITTER))
 
+# The response cache's writes (issue 11 / 12 item 6): a worker reports the answer of a real call for
+# the task attempt it holds; only the coordinator writes the bucket (docs/Flow_control.md).
+CACHE_PUT = _declare(Verb("cache_put", api.CachePutRequest, api.CachePutReply, role=Role.WORKER, timeout_s=15.0))
+
 # Every verb, in the order declared, and by name.
 ALL: tuple[Verb[Any, Any], ...] = tuple(_DECLARED.values())
 BY_NAME: Mapping[str, Verb[Any, Any]] = MappingProxyType(_DECLARED)

@@ -146,7 +146,11 @@ def _worker_publish(s: Subjects, node: str) -> list[str]:
     readable = (nodes, control, skills, code)
     cache = f"{s.prefix}_flow_cache"  # flow control's response cache (communication/response_cache.py)
     return [
-        *_bucket_access(f"KV_{cache}", f"$KV.{cache}.>", create=True),
+        # Read only: a worker that could write would put made-up answers under keys it computed; the
+        # worker that made the real call reports the answer and the coordinator writes it (`cache_put`).
+        f"{api}.STREAM.INFO.KV_{cache}",
+        f"{api}.STREAM.MSG.GET.KV_{cache}",
+        f"{api}.DIRECT.GET.KV_{cache}.>",
         s.events_of_node(node),
         s.heartbeat(node),
         s.claims(node),

@@ -69,6 +69,13 @@ class TaskContext:
         ttl = ttl_s if ttl_s is not None else self._flow.cache_ttl_s.get(self.skill, 0.0)
         return (self._flow.cache, ttl) if ttl > 0 else None
 
+    async def report_cache(self, model: str, result: object, ttl_s: float) -> None:
+        """Report the answer of a real call (made with `model`) for the response cache: the
+        coordinator writes the entry, keyed from this task's stored input and tenant. A report that
+        fails only costs the next hit."""
+        if self._flow is not None:
+            await self._flow.report_cache(self.task_id, self.attempt, model, result, ttl_s)
+
     def report_usage(
         self,
         input_tokens: int = 0,

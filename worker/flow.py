@@ -19,17 +19,20 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from common import verbs
-from common.api import PermitAcquireRequest, PermitReleaseRequest
+from common.api import CachePutRequest, PermitAcquireRequest, PermitReleaseRequest
 from common.clock import Clock
+from common.errors import ClawError
 from common.flow import CooldownNotice, FailureReason, cooldown_subject
 from common.log import get_logger
 from communication.api_client import ClawClient
-from communication.connection import NatsConnection
+from communication.connection import NATS_ERRORS, NatsConnection
 from communication.response_cache import ResponseCache
 
 log = get_logger("worker.flow")
 # A permit request waits this long at the coordinator before it is asked again.
 ACQUIRE_WAIT_S = 20.0
+# What a cache report may fail with (the coordinator refusing it, or not answering): only a log line.
+REPORT_ERRORS: tuple[type[BaseException], ...] = (ClawError, *NATS_ERRORS)
 
 
 class FlowClient:
@@ -126,3 +129,13 @@ class FlowClient:
             node_id=self._node_id,
         )
         await self._client.call(verbs.PERMIT_RELEASE, request)
+
+    async def report_cache(self, task_id: str, attempt: int, model: str, result: object, ttl_s: float) -> None:
+        """Ask the coordinator to cache a real call's answer (workers may not write the bucket); a
+        refusal or a failure is logged and costs only the next hit."""
+        request = CachePutRequest(task_id=task_id, attempt=attempt, model=model, ttl_s=ttl_s,
+                                  result=msgspec.Raw(msgspec.json.encode(result)), node_id=self._node_id)  # fmt: skip
+        try:
+            await self._client.call(verbs.CACHE_PUT, request)
+        except REPORT_ERRORS as exc:
+            log.warning("flow.cache_put_failed", task_id=task_id, error=str(exc))

@@ -9,7 +9,8 @@ docs/Flow_control.md is the user's guide; the modules:
 - `ledger.py`: every key's limit and live use, cooldown and breaker;
 - `gate.py`: holds tasks without room, publishes them when room appears;
 - `desk.py`: the verbs (limits, per-call permits, usage);
-- `usage.py`: usage by tenant, skill, model and hour.
+- `usage.py`: usage by tenant, skill, model and hour;
+- `cache.py`: the response cache's only writer (workers report answers, the coordinator writes them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from communication.response_cache import ResponseCache
+from coordinator.flow.cache import CacheDesk
 from coordinator.flow.desk import FlowDesk
 from coordinator.flow.gate import FlowGate, KeyedHolder
 from coordinator.flow.ledger import Ledger
@@ -41,7 +43,7 @@ def register(c: Coordinator) -> None:
     gate.held_before = [g for g in c.pipeline.gates if isinstance(g, KeyedHolder)]
     counters = None if c.metrics is None else UsageCounters(c.metrics.registry)
     usage = UsageBook(settings, c.book, store, lambda task_id: _model(gate, task_id), counters)
-    cache = ResponseCache(c.conn, c.clock)
+    cache = ResponseCache(c.conn, c.clock, writer=True)
     desk = FlowDesk(gate, ledger, store, usage, c.writer, c.registry, c.clock, list(settings.limits), cache)
     gate.loader = desk.load
     c.pipeline.gate = gate
@@ -53,6 +55,7 @@ def register(c: Coordinator) -> None:
     c.jobs.add(PeriodicJob("flow-usage", USAGE_FLUSH_INTERVAL_S, usage.flush))
     c.jobs.add(PeriodicJob("flow-offline-permits", OFFLINE_CHECK_INTERVAL_S, desk.release_offline, writes=False))
     c.api_providers.append(desk)
+    c.api_providers.append(CacheDesk(c.book, cache, c.config.tools.llm_model))
 
 
 def _manifest_keys(c: Coordinator, skill: str) -> list[str]:

@@ -147,10 +147,10 @@ class SecuredCluster:
             db.close()
 
 
-def probe_registry(ran: list[str]) -> Any:
+def probe_registry(ran: list[str], config: ClawConfig | None = None) -> Any:
     """The built-in skills and `probe.destroy` (destructive: the guard wants two approvals), whose every
     run is recorded in `ran`, plus `probe.wait`, which runs until cancelled."""
-    registry = builtin_registry()
+    registry = builtin_registry(config)
 
     async def destroy(ctx: TaskContext, input: dict[str, Any]) -> dict[str, Any]:
         ran.append(ctx.task_id)
@@ -166,8 +166,9 @@ def probe_registry(ran: list[str]) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def secured_cluster(tmp_path: Path) -> AsyncIterator[SecuredCluster]:
-    """Start the cluster (its own nats-server with authentication); stop everything on exit."""
+async def secured_cluster(tmp_path: Path, tools: dict[str, Any] | None = None) -> AsyncIterator[SecuredCluster]:
+    """Start the cluster (its own nats-server with authentication); stop everything on exit. `tools`:
+    the worker's tool settings (an LLM API to call, say)."""
     auth_dir = tmp_path / "auth"
     prepare_server(auth_dir)
     for name, (roles, node_id) in IDENTITIES.items():
@@ -180,10 +181,13 @@ async def secured_cluster(tmp_path: Path) -> AsyncIterator[SecuredCluster]:
     try:
         base = SecuredCluster(server, auth_dir, tmp_path, coordinator=None)  # type: ignore[arg-type]
         coordinator_config = base.config("coordinator", auth={"dir": str(auth_dir)})
-        worker_config = base.config("w1", worker={"node_id": "w1", "heartbeat_interval_s": 0.2})
+        worker_sections: dict[str, Any] = {"worker": {"node_id": "w1", "heartbeat_interval_s": 0.2}}
+        if tools is not None:
+            worker_sections["tools"] = tools
+        worker_config = base.config("w1", **worker_sections)
         async with (
             running_coordinator(coordinator_config) as coordinator,
-            running_worker(worker_config, skills=probe_registry(ran)),
+            running_worker(worker_config, skills=probe_registry(ran, worker_config if tools is not None else None)),
         ):
             cluster = SecuredCluster(server, auth_dir, tmp_path, coordinator, ran)
             async with cluster.client("adam") as admin:

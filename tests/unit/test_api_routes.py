@@ -18,6 +18,7 @@ from communication.codec import decode_request
 from communication.subjects import Subjects
 from coordinator.api_handlers import ApiHandlers
 from coordinator.api_routes import ApiRoutes, marked, serves
+from coordinator.flow.cache import CacheDesk
 from coordinator.flow.desk import FlowDesk
 from coordinator.quarantine import QuarantineDesk
 from coordinator.schedules.engine import ScheduleEngine
@@ -51,6 +52,7 @@ def test_every_declared_verb_is_served_by_exactly_one_coordinator_method() -> No
         for _, verb in marked(ApiHandlers)
         + marked(QuarantineDesk)
         + marked(FlowDesk)
+        + marked(CacheDesk)
         + marked(WorkflowDesk)
         + marked(ScheduleEngine)
     ]

@@ -28,7 +28,7 @@ import msgspec
 from common.clock import SYSTEM_CLOCK, Clock
 from common.config import ToolSettings
 from common.errors import ConfigError, InvalidInputError, PermanentError, RetryableError, ToolTimeoutError
-from communication.response_cache import cache_key
+from communication.response_cache import PARAMS, cache_key
 from worker.context import TaskContext
 from worker.skills import Skill
 from worker.skills.tools import inputs
@@ -40,25 +40,7 @@ if TYPE_CHECKING:
 
 SKILL = "llm.chat"
 # OpenAI request fields passed through as they are; the server checks their values.
-PASSED_THROUGH = (
-    "temperature",
-    "max_tokens",
-    "max_completion_tokens",
-    "top_p",
-    "stop",
-    "n",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "logit_bias",
-    "user",
-    "reasoning_effort",
-    "metadata",
-)
+PASSED_THROUGH = PARAMS
 # `fallback_models` is flow control's (docs/Flow_control.md): the coordinator picks the model.
 # `cache_ttl_s`: the response cache (opt-in): an equal call within that many seconds is answered
 # from it without an API call.
@@ -170,7 +152,9 @@ class LlmTool:
             call_started_at=call_started_at,
         )
         if cache is not None:
-            await cache[0].put(digest, completion, cache[1])
+            # The coordinator writes the entry (workers may only read the bucket): it recomputes the
+            # key from this task's stored input and tenant, for the node holding this attempt.
+            await ctx.report_cache(str(model), completion, cache[1])
         return completion
 
     def _token(self) -> str:
