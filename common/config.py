@@ -81,7 +81,9 @@ class NatsSettings(_Section, frozen=True):
 class JetStreamSettings(_Section, frozen=True):
     """Stream and consumer settings shared by every process that creates them."""
 
-    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    # Copies of each stream and bucket: 0 (the default) makes 3 on a NATS cluster and 1 on a single
+    # server, as the server a process connects to reports itself; a stream keeps the count it was made with.
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
     ack_wait_s: PositiveFloat = 30.0
     # The coordinator's events consumer: redelivery delay of events a crashed coordinator held.
     events_ack_wait_s: PositiveFloat = 10.0

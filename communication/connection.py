@@ -60,6 +60,13 @@ class NatsConnection:
         return self._coordinator
 
     @property
+    def default_replicas(self) -> int:
+        """Copies of a stream when `jetstream.replicas` is 0: 3 on a NATS cluster (its INFO names the
+        cluster), 1 on a single server."""
+        info = getattr(self.nc, "_server_info", None) or {}
+        return 3 if info.get("cluster") else 1
+
+    @property
     def auth_required(self) -> bool:
         """Whether the server asks every connection to authenticate (its INFO says so)."""
         info = getattr(self.nc, "_server_info", None) or {}

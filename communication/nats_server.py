@@ -61,7 +61,7 @@ class NatsServerOptions:
     auth_dir: Path | None = None
     # Clustering (docs/RUNBOOK.md, "A NATS cluster"): servers with the same cluster name that reach
     # each other through `routes` (nats://host:cluster_port of the others) form one cluster; JetStream
-    # then replicates streams and buckets (jetstream.replicas: 3).
+    # then replicates streams and buckets (three copies unless jetstream.replicas says otherwise).
     cluster_name: str | None = None
     cluster_port: int = 6222
     routes: tuple[str, ...] = ()

@@ -39,6 +39,12 @@ NODES_BUCKET_TTL_S = 24 * 3600.0
 AUDIT_HISTORY = 64
 
 
+def replicas_for(settings: JetStreamSettings, conn: NatsConnection) -> int:
+    """The copies a new stream or bucket gets: `jetstream.replicas`, else the server's default (3 on a
+    NATS cluster, 1 alone)."""
+    return settings.replicas or conn.default_replicas
+
+
 class Topology:
     """Creates (or updates) what the cluster needs in JetStream; remembers what it already did."""
 
@@ -62,7 +68,7 @@ class Topology:
                 subjects=[js.tasks_all],
                 retention=api.RetentionPolicy.WORK_QUEUE,
                 storage=api.StorageType.FILE,
-                num_replicas=s.replicas,
+                num_replicas=replicas_for(s, self._conn),
                 duplicate_window=s.duplicate_window_s,
                 # A backstop behind the coordinator's own per-skill queue limit: never silently drop,
                 # refuse new messages on a full subject instead.
@@ -79,7 +85,7 @@ class Topology:
                 subjects=[js.events_all],
                 retention=api.RetentionPolicy.LIMITS,
                 storage=api.StorageType.FILE,
-                num_replicas=s.replicas,
+                num_replicas=replicas_for(s, self._conn),
                 max_age=s.events_max_age_s,
                 duplicate_window=min(s.duplicate_window_s, s.events_max_age_s),
             ),
@@ -92,7 +98,7 @@ class Topology:
                 subjects=[js.dlq_all],
                 retention=api.RetentionPolicy.LIMITS,
                 storage=api.StorageType.FILE,
-                num_replicas=s.replicas,
+                num_replicas=replicas_for(s, self._conn),
                 max_age=s.dlq_max_age_s,
                 duplicate_window=min(s.duplicate_window_s, s.dlq_max_age_s),
             ),
@@ -113,7 +119,7 @@ class Topology:
                 history=1,
                 ttl=NODES_BUCKET_TTL_S,
                 storage=api.StorageType.FILE,
-                replicas=self._settings.replicas,
+                replicas=replicas_for(self._settings, self._conn),
             )
 
     async def kv(self, bucket: str, description: str) -> KeyValue:
@@ -128,7 +134,7 @@ class Topology:
                 description=description,
                 history=1,
                 storage=api.StorageType.FILE,
-                replicas=self._settings.replicas,
+                replicas=replicas_for(self._settings, self._conn),
             )
 
     async def lease_kv(self, ttl_s: float) -> tuple[KeyValue, str]:
@@ -145,7 +151,7 @@ class Topology:
                 history=1,
                 ttl=ttl_s,
                 storage=api.StorageType.FILE,
-                replicas=self._settings.replicas,
+                replicas=replicas_for(self._settings, self._conn),
             )
         config = (await self._conn.js.stream_info(stream)).config
         if config.max_age is None or abs(config.max_age - ttl_s) > 1e-3:
@@ -174,7 +180,7 @@ class Topology:
                 description="signed anchors of the event log's hash chain (trust-audit)",
                 history=AUDIT_HISTORY,
                 storage=api.StorageType.FILE,
-                replicas=self._settings.replicas,
+                replicas=replicas_for(self._settings, self._conn),
             )
         config = (await self._conn.js.stream_info(f"KV_{bucket}")).config
         if (config.max_msgs_per_subject or 0) < AUDIT_HISTORY:
@@ -196,7 +202,7 @@ class Topology:
                 config=api.ObjectStoreConfig(
                     description="installed skills' files, one tar.gz per name@version",
                     storage=api.StorageType.FILE,
-                    replicas=self._settings.replicas,
+                    replicas=replicas_for(self._settings, self._conn),
                 ),
             )
 
@@ -221,7 +227,7 @@ class Topology:
                 ack_wait=self._settings.ack_wait_s,
                 max_deliver=-1,
                 max_ack_pending=self._settings.max_ack_pending,
-                num_replicas=self._settings.replicas,
+                num_replicas=replicas_for(self._settings, self._conn),
             ),
         )
         self._known_consumers.add(name)
@@ -252,7 +258,7 @@ class Topology:
                 ack_wait=self._settings.events_ack_wait_s,
                 max_deliver=-1,
                 max_ack_pending=self._settings.max_ack_pending,
-                num_replicas=self._settings.replicas,
+                num_replicas=replicas_for(self._settings, self._conn),
             ),
         )
         return name

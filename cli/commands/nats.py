@@ -42,8 +42,8 @@ def nats_start(
         typer.Option(
             "--cluster",
             metavar="NAME",
-            help="Join the NATS cluster of this name (with --routes to the others); JetStream replicates "
-            "(set jetstream.replicas: 3 on every claw process).",
+            help="Join the NATS cluster of this name (with --routes to the others); claw processes then make "
+            "three copies of each stream (jetstream.replicas).",
             show_default="no cluster",
         ),
     ] = None,

@@ -30,6 +30,7 @@ from common.errors import CommunicationError, ScheduleNotFoundError
 from common.log import get_logger
 from communication.connection import NatsConnection
 from communication.pull import PullConsumer
+from communication.topology import replicas_for
 from coordinator.schedules.engine import FireRequest, Kind, ScheduleEngine, subject_matches
 from storage.schedule_store import ScheduleStore
 
@@ -67,7 +68,7 @@ class SubjectTriggers:
             subjects=[subjects.triggers_all],
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType.FILE,
-            num_replicas=s.replicas,
+            num_replicas=replicas_for(s, self._conn),
             max_age=TRIGGERS_MAX_AGE_S,
             duplicate_window=min(s.duplicate_window_s, TRIGGERS_MAX_AGE_S),
         )
@@ -87,7 +88,7 @@ class SubjectTriggers:
                 ack_policy=js_api.AckPolicy.EXPLICIT,
                 ack_wait=TRIGGER_ACK_WAIT_S,
                 max_deliver=-1,
-                num_replicas=s.replicas,
+                num_replicas=replicas_for(s, self._conn),
             ),
         )
         consumer = PullConsumer(self._conn, subjects.triggers_stream, subjects.triggers_consumer)

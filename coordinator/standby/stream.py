@@ -31,6 +31,7 @@ from nats.js.object_store import ObjectStore
 
 from common.config import CoordinatorSettings, JetStreamSettings
 from communication.connection import NatsConnection
+from communication.topology import replicas_for
 from storage.audit_anchor import AnchorSigner, key_path
 
 H_EPOCH = "Claw-Epoch"
@@ -142,7 +143,7 @@ async def standbys_kv(conn: NatsConnection, js_settings: JetStreamSettings) -> K
             history=1,
             ttl=STANDBY_TTL_S,
             storage=api.StorageType.MEMORY,
-            replicas=js_settings.replicas,
+            replicas=replicas_for(js_settings, conn),
         )
 
 
@@ -169,7 +170,7 @@ async def ensure_stream(conn: NatsConnection, js_settings: JetStreamSettings, se
         subjects=[subject(conn)],
         retention=api.RetentionPolicy.LIMITS,
         storage=api.StorageType.FILE,
-        num_replicas=js_settings.replicas,
+        num_replicas=replicas_for(js_settings, conn),
         max_age=settings.replication_max_age_s,
         duplicate_window=min(js_settings.duplicate_window_s, settings.replication_max_age_s),
     )
@@ -190,6 +191,6 @@ async def snapshot_store(conn: NatsConnection, js_settings: JetStreamSettings) -
             config=api.ObjectStoreConfig(
                 description="the newest snapshot of the active coordinator's database",
                 storage=api.StorageType.FILE,
-                replicas=js_settings.replicas,
+                replicas=replicas_for(js_settings, conn),
             ),
         )

@@ -3,7 +3,8 @@ lost. Nothing is lost; while the cluster has no quorum submits are refused at on
 nothing refused is stored; service resumes when the servers return.
 
 Real processes: three file-backed nats-servers routed on loopback (tests/nats_cluster.py), a
-coordinator and two workers as `claw` subprocesses with `jetstream.replicas: 3` and the three URLs.
+coordinator and two workers as `claw` subprocesses given the three URLs; `jetstream.replicas` left at
+its default, which makes three copies on a cluster (tests/integration/test_default_replicas.py).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ async def test_a_three_node_cluster_loses_no_task_when_its_stream_leader_and_the
         CLAW_NATS_URL=cluster.url,
         CLAW_NATS_PREFIX=prefix,
         CLAW_NATS_CONNECT_RETRY_S="60",
-        CLAW_JETSTREAM_REPLICAS="3",
         CLAW_COORDINATOR_DB_PATH=str(db),
         CLAW_WORKER_HEARTBEAT_INTERVAL_S="1.0",
         CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.5",
