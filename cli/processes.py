@@ -240,7 +240,7 @@ class Launcher:
         """Start nats-server and wait until it is healthy; it is stopped last. `port_options` names
         the command's option for each port (`client`, `monitoring`) for the error of a port in use."""
         self.nats = EmbeddedNatsServer(options)
-        self.nats_servers = [self.nats]
+        self.nats_servers.append(self.nats)  # a launcher may run several (a benchmark's A and B)
         try:
             await self.nats.start_async()
         except PortInUseError as exc:
@@ -252,16 +252,17 @@ class Launcher:
     ) -> list[EmbeddedNatsServer]:
         """Start the servers of one NATS cluster together (each waits for its routes to the others
         before JetStream is healthy) and wait until all are healthy; they are stopped last."""
-        self.nats_servers = [EmbeddedNatsServer(o) for o in options]
-        self.nats = self.nats_servers[0]
-        for server in self.nats_servers:
+        servers = [EmbeddedNatsServer(o) for o in options]
+        self.nats_servers.extend(servers)
+        self.nats = servers[0]
+        for server in servers:
             server.spawn()
         try:
-            for server in self.nats_servers:
+            for server in servers:
                 await asyncio.to_thread(server.wait_ready)
         except PortInUseError as exc:
             raise _named_port(exc, port_options) from None
-        return self.nats_servers
+        return servers
 
     async def restart_nats(self, server: EmbeddedNatsServer) -> EmbeddedNatsServer:
         """Start a server of the cluster that exited again, with the same ports and store."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from cli.processes import Launcher, child_env
+from communication.nats_server import NatsServerOptions
 from tests.helpers import ROOT, wait_until
 
 # A child that notes its name in a file when it gets SIGTERM, then exits.
@@ -133,3 +134,15 @@ def test_output_whose_reader_went_away_fails_no_write(tmp_path: Path) -> None:
     child.stderr.close()
     assert child.wait(30) == 0
     assert done.read_text() == "reached the end"
+
+
+async def test_every_nats_server_a_launcher_started_is_stopped(tmp_path: Path) -> None:
+    """A benchmark starts two servers (A and B) on one launcher: stopping it stops both, not the last."""
+    launcher = Launcher(log_dir=tmp_path / "logs")
+    try:
+        first = await launcher.start_nats(NatsServerOptions(store_dir=tmp_path / "a", port=0, http_port=0))
+        second = await launcher.start_nats(NatsServerOptions(store_dir=tmp_path / "b", port=0, http_port=0))
+        assert first.alive and second.alive
+    finally:
+        await launcher.stop_all_async()
+    assert not first.alive and not second.alive
