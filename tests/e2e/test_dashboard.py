@@ -272,6 +272,13 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
         shot(alice, cluster, name)
     alice.goto(cluster.url + "/")
     alice.wait_for_selector("#live-dot.on")  # the overview's WebSocket is connected
+    # Laptop and tablet widths: the page links stay on one row (they wrapped at 1,400 px).
+    for width, rows in ((1400, 1), (1280, 1), (900, 2)):
+        alice.set_viewport_size({"width": width, "height": 860})
+        bar = alice.evaluate("document.querySelector('.topbar').getBoundingClientRect().height")
+        links = alice.evaluate("[...new Set([...document.querySelectorAll('.topbar nav a')].map(a => a.offsetTop))]")
+        assert len(links) == 1 and bar <= 40 * rows + 30, (width, bar, links)
+    alice.set_viewport_size({"width": 1280, "height": 860})
     phone = login(browser, cluster, "alice", width=390, height=844)
     shot(phone, cluster, "tasks-phone")
     phone.goto(cluster.url + "/")
