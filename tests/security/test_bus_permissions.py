@@ -110,48 +110,52 @@ PUBLISH = [
 ]
 
 
-@pytest.mark.parametrize(("name", "subject", "allowed"), PUBLISH)
-async def test_each_role_publishes_only_on_its_own_subjects(
-    cluster: SecuredCluster, name: str, subject: str, allowed: bool
-) -> None:
-    async with cluster.connect(name) as nc:
-        await nc.publish(subject, b"{}")
-        await nc.flush()
-        if allowed:
-            # A refusal is sent before the flush's PONG: none came, and none is logged.
-            assert not [e for e in nc.errors if "permissions violation" in str(e).lower()]  # type: ignore[attr-defined]
-            assert not cluster.violations("Publish", f'"{subject}"')
-        else:
-            await eventually(lambda: cluster.violations("Publish", f'"{subject}"'), what=f"{subject} refused")
-            await eventually(
-                lambda: [e for e in nc.errors if "permissions violation" in str(e).lower()],  # type: ignore[attr-defined]
-                what="the refusal sent to the client",
-            )
+async def test_each_role_publishes_only_on_its_own_subjects(cluster: SecuredCluster) -> None:
+    """Every row of PUBLISH against one cluster (a cluster per row cost minutes of the suite)."""
+    for name, subject, allowed in PUBLISH:
+        async with cluster.connect(name) as nc:
+            await nc.publish(subject, b"{}")
+            await nc.flush()
+            if allowed:
+                # A refusal is sent before the flush's PONG: none came, and none is logged.
+                refused = [e for e in nc.errors if "permissions violation" in str(e).lower()]  # type: ignore[attr-defined]
+                assert not refused, (name, subject)
+                assert not cluster.violations("Publish", f'"{subject}"'), (name, subject)
+            else:
+                await eventually(
+                    lambda s=subject: cluster.violations("Publish", f'"{s}"'), what=f"{name}: {subject} refused"
+                )
+                await eventually(
+                    lambda c=nc: [e for e in c.errors if "permissions violation" in str(e).lower()],  # type: ignore[attr-defined]
+                    what=f"{name}: the refusal of {subject} sent to the client",
+                )
 
 
-@pytest.mark.parametrize(
-    ("name", "subject", "allowed"),
-    [
-        ("w2", "_INBOX_alice.>", False),
-        ("w2", "claw.ctl.w1", False),
-        ("w2", "claw.ctl.w2", True),
-        ("alice", "_INBOX_bob.>", False),
-        ("alice", "_INBOX_alice.x", True),
-        ("alice", "claw.updates.*", True),
-        ("vic", "$KV.claw_audit.>", False),
-        ("cli", "claw.nodes.heartbeat.*", False),
-    ],
-)
-async def test_each_role_subscribes_only_to_its_own_subjects(
-    cluster: SecuredCluster, name: str, subject: str, allowed: bool
-) -> None:
-    async with cluster.connect(name) as nc:
-        await nc.subscribe(subject)
-        await nc.flush()
-        if allowed:
-            assert not cluster.violations("Subscription", f'"{subject}"')
-        else:
-            await eventually(lambda: cluster.violations("Subscription", f'"{subject}"'), what=f"{subject} refused")
+# (identity, subject it subscribes to, whether the server lets it)
+SUBSCRIBE = [
+    ("w2", "_INBOX_alice.>", False),
+    ("w2", "claw.ctl.w1", False),
+    ("w2", "claw.ctl.w2", True),
+    ("alice", "_INBOX_bob.>", False),
+    ("alice", "_INBOX_alice.x", True),
+    ("alice", "claw.updates.*", True),
+    ("vic", "$KV.claw_audit.>", False),
+    ("cli", "claw.nodes.heartbeat.*", False),
+]
+
+
+async def test_each_role_subscribes_only_to_its_own_subjects(cluster: SecuredCluster) -> None:
+    """Every row of SUBSCRIBE against one cluster."""
+    for name, subject, allowed in SUBSCRIBE:
+        async with cluster.connect(name) as nc:
+            await nc.subscribe(subject)
+            await nc.flush()
+            if allowed:
+                assert not cluster.violations("Subscription", f'"{subject}"'), (name, subject)
+            else:
+                await eventually(
+                    lambda s=subject: cluster.violations("Subscription", f'"{s}"'), what=f"{name}: {subject} refused"
+                )
 
 
 async def test_revoked_credentials_are_cut_off_at_once_without_a_restart(cluster: SecuredCluster) -> None:
