@@ -89,6 +89,7 @@ def claw_up(
     stdout: int | None = None,
     json_out: bool = False,
     extra: tuple[str, ...] = (),
+    ready_timeout_s: float = 90,
 ) -> Iterator[Up]:
     """`claw up` on free ports (with `json_out`: `claw up --json`; `extra`: more options); at exit, it
     and every process it started are gone (killed if need be)."""
@@ -109,13 +110,13 @@ def claw_up(
         if json_out:
             banner = wait_until(
                 lambda: next((v for v in json_values(log_path.read_text()) if "nats_url" in v), None),
-                timeout_s=90,
+                timeout_s=ready_timeout_s,
                 what="the JSON banner of claw up",
             )
             url = banner["nats_url"]
         elif stdout is None:
             url = wait_until(
-                lambda: BANNER.search(log_path.read_text()), timeout_s=90, what="the banner of claw up"
+                lambda: BANNER.search(log_path.read_text()), timeout_s=ready_timeout_s, what="the banner of claw up"
             ).group(1)
         else:
             assert popen.stdout is not None

@@ -37,9 +37,12 @@ def replicas(monitor_url: str, stream: str) -> int:
     raise AssertionError(f"no stream {stream}")
 
 
+@pytest.mark.timeout(360)
 def test_claw_up_runs_a_three_node_nats_cluster_and_restarts_a_killed_server(tmp_path: Path) -> None:
     pool = ProcessPool(child_env(), tmp_path)
-    with claw_up(tmp_path, json_out=True, extra=("--nats-nodes", "3", "--gateway", "off")) as up:
+    # Three servers elect their JetStream leaders before the coordinator can make its streams: slower
+    # than one server on a loaded machine.
+    with claw_up(tmp_path, json_out=True, extra=("--nats-nodes", "3", "--gateway", "off"), ready_timeout_s=240) as up:
         [banner] = [v for v in json_values((tmp_path / "up.log").read_text()) if "nats_url" in v]
         assert banner["nats_nodes"] == 3 and len(up.url.split(",")) == 3
         servers = nats_servers(up.data_dir)
