@@ -27,6 +27,21 @@ ROLE_KEYS: dict[str, tuple[Role, ...]] = {
     "vera": (Role.VIEWER,),
 }
 
+# The default policy, plus a rule that holds echo tasks asking for it: approvals without any
+# external effect once approved.
+GUARD_POLICY = """
+rules:
+  - name: held-echo
+    match: {skill: echo, input: {hold: true}}
+    action: require_approval
+    approvals: 1
+  - name: low-risk
+    match: {risk: [read_only, write_draft]}
+    action: allow
+default: require_approval
+default_approvals: 1
+"""
+
 
 @dataclass
 class RunningGateway:

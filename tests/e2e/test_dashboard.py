@@ -19,23 +19,12 @@ from typing import Any
 
 import pytest
 
+from tests.gateway_helpers import GUARD_POLICY
 from tests.helpers import ProcessPool, wait_until
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
-GUARD_POLICY = """
-rules:
-  - name: held-echo
-    match: {skill: echo, input: {hold: true}}
-    action: require_approval
-    approvals: 1
-  - name: low-risk
-    match: {risk: [read_only, write_draft]}
-    action: allow
-default: require_approval
-default_approvals: 1
-"""
 
 # Prices make usage show a cost per tenant and model.
 COORDINATOR_CONFIG = """

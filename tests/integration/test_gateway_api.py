@@ -20,25 +20,10 @@ from communication.nats_server import EmbeddedNatsServer
 from gateway.routes import ROUTES
 from gateway.server import open_key_store
 from tests.conftest import make_config
-from tests.gateway_helpers import RunningGateway, read_sse, running_gateway
+from tests.gateway_helpers import GUARD_POLICY, RunningGateway, read_sse, running_gateway
 from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
 from worker.context import TaskContext
 from worker.skills import Skill, SkillRegistry
-
-# The default policy, plus a rule that holds echo tasks asking for it: approvals without any
-# external effect once approved.
-GUARD_POLICY = """
-rules:
-  - name: held-echo
-    match: {skill: echo, input: {hold: true}}
-    action: require_approval
-    approvals: 1
-  - name: low-risk
-    match: {risk: [read_only, write_draft]}
-    action: allow
-default: require_approval
-default_approvals: 1
-"""
 
 
 @pytest.fixture

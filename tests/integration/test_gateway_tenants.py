@@ -22,21 +22,9 @@ from communication.connection import NatsConnection
 from communication.nats_server import EmbeddedNatsServer
 from gateway.server import open_key_store
 from tests.conftest import make_config
-from tests.gateway_helpers import RunningGateway, read_sse, running_gateway
+from tests.gateway_helpers import GUARD_POLICY, RunningGateway, read_sse, running_gateway
 from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
 
-GUARD_POLICY = """
-rules:
-  - name: held-echo
-    match: {skill: echo, input: {hold: true}}
-    action: require_approval
-    approvals: 1
-  - name: low-risk
-    match: {risk: [read_only, write_draft]}
-    action: allow
-default: require_approval
-default_approvals: 1
-"""
 EVERY_ROLE = (Role.SUBMITTER, Role.OPERATOR, Role.APPROVER, Role.VIEWER)
 UNKNOWN = "01J00000000000000000000000"
 
