@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from communication.subjects import Subjects
 from coordinator.service import Coordinator
 from tests.conftest import make_config
-from tests.helpers import running_coordinator, running_worker
+from tests.helpers import eventually, running_coordinator, running_worker
 from worker.context import TaskContext
 from worker.skills import Skill, builtin_registry
 
@@ -191,10 +190,11 @@ async def secured_cluster(tmp_path: Path, tools: dict[str, Any] | None = None) -
         ):
             cluster = SecuredCluster(server, auth_dir, tmp_path, coordinator, ran)
             async with cluster.client("adam") as admin:
-                deadline = time.monotonic() + 30
-                while not any(n.node_id == "w1" and n.status.value == "online" for n in await admin.nodes()):
-                    assert time.monotonic() < deadline, "w1 never came online"
-                    await asyncio.sleep(0.1)
+
+                async def w1_online() -> bool:
+                    return any(n.node_id == "w1" and n.status.value == "online" for n in await admin.nodes())
+
+                await eventually(w1_online, timeout_s=30, interval_s=0.1, what="w1 online")
             yield cluster
     finally:
         await asyncio.to_thread(server.stop)
