@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -161,7 +162,7 @@ def setup_tracing(
             f"unknown traces exporter '{name}' (OTEL_TRACES_EXPORTER / tracing.exporter): "
             f"use one of {', '.join(EXPORTERS)}"
         )
-    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service_name})
+    resource = Resource.create(_resource_attributes(service_name, env))
     sampler = ALWAYS_OFF if name == "none" else _sampler(settings.sample_ratio)
     provider = TracerProvider(resource=resource, sampler=sampler)
     exporter = _exporter(name, settings, env)
@@ -171,6 +172,16 @@ def setup_tracing(
     global _recording
     _recording = name != "none"
     return TracingHandle(provider, name)
+
+
+def _resource_attributes(service_name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """service.name, and service.instance.id (host:pid) so that a collector can tell the processes
+    of one service apart (two workers of one machine send the same service.name). Values the user
+    set in OTEL_RESOURCE_ATTRIBUTES win: Resource.create would let ours override theirs."""
+    attributes = {"service.name": env.get("OTEL_SERVICE_NAME") or service_name}
+    if "service.instance.id=" not in env.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+        attributes["service.instance.id"] = f"{socket.gethostname()}:{os.getpid()}"
+    return attributes
 
 
 def _sampler(ratio: float) -> ParentBased:

@@ -63,6 +63,9 @@ class TracingRun:
     baseline: ClusterRun
     spans: int
     sample_ratio: float = 1.0
+    # Tasks whose traceparent says sampled: each should have all its spans at the sink.
+    sampled_tasks: int = 0
+    spans_by_process: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,6 +214,8 @@ def _tracing(tracing: TracingRun) -> dict[str, Any]:
         "cpu_s_per_1000": _cpu_per_1000(traced),
         "untraced_cpu_s_per_1000": _cpu_per_1000(baseline),
         "spans_exported": tracing.spans,
+        "sampled_tasks": tracing.sampled_tasks,
+        "spans_by_process": tracing.spans_by_process,
         "spans_per_task": round(tracing.spans / n, 2),
         "peak_rss_mb": {name: round(b / MB, 1) for name, b in traced.peak_rss.items()},
     }
@@ -407,7 +412,11 @@ def _tracing_lines(tracing: dict[str, Any]) -> list[str]:
         ),
         _row("CPU s per 1,000 tasks traced", cpu(tracing["cpu_s_per_1000"])),
         _row("CPU s per 1,000 tasks untraced", cpu(tracing["untraced_cpu_s_per_1000"])),
-        _row("spans exported", f"{tracing['spans_exported']:,} ({tracing['spans_per_task']:.2f} per task)"),
+        _row(
+            "spans exported",
+            f"{tracing['spans_exported']:,} ({tracing['spans_per_task']:.2f} per task;"
+            f" {tracing['sampled_tasks']:,} tasks sampled)",
+        ),
     ]
 
 

@@ -5,6 +5,7 @@ for each measurement, all started and stopped through the launcher of `claw up` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,7 +17,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 
@@ -264,6 +265,10 @@ async def _measure_tracing(run: Bench, baseline: ClusterRun) -> TracingRun:
             "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "CLAW_TRACING_SAMPLE_RATIO": str(options.trace_sample_ratio),
+            # The processes export most of their spans as they exit, all at once; on a loaded machine
+            # the sink may take longer than the default 10 s to answer, and a batch not answered in
+            # time is dropped: that would measure the sink, not the cluster.
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "60",
         }
         cluster = run.cluster("cluster-traced", "bench_traced", workers, extra_env=traced)
         progress(
@@ -275,9 +280,20 @@ async def _measure_tracing(run: Bench, baseline: ClusterRun) -> TracingRun:
             measured = await throughput_only(options.n, cluster, run.nats_process)
         finally:
             await cluster.stop()  # the processes flush their last spans as they exit
-        spans = await asyncio.to_thread(_sink_count, endpoint)
-        progress(f"tracing: {measured.throughput['tps']:,.0f} tasks/s, {spans:,} spans exported")
-        return TracingRun(run=measured, baseline=baseline, spans=spans, sample_ratio=options.trace_sample_ratio)
+        counts = await asyncio.to_thread(_sink_counts, endpoint)
+        sampled = await asyncio.to_thread(_sampled_tasks, cluster.db_path)
+        spans = int(counts["spans"])
+        progress(
+            f"tracing: {measured.throughput['tps']:,.0f} tasks/s, {spans:,} spans exported ({sampled:,} tasks sampled)"
+        )
+        return TracingRun(
+            run=measured,
+            baseline=baseline,
+            spans=spans,
+            sample_ratio=options.trace_sample_ratio,
+            sampled_tasks=sampled,
+            spans_by_process=dict(counts["by_process"]),
+        )
     finally:
         await asyncio.to_thread(sink.stop)
 
@@ -294,6 +310,15 @@ async def _port_from(port_file: Path, process: Child, timeout_s: float = 30.0) -
     raise BenchError(f"the span sink did not start within {timeout_s:g} s")
 
 
-def _sink_count(endpoint: str) -> int:
+def _sink_counts(endpoint: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{endpoint}/count", timeout=10) as reply:  # noqa: S310 - our loopback sink
-        return int(json.load(reply)["spans"])
+        return cast(dict[str, Any], json.load(reply))
+
+
+def _sampled_tasks(db_path: Path) -> int:
+    """How many tasks of the run were sampled: the flags of the traceparent each task keeps say it
+    (W3C: bit 0 of the last field). What the sink received is checked against this, not against
+    the ratio, whose draw varies by +-16 tasks in 1,000."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT traceparent FROM tasks WHERE traceparent IS NOT NULL").fetchall()
+    return sum(1 for (traceparent,) in rows if int(traceparent.rsplit("-", 1)[-1], 16) & 1)

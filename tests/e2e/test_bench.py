@@ -97,11 +97,16 @@ def test_quick_bench_reports_every_figure_and_leaves_nothing_behind(tmp_path: Pa
         assert dig(report, ("meta", key)), f"meta.{key} is empty"
     assert report["meta"]["quick"] is True
     assert "raw JetStream" in result.stdout and "end to end, one in flight" in result.stdout
-    # --tracing: the traced run exported the spans (claw.task, execute, report) of about half the
-    # tasks to the sink: a task's spans are kept or dropped together (1,000 tasks: 500 +- 16 is 1 sd).
+    # --tracing: about half the tasks were sampled (1,000 tasks: 500 +- 16 is 1 sd), and the sink got
+    # all three spans (claw.task, execute, report) of every sampled task and nothing of the others
+    # (a task's spans are kept or dropped together), plus a few spans of the processes' start.
+    # The coordinator and both workers exported: a process that exits without flushing is named.
     tracing = report["tracing"]
     assert tracing["sample_ratio"] == 0.5
-    assert 3 * 350 <= tracing["spans_exported"] <= 3 * 650 + 100, tracing
+    assert 350 <= tracing["sampled_tasks"] <= 650, tracing
+    assert 3 * tracing["sampled_tasks"] <= tracing["spans_exported"] <= 3 * tracing["sampled_tasks"] + 30, tracing
+    exporting = sorted(name.split()[0] for name in tracing["spans_by_process"])
+    assert exporting == ["claw-coordinator", "claw-worker", "claw-worker"], tracing["spans_by_process"]
     assert tracing["throughput_tps"] > 0 and tracing["ratio"] > 0
     assert "throughput traced / untraced" in result.stdout
     # --replication: the replicated run shipped commits, and its standby applied every one of them.
