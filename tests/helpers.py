@@ -27,7 +27,7 @@ from common.event_kinds import EventKind
 from common.events import TaskEvent
 from common.ids import new_id
 from common.models import TaskSpec
-from common.states import Priority
+from common.states import Priority, TaskState
 from communication.api_client import ClawClient
 from coordinator.plugins import CoordinatorPlugin
 from coordinator.service import Coordinator
@@ -98,6 +98,23 @@ def worker_config(config: ClawConfig, **worker: Any) -> ClawConfig:
 def spec(skill: str, input: dict[str, Any] | None = None, **options: Any) -> TaskSpec:
     """A TaskSpec from a plain dict input."""
     return TaskSpec(skill=skill, input=msgspec.Raw(msgspec.json.encode(input or {})), **options)
+
+
+async def succeeded(client: ClawClient, task_id: str) -> bool:
+    """Whether the task succeeded; a task that failed or died fails the test at once (with the task),
+    so an `eventually` over this does not wait out its deadline on a task that will never succeed."""
+    task = await client.get_task(task_id, history=False)
+    assert task.state not in (TaskState.FAILED, TaskState.DEAD), task
+    return task.state == TaskState.SUCCEEDED
+
+
+async def run_to_success(
+    client: ClawClient, skill: str, input: dict[str, Any], *, tenant: str | None = None, what: str = "the task done"
+) -> str:
+    """Submit one task and wait until it succeeded; its id."""
+    [result] = await client.submit_many([spec(skill, input)], tenant=tenant)
+    await eventually(lambda: succeeded(client, result.task_id), what=what)
+    return result.task_id
 
 
 @contextlib.asynccontextmanager

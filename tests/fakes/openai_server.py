@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -133,6 +134,18 @@ class FakeOpenAIServer:
     def base_url(self) -> str:
         """The OpenAI base URL (`.../v1`) to configure as tools.llm_base_url."""
         return f"{self.url}/v1"
+
+    def tools(self, sandbox_root: Path, key_env: str, **extra: Any) -> dict[str, Any]:
+        """The `tools` settings that point a worker's llm.chat at this server: its base URL, the API
+        key read from `key_env`, and loopback allowed (the server is on 127.0.0.1); `extra` adds or
+        replaces settings."""
+        return {
+            "sandbox_root": str(sandbox_root),
+            "llm_base_url": self.base_url,
+            "llm_api_key_env": key_env,
+            "http_allow_private": ["127.0.0.1"],
+            **extra,
+        }
 
     def start(self) -> None:
         """Serve in a background thread."""

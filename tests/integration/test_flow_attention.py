@@ -33,12 +33,7 @@ def llm_config(
     monkeypatch: pytest.MonkeyPatch,
 ) -> ClawConfig:
     monkeypatch.setenv(KEY_ENV, "sk-attention")
-    tools = {
-        "sandbox_root": str(tmp_path / "sandboxes"),
-        "llm_base_url": openai_server.base_url,
-        "llm_api_key_env": KEY_ENV,
-        "http_allow_private": ["127.0.0.1"],
-    }
+    tools = openai_server.tools(tmp_path / "sandboxes", KEY_ENV)
     return make_config(nats_server, prefix, tmp_path, tools=tools)
 
 

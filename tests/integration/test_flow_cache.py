@@ -11,12 +11,11 @@ import pytest
 from common import verbs
 from common.api import Empty, UsageRequest
 from common.config import ClawConfig
-from common.states import TaskState
 from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer
 from tests.conftest import make_config
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, spec
+from tests.helpers import connected_client, run_to_success, running_coordinator, running_worker
 
 KEY_ENV = "CLAW_TEST_CACHE_KEY"
 CHAT = {"model": "fake-c", "messages": [{"role": "user", "content": "same question"}], "cache_ttl_s": 60}
@@ -31,25 +30,11 @@ def llm_config(
     monkeypatch: pytest.MonkeyPatch,
 ) -> ClawConfig:
     monkeypatch.setenv(KEY_ENV, "sk-cache")
-    tools = {
-        "sandbox_root": str(tmp_path / "sandboxes"),
-        "llm_base_url": openai_server.base_url,
-        "llm_api_key_env": KEY_ENV,
-        "http_allow_private": ["127.0.0.1"],
-    }
-    return make_config(nats_server, prefix, tmp_path, tools=tools)
+    return make_config(nats_server, prefix, tmp_path, tools=openai_server.tools(tmp_path / "sandboxes", KEY_ENV))
 
 
 async def run(client: ClawClient, input: dict[str, object], tenant: str | None = None) -> str:
-    [result] = await client.submit_many([spec("llm.chat", input)], tenant=tenant)
-
-    async def done() -> bool:
-        task = await client.get_task(result.task_id, history=False)
-        assert task.state not in (TaskState.FAILED, TaskState.DEAD), task
-        return task.state == TaskState.SUCCEEDED
-
-    await eventually(done, what="the call done")
-    return result.task_id
+    return await run_to_success(client, "llm.chat", input, tenant=tenant, what="the call done")
 
 
 async def test_an_equal_call_within_the_ttl_is_answered_from_the_cache(

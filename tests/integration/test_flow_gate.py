@@ -20,7 +20,15 @@ from common.flow import Limit
 from common.states import TaskState
 from communication.api_client import ClawClient
 from tests.conftest import make_config
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, spec, wait_nodes_online
+from tests.helpers import (
+    connected_client,
+    eventually,
+    running_coordinator,
+    running_worker,
+    spec,
+    succeeded,
+    wait_nodes_online,
+)
 from worker import SkillRegistry, TaskContext, builtin_registry
 from worker.skills import Skill
 
@@ -88,23 +96,17 @@ async def test_tasks_beyond_the_concurrency_limit_wait_unpublished_and_run_when_
         # by the waiting ones).
         echo = await client.submit_many([spec("echo", {"n": i}) for i in range(6)])
         for result in echo:
-            await eventually(lambda r=result: _done(client, r.task_id), what="echo done")  # type: ignore[misc]
+            await eventually(lambda r=result: succeeded(client, r.task_id), what="echo done")  # type: ignore[misc]
         assert gated.running == 2
 
         gated.release.set()
         for task_id in ids:
-            await eventually(lambda t=task_id: _done(client, t), what="held task done")  # type: ignore[misc]
+            await eventually(lambda t=task_id: succeeded(client, t), what="held task done")  # type: ignore[misc]
         assert gated.most == 2
         finished = await client.get_task(waiting[0].task_id)
         assert any(e.kind == "limit granted" for e in finished.events)
         view = await eventually(lambda: _view(client, "api:a"))
         assert view.in_flight == 0 and view.waiting == 0
-
-
-async def _done(client: ClawClient, task_id: str) -> bool:
-    task = await client.get_task(task_id, history=False)
-    assert task.state not in (TaskState.FAILED, TaskState.DEAD), task
-    return task.state == TaskState.SUCCEEDED
 
 
 async def test_limits_are_set_listed_deleted_and_kept_in_sqlite(flow_config: ClawConfig) -> None:

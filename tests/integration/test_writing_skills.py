@@ -52,13 +52,7 @@ def llm_config(
 ) -> ClawConfig:
     """A cluster config whose workers call the fake server as their LLM."""
     monkeypatch.setenv(KEY_ENV, "sk-writing")
-    tools = {
-        "sandbox_root": str(tmp_path / "sandboxes"),
-        "llm_base_url": openai_server.base_url,
-        "llm_model": "fake-writer",
-        "llm_api_key_env": KEY_ENV,
-        "http_allow_private": ["127.0.0.1"],  # the fake API is on loopback
-    }
+    tools = openai_server.tools(tmp_path / "sandboxes", KEY_ENV, llm_model="fake-writer")
     return make_config(nats_server, prefix, tmp_path, tools=tools)
 
 

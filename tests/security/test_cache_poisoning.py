@@ -27,7 +27,7 @@ from common.states import TaskState
 from communication.api_client import ClawClient
 from communication.response_cache import ResponseCache, input_key
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.helpers import eventually, spec
+from tests.helpers import eventually, run_to_success, spec, succeeded
 from tests.security.bus import SecuredCluster, secured_cluster
 
 KEY_ENV = "CLAW_TEST_POISON_KEY"
@@ -41,26 +41,12 @@ async def cluster(
     tmp_path: Path, openai_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[SecuredCluster]:
     monkeypatch.setenv(KEY_ENV, "sk-poison")
-    tools = {
-        "sandbox_root": str(tmp_path / "sandboxes"),
-        "llm_base_url": openai_server.base_url,
-        "llm_api_key_env": KEY_ENV,
-        "http_allow_private": ["127.0.0.1"],
-    }
-    async with secured_cluster(tmp_path, tools=tools) as running:
+    async with secured_cluster(tmp_path, tools=openai_server.tools(tmp_path / "sandboxes", KEY_ENV)) as running:
         yield running
 
 
 async def _run(client: ClawClient, input: dict[str, Any]) -> str:
-    [result] = await client.submit_many([spec("llm.chat", input)])
-
-    async def done() -> bool:
-        task = await client.get_task(result.task_id, history=False)
-        assert task.state not in (TaskState.FAILED, TaskState.DEAD), task
-        return task.state == TaskState.SUCCEEDED
-
-    await eventually(done, what="the call done")
-    return result.task_id
+    return await run_to_success(client, "llm.chat", input, what="the call done")
 
 
 async def test_a_workers_credentials_cannot_put_an_answer_into_the_cache(
@@ -125,14 +111,8 @@ async def test_a_worker_cannot_report_an_answer_for_an_attempt_another_node_hold
                     await admin.call(verbs.CACHE_PUT, report)
 
             openai_server.flowing.set()
-            await eventually(lambda: _succeeded(alice, result.task_id), what="the held call done")
+            await eventually(lambda: succeeded(alice, result.task_id), what="the held call done")
             cached = await ResponseCache(attacker.conn, SYSTEM_CLOCK).get(key)
             assert cached is not None and b"POISONED" not in cached  # w1's real answer
     finally:
         openai_server.flowing.set()
-
-
-async def _succeeded(client: ClawClient, task_id: str) -> bool:
-    task = await client.get_task(task_id, history=False)
-    assert task.state not in (TaskState.FAILED, TaskState.DEAD), task
-    return task.state == TaskState.SUCCEEDED
