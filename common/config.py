@@ -140,8 +140,10 @@ class CoordinatorSettings(_Section, frozen=True):
     # every lease_renew_interval_s. A second coordinator refuses to start while the lease is renewed;
     # a killed one's lease lapses lease_ttl_s after its last renewal (a clean stop releases it at
     # once), and a coordinator that could not renew for lease_ttl_s stops writing (docs/Reliability.md).
-    lease_ttl_s: Annotated[float, msgspec.Meta(ge=2, le=600)] = 10.0
-    lease_renew_interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=120)] = 2.0
+    # 4 s makes a standby take over within 5 s (the lease's rest, plus catch-up and start); renewing
+    # every second keeps three renewals inside one TTL, so a slow or missed one costs no write.
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=2, le=600)] = 4.0
+    lease_renew_interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=120)] = 1.0
     # "normal" survives a process crash (like JetStream's default sync); "full" also an OS crash.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     # The state database is checked before the coordinator serves: "quick" (PRAGMA quick_check,

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from cli.processes import Child, child_env
-from common.config import NatsSettings
+from common.config import CoordinatorSettings, NatsSettings
 from common.errors import ClawError
 from common.states import TaskState
 from communication.api_client import ClawClient
@@ -57,8 +57,7 @@ def _env(server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> dict[str, s
         CLAW_NATS_URL=server.client_url,
         CLAW_NATS_MONITOR_URL=server.monitor_url,
         CLAW_NATS_PREFIX=prefix,
-        CLAW_COORDINATOR_LEASE_TTL_S="3",
-        CLAW_COORDINATOR_LEASE_RENEW_INTERVAL_S="1",
+        # The shipped lease settings (lease_ttl_s 4, renewed every 1 s): what the takeover figure is for.
         CLAW_WORKER_HEARTBEAT_INTERVAL_S="1.0",
         CLAW_WORKER_IDLE_POLL_INTERVAL_S="0.5",
         CLAW_LOG_FORMAT="json",
@@ -139,7 +138,8 @@ async def test_a_standby_takes_over_from_a_killed_active_and_every_task_runs_onc
         ran_twice = {t: n for t, n in attempts.items() if n > 1}
         assert not ran_twice, f"tasks run more than once across the takeovers: {ran_twice}"
         print(
-            f"\ntakeover after SIGKILL (lease_ttl_s 3): rounds {rounds}, p50 {statistics.median(takeovers):.2f} s, "
+            f"\ntakeover after SIGKILL (default lease_ttl_s {CoordinatorSettings().lease_ttl_s:g}): rounds {rounds}, "
+            f"p50 {statistics.median(takeovers):.2f} s, "
             f"max {max(takeovers):.2f} s"
         )
     finally:
@@ -230,7 +230,8 @@ async def test_a_partitioned_active_is_replaced_and_stops_when_the_partition_hea
                 old_ids = {row[0] for row in conn.execute("SELECT task_id FROM tasks")}
             assert before.task_id in old_ids and after.task_id not in old_ids
             assert (await client.get_task(before.task_id)).task_id == before.task_id
-            print(f"\ntakeover after a partition of the active (lease_ttl_s 3): {takeover_s:.2f} s")
+            ttl_s = CoordinatorSettings().lease_ttl_s
+            print(f"\ntakeover after a partition of the active (default lease_ttl_s {ttl_s:g}): {takeover_s:.2f} s")
         finally:
             proxy.heal()
             if client is not None:

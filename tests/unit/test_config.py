@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_config, parse_labels, redacted
+from common.config import CoordinatorSettings, load_config, parse_labels, redacted
 from common.errors import ConfigError
 
 
@@ -129,3 +129,12 @@ def test_metrics_and_alert_settings_come_from_the_environment_and_are_checked() 
     assert load_config(None, env={}).coordinator.metrics_port is None  # off unless asked
     with pytest.raises(ConfigError, match=r"coordinator\.alert_min_completion.*environment"):
         load_config(None, env={"CLAW_COORDINATOR_ALERT_MIN_COMPLETION": "1.5"})
+
+
+def test_the_default_lease_lets_a_standby_take_over_within_5_s() -> None:
+    """Issue 15 asks a standby to take over within 5 s: the takeover is the rest of the killed active's
+    lease (at most `lease_ttl_s`) plus the catch-up and start (0.1-0.2 s measured), so the shipped TTL
+    leaves a second for those; and a renewal may be missed (or slow) without the lease running out."""
+    settings = CoordinatorSettings()
+    assert settings.lease_ttl_s + 1.0 <= 5.0
+    assert settings.lease_renew_interval_s * 3 <= settings.lease_ttl_s
