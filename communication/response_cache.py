@@ -22,7 +22,9 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from common.clock import Clock
+from common.config import JetStreamSettings
 from communication.connection import NATS_ERRORS, NatsConnection
+from communication.topology import replicas_for
 
 MAX_TTL_S = 86400.0
 # llm.chat's input fields that are the call's parameters (part of the key; the OpenAI request fields
@@ -70,7 +72,9 @@ def input_key(model: str, input: dict[str, Any], tenant: str) -> str:
 class ResponseCache:
     """The cache bucket `<prefix>_flow_cache`, opened (or created) on first use."""
 
-    def __init__(self, conn: NatsConnection, clock: Clock, *, writer: bool = False) -> None:
+    def __init__(self, conn: NatsConnection, clock: Clock, *, writer: JetStreamSettings | None = None) -> None:
+        """`writer`: the coordinator's JetStream settings when this process writes (and so creates the
+        bucket, with the replicas every other bucket gets); a worker, which only reads, passes none."""
         self._conn = conn
         self._clock = clock
         # Only the coordinator writes (and creates the bucket); a worker's credentials can only read.
@@ -87,7 +91,7 @@ class ResponseCache:
             try:
                 self._kv = await self._conn.js.key_value(self.bucket)
             except BucketNotFoundError:
-                if not self._writer:
+                if self._writer is None:
                     raise  # the coordinator creates it with the first entry: until then, every get misses
                 self._kv = await self._conn.js.create_key_value(
                     bucket=self.bucket,
@@ -95,6 +99,8 @@ class ResponseCache:
                     history=1,
                     ttl=MAX_TTL_S,
                     storage=api.StorageType.FILE,
+                    # One copy would lose every cached answer with one server of a NATS cluster.
+                    replicas=replicas_for(self._writer, self._conn),
                 )
         return self._kv
 

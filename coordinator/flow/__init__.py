@@ -43,7 +43,7 @@ def register(c: Coordinator) -> None:
     gate.held_before = [g for g in c.pipeline.gates if isinstance(g, KeyedHolder)]
     counters = None if c.metrics is None else UsageCounters(c.metrics.registry)
     usage = UsageBook(settings, c.book, store, lambda task_id: _model(gate, task_id), counters)
-    cache = ResponseCache(c.conn, c.clock, writer=True)
+    cache = ResponseCache(c.conn, c.clock, writer=c.config.jetstream)
     desk = FlowDesk(gate, ledger, store, usage, c.writer, c.registry, c.clock, list(settings.limits), cache)
     gate.loader = desk.load
     c.pipeline.gate = gate
