@@ -66,6 +66,7 @@ class LocalCluster:
         json_out: bool = False,
         auth: bool = True,
         nats_nodes: int = 1,
+        sync_interval: str | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         # 1: one nats-server; 3 or 5: a NATS cluster on this machine, streams replicated on every node.
@@ -90,6 +91,7 @@ class LocalCluster:
             http_port=monitor_port,
             log_file=self.logs / "nats-server.log",
             auth_dir=self.auth_dir,
+            sync_interval=sync_interval,
         )
         self.nats_cluster_options = cluster_options(self.nats_options, nats_nodes) if nats_nodes > 1 else []
         self.launcher = Launcher(log_dir=self.logs)

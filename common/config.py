@@ -25,6 +25,8 @@ from common.flow import Limit, Price
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PREFIX_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+# JetStream's fsync interval: "always", or a duration nats-server reads (100ms, 10s, 2m, 1h).
+SYNC_INTERVAL_PATTERN = r"^(always|[0-9]+(\.[0-9]+)?(ms|s|m|h))$"
 ENV_PREFIX = "CLAW_"
 CONFIG_PATH_ENV = "CLAW_CONFIG"
 
@@ -93,6 +95,11 @@ class JetStreamSettings(_Section, frozen=True):
     dlq_max_age_s: PositiveFloat = 30 * 24 * 3600.0
     # Backstop per (priority, skill) subject of the task stream, above coordinator.max_queued_per_skill.
     tasks_max_per_subject: PositiveInt = 100_000
+    # How often the embedded nats-server (`claw up`, `claw nats start`; also --sync-interval) fsyncs
+    # its store: unset keeps nats-server's default (2 min: acknowledged writes of that window can be
+    # lost when the OS crashes or the power fails); "always" fsyncs each write before acknowledging
+    # it, at a throughput cost measured in docs/Performance.md ("JetStream sync interval").
+    sync_interval: Annotated[str, msgspec.Meta(pattern=SYNC_INTERVAL_PATTERN)] | None = None
 
 
 class CoordinatorSettings(_Section, frozen=True):

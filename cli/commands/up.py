@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import MetricsPortFlag
+from cli.options import MetricsPortFlag, SyncIntervalFlag, sync_interval_or_config
 from cli.runner import fail, run_service, set_process_title
 from common.config import LogSettings
 from common.errors import ClawError
@@ -40,6 +40,7 @@ def up(
             "--no-auth", help="Run NATS without authentication: whoever reaches it owns the cluster (not advised)."
         ),
     ] = False,
+    sync_interval: SyncIntervalFlag = None,
 ) -> None:
     """Run a whole local cluster: embedded nats-server, a coordinator, N workers and the HTTP gateway
     with its dashboard, until Ctrl-C."""
@@ -60,6 +61,7 @@ def up(
             parse_listen(gateway)
         except ClawError as exc:
             fail(f"{exc}, or off".replace("--listen", "--gateway"), kind="usage")
+    sync = sync_interval_or_config(sync_interval)
     set_process_title("claw up")
     configure_logging(LogSettings(level="warning", format="json" if json_out else "console"), process="up")
     cluster = LocalCluster(
@@ -73,6 +75,7 @@ def up(
         json_out=json_out,
         auth=not no_auth,
         nats_nodes=nats_nodes,
+        sync_interval=sync,
     )
     run_service(cluster.serve)
 
