@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from common.config import JetStreamSettings
-from common.errors import ClawError, StorageError
+from common.errors import ClawError, MigrationError, StorageError
 from common.log import get_logger
 from communication.codec import DecodeError, decode
 from communication.connection import NATS_ERRORS, NatsConnection
@@ -31,6 +32,7 @@ from coordinator.standby import stream
 from coordinator.standby.stream import EpochMarker, SnapshotInfo
 from storage.audit_anchor import key_path
 from storage.database import Database
+from storage.migrations import LATEST_VERSION
 from storage.replication import decode_commit
 
 log = get_logger("coordinator.standby.follower")
@@ -90,7 +92,15 @@ class Follower:
                 f"({key_path(self.db_path)}): copy the active coordinator's key file there "
                 "(docs/RUNBOOK.md, 'A standby coordinator'); nothing was applied"
             )
-        await asyncio.to_thread(_replace_file, self.db_path, data)
+        schema = await asyncio.to_thread(_replace_file, self.db_path, data)
+        if schema != LATEST_VERSION:
+            # The active coordinator's statements are written for its schema: applied to another one
+            # they fail half way, or (opening would migrate the copy) quietly differ. Refuse, at once.
+            raise MigrationError(
+                f"this standby's claw has database schema version {LATEST_VERSION}, the active coordinator's "
+                f"database has version {schema}: a standby must run the same claw version as the active one "
+                "(upgrade both: docs/RUNBOOK.md, 'A standby coordinator'); nothing was applied"
+            )
         self.db = await Database.open(self.db_path, check="off")
         self.commit_no = await self.db.commit_no()
         self.stream_seq = info.stream_seq
@@ -206,9 +216,29 @@ class Follower:
         self.applied_at = time.time()
 
 
-def _replace_file(path: Path, data: bytes) -> None:
-    """The database file replaced by `data`, with no write-ahead log of the old one left beside it."""
+def _replace_file(path: Path, data: bytes) -> int:
+    """The database file replaced by `data`, with no write-ahead log of the old one left beside it;
+    returns the snapshot's schema version. One of another schema version replaces nothing."""
+    incoming = Path(f"{path}.incoming")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    incoming.write_bytes(data)
+    schema = _schema_version(incoming)
+    if schema != LATEST_VERSION:
+        incoming.unlink()
+        return schema
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    incoming.rename(path)
+    return schema
+
+
+def _schema_version(path: Path) -> int:
+    """The schema version recorded in the database file at `path` (0: none), read without writing."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    try:
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    except sqlite3.DatabaseError:
+        return 0
+    finally:
+        conn.close()
+    return int(row[0] or 0)
