@@ -311,6 +311,9 @@ _WIRE_ERRORS: dict[str, type[ClawError]] = {
         IllegalTransitionError,
         WorkflowSpecError,
         WorkflowNotFoundError,
+        # "Not stored, retry when NATS is healthy" (a coordinator that cannot renew its lease): a
+        # client retrying with its own ids (submit_many(retry_for_s=...)) rides it out.
+        CoordinatorUnavailableError,
     )
 }
 
