@@ -4,7 +4,8 @@ Every identity connects with its NKey (a signature over the server's nonce; no p
 gets an allow-list of subjects (anything not listed is refused, and the server logs the refusal):
 
 - coordinator: publishes and subscribes to everything.
-- worker (node N): publishes events, heartbeats and claims under N, acks of task deliveries, poison
+- worker (node N): publishes events, heartbeats and claims under N, pulls and acks of its skills' task
+  consumers (every skill's unless its credentials name a skill set), poison
   dead letters, its own node key, flow control's permit verbs under its identity and the response
   cache bucket, and reads of the node controls, skill registry and skill code; subscribes to its
   inbox, wake-ups, cancellations and N's control subject.
@@ -42,6 +43,7 @@ from common.errors import CredentialsError
 from common.flow import cooldown_subject
 from common.identity import BusRole, write_private
 from common.log import get_logger
+from common.states import PRIORITIES
 from common.verbs import ALL, Role
 from communication.auth_registry import IdentityRecord, IdentityRegistry
 from communication.subjects import Subjects
@@ -80,10 +82,11 @@ def permissions(record: IdentityRecord, prefix: str) -> dict[str, Any]:
         # the worker role, under its own identity).
         permits = [s.api(record.name, v.name) for v in ALL if v.role == Role.WORKER]
         return {
-            "publish": {"allow": [*permits, *_worker_publish(s, node)], "deny": deny},
-            # Its inbox, wake-ups, cancellations, its control subject and flow control's cooldowns.
+            "publish": {"allow": [*permits, *_worker_publish(s, node, record.skills)], "deny": deny},
+            # Its inbox, wake-ups (of its skills), cancellations, its control subject and flow
+            # control's cooldowns.
             "subscribe": {
-                "allow": [inbox, f"{prefix}.wake.*", s.cancel_all, s.ctl(node), cooldown_subject(prefix)],
+                "allow": [inbox, *_wakes(s, record.skills), s.cancel_all, s.ctl(node), cooldown_subject(prefix)],
                 "deny": deny,
             },
             # A worker answers control requests sent to it (once per request).
@@ -138,7 +141,40 @@ def _bucket_access(stream: str, writes: str, *, create: bool) -> list[str]:
     return allowed
 
 
-def _worker_publish(s: Subjects, node: str) -> list[str]:
+def _wakes(s: Subjects, skills: list[str] | None) -> list[str]:
+    """The wake-ups a worker may hear: its skills' (every skill's when it is bound to none)."""
+    return [f"{s.prefix}.wake.*"] if skills is None else [s.wake(skill) for skill in skills]
+
+
+def _task_consumers(s: Subjects, skills: list[str] | None) -> list[str]:
+    """The JetStream API calls and acks a worker makes on the task consumers it may pull: with a skill
+    set, only those skills' consumers (one per priority; a consumer's name is one token, so each is
+    listed); without one, every consumer of the tasks stream."""
+    tasks, api = s.tasks_stream, "$JS.API"
+    if skills is None:
+        return [
+            f"$JS.ACK.{tasks}.>",
+            f"{api}.CONSUMER.INFO.{tasks}.*",
+            f"{api}.CONSUMER.DURABLE.CREATE.{tasks}.*",
+            f"{api}.CONSUMER.CREATE.{tasks}.>",
+            f"{api}.CONSUMER.MSG.NEXT.{tasks}.*",
+        ]
+    allowed: list[str] = []
+    for skill in skills:
+        for priority in PRIORITIES:
+            consumer = s.task_consumer(skill, priority)
+            allowed += [
+                f"$JS.ACK.{tasks}.{consumer}.>",
+                f"{api}.CONSUMER.INFO.{tasks}.{consumer}",
+                f"{api}.CONSUMER.DURABLE.CREATE.{tasks}.{consumer}",
+                f"{api}.CONSUMER.CREATE.{tasks}.{consumer}",
+                f"{api}.CONSUMER.CREATE.{tasks}.{consumer}.>",
+                f"{api}.CONSUMER.MSG.NEXT.{tasks}.{consumer}",
+            ]
+    return allowed
+
+
+def _worker_publish(s: Subjects, node: str, skill_set: list[str] | None = None) -> list[str]:
     """What a worker may publish: its own reports, acks of its deliveries, and reads it needs."""
     tasks, api = s.tasks_stream, "$JS.API"
     nodes, control, skills = f"KV_{s.nodes_bucket}", f"KV_{s.node_control_bucket}", f"KV_{s.skills_bucket}"
@@ -155,15 +191,11 @@ def _worker_publish(s: Subjects, node: str) -> list[str]:
         s.heartbeat(node),
         s.claims(node),
         f"{s.prefix}.dlq.*",  # a task message no worker can read is dead-lettered where it was found
-        f"$JS.ACK.{tasks}.>",
+        *_task_consumers(s, skill_set),
         f"$KV.{s.nodes_bucket}.{node}",
         f"{api}.INFO",
         f"{api}.STREAM.NAMES",  # nats-py looks a stream up by subject before reading an object
         *(f"{api}.STREAM.INFO.{name}" for name in (tasks, s.events_stream, s.dlq_stream, *readable)),
-        f"{api}.CONSUMER.INFO.{tasks}.*",
-        f"{api}.CONSUMER.DURABLE.CREATE.{tasks}.*",
-        f"{api}.CONSUMER.CREATE.{tasks}.>",
-        f"{api}.CONSUMER.MSG.NEXT.{tasks}.*",
         f"{api}.DIRECT.GET.{nodes}.$KV.{s.nodes_bucket}.{node}",
         *(f"{api}.DIRECT.GET.{name}.>" for name in (control, skills, code)),
         *(f"{api}.STREAM.MSG.GET.{name}" for name in readable),

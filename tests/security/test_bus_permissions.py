@@ -107,6 +107,17 @@ PUBLISH = [
     ("adam", "claw.flow.cooldown", False),
     ("w2", "claw.dlq.echo.T", False),
     ("alice", "claw.dlq.echo", False),
+    # A worker bound to a skill set (w3: echo) pulls, acks and creates only those skills' consumers;
+    # one bound to none (w2) pulls any skill's.
+    ("w3", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-probe-destroy-normal", False),
+    ("w3", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-probe-destroy-high", False),
+    ("w3", "$JS.API.CONSUMER.INFO.CLAW_TASKS.tasks-probe-destroy-low", False),
+    ("w3", "$JS.API.CONSUMER.CREATE.CLAW_TASKS.tasks-shell-exec-normal.claw.tasks.normal.shell-exec", False),
+    ("w3", "$JS.API.CONSUMER.DURABLE.CREATE.CLAW_TASKS.tasks-shell-exec-normal", False),
+    ("w3", "$JS.ACK.CLAW_TASKS.tasks-probe-destroy-normal.1.1.1.1.0", False),
+    ("w3", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-echo-normal", True),
+    ("w3", "$JS.API.CONSUMER.INFO.CLAW_TASKS.tasks-echo-low", True),
+    ("w2", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-probe-destroy-low", True),
 ]
 
 
@@ -141,6 +152,8 @@ SUBSCRIBE = [
     ("alice", "claw.updates.*", True),
     ("vic", "$KV.claw_audit.>", False),
     ("cli", "claw.nodes.heartbeat.*", False),
+    ("w3", "claw.wake.probe-destroy", False),
+    ("w3", "claw.wake.echo", True),
 ]
 
 
