@@ -4,11 +4,11 @@ Every identity connects with its NKey (a signature over the server's nonce; no p
 gets an allow-list of subjects (anything not listed is refused, and the server logs the refusal):
 
 - coordinator: publishes and subscribes to everything.
-- worker (node N): publishes events, heartbeats and claims under N, pulls and acks of its skills' task
-  consumers (every skill's unless its credentials name a skill set), poison
-  dead letters, its own node key, flow control's permit verbs under its identity and the response
-  cache bucket, and reads of the node controls, skill registry and skill code; subscribes to its
-  inbox, wake-ups, cancellations and N's control subject.
+- worker (node N): publishes events (poison reports among them), heartbeats and claims under N, pulls
+  and acks of its skills' task consumers (every skill's unless its credentials name a skill set), its
+  own node key, flow control's permit verbs under its identity and the response cache bucket (never
+  the DLQ: the coordinator writes every letter), and reads of the node controls, skill registry and
+  skill code; subscribes to its inbox, wake-ups, cancellations and N's control subject.
 - client: publishes API requests under its own identity (and, holding submitter, schedule triggers);
   subscribes to its inbox and task state changes. One holding the admin role also uploads skill
   packages to the skill code store (`claw skills install`) and edits the gateway's API keys.
@@ -190,7 +190,6 @@ def _worker_publish(s: Subjects, node: str, skill_set: list[str] | None = None) 
         s.events_of_node(node),
         s.heartbeat(node),
         s.claims(node),
-        f"{s.prefix}.dlq.*",  # a task message no worker can read is dead-lettered where it was found
         *_task_consumers(s, skill_set),
         f"$KV.{s.nodes_bucket}.{node}",
         f"{api}.INFO",

@@ -19,6 +19,8 @@ from common.states import Priority
 
 SKILL_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 SKILL_NAME_MAX = 64
+# The last token of a worker's poison report subject (`<prefix>.events.<node>.poison`).
+POISON_TOKEN = "poison"  # noqa: S105 - a subject token, not a secret
 
 
 class Header:
@@ -141,6 +143,12 @@ class Subjects:
     def events_of_node(self, node_id: str) -> str:
         """Every event one node may publish (its permissions)."""
         return f"{self.prefix}.events.{node_id}.*"
+
+    def poison_report(self, node_id: str) -> str:
+        """Where `node_id` reports a task message it could not decode: an event subject (its own node
+        id in it, bound by the server to its credentials; `poison` is never a task id, which is a
+        ULID), so the coordinator reads who reports and records the dead letter itself."""
+        return f"{self.prefix}.events.{node_id}.{POISON_TOKEN}"
 
     @property
     def events_all(self) -> str:

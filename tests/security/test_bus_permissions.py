@@ -106,6 +106,8 @@ PUBLISH = [
     ("w2", "claw.flow.cooldown", False),
     ("adam", "claw.flow.cooldown", False),
     ("w2", "claw.dlq.echo.T", False),
+    ("w2", "claw.dlq.echo", False),  # poison goes through w2's own report subject (the coordinator writes it)
+    ("w2", "claw.events.w2.poison", True),
     ("alice", "claw.dlq.echo", False),
     # A worker bound to a skill set (w3: echo) pulls, acks and creates only those skills' consumers;
     # one bound to none (w2) pulls any skill's.
