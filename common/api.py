@@ -764,6 +764,9 @@ class ScheduleCreateRequest(msgspec.Struct, frozen=True, kw_only=True):
     by: str | None = None
     # The tenant its fires submit tasks or start runs for (unset: `default`).
     tenant: str | None = None
+    # Who besides its creator may fire an `on_subject` schedule by publishing a trigger message:
+    # identity names, or `role:<API role>` (e.g. `role:operator`). Empty: its creator only.
+    trigger_allow: list[str] = []
 
 
 class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
@@ -786,6 +789,8 @@ class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     created_by: str | None
     tenant: str = "default"
+    # Who besides its creator may fire it by a trigger message (`ScheduleCreateRequest.trigger_allow`).
+    trigger_allow: list[str] = []
 
 
 class ScheduleFireView(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,7 +9,7 @@ gets an allow-list of subjects (anything not listed is refused, and the server l
   own node key, flow control's permit verbs under its identity and the response cache bucket (never
   the DLQ: the coordinator writes every letter), and reads of the node controls, skill registry and
   skill code; subscribes to its inbox, wake-ups, cancellations and N's control subject.
-- client: publishes API requests under its own identity (and, holding submitter, schedule triggers);
+- client: publishes API requests and (holding submitter) schedule triggers under its own identity;
   subscribes to its inbox and task state changes. One holding the admin role also uploads skill
   packages to the skill code store (`claw skills install`) and edits the gateway's API keys.
 - gateway: a client that also keeps its API keys bucket and follows the task feed.
@@ -99,8 +99,9 @@ def permissions(record: IdentityRecord, prefix: str) -> dict[str, Any]:
     subscribe = [inbox, s.updates_all]
     api_roles = record.api_roles
     if Role.SUBMITTER in api_roles:
-        # Event triggers of schedules (docs/Scheduling.md): whoever may submit may raise one.
-        publish.append(s.triggers_all)
+        # Event triggers of schedules (docs/Scheduling.md): whoever may submit may raise one, under
+        # its own identity (the coordinator checks that identity may fire each schedule).
+        publish.append(s.triggers_of(record.name))
     if role == BusRole.GATEWAY:
         # It keeps its API keys and session secret in its own bucket (creating it on first start),
         # and follows the feed of committed changes for its live views.

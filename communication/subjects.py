@@ -256,13 +256,19 @@ class Subjects:
 
     @property
     def trigger_root(self) -> str:
-        """`<prefix>.trigger.`: a schedule created `--on-subject material.new` fires on
-        `<prefix>.trigger.material.new`."""
+        """`<prefix>.trigger.`: a schedule created `--on-subject material.new` fires on a message that
+        identity `alice` publishes on `<prefix>.trigger.alice.material.new`."""
         return f"{self.prefix}.trigger."
 
-    def trigger(self, subject: str) -> str:
-        """Where to publish an event for schedules listening on `subject` (relative to the root)."""
-        return f"{self.trigger_root}{subject}"
+    def trigger(self, identity: str, subject: str) -> str:
+        """Where `identity` publishes an event for schedules listening on `subject` (relative): the
+        identity token is bound to the publisher's credentials by the server's permissions, so the
+        coordinator knows who fires (docs/Scheduling.md)."""
+        return f"{self.trigger_root}{identity}.{subject}"
+
+    def triggers_of(self, identity: str) -> str:
+        """Every trigger subject one identity may publish on (its permissions)."""
+        return f"{self.trigger_root}{identity}.>"
 
     @property
     def triggers_all(self) -> str:

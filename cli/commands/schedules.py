@@ -107,7 +107,19 @@ def schedules_create(
     every: Annotated[str | None, typer.Option("--every", help="An interval: 30s, 10m, 1h30m, 1d.")] = None,
     on_subject: Annotated[
         str | None,
-        typer.Option("--on-subject", help="Fire on each message on <prefix>.trigger.SUBJECT (wildcards * and >)."),
+        typer.Option(
+            "--on-subject",
+            help="Fire on each message on <prefix>.trigger.<publisher>.SUBJECT (wildcards * and >) whose publisher "
+            "may fire it (you, and --allow-trigger).",
+        ),
+    ] = None,
+    allow_trigger: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-trigger",
+            metavar="<identity|role:ROLE>",
+            help="With --on-subject: who else may fire it by a message (an identity, or role:operator ...); repeat.",
+        ),
     ] = None,
     on_artifact: Annotated[
         str | None, typer.Option("--on-artifact", help="Fire on each new artifact whose name starts with this.")
@@ -160,6 +172,7 @@ def schedules_create(
             paused=paused,
             by=getpass.getuser(),
             tenant=tenant,
+            trigger_allow=allow_trigger or [],
         )
         return await client.call(verbs.SCHEDULE_CREATE, request)
 

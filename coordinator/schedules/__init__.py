@@ -41,7 +41,10 @@ def register(c: Coordinator) -> None:
     engine = ScheduleEngine(
         store, c.clock, submit=lambda request: c.handlers.submit(request), workflows=workflows, writer=c.writer
     )
-    subject_triggers = SubjectTriggers(c.conn, c.config.jetstream, engine)
+    # Looked up at each use: the coordinator makes its authorizer after the plugins register.
+    subject_triggers = SubjectTriggers(
+        c.conn, c.config.jetstream, engine, lambda identity: c.authorizer.roles_of(identity)
+    )
     artifact_triggers = ArtifactTriggers(store, c.clock, engine)
     c.api_providers.append(engine)
     c.jobs.add(PeriodicJob("schedules", TICK_S, engine.fire_due))

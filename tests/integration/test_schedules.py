@@ -221,9 +221,9 @@ async def test_a_message_on_a_trigger_subject_fires_once_even_when_published_whi
     conn = await NatsConnection.connect(config.nats, name="test-publisher")
     try:
         subjects = conn.subjects
-        await conn.js.publish(subjects.trigger("material.new"), b'{"path": "a.csv"}')
-        await conn.js.publish(subjects.trigger("other.thing"), b"{}")
-        await conn.js.publish(subjects.trigger("material.new.big"), b"not json")
+        await conn.js.publish(subjects.trigger(conn.identity, "material.new"), b'{"path": "a.csv"}')
+        await conn.js.publish(subjects.trigger(conn.identity, "other.thing"), b"{}")
+        await conn.js.publish(subjects.trigger(conn.identity, "material.new.big"), b"not json")
     finally:
         await conn.close()
     async with running_coordinator(config), connected_client(config) as client:

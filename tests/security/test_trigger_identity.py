@@ -1,0 +1,99 @@
+"""Subject triggers fire under the publisher's identity, not the schedule owner's.
+
+A trigger message goes on `<prefix>.trigger.<identity>.<subject>`, and the server lets each
+identity publish only under its own name, so the coordinator knows who fired. A schedule fires for
+its creator and for the identities and roles its `--allow-trigger` names; anyone else who may submit
+(and so publish triggers) fires nothing, typing another's name in the subject is refused by the
+server, and every fire records who caused it (the task's input and the hash-chained event log).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from common import api, verbs
+from common.errors import InvalidInputError
+from tests.helpers import eventually
+from tests.security.bus import PREFIX, SecuredCluster, secured_cluster
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[SecuredCluster]:
+    async with secured_cluster(tmp_path) as running:
+        yield running
+
+
+def fired_by(db: Path) -> list[str | None]:
+    """Who caused each `schedule.fired` row of the event log, in order."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT data FROM events WHERE kind = 'schedule.fired' ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [json.loads(r[0]).get("by") for r in rows]
+
+
+async def test_a_trigger_fires_only_for_identities_the_schedule_allows_and_records_who(
+    cluster: SecuredCluster,
+) -> None:
+    async with cluster.client("oscar") as oscar:
+        with pytest.raises(InvalidInputError, match="--allow-trigger role:boss: no such role"):
+            await oscar.call(verbs.SCHEDULE_CREATE, api.ScheduleCreateRequest(
+                name="bad", on_subject="inbox.*", skill="echo", trigger_allow=["role:boss"]))  # fmt: skip
+        view = await oscar.call(
+            verbs.SCHEDULE_CREATE,
+            api.ScheduleCreateRequest(name="inbox", on_subject="inbox.*", skill="echo",
+                                      trigger_allow=["carol", "role:admin"]),
+        )  # fmt: skip
+        assert view.created_by == "oscar" and view.trigger_allow == ["carol", "role:admin"]
+
+        seqs: dict[str, int] = {}
+        for name in ("bob", "oscar", "carol", "adam", "cli"):
+            async with cluster.connect(name) as nc:
+                ack = await nc.jetstream().publish(
+                    f"{PREFIX}.trigger.{name}.inbox.new", b'{"from": "%s"}' % name.encode()
+                )
+                seqs[name] = ack.seq
+        # Typing another identity into the subject: the server refuses it.
+        async with cluster.connect("bob") as nc:
+            await nc.publish(f"{PREFIX}.trigger.oscar.inbox.new", b"{}")
+            await nc.flush()
+            await eventually(
+                lambda: cluster.violations("Publish", f'"{PREFIX}.trigger.oscar.inbox.new"'), what="bob posing as oscar"
+            )
+        # A viewer may not raise triggers at all.
+        async with cluster.connect("vic") as nc:
+            await nc.publish(f"{PREFIX}.trigger.vic.inbox.new", b"{}")
+            await nc.flush()
+            await eventually(lambda: cluster.violations("Publish", f'"{PREFIX}.trigger.vic.inbox.new"'), what="vic")
+
+        async def fires() -> list[api.ScheduleFireView]:
+            shown = await oscar.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name="inbox"))
+            return shown.fires if len(shown.fires) >= 3 else []
+
+        await eventually(fires, what="the allowed fires", timeout_s=30)
+        async with cluster.connect("coordinator") as nc:
+            js = nc.jetstream()
+
+            async def handled() -> bool:
+                # The coordinator acks a trigger message once handled: all five are, refused or fired.
+                info = await js.consumer_info(cluster.subjects.triggers_stream, cluster.subjects.triggers_consumer)
+                return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= max(seqs.values())
+
+            await eventually(handled, what="every trigger message handled")
+        shown = await oscar.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name="inbox"))
+        fired = sorted(f.fire_id for f in shown.fires)
+        assert fired == sorted(f"schedule:inbox:subject-{seqs[n]}" for n in ("oscar", "carol", "adam"))
+        inputs = {}
+        for fire in shown.fires:
+            assert fire.target_id is not None
+            task = await oscar.get_task(fire.target_id, history=False)
+            inputs[fire.fire_id] = msgspec.json.decode(bytes(task.input))["trigger"]
+        assert sorted(t["by"] for t in inputs.values()) == ["adam", "carol", "oscar"]
+    assert sorted(b for b in fired_by(cluster.tmp_path / "claw.db") if b) == ["adam", "carol", "oscar"]
