@@ -167,9 +167,11 @@ def _task_consumers(s: Subjects, skills: list[str] | None) -> list[str]:
             allowed += [
                 f"$JS.ACK.{tasks}.{consumer}.>",
                 f"{api}.CONSUMER.INFO.{tasks}.{consumer}",
-                f"{api}.CONSUMER.DURABLE.CREATE.{tasks}.{consumer}",
-                f"{api}.CONSUMER.CREATE.{tasks}.{consumer}",
-                f"{api}.CONSUMER.CREATE.{tasks}.{consumer}.>",
+                # Only the create that names the consumer's own filter subject in the API subject: the
+                # server checks the config against it. A create without it (DURABLE.CREATE, or CREATE
+                # with no filter token) carries any filter in its body, and would let the worker point
+                # its own consumer at another skill's tasks and pull them.
+                f"{api}.CONSUMER.CREATE.{tasks}.{consumer}.{s.task(priority, skill)}",
                 f"{api}.CONSUMER.MSG.NEXT.{tasks}.{consumer}",
             ]
     return allowed

@@ -77,3 +77,56 @@ async def test_a_bound_worker_loads_only_its_credentials_skills(cluster: Secured
     with pytest.raises(ConfigError, match=r"credentials allow only the skill\(s\) echo, not probe.destroy"):
         async with running_worker(wider, skills=probe_registry([])):
             pass
+
+
+# How w3 asks to redefine its own consumer `tasks-echo-low` with the hidden skill's filter.
+REDEFINE = ["durable_create", "create_without_filter", "create_naming_its_filter", "filters_in_body"]
+
+
+@pytest.mark.parametrize("via", REDEFINE)
+async def test_a_bound_worker_cannot_point_its_own_consumer_at_another_skill(cluster: SecuredCluster, via: str) -> None:
+    """w3 may create and pull `tasks-echo-<priority>`. It asks the server to redefine that consumer (its
+    own name, so name-based permissions alone would let it) with another skill's filter subject, to
+    pull that skill's tasks through it. Refused: the only create a bound worker may send names the
+    consumer's own filter subject in the API subject, and the server checks the config against it."""
+    import json
+
+    subjects, stream = cluster.subjects, cluster.subjects.tasks_stream
+    own = subjects.task_consumer("echo", Priority.LOW)
+    own_filter, stolen_filter = subjects.task(Priority.LOW, "echo"), subjects.task(Priority.LOW, HIDDEN)
+    coordinator = await NatsConnection.connect(cluster.config("coordinator").nats, name="test-coordinator")
+    attacker = await NatsConnection.connect(cluster.config("w3").nats, name="attacker")
+    try:
+        await coordinator.js.publish(stolen_filter, b"secret input")
+        config: dict[str, object] = {"durable_name": own, "name": own, "filter_subject": stolen_filter,
+                                     "ack_policy": "explicit", "deliver_policy": "all", "max_deliver": -1}  # fmt: skip
+        if via == "filters_in_body":
+            del config["filter_subject"]
+            config["filter_subjects"] = [own_filter, stolen_filter]
+        api_subject = {
+            "durable_create": f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{own}",
+            "create_without_filter": f"$JS.API.CONSUMER.CREATE.{stream}.{own}",
+            "create_naming_its_filter": f"$JS.API.CONSUMER.CREATE.{stream}.{own}.{own_filter}",
+            "filters_in_body": f"$JS.API.CONSUMER.CREATE.{stream}.{own}.{own_filter}",
+        }[via]
+        body = json.dumps({"stream_name": stream, "config": config}).encode()
+        if via in ("durable_create", "create_without_filter"):
+            # Not in its permissions: the server refuses the publish (logged), so no answer comes.
+            with pytest.raises(Exception):  # noqa: B017, PT011 - nats-py: a timeout or a permissions error
+                await attacker.nc.request(api_subject, body, timeout=2)
+            await eventually(lambda: cluster.violations("Publish", f'"{api_subject}"'), what="the refusal logged")
+        else:
+            # Allowed to ask, refused by JetStream: the config does not match the filter it named.
+            answer = json.loads((await attacker.nc.request(api_subject, body, timeout=5)).data)
+            assert "error" in answer, answer
+        # The consumer still takes echo's tasks only, and nothing of the hidden skill reaches w3.
+        info = await coordinator.js.consumer_info(stream, own)
+        assert info.config.filter_subject == own_filter and not info.config.filter_subjects
+        pull = PullConsumer(attacker, stream, own)
+        await pull.start()
+        got = await pull.fetch_nowait(1, timeout_s=1.0)
+        await pull.stop()
+        assert [m.data for m in got] == []
+    finally:
+        await attacker.close()
+        await coordinator.close()
