@@ -145,6 +145,10 @@ def schedules_create(
         str | None,
         typer.Option("--tenant", metavar="<name>", help="Whose tasks and runs its fires start (default: default)."),
     ] = None,
+    allow_unknown_skill: Annotated[
+        bool,
+        typer.Option("--allow-unknown-skill", help="Accept a --skill no worker offers yet (one will bring it later)."),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Make a schedule. Exactly one of --cron, --every, --on-subject, --on-artifact, --on-event, and one of
@@ -173,6 +177,7 @@ def schedules_create(
             by=getpass.getuser(),
             tenant=tenant,
             trigger_allow=allow_trigger or [],
+            allow_unknown_skill=allow_unknown_skill,
         )
         return await client.call(verbs.SCHEDULE_CREATE, request)
 
