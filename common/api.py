@@ -807,6 +807,8 @@ class ScheduleFireView(msgspec.Struct, frozen=True, kw_only=True):
     target_id: str | None
     duplicate: bool = False
     error: str | None = None
+    # Who caused it: a trigger message's publisher, the identity that fired by hand (None: time).
+    by: str | None = None
 
 
 class ScheduleListRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -302,7 +302,14 @@ class ScheduleEngine:
             target_id, error = None, str(exc)
             log.warning("schedules.target_refused", schedule=schedule.name, fire_id=request.fire_id, error=error)
         return FireRow(
-            request.fire_id, schedule.name, request.fire_time, self._clock.now(), request.reason, target_id, error
+            request.fire_id,
+            schedule.name,
+            request.fire_time,
+            self._clock.now(),
+            request.reason,
+            target_id,
+            error,
+            request.by,
         )
 
     async def _submit_task(self, schedule: Schedule, request: FireRequest) -> str:
@@ -493,7 +500,7 @@ class ScheduleEngine:
         """Fire now, by hand (also a paused schedule: the operator asked for it)."""
         key = request.key or new_id()
         fire = await self.fire_event(
-            request.name, FireRequest(f"schedule:{request.name}:manual-{key}", None, "manual", None)
+            request.name, FireRequest(f"schedule:{request.name}:manual-{key}", None, "manual", None, by=request.by)
         )
         return api.ScheduleFireReply(fire=fire)
 
@@ -577,6 +584,7 @@ def _fire_view(fire: FireRow, *, duplicate: bool = False) -> api.ScheduleFireVie
         reason=fire.reason,
         target_id=fire.target_id,
         duplicate=duplicate,
+        by=fire.fired_by,
         error=fire.error,
     )
 
