@@ -86,14 +86,16 @@ def render_show(reply: api.ScheduleShowReply) -> None:
         [("name", s.name), ("rule", s.rule), ("target", f"{s.target_kind} {s.target}"),
          ("input", bytes(s.input).decode()), ("state", "paused" if s.paused else "active"),
          ("missed fires", f"{s.missed} (catch up at most {s.max_catchup})"), ("fires", s.fires),
-         ("created", f"{fmt_time(s.created_at)} by {s.created_by or '?'}")]
+         ("created", f"{fmt_time(s.created_at)} by {s.created_by or '?'}"),
+         *([("fired by messages of", ", ".join([s.created_by or "?", *s.trigger_allow]))]
+           if s.kind == "subject" else [])]
     )  # fmt: skip
     if reply.upcoming:
         print("\nnext fires: " + ", ".join(fmt_when(t) for t in reply.upcoming))
     print()
-    rows = [(f.fire_id, f.reason, fmt_time(f.fired_at), f.target_id or "-", shorten(f.error or "", 50))
+    rows = [(f.fire_id, f.reason, fmt_time(f.fired_at), f.by or "-", f.target_id or "-", shorten(f.error or "", 50))
             for f in reply.fires]  # fmt: skip
-    emit_table(["FIRE", "REASON", "FIRED", "TASK / RUN", "ERROR"], rows, empty="no fires yet")
+    emit_table(["FIRE", "REASON", "FIRED", "BY", "TASK / RUN", "ERROR"], rows, empty="no fires yet")
 
 
 @group.command("create")
@@ -145,6 +147,10 @@ def schedules_create(
         str | None,
         typer.Option("--tenant", metavar="<name>", help="Whose tasks and runs its fires start (default: default)."),
     ] = None,
+    allow_unknown_skill: Annotated[
+        bool,
+        typer.Option("--allow-unknown-skill", help="Accept a --skill no worker offers yet (one will bring it later)."),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Make a schedule. Exactly one of --cron, --every, --on-subject, --on-artifact, --on-event, and one of
@@ -173,6 +179,7 @@ def schedules_create(
             by=getpass.getuser(),
             tenant=tenant,
             trigger_allow=allow_trigger or [],
+            allow_unknown_skill=allow_unknown_skill,
         )
         return await client.call(verbs.SCHEDULE_CREATE, request)
 

@@ -160,8 +160,11 @@ class ScheduleEngine:
         workflows: Callable[[], Workflows | None],
         writer: TaskWriter | None = None,
         grace_s: float = DEFAULT_GRACE_S,
+        skills_offered: Callable[[], set[str]] | None = None,
     ) -> None:
         self._store = store
+        # Skills some worker offers or that are installed and enabled (None: not checked).
+        self._skills_offered = skills_offered
         self._writer = writer
         self._clock = clock
         self._submit = submit
@@ -299,7 +302,14 @@ class ScheduleEngine:
             target_id, error = None, str(exc)
             log.warning("schedules.target_refused", schedule=schedule.name, fire_id=request.fire_id, error=error)
         return FireRow(
-            request.fire_id, schedule.name, request.fire_time, self._clock.now(), request.reason, target_id, error
+            request.fire_id,
+            schedule.name,
+            request.fire_time,
+            self._clock.now(),
+            request.reason,
+            target_id,
+            error,
+            request.by,
         )
 
     async def _submit_task(self, schedule: Schedule, request: FireRequest) -> str:
@@ -433,6 +443,14 @@ class ScheduleEngine:
             raise InvalidInputError("the schedule's input must be a JSON object")
         if request.on_subject is not None:
             check_subject(request.on_subject)
+        if request.skill is not None and not request.allow_unknown_skill and self._skills_offered is not None:
+            offered = self._skills_offered()
+            if request.skill not in offered:
+                raise InvalidInputError(
+                    f"no worker offers skill '{request.skill}' and none is installed by that name (offered: "
+                    f"{', '.join(sorted(offered)) or 'none'}): check the name, or pass --allow-unknown-skill if a "
+                    "worker will bring it later"
+                )
         if request.trigger_allow and request.on_subject is None:
             raise InvalidInputError("--allow-trigger is for --on-subject schedules (who may fire it by a message)")
         for allowed in request.trigger_allow:
@@ -482,7 +500,7 @@ class ScheduleEngine:
         """Fire now, by hand (also a paused schedule: the operator asked for it)."""
         key = request.key or new_id()
         fire = await self.fire_event(
-            request.name, FireRequest(f"schedule:{request.name}:manual-{key}", None, "manual", None)
+            request.name, FireRequest(f"schedule:{request.name}:manual-{key}", None, "manual", None, by=request.by)
         )
         return api.ScheduleFireReply(fire=fire)
 
@@ -566,6 +584,7 @@ def _fire_view(fire: FireRow, *, duplicate: bool = False) -> api.ScheduleFireVie
         reason=fire.reason,
         target_id=fire.target_id,
         duplicate=duplicate,
+        by=fire.fired_by,
         error=fire.error,
     )
 

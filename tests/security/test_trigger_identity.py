@@ -89,6 +89,7 @@ async def test_a_trigger_fires_only_for_identities_the_schedule_allows_and_recor
             await eventually(handled, what="every trigger message handled")
         shown = await oscar.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name="inbox"))
         fired = sorted(f.fire_id for f in shown.fires)
+        assert sorted(f.by or "" for f in shown.fires) == ["adam", "carol", "oscar"]
         assert fired == sorted(f"schedule:inbox:subject-{seqs[n]}" for n in ("oscar", "carol", "adam"))
         inputs = {}
         for fire in shown.fires:
