@@ -49,7 +49,11 @@ def register(c: Coordinator) -> None:
     )  # fmt: skip
     # Looked up at each use: the coordinator makes its authorizer after the plugins register.
     subject_triggers = SubjectTriggers(
-        c.conn, c.config.jetstream, engine, lambda identity: c.authorizer.roles_of(identity)
+        c.conn,
+        c.config.jetstream,
+        engine,
+        lambda identity: c.authorizer.roles_of(identity),
+        lambda identity: c.authorizer.tenant_of(identity),
     )
     artifact_triggers = ArtifactTriggers(store, c.clock, engine)
     c.api_providers.append(engine)

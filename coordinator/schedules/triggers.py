@@ -34,6 +34,7 @@ from communication.connection import NatsConnection
 from communication.pull import PullConsumer
 from communication.topology import replicas_for
 from coordinator.schedules.engine import FireRequest, Kind, ScheduleEngine, subject_matches
+from coordinator.tenants.identity import DEFAULT_TENANT
 from storage.schedule_store import ScheduleStore
 
 log = get_logger("coordinator.schedules.triggers")
@@ -59,11 +60,14 @@ class SubjectTriggers:
         settings: JetStreamSettings,
         engine: ScheduleEngine,
         roles_of: Callable[[str], Awaitable[frozenset[Role]]],
+        tenant_of: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
+        """`roles_of` and `tenant_of` answer for a publisher's identity (the coordinator's authorizer)."""
         self._conn = conn
         self._settings = settings
         self._engine = engine
         self._roles_of = roles_of
+        self._tenant_of = tenant_of
         self._consumer: PullConsumer | None = None
 
     async def ensure(self) -> PullConsumer:
@@ -149,6 +153,7 @@ class SubjectTriggers:
             return
         event = {"source": "subject", "subject": subject, "seq": seq, "by": identity, "data": _data(msg.data)}
         roles: frozenset[Role] | None = None
+        tenant: str | None = None
         for schedule in list((await self._engine.schedules()).values()):
             pattern = schedule.spec.on_subject
             if schedule.row.kind != Kind.SUBJECT or pattern is None or schedule.row.paused:
@@ -157,10 +162,19 @@ class SubjectTriggers:
                 continue
             if roles is None:
                 roles = await self._roles_of(identity)
+                tenant = None if self._tenant_of is None else await self._tenant_of(identity)
             if not schedule.may_be_fired_by(identity, roles):
                 log.warning(
                     "security.trigger_refused", schedule=schedule.name, identity=identity, subject=subject[:200],
                     seq=seq, owner=schedule.row.created_by,
+                )  # fmt: skip
+                continue
+            if tenant is not None and tenant != (schedule.spec.tenant or DEFAULT_TENANT):
+                # Bound to a tenant, its submits are that tenant's: a fire would start work for another.
+                log.warning(
+                    "security.trigger_refused", schedule=schedule.name, identity=identity, subject=subject[:200],
+                    seq=seq, owner=schedule.row.created_by, tenant=tenant,
+                    reason=f"bound to tenant {tenant}, the schedule fires for {schedule.spec.tenant or DEFAULT_TENANT}",
                 )  # fmt: skip
                 continue
             request = FireRequest(f"schedule:{schedule.name}:subject-{seq}", None, "subject", event, by=identity)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import msgspec
@@ -98,3 +98,44 @@ async def test_a_trigger_fires_only_for_identities_the_schedule_allows_and_recor
             inputs[fire.fire_id] = msgspec.json.decode(bytes(task.input))["trigger"]
         assert sorted(t["by"] for t in inputs.values()) == ["adam", "carol", "oscar"]
     assert sorted(b for b in fired_by(cluster.tmp_path / "claw.db") if b) == ["adam", "carol", "oscar"]
+
+
+async def test_an_identity_bound_to_a_tenant_fires_no_schedule_of_another_tenant(cluster: SecuredCluster) -> None:
+    """Credentials bound to a tenant (`claw creds create --tenant acme`) submit only for acme; a
+    schedule of another tenant that lets any submitter fire it must not start work for that tenant on
+    their trigger message (the submit path would have refused the tenant; the fire must too)."""
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from cli.credentials import issue
+
+    await asyncio.to_thread(issue, cluster.auth_dir, name="tina", roles=["submitter"], prefix=PREFIX,
+                            out=cluster.auth_dir / "tina.creds", tenant="acme")  # fmt: skip
+    async with cluster.client("oscar") as oscar:
+        for name, tenant in (("public", None), ("acme-inbox", "acme")):
+            request = api.ScheduleCreateRequest(
+                name=name, on_subject="inbox.*", skill="echo", tenant=tenant, trigger_allow=["role:submitter"]
+            )
+            await oscar.call(verbs.SCHEDULE_CREATE, request)
+
+        async def fired(name: str) -> set[str]:
+            shown = await oscar.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name=name))
+            return {f.fire_id for f in shown.fires}
+
+        seqs: dict[str, int] = {}
+        with capture_logs() as logs:
+            for name in ("tina", "bob"):  # in this order: once bob's fired both, tina's was judged
+                async with cluster.connect(name) as nc:
+                    ack = await nc.jetstream().publish(f"{PREFIX}.trigger.{name}.inbox.new", b"{}")
+                    seqs[name] = ack.seq
+            for name in ("public", "acme-inbox"):
+                await eventually(lambda n=name: _has(fired(n), f"schedule:{n}:subject-{seqs['bob']}"), what=name)
+        assert await fired("public") == {f"schedule:public:subject-{seqs['bob']}"}
+        assert await fired("acme-inbox") == {f"schedule:acme-inbox:subject-{s}" for s in seqs.values()}
+        refused = [e for e in logs if e["event"] == "security.trigger_refused"]
+        assert [(e["identity"], e["schedule"], e["tenant"]) for e in refused] == [("tina", "public", "acme")]
+
+
+async def _has(pending: Awaitable[set[str]], item: str) -> bool:
+    return item in await pending
