@@ -189,7 +189,9 @@ class EventIntake:
             )
 
     def _quarantine(self, msg: Msg, batch: WriteBatch, reason: str, event: TaskEvent | None) -> None:
-        task_id = event.task_id if event is not None else msg.subject.rsplit(".", 1)[-1]
+        task_id: str | None = event.task_id if event is not None else msg.subject.rsplit(".", 1)[-1]
+        if task_id == POISON_TOKEN:
+            task_id = None  # a poison report is about no task
         try:
             stream_seq: int | None = msg.metadata.sequence.stream
         except (ValueError, AttributeError):
@@ -203,8 +205,8 @@ class EventIntake:
         )  # fmt: skip
         # No bytes of the event in the log: it may hold anything, secrets included.
         log.warning(
-            "events.quarantined", task_id=shown_id(task_id), kind=kind, stream_seq=stream_seq, size=len(msg.data),
-            reason=reason[:300],
+            "events.quarantined", task_id=None if task_id is None else shown_id(task_id), kind=kind,
+            stream_seq=stream_seq, size=len(msg.data), reason=reason[:300],
         )  # fmt: skip
 
     async def _commit(self, batch: WriteBatch, stopping: asyncio.Event) -> None:

@@ -119,11 +119,11 @@ def creds_list(
         print("no credentials issued; `claw creds create --role ROLE ...` issues some")
         return
     rows = [
-        [r.name, ",".join(r.roles), r.node_id or "-", r.tenant or "-", r.prefix, r.public_key[:12] + "…",
-         _when(r.created_at)]
+        [r.name, ",".join(r.roles), r.node_id or "-", _skills(r.skills, r.node_id), r.tenant or "-", r.prefix,
+         r.public_key[:12] + "…", _when(r.created_at)]
         for r in records
     ]  # fmt: skip
-    emit_table(["NAME", "ROLES", "NODE", "TENANT", "PREFIX", "KEY", "ISSUED"], rows)
+    emit_table(["NAME", "ROLES", "NODE", "SKILLS", "TENANT", "PREFIX", "KEY", "ISSUED"], rows)
 
 
 @group.command("revoke")
@@ -145,6 +145,13 @@ def creds_revoke(
         return
     where = "the running nats-server dropped it" if reloaded else "the server refuses it when it starts"
     print(f"{record.name} revoked; {where}")
+
+
+def _skills(skills: list[str] | None, node_id: str | None) -> str:
+    """A worker's skill set as listed: its names, `all` when unbound; `-` for other identities."""
+    if node_id is None:
+        return "-"
+    return "all" if skills is None else ",".join(skills)
 
 
 def _when(at: float) -> str:
