@@ -17,6 +17,7 @@ from cli.context import query
 from cli.inputs import read_inputs
 from cli.options import JsonFlag
 from cli.output import emit_fields, emit_table, fmt_time, shorten
+from cli.runner import fail
 from common import api, verbs
 from common.states import Priority
 from communication.api_client import ClawClient
@@ -239,6 +240,43 @@ def render_fire(reply: api.ScheduleFireReply) -> None:
         print(f"{fire.fire_id} had fired already (at {fmt_time(fire.fired_at)}): {fire.target_id}")
     else:
         print(f"fired {fire.fire_id}: {fire.target_id}")
+
+
+@group.command("publish")
+def schedules_publish(
+    ctx: typer.Context,
+    subject: Annotated[str, typer.Argument(help="The subject, as --on-subject takes it (e.g. material.new).")],
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", metavar="<json>", help="The message (JSON).", show_default="null")
+    ] = None,
+    msg_id: Annotated[
+        str | None, typer.Option("--msg-id", help="A retried publish with the same id is stored once.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Publish a trigger message under your identity (<prefix>.trigger.<you>.SUBJECT): it fires the
+    --on-subject schedules that match and that you may fire (yours, or those that --allow-trigger you)."""
+    import msgspec
+
+    from common.errors import InvalidInputError
+    from coordinator.schedules.engine import check_subject
+
+    if "*" in subject or ">" in subject:
+        fail(f"a trigger message goes to one subject, '{subject}' has a wildcard: name it whole", kind="usage")
+    try:
+        check_subject(subject)
+    except InvalidInputError as exc:
+        fail(str(exc), kind="usage")
+    try:
+        body = None if data is None else msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        fail(f'--data is not JSON ({exc}): give a JSON value, e.g. \'{{"path": "a.csv"}}\'', kind="usage")
+
+    async def publish(client: ClawClient) -> dict[str, object]:
+        seq = await client.publish_trigger(subject, body, msg_id=msg_id)
+        return {"subject": client.conn.subjects.trigger(client.conn.identity, subject), "seq": seq}
+
+    query(ctx, publish, lambda r: print(f"published on {r['subject']} (stream sequence {r['seq']})"), json_out)
 
 
 def register(app: typer.Typer) -> None:
