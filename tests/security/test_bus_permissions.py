@@ -120,6 +120,12 @@ PUBLISH = [
     ("w3", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-echo-normal", True),
     ("w3", "$JS.API.CONSUMER.INFO.CLAW_TASKS.tasks-echo-low", True),
     ("w2", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-probe-destroy-low", True),
+    # Schedule triggers only under one's own identity (the coordinator reads who fires from it).
+    ("alice", "claw.trigger.alice.inbox.new", True),
+    ("alice", "claw.trigger.bob.inbox.new", False),
+    ("alice", "claw.trigger.inbox.new", False),
+    ("vic", "claw.trigger.vic.inbox.new", False),
+    ("w2", "claw.trigger.w2.inbox.new", False),
 ]
 
 
