@@ -66,6 +66,8 @@ setup(
         "jinja2>=3.1",
         "itsdangerous>=2.1",
         "python-multipart>=0.0.9",
+        # `claw nats certs`: a private CA and certificates for TLS to NATS (docker-compose's one-time step).
+        "cryptography>=42",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).

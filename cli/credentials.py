@@ -49,9 +49,10 @@ def issue(
     tls: TlsSettings | None = None,
     reload: bool = True,
     tenant: str | None = None,
+    skills: list[str] | None = None,
 ) -> Issued:
     """Issue credentials for a new identity and write them to `out` (0600); `tenant` binds its submits
-    to that tenant."""
+    to that tenant; `skills` binds a worker to those skills' task consumers (None: every skill)."""
     check_identity(name)
     if tenant is not None:
         from coordinator.tenants.identity import check_tenant_name
@@ -65,14 +66,17 @@ def issue(
             raise CredentialsError(f"a worker's name is its node id: give --node-id {node_id} without --name {name}")
     elif node_id:
         raise CredentialsError("--node-id is for the worker role only")
+    if skills is not None and BusRole.WORKER.value not in roles:
+        raise CredentialsError("--skills is for the worker role only")
     seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
     public_key = nkeys.from_seed(bytearray(seed)).public_key.decode()
     registry = IdentityRegistry.load(auth_dir)
-    record = new_record(name, roles, public_key, node_id, prefix, tenant)
+    record = new_record(name, roles, public_key, node_id, prefix, tenant, skills)
     registry.add(record)
     if out.exists():
         raise CredentialsError(f"{out} exists; choose another -o file (credentials are never overwritten)")
-    write_private(out, render_credentials(identity=name, roles=roles, seed=seed.decode(), node_id=node_id))
+    write_private(out, render_credentials(identity=name, roles=roles, seed=seed.decode(), node_id=node_id,
+                                           skills=skills))  # fmt: skip
     registry.save()
     return Issued(record, out, _apply(auth_dir, registry, tls, reload))
 

@@ -764,6 +764,12 @@ class ScheduleCreateRequest(msgspec.Struct, frozen=True, kw_only=True):
     by: str | None = None
     # The tenant its fires submit tasks or start runs for (unset: `default`).
     tenant: str | None = None
+    # Who besides its creator may fire an `on_subject` schedule by publishing a trigger message:
+    # identity names, or `role:<API role>` (e.g. `role:operator`). Empty: its creator only.
+    trigger_allow: list[str] = []
+    # Create it though no worker offers `skill` and no installed skill has that name (a worker
+    # will bring it later); otherwise such a schedule is refused, naming the skill.
+    allow_unknown_skill: bool = False
 
 
 class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
@@ -786,6 +792,8 @@ class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     created_by: str | None
     tenant: str = "default"
+    # Who besides its creator may fire it by a trigger message (`ScheduleCreateRequest.trigger_allow`).
+    trigger_allow: list[str] = []
 
 
 class ScheduleFireView(msgspec.Struct, frozen=True, kw_only=True):
@@ -799,6 +807,8 @@ class ScheduleFireView(msgspec.Struct, frozen=True, kw_only=True):
     target_id: str | None
     duplicate: bool = False
     error: str | None = None
+    # Who caused it: a trigger message's publisher, the identity that fired by hand (None: time).
+    by: str | None = None
 
 
 class ScheduleListRequest(msgspec.Struct, frozen=True, kw_only=True):

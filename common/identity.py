@@ -13,6 +13,7 @@ seed, in the block nats-py and the `nats` tools know:
     identity: w7
     roles: worker
     node_id: w7
+    skills: echo,text.upper         (a worker bound to a skill set; absent: every skill)
     -----BEGIN USER NKEY SEED-----
     SU...
     ------END USER NKEY SEED------
@@ -93,6 +94,9 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
     seed: str
     node_id: str | None = None
     path: str | None = None
+    # A worker's skill set (exact names): the server lets it pull only these skills' consumers.
+    # None: every skill.
+    skills: tuple[str, ...] | None = None
 
     @property
     def bus_role(self) -> BusRole:
@@ -103,8 +107,10 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
         return BusRole.VIEWER if set(self.roles) <= {Role.VIEWER.value} else BusRole.CLIENT
 
 
-def render_credentials(*, identity: str, roles: list[str], seed: str, node_id: str | None) -> str:
-    """The text of a credentials file."""
+def render_credentials(
+    *, identity: str, roles: list[str], seed: str, node_id: str | None, skills: list[str] | None = None
+) -> str:
+    """The text of a credentials file (`skills`: a worker's skill set, None for every skill)."""
     lines = [
         "# OpenClaw Cluster credentials: keep this file secret (mode 0600).",
         "# Use it with `claw --creds FILE ...` or CLAW_CREDS=FILE; revoke with `claw creds revoke NAME`.",
@@ -113,6 +119,8 @@ def render_credentials(*, identity: str, roles: list[str], seed: str, node_id: s
     ]
     if node_id:
         lines.append(f"node_id: {node_id}")
+    if skills is not None:
+        lines.append(f"skills: {','.join(skills)}")
     lines += [SEED_BEGIN, seed, SEED_END, ""]
     return "\n".join(lines)
 
@@ -152,6 +160,8 @@ def read_credentials(path: str | Path) -> Credentials:
             f"{path} is not an OpenClaw credentials file (no identity or NKey seed); issue one with `claw creds create`"
         )
     roles = tuple(r.strip() for r in fields.get("roles", "").split(",") if r.strip())
+    skills = None if "skills" not in fields else tuple(k.strip() for k in fields["skills"].split(",") if k.strip())
     return Credentials(
-        identity=fields["identity"], roles=roles, seed=seed, node_id=fields.get("node_id"), path=str(path)
-    )
+        identity=fields["identity"], roles=roles, seed=seed, node_id=fields.get("node_id"), path=str(path),
+        skills=skills,
+    )  # fmt: skip

@@ -162,6 +162,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     stream_seq: int | None = None
     series: int = 1
     input_omitted: bool = False
+    # The node that reported a poison message (the coordinator writes it from the report's subject).
+    reported_by: str | None = None
 
 
 class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):

@@ -510,6 +510,16 @@ class ClawClient:
         request = api.ScheduleEventRequest(name=name, event_id=event_id, data=msgspec.Raw(msgspec.json.encode(data)))
         return (await self.call(verbs.SCHEDULE_EVENT, request)).fire
 
+    async def publish_trigger(self, subject: str, data: object = None, *, msg_id: str | None = None) -> int:
+        """Publish a trigger message on `subject` (relative, as `--on-subject` takes it) under this
+        connection's identity, `<prefix>.trigger.<identity>.<subject>`: it fires the matching schedules
+        this identity may fire. Returns its stream sequence; `msg_id` makes a retried publish count once."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        ack = await self.conn.js.publish(
+            self.conn.subjects.trigger(self.conn.identity, subject), msgspec.json.encode(data), headers=headers
+        )
+        return int(ack.seq)
+
     async def schedule(self, name: str) -> api.ScheduleShowReply:
         """One schedule with its next and last fires."""
         return await self.call(verbs.SCHEDULE_SHOW, api.ScheduleNameRequest(name=name))

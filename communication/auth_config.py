@@ -4,11 +4,12 @@ Every identity connects with its NKey (a signature over the server's nonce; no p
 gets an allow-list of subjects (anything not listed is refused, and the server logs the refusal):
 
 - coordinator: publishes and subscribes to everything.
-- worker (node N): publishes events, heartbeats and claims under N, acks of task deliveries, poison
-  dead letters, its own node key, flow control's permit verbs under its identity and the response
-  cache bucket, and reads of the node controls, skill registry and skill code; subscribes to its
-  inbox, wake-ups, cancellations and N's control subject.
-- client: publishes API requests under its own identity (and, holding submitter, schedule triggers);
+- worker (node N): publishes events (poison reports among them), heartbeats and claims under N, pulls
+  and acks of its skills' task consumers (every skill's unless its credentials name a skill set), its
+  own node key, flow control's permit verbs under its identity and the response cache bucket (never
+  the DLQ: the coordinator writes every letter), and reads of the node controls, skill registry and
+  skill code; subscribes to its inbox, wake-ups, cancellations and N's control subject.
+- client: publishes API requests and (holding submitter) schedule triggers under its own identity;
   subscribes to its inbox and task state changes. One holding the admin role also uploads skill
   packages to the skill code store (`claw skills install`) and edits the gateway's API keys.
 - gateway: a client that also keeps its API keys bucket and follows the task feed.
@@ -42,6 +43,7 @@ from common.errors import CredentialsError
 from common.flow import cooldown_subject
 from common.identity import BusRole, write_private
 from common.log import get_logger
+from common.states import PRIORITIES
 from common.verbs import ALL, Role
 from communication.auth_registry import IdentityRecord, IdentityRegistry
 from communication.subjects import Subjects
@@ -80,10 +82,11 @@ def permissions(record: IdentityRecord, prefix: str) -> dict[str, Any]:
         # the worker role, under its own identity).
         permits = [s.api(record.name, v.name) for v in ALL if v.role == Role.WORKER]
         return {
-            "publish": {"allow": [*permits, *_worker_publish(s, node)], "deny": deny},
-            # Its inbox, wake-ups, cancellations, its control subject and flow control's cooldowns.
+            "publish": {"allow": [*permits, *_worker_publish(s, node, record.skills)], "deny": deny},
+            # Its inbox, wake-ups (of its skills), cancellations, its control subject and flow
+            # control's cooldowns.
             "subscribe": {
-                "allow": [inbox, f"{prefix}.wake.*", s.cancel_all, s.ctl(node), cooldown_subject(prefix)],
+                "allow": [inbox, *_wakes(s, record.skills), s.cancel_all, s.ctl(node), cooldown_subject(prefix)],
                 "deny": deny,
             },
             # A worker answers control requests sent to it (once per request).
@@ -96,8 +99,9 @@ def permissions(record: IdentityRecord, prefix: str) -> dict[str, Any]:
     subscribe = [inbox, s.updates_all]
     api_roles = record.api_roles
     if Role.SUBMITTER in api_roles:
-        # Event triggers of schedules (docs/Scheduling.md): whoever may submit may raise one.
-        publish.append(s.triggers_all)
+        # Event triggers of schedules (docs/Scheduling.md): whoever may submit may raise one, under
+        # its own identity (the coordinator checks that identity may fire each schedule).
+        publish.append(s.triggers_of(record.name))
     if role == BusRole.GATEWAY:
         # It keeps its API keys and session secret in its own bucket (creating it on first start),
         # and follows the feed of committed changes for its live views.
@@ -138,7 +142,42 @@ def _bucket_access(stream: str, writes: str, *, create: bool) -> list[str]:
     return allowed
 
 
-def _worker_publish(s: Subjects, node: str) -> list[str]:
+def _wakes(s: Subjects, skills: list[str] | None) -> list[str]:
+    """The wake-ups a worker may hear: its skills' (every skill's when it is bound to none)."""
+    return [f"{s.prefix}.wake.*"] if skills is None else [s.wake(skill) for skill in skills]
+
+
+def _task_consumers(s: Subjects, skills: list[str] | None) -> list[str]:
+    """The JetStream API calls and acks a worker makes on the task consumers it may pull: with a skill
+    set, only those skills' consumers (one per priority; a consumer's name is one token, so each is
+    listed); without one, every consumer of the tasks stream."""
+    tasks, api = s.tasks_stream, "$JS.API"
+    if skills is None:
+        return [
+            f"$JS.ACK.{tasks}.>",
+            f"{api}.CONSUMER.INFO.{tasks}.*",
+            f"{api}.CONSUMER.DURABLE.CREATE.{tasks}.*",
+            f"{api}.CONSUMER.CREATE.{tasks}.>",
+            f"{api}.CONSUMER.MSG.NEXT.{tasks}.*",
+        ]
+    allowed: list[str] = []
+    for skill in skills:
+        for priority in PRIORITIES:
+            consumer = s.task_consumer(skill, priority)
+            allowed += [
+                f"$JS.ACK.{tasks}.{consumer}.>",
+                f"{api}.CONSUMER.INFO.{tasks}.{consumer}",
+                # Only the create that names the consumer's own filter subject in the API subject: the
+                # server checks the config against it. A create without it (DURABLE.CREATE, or CREATE
+                # with no filter token) carries any filter in its body, and would let the worker point
+                # its own consumer at another skill's tasks and pull them.
+                f"{api}.CONSUMER.CREATE.{tasks}.{consumer}.{s.task(priority, skill)}",
+                f"{api}.CONSUMER.MSG.NEXT.{tasks}.{consumer}",
+            ]
+    return allowed
+
+
+def _worker_publish(s: Subjects, node: str, skill_set: list[str] | None = None) -> list[str]:
     """What a worker may publish: its own reports, acks of its deliveries, and reads it needs."""
     tasks, api = s.tasks_stream, "$JS.API"
     nodes, control, skills = f"KV_{s.nodes_bucket}", f"KV_{s.node_control_bucket}", f"KV_{s.skills_bucket}"
@@ -154,16 +193,11 @@ def _worker_publish(s: Subjects, node: str) -> list[str]:
         s.events_of_node(node),
         s.heartbeat(node),
         s.claims(node),
-        f"{s.prefix}.dlq.*",  # a task message no worker can read is dead-lettered where it was found
-        f"$JS.ACK.{tasks}.>",
+        *_task_consumers(s, skill_set),
         f"$KV.{s.nodes_bucket}.{node}",
         f"{api}.INFO",
         f"{api}.STREAM.NAMES",  # nats-py looks a stream up by subject before reading an object
         *(f"{api}.STREAM.INFO.{name}" for name in (tasks, s.events_stream, s.dlq_stream, *readable)),
-        f"{api}.CONSUMER.INFO.{tasks}.*",
-        f"{api}.CONSUMER.DURABLE.CREATE.{tasks}.*",
-        f"{api}.CONSUMER.CREATE.{tasks}.>",
-        f"{api}.CONSUMER.MSG.NEXT.{tasks}.*",
         f"{api}.DIRECT.GET.{nodes}.$KV.{s.nodes_bucket}.{node}",
         *(f"{api}.DIRECT.GET.{name}.>" for name in (control, skills, code)),
         *(f"{api}.STREAM.MSG.GET.{name}" for name in readable),

@@ -17,6 +17,7 @@ import msgspec
 from common.errors import CredentialsError, InvalidInputError
 from common.identity import BUS_ROLE_GRANTS, BusRole, normalise, write_private
 from common.verbs import Role
+from communication.subjects import check_skill_name
 
 REGISTRY_FILE = "identities.json"
 # Bus roles and the API roles a person or program may hold, as `claw creds create --role` takes them.
@@ -35,6 +36,9 @@ class IdentityRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float = 0.0
     # The tenant its submits are for (None: the one a request names, else `default`).
     tenant: str | None = None
+    # A worker's skill set (exact skill names): the server lets it pull and ack only these skills'
+    # task consumers. None: every skill.
+    skills: list[str] | None = None
 
     @property
     def bus_role(self) -> BusRole:
@@ -130,10 +134,37 @@ class IdentityRegistry:
 
 
 def new_record(
-    name: str, roles: list[str], public_key: str, node_id: str | None, prefix: str, tenant: str | None = None
+    name: str,
+    roles: list[str],
+    public_key: str,
+    node_id: str | None,
+    prefix: str,
+    tenant: str | None = None,
+    skills: list[str] | None = None,
 ) -> IdentityRecord:
     """A registry entry for freshly issued credentials."""
     return IdentityRecord(
         name=name, roles=roles, public_key=public_key, node_id=node_id, prefix=prefix, created_at=time.time(),
-        tenant=tenant,
+        tenant=tenant, skills=skills,
     )  # fmt: skip
+
+
+def parse_skill_set(text: str) -> list[str] | None:
+    """A worker's `--skills` (comma-separated exact skill names), checked; `*` alone is every skill (None).
+
+    Patterns (`text.*`) are refused: a task consumer's name is one subject token (`tasks-text-upper-normal`),
+    and nats-server's wildcards match whole tokens only, so the server could not enforce one.
+    """
+    if text.strip() == "*":
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InvalidInputError("--skills names no skill: give skill names separated by commas (e.g. echo,text.upper)")
+    for name in names:
+        if "*" in name or ">" in name:
+            raise InvalidInputError(
+                f"--skills takes exact skill names, not patterns ('{name}'): the server matches a task "
+                "consumer's name whole; list the skills (e.g. text.upper,text.lower), or omit --skills for every skill"
+            )
+        check_skill_name(name)
+    return sorted(set(names))

@@ -224,6 +224,11 @@ def _credentials(settings: NatsSettings) -> Credentials | None:
     return read_credentials(settings.creds_file)
 
 
+def credentials_of(settings: NatsSettings) -> Credentials | None:
+    """The OpenClaw credentials a process connects with (None: none, or a NATS JWT creds file)."""
+    return _credentials(settings)
+
+
 def _is_jwt_creds(path: str) -> bool:
     try:
         with open(path, "rb") as f:

@@ -19,6 +19,8 @@ from common.states import Priority
 
 SKILL_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 SKILL_NAME_MAX = 64
+# The last token of a worker's poison report subject (`<prefix>.events.<node>.poison`).
+POISON_TOKEN = "poison"  # noqa: S105 - a subject token, not a secret
 
 
 class Header:
@@ -142,6 +144,12 @@ class Subjects:
         """Every event one node may publish (its permissions)."""
         return f"{self.prefix}.events.{node_id}.*"
 
+    def poison_report(self, node_id: str) -> str:
+        """Where `node_id` reports a task message it could not decode: an event subject (its own node
+        id in it, bound by the server to its credentials; `poison` is never a task id, which is a
+        ULID), so the coordinator reads who reports and records the dead letter itself."""
+        return f"{self.prefix}.events.{node_id}.{POISON_TOKEN}"
+
     @property
     def events_all(self) -> str:
         """Every event subject."""
@@ -248,13 +256,19 @@ class Subjects:
 
     @property
     def trigger_root(self) -> str:
-        """`<prefix>.trigger.`: a schedule created `--on-subject material.new` fires on
-        `<prefix>.trigger.material.new`."""
+        """`<prefix>.trigger.`: a schedule created `--on-subject material.new` fires on a message that
+        identity `alice` publishes on `<prefix>.trigger.alice.material.new`."""
         return f"{self.prefix}.trigger."
 
-    def trigger(self, subject: str) -> str:
-        """Where to publish an event for schedules listening on `subject` (relative to the root)."""
-        return f"{self.trigger_root}{subject}"
+    def trigger(self, identity: str, subject: str) -> str:
+        """Where `identity` publishes an event for schedules listening on `subject` (relative): the
+        identity token is bound to the publisher's credentials by the server's permissions, so the
+        coordinator knows who fires (docs/Scheduling.md)."""
+        return f"{self.trigger_root}{identity}.{subject}"
+
+    def triggers_of(self, identity: str) -> str:
+        """Every trigger subject one identity may publish on (its permissions)."""
+        return f"{self.trigger_root}{identity}.>"
 
     @property
     def triggers_all(self) -> str:

@@ -219,6 +219,9 @@ class Topology:
         await self._conn.js.add_consumer(
             self._subjects.tasks_stream,
             api.ConsumerConfig(
+                # `name` as well: nats-py then sends the create that names the filter subject in the API
+                # subject, the one a worker bound to a skill set may send (communication/auth_config.py).
+                name=name,
                 durable_name=name,
                 description=f"{priority.value}-priority tasks of skill {skill}",
                 filter_subject=self._subjects.task(priority, skill),

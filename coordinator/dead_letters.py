@@ -9,7 +9,9 @@ When a task leaves the DLQ - replayed, or re-run with `claw task retry` - its le
 when it dies again, its new letter holds the attempts of every series. A letter published after a
 re-run also purges any older letter of that task (left by a crash between the re-run and the
 delete), so the stream's message count, which `claw status` and `claw_dlq_messages` report, is the
-number of dead tasks (plus poison messages, which workers dead-letter on `<prefix>.dlq.<skill>`).
+number of dead tasks (plus poison messages on `<prefix>.dlq.<skill>`, which workers report on their own
+event subject and the coordinator checks and publishes: `coordinator/poison_reports.py`; no worker
+may publish on the DLQ).
 
 It is published with `Nats-Msg-Id` = `dlq:<task>:<series>`, so publishing it again (a redelivered
 final failure after a coordinator crash) is deduplicated. A letter that would not fit one NATS
@@ -82,6 +84,26 @@ class DeadLetterOffice:
             if record.attempt_offset > 0:
                 await self._supersede(record)
             log.info("dlq.dead_lettered", task_id=record.task_id, skill=record.skill)
+
+    async def publish_poison(self, letters: list[DeadLetter]) -> list[bool]:
+        """Dead-letter poison messages workers reported (checked by `coordinator/poison_reports.py`),
+        on `<prefix>.dlq.<skill>`; whether each was stored. The message id is the poisoned message's
+        place in the tasks stream, so a report redelivered (or made by two workers) is one letter."""
+        subjects = self._conn.subjects
+        outgoing = [
+            Outgoing(subjects.dlq(letter.skill), encode(letter), f"poison:{subjects.tasks_stream}:{letter.stream_seq}")
+            for letter in letters
+        ]
+        stored = []
+        for letter, result in zip(letters, await self._publisher.publish_many(outgoing), strict=True):
+            if isinstance(result, PublishFailedError):
+                log.error(
+                    "dlq.poison_publish_failed", skill=letter.skill, node_id=letter.reported_by, error=str(result)
+                )
+            else:
+                log.info("dlq.poison_dead_lettered", skill=letter.skill, node_id=letter.reported_by)
+            stored.append(not isinstance(result, PublishFailedError))
+        return stored
 
     async def _supersede(self, record: TaskRecord) -> None:
         """Keep only the newest letter of a task that died in a later series."""

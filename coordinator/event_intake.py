@@ -15,6 +15,10 @@ quarantined and logged as `security.event_refused`). Still, one that cannot be d
 unknown task, a transition the table forbids, a bug in folding) must never stop intake: it is
 logged, recorded in the quarantine table with the batch (`claw quarantine list`), and acked with
 the batch like any other event. Folding is all or nothing, so a quarantined event changed nothing.
+
+A worker's report of a task message it could not decode (`<prefix>.events.<node_id>.poison`) is no
+task event: it is checked (`coordinator/poison_reports.py`) and the coordinator publishes the dead
+letter itself, before acking the report; a report no worker could honestly make is quarantined.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ from common.errors import BadEventError, ForgedEventError, StorageError
 from common.events import TaskEvent
 from common.ids import shown_id
 from common.log import get_logger
-from common.models import CancelNotice
+from common.models import CancelNotice, DeadLetter
 from communication.codec import DecodeError, decode_event, encode
 from communication.connection import NATS_ERRORS, NatsConnection
 from communication.pull import ConsumerUnavailableError, PullConsumer
+from communication.subjects import POISON_TOKEN
 from communication.topology import Topology
 from coordinator.commit_listeners import CommitListeners
 from coordinator.dead_letters import DeadLetterOffice
 from coordinator.event_folding import EventFolder
+from coordinator.poison_reports import poison_letter
 from coordinator.task_book import TaskBook
 from storage.quarantine_store import KEEP_BYTES
 from storage.records import QuarantineRecord, WriteBatch
@@ -76,6 +82,9 @@ class EventIntake:
         subjects = conn.subjects
         self._pull = PullConsumer(conn, subjects.events_stream, subjects.events_consumer)
         self._events_subject_head = f"{subjects.prefix}.events."
+        # Poison reports checked in this batch (`coordinator/poison_reports.py`), dead-lettered
+        # after the commit and before their acks.
+        self._poison: list[tuple[Msg, DeadLetter]] = []
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fold events until `stopping` is set (finishing the batch in hand)."""
@@ -102,6 +111,7 @@ class EventIntake:
 
     async def _commit_and_ack(self, msgs: list[Msg], stopping: asyncio.Event) -> WriteBatch:
         batch = WriteBatch()
+        self._poison = []
         async with self._book.lock:
             for msg in msgs:
                 await self._fold(msg, batch)
@@ -111,9 +121,15 @@ class EventIntake:
             # Before the acks: if this process dies first, the redelivered final failure publishes
             # the dead letter again (deduplicated by its message id).
             await self._dead_letters.publish(batch.dead_letters)
+        unrecorded: set[int] = set()
+        if self._poison:
+            # A report whose letter could not be published is not acked: it comes back (deduplicated).
+            recorded = await self._dead_letters.publish_poison([letter for _, letter in self._poison])
+            unrecorded = {id(msg) for (msg, _), ok in zip(self._poison, recorded, strict=True) if not ok}
         try:
             for msg in msgs:
-                await msg.ack()
+                if id(msg) not in unrecorded:
+                    await msg.ack()
         except nats.errors.Error as exc:
             # Not acked means redelivered after the ack wait; folding it again changes nothing.
             log.warning("events.ack_failed", error=str(exc))
@@ -121,6 +137,10 @@ class EventIntake:
 
     async def _fold(self, msg: Msg, batch: WriteBatch) -> None:
         """Fold one event into `batch`, or stage it for the quarantine; only storage errors escape."""
+        node_id, _, token = msg.subject.removeprefix(self._events_subject_head).partition(".")
+        if token == POISON_TOKEN:
+            self._poison_report(msg, node_id, batch)
+            return
         try:
             event = decode_event(msg.data)
         except DecodeError as exc:
@@ -144,6 +164,20 @@ class EventIntake:
             log.exception("events.fold_failed", task_id=shown_id(event.task_id), kind=_kind(event))
             self._quarantine(msg, batch, f"folding failed: {type(exc).__name__}: {str(exc)[:300]}", event)
 
+    def _poison_report(self, msg: Msg, node_id: str, batch: WriteBatch) -> None:
+        """A node's report of a task message it could not decode: checked, then dead-lettered."""
+        try:
+            letter = poison_letter(self._conn.subjects, node_id, msg.data, self._clock.now())
+        except ForgedEventError as exc:
+            log.warning("security.poison_refused", node_id=node_id, reason=str(exc)[:300])
+            self._quarantine(msg, batch, f"refused: {exc}", None)
+            return
+        except BadEventError as exc:
+            self._quarantine(msg, batch, str(exc), None)
+            return
+        log.error("task.poison", node_id=node_id, subject=letter.subject, stream_seq=letter.stream_seq)
+        self._poison.append((msg, letter))
+
     def _check_sender(self, subject: str, event: TaskEvent) -> None:
         """The event must say what its subject says (`<prefix>.events.<node_id>.<task_id>`): the
         server's permissions bind the node token to the publisher's credentials."""
@@ -155,7 +189,9 @@ class EventIntake:
             )
 
     def _quarantine(self, msg: Msg, batch: WriteBatch, reason: str, event: TaskEvent | None) -> None:
-        task_id = event.task_id if event is not None else msg.subject.rsplit(".", 1)[-1]
+        task_id: str | None = event.task_id if event is not None else msg.subject.rsplit(".", 1)[-1]
+        if task_id == POISON_TOKEN:
+            task_id = None  # a poison report is about no task
         try:
             stream_seq: int | None = msg.metadata.sequence.stream
         except (ValueError, AttributeError):
@@ -169,8 +205,8 @@ class EventIntake:
         )  # fmt: skip
         # No bytes of the event in the log: it may hold anything, secrets included.
         log.warning(
-            "events.quarantined", task_id=shown_id(task_id), kind=kind, stream_seq=stream_seq, size=len(msg.data),
-            reason=reason[:300],
+            "events.quarantined", task_id=None if task_id is None else shown_id(task_id), kind=kind,
+            stream_seq=stream_seq, size=len(msg.data), reason=reason[:300],
         )  # fmt: skip
 
     async def _commit(self, batch: WriteBatch, stopping: asyncio.Event) -> None:

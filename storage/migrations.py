@@ -366,6 +366,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE workflow_runs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
         """,
     ),
+    # trustrest (issue 11): who caused a fire - a trigger message's publisher (bound to its
+    # credentials), the identity that fired by hand; NULL for time fires and older rows.
+    (
+        16,
+        "schedule fires record who fired them",
+        """
+        ALTER TABLE schedule_fires ADD COLUMN fired_by TEXT;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

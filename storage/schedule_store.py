@@ -57,6 +57,8 @@ class FireRow:
     reason: str
     target_id: str | None
     error: str | None = None
+    # Who caused it: a trigger message's publisher, the identity that fired by hand (None: time).
+    fired_by: str | None = None
 
 
 class ScheduleStore:
@@ -123,9 +125,10 @@ class ScheduleStore:
             for fire in fires:
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO schedule_fires "
-                    "(fire_id, schedule, fire_time, fired_at, reason, target_id, error) VALUES (?,?,?,?,?,?,?)",
+                    "(fire_id, schedule, fire_time, fired_at, reason, target_id, error, fired_by) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
                     (fire.fire_id, fire.schedule, fire.fire_time, fire.fired_at, fire.reason, fire.target_id,
-                     fire.error),
+                     fire.error, fire.fired_by),
                 )  # fmt: skip
                 new += cursor.rowcount
             last = fires[-1] if fires else None
@@ -142,7 +145,7 @@ class ScheduleStore:
     async def fire(self, fire_id: str) -> FireRow | None:
         """One recorded fire, or None."""
         rows = await self._db.fetch_all_writer(
-            "SELECT fire_id, schedule, fire_time, fired_at, reason, target_id, error FROM schedule_fires "
+            "SELECT fire_id, schedule, fire_time, fired_at, reason, target_id, error, fired_by FROM schedule_fires "
             "WHERE fire_id = ?",
             (fire_id,),
         )
@@ -151,7 +154,7 @@ class ScheduleStore:
     async def fires(self, name: str, *, limit: int = 20) -> list[FireRow]:
         """The newest fires of a schedule, newest first."""
         rows = await self._db.fetch_all(
-            "SELECT fire_id, schedule, fire_time, fired_at, reason, target_id, error FROM schedule_fires "
+            "SELECT fire_id, schedule, fire_time, fired_at, reason, target_id, error, fired_by FROM schedule_fires "
             "WHERE schedule = ? ORDER BY fired_at DESC, fire_id DESC LIMIT ?",
             (name, limit),
         )

@@ -469,7 +469,7 @@ class TaskRunner:
         await asyncio.shield(self._finish(msg, outcome, task))
 
     async def _dead_letter_poison(self, msg: Msg, reason: str) -> None:
-        """An undecodable task message: keep its bytes in the DLQ, then drop it from the queue."""
+        """An undecodable task message: report its bytes for the DLQ, then drop it from the queue."""
         meta = msg.metadata
         seq = meta.sequence.stream
         skill = skill_from_token(msg.subject.rsplit(".", 1)[-1])
@@ -486,7 +486,9 @@ class TaskRunner:
         subjects = self._conn.subjects
         try:
             await self._publisher.publish(
-                Outgoing(subjects.dlq(skill), encode(letter), f"poison:{subjects.tasks_stream}:{seq}")
+                # Reported under its own node id; the coordinator checks it and writes the DLQ
+                # (workers may not: a letter there would be believed as the task's fate).
+                Outgoing(subjects.poison_report(self._node_id), encode(letter), f"poison:{subjects.tasks_stream}:{seq}")
             )
         except PublishFailedError as exc:
             log.error("task.poison_not_dead_lettered", error=str(exc))

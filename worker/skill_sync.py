@@ -45,7 +45,7 @@ from common.log import get_logger
 from common.models import Backoff, SkillLoad
 from common.skills import RegistryEntry, RegistrySnapshot, archive_sha256, folder_checksum
 from communication.codec import DecodeError, decode
-from communication.connection import NATS_ERRORS
+from communication.connection import NATS_ERRORS, credentials_of
 from communication.topology import Topology
 from worker.puller import TaskPuller
 from worker.skills import Skill, SkillRegistry
@@ -89,6 +89,9 @@ class SkillSync:
         self._active = active
         self._cache = Path(config.worker.skill_cache_dir)
         self._restrict = set(config.worker.skills)
+        # The skill set its credentials bind it to (None: every skill): the server refuses pulls of
+        # any other skill's consumer, so those are never loaded.
+        self._allowed = credential_skills(config)
         self._revision: int | None = None
         self._failures: dict[str, _LoadFailure] = {}
         # What the heartbeats report: installed skills by name, loaded, failed or skipped here.
@@ -96,6 +99,12 @@ class SkillSync:
 
     async def initial(self) -> None:
         """Decide the first skill set (before the puller starts); unknown `--skills` names are an error."""
+        if self._allowed is not None and (beyond := sorted(self._restrict - self._allowed)):
+            raise ConfigError(
+                f"this worker's credentials allow only the skill(s) {', '.join(sorted(self._allowed))}, not "
+                f"{', '.join(beyond)}: drop them from --skills, or issue credentials with "
+                "`claw creds create --role worker --skills ...` naming them"
+            )
         await self.sync(None)
         missing = sorted(self._restrict - set(self._active.names()))
         if missing:
@@ -104,7 +113,8 @@ class SkillSync:
                 f"this worker cannot run skill(s) {', '.join(missing)}; available: {', '.join(available)}"
             )
         if not self._active.names():
-            raise ConfigError("this worker has no skills to run")
+            allowed = "" if self._allowed is None else f" (its credentials allow {', '.join(sorted(self._allowed))})"
+            raise ConfigError(f"this worker has no skills to run{allowed}")
 
     async def run(self, puller: TaskPuller, stopping: asyncio.Event) -> None:
         """Follow the registry until `stopping` is set."""
@@ -164,13 +174,16 @@ class SkillSync:
             installed = enabled.get(skill.name)
             if skill.name in disabled or (installed is not None and installed.source == "installed"):
                 continue
-            if not self._restrict or skill.name in self._restrict:
+            if self._wanted(skill.name):
                 desired[skill.name] = skill
         for name, entry in enabled.items():
             if entry.source != "installed":
                 continue
             if self._restrict and name not in self._restrict:
                 loads[name] = SkillLoad(version=entry.version, state=SKIPPED, error="not among this worker's --skills")
+                continue
+            if self._allowed is not None and name not in self._allowed:
+                loads[name] = SkillLoad(version=entry.version, state=SKIPPED, error="not among its credentials' skills")
                 continue
             if not labels_allow(entry.manifest, self._config.worker.labels):
                 needs = ", ".join(f"{k}={v}" for k, v in sorted(entry.manifest.requires_labels.items()))
@@ -186,6 +199,10 @@ class SkillSync:
                     version=entry.version, state=FAILED, error=failure.error, attempts=failure.attempts
                 )
         return desired
+
+    def _wanted(self, name: str) -> bool:
+        """Whether `--skills` and the credentials' skill set both let this worker run `name`."""
+        return (not self._restrict or name in self._restrict) and (self._allowed is None or name in self._allowed)
 
     async def _installed(self, entry: RegistryEntry) -> Skill | None:
         """The loaded skill for an installed entry (loading it on first sight, and again once a
@@ -270,3 +287,9 @@ class SkillSync:
             f"{entry.archive_sha256[:16]} registered at install: it was changed after install; not loading it "
             "(an admin reinstalls the skill from its source under a new version)"
         )
+
+
+def credential_skills(config: ClawConfig) -> set[str] | None:
+    """The skill set the worker's credentials file names (None: every skill, or no OpenClaw credentials)."""
+    creds = credentials_of(config.nats)
+    return None if creds is None or creds.skills is None else set(creds.skills)

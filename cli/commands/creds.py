@@ -1,6 +1,7 @@
 """`claw creds create|list|revoke`: credentials for NATS, issued on the machine that runs nats-server.
 
     claw creds create --role worker --node-id w7 -o w7.creds          # a worker on another machine
+    claw creds create --role worker --node-id w8 --skills echo,text.upper -o w8.creds  # only these skills' tasks
     claw creds create --role approver --name alice -o alice.creds     # a person (several --role allowed)
     claw creds list
     claw creds revoke alice                                          # cut off at once, no restart
@@ -51,11 +52,19 @@ def creds_create(
     tenant: Annotated[
         str | None, typer.Option(help="The tenant its submits are for (a --tenant it names otherwise is refused).")
     ] = None,
+    skills: Annotated[
+        str | None,
+        typer.Option(
+            "--skills",
+            help="A worker's skills (exact names, comma-separated): it pulls only their tasks (default: every skill).",
+        ),
+    ] = None,
     auth_dir: AuthDirFlag = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the new identity as JSON.")] = False,
 ) -> None:
     """Issue credentials for a new identity; the running server accepts them at once."""
     from cli.credentials import issue
+    from communication.auth_registry import parse_skill_set
 
     folder = auth_dir_of(ctx, auth_dir)
     config = command_config(ctx)
@@ -63,18 +72,22 @@ def creds_create(
     if identity is None:
         fail("give the identity a --name (or, for a worker, a --node-id)", kind="usage")
     try:
+        skill_set = None if skills is None else parse_skill_set(skills)
         issued = issue(folder, name=identity, roles=role, out=out, prefix=config.nats.prefix, node_id=node_id,
-                       tenant=tenant)  # fmt: skip
+                       tenant=tenant, skills=skill_set)  # fmt: skip
     except ClawError as exc:
         fail(str(exc), kind=exc.code)
     record = issued.record
     if json_out:
         emit_json({"name": record.name, "roles": record.roles, "node_id": record.node_id, "file": str(out),
-                   "tenant": record.tenant, "public_key": record.public_key,
+                   "tenant": record.tenant, "skills": record.skills, "public_key": record.public_key,
                    "server_reloaded": issued.reloaded})  # fmt: skip
         return
     where = "the running nats-server reloaded" if issued.reloaded else "the server reads them when it starts"
     print(f"{record.name} ({', '.join(record.roles)}) -> {out} (mode 0600); {where}")
+    if record.bus_role.value == "worker":
+        pulls = "every skill (bind it with --skills)" if record.skills is None else ", ".join(record.skills)
+        print(f"it may pull the tasks of: {pulls}")
     print(f"use: claw --creds {out} ... (or CLAW_CREDS={out}); keep the file secret")
 
 
@@ -99,17 +112,18 @@ def creds_list(
         fail(str(exc), kind=exc.code)
     if json_out:
         emit_json([{"name": r.name, "roles": r.roles, "node_id": r.node_id, "prefix": r.prefix, "tenant": r.tenant,
+                    "skills": r.skills,
                     "public_key": r.public_key, "created_at": r.created_at} for r in records])  # fmt: skip
         return
     if not records:
         print("no credentials issued; `claw creds create --role ROLE ...` issues some")
         return
     rows = [
-        [r.name, ",".join(r.roles), r.node_id or "-", r.tenant or "-", r.prefix, r.public_key[:12] + "…",
-         _when(r.created_at)]
+        [r.name, ",".join(r.roles), r.node_id or "-", _skills(r.skills, r.node_id), r.tenant or "-", r.prefix,
+         r.public_key[:12] + "…", _when(r.created_at)]
         for r in records
     ]  # fmt: skip
-    emit_table(["NAME", "ROLES", "NODE", "TENANT", "PREFIX", "KEY", "ISSUED"], rows)
+    emit_table(["NAME", "ROLES", "NODE", "SKILLS", "TENANT", "PREFIX", "KEY", "ISSUED"], rows)
 
 
 @group.command("revoke")
@@ -131,6 +145,13 @@ def creds_revoke(
         return
     where = "the running nats-server dropped it" if reloaded else "the server refuses it when it starts"
     print(f"{record.name} revoked; {where}")
+
+
+def _skills(skills: list[str] | None, node_id: str | None) -> str:
+    """A worker's skill set as listed: its names, `all` when unbound; `-` for other identities."""
+    if node_id is None:
+        return "-"
+    return "all" if skills is None else ",".join(skills)
 
 
 def _when(at: float) -> str:

@@ -92,7 +92,8 @@ def render_dead_letters(views: list[DeadLetterView]) -> None:
                 fmt_time(v.letter.dead_at),
                 v.letter.kind,
                 v.letter.skill,
-                v.letter.task_id,
+                # A poison letter names no task: the node that reported it instead.
+                v.letter.task_id or (f"(from node {v.letter.reported_by})" if v.letter.reported_by else None),
                 _letter_attempts(v),
                 shorten(v.letter.reason, 70),
             )

@@ -1,4 +1,4 @@
-"""`claw nats start`: the embedded nats-server."""
+"""`claw nats start`: the embedded nats-server; `claw nats certs`: certificates for TLS to it, made once."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Annotated
 
 import typer
 
+from cli.certs import DEFAULT_DAYS
 from cli.options import SyncIntervalFlag, sync_interval_or_config
 from cli.output import emit_json
 from cli.runner import fail, notice, run_service, set_process_title
 from common.aio import wait_any
 from common.config import LogSettings, load_config
-from common.errors import NatsServerError
+from common.errors import ClawError, NatsServerError
 from common.identity import default_identity
 from common.log import configure_logging
 from communication.nats_server import WILDCARD_HOSTS, NatsServerOptions
@@ -111,6 +112,15 @@ def nats_start(
     )
     if (worker or gateway) and no_auth:
         fail("--worker and --gateway issue credentials: leave out --no-auth", kind="usage")
+    try:
+        tls = load_config().nats.tls
+    except ClawError as exc:
+        fail(str(exc), kind=exc.code)
+    wanted = () if tls is None else (tls.cert, tls.key, tls.ca if tls.verify else None)
+    missing = [f for f in wanted if f and not Path(f).is_file()]
+    if missing:
+        fail(f"the TLS file {missing[0]} does not exist: make the certificates once with "
+             "`claw nats certs --out DIR --host NAME ...` (docs/Security.md, TLS)", kind="config")  # fmt: skip
     extra = (tuple(worker or ()), gateway)
     run_service(lambda stop: serve_nats(stop, options, json_out=json_out, issue=extra))
 
@@ -188,6 +198,28 @@ async def serve_nats(
                 raise NatsServerError(f"nats-server exited; see {server.log_file}")
     finally:
         await launcher.stop_all_async()
+
+
+@group.command("certs")
+def nats_certs(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write them into (made if missing).")],
+    host: Annotated[
+        list[str],
+        typer.Option("--host", help="A name or address clients reach nats-server by (repeat: --host nats --host ::1)."),
+    ],
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="How long they are valid.")] = DEFAULT_DAYS,
+) -> None:
+    """Make a private CA, a server certificate for --host names and a client certificate, for TLS to
+    NATS (once, for a deployment without an authority of its own; docs/Security.md)."""
+    from cli.certs import issue_certs
+
+    try:
+        written = issue_certs(out, host, days=days)
+    except ClawError as exc:
+        fail(str(exc), kind=exc.code)
+    print(f"wrote {', '.join(p.name for p in written)} into {out} (keys 0600); keep ca.key offline")
+    print(f"server: CLAW_NATS_TLS_CERT={out / 'server.pem'} CLAW_NATS_TLS_KEY={out / 'server.key'}")
+    print(f"clients: CLAW_NATS_URL=tls://{host[0]}:4222 CLAW_NATS_TLS_CA={out / 'ca.pem'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,7 @@ from cli.context import query
 from cli.inputs import read_inputs
 from cli.options import JsonFlag
 from cli.output import emit_fields, emit_table, fmt_time, shorten
+from cli.runner import fail
 from common import api, verbs
 from common.states import Priority
 from communication.api_client import ClawClient
@@ -86,14 +87,16 @@ def render_show(reply: api.ScheduleShowReply) -> None:
         [("name", s.name), ("rule", s.rule), ("target", f"{s.target_kind} {s.target}"),
          ("input", bytes(s.input).decode()), ("state", "paused" if s.paused else "active"),
          ("missed fires", f"{s.missed} (catch up at most {s.max_catchup})"), ("fires", s.fires),
-         ("created", f"{fmt_time(s.created_at)} by {s.created_by or '?'}")]
+         ("created", f"{fmt_time(s.created_at)} by {s.created_by or '?'}"),
+         *([("fired by messages of", ", ".join([s.created_by or "?", *s.trigger_allow]))]
+           if s.kind == "subject" else [])]
     )  # fmt: skip
     if reply.upcoming:
         print("\nnext fires: " + ", ".join(fmt_when(t) for t in reply.upcoming))
     print()
-    rows = [(f.fire_id, f.reason, fmt_time(f.fired_at), f.target_id or "-", shorten(f.error or "", 50))
+    rows = [(f.fire_id, f.reason, fmt_time(f.fired_at), f.by or "-", f.target_id or "-", shorten(f.error or "", 50))
             for f in reply.fires]  # fmt: skip
-    emit_table(["FIRE", "REASON", "FIRED", "TASK / RUN", "ERROR"], rows, empty="no fires yet")
+    emit_table(["FIRE", "REASON", "FIRED", "BY", "TASK / RUN", "ERROR"], rows, empty="no fires yet")
 
 
 @group.command("create")
@@ -107,7 +110,19 @@ def schedules_create(
     every: Annotated[str | None, typer.Option("--every", help="An interval: 30s, 10m, 1h30m, 1d.")] = None,
     on_subject: Annotated[
         str | None,
-        typer.Option("--on-subject", help="Fire on each message on <prefix>.trigger.SUBJECT (wildcards * and >)."),
+        typer.Option(
+            "--on-subject",
+            help="Fire on each message on <prefix>.trigger.<publisher>.SUBJECT (wildcards * and >) whose publisher "
+            "may fire it (you, and --allow-trigger).",
+        ),
+    ] = None,
+    allow_trigger: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-trigger",
+            metavar="<identity|role:ROLE>",
+            help="With --on-subject: who else may fire it by a message (an identity, or role:operator ...); repeat.",
+        ),
     ] = None,
     on_artifact: Annotated[
         str | None, typer.Option("--on-artifact", help="Fire on each new artifact whose name starts with this.")
@@ -133,6 +148,10 @@ def schedules_create(
         str | None,
         typer.Option("--tenant", metavar="<name>", help="Whose tasks and runs its fires start (default: default)."),
     ] = None,
+    allow_unknown_skill: Annotated[
+        bool,
+        typer.Option("--allow-unknown-skill", help="Accept a --skill no worker offers yet (one will bring it later)."),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Make a schedule. Exactly one of --cron, --every, --on-subject, --on-artifact, --on-event, and one of
@@ -160,6 +179,8 @@ def schedules_create(
             paused=paused,
             by=getpass.getuser(),
             tenant=tenant,
+            trigger_allow=allow_trigger or [],
+            allow_unknown_skill=allow_unknown_skill,
         )
         return await client.call(verbs.SCHEDULE_CREATE, request)
 
@@ -219,6 +240,43 @@ def render_fire(reply: api.ScheduleFireReply) -> None:
         print(f"{fire.fire_id} had fired already (at {fmt_time(fire.fired_at)}): {fire.target_id}")
     else:
         print(f"fired {fire.fire_id}: {fire.target_id}")
+
+
+@group.command("publish")
+def schedules_publish(
+    ctx: typer.Context,
+    subject: Annotated[str, typer.Argument(help="The subject, as --on-subject takes it (e.g. material.new).")],
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", metavar="<json>", help="The message (JSON).", show_default="null")
+    ] = None,
+    msg_id: Annotated[
+        str | None, typer.Option("--msg-id", help="A retried publish with the same id is stored once.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Publish a trigger message under your identity (<prefix>.trigger.<you>.SUBJECT): it fires the
+    --on-subject schedules that match and that you may fire (yours, or those that --allow-trigger you)."""
+    import msgspec
+
+    from common.errors import InvalidInputError
+    from coordinator.schedules.engine import check_subject
+
+    if "*" in subject or ">" in subject:
+        fail(f"a trigger message goes to one subject, '{subject}' has a wildcard: name it whole", kind="usage")
+    try:
+        check_subject(subject)
+    except InvalidInputError as exc:
+        fail(str(exc), kind="usage")
+    try:
+        body = None if data is None else msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        fail(f'--data is not JSON ({exc}): give a JSON value, e.g. \'{{"path": "a.csv"}}\'', kind="usage")
+
+    async def publish(client: ClawClient) -> dict[str, object]:
+        seq = await client.publish_trigger(subject, body, msg_id=msg_id)
+        return {"subject": client.conn.subjects.trigger(client.conn.identity, subject), "seq": seq}
+
+    query(ctx, publish, lambda r: print(f"published on {r['subject']} (stream sequence {r['seq']})"), json_out)
 
 
 def register(app: typer.Typer) -> None:

@@ -38,10 +38,23 @@ def register(c: Coordinator) -> None:
     def workflows() -> Workflows | None:
         return cast("Workflows | None", getattr(c, "workflows", None))
 
+    def skills_offered() -> set[str]:
+        # Offered by a worker the coordinator has heard of (alive or not: tasks for it can queue),
+        # or installed and enabled (built-in skills among them).
+        return c.registry.known_skills() | {e.name for e in c.catalog.entries() if e.enabled}
+
     engine = ScheduleEngine(
-        store, c.clock, submit=lambda request: c.handlers.submit(request), workflows=workflows, writer=c.writer
+        store, c.clock, submit=lambda request: c.handlers.submit(request), workflows=workflows, writer=c.writer,
+        skills_offered=skills_offered,
+    )  # fmt: skip
+    # Looked up at each use: the coordinator makes its authorizer after the plugins register.
+    subject_triggers = SubjectTriggers(
+        c.conn,
+        c.config.jetstream,
+        engine,
+        lambda identity: c.authorizer.roles_of(identity),
+        lambda identity: c.authorizer.tenant_of(identity),
     )
-    subject_triggers = SubjectTriggers(c.conn, c.config.jetstream, engine)
     artifact_triggers = ArtifactTriggers(store, c.clock, engine)
     c.api_providers.append(engine)
     c.jobs.add(PeriodicJob("schedules", TICK_S, engine.fire_due))

@@ -25,9 +25,11 @@ from common import api, verbs
 from common.clock import Clock
 from common.errors import InvalidInputError, LeaseLostError, RequestError, ScheduleNotFoundError
 from common.event_kinds import EventKind
+from common.identity import check_identity, normalise
 from common.ids import new_id
 from common.log import get_logger
 from common.models import TaskSpec
+from common.verbs import Role
 from coordinator.api_routes import serves
 from coordinator.schedules.timing import (
     DEFAULT_GRACE_S,
@@ -116,17 +118,34 @@ class Schedule:
             created_at=row.created_at,
             created_by=row.created_by,
             tenant=spec.tenant or DEFAULT_TENANT,
+            trigger_allow=list(spec.trigger_allow),
         )
+
+    def may_be_fired_by(self, identity: str, roles: frozenset[Role]) -> bool:
+        """Whether a trigger message published by `identity` (holding `roles`) may fire this schedule:
+        its creator, or an identity or role its `trigger_allow` names."""
+        name = normalise(identity)
+        if self.row.created_by is not None and normalise(self.row.created_by) == name:
+            return True
+        for allowed in self.spec.trigger_allow:
+            if allowed.startswith(ROLE_ALLOW):
+                if allowed.removeprefix(ROLE_ALLOW) in {r.value for r in roles}:
+                    return True
+            elif normalise(allowed) == name:
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
 class FireRequest:
-    """One fire to make: its id, the time it stands for, why, and the event that caused it."""
+    """One fire to make: its id, the time it stands for, why, the event that caused it and, for a
+    trigger message, the identity that published it (bound to its credentials)."""
 
     fire_id: str
     fire_time: float | None
     reason: str
     event: dict[str, Any] | None = None
+    by: str | None = None
 
 
 class ScheduleEngine:
@@ -141,8 +160,11 @@ class ScheduleEngine:
         workflows: Callable[[], Workflows | None],
         writer: TaskWriter | None = None,
         grace_s: float = DEFAULT_GRACE_S,
+        skills_offered: Callable[[], set[str]] | None = None,
     ) -> None:
         self._store = store
+        # Skills some worker offers or that are installed and enabled (None: not checked).
+        self._skills_offered = skills_offered
         self._writer = writer
         self._clock = clock
         self._submit = submit
@@ -233,7 +255,7 @@ class ScheduleEngine:
             if done is not None:
                 return _fire_view(done, duplicate=True)
             fire = await self._start(schedule, request)
-            await self._record(schedule, [fire], next_fire_at=schedule.row.next_fire_at)
+            await self._record(schedule, [fire], next_fire_at=schedule.row.next_fire_at, by=request.by)
             return _fire_view(fire)
 
     async def move_cursor(self, name: str, artifact_cursor: int) -> None:
@@ -245,7 +267,9 @@ class ScheduleEngine:
             await self._store.set_cursor(name, artifact_cursor, self._clock.now())
             schedule.row.artifact_cursor = max(schedule.row.artifact_cursor, artifact_cursor)
 
-    async def _record(self, schedule: Schedule, fires: list[FireRow], *, next_fire_at: float | None) -> None:
+    async def _record(
+        self, schedule: Schedule, fires: list[FireRow], *, next_fire_at: float | None, by: str | None = None
+    ) -> None:
         now = self._clock.now()
         new = await self._store.record_fires(schedule.name, fires, next_fire_at=next_fire_at, at=now)
         row = schedule.row
@@ -255,13 +279,13 @@ class ScheduleEngine:
         await self._audit(
             [EventRecord.of(EventKind.SCHEDULE_FIRED, f"schedule:{schedule.name}", fire.fired_at,
                             data={"fire_id": fire.fire_id, "reason": fire.reason, "target": fire.target_id,
-                                  "error": fire.error})
+                                  "error": fire.error, **({"by": by} if by is not None else {})})
              for fire in fires]
         )  # fmt: skip
         for fire in fires:
             log.info(
                 "schedules.fired", schedule=schedule.name, fire_id=fire.fire_id, reason=fire.reason,
-                target=fire.target_id, error=fire.error,
+                target=fire.target_id, error=fire.error, by=by,
             )  # fmt: skip
 
     async def _start(self, schedule: Schedule, request: FireRequest) -> FireRow:
@@ -278,7 +302,14 @@ class ScheduleEngine:
             target_id, error = None, str(exc)
             log.warning("schedules.target_refused", schedule=schedule.name, fire_id=request.fire_id, error=error)
         return FireRow(
-            request.fire_id, schedule.name, request.fire_time, self._clock.now(), request.reason, target_id, error
+            request.fire_id,
+            schedule.name,
+            request.fire_time,
+            self._clock.now(),
+            request.reason,
+            target_id,
+            error,
+            request.by,
         )
 
     async def _submit_task(self, schedule: Schedule, request: FireRequest) -> str:
@@ -412,6 +443,18 @@ class ScheduleEngine:
             raise InvalidInputError("the schedule's input must be a JSON object")
         if request.on_subject is not None:
             check_subject(request.on_subject)
+        if request.skill is not None and not request.allow_unknown_skill and self._skills_offered is not None:
+            offered = self._skills_offered()
+            if request.skill not in offered:
+                raise InvalidInputError(
+                    f"no worker offers skill '{request.skill}' and none is installed by that name (offered: "
+                    f"{', '.join(sorted(offered)) or 'none'}): check the name, or pass --allow-unknown-skill if a "
+                    "worker will bring it later"
+                )
+        if request.trigger_allow and request.on_subject is None:
+            raise InvalidInputError("--allow-trigger is for --on-subject schedules (who may fire it by a message)")
+        for allowed in request.trigger_allow:
+            _check_allowed(allowed)
         if request.on_artifact is not None and not request.on_artifact:
             raise InvalidInputError("--on-artifact needs a name prefix (for example reports/)")
         tenant_of_request(request.tenant)  # a bad name is refused now, not at every fire
@@ -457,7 +500,7 @@ class ScheduleEngine:
         """Fire now, by hand (also a paused schedule: the operator asked for it)."""
         key = request.key or new_id()
         fire = await self.fire_event(
-            request.name, FireRequest(f"schedule:{request.name}:manual-{key}", None, "manual", None)
+            request.name, FireRequest(f"schedule:{request.name}:manual-{key}", None, "manual", None, by=request.by)
         )
         return api.ScheduleFireReply(fire=fire)
 
@@ -541,5 +584,25 @@ def _fire_view(fire: FireRow, *, duplicate: bool = False) -> api.ScheduleFireVie
         reason=fire.reason,
         target_id=fire.target_id,
         duplicate=duplicate,
+        by=fire.fired_by,
         error=fire.error,
     )
+
+
+# `trigger_allow` entries naming a role rather than an identity.
+ROLE_ALLOW = "role:"
+
+
+def _check_allowed(allowed: str) -> None:
+    """One `--allow-trigger` entry: an identity name, or `role:<API role>`."""
+    if allowed.startswith(ROLE_ALLOW):
+        role = allowed.removeprefix(ROLE_ALLOW)
+        if role not in {r.value for r in Role}:
+            raise InvalidInputError(
+                f"--allow-trigger {allowed}: no such role; use role:{', role:'.join(r.value for r in Role)}"
+            )
+        return
+    try:
+        check_identity(allowed)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"--allow-trigger {allowed}: {exc} (or role:<role>)") from None

@@ -17,6 +17,7 @@ restarts (a listener's queue is in memory and drops the oldest commits when full
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -28,10 +29,12 @@ from common.clock import Clock
 from common.config import JetStreamSettings
 from common.errors import CommunicationError, ScheduleNotFoundError
 from common.log import get_logger
+from common.verbs import Role
 from communication.connection import NatsConnection
 from communication.pull import PullConsumer
 from communication.topology import replicas_for
 from coordinator.schedules.engine import FireRequest, Kind, ScheduleEngine, subject_matches
+from coordinator.tenants.identity import DEFAULT_TENANT
 from storage.schedule_store import ScheduleStore
 
 log = get_logger("coordinator.schedules.triggers")
@@ -51,10 +54,20 @@ TEXT_CHARS = 16 * 1024
 class SubjectTriggers:
     """Reads `<PREFIX>_TRIGGERS` and fires the schedules whose subject matches each message."""
 
-    def __init__(self, conn: NatsConnection, settings: JetStreamSettings, engine: ScheduleEngine) -> None:
+    def __init__(
+        self,
+        conn: NatsConnection,
+        settings: JetStreamSettings,
+        engine: ScheduleEngine,
+        roles_of: Callable[[str], Awaitable[frozenset[Role]]],
+        tenant_of: Callable[[str], Awaitable[str | None]] | None = None,
+    ) -> None:
+        """`roles_of` and `tenant_of` answer for a publisher's identity (the coordinator's authorizer)."""
         self._conn = conn
         self._settings = settings
         self._engine = engine
+        self._roles_of = roles_of
+        self._tenant_of = tenant_of
         self._consumer: PullConsumer | None = None
 
     async def ensure(self) -> PullConsumer:
@@ -131,16 +144,41 @@ class SubjectTriggers:
 
     async def _fire(self, msg: Msg) -> None:
         root = self._conn.subjects.trigger_root
-        subject = msg.subject[len(root) :] if msg.subject.startswith(root) else msg.subject
+        # `<prefix>.trigger.<identity>.<subject>`: the server binds the identity token to the
+        # publisher's credentials (a client may publish only under its own).
+        identity, _, subject = msg.subject.removeprefix(root).partition(".")
         seq = msg.metadata.sequence.stream
-        event = {"source": "subject", "subject": subject, "seq": seq, "data": _data(msg.data)}
+        if not subject:
+            log.warning("schedules.trigger_without_identity", subject=msg.subject[:200], seq=seq)
+            return
+        event = {"source": "subject", "subject": subject, "seq": seq, "by": identity, "data": _data(msg.data)}
+        roles: frozenset[Role] | None = None
+        tenant: str | None = None
         for schedule in list((await self._engine.schedules()).values()):
             pattern = schedule.spec.on_subject
             if schedule.row.kind != Kind.SUBJECT or pattern is None or schedule.row.paused:
                 continue
-            if subject_matches(pattern, subject):
-                request = FireRequest(f"schedule:{schedule.name}:subject-{seq}", None, "subject", event)
-                await _fire_unless_deleted(self._engine, schedule.name, request)
+            if not subject_matches(pattern, subject):
+                continue
+            if roles is None:
+                roles = await self._roles_of(identity)
+                tenant = None if self._tenant_of is None else await self._tenant_of(identity)
+            if not schedule.may_be_fired_by(identity, roles):
+                log.warning(
+                    "security.trigger_refused", schedule=schedule.name, identity=identity, subject=subject[:200],
+                    seq=seq, owner=schedule.row.created_by,
+                )  # fmt: skip
+                continue
+            if tenant is not None and tenant != (schedule.spec.tenant or DEFAULT_TENANT):
+                # Bound to a tenant, its submits are that tenant's: a fire would start work for another.
+                log.warning(
+                    "security.trigger_refused", schedule=schedule.name, identity=identity, subject=subject[:200],
+                    seq=seq, owner=schedule.row.created_by, tenant=tenant,
+                    reason=f"bound to tenant {tenant}, the schedule fires for {schedule.spec.tenant or DEFAULT_TENANT}",
+                )  # fmt: skip
+                continue
+            request = FireRequest(f"schedule:{schedule.name}:subject-{seq}", None, "subject", event, by=identity)
+            await _fire_unless_deleted(self._engine, schedule.name, request)
 
 
 class ArtifactTriggers:

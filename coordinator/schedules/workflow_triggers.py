@@ -18,6 +18,7 @@ import msgspec
 from common import api
 from common.errors import ClawError
 from common.log import get_logger
+from common.verbs import Role
 from coordinator.schedules.engine import ScheduleEngine
 
 log = get_logger("coordinator.schedules.workflow_triggers")
@@ -90,6 +91,9 @@ class WorkflowTriggerSync:
                 missed=getattr(trigger, "missed", "skip"),
                 max_catchup=min(int(getattr(trigger, "missed_cap", 10)), MAX_CATCHUP),
                 by=f"workflow:{name}@{version}",
+                # A workflow's declared subject trigger is fired by whoever may submit (as before
+                # trigger messages carried their publisher's identity).
+                trigger_allow=[f"role:{Role.SUBMITTER.value}"] if subject is not None else [],
                 **fields,
             )
             # Through the decoder, as a request from the wire would be: the name's pattern is checked.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -77,6 +78,14 @@ def test_create_list_trigger_pause_and_resume_a_schedule_through_the_cli(process
     deleted = processes.run("schedules", "delete", "close")
     assert deleted.returncode == 0 and listed(processes) == {}
 
+    # A subject schedule fired by `claw schedules publish`, which publishes under the caller's name.
+    made = processes.run("schedules", "create", "inbox", "--on-subject", "material.*", "--skill", "echo")
+    assert made.returncode == 0, made.stderr
+    published = processes.run("schedules", "publish", "material.new", "--data", '{"path": "a.csv"}')
+    assert published.returncode == 0, published.stderr
+    assert re.match(r"published on \w+\.trigger\.[\w-]+\.material\.new \(stream sequence \d+\)", published.stdout)
+    wait_until(lambda: listed(processes)["inbox"]["fires"] == 1, what="the published message firing inbox")
+
 
 def test_an_interval_schedule_runs_its_task_on_each_fire_until_paused(processes: ProcessPool) -> None:
     start_cluster(processes, workers=1)
@@ -100,6 +109,9 @@ def test_bad_schedule_commands_print_one_clear_line(processes: ProcessPool) -> N
         (("create", "x", "--every", "5m", "--workflow", "quant"), None),
         (("trigger", "nope"), "error: no schedule called 'nope'; `claw schedules list` shows them\n"),
         (("pause", "nope"), "error: no schedule called 'nope'; `claw schedules list` shows them\n"),
+        (("publish", "material.*"),
+         "error: a trigger message goes to one subject, 'material.*' has a wildcard: name it whole\n"),
+        (("publish", "material.new", "--data", "{oops"), None),
     ]  # fmt: skip
     for args, message in cases:
         result = processes.run("schedules", *args)

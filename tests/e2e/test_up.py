@@ -404,10 +404,12 @@ def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> N
                    "coordinator", "start", "--db", str(tmp_path / "claw.db"))  # fmt: skip
         far = tmp_path / "elsewhere" / "far-away.creds"
         far.parent.mkdir()
-        issued = pool.run("creds", "create", "--role", "worker", "--node-id", "far-away", "-o", str(far))
+        # Bound to echo: the server lets it pull only echo's tasks, and it loads only echo (no --skills).
+        issued = pool.run("creds", "create", "--role", "worker", "--node-id", "far-away", "--skills", "echo",
+                          "-o", str(far))  # fmt: skip
         assert issued.returncode == 0 and "the running nats-server reloaded" in issued.stdout, issued.stderr
-        pool.spawn("worker", "--nats", url, "--creds", str(far), "worker", "start", "--skills", "echo",
-                   "--node-id", "far-away")  # fmt: skip
+        assert "it may pull the tasks of: echo" in issued.stdout
+        pool.spawn("worker", "--nats", url, "--creds", str(far), "worker", "start", "--node-id", "far-away")
 
         def online() -> bool:
             result = pool.run(*admin, "nodes", "--json")
@@ -419,6 +421,8 @@ def test_multi_machine_recipe_with_the_bus_on_all_addresses(tmp_path: Path) -> N
         task_id = result.stdout.split()[0]
         shown = json.loads(pool.run(*admin, "task", "show", task_id, "--json").stdout)
         assert shown["node_id"] == "far-away" and shown["state"] == "succeeded"
+        [node] = json.loads(pool.run(*admin, "nodes", "--json").stdout)
+        assert node["skills"] == ["echo"]
         # Without credentials the server refuses the connection: one line, no traceback.
         refused = pool.run("--nats", url, "nodes")
         assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr

@@ -221,9 +221,9 @@ async def test_a_message_on_a_trigger_subject_fires_once_even_when_published_whi
     conn = await NatsConnection.connect(config.nats, name="test-publisher")
     try:
         subjects = conn.subjects
-        await conn.js.publish(subjects.trigger("material.new"), b'{"path": "a.csv"}')
-        await conn.js.publish(subjects.trigger("other.thing"), b"{}")
-        await conn.js.publish(subjects.trigger("material.new.big"), b"not json")
+        await conn.js.publish(subjects.trigger(conn.identity, "material.new"), b'{"path": "a.csv"}')
+        await conn.js.publish(subjects.trigger(conn.identity, "other.thing"), b"{}")
+        await conn.js.publish(subjects.trigger(conn.identity, "material.new.big"), b"not json")
     finally:
         await conn.close()
     async with running_coordinator(config), connected_client(config) as client:
@@ -588,3 +588,18 @@ async def test_a_workflow_registered_with_an_interval_trigger_runs_on_it_until_a
             return "workflow.tick" not in {s.name for s in await client.schedules()}
 
         await eventually(gone, timeout_s=30, what="the schedule removed with the trigger")
+
+
+def test_a_schedule_for_a_skill_nobody_offers_is_refused_in_one_line_unless_allowed(processes: ProcessPool) -> None:
+    processes.spawn("coordinator", "coordinator", "start")
+    wait_until(lambda: processes.run("status", "--json").returncode == 0, timeout_s=30, what="a coordinator answers")
+    refused = processes.run("schedules", "create", "typo", "--every", "1h", "--skill", "ecko")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert "no worker offers skill 'ecko'" in line and "--allow-unknown-skill" in line and "echo" in line
+    assert "typo" not in processes.run("schedules", "list").stdout
+    later = processes.run(
+        "schedules", "create", "later", "--every", "1h", "--skill", "ocr.scan", "--allow-unknown-skill"
+    )
+    assert later.returncode == 0, later.stderr
+    assert processes.run("schedules", "create", "known", "--every", "1h", "--skill", "echo").returncode == 0

@@ -2,7 +2,8 @@
 permissions `claw creds` generates), a coordinator and a worker in this process (uvloop), and
 credentials for every role an attacker might hold.
 
-Identities: `coordinator`; workers `w1` (runs the tasks) and `w2` (an attacker's worker); people
+Identities: `coordinator`; workers `w1` (runs the tasks), `w2` (an attacker's worker) and `w3` (bound
+to the skill `echo`); people
 `alice` (submitter), `bob` and `carol` (approver + submitter), `oscar` (operator), `adam` (admin);
 `cli` (a client program) and `vic` (a viewer). `connect(name)` opens a raw nats-py client with an
 identity's credentials (None: none at all); `client(name)` a `ClawClient`.
@@ -45,7 +46,10 @@ IDENTITIES: dict[str, tuple[list[str], str | None]] = {
     "adam": (["admin"], None),
     "cli": (["client"], None),
     "vic": (["viewer"], None),
+    "w3": (["worker"], "w3"),
 }
+# Workers bound to a skill set (`claw creds create --skills`): w3 may pull echo's tasks only.
+SKILL_SETS: dict[str, list[str]] = {"w3": ["echo"]}
 # Who may not touch the bus beyond the API: every role but the coordinator's, and no credentials.
 NOT_COORDINATOR = ["w2", "alice", "cli", "vic", None]
 
@@ -172,7 +176,7 @@ async def secured_cluster(tmp_path: Path, tools: dict[str, Any] | None = None) -
     prepare_server(auth_dir)
     for name, (roles, node_id) in IDENTITIES.items():
         issue(auth_dir, name=name, roles=roles, out=auth_dir / f"{name}.creds", prefix=PREFIX, node_id=node_id,
-              reload=False)  # fmt: skip
+              reload=False, skills=SKILL_SETS.get(name))  # fmt: skip
     prepare_server(auth_dir)
     options = NatsServerOptions(store_dir=tmp_path / "nats", port=0, http_port=0, auth_dir=auth_dir)
     server = await EmbeddedNatsServer(options).start_async()

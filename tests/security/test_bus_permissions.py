@@ -106,7 +106,26 @@ PUBLISH = [
     ("w2", "claw.flow.cooldown", False),
     ("adam", "claw.flow.cooldown", False),
     ("w2", "claw.dlq.echo.T", False),
+    ("w2", "claw.dlq.echo", False),  # poison goes through w2's own report subject (the coordinator writes it)
+    ("w2", "claw.events.w2.poison", True),
     ("alice", "claw.dlq.echo", False),
+    # A worker bound to a skill set (w3: echo) pulls, acks and creates only those skills' consumers;
+    # one bound to none (w2) pulls any skill's.
+    ("w3", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-probe-destroy-normal", False),
+    ("w3", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-probe-destroy-high", False),
+    ("w3", "$JS.API.CONSUMER.INFO.CLAW_TASKS.tasks-probe-destroy-low", False),
+    ("w3", "$JS.API.CONSUMER.CREATE.CLAW_TASKS.tasks-shell-exec-normal.claw.tasks.normal.shell-exec", False),
+    ("w3", "$JS.API.CONSUMER.DURABLE.CREATE.CLAW_TASKS.tasks-shell-exec-normal", False),
+    ("w3", "$JS.ACK.CLAW_TASKS.tasks-probe-destroy-normal.1.1.1.1.0", False),
+    ("w3", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-echo-normal", True),
+    ("w3", "$JS.API.CONSUMER.INFO.CLAW_TASKS.tasks-echo-low", True),
+    ("w2", "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-probe-destroy-low", True),
+    # Schedule triggers only under one's own identity (the coordinator reads who fires from it).
+    ("alice", "claw.trigger.alice.inbox.new", True),
+    ("alice", "claw.trigger.bob.inbox.new", False),
+    ("alice", "claw.trigger.inbox.new", False),
+    ("vic", "claw.trigger.vic.inbox.new", False),
+    ("w2", "claw.trigger.w2.inbox.new", False),
 ]
 
 
@@ -141,6 +160,8 @@ SUBSCRIBE = [
     ("alice", "claw.updates.*", True),
     ("vic", "$KV.claw_audit.>", False),
     ("cli", "claw.nodes.heartbeat.*", False),
+    ("w3", "claw.wake.probe-destroy", False),
+    ("w3", "claw.wake.echo", True),
 ]
 
 

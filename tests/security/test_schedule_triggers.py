@@ -67,13 +67,13 @@ async def test_garbage_on_a_trigger_subject_fires_once_each_and_never_stops_the_
         )
         conn = await NatsConnection.connect(config.nats, name="attacker")
         try:
-            subject = conn.subjects.trigger("inbox.new")
+            subject = conn.subjects.trigger(conn.identity, "inbox.new")
             await conn.js.publish(subject, b"\xff\xfe not json \x00")
             await conn.js.publish(subject, b"[" * 100_000 + b"]" * 100_000)  # nested far too deep
             # A header naming a fire id changes nothing: the id comes from the stream sequence.
             await conn.js.publish(subject, b"{}", headers={"Nats-Msg-Id": "schedule:inbox:2030-01-01T00:00:00Z"})
             await conn.js.publish(subject, b'{"ok": true}')
-            await conn.js.publish(conn.subjects.trigger("inbox.a.b"), b"{}")  # does not match inbox.*
+            await conn.js.publish(conn.subjects.trigger(conn.identity, "inbox.a.b"), b"{}")  # does not match inbox.*
         finally:
             await conn.close()
         await eventually(lambda: len(fires(db, "inbox")) == 4, what="one fire per matching message")

@@ -75,11 +75,11 @@ def test_each_bus_role_gets_only_its_own_subjects(auth_dir: Path) -> None:
     assert "$JS.API.STREAM.CREATE.KV_claw_gateway_keys" in gateway["publish"]["allow"]
     admin = permissions(records["adam"], "claw")
     assert "$JS.API.STREAM.CREATE.KV_claw_gateway_keys" not in admin["publish"]["allow"]
-    assert "$KV.claw_gateway_keys.>" in admin["publish"]["allow"] and "claw.trigger.>" in admin["publish"]["allow"]
+    assert "$KV.claw_gateway_keys.>" in admin["publish"]["allow"] and "claw.trigger.adam.>" in admin["publish"]["allow"]
     viewer = permissions(records["vic"], "claw")
     viewer_publishes = set(viewer["publish"]["allow"])
     assert "claw.api.vic.ping" in viewer_publishes and "claw.api.vic.approve" not in viewer_publishes
-    assert "claw.trigger.>" not in viewer["publish"]["allow"]
+    assert not [s for s in viewer["publish"]["allow"] if s.startswith("claw.trigger")]
     for role in (worker, gateway, admin, viewer):
         assert "$KV.claw_audit.>" in role["publish"]["deny"]
 
@@ -106,3 +106,32 @@ def test_a_server_config_with_no_identity_left_still_requires_authentication(aut
     text = (auth_dir / "nats-server.conf").read_text()
     assert IdentityRegistry.load(auth_dir).all() == [] and text.count('"nkey"') == 1
     assert '"deny":[">"]' in "".join(text.split())
+
+
+def test_a_worker_bound_to_skills_pulls_only_their_consumers_and_patterns_are_refused(auth_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    def claw(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli", "creds", "create", "--auth-dir", str(auth_dir), *args],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+    bound = claw("--role", "worker", "--node-id", "w8", "--skills", "echo,text.upper", "-o", str(auth_dir / "w8.creds"))
+    assert bound.returncode == 0, bound.stderr
+    assert "it may pull the tasks of: echo, text.upper" in bound.stdout
+    assert read_credentials(auth_dir / "w8.creds").skills == ("echo", "text.upper")
+    every = claw("--role", "worker", "--node-id", "w9", "-o", str(auth_dir / "w9.creds"))
+    assert "it may pull the tasks of: every skill" in every.stdout
+    assert read_credentials(auth_dir / "w9.creds").skills is None
+    pattern = claw("--role", "worker", "--node-id", "w10", "--skills", "text.*", "-o", str(auth_dir / "w10.creds"))
+    assert pattern.returncode != 0 and "Traceback" not in pattern.stderr
+    assert "exact skill names, not patterns ('text.*')" in pattern.stderr and len(pattern.stderr.splitlines()) == 1
+    person = claw("--role", "submitter", "--name", "sam", "--skills", "echo", "-o", str(auth_dir / "sam.creds"))
+    assert person.returncode != 0 and "--skills is for the worker role only" in person.stderr
+
+    w8 = permissions(IdentityRegistry.load(auth_dir).get("w8"), "claw")  # type: ignore[arg-type]
+    allow = set(w8["publish"]["allow"])
+    assert "$JS.API.CONSUMER.MSG.NEXT.CLAW_TASKS.tasks-text-upper-high" in allow
+    assert "$JS.ACK.CLAW_TASKS.tasks-echo-low.>" in allow
+    assert not [s for s in allow if s.endswith(("CLAW_TASKS.*", "CLAW_TASKS.>"))]
+    assert w8["subscribe"]["allow"].count("claw.wake.echo") == 1 and "claw.wake.*" not in w8["subscribe"]["allow"]
