@@ -66,6 +66,9 @@ setup(
         "jinja2>=3.1",
         "itsdangerous>=2.1",
         "python-multipart>=0.0.9",
+        # Signed HTTP tokens (`claw creds create --http`, gateway/tokens.py): PyJWT, the well-kept JWT
+        # library, with EdDSA on `cryptography` (Ed25519: gateways hold only the public key).
+        "PyJWT[crypto]>=2.8",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).
