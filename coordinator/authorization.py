@@ -23,6 +23,7 @@ from common.identity import IDENTITY_PATTERN, normalise
 from common.log import get_logger
 from common.verbs import Role, Verb
 from communication.auth_registry import IdentityRegistry, registry_path
+from coordinator.tenants.identity import TENANT_PATTERN
 
 log = get_logger("coordinator.authorization")
 
@@ -88,6 +89,22 @@ class Authorizer:
         held = ", ".join(sorted(roles)) or "no role"
         log.warning("security.api_refused", identity=person, via=gateway, verb=verb.name, needs=verb.role.value)
         raise PermissionDeniedError(f"{verb.name} needs the {verb.role.value} role; {person} holds {held}")
+
+    async def acting_tenant(self, gateway: str, person: str, named: str | None, verb: Verb[Any, Any]) -> str | None:
+        """The tenant a gateway's request for `person` is held to: the one the person's credentials or
+        `auth.tenants` bind them to, else the one the gateway names (`Claw-Acting-Tenant`), else None
+        (every tenant's). A gateway naming another tenant than the person's binding is refused."""
+        if named is not None and not TENANT_PATTERN.match(named):
+            log.warning("security.acting_tenant_refused", identity=gateway, acting_for=person, verb=verb.name)
+            raise PermissionDeniedError(f"'{named[:64]}' is not a tenant a gateway may act in")
+        bound = await self.tenant_of(person)
+        if bound is not None and named is not None and named != bound:
+            log.warning("security.acting_tenant_refused", identity=gateway, acting_for=person, tenant=named,
+                        bound=bound, verb=verb.name)  # fmt: skip
+            raise PermissionDeniedError(
+                f"{person} belongs to tenant {bound!r}; {gateway} may not act for them in {named!r}"
+            )
+        return bound if bound is not None else named
 
     async def roles_of(self, identity: str) -> frozenset[Role]:
         """The API roles of `identity`."""

@@ -4,7 +4,8 @@ credentials for every role an attacker might hold.
 
 Identities: `coordinator`; workers `w1` (runs the tasks) and `w2` (an attacker's worker); people
 `alice` (submitter), `bob` and `carol` (approver + submitter), `oscar` (operator), `adam` (admin);
-`cli` (a client program) and `vic` (a viewer). `connect(name)` opens a raw nats-py client with an
+`cli` (a client program), `vic` (a viewer) and `gw` (an HTTP gateway, in `auth.gateways`; `tina`
+is bound to tenant `acme` in `auth.tenants`). `connect(name)` opens a raw nats-py client with an
 identity's credentials (None: none at all); `client(name)` a `ClawClient`.
 """
 
@@ -45,6 +46,8 @@ IDENTITIES: dict[str, tuple[list[str], str | None]] = {
     "adam": (["admin"], None),
     "cli": (["client"], None),
     "vic": (["viewer"], None),
+    # An HTTP gateway's own credentials (listed in auth.gateways): it may act for people.
+    "gw": (["gateway"], None),
 }
 # Who may not touch the bus beyond the API: every role but the coordinator's, and no credentials.
 NOT_COORDINATOR = ["w2", "alice", "cli", "vic", None]
@@ -179,7 +182,9 @@ async def secured_cluster(tmp_path: Path, tools: dict[str, Any] | None = None) -
     ran: list[str] = []
     try:
         base = SecuredCluster(server, auth_dir, tmp_path, coordinator=None)  # type: ignore[arg-type]
-        coordinator_config = base.config("coordinator", auth={"dir": str(auth_dir)})
+        coordinator_config = base.config(
+            "coordinator", auth={"dir": str(auth_dir), "gateways": ["gw"], "tenants": {"tina": "acme"}}
+        )
         worker_sections: dict[str, Any] = {"worker": {"node_id": "w1", "heartbeat_interval_s": 0.2}}
         if tools is not None:
             worker_sections["tools"] = tools
