@@ -13,7 +13,8 @@ identity has no role for (`forbidden`, one line naming the role), and the reques
 (`by`, `submitter`) are set to that identity whatever they said. A gateway (`auth.gateways`) acts for
 the person it authenticated: its request names them (`Claw-Acting-For`) with the roles it grants
 (`Claw-Acting-Roles`, at most its own), and the request is theirs. When that person has a tenant (the
-gateway names it in `Claw-Acting-Tenant`, or their credentials bind them to one), the request is held
+gateway names it in `Claw-Acting-Tenant`, their credentials bind them to one, or every gateway key or
+token they hold is a tenant's: coordinator/tenants/gateway_people.py), the request is held
 to that tenant's tasks here too, by the same rules the gateway applies (coordinator/tenants/scope.py):
 another tenant's task is `not_found`, a verb reaching beyond one tenant is `forbidden`, lists are
 filtered; each refusal is logged as `security.tenant_refused`.
@@ -59,6 +60,7 @@ from communication.subjects import Header
 from communication.trace_context import context_from
 from coordinator.api_routes import ApiRoutes, Route
 from coordinator.authorization import Authorizer
+from coordinator.tenants.gateway_people import GatewayPeople
 from coordinator.tenants.identity import Caller, tenant_of_submit
 from coordinator.tenants.scope import TenantScope
 
@@ -70,8 +72,12 @@ MAX_ERROR_CHARS = 1000
 class ApiServer:
     """Subscribes the API verbs and answers them with the handlers of `routes`."""
 
-    def __init__(self, conn: NatsConnection, routes: ApiRoutes, authorizer: Authorizer) -> None:
+    def __init__(
+        self, conn: NatsConnection, routes: ApiRoutes, authorizer: Authorizer, people: GatewayPeople | None = None
+    ) -> None:
         self._conn = conn
+        # The tenants of the people holding gateway keys and tokens (None: not consulted).
+        self._people = people
         self._routes = routes
         self._authorizer = authorizer
         self._subs: list[Subscription] = []
@@ -165,8 +171,9 @@ class ApiServer:
                 gateway = identity
                 roles = headers.get(Header.ACTING_ROLES, "")
                 identity = await self._authorizer.check_acting(gateway, acting_for, roles, route.verb)
+                held = frozenset() if self._people is None else await self._people.tenants_of(identity)
                 tenant = await self._authorizer.acting_tenant(
-                    gateway, identity, headers.get(Header.ACTING_TENANT), route.verb
+                    gateway, identity, headers.get(Header.ACTING_TENANT), route.verb, held
                 )
                 if tenant is not None:
                     acting = ActingFor(identity, frozenset(), tenant)

@@ -14,7 +14,10 @@ from structlog.testing import capture_logs
 from common import api, verbs
 from common.errors import InvalidInputError, PermissionDeniedError, TaskNotFoundError
 from common.states import TaskState
+from common.verbs import Role
 from communication.api_client import ActingFor, ClawClient
+from gateway import tokens
+from gateway.server import open_key_store
 from tests.helpers import eventually, spec
 from tests.security.bus import SecuredCluster, secured_cluster
 
@@ -96,3 +99,45 @@ async def test_only_a_listed_gateway_may_name_a_tenant_person(cluster: SecuredCl
     async with cluster.client("oscar") as operator:
         with pytest.raises(PermissionDeniedError, match="may not act for others"):
             await operator.call(verbs.TASK_LIST, api.TaskListRequest(), acting_for=ActingFor("ann", EVERY_ROLE, "acme"))
+
+
+async def test_a_tenant_key_holder_is_held_to_the_tenant_even_when_the_gateway_names_none(
+    cluster: SecuredCluster,
+) -> None:
+    """What a stolen gateway credential would try: act for a tenant key's holder and leave
+    `Claw-Acting-Tenant` out. The coordinator knows from the keys bucket that every key and token
+    of `shop` is acme's (and of `duo`, acme's or initech's)."""
+    async with cluster.client("adam") as admin, cluster.client("gw") as gateway:
+        store = await open_key_store(gateway.conn, cluster.config("gw"))
+        await store.create("shop", [Role.SUBMITTER, Role.OPERATOR, Role.VIEWER], "acme")
+        for tenant in ("acme", "initech"):
+            await store.add_token(tokens.new_record("duo", [Role.VIEWER], tenant, 3600, "k"))
+        theirs = (await admin.submit(spec("echo", {"n": 3}), tenant="globex")).task_id
+        ours = (await admin.submit(spec("echo", {"n": 4}), tenant="acme")).task_id
+        shop = ActingFor("shop", EVERY_ROLE)
+
+        async def held_to_acme() -> bool:
+            try:
+                await gateway.call(verbs.TASK_GET, api.TaskGetRequest(task_id=theirs), acting_for=shop)
+            except TaskNotFoundError:
+                return True
+            return False
+
+        # The coordinator reads the bucket at most every 2 s: the new key counts within that.
+        with capture_logs() as logs:
+            await eventually(held_to_acme, timeout_s=10, what="shop held to acme without the header")
+            with pytest.raises(TaskNotFoundError):
+                await gateway.call(verbs.TASK_CANCEL, api.TaskCancelRequest(task_id=theirs), acting_for=shop)
+            listed = await gateway.call(verbs.TASK_LIST, api.TaskListRequest(), acting_for=shop)
+            assert [t.task_id for t in listed.tasks] == [ours]
+            with pytest.raises(PermissionDeniedError, match="shop belongs to tenant 'acme'"):
+                await gateway.call(verbs.TASK_LIST, api.TaskListRequest(), acting_for=ActingFor("shop", EVERY_ROLE,
+                                                                                                "globex"))  # fmt: skip
+            # Of two tenants, the gateway must say which, and only one of them.
+            with pytest.raises(PermissionDeniedError, match="duo belongs to tenant 'acme' or 'initech'"):
+                await gateway.call(verbs.TASK_LIST, api.TaskListRequest(), acting_for=ActingFor("duo", EVERY_ROLE))
+            duo = ActingFor("duo", EVERY_ROLE, "initech")
+            assert (await gateway.call(verbs.TASK_LIST, api.TaskListRequest(), acting_for=duo)).tasks == []
+        assert any(e["event"] == "security.tenant_refused" and e["acting_for"] == "shop" for e in logs)
+        assert any(e["event"] == "security.acting_tenant_refused" and e["acting_for"] == "duo" for e in logs)
+        assert (await admin.get_task(theirs, history=False)).state != TaskState.CANCELLED
