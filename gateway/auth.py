@@ -158,7 +158,7 @@ class KeyStore:
         match = _KEY.match(credential)
         if match is None:
             raise NotAuthenticatedError(
-                "that is neither an API key (ck_<id>_<secret>) nor a token from `claw creds create --http`"
+                "that is not an API key (ck_<id>_<secret>) nor a token from `claw creds create --http`"
             )
         record = await self.by_id(match.group(1))
         if record is None or not hmac.compare_digest(record.secret_sha256, _digest(match.group(2))):

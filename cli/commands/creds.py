@@ -130,7 +130,8 @@ def creds_list(
     if json_out:
         emit_json([{"name": r.name, "kind": "nats", "roles": r.roles, "node_id": r.node_id, "prefix": r.prefix,
                     "tenant": r.tenant, "public_key": r.public_key, "created_at": r.created_at} for r in records]
-                  + [{"name": t.name, "kind": "http", "roles": [role.value for role in t.roles], "tenant": t.tenant,
+                  + [{"name": t.name, "kind": "http", "roles": [role.value for role in t.roles], "node_id": None,
+                      "tenant": t.tenant,
                       "token_id": t.token_id, "created_at": t.issued_at, "expires_at": t.expires_at}
                      for t in tokens])  # fmt: skip
     elif not records and not tokens:
