@@ -68,6 +68,9 @@ setup(
         "python-multipart>=0.0.9",
         # `claw nats certs`: a private CA and certificates for TLS to NATS (docker-compose's one-time step).
         "cryptography>=42",
+        # Signed HTTP tokens (`claw creds create --http`, gateway/tokens.py): PyJWT, the well-kept JWT
+        # library, with EdDSA on `cryptography` (Ed25519: gateways hold only the public key).
+        "PyJWT[crypto]>=2.8",
     ],
     extras_require={
         # OTLP export of traces to a collector (Jaeger, Tempo, the OpenTelemetry Collector).

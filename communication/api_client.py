@@ -95,11 +95,13 @@ LARGE_REQUEST_HINT = (
 
 @dataclass(frozen=True, slots=True)
 class ActingFor:
-    """A person a gateway authenticated, and the API roles it grants them: a request sent with this
-    is theirs (the coordinator honours it from identities listed in `auth.gateways`)."""
+    """A person a gateway authenticated, the API roles it grants them and their tenant (None: every
+    tenant's): a request sent with this is theirs (the coordinator honours it from identities listed
+    in `auth.gateways`) and, with a tenant, held to that tenant's tasks by the coordinator too."""
 
     name: str
     roles: frozenset[str]
+    tenant: str | None = None
 
 
 class ClawClient:
@@ -156,6 +158,8 @@ class ClawClient:
         if acting_for is not None:
             headers[Header.ACTING_FOR] = acting_for.name
             headers[Header.ACTING_ROLES] = ",".join(sorted(acting_for.roles))
+            if acting_for.tenant is not None:
+                headers[Header.ACTING_TENANT] = acting_for.tenant
         self._check_size(verb, payload, headers)
         wait_s = timeout_s or verb.timeout_s or self._timeout_s
         try:

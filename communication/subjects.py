@@ -32,6 +32,8 @@ class Header:
     # The person a gateway's API request acts for, and the roles the gateway grants them (comma list).
     ACTING_FOR = "Claw-Acting-For"
     ACTING_ROLES = "Claw-Acting-Roles"
+    # The tenant of the person a gateway acts for: the coordinator holds the request to its tasks.
+    ACTING_TENANT = "Claw-Acting-Tenant"
 
 
 def check_skill_name(name: str) -> str:

@@ -12,7 +12,12 @@ bound to the sender's credentials by the server's permissions); the `Authorizer`
 identity has no role for (`forbidden`, one line naming the role), and the request's actor fields
 (`by`, `submitter`) are set to that identity whatever they said. A gateway (`auth.gateways`) acts for
 the person it authenticated: its request names them (`Claw-Acting-For`) with the roles it grants
-(`Claw-Acting-Roles`, at most its own), and the request is theirs.
+(`Claw-Acting-Roles`, at most its own), and the request is theirs. When that person has a tenant (the
+gateway names it in `Claw-Acting-Tenant`, their credentials bind them to one, or every gateway key or
+token they hold is a tenant's: coordinator/tenants/gateway_people.py), the request is held
+to that tenant's tasks here too, by the same rules the gateway applies (coordinator/tenants/scope.py):
+another tenant's task is `not_found`, a verb reaching beyond one tenant is `forbidden`, lists are
+filtered; each refusal is logged as `security.tenant_refused`.
 
 Errors become `ApiReply.error`: a `ClawError` keeps its code and message; bytes no decoder could
 take (nested too deeply, invalid UTF-8) are `invalid_input`; anything else is logged with its
@@ -35,11 +40,19 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind, StatusCode
 
 from common.api import ApiError, ApiReply, SubmitRequest
-from common.errors import ClawError, InternalError, InvalidInputError, PayloadTooLargeError, TaskNotFoundError
+from common.errors import (
+    ClawError,
+    InternalError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    TaskNotFoundError,
+)
 from common.ids import SHOWN_ID_CHARS, shown_id
 from common.log import get_logger
 from common.tracing import current_span
 from common.verbs import Role, Verb
+from communication.api_client import ActingFor
 from communication.codec import DecodeError, decode_request, encode
 from communication.connection import NatsConnection
 from communication.payload_limits import message_bytes, reply_budget, too_large_message
@@ -47,7 +60,9 @@ from communication.subjects import Header
 from communication.trace_context import context_from
 from coordinator.api_routes import ApiRoutes, Route
 from coordinator.authorization import Authorizer
+from coordinator.tenants.gateway_people import GatewayPeople
 from coordinator.tenants.identity import Caller, tenant_of_submit
+from coordinator.tenants.scope import TenantScope
 
 log = get_logger("coordinator.api")
 
@@ -57,12 +72,18 @@ MAX_ERROR_CHARS = 1000
 class ApiServer:
     """Subscribes the API verbs and answers them with the handlers of `routes`."""
 
-    def __init__(self, conn: NatsConnection, routes: ApiRoutes, authorizer: Authorizer) -> None:
+    def __init__(
+        self, conn: NatsConnection, routes: ApiRoutes, authorizer: Authorizer, people: GatewayPeople | None = None
+    ) -> None:
         self._conn = conn
+        # The tenants of the people holding gateway keys and tokens (None: not consulted).
+        self._people = people
         self._routes = routes
         self._authorizer = authorizer
         self._subs: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        # The tenant rules for a gateway's tenant person, reading tasks through the handlers here.
+        self._tenants = TenantScope(_Handlers(routes))
 
     async def start(self) -> None:
         """Start answering requests; refuses to unless every declared verb has its handler."""
@@ -126,17 +147,39 @@ class ApiServer:
             return request
         return msgspec.structs.replace(request, tenant=tenant_of_submit(request, Caller(tenant=tenant)))
 
+    async def _in_tenant(self, acting: ActingFor, route: Route, request: Any, *, via: str) -> Any:
+        """The request as a tenant's person may send it (coordinator/tenants/scope.py), or a refusal
+        logged as a security event: whoever asked, the gateway should have refused it first."""
+        tenant = acting.tenant or ""  # set: only a tenant's person gets here
+        try:
+            return await self._tenants.before(tenant, acting, route.verb, request)
+        except (TaskNotFoundError, PermissionDeniedError, InvalidInputError) as exc:
+            log.warning("security.tenant_refused", identity=via, acting_for=acting.name, tenant=acting.tenant,
+                        verb=route.verb.name, task_id=getattr(request, "task_id", None), error=exc.code)  # fmt: skip
+            raise
+
     async def _answer(self, route: Route, msg: Msg) -> bytes:
         verb = route.verb.name
         try:
             identity = _identity(msg.subject)
-            acting_for = (msg.headers or {}).get(Header.ACTING_FOR)
+            headers = msg.headers or {}
+            acting_for = headers.get(Header.ACTING_FOR)
+            acting: ActingFor | None = None
             if acting_for is None:
                 await self._authorizer.check(identity, route.verb)
             else:  # a gateway acting for a person it authenticated (docs/Gateway.md)
-                roles = (msg.headers or {}).get(Header.ACTING_ROLES, "")
-                identity = await self._authorizer.check_acting(identity, acting_for, roles, route.verb)
+                gateway = identity
+                roles = headers.get(Header.ACTING_ROLES, "")
+                identity = await self._authorizer.check_acting(gateway, acting_for, roles, route.verb)
+                held = frozenset() if self._people is None else await self._people.tenants_of(identity)
+                tenant = await self._authorizer.acting_tenant(
+                    gateway, identity, headers.get(Header.ACTING_TENANT), route.verb, held
+                )
+                if tenant is not None:
+                    acting = ActingFor(identity, frozenset(), tenant)
             request = _as_sent_by(_request(route.verb, msg.data), identity)
+            if acting is not None:
+                request = await self._in_tenant(acting, route, request, via=gateway)
             if route.verb.role == Role.WORKER and not self._authorizer.open_bus:
                 # A worker's identity is its node id (`claw creds` binds them): it asks for permits and
                 # gives them back as that node, whatever node the request names.
@@ -144,6 +187,8 @@ class ApiServer:
             if isinstance(request, SubmitRequest):
                 request = await self._bound_to_tenant(request, identity)
             reply = await route.handler(request)
+            if acting is not None and acting.tenant is not None:
+                reply = await self._tenants.after(acting.tenant, acting, route.verb, reply)
             if route.fit is not None:
                 reply = route.fit(reply, reply_budget(self._conn.nc.max_payload))
             return b'{"data":' + encode(reply) + b"}"
@@ -159,6 +204,17 @@ class ApiServer:
             log.exception("api.failed", verb=verb)
             error = InternalError(f"the coordinator failed on {verb}: {type(exc).__name__}: {_short(exc)}; see its log")
             return _error(error.code, str(error))
+
+
+class _Handlers:
+    """The coordinator's own handlers behind the tenant rules' `call` (no request leaves the process)."""
+
+    def __init__(self, routes: ApiRoutes) -> None:
+        self._by_name = {route.verb.name: route for route in routes}
+
+    async def call(self, verb: Verb[Any, Any], request: Any, *, acting_for: ActingFor | None = None) -> Any:
+        """Answer `request` with `verb`'s handler."""
+        return await self._by_name[verb.name].handler(request)
 
 
 def _request(verb: Verb[Any, Any], data: bytes) -> Any:

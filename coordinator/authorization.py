@@ -23,6 +23,7 @@ from common.identity import IDENTITY_PATTERN, normalise
 from common.log import get_logger
 from common.verbs import Role, Verb
 from communication.auth_registry import IdentityRegistry, registry_path
+from coordinator.tenants.identity import TENANT_PATTERN
 
 log = get_logger("coordinator.authorization")
 
@@ -88,6 +89,43 @@ class Authorizer:
         held = ", ".join(sorted(roles)) or "no role"
         log.warning("security.api_refused", identity=person, via=gateway, verb=verb.name, needs=verb.role.value)
         raise PermissionDeniedError(f"{verb.name} needs the {verb.role.value} role; {person} holds {held}")
+
+    async def acting_tenant(
+        self,
+        gateway: str,
+        person: str,
+        named: str | None,
+        verb: Verb[Any, Any],
+        held: frozenset[str | None] = frozenset(),
+    ) -> str | None:
+        """The tenant a gateway's request for `person` is held to, None for every tenant's.
+
+        The person's own binding wins: the tenant their NATS credentials or `auth.tenants` bind them
+        to, else, when every gateway key or token they hold (`held`, coordinator/tenants/
+        gateway_people.py) is a tenant's, one of those tenants. The tenant the gateway names
+        (`Claw-Acting-Tenant`) must be one of them; it may only narrow a person of every tenant.
+        """
+        if named is not None and not TENANT_PATTERN.match(named):
+            log.warning("security.acting_tenant_refused", identity=gateway, acting_for=person, verb=verb.name)
+            raise PermissionDeniedError(f"'{named[:64]}' is not a tenant a gateway may act in")
+        bound = await self.tenant_of(person)
+        allowed: frozenset[str] | None = None
+        if bound is not None:
+            allowed = frozenset({bound})
+        elif held and None not in held:
+            allowed = frozenset(t for t in held if t is not None)
+        if allowed is None:
+            return named
+        if named is None and len(allowed) == 1:
+            return next(iter(allowed))
+        if named is None or named not in allowed:
+            log.warning("security.acting_tenant_refused", identity=gateway, acting_for=person, tenant=named,
+                        bound=sorted(allowed), verb=verb.name)  # fmt: skip
+            theirs = " or ".join(repr(t) for t in sorted(allowed))
+            raise PermissionDeniedError(
+                f"{person} belongs to tenant {theirs}; {gateway} may not act for them in {named or 'every tenant'!r}"
+            )
+        return named
 
     async def roles_of(self, identity: str) -> frozenset[Role]:
         """The API roles of `identity`."""

@@ -74,6 +74,7 @@ from coordinator.standby.publisher import ReplicationPublisher
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
+from coordinator.tenants.gateway_people import GatewayPeople
 from coordinator.workflows.engine import WorkflowEngine
 from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
@@ -184,7 +185,8 @@ class Coordinator:
         for plugin in (*FEATURES, *plugins):
             plugin.register(self)
         self.authorizer = Authorizer(config.auth, clock, open_bus=not conn.auth_required)
-        self._api = ApiServer(conn, self._api_routes(), self.authorizer)
+        # A gateway acting for a tenant's person is held to that tenant (coordinator/tenants/gateway_people.py).
+        self._api = ApiServer(conn, self._api_routes(), self.authorizer, GatewayPeople(conn, clock))
         self._heartbeat_sub: Subscription | None = None
         self._claims_sub: Subscription | None = None
         # Set once the API answers: for whoever starts a coordinator in-process and must not race it.

@@ -6,8 +6,9 @@ id, the key's name, its roles and the SHA-256 of its secret (the secret itself i
 live in NATS, not in a gateway, so any number of gateways behind a load balancer accept the same
 keys and a revocation reaches all of them (each caches a resolved key for `CACHE_S` at most).
 
-`KeyStore.resolve` is the one place that turns a credential into a principal: the trust issue's
-signed tokens plug in here, next to API keys.
+`KeyStore.resolve` is the one place that turns a credential into a principal: an API key, or a
+signed bearer token issued by `claw creds create --http` (gateway/tokens.py), whose records live in
+the same bucket (`tok.<id>`) so its revocation reaches every gateway the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from common.errors import InvalidInputError, NotAuthenticatedError
 from common.identity import IDENTITY_PATTERN
 from common.verbs import Role
 from coordinator.tenants.identity import check_tenant_name
+from gateway import tokens
+from gateway.tokens import PUBLIC_KEY_ENTRY, PublicKey, TokenRecord
 
 KEY_PREFIX = "ck"
 SESSION_SECRET_KEY = "session-secret"  # noqa: S105 - the name of the KV entry, not a secret
@@ -36,6 +39,7 @@ CACHE_S = 2.0
 # A key's name is the identity the coordinator records for what its holder does (common/identity.py).
 _NAME = IDENTITY_PATTERN
 _KEY = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{20,128}})$")
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +106,13 @@ def _digest(secret: str) -> str:
 class KeyStore:
     """The API keys of one cluster prefix, in their KV bucket."""
 
-    def __init__(self, kv: KeyValue, *, cache_s: float = CACHE_S) -> None:
+    def __init__(self, kv: KeyValue, *, cache_s: float = CACHE_S, prefix: str = "") -> None:
         self._kv = kv
         self._cache_s = cache_s
+        self._prefix = prefix
         self._cache: dict[str, tuple[float, ApiKeyRecord | None]] = {}
+        self._token_cache: dict[str, tuple[float, TokenRecord | None]] = {}
+        self._public: tuple[float, PublicKey | None] | None = None
 
     async def create(self, name: str, roles: Iterable[Role], tenant: str | None = None) -> tuple[ApiKeyRecord, str]:
         """A new key for `name` with `roles` (of `tenant`: it sees only that tenant's tasks); returns
@@ -145,10 +152,14 @@ class KeyStore:
         return len(doomed)
 
     async def resolve(self, credential: str) -> Principal:
-        """The principal an API key stands for; `NotAuthenticatedError` for anything else."""
+        """The principal an API key or a signed token stands for; `NotAuthenticatedError` for anything else."""
+        if tokens.looks_like_token(credential):
+            return await self._resolve_token(credential)
         match = _KEY.match(credential)
         if match is None:
-            raise NotAuthenticatedError("that is not an API key (they read ck_<id>_<secret>)")
+            raise NotAuthenticatedError(
+                "that is not an API key (ck_<id>_<secret>) nor a token from `claw creds create --http`"
+            )
         record = await self.by_id(match.group(1))
         if record is None or not hmac.compare_digest(record.secret_sha256, _digest(match.group(2))):
             raise NotAuthenticatedError("unknown or revoked API key")
@@ -164,6 +175,94 @@ class KeyStore:
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key_id] = (now, record)
+        return record
+
+    async def principal_of(self, key_id: str) -> Principal | None:
+        """The principal a dashboard session's key id stands for (an API key's or a token's), None once
+        revoked or expired."""
+        if key_id.startswith(tokens.RECORD_PREFIX):
+            record = await self._token(key_id[len(tokens.RECORD_PREFIX) :])
+            if record is None or record.expires_at <= time.time():
+                return None
+            return Principal(record.name, frozenset(record.roles), record.key_id, record.tenant)
+        api_key = await self.by_id(key_id)
+        return None if api_key is None else api_key.principal()
+
+    # --- signed tokens (gateway/tokens.py) ------------------------------------------------------
+
+    async def publish_public_key(self, public: PublicKey, *, replace: bool = False) -> None:
+        """Publish the key tokens are checked with; a different one already there is an error unless
+        `replace` (a rotation: every token signed with the old key stops working)."""
+        current = await self.public_key(cached=False)
+        if current == public:
+            return
+        if current is not None and not replace:
+            raise InvalidInputError(
+                "this cluster's gateways check tokens with another signing key than this credentials folder's; "
+                "run `claw creds rotate --http` from the folder that should sign (old tokens stop working)"
+            )
+        await self._kv.put(PUBLIC_KEY_ENTRY, msgspec.json.encode(public))
+        self._public = None
+
+    async def public_key(self, *, cached: bool = True) -> PublicKey | None:
+        """The published public key (cached for a moment), None before any token was issued."""
+        now = time.monotonic()
+        if cached and self._public is not None and now - self._public[0] < self._cache_s:
+            return self._public[1]
+        try:
+            entry = await self._kv.get(PUBLIC_KEY_ENTRY)
+            public = msgspec.json.decode(entry.value, type=PublicKey) if entry.value else None
+        except KeyNotFoundError:
+            public = None
+        self._public = (now, public)
+        return public
+
+    async def add_token(self, record: TokenRecord) -> None:
+        """Record an issued token (it is accepted while its record is here)."""
+        await self._kv.create(record.key_id, msgspec.json.encode(record))
+
+    async def all_tokens(self) -> list[TokenRecord]:
+        """Every issued, unrevoked token's record, oldest first."""
+        records = []
+        for key in await self._all_entries():
+            if key.startswith(tokens.RECORD_PREFIX):
+                record = await self._token(key[len(tokens.RECORD_PREFIX) :], cached=False)
+                if record is not None:
+                    records.append(record)
+        return sorted(records, key=lambda r: r.issued_at)
+
+    async def revoke_tokens(self, name: str | None = None) -> int:
+        """Delete the token records of `name` (None: every one, for a key rotation); how many."""
+        doomed = [record for record in await self.all_tokens() if name is None or record.name == name]
+        for record in doomed:
+            await self._kv.delete(record.key_id)
+            self._token_cache.pop(record.token_id, None)
+        return len(doomed)
+
+    async def _resolve_token(self, credential: str) -> Principal:
+        claims = tokens.verify(credential, await self.public_key(), self._prefix)
+        record = await self._token(str(claims["jti"]))
+        if record is None:
+            raise NotAuthenticatedError("the token was revoked (or never issued by this cluster)")
+        if not tokens.matches(record, claims):
+            raise NotAuthenticatedError("the token's claims do not match what was issued")
+        return Principal(record.name, frozenset(record.roles), record.key_id, record.tenant)
+
+    async def _token(self, token_id: str, *, cached: bool = True) -> TokenRecord | None:
+        now = time.monotonic()
+        hit = self._token_cache.get(token_id)
+        if cached and hit is not None and now - hit[0] < self._cache_s:
+            return hit[1]
+        record: TokenRecord | None = None
+        try:
+            entry = await self._kv.get(tokens.RECORD_PREFIX + token_id)
+            if entry.value:
+                record = msgspec.json.decode(entry.value, type=TokenRecord)
+        except KeyNotFoundError:
+            pass
+        if len(self._token_cache) > 10_000:
+            self._token_cache.clear()
+        self._token_cache[token_id] = (now, record)
         return record
 
     async def session_secret(self) -> bytes:
@@ -189,8 +288,11 @@ class KeyStore:
         return msgspec.json.decode(entry.value, type=ApiKeyRecord)
 
     async def _key_ids(self) -> list[str]:
+        # API keys only: the bucket also holds the session secret, the token key and token records.
+        return [k for k in await self._all_entries() if _KEY_ID.match(k)]
+
+    async def _all_entries(self) -> list[str]:
         try:
-            keys = await self._kv.keys()
+            return list(await self._kv.keys())
         except NoKeysError:
             return []
-        return [k for k in keys if k != SESSION_SECRET_KEY]

@@ -10,7 +10,8 @@ gateway's own identity); each request also names the principal and the roles the
 them (`ActingFor`: headers `Claw-Acting-For`, `Claw-Acting-Roles`), which the coordinator honours
 from identities listed in `auth.gateways`, with at most the gateway's own roles. So an approval
 through the gateway is the person's, and a stolen gateway credential acts only within its roles.
-A tenant's key is held to its tenant's tasks here too (gateway/tenancy.py).
+A tenant's key is held to its tenant's tasks here (gateway/tenancy.py), and its tenant travels with
+the acting identity (`Claw-Acting-Tenant`) so the coordinator holds the request to it as well.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from gateway.auth import Principal
 from gateway.routes import identity_fields
 from gateway.submit_batcher import SubmitBatcher
 from gateway.tenancy import TenantScope
+
+
+def _acting(principal: Principal) -> ActingFor:
+    """Who the gateway acts for: the principal's name, roles and tenant."""
+    return ActingFor(principal.name, frozenset(role.value for role in principal.roles), principal.tenant)
 
 
 def _identity_fields(request_type: type[msgspec.Struct]) -> tuple[str, ...]:
@@ -65,7 +71,7 @@ class GatewayCalls:
         """Call `verb` as `principal`; `PermissionDeniedError` when its roles do not allow it."""
         self.check(principal, verb)
         stamped = self._stamp(principal, verb, request)
-        acting = ActingFor(principal.name, frozenset(role.value for role in principal.roles))
+        acting = _acting(principal)
         tenant = principal.tenant
         if tenant is not None:
             stamped = await self.tenants.before(tenant, acting, verb, stamped)
@@ -81,7 +87,7 @@ class GatewayCalls:
         """Whether `principal` may see the task `task_id` (always, for a key without a tenant)."""
         if principal.tenant is None:
             return True
-        acting = ActingFor(principal.name, frozenset(role.value for role in principal.roles))
+        acting = _acting(principal)
         try:
             await self.tenants.check_task(principal.tenant, acting, task_id)
         except TaskNotFoundError:

@@ -1,7 +1,8 @@
 """What every request handler of the gateway shares: verb calls, keys, sessions, the artifact store.
 
 `Gateway.authenticate(request)` is the only way a handler learns who calls: an API key
-(`Authorization: Bearer ck_...` or `X-API-Key`), else the dashboard's session cookie, which also
+(`Authorization: Bearer ck_...` or `X-API-Key`) or a signed token from `claw creds create --http`
+(`Authorization: Bearer <token>`), else the dashboard's session cookie, which also
 needs the CSRF token on anything but a read.
 """
 
@@ -21,7 +22,10 @@ from gateway.settings import GatewaySettings
 from storage.artifacts import ArtifactStore, open_artifact_store
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-NO_CREDENTIAL = "no credential: send 'Authorization: Bearer <API key>' (`claw gateway key create`), or log in at /login"
+NO_CREDENTIAL = (
+    "no credential: send 'Authorization: Bearer <API key or token>' (`claw gateway key create`, "
+    "`claw creds create NAME --role ROLE --http`), or log in at /login"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +60,15 @@ class Gateway:
         session = self.signer.read(conn.cookies.get(COOKIE))
         if session is None:
             raise NotAuthenticatedError(NO_CREDENTIAL)
-        record = await self.keys.by_id(session.key_id)
-        if record is None:
-            raise NotAuthenticatedError("the key this session logged in with was revoked; log in again at /login")
+        principal = await self.keys.principal_of(session.key_id)
+        if principal is None:
+            raise NotAuthenticatedError(
+                "the key or token this session logged in with was revoked or expired; log in again at /login"
+            )
         unsafe = conn.scope["type"] == "http" and conn.scope["method"] not in SAFE_METHODS
         if unsafe and not csrf_matches(session, csrf or conn.headers.get(CSRF_HEADER)):
             raise PermissionDeniedError("missing or wrong CSRF token; reload the page and try again")
-        return Caller(record.principal(), session)
+        return Caller(principal, session)
 
     async def artifact_store(self) -> ArtifactStore:
         """The cluster's artifact store, opened on first use (the coordinator says where it is)."""
@@ -87,5 +93,5 @@ def _bearer(conn: HTTPConnection) -> str | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        raise NotAuthenticatedError("the Authorization header must read 'Bearer <API key>'")
+        raise NotAuthenticatedError("the Authorization header must read 'Bearer <API key or token>'")
     return conn.headers.get("x-api-key") or None

@@ -39,7 +39,7 @@ async def open_key_store(conn: NatsConnection, config: ClawConfig) -> KeyStore:
     kv = await Topology(conn, config.jetstream).kv(
         conn.subjects.gateway_keys_bucket, "the HTTP gateway's API keys (hashed) and session secret"
     )
-    return KeyStore(kv)
+    return KeyStore(kv, prefix=config.nats.prefix)
 
 
 class _Server(uvicorn.Server):

@@ -5,7 +5,8 @@ credentials for every role an attacker might hold.
 Identities: `coordinator`; workers `w1` (runs the tasks), `w2` (an attacker's worker) and `w3` (bound
 to the skill `echo`); people
 `alice` (submitter), `bob` and `carol` (approver + submitter), `oscar` (operator), `adam` (admin);
-`cli` (a client program) and `vic` (a viewer). `connect(name)` opens a raw nats-py client with an
+`cli` (a client program), `vic` (a viewer) and `gw` (an HTTP gateway, in `auth.gateways`; `tina`
+is bound to tenant `acme` in `auth.tenants`). `connect(name)` opens a raw nats-py client with an
 identity's credentials (None: none at all); `client(name)` a `ClawClient`.
 """
 
@@ -47,6 +48,8 @@ IDENTITIES: dict[str, tuple[list[str], str | None]] = {
     "cli": (["client"], None),
     "vic": (["viewer"], None),
     "w3": (["worker"], "w3"),
+    # An HTTP gateway's own credentials (listed in auth.gateways): it may act for people.
+    "gw": (["gateway"], None),
 }
 # Workers bound to a skill set (`claw creds create --skills`): w3 may pull echo's tasks only.
 SKILL_SETS: dict[str, list[str]] = {"w3": ["echo"]}
@@ -183,7 +186,9 @@ async def secured_cluster(tmp_path: Path, tools: dict[str, Any] | None = None) -
     ran: list[str] = []
     try:
         base = SecuredCluster(server, auth_dir, tmp_path, coordinator=None)  # type: ignore[arg-type]
-        coordinator_config = base.config("coordinator", auth={"dir": str(auth_dir)})
+        coordinator_config = base.config(
+            "coordinator", auth={"dir": str(auth_dir), "gateways": ["gw"], "tenants": {"tina": "acme"}}
+        )
         worker_sections: dict[str, Any] = {"worker": {"node_id": "w1", "heartbeat_interval_s": 0.2}}
         if tools is not None:
             worker_sections["tools"] = tools
