@@ -208,6 +208,7 @@ def nats_certs(
         typer.Option("--host", help="A name or address clients reach nats-server by (repeat: --host nats --host ::1)."),
     ],
     days: Annotated[int, typer.Option("--days", min=1, max=3650, help="How long they are valid.")] = DEFAULT_DAYS,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the files written and the settings as JSON.")] = False,
 ) -> None:
     """Make a private CA, a server certificate for --host names and a client certificate, for TLS to
     NATS (once, for a deployment without an authority of its own; docs/Security.md)."""
@@ -217,6 +218,15 @@ def nats_certs(
         written = issue_certs(out, host, days=days)
     except ClawError as exc:
         fail(str(exc), kind=exc.code)
+    if json_out:
+        emit_json(
+            {
+                "written": [str(p) for p in written],
+                "server": {"CLAW_NATS_TLS_CERT": str(out / "server.pem"), "CLAW_NATS_TLS_KEY": str(out / "server.key")},
+                "clients": {"CLAW_NATS_URL": f"tls://{host[0]}:4222", "CLAW_NATS_TLS_CA": str(out / "ca.pem")},
+            }
+        )
+        return
     print(f"wrote {', '.join(p.name for p in written)} into {out} (keys 0600); keep ca.key offline")
     print(f"server: CLAW_NATS_TLS_CERT={out / 'server.pem'} CLAW_NATS_TLS_KEY={out / 'server.key'}")
     print(f"clients: CLAW_NATS_URL=tls://{host[0]}:4222 CLAW_NATS_TLS_CA={out / 'ca.pem'}")
