@@ -369,7 +369,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     # trustrest (issue 11): who caused a fire - a trigger message's publisher (bound to its
     # credentials), the identity that fired by hand; NULL for time fires and older rows.
     (
-        16,
+        15,
         "schedule fires record who fired them",
         """
         ALTER TABLE schedule_fires ADD COLUMN fired_by TEXT;
