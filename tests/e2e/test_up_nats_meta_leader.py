@@ -64,7 +64,14 @@ def recorded(db: Path) -> tuple[dict[str, str], dict[str, int], int]:
 
 
 @pytest.mark.timeout(600)
-async def test_claw_up_nats_cluster_loses_no_task_when_its_meta_leader_is_killed_under_load(tmp_path: Path) -> None:
+async def test_claw_up_nats_cluster_loses_no_task_when_its_meta_leader_is_killed_under_load(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if not request.config.getoption("--chaos-full"):
+        # Three nats-servers electing a new meta leader under load beside the rest of the suite on two
+        # cores: the election alone took over 60 s once (a clean CI run, 2026-12-05). Measured with
+        # --chaos-full (docs/Reliability.md); the stream-leader kill stays in the default suite.
+        pytest.skip("the meta-leader kill runs with --chaos-full")
     extra = ("--nats-nodes", "3", "--gateway", "off")
     with claw_up(tmp_path, workers=2, json_out=True, extra=extra, ready_timeout_s=240) as up:
         servers = nats_servers(up.data_dir)
