@@ -15,8 +15,8 @@ from common import api, verbs
 from common.errors import InvalidInputError, PermissionDeniedError, TaskNotFoundError
 from common.states import TaskState
 from common.verbs import Role
+from communication import http_tokens as tokens
 from communication.api_client import ActingFor, ClawClient
-from gateway import tokens
 from gateway.server import open_key_store
 from tests.helpers import eventually, spec
 from tests.security.bus import SecuredCluster, secured_cluster

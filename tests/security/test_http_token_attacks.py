@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.config import ClawConfig
+from communication import http_tokens as tokens
 from communication.nats_server import EmbeddedNatsServer
-from gateway import tokens
 from tests.conftest import make_config
 from tests.gateway_helpers import GUARD_POLICY, RunningGateway, running_gateway
 from tests.helpers import (
