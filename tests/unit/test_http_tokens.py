@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,8 @@ def test_a_token_looks_like_a_token_and_an_api_key_does_not(
     private: Ed25519PrivateKey, public: tokens.PublicKey
 ) -> None:
     assert tokens.looks_like_token(tokens.sign(private, _record(public), PREFIX))
-    assert not tokens.looks_like_token("ck_0123456789abcdef_Zm9vYmFyLWJhei1xdXV4")
+    for _ in range(50):  # API keys as `KeyStore.create` makes them: ck_<hex id>_<urlsafe secret>
+        assert not tokens.looks_like_token(f"ck_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}")
     assert not tokens.looks_like_token("a.b")
     assert not tokens.looks_like_token("a.b.c.d")
     assert not tokens.looks_like_token("a b.c.d")
