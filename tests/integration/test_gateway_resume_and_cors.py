@@ -15,8 +15,8 @@ import websockets
 
 from common.config import ClawConfig
 from gateway.settings import GatewaySettings
-from tests.gateway_helpers import RunningGateway, running_gateway
-from tests.helpers import eventually, running_coordinator
+from tests.gateway_helpers import RunningGateway, gateway_cluster
+from tests.helpers import eventually
 
 GUARD_POLICY = """
 rules:
@@ -98,7 +98,7 @@ async def test_cors_answers_the_configured_origin_only(gw: RunningGateway) -> No
 
 
 async def test_cors_is_off_by_default(gw_config: ClawConfig) -> None:
-    async with running_coordinator(gw_config), running_gateway(gw_config) as plain, plain.client("vera") as vera:
+    async with gateway_cluster(gw_config, worker=False) as plain, plain.client("vera") as vera:
         answer = await vera.get("/v1/status", headers={"Origin": APP})
         assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
 
