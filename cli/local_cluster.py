@@ -238,6 +238,20 @@ class LocalCluster:
         """The URL clients are given: every server's, comma-separated, for a NATS cluster."""
         return ",".join(s.client_url for s in self.launcher.nats_servers)
 
+    def _login_hint(self, url: str) -> str:
+        """The banner's lines on the dashboard: where, the key to log in with, how to make more logins."""
+        key = "claw gateway key create --name NAME --roles viewer,submitter"
+        if self.auth_dir is None:  # --no-auth: no credentials folder to hold a token signing key
+            more = f"\n    more logins: an API key, {key})"
+        else:
+            # `claw creds` looks in ./.claw/auth unless told: name the folder when it is another.
+            where = "" if self.auth_dir == Path(".claw/auth").resolve() else f" --auth-dir {self.auth_dir}"
+            more = (
+                f"\n    more logins: a signed token, claw creds create NAME --role viewer,submitter --http{where}"
+                f"\n    or an API key, {key})"
+            )
+        return f"\n  dashboard and REST API: {url} (log in with the API key in {self.admin_key_file};{more}"
+
     def _banner(self, nats: EmbeddedNatsServer) -> None:
         if self.json_out:
             emit_json(
@@ -265,10 +279,7 @@ class LocalCluster:
                 "./.claw finds it; elsewhere export CLAW_CREDS=<that file>)"
             )
         if self.gateway_url is not None:
-            metrics += (
-                f"\n  dashboard and REST API: {self.gateway_url} (log in with the API key in {self.admin_key_file};"
-                "\n    more keys: claw gateway key create --name NAME --roles viewer,submitter)"
-            )
+            metrics += self._login_hint(self.gateway_url)
         url = self.nats_url
         bus = f"nats-server {url} (monitoring {nats.monitor_url})"
         if self.nats_nodes > 1:

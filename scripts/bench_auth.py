@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cli.bench.measure import progress, throughput_only
+from cli.bench.script import add_json_option, run_and_emit, scratch_dir
 from cli.cluster import ClusterProcesses
 from cli.credentials import ADMIN_CREDS, LOCAL_ADMIN_ROLES, ensure, prepare_server
 from cli.processes import Launcher, child_env
@@ -109,18 +107,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000, help="echo tasks per run [default: 2000]")
     parser.add_argument("--rounds", type=int, default=2, help="open/authenticated pairs [default: 2]")
-    parser.add_argument("--json", dest="json_path", type=Path, help="also write the figures as JSON here")
+    add_json_option(parser)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="claw-bench-auth-"))
-    try:
-        figures = asyncio.run(_run(args.tasks, args.rounds, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json_path is not None:
-        args.json_path.write_text(text + "\n")
-    return 0
+    with scratch_dir("claw-bench-auth-") as workdir:
+        return run_and_emit(_run(args.tasks, args.rounds, workdir), json_path=args.json_path)
 
 
 if __name__ == "__main__":

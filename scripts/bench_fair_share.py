@@ -11,13 +11,12 @@ with fair share on all but the first `dispatch_ahead` tasks go through the coord
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli.bench.measure import throughput_only
 from cli.bench.options import BenchOptions
 from cli.bench.run import Bench, _start
+from cli.bench.script import add_json_option, run_and_emit
 from cli.processes import Launcher, child_env
 from communication.nats_server import NatsServerOptions
 
@@ -70,7 +70,15 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def main() -> None:
+def summary(figures: dict[str, Any]) -> str:
+    """The one line this script prints."""
+    return (
+        f"fair share off {figures['median_off']:,} tasks/s, on {figures['median_on']:,} tasks/s "
+        f"(median of {figures['rounds']}): on / off = {figures['ratio_on_off']}"
+    )
+
+
+def main() -> int:
     """Parse the options, measure, print (and write) the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="tasks per throughput run")
@@ -78,16 +86,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--dispatch-ahead", type=int, default=64, help="tenants.dispatch_ahead when on")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    add_json_option(parser)
     args = parser.parse_args()
-    figures = asyncio.run(measure(args))
-    print(
-        f"fair share off {figures['median_off']:,} tasks/s, on {figures['median_on']:,} tasks/s "
-        f"(median of {args.rounds}): on / off = {figures['ratio_on_off']}"
-    )
-    if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=2))
+    return run_and_emit(measure(args), render=summary, json_path=args.json_path)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

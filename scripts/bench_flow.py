@@ -32,6 +32,7 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cli.bench.script import add_json_option, run_and_emit  # noqa: E402
 from cli.cluster import ClusterProcesses  # noqa: E402
 from cli.processes import Launcher  # noqa: E402
 from common import verbs  # noqa: E402
@@ -157,8 +158,7 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=2000, help="echo tasks per overhead run (0: skip it)")
     parser.add_argument("--rpm", type=int, default=600, help="the limited key's requests per minute")
     parser.add_argument("--rate-s", type=float, default=150.0, help="how long the rate phase runs (0: skip it)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_json_option(parser)
     options = parser.parse_args()
-    figures = asyncio.run(main(options))
-    if options.json:
-        options.json.write_text(json.dumps(figures, indent=2))
+    # Each phase printed its figures as it finished: nothing more to print.
+    sys.exit(run_and_emit(main(options), render=None, json_path=options.json_path))

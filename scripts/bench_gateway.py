@@ -266,5 +266,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=int, default=5, help="how long the watched task runs (1 progress/s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     options = parser.parse_args()
-    result = asyncio.run(main(options))
-    print(json.dumps(result, indent=2) if options.json else render(result))
+    from cli.bench.script import as_json, run_and_emit
+
+    sys.exit(run_and_emit(main(options), render=as_json if options.json else render))

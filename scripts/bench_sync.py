@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from nats.js import api
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cli.bench.measure import progress, throughput_only
+from cli.bench.script import add_json_option, run_and_emit, scratch_dir
 from cli.cluster import ClusterProcesses
 from cli.processes import Launcher, child_env
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
@@ -132,18 +130,10 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=2000, help="echo tasks per cluster run [default: 2000]")
     parser.add_argument("--publishes", type=int, default=3000, help="raw publishes per kind [default: 3000]")
     parser.add_argument("--rounds", type=int, default=2, help="default/always pairs [default: 2]")
-    parser.add_argument("--json", dest="json_path", type=Path, help="also write the figures as JSON here")
+    add_json_option(parser)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="claw-bench-sync-"))
-    try:
-        figures = asyncio.run(_run(args.tasks, args.publishes, args.rounds, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json_path is not None:
-        args.json_path.write_text(text + "\n")
-    return 0
+    with scratch_dir("claw-bench-sync-") as workdir:
+        return run_and_emit(_run(args.tasks, args.publishes, args.rounds, workdir), json_path=args.json_path)
 
 
 if __name__ == "__main__":

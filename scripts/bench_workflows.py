@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msgspec
 import yaml
 
+from cli.bench.script import add_json_option, run_and_emit
 from cli.processes import Launcher, child_env
 from common import api, verbs
 from common.config import LogSettings, load_config
@@ -220,14 +221,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--chain", type=int, default=100, help="nodes in the chain (and plain tasks)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--deadline-s", type=float, default=600.0, help="when an unfinished run counts as stuck")
-    parser.add_argument("--json", type=Path, help="also write the report here")
+    add_json_option(parser)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     arguments = parse(sys.argv[1:])
-    result = asyncio.run(main(arguments))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if arguments.json:
-        arguments.json.write_text(text + "\n")
+    sys.exit(run_and_emit(main(arguments), json_path=arguments.json_path))

@@ -1,22 +1,33 @@
 """Test helpers for the HTTP gateway: a real gateway (uvicorn on a free loopback port) in this event
-loop, API keys of each role, and an httpx client per key."""
+loop, API keys of each role, and an httpx client per key.
+
+The fixtures `gw_config` (the test config with `GUARD_POLICY`) and `gw` (a coordinator, a worker and
+a gateway on it) are shared by the gateway tests of tests/integration and tests/security (their
+conftest.py imports them). A module changes them by overriding `guard_policy` or `gateway_settings`,
+or `gw` itself (which may ask for the shared `gw`, to add keys to it).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from common.config import ClawConfig
 from common.verbs import Role
 from communication.connection import NatsConnection
+from communication.nats_server import EmbeddedNatsServer
 from gateway.server import GatewayServer, open_key_store
 from gateway.settings import GatewaySettings
+from tests.conftest import make_config
+from tests.helpers import connected_client, running_coordinator, running_worker, wait_nodes_online
 
 # One key per role, and one with every role.
 ROLE_KEYS: dict[str, tuple[Role, ...]] = {
@@ -57,19 +68,22 @@ class RunningGateway:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0, **options)  # type: ignore[arg-type]
 
 
-async def create_keys(config: ClawConfig, keys: dict[str, tuple[Role, ...]] = ROLE_KEYS) -> dict[str, str]:
-    """API keys for `keys` (name -> roles), created in the cluster's bucket."""
+async def create_keys(
+    config: ClawConfig, keys: Mapping[str, tuple[Role, ...]] = ROLE_KEYS, tenants: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """API keys for `keys` (name -> roles), created in the cluster's bucket; a name in `tenants` gets a
+    key of that tenant."""
     conn = await NatsConnection.connect(config.nats, name="test-keys")
     try:
         store = await open_key_store(conn, config)
-        return {name: (await store.create(name, roles))[1] for name, roles in keys.items()}
+        return {name: (await store.create(name, roles, (tenants or {}).get(name)))[1] for name, roles in keys.items()}
     finally:
         await conn.close()
 
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    config: ClawConfig, settings: GatewaySettings | None = None, *, keys: dict[str, tuple[Role, ...]] = ROLE_KEYS
+    config: ClawConfig, settings: GatewaySettings | None = None, *, keys: Mapping[str, tuple[Role, ...]] = ROLE_KEYS
 ) -> AsyncIterator[RunningGateway]:
     """A gateway in this event loop on a free port, stopped (and awaited) on exit; `keys` are made
     first with `config`'s credentials (none: a gateway's own credentials may not make any)."""
@@ -90,6 +104,50 @@ async def running_gateway(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def gateway_cluster(
+    config: ClawConfig, settings: GatewaySettings | None = None, *, worker: bool = True
+) -> AsyncIterator[RunningGateway]:
+    """A coordinator, a worker (online before this yields; none when not `worker`) and a gateway, in
+    this event loop, each stopped (and awaited) on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_coordinator(config))
+        if worker:
+            await stack.enter_async_context(running_worker(config))
+        gateway = await stack.enter_async_context(running_gateway(config, settings))
+        if worker:
+            async with connected_client(config) as client:
+                await wait_nodes_online(client, 1)
+        yield gateway
+
+
+@pytest.fixture
+def guard_policy() -> str:
+    """The guard policy of `gw_config`'s coordinator (a module overrides this fixture for another)."""
+    return GUARD_POLICY
+
+
+@pytest.fixture
+def gateway_settings() -> GatewaySettings:
+    """The settings `gw` starts its gateway with (a module overrides this fixture for others)."""
+    return GatewaySettings(port=0)
+
+
+@pytest.fixture
+def gw_config(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path, guard_policy: str) -> ClawConfig:
+    """The test config, its coordinator guarded by `guard_policy`."""
+    policy = tmp_path / "guard.yaml"
+    policy.write_text(guard_policy)
+    return make_config(nats_server, prefix, tmp_path, coordinator={"guard_policy": str(policy)})
+
+
+@pytest.fixture
+async def gw(gw_config: ClawConfig, gateway_settings: GatewaySettings) -> AsyncIterator[RunningGateway]:
+    """A coordinator, a worker and a gateway on `gw_config`, with an API key per name of `ROLE_KEYS`."""
+    async with gateway_cluster(gw_config, gateway_settings) as gateway:
+        yield gateway
 
 
 @dataclass

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cli.bench.script import add_json_option
+
 DEFAULT_N = 50_000
 DEFAULT_CONCURRENCY = 64
 QUICK = {"n": 1000, "latency_count": 30, "e2e_count": 20, "cli_runs": 2, "warmup": 5}
@@ -76,9 +78,7 @@ def build_parser(prog: str = "claw bench") -> argparse.ArgumentParser:
         default=DEFAULT_CONCURRENCY,
         help=f"--concurrency of each worker process [default: {DEFAULT_CONCURRENCY}]",
     )
-    parser.add_argument(
-        "--json", dest="json_path", type=Path, metavar="FILE", help="also write the figures as JSON to FILE"
-    )
+    add_json_option(parser)
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the benchmark runs, not the figures")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
     parser.add_argument(

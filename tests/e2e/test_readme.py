@@ -167,7 +167,14 @@ def up_sh(tmp_path: Path) -> Iterator[UpSh]:
         assert len(services) == 3, [title(p) for p in started]
         for service in services:  # the loop users run: uvloop, where it is installed
             assert any("uvloop" in m.path for m in service.memory_maps()), title(service)
-        assert f"credentials: {tmp_path / 'claw' / 'auth' / 'admin.creds'}" in log_path.read_text()
+        banner = log_path.read_text()
+        assert f"credentials: {tmp_path / 'claw' / 'auth' / 'admin.creds'}" in banner
+        # The README's dashboard paragraph: the URL, the admin key and the two ways to more logins.
+        assert f"(log in with the API key in {tmp_path / 'claw' / 'admin.key'};" in banner, banner
+        assert (
+            f"claw creds create NAME --role viewer,submitter --http --auth-dir {tmp_path / 'claw' / 'auth'}" in banner
+        )
+        assert "claw gateway key create --name NAME --roles viewer,submitter" in banner
         yield UpSh(found.group(1), str(tmp_path / "claw" / "auth" / "admin.creds"))
         popen.send_signal(2)  # Ctrl-C
         assert popen.wait(90) == 0, log_path.read_text()

@@ -196,16 +196,36 @@ def test_ctrl_c_stops_the_cluster_when_the_output_pipe_is_already_closed(tmp_pat
     assert code == 0
 
 
-def test_processes_are_named_for_ps(tmp_path: Path) -> None:
+def test_processes_are_named_for_ps_and_the_banner_says_how_to_log_in(tmp_path: Path) -> None:
     with claw_up(tmp_path) as up:
         titles = {title(c) for c in psutil.Process(up.popen.pid).children()}
         assert title(psutil.Process(up.popen.pid)) == "claw up"
         assert "claw coordinator" in titles and "claw gateway" in titles
         assert any(t.startswith("claw worker ") for t in titles), titles
         banner = (tmp_path / "up.log").read_text()
-        assert re.search(
-            r"dashboard and REST API: http://127\.0\.0\.1:\d+ \(log in with the API key in \S+admin\.key", banner
+        found = re.search(
+            r"dashboard and REST API: (http://127\.0\.0\.1:\d+) \(log in with the API key in (\S+admin\.key);", banner
         )
+        assert found is not None, banner
+        assert found.group(2) == str(up.data_dir / "admin.key")
+        _follow_the_token_hint(up, found.group(1), banner)
+
+
+def _follow_the_token_hint(up: Up, url: str, banner: str) -> None:
+    """The banner's two ways to another login (a signed token, an API key), and the token's command,
+    run as printed, makes a token the dashboard takes."""
+    auth_dir = up.data_dir / "auth"
+    token_hint = f"a signed token, claw creds create NAME --role viewer,submitter --http --auth-dir {auth_dir}\n"
+    assert token_hint in banner, banner
+    assert "or an API key, claw gateway key create --name NAME --roles viewer,submitter)" in banner, banner
+    command = token_hint.removeprefix("a signed token, claw ").strip().replace("NAME", "bob").split()
+    out = up.data_dir.parent / "bob.token"
+    env = child_env(CLAW_NATS_URL=up.url, CLAW_CREDS=str(auth_dir / "admin.creds"))
+    done = subprocess.run([sys.executable, "-m", "cli", *command, "-o", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    login = httpx.post(url + "/login", data={"key": out.read_text().strip(), "next": "/tasks"})
+    assert login.status_code == 303 and login.headers["location"] == "/tasks", login.text
 
 
 @pytest.mark.parametrize("role", ["worker", "coordinator", "gateway"])

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,29 +14,12 @@ import websockets
 
 from common import verbs
 from common.config import ClawConfig
-from communication.nats_server import EmbeddedNatsServer
 from gateway.routes import ROUTES
 from gateway.server import open_key_store
-from tests.conftest import make_config
-from tests.gateway_helpers import GUARD_POLICY, RunningGateway, read_sse, running_gateway
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
+from tests.gateway_helpers import RunningGateway, read_sse, running_gateway
+from tests.helpers import connected_client, eventually, running_coordinator, running_worker
 from worker.context import TaskContext
 from worker.skills import Skill, SkillRegistry
-
-
-@pytest.fixture
-def gw_config(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> ClawConfig:
-    policy = tmp_path / "guard.yaml"
-    policy.write_text(GUARD_POLICY)
-    return make_config(nats_server, prefix, tmp_path, coordinator={"guard_policy": str(policy)})
-
-
-@pytest.fixture
-async def gw(gw_config: ClawConfig) -> AsyncIterator[RunningGateway]:
-    async with running_coordinator(gw_config), running_worker(gw_config), running_gateway(gw_config) as gateway:
-        async with connected_client(gw_config) as client:
-            await wait_nodes_online(client, 1)
-        yield gateway
 
 
 async def _finished(http: httpx.AsyncClient, task_id: str, state: str = "succeeded") -> dict[str, Any]:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import websockets
 
-from common.config import ClawConfig
-from tests.gateway_helpers import RunningGateway, running_gateway
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
+from tests.gateway_helpers import RunningGateway
+from tests.helpers import eventually
 
 PAGES = (
     "/",
@@ -28,14 +26,6 @@ PAGES = (
     "/skills",
     "/docs",
 )
-
-
-@pytest.fixture
-async def gw(config: ClawConfig) -> AsyncIterator[RunningGateway]:
-    async with running_coordinator(config), running_worker(config), running_gateway(config) as gateway:
-        async with connected_client(config) as client:
-            await wait_nodes_online(client, 1)
-        yield gateway
 
 
 async def _logged_in(gw: RunningGateway, name: str, http: httpx.AsyncClient) -> str:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,11 +14,9 @@ import pytest
 import websockets
 
 from common.config import ClawConfig
-from communication.nats_server import EmbeddedNatsServer
 from gateway.settings import GatewaySettings
-from tests.conftest import make_config
-from tests.gateway_helpers import RunningGateway, running_gateway
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
+from tests.gateway_helpers import RunningGateway, gateway_cluster
+from tests.helpers import eventually
 
 GUARD_POLICY = """
 rules:
@@ -38,19 +34,15 @@ APP = "https://app.example"
 
 
 @pytest.fixture
-def gw_config(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> ClawConfig:
-    policy = tmp_path / "guard.yaml"
-    policy.write_text(GUARD_POLICY)
-    return make_config(nats_server, prefix, tmp_path, coordinator={"guard_policy": str(policy)})
+def guard_policy() -> str:
+    """`gw`'s coordinator holds echo tasks asking for it until two approvers said yes."""
+    return GUARD_POLICY
 
 
 @pytest.fixture
-async def gw(gw_config: ClawConfig) -> AsyncIterator[RunningGateway]:
-    settings = GatewaySettings(port=0, cors_origins=[APP])
-    async with running_coordinator(gw_config), running_worker(gw_config), running_gateway(gw_config, settings) as gw:
-        async with connected_client(gw_config) as client:
-            await wait_nodes_online(client, 1)
-        yield gw
+def gateway_settings() -> GatewaySettings:
+    """`gw`'s gateway answers CORS requests of `APP` only."""
+    return GatewaySettings(port=0, cors_origins=[APP])
 
 
 async def _task_messages(ws: Any, task_id: str, *, stop_after: int | None = None) -> list[dict[str, Any]]:
@@ -106,7 +98,7 @@ async def test_cors_answers_the_configured_origin_only(gw: RunningGateway) -> No
 
 
 async def test_cors_is_off_by_default(gw_config: ClawConfig) -> None:
-    async with running_coordinator(gw_config), running_gateway(gw_config) as plain, plain.client("vera") as vera:
+    async with gateway_cluster(gw_config, worker=False) as plain, plain.client("vera") as vera:
         answer = await vera.get("/v1/status", headers={"Origin": APP})
         assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,41 +16,19 @@ import websockets
 
 from common.config import ClawConfig
 from common.verbs import Role
-from communication.connection import NatsConnection
-from communication.nats_server import EmbeddedNatsServer
-from gateway.server import open_key_store
-from tests.conftest import make_config
-from tests.gateway_helpers import GUARD_POLICY, RunningGateway, read_sse, running_gateway
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
+from tests.gateway_helpers import RunningGateway, create_keys, read_sse
+from tests.helpers import eventually
 
 EVERY_ROLE = (Role.SUBMITTER, Role.OPERATOR, Role.APPROVER, Role.VIEWER)
 UNKNOWN = "01J00000000000000000000000"
 
 
 @pytest.fixture
-def tenant_config(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> ClawConfig:
-    policy = tmp_path / "guard.yaml"
-    policy.write_text(GUARD_POLICY)
-    return make_config(nats_server, prefix, tmp_path, coordinator={"guard_policy": str(policy)})
-
-
-@pytest.fixture
-async def gw(tenant_config: ClawConfig) -> AsyncIterator[RunningGateway]:
-    async with (
-        running_coordinator(tenant_config),
-        running_worker(tenant_config),
-        running_gateway(tenant_config) as gateway,
-    ):
-        async with connected_client(tenant_config) as client:
-            await wait_nodes_online(client, 1)
-        conn = await NatsConnection.connect(tenant_config.nats, name="test-tenant-keys")
-        try:
-            store = await open_key_store(conn, tenant_config)
-            for name, tenant in (("acme-app", "acme"), ("acme-lead", "acme"), ("globex-app", "globex")):
-                gateway.keys[name] = (await store.create(name, EVERY_ROLE, tenant))[1]
-        finally:
-            await conn.close()
-        yield gateway
+async def gw(gw: RunningGateway, gw_config: ClawConfig) -> RunningGateway:
+    """The shared gateway, with keys of every role for two tenants too."""
+    tenants = {"acme-app": "acme", "acme-lead": "acme", "globex-app": "globex"}
+    gw.keys.update(await create_keys(gw_config, dict.fromkeys(tenants, EVERY_ROLE), tenants))
+    return gw
 
 
 async def _submit(http: httpx.AsyncClient, body: dict[str, Any]) -> str:

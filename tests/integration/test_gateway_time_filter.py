@@ -14,8 +14,8 @@ import pytest
 
 from common.config import ClawConfig
 from common.ids import _encode, ulid_floor
-from tests.gateway_helpers import RunningGateway, running_gateway
-from tests.helpers import connected_client, running_coordinator
+from tests.gateway_helpers import RunningGateway, gateway_cluster
+from tests.helpers import connected_client
 
 HOUR = 3600.0
 
@@ -26,13 +26,14 @@ def _id_at(at: float, n: int) -> str:
 
 
 @pytest.fixture
-async def gw(config: ClawConfig) -> AsyncIterator[RunningGateway]:
-    async with running_coordinator(config), running_gateway(config) as gateway:
+async def gw(gw_config: ClawConfig) -> AsyncIterator[RunningGateway]:
+    """A coordinator and a gateway, no worker: the tasks stay queued."""
+    async with gateway_cluster(gw_config, worker=False) as gateway:
         yield gateway
 
 
 async def test_tasks_are_filtered_by_their_creation_time_over_rest_the_client_and_the_dashboard(
-    gw: RunningGateway, config: ClawConfig
+    gw: RunningGateway, gw_config: ClawConfig
 ) -> None:
     now = time.time()
     old = [_id_at(now - 3 * HOUR, n) for n in range(2)]  # three hours ago
@@ -53,7 +54,7 @@ async def test_tasks_are_filtered_by_their_creation_time_over_rest_the_client_an
         bad = await sam.get("/v1/tasks", params={"created_after": "yesterday"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
 
-    async with connected_client(config) as client:
+    async with connected_client(gw_config) as client:
         page = await client.tasks_page(created_after=now - HOUR)
         assert [t.task_id for t in page.items] == fresh
         assert {t.task_id for t in await client.list_tasks(created_before=now - HOUR)} == set(old)

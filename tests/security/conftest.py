@@ -4,6 +4,9 @@ guard), and the tool sandbox in each of its modes.
 
 `sandbox` is a test's mode: "bwrap" (namespaces; skipped with the reason when bwrap cannot run here)
 or "none" (the sandbox user, a subreaper launcher, a cgroup or the watchdog, without namespaces).
+
+The gateway attacks' cluster (`gw_config`, `gw`) comes from tests/gateway_helpers.py, shared with the
+integration tests.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from common.states import TaskState
 from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer
 from tests.conftest import make_config
+from tests.gateway_helpers import gateway_settings as gateway_settings
+from tests.gateway_helpers import guard_policy as guard_policy
+from tests.gateway_helpers import gw as gw
+from tests.gateway_helpers import gw_config as gw_config
 from tests.helpers import connected_client, running_coordinator, running_worker, spec, wait_nodes_online
 
 BWRAP_PROBE = ["--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "true"]

@@ -6,7 +6,6 @@ uvicorn (the CSRF, redirect and cross-site WebSocket tries are in tests/integrat
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -19,16 +18,8 @@ from common.verbs import Role
 from coordinator.authorization import Authorizer
 from gateway.server import open_key_store
 from gateway.sessions import SessionSigner
-from tests.gateway_helpers import RunningGateway, running_gateway
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
-
-
-@pytest.fixture
-async def gw(config: ClawConfig) -> AsyncIterator[RunningGateway]:
-    async with running_coordinator(config), running_worker(config), running_gateway(config) as gateway:
-        async with connected_client(config) as client:
-            await wait_nodes_online(client, 1)
-        yield gateway
+from tests.gateway_helpers import RunningGateway
+from tests.helpers import connected_client, eventually
 
 
 async def _session(gw: RunningGateway, name: str) -> tuple[httpx.AsyncClient, str]:
@@ -64,12 +55,12 @@ async def test_a_session_cookie_signed_with_another_secret_or_edited_is_refused(
         await browser.aclose()
 
 
-async def test_a_revoked_key_ends_its_sessions_too(gw: RunningGateway, config: ClawConfig) -> None:
+async def test_a_revoked_key_ends_its_sessions_too(gw: RunningGateway, gw_config: ClawConfig) -> None:
     browser, _ = await _session(gw, "otto")
     try:
         assert (await browser.get("/v1/status")).status_code == 200
-        async with connected_client(config) as client:
-            await (await open_key_store(client.conn, config)).revoke("otto")
+        async with connected_client(gw_config) as client:
+            await (await open_key_store(client.conn, gw_config)).revoke("otto")
 
         async def refused() -> bool:
             return (await browser.get("/v1/status")).status_code == 401

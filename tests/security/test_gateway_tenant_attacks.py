@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,11 +18,9 @@ from common.config import ClawConfig
 from common.errors import PermissionDeniedError
 from common.verbs import Role
 from communication.api_client import ActingFor
-from communication.connection import NatsConnection
-from gateway.server import open_key_store
 from gateway.tenancy import ONE_TASK_VERBS, OPEN_VERBS, TenantScope
-from tests.gateway_helpers import RunningGateway, running_gateway
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
+from tests.gateway_helpers import RunningGateway, create_keys
+from tests.helpers import eventually
 
 # The verbs the tenant rules let through, each with its own rule (gateway/tenancy.py).
 RULED = {"submit", "task_list", "dlq_replay", "usage", "approvals", "dlq_list", "task_states"}
@@ -66,23 +63,16 @@ def _empty_ok(request_type: type) -> bool:
 
 
 @pytest.fixture
-async def gw(config: ClawConfig) -> AsyncIterator[RunningGateway]:
-    async with running_coordinator(config), running_worker(config), running_gateway(config) as gateway:
-        async with connected_client(config) as client:
-            await wait_nodes_online(client, 1)
-        conn = await NatsConnection.connect(config.nats, name="test-tenant-keys")
-        try:
-            store = await open_key_store(conn, config)
-            for name, tenant in (("mallory", "evil"), ("victim-app", "victim")):
-                roles = (Role.SUBMITTER, Role.OPERATOR, Role.VIEWER)
-                gateway.keys[name] = (await store.create(name, roles, tenant))[1]
-        finally:
-            await conn.close()
-        yield gateway
+async def gw(gw: RunningGateway, gw_config: ClawConfig) -> RunningGateway:
+    """The shared gateway, with a key of the attacker's tenant and one of the victim's."""
+    tenants = {"mallory": "evil", "victim-app": "victim"}
+    roles = (Role.SUBMITTER, Role.OPERATOR, Role.VIEWER)
+    gw.keys.update(await create_keys(gw_config, dict.fromkeys(tenants, roles), tenants))
+    return gw
 
 
 async def test_a_tenants_key_cannot_claim_read_or_guess_another_tenants_tasks(
-    gw: RunningGateway, config: ClawConfig
+    gw: RunningGateway, gw_config: ClawConfig
 ) -> None:
     async with gw.client("mallory") as mallory, gw.client("victim-app") as victim:
         sent = await victim.post("/v1/tasks", json={"skill": "echo", "input": {"secret": 1}},
@@ -121,7 +111,7 @@ async def test_a_tenants_key_cannot_claim_read_or_guess_another_tenants_tasks(
 
         assert await eventually(succeeded, what="the victim's task ran untouched")
 
-    with sqlite3.connect(config.coordinator.db_path) as db:
+    with sqlite3.connect(gw_config.coordinator.db_path) as db:
         tenants = dict(db.execute("SELECT task_id, tenant FROM tasks").fetchall())
     assert tenants[theirs] == "victim" and set(tenants.values()) <= {"victim", "evil"}
 

@@ -13,7 +13,6 @@ import hmac
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.config import ClawConfig
 from communication import http_tokens as tokens
-from communication.nats_server import EmbeddedNatsServer
-from tests.conftest import make_config
-from tests.gateway_helpers import GUARD_POLICY, RunningGateway, running_gateway
-from tests.helpers import (
-    ProcessPool,
-    connected_client,
-    eventually,
-    running_coordinator,
-    running_worker,
-    wait_nodes_online,
-)
-
-
-@pytest.fixture
-def gw_config(nats_server: EmbeddedNatsServer, prefix: str, tmp_path: Path) -> ClawConfig:
-    policy = tmp_path / "guard.yaml"
-    policy.write_text(GUARD_POLICY)
-    return make_config(nats_server, prefix, tmp_path, coordinator={"guard_policy": str(policy)})
-
-
-@pytest.fixture
-async def gw(gw_config: ClawConfig) -> AsyncIterator[RunningGateway]:
-    async with running_coordinator(gw_config), running_worker(gw_config), running_gateway(gw_config) as gateway:
-        async with connected_client(gw_config) as client:
-            await wait_nodes_online(client, 1)
-        yield gateway
+from tests.gateway_helpers import RunningGateway
+from tests.helpers import ProcessPool, connected_client, eventually
 
 
 @pytest.fixture
