@@ -18,6 +18,7 @@ the credential (never the credential itself), so a revocation reaches every chec
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -38,6 +39,8 @@ KEY_PREFIX = "ck"
 CACHE_S = 2.0
 # At most this many answers are cached (the oldest goes first): unknown credentials cannot grow it.
 MAX_CACHED = 10_000
+# Locks that make concurrent first checks of one credential read the bucket once.
+LOCK_STRIPES = 64
 API_KEY = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{20,128}})$")
 KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -83,27 +86,44 @@ class CredentialChecker:
         # digest of a credential -> (when checked, its holder or why it was refused)
         self._answers: dict[bytes, tuple[float, Holder | str]] = {}
         self._public: tuple[float, PublicKey | None] | None = None
+        self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
 
     async def check(self, credential: str) -> Holder:
         """Who `credential` stands for; `NotAuthenticatedError` saying why not (never echoing it)."""
-        now = time.monotonic()
         digest = hashlib.sha256(credential.encode()).digest()
-        hit = self._answers.get(digest)
-        if hit is None or now - hit[0] >= self._cache_s:
-            try:
-                answer: Holder | str = await self._verify(credential)
-            except NotAuthenticatedError as exc:
-                answer = str(exc)
-            self._answers.pop(digest, None)
-            while len(self._answers) >= self._max_cached:
-                self._answers.pop(next(iter(self._answers)))
-            hit = self._answers[digest] = (now, answer)
-        answer = hit[1]
+        answer = self._cached(digest)
+        if answer is None:
+            # Many requests with one credential arrive together (a client with 200 in flight): one of
+            # them reads the bucket, the others wait for its answer. Striped locks: bounded, and a
+            # waiter cancelled meanwhile leaves nothing behind.
+            async with self._locks[digest[0] % len(self._locks)]:
+                answer = self._cached(digest)
+                if answer is None:
+                    answer = await self._answer(credential)
+                    self._remember(digest, answer)
         if isinstance(answer, str):
             raise NotAuthenticatedError(answer)
         if answer.expires_at is not None and answer.expires_at <= time.time():
             raise NotAuthenticatedError("the token has expired; ask for a new one (`claw creds create --http`)")
         return answer
+
+    def _cached(self, digest: bytes) -> Holder | str | None:
+        hit = self._answers.get(digest)
+        if hit is None or time.monotonic() - hit[0] >= self._cache_s:
+            return None
+        return hit[1]
+
+    def _remember(self, digest: bytes, answer: Holder | str) -> None:
+        self._answers.pop(digest, None)
+        while len(self._answers) >= self._max_cached:
+            self._answers.pop(next(iter(self._answers)))  # the oldest
+        self._answers[digest] = (time.monotonic(), answer)
+
+    async def _answer(self, credential: str) -> Holder | str:
+        try:
+            return await self._verify(credential)
+        except NotAuthenticatedError as exc:
+            return str(exc)
 
     def forget(self) -> None:
         """Drop every cached answer (after a revocation made in this process)."""

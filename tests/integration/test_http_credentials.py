@@ -1,14 +1,17 @@
 """The one credential check the gateway and the coordinator share (communication/http_credentials.py),
 against a real keys bucket on a real nats-server: an API key and a token verify to their records, a
 revocation is seen once the cache's moment has passed, an expired token is refused even from the
-cache, the cache holds digests (never a credential) and stays bounded; and the dashboard's sealed
-session cookie (gateway/sessions.py) keeps the credential out of sight and refuses an edit."""
+cache, the cache holds digests (never a credential) and stays bounded, 200 checks at once read the
+bucket once; and the dashboard's sealed session cookie (gateway/sessions.py) keeps the credential
+out of sight and refuses an edit."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -105,6 +108,29 @@ async def test_the_cache_stays_bounded(kv: KeyValue, config: ClawConfig) -> None
         with pytest.raises(NotAuthenticatedError):
             await checker.check(f"ck_{n:016x}_{'A' * 43}")
     assert len(checker._answers) == 8
+
+
+class _CountingReads:
+    """The real bucket, counting the entries read (to see how often a check reads it)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self.reads = 0
+
+    async def get(self, key: str) -> Any:
+        self.reads += 1
+        return await self._kv.get(key)
+
+
+async def test_concurrent_checks_of_one_credential_read_the_bucket_once(
+    store: KeyStore, kv: KeyValue, config: ClawConfig
+) -> None:
+    _, key = await store.create("crowd", [Role.SUBMITTER])
+    counting = _CountingReads(kv)
+    checker = CredentialChecker(counting, config.nats.prefix)  # type: ignore[arg-type]
+    holders = await asyncio.gather(*(checker.check(key) for _ in range(200)))
+    assert {holder.name for holder in holders} == {"crowd"}
+    assert counting.reads == 1
 
 
 def test_a_session_cookie_hides_its_credential_and_refuses_edits_and_other_secrets() -> None:
