@@ -60,15 +60,15 @@ setup(
         "tenacity>=8.2",
         # The HTTP gateway (issue 14): Starlette on uvicorn, well-kept and small (routing, SSE
         # streaming, WebSockets, CORS, test client) instead of our own HTTP server; Jinja2 renders the
-        # dashboard's pages, itsdangerous signs its session cookies, python-multipart reads its forms.
+        # dashboard's pages, python-multipart reads its forms (its session cookies are sealed with
+        # `cryptography`'s Fernet, gateway/sessions.py).
         "starlette>=0.40",
         "uvicorn[standard]>=0.30",
         "jinja2>=3.1",
-        "itsdangerous>=2.1",
         "python-multipart>=0.0.9",
         # `claw nats certs`: a private CA and certificates for TLS to NATS (docker-compose's one-time step).
         "cryptography>=42",
-        # Signed HTTP tokens (`claw creds create --http`, gateway/tokens.py): PyJWT, the well-kept JWT
+        # Signed HTTP tokens (`claw creds create --http`, communication/http_tokens.py): PyJWT, the well-kept JWT
         # library, with EdDSA on `cryptography` (Ed25519: gateways hold only the public key).
         "PyJWT[crypto]>=2.8",
     ],

@@ -316,9 +316,10 @@ class AuthSettings(_Section, frozen=True):
     # Whether the submitter of a held task may approve it (claw up: true, for its single local admin).
     self_approval: bool = False
     # Identities that may act for the people they authenticated (the HTTP gateway, docs/Gateway.md):
-    # a request of theirs naming a person (header Claw-Acting-For) is that person's, with at most the
-    # roles it names (Claw-Acting-Roles) and the gateway holds. On a server without authentication
-    # any identity may (anyone can claim any name there anyway).
+    # a request of theirs naming a person (header Claw-Acting-For) and carrying the credential that
+    # person presented (Claw-Acting-Credential, checked by the coordinator: coordinator/acting_proof.py)
+    # is that person's, with their credential's roles (at most the gateway's) and tenant. On a server
+    # without authentication any identity may (anyone can claim any name there anyway).
     gateways: list[str] = []
     # The tenant each identity submits for (docs/Security.md): its submits are that tenant's, and one
     # naming another tenant is refused. Added to the registry's (`claw creds create --tenant`); an

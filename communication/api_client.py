@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,13 +95,17 @@ LARGE_REQUEST_HINT = (
 
 @dataclass(frozen=True, slots=True)
 class ActingFor:
-    """A person a gateway authenticated, the API roles it grants them and their tenant (None: every
-    tenant's): a request sent with this is theirs (the coordinator honours it from identities listed
-    in `auth.gateways`) and, with a tenant, held to that tenant's tasks by the coordinator too."""
+    """A person a gateway authenticated, the API roles it grants them, their tenant (None: every
+    tenant's) and the credential they presented to it. A request sent with this names the person
+    (`Claw-Acting-For`) and carries that credential (`Claw-Acting-Credential`); the coordinator takes
+    it only from identities listed in `auth.gateways`, checks the credential itself and takes the
+    person's name, roles and tenant from its record (coordinator/acting_proof.py)."""
 
     name: str
     roles: frozenset[str]
     tenant: str | None = None
+    # The person's proof: never shown (repr) nor logged.
+    credential: str | None = field(default=None, repr=False)
 
 
 class ClawClient:
@@ -157,9 +161,8 @@ class ClawClient:
         payload, headers = encode(request), headers_for()
         if acting_for is not None:
             headers[Header.ACTING_FOR] = acting_for.name
-            headers[Header.ACTING_ROLES] = ",".join(sorted(acting_for.roles))
-            if acting_for.tenant is not None:
-                headers[Header.ACTING_TENANT] = acting_for.tenant
+            if acting_for.credential is not None:
+                headers[Header.ACTING_CREDENTIAL] = acting_for.credential
         self._check_size(verb, payload, headers)
         wait_s = timeout_s or verb.timeout_s or self._timeout_s
         try:

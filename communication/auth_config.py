@@ -11,8 +11,12 @@ gets an allow-list of subjects (anything not listed is refused, and the server l
   skill code; subscribes to its inbox, wake-ups, cancellations and N's control subject.
 - client: publishes API requests and (holding submitter) schedule triggers under its own identity;
   subscribes to its inbox and task state changes. One holding the admin role also uploads skill
-  packages to the skill code store (`claw skills install`) and edits the gateway's API keys.
-- gateway: a client that also keeps its API keys bucket and follows the task feed.
+  packages to the skill code store (`claw skills install`) and writes the HTTP credentials bucket
+  (`claw gateway key ...`, `claw creds ... --http`: API keys, token records, the token public key).
+- gateway: a client that also reads (never writes) the HTTP credentials bucket, reads and writes its
+  session secret's bucket, and follows the task feed. Its requests name the person it acts for and
+  carry their credential, which the coordinator checks (coordinator/acting_proof.py): a stolen
+  gateway credential can neither mint a credential nor act for someone without theirs.
 - viewer: as a client, but only the read-only API verbs.
 
 Only the coordinator can publish tasks, read events (which carry inputs and results), write any KV
@@ -103,13 +107,15 @@ def permissions(record: IdentityRecord, prefix: str) -> dict[str, Any]:
         # its own identity (the coordinator checks that identity may fire each schedule).
         publish.append(s.triggers_of(record.name))
     if role == BusRole.GATEWAY:
-        # It keeps its API keys and session secret in its own bucket (creating it on first start),
-        # and follows the feed of committed changes for its live views.
-        publish += _bucket_access(f"KV_{s.gateway_keys_bucket}", f"$KV.{s.gateway_keys_bucket}.>", create=True)
+        # It reads the HTTP credentials (a gateway that could write them could mint its own), keeps
+        # the session secret in its own bucket (the coordinator creates both buckets), and follows
+        # the feed of committed changes for its live views.
+        publish += _bucket_access(f"KV_{s.gateway_keys_bucket}")
+        publish += _bucket_access(f"KV_{s.gateway_sessions_bucket}", f"$KV.{s.gateway_sessions_bucket}.>")
         subscribe.append(s.feed_all)
     elif Role.ADMIN in api_roles:
-        # `claw gateway key create|revoke|list` edits the gateway's key bucket directly.
-        publish += _bucket_access(f"KV_{s.gateway_keys_bucket}", f"$KV.{s.gateway_keys_bucket}.>", create=False)
+        # `claw gateway key create|revoke|list` and `claw creds ... --http` edit the credentials bucket.
+        publish += _bucket_access(f"KV_{s.gateway_keys_bucket}", f"$KV.{s.gateway_keys_bucket}.>")
     if Role.ADMIN in api_roles:
         # `claw skills install` uploads the package to the skill code store itself (it is larger
         # than one request may be); the coordinator checks its checksum before registering it.
@@ -121,12 +127,12 @@ def permissions(record: IdentityRecord, prefix: str) -> dict[str, Any]:
     return {"publish": {"allow": publish, "deny": deny}, "subscribe": {"allow": subscribe, "deny": deny}}
 
 
-def _bucket_access(stream: str, writes: str, *, create: bool) -> list[str]:
-    """Reading and writing one KV bucket (and, with `create`, making it): the JetStream API calls
-    nats-py's KeyValue makes, scoped to that bucket's stream."""
+def _bucket_access(stream: str, writes: str | None = None) -> list[str]:
+    """Reading one KV bucket (and writing it, given its `writes` subjects): the JetStream API calls
+    nats-py's KeyValue makes, scoped to that bucket's stream. Never creating it: the coordinator does."""
     api = "$JS.API"
     allowed = [
-        writes,
+        *([] if writes is None else [writes]),
         f"{api}.INFO",
         f"{api}.STREAM.INFO.{stream}",
         f"{api}.STREAM.MSG.GET.{stream}",
@@ -137,8 +143,6 @@ def _bucket_access(stream: str, writes: str, *, create: bool) -> list[str]:
         f"{api}.CONSUMER.DELETE.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]
-    if create:
-        allowed.append(f"{api}.STREAM.CREATE.{stream}")
     return allowed
 
 

@@ -29,11 +29,10 @@ class Header:
     MSG_ID = "Nats-Msg-Id"
     TRACEPARENT = "traceparent"
     TRACESTATE = "tracestate"
-    # The person a gateway's API request acts for, and the roles the gateway grants them (comma list).
+    # The person a gateway's API request acts for, and the credential they presented to the gateway
+    # (their API key or signed token), which the coordinator checks itself (coordinator/acting_proof.py).
     ACTING_FOR = "Claw-Acting-For"
-    ACTING_ROLES = "Claw-Acting-Roles"
-    # The tenant of the person a gateway acts for: the coordinator holds the request to its tasks.
-    ACTING_TENANT = "Claw-Acting-Tenant"
+    ACTING_CREDENTIAL = "Claw-Acting-Credential"
 
 
 def check_skill_name(name: str) -> str:
@@ -281,8 +280,14 @@ class Subjects:
 
     @property
     def gateway_keys_bucket(self) -> str:
-        """KV bucket of the gateway's API keys (hashed; key: the key id) and its session secret."""
+        """KV bucket of the HTTP credentials: API keys (hashed; key: the key id), signed tokens' records
+        (`tok.<id>`) and the tokens' public key. Admins and the coordinator write it; gateways read it."""
         return f"{self.prefix}_gateway_keys"
+
+    @property
+    def gateway_sessions_bucket(self) -> str:
+        """KV bucket of the dashboard's session secret: only gateways and the coordinator touch it."""
+        return f"{self.prefix}_gateway_sessions"
 
     def feed(self, task_id: str) -> str:
         """A task's event log grew (any row, progress included), broadcast by the coordinator after

@@ -21,7 +21,6 @@ from nats.js.object_store import ObjectStore
 from common.clock import SYSTEM_CLOCK
 from common.config import JetStreamSettings
 from common.errors import NatsServerError
-from common.identity import BusRole
 from common.log import get_logger
 from common.states import PRIORITIES, Priority
 from communication.connection import NatsConnection
@@ -160,6 +159,17 @@ class Topology:
             await self._conn.js.update_stream(config)
         return kv, stream
 
+    async def gateway_keys_kv(self) -> KeyValue:
+        """The HTTP credentials (communication/http_credentials.py): the coordinator creates the bucket,
+        admins write it, gateways only read it."""
+        return await self.kv(
+            self._subjects.gateway_keys_bucket, "HTTP credentials: API keys (hashed), token records, the token key"
+        )
+
+    async def gateway_sessions_kv(self) -> KeyValue:
+        """The dashboard's session secret (gateway/sessions.py): the coordinator creates the bucket."""
+        return await self.kv(self._subjects.gateway_sessions_bucket, "the HTTP gateway's session secret")
+
     async def skills_kv(self) -> KeyValue:
         """The skill registry snapshot workers read."""
         return await self.kv(self._subjects.skills_bucket, "the skill registry: what workers load")
@@ -269,11 +279,9 @@ class Topology:
     @property
     def _may_create(self) -> bool:
         """Whether this connection may create streams and buckets: on an authenticated server only the
-        coordinator may (a worker or client waits for it to), and the gateway its own keys bucket (the
-        one bucket it opens; communication/auth_config.py lets it create no other)."""
-        if not self._conn.auth_required or self._conn.identity_is_coordinator:
-            return True
-        return self._conn.bus_role == BusRole.GATEWAY
+        coordinator may (a worker, client or gateway waits for it to: it creates the gateway's buckets
+        too, so a gateway's credentials can make none)."""
+        return not self._conn.auth_required or self._conn.identity_is_coordinator
 
     async def _wait_for(self, name: str, lookup: Callable[[], Awaitable[T]]) -> T:
         """Wait (up to WAIT_FOR_COORDINATOR_S) for the coordinator to create `name`."""

@@ -11,13 +11,14 @@ Before the handler, the request's sender is known from its subject (`<prefix>.ap
 bound to the sender's credentials by the server's permissions); the `Authorizer` refuses a verb the
 identity has no role for (`forbidden`, one line naming the role), and the request's actor fields
 (`by`, `submitter`) are set to that identity whatever they said. A gateway (`auth.gateways`) acts for
-the person it authenticated: its request names them (`Claw-Acting-For`) with the roles it grants
-(`Claw-Acting-Roles`, at most its own), and the request is theirs. When that person has a tenant (the
-gateway names it in `Claw-Acting-Tenant`, their credentials bind them to one, or every gateway key or
-token they hold is a tenant's: coordinator/tenants/gateway_people.py), the request is held
-to that tenant's tasks here too, by the same rules the gateway applies (coordinator/tenants/scope.py):
-another tenant's task is `not_found`, a verb reaching beyond one tenant is `forbidden`, lists are
-filtered; each refusal is logged as `security.tenant_refused`.
+the person it authenticated: its request names them (`Claw-Acting-For`) and carries the credential
+they presented (`Claw-Acting-Credential`), which is checked here (coordinator/acting_proof.py); the
+request is then theirs, with the roles of that credential's record (at most the gateway's own) and
+its tenant. A request acting for a tenant's person is held to that tenant's tasks here too, by the
+same rules the gateway applies (coordinator/tenants/scope.py): another tenant's task is `not_found`,
+a verb reaching beyond one tenant is `forbidden`, lists are filtered; each refusal is logged as
+`security.tenant_refused`. The credential is never logged nor sent back (the reply echoes the
+request's other headers).
 
 Errors become `ApiReply.error`: a `ClawError` keeps its code and message; bytes no decoder could
 take (nested too deeply, invalid UTF-8) are `invalid_input`; anything else is logged with its
@@ -58,9 +59,9 @@ from communication.connection import NatsConnection
 from communication.payload_limits import message_bytes, reply_budget, too_large_message
 from communication.subjects import Header
 from communication.trace_context import context_from
+from coordinator.acting_proof import ActingProof
 from coordinator.api_routes import ApiRoutes, Route
 from coordinator.authorization import Authorizer
-from coordinator.tenants.gateway_people import GatewayPeople
 from coordinator.tenants.identity import Caller, tenant_of_submit
 from coordinator.tenants.scope import TenantScope
 
@@ -73,11 +74,11 @@ class ApiServer:
     """Subscribes the API verbs and answers them with the handlers of `routes`."""
 
     def __init__(
-        self, conn: NatsConnection, routes: ApiRoutes, authorizer: Authorizer, people: GatewayPeople | None = None
+        self, conn: NatsConnection, routes: ApiRoutes, authorizer: Authorizer, proof: ActingProof | None = None
     ) -> None:
         self._conn = conn
-        # The tenants of the people holding gateway keys and tokens (None: not consulted).
-        self._people = people
+        # Checks the credential a gateway forwards for a person (None: no gateway may act for anyone).
+        self._proof = proof
         self._routes = routes
         self._authorizer = authorizer
         self._subs: list[Subscription] = []
@@ -127,8 +128,11 @@ class ApiServer:
 
     async def _respond(self, verb: str, msg: Msg, payload: bytes) -> None:
         max_payload = self._conn.nc.max_payload
-        size = message_bytes(payload, msg.headers)
         headers = msg.headers
+        if headers and Header.ACTING_CREDENTIAL in headers:
+            # The reply echoes the request's headers (its trace context): never the person's credential.
+            headers = {name: value for name, value in headers.items() if name != Header.ACTING_CREDENTIAL}
+        size = message_bytes(payload, headers)
         if size > max_payload:
             log.error("api.reply_too_large", verb=verb, bytes=size, max_payload=max_payload)
             error = PayloadTooLargeError(
@@ -158,6 +162,17 @@ class ApiServer:
                         verb=route.verb.name, task_id=getattr(request, "task_id", None), error=exc.code)  # fmt: skip
             raise
 
+    async def _acting(self, gateway: str, named: str, credential: str | None, verb: Verb[Any, Any]) -> ActingFor:
+        """The person a gateway's request acts for, proven by the credential it forwarded, with their
+        tenant; `PermissionDeniedError` unless `gateway` may act for others and the proof holds."""
+        self._authorizer.check_gateway(gateway, named, verb)
+        if self._proof is None:
+            raise PermissionDeniedError("this coordinator takes no request acting for someone else")
+        holder = await self._proof.person(gateway, named, credential, verb)
+        await self._authorizer.check_acting(gateway, holder.name, holder.roles, verb)
+        tenant = await self._authorizer.acting_tenant(gateway, holder.name, holder.tenant, verb)
+        return ActingFor(holder.name, frozenset(), tenant)
+
     async def _answer(self, route: Route, msg: Msg) -> bytes:
         verb = route.verb.name
         try:
@@ -169,14 +184,10 @@ class ApiServer:
                 await self._authorizer.check(identity, route.verb)
             else:  # a gateway acting for a person it authenticated (docs/Gateway.md)
                 gateway = identity
-                roles = headers.get(Header.ACTING_ROLES, "")
-                identity = await self._authorizer.check_acting(gateway, acting_for, roles, route.verb)
-                held = frozenset() if self._people is None else await self._people.tenants_of(identity)
-                tenant = await self._authorizer.acting_tenant(
-                    gateway, identity, headers.get(Header.ACTING_TENANT), route.verb, held
-                )
-                if tenant is not None:
-                    acting = ActingFor(identity, frozenset(), tenant)
+                person = await self._acting(gateway, acting_for, headers.get(Header.ACTING_CREDENTIAL), route.verb)
+                identity = person.name
+                # A tenant's person is held to their tenant's tasks; a person of every tenant is not.
+                acting = person if person.tenant is not None else None
             request = _as_sent_by(_request(route.verb, msg.data), identity)
             if acting is not None:
                 request = await self._in_tenant(acting, route, request, via=gateway)

@@ -23,7 +23,6 @@ from common.identity import IDENTITY_PATTERN, normalise
 from common.log import get_logger
 from common.verbs import Role, Verb
 from communication.auth_registry import IdentityRegistry, registry_path
-from coordinator.tenants.identity import TENANT_PATTERN
 
 log = get_logger("coordinator.authorization")
 
@@ -70,62 +69,41 @@ class Authorizer:
             f"(an admin issues credentials with it: claw creds create --role {verb.role.value} ...)"
         )
 
-    async def check_acting(self, gateway: str, person: str, roles_text: str, verb: Verb[Any, Any]) -> str:
-        """The person a gateway's request acts for, once `gateway` may act for others and the roles it
-        passes on (at most its own) allow `verb`; raises `PermissionDeniedError` otherwise."""
+    def check_gateway(self, gateway: str, person: str, verb: Verb[Any, Any]) -> None:
+        """`PermissionDeniedError` unless `gateway` may send requests on others' behalf (`auth.gateways`;
+        anyone on a server without authentication, where every name is only claimed)."""
         if not self._open_bus and normalise(gateway) not in self._gateways:
-            log.warning("security.acting_refused", identity=gateway, acting_for=person[:64], verb=verb.name)
+            log.warning("security.acting_refused", identity=gateway, acting_for=person[:64], verb=verb.name,
+                        reason="not a gateway")  # fmt: skip
             raise PermissionDeniedError(
                 f"{gateway} may not act for others (auth.gateways lists the identities that may)"
             )
-        if not IDENTITY_PATTERN.fullmatch(person):
-            raise PermissionDeniedError(f"'{person[:64]}' is not an identity a gateway may act for")
-        known = {r.value for r in Role}
-        named = (part.strip() for part in roles_text.split(","))
-        claimed = frozenset(Role(name) for name in named if name in known)
-        roles = claimed & await self.roles_of(gateway)
+
+    async def check_acting(self, gateway: str, person: str, granted: frozenset[Role], verb: Verb[Any, Any]) -> None:
+        """`PermissionDeniedError` unless the roles of `person`'s verified credential (`granted`), cut to
+        the gateway's own, allow `verb`."""
+        roles = granted & await self.roles_of(gateway)
         if verb.role in roles or (verb.role == Role.VIEWER and roles):
-            return person
+            return
         held = ", ".join(sorted(roles)) or "no role"
         log.warning("security.api_refused", identity=person, via=gateway, verb=verb.name, needs=verb.role.value)
         raise PermissionDeniedError(f"{verb.name} needs the {verb.role.value} role; {person} holds {held}")
 
-    async def acting_tenant(
-        self,
-        gateway: str,
-        person: str,
-        named: str | None,
-        verb: Verb[Any, Any],
-        held: frozenset[str | None] = frozenset(),
-    ) -> str | None:
-        """The tenant a gateway's request for `person` is held to, None for every tenant's.
-
-        The person's own binding wins: the tenant their NATS credentials or `auth.tenants` bind them
-        to, else, when every gateway key or token they hold (`held`, coordinator/tenants/
-        gateway_people.py) is a tenant's, one of those tenants. The tenant the gateway names
-        (`Claw-Acting-Tenant`) must be one of them; it may only narrow a person of every tenant.
-        """
-        if named is not None and not TENANT_PATTERN.match(named):
-            log.warning("security.acting_tenant_refused", identity=gateway, acting_for=person, verb=verb.name)
-            raise PermissionDeniedError(f"'{named[:64]}' is not a tenant a gateway may act in")
+    async def acting_tenant(self, gateway: str, person: str, recorded: str | None, verb: Verb[Any, Any]) -> str | None:
+        """The tenant a gateway's request for `person` is held to, None for every tenant's: the tenant
+        of their verified credential's record (`recorded`), unless their own binding (`auth.tenants`,
+        their NATS credentials) says otherwise: a credential of every tenant is then held to that
+        tenant, and a credential of another tenant is refused."""
         bound = await self.tenant_of(person)
-        allowed: frozenset[str] | None = None
-        if bound is not None:
-            allowed = frozenset({bound})
-        elif held and None not in held:
-            allowed = frozenset(t for t in held if t is not None)
-        if allowed is None:
-            return named
-        if named is None and len(allowed) == 1:
-            return next(iter(allowed))
-        if named is None or named not in allowed:
-            log.warning("security.acting_tenant_refused", identity=gateway, acting_for=person, tenant=named,
-                        bound=sorted(allowed), verb=verb.name)  # fmt: skip
-            theirs = " or ".join(repr(t) for t in sorted(allowed))
-            raise PermissionDeniedError(
-                f"{person} belongs to tenant {theirs}; {gateway} may not act for them in {named or 'every tenant'!r}"
-            )
-        return named
+        if bound is None or recorded == bound:
+            return recorded
+        if recorded is None:
+            return bound
+        log.warning("security.acting_tenant_refused", identity=gateway, acting_for=person, tenant=recorded,
+                    bound=bound, verb=verb.name)  # fmt: skip
+        raise PermissionDeniedError(
+            f"{person} belongs to tenant {bound!r}; {gateway} may not act for them in {recorded!r}"
+        )
 
     async def roles_of(self, identity: str) -> frozenset[Role]:
         """The API roles of `identity`."""

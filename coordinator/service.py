@@ -43,6 +43,7 @@ from communication.connection import NATS_ERRORS, NatsConnection
 from communication.startup import StartupCalls
 from communication.topology import Topology
 from coordinator import flow, live_feed, maintenance, schedules, tenants, workflows
+from coordinator.acting_proof import ActingProof
 from coordinator.admission import Admission
 from coordinator.alerts import AlertMonitor
 from coordinator.api_handlers import ApiHandlers
@@ -74,7 +75,6 @@ from coordinator.standby.publisher import ReplicationPublisher
 from coordinator.submission import SubmitPipeline
 from coordinator.task_book import TaskBook
 from coordinator.task_wire import default_backoff
-from coordinator.tenants.gateway_people import GatewayPeople
 from coordinator.workflows.engine import WorkflowEngine
 from storage.artifact_index import ArtifactIndex
 from storage.artifacts import ArtifactStore, open_artifact_store
@@ -102,6 +102,8 @@ class Buckets:
     skills: KeyValue
     audit: KeyValue
     node_control: KeyValue
+    # The HTTP credentials (read here to check what a gateway forwards; created here, written by admins).
+    gateway_keys: KeyValue
 
 
 class Coordinator:
@@ -185,8 +187,9 @@ class Coordinator:
         for plugin in (*FEATURES, *plugins):
             plugin.register(self)
         self.authorizer = Authorizer(config.auth, clock, open_bus=not conn.auth_required)
-        # A gateway acting for a tenant's person is held to that tenant (coordinator/tenants/gateway_people.py).
-        self._api = ApiServer(conn, self._api_routes(), self.authorizer, GatewayPeople(conn, clock))
+        # A gateway's request is a person's only with their credential, checked here.
+        proof = ActingProof(buckets.gateway_keys, config.nats.prefix)
+        self._api = ApiServer(conn, self._api_routes(), self.authorizer, proof)
         self._heartbeat_sub: Subscription | None = None
         self._claims_sub: Subscription | None = None
         # Set once the API answers: for whoever starts a coordinator in-process and must not race it.
@@ -453,7 +456,9 @@ async def _prepare(config: ClawConfig, topology: Topology) -> tuple[Buckets, Art
         skills=await step("the skills bucket", topology.skills_kv),
         audit=await step("the audit bucket", topology.audit_kv),
         node_control=await step("the node-control bucket", topology.node_control_kv),
+        gateway_keys=await step("the gateway's keys bucket", topology.gateway_keys_kv),
     )
+    await step("the gateway's sessions bucket", topology.gateway_sessions_kv)
     await step("the skill code store", topology.skill_code)
     load_policy(config.coordinator.guard_policy)  # a broken policy stops the start, with its reason
     artifacts = await open_artifact_store(config.artifacts)

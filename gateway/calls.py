@@ -5,13 +5,14 @@ common/verbs.py) the principal does not hold, writes the principal's name over e
 names who acts (`by`, `submitter`: a name in a request body is never believed), and sends the
 request over NATS with the gateway's connection.
 
-The coordinator takes who acts from the request's subject (`<prefix>.api.<identity>.<verb>`, the
-gateway's own identity); each request also names the principal and the roles the gateway grants
-them (`ActingFor`: headers `Claw-Acting-For`, `Claw-Acting-Roles`), which the coordinator honours
-from identities listed in `auth.gateways`, with at most the gateway's own roles. So an approval
-through the gateway is the person's, and a stolen gateway credential acts only within its roles.
-A tenant's key is held to its tenant's tasks here (gateway/tenancy.py), and its tenant travels with
-the acting identity (`Claw-Acting-Tenant`) so the coordinator holds the request to it as well.
+The coordinator takes who sends from the request's subject (`<prefix>.api.<identity>.<verb>`, the
+gateway's own identity); each request also names the principal (`ActingFor`: header
+`Claw-Acting-For`) and carries the credential they presented to the gateway (`Claw-Acting-Credential`).
+The coordinator takes that only from identities listed in `auth.gateways`, checks the credential
+itself and takes the person's name, roles (at most the gateway's own) and tenant from its record
+(coordinator/acting_proof.py). So an approval through the gateway is the person's, and a stolen
+gateway credential cannot act for anyone whose API key or token it does not also hold. A tenant's
+key is held to its tenant's tasks here (gateway/tenancy.py) and again by the coordinator.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from gateway.tenancy import TenantScope
 
 
 def _acting(principal: Principal) -> ActingFor:
-    """Who the gateway acts for: the principal's name, roles and tenant."""
-    return ActingFor(principal.name, frozenset(role.value for role in principal.roles), principal.tenant)
+    """Who the gateway acts for: the principal's name, roles and tenant, and the credential they
+    presented (the coordinator's proof)."""
+    roles = frozenset(role.value for role in principal.roles)
+    return ActingFor(principal.name, roles, principal.tenant, principal.credential)
 
 
 def _identity_fields(request_type: type[msgspec.Struct]) -> tuple[str, ...]:

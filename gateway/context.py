@@ -2,8 +2,9 @@
 
 `Gateway.authenticate(request)` is the only way a handler learns who calls: an API key
 (`Authorization: Bearer ck_...` or `X-API-Key`) or a signed token from `claw creds create --http`
-(`Authorization: Bearer <token>`), else the dashboard's session cookie, which also
-needs the CSRF token on anything but a read.
+(`Authorization: Bearer <token>`), else the dashboard's session cookie (which holds, sealed, the
+credential the person logged in with: gateway/sessions.py), which also needs the CSRF token on
+anything but a read. Either way the principal carries the credential, the proof the gateway forwards.
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ class Gateway:
         session = self.signer.read(conn.cookies.get(COOKIE))
         if session is None:
             raise NotAuthenticatedError(NO_CREDENTIAL)
-        principal = await self.keys.principal_of(session.key_id)
-        if principal is None:
+        try:
+            principal = await self.keys.resolve(session.credential)
+        except NotAuthenticatedError:
             raise NotAuthenticatedError(
                 "the key or token this session logged in with was revoked or expired; log in again at /login"
-            )
+            ) from None
         unsafe = conn.scope["type"] == "http" and conn.scope["method"] not in SAFE_METHODS
         if unsafe and not csrf_matches(session, csrf or conn.headers.get(CSRF_HEADER)):
             raise PermissionDeniedError("missing or wrong CSRF token; reload the page and try again")

@@ -237,7 +237,7 @@ class Dashboard:
             principal = await self.gw.keys.resolve(key)
         except NotAuthenticatedError as exc:
             return self.render("login.html", None, http_status=401, next=target, error=str(exc))
-        cookie, _ = self.gw.signer.issue(principal.key_id)
+        cookie, _ = self.gw.signer.issue(principal.credential)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             COOKIE,

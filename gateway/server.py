@@ -28,17 +28,15 @@ from gateway.auth import KeyStore
 from gateway.calls import GatewayCalls
 from gateway.context import Gateway
 from gateway.live import LiveHub
-from gateway.sessions import SessionSigner
+from gateway.sessions import open_session_signer
 from gateway.settings import GatewaySettings
 
 log = get_logger("gateway.server")
 
 
 async def open_key_store(conn: NatsConnection, config: ClawConfig) -> KeyStore:
-    """The cluster's API keys (their bucket is created if missing)."""
-    kv = await Topology(conn, config.jetstream).kv(
-        conn.subjects.gateway_keys_bucket, "the HTTP gateway's API keys (hashed) and session secret"
-    )
+    """The cluster's API keys and token records (the coordinator creates their bucket)."""
+    kv = await Topology(conn, config.jetstream).gateway_keys_kv()
     return KeyStore(kv, prefix=config.nats.prefix)
 
 
@@ -66,7 +64,7 @@ class GatewayServer:
         conn = await NatsConnection.connect(config.nats, name="claw-gateway")
         try:
             keys = await open_key_store(conn, config)
-            signer = SessionSigner(await keys.session_secret(), ttl_s=settings.session_ttl_s)
+            signer = await open_session_signer(conn, config, settings.session_ttl_s)
             calls = GatewayCalls(ClawClient(conn, owns_connection=False))
             gateway = Gateway(calls, keys, signer, settings, config.artifacts)
             hub = LiveHub(calls.client)

@@ -82,9 +82,12 @@ async def create_keys(
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(config: ClawConfig, settings: GatewaySettings | None = None) -> AsyncIterator[RunningGateway]:
-    """A gateway in this event loop on a free port, stopped (and awaited) on exit."""
-    keys = await create_keys(config)
+async def running_gateway(
+    config: ClawConfig, settings: GatewaySettings | None = None, *, keys: Mapping[str, tuple[Role, ...]] = ROLE_KEYS
+) -> AsyncIterator[RunningGateway]:
+    """A gateway in this event loop on a free port, stopped (and awaited) on exit; `keys` are made
+    first with `config`'s credentials (none: a gateway's own credentials may not make any)."""
+    made = await create_keys(config, keys) if keys else {}
     server = await GatewayServer.start(config, settings or GatewaySettings(port=0))
     stop = asyncio.Event()
     task = asyncio.create_task(server.run(stop))
@@ -97,7 +100,7 @@ async def running_gateway(config: ClawConfig, settings: GatewaySettings | None =
                 if task.done():
                     await task
                 await asyncio.sleep(0.02)
-        yield RunningGateway(server, server.url, keys)
+        yield RunningGateway(server, server.url, made)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

@@ -9,7 +9,7 @@ the machine that runs nats-server.
     claw creds revoke alice                                          # cut off at once, no restart
     claw creds rotate --http                                         # a new token signing key
 
-HTTP tokens (gateway/tokens.py) are JWTs signed with the cluster's Ed25519 key, kept in the auth
+HTTP tokens (communication/http_tokens.py) are JWTs signed with the cluster's Ed25519 key, kept in the auth
 folder (0600); their records and the public key live in the gateway's keys bucket, so the commands
 that touch them connect to the cluster (as the local admin where `claw up` ran, else `--creds`).
 
@@ -205,8 +205,8 @@ def creds_rotate(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """A new signing key for HTTP tokens: every token issued so far stops working at once."""
+    from communication.http_tokens import public_key_of, signing_key
     from gateway.server import open_key_store
-    from gateway.tokens import public_key_of, signing_key
 
     if not http:
         fail("say what to rotate: claw creds rotate --http (NATS credentials: revoke and create again)", kind="usage")
@@ -239,10 +239,10 @@ def _create_token(
 ) -> None:
     """`claw creds create NAME --role ... --http`: sign a token, record it, print or write it."""
     from common.identity import write_private
+    from communication.http_tokens import new_record, parse_ttl, public_key_of, sign, signing_key
     from coordinator.tenants.identity import check_tenant_name
     from gateway.auth import check_name, parse_roles
     from gateway.server import open_key_store
-    from gateway.tokens import new_record, parse_ttl, public_key_of, sign, signing_key
 
     try:
         check_name(name)

@@ -5,8 +5,9 @@ A key or token created with `--tenant acme` (`claw gateway key create --name app
 `TenantScope` is applied by the gateway (`GatewayCalls.call`, gateway/calls.py) to every verb such a
 key calls, whatever the door (REST, `/v1/verbs/{name}`, the dashboard, SSE, the WebSocket), and
 again by the coordinator (coordinator/api_server.py) to every request a gateway sends acting for a
-person with a tenant (`Claw-Acting-Tenant`, or the tenant the person's credentials are bound to), so
-a gateway bug or a stolen gateway credential cannot reach another tenant's tasks for that person:
+person with a tenant (the tenant of the credential the gateway forwards for them, checked there, or
+the tenant their NATS credentials are bound to), so a gateway bug cannot reach another tenant's tasks
+for that person:
 
 - a submit is for the key's tenant (a request naming another tenant is refused);
 - a task list is filtered to the key's tenant (a filter naming another tenant is refused);

@@ -26,10 +26,13 @@ from cli.credentials import issue, prepare_server
 from common.config import ClawConfig
 from common.identity import read_credentials
 from common.skills import Risk
+from common.verbs import Role
+from communication import http_tokens
 from communication.api_client import ClawClient
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from communication.subjects import Subjects
 from coordinator.service import Coordinator
+from gateway.server import open_key_store
 from tests.conftest import make_config
 from tests.helpers import eventually, running_coordinator, running_worker
 from worker.context import TaskContext
@@ -115,6 +118,29 @@ class SecuredCluster:
             yield client
         finally:
             await client.close()
+
+    async def http_key(self, name: str, roles: list[Role], tenant: str | None = None) -> str:
+        """An HTTP API key for `name`, made by the admin `adam` (as `claw gateway key create` does)."""
+        async with self.client("adam") as admin:
+            store = await open_key_store(admin.conn, self.config("adam"))
+            return (await store.create(name, roles, tenant))[1]
+
+    async def http_token(self, name: str, roles: list[Role], tenant: str | None = None, ttl_s: float = 3600) -> str:
+        """A signed HTTP token for `name`, issued by the admin `adam` (as `claw creds create --http` does)."""
+        private = http_tokens.signing_key(self.auth_dir)
+        public = http_tokens.public_key_of(private)
+        async with self.client("adam") as admin:
+            store = await open_key_store(admin.conn, self.config("adam"))
+            await store.publish_public_key(public)
+            record = http_tokens.new_record(name, roles, tenant, ttl_s, public.kid)
+            await store.add_token(record)
+        return http_tokens.sign(private, record, PREFIX)
+
+    async def revoke_http(self, name: str) -> int:
+        """Revoke `name`'s HTTP keys and tokens, as the admin `adam`; how many."""
+        async with self.client("adam") as admin:
+            store = await open_key_store(admin.conn, self.config("adam"))
+            return await store.revoke(name) + await store.revoke_tokens(name)
 
     def server_log(self) -> str:
         """What nats-server logged (its permission refusals among it)."""

@@ -6,10 +6,12 @@ cannot approve. Against a real coordinator, worker, nats-server, uvicorn and `cl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.config import ClawConfig
-from gateway import tokens
+from communication import http_tokens as tokens
 from tests.gateway_helpers import RunningGateway
 from tests.helpers import ProcessPool, connected_client, eventually
 
@@ -33,10 +35,16 @@ def auth_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def issue(processes: ProcessPool, auth_dir: Path, name: str, roles: str, *extra: str) -> str:
+async def claw(processes: ProcessPool, *args: str) -> subprocess.CompletedProcess[str]:
+    """`claw ARGS` run to completion off the event loop (the coordinator in this process keeps its
+    lease, 4 s here, only while the loop runs)."""
+    return await asyncio.to_thread(processes.run, *args)
+
+
+async def issue(processes: ProcessPool, auth_dir: Path, name: str, roles: str, *extra: str) -> str:
     """A token from `claw creds create NAME --role ROLES --http` (a real subprocess)."""
     out = auth_dir.parent / f"{name}-{time.monotonic_ns()}.token"
-    done = processes.run("creds", "create", name, "--role", roles, "--http", "--auth-dir", str(auth_dir),
+    done = await claw(processes, "creds", "create", name, "--role", roles, "--http", "--auth-dir", str(auth_dir),
                          "-o", str(out), *extra)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert out.stat().st_mode & 0o777 == 0o600
@@ -78,11 +86,11 @@ async def _refused(gw: RunningGateway, token: str, held: str, why: str) -> None:
 async def test_the_right_token_submits_and_approves_and_a_viewer_token_cannot_approve(
     gw: RunningGateway, processes: ProcessPool, auth_dir: Path
 ) -> None:
-    alice = issue(processes, auth_dir, "alice", "approver,viewer")
-    victor = issue(processes, auth_dir, "victor", "viewer")
+    alice = await issue(processes, auth_dir, "alice", "approver,viewer")
+    victor = await issue(processes, auth_dir, "victor", "viewer")
     key = (auth_dir / tokens.SIGNING_KEY_FILE).stat()
     assert key.st_mode & 0o777 == 0o600 and "alice" not in (auth_dir / tokens.SIGNING_KEY_FILE).read_text()
-    sub = issue(processes, auth_dir, "sub", "submitter")
+    sub = await issue(processes, auth_dir, "sub", "submitter")
     async with bearer(gw, sub) as submitter, bearer(gw, alice) as approver, bearer(gw, victor) as viewer:
         held = await submitter.post("/v1/tasks", json={"skill": "echo", "input": {"hold": True}})
         assert held.status_code == 200 and held.json()["results"][0]["state"] == "waiting_approval", held.text
@@ -98,7 +106,7 @@ async def test_the_right_token_submits_and_approves_and_a_viewer_token_cannot_ap
         login = await browser.post("/login", data={"key": victor})
         assert login.status_code == 303
         assert (await browser.get("/v1/status")).status_code == 200
-    listed = processes.run("creds", "list", "--auth-dir", str(auth_dir), "--json")
+    listed = await claw(processes, "creds", "list", "--auth-dir", str(auth_dir), "--json")
     assert listed.returncode == 0, listed.stderr
     assert {(c["name"], c["kind"]) for c in json.loads(listed.stdout)} >= {("alice", "http"), ("victor", "http")}
 
@@ -106,8 +114,8 @@ async def test_the_right_token_submits_and_approves_and_a_viewer_token_cannot_ap
 async def test_forged_edited_foreign_and_unsigned_tokens_are_refused_and_change_nothing(
     gw: RunningGateway, processes: ProcessPool, auth_dir: Path, gw_config: ClawConfig
 ) -> None:
-    viewer = issue(processes, auth_dir, "vic", "viewer")
-    tenant_token = issue(processes, auth_dir, "tina", "submitter", "--tenant", "acme")
+    viewer = await issue(processes, auth_dir, "vic", "viewer")
+    tenant_token = await issue(processes, auth_dir, "tina", "submitter", "--tenant", "acme")
     async with gw.client("sam") as sam:
         held = (await sam.post("/v1/tasks", json={"skill": "echo", "input": {"hold": True}})).json()
     task_id = held["results"][0]["task_id"]
@@ -156,7 +164,7 @@ async def test_forged_edited_foreign_and_unsigned_tokens_are_refused_and_change_
 
 
 async def test_an_expired_token_is_refused(gw: RunningGateway, processes: ProcessPool, auth_dir: Path) -> None:
-    brief = issue(processes, auth_dir, "brief", "viewer", "--ttl", "2s")
+    brief = await issue(processes, auth_dir, "brief", "viewer", "--ttl", "2s")
     async with bearer(gw, brief) as holder:
 
         async def expired() -> bool:
@@ -172,13 +180,13 @@ async def test_an_expired_token_is_refused(gw: RunningGateway, processes: Proces
 async def test_a_revoked_token_is_refused_by_the_running_gateway(
     gw: RunningGateway, processes: ProcessPool, auth_dir: Path
 ) -> None:
-    token = issue(processes, auth_dir, "rita", "submitter,viewer")
-    kept = issue(processes, auth_dir, "kim", "viewer")
+    token = await issue(processes, auth_dir, "rita", "submitter,viewer")
+    kept = await issue(processes, auth_dir, "kim", "viewer")
     async with bearer(gw, token) as rita, httpx.AsyncClient(base_url=gw.url) as browser:
         assert (await rita.get("/v1/status")).status_code == 200
         assert (await browser.post("/login", data={"key": token})).status_code == 303
         assert (await browser.get("/v1/status")).status_code == 200
-        done = processes.run("creds", "revoke", "rita", "--auth-dir", str(auth_dir))
+        done = await claw(processes, "creds", "revoke", "rita", "--auth-dir", str(auth_dir))
         assert done.returncode == 0 and "1 HTTP token(s) of rita revoked" in done.stdout, done.stderr
 
         async def refused() -> bool:
@@ -191,9 +199,9 @@ async def test_a_revoked_token_is_refused_by_the_running_gateway(
     async with bearer(gw, kept) as kim:
         assert (await kim.get("/v1/status")).status_code == 200
         assert (await kim.get("/v1/tasks")).json()["tasks"] == []
-    listed = processes.run("creds", "list", "--auth-dir", str(auth_dir), "--json")
+    listed = await claw(processes, "creds", "list", "--auth-dir", str(auth_dir), "--json")
     assert [c["name"] for c in json.loads(listed.stdout) if c["kind"] == "http"] == ["kim"]
-    again = processes.run("creds", "revoke", "rita", "--auth-dir", str(auth_dir))
+    again = await claw(processes, "creds", "revoke", "rita", "--auth-dir", str(auth_dir))
     assert again.returncode != 0 and "no credentials or HTTP tokens are named 'rita'" in again.stderr
 
 
@@ -204,10 +212,10 @@ async def _status(http: httpx.AsyncClient, status: int) -> bool:
 async def test_rotating_the_signing_key_ends_every_token(
     gw: RunningGateway, processes: ProcessPool, auth_dir: Path
 ) -> None:
-    old = issue(processes, auth_dir, "olga", "viewer")
-    rotated = processes.run("creds", "rotate", "--http", "--auth-dir", str(auth_dir))
+    old = await issue(processes, auth_dir, "olga", "viewer")
+    rotated = await claw(processes, "creds", "rotate", "--http", "--auth-dir", str(auth_dir))
     assert rotated.returncode == 0, rotated.stderr
-    new = issue(processes, auth_dir, "olga", "viewer")
+    new = await issue(processes, auth_dir, "olga", "viewer")
     async with bearer(gw, old) as stale, bearer(gw, new) as fresh:
 
         async def swapped() -> bool:

@@ -72,12 +72,19 @@ def test_each_bus_role_gets_only_its_own_subjects(auth_dir: Path) -> None:
     gateway = permissions(records["gw"], "claw")
     assert records["gw"].bus_role == BusRole.GATEWAY and Role.WORKER not in records["gw"].api_roles
     assert "claw.feed.*" in gateway["subscribe"]["allow"]
-    assert "$JS.API.STREAM.CREATE.KV_claw_gateway_keys" in gateway["publish"]["allow"]
+    # The gateway reads the HTTP credentials (never writes them: it could mint its own) and keeps its
+    # session secret in a bucket of its own; the coordinator creates both.
+    assert "$JS.API.DIRECT.GET.KV_claw_gateway_keys.>" in gateway["publish"]["allow"]
+    writes = ("$KV.claw_gateway_keys", "$JS.API.STREAM.CREATE")
+    assert not [s for s in gateway["publish"]["allow"] if s.startswith(writes)]
+    assert "$KV.claw_gateway_sessions.>" in gateway["publish"]["allow"]
     admin = permissions(records["adam"], "claw")
     assert "$JS.API.STREAM.CREATE.KV_claw_gateway_keys" not in admin["publish"]["allow"]
     assert "$KV.claw_gateway_keys.>" in admin["publish"]["allow"] and "claw.trigger.adam.>" in admin["publish"]["allow"]
+    assert not [s for s in admin["publish"]["allow"] if "claw_gateway_sessions" in s]
     viewer = permissions(records["vic"], "claw")
     viewer_publishes = set(viewer["publish"]["allow"])
+    assert not [s for s in viewer_publishes if "claw_gateway" in s]
     assert "claw.api.vic.ping" in viewer_publishes and "claw.api.vic.approve" not in viewer_publishes
     assert not [s for s in viewer["publish"]["allow"] if s.startswith("claw.trigger")]
     for role in (worker, gateway, admin, viewer):

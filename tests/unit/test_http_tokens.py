@@ -1,4 +1,4 @@
-"""The signed HTTP tokens of gateway/tokens.py, without a server: `--ttl` parsing, a sign/verify round
+"""The signed HTTP tokens of communication/http_tokens.py, without a server: `--ttl` parsing, a sign/verify round
 trip, and each refusal `verify` owes (expired, another cluster, another audience, alg `none`, an HMAC
 token keyed with the public key, an edited payload, another key), the signing key file (0600,
 reloaded, replaced on rotation), `matches` and telling a token from an API key. Each test asserts the
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.errors import CredentialsError, InvalidInputError, NotAuthenticatedError
 from common.verbs import Role
-from gateway import tokens
+from communication import http_tokens as tokens
 
 PREFIX = "claw"
 

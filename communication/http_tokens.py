@@ -1,17 +1,20 @@
 """Signed bearer tokens for HTTP: issued by `claw creds create NAME --role ... --http`, checked by
-every gateway of the cluster.
+every gateway of the cluster and again by the coordinator for each request a gateway sends on a
+person's behalf (communication/http_credentials.py).
 
 A token is a JWT (RFC 7519) signed with EdDSA (Ed25519), made and checked by PyJWT. Asymmetric on
 purpose: the private signing key stays in the cluster's credentials folder (`<auth dir>/
 http-token-signing.pem`, mode 0600, next to the NATS registry) where only `claw creds` reads it;
-the gateways hold only the public key, published in their keys bucket, so a gateway (or whoever
-steals its NATS credentials) can check tokens but never mint one.
+the public key is published in the keys bucket (`<prefix>_gateway_keys`), which only admins and the
+coordinator may write, so a gateway (or whoever steals its NATS credentials) can check tokens but
+never mint one, nor publish a key of its own.
 
 The claims: `sub` (the identity, as on NATS), `roles`, `tenant` (absent: every tenant), `iss`
 (`claw:<prefix>`: the cluster), `aud` (`claw-gateway`), `iat`, `exp` and `jti` (the token's id).
-Each issued token is also recorded in the keys bucket under `tok.<jti>`; a gateway accepts a token
-only while its record is there and agrees with the signed claims, so `claw creds revoke NAME`
-(deleting the records) is refused by every running gateway within `gateway.auth.CACHE_S`.
+Each issued token is also recorded in the keys bucket under `tok.<jti>`; a token is accepted only
+while its record is there and agrees with the signed claims, so `claw creds revoke NAME` (deleting
+the records) is refused by every running gateway and coordinator within
+`communication.http_credentials.CACHE_S`.
 """
 
 from __future__ import annotations
