@@ -73,7 +73,6 @@ class GatewayServer:
             calls = GatewayCalls(ClawClient(conn, owns_connection=False))
             gateway = Gateway(calls, keys, signer, settings, config.artifacts)
             hub = LiveHub(calls.client)
-            await hub.start()
             sock = _bind(settings.host, settings.port)
         except BaseException:
             await conn.close()
