@@ -8,23 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import AsyncIterator
 
-import pytest
 import websockets
 
 from common.config import ClawConfig
 from communication.subjects import Subjects
-from tests.gateway_helpers import RunningGateway, read_sse, running_gateway
-from tests.helpers import connected_client, eventually, running_coordinator, running_worker, wait_nodes_online
-
-
-@pytest.fixture
-async def gw(config: ClawConfig) -> AsyncIterator[RunningGateway]:
-    async with running_coordinator(config), running_worker(config), running_gateway(config) as gateway:
-        async with connected_client(config) as client:
-            await wait_nodes_online(client, 1)
-        yield gateway
+from tests.gateway_helpers import RunningGateway, read_sse
+from tests.helpers import eventually
 
 
 def _gateway_subscriptions(config: ClawConfig) -> list[str]:
@@ -39,17 +29,19 @@ async def _feed_subscribed(config: ClawConfig) -> bool:
     return feed_all in await asyncio.to_thread(_gateway_subscriptions, config)
 
 
-async def test_the_feed_is_subscribed_only_while_a_watcher_is_connected(gw: RunningGateway, config: ClawConfig) -> None:
+async def test_the_feed_is_subscribed_only_while_a_watcher_is_connected(
+    gw: RunningGateway, gw_config: ClawConfig
+) -> None:
     async with gw.client("sam") as http:
         for _ in range(3):
             assert (await http.post("/v1/tasks", json={"skill": "echo", "input": {"n": 1}})).status_code == 200
-        assert not await _feed_subscribed(config)  # nobody watches: no hint reaches the gateway
+        assert not await _feed_subscribed(gw_config)  # nobody watches: no hint reaches the gateway
 
         answer = await http.post("/v1/tasks", json={"skill": "sleep", "input": {"seconds": 2}})
         task_id = answer.json()["results"][0]["task_id"]
         watching = asyncio.create_task(read_sse(http, f"/v1/tasks/{task_id}/events"))
         try:
-            await eventually(lambda: _feed_subscribed(config), what="the feed subscribed for the watcher")
+            await eventually(lambda: _feed_subscribed(gw_config), what="the feed subscribed for the watcher")
             messages = await asyncio.wait_for(watching, 60)
         finally:
             watching.cancel()
@@ -57,17 +49,17 @@ async def test_the_feed_is_subscribed_only_while_a_watcher_is_connected(gw: Runn
         assert any(m.data.get("kind") == "progress" for m in messages[:-1])  # live events came through
 
         async def unsubscribed() -> bool:
-            return not await _feed_subscribed(config)
+            return not await _feed_subscribed(gw_config)
 
         await eventually(unsubscribed, what="the feed dropped once the watcher left")
 
 
-async def test_a_websocket_topic_holds_the_feed_until_it_closes(gw: RunningGateway, config: ClawConfig) -> None:
+async def test_a_websocket_topic_holds_the_feed_until_it_closes(gw: RunningGateway, gw_config: ClawConfig) -> None:
     url = gw.url.replace("http://", "ws://") + "/v1/live"
     headers = {"Authorization": f"Bearer {gw.keys['vera']}"}
     async with websockets.connect(url, additional_headers=headers) as ws:
         await ws.send(json.dumps({"op": "subscribe", "topic": "tasks"}))
-        await eventually(lambda: _feed_subscribed(config), what="the feed subscribed for the tasks topic")
+        await eventually(lambda: _feed_subscribed(gw_config), what="the feed subscribed for the tasks topic")
         async with gw.client("sam") as http:
             answer = await http.post("/v1/tasks", json={"skill": "echo", "input": {"n": 2}})
             task_id = answer.json()["results"][0]["task_id"]
@@ -79,6 +71,6 @@ async def test_a_websocket_topic_holds_the_feed_until_it_closes(gw: RunningGatew
         await eventually(feed_of_the_task, what="the submitted task's feed on the socket")
 
     async def unsubscribed() -> bool:
-        return not await _feed_subscribed(config)
+        return not await _feed_subscribed(gw_config)
 
     await eventually(unsubscribed, what="the feed dropped once the socket closed")
