@@ -43,7 +43,8 @@ import psutil  # noqa: E402
 
 from cli.cluster import ClusterProcesses  # noqa: E402
 from cli.processes import Launcher, child_env  # noqa: E402
-from common.config import ClawConfig, NatsSettings  # noqa: E402
+from common.config import ClawConfig, LogSettings, NatsSettings  # noqa: E402
+from common.log import configure_logging  # noqa: E402
 from common.models import TaskSpec  # noqa: E402
 from common.states import NodeControl  # noqa: E402
 from common.verbs import Role  # noqa: E402
@@ -230,6 +231,8 @@ async def sse_fanout(url: str, key: str, watchers: int, seconds: int) -> dict[st
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    # Warnings and errors only, on stderr: `--json` prints the report alone on stdout.
+    configure_logging(LogSettings(level="warning", format="console"), process="bench-gateway")
     workdir = Path(tempfile.mkdtemp(prefix="claw-bench-gateway-"))
     launcher = Launcher(log_dir=workdir / "logs", env=child_env(), cwd=workdir)
     try:
