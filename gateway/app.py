@@ -19,6 +19,7 @@ from gateway import openapi
 from gateway.context import Gateway
 from gateway.dashboard import Dashboard
 from gateway.errors import error_response, response_for
+from gateway.fixed_routes import FixedPathRouter
 from gateway.live import LiveHub
 from gateway.live_routes import live_routes
 from gateway.rest import json_response, rest_routes
@@ -61,11 +62,15 @@ def build_app(gw: Gateway, hub: LiveHub) -> Starlette:
                 max_age=600,
             )
         )
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={ClawError: _claw_error, HTTPException: _http_error, Exception: _unexpected},
     )
+    # Same routes, fixed paths found by a dict lookup (gateway/fixed_routes.py); the middleware
+    # stack is built on the first request, around whichever router is here then.
+    app.router = FixedPathRouter(routes)
+    return app
 
 
 async def _claw_error(request: Request, exc: Exception) -> Response:

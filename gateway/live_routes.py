@@ -240,10 +240,10 @@ class LiveSocket:
         if message.topic == "tasks" and self.caller.principal.tenant is not None:
             await self._tenant_feed()
         elif message.topic == "tasks":
-            with self.hub.every_task(lambda feed: self.put(TasksMessage(feed=feed))):
+            async with self.hub.every_task(lambda feed: self.put(TasksMessage(feed=feed))):
                 await forever.wait()
         else:
-            with self.hub.overview_updates(lambda reply: self.put(OverviewMessage(status=reply.status))):
+            async with self.hub.overview_updates(lambda reply: self.put(OverviewMessage(status=reply.status))):
                 await forever.wait()
 
     async def _tenant_feed(self) -> None:
@@ -257,7 +257,7 @@ class LiveSocket:
                 self.too_slow.set()
 
         owned: dict[str, bool] = {}
-        with self.hub.every_task(arrived):
+        async with self.hub.every_task(arrived):
             while True:
                 feed = await feeds.get()
                 mine = owned.get(feed.task_id)

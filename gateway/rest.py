@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -24,6 +25,7 @@ from gateway.routes import ROUTES, VERB_PATH, VerbRoute, generic_route
 # A body larger than this is refused before it is read whole (NATS's own limit is lower by default).
 MAX_BODY_BYTES = 16 * 1024 * 1024
 Endpoint = Callable[[Request], Awaitable[Response]]
+NO_QUERY: Mapping[str, str] = MappingProxyType({})
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -52,7 +54,9 @@ def verb_endpoint(gw: Gateway, route: VerbRoute) -> Endpoint:
         caller = await gw.authenticate(request)
         gw.calls.check(caller.principal, route.verb)
         body = await read_body(request) if route.has_body else b""
-        built = route.build(body, request.path_params, request.query_params, request.headers, caller.principal.name)
+        # Parsed only when there is one (a submit has none; parsing nothing cost 4 % of it).
+        query = request.query_params if request.scope["query_string"] else NO_QUERY
+        built = route.build(body, request.path_params, query, request.headers, caller.principal.name)
         reply = await gw.calls.call(caller.principal, route.verb, built)
         return json_response(reply)
 

@@ -52,7 +52,8 @@ class SubmitBatcher:
             sender = asyncio.create_task(self._send(acting), name="gateway-submit")
             self._senders.add(sender)
             sender.add_done_callback(self._senders.discard)
-        return await asyncio.shield(waiting.reply)
+        # Not shielded: a caller that goes away cancels its own future only, which the sender skips.
+        return await waiting.reply
 
     async def close(self) -> None:
         """Let the batches on their way finish (their callers wait for them)."""

@@ -11,6 +11,8 @@ one worker and a gateway (each a real process, on loopback). Then measures
 - SSE fan-out: W watchers of one task's events (`GET /v1/tasks/{id}/events`) while it reports
   progress; for each progress event, the delay from when the worker reported it (`at`) to when
   each watcher received it (p50/p99), and whether every watcher got every event once;
+- the CPU time the gateway and the coordinator spend per submit in each of those runs (steadier
+  than latency on a shared machine);
 - the gateway's RSS after all that.
 
     python scripts/bench_gateway.py                    # N=50 and 200 in flight, 500 watchers
@@ -29,7 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,8 @@ import psutil  # noqa: E402
 
 from cli.cluster import ClusterProcesses  # noqa: E402
 from cli.processes import Launcher, child_env  # noqa: E402
-from common.config import ClawConfig, NatsSettings  # noqa: E402
+from common.config import ClawConfig, LogSettings, NatsSettings  # noqa: E402
+from common.log import configure_logging  # noqa: E402
 from common.models import TaskSpec  # noqa: E402
 from common.states import NodeControl  # noqa: E402
 from common.verbs import Role  # noqa: E402
@@ -134,8 +137,31 @@ async def timed_runs(requests: int, lanes: list[Any]) -> list[float]:
     return latencies
 
 
-async def submit_latency(url: str, key: str, client: ClawClient, requests: int, concurrency: int) -> dict[str, Any]:
+class CpuMeter:
+    """CPU time (user + system) the gateway and the coordinator spend while a block runs, in us per
+    submit: steadier than latency on a shared machine, and it shows where each submit's cost lands."""
+
+    def __init__(self, processes: dict[str, psutil.Process]) -> None:
+        self.processes = processes
+
+    def _now(self) -> dict[str, float]:
+        return {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
+
+    @contextlib.contextmanager
+    def per_submit(self, submits: int, into: dict[str, float]) -> Iterator[None]:
+        """Fill `into` with each process's CPU us per submit spent in the block."""
+        before = self._now()
+        yield
+        after = self._now()
+        into.update({name: round((after[name] - before[name]) / submits * 1e6) for name in before})
+
+
+async def submit_latency(
+    url: str, key: str, client: ClawClient, requests: int, concurrency: int, cpu: CpuMeter
+) -> dict[str, Any]:
     body = msgspec.json.encode({"skill": "echo", "input": {"bench": True}})
+    gateway_cpu: dict[str, float] = {}
+    nats_cpu: dict[str, float] = {}
     connections = [await RawHttp.open(url, key) for _ in range(concurrency)]
 
     def http_lane(connection: RawHttp) -> Any:
@@ -149,7 +175,8 @@ async def submit_latency(url: str, key: str, client: ClawClient, requests: int, 
     try:
         lanes = [http_lane(c) for c in connections]
         await timed_runs(min(50, requests), lanes)  # warm-up
-        gateway = await timed_runs(requests, lanes)
+        with cpu.per_submit(requests, gateway_cpu):
+            gateway = await timed_runs(requests, lanes)
     finally:
         for connection in connections:
             await connection.close()
@@ -159,8 +186,10 @@ async def submit_latency(url: str, key: str, client: ClawClient, requests: int, 
         await client.submit(spec)
 
     await timed_runs(min(50, requests), [nats_submit] * concurrency)
-    nats = await timed_runs(requests, [nats_submit] * concurrency)
-    return {"concurrency": concurrency, "gateway": percentiles(gateway), "nats": percentiles(nats)}
+    with cpu.per_submit(requests, nats_cpu):
+        nats = await timed_runs(requests, [nats_submit] * concurrency)
+    return {"concurrency": concurrency, "gateway": percentiles(gateway), "nats": percentiles(nats),
+            "cpu_us_per_submit": {"gateway": gateway_cpu, "nats": nats_cpu}}  # fmt: skip
 
 
 async def sse_fanout(url: str, key: str, watchers: int, seconds: int) -> dict[str, Any]:
@@ -202,6 +231,8 @@ async def sse_fanout(url: str, key: str, watchers: int, seconds: int) -> dict[st
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    # Warnings and errors only, on stderr: `--json` prints the report alone on stdout.
+    configure_logging(LogSettings(level="warning", format="console"), process="bench-gateway")
     workdir = Path(tempfile.mkdtemp(prefix="claw-bench-gateway-"))
     launcher = Launcher(log_dir=workdir / "logs", env=child_env(), cwd=workdir)
     try:
@@ -224,8 +255,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # Submits measured with the worker paused: the tasks queue, and what is timed is the
             # admission path alone, not the machine's two cores also running the tasks.
             await client.node_control("bench-w1", NodeControl.PAUSED)
+            cpu = CpuMeter({name: psutil.Process(cluster.children[name].pid) for name in ("gateway", "coordinator")})
             report["submit"] = [
-                await submit_latency(url, key, client, args.requests, n) for n in (1, *args.concurrency)
+                await submit_latency(url, key, client, args.requests, n, cpu) for n in (1, *args.concurrency)
             ]
         gateway = psutil.Process(cluster.children["gateway"].pid)
         report["gateway_rss_mb"] = round(gateway.memory_info().rss / 1048576, 1)
@@ -244,6 +276,11 @@ def render(report: dict[str, Any]) -> str:
             f"  submit, {run['concurrency']:>3} in flight: gateway p50 {g['p50_ms']} ms, p95 {g['p95_ms']} ms, "
             f"p99 {g['p99_ms']} ms | NATS p50 {n['p50_ms']} ms, p95 {n['p95_ms']} ms, p99 {n['p99_ms']} ms | "
             f"p95 ratio {g['p95_ms'] / n['p95_ms']:.2f}"
+        )
+        cpu = run["cpu_us_per_submit"]
+        lines.append(
+            f"    CPU us per submit: gateway {cpu['gateway']['gateway']} + coordinator {cpu['gateway']['coordinator']}"
+            f" | NATS: coordinator {cpu['nats']['coordinator']}"
         )
     sse = report["sse"]
     d = sse["progress_delay"]

@@ -32,7 +32,7 @@ def gateway_start(
     json_out: LogJsonFlag = False,
 ) -> None:
     """Run the HTTP gateway until SIGINT/SIGTERM."""
-    from gateway.server import GatewayServer
+    from gateway.server import GatewayServer, tune_garbage_collector
     from gateway.settings import GatewaySettings, parse_listen
 
     cfg = command_config(ctx, config, log={"format": "json" if json_out else None})
@@ -53,6 +53,7 @@ def gateway_start(
 
     async def serve(stop: Any) -> None:
         server = await GatewayServer.start(cfg, settings)
+        tune_garbage_collector()  # after start-up: what it made is frozen
         await server.run(stop)
 
     run_service(serve)

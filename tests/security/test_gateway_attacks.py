@@ -72,6 +72,20 @@ async def test_a_revoked_key_ends_its_sessions_too(gw: RunningGateway, gw_config
         await browser.aclose()
 
 
+async def test_a_key_id_with_a_guessed_secret_is_refused_while_the_real_key_is_cached(gw: RunningGateway) -> None:
+    """The gateway remembers each credential's answer for the cache window (by the whole credential,
+    communication/http_credentials.py): an attacker who knows a key's id, sending it with another
+    secret right after its holder, is still refused."""
+    real = gw.keys["ada"]
+    key_id = real.split("_")[1]
+    guessed = f"ck_{key_id}_{'A' * 43}"
+    async with httpx.AsyncClient(base_url=gw.url) as http:
+        for _ in range(3):
+            assert (await http.get("/v1/status", headers={"Authorization": f"Bearer {real}"})).status_code == 200
+            answer = await http.get("/v1/status", headers={"Authorization": f"Bearer {guessed}"})
+            assert answer.status_code == 401 and answer.json()["error"]["message"] == "unknown or revoked API key"
+
+
 async def test_the_any_verb_route_checks_the_same_roles(gw: RunningGateway) -> None:
     async with gw.client("vera") as vera:
         for verb in verbs.ALL:
