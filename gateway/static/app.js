@@ -18,6 +18,18 @@
     toastTimer = setTimeout(() => { el.hidden = true; }, bad ? 8000 : 4000);
   }
 
+  // An action's "done" is shown again after the reload that shows its effect (the toast was gone by
+  // the time the page came back, and a person saw a card vanish without a word).
+  function reloadSaying(message, delay) {
+    toast(message);
+    try { sessionStorage.setItem("claw-toast", message); } catch (_) { /* storage off: no carry-over */ }
+    setTimeout(() => location.reload(), delay);
+  }
+  try {
+    const carried = sessionStorage.getItem("claw-toast");
+    if (carried) { sessionStorage.removeItem("claw-toast"); toast(carried); }
+  } catch (_) { /* storage off */ }
+
   async function api(method, path, body) {
     const response = await fetch(path, {
       method,
@@ -119,12 +131,12 @@
     button.disabled = true;
     try {
       const reply = await api("POST", button.dataset.action, body);
-      toast(`${button.textContent.trim()}: done`);
       if (button.dataset.go === "run" && reply?.run_id) {
+        toast(`${button.textContent.trim()}: done`);
         setTimeout(() => { location.href = `/runs/${reply.run_id}`; }, 300);
         return;
       }
-      setTimeout(() => location.reload(), 500);
+      reloadSaying(`${button.textContent.trim()}: done`, 500);
     } catch (error) {
       toast(error.message, true);
       button.disabled = false;
@@ -461,9 +473,12 @@
       const path = form.dataset.api.replace(/\{(\w+)\}/g, (_, name) => encodeURIComponent(fields[name] || ""));
       button.disabled = true;
       const reply = await api("POST", path, body);
-      toast(`${button.textContent.trim()}: done`);
-      if (reply?.run_id) { setTimeout(() => { location.href = `/runs/${reply.run_id}`; }, 300); return; }
-      setTimeout(() => location.reload(), 500);
+      if (reply?.run_id) {
+        toast(`${button.textContent.trim()}: done`);
+        setTimeout(() => { location.href = `/runs/${reply.run_id}`; }, 300);
+        return;
+      }
+      reloadSaying(`${button.textContent.trim()}: done`, 500);
     } catch (error) {
       toast(error.message, true);
       button.disabled = false;

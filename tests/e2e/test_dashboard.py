@@ -208,6 +208,7 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     bob.locator(f'article[data-task="{held}"] input.reason').fill("looks fine")
     bob.locator(f'article[data-task="{held}"] button:has-text("Approve")').click()
     bob.wait_for_selector("#no-approvals")
+    bob.wait_for_selector("#toast:has-text('Approve: done')", timeout=3000)  # still said after the reload
     bob.goto(f"{cluster.url}/tasks/{held}")
     bob.wait_for_selector("#task-state.state-succeeded")
     assert "approved" in bob.inner_text("#timeline")
