@@ -28,6 +28,7 @@ from common.models import EventView, TaskView
 from common.states import TERMINAL_STATES, TaskState
 from common.verbs import Role, Verb
 from gateway.context import Caller, Gateway
+from gateway.errors import STATUS_OF_CODE
 from gateway.sessions import COOKIE, CSRF_FIELD
 
 HERE = Path(__file__).parent
@@ -63,7 +64,7 @@ SECURITY_HEADERS = {
 }
 
 
-def _raw_json(value: msgspec.Raw | bytes | None, indent: int = 2) -> str:
+def _raw_json(value: msgspec.Raw | bytes | None, indent: int | None = 2) -> str:
     if value is None:
         return "null"
     try:
@@ -138,13 +139,25 @@ def _environment() -> Environment:
 
 def reproduce_command(view: TaskView) -> str:
     """The `claw submit` line that submits the same task again."""
-    words = ["claw", "submit", view.skill, "--input", _raw_json(view.input, indent=0).replace("\n", "")]
+    # One line, spaced as people write JSON (`{"a": 1, "b": 2}`).
+    words = ["claw", "submit", view.skill, "--input", _raw_json(view.input, indent=None)]
     if view.priority.value != "normal":
         words += ["--priority", view.priority.value]
     words += ["--max-attempts", str(view.max_attempts), "--timeout", f"{view.timeout_s:g}"]
     if view.tenant != "default":
         words += ["--tenant", view.tenant]
     return " ".join(shlex.quote(w) for w in words)
+
+
+def error_page(code: str) -> tuple[int, str]:
+    """The HTTP status and the title of the page shown for a refusal with this code: every
+    not-found code (a task, a run, a schedule, a node) is "Not found", as over the REST API."""
+    status = STATUS_OF_CODE.get(code)
+    if status == 404:
+        return 404, "Not found"
+    if status == 403:
+        return 403, "Not allowed"
+    return (502 if "unavailable" in code else 400), "Something went wrong"
 
 
 def _progress(view: TaskView) -> float | None:
@@ -215,8 +228,8 @@ class Dashboard:
                 response: Response = await handler(request, caller)
                 return response
             except ClawError as exc:
-                status = {"not_found": 404, "forbidden": 403}.get(exc.code, 502 if "unavailable" in exc.code else 400)
-                return self.render("error.html", caller, http_status=status, code=exc.code, message=str(exc))
+                status, title = error_page(exc.code)
+                return self.render("error.html", caller, http_status=status, title=title, message=str(exc))
 
         return page
 

@@ -17,6 +17,8 @@ STATUS_OF_CODE: dict[str, int] = {
     "not_found": 404,
     "node_not_found": 404,
     "artifact_not_found": 404,
+    "schedule_not_found": 404,
+    "workflow_not_found": 404,
     "unknown_verb": 404,
     "payload_too_large": 413,
     "queue_full": 429,

@@ -18,6 +18,7 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
             "summary": "Whether the gateway runs and reaches NATS (no authentication)",
             "tags": ["cluster"],
             "security": [],
+            "x-role": "none (no credential)",
             "responses": {"200": {"description": "up"}, "503": {"description": "NATS unreachable"}},
         }
     },
@@ -46,7 +47,7 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/live": {
         "get": {
-            "summary": "WebSocket: subscribe to several tasks' events and the overview (docs/Gateway.md)",
+            "summary": "WebSocket: subscribe to several tasks' events and the overview (docs/HTTP_API.md)",
             "tags": ["live"],
             "responses": {"101": {"description": "switching protocols"}},
         }
@@ -86,6 +87,9 @@ def _operation(route: VerbRoute) -> dict[str, Any]:
         "operationId": f"{route.verb.name}_{route.method.lower()}_{route.path.count('/')}_{len(route.path)}",
         "tags": [route.tag or "verbs"],
         "description": f"Verb `{route.verb.name}`; needs the `{route.verb.role.value}` role.",
+        # The same as fields, for the dashboard's API page (the description is Markdown for OpenAPI tools).
+        "x-verb": route.verb.name,
+        "x-role": route.verb.role.value,
         "responses": {
             "200": {"description": reply, "content": {"application/json": {"schema": {"$ref": _ref(reply)}}}},
             "default": {
@@ -127,6 +131,8 @@ def document() -> dict[str, Any]:
             "tags": ["verbs"],
             "description": "Verbs: "
             + ", ".join(f"`{v.name}` ({v.request.__name__} -> {v.reply.__name__}, {v.role.value})" for v in verbs.ALL),
+            "x-verb": "{verb}",
+            "x-role": "the verb's",
             "parameters": [{"name": "verb", "in": "path", "required": True, "schema": {"type": "string"}}],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}},
             "responses": {"200": {"description": "the verb's reply"}},

@@ -86,6 +86,7 @@ class VerbRoute:
             if not isinstance(decoded, dict):
                 raise InvalidInputError("the body must be a JSON object")
             fields.update(decoded)
+        fields_sent = set(fields)
         known = self.verb.request.__struct_fields__
         fields.update((k, v) for k, v in query.items() if k in known)
         fields.update(path)
@@ -97,7 +98,11 @@ class VerbRoute:
             # strict=False: query strings ("50", "true") become the field's type.
             return msgspec.json.decode(msgspec.json.encode(fields), type=self.verb.request, strict=False)
         except msgspec.ValidationError as exc:
-            raise InvalidInputError(f"invalid request: {exc}") from None
+            message = str(exc)
+            if self.shape is _submit_shape and "tasks" not in fields_sent:
+                # The one-task form was wrapped as a batch: name the place in the body that was sent.
+                message = message.replace("`$.tasks[0]", "`$")
+            raise InvalidInputError(f"invalid request: {message}") from None
 
 
 def _submit_shape(fields: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:

@@ -18,6 +18,18 @@
     toastTimer = setTimeout(() => { el.hidden = true; }, bad ? 8000 : 4000);
   }
 
+  // An action's "done" is shown again after the reload that shows its effect (the toast was gone by
+  // the time the page came back, and a person saw a card vanish without a word).
+  function reloadSaying(message, delay) {
+    toast(message);
+    try { sessionStorage.setItem("claw-toast", message); } catch (_) { /* storage off: no carry-over */ }
+    setTimeout(() => location.reload(), delay);
+  }
+  try {
+    const carried = sessionStorage.getItem("claw-toast");
+    if (carried) { sessionStorage.removeItem("claw-toast"); toast(carried); }
+  } catch (_) { /* storage off */ }
+
   async function api(method, path, body) {
     const response = await fetch(path, {
       method,
@@ -64,20 +76,29 @@
     return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   }
 
+  // The dot by the name shows only on a page that follows the cluster live (a grey dot on a page that
+  // never connects read as a lost connection): green while connected, grey while reconnecting.
+  function liveDot(on) {
+    const dot = document.getElementById("live-dot");
+    if (!dot) return;
+    dot.hidden = false;
+    dot.classList.toggle("on", on);
+    dot.title = on ? "live updates: connected" : "live updates: reconnecting";
+  }
+
   // A WebSocket of several subscriptions, reconnecting with a growing pause.
   function live(subscriptions, onMessage) {
-    const dot = document.getElementById("live-dot");
     let delay = 500;
     const open = () => {
       const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/live`);
       ws.onopen = () => {
         delay = 500;
-        dot?.classList.add("on");
+        liveDot(true);
         for (const sub of subscriptions) ws.send(JSON.stringify({ op: "subscribe", ...sub }));
       };
       ws.onmessage = (event) => onMessage(JSON.parse(event.data));
       ws.onclose = () => {
-        dot?.classList.remove("on");
+        liveDot(false);
         setTimeout(open, delay);
         delay = Math.min(delay * 2, 10000);
       };
@@ -110,12 +131,12 @@
     button.disabled = true;
     try {
       const reply = await api("POST", button.dataset.action, body);
-      toast(`${button.textContent.trim()}: done`);
       if (button.dataset.go === "run" && reply?.run_id) {
+        toast(`${button.textContent.trim()}: done`);
         setTimeout(() => { location.href = `/runs/${reply.run_id}`; }, 300);
         return;
       }
-      setTimeout(() => location.reload(), 500);
+      reloadSaying(`${button.textContent.trim()}: done`, 500);
     } catch (error) {
       toast(error.message, true);
       button.disabled = false;
@@ -328,7 +349,9 @@
 
     if (head.dataset.finished === "true") return;
     const source = new EventSource(`/v1/tasks/${id}/events?last_event_id=${head.dataset.lastEvent}`);
-    document.getElementById("live-dot")?.classList.add("on");
+    liveDot(true);
+    source.onerror = () => liveDot(false); // EventSource reconnects by itself, from the last id
+    source.onopen = () => liveDot(true);
     source.onmessage = (message) => {
       const e = JSON.parse(message.data);
       if (timeline.querySelector(`[data-event="${e.id}"]`)) return;
@@ -360,7 +383,7 @@
     };
     source.addEventListener("end", (message) => {
       source.close();
-      document.getElementById("live-dot")?.classList.remove("on");
+      liveDot(false);
       const end = JSON.parse(message.data);
       if (end.state === "succeeded") { bar.value = 100; barText.textContent = "100 %"; }
       setTimeout(() => location.reload(), 800); // the result, artifacts and actions of the ended task
@@ -385,8 +408,7 @@
     const head = document.getElementById("run-page");
     if (!head || head.dataset.finished === "true") return;
     const id = head.dataset.run;
-    const dot = document.getElementById("live-dot");
-    dot?.classList.add("on");
+    liveDot(true);
     const timer = setInterval(async () => {
       let view;
       try { view = await api("GET", `/v1/runs/${id}`); } catch (error) { toast(error.message, true); return; }
@@ -403,7 +425,7 @@
       state.textContent = view.state;
       if (view.finished_at) {
         clearInterval(timer);
-        dot?.classList.remove("on");
+        liveDot(false);
         setTimeout(() => location.reload(), 800);
       }
     }, 1500);
@@ -433,6 +455,8 @@
       return body;
     },
     limit: (f) => {
+      // Said here in the form's words: the coordinator's refusal names the CLI's flags (--rpm ...).
+      if (!f.rpm && !f.tpm && !f.concurrency) throw new Error("Give requests per minute, tokens per minute or at once (one at least)");
       const limit = { key: f.key };
       if (f.rpm) { limit.requests = Number(f.rpm); limit.window_s = 60; }
       if (f.tpm) limit.tokens_per_minute = Number(f.tpm);
@@ -449,9 +473,12 @@
       const path = form.dataset.api.replace(/\{(\w+)\}/g, (_, name) => encodeURIComponent(fields[name] || ""));
       button.disabled = true;
       const reply = await api("POST", path, body);
-      toast(`${button.textContent.trim()}: done`);
-      if (reply?.run_id) { setTimeout(() => { location.href = `/runs/${reply.run_id}`; }, 300); return; }
-      setTimeout(() => location.reload(), 500);
+      if (reply?.run_id) {
+        toast(`${button.textContent.trim()}: done`);
+        setTimeout(() => { location.href = `/runs/${reply.run_id}`; }, 300);
+        return;
+      }
+      reloadSaying(`${button.textContent.trim()}: done`, 500);
     } catch (error) {
       toast(error.message, true);
       button.disabled = false;

@@ -208,6 +208,7 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     bob.locator(f'article[data-task="{held}"] input.reason').fill("looks fine")
     bob.locator(f'article[data-task="{held}"] button:has-text("Approve")').click()
     bob.wait_for_selector("#no-approvals")
+    bob.wait_for_selector("#toast:has-text('Approve: done')", timeout=3000)  # still said after the reload
     bob.goto(f"{cluster.url}/tasks/{held}")
     bob.wait_for_selector("#task-state.state-succeeded")
     assert "approved" in bob.inner_text("#timeline")
@@ -278,6 +279,13 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
         phone.goto(cluster.url + path)
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, (path, width)
+        # Hiding secondary columns keeps a row's buttons: none is hidden or cut off at the right edge.
+        for button in phone.locator("main [data-action]").all():
+            box = button.bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 390, (path, button.inner_text(), box)
+    # The live dot shows only on a page that follows the cluster live (grey there means reconnecting).
+    phone.goto(cluster.url + "/nodes")
+    assert phone.locator("#live-dot").is_hidden()
     phone.goto(f"{cluster.url}/runs/{run_id}")
     shot(phone, cluster, "run-phone")
 

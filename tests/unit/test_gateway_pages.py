@@ -1,0 +1,96 @@
+"""What a new user reads from the gateway: the message of a refused one-task submit, the dashboard's
+"run it again" line and the API page's verb-and-role column.
+
+Found by trying the dashboard and the REST API as a new user would (issue 14, "Done when"); each
+test renders or builds with the real code (the routes, the Jinja templates, the OpenAPI document).
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+import pytest
+
+from common.errors import InvalidInputError
+from common.models import TaskView
+from common.states import Priority, TaskState
+from gateway.dashboard import _environment, error_page, reproduce_command
+from gateway.errors import error_response
+from gateway.openapi import document
+from gateway.routes import ROUTES
+
+SUBMIT = next(r for r in ROUTES if r.method == "POST" and r.path == "/v1/tasks")
+
+
+def _refusal(body: object) -> str:
+    with pytest.raises(InvalidInputError) as refused:
+        SUBMIT.build(msgspec.json.encode(body), {}, {}, {}, "alice")
+    return str(refused.value)
+
+
+def test_a_refused_one_task_submit_names_the_place_in_the_body_that_was_sent() -> None:
+    # `{"skill": ...}` is wrapped as a batch of one inside; the message must not name `$.tasks[0]`,
+    # a field the caller never sent.
+    missing = _refusal({"input": {}})
+    assert "missing required field `skill` - at `$`" in missing and "tasks" not in missing, missing
+    wrong = _refusal({"skill": 5, "input": {}})
+    assert "at `$.skill`" in wrong and "tasks" not in wrong, wrong
+    priority = _refusal({"skill": "echo", "priority": "urgent"})
+    assert "at `$.priority`" in priority, priority
+    # A batch names its own task, as sent.
+    batch = _refusal({"tasks": [{"skill": "echo"}, {"input": {}}]})
+    assert "at `$.tasks[1]`" in batch, batch
+
+
+def test_the_run_it_again_line_spaces_its_json_as_people_write_it() -> None:
+    view = TaskView(
+        task_id="01J0",
+        skill="fail",
+        priority=Priority.NORMAL,
+        state=TaskState.DEAD,
+        input=msgspec.Raw(b'{"message":"x","retryable":true,"note":"a\\nb"}'),
+        attempts=3,
+        max_attempts=3,
+        timeout_s=60,
+        created_at=0,
+    )
+    line = reproduce_command(view)
+    assert line == (
+        """claw submit fail --input '{"message": "x", "retryable": true, "note": "a\\nb"}' """
+        "--max-attempts 3 --timeout 60"
+    ), line
+
+
+def test_the_api_page_shows_each_routes_verb_and_role_not_markdown_cut_short() -> None:
+    spec = document()
+    operations = [(path, method.upper(), op) for path, ops in spec["paths"].items() for method, op in ops.items()]
+    html = _environment().get_template("docs.html").render(operations=operations, user=None, page="/docs")
+    rows = re.findall(r"<tr><td><span class=\"badge method-\w+\">(\w+)</span></td><td class=\"mono\">([^<]+)</td>"
+                      r"\s*<td>[^<]*</td><td class=\"small muted wide-only\">(.*?)</td></tr>", html)  # fmt: skip
+    by_route = {(method, path): cell for method, path, cell in rows}
+    assert len(by_route) == len(operations)
+    assert by_route[("POST", "/v1/tasks")] == "<code>submit</code> · submitter"
+    assert by_route[("POST", "/v1/approvals/{task_id}/approve")] == "<code>approve</code> · approver"
+    assert by_route[("POST", "/v1/verbs/{verb}")] == "<code>{verb}</code> · the verb&#39;s"
+    assert by_route[("GET", "/healthz")] == "none (no credential)"
+    assert not any("`" in cell for cell in by_route.values())
+
+
+def test_every_not_found_code_is_a_404() -> None:
+    # A missing schedule or workflow run answered 400, as if the request were malformed.
+    for code in ("not_found", "node_not_found", "artifact_not_found", "schedule_not_found", "workflow_not_found"):
+        assert error_response(code, "no such thing").status_code == 404, code
+    assert error_response("invalid_input", "bad").status_code == 400
+
+
+def test_the_dashboard_shows_a_missing_run_or_schedule_as_not_found() -> None:
+    # A run that does not exist was "Something went wrong" (400), a task "Not found" (404).
+    for code in ("not_found", "workflow_not_found", "schedule_not_found", "node_not_found"):
+        assert error_page(code) == (404, "Not found"), code
+    assert error_page("forbidden") == (403, "Not allowed")
+    assert error_page("coordinator_unavailable") == (502, "Something went wrong")
+    assert error_page("invalid_input") == (400, "Something went wrong")
+    page = _environment().get_template("error.html")
+    html = page.render(title="Not found", message="no workflow run nope", user=None)
+    assert "<h1>Not found</h1>" in html and "no workflow run nope" in html
