@@ -139,6 +139,11 @@ class NatsConnection:
         except NATS_ERRORS as exc:
             # drain() raises while reconnecting (JETSTREAM.md); closing is all that is left to do.
             log.warning("nats.drain_failed", error=str(exc) or repr(exc))
+            if self.nc.is_reconnecting:
+                # No server will take what is buffered, and nats-py's close() writes it to the dead
+                # connection's transport, which uvloop refuses with a RuntimeError (the standard loop
+                # ignores it), leaving the close half done. Dropped, so the close completes.
+                self.nc._pending, self.nc._pending_data_size = [], 0
             await self.nc.close()
 
 

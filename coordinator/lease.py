@@ -92,6 +92,9 @@ class CoordinatorLease:
         self._lost_reason: str | None = None  # read by `check()` on the database's writer thread
         self.lost = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Once the coordinator is stopping, a write waits for an overdue renewal only until then: with
+        # NATS gone for good (its server stopped with the cluster) it would wait forever.
+        self._wait_until: float | None = None
         self._keeper: asyncio.Task[None] | None = None
 
     @classmethod
@@ -160,9 +163,16 @@ class CoordinatorLease:
                 raise LeaseLostError(self._lost_message())
             if time.monotonic() + COMMIT_MARGIN_S < self._valid_until:
                 return
-            if self._stopping.is_set():
+            if self._stopping.is_set() or (self._wait_until is not None and time.monotonic() >= self._wait_until):
                 raise LeaseLostError("the lease could not be renewed before stopping; nothing more is written")
             await asyncio.sleep(POLL_S)
+
+    def stop_waiting_after(self, seconds: float) -> None:
+        """The coordinator is stopping: from `seconds` from now, a write that would wait for an overdue
+        renewal fails at once instead (the lease keeps renewing meanwhile, so a stop with NATS healthy
+        still commits what it drains)."""
+        deadline = time.monotonic() + seconds
+        self._wait_until = deadline if self._wait_until is None else min(self._wait_until, deadline)
 
     def blocked_reason(self) -> str | None:
         """Why a write would have to wait or fail right now (None: it may start), without waiting."""

@@ -352,6 +352,9 @@ class Coordinator:
             await wait_any(stop, self._lease.lost)
             self._lease.check()  # lost: the loops are cancelled where they are
             log.info("coordinator.stopping")
+            # The drain's writes may wait out one lease term for a late renewal, not forever (NATS may
+            # have stopped with the cluster: `claw up` killed, its children all told to stop at once).
+            self._lease.stop_waiting_after(self.config.coordinator.lease_ttl_s)
             await self._api.stop(API_GRACE_S)
             loops_stopping.set()
             await asyncio.wait(loops)
@@ -373,6 +376,7 @@ class Coordinator:
         log.info("metrics.serving", host=settings.metrics_host, port=port, path="/metrics")
 
     async def _close(self) -> None:
+        self._lease.stop_waiting_after(self.config.coordinator.lease_ttl_s)  # also after a failure
         await self._api.stop(0)  # already stopped unless the loops failed
         if self._metrics_server is not None:
             await self._metrics_server.stop()

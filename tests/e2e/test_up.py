@@ -164,11 +164,11 @@ def json_values(text: str) -> list[dict[str, Any]]:
 
 
 def assert_nothing_survives(children: list[psutil.Process], ports: list[int]) -> None:
-    wait_until(
-        lambda: not [c for c in children if alive(c)],
-        timeout_s=60,
-        what="every process claw up started to exit",
-    )
+    try:
+        wait_until(lambda: not [c for c in children if alive(c)], timeout_s=60)
+    except AssertionError:
+        survivors = [f"{c.pid} {title(c)!r}" for c in children if alive(c)]
+        raise AssertionError(f"60 s after claw up stopped these still run: {survivors}") from None
     wait_until(lambda: all(port_is_free(p) for p in ports), timeout_s=10, what=f"ports {ports} to be free")
 
 

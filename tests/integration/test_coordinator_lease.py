@@ -15,13 +15,15 @@ from structlog.testing import capture_logs
 
 from common.config import ClawConfig
 from common.errors import LeaseHeldError, LeaseLostError
+from common.models import NodeHeartbeat
+from common.states import NodeStatus
 from communication.connection import NatsConnection
 from communication.nats_server import EmbeddedNatsServer, NatsServerOptions
 from communication.topology import Topology
 from coordinator.lease import CoordinatorLease
 from coordinator.service import Coordinator
 from tests.conftest import make_config
-from tests.helpers import connected_client, running_coordinator
+from tests.helpers import connected_client, eventually, running_coordinator
 
 
 def lease_config(config: ClawConfig, *, ttl_s: float = 2.0, renew_s: float = 0.3) -> ClawConfig:
@@ -114,3 +116,39 @@ async def test_a_lease_that_lapsed_while_nats_was_down_is_taken_back_when_nobody
         assert [e for e in logs if e["event"] == "lease.reacquired"]
     finally:
         server.kill()
+
+
+async def test_a_coordinator_whose_nats_went_away_still_stops_within_a_lease_term(tmp_path: Path) -> None:
+    """`claw up` killed: nats-server and the coordinator are told to stop at once. A write of the
+    coordinator's stop (the node registry's last persist) must not wait forever for a renewal."""
+    server = EmbeddedNatsServer(NatsServerOptions(store_dir=tmp_path / "nats", port=0, http_port=0)).start()
+    config = lease_config(make_config(server, "gone", tmp_path), ttl_s=2.0, renew_s=0.3)
+    try:
+        coordinator = await Coordinator.start(config)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(coordinator.run(stop))
+        try:
+            await asyncio.wait_for(coordinator.ready.wait(), 30)
+            server.kill()
+            lease = coordinator._lease
+            await eventually(lease.blocked_reason, timeout_s=30, what="the renewal overdue: a write would wait")
+            coordinator.registry.observe(_beat("w1"))  # a change the stop's last persist must write
+            stop.set()
+            # It ends (before the fix it waited for a renewal forever), saying what it could not write.
+            done, _ = await asyncio.wait([runner], timeout=3 * config.coordinator.lease_ttl_s + 10)
+            assert runner in done, "the coordinator did not stop with NATS gone"
+            error = runner.exception()
+            assert error is None or (isinstance(error, LeaseLostError) and "before stopping" in str(error)), error
+        finally:
+            if not runner.done():
+                runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+    finally:
+        server.kill()
+
+
+def _beat(node_id: str) -> NodeHeartbeat:
+    return NodeHeartbeat(
+        node_id=node_id, hostname="h", pid=1, version="1", status=NodeStatus.ONLINE, skills=["echo"],
+        capacity=4, running=0, interval_s=1.0, started_at=1.0, sent_at=time.time(),
+    )  # fmt: skip
