@@ -233,6 +233,16 @@ class Dashboard:
 
         return page
 
+    async def not_found(self, request: Request) -> Response:
+        """The "Not found" page for a path nothing serves (a person typed or followed a wrong link);
+        with the navigation when they are logged in."""
+        try:
+            caller: Caller | None = await self.gw.authenticate(request)
+        except ClawError:
+            caller = None
+        message = f"no page at {request.url.path}" + ("; the navigation above lists every page" if caller else "")
+        return self.render("error.html", caller, http_status=404, title="Not found", message=message)
+
     async def _call(self, caller: Caller, verb: Verb[Any, Any], request: Any) -> Any:
         return await self.gw.calls.call(caller.principal, verb, request)
 
