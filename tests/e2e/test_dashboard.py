@@ -230,7 +230,16 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     # Drain the node, then resume it.
     alice.goto(cluster.url + "/nodes")
     alice.locator('article[data-node="w1"] button:has-text("Drain")').click()
-    alice.wait_for_selector('article[data-node="w1"] .badge:has-text("asked: drained")')
+    alice.wait_for_selector('article[data-node="w1"] button:has-text("Drain")[disabled]')
+
+    def w1_status() -> str:
+        return str(cluster.api("GET", "/v1/nodes", cluster.keys["vera"])["nodes"][0]["status"])
+
+    wait_until(lambda: w1_status() == "drained", what="w1 drained")
+    alice.reload()
+    # One badge once the node does what it was asked, and a drained node is not counted as taking work.
+    assert alice.locator('article[data-node="w1"] .badge').all_inner_texts() == ["drained"]
+    assert "1 online of 1: 0 taking work, 1 drained" in alice.inner_text("h1")
     shot(alice, cluster, "nodes")
     alice.locator('article[data-node="w1"] button:has-text("Resume")').click()
     alice.wait_for_selector('article[data-node="w1"] button:has-text("Drain"):not([disabled])')

@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 from common.errors import InvalidInputError
-from common.models import TaskView
-from common.states import Priority, TaskState
+from common.models import NodeView, TaskView
+from common.states import NodeControl, NodeStatus, Priority, TaskState
 from gateway.dashboard import _environment, error_page, reproduce_command
 from gateway.errors import error_response
 from gateway.openapi import document
@@ -94,3 +94,39 @@ def test_the_dashboard_shows_a_missing_run_or_schedule_as_not_found() -> None:
     page = _environment().get_template("error.html")
     html = page.render(title="Not found", message="no workflow run nope", user=None)
     assert "<h1>Not found</h1>" in html and "no workflow run nope" in html
+
+
+def _node(node_id: str, status: NodeStatus, control: NodeControl = NodeControl.ACTIVE) -> NodeView:
+    return NodeView(
+        node_id=node_id, status=status, hostname="vm", pid=1, version="0", skills=["echo"], labels={}, capacity=4,
+        running=0, cpu_percent=1.0, memory_percent=1.0, rss_mb=1.0, load1=0.0, started_at=0.0, last_seen=0.0,
+        control=control,
+    )  # fmt: skip
+
+
+def _nodes_page(nodes: list[NodeView]) -> str:
+    return _environment().get_template("nodes.html").render(nodes=nodes, user=None, may={}, now=0.0)
+
+
+def _heading(html: str) -> str:
+    match = re.search(r"<h1>Nodes <span class=\"muted\">([^<]*)</span></h1>", html)
+    assert match is not None, html
+    return match.group(1)
+
+
+def test_the_nodes_heading_counts_drained_and_paused_nodes_apart_from_those_taking_work() -> None:
+    # A drained node counted as online: "2 online of 2" while only one took work.
+    drained = _node("w2", NodeStatus.DRAINED, NodeControl.DRAINED)
+    assert _heading(_nodes_page([_node("w1", NodeStatus.ONLINE), drained])) == "2 online of 2: 1 taking work, 1 drained"
+    mixed = [_node("a", NodeStatus.PAUSED, NodeControl.PAUSED), _node("b", NodeStatus.DRAINING, NodeControl.DRAINED),
+             _node("c", NodeStatus.OFFLINE), _node("d", NodeStatus.ONLINE), _node("e", NodeStatus.DRAINED)]  # fmt: skip
+    assert _heading(_nodes_page(mixed)) == "4 online of 5: 1 taking work, 1 paused, 1 draining, 1 drained"
+    assert _heading(_nodes_page([_node("w1", NodeStatus.ONLINE), _node("w2", NodeStatus.OFFLINE)])) == "1 online of 2"
+
+
+def test_a_node_shows_what_it_was_asked_only_while_it_differs_from_what_it_does() -> None:
+    # A drained node showed both "drained" and "asked: drained".
+    html = _nodes_page([_node("w1", NodeStatus.DRAINED, NodeControl.DRAINED)])
+    assert re.findall(r'<span class="badge[^"]*">([^<]+)</span>', html) == ["drained"]
+    html = _nodes_page([_node("w1", NodeStatus.DRAINING, NodeControl.DRAINED)])
+    assert re.findall(r'<span class="badge[^"]*">([^<]+)</span>', html) == ["draining", "asked: drained"]
