@@ -12,7 +12,9 @@ import re
 import msgspec
 import pytest
 
+from common.api import LimitView
 from common.errors import InvalidInputError
+from common.flow import Limit
 from common.models import NodeView, TaskView
 from common.states import NodeControl, NodeStatus, Priority, TaskState
 from gateway.dashboard import _environment, error_page, reproduce_command
@@ -130,3 +132,24 @@ def test_a_node_shows_what_it_was_asked_only_while_it_differs_from_what_it_does(
     assert re.findall(r'<span class="badge[^"]*">([^<]+)</span>', html) == ["drained"]
     html = _nodes_page([_node("w1", NodeStatus.DRAINING, NodeControl.DRAINED)])
     assert re.findall(r'<span class="badge[^"]*">([^<]+)</span>', html) == ["draining", "asked: drained"]
+
+
+def _limits_page(limits: list[LimitView]) -> str:
+    return _environment().get_template("limits.html").render(limits=limits, usage=[], user=None, may={})
+
+
+def test_a_key_used_without_a_limit_is_not_listed_as_a_limit() -> None:
+    # After an http.request task, /limits listed `http:example.com` with the limit "none", so the
+    # "no rate limit is set" state never showed.
+    used = LimitView(key="http:example.com", requests_last_minute=3, in_flight=1)
+    html = _limits_page([used])
+    assert "No rate limit is set" in html and '<h1>Limits <span class="muted">0</span></h1>' in html
+    assert 'data-limit="http:example.com"' not in html
+    unlimited = re.search(r'<tr data-unlimited="http:example.com">(.*?)</tr>', html, re.S)
+    assert unlimited is not None and re.findall(r"<td[^>]*>([^<]*)</td>", unlimited.group(1))[:3] == ["3", "0", "1"]
+    limited = LimitView(key="llm:glm-4.7", limit=Limit(key="llm:glm-4.7", requests=40), requests_last_minute=2)
+    html = _limits_page([used, limited])
+    assert "No rate limit is set" not in html and '<h1>Limits <span class="muted">1</span></h1>' in html
+    assert 'data-limit="llm:glm-4.7"' in html and 'data-unlimited="http:example.com"' in html
+    assert 'data-unlimited="llm:glm-4.7"' not in html
+    assert "without a limit" not in _limits_page([limited])
