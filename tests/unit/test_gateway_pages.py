@@ -8,6 +8,7 @@ test renders or builds with the real code (the routes, the Jinja templates, the 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -153,3 +154,20 @@ def test_a_key_used_without_a_limit_is_not_listed_as_a_limit() -> None:
     assert 'data-limit="llm:glm-4.7"' in html and 'data-unlimited="http:example.com"' in html
     assert 'data-unlimited="llm:glm-4.7"' not in html
     assert "without a limit" not in _limits_page([limited])
+
+
+def test_the_login_form_has_a_username_field_and_keeps_each_command_on_one_line() -> None:
+    # Chromium warned "Password forms should have (optionally hidden) username fields", and the
+    # command `claw creds create NAME --role viewer --http` broke after `--` at 1280 px.
+    html = _environment().get_template("login.html").render(user=None, next="/", error=None)
+    form = html[html.index("<form") : html.index("</form>")]
+    assert re.search(r'<input [^>]*autocomplete="username"[^>]*hidden', form), form
+    assert 'autocomplete="current-password"' in form
+    commands = re.search(r'<div class="commands">(.*?)</div>', html, re.S)
+    assert commands is not None, html
+    assert re.findall(r"<code>([^<]+)</code>", commands.group(1)) == [
+        "claw gateway key create --name NAME --roles viewer,submitter",
+        "claw creds create NAME --role viewer --http",
+    ]
+    css = (Path(__file__).parents[2] / "gateway/static/app.css").read_text()
+    assert re.search(r"\.commands code \{[^}]*white-space: nowrap", css)
