@@ -166,6 +166,8 @@ async def test_an_unknown_path_is_the_not_found_page_in_a_browser_and_json_for_a
         stranger = await browser.get("/api", headers={"Accept": BROWSER_ACCEPT})
         assert stranger.status_code == 404 and stranger.headers["content-type"].startswith("text/html")
         assert "<h1>Not found</h1>" in stranger.text and "Log out" not in stranger.text
+        script = await browser.get("/<script>alert(1)</script>", headers={"Accept": BROWSER_ACCEPT})
+        assert script.status_code == 404 and "<script>alert" not in script.text  # the path is escaped
         await _logged_in(gw, "vera", browser)
         page = await browser.get("/api", headers={"Accept": BROWSER_ACCEPT})
         assert page.status_code == 404 and page.headers["content-type"].startswith("text/html"), page.text[:300]
