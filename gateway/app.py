@@ -44,12 +44,20 @@ def build_app(gw: Gateway, hub: LiveHub) -> Starlette:
         await gw.authenticate(request)
         return Response(_openapi_bytes(), media_type="application/json")
 
+    dashboard = Dashboard(gw)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404 and _wants_page(request):
+            return await dashboard.not_found(request)
+        return _http_error(request, exc)
+
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *live_routes(gw, hub),
         *rest_routes(gw),
-        *Dashboard(gw).routes(),
+        *dashboard.routes(),
     ]
     middleware = []
     if gw.settings.cors_origins:
@@ -65,7 +73,7 @@ def build_app(gw: Gateway, hub: LiveHub) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers={ClawError: _claw_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={ClawError: _claw_error, HTTPException: http_error, Exception: _unexpected},
     )
     # Same routes, fixed paths found by a dict lookup (gateway/fixed_routes.py); the middleware
     # stack is built on the first request, around whichever router is here then.
@@ -78,8 +86,13 @@ async def _claw_error(request: Request, exc: Exception) -> Response:
     return response_for(exc)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+def _wants_page(request: Request) -> bool:
+    """A browser's navigation (it asks for HTML) outside the REST API: it gets a page, not JSON."""
+    path = request.url.path
+    return "text/html" in request.headers.get("accept", "") and path != "/v1" and not path.startswith("/v1/")
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     message = {404: f"no such endpoint: {request.url.path}", 405: f"{request.method} is not allowed here"}
     return error_response(code, message.get(exc.status_code, str(exc.detail)), exc.status_code)

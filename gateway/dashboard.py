@@ -24,8 +24,8 @@ from starlette.staticfiles import StaticFiles
 
 from common import __version__, api, verbs
 from common.errors import ClawError, NotAuthenticatedError
-from common.models import EventView, TaskView
-from common.states import TERMINAL_STATES, TaskState
+from common.models import EventView, NodeView, TaskView
+from common.states import TERMINAL_STATES, NodeStatus, TaskState
 from common.verbs import Role, Verb
 from gateway.context import Caller, Gateway
 from gateway.errors import STATUS_OF_CODE
@@ -122,6 +122,18 @@ def _percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.0f} %"
 
 
+def _node_counts(nodes: list[NodeView]) -> str:
+    """The nodes page's heading: how many are online, and of those how many take work and how many
+    are paused, draining or drained (an online node that takes no work is not capacity)."""
+    online = [n for n in nodes if n.status != NodeStatus.OFFLINE]
+    line = f"{len(online)} online of {len(nodes)}"
+    idle = {status: sum(n.status == status for n in online) for status in NodeStatus if status != NodeStatus.ONLINE}
+    if not any(idle.values()):
+        return line
+    taking = sum(n.status == NodeStatus.ONLINE for n in online)
+    return ", ".join([f"{line}: {taking} taking work"] + [f"{k} {status}" for status, k in idle.items() if k])
+
+
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(), auto_reload=False)
     env.filters.update(
@@ -132,6 +144,7 @@ def _environment() -> Environment:
         stamp=_stamp,
         duration=_duration,
         percent=_percent,
+        node_counts=_node_counts,
     )
     env.globals.update(nav=NAV, version=__version__, states=[s.value for s in TaskState])
     return env
@@ -232,6 +245,16 @@ class Dashboard:
                 return self.render("error.html", caller, http_status=status, title=title, message=str(exc))
 
         return page
+
+    async def not_found(self, request: Request) -> Response:
+        """The "Not found" page for a path nothing serves (a person typed or followed a wrong link);
+        with the navigation when they are logged in."""
+        try:
+            caller: Caller | None = await self.gw.authenticate(request)
+        except ClawError:
+            caller = None
+        message = f"no page at {request.url.path}" + ("; the navigation above lists every page" if caller else "")
+        return self.render("error.html", caller, http_status=404, title="Not found", message=message)
 
     async def _call(self, caller: Caller, verb: Verb[Any, Any], request: Any) -> Any:
         return await self.gw.calls.call(caller.principal, verb, request)

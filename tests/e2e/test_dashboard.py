@@ -133,6 +133,13 @@ RED_IN_CHART = """(() => {
 })()"""
 
 
+ONE_LINE_WHOLE = """(c) => {
+  const text = document.createRange();
+  text.selectNodeContents(c);
+  return text.getClientRects().length === 1 && c.scrollWidth <= c.clientWidth;
+}"""
+
+
 def login(browser: Any, cluster: Cluster, name: str, *, width: int = 1280, height: int = 860) -> Any:
     page = browser.new_context(viewport={"width": width, "height": height}, bypass_csp=True).new_page()
     page.set_default_timeout(30_000)
@@ -159,8 +166,11 @@ def progress_of(page: Any, selector: str) -> float:
 
 def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(browser: Any, cluster: Cluster) -> None:
     # A wrong key is refused on the login page.
-    page = browser.new_context(bypass_csp=True).new_page()
+    page = browser.new_context(viewport={"width": 1280, "height": 720}, bypass_csp=True).new_page()
     page.goto(cluster.url + "/login")
+    # Each command of the hint on one line, whole (`claw creds create NAME --role viewer --http` broke after `--`).
+    for command in page.locator(".commands code").all():
+        assert command.evaluate(ONE_LINE_WHOLE), command.inner_text()
     page.fill("#key", "ck_0123456789abcdef_" + "x" * 43)
     page.click("button[type=submit]")
     assert "unknown or revoked API key" in page.inner_text("#login-error")
@@ -230,7 +240,16 @@ def test_log_in_submit_watch_progress_live_approve_a_held_task_and_operate(brows
     # Drain the node, then resume it.
     alice.goto(cluster.url + "/nodes")
     alice.locator('article[data-node="w1"] button:has-text("Drain")').click()
-    alice.wait_for_selector('article[data-node="w1"] .badge:has-text("asked: drained")')
+    alice.wait_for_selector('article[data-node="w1"] button:has-text("Drain")[disabled]')
+
+    def w1_status() -> str:
+        return str(cluster.api("GET", "/v1/nodes", cluster.keys["vera"])["nodes"][0]["status"])
+
+    wait_until(lambda: w1_status() == "drained", what="w1 drained")
+    alice.reload()
+    # One badge once the node does what it was asked, and a drained node is not counted as taking work.
+    assert alice.locator('article[data-node="w1"] .badge').all_inner_texts() == ["drained"]
+    assert "1 online of 1: 0 taking work, 1 drained" in alice.inner_text("h1")
     shot(alice, cluster, "nodes")
     alice.locator('article[data-node="w1"] button:has-text("Resume")').click()
     alice.wait_for_selector('article[data-node="w1"] button:has-text("Drain"):not([disabled])')

@@ -154,3 +154,26 @@ async def test_the_schedules_page_shows_each_rule_once_in_its_own_words(gw: Runn
         page = (await browser.get("/schedules")).text
     cells = re.findall(r'<td class="mono small">([^<]*)</td>', page)
     assert sorted(cells) == ["every 10m", "on new artifact reports/*", "on subject material.&gt;"]
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+async def test_an_unknown_path_is_the_not_found_page_in_a_browser_and_json_for_api_clients(gw: RunningGateway) -> None:
+    """A person who opens /api in a browser sees the dashboard's "Not found" page, not raw JSON;
+    /v1/... and a client asking for JSON keep the API's error body."""
+    async with httpx.AsyncClient(base_url=gw.url) as browser:
+        stranger = await browser.get("/api", headers={"Accept": BROWSER_ACCEPT})
+        assert stranger.status_code == 404 and stranger.headers["content-type"].startswith("text/html")
+        assert "<h1>Not found</h1>" in stranger.text and "Log out" not in stranger.text
+        script = await browser.get("/<script>alert(1)</script>", headers={"Accept": BROWSER_ACCEPT})
+        assert script.status_code == 404 and "<script>alert" not in script.text  # the path is escaped
+        await _logged_in(gw, "vera", browser)
+        page = await browser.get("/api", headers={"Accept": BROWSER_ACCEPT})
+        assert page.status_code == 404 and page.headers["content-type"].startswith("text/html"), page.text[:300]
+        assert "<h1>Not found</h1>" in page.text and "no page at /api" in page.text
+        assert "vera" in page.text and 'href="/tasks"' in page.text  # the navigation, as on every page
+        assert page.headers["x-frame-options"] == "DENY"
+        for path, accept in (("/v1/nope", BROWSER_ACCEPT), ("/api", "application/json"), ("/api", "*/*")):
+            api = await browser.get(path, headers={"Accept": accept})
+            assert api.status_code == 404 and api.json()["error"]["code"] == "not_found", (path, accept)

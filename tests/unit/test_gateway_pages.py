@@ -8,13 +8,16 @@ test renders or builds with the real code (the routes, the Jinja templates, the 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from common.api import LimitView
 from common.errors import InvalidInputError
-from common.models import TaskView
-from common.states import Priority, TaskState
+from common.flow import Limit
+from common.models import NodeView, TaskView
+from common.states import NodeControl, NodeStatus, Priority, TaskState
 from gateway.dashboard import _environment, error_page, reproduce_command
 from gateway.errors import error_response
 from gateway.openapi import document
@@ -94,3 +97,77 @@ def test_the_dashboard_shows_a_missing_run_or_schedule_as_not_found() -> None:
     page = _environment().get_template("error.html")
     html = page.render(title="Not found", message="no workflow run nope", user=None)
     assert "<h1>Not found</h1>" in html and "no workflow run nope" in html
+
+
+def _node(node_id: str, status: NodeStatus, control: NodeControl = NodeControl.ACTIVE) -> NodeView:
+    return NodeView(
+        node_id=node_id, status=status, hostname="vm", pid=1, version="0", skills=["echo"], labels={}, capacity=4,
+        running=0, cpu_percent=1.0, memory_percent=1.0, rss_mb=1.0, load1=0.0, started_at=0.0, last_seen=0.0,
+        control=control,
+    )  # fmt: skip
+
+
+def _nodes_page(nodes: list[NodeView]) -> str:
+    return _environment().get_template("nodes.html").render(nodes=nodes, user=None, may={}, now=0.0)
+
+
+def _heading(html: str) -> str:
+    match = re.search(r"<h1>Nodes <span class=\"muted\">([^<]*)</span></h1>", html)
+    assert match is not None, html
+    return match.group(1)
+
+
+def test_the_nodes_heading_counts_drained_and_paused_nodes_apart_from_those_taking_work() -> None:
+    # A drained node counted as online: "2 online of 2" while only one took work.
+    drained = _node("w2", NodeStatus.DRAINED, NodeControl.DRAINED)
+    assert _heading(_nodes_page([_node("w1", NodeStatus.ONLINE), drained])) == "2 online of 2: 1 taking work, 1 drained"
+    mixed = [_node("a", NodeStatus.PAUSED, NodeControl.PAUSED), _node("b", NodeStatus.DRAINING, NodeControl.DRAINED),
+             _node("c", NodeStatus.OFFLINE), _node("d", NodeStatus.ONLINE), _node("e", NodeStatus.DRAINED)]  # fmt: skip
+    assert _heading(_nodes_page(mixed)) == "4 online of 5: 1 taking work, 1 paused, 1 draining, 1 drained"
+    assert _heading(_nodes_page([_node("w1", NodeStatus.ONLINE), _node("w2", NodeStatus.OFFLINE)])) == "1 online of 2"
+
+
+def test_a_node_shows_what_it_was_asked_only_while_it_differs_from_what_it_does() -> None:
+    # A drained node showed both "drained" and "asked: drained".
+    html = _nodes_page([_node("w1", NodeStatus.DRAINED, NodeControl.DRAINED)])
+    assert re.findall(r'<span class="badge[^"]*">([^<]+)</span>', html) == ["drained"]
+    html = _nodes_page([_node("w1", NodeStatus.DRAINING, NodeControl.DRAINED)])
+    assert re.findall(r'<span class="badge[^"]*">([^<]+)</span>', html) == ["draining", "asked: drained"]
+
+
+def _limits_page(limits: list[LimitView]) -> str:
+    return _environment().get_template("limits.html").render(limits=limits, usage=[], user=None, may={})
+
+
+def test_a_key_used_without_a_limit_is_not_listed_as_a_limit() -> None:
+    # After an http.request task, /limits listed `http:example.com` with the limit "none", so the
+    # "no rate limit is set" state never showed.
+    used = LimitView(key="http:example.com", requests_last_minute=3, in_flight=1)
+    html = _limits_page([used])
+    assert "No rate limit is set" in html and '<h1>Limits <span class="muted">0</span></h1>' in html
+    assert 'data-limit="http:example.com"' not in html
+    unlimited = re.search(r'<tr data-unlimited="http:example.com">(.*?)</tr>', html, re.S)
+    assert unlimited is not None and re.findall(r"<td[^>]*>([^<]*)</td>", unlimited.group(1))[:3] == ["3", "0", "1"]
+    limited = LimitView(key="llm:glm-4.7", limit=Limit(key="llm:glm-4.7", requests=40), requests_last_minute=2)
+    html = _limits_page([used, limited])
+    assert "No rate limit is set" not in html and '<h1>Limits <span class="muted">1</span></h1>' in html
+    assert 'data-limit="llm:glm-4.7"' in html and 'data-unlimited="http:example.com"' in html
+    assert 'data-unlimited="llm:glm-4.7"' not in html
+    assert "without a limit" not in _limits_page([limited])
+
+
+def test_the_login_form_has_a_username_field_and_keeps_each_command_on_one_line() -> None:
+    # Chromium warned "Password forms should have (optionally hidden) username fields", and the
+    # command `claw creds create NAME --role viewer --http` broke after `--` at 1280 px.
+    html = _environment().get_template("login.html").render(user=None, next="/", error=None)
+    form = html[html.index("<form") : html.index("</form>")]
+    assert re.search(r'<input [^>]*autocomplete="username"[^>]*hidden', form), form
+    assert 'autocomplete="current-password"' in form
+    commands = re.search(r'<div class="commands">(.*?)</div>', html, re.S)
+    assert commands is not None, html
+    assert re.findall(r"<code>([^<]+)</code>", commands.group(1)) == [
+        "claw gateway key create --name NAME --roles viewer,submitter",
+        "claw creds create NAME --role viewer --http",
+    ]
+    css = (Path(__file__).parents[2] / "gateway/static/app.css").read_text()
+    assert re.search(r"\.commands code \{[^}]*white-space: nowrap", css)
