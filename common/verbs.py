@@ -13,7 +13,7 @@ docs/Architecture.md, "The API: one declaration per verb".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
 from types import MappingProxyType
@@ -39,6 +39,12 @@ class Role(StrEnum):
     # trust: a worker node, for the calls its handlers make (flow control's permits); only a worker's
     # credentials hold it (common/identity.py), never a person's.
     WORKER = "worker"
+
+
+def roles_allow(roles: Collection[Role], needed: Role) -> bool:
+    """Whether holding `roles` lets a caller call a verb that needs `needed`: it holds that role, or
+    the verb is a read and it holds any role (the one rule of the coordinator and the gateway)."""
+    return needed in roles or (needed is Role.VIEWER and bool(roles))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from common.config import AuthSettings
 from common.errors import ConfigError, CredentialsError, PermissionDeniedError
 from common.identity import IDENTITY_PATTERN, normalise
 from common.log import get_logger
-from common.verbs import Role, Verb
+from common.verbs import Role, Verb, roles_allow
 from communication.auth_registry import IdentityRegistry, registry_path
 
 log = get_logger("coordinator.authorization")
@@ -60,7 +60,7 @@ class Authorizer:
         if not IDENTITY_PATTERN.fullmatch(identity):
             raise PermissionDeniedError(f"'{identity[:64]}' is not an identity; connect with credentials")
         roles = await self.roles_of(identity)
-        if verb.role in roles or (verb.role == Role.VIEWER and roles):
+        if roles_allow(roles, verb.role):
             return
         held = ", ".join(sorted(roles)) or "no role"
         log.warning("security.api_refused", identity=identity, verb=verb.name, needs=verb.role.value, holds=held)
@@ -83,7 +83,7 @@ class Authorizer:
         """`PermissionDeniedError` unless the roles of `person`'s verified credential (`granted`), cut to
         the gateway's own, allow `verb`."""
         roles = granted & await self.roles_of(gateway)
-        if verb.role in roles or (verb.role == Role.VIEWER and roles):
+        if roles_allow(roles, verb.role):
             return
         held = ", ".join(sorted(roles)) or "no role"
         log.warning("security.api_refused", identity=person, via=gateway, verb=verb.name, needs=verb.role.value)

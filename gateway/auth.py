@@ -29,7 +29,7 @@ from nats.js.kv import KeyValue
 
 from common.errors import InvalidInputError
 from common.identity import IDENTITY_PATTERN
-from common.verbs import Role
+from common.verbs import Role, roles_allow
 from communication import http_tokens
 from communication.http_credentials import (
     CACHE_S,
@@ -61,7 +61,7 @@ class Principal:
     def may(self, role: Role) -> bool:
         """Whether this caller may call a verb that needs `role`: it holds that role, or it is a read
         and it holds any role (the coordinator's rule, coordinator/authorization.py)."""
-        return role in self.roles or (role is Role.VIEWER and bool(self.roles))
+        return roles_allow(self.roles, role)
 
 
 def parse_roles(text: str) -> list[Role]:
