@@ -95,14 +95,13 @@ LARGE_REQUEST_HINT = (
 
 @dataclass(frozen=True, slots=True)
 class ActingFor:
-    """A person a gateway authenticated, the API roles it grants them, their tenant (None: every
-    tenant's) and the credential they presented to it. A request sent with this names the person
+    """A person a gateway authenticated, their tenant (None: every tenant's) and the credential they
+    presented to it. A request sent with this names the person
     (`Claw-Acting-For`) and carries that credential (`Claw-Acting-Credential`); the coordinator takes
     it only from identities listed in `auth.gateways`, checks the credential itself and takes the
     person's name, roles and tenant from its record (coordinator/acting_proof.py)."""
 
     name: str
-    roles: frozenset[str]
     tenant: str | None = None
     # The person's proof: never shown (repr) nor logged.
     credential: str | None = field(default=None, repr=False)

@@ -171,7 +171,7 @@ class ApiServer:
         holder = await self._proof.person(gateway, named, credential, verb)
         await self._authorizer.check_acting(gateway, holder.name, holder.roles, verb)
         tenant = await self._authorizer.acting_tenant(gateway, holder.name, holder.tenant, verb)
-        return ActingFor(holder.name, frozenset(), tenant)
+        return ActingFor(holder.name, tenant)
 
     async def _answer(self, route: Route, msg: Msg) -> bytes:
         verb = route.verb.name

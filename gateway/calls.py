@@ -32,10 +32,9 @@ from gateway.tenancy import TenantScope
 
 
 def _acting(principal: Principal) -> ActingFor:
-    """Who the gateway acts for: the principal's name, roles and tenant, and the credential they
-    presented (the coordinator's proof)."""
-    roles = frozenset(role.value for role in principal.roles)
-    return ActingFor(principal.name, roles, principal.tenant, principal.credential)
+    """Who the gateway acts for: the principal's name and tenant, and the credential they presented
+    (the coordinator's proof: it takes their roles from that credential's record)."""
+    return ActingFor(principal.name, principal.tenant, principal.credential)
 
 
 def _identity_fields(request_type: type[msgspec.Struct]) -> tuple[str, ...]:

@@ -33,7 +33,6 @@ from tests.gateway_helpers import running_gateway
 from tests.helpers import eventually, spec
 from tests.security.bus import PREFIX, SecuredCluster, secured_cluster
 
-APPROVER = frozenset({"approver"})
 KEYS = f"{PREFIX}_gateway_keys"
 SESSIONS = f"{PREFIX}_gateway_sessions"
 
@@ -82,18 +81,18 @@ async def test_the_gateways_credentials_alone_cannot_approve_as_anyone(cluster: 
         async with cluster.client("gw") as gateway, cluster.client("adam") as admin:
             # (a) naming an approver, without any credential.
             with pytest.raises(PermissionDeniedError, match="acts for 'ann' without their credential"):
-                await gateway.call(verbs.APPROVE, approve, acting_for=ActingFor("ann", APPROVER))
+                await gateway.call(verbs.APPROVE, approve, acting_for=ActingFor("ann"))
             # (b) a viewer's real token, naming the approver: the name is the token's, not the gateway's.
             with pytest.raises(PermissionDeniedError, match="names 'ann', but the credential it forwarded is val's"):
-                await gateway.call(verbs.APPROVE, approve, acting_for=ActingFor("ann", APPROVER, None, val_token))
-            # ... and as val, with every role claimed: the record's roles count (viewer).
-            val = ActingFor("val", frozenset({"approver", "admin"}), None, val_token)
+                await gateway.call(verbs.APPROVE, approve, acting_for=ActingFor("ann", None, val_token))
+            # ... and as val: the record's roles count (viewer); a gateway passes on no roles of its own.
+            val = ActingFor("val", None, val_token)
             with pytest.raises(PermissionDeniedError, match="approve needs the approver role; val holds viewer"):
                 await gateway.call(verbs.APPROVE, approve, acting_for=val)
             # (c) forged, edited, unsigned tokens and a guessed API key.
             for what, credential in forged.items():
                 with pytest.raises(PermissionDeniedError, match="does not verify") as refused:
-                    await gateway.call(verbs.APPROVE, approve, acting_for=ActingFor("ann", APPROVER, None, credential))
+                    await gateway.call(verbs.APPROVE, approve, acting_for=ActingFor("ann", None, credential))
                 assert credential not in str(refused.value), what
             await _untouched(admin, task_id)
     refusals = [e for e in logs if e["event"] in ("security.acting_refused", "security.acting_mismatch")]
@@ -108,7 +107,7 @@ async def test_the_gateways_credentials_alone_cannot_approve_as_anyone(cluster: 
 async def test_a_revoked_token_stops_acting_within_seconds(cluster: SecuredCluster) -> None:
     task_id = await _held(cluster)
     token = await cluster.http_token("rae", [Role.APPROVER, Role.VIEWER])
-    rae = ActingFor("rae", frozenset({"approver", "viewer"}), None, token)
+    rae = ActingFor("rae", None, token)
     async with cluster.client("gw") as gateway, cluster.client("adam") as admin:
         assert (await gateway.call(verbs.TASK_GET, api.TaskGetRequest(task_id=task_id), acting_for=rae)).task_id
         assert await cluster.revoke_http("rae") == 1
@@ -157,7 +156,7 @@ async def test_the_gateway_cannot_write_the_keys_bucket(cluster: SecuredCluster)
     minted = http_tokens.sign(private, record, PREFIX)
     async with cluster.client("gw") as gateway:
         with pytest.raises(PermissionDeniedError, match="does not verify"):
-            await gateway.call(verbs.STATUS, api.StatusRequest(), acting_for=ActingFor("ann", APPROVER, None, minted))
+            await gateway.call(verbs.STATUS, api.StatusRequest(), acting_for=ActingFor("ann", None, minted))
 
 
 async def test_only_gateways_touch_the_session_secret(cluster: SecuredCluster) -> None:
